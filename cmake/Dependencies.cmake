@@ -1,0 +1,66 @@
+# Third-party libraries, all from Debian packages (scripts/setup.sh installs
+# them). Required ones fail the configure step with the package to install.
+
+function(borealis_require found what package)
+  if(NOT ${found})
+    message(FATAL_ERROR "${what} not found: install the Debian package '${package}' "
+                        "(or run scripts/setup.sh)")
+  endif()
+endfunction()
+
+find_package(Threads REQUIRED)
+find_package(OpenMP)
+borealis_require(OpenMP_CXX_FOUND "OpenMP" "g++")
+
+find_package(CLI11 CONFIG QUIET)
+borealis_require(CLI11_FOUND "CLI11" "libcli11-dev")
+find_package(fmt CONFIG QUIET)
+borealis_require(fmt_FOUND "fmt" "libfmt-dev")
+find_package(spdlog CONFIG QUIET)
+borealis_require(spdlog_FOUND "spdlog" "libspdlog-dev")
+find_package(tomlplusplus CONFIG QUIET)
+borealis_require(tomlplusplus_FOUND "toml++" "libtomlplusplus-dev")
+find_package(nlohmann_json CONFIG QUIET)
+borealis_require(nlohmann_json_FOUND "nlohmann-json" "nlohmann-json3-dev")
+
+find_path(XXHASH_INCLUDE_DIR xxhash.h)
+find_library(XXHASH_LIBRARY xxhash)
+if(XXHASH_INCLUDE_DIR AND XXHASH_LIBRARY)
+  set(XXHASH_FOUND TRUE)
+endif()
+borealis_require(XXHASH_FOUND "xxHash" "libxxhash-dev")
+add_library(borealis_xxhash INTERFACE)
+target_include_directories(borealis_xxhash SYSTEM INTERFACE ${XXHASH_INCLUDE_DIR})
+target_link_libraries(borealis_xxhash INTERFACE ${XXHASH_LIBRARY})
+
+# OpenBLAS, the OpenMP build: it shares libgomp's thread pool with our own
+# OpenMP loops, so BLAS threads and kernel threads never oversubscribe.
+set(_ob_arch ${CMAKE_LIBRARY_ARCHITECTURE})
+find_library(OPENBLAS_LIBRARY openblas
+  HINTS /usr/lib/${_ob_arch}/openblas-openmp NO_DEFAULT_PATH)
+find_library(OPENBLAS_LIBRARY openblas)
+find_path(OPENBLAS_INCLUDE_DIR cblas.h
+  HINTS /usr/include/${_ob_arch}/openblas-openmp NO_DEFAULT_PATH)
+find_path(OPENBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas)
+if(OPENBLAS_LIBRARY AND OPENBLAS_INCLUDE_DIR)
+  set(OPENBLAS_FOUND TRUE)
+endif()
+borealis_require(OPENBLAS_FOUND "OpenBLAS" "libopenblas-openmp-dev")
+add_library(borealis_openblas INTERFACE)
+target_include_directories(borealis_openblas SYSTEM INTERFACE ${OPENBLAS_INCLUDE_DIR})
+target_link_libraries(borealis_openblas INTERFACE ${OPENBLAS_LIBRARY} OpenMP::OpenMP_CXX)
+message(STATUS "Borealis: OpenBLAS ${OPENBLAS_LIBRARY}")
+
+find_package(MPI COMPONENTS C)
+borealis_require(MPI_C_FOUND "MPI" "libopenmpi-dev")
+
+set(BOREALIS_HAVE_CUDA OFF)
+if(NOT BOREALIS_CUDA STREQUAL "OFF")
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    set(BOREALIS_HAVE_CUDA ON)
+    message(STATUS "Borealis: CUDA runtime ${CUDAToolkit_VERSION}")
+  elseif(BOREALIS_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "BOREALIS_CUDA=ON but the CUDA toolkit was not found (set CUDAToolkit_ROOT)")
+  endif()
+endif()

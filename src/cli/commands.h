@@ -1,0 +1,20 @@
+// The borealis subcommands. Each add_* function declares its subcommand and
+// flags on the parent app and returns the function that runs it once the
+// command line has been parsed. Commands report user errors by throwing
+// borealis::Error; main() prints them as one line and exits non-zero.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace borealis::cli {
+
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<void()> run;
+};
+
+Command add_version(CLI::App& parent);
+Command add_doctor(CLI::App& parent);
+
+}  // namespace borealis::cli

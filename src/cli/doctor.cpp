@@ -1,0 +1,253 @@
+// borealis doctor: what a user needs to know about this machine before a
+// run, and whether it meets the run's requirements. Prints one line per
+// check; exits non-zero, naming the failed checks, when a requirement is not
+// met.
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/sysinfo.h"
+#include "core/text.h"
+#include "dist/launch_env.h"
+#include "kernels/cpu/blas.h"
+#include "kernels/cuda/device_info.h"
+
+namespace borealis::cli {
+
+namespace {
+
+enum class Status { Info, Ok, Warn, Fail };
+
+const char* status_name(Status s) {
+  switch (s) {
+    case Status::Info:
+      return "info";
+    case Status::Ok:
+      return "ok";
+    case Status::Warn:
+      return "warn";
+    case Status::Fail:
+      return "FAIL";
+  }
+  return "?";
+}
+
+struct Check {
+  Check(std::string n, std::string d, Status s = Status::Info)
+      : name(std::move(n)), detail(std::move(d)), status(s) {}
+
+  std::string name;
+  std::string detail;
+  Status status;
+  std::string note;  // why it warns or fails
+};
+
+struct DoctorOptions {
+  std::string path = ".";
+  std::string min_free_disk = "1G";
+  std::string min_memory = "1G";
+  std::vector<std::string> require;
+  bool json = false;
+};
+
+bool required(const DoctorOptions& o, const std::string& what) {
+  for (const auto& r : o.require) {
+    if (r == what) return true;
+  }
+  return false;
+}
+
+std::vector<Check> run_checks(const DoctorOptions& o) {
+  std::vector<Check> checks;
+  const std::uint64_t min_disk = parse_bytes(o.min_free_disk, "--min-free-disk");
+  const std::uint64_t min_memory = parse_bytes(o.min_memory, "--min-memory");
+
+  const CpuInfo cpu = cpu_info();
+  checks.emplace_back("cpu", fmt::format("{}, {} logical CPUs online, {} usable by this process",
+                                         cpu.model, cpu.online, cpu.usable));
+
+  Check simd{"simd",
+             fmt::format("CPU supports {}, binary built for {}", cpu.simd_cpu, cpu.simd_build),
+             Status::Ok};
+  if (!cpu.simd_build_supported) {
+    simd.status = Status::Fail;
+    simd.note = "this CPU lacks instructions the binary uses; rebuild on this machine";
+  }
+  for (const char* level : {"avx2", "avx512"}) {
+    const bool have = std::string(level) == "avx2"
+                          ? (cpu.simd_cpu == "avx2+fma" || cpu.simd_cpu == "avx512")
+                          : cpu.simd_cpu == "avx512";
+    if (required(o, level) && !have) {
+      simd.status = Status::Fail;
+      simd.note = fmt::format("{} required (--require) but the CPU does not support it", level);
+    }
+  }
+  checks.push_back(simd);
+
+  const MemoryInfo mem = memory_info();
+  Check memory{
+      "memory",
+      fmt::format(
+          "{} total, {} available{}", format_bytes(mem.total), format_bytes(mem.available),
+          mem.cgroup_limit ? ", container limit " + format_bytes(mem.cgroup_limit) : std::string()),
+      Status::Ok};
+  if (mem.usable() < min_memory) {
+    memory.status = Status::Fail;
+    memory.note = fmt::format("{} usable, below --min-memory {}", format_bytes(mem.usable()),
+                              format_bytes(min_memory));
+  }
+  checks.push_back(memory);
+
+  const std::string where = std::filesystem::absolute(o.path).lexically_normal().string();
+  const DiskInfo disk = disk_info(o.path);
+  Check dsk{
+      "disk",
+      fmt::format("{}: {} free of {}", where, format_bytes(disk.free), format_bytes(disk.total)),
+      Status::Ok};
+  if (disk.free < min_disk) {
+    dsk.status = Status::Fail;
+    dsk.note = fmt::format("{} free at {}, below --min-free-disk {}", format_bytes(disk.free),
+                           where, format_bytes(min_disk));
+  }
+  checks.push_back(dsk);
+
+  const BlasInfo blas = blas_info();
+  const int threads = cpu_threads();
+  const char* omp_env = std::getenv("OMP_NUM_THREADS");
+  Check thr{"threads",
+            fmt::format("{} OpenMP, {} BLAS (OMP_NUM_THREADS={})", threads, blas.threads,
+                        omp_env ? omp_env : "unset"),
+            Status::Ok};
+  if (static_cast<unsigned>(threads) > cpu.usable) {
+    thr.status = Status::Warn;
+    thr.note = fmt::format(
+        "{} threads on {} usable CPUs oversubscribes them; set --threads or "
+        "OMP_NUM_THREADS",
+        threads, cpu.usable);
+  }
+  checks.push_back(thr);
+
+  Check bl{"blas",
+           fmt::format("{}, {} threading, {} kernels{}", blas.library, blas.threading, blas.core,
+                       blas.coretype_override.empty()
+                           ? std::string()
+                           : " (forced by OPENBLAS_CORETYPE=" + blas.coretype_override + ")"),
+           Status::Ok};
+  if (blas.threading != "OpenMP") {
+    bl.status = Status::Warn;
+    bl.note =
+        "BLAS is not the OpenMP build: its threads and the kernels' threads may oversubscribe; "
+        "install libopenblas-openmp-dev";
+  }
+  checks.push_back(bl);
+
+  const MpiInfo mpi = mpi_info();
+  Check mp{"mpi",
+           fmt::format("{}, launcher {}", mpi.library.empty() ? "unknown library" : mpi.library,
+                       mpi.mpiexec.empty() ? "not found on PATH" : mpi.mpiexec),
+           Status::Ok};
+  if (mpi.mpiexec.empty()) {
+    mp.status = required(o, "mpi") ? Status::Fail : Status::Warn;
+    mp.note = "no mpiexec or mpirun on PATH: multi-process runs need one (Debian: openmpi-bin)";
+  }
+  checks.push_back(mp);
+
+  const LaunchEnv launch = detect_launch_env();
+  checks.emplace_back(
+      "launch", fmt::format("scheduler {}{}, {}rank {} of {}, local rank {} of {}",
+                            launch.scheduler.empty() ? "none" : launch.scheduler,
+                            launch.job_id.empty() ? "" : " (job " + launch.job_id + ")",
+                            launch.launcher.empty() ? "started directly, "
+                                                    : "launcher " + launch.launcher + ", ",
+                            launch.rank, launch.world_size, launch.local_rank, launch.local_size));
+
+  const CudaInfo cuda = cuda_info();
+  std::string devices;
+  for (const auto& d : cuda.devices) {
+    devices +=
+        fmt::format("{}[{}] {} ({}, sm_{}{}, {} SMs)", devices.empty() ? "" : "; ", d.index, d.name,
+                    format_bytes(d.memory), d.compute_major, d.compute_minor, d.multiprocessors);
+  }
+  std::string versions;
+  if (cuda.compiled) {
+    versions = fmt::format("runtime {}, driver {}: ", cuda.runtime_version,
+                           cuda.driver_version.empty() ? "none" : cuda.driver_version);
+  }
+  Check cu{"cuda", versions + (devices.empty() ? cuda.status : devices),
+           cuda.devices.empty() ? Status::Info : Status::Ok};
+  if (required(o, "cuda") && cuda.devices.empty()) {
+    cu.status = Status::Fail;
+    cu.note = "CUDA required (--require cuda) but no device is usable";
+  }
+  checks.push_back(cu);
+  return checks;
+}
+
+}  // namespace
+
+Command add_doctor(CLI::App& parent) {
+  auto o = std::make_shared<DoctorOptions>();
+  CLI::App* app = parent.add_subcommand(
+      "doctor",
+      "Check this machine before a run: cores, memory, SIMD, BLAS and threads, MPI, CUDA devices, "
+      "free disk. Exits 1 naming the checks that fail.");
+  app->add_option("--path", o->path,
+                  "Directory whose free disk space to check (run or data directory)")
+      ->capture_default_str()
+      ->check(CLI::ExistingDirectory);
+  app->add_option("--min-free-disk", o->min_free_disk,
+                  "Fail when less disk is free at --path (e.g. 500G)")
+      ->capture_default_str();
+  app->add_option("--min-memory", o->min_memory, "Fail when less memory is available (e.g. 16G)")
+      ->capture_default_str();
+  app->add_option("--require", o->require, "Also require these: mpi, cuda, avx2, avx512")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"mpi", "cuda", "avx2", "avx512"}));
+  app->add_flag("--json", o->json, "Print one JSON object instead of text");
+
+  return {app, [o] {
+            const std::vector<Check> checks = run_checks(*o);
+            std::vector<std::string> failures;
+            int warnings = 0;
+            for (const auto& c : checks) {
+              if (c.status == Status::Fail) failures.push_back(c.name + ": " + c.note);
+              if (c.status == Status::Warn) ++warnings;
+            }
+            if (o->json) {
+              nlohmann::json j = nlohmann::json::array();
+              for (const auto& c : checks) {
+                j.push_back({{"check", c.name},
+                             {"status", status_name(c.status)},
+                             {"detail", c.detail},
+                             {"note", c.note}});
+              }
+              std::cout << nlohmann::json{{"checks", j}, {"ok", failures.empty()}}.dump(2) << '\n';
+            } else {
+              for (const auto& c : checks) {
+                std::cout << fmt::format("{:<8} {:<4}  {}\n", c.name, status_name(c.status),
+                                         c.detail);
+                if (!c.note.empty()) std::cout << fmt::format("{:<14}  -> {}\n", "", c.note);
+              }
+              std::cout << fmt::format("doctor: {} checks, {} warning(s), {} failed\n",
+                                       checks.size(), warnings, failures.size());
+            }
+            std::cout.flush();
+            if (!failures.empty()) {
+              std::string reasons;
+              for (const auto& f : failures) reasons += (reasons.empty() ? "" : "; ") + f;
+              throw Error(fmt::format("{} requirement(s) not met: {}", failures.size(), reasons),
+                          "doctor");
+            }
+          }};
+}
+
+}  // namespace borealis::cli

@@ -1,0 +1,29 @@
+// Small text helpers shared by the CLI and the library: human-readable sizes,
+// "did you mean" suggestions, trimming and splitting.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace borealis {
+
+// "1.5 GiB", "512 B". Binary units.
+std::string format_bytes(std::uint64_t bytes);
+
+// Parses a size such as "512", "64K", "1.5GiB", "10GB" (K/M/G/T and KiB.. are
+// powers of 1024, KB/MB/GB/TB powers of 1000). Throws Error naming `where`.
+std::uint64_t parse_bytes(std::string_view text, const std::string& where);
+
+// Edit distance (insertions, deletions, substitutions).
+std::size_t edit_distance(std::string_view a, std::string_view b);
+
+// The candidate closest to `word` if it is close enough to be a likely typo
+// (or shares its last dotted component), else "".
+std::string closest_match(std::string_view word, const std::vector<std::string>& candidates);
+
+std::string_view trim(std::string_view text);
+std::vector<std::string> split(std::string_view text, char sep);
+
+}  // namespace borealis

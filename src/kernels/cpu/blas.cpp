@@ -1,0 +1,51 @@
+#include "kernels/cpu/blas.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <cstdlib>
+#include <stdexcept>
+
+#include "core/text.h"
+
+namespace borealis {
+
+BlasInfo blas_info() {
+  BlasInfo info;
+#ifdef OPENBLAS_VERSION
+  info.library = std::string(trim(OPENBLAS_VERSION));
+#else
+  info.library = "OpenBLAS";
+#endif
+  info.config = std::string(trim(openblas_get_config()));
+  info.core = openblas_get_corename();
+  switch (openblas_get_parallel()) {
+    case 0:
+      info.threading = "sequential";
+      break;
+    case 1:
+      info.threading = "pthreads";
+      break;
+    case 2:
+      info.threading = "OpenMP";
+      break;
+    default:
+      info.threading = "unknown";
+      break;
+  }
+  info.threads = openblas_get_num_threads();
+  if (const char* env = std::getenv("OPENBLAS_CORETYPE")) info.coretype_override = env;
+  return info;
+}
+
+int cpu_threads() {
+  return omp_get_max_threads();
+}
+
+void set_cpu_threads(int threads) {
+  if (threads < 1) throw std::invalid_argument("set_cpu_threads: threads must be >= 1");
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+}
+
+}  // namespace borealis

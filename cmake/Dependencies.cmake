@@ -33,6 +33,12 @@ add_library(borealis_xxhash INTERFACE)
 target_include_directories(borealis_xxhash SYSTEM INTERFACE ${XXHASH_INCLUDE_DIR})
 target_link_libraries(borealis_xxhash INTERFACE ${XXHASH_LIBRARY})
 
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PCRE2 IMPORTED_TARGET libpcre2-8)
+borealis_require(PCRE2_FOUND "PCRE2" "libpcre2-dev")
+add_library(borealis_pcre2 INTERFACE)
+target_link_libraries(borealis_pcre2 INTERFACE PkgConfig::PCRE2)
+
 # OpenBLAS, the OpenMP build: it shares libgomp's thread pool with our own
 # OpenMP loops, so BLAS threads and kernel threads never oversubscribe.
 set(_ob_arch ${CMAKE_LIBRARY_ARCHITECTURE})

@@ -16,6 +16,12 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 
+# Demo data and reference fixtures come from npm; the machine's own Node.js
+# is used when present, Debian's otherwise.
+if ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then

@@ -8,6 +8,8 @@ preset=${1:-release}
 jobs=$(nproc)
 
 ./scripts/setup.sh
+./scripts/get-brown.sh
+./scripts/get-tokenizers.sh
 echo "== configure ($preset)"
 cmake --preset "$preset" >/dev/null
 echo "== build ($preset)"

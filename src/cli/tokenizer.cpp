@@ -1,0 +1,175 @@
+// borealis tokenizer encode|decode|info: tokenizers from the command line,
+// stdin/stdout friendly.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "tokenizer/tokenizer.h"
+
+namespace borealis::cli {
+
+namespace {
+
+struct TokenizerOptions {
+  std::string tokenizer;
+  std::string input = "-";
+  std::string format = "text";
+  bool allow_special = false;
+  bool lines = false;
+};
+
+std::string read_input(const std::string& input) {
+  if (input == "-") {
+    return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  }
+  const MappedFile file(input);
+  return std::string(file.text());
+}
+
+void write_ids(const std::vector<std::uint32_t>& ids, const std::string& format,
+               std::size_t vocab) {
+  if (format == "text") {
+    std::string line;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (i > 0) line.push_back(' ');
+      line += fmt::format("{}", ids[i]);
+    }
+    line.push_back('\n');
+    std::fwrite(line.data(), 1, line.size(), stdout);
+  } else if (format == "u16") {
+    if (vocab > 65536)
+      throw Error("the vocabulary does not fit in 16 bits; use --format u32", "--format");
+    std::vector<std::uint16_t> narrow(ids.begin(), ids.end());
+    std::fwrite(narrow.data(), sizeof(std::uint16_t), narrow.size(), stdout);
+  } else {
+    std::fwrite(ids.data(), sizeof(std::uint32_t), ids.size(), stdout);
+  }
+}
+
+std::vector<std::uint32_t> read_ids(const std::string& data, const std::string& format) {
+  std::vector<std::uint32_t> ids;
+  if (format == "text") {
+    std::size_t pos = 0;
+    while (true) {
+      pos = data.find_first_not_of(" \t\r\n,", pos);
+      if (pos == std::string::npos) break;
+      const std::size_t end = std::min(data.find_first_of(" \t\r\n,", pos), data.size());
+      const std::string word = data.substr(pos, end - pos);
+      std::size_t used = 0;
+      unsigned long value = 0;
+      try {
+        value = std::stoul(word, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != word.size() || value > 0xFFFFFFFFul) {
+        throw Error(fmt::format("'{}' is not a token id", word), fmt::format("input byte {}", pos));
+      }
+      ids.push_back(static_cast<std::uint32_t>(value));
+      pos = end;
+    }
+  } else {
+    const std::size_t width = format == "u16" ? 2 : 4;
+    if (data.size() % width != 0) {
+      throw Error(fmt::format("binary input of {} bytes is not a whole number of {}-byte ids",
+                              data.size(), width),
+                  "input");
+    }
+    for (std::size_t i = 0; i < data.size(); i += width) {
+      std::uint32_t v = 0;
+      std::memcpy(&v, data.data() + i, width);
+      ids.push_back(v);
+    }
+  }
+  return ids;
+}
+
+CLI::App* add_common(CLI::App* app, TokenizerOptions& o) {
+  app->add_option("-t,--tokenizer", o.tokenizer,
+                  "Tokenizer: tokenizer.json, tiktoken .json/.tiktoken, or a directory with "
+                  "encoder.json + vocab.bpe")
+      ->required();
+  return app;
+}
+
+}  // namespace
+
+Command add_tokenizer(CLI::App& parent) {
+  auto o = std::make_shared<TokenizerOptions>();
+  CLI::App* app = parent.add_subcommand("tokenizer", "Encode and decode text, inspect tokenizers");
+  app->require_subcommand(1);
+  const std::vector<std::string> formats = {"text", "u16", "u32"};
+
+  CLI::App* encode = add_common(
+      app->add_subcommand("encode", "Text to token ids (stdin to stdout by default)"), *o);
+  encode->add_option("-i,--input", o->input, "Input file, '-' for stdin")->capture_default_str();
+  encode
+      ->add_option("-f,--format", o->format,
+                   "Output: text (ids separated by spaces), u16 or u32 (little-endian)")
+      ->check(CLI::IsMember(formats))
+      ->capture_default_str();
+  encode->add_flag("--allow-special", o->allow_special,
+                   "Recognise special tokens such as <|endoftext|> in the text");
+  encode->add_flag("--lines", o->lines,
+                   "Encode each input line on its own; one line of ids per line (text format)");
+
+  CLI::App* decode =
+      add_common(app->add_subcommand("decode", "Token ids to text (the exact bytes)"), *o);
+  decode->add_option("-i,--input", o->input, "Input file, '-' for stdin")->capture_default_str();
+  decode->add_option("-f,--format", o->format, "Input: text (ids separated by spaces), u16 or u32")
+      ->check(CLI::IsMember(formats))
+      ->capture_default_str();
+
+  CLI::App* info = add_common(app->add_subcommand("info", "Describe a tokenizer"), *o);
+
+  return {app, [o, encode, decode, info] {
+            const Tokenizer tok = Tokenizer::load(o->tokenizer);
+            if (encode->parsed()) {
+              const std::string text = read_input(o->input);
+              if (o->lines) {
+                if (o->format != "text") throw Error("--lines needs --format text", "--lines");
+                std::size_t pos = 0;
+                while (pos < text.size()) {
+                  std::size_t end = text.find('\n', pos);
+                  if (end == std::string::npos) end = text.size();
+                  write_ids(
+                      tok.encode(std::string_view(text).substr(pos, end - pos), o->allow_special),
+                      "text", tok.vocab_size());
+                  pos = end + 1;
+                }
+              } else {
+                write_ids(tok.encode(text, o->allow_special), o->format, tok.vocab_size());
+              }
+            } else if (decode->parsed()) {
+              const std::string out = tok.decode(read_ids(read_input(o->input), o->format));
+              std::fwrite(out.data(), 1, out.size(), stdout);
+            } else if (info->parsed()) {
+              std::cout << fmt::format("format        {}\n", tok.source_format());
+              std::cout << fmt::format("vocab size    {} ({} BPE tokens, {} merges, {} added)\n",
+                                       tok.vocab_size(), tok.model().size(),
+                                       tok.model().merge_count(), tok.added_tokens().size());
+              std::cout << fmt::format("pre-tokenizer {} engine{}\n", tok.pre_tokenizer().engine(),
+                                       tok.add_prefix_space() ? ", adds a prefix space" : "");
+              std::cout << fmt::format("pattern       {}\n", tok.pre_tokenizer().pattern());
+              const auto eod = tok.eod_id();
+              std::cout << fmt::format("end of doc    {}\n",
+                                       eod ? fmt::format("{}", *eod) : std::string("none"));
+              for (const auto& a : tok.added_tokens()) {
+                std::cout << fmt::format("added         {:>7}  {}{}\n", a.id, a.text,
+                                         a.special ? " (special)" : "");
+              }
+            }
+            std::fflush(stdout);
+          }};
+}
+
+}  // namespace borealis::cli

@@ -1,0 +1,87 @@
+// Byte-level BPE: turns one pre-tokenized piece of bytes into token ids by
+// repeatedly merging the adjacent pair of lowest rank, leftmost first.
+//
+// Two sources of merges give the same engine:
+//  - ranks (tiktoken): token i's bytes have rank i; two adjacent parts merge
+//    when their concatenation is a token, with that token's rank;
+//  - an explicit merge list (GPT-2 vocab.bpe, Hugging Face): pair (a, b)
+//    merges into the token a+b with priority = its position in the list.
+// Merges are held in a flat pair table (left id, right id) -> (rank, merged
+// id). Short pieces use a quadratic scan (fastest for words); long pieces a
+// heap, so a megabyte of one character class stays linear-logarithmic.
+// Encoded pieces are cached per thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace borealis {
+
+class BpeModel {
+ public:
+  struct Merge {
+    std::uint32_t left;
+    std::uint32_t right;
+  };
+
+  BpeModel() = default;
+  BpeModel(BpeModel&&) = default;
+  BpeModel& operator=(BpeModel&&) = default;
+  BpeModel(const BpeModel&) = delete;  // by_bytes_ holds views into tokens_
+  BpeModel& operator=(const BpeModel&) = delete;
+
+  // Token bytes by rank (= id). Every single byte must be a token. Like
+  // tiktoken, a piece that is itself a token encodes to that token directly.
+  static BpeModel from_ranks(std::vector<std::string> tokens, const std::string& where);
+
+  // Token bytes by id and merges in priority order. Every single byte must
+  // be a token (ids may have gaps: empty strings are unused ids).
+  // `whole_piece_lookup` selects tiktoken's (and HF's ignore_merges)
+  // shortcut for pieces that are tokens.
+  static BpeModel from_merges(std::vector<std::string> tokens, const std::vector<Merge>& merges,
+                              bool whole_piece_lookup, const std::string& where);
+
+  // Appends the ids of one piece.
+  void encode(std::string_view piece, std::vector<std::uint32_t>& out) const;
+
+  std::size_t size() const { return tokens_.size(); }
+  const std::string& token(std::uint32_t id) const { return tokens_[id]; }
+  const std::vector<std::string>& tokens() const { return tokens_; }
+  std::optional<std::uint32_t> find(std::string_view bytes) const;
+  std::size_t merge_count() const { return merge_count_; }
+  bool whole_piece_lookup() const { return whole_piece_lookup_; }
+
+  // The merge list in rank order, as pairs of ids (for saving).
+  std::vector<Merge> merges() const;
+
+  // Exposed for tests: the two merge algorithms, which must agree.
+  void encode_quadratic(std::string_view piece, std::vector<std::uint32_t>& out) const;
+  void encode_heap(std::string_view piece, std::vector<std::uint32_t>& out) const;
+
+ private:
+  struct PairValue {
+    std::uint32_t rank;
+    std::uint32_t merged;
+  };
+
+  void index_tokens(const std::string& where);
+  void add_pair(std::uint32_t left, std::uint32_t right, std::uint32_t rank, std::uint32_t merged);
+  const PairValue* pair(std::uint32_t left, std::uint32_t right) const;
+  void encode_uncached(std::string_view piece, std::vector<std::uint32_t>& out) const;
+
+  std::vector<std::string> tokens_;
+  std::unordered_map<std::string_view, std::uint32_t> by_bytes_;  // views into tokens_
+  std::uint32_t byte_id_[256] = {};
+  // Open addressing: key (left << 32 | right), empty slots hold kEmpty.
+  std::vector<std::uint64_t> pair_keys_;
+  std::vector<PairValue> pair_values_;
+  std::size_t merge_count_ = 0;
+  bool whole_piece_lookup_ = true;
+  std::uint64_t cache_id_ = 0;  // identifies this model in the per-thread cache
+};
+
+}  // namespace borealis

@@ -11,13 +11,48 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "tokenizer/hf_json.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/train.h"
 
 namespace borealis::cli {
 
 namespace {
+
+struct TrainArgs {
+  std::vector<std::string> inputs;
+  std::string out;
+  std::string pattern = "cl100k";
+  std::vector<std::string> special = {"<|endoftext|>"};
+  bool no_special = false;
+  BpeTrainOptions options;
+};
+
+void run_train(const TrainArgs& a) {
+  BpeTrainOptions o = a.options;
+  o.pattern = a.pattern == "cl100k" ? std::string(kCl100kPattern)
+              : a.pattern == "gpt2" ? std::string(kGpt2Pattern)
+                                    : a.pattern;
+  o.special_tokens = a.no_special ? std::vector<std::string>{} : a.special;
+  std::vector<std::filesystem::path> inputs(a.inputs.begin(), a.inputs.end());
+  BpeTrainStats stats;
+  const Tokenizer tok = train_bpe(inputs, o, &stats);
+  write_file_atomic(a.out, hf_tokenizer_json(tok));
+  std::cout << fmt::format(
+      "trained {} tokens ({} merges, {} special) on {} documents, {:.1f} MB: {} pieces, {} "
+      "distinct\n"
+      "counting {:.2f} s, merging {:.2f} s; wrote {}\n",
+      tok.vocab_size(), stats.merges, o.special_tokens.size(), stats.documents,
+      static_cast<double>(stats.bytes) / 1e6, stats.pieces, stats.distinct_pieces,
+      stats.count_seconds, stats.merge_seconds, a.out);
+  if (tok.vocab_size() < o.vocab_size) {
+    std::cout << fmt::format("note: stopped at {} tokens: no pair occurs {} or more times\n",
+                             tok.vocab_size(), o.min_frequency);
+  }
+}
 
 struct TokenizerOptions {
   std::string tokenizer;
@@ -131,7 +166,37 @@ Command add_tokenizer(CLI::App& parent) {
 
   CLI::App* info = add_common(app->add_subcommand("info", "Describe a tokenizer"), *o);
 
-  return {app, [o, encode, decode, info] {
+  auto t = std::make_shared<TrainArgs>();
+  CLI::App* train = app->add_subcommand(
+      "train", "Train a byte-level BPE vocabulary and save it as a Hugging Face tokenizer.json");
+  train
+      ->add_option("--vocab-size", t->options.vocab_size,
+                   "Tokens in all: 256 bytes + merged tokens + special tokens")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  train
+      ->add_option("-i,--input", t->inputs,
+                   "Input files: *.jsonl (text in --json-key) or plain text")
+      ->required()
+      ->check(CLI::ExistingFile);
+  train->add_option("-o,--out", t->out, "Output tokenizer.json")->required();
+  train->add_option("--pattern", t->pattern, "Pre-tokenizer: cl100k, gpt2 or a regular expression")
+      ->capture_default_str();
+  train->add_option("--special", t->special, "Special tokens, added after the merged tokens")
+      ->capture_default_str();
+  train->add_flag("--no-special", t->no_special, "Add no special tokens");
+  train
+      ->add_option("--min-frequency", t->options.min_frequency,
+                   "Never merge pairs seen fewer times")
+      ->capture_default_str();
+  train->add_option("--json-key", t->options.json_key, "Text field of JSON Lines inputs")
+      ->capture_default_str();
+
+  return {app, [o, t, encode, decode, info, train] {
+            if (train->parsed()) {
+              run_train(*t);
+              return;
+            }
             const Tokenizer tok = Tokenizer::load(o->tokenizer);
             if (encode->parsed()) {
               const std::string text = read_input(o->input);

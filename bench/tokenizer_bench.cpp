@@ -1,0 +1,139 @@
+// Tokenizer throughput on the Brown corpus, beside tiktoken measured in the
+// same run.
+//
+//   build/release/bench/tokenizer_bench [--threads N] [--repeat R]
+//
+// Needs scripts/get-brown.sh and scripts/get-tokenizers.sh; runs the npm
+// reference encoders (bench/tiktoken-reference.mjs) when node and the
+// packages are there (scripts/fetch-npm.sh @anysphere/tiktoken-node@0.2.1).
+// Prints MB/s for one thread with a cold cache (a fresh tokenizer) and warm,
+// for 1..N threads over documents, and the ratios to tiktoken.
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+using namespace borealis;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::vector<std::string> load_docs() {
+  const MappedFile file("data/brown/brown.jsonl");
+  std::vector<std::string> docs;
+  std::string_view all = file.text();
+  while (!all.empty()) {
+    const auto end = std::min(all.find('\n'), all.size());
+    docs.push_back(nlohmann::json::parse(all.substr(0, end))["text"].get<std::string>());
+    all.remove_prefix(std::min(end + 1, all.size()));
+  }
+  return docs;
+}
+
+struct Pass {
+  double seconds;
+  std::size_t tokens;
+};
+
+Pass encode_all(const Tokenizer& tok, const std::vector<std::string>& docs, int threads) {
+  std::size_t tokens = 0;
+  const auto start = Clock::now();
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4) reduction(+ : tokens)
+  for (std::size_t i = 0; i < docs.size(); ++i) tokens += tok.encode(docs[i]).size();
+  return {seconds_since(start), tokens};
+}
+
+// tiktoken's figures from bench/tiktoken-reference.mjs: (impl, encoding) -> MB/s.
+std::map<std::pair<std::string, std::string>, double> reference_figures() {
+  std::map<std::pair<std::string, std::string>, double> out;
+  FILE* p = popen("node bench/tiktoken-reference.mjs 2>/dev/null", "r");
+  if (p == nullptr) return out;
+  char line[4096];
+  while (std::fgets(line, sizeof line, p) != nullptr) {
+    try {
+      const auto j = nlohmann::json::parse(line);
+      out[{j["impl"], j["encoding"]}] = j["bytes"].get<double>() / 1e6 / j["seconds"].get<double>();
+    } catch (const std::exception&) {
+    }
+  }
+  pclose(p);
+  return out;
+}
+
+int run(int argc, char** argv) {
+  int max_threads = omp_get_max_threads();
+  int repeat = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (flag == "--threads") max_threads = std::stoi(argv[i + 1]);
+    if (flag == "--repeat") repeat = std::stoi(argv[i + 1]);
+  }
+  const std::vector<std::string> docs = load_docs();
+  std::size_t bytes = 0;
+  for (const auto& d : docs) bytes += d.size();
+  const double mb = static_cast<double>(bytes) / 1e6;
+  fmt::print("Brown corpus: {} documents, {:.2f} MB; best of {} runs\n\n", docs.size(), mb, repeat);
+
+  std::map<std::string, double> single;  // encoding -> warm single-thread MB/s
+  for (const std::string name : {"gpt2", "cl100k_base"}) {
+    const std::string path = "data/tokenizers/" + name + ".json";
+    auto t0 = Clock::now();
+    Tokenizer cold_tok = Tokenizer::load(path);
+    const double load = seconds_since(t0);
+    const Pass cold = encode_all(cold_tok, docs, 1);  // fresh tokenizer: empty piece cache
+    fmt::print("{:<12} load {:.2f} s, {} tokens\n", name, load, cold.tokens);
+    fmt::print("  1 thread, cold cache  {:7.1f} MB/s\n", mb / cold.seconds);
+    for (int threads = 1; threads <= max_threads; threads *= 2) {
+      double best = 1e30;
+      for (int r = 0; r < repeat; ++r)
+        best = std::min(best, encode_all(cold_tok, docs, threads).seconds);
+      fmt::print("  {} thread{}, warm       {:7.1f} MB/s  ({:.1f} M tokens/s)\n", threads,
+                 threads > 1 ? "s" : " ", mb / best, static_cast<double>(cold.tokens) / best / 1e6);
+      if (threads == 1) single[name] = mb / best;
+      if (threads * 2 > max_threads && threads != max_threads) threads = max_threads / 2;
+    }
+  }
+
+  const auto ref = reference_figures();
+  fmt::print("\nReference (same text, same run):\n");
+  if (ref.empty()) {
+    fmt::print(
+        "  node or the npm packages are missing: run scripts/fetch-npm.sh tiktoken@1.0.22 "
+        "@anysphere/tiktoken-node@0.2.1\n");
+    return 0;
+  }
+  for (const auto& [key, mbs] : ref) {
+    const auto ours = single.find(key.second);
+    fmt::print("  {:<16} {:<12} {:6.1f} MB/s   borealis 1 thread is {:.1f}x\n", key.first,
+               key.second, mbs, ours != single.end() ? ours->second / mbs : 0.0);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const borealis::Error& e) {
+    std::fprintf(stderr,
+                 "%s\n(run from the repository root after scripts/get-brown.sh and "
+                 "scripts/get-tokenizers.sh)\n",
+                 e.line().c_str());
+    return 1;
+  }
+}

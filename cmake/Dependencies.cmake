@@ -23,6 +23,13 @@ borealis_require(tomlplusplus_FOUND "toml++" "libtomlplusplus-dev")
 find_package(nlohmann_json CONFIG QUIET)
 borealis_require(nlohmann_json_FOUND "nlohmann-json" "nlohmann-json3-dev")
 
+find_package(simdjson CONFIG QUIET)
+borealis_require(simdjson_FOUND "simdjson" "libsimdjson-dev")
+find_package(ZLIB QUIET)
+borealis_require(ZLIB_FOUND "zlib" "zlib1g-dev")
+find_package(zstd CONFIG QUIET)
+borealis_require(zstd_FOUND "zstd" "libzstd-dev")
+
 find_path(XXHASH_INCLUDE_DIR xxhash.h)
 find_library(XXHASH_LIBRARY xxhash)
 if(XXHASH_INCLUDE_DIR AND XXHASH_LIBRARY)

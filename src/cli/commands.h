@@ -17,5 +17,6 @@ struct Command {
 Command add_version(CLI::App& parent);
 Command add_doctor(CLI::App& parent);
 Command add_tokenizer(CLI::App& parent);
+Command add_data(CLI::App& parent);
 
 }  // namespace borealis::cli

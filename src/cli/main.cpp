@@ -47,6 +47,7 @@ int run(int argc, char** argv) {
   commands.push_back(cli::add_version(app));
   commands.push_back(cli::add_doctor(app));
   commands.push_back(cli::add_tokenizer(app));
+  commands.push_back(cli::add_data(app));
 
   try {
     app.parse(argc, argv);

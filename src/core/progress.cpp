@@ -18,12 +18,14 @@ Progress::Progress(std::string label, std::uint64_t total, std::string unit, boo
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {}
 
+// Work that ends early (an error) gets no final line, only the end of the bar.
 Progress::~Progress() {
-  finish();
+  if (!finished_ && enabled_ && tty_ && last_draw_ != start_) std::fputc('\n', stderr);
 }
 
-void Progress::update(std::uint64_t done) {
+void Progress::update(std::uint64_t done, std::string extra) {
   done_ = done;
+  extra_ = std::move(extra);
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
   if (tty_) {
@@ -64,6 +66,7 @@ void Progress::draw(bool final) {
       text += fmt::format(", ETA {:.0f} s", static_cast<double>(total_ - done_) / rate);
     }
   }
+  if (!extra_.empty()) text += ", " + extra_;
   text += fmt::format(", {:.1f} s", secs);
   if (tty_) {
     std::fprintf(stderr, "\r\033[K%s%s", text.c_str(), final ? "\n" : "");

@@ -17,8 +17,9 @@ class Progress {
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
 
-  // Sets the amount done so far (not thread-safe: call from one thread).
-  void update(std::uint64_t done);
+  // Sets the amount done so far (not thread-safe: call from one thread);
+  // `extra` is shown after the bar (e.g. counts and rates).
+  void update(std::uint64_t done, std::string extra = "");
   // Prints the final line (once).
   void finish();
 
@@ -29,6 +30,7 @@ class Progress {
   std::uint64_t total_;
   std::string unit_;
   std::uint64_t done_ = 0;
+  std::string extra_;
   bool enabled_;
   bool tty_;
   bool finished_ = false;

@@ -107,7 +107,8 @@ std::vector<Check> run_checks(const DoctorOptions& o) {
   }
   checks.push_back(memory);
 
-  const std::string where = std::filesystem::absolute(o.path).lexically_normal().string();
+  std::string where = std::filesystem::absolute(o.path).lexically_normal().string();
+  if (where.size() > 1 && where.back() == '/') where.pop_back();
   const DiskInfo disk = disk_info(o.path);
   Check dsk{
       "disk",

@@ -222,8 +222,16 @@ Command add_tokenizer(CLI::App& parent) {
               std::cout << fmt::format("vocab size    {} ({} BPE tokens, {} merges, {} added)\n",
                                        tok.vocab_size(), tok.model().size(),
                                        tok.model().merge_count(), tok.added_tokens().size());
-              std::cout << fmt::format("pre-tokenizer {} engine{}\n", tok.pre_tokenizer().engine(),
-                                       tok.add_prefix_space() ? ", adds a prefix space" : "");
+              std::cout << fmt::format(
+                  "pre-tokenizer {} engine{}\n", tok.pre_tokenizer().engine(),
+                  tok.model().char_level() ? ", character-level BPE" : ", byte-level BPE");
+              for (const auto& step : tok.normalizer()) {
+                std::cout << fmt::format(
+                    "normalizer    {} '{}'{}\n",
+                    step.kind == NormalizeStep::Kind::Prepend ? "prepend" : "replace", step.text,
+                    step.kind == NormalizeStep::Kind::Replace ? " with '" + step.replacement + "'"
+                                                              : "");
+              }
               std::cout << fmt::format("pattern       {}\n", tok.pre_tokenizer().pattern());
               const auto eod = tok.eod_id();
               std::cout << fmt::format("end of doc    {}\n",

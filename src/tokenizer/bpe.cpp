@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "tokenizer/unicode.h"
 
 namespace borealis {
 
@@ -135,10 +136,16 @@ BpeModel BpeModel::from_ranks(std::vector<std::string> tokens, const std::string
 }
 
 BpeModel BpeModel::from_merges(std::vector<std::string> tokens, const std::vector<Merge>& merges,
-                               bool whole_piece_lookup, const std::string& where) {
+                               bool whole_piece_lookup, const std::string& where,
+                               const CharLevel* char_level) {
   BpeModel m;
   m.tokens_ = std::move(tokens);
   m.whole_piece_lookup_ = whole_piece_lookup;
+  if (char_level != nullptr) {
+    m.char_level_ = true;
+    m.byte_fallback_ = char_level->byte_fallback;
+    m.unk_ = char_level->unk;
+  }
   m.index_tokens(where);
   m.pair_keys_.assign(std::bit_ceil(std::max<std::size_t>(16, merges.size() * 2)), kEmpty);
   m.pair_values_.resize(m.pair_keys_.size());
@@ -168,12 +175,22 @@ void BpeModel::index_tokens(const std::string& where) {
     if (!tokens_[id].empty()) by_bytes_.emplace(tokens_[id], id);  // the first id wins
   }
   for (int b = 0; b < 256; ++b) {
+    if (char_level_) {
+      if (!byte_fallback_) continue;
+      const auto id = find(fmt::format("<0x{:02X}>", b));
+      if (!id) throw Error(fmt::format("byte fallback needs the token <0x{:02X}>", b), where);
+      byte_id_[b] = *id;
+      continue;
+    }
     const char c = static_cast<char>(b);
     const auto id = find(std::string_view(&c, 1));
     if (!id)
       throw Error(fmt::format("byte 0x{:02X} has no token; byte-level BPE needs all 256", b),
                   where);
     byte_id_[b] = *id;
+  }
+  if (char_level_ && !byte_fallback_ && !unk_) {
+    throw Error("a character-level BPE model needs byte_fallback or an unk_token", where);
   }
   cache_id_ = next_cache_id.fetch_add(1);
 }
@@ -222,7 +239,7 @@ std::vector<BpeModel::Merge> BpeModel::merges() const {
 }
 
 void BpeModel::encode(std::string_view piece, std::vector<std::uint32_t>& out) const {
-  if (piece.size() == 1) {
+  if (piece.size() == 1 && !char_level_) {
     out.push_back(byte_id_[static_cast<unsigned char>(piece[0])]);
     return;
   }
@@ -249,19 +266,53 @@ void BpeModel::encode_uncached(std::string_view piece, std::vector<std::uint32_t
       return;
     }
   }
-  if (piece.size() <= kQuadraticMax) {
-    encode_quadratic(piece, out);
+  thread_local std::vector<std::uint32_t> ids;
+  initial_symbols(piece, ids);
+  if (ids.size() <= kQuadraticMax) {
+    merge_quadratic(ids, out);
   } else {
-    encode_heap(piece, out);
+    merge_heap(ids, out);
+  }
+}
+
+void BpeModel::initial_symbols(std::string_view piece, std::vector<std::uint32_t>& ids) const {
+  ids.clear();
+  if (!char_level_) {
+    for (const char c : piece) ids.push_back(byte_id_[static_cast<unsigned char>(c)]);
+    return;
+  }
+  const auto* s = reinterpret_cast<const unsigned char*>(piece.data());
+  for (std::size_t i = 0; i < piece.size();) {
+    std::uint32_t cp = 0;
+    std::size_t len = unicode::decode_utf8(s + i, piece.size() - i, cp);
+    if (len == 0) len = 1;  // an invalid byte stands for itself
+    if (const auto id = find(piece.substr(i, len))) {
+      ids.push_back(*id);
+    } else if (byte_fallback_) {
+      for (std::size_t k = 0; k < len; ++k) ids.push_back(byte_id_[s[i + k]]);
+    } else if (ids.empty() || ids.back() != *unk_) {
+      ids.push_back(*unk_);  // consecutive unknown characters fuse into one
+    }
+    i += len;
   }
 }
 
 void BpeModel::encode_quadratic(std::string_view piece, std::vector<std::uint32_t>& out) const {
   thread_local std::vector<std::uint32_t> ids;
+  initial_symbols(piece, ids);
+  merge_quadratic(ids, out);
+}
+
+void BpeModel::encode_heap(std::string_view piece, std::vector<std::uint32_t>& out) const {
+  thread_local std::vector<std::uint32_t> ids;
+  initial_symbols(piece, ids);
+  merge_heap(ids, out);
+}
+
+void BpeModel::merge_quadratic(std::vector<std::uint32_t>& ids,
+                               std::vector<std::uint32_t>& out) const {
   thread_local std::vector<std::uint32_t> ranks;
-  const std::size_t n = piece.size();
-  ids.resize(n);
-  for (std::size_t i = 0; i < n; ++i) ids[i] = byte_id_[static_cast<unsigned char>(piece[i])];
+  const std::size_t n = ids.size();
   auto rank_at = [&](std::size_t i) {
     const PairValue* v = pair(ids[i], ids[i + 1]);
     return v != nullptr ? v->rank : kNoRank;
@@ -291,16 +342,16 @@ void BpeModel::encode_quadratic(std::string_view piece, std::vector<std::uint32_
   out.insert(out.end(), ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(count));
 }
 
-void BpeModel::encode_heap(std::string_view piece, std::vector<std::uint32_t>& out) const {
-  const std::size_t n = piece.size();
+void BpeModel::merge_heap(const std::vector<std::uint32_t>& start,
+                          std::vector<std::uint32_t>& out) const {
+  const std::size_t n = start.size();
+  if (n == 0) return;
   constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
-  std::vector<std::uint32_t> ids(n), next(n), prev(n);
+  std::vector<std::uint32_t> ids(start), next(n), prev(n);
   for (std::size_t i = 0; i < n; ++i) {
-    ids[i] = byte_id_[static_cast<unsigned char>(piece[i])];
     next[i] = i + 1 < n ? static_cast<std::uint32_t>(i + 1) : kNone;
     prev[i] = i > 0 ? static_cast<std::uint32_t>(i - 1) : kNone;
-  }
-  // (rank, position of the left symbol, left id, right id): min-heap, leftmost first.
+  }  // (rank, position of the left symbol, left id, right id): min-heap, leftmost first.
   struct Candidate {
     std::uint32_t rank;
     std::uint32_t left;

@@ -28,6 +28,14 @@ class BpeModel {
     std::uint32_t right;
   };
 
+  // SentencePiece-style models (Llama 2, Mistral): the initial symbols are
+  // Unicode characters, not bytes. A character that is not a token becomes
+  // its bytes as "<0xAB>" tokens (byte fallback) or the unknown token.
+  struct CharLevel {
+    bool byte_fallback = false;
+    std::optional<std::uint32_t> unk;
+  };
+
   BpeModel() = default;
   BpeModel(BpeModel&&) = default;
   BpeModel& operator=(BpeModel&&) = default;
@@ -43,7 +51,8 @@ class BpeModel {
   // `whole_piece_lookup` selects tiktoken's (and HF's ignore_merges)
   // shortcut for pieces that are tokens.
   static BpeModel from_merges(std::vector<std::string> tokens, const std::vector<Merge>& merges,
-                              bool whole_piece_lookup, const std::string& where);
+                              bool whole_piece_lookup, const std::string& where,
+                              const CharLevel* char_level = nullptr);
 
   // Appends the ids of one piece.
   void encode(std::string_view piece, std::vector<std::uint32_t>& out) const;
@@ -54,6 +63,7 @@ class BpeModel {
   std::optional<std::uint32_t> find(std::string_view bytes) const;
   std::size_t merge_count() const { return merge_count_; }
   bool whole_piece_lookup() const { return whole_piece_lookup_; }
+  bool char_level() const { return char_level_; }
 
   // The merge list in rank order, as pairs of ids (for saving).
   std::vector<Merge> merges() const;
@@ -69,13 +79,20 @@ class BpeModel {
   };
 
   void index_tokens(const std::string& where);
+  // The symbols a piece starts from: its bytes, or its characters.
+  void initial_symbols(std::string_view piece, std::vector<std::uint32_t>& ids) const;
+  void merge_quadratic(std::vector<std::uint32_t>& ids, std::vector<std::uint32_t>& out) const;
+  void merge_heap(const std::vector<std::uint32_t>& start, std::vector<std::uint32_t>& out) const;
   void add_pair(std::uint32_t left, std::uint32_t right, std::uint32_t rank, std::uint32_t merged);
   const PairValue* pair(std::uint32_t left, std::uint32_t right) const;
   void encode_uncached(std::string_view piece, std::vector<std::uint32_t>& out) const;
 
   std::vector<std::string> tokens_;
   std::unordered_map<std::string_view, std::uint32_t> by_bytes_;  // views into tokens_
-  std::uint32_t byte_id_[256] = {};
+  std::uint32_t byte_id_[256] = {};  // a byte's token, or its "<0xAB>" fallback token
+  bool char_level_ = false;
+  bool byte_fallback_ = false;
+  std::optional<std::uint32_t> unk_;
   // Open addressing: key (left << 32 | right), empty slots hold kEmpty.
   std::vector<std::uint64_t> pair_keys_;
   std::vector<PairValue> pair_values_;

@@ -52,44 +52,84 @@ std::string regex_escape(std::string_view literal) {
   return out;
 }
 
+// The list of steps of a node that may be a Sequence.
+std::vector<std::pair<json, std::string>> steps_of(const Reader& r, const json& node,
+                                                   const std::string& at, const char* list_key) {
+  std::vector<std::pair<json, std::string>> steps;
+  if (r.type_of(node, at) != "Sequence") {
+    steps.emplace_back(node, at);
+    return steps;
+  }
+  if (!node.contains(list_key) || !node[list_key].is_array()) {
+    r.invalid(fmt::format("a Sequence needs a '{}' list", list_key), at);
+  }
+  for (std::size_t i = 0; i < node[list_key].size(); ++i) {
+    steps.emplace_back(node[list_key][i], fmt::format("{}.{}[{}]", at, list_key, i));
+  }
+  return steps;
+}
+
+std::string string_pattern(const Reader& r, const json& step, const std::string& at) {
+  const json& pattern = step.value("pattern", json());
+  if (pattern.contains("String") && pattern["String"].is_string())
+    return pattern["String"].get<std::string>();
+  if (pattern.contains("Regex")) r.unsupported("a Regex pattern here", at + ".pattern");
+  r.invalid("expected a pattern {\"String\": ...}", at + ".pattern");
+}
+
+std::string string_field(const Reader& r, const json& step, const char* key,
+                         const std::string& at) {
+  if (!step.contains(key) || !step[key].is_string())
+    r.invalid(fmt::format("'{}' must be a string", key), at + "." + key);
+  return step[key].get<std::string>();
+}
+
+// Normalizers: Prepend and Replace (string patterns), alone or in a Sequence.
+std::vector<NormalizeStep> read_normalizer(const Reader& r, const json& j) {
+  std::vector<NormalizeStep> out;
+  if (!j.contains("normalizer") || j["normalizer"].is_null()) return out;
+  for (const auto& [step, at] : steps_of(r, j["normalizer"], "normalizer", "normalizers")) {
+    const std::string type = r.type_of(step, at);
+    if (type == "Prepend") {
+      out.push_back(
+          {NormalizeStep::Kind::Prepend, string_field(r, step, "prepend", at), "", false, false});
+    } else if (type == "Replace") {
+      out.push_back({NormalizeStep::Kind::Replace, string_pattern(r, step, at),
+                     string_field(r, step, "content", at), false, false});
+    } else {
+      r.unsupported(fmt::format("normalizer '{}'", type), at + ".type");
+    }
+  }
+  return out;
+}
+
 struct PreTokenizerSpec {
-  std::string pattern;
-  bool add_prefix_space = false;
+  std::unique_ptr<PreTokenizer> pre;
+  bool byte_level = false;
+  std::vector<NormalizeStep> steps;  // ByteLevel's prefix space, Metaspace's replacement
 };
 
-// ByteLevel alone, or Split then ByteLevel(use_regex: false) in a Sequence.
+// None (the whole text), Split, ByteLevel and Metaspace, alone or in a Sequence.
 PreTokenizerSpec read_pre_tokenizer(const Reader& r, const json& node) {
-  if (node.is_null()) {
-    r.unsupported(
-        "a BPE model without a ByteLevel pre-tokenizer (e.g. SentencePiece-style "
-        "Metaspace/byte_fallback models)",
-        "pre_tokenizer");
-  }
-  std::vector<std::pair<json, std::string>> steps;
-  if (r.type_of(node, "pre_tokenizer") == "Sequence") {
-    if (!node.contains("pretokenizers") || !node["pretokenizers"].is_array()) {
-      r.invalid("a Sequence needs a 'pretokenizers' list", "pre_tokenizer");
-    }
-    for (std::size_t i = 0; i < node["pretokenizers"].size(); ++i) {
-      steps.emplace_back(node["pretokenizers"][i],
-                         fmt::format("pre_tokenizer.pretokenizers[{}]", i));
-    }
-  } else {
-    steps.emplace_back(node, "pre_tokenizer");
-  }
   PreTokenizerSpec spec;
-  bool byte_level = false;
+  if (node.is_null()) {
+    spec.pre = PreTokenizer::whole_text();
+    return spec;
+  }
+  std::string pattern;
+  std::string metaspace;  // the replacement character when Metaspace splits
+  const auto steps = steps_of(r, node, "pre_tokenizer", "pretokenizers");
   for (std::size_t i = 0; i < steps.size(); ++i) {
     const auto& [step, at] = steps[i];
     const std::string type = r.type_of(step, at);
     if (type == "Split") {
-      if (i != 0 || !spec.pattern.empty())
-        r.unsupported("a Split that is not the first pre-tokenizer", at);
-      const json& pattern = step.value("pattern", json());
-      if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
-        spec.pattern = pattern["Regex"].get<std::string>();
-      } else if (pattern.contains("String") && pattern["String"].is_string()) {
-        spec.pattern = regex_escape(pattern["String"].get<std::string>());
+      if (!pattern.empty() || spec.byte_level)
+        r.unsupported("a Split after another pre-tokenizer", at);
+      const json& p = step.value("pattern", json());
+      if (p.contains("Regex") && p["Regex"].is_string()) {
+        pattern = p["Regex"].get<std::string>();
+      } else if (p.contains("String") && p["String"].is_string()) {
+        pattern = regex_escape(p["String"].get<std::string>());
       } else {
         r.invalid("Split needs a pattern {\"Regex\": ...} or {\"String\": ...}", at + ".pattern");
       }
@@ -100,27 +140,75 @@ PreTokenizerSpec read_pre_tokenizer(const Reader& r, const json& node) {
         r.unsupported("Split with invert: true", at + ".invert");
     } else if (type == "ByteLevel") {
       if (i + 1 != steps.size()) r.unsupported("pre-tokenizers after ByteLevel", at);
-      byte_level = true;
-      spec.add_prefix_space = r.flag(step, "add_prefix_space", false, at);
-      if (r.flag(step, "use_regex", true, at)) {
-        if (!spec.pattern.empty())
-          r.unsupported("ByteLevel use_regex after a Split", at + ".use_regex");
-        spec.pattern = std::string(kGpt2Pattern);
+      spec.byte_level = true;
+      if (r.flag(step, "add_prefix_space", false, at)) {
+        spec.steps.push_back({NormalizeStep::Kind::Prepend, " ", "", true, false});
       }
+      if (r.flag(step, "use_regex", true, at)) {
+        if (!pattern.empty()) r.unsupported("ByteLevel use_regex after a Split", at + ".use_regex");
+        pattern = std::string(kGpt2Pattern);
+      }
+    } else if (type == "Metaspace") {
+      if (steps.size() != 1) r.unsupported("Metaspace combined with other pre-tokenizers", at);
+      const std::string rep = step.value("replacement", std::string("\u2581"));
+      std::string scheme = step.value("prepend_scheme", std::string());
+      if (scheme.empty()) scheme = r.flag(step, "add_prefix_space", true, at) ? "always" : "never";
+      if (scheme != "always" && scheme != "first" && scheme != "never") {
+        r.unsupported(fmt::format("Metaspace prepend_scheme '{}'", scheme), at + ".prepend_scheme");
+      }
+      spec.steps.push_back({NormalizeStep::Kind::Replace, " ", rep, false, false});
+      if (scheme != "never")
+        spec.steps.push_back({NormalizeStep::Kind::Prepend, rep, "", true, scheme == "first"});
+      if (r.flag(step, "split", true, at)) metaspace = rep;
     } else {
       r.unsupported(fmt::format("pre-tokenizer '{}'", type), at + ".type");
     }
   }
-  if (!byte_level) r.unsupported("a BPE model without a ByteLevel pre-tokenizer", "pre_tokenizer");
-  if (spec.pattern.empty())
-    r.unsupported("ByteLevel without a regex (use_regex: false, no Split)", "pre_tokenizer");
+  if (!metaspace.empty()) {
+    spec.pre = PreTokenizer::split_before(metaspace);
+  } else if (!pattern.empty()) {
+    spec.pre = PreTokenizer::create(pattern, r.file + ": pre_tokenizer");
+  } else {
+    spec.pre = PreTokenizer::whole_text();
+  }
   return spec;
 }
 
-void check_decoder(const Reader& r, const json& j) {
-  if (!j.contains("decoder") || j["decoder"].is_null()) return;
-  const std::string type = r.type_of(j["decoder"], "decoder");
-  if (type != "ByteLevel") r.unsupported(fmt::format("decoder '{}'", type), "decoder.type");
+// Decoders of character-level models: Replace (string), ByteFallback, Fuse,
+// Strip (leading only), or Metaspace. Byte-level models take ByteLevel.
+DecodeSteps read_decoder(const Reader& r, const json& j, bool byte_level) {
+  DecodeSteps d;
+  if (!j.contains("decoder") || j["decoder"].is_null()) return d;
+  for (const auto& [step, at] : steps_of(r, j["decoder"], "decoder", "decoders")) {
+    const std::string type = r.type_of(step, at);
+    if (type == "ByteLevel" && byte_level) continue;  // token bytes are already decoded
+    if (type == "ByteLevel")
+      r.unsupported("decoder 'ByteLevel' with a character-level model", at + ".type");
+    if (byte_level)
+      r.unsupported(fmt::format("decoder '{}' with a ByteLevel model", type), at + ".type");
+    if (type == "Replace") {
+      d.replace.emplace_back(string_pattern(r, step, at), string_field(r, step, "content", at));
+    } else if (type == "ByteFallback") {
+      d.byte_fallback = true;
+    } else if (type == "Fuse") {
+      // Tokens are joined anyway.
+    } else if (type == "Strip") {
+      const std::string content = string_field(r, step, "content", at);
+      if (content.size() != 1 || step.value("stop", 0) != 0)
+        r.unsupported("Strip other than of leading characters", at);
+      d.strip_char = content[0];
+      d.strip_start = step.value("start", std::size_t{0});
+    } else if (type == "Metaspace") {
+      const std::string rep = step.value("replacement", std::string("\u2581"));
+      d.replace.emplace_back(rep, " ");
+      std::string scheme = step.value("prepend_scheme", std::string());
+      if (scheme.empty()) scheme = r.flag(step, "add_prefix_space", true, at) ? "always" : "never";
+      if (scheme != "never") d.strip_start = 1;
+    } else {
+      r.unsupported(fmt::format("decoder '{}'", type), at + ".type");
+    }
+  }
+  return d;
 }
 
 void check_post_processor(const Reader& r, const json& j) {
@@ -166,12 +254,10 @@ Tokenizer load_hf_tokenizer(const json& j, const fs::path& path) {
     r.unsupported("BPE dropout", "model.dropout");
   r.require_empty(model, "continuing_subword_prefix", "model");
   r.require_empty(model, "end_of_word_suffix", "model");
-  if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-    r.unsupported(fmt::format("normalizer '{}'", r.type_of(j["normalizer"], "normalizer")),
-                  "normalizer.type");
-  }
-  const PreTokenizerSpec spec = read_pre_tokenizer(r, j.value("pre_tokenizer", json()));
-  check_decoder(r, j);
+  std::vector<NormalizeStep> normalizer = read_normalizer(r, j);
+  PreTokenizerSpec spec = read_pre_tokenizer(r, j.value("pre_tokenizer", json()));
+  normalizer.insert(normalizer.end(), spec.steps.begin(), spec.steps.end());
+  const DecodeSteps decoder = read_decoder(r, j, spec.byte_level);
   check_post_processor(r, j);
   std::vector<AddedToken> added = read_added_tokens(r, j);
 
@@ -188,7 +274,7 @@ Tokenizer load_hf_tokenizer(const json& j, const fs::path& path) {
     for (const auto& a : added) is_added = is_added || a.id == n;
     if (is_added) continue;  // added tokens are matched as text, not built by merges
     if (n >= tokens.size()) tokens.resize(n + 1);
-    tokens[n] = byte_level_decode(text, r.file + ": model.vocab");
+    tokens[n] = spec.byte_level ? byte_level_decode(text, r.file + ": model.vocab") : text;
   }
   if (!model.contains("merges") || !model["merges"].is_array())
     r.invalid("'merges' must be a list", "model.merges");
@@ -226,12 +312,21 @@ Tokenizer load_hf_tokenizer(const json& j, const fs::path& path) {
     }
     merges.push_back({l->second, rt->second});
   }
-  BpeModel bpe =
-      BpeModel::from_merges(std::move(tokens), merges,
-                            r.flag(model, "ignore_merges", false, "model"), r.file + ": model");
-  Tokenizer tok(std::move(bpe), PreTokenizer::create(spec.pattern, r.file + ": pre_tokenizer"),
-                std::move(added), "huggingface");
-  tok.set_add_prefix_space(spec.add_prefix_space);
+  BpeModel::CharLevel chars;
+  if (!spec.byte_level) {
+    chars.byte_fallback = r.flag(model, "byte_fallback", false, "model");
+    if (model.contains("unk_token") && model["unk_token"].is_string()) {
+      const auto unk = ids.find(model["unk_token"].get<std::string>());
+      if (unk == ids.end()) r.invalid("the unk_token is not in the vocabulary", "model.unk_token");
+      chars.unk = unk->second;
+    }
+  }
+  BpeModel bpe = BpeModel::from_merges(std::move(tokens), merges,
+                                       r.flag(model, "ignore_merges", false, "model"),
+                                       r.file + ": model", spec.byte_level ? nullptr : &chars);
+  Tokenizer tok(std::move(bpe), std::move(spec.pre), std::move(added), "huggingface");
+  tok.set_normalizer(std::move(normalizer));
+  if (!spec.byte_level) tok.set_decoder(decoder);
   return tok;
 }
 

@@ -318,7 +318,43 @@ class RegexPreTokenizer final : public PreTokenizer {
   pcre2_code* code_ = nullptr;
 };
 
+class WholeText final : public PreTokenizer {
+ public:
+  WholeText() : PreTokenizer("") {}
+  const char* engine() const override { return "none"; }
+  void split(std::string_view text, std::vector<std::string_view>& pieces) const override {
+    if (!text.empty()) pieces.push_back(text);
+  }
+};
+
+class SplitBefore final : public PreTokenizer {
+ public:
+  explicit SplitBefore(std::string delimiter)
+      : PreTokenizer(delimiter), delimiter_(std::move(delimiter)) {}
+  const char* engine() const override { return "metaspace"; }
+  void split(std::string_view text, std::vector<std::string_view>& pieces) const override {
+    std::size_t start = 0;
+    while (start < text.size()) {
+      std::size_t next = text.find(delimiter_, start + 1);
+      if (next == std::string_view::npos) next = text.size();
+      pieces.push_back(text.substr(start, next - start));
+      start = next;
+    }
+  }
+
+ private:
+  std::string delimiter_;
+};
+
 }  // namespace
+
+std::unique_ptr<PreTokenizer> PreTokenizer::whole_text() {
+  return std::make_unique<WholeText>();
+}
+
+std::unique_ptr<PreTokenizer> PreTokenizer::split_before(std::string delimiter) {
+  return std::make_unique<SplitBefore>(std::move(delimiter));
+}
 
 std::unique_ptr<PreTokenizer> PreTokenizer::create(std::string_view pattern,
                                                    const std::string& where) {

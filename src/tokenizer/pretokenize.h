@@ -30,13 +30,17 @@ class PreTokenizer {
   // The PCRE2 matcher even for known patterns (to cross-check the fast ones).
   static std::unique_ptr<PreTokenizer> create_regex(std::string_view pattern,
                                                     const std::string& where = "pattern");
+  // The whole text as one piece (no pre-tokenizer).
+  static std::unique_ptr<PreTokenizer> whole_text();
+  // A new piece before every occurrence of `delimiter` (Metaspace's split).
+  static std::unique_ptr<PreTokenizer> split_before(std::string delimiter);
   virtual ~PreTokenizer() = default;
 
   // Appends the pieces of `text` to `pieces` (views into `text`).
   virtual void split(std::string_view text, std::vector<std::string_view>& pieces) const = 0;
 
   const std::string& pattern() const { return pattern_; }
-  // "gpt2", "cl100k" or "pcre2".
+  // "gpt2", "cl100k", "pcre2", "none" or "metaspace".
   virtual const char* engine() const = 0;
 
  protected:

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "core/error.h"
 
@@ -53,7 +54,7 @@ std::size_t Tokenizer::find_added(std::string_view text, std::size_t from, bool 
 void Tokenizer::encode(std::string_view text, std::vector<std::uint32_t>& out,
                        bool allow_special) const {
   if (added_.empty()) {
-    encode_ordinary(text, out);
+    encode_ordinary(text, true, out);
     return;
   }
   std::size_t pos = 0;
@@ -61,23 +62,36 @@ void Tokenizer::encode(std::string_view text, std::vector<std::uint32_t>& out,
     const AddedToken* token = nullptr;
     const std::size_t at = find_added(text, pos, allow_special, token);
     if (at == std::string_view::npos) {
-      encode_ordinary(text.substr(pos), out);
+      encode_ordinary(text.substr(pos), pos == 0, out);
       return;
     }
-    encode_ordinary(text.substr(pos, at - pos), out);
+    encode_ordinary(text.substr(pos, at - pos), pos == 0, out);
     out.push_back(token->id);
     pos = at + token->text.size();
   }
 }
 
-void Tokenizer::encode_ordinary(std::string_view text, std::vector<std::uint32_t>& out) const {
+void Tokenizer::encode_ordinary(std::string_view text, bool at_start,
+                                std::vector<std::uint32_t>& out) const {
   if (text.empty()) return;
   thread_local std::vector<std::string_view> pieces;
-  thread_local std::string prefixed;
-  if (add_prefix_space_ && text.front() != ' ') {
-    prefixed.assign(1, ' ');
-    prefixed.append(text);
-    text = prefixed;
+  thread_local std::string normalized;
+  if (!normalize_.empty()) {
+    normalized.assign(text);
+    for (const auto& step : normalize_) {
+      if (step.kind == NormalizeStep::Kind::Prepend) {
+        if ((!step.first_only || at_start) &&
+            !(step.if_missing && normalized.starts_with(step.text))) {
+          normalized.insert(0, step.text);
+        }
+      } else {
+        for (std::size_t p = normalized.find(step.text); p != std::string::npos;
+             p = normalized.find(step.text, p + step.replacement.size())) {
+          normalized.replace(p, step.text.size(), step.replacement);
+        }
+      }
+    }
+    text = normalized;
   }
   pieces.clear();
   pre_->split(text, pieces);
@@ -93,16 +107,40 @@ std::string_view Tokenizer::token_bytes(std::uint32_t id) const {
               "decode");
 }
 
+void Tokenizer::set_decoder(const DecodeSteps& steps) {
+  decode_ = steps;
+  decoded_.assign(model_.size(), std::string());
+  for (std::uint32_t id = 0; id < model_.size(); ++id) {
+    std::string t = model_.token(id);
+    unsigned byte = 0;
+    if (steps.byte_fallback && t.size() == 6 && t.starts_with("<0x") && t.back() == '>' &&
+        std::sscanf(t.c_str(), "<0x%2X>", &byte) == 1) {
+      decoded_[id] = std::string(1, static_cast<char>(byte));
+      continue;
+    }
+    for (const auto& [from, to] : steps.replace) {
+      for (std::size_t p = t.find(from); p != std::string::npos; p = t.find(from, p + to.size())) {
+        t.replace(p, from.size(), to);
+      }
+    }
+    decoded_[id] = std::move(t);
+  }
+}
+
 std::string Tokenizer::decode(std::span<const std::uint32_t> ids) const {
   std::string out;
   out.reserve(ids.size() * 4);
   for (const std::uint32_t id : ids) {
     if (id < model_.size() && !model_.token(id).empty()) {
-      out += model_.token(id);
+      out += decoded_.empty() ? model_.token(id) : decoded_[id];
     } else {
       out += token_bytes(id);
     }
   }
+  std::size_t strip = 0;
+  while (strip < decode_.strip_start && strip < out.size() && out[strip] == decode_.strip_char)
+    ++strip;
+  out.erase(0, strip);
   return out;
 }
 

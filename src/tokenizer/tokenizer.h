@@ -36,6 +36,26 @@ struct AddedToken {
   bool special;  // matched only when allowed
 };
 
+// Text changes before pre-tokenization, applied in order to each stretch of
+// text between added tokens (Hugging Face normalizers and Metaspace).
+struct NormalizeStep {
+  enum class Kind { Prepend, Replace } kind;
+  std::string text;         // Prepend: what to prepend; Replace: the pattern
+  std::string replacement;  // Replace only
+  bool if_missing = false;  // Prepend only when the text does not start with it already
+  bool first_only = false;  // Prepend only at the very start of the input
+};
+
+// How token ids become text, beyond concatenating token bytes: per-token
+// replacements (e.g. "▁" -> " "), "<0xAB>" byte-fallback tokens as bytes,
+// and leading characters stripped from the result.
+struct DecodeSteps {
+  std::vector<std::pair<std::string, std::string>> replace;
+  bool byte_fallback = false;
+  std::size_t strip_start = 0;
+  char strip_char = ' ';
+};
+
 class Tokenizer {
  public:
   Tokenizer(BpeModel model, std::unique_ptr<PreTokenizer> pre, std::vector<AddedToken> added,
@@ -67,12 +87,12 @@ class Tokenizer {
   // The end-of-document token: <|endoftext|>, <|end_of_text|>, </s> or <eos>, if present.
   std::optional<std::uint32_t> eod_id() const;
   const std::string& source_format() const { return source_format_; }
-  // Add a leading space to text that does not start with one (HF ByteLevel add_prefix_space).
-  void set_add_prefix_space(bool on) { add_prefix_space_ = on; }
-  bool add_prefix_space() const { return add_prefix_space_; }
+  void set_normalizer(std::vector<NormalizeStep> steps) { normalize_ = std::move(steps); }
+  const std::vector<NormalizeStep>& normalizer() const { return normalize_; }
+  void set_decoder(const DecodeSteps& steps);
 
  private:
-  void encode_ordinary(std::string_view text, std::vector<std::uint32_t>& out) const;
+  void encode_ordinary(std::string_view text, bool at_start, std::vector<std::uint32_t>& out) const;
   // The earliest added token in text[from..) that may match; npos if none.
   std::size_t find_added(std::string_view text, std::size_t from, bool allow_special,
                          const AddedToken*& found) const;
@@ -82,7 +102,9 @@ class Tokenizer {
   std::vector<AddedToken> added_;  // longest first, so overlapping texts match the longest
   std::size_t vocab_size_ = 0;
   std::string source_format_;
-  bool add_prefix_space_ = false;
+  std::vector<NormalizeStep> normalize_;
+  std::vector<std::string> decoded_;  // per model token when decoding is more than its bytes
+  DecodeSteps decode_;
   bool first_byte_[256] = {};  // first bytes of added tokens
 };
 

@@ -151,9 +151,19 @@ TEST(Tokenizer, HuggingFaceFeaturesItLacksAreNamedErrors) {
   EXPECT_EQ(load_with([](auto& j) { j["model"]["type"] = "Unigram"; }),
             "error: model type 'Unigram' is not supported (" + f + ": model.type)");
   EXPECT_EQ(load_with([](auto& j) {
-              j["pre_tokenizer"] = {{"type", "Metaspace"}};
+              j["pre_tokenizer"] = {{"type", "Digits"}};
             }),
-            "error: pre-tokenizer 'Metaspace' is not supported (" + f + ": pre_tokenizer.type)");
+            "error: pre-tokenizer 'Digits' is not supported (" + f + ": pre_tokenizer.type)");
+  EXPECT_EQ(
+      load_with([](auto& j) {
+        j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}}, {"content", " "}};
+      }),
+      "error: a Regex pattern here is not supported (" + f + ": normalizer.pattern)");
+  EXPECT_EQ(load_with([](auto& j) {
+              j["pre_tokenizer"] = nullptr;
+            }),  // character-level, ByteLevel decoder
+            "error: decoder 'ByteLevel' with a character-level model is not supported (" + f +
+                ": decoder.type)");
   EXPECT_EQ(load_with([](auto& j) { j["model"]["continuing_subword_prefix"] = "##"; }),
             "error: 'continuing_subword_prefix' = \"##\" is not supported (" + f +
                 ": model.continuing_subword_prefix)");
@@ -166,7 +176,8 @@ TEST(Tokenizer, HuggingFaceFeaturesItLacksAreNamedErrors) {
   EXPECT_EQ(load_with([](auto& j) {
               j["decoder"] = {{"type", "WordPiece"}};
             }),
-            "error: decoder 'WordPiece' is not supported (" + f + ": decoder.type)");
+            "error: decoder 'WordPiece' with a ByteLevel model is not supported (" + f +
+                ": decoder.type)");
 }
 
 TEST(Tokenizer, MalformedFilesAreClearErrors) {

@@ -3,10 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
 #include "test_util.h"
+#include "tokenizer/hf_js.h"
 #include "tokenizer/hf_json.h"
 
 namespace borealis {
@@ -85,25 +85,11 @@ TEST(TrainBpe, SavedTokenizerJsonEncodesTheSameInHuggingFaceTokenizers) {
   const Tokenizer tok = train_bpe(
       std::vector<std::filesystem::path>{kData / "brown" / "brown.jsonl"}, small(3000, 2));
   test::write_file(dir / "tokenizer.json", hf_tokenizer_json(tok));
-  const int docs = 40;
-  const auto r = test::run_program(
-      "/usr/bin/env",
-      {"node", BOREALIS_SOURCE_DIR "/tests/tokenizer/hf-encode.mjs", (kData / "npm").string(),
-       (dir / "tokenizer.json").string(), (kData / "brown" / "brown.jsonl").string(),
-       std::to_string(docs), (dir / "hf.txt").string()});
-  ASSERT_EQ(r.exit_code, 0) << r.err << "\n(needs node and scripts/get-tokenizers.sh)";
-  std::istringstream hf(test::read_file(dir / "hf.txt"));
-  std::istringstream jsonl(test::read_file(kData / "brown" / "brown.jsonl"));
-  std::string hf_line, doc_line;
-  for (int i = 0; i < docs; ++i) {
-    ASSERT_TRUE(std::getline(hf, hf_line));
-    ASSERT_TRUE(std::getline(jsonl, doc_line));
-    std::string ours;
-    for (const auto id : tok.encode(nlohmann::json::parse(doc_line)["text"].get<std::string>())) {
-      ours += (ours.empty() ? "" : " ") + std::to_string(id);
-    }
-    ASSERT_EQ(ours, hf_line) << "document " << i;
-  }
+  const auto docs = test::brown_documents(40);
+  const auto reference = test::hf_js_encode(dir / "tokenizer.json", docs.size());
+  ASSERT_EQ(reference.size(), docs.size());
+  for (std::size_t i = 0; i < docs.size(); ++i)
+    ASSERT_EQ(tok.encode(docs[i]), reference[i]) << "document " << i;
 }
 
 TEST(TrainBpe, BadInputsAreErrors) {

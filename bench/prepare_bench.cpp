@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
@@ -25,7 +26,8 @@
 namespace {
 
 using namespace borealis;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::seconds_since;
 
 int run(int argc, char** argv) {
   double target_mb = 500;
@@ -37,13 +39,7 @@ int run(int argc, char** argv) {
   }
   const int cores = omp_get_max_threads();
   const MappedFile brown("data/brown/brown.jsonl");
-  std::vector<std::string> docs;
-  std::string_view rest = brown.text();
-  while (!rest.empty()) {
-    const auto end = std::min(rest.find('\n'), rest.size());
-    docs.push_back(nlohmann::json::parse(rest.substr(0, end))["text"].get<std::string>());
-    rest.remove_prefix(std::min(end + 1, rest.size()));
-  }
+  const std::vector<std::string> docs = bench::brown_documents();
   const std::string dir = std::getenv("TMPDIR") != nullptr ? std::getenv("TMPDIR") : "/tmp";
   const std::string input = dir + "/borealis-prepare-bench.jsonl";
   const std::string out = dir + "/borealis-prepare-bench";
@@ -105,13 +101,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const borealis::Error& e) {
-    std::fprintf(stderr,
-                 "%s\n(run from the repository root after scripts/get-brown.sh and "
-                 "scripts/get-tokenizers.sh)\n",
-                 e.line().c_str());
-    return 1;
-  }
+  return borealis::bench::main_with_errors([&] { return run(argc, argv); });
 }

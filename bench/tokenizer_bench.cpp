@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "tokenizer/tokenizer.h"
@@ -26,23 +27,8 @@
 namespace {
 
 using namespace borealis;
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-std::vector<std::string> load_docs() {
-  const MappedFile file("data/brown/brown.jsonl");
-  std::vector<std::string> docs;
-  std::string_view all = file.text();
-  while (!all.empty()) {
-    const auto end = std::min(all.find('\n'), all.size());
-    docs.push_back(nlohmann::json::parse(all.substr(0, end))["text"].get<std::string>());
-    all.remove_prefix(std::min(end + 1, all.size()));
-  }
-  return docs;
-}
+using bench::Clock;
+using bench::seconds_since;
 
 struct Pass {
   double seconds;
@@ -82,7 +68,7 @@ int run(int argc, char** argv) {
     if (flag == "--threads") max_threads = std::stoi(argv[i + 1]);
     if (flag == "--repeat") repeat = std::stoi(argv[i + 1]);
   }
-  const std::vector<std::string> docs = load_docs();
+  const std::vector<std::string> docs = bench::brown_documents();
   std::size_t bytes = 0;
   for (const auto& d : docs) bytes += d.size();
   const double mb = static_cast<double>(bytes) / 1e6;
@@ -127,13 +113,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const borealis::Error& e) {
-    std::fprintf(stderr,
-                 "%s\n(run from the repository root after scripts/get-brown.sh and "
-                 "scripts/get-tokenizers.sh)\n",
-                 e.line().c_str());
-    return 1;
-  }
+  return borealis::bench::main_with_errors([&] { return run(argc, argv); });
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
@@ -25,23 +26,8 @@
 namespace {
 
 using namespace borealis;
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-std::vector<std::string> load_docs() {
-  const MappedFile file("data/brown/brown.jsonl");
-  std::vector<std::string> docs;
-  std::string_view all = file.text();
-  while (!all.empty()) {
-    const auto end = std::min(all.find('\n'), all.size());
-    docs.push_back(nlohmann::json::parse(all.substr(0, end))["text"].get<std::string>());
-    all.remove_prefix(std::min(end + 1, all.size()));
-  }
-  return docs;
-}
+using bench::Clock;
+using bench::seconds_since;
 
 double max_rss_mb() {
   rusage u{};
@@ -57,7 +43,7 @@ int run(int argc, char** argv) {
     if (flag == "--threads") threads = std::stoi(argv[i + 1]);
     if (flag == "--mb") target_mb = std::stod(argv[i + 1]);
   }
-  const std::vector<std::string> docs = load_docs();
+  const std::vector<std::string> docs = bench::brown_documents();
   std::size_t bytes = 0;
   for (const auto& d : docs) bytes += d.size();
 
@@ -129,11 +115,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const borealis::Error& e) {
-    std::fprintf(stderr, "%s\n(run from the repository root after scripts/get-brown.sh)\n",
-                 e.line().c_str());
-    return 1;
-  }
+  return borealis::bench::main_with_errors([&] { return run(argc, argv); });
 }

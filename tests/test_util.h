@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,10 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// Runs fn and returns the one-line form ("error: <what> (<where>)") of the
+// borealis::Error it throws, or "no error".
+std::string error_line(const std::function<void()>& fn);
 
 std::string read_file(const std::filesystem::path& path);
 void write_file(const std::filesystem::path& path, const std::string& contents);

@@ -94,23 +94,28 @@ std::size_t end_of_space_run(const Cursor& cur, std::size_t i, std::size_t j) {
   return last > i ? last : j;
 }
 
-class Gpt2PreTokenizer final : public PreTokenizer {
+// A pre-tokenizer from a Matcher whose match(cursor, i) returns where the
+// piece starting at i ends.
+template <class Matcher>
+class HandWrittenPreTokenizer final : public PreTokenizer {
  public:
-  explicit Gpt2PreTokenizer(std::string_view pattern) : PreTokenizer(pattern) {}
-  const char* engine() const override { return "gpt2"; }
+  explicit HandWrittenPreTokenizer(std::string_view pattern) : PreTokenizer(pattern) {}
+  const char* engine() const override { return Matcher::kEngine; }
 
   void split(std::string_view text, std::vector<std::string_view>& pieces) const override {
     const Cursor cur(text);
-    const std::size_t n = cur.size();
-    std::size_t i = 0;
-    while (i < n) {
-      const std::size_t end = match(cur, i);
+    for (std::size_t i = 0; i < cur.size();) {
+      const std::size_t end = Matcher::match(cur, i);
       pieces.push_back(text.substr(i, end - i));
       i = end;
     }
   }
+};
 
- private:
+// kGpt2Pattern.
+struct Gpt2Matcher {
+  static constexpr const char* kEngine = "gpt2";
+
   static std::size_t match(const Cursor& cur, std::size_t i) {
     const std::size_t n = cur.size();
     const Ch c = cur.at(i);
@@ -140,23 +145,10 @@ class Gpt2PreTokenizer final : public PreTokenizer {
   }
 };
 
-class Cl100kPreTokenizer final : public PreTokenizer {
- public:
-  explicit Cl100kPreTokenizer(std::string_view pattern) : PreTokenizer(pattern) {}
-  const char* engine() const override { return "cl100k"; }
+// kCl100kPattern (also Llama 3's).
+struct Cl100kMatcher {
+  static constexpr const char* kEngine = "cl100k";
 
-  void split(std::string_view text, std::vector<std::string_view>& pieces) const override {
-    const Cursor cur(text);
-    const std::size_t n = cur.size();
-    std::size_t i = 0;
-    while (i < n) {
-      const std::size_t end = match(cur, i);
-      pieces.push_back(text.substr(i, end - i));
-      i = end;
-    }
-  }
-
- private:
   // Length of the case-insensitive contraction at i ('s, 'T, 'Re, 'ſ ...), or 0.
   static std::size_t contraction(const Cursor& cur, std::size_t i) {
     const std::size_t n = cur.size();
@@ -358,8 +350,10 @@ std::unique_ptr<PreTokenizer> PreTokenizer::split_before(std::string delimiter) 
 
 std::unique_ptr<PreTokenizer> PreTokenizer::create(std::string_view pattern,
                                                    const std::string& where) {
-  if (pattern == kGpt2Pattern) return std::make_unique<Gpt2PreTokenizer>(pattern);
-  if (pattern == kCl100kPattern) return std::make_unique<Cl100kPreTokenizer>(pattern);
+  if (pattern == kGpt2Pattern)
+    return std::make_unique<HandWrittenPreTokenizer<Gpt2Matcher>>(pattern);
+  if (pattern == kCl100kPattern)
+    return std::make_unique<HandWrittenPreTokenizer<Cl100kMatcher>>(pattern);
   return create_regex(pattern, where);
 }
 

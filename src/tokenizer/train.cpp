@@ -270,31 +270,47 @@ int thread_count(const BpeTrainOptions& o) {
   return o.threads > 0 ? o.threads : omp_get_max_threads();
 }
 
-}  // namespace
-
-Tokenizer train_bpe_documents(const std::vector<std::string>& documents, const BpeTrainOptions& o,
-                              BpeTrainStats* stats_out) {
+// Checks the options, counts pieces with feed(counter, stats), learns merges.
+template <class Feed>
+Tokenizer train(const BpeTrainOptions& o, BpeTrainStats* stats_out, Feed feed) {
   check_options(o);
   const auto start = Clock::now();
   const auto pre = PreTokenizer::create(o.pattern, "--pattern");
   BpeTrainStats stats;
   Counter counter(*pre, thread_count(o));
-  std::vector<std::string_view> views(documents.begin(), documents.end());
-  counter.add(views, [](std::size_t, std::string_view doc, std::string&) { return doc; });
-  stats.documents = documents.size();
-  for (const auto& d : documents) stats.bytes += d.size();
+  feed(counter, stats);
   Tokenizer tok = finish(counter, *pre, o, stats, start);
   if (stats_out != nullptr) *stats_out = stats;
   return tok;
 }
 
+// Counts the pieces of input files (defined below the public functions).
+void count_files(const std::vector<std::filesystem::path>& inputs, const BpeTrainOptions& o,
+                 Counter& counter, BpeTrainStats& stats);
+
+}  // namespace
+
+Tokenizer train_bpe_documents(const std::vector<std::string>& documents, const BpeTrainOptions& o,
+                              BpeTrainStats* stats_out) {
+  return train(o, stats_out, [&](Counter& counter, BpeTrainStats& stats) {
+    std::vector<std::string_view> views(documents.begin(), documents.end());
+    counter.add(views, [](std::size_t, std::string_view doc, std::string&) { return doc; });
+    stats.documents = documents.size();
+    for (const auto& d : documents) stats.bytes += d.size();
+  });
+}
+
 Tokenizer train_bpe(const std::vector<std::filesystem::path>& inputs, const BpeTrainOptions& o,
                     BpeTrainStats* stats_out) {
-  check_options(o);
-  const auto start = Clock::now();
-  const auto pre = PreTokenizer::create(o.pattern, "--pattern");
-  BpeTrainStats stats;
-  Counter counter(*pre, thread_count(o));
+  return train(o, stats_out, [&](Counter& counter, BpeTrainStats& stats) {
+    count_files(inputs, o, counter, stats);
+  });
+}
+
+namespace {
+
+void count_files(const std::vector<std::filesystem::path>& inputs, const BpeTrainOptions& o,
+                 Counter& counter, BpeTrainStats& stats) {
   std::uint64_t total_bytes = 0;
   for (const auto& path : inputs) {
     std::error_code ec;
@@ -362,9 +378,8 @@ Tokenizer train_bpe(const std::vector<std::filesystem::path>& inputs, const BpeT
     stats.bytes += file.size();
   }
   progress.finish();
-  Tokenizer tok = finish(counter, *pre, o, stats, start);
-  if (stats_out != nullptr) *stats_out = stats;
-  return tok;
 }
+
+}  // namespace
 
 }  // namespace borealis

@@ -25,18 +25,6 @@ ConfigSchema demo_schema() {
   return s;
 }
 
-// Runs `fn`, expecting an Error; returns its one-line form.
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.line();
-  }
-  ADD_FAILURE() << "expected borealis::Error";
-  return {};
-}
-
 TEST(Config, DefaultsWhenNothingIsGiven) {
   const Config c(demo_schema());
   EXPECT_EQ(c.get<std::int64_t>("train.steps"), 1000);
@@ -85,39 +73,40 @@ TEST(Config, DottedKeysAndInlineTablesAreTheSameKeys) {
 
 TEST(Config, UnknownKeyNamesKeyFileAndSuggestion) {
   Config c(demo_schema());
-  EXPECT_EQ(error_of([&] { c.merge_toml("[train]\nsetps = 10\n", "run.toml"); }),
+  EXPECT_EQ(test::error_line([&] { c.merge_toml("[train]\nsetps = 10\n", "run.toml"); }),
             "error: unknown key 'train.setps'; did you mean 'train.steps'? (run.toml:2:9)");
   // A key in the wrong section is pointed to its section.
-  EXPECT_EQ(error_of([&] { c.merge_toml("[data]\nlr = 0.1\n", "run.toml"); }),
+  EXPECT_EQ(test::error_line([&] { c.merge_toml("[data]\nlr = 0.1\n", "run.toml"); }),
             "error: unknown key 'data.lr'; did you mean 'train.lr'? (run.toml:2:6)");
-  EXPECT_EQ(error_of([&] { c.merge_toml("[optimizer]\nx = 1\n", "run.toml"); }),
+  EXPECT_EQ(test::error_line([&] { c.merge_toml("[optimizer]\nx = 1\n", "run.toml"); }),
             "error: unknown key 'optimizer' (run.toml:1:1)");
 }
 
 TEST(Config, BadTypesNameKeyExpectedAndActual) {
   Config c(demo_schema());
-  EXPECT_EQ(error_of([&] { c.merge_toml("[train]\nsteps = \"ten\"\n", "a.toml"); }),
+  EXPECT_EQ(test::error_line([&] { c.merge_toml("[train]\nsteps = \"ten\"\n", "a.toml"); }),
             "error: key 'train.steps' must be an integer, got a string (a.toml:2:9)");
   EXPECT_EQ(
-      error_of([&] { c.merge_toml("[train]\nsteps = 1.5\n", "a.toml"); }),
+      test::error_line([&] { c.merge_toml("[train]\nsteps = 1.5\n", "a.toml"); }),
       "error: key 'train.steps' must be an integer, got a floating-point number (a.toml:2:9)");
-  EXPECT_EQ(error_of([&] { c.merge_toml("[train]\nbf16 = 1\n", "a.toml"); }),
+  EXPECT_EQ(test::error_line([&] { c.merge_toml("[train]\nbf16 = 1\n", "a.toml"); }),
             "error: key 'train.bf16' must be a boolean, got an integer (a.toml:2:8)");
   EXPECT_EQ(
-      error_of([&] { c.merge_toml("[data]\nsplit = [1, \"x\", 3]\n", "a.toml"); }),
+      test::error_line([&] { c.merge_toml("[data]\nsplit = [1, \"x\", 3]\n", "a.toml"); }),
       "error: key 'data.split' (element 2) must be a list of integers, got a string (a.toml:2:9)");
-  EXPECT_EQ(error_of([&] { c.merge_toml("[data]\npaths = \"/one\"\n", "a.toml"); }),
+  EXPECT_EQ(test::error_line([&] { c.merge_toml("[data]\npaths = \"/one\"\n", "a.toml"); }),
             "error: key 'data.paths' must be a list of strings, got a string (a.toml:2:9)");
-  EXPECT_EQ(error_of([&] { c.merge_toml("train = 3\n", "a.toml"); }),
+  EXPECT_EQ(test::error_line([&] { c.merge_toml("train = 3\n", "a.toml"); }),
             "error: 'train' is a section and must be a table, got an integer (a.toml:1:9)");
-  EXPECT_EQ(error_of([&] { c.merge_toml("[train]\nschedule = \"step\"\n", "a.toml"); }),
+  EXPECT_EQ(test::error_line([&] { c.merge_toml("[train]\nschedule = \"step\"\n", "a.toml"); }),
             "error: key 'train.schedule' must be one of cosine, linear, constant, got 'step' "
             "(a.toml:2:12)");
 }
 
 TEST(Config, MalformedTomlGivesLineAndColumn) {
   Config c(demo_schema());
-  const std::string line = error_of([&] { c.merge_toml("[train]\nsteps = \n", "bad.toml"); });
+  const std::string line =
+      test::error_line([&] { c.merge_toml("[train]\nsteps = \n", "bad.toml"); });
   EXPECT_TRUE(line.starts_with("error: invalid TOML: ")) << line;
   EXPECT_TRUE(line.ends_with("(bad.toml:2:9)")) << line;
 }
@@ -125,7 +114,7 @@ TEST(Config, MalformedTomlGivesLineAndColumn) {
 TEST(Config, MissingFileIsAnError) {
   TempDir dir;
   const auto missing = (dir / "nope.toml").string();
-  EXPECT_EQ(error_of([&] { load_config(demo_schema(), missing, {}); }),
+  EXPECT_EQ(test::error_line([&] { load_config(demo_schema(), missing, {}); }),
             "error: cannot open file: No such file or directory (" + missing + ")");
 }
 
@@ -164,24 +153,24 @@ TEST(Config, LastOverrideWins) {
 
 TEST(Config, BadOverridesAreErrors) {
   Config c(demo_schema());
-  EXPECT_EQ(error_of([&] { c.set("train.steps"); }),
+  EXPECT_EQ(test::error_line([&] { c.set("train.steps"); }),
             "error: expected section.key=value (--set train.steps)");
-  EXPECT_EQ(error_of([&] { c.set("train.step=1"); }),
+  EXPECT_EQ(test::error_line([&] { c.set("train.step=1"); }),
             "error: unknown key 'train.step'; did you mean 'train.steps'? (--set train.step=1)");
-  EXPECT_EQ(error_of([&] { c.set("train.steps=ten"); }),
+  EXPECT_EQ(test::error_line([&] { c.set("train.steps=ten"); }),
             "error: key 'train.steps' must be an integer, got 'ten' (--set train.steps=ten)");
   EXPECT_EQ(
-      error_of([&] { c.set("train.steps=99999999999999999999"); }),
+      test::error_line([&] { c.set("train.steps=99999999999999999999"); }),
       "error: key 'train.steps' must be an integer, got '99999999999999999999' (out of range) "
       "(--set train.steps=99999999999999999999)");
-  EXPECT_EQ(error_of([&] { c.set("train.bf16=yes"); }),
+  EXPECT_EQ(test::error_line([&] { c.set("train.bf16=yes"); }),
             "error: key 'train.bf16' must be a boolean, got 'yes' (--set train.bf16=yes)");
-  EXPECT_EQ(error_of([&] { c.set("data.split=1,x"); }),
+  EXPECT_EQ(test::error_line([&] { c.set("data.split=1,x"); }),
             "error: key 'data.split' (element 2) must be a list of integers, got 'x' (--set "
             "data.split=1,x)");
-  EXPECT_EQ(error_of([&] { c.set("train=1"); }),
+  EXPECT_EQ(test::error_line([&] { c.set("train=1"); }),
             "error: 'train' is a section; set one of its keys (--set train=1)");
-  EXPECT_EQ(error_of([&] { c.set("train.schedule=cosin"); }),
+  EXPECT_EQ(test::error_line([&] { c.set("train.schedule=cosin"); }),
             "error: key 'train.schedule' must be one of cosine, linear, constant, got 'cosin' "
             "(--set train.schedule=cosin)");
   // The failed overrides changed nothing.

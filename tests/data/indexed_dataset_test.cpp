@@ -80,15 +80,6 @@ TEST(IndexedDataset, Int32ForLargeVocabularies) {
   EXPECT_THROW(narrow.add_document(std::vector<std::uint32_t>{70000}), Error);
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.line();
-  }
-  return "no error";
-}
-
 TEST(IndexedDataset, CorruptionIsFoundAndNamed) {
   TempDir dir;
   std::string bin;
@@ -99,7 +90,7 @@ TEST(IndexedDataset, CorruptionIsFoundAndNamed) {
     std::string idx = expected_idx();
     edit(idx);
     test::write_file(dir / "c.idx", idx);
-    return error_of([&] { IndexedDataset(dir / "c").verify(); });
+    return test::error_line([&] { IndexedDataset(dir / "c").verify(); });
   };
   EXPECT_EQ(with_idx([](std::string& s) { s[0] = 'X'; }),
             "error: not a Megatron .idx file (bad magic) (" + idx_path + ")");
@@ -121,9 +112,9 @@ TEST(IndexedDataset, CorruptionIsFoundAndNamed) {
   test::write_file(dir / "c.idx", expected_idx());
   test::write_file(dir / "c.bin", bin.substr(2));
   EXPECT_EQ(
-      error_of([&] { IndexedDataset ds(dir / "c"); }),
+      test::error_line([&] { IndexedDataset ds(dir / "c"); }),
       "error: .bin is 8 bytes but the index ends at byte 10 (" + (dir / "c.bin").string() + ")");
-  EXPECT_EQ(error_of([&] { IndexedDataset ds(dir / "missing"); }),
+  EXPECT_EQ(test::error_line([&] { IndexedDataset ds(dir / "missing"); }),
             "error: cannot open file: No such file or directory (" +
                 (dir / "missing.idx").string() + ")");
 }
@@ -144,7 +135,7 @@ TEST(IndexedDataset, MergeConcatenatesInOrder) {
   IndexedDatasetWriter wide(dir / "wide", TokenType::I32);
   wide.add_document(std::vector<std::uint32_t>{1});
   wide.commit();
-  EXPECT_EQ(error_of([&] {
+  EXPECT_EQ(test::error_line([&] {
               merge_datasets({dir / "a", dir / "wide"}, dir / "x");
             }),
             "error: token type int32 differs from uint16 of " + (dir / "a").string() + " (" +

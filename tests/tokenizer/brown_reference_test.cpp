@@ -5,9 +5,9 @@
 #include <zlib.h>
 
 #include <cstring>
-#include <nlohmann/json.hpp>
 
 #include "test_util.h"
+#include "tokenizer/hf_js.h"
 #include "tokenizer/tokenizer.h"
 
 namespace borealis {
@@ -15,22 +15,6 @@ namespace {
 
 const std::filesystem::path kData = BOREALIS_DATA_DIR;
 const std::filesystem::path kFixtures = BOREALIS_TOKENIZER_FIXTURES;
-
-std::vector<std::string> brown_texts() {
-  const auto path = kData / "brown" / "brown.jsonl";
-  if (!std::filesystem::exists(path)) {
-    throw std::runtime_error(path.string() + " is missing: run scripts/get-brown.sh");
-  }
-  std::vector<std::string> texts;
-  const std::string all = test::read_file(path);
-  std::size_t pos = 0;
-  while (pos < all.size()) {
-    const std::size_t end = all.find('\n', pos);
-    texts.push_back(nlohmann::json::parse(all.substr(pos, end - pos))["text"].get<std::string>());
-    pos = end + 1;
-  }
-  return texts;
-}
 
 std::vector<std::vector<std::uint32_t>> read_fixture(const std::string& name) {
   const auto path = kFixtures / ("brown-" + name + ".ids.gz");
@@ -58,7 +42,7 @@ std::vector<std::vector<std::uint32_t>> read_fixture(const std::string& name) {
 }
 
 void expect_matches_reference(const Tokenizer& tok, const std::string& fixture) {
-  const auto texts = brown_texts();
+  const auto texts = test::brown_documents(SIZE_MAX);
   const auto expected = read_fixture(fixture);
   ASSERT_EQ(texts.size(), expected.size());
   std::size_t tokens = 0;

@@ -28,17 +28,6 @@ const Tokenizer& o200k() {
   return t;
 }
 
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.line();
-  }
-  ADD_FAILURE() << "expected borealis::Error";
-  return {};
-}
-
 TEST(Tokenizer, RandomBytesRoundTripExactly) {
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> byte(0, 255);
@@ -73,11 +62,11 @@ TEST(Tokenizer, SpecialTokensOnlyWhenAllowed) {
 }
 
 TEST(Tokenizer, DecodeRejectsIdsOutsideTheVocabulary) {
-  EXPECT_EQ(error_of([] {
+  EXPECT_EQ(test::error_line([] {
               gpt2().decode(std::vector<std::uint32_t>{15496, 50257});
             }),
             "error: token id 50257 is not in the vocabulary (size 50257) (decode)");
-  EXPECT_EQ(error_of([] {
+  EXPECT_EQ(test::error_line([] {
               cl100k().decode(std::vector<std::uint32_t>{100261});
             }),  // a gap among the specials
             "error: token id 100261 is not in the vocabulary (size 100277) (decode)");
@@ -139,7 +128,7 @@ TEST(Tokenizer, HuggingFaceFeaturesItLacksAreNamedErrors) {
   const auto path = dir / "tokenizer.json";
   auto load_with = [&](const std::function<void(nlohmann::json&)>& edit) {
     test::write_file(path, hf_json_with(edit));
-    return error_of([&] { Tokenizer::load(path); });
+    return test::error_line([&] { Tokenizer::load(path); });
   };
   const std::string f = path.string();
   test::write_file(path, hf_json_with([](nlohmann::json&) {}));
@@ -187,25 +176,25 @@ TEST(Tokenizer, MalformedFilesAreClearErrors) {
   // Truncated JSON.
   const std::string good = hf_json_with([](nlohmann::json&) {});
   test::write_file(path, good.substr(0, good.size() / 2));
-  const std::string truncated = error_of([&] { Tokenizer::load(path); });
+  const std::string truncated = test::error_line([&] { Tokenizer::load(path); });
   EXPECT_TRUE(truncated.starts_with("error: invalid JSON at byte ")) << truncated;
   EXPECT_TRUE(truncated.ends_with("(" + f + ")")) << truncated;
   // Merges naming unknown tokens, or making tokens that are not in the vocabulary.
   test::write_file(path, hf_json_with([](auto& j) { j["model"]["merges"] = {"a zz"}; }));
-  EXPECT_EQ(error_of([&] { Tokenizer::load(path); }),
+  EXPECT_EQ(test::error_line([&] { Tokenizer::load(path); }),
             "error: merge names 'zz', which is not in the vocabulary (" + f + ": model.merges[0])");
   test::write_file(path, hf_json_with([](auto& j) { j["model"]["merges"] = {"a b", "b a"}; }));
-  EXPECT_EQ(error_of([&] { Tokenizer::load(path); }),
+  EXPECT_EQ(test::error_line([&] { Tokenizer::load(path); }),
             "error: merge 'b a' makes a token that is not in the vocabulary (" + f +
                 ": model.merges[1])");
   test::write_file(path, hf_json_with([](auto& j) { j["model"]["merges"] = {"ab"}; }));
   EXPECT_EQ(
-      error_of([&] { Tokenizer::load(path); }),
+      test::error_line([&] { Tokenizer::load(path); }),
       "error: merge 'ab' is not two tokens separated by a space (" + f + ": model.merges[0])");
   // A vocabulary missing a byte.
   test::write_file(
       path, hf_json_with([](auto& j) { j["model"]["vocab"].erase(byte_level_encode("\x01")); }));
-  EXPECT_EQ(error_of([&] { Tokenizer::load(path); }),
+  EXPECT_EQ(test::error_line([&] { Tokenizer::load(path); }),
             "error: byte 0x01 has no token; byte-level BPE needs all 256 (" + f + ": model)");
   // GPT-2 vocab.bpe with a bad line.
   std::filesystem::create_directory(dir / "gpt2");
@@ -213,18 +202,18 @@ TEST(Tokenizer, MalformedFilesAreClearErrors) {
                    test::read_file(kTokenizers / "gpt2" / "encoder.json"));
   test::write_file(dir / "gpt2" / "vocab.bpe", "#version: 0.2\nĠ t\nnot-a-pair\n");
   EXPECT_EQ(
-      error_of([&] { Tokenizer::load(dir / "gpt2"); }),
+      test::error_line([&] { Tokenizer::load(dir / "gpt2"); }),
       "error: expected a merge 'left right' (" + (dir / "gpt2" / "vocab.bpe").string() + ":3)");
   // tiktoken rank files.
   test::write_file(dir / "mine.tiktoken", "IQ== 0\n");
-  EXPECT_TRUE(error_of([&] {
+  EXPECT_TRUE(test::error_line([&] {
                 Tokenizer::load(dir / "mine.tiktoken");
               }).starts_with("error: unknown tiktoken encoding 'mine'"));
   test::write_file(dir / "cl100k_base.tiktoken", "IQ== 0\nIg== 2\n");
-  EXPECT_EQ(error_of([&] { Tokenizer::load(dir / "cl100k_base.tiktoken"); }),
+  EXPECT_EQ(test::error_line([&] { Tokenizer::load(dir / "cl100k_base.tiktoken"); }),
             "error: rank 1 is missing (" + (dir / "cl100k_base.tiktoken").string() + ")");
   test::write_file(dir / "x.json", "[1, 2]");
-  EXPECT_EQ(error_of([&] { Tokenizer::load(dir / "x.json"); }),
+  EXPECT_EQ(test::error_line([&] { Tokenizer::load(dir / "x.json"); }),
             "error: expected a JSON object (" + (dir / "x.json").string() + ")");
 }
 

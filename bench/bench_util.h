@@ -1,0 +1,49 @@
+// Shared by the benchmark programs: the demo corpus and a main() that turns
+// errors into one line with a hint on what to fetch first.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+
+namespace borealis::bench {
+
+using Clock = std::chrono::steady_clock;
+
+inline double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// The texts of data/brown/brown.jsonl (scripts/get-brown.sh).
+inline std::vector<std::string> brown_documents() {
+  const MappedFile file("data/brown/brown.jsonl");
+  std::vector<std::string> docs;
+  std::string_view rest = file.text();
+  while (!rest.empty()) {
+    const auto end = std::min(rest.find('\n'), rest.size());
+    docs.push_back(nlohmann::json::parse(rest.substr(0, end))["text"].get<std::string>());
+    rest.remove_prefix(std::min(end + 1, rest.size()));
+  }
+  return docs;
+}
+
+template <class Run>
+int main_with_errors(Run run) {
+  try {
+    return run();
+  } catch (const Error& e) {
+    std::fprintf(stderr,
+                 "%s\n(run from the repository root after scripts/get-brown.sh and "
+                 "scripts/get-tokenizers.sh)\n",
+                 e.line().c_str());
+    return 1;
+  }
+}
+
+}  // namespace borealis::bench

@@ -16,5 +16,6 @@ struct Command {
 
 Command add_version(CLI::App& parent);
 Command add_doctor(CLI::App& parent);
+Command add_bench(CLI::App& parent);
 
 }  // namespace borealis::cli

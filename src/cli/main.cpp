@@ -46,6 +46,7 @@ int run(int argc, char** argv) {
   std::vector<cli::Command> commands;
   commands.push_back(cli::add_version(app));
   commands.push_back(cli::add_doctor(app));
+  commands.push_back(cli::add_bench(app));
 
   try {
     app.parse(argc, argv);

@@ -9,9 +9,10 @@
 namespace borealis {
 
 namespace {
-// Logits chunk of the loss head: about 8M elements (32 MiB in float), large
-// enough for efficient GEMMs, small enough to stay out of the T*V regime.
-constexpr std::int64_t kLogitsChunkElems = std::int64_t{1} << 23;
+// Logits chunk of the loss head: about 32M elements (128 MiB in float). Each
+// chunk reads and writes the whole lm-head gradient (V x C) once, so chunks
+// must hold hundreds of rows; yet the buffer stays far below B*T*V.
+constexpr std::int64_t kLogitsChunkElems = std::int64_t{1} << 25;
 }  // namespace
 
 template <typename T>

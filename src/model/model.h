@@ -56,6 +56,7 @@ class Model {
   // Rows per logits chunk of the loss head (default: about 8M logits). Smaller
   // chunks save memory; the tests use it to cover several chunks.
   void set_loss_chunk_rows(int rows);
+  int loss_chunk_rows() const { return static_cast<int>(chunk_rows_); }
 
   // Runs the model on tokens[B*seq] and returns the mean cross-entropy against
   // targets[B*seq] (ids in [0, vocab_size)). With need_grad, also prepares

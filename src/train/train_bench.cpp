@@ -110,8 +110,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
       {"mlp up (forward)", N, c.fc_width(), C, false, true, 0},
       {"mlp down, input grad (backward)", N, c.d_ff, C, false, false, 0},
       {"mlp up, weight grad (backward)", c.fc_width(), C, N, true, false, 0},
-      {"lm head chunk (forward)", std::min(N, (1 << 23) / c.padded_vocab), c.padded_vocab, C, false,
-       true, 0},
+      {"lm head chunk (forward)", model.loss_chunk_rows(), c.padded_vocab, C, false, true, 0},
   };
   for (auto& g : r.gemms) {
     time_gemm(g);

@@ -29,7 +29,7 @@ bool AdamW::decays(const ParamView& view) const {
   return false;
 }
 
-void AdamW::step(float* params, const float* grads, float lr) {
+void AdamW::step(float* params, const float* grads, float lr, float grad_scale) {
   ++steps_;
   const float b1 = config_.beta1;
   const float b2 = config_.beta2;
@@ -44,7 +44,7 @@ void AdamW::step(float* params, const float* grads, float lr) {
     const std::int64_t end = r.offset + r.size;
 #pragma omp parallel for simd schedule(static) if (cpu::worth_threads(r.size))
     for (std::int64_t i = r.offset; i < end; ++i) {
-      const float g = grads[i];
+      const float g = grads[i] * grad_scale;
       const float mi = b1 * m[i] + (1.0f - b1) * g;
       const float vi = b2 * v[i] + (1.0f - b2) * g * g;
       m[i] = mi;
@@ -73,11 +73,14 @@ double global_norm(const float* grads, std::int64_t count) {
   return std::sqrt(total);
 }
 
+float clip_scale(double norm, double max_norm) {
+  return max_norm > 0.0 && norm > max_norm ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
 double clip_grad_norm(float* grads, std::int64_t count, double max_norm) {
   const double norm = global_norm(grads, count);
-  if (max_norm > 0.0 && norm > max_norm) {
-    // Same scale as torch.nn.utils.clip_grad_norm_.
-    const float scale = static_cast<float>(max_norm / (norm + 1e-6));
+  const float scale = clip_scale(norm, max_norm);
+  if (scale != 1.0f) {
 #pragma omp parallel for simd schedule(static) if (cpu::worth_threads(count))
     for (std::int64_t i = 0; i < count; ++i) grads[i] *= scale;
   }

@@ -31,8 +31,9 @@ class AdamW {
  public:
   AdamW(const ParamLayout& layout, const AdamWConfig& config);
 
-  // One update with learning rate lr; advances the step count (bias correction).
-  void step(float* params, const float* grads, float lr);
+  // One update with learning rate lr on grads * grad_scale (pass the clipping
+  // factor here to save a pass over the gradients); advances the step count.
+  void step(float* params, const float* grads, float lr, float grad_scale = 1.0f);
 
   std::int64_t steps() const { return steps_; }
   const std::vector<float>& m() const { return m_; }
@@ -56,8 +57,13 @@ class AdamW {
 // (deterministic for any thread count).
 double global_norm(const float* grads, std::int64_t count);
 
-// Scales grads so that their global norm is at most max_norm (no-op when
-// max_norm <= 0). Returns the norm before clipping.
+// The factor that brings a gradient of global norm `norm` to at most
+// max_norm: max_norm / (norm + 1e-6) when norm > max_norm > 0, else 1 (the
+// same factor as torch.nn.utils.clip_grad_norm_).
+float clip_scale(double norm, double max_norm);
+
+// Scales grads in place by clip_scale(global_norm(grads), max_norm).
+// Returns the norm before clipping.
 double clip_grad_norm(float* grads, std::int64_t count, double max_norm);
 
 }  // namespace borealis

@@ -134,8 +134,8 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     model.backward();
     st.backward_s = seconds_since(t0);
     t0 = Clock::now();
-    clip_grad_norm(model.grads(), model.num_params(), 1.0);
-    optimizer.step(model.params(), model.grads(), static_cast<float>(schedule.lr(step)));
+    const float scale = clip_scale(global_norm(model.grads(), model.num_params()), 1.0);
+    optimizer.step(model.params(), model.grads(), static_cast<float>(schedule.lr(step)), scale);
     st.optimizer_s = seconds_since(t0);
     st.rss_bytes = process_rss();
     if (step == 0) {

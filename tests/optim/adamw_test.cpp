@@ -23,16 +23,19 @@ struct Probe {
   float expect_step1, expect_step2;
 };
 
-void run_two_steps(const AdamWConfig& config, const std::vector<Probe>& probes) {
+// grad_scale multiplies the gradients (clipping fused into the update): the
+// same steps result from gradients 4x as large with grad_scale 0.25.
+void run_two_steps(const AdamWConfig& config, const std::vector<Probe>& probes,
+                   float grad_scale = 1.0f) {
   const ParamLayout layout(model_preset("gpt2-tiny"));
   AdamW opt(layout, config);
   std::vector<float> params(layout.total(), 0.0f), grads(layout.total(), 0.0f);
   for (const auto& p : probes) params[p.index] = 1.0f;
-  for (const auto& p : probes) grads[p.index] = 0.5f;
-  opt.step(params.data(), grads.data(), 0.1f);
+  for (const auto& p : probes) grads[p.index] = 0.5f / grad_scale;
+  opt.step(params.data(), grads.data(), 0.1f, grad_scale);
   for (const auto& p : probes) EXPECT_NEAR(params[p.index], p.expect_step1, 1e-6) << p.index;
-  for (const auto& p : probes) grads[p.index] = -0.25f;
-  opt.step(params.data(), grads.data(), 0.1f);
+  for (const auto& p : probes) grads[p.index] = -0.25f / grad_scale;
+  opt.step(params.data(), grads.data(), 0.1f, grad_scale);
   for (const auto& p : probes) EXPECT_NEAR(params[p.index], p.expect_step2, 1e-6) << p.index;
   EXPECT_EQ(opt.steps(), 2);
   EXPECT_EQ(opt.state_bytes(), 2 * sizeof(float) * layout.total());
@@ -56,6 +59,18 @@ TEST(AdamW, HandComputedStepsAndDefaultExclusions) {
                             {layout.find("wte").offset + 7, kPlain1, kPlain2},
                             {layout.find("wpe").offset, kPlain1, kPlain2},
                         });
+}
+
+TEST(AdamW, GradScaleAppliesToGradients) {
+  const ParamLayout layout(model_preset("gpt2-tiny"));
+  AdamWConfig config;
+  config.weight_decay = 0.1f;
+  run_two_steps(config,
+                {
+                    {layout.find("h.0.attn.qkv.w").offset + 5, kDecayed1, kDecayed2},
+                    {layout.find("h.0.ln1.w").offset + 1, kPlain1, kPlain2},
+                },
+                0.25f);
 }
 
 TEST(AdamW, OptInDecayForNormsBiasesEmbeddings) {
@@ -94,6 +109,9 @@ TEST(GradClip, GlobalNormAndClipping) {
   EXPECT_NEAR(g[3], 0.6f, 1e-6);
   EXPECT_NEAR(g[99999], 0.8f, 1e-6);
   EXPECT_NEAR(global_norm(g.data(), static_cast<std::int64_t>(g.size())), 1.0, 1e-6);
+  EXPECT_EQ(clip_scale(0.5, 1.0), 1.0f);
+  EXPECT_EQ(clip_scale(5.0, 0.0), 1.0f);  // max_norm 0: no clipping
+  EXPECT_NEAR(clip_scale(4.0, 2.0), 0.5f, 1e-6);
 }
 
 }  // namespace

@@ -14,7 +14,7 @@
 // fixed order.
 #include <algorithm>
 #include <cmath>
-#include <vector>
+#include <memory>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/vec_math.h"
@@ -35,7 +35,8 @@ void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int
   const int tasks = B * NH * qblocks;
 #pragma omp parallel if (worth_threads(std::int64_t{B} * NH * seq * seq * HD))
   {
-    std::vector<T> sc(static_cast<std::size_t>(kBlock) * seq);
+    // Scratch is fully written before it is read: no need to zero it.
+    const auto sc = std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(kBlock) * seq);
 #pragma omp for schedule(dynamic, 1)
     for (int task = 0; task < tasks; ++task) {
       // Largest (last) query blocks first, for load balance.
@@ -49,10 +50,10 @@ void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int
       const T* q = qkv + (row0 + t0) * S + static_cast<std::size_t>(h) * HD;
       const T* k = qkv + row0 * S + C + static_cast<std::size_t>(h / group) * HD;
       const T* v = k + static_cast<std::size_t>(NKV) * HD;
-      gemm<T>(false, true, nq, tk, HD, scale, q, S, k, S, T(0), sc.data(), tk);
+      gemm<T>(false, true, nq, tk, HD, scale, q, S, k, S, T(0), sc.get(), tk);
       T* lse_row = lse + (static_cast<std::size_t>(b) * NH + h) * seq + t0;
       for (int i = 0; i < nq; ++i) {
-        T* row = sc.data() + static_cast<std::size_t>(i) * tk;
+        T* row = sc.get() + static_cast<std::size_t>(i) * tk;
         const int len = t0 + i + 1;
         T mx = row[0];
 #pragma omp simd reduction(max : mx)
@@ -71,7 +72,7 @@ void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int
         lse_row[i] = mx + std::log(sum);
       }
       T* o = out + (row0 + t0) * C + static_cast<std::size_t>(h) * HD;
-      gemm<T>(false, false, nq, HD, tk, T(1), sc.data(), tk, v, S, T(0), o, C);
+      gemm<T>(false, false, nq, HD, tk, T(1), sc.get(), tk, v, S, T(0), o, C);
     }
   }
 }
@@ -87,8 +88,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
   const int tasks = B * NKV;
 #pragma omp parallel if (worth_threads(std::int64_t{B} * NH * seq * seq * HD))
   {
-    std::vector<T> p(static_cast<std::size_t>(kBlock) * seq);
-    std::vector<T> dp(p.size());
+    const auto p = std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(kBlock) * seq);
+    const auto dp = std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(kBlock) * seq);
 #pragma omp for schedule(dynamic, 1)
     for (int task = 0; task < tasks; ++task) {
       const int g = task % NKV;
@@ -117,11 +118,11 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
           const T* o = out + (row0 + t0) * C + hoff;
           const T* d_o = dout + (row0 + t0) * C + hoff;
           const T* lse_row = lse + (static_cast<std::size_t>(b) * NH + h) * seq + t0;
-          gemm<T>(false, true, nq, tk, HD, scale, q, S, k, S, T(0), p.data(), tk);
-          gemm<T>(false, true, nq, tk, HD, T(1), d_o, C, v, S, T(0), dp.data(), tk);
+          gemm<T>(false, true, nq, tk, HD, scale, q, S, k, S, T(0), p.get(), tk);
+          gemm<T>(false, true, nq, tk, HD, T(1), d_o, C, v, S, T(0), dp.get(), tk);
           for (int i = 0; i < nq; ++i) {
-            T* pr = p.data() + static_cast<std::size_t>(i) * tk;
-            T* dr = dp.data() + static_cast<std::size_t>(i) * tk;
+            T* pr = p.get() + static_cast<std::size_t>(i) * tk;
+            T* dr = dp.get() + static_cast<std::size_t>(i) * tk;
             const T* oi = o + static_cast<std::size_t>(i) * C;
             const T* di = d_o + static_cast<std::size_t>(i) * C;
             T dot = 0;
@@ -138,9 +139,9 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
             std::fill(pr + len, pr + tk, T(0));
             std::fill(dr + len, dr + tk, T(0));
           }
-          gemm<T>(false, false, nq, HD, tk, scale, dp.data(), tk, k, S, T(0), dq, S);
-          gemm<T>(true, false, tk, HD, nq, scale, dp.data(), tk, q, S, T(1), dk, S);
-          gemm<T>(true, false, tk, HD, nq, T(1), p.data(), tk, d_o, C, T(1), dv, S);
+          gemm<T>(false, false, nq, HD, tk, scale, dp.get(), tk, k, S, T(0), dq, S);
+          gemm<T>(true, false, tk, HD, nq, scale, dp.get(), tk, q, S, T(1), dk, S);
+          gemm<T>(true, false, tk, HD, nq, T(1), p.get(), tk, d_o, C, T(1), dv, S);
         }
       }
     }

@@ -99,7 +99,7 @@ ModelConfig model_preset(std::string_view name) {
   } else if (name == "gpt2-350m") {
     c = gpt2("gpt2-350m", 24, 16, 1024, 50257, 1024);
   } else if (name == "llama-20m") {
-    // ~21.8M parameters: a model that trains in minutes on a laptop CPU.
+    // ~21.7M parameters: a model that trains in minutes on a laptop CPU.
     c = llama("llama-20m", 6, 6, 2, 384, 1024, 32000, 1024, true);
   } else if (name == "llama-110m") {
     // ~107M parameters with tied embeddings (Llama-2 tokenizer vocabulary).

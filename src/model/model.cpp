@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "core/error.h"
 
@@ -159,6 +160,9 @@ void Model<T>::validate_tokens(const std::int32_t* ids, const char* what) const 
 template <typename T>
 T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int B, int seq,
                     bool need_grad, T grad_scale) {
+  if (tokens == nullptr || targets == nullptr) {
+    throw std::invalid_argument("Model::forward needs tokens and targets");
+  }
   reserve(B, seq);
   B_ = B;
   T_ = seq;

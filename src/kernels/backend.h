@@ -93,8 +93,6 @@ class Backend {
   virtual void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets,
                                              int N, int V, int Vp, T dloss) = 0;
 
-  // out = a + b, count elements.
-  virtual void add(T* out, const T* a, const T* b, std::int64_t count) = 0;
   virtual void copy(T* out, const T* in, std::int64_t count) = 0;
   virtual void fill(T* out, T value, std::int64_t count) = 0;
 };

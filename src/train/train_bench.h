@@ -51,10 +51,13 @@ struct TrainBenchResult {
   std::uint64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
   std::uint64_t activation_bytes_after = 0;  // arena size after the last step
 
+  // Over the measured steps; the best step shows the engine's speed when other
+  // processes on the machine leave it alone, the mean what a run would see.
   double mean_step_s() const;
-  double tokens_per_s() const;
-  double achieved_gflops() const;
-  double mfu() const;  // achieved / peak
+  double best_step_s() const;
+  double tokens_per_s(double step_s) const;
+  double achieved_gflops(double step_s) const;
+  double mfu(double step_s) const;  // achieved / peak
 };
 
 // Throws borealis::Error for an unknown model or bad sizes.

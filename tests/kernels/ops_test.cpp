@@ -284,7 +284,7 @@ TEST(VecMath, FastExpMatchesLibm) {
 
 // The float path (fast exp, float BLAS) agrees with the double path.
 TEST(OpsFloat, AttentionMatchesDouble) {
-  const int B = 1, seq = 80, NH = 2, NKV = 1, HD = 8;
+  const int B = 1, seq = 200, NH = 2, NKV = 1, HD = 8;  // four query tiles
   const int S = (NH + 2 * NKV) * HD, C = NH * HD;
   auto qkv = random_vector(static_cast<std::size_t>(B) * seq * S, 27, 2.0);
   auto d = random_vector(static_cast<std::size_t>(B) * seq * C, 28);

@@ -76,10 +76,6 @@ class CpuBackend final : public Backend<T> {
                                      int V, int Vp, T dloss) override {
     cpu::crossentropy_forward_backward(logits, losses, targets, N, V, Vp, dloss);
   }
-  void add(T* out, const T* a, const T* b, std::int64_t count) override {
-#pragma omp parallel for simd schedule(static) if (cpu::worth_threads(count))
-    for (std::int64_t i = 0; i < count; ++i) out[i] = a[i] + b[i];
-  }
   void copy(T* out, const T* in, std::int64_t count) override {
 #pragma omp parallel for simd schedule(static) if (cpu::worth_threads(count))
     for (std::int64_t i = 0; i < count; ++i) out[i] = in[i];

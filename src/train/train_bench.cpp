@@ -14,6 +14,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/timed_backend.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -90,8 +91,9 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.seq = o.seq;
   r.threads = cpu_threads();
 
-  auto backend = make_cpu_backend<float>();
-  Model<float> model(c, *backend);
+  auto cpu = make_cpu_backend<float>();
+  TimedBackend<float> backend(*cpu);
+  Model<float> model(c, backend);
   model.init(o.seed);
   model.reserve(o.batch, o.seq);
   AdamW optimizer(model.layout(), AdamWConfig{});
@@ -146,11 +148,14 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     st.rss_bytes = process_rss();
     if (step == 0) {
       r.warmup = st;
+      backend.reset();
     } else {
       r.steps.push_back(st);
+      r.op_seconds["optimizer"] += st.optimizer_s / o.steps;
     }
   }
   r.activation_bytes_after = model.activation_bytes();
+  for (const auto& [op, sec] : backend.seconds()) r.op_seconds[op] += sec / o.steps;
   for (auto& g : r.gemms) {
     time_gemm(g);
     r.peak_gflops = std::max(r.peak_gflops, g.gflops);
@@ -194,6 +199,14 @@ std::string format_train_bench(const TrainBenchResult& r) {
   out += fmt::format("  {:<10} {:7.3f}s {:8.3f}s {:8.3f}s {:8.3f}s\n", "mean", f / n, b / n, o / n,
                      r.mean_step_s());
   out += "  (forward includes the loss head's fused backward: logits are never stored)\n";
+  double op_total = 0;
+  for (const auto& [op, sec] : r.op_seconds) op_total += sec;
+  out += "time per op  (mean per step, forward + backward)\n";
+  for (const auto& [op, sec] : r.op_seconds) {
+    out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", op, sec, 100.0 * sec / r.mean_step_s());
+  }
+  out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", "other", r.mean_step_s() - op_total,
+                     100.0 * (r.mean_step_s() - op_total) / r.mean_step_s());
   out += fmt::format(
       "FLOPs/token  6 * {} params + 12 * {} layers * {} d_model * {} seq = {:.4f} GFLOP\n",
       r.params, c.n_layer, c.d_model, r.seq, r.flops_per_token * 1e-9);

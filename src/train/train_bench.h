@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,9 @@ struct TrainBenchResult {
   std::vector<StepTiming> steps;
   std::uint64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
   std::uint64_t activation_bytes_after = 0;  // arena size after the last step
+  // Seconds per measured step in each kind of op (forward and backward
+  // together; "optimizer" is clipping + AdamW).
+  std::map<std::string, double> op_seconds;
 
   // Over the measured steps; the best step shows the engine's speed when other
   // processes on the machine leave it alone, the mean what a run would see.

@@ -15,7 +15,24 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/blas.h"
+
 namespace borealis::test {
+
+// Runs a scope on one CPU thread. Finite differences run the forward pass
+// thousands of times on tiny shapes, where each parallel region costs more
+// than its work (and far more when other processes compete for the cores);
+// the math checked does not depend on the thread count.
+class SingleThreadScope {
+ public:
+  SingleThreadScope() : saved_(cpu_threads()) { set_cpu_threads(1); }
+  ~SingleThreadScope() { set_cpu_threads(saved_); }
+  SingleThreadScope(const SingleThreadScope&) = delete;
+  SingleThreadScope& operator=(const SingleThreadScope&) = delete;
+
+ private:
+  int saved_;
+};
 
 // Deterministic pseudo-random values in [-scale, scale).
 inline std::vector<double> random_vector(std::size_t n, std::uint64_t seed, double scale = 1.0) {

@@ -7,6 +7,7 @@
 #include <numbers>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/vec_math.h"
 #include "kernels/gradcheck.h"
 
@@ -19,6 +20,7 @@ using test::random_vector;
 
 class Ops : public ::testing::Test {
  protected:
+  test::SingleThreadScope one_thread;  // the math; threading is checked below
   std::unique_ptr<Backend<double>> be = make_cpu_backend<double>();
 };
 
@@ -267,6 +269,40 @@ TEST_F(Ops, Embedding) {
   expect_gradient("dwte", wte.data(), wte.size(), dwte, loss);
   expect_gradient("dwpe", wpe.data(), wpe.size(), dwpe, loss);
   for (int c = 0; c < C; ++c) EXPECT_EQ(dwte[2 * C + c], 0.0);  // token 2 unused
+}
+
+// Our own loops give bit-identical results on 1 and 2 threads (fixed
+// reduction blocks, one owner per output); sizes are above the threshold
+// where loops go parallel.
+TEST(OpsThreads, ResultsDoNotDependOnThreadCount) {
+  const int B = 2, seq = 100, NH = 4, NKV = 2, HD = 16, C = NH * HD, V = 300;
+  const int S = (NH + 2 * NKV) * HD, N = B * seq;
+  const auto qkv = random_vector(static_cast<std::size_t>(N) * S, 40);
+  const auto x = random_vector(static_cast<std::size_t>(N) * C, 41);
+  const auto w = random_vector(C, 42);
+  std::vector<std::int32_t> tokens(N);
+  for (int i = 0; i < N; ++i) tokens[i] = (i * 37) % V;
+  auto run = [&](int threads) {
+    const int saved = cpu_threads();
+    set_cpu_threads(threads);
+    auto be = make_cpu_backend<double>();
+    std::vector<double> out(static_cast<std::size_t>(N) * C), lse(B * NH * seq);
+    std::vector<double> dqkv(qkv.size()), dx(x.size(), 0.0), dw(C, 0.0), db(C, 0.0);
+    std::vector<double> mean(N), rstd(N), ln(x.size()), dwte(static_cast<std::size_t>(V) * C, 0.0);
+    be->attention_forward(out.data(), lse.data(), qkv.data(), B, seq, NH, NKV, HD);
+    be->attention_backward(dqkv.data(), x.data(), qkv.data(), out.data(), lse.data(), B, seq, NH,
+                           NKV, HD);
+    be->layernorm_forward(ln.data(), mean.data(), rstd.data(), x.data(), w.data(), w.data(), N, C,
+                          1e-5f);
+    be->layernorm_backward(dx.data(), dw.data(), db.data(), out.data(), x.data(), w.data(),
+                           mean.data(), rstd.data(), N, C);
+    be->embedding_backward(dwte.data(), nullptr, out.data(), tokens.data(), N, seq, C);
+    set_cpu_threads(saved);
+    return std::vector<std::vector<double>>{out, lse, dqkv, ln, dx, dw, db, dwte};
+  };
+  const auto one = run(1);
+  const auto two = run(2);
+  for (std::size_t i = 0; i < one.size(); ++i) EXPECT_EQ(one[i], two[i]) << "output " << i;
 }
 
 // The float kernels use a polynomial exp; it must stay within a few ulp of libm.

@@ -90,9 +90,14 @@ TEST(ModelInit, SeededAndScaled) {
   for (int i = 0; i < 32; ++i) EXPECT_EQ(a[padded_row + i], 0.0f);
 }
 
-void check_model_gradients(const std::string& preset) {
+// B sequences of seq tokens; samples per tensor (all of a tensor when it is
+// at most twice that).
+void check_model_gradients(const std::string& preset, int B = 2, int seq = 5, int samples = 24,
+                           int chunk_rows = 3) {
+  const test::SingleThreadScope one_thread;
   auto be = make_cpu_backend<double>();
-  const ModelConfig c = model_preset(preset);
+  ModelConfig c = model_preset(preset);
+  c.max_seq = std::max(c.max_seq, seq);
   Model<double> model(c, *be);
   model.init(3);
   // Move every parameter off its init (norm weights 1, biases 0) so each term counts.
@@ -104,9 +109,8 @@ void check_model_gradients(const std::string& preset) {
     auto w = model.param(name);
     std::fill(w.begin() + static_cast<std::ptrdiff_t>(V) * C, w.end(), 0.0);
   }
-  const int B = 2, seq = 5;
   const Batch batch = make_batch(B, seq, V, 5);
-  model.set_loss_chunk_rows(3);  // 10 rows: chunks of 3, 3, 3 and 1
+  model.set_loss_chunk_rows(chunk_rows);  // 10 rows by 3: chunks of 3, 3, 3 and 1
   model.zero_grad();
   model.forward(batch.tokens.data(), batch.targets.data(), B, seq, true);
   model.backward();
@@ -116,10 +120,10 @@ void check_model_gradients(const std::string& preset) {
   };
   for (const auto& v : model.layout().views()) {
     std::vector<std::size_t> which;
-    if (v.size <= 48) {
+    if (v.size <= 2 * samples) {
       for (std::int64_t i = 0; i < v.size; ++i) which.push_back(static_cast<std::size_t>(i));
     } else {
-      for (std::int64_t i = 0; i < 24; ++i) {
+      for (std::int64_t i = 0; i < samples; ++i) {
         which.push_back(static_cast<std::size_t>((i * 7919 + 13) % v.size));
       }
     }
@@ -144,6 +148,12 @@ TEST(ModelGradients, TinyGpt2MatchesFiniteDifferences) {
 
 TEST(ModelGradients, TinyLlamaMatchesFiniteDifferences) {
   check_model_gradients("llama-tiny");
+}
+
+// Sequences over several 64-row attention tiles (and several loss chunks).
+TEST(ModelGradients, LongSequencesMatchFiniteDifferences) {
+  check_model_gradients("gpt2-tiny", 1, 150, 3, 64);
+  check_model_gradients("llama-tiny", 1, 150, 3, 64);
 }
 
 // The float path (float BLAS, polynomial exp) against the double path on the

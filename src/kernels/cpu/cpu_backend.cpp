@@ -1,5 +1,7 @@
 // The CPU backend: forwards each Backend op to its OpenMP/OpenBLAS kernel.
+#include <algorithm>
 #include <memory>
+#include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/ops.h"
@@ -59,10 +61,12 @@ class CpuBackend final : public Backend<T> {
     cpu::swiglu_backward(dinp, inp, dout, N, F);
   }
   void rope_forward(T* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
-    cpu::rope_apply(qkv, B, seq, NH, NKV, HD, theta, false);
+    const RopeTable& r = rope_table(seq, HD, theta);
+    cpu::rope_apply(qkv, r.cos.data(), r.sin.data(), B, seq, NH, NKV, HD, false);
   }
   void rope_backward(T* dqkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
-    cpu::rope_apply(dqkv, B, seq, NH, NKV, HD, theta, true);
+    const RopeTable& r = rope_table(seq, HD, theta);
+    cpu::rope_apply(dqkv, r.cos.data(), r.sin.data(), B, seq, NH, NKV, HD, true);
   }
   void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int NKV,
                          int HD) override {
@@ -84,6 +88,28 @@ class CpuBackend final : public Backend<T> {
 #pragma omp parallel for simd schedule(static) if (cpu::worth_threads(count))
     for (std::int64_t i = 0; i < count; ++i) out[i] = value;
   }
+
+ private:
+  // Rotary angles, computed once for the longest sequence seen: every layer
+  // and every step reuses them (a table serves any shorter sequence too).
+  struct RopeTable {
+    int seq = 0, head_dim = 0;
+    float theta = 0;
+    std::vector<T> cos, sin;
+  };
+  const RopeTable& rope_table(int seq, int HD, float theta) {
+    if (seq > rope_.seq || HD != rope_.head_dim || theta != rope_.theta) {
+      rope_.seq = std::max(seq, HD == rope_.head_dim && theta == rope_.theta ? rope_.seq : 0);
+      rope_.head_dim = HD;
+      rope_.theta = theta;
+      const std::size_t n = static_cast<std::size_t>(rope_.seq) * (HD / 2);
+      rope_.cos.resize(n);
+      rope_.sin.resize(n);
+      cpu::rope_table(rope_.cos.data(), rope_.sin.data(), rope_.seq, HD, theta);
+    }
+    return rope_;
+  }
+  RopeTable rope_;
 };
 
 }  // namespace

@@ -54,8 +54,15 @@ template <typename T>
 void swiglu_forward(T* out, const T* inp, int N, int F);
 template <typename T>
 void swiglu_backward(T* dinp, const T* inp, const T* dout, int N, int F);
+// cos and sin of t * theta^(-2i/HD) for positions t < seq and i < HD/2,
+// each [seq][HD/2]. Computed once per shape by the backend, not per call.
 template <typename T>
-void rope_apply(T* qkv, int B, int seq, int NH, int NKV, int HD, float theta, bool inverse);
+void rope_table(T* cos_t, T* sin_t, int seq, int HD, float theta);
+// Rotates the q and k heads in place with a table of at least seq rows;
+// inverse rotates by the opposite angle (the backward of the rotation).
+template <typename T>
+void rope_apply(T* qkv, const T* cos_t, const T* sin_t, int B, int seq, int NH, int NKV, int HD,
+                bool inverse);
 
 template <typename T>
 void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int NKV, int HD);

@@ -1,7 +1,6 @@
 // Row-wise and elementwise ops: LayerNorm, RMSNorm, GELU, SwiGLU, RoPE.
 #include <algorithm>
 #include <cmath>
-#include <numbers>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -197,34 +196,39 @@ void swiglu_backward(T* dinp, const T* inp, const T* dout, int N, int F) {
 }
 
 template <typename T>
-void rope_apply(T* qkv, int B, int seq, int NH, int NKV, int HD, float theta, bool inverse) {
+void rope_table(T* cos_t, T* sin_t, int seq, int HD, float theta) {
   const int half = HD / 2;
-  std::vector<T> cos_t(static_cast<std::size_t>(seq) * half);
-  std::vector<T> sin_t(cos_t.size());
   for (int i = 0; i < half; ++i) {
     const double freq = std::pow(static_cast<double>(theta), -2.0 * i / HD);
     for (int t = 0; t < seq; ++t) {
       const double a = t * freq;
       cos_t[static_cast<std::size_t>(t) * half + i] = static_cast<T>(std::cos(a));
-      sin_t[static_cast<std::size_t>(t) * half + i] =
-          static_cast<T>(inverse ? -std::sin(a) : std::sin(a));
+      sin_t[static_cast<std::size_t>(t) * half + i] = static_cast<T>(std::sin(a));
     }
   }
+}
+
+template <typename T>
+void rope_apply(T* qkv, const T* cos_t, const T* sin_t, int B, int seq, int NH, int NKV, int HD,
+                bool inverse) {
+  const int half = HD / 2;
   const int stride = (NH + 2 * NKV) * HD;
   const int heads = NH + NKV;  // q and k heads are contiguous at the start of a row
   const int N = B * seq;
-#pragma omp parallel for schedule(static) if (worth_threads(std::int64_t{N} * (NH + NKV) * HD))
+  const T sign = inverse ? T(-1) : T(1);
+#pragma omp parallel for schedule(static) if (worth_threads(std::int64_t{N} * heads * HD))
   for (int n = 0; n < N; ++n) {
-    const T* cs = cos_t.data() + static_cast<std::size_t>(n % seq) * half;
-    const T* sn = sin_t.data() + static_cast<std::size_t>(n % seq) * half;
+    const T* cs = cos_t + static_cast<std::size_t>(n % seq) * half;
+    const T* sn = sin_t + static_cast<std::size_t>(n % seq) * half;
     for (int h = 0; h < heads; ++h) {
       T* x = qkv + static_cast<std::size_t>(n) * stride + static_cast<std::size_t>(h) * HD;
 #pragma omp simd
       for (int i = 0; i < half; ++i) {
         const T x1 = x[i];
         const T x2 = x[i + half];
-        x[i] = x1 * cs[i] - x2 * sn[i];
-        x[i + half] = x2 * cs[i] + x1 * sn[i];
+        const T s = sign * sn[i];
+        x[i] = x1 * cs[i] - x2 * s;
+        x[i + half] = x2 * cs[i] + x1 * s;
       }
     }
   }
@@ -240,7 +244,8 @@ void rope_apply(T* qkv, int B, int seq, int NH, int NKV, int HD, float theta, bo
   template void gelu_backward<T>(T*, const T*, const T*, std::int64_t);                          \
   template void swiglu_forward<T>(T*, const T*, int, int);                                       \
   template void swiglu_backward<T>(T*, const T*, const T*, int, int);                            \
-  template void rope_apply<T>(T*, int, int, int, int, int, float, bool);
+  template void rope_table<T>(T*, T*, int, int, float);                                          \
+  template void rope_apply<T>(T*, const T*, const T*, int, int, int, int, int, bool);
 BOREALIS_INSTANTIATE(float)
 BOREALIS_INSTANTIATE(double)
 #undef BOREALIS_INSTANTIATE

@@ -18,5 +18,6 @@ Command add_version(CLI::App& parent);
 Command add_doctor(CLI::App& parent);
 Command add_tokenizer(CLI::App& parent);
 Command add_data(CLI::App& parent);
+Command add_bench(CLI::App& parent);
 
 }  // namespace borealis::cli

@@ -124,6 +124,10 @@ MemoryInfo memory_info() {
   return info;
 }
 
+std::uint64_t process_rss() {
+  return meminfo_field(read_small_file("/proc/self/status"), "VmRSS:");
+}
+
 DiskInfo disk_info(const std::filesystem::path& path) {
   struct statvfs st {};
   if (::statvfs(path.c_str(), &st) != 0)

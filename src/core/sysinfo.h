@@ -33,6 +33,8 @@ struct DiskInfo {
 
 CpuInfo cpu_info();
 MemoryInfo memory_info();
+// Resident set size of this process (VmRSS in /proc/self/status), 0 if unknown.
+std::uint64_t process_rss();
 // Throws Error when the path does not exist.
 DiskInfo disk_info(const std::filesystem::path& path);
 

@@ -1,0 +1,57 @@
+// train_step: the training-step benchmark as a standalone program (the same
+// code as `borealis bench train`).
+//
+//   train_step [--model PRESET] [--batch B] [--seq T] [--steps N] [--threads N]
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/cpu/blas.h"
+#include "train/train_bench.h"
+
+namespace {
+
+int parse_int(const char* flag, const char* value) {
+  char* end = nullptr;
+  const long v = std::strtol(value, &end, 10);
+  if (end == value || *end != '\0' || v <= 0 || v > 1 << 30) {
+    throw borealis::Error(std::string("expected a positive integer, got '") + value + "'", flag);
+  }
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    borealis::TrainBenchOptions o;
+    for (int i = 1; i < argc; ++i) {
+      const std::string flag = argv[i];
+      if (i + 1 >= argc) throw borealis::Error("missing value", flag);
+      const char* value = argv[++i];
+      if (flag == "--model") {
+        o.model = value;
+      } else if (flag == "--batch") {
+        o.batch = parse_int(argv[i - 1], value);
+      } else if (flag == "--seq") {
+        o.seq = parse_int(argv[i - 1], value);
+      } else if (flag == "--steps") {
+        o.steps = parse_int(argv[i - 1], value);
+      } else if (flag == "--threads") {
+        borealis::set_cpu_threads(parse_int(argv[i - 1], value));
+      } else {
+        throw borealis::Error("unknown flag (use --model, --batch, --seq, --steps, --threads)",
+                              flag);
+      }
+    }
+    std::fputs(borealis::format_train_bench(borealis::run_train_bench(o)).c_str(), stdout);
+    return 0;
+  } catch (const borealis::Error& e) {
+    std::fprintf(stderr, "%s\n", e.line().c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+  }
+  return 1;
+}

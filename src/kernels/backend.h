@@ -1,0 +1,104 @@
+// The op boundary between model code and the hardware.
+//
+// Every transformer op has one forward and one backward function (llm.c
+// style, no autograd). Model code (src/model/) calls ops only through this
+// interface, so a CUDA backend can implement it later without the model
+// changing. Pointers are device pointers of the backend; shapes are in
+// elements; all tensors are row-major and contiguous unless a stride says
+// otherwise. N is the number of token rows (batch * sequence).
+//
+// Gradient conventions (what the model relies on):
+//  - parameter gradients (dw, db, dwte, ...) are always accumulated (+=), so
+//    gradient accumulation over micro-batches needs no extra work;
+//  - activation gradients are overwritten, except where noted "+=" (the
+//    norms accumulate into the residual-stream gradient they feed).
+//
+// T is the scalar type: the CPU backend implements float (training) and
+// double (finite-difference gradient checks in the tests).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace borealis {
+
+template <typename T>
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // out[n, c] = wte[tokens[n], c] (+ wpe[n % seq, c] when wpe is not null).
+  virtual void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe,
+                                 int N, int seq, int C) = 0;
+  // dwte[tokens[n]] += dout[n]; dwpe[n % seq] += dout[n] (when dwpe is not null).
+  virtual void embedding_backward(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens,
+                                  int N, int seq, int C) = 0;
+
+  // out[N, OC] = inp[N, C] * w[OC, C]^T + bias[OC] (bias may be null).
+  // With accumulate, the product is added to what out holds (a fused residual add).
+  virtual void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
+                              bool accumulate) = 0;
+  // dinp = dout * w (overwritten; skipped when dinp is null); dw += dout^T * inp;
+  // dbias += column sums of dout (when dbias is not null).
+  virtual void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w,
+                               int N, int C, int OC) = 0;
+
+  // LayerNorm over the last dimension; saves mean and rstd (N each) for backward.
+  virtual void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b,
+                                 int N, int C, float eps) = 0;
+  // dinp += ..., dw += ..., db += ...
+  virtual void layernorm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w,
+                                  const T* mean, const T* rstd, int N, int C) = 0;
+
+  // RMSNorm: out = inp / rms(inp) * w; saves rstd (N).
+  virtual void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, int N, int C,
+                               float eps) = 0;
+  // dinp += ..., dw += ...
+  virtual void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w,
+                                const T* rstd, int N, int C) = 0;
+
+  // GELU, tanh approximation (GPT-2). count elements; dinp may alias dout.
+  virtual void gelu_forward(T* out, const T* inp, std::int64_t count) = 0;
+  virtual void gelu_backward(T* dinp, const T* inp, const T* dout, std::int64_t count) = 0;
+
+  // SwiGLU: inp rows are [gate (F) | up (F)]; out[N, F] = silu(gate) * up.
+  virtual void swiglu_forward(T* out, const T* inp, int N, int F) = 0;
+  // dinp[N, 2F] overwritten.
+  virtual void swiglu_backward(T* dinp, const T* inp, const T* dout, int N, int F) = 0;
+
+  // Rotary embeddings, in place, on the q and k heads of a packed qkv buffer
+  // (rows of [q: NH*HD | k: NKV*HD | v: NKV*HD], B*seq rows). Position of
+  // row n is n % seq. Pairs (i, i + HD/2) are rotated (the "rotate half"
+  // convention of Hugging Face Llama).
+  virtual void rope_forward(T* qkv, int B, int seq, int NH, int NKV, int HD, float theta) = 0;
+  // Backward of the rotation (rotation by the opposite angle), in place on dqkv.
+  virtual void rope_backward(T* dqkv, int B, int seq, int NH, int NKV, int HD, float theta) = 0;
+
+  // Causal self-attention with grouped-query heads (NH query heads share
+  // NKV key/value heads) over a packed qkv buffer. out is [B*seq, NH*HD].
+  // Saves only the log-sum-exp of each score row (lse: B*NH*seq); scores are
+  // recomputed tile by tile in backward, so memory does not grow with seq^2.
+  virtual void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int NKV,
+                                 int HD) = 0;
+  // dqkv overwritten (all of q, k and v parts).
+  virtual void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse,
+                                  int B, int seq, int NH, int NKV, int HD) = 0;
+
+  // Softmax cross-entropy over the first V of Vp logits per row (columns
+  // V..Vp-1 are vocabulary padding and are masked out). Writes losses[N]
+  // and, when dloss != 0, overwrites logits with d(dloss * sum of losses)/dlogits
+  // (zero in padded columns). Targets must be in [0, V).
+  virtual void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets,
+                                             int N, int V, int Vp, T dloss) = 0;
+
+  virtual void copy(T* out, const T* in, std::int64_t count) = 0;
+  virtual void fill(T* out, T value, std::int64_t count) = 0;
+};
+
+// The CPU backend: OpenBLAS GEMMs and OpenMP loops (src/kernels/cpu/).
+template <typename T>
+std::unique_ptr<Backend<T>> make_cpu_backend();
+
+}  // namespace borealis

@@ -1,0 +1,125 @@
+// The CPU backend: forwards each Backend op to its OpenMP/OpenBLAS kernel.
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
+
+namespace borealis {
+
+namespace {
+
+template <typename T>
+class CpuBackend final : public Backend<T> {
+ public:
+  std::string name() const override { return "cpu"; }
+
+  void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
+                         int seq, int C) override {
+    cpu::embedding_forward(out, tokens, wte, wpe, N, seq, C);
+  }
+  void embedding_backward(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int N,
+                          int seq, int C) override {
+    cpu::embedding_backward(dwte, dwpe, dout, tokens, N, seq, C);
+  }
+  void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
+                      bool accumulate) override {
+    cpu::matmul_forward(out, inp, w, bias, N, C, OC, accumulate);
+  }
+  void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int N,
+                       int C, int OC) override {
+    cpu::matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+  }
+  void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N,
+                         int C, float eps) override {
+    cpu::layernorm_forward(out, mean, rstd, inp, w, b, N, C, eps);
+  }
+  void layernorm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w,
+                          const T* mean, const T* rstd, int N, int C) override {
+    cpu::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+  }
+  void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, int N, int C,
+                       float eps) override {
+    cpu::rmsnorm_forward(out, rstd, inp, w, N, C, eps);
+  }
+  void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd,
+                        int N, int C) override {
+    cpu::rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
+  }
+  void gelu_forward(T* out, const T* inp, std::int64_t count) override {
+    cpu::gelu_forward(out, inp, count);
+  }
+  void gelu_backward(T* dinp, const T* inp, const T* dout, std::int64_t count) override {
+    cpu::gelu_backward(dinp, inp, dout, count);
+  }
+  void swiglu_forward(T* out, const T* inp, int N, int F) override {
+    cpu::swiglu_forward(out, inp, N, F);
+  }
+  void swiglu_backward(T* dinp, const T* inp, const T* dout, int N, int F) override {
+    cpu::swiglu_backward(dinp, inp, dout, N, F);
+  }
+  void rope_forward(T* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
+    const RopeTable& r = rope_table(seq, HD, theta);
+    cpu::rope_apply(qkv, r.cos.data(), r.sin.data(), B, seq, NH, NKV, HD, false);
+  }
+  void rope_backward(T* dqkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
+    const RopeTable& r = rope_table(seq, HD, theta);
+    cpu::rope_apply(dqkv, r.cos.data(), r.sin.data(), B, seq, NH, NKV, HD, true);
+  }
+  void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int NKV,
+                         int HD) override {
+    cpu::attention_forward(out, lse, qkv, B, seq, NH, NKV, HD);
+  }
+  void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
+                          int seq, int NH, int NKV, int HD) override {
+    cpu::attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
+  }
+  void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets, int N,
+                                     int V, int Vp, T dloss) override {
+    cpu::crossentropy_forward_backward(logits, losses, targets, N, V, Vp, dloss);
+  }
+  void copy(T* out, const T* in, std::int64_t count) override {
+#pragma omp parallel for simd schedule(static) if (cpu::worth_threads(count))
+    for (std::int64_t i = 0; i < count; ++i) out[i] = in[i];
+  }
+  void fill(T* out, T value, std::int64_t count) override {
+#pragma omp parallel for simd schedule(static) if (cpu::worth_threads(count))
+    for (std::int64_t i = 0; i < count; ++i) out[i] = value;
+  }
+
+ private:
+  // Rotary angles, computed once for the longest sequence seen: every layer
+  // and every step reuses them (a table serves any shorter sequence too).
+  struct RopeTable {
+    int seq = 0, head_dim = 0;
+    float theta = 0;
+    std::vector<T> cos, sin;
+  };
+  const RopeTable& rope_table(int seq, int HD, float theta) {
+    if (seq > rope_.seq || HD != rope_.head_dim || theta != rope_.theta) {
+      rope_.seq = std::max(seq, HD == rope_.head_dim && theta == rope_.theta ? rope_.seq : 0);
+      rope_.head_dim = HD;
+      rope_.theta = theta;
+      const std::size_t n = static_cast<std::size_t>(rope_.seq) * (HD / 2);
+      rope_.cos.resize(n);
+      rope_.sin.resize(n);
+      cpu::rope_table(rope_.cos.data(), rope_.sin.data(), rope_.seq, HD, theta);
+    }
+    return rope_;
+  }
+  RopeTable rope_;
+};
+
+}  // namespace
+
+template <typename T>
+std::unique_ptr<Backend<T>> make_cpu_backend() {
+  return std::make_unique<CpuBackend<T>>();
+}
+
+template std::unique_ptr<Backend<float>> make_cpu_backend<float>();
+template std::unique_ptr<Backend<double>> make_cpu_backend<double>();
+
+}  // namespace borealis

@@ -1,0 +1,110 @@
+// A Backend decorator that times every op of the backend it wraps: where a
+// training step spends its time, per op, on any backend. Used by the
+// training-step benchmark. Timings are wall-clock per call (the ops of the
+// CPU backend are synchronous; an asynchronous backend would need to
+// synchronize for these figures to mean anything).
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+
+#include "kernels/backend.h"
+
+namespace borealis {
+
+template <typename T>
+class TimedBackend final : public Backend<T> {
+ public:
+  explicit TimedBackend(Backend<T>& inner) : inner_(inner) {}
+
+  // Seconds spent in each op since construction or reset().
+  const std::map<std::string, double>& seconds() const { return seconds_; }
+  void reset() { seconds_.clear(); }
+
+  std::string name() const override { return inner_.name() + " (timed)"; }
+
+  void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
+                         int seq, int C) override {
+    time("embedding", [&] { inner_.embedding_forward(out, tokens, wte, wpe, N, seq, C); });
+  }
+  void embedding_backward(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int N,
+                          int seq, int C) override {
+    time("embedding", [&] { inner_.embedding_backward(dwte, dwpe, dout, tokens, N, seq, C); });
+  }
+  void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
+                      bool accumulate) override {
+    time("matmul", [&] { inner_.matmul_forward(out, inp, w, bias, N, C, OC, accumulate); });
+  }
+  void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int N,
+                       int C, int OC) override {
+    time("matmul", [&] { inner_.matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC); });
+  }
+  void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N,
+                         int C, float eps) override {
+    time("norm", [&] { inner_.layernorm_forward(out, mean, rstd, inp, w, b, N, C, eps); });
+  }
+  void layernorm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w,
+                          const T* mean, const T* rstd, int N, int C) override {
+    time("norm", [&] { inner_.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C); });
+  }
+  void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, int N, int C,
+                       float eps) override {
+    time("norm", [&] { inner_.rmsnorm_forward(out, rstd, inp, w, N, C, eps); });
+  }
+  void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd,
+                        int N, int C) override {
+    time("norm", [&] { inner_.rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C); });
+  }
+  void gelu_forward(T* out, const T* inp, std::int64_t count) override {
+    time("activation", [&] { inner_.gelu_forward(out, inp, count); });
+  }
+  void gelu_backward(T* dinp, const T* inp, const T* dout, std::int64_t count) override {
+    time("activation", [&] { inner_.gelu_backward(dinp, inp, dout, count); });
+  }
+  void swiglu_forward(T* out, const T* inp, int N, int F) override {
+    time("activation", [&] { inner_.swiglu_forward(out, inp, N, F); });
+  }
+  void swiglu_backward(T* dinp, const T* inp, const T* dout, int N, int F) override {
+    time("activation", [&] { inner_.swiglu_backward(dinp, inp, dout, N, F); });
+  }
+  void rope_forward(T* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
+    time("rope", [&] { inner_.rope_forward(qkv, B, seq, NH, NKV, HD, theta); });
+  }
+  void rope_backward(T* dqkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
+    time("rope", [&] { inner_.rope_backward(dqkv, B, seq, NH, NKV, HD, theta); });
+  }
+  void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int NKV,
+                         int HD) override {
+    time("attention", [&] { inner_.attention_forward(out, lse, qkv, B, seq, NH, NKV, HD); });
+  }
+  void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
+                          int seq, int NH, int NKV, int HD) override {
+    time("attention",
+         [&] { inner_.attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD); });
+  }
+  void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets, int N,
+                                     int V, int Vp, T dloss) override {
+    time("softmax cross-entropy",
+         [&] { inner_.crossentropy_forward_backward(logits, losses, targets, N, V, Vp, dloss); });
+  }
+  void copy(T* out, const T* in, std::int64_t count) override {
+    time("copy/fill", [&] { inner_.copy(out, in, count); });
+  }
+  void fill(T* out, T value, std::int64_t count) override {
+    time("copy/fill", [&] { inner_.fill(out, value, count); });
+  }
+
+ private:
+  template <typename F>
+  void time(const char* what, F&& op) {
+    const auto t0 = std::chrono::steady_clock::now();
+    op();
+    seconds_[what] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  Backend<T>& inner_;
+  std::map<std::string, double> seconds_;
+};
+
+}  // namespace borealis

@@ -1,0 +1,107 @@
+// A decoder transformer (GPT-2 or Llama family) with hand-written forward and
+// backward passes over flat parameter and gradient buffers.
+//
+// One training step:
+//   model.zero_grad();
+//   float loss = model.forward(tokens, targets, B, T, /*need_grad=*/true);
+//   model.backward();
+//   optimizer.step(model.params(), model.grads(), lr);
+//
+// The loss head (final norm -> logits -> softmax cross-entropy) runs in row
+// chunks and, when need_grad is set, computes its own gradient immediately
+// (fused linear + cross-entropy): the B*T*V logits are never stored, only a
+// chunk of them. backward() then runs the blocks in reverse from there.
+// Gradients accumulate across forward/backward pairs until zero_grad(); pass
+// grad_scale = 1 / micro_batches for gradient accumulation.
+//
+// Activations live in one arena sized by reserve(B, T); the model calls ops
+// only through Backend<T>, so it runs unchanged on any backend.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace borealis {
+
+template <typename T>
+class Model {
+ public:
+  // Parameters start at zero; call init() or load them.
+  Model(const ModelConfig& config, Backend<T>& backend);
+
+  const ModelConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  std::int64_t num_params() const { return layout_.total(); }
+  T* params() { return params_.data(); }
+  const T* params() const { return params_.data(); }
+  T* grads() { return grads_.data(); }
+  const T* grads() const { return grads_.data(); }
+  std::span<T> param(std::string_view name);
+  std::span<T> grad(std::string_view name);
+
+  void init(std::uint64_t seed);
+  void zero_grad();
+
+  // Sizes the activation arena for batches of B sequences of seq tokens. Done
+  // once; forward() grows it only if asked for a larger batch. Throws
+  // borealis::Error for sizes the model cannot take.
+  void reserve(int B, int seq);
+  std::size_t activation_bytes() const { return arena_.size() * sizeof(T); }
+  // Rows per logits chunk of the loss head (default: about 8M logits). Smaller
+  // chunks save memory; the tests use it to cover several chunks.
+  void set_loss_chunk_rows(int rows);
+  int loss_chunk_rows() const { return static_cast<int>(chunk_rows_); }
+
+  // Runs the model on tokens[B*seq] and returns the mean cross-entropy against
+  // targets[B*seq] (ids in [0, vocab_size)). With need_grad, also prepares
+  // backward(); the loss gradient is grad_scale * d(mean loss).
+  T forward(const std::int32_t* tokens, const std::int32_t* targets, int B, int seq, bool need_grad,
+            T grad_scale = T(1));
+  // Accumulates d(loss)/d(params) into grads(). Needs a forward(need_grad) first.
+  void backward();
+
+  // Per-token losses of the last forward, B*T of them.
+  std::span<const T> losses() const;
+
+ private:
+  struct LayerActs {
+    std::int64_t ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, res3;
+  };
+  T* act(std::int64_t offset) { return arena_.data() + offset; }
+  const T* res_in(int l) const;
+  T* p(std::int64_t offset) { return offset < 0 ? nullptr : params_.data() + offset; }
+  T* g(std::int64_t offset) { return offset < 0 ? nullptr : grads_.data() + offset; }
+  void norm_forward(T* out, T* mean, T* rstd, const T* inp, std::int64_t w, std::int64_t b);
+  void norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
+                     std::int64_t w, std::int64_t b);
+  void validate_tokens(const std::int32_t* ids, const char* what) const;
+
+  ModelConfig config_;
+  Backend<T>& backend_;
+  ParamLayout layout_;
+  std::vector<T> params_;
+  std::vector<T> grads_;
+
+  // Arena and its layout for the reserved (B, T).
+  std::vector<T> arena_;
+  int cap_B_ = 0, cap_T_ = 0;
+  int B_ = 0, T_ = 0;  // sizes of the last forward
+  bool have_grad_pass_ = false;
+  std::vector<LayerActs> layer_acts_;
+  std::int64_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, losses_ = 0;
+  std::int64_t logits_ = 0, chunk_rows_ = 0, chunk_rows_request_ = 0;
+  std::int64_t dlnf_ = 0, dres_ = 0, dln_ = 0, datty_ = 0, dqkv_ = 0, mlp_act_ = 0, dmlp_act_ = 0,
+               dfch_ = 0;
+  std::vector<std::int32_t> tokens_;
+};
+
+extern template class Model<float>;
+extern template class Model<double>;
+
+}  // namespace borealis

@@ -1,0 +1,69 @@
+// AdamW with decoupled weight decay over the flat parameter buffer, and
+// global-norm gradient clipping.
+//
+// The moments m and v are flat buffers in the parameter layout (so ZeRO can
+// shard and checkpoints can save them like the parameters). Weight decay is
+// applied per tensor kind: by default matrices only; norms, biases and
+// embeddings can be opted in. The update is, per element,
+//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p -= lr * (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd * p)
+// (decoupled decay as in torch.optim.AdamW).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/params.h"
+
+namespace borealis {
+
+struct AdamWConfig {
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.1f;
+  bool decay_norms = false;
+  bool decay_biases = false;
+  bool decay_embeddings = false;
+};
+
+class AdamW {
+ public:
+  AdamW(const ParamLayout& layout, const AdamWConfig& config);
+
+  // One update with learning rate lr on grads * grad_scale (pass the clipping
+  // factor here to save a pass over the gradients); advances the step count.
+  void step(float* params, const float* grads, float lr, float grad_scale = 1.0f);
+
+  std::int64_t steps() const { return steps_; }
+  const std::vector<float>& m() const { return m_; }
+  const std::vector<float>& v() const { return v_; }
+  std::size_t state_bytes() const { return (m_.size() + v_.size()) * sizeof(float); }
+  // Whether the tensor view gets weight decay under this config.
+  bool decays(const ParamView& view) const;
+
+ private:
+  struct Range {
+    std::int64_t offset, size;
+    bool decay;
+  };
+  AdamWConfig config_;
+  std::vector<Range> ranges_;
+  std::vector<float> m_, v_;
+  std::int64_t steps_ = 0;
+};
+
+// L2 norm of the whole gradient buffer, summed in double over fixed blocks
+// (deterministic for any thread count).
+double global_norm(const float* grads, std::int64_t count);
+
+// The factor that brings a gradient of global norm `norm` to at most
+// max_norm: max_norm / (norm + 1e-6) when norm > max_norm > 0, else 1 (the
+// same factor as torch.nn.utils.clip_grad_norm_).
+float clip_scale(double norm, double max_norm);
+
+// Scales grads in place by clip_scale(global_norm(grads), max_norm).
+// Returns the norm before clipping.
+double clip_grad_norm(float* grads, std::int64_t count, double max_norm);
+
+}  // namespace borealis

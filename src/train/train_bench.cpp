@@ -1,0 +1,236 @@
+#include "train/train_bench.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "core/sysinfo.h"
+#include "core/text.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/timed_backend.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+
+namespace borealis {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void time_gemm(GemmTiming& g) {
+  const std::size_t a = static_cast<std::size_t>(g.M) * g.K;
+  const std::size_t b = static_cast<std::size_t>(g.K) * g.N;
+  const std::size_t c = static_cast<std::size_t>(g.M) * g.N;
+  std::vector<float> A(a), B(b), C(c, 0.0f);
+  for (std::size_t i = 0; i < a; ++i) A[i] = static_cast<float>(i % 13) * 0.01f;
+  for (std::size_t i = 0; i < b; ++i) B[i] = static_cast<float>(i % 7) * 0.01f;
+  const int lda = g.trans_a ? g.M : g.K;
+  const int ldb = g.trans_b ? g.K : g.N;
+  const double flops = 2.0 * g.M * g.N * g.K;
+  double best = 1e30, spent = 0;
+  for (int rep = 0; rep < 10 && (rep < 3 || spent < 0.5); ++rep) {
+    const auto t0 = Clock::now();
+    cpu::gemm<float>(g.trans_a, g.trans_b, g.M, g.N, g.K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f,
+                     C.data(), g.N);
+    const double s = seconds_since(t0);
+    best = std::min(best, s);
+    spent += s;
+  }
+  g.gflops = std::max(g.gflops, flops / best * 1e-9);
+}
+
+}  // namespace
+
+double TrainBenchResult::mean_step_s() const {
+  double s = 0;
+  for (const auto& st : steps) s += st.total_s();
+  return steps.empty() ? 0 : s / static_cast<double>(steps.size());
+}
+
+double TrainBenchResult::best_step_s() const {
+  double best = 0;
+  for (const auto& st : steps) best = best == 0 ? st.total_s() : std::min(best, st.total_s());
+  return best;
+}
+
+double TrainBenchResult::tokens_per_s(double step_s) const {
+  return static_cast<double>(batch) * seq / step_s;
+}
+
+double TrainBenchResult::achieved_gflops(double step_s) const {
+  return flops_per_token * tokens_per_s(step_s) * 1e-9;
+}
+
+double TrainBenchResult::mfu(double step_s) const {
+  return achieved_gflops(step_s) / peak_gflops;
+}
+
+TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
+  TrainBenchResult r;
+  r.config = model_preset(o.model);
+  const ModelConfig& c = r.config;
+  if (o.batch <= 0) throw Error(fmt::format("batch must be positive, got {}", o.batch), "--batch");
+  if (o.seq <= 0 || o.seq > c.max_seq) {
+    throw Error(fmt::format("seq must be in 1..{} for {}, got {}", c.max_seq, c.name, o.seq),
+                "--seq");
+  }
+  if (o.steps <= 0) throw Error(fmt::format("steps must be positive, got {}", o.steps), "--steps");
+  r.batch = o.batch;
+  r.seq = o.seq;
+  r.threads = cpu_threads();
+
+  auto cpu = make_cpu_backend<float>();
+  TimedBackend<float> backend(*cpu);
+  Model<float> model(c, backend);
+  model.init(o.seed);
+  model.reserve(o.batch, o.seq);
+  AdamW optimizer(model.layout(), AdamWConfig{});
+  LrSchedule schedule;
+  schedule.lr_max = 3e-4;
+  schedule.warmup_steps = 1;
+  schedule.total_steps = o.steps + 1;
+  schedule.validate();
+
+  r.params = model.num_params();
+  r.flops_per_token = 6.0 * static_cast<double>(r.params) +
+                      12.0 * c.n_layer * static_cast<double>(c.d_model) * o.seq;
+  r.param_bytes = static_cast<std::uint64_t>(r.params) * sizeof(float);
+  r.grad_bytes = r.param_bytes;
+  r.optimizer_bytes = optimizer.state_bytes();
+  r.activation_bytes = model.activation_bytes();
+
+  // sgemm peak at the shapes this model runs (rows = batch * seq).
+  const int N = o.batch * o.seq;
+  const int C = c.d_model;
+  r.gemms = {
+      {"qkv projection (forward)", N, c.qkv_width(), C, false, true, 0},
+      {"mlp up (forward)", N, c.fc_width(), C, false, true, 0},
+      {"mlp down, input grad (backward)", N, c.d_ff, C, false, false, 0},
+      {"mlp up, weight grad (backward)", c.fc_width(), C, N, true, false, 0},
+      {"lm head chunk (forward)", model.loss_chunk_rows(), c.padded_vocab, C, false, true, 0},
+  };
+  // Timed before and after the steps (best of both), so that a moment of
+  // contention from other processes does not lower the peak and flatter MFU.
+  for (auto& g : r.gemms) time_gemm(g);
+
+  // A fixed synthetic batch (the data does not change the work done).
+  std::vector<std::int32_t> tokens(static_cast<std::size_t>(N) + 1);
+  std::uint64_t s = o.seed * 0x9E3779B97F4A7C15ull + 7;
+  for (auto& t : tokens) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    t = static_cast<std::int32_t>((s >> 33) % static_cast<std::uint64_t>(c.vocab_size));
+  }
+  for (int step = 0; step <= o.steps; ++step) {
+    StepTiming st;
+    auto t0 = Clock::now();
+    model.zero_grad();
+    st.loss = model.forward(tokens.data(), tokens.data() + 1, o.batch, o.seq, true);
+    st.forward_s = seconds_since(t0);
+    t0 = Clock::now();
+    model.backward();
+    st.backward_s = seconds_since(t0);
+    t0 = Clock::now();
+    const float scale = clip_scale(global_norm(model.grads(), model.num_params()), 1.0);
+    optimizer.step(model.params(), model.grads(), static_cast<float>(schedule.lr(step)), scale);
+    st.optimizer_s = seconds_since(t0);
+    st.rss_bytes = process_rss();
+    if (step == 0) {
+      r.warmup = st;
+      backend.reset();
+    } else {
+      r.steps.push_back(st);
+      r.op_seconds["optimizer"] += st.optimizer_s / o.steps;
+    }
+  }
+  r.activation_bytes_after = model.activation_bytes();
+  for (const auto& [op, sec] : backend.seconds()) r.op_seconds[op] += sec / o.steps;
+  for (auto& g : r.gemms) {
+    time_gemm(g);
+    r.peak_gflops = std::max(r.peak_gflops, g.gflops);
+  }
+  return r;
+}
+
+std::string format_train_bench(const TrainBenchResult& r) {
+  const ModelConfig& c = r.config;
+  std::string out;
+  out += fmt::format(
+      "model        {} ({}, {:.1f}M parameters, {} layers, d_model {}, {} heads, "
+      "{} kv heads, vocab {} padded to {})\n",
+      c.name, family_name(c.family), r.params / 1e6, c.n_layer, c.d_model, c.n_head, c.n_kv_head,
+      c.vocab_size, c.padded_vocab);
+  out += fmt::format("batch        {} x {} = {} tokens per step, {} CPU threads, {}\n", r.batch,
+                     r.seq, r.batch * r.seq, r.threads, blas_info().library);
+  out +=
+      "sgemm peak   measured in this run at this model's shapes (M x N x K, best of runs "
+      "before and after the steps):\n";
+  for (const auto& g : r.gemms) {
+    out += fmt::format("  {:>5} x {:>5} x {:>5} {}{}  {:7.1f} GFLOP/s  {}\n", g.M, g.N, g.K,
+                       g.trans_a ? "T" : "N", g.trans_b ? "T" : "N", g.gflops, g.what);
+  }
+  out += fmt::format("  peak {:.1f} GFLOP/s (the best of these)\n", r.peak_gflops);
+  out += "step         forward   backward  optimizer  total     loss     RSS\n";
+  auto line = [&](const std::string& label, const StepTiming& st) {
+    out += fmt::format("  {:<10} {:7.3f}s {:8.3f}s {:8.3f}s {:8.3f}s {:8.4f} {}\n", label,
+                       st.forward_s, st.backward_s, st.optimizer_s, st.total_s(), st.loss,
+                       format_bytes(st.rss_bytes));
+  };
+  line("warm-up", r.warmup);
+  for (std::size_t i = 0; i < r.steps.size(); ++i) line(fmt::format("{}", i + 1), r.steps[i]);
+  double f = 0, b = 0, o = 0;
+  for (const auto& st : r.steps) {
+    f += st.forward_s;
+    b += st.backward_s;
+    o += st.optimizer_s;
+  }
+  const double n = static_cast<double>(r.steps.size());
+  out += fmt::format("  {:<10} {:7.3f}s {:8.3f}s {:8.3f}s {:8.3f}s\n", "mean", f / n, b / n, o / n,
+                     r.mean_step_s());
+  out += "  (forward includes the loss head's fused backward: logits are never stored)\n";
+  double op_total = 0;
+  for (const auto& [op, sec] : r.op_seconds) op_total += sec;
+  out += "time per op  (mean per step, forward + backward)\n";
+  for (const auto& [op, sec] : r.op_seconds) {
+    out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", op, sec, 100.0 * sec / r.mean_step_s());
+  }
+  out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", "other", r.mean_step_s() - op_total,
+                     100.0 * (r.mean_step_s() - op_total) / r.mean_step_s());
+  out += fmt::format(
+      "FLOPs/token  6 * {} params + 12 * {} layers * {} d_model * {} seq = {:.4f} GFLOP\n",
+      r.params, c.n_layer, c.d_model, r.seq, r.flops_per_token * 1e-9);
+  for (const auto& [label, step_s] :
+       {std::pair{"mean step", r.mean_step_s()}, std::pair{"best step", r.best_step_s()}}) {
+    out += fmt::format(
+        "{:<12} {:8.1f} tokens/s  {:7.1f} GFLOP/s  MFU {:5.1f}% of the measured sgemm peak\n",
+        label, r.tokens_per_s(step_s), r.achieved_gflops(step_s), 100.0 * r.mfu(step_s));
+  }
+  out += fmt::format(
+      "memory       parameters {}, gradients {}, optimizer {}, activations {} (total {})\n",
+      format_bytes(r.param_bytes), format_bytes(r.grad_bytes), format_bytes(r.optimizer_bytes),
+      format_bytes(r.activation_bytes),
+      format_bytes(r.param_bytes + r.grad_bytes + r.optimizer_bytes + r.activation_bytes));
+  const std::uint64_t rss_first = r.steps.front().rss_bytes;
+  const std::uint64_t rss_last = r.steps.back().rss_bytes;
+  const bool same_arena = r.activation_bytes_after == r.activation_bytes;
+  out += fmt::format(
+      "             activation arena {} after the last step; process RSS {} after "
+      "step 1, {} after step {} ({})\n",
+      same_arena ? "unchanged" : "GREW", format_bytes(rss_first), format_bytes(rss_last),
+      r.steps.size(),
+      rss_last <= rss_first + (std::uint64_t{16} << 20) ? "no growth" : "GREW between steps");
+  return out;
+}
+
+}  // namespace borealis

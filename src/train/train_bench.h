@@ -1,0 +1,73 @@
+// The training-step benchmark behind `borealis bench train` and
+// bench/train_step: times forward, backward and the optimizer separately on
+// a synthetic batch, measures the machine's sgemm peak at the model's own
+// GEMM shapes in the same run, and reports tokens/s, achieved GFLOP/s, MFU
+// and memory (which must not grow from step to step).
+//
+// FLOPs are counted as in PaLM (and in the PyTorch reference
+// figures): 6 * N_params + 12 * n_layer * d_model * seq per token, i.e. the
+// attention term counts the full (non-causal) score matrix.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace borealis {
+
+struct TrainBenchOptions {
+  std::string model = "gpt2-124m";
+  int batch = 4;
+  int seq = 256;
+  int steps = 3;  // measured steps, after one warm-up step
+  std::uint64_t seed = 1;
+};
+
+struct GemmTiming {
+  std::string what;  // which model GEMM the shape stands for
+  int M = 0, N = 0, K = 0;
+  bool trans_a = false, trans_b = false;
+  double gflops = 0;  // best of several runs
+};
+
+struct StepTiming {
+  double forward_s = 0, backward_s = 0, optimizer_s = 0;
+  double loss = 0;
+  std::uint64_t rss_bytes = 0;  // process resident memory after the step
+  double total_s() const { return forward_s + backward_s + optimizer_s; }
+};
+
+struct TrainBenchResult {
+  ModelConfig config;
+  int batch = 0, seq = 0, threads = 0;
+  std::int64_t params = 0;
+  double flops_per_token = 0;
+  std::vector<GemmTiming> gemms;
+  double peak_gflops = 0;  // best sgemm rate over gemms
+  StepTiming warmup;
+  std::vector<StepTiming> steps;
+  std::uint64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
+  std::uint64_t activation_bytes_after = 0;  // arena size after the last step
+  // Seconds per measured step in each kind of op (forward and backward
+  // together; "optimizer" is clipping + AdamW).
+  std::map<std::string, double> op_seconds;
+
+  // Over the measured steps; the best step shows the engine's speed when other
+  // processes on the machine leave it alone, the mean what a run would see.
+  double mean_step_s() const;
+  double best_step_s() const;
+  double tokens_per_s(double step_s) const;
+  double achieved_gflops(double step_s) const;
+  double mfu(double step_s) const;  // achieved / peak
+};
+
+// Throws borealis::Error for an unknown model or bad sizes.
+TrainBenchResult run_train_bench(const TrainBenchOptions& options);
+
+// Multi-line human-readable report.
+std::string format_train_bench(const TrainBenchResult& result);
+
+}  // namespace borealis

@@ -1,0 +1,33 @@
+// borealis bench train, run as a user would: figures on success, one error
+// line for bad input.
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+
+namespace borealis::test {
+namespace {
+
+TEST(BenchCli, TrainPrintsFigures) {
+  const RunResult r = run_borealis({"--threads", "1", "bench", "train", "--model", "llama-tiny",
+                                    "--batch", "2", "--seq", "8", "--steps", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* want : {"tokens/s", "mean step", "best step", "MFU", "sgemm peak", "FLOPs/token",
+                           "optimizer", "activations", "arena unchanged", "no growth"}) {
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+  }
+}
+
+TEST(BenchCli, TrainRejectsBadInput) {
+  RunResult r = run_borealis({"bench", "train", "--model", "gpt5"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("error: unknown model preset 'gpt5'"), std::string::npos) << r.err;
+  r = run_borealis({"bench", "train", "--model", "gpt2-tiny", "--seq", "65"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("seq must be in 1..64"), std::string::npos) << r.err;
+  r = run_borealis({"bench", "train", "--batch", "0", "--model", "gpt2-tiny"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("(--batch)"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace borealis::test

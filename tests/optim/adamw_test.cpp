@@ -1,0 +1,118 @@
+// AdamW, weight-decay exclusion and gradient clipping against values worked
+// out by hand (see the comments for the arithmetic).
+#include "optim/adamw.h"
+
+#include <gtest/gtest.h>
+
+#include "model/config.h"
+
+namespace borealis {
+namespace {
+
+// Two steps with grads 0.5 then -0.25 on a parameter starting at 1.0,
+// lr 0.1, betas (0.9, 0.95), eps 1e-8, weight decay 0.1:
+//  step 1: m = 0.05, v = 0.0125; m^ = 0.5, v^ = 0.25 -> update 1 (less 2e-8)
+//          decayed:   p = 1 - 0.1 * (1 + 0.1 * 1)        = 0.89
+//          undecayed: p = 1 - 0.1 * 1                    = 0.90
+//  step 2: m = 0.02, v = 0.015; m^ = 0.02 / 0.19, v^ = 0.015 / 0.0975
+//          m^ / sqrt(v^) = 0.2683702...
+//          decayed:   p = 0.89 - 0.1 * (0.26837 + 0.089) = 0.8542631
+//          undecayed: p = 0.90 - 0.1 * 0.26837           = 0.8731631
+struct Probe {
+  std::int64_t index;
+  float expect_step1, expect_step2;
+};
+
+// grad_scale multiplies the gradients (clipping fused into the update): the
+// same steps result from gradients 4x as large with grad_scale 0.25.
+void run_two_steps(const AdamWConfig& config, const std::vector<Probe>& probes,
+                   float grad_scale = 1.0f) {
+  const ParamLayout layout(model_preset("gpt2-tiny"));
+  AdamW opt(layout, config);
+  std::vector<float> params(layout.total(), 0.0f), grads(layout.total(), 0.0f);
+  for (const auto& p : probes) params[p.index] = 1.0f;
+  for (const auto& p : probes) grads[p.index] = 0.5f / grad_scale;
+  opt.step(params.data(), grads.data(), 0.1f, grad_scale);
+  for (const auto& p : probes) EXPECT_NEAR(params[p.index], p.expect_step1, 1e-6) << p.index;
+  for (const auto& p : probes) grads[p.index] = -0.25f / grad_scale;
+  opt.step(params.data(), grads.data(), 0.1f, grad_scale);
+  for (const auto& p : probes) EXPECT_NEAR(params[p.index], p.expect_step2, 1e-6) << p.index;
+  EXPECT_EQ(opt.steps(), 2);
+  EXPECT_EQ(opt.state_bytes(), 2 * sizeof(float) * layout.total());
+}
+
+constexpr float kDecayed1 = 0.89f, kDecayed2 = 0.8542631f;
+constexpr float kPlain1 = 0.90f, kPlain2 = 0.8731631f;
+
+TEST(AdamW, HandComputedStepsAndDefaultExclusions) {
+  const ParamLayout layout(model_preset("gpt2-tiny"));
+  AdamWConfig config;
+  config.beta1 = 0.9f;
+  config.beta2 = 0.95f;
+  config.eps = 1e-8f;
+  config.weight_decay = 0.1f;
+  run_two_steps(config, {
+                            {layout.find("h.0.attn.qkv.w").offset + 5, kDecayed1, kDecayed2},
+                            {layout.find("h.1.mlp.proj.w").offset, kDecayed1, kDecayed2},
+                            {layout.find("h.0.ln1.w").offset + 1, kPlain1, kPlain2},
+                            {layout.find("h.0.attn.qkv.b").offset, kPlain1, kPlain2},
+                            {layout.find("wte").offset + 7, kPlain1, kPlain2},
+                            {layout.find("wpe").offset, kPlain1, kPlain2},
+                        });
+}
+
+TEST(AdamW, GradScaleAppliesToGradients) {
+  const ParamLayout layout(model_preset("gpt2-tiny"));
+  AdamWConfig config;
+  config.weight_decay = 0.1f;
+  run_two_steps(config,
+                {
+                    {layout.find("h.0.attn.qkv.w").offset + 5, kDecayed1, kDecayed2},
+                    {layout.find("h.0.ln1.w").offset + 1, kPlain1, kPlain2},
+                },
+                0.25f);
+}
+
+TEST(AdamW, OptInDecayForNormsBiasesEmbeddings) {
+  const ParamLayout layout(model_preset("gpt2-tiny"));
+  AdamWConfig config;
+  config.weight_decay = 0.1f;
+  config.decay_norms = true;
+  config.decay_biases = true;
+  config.decay_embeddings = true;
+  run_two_steps(config, {
+                            {layout.find("h.0.ln1.w").offset + 1, kDecayed1, kDecayed2},
+                            {layout.find("lnf.b").offset, kDecayed1, kDecayed2},
+                            {layout.find("h.0.attn.qkv.b").offset, kDecayed1, kDecayed2},
+                            {layout.find("wte").offset + 7, kDecayed1, kDecayed2},
+                        });
+}
+
+TEST(AdamW, ZeroGradientOnlyDecays) {
+  const ParamLayout layout(model_preset("llama-tiny"));
+  AdamW opt(layout, AdamWConfig{});
+  std::vector<float> params(layout.total(), 2.0f), grads(layout.total(), 0.0f);
+  opt.step(params.data(), grads.data(), 0.5f);
+  // Decoupled decay: p -= lr * wd * p = 2 - 0.5 * 0.1 * 2.
+  EXPECT_FLOAT_EQ(params[layout.find("lm_head.w").offset], 1.9f);
+  EXPECT_FLOAT_EQ(params[layout.find("h.0.ln2.w").offset], 2.0f);
+}
+
+TEST(GradClip, GlobalNormAndClipping) {
+  std::vector<float> g(100000, 0.0f);
+  g[3] = 3.0f;
+  g[99999] = 4.0f;  // in another reduction block
+  EXPECT_DOUBLE_EQ(global_norm(g.data(), static_cast<std::int64_t>(g.size())), 5.0);
+  EXPECT_DOUBLE_EQ(clip_grad_norm(g.data(), static_cast<std::int64_t>(g.size()), 10.0), 5.0);
+  EXPECT_EQ(g[3], 3.0f);  // below the limit: untouched
+  EXPECT_DOUBLE_EQ(clip_grad_norm(g.data(), static_cast<std::int64_t>(g.size()), 1.0), 5.0);
+  EXPECT_NEAR(g[3], 0.6f, 1e-6);
+  EXPECT_NEAR(g[99999], 0.8f, 1e-6);
+  EXPECT_NEAR(global_norm(g.data(), static_cast<std::int64_t>(g.size())), 1.0, 1e-6);
+  EXPECT_EQ(clip_scale(0.5, 1.0), 1.0f);
+  EXPECT_EQ(clip_scale(5.0, 0.0), 1.0f);  // max_norm 0: no clipping
+  EXPECT_NEAR(clip_scale(4.0, 2.0), 0.5f, 1e-6);
+}
+
+}  // namespace
+}  // namespace borealis

@@ -143,7 +143,16 @@ std::vector<Check> run_checks(const DoctorOptions& o) {
                            ? std::string()
                            : " (forced by OPENBLAS_CORETYPE=" + blas.coretype_override + ")"),
            Status::Ok};
-  if (blas.threading != "OpenMP") {
+  const std::string blas_simd = blas_core_simd(blas.core);
+  if ((cpu.simd_cpu == "avx2+fma" || cpu.simd_cpu == "avx512") &&
+      (blas_simd == "sse" || blas_simd == "avx")) {
+    bl.status = Status::Warn;
+    bl.note = fmt::format(
+        "OpenBLAS chose {} kernels ({}) on a CPU with {}: it does not recognise this CPU and GEMMs "
+        "run several times slower; set OPENBLAS_CORETYPE=Haswell (AVX2 kernels, safe on every AVX2 "
+        "CPU)",
+        blas.core, blas_simd, cpu.simd_cpu);
+  } else if (blas.threading != "OpenMP") {
     bl.status = Status::Warn;
     bl.note =
         "BLAS is not the OpenMP build: its threads and the kernels' threads may oversubscribe; "

@@ -121,6 +121,19 @@ TEST(Cli, DoctorFailsWithTheReasonWhenARequirementIsNotMet) {
   EXPECT_FALSE(doc["ok"].get<bool>());
 }
 
+// OpenBLAS falls back to old kernels on CPUs newer than its release; doctor
+// says so (simulated here by forcing the old kernel set).
+TEST(Cli, DoctorWarnsWhenBlasUsesOldKernels) {
+  const RunResult r = run_borealis({"doctor", "--min-free-disk", "1M", "--min-memory", "1M"},
+                                   {"OPENBLAS_CORETYPE=Prescott"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("blas     warn"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("OpenBLAS chose Prescott kernels (sse)"), std::string::npos) << r.out;
+  const RunResult good = run_borealis({"doctor", "--min-free-disk", "1M", "--min-memory", "1M"},
+                                      {"OPENBLAS_CORETYPE=Haswell"});
+  EXPECT_NE(good.out.find("blas     ok"), std::string::npos) << good.out;
+}
+
 TEST(Cli, DoctorRejectsBadArguments) {
   const RunResult path = run_borealis({"doctor", "--path", "/no/such/dir"});
   EXPECT_EQ(path.exit_code, 2);

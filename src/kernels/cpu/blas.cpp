@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <cctype>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -36,6 +37,22 @@ BlasInfo blas_info() {
   info.threads = openblas_get_num_threads();
   if (const char* env = std::getenv("OPENBLAS_CORETYPE")) info.coretype_override = env;
   return info;
+}
+
+std::string blas_core_simd(const std::string& core) {
+  std::string c;
+  for (const char ch : core)
+    c.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(ch))));
+  for (const char* k : {"skylakex", "cooperlake", "sapphirerapids"}) {
+    if (c == k) return "avx512";
+  }
+  for (const char* k : {"haswell", "zen", "excavator"}) {
+    if (c == k) return "avx2+fma";
+  }
+  for (const char* k : {"sandybridge", "bulldozer", "piledriver", "steamroller"}) {
+    if (c == k) return "avx";
+  }
+  return "sse";
 }
 
 int cpu_threads() {

@@ -22,6 +22,12 @@ struct BlasInfo {
 
 BlasInfo blas_info();
 
+// The widest SIMD an OpenBLAS kernel set uses: "avx512", "avx2+fma", "avx" or
+// "sse" (older or unknown sets). OpenBLAS falls back to old kernels on CPUs
+// newer than its release (e.g. "Prescott" on recent Xeons), which is many
+// times slower; OPENBLAS_CORETYPE overrides its choice.
+std::string blas_core_simd(const std::string& core);
+
 // Threads OpenMP loops will use (omp_get_max_threads).
 int cpu_threads();
 

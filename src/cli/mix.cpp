@@ -167,7 +167,7 @@ void run_sample(const MixArgs& a) {
     const Tokenizer tok = Tokenizer::load(a.tokenizer);
     std::vector<std::uint32_t> ids;
     for (const auto& p : pieces) {
-      m.files()[p.file].dataset->read(p.document, p.offset, p.length, ids);
+      m.dataset(p.file).read(p.document, p.offset, p.length, ids);
     }
     text = tok.decode(ids);
   }

@@ -15,9 +15,32 @@ Blender::Blender(std::vector<double> weights)
   }
   if (!(total > 0)) throw std::invalid_argument("Blender: the weights add up to zero");
   for (double& w : weights_) w /= total;
+  scan_ = weights_.size() <= kScanSources;
   for (std::size_t k = 0; k < weights_.size(); ++k) {
-    if (weights_[k] > 0) waiting_.emplace(release(k), k);
+    if (weights_[k] > 0 && !scan_) waiting_.emplace(release(k), k);
+    due_.push_back(weights_[k] > 0 ? deadline(k) : std::numeric_limits<double>::infinity());
   }
+}
+
+// The plain scan, for few sources, where it beats the heaps.
+std::size_t Blender::next_by_scan() {
+  const double end = static_cast<double>(step_ + 1);
+  std::size_t best = weights_.size();
+  for (std::size_t k = 0; k < weights_.size(); ++k) {
+    if (static_cast<double>(counts_[k]) < weights_[k] * end &&
+        (best == weights_.size() || due_[k] < due_[best])) {
+      best = k;
+    }
+  }
+  if (best == weights_.size()) {
+    for (std::size_t k = 0; k < weights_.size(); ++k) {
+      if (weights_[k] > 0 && (best == weights_.size() || due_[k] < due_[best])) best = k;
+    }
+  }
+  ++counts_[best];
+  ++step_;
+  due_[best] = deadline(best);
+  return best;
 }
 
 // The smallest step t with counts < w (t + 1), found with the very expression
@@ -33,6 +56,7 @@ std::uint64_t Blender::release(std::size_t k) const {
 }
 
 std::size_t Blender::next() {
+  if (scan_) return next_by_scan();
   while (!waiting_.empty() && waiting_.top().first <= step_) {
     const std::size_t k = waiting_.top().second;
     waiting_.pop();

@@ -9,6 +9,10 @@
 #include <cstring>
 #include <thread>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/hash.h"
@@ -39,6 +43,69 @@ std::uint64_t load_u64(const std::byte* p, std::size_t i) {
   std::memcpy(&v, p + i * 8, 8);
   return v;
 }
+
+// The few numbers of an .idx the build needs, read with pread: mapping
+// thousands of files costs more (TLB shootdowns on unmap) than the build.
+class IdxProbe {
+ public:
+  // Returns false when the file is missing or malformed; IndexedDataset then
+  // says why.
+  bool open(const fs::path& prefix) {
+    fd_ = ::open((prefix.string() + ".idx").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) return false;
+    unsigned char head[kIdxHeaderSize];
+    struct stat st {};
+    if (::pread(fd_, head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) ||
+        std::memcmp(head, kIdxMagic, sizeof kIdxMagic) != 0 || ::fstat(fd_, &st) != 0) {
+      return false;
+    }
+    std::uint64_t version, d;
+    std::memcpy(&version, head + 9, 8);
+    std::memcpy(&n_, head + 18, 8);
+    std::memcpy(&d, head + 26, 8);
+    const unsigned code = head[17];
+    if (version != 1 || code < 1 || code > 8 || code == 6 || code == 7) return false;
+    item_ = token_size(static_cast<TokenType>(code));
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    if (n_ > size || d > size || kIdxHeaderSize + n_ * 12 + d * 8 != size) return false;
+    std::uint64_t bin_bytes = 0;
+    if (n_ > 0) {
+      const std::int64_t p = pointer(n_ - 1);
+      const std::int32_t last = read<std::int32_t>(kIdxHeaderSize + (n_ - 1) * 4);
+      if (p < 0 || last < 0) return false;
+      bin_bytes = static_cast<std::uint64_t>(p) + static_cast<std::uint64_t>(last) * item_;
+    }
+    std::error_code ec;
+    const auto bin = fs::file_size(prefix.string() + ".bin", ec);
+    if (ec || bin != bin_bytes || !ok_) return false;
+    tokens_ = bin_bytes / item_;
+    return true;
+  }
+  ~IdxProbe() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  std::uint64_t sequences() const { return n_; }
+  std::uint64_t token_offset(std::uint64_t doc) {
+    return doc >= n_ ? tokens_ : static_cast<std::uint64_t>(pointer(doc)) / item_;
+  }
+
+ private:
+  template <class T>
+  T read(std::uint64_t at) {
+    T v{};
+    if (::pread(fd_, &v, sizeof v, static_cast<off_t>(at)) != static_cast<ssize_t>(sizeof v)) {
+      ok_ = false;
+    }
+    return v;
+  }
+  std::int64_t pointer(std::uint64_t i) {
+    return read<std::int64_t>(kIdxHeaderSize + n_ * 4 + i * 8);
+  }
+
+  int fd_ = -1;
+  bool ok_ = true;
+  std::uint64_t n_ = 0, item_ = 1, tokens_ = 0;
+};
 
 std::uint64_t token_offset(const IndexedDataset& ds, std::uint64_t doc) {
   if (doc >= ds.sequences()) return ds.tokens();
@@ -151,16 +218,21 @@ void Mixture::open_files() {
   for (const auto& e : options_.list) {
     MixFile f;
     f.entry = e;
-    try {
-      f.dataset = std::make_shared<IndexedDataset>(e.prefix);
-    } catch (const Error& err) {
-      throw Error(fmt::format("{} ({})", err.message(), err.where()), e.where);
+    IdxProbe probe;
+    if (!probe.open(e.prefix)) {
+      try {
+        IndexedDataset check(e.prefix);  // says what is wrong
+      } catch (const Error& err) {
+        throw Error(fmt::format("{} ({})", err.message(), err.where()), e.where);
+      }
+      throw Error(fmt::format("cannot read {}.idx", e.prefix.string()), e.where);
     }
-    const auto [begin, end] = split_range(options_.split, f.dataset->sequences(), 0);
+    f.sequences = probe.sequences();
+    const auto [begin, end] = split_range(options_.split, f.sequences, 0);
     f.first_doc = begin;
     f.end_doc = end;
-    f.first_token = token_offset(*f.dataset, begin);
-    f.tokens = token_offset(*f.dataset, end) - f.first_token;
+    f.first_token = probe.token_offset(begin);
+    f.tokens = probe.token_offset(end) - f.first_token;
     f.samples_per_epoch = f.tokens > options_.seq_len ? (f.tokens - 1) / options_.seq_len : 0;
     const auto it = std::find_if(corpora_.begin(), corpora_.end(),
                                  [&](const MixCorpus& c) { return c.name == e.corpus; });
@@ -170,6 +242,8 @@ void Mixture::open_files() {
     corpora_[f.corpus].files.push_back(files_.size());
     files_.push_back(std::move(f));
   }
+  datasets_.resize(files_.size());
+  opened_ = std::make_unique<std::once_flag[]>(files_.size());
   if (files_.size() >= (std::size_t{1} << (64 - kSampleBits))) {
     throw Error(fmt::format("{} files: at most {} are supported", files_.size(),
                             (std::size_t{1} << (64 - kSampleBits)) - 1),
@@ -262,6 +336,17 @@ void Mixture::write_cache() const {
   out.commit();
 }
 
+const IndexedDataset& Mixture::dataset(std::size_t k) const {
+  std::call_once(opened_[k], [&] {
+    try {
+      datasets_[k] = std::make_unique<IndexedDataset>(files_[k].entry.prefix);
+    } catch (const Error& err) {
+      throw Error(fmt::format("{} ({})", err.message(), err.where()), files_[k].entry.where);
+    }
+  });
+  return *datasets_[k];
+}
+
 std::pair<std::size_t, std::uint64_t> Mixture::source(std::uint64_t i) const {
   if (i >= options_.samples) {
     throw Error(fmt::format("sample {} is outside the mixture's {} samples", i, options_.samples),
@@ -274,7 +359,7 @@ std::pair<std::size_t, std::uint64_t> Mixture::source(std::uint64_t i) const {
 std::vector<SamplePiece> Mixture::sample(std::uint64_t i) const {
   const auto [k, j] = source(i);
   const MixFile& f = files_[k];
-  const IndexedDataset& ds = *f.dataset;
+  const IndexedDataset& ds = dataset(k);
   const std::uint64_t per_epoch = f.samples_per_epoch, L = options_.seq_len;
   const std::uint64_t epoch = j / per_epoch;
   const std::uint64_t r =
@@ -282,24 +367,33 @@ std::vector<SamplePiece> Mixture::sample(std::uint64_t i) const {
   std::uint64_t pos = (epoch_start(options_.seed, k, epoch, f.tokens) + r * L) % f.tokens;
   std::uint64_t left = L + 1;
   std::vector<SamplePiece> pieces;
-  while (left > 0) {
-    const std::uint64_t at = f.first_token + pos;
-    // The last sequence starting at or before `at` (empty sequences are skipped over).
-    std::uint64_t lo = f.first_doc, hi = f.end_doc;
-    while (hi - lo > 1) {
-      const std::uint64_t mid = lo + (hi - lo) / 2;
-      if (token_offset(ds, mid) <= at)
-        lo = mid;
-      else
-        hi = mid;
+  // The last sequence starting at or before the first token (empty sequences
+  // are skipped over); the following pieces are the next sequences in order.
+  std::uint64_t doc = f.first_doc, hi = f.end_doc;
+  const std::uint64_t first = f.first_token + pos;
+  while (hi - doc > 1) {
+    const std::uint64_t mid = doc + (hi - doc) / 2;
+    if (token_offset(ds, mid) <= first) {
+      doc = mid;
+    } else {
+      hi = mid;
     }
-    const std::uint64_t offset = at - token_offset(ds, lo);
-    const std::uint64_t in_doc = static_cast<std::uint64_t>(ds.size(lo)) - offset;
+  }
+  std::uint64_t offset = first - token_offset(ds, doc);
+  pieces.reserve(4);
+  while (left > 0) {
+    const std::uint64_t in_doc = static_cast<std::uint64_t>(ds.size(doc)) - offset;
     const std::uint64_t take = std::min({left, in_doc, f.tokens - pos});
-    pieces.push_back({k, lo, offset, take});
+    if (take > 0) pieces.push_back({k, doc, offset, take});
     left -= take;
     pos += take;
-    if (pos == f.tokens) pos = 0;
+    offset = 0;
+    if (pos == f.tokens) {  // wrap to the start of the stream
+      pos = 0;
+      doc = f.first_doc;
+    } else {
+      ++doc;
+    }
   }
   return pieces;
 }

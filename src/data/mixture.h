@@ -22,6 +22,9 @@
 // epoch); this is what lets a sample be located by a binary search over the
 // .idx pointers, with no per-document index built or stored.
 //
+// Building reads only a few bytes of each .idx (header and two pointers);
+// files are memory-mapped when a sample first needs them.
+//
 // What is stored is the blend: for every sample, its file and its number
 // among that file's samples (8 bytes). It is built in parallel (corpora on
 // separate threads; the result does not depend on the thread count) and
@@ -33,6 +36,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -80,7 +84,7 @@ std::uint64_t epoch_start(std::uint64_t seed, std::size_t file, std::uint64_t ep
 struct MixFile {
   DataListEntry entry;
   std::size_t corpus = 0;
-  std::shared_ptr<const IndexedDataset> dataset;
+  std::uint64_t sequences = 0;               // in the whole file
   std::uint64_t first_doc = 0, end_doc = 0;  // the train split's sequences
   std::uint64_t first_token = 0;             // token offset of first_doc in .bin
   std::uint64_t tokens = 0;                  // T
@@ -118,6 +122,8 @@ class Mixture {
 
   // Sample i (i < size()): its pieces in order, L + 1 tokens in all.
   std::vector<SamplePiece> sample(std::uint64_t i) const;
+  // File k, opened (memory-mapped) on first use; thread-safe.
+  const IndexedDataset& dataset(std::size_t k) const;
   // Which file sample i comes from and its number among that file's samples.
   std::pair<std::size_t, std::uint64_t> source(std::uint64_t i) const;
 
@@ -143,6 +149,9 @@ class Mixture {
   std::vector<std::uint64_t> built_;
   MappedFile mapped_;
   const std::byte* records_ = nullptr;
+  // Building reads a few bytes of each .idx; sampling maps the files it needs.
+  mutable std::vector<std::unique_ptr<IndexedDataset>> datasets_;
+  mutable std::unique_ptr<std::once_flag[]> opened_;
 };
 
 }  // namespace borealis

@@ -166,6 +166,7 @@ std::uint64_t epoch_start(std::uint64_t seed, std::size_t file, std::uint64_t ep
 }
 
 Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
+  const auto start = std::chrono::steady_clock::now();
   if (options_.seq_len == 0) throw Error("must be at least 1", "--seq-len");
   if (options_.samples == 0) throw Error("must be at least 1", "--train-samples");
   for (const double s : options_.split) {
@@ -189,7 +190,6 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
   }
   key_ = h.digest().hex();
 
-  const auto start = std::chrono::steady_clock::now();
   if (!options_.cache_dir.empty()) {
     cache_path_ = options_.cache_dir / (key_ + ".mix");
     from_cache_ = load_cache();

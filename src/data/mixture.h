@@ -130,6 +130,7 @@ class Mixture {
   bool from_cache() const { return from_cache_; }
   const std::filesystem::path& cache_path() const { return cache_path_; }
   const std::string& key() const { return key_; }
+  // Seconds the constructor took: reading the headers, then loading or building.
   double build_seconds() const { return build_seconds_; }
 
  private:

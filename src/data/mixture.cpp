@@ -169,6 +169,9 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
   const auto start = std::chrono::steady_clock::now();
   if (options_.seq_len == 0) throw Error("must be at least 1", "--seq-len");
   if (options_.samples == 0) throw Error("must be at least 1", "--train-samples");
+  if (options_.samples > kSampleMask) {
+    throw Error(fmt::format("at most {} samples are supported", kSampleMask), "--train-samples");
+  }
   for (const double s : options_.split) {
     if (!(s >= 0)) throw Error("the split parts must be non-negative", "--split");
   }
@@ -295,12 +298,7 @@ void Mixture::build(unsigned threads) {
   for (auto& t : pool) t.join();
   for (std::size_t c = 0; c < corpora_.size(); ++c) {
     for (std::size_t m = 0; m < counts[c].size(); ++m) {
-      const std::uint64_t got = counts[c][m];
-      if (got > kSampleMask) {
-        throw Error(fmt::format("more than {} samples from one file", kSampleMask),
-                    "--train-samples");
-      }
-      files_[corpora_[c].files[m]].samples = got;
+      files_[corpora_[c].files[m]].samples = counts[c][m];
     }
   }
   records_ = reinterpret_cast<const std::byte*>(built_.data());

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <stdexcept>
 #include <thread>
 
 #include <fcntl.h>
@@ -198,8 +200,8 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
     from_cache_ = load_cache();
   }
   if (!from_cache_) {
-    build(options_.threads != 0 ? options_.threads
-                                : std::max(1u, std::thread::hardware_concurrency()));
+    build(std::max(1u,
+                   options_.threads != 0 ? options_.threads : std::thread::hardware_concurrency()));
     if (!options_.cache_dir.empty()) write_cache();
   }
   for (auto& c : corpora_) {
@@ -247,6 +249,10 @@ void Mixture::open_files() {
   }
   datasets_.resize(files_.size());
   opened_ = std::make_unique<std::once_flag[]>(files_.size());
+  if (corpora_.size() > 65536) {
+    throw Error(fmt::format("{} corpora: at most 65536 are supported", corpora_.size()),
+                "data list");
+  }
   if (files_.size() >= (std::size_t{1} << (64 - kSampleBits))) {
     throw Error(fmt::format("{} files: at most {} are supported", files_.size(),
                             (std::size_t{1} << (64 - kSampleBits)) - 1),
@@ -259,47 +265,79 @@ void Mixture::open_files() {
   }
 }
 
+// The outer blend and every corpus's inner blend are independent tasks, run
+// side by side; a corpus's inner blend runs for the most samples the outer
+// one can give it (Blender keeps |count - w n| < 1). A sequential pass then
+// deals each corpus's draws out in the outer order.
 void Mixture::build(unsigned threads) {
   const std::uint64_t n = options_.samples;
-  // Level 1: which corpus each sample comes from.
+  const std::size_t corpora = corpora_.size();
   std::vector<double> corpus_weights;
-  for (const auto& c : corpora_) corpus_weights.push_back(c.weight);
-  std::vector<std::uint32_t> corpus_of(n);
-  {
+  double total = 0;
+  for (const auto& c : corpora_) corpus_weights.push_back(c.weight), total += c.weight;
+  std::vector<std::uint16_t> corpus_of(n);
+  std::vector<std::vector<std::uint64_t>> draws(corpora);
+  const auto bound = [&](std::size_t c) {
+    const double most = std::ceil(corpus_weights[c] / total * static_cast<double>(n)) + 2;
+    return std::min<std::uint64_t>(n, static_cast<std::uint64_t>(most));
+  };
+  const auto outer_task = [&] {
     Blender outer(corpus_weights);
-    for (std::uint64_t i = 0; i < n; ++i) corpus_of[i] = static_cast<std::uint32_t>(outer.next());
-  }
-  // Level 2, one corpus per task: which file, and the file's sample number.
-  built_.assign(n, 0);
-  std::vector<std::vector<std::uint64_t>> counts(corpora_.size());
-  std::atomic<std::size_t> next_corpus{0};
-  const auto work = [&] {
-    for (std::size_t c; (c = next_corpus.fetch_add(1)) < corpora_.size();) {
-      const auto& files = corpora_[c].files;
-      std::vector<double> w;
-      for (const std::size_t k : files) w.push_back(files_[k].weight_in_corpus);
-      bool any = false;
-      for (const double x : w) any = any || x > 0;
-      if (!any) continue;  // a corpus of zero weight is never drawn
-      Blender inner(w);
-      for (std::uint64_t i = 0; i < n; ++i) {
-        if (corpus_of[i] != c) continue;
-        const std::size_t local = inner.next();
-        const std::uint64_t j = inner.counts()[local] - 1;
-        built_[i] = (static_cast<std::uint64_t>(files[local]) << kSampleBits) | j;
+    for (std::uint64_t i = 0; i < n; ++i) corpus_of[i] = static_cast<std::uint16_t>(outer.next());
+  };
+  const auto inner_task = [&](std::size_t c) {
+    const auto& files = corpora_[c].files;
+    std::vector<double> w;
+    bool any = false;
+    for (const std::size_t k : files) {
+      w.push_back(files_[k].weight_in_corpus);
+      any = any || w.back() > 0;
+    }
+    if (!any) return;  // a corpus of zero weight is never drawn
+    Blender inner(w);
+    draws[c].resize(bound(c));
+    for (auto& d : draws[c]) {
+      const std::size_t local = inner.next();
+      d = (static_cast<std::uint64_t>(files[local]) << kSampleBits) | (inner.counts()[local] - 1);
+    }
+  };
+  // Task `corpora` is the outer blend; the longest tasks go first.
+  std::vector<std::size_t> order(corpora + 1);
+  for (std::size_t t = 0; t <= corpora; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return (a == corpora ? n : bound(a)) > (b == corpora ? n : bound(b));
+  });
+  std::atomic<std::size_t> next{0};
+  std::vector<std::exception_ptr> failed(threads);
+  const auto work = [&](unsigned id) {
+    try {
+      for (std::size_t t; (t = next.fetch_add(1)) < order.size();) {
+        if (order[t] == corpora) {
+          outer_task();
+        } else {
+          inner_task(order[t]);
+        }
       }
-      counts[c] = inner.counts();
+    } catch (...) {
+      failed[id] = std::current_exception();
+      next = order.size();
     }
   };
   std::vector<std::thread> pool;
-  const unsigned used = std::max(1u, std::min<unsigned>(threads, corpora_.size()));
-  for (unsigned t = 1; t < used; ++t) pool.emplace_back(work);
-  work();
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
   for (auto& t : pool) t.join();
-  for (std::size_t c = 0; c < corpora_.size(); ++c) {
-    for (std::size_t m = 0; m < counts[c].size(); ++m) {
-      files_[corpora_[c].files[m]].samples = counts[c][m];
-    }
+  for (const auto& e : failed) {
+    if (e) std::rethrow_exception(e);
+  }
+  built_.resize(n);
+  std::vector<std::uint64_t> used(corpora, 0);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::size_t c = corpus_of[i];
+    if (used[c] == draws[c].size()) throw std::logic_error("Mixture: a corpus outran its bound");
+    const std::uint64_t r = draws[c][used[c]++];
+    built_[i] = r;
+    ++files_[r >> kSampleBits].samples;
   }
   records_ = reinterpret_cast<const std::byte*>(built_.data());
 }

@@ -1,5 +1,5 @@
 // borealis data prepare|merge|inspect|verify: token datasets in Megatron's
-// .bin/.idx format.
+// .bin/.idx format. data mix|sample live in mix.cpp.
 #include <fmt/format.h>
 
 #include <iostream>
@@ -136,7 +136,9 @@ void run_verify(const DataArgs& a) {
 Command add_data(CLI::App& parent) {
   auto a = std::make_shared<DataArgs>();
   CLI::App* app = parent.add_subcommand(
-      "data", "Token datasets: prepare, merge, inspect, verify (Megatron .bin/.idx)");
+      "data",
+      "Token datasets: prepare, merge, inspect, verify (Megatron .bin/.idx); mix, sample "
+      "(blended mixtures)");
   app->require_subcommand(1);
 
   CLI::App* prepare = app->add_subcommand("prepare", "Tokenize corpora into a .bin/.idx dataset");
@@ -193,7 +195,9 @@ Command add_data(CLI::App& parent) {
   verify->add_option("-t,--tokenizer", a->tokenizer,
                      "Also check that every token id is inside its vocabulary");
 
-  return {app, [a, prepare, merge, inspect, verify] {
+  auto run_mix = add_data_mix(*app);
+
+  return {app, [a, prepare, merge, inspect, verify, run_mix] {
             if (prepare->parsed()) {
               run_prepare(*a);
             } else if (merge->parsed()) {
@@ -205,6 +209,8 @@ Command add_data(CLI::App& parent) {
               run_inspect(*a);
             } else if (verify->parsed()) {
               run_verify(*a);
+            } else {
+              run_mix();
             }
           }};
 }

@@ -1,0 +1,437 @@
+#include "data/mixture.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <stdexcept>
+#include <thread>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "data/blend.h"
+
+namespace borealis {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::uint64_t kFormatVersion = 1;
+constexpr char kMagic[8] = {'B', 'O', 'R', 'E', 'M', 'I', 'X', '1'};
+constexpr unsigned kSampleBits = 40;
+constexpr std::uint64_t kSampleMask = (std::uint64_t{1} << kSampleBits) - 1;
+
+std::uint64_t mix64(std::uint64_t x) {  // splitmix64's finalizer
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return x;
+}
+
+std::uint64_t load_u64(const std::byte* p, std::size_t i) {
+  std::uint64_t v;
+  std::memcpy(&v, p + i * 8, 8);
+  return v;
+}
+
+// The few numbers of an .idx the build needs, read with pread: mapping
+// thousands of files costs more (TLB shootdowns on unmap) than the build.
+class IdxProbe {
+ public:
+  // Returns false when the file is missing or malformed; IndexedDataset then
+  // says why.
+  bool open(const fs::path& prefix) {
+    fd_ = ::open((prefix.string() + ".idx").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) return false;
+    unsigned char head[kIdxHeaderSize];
+    struct stat st {};
+    if (::pread(fd_, head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) ||
+        std::memcmp(head, kIdxMagic, sizeof kIdxMagic) != 0 || ::fstat(fd_, &st) != 0) {
+      return false;
+    }
+    std::uint64_t version, d;
+    std::memcpy(&version, head + 9, 8);
+    std::memcpy(&n_, head + 18, 8);
+    std::memcpy(&d, head + 26, 8);
+    const unsigned code = head[17];
+    if (version != 1 || code < 1 || code > 8 || code == 6 || code == 7) return false;
+    item_ = token_size(static_cast<TokenType>(code));
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    if (n_ > size || d > size || kIdxHeaderSize + n_ * 12 + d * 8 != size) return false;
+    std::uint64_t bin_bytes = 0;
+    if (n_ > 0) {
+      const std::int64_t p = pointer(n_ - 1);
+      const std::int32_t last = read<std::int32_t>(kIdxHeaderSize + (n_ - 1) * 4);
+      if (p < 0 || last < 0) return false;
+      bin_bytes = static_cast<std::uint64_t>(p) + static_cast<std::uint64_t>(last) * item_;
+    }
+    std::error_code ec;
+    const auto bin = fs::file_size(prefix.string() + ".bin", ec);
+    if (ec || bin != bin_bytes || !ok_) return false;
+    tokens_ = bin_bytes / item_;
+    return true;
+  }
+  ~IdxProbe() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  std::uint64_t sequences() const { return n_; }
+  std::uint64_t token_offset(std::uint64_t doc) {
+    return doc >= n_ ? tokens_ : static_cast<std::uint64_t>(pointer(doc)) / item_;
+  }
+
+ private:
+  template <class T>
+  T read(std::uint64_t at) {
+    T v{};
+    if (::pread(fd_, &v, sizeof v, static_cast<off_t>(at)) != static_cast<ssize_t>(sizeof v)) {
+      ok_ = false;
+    }
+    return v;
+  }
+  std::int64_t pointer(std::uint64_t i) {
+    return read<std::int64_t>(kIdxHeaderSize + n_ * 4 + i * 8);
+  }
+
+  int fd_ = -1;
+  bool ok_ = true;
+  std::uint64_t n_ = 0, item_ = 1, tokens_ = 0;
+};
+
+std::uint64_t token_offset(const IndexedDataset& ds, std::uint64_t doc) {
+  if (doc >= ds.sequences()) return ds.tokens();
+  return static_cast<std::uint64_t>(ds.pointer(doc)) / token_size(ds.token_type());
+}
+
+}  // namespace
+
+std::array<std::uint64_t, 2> split_range(const std::array<double, 3>& split, std::uint64_t size,
+                                         int part) {
+  double total = 0;
+  for (const double s : split) total += s;
+  std::array<std::int64_t, 4> index{0, 0, 0, 0};
+  for (int k = 0; k < 3; ++k) {
+    index[k + 1] = index[k] + static_cast<std::int64_t>(
+                                  std::nearbyint(split[k] / total * static_cast<double>(size)));
+  }
+  const std::int64_t diff = index[3] - static_cast<std::int64_t>(size);
+  for (int k = 1; k < 4; ++k) index[k] -= diff;
+  const auto clamp = [&](std::int64_t v) {
+    return static_cast<std::uint64_t>(
+        std::clamp<std::int64_t>(v, 0, static_cast<std::int64_t>(size)));
+  };
+  return {clamp(index[part]), clamp(index[part + 1])};
+}
+
+KeyedPermutation::KeyedPermutation(std::uint64_t n, std::uint64_t key) : n_(n) {
+  unsigned bits = 0;
+  while (bits < 64 && (std::uint64_t{1} << bits) < n) ++bits;
+  half_bits_ = std::max(1u, (bits + 1) / 2);
+  mask_ = (std::uint64_t{1} << half_bits_) - 1;
+  for (std::size_t r = 0; r < keys_.size(); ++r)
+    keys_[r] = mix64(key + 0x9e3779b97f4a7c15ull * (r + 1));
+}
+
+std::uint64_t KeyedPermutation::operator()(std::uint64_t x) const {
+  if (n_ <= 1) return 0;
+  do {
+    std::uint64_t left = x >> half_bits_, right = x & mask_;
+    for (const std::uint64_t k : keys_) {
+      const std::uint64_t next = left ^ (mix64(right ^ k) & mask_);
+      left = right;
+      right = next;
+    }
+    x = (left << half_bits_) | right;
+  } while (x >= n_);  // cycle-walking: at most a few steps, the domain is < 4 n
+  return x;
+}
+
+std::uint64_t epoch_permutation_key(std::uint64_t seed, std::size_t file, std::uint64_t epoch) {
+  return mix64(mix64(mix64(seed) ^ file) ^ (epoch * 2 + 1));
+}
+
+std::uint64_t epoch_start(std::uint64_t seed, std::size_t file, std::uint64_t epoch,
+                          std::uint64_t tokens) {
+  if (epoch == 0 || tokens == 0) return 0;
+  return mix64(epoch_permutation_key(seed, file, epoch) ^ 0x5ca1ab1eull) % tokens;
+}
+
+Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
+  const auto start = std::chrono::steady_clock::now();
+  if (options_.seq_len == 0) throw Error("must be at least 1", "--seq-len");
+  if (options_.samples == 0) throw Error("must be at least 1", "--train-samples");
+  if (options_.samples > kSampleMask) {
+    throw Error(fmt::format("at most {} samples are supported", kSampleMask), "--train-samples");
+  }
+  for (const double s : options_.split) {
+    if (!(s >= 0)) throw Error("the split parts must be non-negative", "--split");
+  }
+  if (!(options_.split[0] > 0)) throw Error("the train part of the split is zero", "--split");
+  open_files();
+
+  Hasher h;
+  h.add(std::string_view("borealis-mix")).add(kFormatVersion).add(std::string_view("fast"));
+  h.add(options_.seq_len).add(options_.samples).add(options_.seed);
+  for (const double s : options_.split) h.add(s);
+  for (const auto& f : files_) {
+    const fs::path prefix = fs::absolute(f.entry.prefix);
+    const fs::path idx = prefix.string() + ".idx", bin = prefix.string() + ".bin";
+    h.add(f.entry.weight).add(prefix.string()).add(f.entry.corpus);
+    h.add(static_cast<std::uint64_t>(fs::file_size(idx)));
+    h.add(static_cast<std::uint64_t>(fs::last_write_time(idx).time_since_epoch().count()));
+    h.add(static_cast<std::uint64_t>(fs::file_size(bin)));
+    h.add(static_cast<std::uint64_t>(fs::last_write_time(bin).time_since_epoch().count()));
+  }
+  key_ = h.digest().hex();
+
+  if (!options_.cache_dir.empty()) {
+    cache_path_ = options_.cache_dir / (key_ + ".mix");
+    from_cache_ = load_cache();
+  }
+  if (!from_cache_) {
+    build(std::max(1u,
+                   options_.threads != 0 ? options_.threads : std::thread::hardware_concurrency()));
+    if (!options_.cache_dir.empty()) write_cache();
+  }
+  for (auto& c : corpora_) {
+    c.samples = 0;
+    for (const std::size_t k : c.files) c.samples += files_[k].samples;
+  }
+  for (const auto& f : files_) {
+    if (f.samples > 0 && f.samples_per_epoch == 0) {
+      throw Error(fmt::format("{} has {} tokens in the train split, fewer than the {} a sample "
+                              "needs (seq_len + 1)",
+                              f.entry.prefix.string(), f.tokens, options_.seq_len + 1),
+                  f.entry.where);
+    }
+  }
+  build_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void Mixture::open_files() {
+  for (const auto& e : options_.list) {
+    MixFile f;
+    f.entry = e;
+    IdxProbe probe;
+    if (!probe.open(e.prefix)) {
+      try {
+        IndexedDataset check(e.prefix);  // says what is wrong
+      } catch (const Error& err) {
+        throw Error(fmt::format("{} ({})", err.message(), err.where()), e.where);
+      }
+      throw Error(fmt::format("cannot read {}.idx", e.prefix.string()), e.where);
+    }
+    f.sequences = probe.sequences();
+    const auto [begin, end] = split_range(options_.split, f.sequences, 0);
+    f.first_doc = begin;
+    f.end_doc = end;
+    f.first_token = probe.token_offset(begin);
+    f.tokens = probe.token_offset(end) - f.first_token;
+    f.samples_per_epoch = f.tokens > options_.seq_len ? (f.tokens - 1) / options_.seq_len : 0;
+    const auto it = std::find_if(corpora_.begin(), corpora_.end(),
+                                 [&](const MixCorpus& c) { return c.name == e.corpus; });
+    f.corpus = static_cast<std::size_t>(it - corpora_.begin());
+    if (it == corpora_.end()) corpora_.push_back({e.corpus, 0, {}, 0});
+    corpora_[f.corpus].weight += e.weight;
+    corpora_[f.corpus].files.push_back(files_.size());
+    files_.push_back(std::move(f));
+  }
+  datasets_.resize(files_.size());
+  opened_ = std::make_unique<std::once_flag[]>(files_.size());
+  if (corpora_.size() > 65536) {
+    throw Error(fmt::format("{} corpora: at most 65536 are supported", corpora_.size()),
+                "data list");
+  }
+  if (files_.size() >= (std::size_t{1} << (64 - kSampleBits))) {
+    throw Error(fmt::format("{} files: at most {} are supported", files_.size(),
+                            (std::size_t{1} << (64 - kSampleBits)) - 1),
+                "data list");
+  }
+  for (auto& c : corpora_) {
+    for (const std::size_t k : c.files) {
+      files_[k].weight_in_corpus = c.weight > 0 ? files_[k].entry.weight / c.weight : 0;
+    }
+  }
+}
+
+// The outer blend and every corpus's inner blend are independent tasks, run
+// side by side; a corpus's inner blend runs for the most samples the outer
+// one can give it (Blender keeps |count - w n| < 1). A sequential pass then
+// deals each corpus's draws out in the outer order.
+void Mixture::build(unsigned threads) {
+  const std::uint64_t n = options_.samples;
+  const std::size_t corpora = corpora_.size();
+  std::vector<double> corpus_weights;
+  double total = 0;
+  for (const auto& c : corpora_) corpus_weights.push_back(c.weight), total += c.weight;
+  std::vector<std::uint16_t> corpus_of(n);
+  std::vector<std::vector<std::uint64_t>> draws(corpora);
+  const auto bound = [&](std::size_t c) {
+    const double most = std::ceil(corpus_weights[c] / total * static_cast<double>(n)) + 2;
+    return std::min<std::uint64_t>(n, static_cast<std::uint64_t>(most));
+  };
+  const auto outer_task = [&] {
+    Blender outer(corpus_weights);
+    for (std::uint64_t i = 0; i < n; ++i) corpus_of[i] = static_cast<std::uint16_t>(outer.next());
+  };
+  const auto inner_task = [&](std::size_t c) {
+    const auto& files = corpora_[c].files;
+    std::vector<double> w;
+    bool any = false;
+    for (const std::size_t k : files) {
+      w.push_back(files_[k].weight_in_corpus);
+      any = any || w.back() > 0;
+    }
+    if (!any) return;  // a corpus of zero weight is never drawn
+    Blender inner(w);
+    draws[c].resize(bound(c));
+    for (auto& d : draws[c]) {
+      const std::size_t local = inner.next();
+      d = (static_cast<std::uint64_t>(files[local]) << kSampleBits) | (inner.counts()[local] - 1);
+    }
+  };
+  // Task `corpora` is the outer blend; the longest tasks go first.
+  std::vector<std::size_t> order(corpora + 1);
+  for (std::size_t t = 0; t <= corpora; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return (a == corpora ? n : bound(a)) > (b == corpora ? n : bound(b));
+  });
+  std::atomic<std::size_t> next{0};
+  std::vector<std::exception_ptr> failed(threads);
+  const auto work = [&](unsigned id) {
+    try {
+      for (std::size_t t; (t = next.fetch_add(1)) < order.size();) {
+        if (order[t] == corpora) {
+          outer_task();
+        } else {
+          inner_task(order[t]);
+        }
+      }
+    } catch (...) {
+      failed[id] = std::current_exception();
+      next = order.size();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& t : pool) t.join();
+  for (const auto& e : failed) {
+    if (e) std::rethrow_exception(e);
+  }
+  built_.resize(n);
+  std::vector<std::uint64_t> used(corpora, 0);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::size_t c = corpus_of[i];
+    if (used[c] == draws[c].size()) throw std::logic_error("Mixture: a corpus outran its bound");
+    const std::uint64_t r = draws[c][used[c]++];
+    built_[i] = r;
+    ++files_[r >> kSampleBits].samples;
+  }
+  records_ = reinterpret_cast<const std::byte*>(built_.data());
+}
+
+bool Mixture::load_cache() {
+  std::error_code ec;
+  if (!fs::exists(cache_path_, ec)) return false;
+  MappedFile m(cache_path_, MappedFile::Access::Random);
+  const std::size_t header = 8 + 8 + 8 + 8 + files_.size() * 8;
+  if (m.size() != header + options_.samples * 8 || std::memcmp(m.data(), kMagic, 8) != 0 ||
+      load_u64(m.data() + 8, 0) != kFormatVersion ||
+      load_u64(m.data() + 16, 0) != options_.samples ||
+      load_u64(m.data() + 24, 0) != files_.size()) {
+    return false;  // not ours or from another version: rebuild and replace it
+  }
+  for (std::size_t k = 0; k < files_.size(); ++k) files_[k].samples = load_u64(m.data() + 32, k);
+  records_ = m.data() + header;
+  mapped_ = std::move(m);
+  return true;
+}
+
+void Mixture::write_cache() const {
+  std::error_code ec;
+  fs::create_directories(options_.cache_dir, ec);
+  if (ec) throw_errno("cannot create the cache directory", options_.cache_dir.string(), ec.value());
+  AtomicFile out(cache_path_);
+  out.write(kMagic, 8);
+  const std::uint64_t head[3] = {kFormatVersion, options_.samples, files_.size()};
+  out.write(head, sizeof head);
+  for (const auto& f : files_) out.write(&f.samples, 8);
+  out.write(built_.data(), built_.size() * 8);
+  out.commit();
+}
+
+const IndexedDataset& Mixture::dataset(std::size_t k) const {
+  std::call_once(opened_[k], [&] {
+    try {
+      datasets_[k] = std::make_unique<IndexedDataset>(files_[k].entry.prefix);
+    } catch (const Error& err) {
+      throw Error(fmt::format("{} ({})", err.message(), err.where()), files_[k].entry.where);
+    }
+  });
+  return *datasets_[k];
+}
+
+std::pair<std::size_t, std::uint64_t> Mixture::source(std::uint64_t i) const {
+  if (i >= options_.samples) {
+    throw Error(fmt::format("sample {} is outside the mixture's {} samples", i, options_.samples),
+                "sample");
+  }
+  const std::uint64_t r = load_u64(records_, i);
+  return {static_cast<std::size_t>(r >> kSampleBits), r & kSampleMask};
+}
+
+std::vector<SamplePiece> Mixture::sample(std::uint64_t i) const {
+  const auto [k, j] = source(i);
+  const MixFile& f = files_[k];
+  const IndexedDataset& ds = dataset(k);
+  const std::uint64_t per_epoch = f.samples_per_epoch, L = options_.seq_len;
+  const std::uint64_t epoch = j / per_epoch;
+  const std::uint64_t r =
+      KeyedPermutation(per_epoch, epoch_permutation_key(options_.seed, k, epoch))(j % per_epoch);
+  std::uint64_t pos = (epoch_start(options_.seed, k, epoch, f.tokens) + r * L) % f.tokens;
+  std::uint64_t left = L + 1;
+  std::vector<SamplePiece> pieces;
+  // The last sequence starting at or before the first token (empty sequences
+  // are skipped over); the following pieces are the next sequences in order.
+  std::uint64_t doc = f.first_doc, hi = f.end_doc;
+  const std::uint64_t first = f.first_token + pos;
+  while (hi - doc > 1) {
+    const std::uint64_t mid = doc + (hi - doc) / 2;
+    if (token_offset(ds, mid) <= first) {
+      doc = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  std::uint64_t offset = first - token_offset(ds, doc);
+  pieces.reserve(4);
+  while (left > 0) {
+    const std::uint64_t in_doc = static_cast<std::uint64_t>(ds.size(doc)) - offset;
+    const std::uint64_t take = std::min({left, in_doc, f.tokens - pos});
+    if (take > 0) pieces.push_back({k, doc, offset, take});
+    left -= take;
+    pos += take;
+    offset = 0;
+    if (pos == f.tokens) {  // wrap to the start of the stream
+      pos = 0;
+      doc = f.first_doc;
+    } else {
+      ++doc;
+    }
+  }
+  return pieces;
+}
+
+}  // namespace borealis

@@ -1,0 +1,158 @@
+// Blended training mixtures: which tokens make training sample i.
+//
+// A Mixture takes a data list (weight prefix corpus), a sequence length L and
+// a number of samples N, and maps every sample i < N of the train split to
+// the token spans it is made of. Two levels of blending, as AuroraGPT runs
+// Megatron-DeepSpeed: corpora are blended by their summed weights, and the
+// files of each corpus by their weights inside it (both with Blender).
+//
+// The "fast" order (the only one so far) inside one file:
+// - the split (--split 98,1,1) takes a range of documents, as Megatron does;
+//   the train range's tokens, concatenated in document order, form the
+//   file's stream of T tokens;
+// - an epoch holds S = floor((T - 1) / L) samples of L + 1 tokens, sample r
+//   starting at token r L (consecutive samples share one token, as in
+//   Megatron); epoch 0 starts at token 0, every later epoch at a keyed
+//   offset, wrapping from the end of the stream to its start, so that sample
+//   boundaries differ from epoch to epoch;
+// - the samples of epoch e are visited in the order of a keyed bijective
+//   permutation of [0, S) (KeyedPermutation), computed on the fly: no
+//   shuffle arrays are stored.
+// Documents are not reordered inside a file (Megatron shuffles them per
+// epoch); this is what lets a sample be located by a binary search over the
+// .idx pointers, with no per-document index built or stored.
+//
+// Building reads only a few bytes of each .idx (header and two pointers);
+// files are memory-mapped when a sample first needs them.
+//
+// What is stored is the blend: for every sample, its file and its number
+// among that file's samples (8 bytes). It is built in parallel (corpora on
+// separate threads; the result does not depend on the thread count) and
+// cached in CACHE_DIR/<key>.mix, written atomically, where the key hashes
+// everything that determines it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/mapped_file.h"
+#include "data/data_list.h"
+#include "data/indexed_dataset.h"
+
+namespace borealis {
+
+struct MixOptions {
+  std::vector<DataListEntry> list;
+  std::uint64_t seq_len = 0;
+  std::uint64_t samples = 0;  // train samples
+  std::uint64_t seed = 1234;
+  std::array<double, 3> split = {969, 30, 1};  // train, valid, test (Megatron's default)
+  std::filesystem::path cache_dir;             // empty: build in memory, cache nothing
+  unsigned threads = 0;                        // 0: all cores
+};
+
+// Documents [begin, end) of `size` that split part `part` (0 train, 1 valid,
+// 2 test) gets; Megatron's get_train_valid_test_split_ rounding.
+std::array<std::uint64_t, 2> split_range(const std::array<double, 3>& split, std::uint64_t size,
+                                         int part);
+
+// A bijection of [0, n) chosen by `key`: a 4-round Feistel network on the
+// smallest even-bit power of two >= n, cycle-walking back into range.
+class KeyedPermutation {
+ public:
+  KeyedPermutation(std::uint64_t n, std::uint64_t key);
+  std::uint64_t operator()(std::uint64_t x) const;
+
+ private:
+  std::uint64_t n_;
+  unsigned half_bits_ = 0;
+  std::uint64_t mask_ = 0;
+  std::array<std::uint64_t, 4> keys_{};
+};
+
+// The keys the fast order uses for file `file`, epoch `epoch`.
+std::uint64_t epoch_permutation_key(std::uint64_t seed, std::size_t file, std::uint64_t epoch);
+// Where epoch `epoch` starts in a stream of `tokens` tokens (0 for epoch 0).
+std::uint64_t epoch_start(std::uint64_t seed, std::size_t file, std::uint64_t epoch,
+                          std::uint64_t tokens);
+
+struct MixFile {
+  DataListEntry entry;
+  std::size_t corpus = 0;
+  std::uint64_t sequences = 0;               // in the whole file
+  std::uint64_t first_doc = 0, end_doc = 0;  // the train split's sequences
+  std::uint64_t first_token = 0;             // token offset of first_doc in .bin
+  std::uint64_t tokens = 0;                  // T
+  std::uint64_t samples_per_epoch = 0;       // S
+  std::uint64_t samples = 0;                 // drawn from this file
+  double weight_in_corpus = 0;
+};
+
+struct MixCorpus {
+  std::string name;
+  double weight = 0;  // summed file weights
+  std::vector<std::size_t> files;
+  std::uint64_t samples = 0;
+};
+
+// One contiguous span of a sample: tokens [offset, offset + length) of
+// sequence `document` of file `file`.
+struct SamplePiece {
+  std::size_t file = 0;
+  std::uint64_t document = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+};
+
+class Mixture {
+ public:
+  // Opens every file (errors name the list line), then loads the blend from
+  // the cache or builds it (and writes the cache).
+  explicit Mixture(MixOptions options);
+
+  std::uint64_t size() const { return options_.samples; }
+  const MixOptions& options() const { return options_; }
+  const std::vector<MixFile>& files() const { return files_; }
+  const std::vector<MixCorpus>& corpora() const { return corpora_; }
+
+  // Sample i (i < size()): its pieces in order, L + 1 tokens in all.
+  std::vector<SamplePiece> sample(std::uint64_t i) const;
+  // File k, opened (memory-mapped) on first use; thread-safe.
+  const IndexedDataset& dataset(std::size_t k) const;
+  // Which file sample i comes from and its number among that file's samples.
+  std::pair<std::size_t, std::uint64_t> source(std::uint64_t i) const;
+
+  bool from_cache() const { return from_cache_; }
+  const std::filesystem::path& cache_path() const { return cache_path_; }
+  const std::string& key() const { return key_; }
+  // Seconds the constructor took: reading the headers, then loading or building.
+  double build_seconds() const { return build_seconds_; }
+
+ private:
+  void open_files();
+  void build(unsigned threads);
+  bool load_cache();
+  void write_cache() const;
+
+  MixOptions options_;
+  std::vector<MixFile> files_;
+  std::vector<MixCorpus> corpora_;
+  std::string key_;
+  std::filesystem::path cache_path_;
+  bool from_cache_ = false;
+  double build_seconds_ = 0;
+  // Per sample: file << 40 | number among the file's samples.
+  std::vector<std::uint64_t> built_;
+  MappedFile mapped_;
+  const std::byte* records_ = nullptr;
+  // Building reads a few bytes of each .idx; sampling maps the files it needs.
+  mutable std::vector<std::unique_ptr<IndexedDataset>> datasets_;
+  mutable std::unique_ptr<std::once_flag[]> opened_;
+};
+
+}  // namespace borealis

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the built-in demo data: build Borealis, check the machine,
-# then run the data path on the Brown corpus: train a tokenizer on it, and
-# tokenize it into a Megatron dataset that is inspected and verified.
+# then run the data path on the Brown corpus: train a tokenizer on it,
+# tokenize it into a Megatron dataset that is inspected and verified, then
+# tokenize its 15 categories as 15 corpora and blend them into a training
+# mixture that favours the scientific one ("learned").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,3 +29,20 @@ echo "== tokenize the corpus into a Megatron dataset"
 "$bin" --log-level warn data prepare -i data/brown/brown.jsonl -t "$out/brown-8k.json" -o "$out/brown" --append-eod
 "$bin" data verify "$out/brown" -t "$out/brown-8k.json"
 "$bin" data inspect "$out/brown" -t "$out/brown-8k.json" | head -n 20
+echo
+echo "== the 15 Brown categories as corpora of a blended mixture (\"learned\" weighted 3x)"
+node scripts/lib/brown-by-category.mjs data/brown/brown.jsonl "$out/categories"
+list="$out/brown-mixture.txt"
+echo "# weight prefix corpus" > "$list"
+for f in "$out"/categories/*.jsonl; do
+  cat=$(basename "$f" .jsonl)
+  "$bin" --log-level warn data prepare -i "$f" -t "$out/brown-8k.json" -o "$out/categories/$cat" --append-eod >/dev/null
+  weight=1
+  [ "$cat" = learned ] && weight=3
+  echo "$weight $out/categories/$cat $cat" >> "$list"
+done
+"$bin" data mix --data-list "$list" --seq-len 256 --train-samples 4000 --split 98,1,1 --cache-dir "$out/cache"
+echo
+echo "== sample 0 of the mixture"
+"$bin" data sample 0 --data-list "$list" --seq-len 256 --train-samples 4000 --split 98,1,1 --cache-dir "$out/cache" \
+  -t "$out/brown-8k.json" | head -n 12

@@ -33,15 +33,15 @@ inline std::vector<std::string> brown_documents() {
   return docs;
 }
 
+// Runs a benchmark; an Error ends it with its one line and `hint`.
 template <class Run>
-int main_with_errors(Run run) {
+int main_with_errors(Run run, const char* hint =
+                                  "run from the repository root after scripts/get-brown.sh and "
+                                  "scripts/get-tokenizers.sh") {
   try {
     return run();
   } catch (const Error& e) {
-    std::fprintf(stderr,
-                 "%s\n(run from the repository root after scripts/get-brown.sh and "
-                 "scripts/get-tokenizers.sh)\n",
-                 e.line().c_str());
+    std::fprintf(stderr, "%s\n(%s)\n", e.line().c_str(), hint);
     return 1;
   }
 }

@@ -20,6 +20,7 @@
 #include <string>
 #include <thread>
 
+#include "bench_util.h"
 #include "core/error.h"
 #include "core/text.h"
 #include "data/mixture.h"
@@ -128,10 +129,7 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const borealis::Error& e) {
-    std::fprintf(stderr, "%s\n", e.line().c_str());
-    return 1;
-  }
+  return borealis::bench::main_with_errors(
+      [&] { return run(argc, argv); },
+      "make a mixture first with ../shared/bench/gen_mixture.py; see docs/mixtures.md");
 }

@@ -25,7 +25,8 @@ void write_dataset(const fs::path& prefix, std::size_t docs, std::uint32_t token
   w.commit();
 }
 
-MixOptions options(const test::TempDir& dir) {
+// Three datasets in two corpora, indexed with a cache under dir/cache.
+MixOptions options(const test::TempDir& dir, int seq_len, std::uint64_t samples) {
   write_dataset(dir / "a", 50, 1);
   write_dataset(dir / "b", 80, 2);
   write_dataset(dir / "c", 30, 3);
@@ -33,6 +34,9 @@ MixOptions options(const test::TempDir& dir) {
   o.list = parse_data_list("0.3 " + (dir / "a").string() + " web\n0.5 " + (dir / "b").string() +
                                " web\n0.2 " + (dir / "c").string() + " code\n",
                            "list");
+  o.seq_len = seq_len;
+  o.samples = samples;
+  o.cache_dir = dir / "cache";
   return o;
 }
 
@@ -52,10 +56,7 @@ std::vector<std::pair<std::size_t, std::uint64_t>> all_sources(const Mixture& m)
 
 TEST(MixtureCache, IsReusedAndKeyedByEverythingThatMatters) {
   test::TempDir dir;
-  MixOptions o = options(dir);
-  o.seq_len = 8;
-  o.samples = 400;
-  o.cache_dir = dir / "cache";
+  MixOptions o = options(dir, 8, 400);
   const Mixture first(o);
   EXPECT_FALSE(first.from_cache());
   ASSERT_EQ(cache_files(o.cache_dir), std::vector<std::string>{first.key() + ".mix"});
@@ -96,10 +97,7 @@ TEST(MixtureCache, IsReusedAndKeyedByEverythingThatMatters) {
 
 TEST(MixtureCache, AChangedFileInvalidatesIt) {
   test::TempDir dir;
-  MixOptions o = options(dir);
-  o.seq_len = 8;
-  o.samples = 300;
-  o.cache_dir = dir / "cache";
+  MixOptions o = options(dir, 8, 300);
   const Mixture first(o);
   // Same name, different contents (and a later modification time).
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -111,10 +109,7 @@ TEST(MixtureCache, AChangedFileInvalidatesIt) {
 
 TEST(MixtureCache, ABadCacheFileIsRebuilt) {
   test::TempDir dir;
-  MixOptions o = options(dir);
-  o.seq_len = 8;
-  o.samples = 300;
-  o.cache_dir = dir / "cache";
+  MixOptions o = options(dir, 8, 300);
   const Mixture first(o);
   const auto expect = all_sources(first);
   test::write_file(first.cache_path(), "truncated");
@@ -127,10 +122,7 @@ TEST(MixtureCache, ABadCacheFileIsRebuilt) {
 
 TEST(MixtureCache, ConcurrentBuildersAgreeAndLeaveOneFile) {
   test::TempDir dir;
-  MixOptions o = options(dir);
-  o.seq_len = 4;
-  o.samples = 20000;
-  o.cache_dir = dir / "cache";
+  MixOptions o = options(dir, 4, 20000);
   std::vector<std::vector<std::pair<std::size_t, std::uint64_t>>> seen(4);
   std::vector<std::thread> builders;
   for (std::size_t t = 0; t < seen.size(); ++t) {

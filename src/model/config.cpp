@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 
 namespace borealis {
@@ -87,6 +89,79 @@ ModelConfig llama(std::string name, int layers, int heads, int kv_heads, int d_m
 }
 
 }  // namespace
+
+std::string model_config_to_json(const ModelConfig& c) {
+  nlohmann::ordered_json j;
+  j["name"] = c.name;
+  j["family"] = std::string(family_name(c.family));
+  j["vocab_size"] = c.vocab_size;
+  j["padded_vocab"] = c.padded_vocab;
+  j["max_seq"] = c.max_seq;
+  j["n_layer"] = c.n_layer;
+  j["n_head"] = c.n_head;
+  j["n_kv_head"] = c.n_kv_head;
+  j["d_model"] = c.d_model;
+  j["d_ff"] = c.d_ff;
+  j["tied_embeddings"] = c.tied_embeddings;
+  j["norm_eps"] = c.norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  return j.dump();
+}
+
+ModelConfig model_config_from_json(std::string_view json, const std::string& where) {
+  const auto j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) throw Error("the model config is not a JSON object", where);
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    const auto it = j.find(key);
+    if (it == j.end()) throw Error(fmt::format("the model config has no '{}'", key), where);
+    return *it;
+  };
+  auto integer = [&](const char* key) {
+    const auto& v = field(key);
+    if (!v.is_number_integer())
+      throw Error(fmt::format("model '{}' is not an integer", key), where);
+    return v.get<int>();
+  };
+  auto number = [&](const char* key) {
+    const auto& v = field(key);
+    if (!v.is_number()) throw Error(fmt::format("model '{}' is not a number", key), where);
+    return v.get<float>();
+  };
+  auto string = [&](const char* key) {
+    const auto& v = field(key);
+    if (!v.is_string()) throw Error(fmt::format("model '{}' is not a string", key), where);
+    return v.get<std::string>();
+  };
+  ModelConfig c;
+  c.name = string("name");
+  const std::string family = string("family");
+  if (family == "gpt2") {
+    c.family = ModelFamily::kGpt2;
+  } else if (family == "llama") {
+    c.family = ModelFamily::kLlama;
+  } else {
+    throw Error(fmt::format("unknown model family '{}' (known: gpt2, llama)", family), where);
+  }
+  c.vocab_size = integer("vocab_size");
+  c.padded_vocab = integer("padded_vocab");
+  c.max_seq = integer("max_seq");
+  c.n_layer = integer("n_layer");
+  c.n_head = integer("n_head");
+  c.n_kv_head = integer("n_kv_head");
+  c.d_model = integer("d_model");
+  c.d_ff = integer("d_ff");
+  const auto& tied = field("tied_embeddings");
+  if (!tied.is_boolean()) throw Error("model 'tied_embeddings' is not a boolean", where);
+  c.tied_embeddings = tied.get<bool>();
+  c.norm_eps = number("norm_eps");
+  c.rope_theta = number("rope_theta");
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw Error(e.message(), where);
+  }
+  return c;
+}
 
 std::vector<std::string> model_preset_names() {
   return {"gpt2-124m", "gpt2-350m", "llama-20m", "llama-110m", "gpt2-tiny", "llama-tiny"};

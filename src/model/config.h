@@ -48,6 +48,12 @@ struct ModelConfig {
 // Rounds vocab up to a multiple of `multiple`.
 int pad_vocab(int vocab, int multiple = 64);
 
+// The config as a JSON object (all fields; family as "gpt2" / "llama"), the
+// form checkpoints store it in, and back. Parsing throws borealis::Error
+// naming `where` for a missing field, a wrong type or an invalid config.
+std::string model_config_to_json(const ModelConfig& config);
+ModelConfig model_config_from_json(std::string_view json, const std::string& where);
+
 // gpt2-124m, gpt2-350m, llama-20m, llama-110m, and tiny test sizes
 // (gpt2-tiny, llama-tiny). Throws borealis::Error for an unknown name.
 ModelConfig model_preset(std::string_view name);

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job on the built-in demo data: build Borealis, check the machine,
-# then run the data path on the Brown corpus: train a tokenizer on it,
-# tokenize it into a Megatron dataset that is inspected and verified, then
-# tokenize its 15 categories as 15 corpora and blend them into a training
-# mixture that favours the scientific one ("learned").
+# then the whole path on the Brown corpus: train a tokenizer on it, tokenize
+# it into a Megatron dataset that is inspected and verified, tokenize its 15
+# categories as 15 corpora blended into a training mixture that favours the
+# scientific one ("learned"), train llama-20m on it for about ten minutes
+# with validation (configs/brown-llama-20m.toml), and check that the model
+# beats the unigram baseline by at least 1 nat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,8 +43,17 @@ for f in "$out"/categories/*.jsonl; do
   [ "$cat" = learned ] && weight=3
   echo "$weight $out/categories/$cat $cat" >> "$list"
 done
-"$bin" data mix --data-list "$list" --seq-len 256 --train-samples 4000 --split 98,1,1 --cache-dir "$out/cache"
+"$bin" data mix --data-list "$list" --seq-len 256 --train-samples 3200 --split 90,5,5 --cache-dir "$out/cache"
 echo
 echo "== sample 0 of the mixture"
-"$bin" data sample 0 --data-list "$list" --seq-len 256 --train-samples 4000 --split 98,1,1 --cache-dir "$out/cache" \
+"$bin" data sample 0 --data-list "$list" --seq-len 256 --train-samples 3200 --split 90,5,5 --cache-dir "$out/cache" \
   -t "$out/brown-8k.json" | head -n 12
+echo
+echo "== train llama-20m on the mixture (configs/brown-llama-20m.toml, about 10 minutes on 2 cores)"
+run=runs/brown-llama-20m
+rm -rf "$run"
+"$bin" train configs/brown-llama-20m.toml --run-dir "$run" | tee "$out/train.log"
+# The run must beat the unigram entropy of the validation tokens by 1 nat.
+awk '/^validation loss/ { v = $3; u = $11 } END {
+  if (v == "" || u - v < 1) { printf "demo: validation loss %s does not beat the unigram entropy %s by 1 nat\n", v, u; exit 1 }
+  printf "demo: validation loss %.4f beats the unigram entropy %.4f by %.2f nats\n", v, u, u - v }' "$out/train.log"

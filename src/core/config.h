@@ -76,6 +76,9 @@ class Config {
     throw_wrong_type(path);
   }
 
+  // The value of a key, whatever its type.
+  const ConfigValue& value(std::string_view path) const { return lookup(path); }
+
   // Where the value came from: "file:line:column", "--set key=value" or "default".
   const std::string& origin(std::string_view path) const;
   bool is_default(std::string_view path) const { return origin(path) == "default"; }

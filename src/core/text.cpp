@@ -24,6 +24,15 @@ std::string format_bytes(std::uint64_t bytes) {
   return fmt::format("{:.{}f} {}", value, value < 10 ? 2 : value < 100 ? 1 : 0, kUnits[unit]);
 }
 
+std::string format_duration(double seconds) {
+  if (!(seconds >= 0)) seconds = 0;
+  const auto s = static_cast<std::uint64_t>(seconds + 0.5);
+  if (s < 60) return fmt::format("{}s", s);
+  if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  const std::uint64_t m = (s + 30) / 60;
+  return fmt::format("{}h{:02}m", m / 60, m % 60);
+}
+
 std::uint64_t parse_bytes(std::string_view text, const std::string& where) {
   const std::string_view input = trim(text);
   std::size_t digits = 0;

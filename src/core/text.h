@@ -14,6 +14,9 @@ std::string format_bytes(std::uint64_t bytes);
 
 // Parses a size such as "512", "64K", "1.5GiB", "10GB" (K/M/G/T and KiB.. are
 // powers of 1024, KB/MB/GB/TB powers of 1000). Throws Error naming `where`.
+// "45s", "12m03s", "3h07m" (rounded to whole seconds or minutes).
+std::string format_duration(double seconds);
+
 std::uint64_t parse_bytes(std::string_view text, const std::string& where);
 
 // Edit distance (insertions, deletions, substitutions).

@@ -167,6 +167,10 @@ std::uint64_t epoch_start(std::uint64_t seed, std::size_t file, std::uint64_t ep
   return mix64(epoch_permutation_key(seed, file, epoch) ^ 0x5ca1ab1eull) % tokens;
 }
 
+const char* split_part_name(int part) {
+  return part == 0 ? "train" : part == 1 ? "valid" : "test";
+}
+
 Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
   const auto start = std::chrono::steady_clock::now();
   if (options_.seq_len == 0) throw Error("must be at least 1", "--seq-len");
@@ -177,13 +181,20 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
   for (const double s : options_.split) {
     if (!(s >= 0)) throw Error("the split parts must be non-negative", "--split");
   }
-  if (!(options_.split[0] > 0)) throw Error("the train part of the split is zero", "--split");
+  if (options_.part < 0 || options_.part > 2) {
+    throw std::invalid_argument("MixOptions::part must be 0, 1 or 2");
+  }
+  if (!(options_.split[options_.part] > 0)) {
+    throw Error(fmt::format("the {} part of the split is zero", split_part_name(options_.part)),
+                "--split");
+  }
   open_files();
 
   Hasher h;
   h.add(std::string_view("borealis-mix")).add(kFormatVersion).add(std::string_view("fast"));
   h.add(options_.seq_len).add(options_.samples).add(options_.seed);
   for (const double s : options_.split) h.add(s);
+  h.add(static_cast<std::uint64_t>(options_.part));
   for (const auto& f : files_) {
     const fs::path prefix = fs::absolute(f.entry.prefix);
     const fs::path idx = prefix.string() + ".idx", bin = prefix.string() + ".bin";
@@ -210,9 +221,10 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
   }
   for (const auto& f : files_) {
     if (f.samples > 0 && f.samples_per_epoch == 0) {
-      throw Error(fmt::format("{} has {} tokens in the train split, fewer than the {} a sample "
+      throw Error(fmt::format("{} has {} tokens in the {} split, fewer than the {} a sample "
                               "needs (seq_len + 1)",
-                              f.entry.prefix.string(), f.tokens, options_.seq_len + 1),
+                              f.entry.prefix.string(), f.tokens, split_part_name(options_.part),
+                              options_.seq_len + 1),
                   f.entry.where);
     }
   }
@@ -233,17 +245,18 @@ void Mixture::open_files() {
       throw Error(fmt::format("cannot read {}.idx", e.prefix.string()), e.where);
     }
     f.sequences = probe.sequences();
-    const auto [begin, end] = split_range(options_.split, f.sequences, 0);
+    const auto [begin, end] = split_range(options_.split, f.sequences, options_.part);
     f.first_doc = begin;
     f.end_doc = end;
     f.first_token = probe.token_offset(begin);
     f.tokens = probe.token_offset(end) - f.first_token;
     f.samples_per_epoch = f.tokens > options_.seq_len ? (f.tokens - 1) / options_.seq_len : 0;
+    f.weight = options_.part != 0 && f.samples_per_epoch == 0 ? 0.0 : e.weight;
     const auto it = std::find_if(corpora_.begin(), corpora_.end(),
                                  [&](const MixCorpus& c) { return c.name == e.corpus; });
     f.corpus = static_cast<std::size_t>(it - corpora_.begin());
     if (it == corpora_.end()) corpora_.push_back({e.corpus, 0, {}, 0});
-    corpora_[f.corpus].weight += e.weight;
+    corpora_[f.corpus].weight += f.weight;
     corpora_[f.corpus].files.push_back(files_.size());
     files_.push_back(std::move(f));
   }
@@ -260,8 +273,15 @@ void Mixture::open_files() {
   }
   for (auto& c : corpora_) {
     for (const std::size_t k : c.files) {
-      files_[k].weight_in_corpus = c.weight > 0 ? files_[k].entry.weight / c.weight : 0;
+      files_[k].weight_in_corpus = c.weight > 0 ? files_[k].weight / c.weight : 0;
     }
+  }
+  double total = 0;
+  for (const auto& c : corpora_) total += c.weight;
+  if (!(total > 0)) {
+    throw Error(fmt::format("no file has the {} tokens a sample needs in the {} split",
+                            options_.seq_len + 1, split_part_name(options_.part)),
+                "data list");
   }
 }
 

@@ -49,12 +49,19 @@ namespace borealis {
 struct MixOptions {
   std::vector<DataListEntry> list;
   std::uint64_t seq_len = 0;
-  std::uint64_t samples = 0;  // train samples
+  std::uint64_t samples = 0;  // samples of the chosen part
+  // Which part of the split the samples come from: 0 train, 1 valid, 2 test.
+  // In the valid and test parts, a file whose part is too short for one
+  // sample is left out of the blend (its weight counts as zero).
+  int part = 0;
   std::uint64_t seed = 1234;
   std::array<double, 3> split = {969, 30, 1};  // train, valid, test (Megatron's default)
   std::filesystem::path cache_dir;             // empty: build in memory, cache nothing
   unsigned threads = 0;                        // 0: all cores
 };
+
+// "train", "valid" or "test".
+const char* split_part_name(int part);
 
 // Documents [begin, end) of `size` that split part `part` (0 train, 1 valid,
 // 2 test) gets; Megatron's get_train_valid_test_split_ rounding.
@@ -85,11 +92,12 @@ struct MixFile {
   DataListEntry entry;
   std::size_t corpus = 0;
   std::uint64_t sequences = 0;               // in the whole file
-  std::uint64_t first_doc = 0, end_doc = 0;  // the train split's sequences
+  std::uint64_t first_doc = 0, end_doc = 0;  // the chosen split part's sequences
   std::uint64_t first_token = 0;             // token offset of first_doc in .bin
   std::uint64_t tokens = 0;                  // T
   std::uint64_t samples_per_epoch = 0;       // S
   std::uint64_t samples = 0;                 // drawn from this file
+  double weight = 0;  // entry.weight, or 0 when the file is left out of this part
   double weight_in_corpus = 0;
 };
 

@@ -24,15 +24,18 @@ constexpr std::uint64_t kMaxHeader = 100u << 20;
 }  // namespace
 
 void save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
-                      const float* params, const std::map<std::string, std::string>& metadata) {
+                      const std::vector<TensorGroup>& groups,
+                      const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
-  for (const auto& v : layout.views()) {
-    const std::uint64_t bytes = static_cast<std::uint64_t>(v.size) * sizeof(float);
-    header[v.name] = {
-        {"dtype", "F32"}, {"shape", v.shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
+  for (const auto& g : groups) {
+    for (const auto& v : layout.views()) {
+      const std::uint64_t bytes = static_cast<std::uint64_t>(v.size) * sizeof(float);
+      header[g.prefix + v.name] = {
+          {"dtype", "F32"}, {"shape", v.shape}, {"data_offsets", {offset, offset + bytes}}};
+      offset += bytes;
+    }
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
@@ -40,15 +43,28 @@ void save_safetensors(const std::filesystem::path& path, const ParamLayout& layo
   AtomicFile out(path);
   out.write(&length, sizeof(length));
   out.write(text);
-  for (const auto& v : layout.views()) {
-    out.write(params + v.offset, static_cast<std::size_t>(v.size) * sizeof(float));
+  for (const auto& g : groups) {
+    for (const auto& v : layout.views()) {
+      out.write(g.data + v.offset, static_cast<std::size_t>(v.size) * sizeof(float));
+    }
   }
   out.commit();
 }
 
-void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout, float* params) {
-  const std::string where = path.string();
-  const MappedFile file(path, MappedFile::Access::Sequential);
+void save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
+                      const float* params, const std::map<std::string, std::string>& metadata) {
+  save_safetensors(path, layout, std::vector<TensorGroup>{{"", params}}, metadata);
+}
+
+namespace {
+
+struct Header {
+  nlohmann::json json;
+  const std::byte* data = nullptr;
+  std::uint64_t data_size = 0;
+};
+
+Header read_header(const MappedFile& file, const std::string& where) {
   std::uint64_t length = 0;
   if (file.size() < sizeof(length)) throw Error("not a safetensors file: too short", where);
   std::memcpy(&length, file.data(), sizeof(length));
@@ -58,48 +74,82 @@ void load_safetensors(const std::filesystem::path& path, const ParamLayout& layo
                             length, file.size()),
                 where);
   }
-  nlohmann::json header;
+  Header h;
   try {
-    header = nlohmann::json::parse(file.text().substr(sizeof(length), length));
+    h.json = nlohmann::json::parse(file.text().substr(sizeof(length), length));
   } catch (const nlohmann::json::exception& e) {
     throw Error(fmt::format("not a safetensors file: bad JSON header: {}", e.what()), where);
   }
-  if (!header.is_object()) throw Error("not a safetensors file: header is not an object", where);
-  const std::byte* data = file.data() + sizeof(length) + length;
-  const std::uint64_t data_size = file.size() - sizeof(length) - length;
+  if (!h.json.is_object()) throw Error("not a safetensors file: header is not an object", where);
+  h.data = file.data() + sizeof(length) + length;
+  h.data_size = file.size() - sizeof(length) - length;
+  return h;
+}
+
+}  // namespace
+
+std::map<std::string, std::string> read_safetensors_metadata(const std::filesystem::path& path) {
+  const std::string where = path.string();
+  const MappedFile file(path, MappedFile::Access::Sequential);
+  const Header h = read_header(file, where);
+  std::map<std::string, std::string> out;
+  const auto it = h.json.find("__metadata__");
+  if (it == h.json.end()) return out;
+  if (!it->is_object()) throw Error("__metadata__ is not an object", where);
+  for (const auto& [key, value] : it->items()) {
+    if (!value.is_string()) {
+      throw Error(fmt::format("__metadata__ value '{}' is not a string", key), where);
+    }
+    out[key] = value.get<std::string>();
+  }
+  return out;
+}
+
+void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
+                      const std::vector<MutableTensorGroup>& groups) {
+  const std::string where = path.string();
+  const MappedFile file(path, MappedFile::Access::Sequential);
+  const Header h = read_header(file, where);
   std::set<std::string> wanted;
-  for (const auto& v : layout.views()) {
-    wanted.insert(v.name);
-    const auto it = header.find(v.name);
-    if (it == header.end()) throw Error(fmt::format("tensor '{}' is missing", v.name), where);
-    try {
-      const std::string dtype = it->at("dtype").get<std::string>();
-      if (dtype != "F32") {
-        throw Error(fmt::format("tensor '{}' has dtype {}, expected F32", v.name, dtype), where);
-      }
-      const auto shape = it->at("shape").get<std::vector<std::int64_t>>();
-      if (shape != v.shape) {
-        throw Error(fmt::format("tensor '{}' has shape [{}], expected [{}]", v.name,
-                                fmt::join(shape, ", "), fmt::join(v.shape, ", ")),
+  for (const auto& g : groups) {
+    for (const auto& v : layout.views()) {
+      const std::string name = g.prefix + v.name;
+      wanted.insert(name);
+      const auto it = h.json.find(name);
+      if (it == h.json.end()) throw Error(fmt::format("tensor '{}' is missing", name), where);
+      try {
+        const std::string dtype = it->at("dtype").get<std::string>();
+        if (dtype != "F32") {
+          throw Error(fmt::format("tensor '{}' has dtype {}, expected F32", name, dtype), where);
+        }
+        const auto shape = it->at("shape").get<std::vector<std::int64_t>>();
+        if (shape != v.shape) {
+          throw Error(fmt::format("tensor '{}' has shape [{}], expected [{}]", name,
+                                  fmt::join(shape, ", "), fmt::join(v.shape, ", ")),
+                      where);
+        }
+        const auto range = it->at("data_offsets").get<std::vector<std::uint64_t>>();
+        const std::uint64_t bytes = static_cast<std::uint64_t>(v.size) * sizeof(float);
+        if (range.size() != 2 || range[1] < range[0] || range[1] - range[0] != bytes ||
+            range[1] > h.data_size) {
+          throw Error(fmt::format("tensor '{}' has a bad byte range", name), where);
+        }
+        std::memcpy(g.data + v.offset, h.data + range[0], bytes);
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(fmt::format("tensor '{}' has a malformed header entry: {}", name, e.what()),
                     where);
       }
-      const auto range = it->at("data_offsets").get<std::vector<std::uint64_t>>();
-      const std::uint64_t bytes = static_cast<std::uint64_t>(v.size) * sizeof(float);
-      if (range.size() != 2 || range[1] < range[0] || range[1] - range[0] != bytes ||
-          range[1] > data_size) {
-        throw Error(fmt::format("tensor '{}' has a bad byte range", v.name), where);
-      }
-      std::memcpy(params + v.offset, data + range[0], bytes);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(fmt::format("tensor '{}' has a malformed header entry: {}", v.name, e.what()),
-                  where);
     }
   }
-  for (const auto& [name, value] : header.items()) {
+  for (const auto& [name, value] : h.json.items()) {
     if (name != "__metadata__" && !wanted.contains(name)) {
       throw Error(fmt::format("tensor '{}' is not part of this model", name), where);
     }
   }
+}
+
+void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout, float* params) {
+  load_safetensors(path, layout, std::vector<MutableTensorGroup>{{"", params}});
 }
 
 }  // namespace borealis

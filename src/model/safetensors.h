@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "model/params.h"
 
@@ -20,6 +21,25 @@ namespace borealis {
 // requires).
 void save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
                       const float* params, const std::map<std::string, std::string>& metadata = {});
+
+// Several flat buffers in one layout in one file, each tensor named
+// prefix + view name (an optimizer's moments: {"m.", m}, {"v.", v}).
+struct TensorGroup {
+  std::string prefix;
+  const float* data = nullptr;
+};
+struct MutableTensorGroup {
+  std::string prefix;
+  float* data = nullptr;
+};
+void save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
+                      const std::vector<TensorGroup>& groups,
+                      const std::map<std::string, std::string>& metadata = {});
+void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
+                      const std::vector<MutableTensorGroup>& groups);
+
+// The header's "__metadata__" strings (empty when it has none).
+std::map<std::string, std::string> read_safetensors_metadata(const std::filesystem::path& path);
 
 // Reads every tensor of layout into params. Throws borealis::Error naming the
 // file when it is malformed, when a tensor is missing or has another dtype or

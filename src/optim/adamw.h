@@ -38,6 +38,11 @@ class AdamW {
   std::int64_t steps() const { return steps_; }
   const std::vector<float>& m() const { return m_; }
   const std::vector<float>& v() const { return v_; }
+  // Restoring from a checkpoint: write the moments in place, then set the
+  // step count they belong to.
+  float* m_data() { return m_.data(); }
+  float* v_data() { return v_.data(); }
+  void set_steps(std::int64_t steps) { steps_ = steps; }
   std::size_t state_bytes() const { return (m_.size() + v_.size()) * sizeof(float); }
   // Whether the tensor view gets weight decay under this config.
   bool decays(const ParamView& view) const;

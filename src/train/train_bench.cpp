@@ -29,6 +29,8 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+}  // namespace
+
 void time_gemm(GemmTiming& g) {
   const std::size_t a = static_cast<std::size_t>(g.M) * g.K;
   const std::size_t b = static_cast<std::size_t>(g.K) * g.N;
@@ -51,7 +53,21 @@ void time_gemm(GemmTiming& g) {
   g.gflops = std::max(g.gflops, flops / best * 1e-9);
 }
 
-}  // namespace
+double train_flops_per_token(const ModelConfig& c, std::int64_t params, int seq) {
+  return 6.0 * static_cast<double>(params) +
+         12.0 * c.n_layer * static_cast<double>(c.d_model) * seq;
+}
+
+std::vector<GemmTiming> model_gemm_shapes(const ModelConfig& c, int N, int loss_chunk_rows) {
+  const int C = c.d_model;
+  return {
+      {"qkv projection (forward)", N, c.qkv_width(), C, false, true, 0},
+      {"mlp up (forward)", N, c.fc_width(), C, false, true, 0},
+      {"mlp down, input grad (backward)", N, c.d_ff, C, false, false, 0},
+      {"mlp up, weight grad (backward)", c.fc_width(), C, N, true, false, 0},
+      {"lm head chunk (forward)", loss_chunk_rows, c.padded_vocab, C, false, true, 0},
+  };
+}
 
 double TrainBenchResult::mean_step_s() const {
   double s = 0;
@@ -104,8 +120,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   schedule.validate();
 
   r.params = model.num_params();
-  r.flops_per_token = 6.0 * static_cast<double>(r.params) +
-                      12.0 * c.n_layer * static_cast<double>(c.d_model) * o.seq;
+  r.flops_per_token = train_flops_per_token(c, r.params, o.seq);
   r.param_bytes = static_cast<std::uint64_t>(r.params) * sizeof(float);
   r.grad_bytes = r.param_bytes;
   r.optimizer_bytes = optimizer.state_bytes();
@@ -113,14 +128,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
 
   // sgemm peak at the shapes this model runs (rows = batch * seq).
   const int N = o.batch * o.seq;
-  const int C = c.d_model;
-  r.gemms = {
-      {"qkv projection (forward)", N, c.qkv_width(), C, false, true, 0},
-      {"mlp up (forward)", N, c.fc_width(), C, false, true, 0},
-      {"mlp down, input grad (backward)", N, c.d_ff, C, false, false, 0},
-      {"mlp up, weight grad (backward)", c.fc_width(), C, N, true, false, 0},
-      {"lm head chunk (forward)", model.loss_chunk_rows(), c.padded_vocab, C, false, true, 0},
-  };
+  r.gemms = model_gemm_shapes(c, N, model.loss_chunk_rows());
   // Timed before and after the steps (best of both), so that a moment of
   // contention from other processes does not lower the peak and flatter MFU.
   for (auto& g : r.gemms) time_gemm(g);

@@ -64,6 +64,15 @@ struct TrainBenchResult {
   double mfu(double step_s) const;  // achieved / peak
 };
 
+// Training FLOPs per token of a model with `params` parameters at sequence
+// length seq (the formula above).
+double train_flops_per_token(const ModelConfig& config, std::int64_t params, int seq);
+
+// The GEMM shapes a training step of `rows` = batch * seq rows runs, and the
+// best rate of one shape (updates g.gflops if faster than before).
+std::vector<GemmTiming> model_gemm_shapes(const ModelConfig& config, int rows, int loss_chunk_rows);
+void time_gemm(GemmTiming& g);
+
 // Throws borealis::Error for an unknown model or bad sizes.
 TrainBenchResult run_train_bench(const TrainBenchOptions& options);
 

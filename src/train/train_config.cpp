@@ -1,0 +1,213 @@
+#include "train/train_config.h"
+
+#include <fmt/format.h>
+
+#include <string_view>
+
+#include "core/error.h"
+
+namespace borealis {
+
+namespace {
+
+using Int = std::int64_t;
+
+Int get_int(const Config& c, std::string_view key, Int min, Int max = INT32_MAX) {
+  const Int v = c.get<Int>(key);
+  if (v < min || v > max) {
+    throw Error(fmt::format("{} must be in [{}, {}], got {}", key, min, max, v), c.origin(key));
+  }
+  return v;
+}
+
+double get_number(const Config& c, std::string_view key, double min, double max = 1e300) {
+  const double v = c.get<double>(key);
+  if (!(v >= min && v <= max)) {
+    throw Error(fmt::format("{} must be in [{}, {}], got {}", key, min, max, v), c.origin(key));
+  }
+  return v;
+}
+
+}  // namespace
+
+ConfigSchema train_config_schema() {
+  ConfigSchema s;
+  s.add("model.preset", std::string("llama-20m"), "model preset to start from",
+        model_preset_names());
+  s.add("model.n_layer", Int{0}, "transformer blocks (0: the preset's)");
+  s.add("model.n_head", Int{0}, "attention heads (0: the preset's)");
+  s.add("model.n_kv_head", Int{0},
+        "key/value heads, for grouped-query attention (0: the preset's)");
+  s.add("model.d_model", Int{0}, "model width (0: the preset's)");
+  s.add("model.d_ff", Int{0}, "MLP hidden width (0: the preset's)");
+  s.add("model.max_seq", Int{0}, "longest context (0: the preset's)");
+  s.add("model.embeddings", std::string("preset"),
+        "tied or untied input and output embeddings (llama only)", {"preset", "tied", "untied"});
+  s.add("model.norm_eps", 0.0, "LayerNorm / RMSNorm epsilon (0: the preset's)");
+  s.add("model.rope_theta", 0.0, "rotary embedding base (0: the preset's)");
+
+  s.add("data.data_list", std::string(""), "data list file: lines 'weight prefix [corpus]'");
+  s.add("data.tokenizer", std::string(""),
+        "the tokenizer the datasets were prepared with (copied into every checkpoint)");
+  s.add("data.seq_len", Int{256}, "tokens per training sequence");
+  s.add("data.split", std::vector<double>{98, 1, 1}, "train, valid, test shares of each file");
+  s.add("data.cache_dir", std::string(""),
+        "where the mixture index is cached (default RUN_DIR/index-cache)");
+  s.add("data.prefetch", Int{4}, "batches the loader prepares ahead");
+
+  s.add("optim.lr", 6e-4, "peak learning rate");
+  s.add("optim.lr_min", 6e-5, "final learning rate");
+  s.add("optim.warmup_steps", Int{0}, "linear warm-up steps");
+  s.add("optim.decay", std::string("cosine"), "learning-rate schedule after warm-up",
+        {"cosine", "linear", "constant", "wsd"});
+  s.add("optim.decay_steps", Int{0}, "wsd: length of the final decay");
+  s.add("optim.beta1", 0.9, "AdamW beta1");
+  s.add("optim.beta2", 0.95, "AdamW beta2");
+  s.add("optim.eps", 1e-8, "AdamW epsilon");
+  s.add("optim.weight_decay", 0.1, "decoupled weight decay (matrices)");
+  s.add("optim.decay_norms", false, "apply weight decay to norm weights too");
+  s.add("optim.decay_biases", false, "apply weight decay to biases too");
+  s.add("optim.decay_embeddings", false, "apply weight decay to embeddings too");
+  s.add("optim.grad_clip", 1.0, "clip the global gradient norm to this (0: off)");
+
+  s.add("train.run_dir", std::string("runs/run"), "directory for metrics, config and checkpoints");
+  s.add("train.steps", Int{1000}, "optimizer steps");
+  s.add("train.micro_batch", Int{8}, "sequences per forward/backward pass");
+  s.add("train.global_batch", Int{0},
+        "sequences per optimizer step, a multiple of micro_batch (0: micro_batch)");
+  s.add("train.seed", Int{1234}, "seed of the initial weights and the data order");
+  s.add("train.log_every", Int{1}, "print a step line every N steps");
+  s.add("train.max_minutes", 0.0,
+        "stop after this many minutes with a checkpoint, as on a signal (0: no limit)");
+  s.add("train.spike_zscore", 0.0,
+        "skip the update when the loss is this many standard deviations above the recent mean "
+        "(0: off)");
+  s.add("train.spike_window", Int{128}, "recent losses the spike rule looks at");
+  s.add("train.peak_gflops", 0.0, "peak GFLOP/s for MFU (0: measure sgemm at start-up)");
+
+  s.add("checkpoint.every", Int{0}, "write a checkpoint every N steps (0: only at the end)");
+  s.add("checkpoint.keep", Int{3}, "checkpoints to keep (the newest)");
+
+  s.add("eval.every", Int{0}, "validation loss every N steps (0: only at the end)");
+  s.add("eval.batches", Int{8}, "validation micro-batches (0: no validation)");
+  return s;
+}
+
+TrainSettings read_train_settings(const Config& c) {
+  TrainSettings t;
+  t.preset = c.get<std::string>("model.preset");
+
+  t.data_list = c.get<std::string>("data.data_list");
+  if (t.data_list.empty()) {
+    throw Error("data.data_list is required: a file of lines 'weight prefix [corpus]'",
+                "train config");
+  }
+  t.tokenizer = c.get<std::string>("data.tokenizer");
+  if (t.tokenizer.empty()) throw Error("data.tokenizer is required", "train config");
+  t.seq_len = static_cast<int>(get_int(c, "data.seq_len", 1, 1 << 20));
+  const auto& split = c.get<std::vector<double>>("data.split");
+  if (split.size() != 3) {
+    throw Error(fmt::format("data.split needs 3 shares (train, valid, test), got {}", split.size()),
+                c.origin("data.split"));
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (!(split[i] >= 0)) throw Error("data.split shares must be >= 0", c.origin("data.split"));
+    t.split[i] = split[i];
+  }
+  if (!(t.split[0] > 0))
+    throw Error("data.split gives nothing to train on", c.origin("data.split"));
+  t.cache_dir = c.get<std::string>("data.cache_dir");
+  t.prefetch = static_cast<int>(get_int(c, "data.prefetch", 1, 64));
+
+  t.adamw.beta1 = static_cast<float>(get_number(c, "optim.beta1", 0, 0.999999));
+  t.adamw.beta2 = static_cast<float>(get_number(c, "optim.beta2", 0, 0.999999));
+  t.adamw.eps = static_cast<float>(get_number(c, "optim.eps", 0));
+  t.adamw.weight_decay = static_cast<float>(get_number(c, "optim.weight_decay", 0));
+  t.adamw.decay_norms = c.get<bool>("optim.decay_norms");
+  t.adamw.decay_biases = c.get<bool>("optim.decay_biases");
+  t.adamw.decay_embeddings = c.get<bool>("optim.decay_embeddings");
+  t.grad_clip = get_number(c, "optim.grad_clip", 0);
+
+  t.run_dir = c.get<std::string>("train.run_dir");
+  if (t.run_dir.empty()) throw Error("train.run_dir must not be empty", c.origin("train.run_dir"));
+  t.steps = get_int(c, "train.steps", 1, INT64_MAX);
+  t.micro_batch = static_cast<int>(get_int(c, "train.micro_batch", 1, 1 << 16));
+  t.global_batch = static_cast<int>(get_int(c, "train.global_batch", 0, 1 << 24));
+  if (t.global_batch == 0) t.global_batch = t.micro_batch;
+  if (t.global_batch % t.micro_batch != 0) {
+    throw Error(fmt::format("train.global_batch {} is not a multiple of train.micro_batch {}",
+                            t.global_batch, t.micro_batch),
+                c.origin("train.global_batch"));
+  }
+  t.seed = static_cast<std::uint64_t>(get_int(c, "train.seed", 0, INT64_MAX));
+  t.log_every = static_cast<int>(get_int(c, "train.log_every", 1));
+  t.max_minutes = get_number(c, "train.max_minutes", 0);
+  t.spike_zscore = get_number(c, "train.spike_zscore", 0);
+  t.spike_window = static_cast<int>(get_int(c, "train.spike_window", 2, 1 << 20));
+  t.peak_gflops = get_number(c, "train.peak_gflops", 0);
+
+  t.checkpoint_every = get_int(c, "checkpoint.every", 0, INT64_MAX);
+  t.keep = static_cast<int>(get_int(c, "checkpoint.keep", 1, 1 << 20));
+  t.eval_every = get_int(c, "eval.every", 0, INT64_MAX);
+  t.eval_batches = static_cast<int>(get_int(c, "eval.batches", 0, 1 << 20));
+
+  t.schedule.decay = parse_lr_decay(c.get<std::string>("optim.decay"));
+  t.schedule.lr_max = get_number(c, "optim.lr", 0);
+  t.schedule.lr_min = get_number(c, "optim.lr_min", 0);
+  t.schedule.warmup_steps = get_int(c, "optim.warmup_steps", 0, INT64_MAX);
+  t.schedule.decay_steps = get_int(c, "optim.decay_steps", 0, INT64_MAX);
+  t.schedule.total_steps = t.steps;
+  try {
+    t.schedule.validate();
+  } catch (const Error& e) {
+    throw Error(e.message(), "[optim] with train.steps");
+  }
+  return t;
+}
+
+ModelConfig resolve_model(const Config& c, int vocab_size) {
+  ModelConfig m = model_preset(c.get<std::string>("model.preset"));
+  const auto override_int = [&](const char* key, int& field) {
+    const Int v = get_int(c, key, 0, 1 << 24);
+    if (v != 0) field = static_cast<int>(v);
+  };
+  override_int("model.n_layer", m.n_layer);
+  override_int("model.n_head", m.n_head);
+  override_int("model.n_kv_head", m.n_kv_head);
+  override_int("model.d_model", m.d_model);
+  override_int("model.d_ff", m.d_ff);
+  override_int("model.max_seq", m.max_seq);
+  if (m.family == ModelFamily::kGpt2 && c.is_default("model.n_kv_head")) m.n_kv_head = m.n_head;
+  const std::string& embeddings = c.get<std::string>("model.embeddings");
+  if (embeddings != "preset") m.tied_embeddings = embeddings == "tied";
+  if (const double eps = get_number(c, "model.norm_eps", 0); eps > 0) {
+    m.norm_eps = static_cast<float>(eps);
+  }
+  if (const double theta = get_number(c, "model.rope_theta", 0); theta > 0) {
+    m.rope_theta = static_cast<float>(theta);
+  }
+  m.vocab_size = vocab_size;
+  m.padded_vocab = pad_vocab(vocab_size);
+  bool changed = false;
+  for (const auto& key : c.schema().keys()) {
+    if (key.path.starts_with("model.") && key.path != "model.preset" && !c.is_default(key.path)) {
+      changed = true;
+    }
+  }
+  if (changed) m.name = "custom (" + m.name + ")";
+  try {
+    m.validate();
+  } catch (const Error& e) {
+    throw Error(e.message(), "[model] of the train config");
+  }
+  return m;
+}
+
+bool is_trajectory_key(const std::string& path) {
+  if (path.starts_with("model.") || path.starts_with("optim.")) return true;
+  return path == "data.data_list" || path == "data.tokenizer" || path == "data.seq_len" ||
+         path == "data.split" || path == "train.micro_batch" || path == "train.global_batch" ||
+         path == "train.seed" || path == "train.spike_zscore" || path == "train.spike_window";
+}
+
+}  // namespace borealis

@@ -1,0 +1,79 @@
+// The configuration of a training run: the TOML schema of `borealis train`
+// (sections [model] [data] [optim] [train] [checkpoint] [eval]) and the typed
+// settings read from it.
+//
+// A run is fully described by its resolved configuration (written to
+// RUN_DIR/config.toml): model shape, data list and tokenizer, optimizer and
+// schedule, batch sizes, seed. Keys that change what the run computes are
+// "trajectory" keys; resuming with a different value of one of those is an
+// error, other differences (more steps, another logging interval) are allowed.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "model/config.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+
+namespace borealis {
+
+ConfigSchema train_config_schema();
+
+struct TrainSettings {
+  // [model]: a preset, with any field overridden; vocab_size comes from the tokenizer.
+  std::string preset;
+  ModelConfig model;  // resolved by resolve_model()
+
+  // [data]
+  std::filesystem::path data_list;
+  std::filesystem::path tokenizer;
+  int seq_len = 256;
+  std::array<double, 3> split{};
+  std::filesystem::path cache_dir;  // empty: RUN_DIR/index-cache
+  int prefetch = 4;
+
+  // [optim]
+  AdamWConfig adamw;
+  LrSchedule schedule;
+  double grad_clip = 1.0;
+
+  // [train]
+  std::filesystem::path run_dir;
+  std::int64_t steps = 0;
+  int micro_batch = 0;
+  int global_batch = 0;  // sequences per optimizer step; a multiple of micro_batch
+  std::uint64_t seed = 0;
+  int log_every = 1;
+  double max_minutes = 0;   // 0: no limit
+  double spike_zscore = 0;  // 0: off
+  int spike_window = 128;   // losses the z-score looks back on
+  double peak_gflops = 0;   // 0: measured at start-up
+
+  // [checkpoint]
+  std::int64_t checkpoint_every = 0;  // 0: only at the end
+  int keep = 3;
+
+  // [eval]
+  std::int64_t eval_every = 0;  // 0: only at the end
+  int eval_batches = 0;
+
+  int accumulation() const { return global_batch / micro_batch; }
+  std::filesystem::path checkpoint_dir() const { return run_dir / "checkpoints"; }
+};
+
+// Reads and checks the settings (errors name the key and where its value came
+// from). The model is resolved later, once the tokenizer's vocabulary is known.
+TrainSettings read_train_settings(const Config& config);
+
+// The preset with the [model] overrides applied and the vocabulary set.
+ModelConfig resolve_model(const Config& config, int vocab_size);
+
+// Keys whose values must not change on resume.
+bool is_trajectory_key(const std::string& path);
+
+}  // namespace borealis

@@ -1,0 +1,440 @@
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <unordered_map>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/text.h"
+#include "data/data_list.h"
+#include "data/mixture.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/blas.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+#include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/loader.h"
+#include "train/train_bench.h"
+#include "train/train_config.h"
+
+namespace borealis {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// The first SIGINT/SIGTERM asks the loop to stop after the current step; a
+// second one exits at once.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal.exchange(sig) != 0) _exit(128 + sig);
+  static const char msg[] =
+      "\nborealis: stopping after this step with a checkpoint (signal again to exit now)\n";
+  [[maybe_unused]] const auto n = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+}
+
+class SignalScope {
+ public:
+  SignalScope() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~SignalScope() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  SignalScope(const SignalScope&) = delete;
+  SignalScope& operator=(const SignalScope&) = delete;
+
+ private:
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
+};
+
+// A JSON number, or null for NaN and infinities.
+std::string json_number(double v) {
+  return std::isfinite(v) ? fmt::format("{}", v) : "null";
+}
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const fs::path& path) : path_(path) {
+    file_ = std::fopen(path.c_str(), "a");
+    if (file_ == nullptr) throw_errno("cannot open the metrics file", path.string(), errno);
+  }
+  ~MetricsLog() { std::fclose(file_); }
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+
+  void write(const std::string& line) {
+    if (std::fputs(line.c_str(), file_) < 0 || std::fputc('\n', file_) < 0 ||
+        std::fflush(file_) != 0) {
+      throw_errno("cannot write the metrics file", path_.string(), errno);
+    }
+  }
+
+ private:
+  fs::path path_;
+  std::FILE* file_ = nullptr;
+};
+
+// Loss-spike rule (as llm.c's outlier detector): the z-score of a loss
+// against the last `window` losses, once that many have been seen.
+class SpikeDetector {
+ public:
+  SpikeDetector(std::size_t window, std::vector<double> recent)
+      : window_(window), recent_(std::move(recent)) {
+    while (recent_.size() > window_) recent_.erase(recent_.begin());
+  }
+  double zscore(double loss) const {
+    if (recent_.size() < window_) return 0;
+    double mean = 0, var = 0;
+    for (const double x : recent_) mean += x;
+    mean /= static_cast<double>(recent_.size());
+    for (const double x : recent_) var += (x - mean) * (x - mean);
+    const double sd = std::sqrt(var / static_cast<double>(recent_.size()));
+    return sd > 0 ? (loss - mean) / sd : 0;
+  }
+  void add(double loss) {
+    recent_.push_back(loss);
+    if (recent_.size() > window_) recent_.erase(recent_.begin());
+  }
+  const std::vector<double>& recent() const { return recent_; }
+
+ private:
+  std::size_t window_;
+  std::vector<double> recent_;
+};
+
+// The validation batches, read once: the same samples every time.
+std::vector<Batch> read_valid_batches(const Mixture& valid, int micro, int batches) {
+  std::vector<Batch> out(static_cast<std::size_t>(batches));
+  const int L = static_cast<int>(valid.options().seq_len);
+  for (int b = 0; b < batches; ++b) {
+    Batch& batch = out[static_cast<std::size_t>(b)];
+    batch.batch = micro;
+    batch.seq = L;
+    batch.inputs.resize(static_cast<std::size_t>(micro) * L);
+    batch.targets.resize(static_cast<std::size_t>(micro) * L);
+    for (int r = 0; r < micro; ++r) {
+      read_sample(valid, static_cast<std::uint64_t>(b) * micro + r, batch, r);
+    }
+  }
+  return out;
+}
+
+// Entropy in nats of the unigram distribution of the validation targets:
+// the loss of a model that knows only token frequencies.
+double unigram_entropy(const std::vector<Batch>& batches) {
+  std::unordered_map<std::int32_t, std::uint64_t> counts;
+  std::uint64_t n = 0;
+  for (const auto& b : batches) {
+    for (const std::int32_t t : b.targets) ++counts[t], ++n;
+  }
+  double h = 0;
+  for (const auto& [t, c] : counts) {
+    const double p = static_cast<double>(c) / static_cast<double>(n);
+    h -= p * std::log(p);
+  }
+  return h;
+}
+
+double validate(Model<float>& model, const std::vector<Batch>& batches, bool progress) {
+  Progress bar("validation", batches.size(), "batches", progress);
+  double sum = 0;
+  for (std::size_t i = 0; i < batches.size(); ++i) {
+    const Batch& b = batches[i];
+    sum += model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, false);
+    bar.update(i + 1);
+  }
+  bar.finish();
+  return sum / static_cast<double>(batches.size());
+}
+
+// A checkpoint's config against this run's: a different value of a key that
+// changes what the run computes is an error; others are reported.
+void check_resume_config(const Config& config, const CheckpointInfo& info) {
+  Config old(config.schema());
+  old.merge_toml(info.config_toml, (info.dir / "state.json").string() + " (config)");
+  for (const auto& key : config.schema().keys()) {
+    const std::string before = config_value_to_toml(old.value(key.path));
+    const std::string now = config_value_to_toml(config.value(key.path));
+    if (before == now) continue;
+    if (is_trajectory_key(key.path)) {
+      throw Error(fmt::format("{} is {} here but was {} in the run being resumed; resuming would "
+                              "not continue the same training (use a new train.run_dir, or "
+                              "--resume never after removing the checkpoints)",
+                              key.path, now, before),
+                  config.origin(key.path));
+    }
+    spdlog::info("resuming with {} = {} (was {})", key.path, now, before);
+  }
+}
+
+std::optional<CheckpointInfo> find_resume_point(const TrainSettings& s,
+                                                const TrainRunOptions& options) {
+  if (options.resume == "never") {
+    std::vector<std::pair<fs::path, std::string>> skipped;
+    if (latest_checkpoint(s.checkpoint_dir(), skipped) || !skipped.empty()) {
+      throw Error(
+          "the run directory already has checkpoints; resume it (--resume auto) or use "
+          "another train.run_dir",
+          s.checkpoint_dir().string());
+    }
+    return std::nullopt;
+  }
+  if (options.resume != "auto") return verify_checkpoint(options.resume);
+  std::vector<std::pair<fs::path, std::string>> skipped;
+  auto found = latest_checkpoint(s.checkpoint_dir(), skipped);
+  for (const auto& [dir, why] : skipped) {
+    spdlog::warn("skipping checkpoint {}: {}", dir.string(), why);
+  }
+  return found;
+}
+
+}  // namespace
+
+TrainRunResult run_training(const Config& config, const TrainRunOptions& options) {
+  const auto wall_start = Clock::now();
+  TrainSettings s = read_train_settings(config);
+  const Tokenizer tokenizer = Tokenizer::load(s.tokenizer);
+  s.model = resolve_model(config, static_cast<int>(tokenizer.vocab_size()));
+  if (s.seq_len > s.model.max_seq) {
+    throw Error(fmt::format("data.seq_len {} is longer than the model's max_seq {}", s.seq_len,
+                            s.model.max_seq),
+                config.origin("data.seq_len"));
+  }
+  const int L = s.seq_len;
+  const std::int64_t tokens_per_step = static_cast<std::int64_t>(s.global_batch) * L;
+
+  std::optional<CheckpointInfo> resume_from = find_resume_point(s, options);
+  if (resume_from) check_resume_config(config, *resume_from);
+  fs::create_directories(s.run_dir);
+  write_file_atomic(s.run_dir / "config.toml", config.to_toml());
+
+  // Data: the train mixture holds exactly the samples of all steps.
+  MixOptions mix;
+  mix.list = read_data_list(s.data_list);
+  mix.seq_len = static_cast<std::uint64_t>(L);
+  mix.samples = static_cast<std::uint64_t>(s.steps) * static_cast<std::uint64_t>(s.global_batch);
+  mix.seed = s.seed;
+  mix.split = s.split;
+  mix.cache_dir = s.cache_dir.empty() ? s.run_dir / "index-cache" : s.cache_dir;
+  const Mixture train(mix);
+  spdlog::info(
+      "train mixture: {} samples of {} tokens from {} files in {} corpora ({} in {:.2f} s)",
+      train.size(), L + 1, train.files().size(), train.corpora().size(),
+      train.from_cache() ? "loaded" : "built", train.build_seconds());
+  std::unique_ptr<Mixture> valid;
+  std::vector<Batch> valid_batches;
+  TrainRunResult result;
+  if (s.eval_batches > 0 && s.split[1] > 0) {
+    MixOptions vmix = mix;
+    vmix.part = 1;
+    vmix.samples = static_cast<std::uint64_t>(s.eval_batches) * s.micro_batch;
+    valid = std::make_unique<Mixture>(vmix);
+    valid_batches = read_valid_batches(*valid, s.micro_batch, s.eval_batches);
+    result.unigram_entropy = unigram_entropy(valid_batches);
+  } else if (s.eval_batches > 0) {
+    spdlog::warn("no validation: data.split gives the valid part no documents");
+  }
+
+  // Model and optimizer, fresh or from the checkpoint.
+  auto backend = make_cpu_backend<float>();
+  Model<float> model(s.model, *backend);
+  model.reserve(s.micro_batch, L);
+  AdamW optimizer(model.layout(), s.adamw);
+  TrainState state;
+  if (resume_from) {
+    if (model_config_to_json(resume_from->model) != model_config_to_json(s.model)) {
+      throw Error("the checkpoint's model differs from the configured one",
+                  resume_from->dir.string());
+    }
+    load_checkpoint(*resume_from, model.layout(), model.params(), optimizer);
+    state = resume_from->state;
+    spdlog::info("resuming from {} (step {}, {} tokens)", resume_from->dir.string(), state.step,
+                 state.tokens);
+  } else {
+    model.init(s.seed);
+  }
+  result.first_step = state.step;
+  result.skipped_steps = state.skipped_steps;
+  result.last_checkpoint = resume_from ? resume_from->dir : fs::path();
+
+  double peak = s.peak_gflops;
+  if (peak == 0) {
+    for (auto& g : model_gemm_shapes(s.model, s.micro_batch * L, model.loss_chunk_rows())) {
+      time_gemm(g);
+      peak = std::max(peak, g.gflops);
+    }
+  }
+  const double flops_per_token = train_flops_per_token(s.model, model.num_params(), L);
+  spdlog::info("model {} ({}, {:.2f}M parameters), {} threads, sgemm peak {:.1f} GFLOP/s",
+               s.model.name, family_name(s.model.family), model.num_params() / 1e6, cpu_threads(),
+               peak);
+  spdlog::info("{} steps of {} sequences x {} tokens ({} micro-batches of {}), {} tokens in all",
+               s.steps, s.global_batch, L, s.accumulation(), s.micro_batch,
+               s.steps * tokens_per_step);
+
+  MetricsLog metrics(s.run_dir / "metrics.jsonl");
+  metrics.write(fmt::format(
+      R"({{"kind":"run","event":"{}","step":{},"tokens":{},"params":{},"threads":{},"peak_gflops":{}}})",
+      resume_from ? "resume" : "start", state.step, state.tokens, model.num_params(), cpu_threads(),
+      json_number(peak)));
+
+  SignalScope signals;
+  SpikeDetector spikes(static_cast<std::size_t>(s.spike_window), state.recent_losses);
+  BatchLoader loader(train, s.micro_batch, state.next_sample, s.prefetch);
+  const double grad_scale = 1.0 / s.accumulation();
+  std::int64_t checkpointed_step = resume_from ? state.step : -1;
+  const double elapsed_before = state.elapsed_s;
+  const auto loop_start = Clock::now();
+
+  const auto save = [&] {
+    state.recent_losses = spikes.recent();
+    state.elapsed_s = elapsed_before + seconds_since(loop_start);
+    result.last_checkpoint =
+        save_checkpoint(s.checkpoint_dir(), state, s.model, model.layout(), model.params(),
+                        optimizer, s.tokenizer, config.to_toml());
+    prune_checkpoints(s.checkpoint_dir(), s.keep);
+    checkpointed_step = state.step;
+    spdlog::info("checkpoint {}", result.last_checkpoint.string());
+  };
+  const auto run_validation = [&] {
+    if (valid_batches.empty()) return;
+    const auto t0 = Clock::now();
+    result.valid_loss = validate(model, valid_batches, options.progress);
+    metrics.write(
+        fmt::format(R"({{"kind":"valid","step":{},"tokens":{},"loss":{},"elapsed_s":{}}})",
+                    state.step, state.tokens, json_number(result.valid_loss),
+                    json_number(elapsed_before + seconds_since(loop_start))));
+    if (options.progress) {
+      fmt::print("validation at step {}: loss {:.4f} (unigram entropy {:.4f}) in {:.1f} s\n",
+                 state.step, result.valid_loss, result.unigram_entropy, seconds_since(t0));
+      std::fflush(stdout);
+    }
+  };
+
+  std::int64_t steps_this_run = 0;
+  while (state.step < s.steps) {
+    const auto t0 = Clock::now();
+    model.zero_grad();
+    double loss = 0;
+    for (int micro = 0; micro < s.accumulation(); ++micro) {
+      const Batch b = loader.next();
+      loss += model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, true,
+                            static_cast<float>(grad_scale));
+      model.backward();
+    }
+    loss /= s.accumulation();
+    const double norm = global_norm(model.grads(), model.num_params());
+    const double lr = s.schedule.lr(state.step);
+    std::string skip_reason;
+    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+      skip_reason = "non-finite loss or gradient norm";
+    } else if (s.spike_zscore > 0 && spikes.zscore(loss) > s.spike_zscore) {
+      skip_reason = fmt::format("loss spike (z-score {:.1f})", spikes.zscore(loss));
+    }
+    if (skip_reason.empty()) {
+      optimizer.step(model.params(), model.grads(), static_cast<float>(lr),
+                     clip_scale(norm, s.grad_clip));
+    } else {
+      ++state.skipped_steps;
+      spdlog::warn("step {}: update skipped: {} (loss {}, gradient norm {})", state.step + 1,
+                   skip_reason, loss, norm);
+    }
+    if (std::isfinite(loss)) spikes.add(loss);
+    ++state.step;
+    ++steps_this_run;
+    state.tokens += static_cast<std::uint64_t>(tokens_per_step);
+    state.next_sample += static_cast<std::uint64_t>(s.global_batch);
+    result.last_loss = loss;
+
+    const double step_s = seconds_since(t0);
+    const double tok_s = static_cast<double>(tokens_per_step) / step_s;
+    const double mfu = flops_per_token * tok_s * 1e-9 / peak;
+    const double run_s = seconds_since(loop_start);
+    metrics.write(fmt::format(
+        R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}}})",
+        state.step, state.tokens, json_number(loss), json_number(lr), json_number(norm),
+        json_number(tok_s), json_number(mfu), json_number(elapsed_before + run_s),
+        skip_reason.empty() ? "false" : "true"));
+    if (options.progress && (state.step % s.log_every == 0 || state.step == s.steps)) {
+      const double eta =
+          run_s / static_cast<double>(steps_this_run) * static_cast<double>(s.steps - state.step);
+      fmt::print(
+          "step {:>{}}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU "
+          "{:.1f}% | ETA {}{}\n",
+          state.step, fmt::formatted_size("{}", s.steps), s.steps, loss, lr, norm, tok_s, 100 * mfu,
+          format_duration(eta), skip_reason.empty() ? "" : " | skipped");
+      std::fflush(stdout);
+    }
+
+    const bool last = state.step == s.steps;
+    if (!last && s.eval_every > 0 && state.step % s.eval_every == 0) run_validation();
+    if (!last && s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0) save();
+    if (!last && g_stop_signal != 0) {
+      result.stopped = true;
+      result.stop_reason = g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+    } else if (!last && options.stop_at_step > 0 && state.step >= options.stop_at_step) {
+      result.stopped = true;
+      result.stop_reason = fmt::format("--stop-at-step {}", options.stop_at_step);
+    } else if (!last && s.max_minutes > 0 && seconds_since(wall_start) >= 60 * s.max_minutes) {
+      result.stopped = true;
+      result.stop_reason = fmt::format("the {} minute limit", s.max_minutes);
+    }
+    if (result.stopped) break;
+  }
+
+  if (!result.stopped) run_validation();
+  if (checkpointed_step != state.step) save();
+  result.steps = state.step;
+  result.skipped_steps = state.skipped_steps;
+  metrics.write(fmt::format(R"({{"kind":"run","event":"{}","step":{},"tokens":{}}})",
+                            result.stopped ? "stop" : "end", state.step, state.tokens));
+  if (options.progress) {
+    if (result.stopped) {
+      fmt::print(
+          "stopped by {} at step {}/{}; `borealis train` with the same config resumes from "
+          "{}\n",
+          result.stop_reason, state.step, s.steps, result.last_checkpoint.string());
+    } else {
+      fmt::print("done: {} steps, {} tokens, {} skipped updates, {} of training\n", state.step,
+                 state.tokens, state.skipped_steps,
+                 format_duration(elapsed_before + seconds_since(loop_start)));
+      if (result.valid_loss >= 0) {
+        fmt::print(
+            "validation loss {:.4f} nats; unigram entropy of the validation tokens {:.4f} "
+            "nats ({:+.4f})\n",
+            result.valid_loss, result.unigram_entropy, result.valid_loss - result.unigram_entropy);
+      }
+      fmt::print("checkpoint: {}\n", result.last_checkpoint.string());
+    }
+    std::fflush(stdout);
+  }
+  return result;
+}
+
+}  // namespace borealis

@@ -1,0 +1,47 @@
+// `borealis train`: one training run from a resolved configuration.
+//
+// The run directory holds config.toml (the resolved configuration),
+// metrics.jsonl (a line per step and per validation) and checkpoints/. A run
+// resumes from its newest checkpoint that verifies and continues exactly:
+// N steps, stop, M more give bit-identical losses and weights to N + M steps
+// in one go (same thread count).
+//
+// SIGINT and SIGTERM (and train.max_minutes) end the run after the current
+// step with a checkpoint and a clean exit; a second signal exits at once.
+// A non-finite loss or gradient norm, or a loss spike (train.spike_zscore),
+// skips the update; skipped steps are counted and logged.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "core/config.h"
+
+namespace borealis {
+
+struct TrainRunOptions {
+  // "auto": resume from the newest good checkpoint if any; "never": fail if
+  // the run directory has checkpoints; otherwise a checkpoint directory.
+  std::string resume = "auto";
+  bool progress = true;  // console lines and progress bars
+  // Stop as on a signal once this step is done (0: never); for splitting a
+  // run into jobs of a fixed number of steps.
+  std::int64_t stop_at_step = 0;
+};
+
+struct TrainRunResult {
+  std::int64_t first_step = 0;  // the step the run started (or resumed) from
+  std::int64_t steps = 0;       // completed steps at the end
+  std::int64_t skipped_steps = 0;
+  double last_loss = 0;         // of the last step
+  double valid_loss = -1;       // the last validation (-1: none)
+  double unigram_entropy = -1;  // of the validation targets, in nats (-1: no validation)
+  bool stopped = false;         // by a signal or the time limit
+  std::string stop_reason;
+  std::filesystem::path last_checkpoint;
+};
+
+TrainRunResult run_training(const Config& config, const TrainRunOptions& options);
+
+}  // namespace borealis

@@ -1,0 +1,352 @@
+// borealis train end to end on a small synthetic corpus: learning, exact
+// resume (twice, across epochs of the mixture's files), checkpoint damage,
+// signals, skipped updates and config errors.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "data/indexed_dataset.h"
+#include "test_util.h"
+#include "tokenizer/hf_json.h"
+#include "tokenizer/train.h"
+#include "train/checkpoint.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
+
+namespace borealis {
+namespace {
+
+namespace fs = std::filesystem;
+using test::TempDir;
+
+// Three corpora of short, very regular documents (so that a tiny model beats
+// the unigram baseline in a few dozen steps), a tokenizer trained on them,
+// and a data list; small files so that runs cross epoch boundaries.
+class TrainFixture {
+ public:
+  TrainFixture() {
+    std::mt19937 rng(7);
+    const std::vector<std::string> words = {"alpha", "beta",  "gamma", "delta", "epsilon", "zeta",
+                                            "eta",   "theta", "iota",  "kappa", "lambda",  "mu"};
+    std::vector<std::vector<std::string>> corpora(3);
+    std::vector<std::string> all;
+    for (int c = 0; c < 3; ++c) {
+      for (int d = 0; d < 12; ++d) {
+        // Words in a fixed cycle (corpus c steps by c + 1) from a random start.
+        std::string doc;
+        std::size_t w = rng() % words.size();
+        for (int k = 0; k < 24; ++k, w = (w + c + 1) % words.size()) doc += words[w] + " ";
+        corpora[static_cast<std::size_t>(c)].push_back(doc);
+        all.push_back(doc);
+      }
+    }
+    BpeTrainOptions opt;
+    opt.vocab_size = 300;
+    opt.progress = false;
+    const Tokenizer tok = train_bpe_documents(all, opt);
+    tokenizer_ = dir_ / "tok.json";
+    test::write_file(tokenizer_, hf_tokenizer_json(tok));
+    const Tokenizer loaded = Tokenizer::load(tokenizer_);
+    std::string list;
+    for (int c = 0; c < 3; ++c) {
+      const fs::path prefix = dir_ / ("corpus" + std::to_string(c));
+      IndexedDatasetWriter w(prefix, token_type_for_vocab(loaded.vocab_size()));
+      for (const auto& doc : corpora[static_cast<std::size_t>(c)]) {
+        auto ids = loaded.encode(doc);
+        ids.push_back(*loaded.eod_id());
+        w.add_document(ids);
+      }
+      w.commit();
+      list += fmt::format("{} {} c{}\n", c == 0 ? 2 : 1, prefix.string(), c);
+    }
+    data_list_ = dir_ / "list.txt";
+    test::write_file(data_list_, list);
+  }
+
+  // A config for a tiny llama on this corpus.
+  std::string config(const fs::path& run_dir, const std::string& extra = "") const {
+    return fmt::format(R"([model]
+preset = "llama-tiny"
+max_seq = 32
+[data]
+data_list = "{}"
+tokenizer = "{}"
+seq_len = 32
+split = [80, 20, 0]
+[optim]
+lr = 3e-3
+lr_min = 3e-4
+warmup_steps = 2
+[train]
+run_dir = "{}"
+steps = 12
+micro_batch = 2
+global_batch = 4
+[checkpoint]
+every = 4
+keep = 2
+[eval]
+every = 4
+batches = 2
+{})",
+                       data_list_.string(), tokenizer_.string(), run_dir.string(), extra);
+  }
+
+  fs::path write_config(const std::string& name, const fs::path& run_dir,
+                        const std::string& extra = "") const {
+    const fs::path path = dir_ / name;
+    test::write_file(path, config(run_dir, extra));
+    return path;
+  }
+
+  const TempDir& dir() const { return dir_; }
+
+ private:
+  TempDir dir_;
+  fs::path tokenizer_, data_list_;
+};
+
+Config load(const fs::path& file, const std::vector<std::string>& overrides = {}) {
+  return load_config(train_config_schema(), file, overrides);
+}
+
+TrainRunResult train(const fs::path& file, const std::vector<std::string>& overrides = {},
+                     std::int64_t stop_at = 0, const std::string& resume = "auto") {
+  TrainRunOptions o;
+  o.progress = false;
+  o.stop_at_step = stop_at;
+  o.resume = resume;
+  return run_training(load(file, overrides), o);
+}
+
+// step -> loss of the "train" records (the last record of a step wins).
+std::map<std::int64_t, double> train_losses(const fs::path& run_dir) {
+  std::map<std::int64_t, double> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["kind"] == "train") out[j["step"].get<std::int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
+}
+
+std::string model_bytes(const fs::path& checkpoint) {
+  return test::read_file(checkpoint / "model.safetensors");
+}
+
+TEST(Trainer, LearnsWellBelowTheUnigramBaseline) {
+  TrainFixture f;
+  const fs::path run = f.dir() / "run";
+  const auto r = train(f.write_config("c.toml", run),
+                       {"train.steps=60", "checkpoint.every=0", "optim.lr=1e-2", "eval.batches=4"});
+  EXPECT_EQ(r.steps, 60);
+  EXPECT_EQ(r.skipped_steps, 0);
+  ASSERT_GT(r.unigram_entropy, 2.0);
+  EXPECT_LT(r.valid_loss, r.unigram_entropy - 1.0);
+  // The run directory: resolved config, metrics, the final checkpoint.
+  EXPECT_TRUE(fs::exists(run / "config.toml"));
+  EXPECT_EQ(train_losses(run).size(), 60u);
+  EXPECT_EQ(r.last_checkpoint, run / "checkpoints" / "step-00000060");
+  const CheckpointInfo info = verify_checkpoint(r.last_checkpoint);
+  EXPECT_EQ(info.state.step, 60);
+  EXPECT_EQ(info.state.tokens, 60u * 4 * 32);
+  EXPECT_EQ(info.state.next_sample, 60u * 4);
+  EXPECT_TRUE(fs::exists(r.last_checkpoint / "tokenizer.json"));
+}
+
+TEST(Trainer, ResumeIsExactWhenStoppedTwice) {
+  TrainFixture f;
+  // 12 steps x 4 samples = 48 samples: every file (9 training documents of
+  // about 30 tokens, a few samples per epoch) passes epoch boundaries.
+  const fs::path whole = f.dir() / "whole", split = f.dir() / "split";
+  const auto a = train(f.write_config("a.toml", whole));
+  EXPECT_FALSE(a.stopped);
+  const fs::path cfg = f.write_config("b.toml", split);
+  const auto b1 = train(cfg, {}, 3);  // stops between checkpoints
+  EXPECT_TRUE(b1.stopped);
+  EXPECT_EQ(b1.steps, 3);
+  const auto b2 = train(cfg, {}, 9);
+  EXPECT_EQ(b2.first_step, 3);
+  EXPECT_EQ(b2.steps, 9);
+  const auto b3 = train(cfg);
+  EXPECT_EQ(b3.first_step, 9);
+  EXPECT_EQ(b3.steps, 12);
+
+  const auto la = train_losses(whole), lb = train_losses(split);
+  ASSERT_EQ(la.size(), 12u);
+  ASSERT_EQ(lb.size(), 12u);
+  for (const auto& [step, loss] : la) EXPECT_EQ(loss, lb.at(step)) << "step " << step;
+  EXPECT_EQ(a.valid_loss, b3.valid_loss);
+  EXPECT_EQ(model_bytes(a.last_checkpoint), model_bytes(b3.last_checkpoint));
+  EXPECT_EQ(test::read_file(a.last_checkpoint / "optimizer.safetensors"),
+            test::read_file(b3.last_checkpoint / "optimizer.safetensors"));
+  // keep = 2: only the two newest checkpoints remain.
+  EXPECT_EQ(test::list_dir(split / "checkpoints"),
+            (std::vector<std::string>{"step-00000009", "step-00000012"}));
+}
+
+TEST(Trainer, DamagedCheckpointsAreSkipped) {
+  TrainFixture f;
+  const fs::path run = f.dir() / "run";
+  const fs::path cfg = f.write_config("c.toml", run);
+  train(cfg, {"checkpoint.keep=5"});
+  const fs::path ck = run / "checkpoints";
+  // Flip one byte of the newest model, remove a file of the next, and add a
+  // partial (temporary) directory and one without state.json.
+  {
+    std::fstream file(ck / "step-00000012" / "model.safetensors",
+                      std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(200);
+    char c = 0;
+    file.read(&c, 1);
+    file.seekp(200);
+    c = static_cast<char>(c ^ 0x10);
+    file.write(&c, 1);
+  }
+  fs::remove(ck / "step-00000008" / "optimizer.safetensors");
+  fs::create_directory(ck / "step-00000013.tmp-99999");
+  fs::create_directory(ck / "step-00000020");
+  std::vector<std::pair<fs::path, std::string>> skipped;
+  const auto found = latest_checkpoint(ck, skipped);
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->state.step, 4);
+  ASSERT_EQ(skipped.size(), 3u);
+  EXPECT_EQ(skipped[0].first.filename(), "step-00000020");
+  EXPECT_EQ(skipped[0].second, "state.json is missing");
+  EXPECT_EQ(skipped[1].second, "model.safetensors does not match its checksum");
+  EXPECT_EQ(skipped[2].second, "optimizer.safetensors is missing");
+  // A truncated state.json and a file of another size are caught too.
+  const std::string state = test::read_file(ck / "step-00000004" / "state.json");
+  test::write_file(ck / "step-00000020" / "state.json", state.substr(0, state.size() / 2));
+  EXPECT_NE(test::error_line([&] {
+              verify_checkpoint(ck / "step-00000020");
+            }).find("state.json is not a JSON object"),
+            std::string::npos);
+  // Resuming continues from step 4 and ends where an uninterrupted run does.
+  const auto r = train(cfg, {"checkpoint.keep=5"});
+  EXPECT_EQ(r.first_step, 4);
+  EXPECT_EQ(r.steps, 12);
+  const fs::path whole = f.dir() / "whole";
+  const auto w = train(f.write_config("w.toml", whole));
+  EXPECT_EQ(model_bytes(w.last_checkpoint), model_bytes(r.last_checkpoint));
+}
+
+TEST(Trainer, ResumeRefusesAChangedTrajectory) {
+  TrainFixture f;
+  const fs::path run = f.dir() / "run";
+  const fs::path cfg = f.write_config("c.toml", run);
+  train(cfg, {}, 4);
+  EXPECT_NE(test::error_line([&] {
+              train(cfg, {"optim.lr=1e-3"});
+            }).find("optim.lr is 0.001 here but was 0.003 in the run being resumed"),
+            std::string::npos);
+  // Other keys may change (here: logging and the number of checkpoints kept).
+  const auto r = train(cfg, {"train.log_every=5", "checkpoint.keep=1"});
+  EXPECT_EQ(r.first_step, 4);
+  EXPECT_EQ(test::error_line([&] { train(cfg, {}, 0, "never"); }).rfind("error: the run", 0), 0u);
+}
+
+TEST(Trainer, SkipsNonFiniteAndSpikingUpdates) {
+  TrainFixture f;
+  // A learning rate this large sends the weights to infinity after the
+  // first update: every later step has a non-finite loss and is skipped.
+  const auto r = train(f.write_config("c.toml", f.dir() / "inf"),
+                       {"optim.lr=1e38", "optim.lr_min=0", "optim.warmup_steps=0",
+                        "optim.grad_clip=0", "eval.batches=0"});
+  EXPECT_EQ(r.steps, 12);
+  EXPECT_GE(r.skipped_steps, 10);
+  // With a z-score threshold of zero... almost: any loss above the mean of
+  // the last two is a spike.
+  const auto s = train(f.write_config("s.toml", f.dir() / "spike"),
+                       {"train.spike_zscore=1e-9", "train.spike_window=2", "optim.lr=1"});
+  EXPECT_GT(s.skipped_steps, 0);
+  EXPECT_LT(s.skipped_steps, 12);
+  std::int64_t flagged = 0;
+  std::ifstream in(f.dir() / "spike" / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["kind"] == "train" && j["skipped"].get<bool>()) ++flagged;
+  }
+  EXPECT_EQ(flagged, s.skipped_steps);
+}
+
+TEST(Trainer, ConfigErrors) {
+  TrainFixture f;
+  const fs::path cfg = f.write_config("c.toml", f.dir() / "run");
+  auto err = [&](const std::vector<std::string>& overrides) {
+    return test::error_line([&] { train(cfg, overrides); });
+  };
+  EXPECT_NE(err({"train.global_batch=5"}).find("not a multiple of train.micro_batch"),
+            std::string::npos);
+  EXPECT_NE(err({"data.seq_len=64"}).find("longer than the model's max_seq 32"), std::string::npos);
+  EXPECT_NE(err({"data.data_list="}).find("data.data_list is required"), std::string::npos);
+  EXPECT_NE(err({"data.split=0,1,1"}).find("nothing to train on"), std::string::npos);
+  EXPECT_NE(err({"model.n_head=3"}).find("not a multiple of n_head"), std::string::npos);
+  test::write_file(f.dir() / "bad.toml", "[train]\nsetps = 3\n");
+  EXPECT_EQ(test::error_line([&] { load(f.dir() / "bad.toml"); }),
+            "error: unknown key 'train.setps'; did you mean 'train.steps'? (" +
+                (f.dir() / "bad.toml").string() + ":2:9)");
+}
+
+// SIGTERM: the run finishes its step, writes a checkpoint and exits 0; the
+// same command then resumes it to the end.
+TEST(Trainer, SigtermCheckpointsAndExitsCleanly) {
+  TrainFixture f;
+  const fs::path run = f.dir() / "run";
+  const fs::path cfg = f.write_config("c.toml", run);
+  const std::vector<std::string> args = {
+      "--threads",          "1",     "train",          cfg.string(), "--set",
+      "train.steps=100000", "--set", "eval.batches=0", "-q"};
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::vector<char*> argv;
+    std::string bin = BOREALIS_BIN;
+    argv.push_back(bin.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  // Wait until it has logged a few steps.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline && train_losses(run).size() < 3) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(train_losses(run).size(), 3u);
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  std::vector<std::pair<fs::path, std::string>> skipped;
+  const auto ck = latest_checkpoint(run / "checkpoints", skipped);
+  ASSERT_TRUE(ck.has_value());
+  EXPECT_TRUE(skipped.empty());
+  const std::int64_t stopped_at = ck->state.step;
+  EXPECT_GE(stopped_at, 3);
+  EXPECT_EQ(train_losses(run).rbegin()->first, stopped_at);
+  // Resume for two more steps.
+  const auto r =
+      test::run_borealis({"train", cfg.string(), "--set", "train.steps=100000", "--set",
+                          "eval.batches=0", "--stop-at-step", std::to_string(stopped_at + 2)});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("stopped by --stop-at-step"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("resuming from"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace borealis

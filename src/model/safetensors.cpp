@@ -102,4 +102,35 @@ void load_safetensors(const std::filesystem::path& path, const ParamLayout& layo
   }
 }
 
+std::map<std::string, std::string> load_safetensors_metadata(const std::filesystem::path& path) {
+  const std::string where = path.string();
+  const MappedFile file(path);
+  std::uint64_t length = 0;
+  if (file.size() < sizeof(length)) throw Error("not a safetensors file: too short", where);
+  std::memcpy(&length, file.data(), sizeof(length));
+  if (length > kMaxHeader || length > file.size() - sizeof(length)) {
+    throw Error(fmt::format("not a safetensors file: header length {} does not fit the file of "
+                            "{} bytes",
+                            length, file.size()),
+                where);
+  }
+  std::map<std::string, std::string> metadata;
+  try {
+    const nlohmann::json header = nlohmann::json::parse(file.text().substr(sizeof(length), length));
+    if (!header.is_object()) throw Error("not a safetensors file: header is not an object", where);
+    const auto it = header.find("__metadata__");
+    if (it == header.end()) return metadata;
+    if (!it->is_object()) throw Error("__metadata__ is not an object", where);
+    for (const auto& [key, value] : it->items()) {
+      if (!value.is_string()) {
+        throw Error(fmt::format("__metadata__ value of '{}' is not a string", key), where);
+      }
+      metadata[key] = value.get<std::string>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("not a safetensors file: bad JSON header: {}", e.what()), where);
+  }
+  return metadata;
+}
+
 }  // namespace borealis

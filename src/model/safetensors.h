@@ -26,4 +26,9 @@ void save_safetensors(const std::filesystem::path& path, const ParamLayout& layo
 // shape, or when the file holds tensors the layout does not have.
 void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout, float* params);
 
+// The header's "__metadata__" string map (empty when the file has none).
+// Throws borealis::Error naming the file when it is not a safetensors file or
+// the metadata is not a map of strings.
+std::map<std::string, std::string> load_safetensors_metadata(const std::filesystem::path& path);
+
 }  // namespace borealis

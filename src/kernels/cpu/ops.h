@@ -70,6 +70,11 @@ template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
                         int seq, int NH, int NKV, int HD);
 
+// The key/value-cache attention of Backend::attention_kv_forward.
+template <typename T>
+void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0, int NH,
+                          int NKV, int HD);
+
 // Column sums of x[N, C] added to out[C], over fixed row blocks (deterministic).
 template <typename T>
 void column_sum_accumulate(T* out, const T* x, int N, int C);

@@ -77,7 +77,8 @@ class CpuBackend final : public Backend<T> {
     cpu::attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
   }
   void rope_forward_at(T* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) override {
-    const RopeTable& r = rope_table(pos0 + N, HD, theta);
+    // The table grows in steps of 256 positions, not at every decode step.
+    const RopeTable& r = rope_table((pos0 + N + 255) / 256 * 256, HD, theta);
     // Rows of the table are positions: start it at pos0 and the N rows take
     // positions pos0 .. pos0+N-1.
     const std::size_t at = static_cast<std::size_t>(pos0) * (HD / 2);

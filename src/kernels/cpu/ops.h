@@ -18,6 +18,12 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
           int ldb, T beta, T* C, int ldc);
 
+// y[M] = alpha * op(A) x + beta * y with A row-major [M, N] (op(A) = A^T
+// when trans, then y has N elements and x M). For single rows, where GEMM
+// pays for packing a whole matrix to use it once.
+template <typename T>
+void gemv(bool trans, int M, int N, T alpha, const T* A, int lda, const T* x, T beta, T* y);
+
 template <typename T>
 void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
                        int seq, int C);

@@ -4,8 +4,8 @@
 // at position p sees cache rows 0..p, its own included. As in training's
 // attention_forward, a block of up to kBlock query rows of one head is one
 // GEMM against the cached keys, a softmax in place and a second GEMM with the
-// cached values. A decode step (N = 1) is then NH small row-times-matrix
-// products; they run on one thread unless the context makes them worth a team.
+// cached values; a decode step (N = 1) uses matrix-vector products instead.
+// They run on one thread unless the context makes them worth a team.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -50,7 +50,11 @@ void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int
       const T* q = qkv + static_cast<std::size_t>(t0) * S + static_cast<std::size_t>(h) * HD;
       const T* k = kcache + static_cast<std::size_t>(h / group) * HD;
       const T* v = vcache + static_cast<std::size_t>(h / group) * HD;
-      gemm<T>(false, true, nq, tk, HD, scale, q, S, k, KW, T(0), sc.get(), tk);
+      if (nq == 1) {
+        gemv<T>(false, tk, HD, scale, k, KW, q, T(0), sc.get());
+      } else {
+        gemm<T>(false, true, nq, tk, HD, scale, q, S, k, KW, T(0), sc.get(), tk);
+      }
       for (int i = 0; i < nq; ++i) {
         T* row = sc.get() + static_cast<std::size_t>(i) * tk;
         const int len = pos0 + t0 + i + 1;
@@ -70,7 +74,11 @@ void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int
         std::fill(row + len, row + tk, T(0));
       }
       T* o = out + static_cast<std::size_t>(t0) * C + static_cast<std::size_t>(h) * HD;
-      gemm<T>(false, false, nq, HD, tk, T(1), sc.get(), tk, v, KW, T(0), o, C);
+      if (nq == 1) {
+        gemv<T>(true, tk, HD, T(1), v, KW, sc.get(), T(0), o);
+      } else {
+        gemm<T>(false, false, nq, HD, tk, T(1), sc.get(), tk, v, KW, T(0), o, C);
+      }
     }
   }
 }

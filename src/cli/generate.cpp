@@ -150,7 +150,9 @@ void run_generate(const GenerateArgs& a) {
   if (prompt.size() > static_cast<std::size_t>(cfg.max_seq)) {
     throw Error(fmt::format("prompt is {} tokens, longer than the model's context of {} tokens",
                             prompt.size(), cfg.max_seq),
-                a.prompt_file ? *a.prompt_file : "--prompt");
+                !a.prompt_file          ? "--prompt"
+                : *a.prompt_file == "-" ? "stdin"
+                                        : *a.prompt_file);
   }
   const std::uint64_t seed = a.seed ? *a.seed : std::random_device{}();
   if (!a.seed) spdlog::info("seed {} (pass --seed {} to repeat this output)", seed, seed);
@@ -167,9 +169,11 @@ void run_generate(const GenerateArgs& a) {
   // An unconditional start token is not echoed (it is not part of the user's text).
   const bool echo = a.echo && !text.empty();
 
+  // Ids the tokenizer can print: a model vocabulary larger than the
+  // tokenizer's (padding rows that were never trained) is not sampled from.
+  const std::size_t printable = tok.vocab_size();
   std::int64_t generated = 0;
-  double decode_s = 0;
-  std::int64_t decode_steps = 0;
+  double generate_s = 0;  // sampling, decode steps and printing, after the prefill
   bool hit_context = false;
   for (int s = 0; s < a.num_samples; ++s) {
     if (a.num_samples > 1) {
@@ -182,8 +186,9 @@ void run_generate(const GenerateArgs& a) {
     Sampler sampler(sampling, seed + static_cast<std::uint64_t>(s));
     TextStream out(tok, prompt, echo);
     std::span<const float> logits = prompt_logits;
+    const Clock::time_point t = Clock::now();
     for (int i = 0; i < a.max_tokens; ++i) {
-      const std::int32_t next = sampler.sample(logits);
+      const std::int32_t next = sampler.sample(logits.first(printable));
       if (a.stop_at_eod && eod && static_cast<std::uint32_t>(next) == *eod) break;
       ++generated;
       out.push(static_cast<std::uint32_t>(next));
@@ -192,12 +197,10 @@ void run_generate(const GenerateArgs& a) {
         hit_context = true;
         break;
       }
-      const Clock::time_point t = Clock::now();
       logits = run.decode(next);
-      decode_s += seconds(t, Clock::now());
-      ++decode_steps;
     }
     out.finish();
+    generate_s += seconds(t, Clock::now());
   }
   if (hit_context) {
     std::fprintf(stderr, "note: stopped at the model's context of %d tokens\n", cfg.max_seq);
@@ -207,8 +210,8 @@ void run_generate(const GenerateArgs& a) {
                "decode %.1f tokens/s (%.2f ms/token)\n",
                ids.size(), static_cast<double>(ids.size()) / prefill_s, prefill_s,
                static_cast<long long>(generated),
-               decode_steps > 0 ? static_cast<double>(decode_steps) / decode_s : 0.0,
-               decode_steps > 0 ? 1e3 * decode_s / static_cast<double>(decode_steps) : 0.0);
+               generated > 0 ? static_cast<double>(generated) / generate_s : 0.0,
+               generated > 0 ? 1e3 * generate_s / static_cast<double>(generated) : 0.0);
 }
 
 }  // namespace

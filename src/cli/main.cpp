@@ -50,6 +50,7 @@ int run(int argc, char** argv) {
   commands.push_back(cli::add_data(app));
   commands.push_back(cli::add_train(app));
   commands.push_back(cli::add_bench(app));
+  commands.push_back(cli::add_generate(app));
 
   try {
     app.parse(argc, argv);

@@ -86,6 +86,17 @@ class Backend {
   virtual void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse,
                                   int B, int seq, int NH, int NKV, int HD) = 0;
 
+  // Inference with a key/value cache, one sequence at a time. rope_forward_at
+  // rotates the q and k heads of N packed qkv rows whose positions are
+  // pos0 .. pos0+N-1 (rope_forward's math, at an offset).
+  virtual void rope_forward_at(T* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) = 0;
+  // Appends the k and v heads of N packed qkv rows (positions pos0 ..
+  // pos0+N-1) to kcache and vcache ([capacity, NKV*HD] each, one row per
+  // position), then writes to out [N, NH*HD] the causal attention of each
+  // query row over cache rows 0 .. pos0+i (attention_forward's math; no lse).
+  virtual void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0,
+                                    int NH, int NKV, int HD) = 0;
+
   // Softmax cross-entropy over the first V of Vp logits per row (columns
   // V..Vp-1 are vocabulary padding and are masked out). Writes losses[N]
   // and, when dloss != 0, overwrites logits with d(dloss * sum of losses)/dlogits

@@ -83,6 +83,14 @@ class TimedBackend final : public Backend<T> {
     time("attention",
          [&] { inner_.attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD); });
   }
+  void rope_forward_at(T* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) override {
+    time("rope", [&] { inner_.rope_forward_at(qkv, N, pos0, NH, NKV, HD, theta); });
+  }
+  void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0, int NH,
+                            int NKV, int HD) override {
+    time("attention",
+         [&] { inner_.attention_kv_forward(out, kcache, vcache, qkv, N, pos0, NH, NKV, HD); });
+  }
   void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets, int N,
                                      int V, int Vp, T dloss) override {
     time("softmax cross-entropy",

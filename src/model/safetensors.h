@@ -46,4 +46,5 @@ std::map<std::string, std::string> read_safetensors_metadata(const std::filesyst
 // shape, or when the file holds tensors the layout does not have.
 void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout, float* params);
 
+
 }  // namespace borealis

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/mapped_file.h"
+#include "model/checkpoint_load.h"
 #include "model/safetensors.h"
 
 namespace borealis {
@@ -87,7 +88,7 @@ fs::path save_checkpoint(const fs::path& checkpoints, const TrainState& state,
   fs::create_directory(tmp);
 
   save_safetensors(tmp / kModelFile, layout, params,
-                   {{"borealis.model", model_config_to_json(model)}, {"format", "pt"}});
+                   {{kModelConfigKey, model_config_to_json(model)}, {"format", "pt"}});
   save_safetensors(
       tmp / kOptimizerFile, layout,
       std::vector<TensorGroup>{{"m.", optimizer.m().data()}, {"v.", optimizer.v().data()}});

@@ -164,6 +164,14 @@ TEST(Trainer, LearnsWellBelowTheUnigramBaseline) {
   EXPECT_EQ(info.state.tokens, 60u * 4 * 32);
   EXPECT_EQ(info.state.next_sample, 60u * 4);
   EXPECT_TRUE(fs::exists(r.last_checkpoint / "tokenizer.json"));
+  // The run directory is enough to generate from: greedy decoding goes on
+  // with words of the learned cycles in order.
+  const auto g =
+      test::run_borealis({"generate", "--checkpoint", run.string(), "--prompt", "alpha beta gamma",
+                          "--max-tokens", "12", "--temperature", "0"});
+  EXPECT_EQ(g.exit_code, 0) << g.err;
+  EXPECT_EQ(g.out.rfind("alpha beta gamma ", 0), 0u) << g.out;
+  EXPECT_NE(g.out.find("theta iota kappa"), std::string::npos) << g.out;
 }
 
 TEST(Trainer, ResumeIsExactWhenStoppedTwice) {

@@ -76,6 +76,18 @@ class CpuBackend final : public Backend<T> {
                           int seq, int NH, int NKV, int HD) override {
     cpu::attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
   }
+  void rope_forward_at(T* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) override {
+    // The table grows in steps of 256 positions, not at every decode step.
+    const RopeTable& r = rope_table((pos0 + N + 255) / 256 * 256, HD, theta);
+    // Rows of the table are positions: start it at pos0 and the N rows take
+    // positions pos0 .. pos0+N-1.
+    const std::size_t at = static_cast<std::size_t>(pos0) * (HD / 2);
+    cpu::rope_apply(qkv, r.cos.data() + at, r.sin.data() + at, 1, N, NH, NKV, HD, false);
+  }
+  void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0, int NH,
+                            int NKV, int HD) override {
+    cpu::attention_kv_forward(out, kcache, vcache, qkv, N, pos0, NH, NKV, HD);
+  }
   void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets, int N,
                                      int V, int Vp, T dloss) override {
     cpu::crossentropy_forward_backward(logits, losses, targets, N, V, Vp, dloss);

@@ -18,6 +18,12 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
           int ldb, T beta, T* C, int ldc);
 
+// y[M] = alpha * op(A) x + beta * y with A row-major [M, N] (op(A) = A^T
+// when trans, then y has N elements and x M). For single rows, where GEMM
+// pays for packing a whole matrix to use it once.
+template <typename T>
+void gemv(bool trans, int M, int N, T alpha, const T* A, int lda, const T* x, T beta, T* y);
+
 template <typename T>
 void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
                        int seq, int C);
@@ -69,6 +75,11 @@ void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
                         int seq, int NH, int NKV, int HD);
+
+// The key/value-cache attention of Backend::attention_kv_forward.
+template <typename T>
+void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0, int NH,
+                          int NKV, int HD);
 
 // Column sums of x[N, C] added to out[C], over fixed row blocks (deterministic).
 template <typename T>

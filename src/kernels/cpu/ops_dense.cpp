@@ -36,6 +36,18 @@ void gemm<double>(bool trans_a, bool trans_b, int M, int N, int K, double alpha,
               C, ldc);
 }
 
+template <>
+void gemv<float>(bool trans_a, int M, int N, float alpha, const float* A, int lda, const float* x,
+                 float beta, float* y) {
+  cblas_sgemv(CblasRowMajor, trans(trans_a), M, N, alpha, A, lda, x, 1, beta, y, 1);
+}
+
+template <>
+void gemv<double>(bool trans_a, int M, int N, double alpha, const double* A, int lda,
+                  const double* x, double beta, double* y) {
+  cblas_dgemv(CblasRowMajor, trans(trans_a), M, N, alpha, A, lda, x, 1, beta, y, 1);
+}
+
 template <typename T>
 void column_sum_accumulate(T* out, const T* x, int N, int C) {
   const int blocks = (N + kReduceRows - 1) / kReduceRows;
@@ -122,6 +134,11 @@ void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int 
     }
   }
   const T beta = (accumulate || bias != nullptr) ? T(1) : T(0);
+  if (N == 1) {
+    // One row (a decode step of inference): w times a vector, no packing.
+    gemv<T>(false, OC, C, T(1), w, C, inp, beta, out);
+    return;
+  }
   gemm<T>(false, true, N, OC, C, T(1), inp, C, w, C, beta, out, OC);
 }
 

@@ -199,6 +199,14 @@ void write_data(const std::filesystem::path& dir, const Series& s) {
 }
 
 // Commands that draw one chart against steps or tokens on the current terminal.
+// A line through one point draws nothing: a lone point is marked instead.
+std::string style_for(const Series& s, bool text) {
+  if (s.points.size() != 1 || !(s.style == "lines" || s.style.starts_with("lines "))) {
+    return s.style;
+  }
+  return text ? "points pt 'o'" : "linespoints pt 7 ps 1.2" + s.style.substr(5);
+}
+
 // `text`: for the dumb terminal, where a grid and a key box are clutter.
 std::string chart_script(const Chart& c, bool tokens, const Unit& token_unit,
                          const std::string& run, const std::filesystem::path& data_dir, bool text) {
@@ -224,7 +232,7 @@ std::string chart_script(const Chart& c, bool tokens, const Unit& token_unit,
         tokens ? (token_unit.divisor == 1 ? "2" : fmt::format("($2/{})", token_unit.divisor)) : "1";
     const std::string y = series.y_unit == 1 ? "3" : fmt::format("($3/{})", series.y_unit);
     plot += gnuplot_quote((data_dir / series.file).string()) + " using " + x + ":" + y +
-            (series.y2 ? " axes x1y2" : "") + " with " + series.style + " title " +
+            (series.y2 ? " axes x1y2" : "") + " with " + style_for(series, text) + " title " +
             gnuplot_quote(series.title);
   }
   return s + plot + "\n";

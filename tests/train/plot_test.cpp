@@ -5,11 +5,15 @@
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "core/text.h"
 #include "test_util.h"
 #include "train/metrics_reader.h"
 #include "train/plot.h"
@@ -411,6 +415,41 @@ TEST(PlotCli, MissingOrFailingGnuplot) {
   r = run_borealis({"plot", dir.path().string()}, {"PATH=" + bin.string()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(contains(r.err, "no PNG terminal")) << r.err;
+}
+
+// The real gnuplot, found on PATH.
+std::filesystem::path real_gnuplot() {
+  for (const auto& dir : split(std::getenv("PATH") != nullptr ? std::getenv("PATH") : "", ':')) {
+    const auto candidate = std::filesystem::path(dir) / "gnuplot";
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return {};
+}
+
+TEST(PlotCli, FallsBackToThePngTerminal) {
+  const auto gnuplot = real_gnuplot();
+  ASSERT_FALSE(gnuplot.empty()) << "gnuplot is not installed (scripts/setup.sh)";
+  TempDir dir;
+  write_file(dir / "metrics.jsonl", synthetic_run(true));
+  const auto bin = dir / "bin";
+  std::filesystem::create_directories(bin);
+  // A gnuplot that says it has no pngcairo terminal.
+  write_file(bin / "gnuplot",
+             "#!/bin/sh\n"
+             "if [ \"$1\" = -e ]; then echo '5.4 patchlevel 4'; echo ' dumb png'; exit 0; fi\n"
+             "exec '" +
+                 gnuplot.string() + "' \"$@\"\n");
+  std::filesystem::permissions(bin / "gnuplot", std::filesystem::perms::owner_all);
+  const RunResult r = run_borealis(
+      {"plot", dir.path().string(), "--x", "steps", "--width", "500", "--height", "300"},
+      {"PATH=" + bin.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "wrote 4 PNG files (png terminal, 500x300)")) << r.out;
+  for (const auto& c : kCharts) {
+    const PngSize size = png_size(dir / "plots" / (c + "_steps.png"));
+    EXPECT_EQ(size.width, 500u) << c;
+    EXPECT_EQ(size.height, 300u) << c;
+  }
 }
 
 }  // namespace

@@ -133,7 +133,7 @@ std::vector<Chart> build_charts(const MetricsLog& log, double smooth) {
   }
 
   Series smoothed = series("train_loss_ema.dat", "lines lw 2 lc rgb '#08306b'",
-                           fmt::format("train, EMA {:.2f}", smooth));
+                           fmt::format("train, EMA {:.3g}", smooth));
   if (smooth > 0) {
     smoothed.points = ema(raw.points, smooth);
     raw.style = "lines lw 1 lc rgb '#9ecae1'";
@@ -190,9 +190,13 @@ std::vector<Chart> build_charts(const MetricsLog& log, double smooth) {
   return charts;
 }
 
-void write_data(const std::filesystem::path& dir, const Series& s) {
+void write_data(const std::filesystem::path& dir, const Series& s, std::size_t buckets) {
+  std::vector<double> values;
+  values.reserve(s.points.size());
+  for (const Point& p : s.points) values.push_back(p.value);
   std::string text;
-  for (const Point& p : s.points) {
+  for (const std::size_t i : thin_indices(values, buckets)) {
+    const Point& p = s.points[i];
     text += number(p.step) + ' ' + number(p.tokens) + ' ' + number(p.value) + '\n';
   }
   write_file_atomic(dir / s.file, text);
@@ -212,6 +216,8 @@ std::string chart_script(const Chart& c, bool tokens, const Unit& token_unit,
                          const std::string& run, const std::filesystem::path& data_dir, bool text) {
   std::string s = "reset\nset autoscale xfix\n";
   s += text ? "set key top right nobox\n" : "set grid\nset key top right box opaque\n";
+  // Room for the last x tick label, which autoscale puts on the right edge.
+  if (!text) s += "set rmargin 6\n";
   s += "set title " +
        gnuplot_quote(
            fmt::format("{}: {} by {}", run, c.title, tokens ? "tokens seen" : "optimizer step")) +
@@ -283,9 +289,34 @@ std::string read_text(const std::filesystem::path& path) {
 
 }  // namespace
 
+std::vector<std::size_t> thin_indices(const std::vector<double>& values, std::size_t buckets) {
+  const std::size_t n = values.size();
+  std::vector<std::size_t> keep;
+  if (buckets == 0 || n <= 2 * buckets + 2) {
+    keep.resize(n);
+    for (std::size_t i = 0; i < n; ++i) keep[i] = i;
+    return keep;
+  }
+  keep.reserve(2 * buckets + 2);
+  keep.push_back(0);
+  for (std::size_t b = 0; b < buckets; ++b) {
+    const std::size_t lo = n * b / buckets, hi = n * (b + 1) / buckets;
+    std::size_t low = lo, high = lo;
+    for (std::size_t i = lo; i < hi; ++i) {
+      if (values[i] < values[low]) low = i;
+      if (values[i] > values[high]) high = i;
+    }
+    for (const std::size_t i : {std::min(low, high), std::max(low, high)}) {
+      if (i != keep.back()) keep.push_back(i);
+    }
+  }
+  if (keep.back() != n - 1) keep.push_back(n - 1);
+  return keep;
+}
+
 double auto_smoothing(std::size_t points) {
   if (points <= 100) return 0;
-  return std::min(0.95, 1.0 - 100.0 / static_cast<double>(points));
+  return std::min(0.998, 1.0 - 50.0 / static_cast<double>(points));
 }
 
 PlotReport make_plots(const PlotOptions& o) {
@@ -323,7 +354,7 @@ PlotReport make_plots(const PlotOptions& o) {
   const std::vector<Chart> charts = build_charts(log, report.smooth);
   for (const Chart& c : charts) {
     for (const Series& s : c.series) {
-      if (!s.points.empty()) write_data(scratch.path(), s);
+      if (!s.points.empty()) write_data(scratch.path(), s, static_cast<std::size_t>(o.width));
     }
   }
   std::string run = std::filesystem::weakly_canonical(o.run_dir, ec).filename().string();
@@ -455,7 +486,7 @@ std::string format_summary(const PlotReport& report) {
           e = first ? *r.loss : report.smooth * e + (1 - report.smooth) * *r.loss;
           first = false;
         }
-        s += fmt::format(", last EMA {:.4f} (weight {:.2f})", e, report.smooth);
+        s += fmt::format(", last EMA {:.4f} (weight {:.3g})", e, report.smooth);
       }
       s += "\n";
     }

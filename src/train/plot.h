@@ -51,8 +51,14 @@ struct PlotReport {
 PlotReport make_plots(const PlotOptions& options);
 
 // The EMA weight used when none is given: none up to 100 points, then a
-// memory of about n/100 points (1 - 100/n), at most 0.95.
+// memory of about n/50 points (1 - 50/n), at most 0.998.
 double auto_smoothing(std::size_t points);
+
+// Which of n values to draw in `buckets` pixel columns: all of them when
+// there are at most two per column, else the first and last value and the
+// lowest and highest of each run of n/buckets consecutive values, ascending.
+// The thinned line covers the same pixels as the full one.
+std::vector<std::size_t> thin_indices(const std::vector<double>& values, std::size_t buckets);
 
 // A few lines: steps, tokens, last and best train loss, last valid loss,
 // mean throughput, and how the log's lines were accounted for.

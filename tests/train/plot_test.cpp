@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -136,9 +137,10 @@ TEST(MetricsReader, NullAndMissingValues) {
 TEST(PlotLibrary, AutoSmoothing) {
   EXPECT_EQ(auto_smoothing(10), 0.0);
   EXPECT_EQ(auto_smoothing(100), 0.0);
-  EXPECT_DOUBLE_EQ(auto_smoothing(200), 0.5);
-  EXPECT_DOUBLE_EQ(auto_smoothing(1000), 0.9);
-  EXPECT_DOUBLE_EQ(auto_smoothing(100000), 0.95);
+  EXPECT_DOUBLE_EQ(auto_smoothing(200), 0.75);
+  EXPECT_DOUBLE_EQ(auto_smoothing(1000), 0.95);
+  EXPECT_DOUBLE_EQ(auto_smoothing(10000), 0.995);
+  EXPECT_DOUBLE_EQ(auto_smoothing(10000000), 0.998);
 }
 
 // --- plot ---
@@ -284,6 +286,37 @@ TEST(PlotCli, TrainRecordsOnly) {
   EXPECT_TRUE(contains(r.out, "it's a run: loss by optimizer step")) << r.out;
 }
 
+TEST(PlotLibrary, ThinIndices) {
+  std::vector<double> values(10000);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = std::sin(0.01 * i);
+  values[5003] = 40;  // a spike survives thinning
+  values[7777] = -40;
+  const std::vector<std::size_t> keep = thin_indices(values, 100);
+  EXPECT_LE(keep.size(), 202u);
+  EXPECT_GE(keep.size(), 100u);
+  EXPECT_EQ(keep.front(), 0u);
+  EXPECT_EQ(keep.back(), 9999u);
+  EXPECT_TRUE(std::is_sorted(keep.begin(), keep.end()));
+  EXPECT_EQ(std::adjacent_find(keep.begin(), keep.end()), keep.end());
+  EXPECT_NE(std::find(keep.begin(), keep.end(), 5003u), keep.end());
+  EXPECT_NE(std::find(keep.begin(), keep.end(), 7777u), keep.end());
+  // Every bucket keeps its extremes.
+  for (std::size_t b = 0; b < 100; ++b) {
+    double lo = 1e9, hi = -1e9, kept_lo = 1e9, kept_hi = -1e9;
+    for (std::size_t i = b * 100; i < (b + 1) * 100; ++i)
+      lo = std::min(lo, values[i]), hi = std::max(hi, values[i]);
+    for (const std::size_t i : keep) {
+      if (i >= b * 100 && i < (b + 1) * 100)
+        kept_lo = std::min(kept_lo, values[i]), kept_hi = std::max(kept_hi, values[i]);
+    }
+    EXPECT_EQ(kept_lo, lo) << b;
+    EXPECT_EQ(kept_hi, hi) << b;
+  }
+  // Short series are kept whole.
+  EXPECT_EQ(thin_indices(std::vector<double>(202, 1.0), 100).size(), 202u);
+  EXPECT_EQ(thin_indices({}, 100).size(), 0u);
+}
+
 TEST(PlotLibrary, ReportAndRedraw) {
   TempDir dir;
   write_file(dir / "metrics.jsonl", synthetic_run(true));
@@ -294,7 +327,7 @@ TEST(PlotLibrary, ReportAndRedraw) {
   o.gnuplot = (dir / "no-such-gnuplot").string();  // not needed when nothing is drawn
   PlotReport report = make_plots(o);
   EXPECT_EQ(report.metrics.train.size(), 200u);
-  EXPECT_DOUBLE_EQ(report.smooth, 1.0 - 100.0 / 199);  // 199 losses: step 90 was skipped
+  EXPECT_DOUBLE_EQ(report.smooth, 1.0 - 50.0 / 199);  // 199 losses: step 90 was skipped
   EXPECT_TRUE(report.pngs.empty());
   EXPECT_TRUE(contains(format_summary(report), "1 skipped update\n"));
 

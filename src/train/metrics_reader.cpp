@@ -1,72 +1,84 @@
-// Parses metrics.jsonl line by line with nlohmann::json. Records are kept in
-// a map keyed by step while reading, so that a line logged again by a resumed
-// run replaces the earlier one; the maps become the sorted vectors at the end.
+// Parses metrics.jsonl line by line with simdjson's DOM parser (a long run's
+// log has millions of lines). Records are kept in a map keyed by step while
+// reading, so that a line logged again by a resumed run replaces the earlier
+// one; the maps become the sorted vectors at the end.
 #include "train/metrics_reader.h"
 
+#include <simdjson.h>
 #include <spdlog/spdlog.h>
 
-#include <cerrno>
 #include <cmath>
-#include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
+#include "core/mapped_file.h"
 
 namespace borealis {
 
 namespace {
 
-using nlohmann::json;
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+using simdjson::dom::object;
 
 std::string location(const std::string& name, std::size_t line) {
   return name + ":" + std::to_string(line);
 }
 
+// A value as JSON text, for error messages (cut short when long).
+std::string shown(const element& value) {
+  std::string text = simdjson::minify(value);
+  if (text.size() > 40) text = text.substr(0, 37) + "...";
+  return text;
+}
+
 // A required non-negative integer field.
-std::int64_t get_count(const json& obj, const char* key, const std::string& where) {
-  const auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) {
+std::int64_t get_count(const object& obj, const char* key, const std::string& where) {
+  element value;
+  if (obj.at_key(key).get(value) || value.is_null()) {
     throw Error(std::string("record has no \"") + key + "\"", where);
   }
-  if (it->is_number_unsigned()) return static_cast<std::int64_t>(it->get<std::uint64_t>());
-  if (it->is_number_integer()) {
-    const auto v = it->get<std::int64_t>();
-    if (v >= 0) return v;
-  } else if (it->is_number_float()) {
-    const double v = it->get<double>();
-    if (v >= 0 && v < 9.2e18 && std::floor(v) == v) return static_cast<std::int64_t>(v);
+  switch (value.type()) {
+    case element_type::UINT64:
+      if (value.get_uint64().value_unsafe() <= static_cast<std::uint64_t>(INT64_MAX)) {
+        return static_cast<std::int64_t>(value.get_uint64().value_unsafe());
+      }
+      break;
+    case element_type::INT64:
+      if (value.get_int64().value_unsafe() >= 0) return value.get_int64().value_unsafe();
+      break;
+    case element_type::DOUBLE: {
+      const double v = value.get_double().value_unsafe();
+      if (v >= 0 && v < 9.2e18 && std::floor(v) == v) return static_cast<std::int64_t>(v);
+      break;
+    }
+    default:
+      break;
   }
-  throw Error(std::string("\"") + key + "\" must be a non-negative integer, not " + it->dump(),
+  throw Error(std::string("\"") + key + "\" must be a non-negative integer, not " + shown(value),
               where);
 }
 
 // An optional number: missing and null are both "no value".
-std::optional<double> get_number(const json& obj, const char* key, const std::string& where) {
-  const auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return std::nullopt;
-  if (!it->is_number()) {
-    throw Error(std::string("\"") + key + "\" must be a number or null, not " + it->dump(), where);
+std::optional<double> get_number(const object& obj, const char* key, const std::string& where) {
+  element value;
+  if (obj.at_key(key).get(value) || value.is_null()) return std::nullopt;
+  double v = 0;
+  if (value.get_double().get(v)) {  // also converts integers
+    throw Error(std::string("\"") + key + "\" must be a number or null, not " + shown(value),
+                where);
   }
-  return it->get<double>();
+  return v;
 }
 
-bool get_flag(const json& obj, const char* key, const std::string& where) {
-  const auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return false;
-  if (!it->is_boolean()) {
-    throw Error(std::string("\"") + key + "\" must be true or false, not " + it->dump(), where);
+bool get_flag(const object& obj, const char* key, const std::string& where) {
+  element value;
+  if (obj.at_key(key).get(value) || value.is_null()) return false;
+  bool v = false;
+  if (value.get_bool().get(v)) {
+    throw Error(std::string("\"") + key + "\" must be true or false, not " + shown(value), where);
   }
-  return it->get<bool>();
-}
-
-// nlohmann's message without its "[json.exception.parse_error.101] " prefix.
-std::string parse_message(const nlohmann::json::parse_error& e) {
-  std::string text = e.what();
-  const std::size_t cut = text.find("] ");
-  if (text.starts_with("[json.exception") && cut != std::string::npos) text.erase(0, cut + 2);
-  return text;
+  return v;
 }
 
 struct Line {
@@ -100,28 +112,30 @@ MetricsLog parse_metrics(std::string_view text, const std::string& name) {
 
   const std::vector<Line> lines = split_lines(text);
   log.lines = lines.size();
+  simdjson::dom::parser parser;
+  std::string padded;  // simdjson reads a little past the end of its input
   for (std::size_t i = 0; i < lines.size(); ++i) {
     const std::string where = location(name, lines[i].number);
-    json obj;
-    try {
-      obj = json::parse(lines[i].text);
-    } catch (const json::parse_error& e) {
+    padded.assign(lines[i].text);
+    padded.append(simdjson::SIMDJSON_PADDING, '\0');
+    element doc;
+    if (const auto err = parser.parse(padded.data(), lines[i].text.size(), false).get(doc)) {
       if (i + 1 == lines.size()) {
         // A run killed mid-write leaves a partial last line; everything
         // before it is intact.
         log.truncated_tail = true;
         log.tail_line = lines[i].number;
-        log.tail_error = parse_message(e);
+        log.tail_error = simdjson::error_message(err);
         break;
       }
-      throw Error("malformed JSON line: " + parse_message(e), where);
+      throw Error(std::string("malformed JSON line: ") + simdjson::error_message(err), where);
     }
-    if (!obj.is_object()) throw Error("line is not a JSON object", where);
-    const auto kind_it = obj.find("kind");
-    if (kind_it == obj.end() || !kind_it->is_string()) {
+    object obj;
+    if (doc.get_object().get(obj)) throw Error("line is not a JSON object", where);
+    std::string_view kind;
+    if (obj.at_key("kind").get_string().get(kind)) {
       throw Error("record has no \"kind\" string", where);
     }
-    const std::string kind = kind_it->get<std::string>();
     if (kind == "train") {
       TrainRecord r;
       r.step = get_count(obj, "step", where);
@@ -153,12 +167,10 @@ MetricsLog parse_metrics(std::string_view text, const std::string& name) {
 }
 
 MetricsLog read_metrics(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_errno("cannot open metrics log", path.string(), errno);
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) throw_errno("cannot read metrics log", path.string(), errno);
-  MetricsLog log = parse_metrics(buffer.str(), path.string());
+  // Mapped, not copied: the trainer only appends, and what it appends after
+  // this point is simply not read.
+  const MappedFile file(path, MappedFile::Access::Sequential);
+  MetricsLog log = parse_metrics(file.text(), path.string());
   if (log.truncated_tail) {
     spdlog::warn(
         "{}:{}: ignoring the unfinished last line (the run was stopped while writing it): {}",

@@ -8,7 +8,6 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -174,19 +173,24 @@ std::vector<Chart> build_charts(const MetricsLog& log, double smooth) {
   tps.y_unit = tps_unit.divisor;
   const std::string tps_label =
       fmt::format("throughput ({}tokens/s)", tps_unit.prefix.empty() ? "" : tps_unit.prefix + " ");
-  // Both start at 0 and run near the top: the key goes to the bottom, and
-  // each axis label takes its curve's colour.
+  // Both start at 0 and run near the top: the key goes to the bottom.
+  std::string setup = "set key bottom right\nset yrange [0:*]\n";
+  std::string ylabel = tps_label;
+  if (!tps.points.empty() && !mfu.points.empty()) {
+    // Two axes: each axis label takes its curve's colour.
+    setup += "set ytics nomirror\nset ylabel " + gnuplot_quote(tps_label) +
+             " textcolor rgb '#1f77b4'\n"
+             "set y2label 'MFU (% of peak)' textcolor rgb '#d62728'\nset y2tics\n"
+             "set y2range [0:*]\n";
+  } else if (tps.points.empty()) {
+    ylabel = "MFU (% of peak)";
+    mfu.y2 = false;
+    mfu.title = "MFU";
+  } else {
+    tps.title = "tokens/s";
+  }
   charts.push_back(
-      {"throughput",
-       "throughput",
-       tps_label,
-       "set key bottom right\nset ytics nomirror\nset yrange [0:*]\n"
-       "set ylabel " +
-           gnuplot_quote(tps_label) +
-           " textcolor rgb '#1f77b4'\n"
-           "set y2label 'MFU (% of peak)' textcolor rgb '#d62728'\nset y2tics\nset y2range [0:*]\n",
-       "no tokens/s or MFU values",
-       {tps, mfu}});
+      {"throughput", "throughput", ylabel, setup, "no tokens/s or MFU values", {tps, mfu}});
   return charts;
 }
 
@@ -216,8 +220,10 @@ std::string chart_script(const Chart& c, bool tokens, const Unit& token_unit,
                          const std::string& run, const std::filesystem::path& data_dir, bool text) {
   std::string s = "reset\nset autoscale xfix\n";
   s += text ? "set key top right nobox\n" : "set grid\nset key top right box opaque\n";
-  // Room for the last x tick label, which autoscale puts on the right edge.
+  // Room for the last x tick label, which autoscale puts on the right edge,
+  // and above the highest point, so that a flat line does not hide in the border.
   if (!text) s += "set rmargin 6\n";
+  s += "set offsets 0, 0, graph 0.05, 0\n";
   s += "set title " +
        gnuplot_quote(
            fmt::format("{}: {} by {}", run, c.title, tokens ? "tokens seen" : "optimizer step")) +
@@ -490,10 +496,14 @@ std::string format_summary(const PlotReport& report) {
       }
       s += "\n";
     }
-    if (tps_n > 0) {
-      s += fmt::format("throughput: mean {} tokens/s over {} steps", short_count(tps_sum / tps_n),
-                       tps_n);
-      if (mfu_n > 0) s += fmt::format(", mean MFU {:.1f}%", 100 * mfu_sum / mfu_n);
+    if (tps_n > 0 || mfu_n > 0) {
+      s += "throughput:";
+      if (tps_n > 0) {
+        s += fmt::format(" mean {} tokens/s over {} steps", short_count(tps_sum / tps_n), tps_n);
+      }
+      if (mfu_n > 0) {
+        s += fmt::format("{} mean MFU {:.1f}%", tps_n > 0 ? "," : "", 100 * mfu_sum / mfu_n);
+      }
       s += "\n";
     }
   }

@@ -374,6 +374,20 @@ TEST(PlotCli, TextPlotOnlyAndChartsWithoutValues) {
             (std::vector<std::string>{"grad_norm_steps.png", "loss_steps.png"}));
   EXPECT_TRUE(contains(r.out, "not drawn: lr_steps.png (no learning-rate values)")) << r.out;
   EXPECT_TRUE(contains(r.out, "not drawn: throughput_steps.png")) << r.out;
+  EXPECT_FALSE(contains(r.out, "throughput:")) << r.out;
+
+  // MFU alone is drawn on the left axis.
+  text.clear();
+  for (int step = 1; step <= 5; ++step) {
+    text += fmt::format(R"({{"kind":"train","step":{},"tokens":{},"loss":{},"mfu":0.25}})"
+                        "\n",
+                        step, step * 100, 10 - step);
+  }
+  write_file(dir / "metrics.jsonl", text);
+  r = run_borealis({"plot", dir.path().string(), "--x", "tokens", "--no-terminal"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(png_size(dir / "plots" / "throughput_tokens.png").width, 1200u);
+  EXPECT_TRUE(contains(r.out, "throughput: mean MFU 25.0%\n")) << r.out;
 }
 
 TEST(PlotCli, Errors) {

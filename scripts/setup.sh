@@ -12,6 +12,8 @@ packages=(
   libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
   nlohmann-json3-dev libsimdjson-dev libpcre2-dev zlib1g-dev libzstd-dev
   libxxhash-dev libcpp-httplib-dev
+  # run charts (borealis plot)
+  gnuplot-nox
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
 )

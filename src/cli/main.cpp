@@ -51,6 +51,7 @@ int run(int argc, char** argv) {
   commands.push_back(cli::add_train(app));
   commands.push_back(cli::add_bench(app));
   commands.push_back(cli::add_generate(app));
+  commands.push_back(cli::add_plot(app));
 
   try {
     app.parse(argc, argv);

@@ -172,6 +172,10 @@ TEST(Trainer, LearnsWellBelowTheUnigramBaseline) {
   EXPECT_EQ(g.exit_code, 0) << g.err;
   EXPECT_EQ(g.out.rfind("alpha beta gamma ", 0), 0u) << g.out;
   EXPECT_NE(g.out.find("theta iota kappa"), std::string::npos) << g.out;
+  // ... and to plot: the metrics log is what `borealis plot` reads.
+  const auto p = test::run_borealis({"plot", run.string(), "--x", "steps"});
+  EXPECT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_TRUE(fs::exists(run / "plots" / "loss_steps.png"));
 }
 
 TEST(Trainer, ResumeIsExactWhenStoppedTwice) {

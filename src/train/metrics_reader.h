@@ -1,0 +1,59 @@
+// Reading a run's metrics log (RUN_DIR/metrics.jsonl), as the trainer writes it.
+//
+// One JSON object per line, told apart by "kind":
+//   train: step, tokens, loss, lr, grad_norm, tokens_per_s, mfu, elapsed_s, skipped
+//   valid: step, tokens, loss, elapsed_s
+// Other kinds ("run" records and the like) are counted and ignored. Values may
+// be null (a non-finite loss is written as null); step and tokens may not.
+//
+// A resumed run appends to the same file and may log a step again: for each
+// (kind, step) the last line wins. The last line may be cut short (the run was
+// killed while writing it): an unparsable last line is dropped with a warning.
+// Any other bad line is an Error naming "file:line".
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace borealis {
+
+struct TrainRecord {
+  std::int64_t step = 0;    // completed optimizer steps, from 1
+  std::int64_t tokens = 0;  // tokens seen after this step
+  std::optional<double> loss, lr, grad_norm, tokens_per_s, mfu, elapsed_s;
+  bool skipped = false;  // the update was skipped (non-finite or spiking loss)
+};
+
+struct ValidRecord {
+  std::int64_t step = 0;
+  std::int64_t tokens = 0;
+  std::optional<double> loss, elapsed_s;
+};
+
+struct MetricsLog {
+  std::vector<TrainRecord> train;  // one per step, ascending
+  std::vector<ValidRecord> valid;  // one per step, ascending
+
+  // What was read, and what became of it:
+  // lines = train.size() + valid.size() + replaced + other + (truncated_tail ? 1 : 0).
+  std::size_t lines = 0;     // non-blank lines
+  std::size_t replaced = 0;  // records superseded by a later line for the same kind and step
+  std::size_t other = 0;     // records of other kinds, ignored
+  bool truncated_tail = false;
+  std::size_t tail_line = 0;  // its line number, when truncated_tail
+  std::string tail_error;     // why it could not be parsed
+};
+
+// Parses the text of a metrics log; `name` is the file name used in errors.
+MetricsLog parse_metrics(std::string_view text, const std::string& name);
+
+// Reads and parses a metrics log. Throws Error when it cannot be read or a
+// line other than the last is malformed. Logs a warning for a dropped last line.
+MetricsLog read_metrics(const std::filesystem::path& path);
+
+}  // namespace borealis

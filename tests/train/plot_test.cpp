@@ -1,0 +1,503 @@
+// The metrics log reader (last line wins, an unfinished last line, bad lines
+// named by file:line, null values) and `borealis plot` end to end on a
+// synthetic run: valid PNGs of the requested size, the text plot, the
+// summary, and one error line for each kind of bad input.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/text.h"
+#include "test_util.h"
+#include "train/metrics_reader.h"
+#include "train/plot.h"
+
+namespace borealis::test {
+namespace {
+
+bool contains(const std::string& text, const std::string& what) {
+  return text.find(what) != std::string::npos;
+}
+
+std::string train_line(int step, double loss, bool skipped = false) {
+  return fmt::format(
+      R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":0.001,"grad_norm":1.5,)"
+      R"("tokens_per_s":12000,"mfu":0.4,"elapsed_s":{},"skipped":{}}})",
+      step, step * 4096, skipped ? "null" : fmt::format("{}", loss), step * 0.5,
+      skipped ? "true" : "false");
+}
+
+// --- reader ---
+
+TEST(MetricsReader, LastLineWinsForRepeatedSteps) {
+  const std::string text = train_line(1, 9.0) + "\n" + train_line(2, 8.0) + "\n" +
+                           train_line(3, 7.0) + "\n" +
+                           R"({"kind":"valid","step":3,"tokens":12288,"loss":7.5,"elapsed_s":2})" +
+                           "\n" + R"({"kind":"run","event":"resume","from_step":1})" + "\n" +
+                           train_line(2, 8.5) + "\n" + train_line(3, 7.25) + "\n" +
+                           R"({"kind":"valid","step":3,"tokens":12288,"loss":7.4,"elapsed_s":3})" +
+                           "\n" + train_line(4, 6.0) + "\n";
+  const MetricsLog log = parse_metrics(text, "m.jsonl");
+  ASSERT_EQ(log.train.size(), 4u);
+  EXPECT_EQ(log.train[0].step, 1);
+  EXPECT_DOUBLE_EQ(*log.train[0].loss, 9.0);
+  EXPECT_DOUBLE_EQ(*log.train[1].loss, 8.5);
+  EXPECT_DOUBLE_EQ(*log.train[2].loss, 7.25);
+  EXPECT_EQ(log.train[3].step, 4);
+  EXPECT_EQ(log.train[3].tokens, 4 * 4096);
+  ASSERT_EQ(log.valid.size(), 1u);
+  EXPECT_DOUBLE_EQ(*log.valid[0].loss, 7.4);
+  EXPECT_EQ(log.lines, 9u);
+  EXPECT_EQ(log.replaced, 3u);
+  EXPECT_EQ(log.other, 1u);
+  EXPECT_FALSE(log.truncated_tail);
+  EXPECT_EQ(log.lines, log.train.size() + log.valid.size() + log.replaced + log.other);
+}
+
+TEST(MetricsReader, UnfinishedLastLineIsIgnored) {
+  TempDir dir;
+  const std::string text =
+      train_line(1, 9.0) + "\n\n" + train_line(2, 8.0) + "\n" + R"({"kind":"train","step":3,"to)";
+  write_file(dir / "metrics.jsonl", text);
+  const MetricsLog log = read_metrics(dir / "metrics.jsonl");
+  ASSERT_EQ(log.train.size(), 2u);
+  EXPECT_TRUE(log.truncated_tail);
+  EXPECT_EQ(log.tail_line, 4u);  // blank lines count in line numbers
+  EXPECT_EQ(log.lines, 3u);
+  EXPECT_EQ(log.lines, log.train.size() + log.valid.size() + log.replaced + log.other + 1);
+}
+
+TEST(MetricsReader, BadLineElsewhereNamesFileAndLine) {
+  const std::string good = train_line(1, 9.0) + "\n";
+  EXPECT_EQ(error_line([&] {
+              parse_metrics(good + "{not json\n" + good, "run/metrics.jsonl");
+            }).find("(run/metrics.jsonl:2)") != std::string::npos,
+            true);
+  EXPECT_TRUE(contains(error_line([&] {
+                         parse_metrics(good + "\n" + R"({"kind":"train","tokens":5})" + "\n" + good,
+                                       "m.jsonl");
+                       }),
+                       "record has no \"step\" (m.jsonl:3)"));
+  EXPECT_TRUE(contains(error_line([&] {
+                         parse_metrics(R"({"kind":"valid","step":1,"tokens":2,"loss":"low"})"
+                                       "\n" +
+                                           good,
+                                       "m");
+                       }),
+                       "\"loss\" must be a number or null, not \"low\" (m:1)"));
+  EXPECT_TRUE(contains(error_line([&] { parse_metrics("[1,2]\n" + good, "m"); }),
+                       "not a JSON object (m:1)"));
+  EXPECT_TRUE(contains(error_line([&] {
+                         parse_metrics(R"({"step":1})"
+                                       "\n",
+                                       "m");
+                       }),
+                       "no \"kind\" string (m:1)"));
+  EXPECT_TRUE(contains(error_line([&] {
+                         parse_metrics(R"({"kind":"train","step":-1,"tokens":0})"
+                                       "\n",
+                                       "m");
+                       }),
+                       "\"step\" must be a non-negative integer"));
+  // A last line that parses but is wrong is an error, not an unfinished write.
+  EXPECT_TRUE(contains(
+      error_line([&] { parse_metrics(good + R"({"kind":"train","step":2,"tokens":1.5})", "m"); }),
+      "(m:2)"));
+}
+
+TEST(MetricsReader, NullAndMissingValues) {
+  const std::string text =
+      R"({"kind":"train","step":7,"tokens":700,"loss":null,"lr":0.002,"grad_norm":null,)"
+      R"("tokens_per_s":100.5,"elapsed_s":1.0,"skipped":true})"
+      "\n"
+      R"({"kind":"train","step":8,"tokens":800.0,"loss":3.5})"
+      "\n";
+  const MetricsLog log = parse_metrics(text, "m");
+  ASSERT_EQ(log.train.size(), 2u);
+  const TrainRecord& a = log.train[0];
+  EXPECT_FALSE(a.loss.has_value());
+  EXPECT_FALSE(a.grad_norm.has_value());
+  EXPECT_FALSE(a.mfu.has_value());
+  EXPECT_TRUE(a.skipped);
+  EXPECT_DOUBLE_EQ(*a.lr, 0.002);
+  const TrainRecord& b = log.train[1];
+  EXPECT_EQ(b.tokens, 800);
+  EXPECT_DOUBLE_EQ(*b.loss, 3.5);
+  EXPECT_FALSE(b.skipped);
+  EXPECT_FALSE(b.lr.has_value());
+}
+
+TEST(PlotLibrary, AutoSmoothing) {
+  EXPECT_EQ(auto_smoothing(10), 0.0);
+  EXPECT_EQ(auto_smoothing(100), 0.0);
+  EXPECT_DOUBLE_EQ(auto_smoothing(200), 0.75);
+  EXPECT_DOUBLE_EQ(auto_smoothing(1000), 0.95);
+  EXPECT_DOUBLE_EQ(auto_smoothing(10000), 0.995);
+  EXPECT_DOUBLE_EQ(auto_smoothing(10000000), 0.998);
+}
+
+// --- plot ---
+
+struct PngSize {
+  std::uint32_t width = 0, height = 0;
+};
+
+// Checks the PNG signature and the IHDR chunk; returns the image size.
+PngSize png_size(const std::filesystem::path& path) {
+  const std::string bytes = read_file(path);
+  EXPECT_GE(bytes.size(), 33u) << path;
+  if (bytes.size() < 33) return {};
+  EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8)) << path;
+  EXPECT_EQ(bytes.substr(12, 4), "IHDR") << path;
+  auto be32 = [&](std::size_t at) {
+    std::uint32_t v = 0;
+    for (std::size_t i = 0; i < 4; ++i) v = (v << 8) | static_cast<unsigned char>(bytes[at + i]);
+    return v;
+  };
+  EXPECT_EQ(be32(8), 13u) << path;  // IHDR length
+  return {be32(16), be32(20)};
+}
+
+// A 200-step run with warm-up and cosine decay, validation every 50 steps, one
+// skipped update, a resume from step 150 that logs 150..160 again, and an
+// unfinished last line.
+std::string synthetic_run(bool with_valid) {
+  std::string text = R"({"kind":"run","event":"start","world_size":1})"
+                     "\n";
+  auto train = [](int step, double offset) {
+    const double loss = 3.0 + 8.0 * std::exp(-step / 40.0) + 0.15 * std::sin(step * 1.7) + offset;
+    const double lr =
+        step <= 20 ? 6e-4 * step / 20 : 6e-5 + 2.7e-4 * (1 + std::cos(M_PI * (step - 20) / 180.0));
+    return fmt::format(
+        R"({{"kind":"train","step":{},"tokens":{},"loss":{:.5f},"lr":{:.6g},"grad_norm":{:.4f},)"
+        R"("tokens_per_s":{:.1f},"mfu":{:.4f},"elapsed_s":{:.2f},"skipped":false}})"
+        "\n",
+        step, step * 8192, loss, lr, 0.3 + 5.0 / step, 52000 + 900 * std::sin(step * 0.3),
+        0.41 + 0.01 * std::sin(step * 0.3), step * 0.16);
+  };
+  for (int step = 1; step <= 160; ++step) {
+    if (step == 90) {
+      text += R"({"kind":"train","step":90,"tokens":737280,"loss":null,"lr":0.0004,)"
+              R"("grad_norm":null,"tokens_per_s":51000,"mfu":0.4,"elapsed_s":14.4,"skipped":true})"
+              "\n";
+    } else {
+      text += train(step, 0.5);  // superseded from 150 on by the resumed run
+    }
+    if (with_valid && step % 50 == 0) {
+      text +=
+          fmt::format(R"({{"kind":"valid","step":{},"tokens":{},"loss":{:.4f},"elapsed_s":{:.1f}}})"
+                      "\n",
+                      step, step * 8192, 3.1 + 8.0 * std::exp(-step / 40.0), step * 0.16);
+    }
+  }
+  text += R"({"kind":"run","event":"resume","step":149})"
+          "\n";
+  for (int step = 150; step <= 200; ++step) {
+    text += train(step, 0);
+    if (with_valid && step % 50 == 0) {
+      text +=
+          fmt::format(R"({{"kind":"valid","step":{},"tokens":{},"loss":{:.4f},"elapsed_s":{:.1f}}})"
+                      "\n",
+                      step, step * 8192, 3.1 + 8.0 * std::exp(-step / 40.0), step * 0.16);
+    }
+  }
+  return text + R"({"kind":"train","step":201,"tokens":164)";
+}
+
+const std::vector<std::string> kCharts = {"grad_norm", "loss", "lr", "throughput"};
+
+TEST(PlotCli, DrawsEveryChartAndTheTextPlot) {
+  TempDir dir;
+  const auto run = dir / "run1";
+  std::filesystem::create_directories(run);
+  write_file(run / "metrics.jsonl", synthetic_run(true));
+  const RunResult r = run_borealis({"plot", run.string(), "--width", "640", "--height", "400"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  std::vector<std::string> want;
+  for (const auto& c : kCharts) {
+    want.push_back(c + "_steps.png");
+    want.push_back(c + "_tokens.png");
+  }
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(list_dir(run / "plots"), want);  // no temporary files left behind
+  for (const auto& name : want) {
+    const PngSize size = png_size(run / "plots" / name);
+    EXPECT_EQ(size.width, 640u) << name;
+    EXPECT_EQ(size.height, 400u) << name;
+    EXPECT_TRUE(contains(r.out, (run / "plots" / name).string())) << name << "\n" << r.out;
+  }
+  // The text plot: titled, framed, with its legend, before the summary.
+  EXPECT_TRUE(contains(r.out, "run1: loss by optimizer step")) << r.out;
+  EXPECT_TRUE(contains(r.out, "validation")) << r.out;
+  EXPECT_TRUE(contains(r.out, "+------")) << r.out;
+  EXPECT_LT(r.out.find("run1: loss by optimizer step"), r.out.find("steps: "));
+  // The summary accounts for every line.
+  EXPECT_TRUE(contains(r.out,
+                       "(219 lines: 200 train, 4 valid, 12 replaced by a later line for the "
+                       "same step, 2 of other kinds, 1 unfinished last line ignored)"))
+      << r.out;
+  EXPECT_TRUE(contains(r.out, "steps: 200 logged, last step 200, 1 skipped update")) << r.out;
+  EXPECT_TRUE(contains(r.out, "tokens: 1.64M (1638400)")) << r.out;
+  EXPECT_TRUE(contains(r.out, "valid loss: last 3.1539 (step 200)")) << r.out;
+  EXPECT_TRUE(contains(r.out, "train loss: last ")) << r.out;
+  EXPECT_TRUE(contains(r.out, "mean MFU 41.")) << r.out;
+  EXPECT_TRUE(contains(r.out, "wrote 8 PNG files")) << r.out;
+  EXPECT_TRUE(contains(r.err, "metrics.jsonl:219: ignoring the unfinished last line")) << r.err;
+}
+
+TEST(PlotCli, TokensOnlyIntoAnotherDirectory) {
+  TempDir dir;
+  write_file(dir / "metrics.jsonl", synthetic_run(true));
+  const RunResult r = run_borealis({"plot", dir.path().string(), "--x", "tokens", "--out",
+                                    (dir / "charts").string(), "--no-terminal", "--smooth", "0"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<std::string> want;
+  for (const auto& c : kCharts) want.push_back(c + "_tokens.png");
+  EXPECT_EQ(list_dir(dir / "charts"), want);
+  for (const auto& name : want) {
+    const PngSize size = png_size(dir / "charts" / name);
+    EXPECT_EQ(size.width, 1200u);
+    EXPECT_EQ(size.height, 720u);
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "plots"));
+  EXPECT_FALSE(contains(r.out, "+------")) << r.out;
+  EXPECT_FALSE(contains(r.out, "EMA")) << r.out;
+}
+
+TEST(PlotCli, TrainRecordsOnly) {
+  TempDir tmp;
+  // A quote and a space in the path must survive gnuplot's quoting.
+  const auto dir = tmp / "it's a run";
+  std::filesystem::create_directories(dir);
+  write_file(dir / "metrics.jsonl", synthetic_run(false));
+  const RunResult r = run_borealis({"plot", dir.string(), "--x", "steps"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(list_dir(dir / "plots").size(), 4u);
+  EXPECT_EQ(png_size(dir / "plots" / "loss_steps.png").width, 1200u);
+  EXPECT_TRUE(contains(r.out, "valid loss: none logged")) << r.out;
+  EXPECT_TRUE(contains(r.out, "it's a run: loss by optimizer step")) << r.out;
+}
+
+TEST(PlotLibrary, ThinIndices) {
+  std::vector<double> values(10000);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = std::sin(0.01 * i);
+  values[5003] = 40;  // a spike survives thinning
+  values[7777] = -40;
+  const std::vector<std::size_t> keep = thin_indices(values, 100);
+  EXPECT_LE(keep.size(), 202u);
+  EXPECT_GE(keep.size(), 100u);
+  EXPECT_EQ(keep.front(), 0u);
+  EXPECT_EQ(keep.back(), 9999u);
+  EXPECT_TRUE(std::is_sorted(keep.begin(), keep.end()));
+  EXPECT_EQ(std::adjacent_find(keep.begin(), keep.end()), keep.end());
+  EXPECT_NE(std::find(keep.begin(), keep.end(), 5003u), keep.end());
+  EXPECT_NE(std::find(keep.begin(), keep.end(), 7777u), keep.end());
+  // Every bucket keeps its extremes.
+  for (std::size_t b = 0; b < 100; ++b) {
+    double lo = 1e9, hi = -1e9, kept_lo = 1e9, kept_hi = -1e9;
+    for (std::size_t i = b * 100; i < (b + 1) * 100; ++i)
+      lo = std::min(lo, values[i]), hi = std::max(hi, values[i]);
+    for (const std::size_t i : keep) {
+      if (i >= b * 100 && i < (b + 1) * 100)
+        kept_lo = std::min(kept_lo, values[i]), kept_hi = std::max(kept_hi, values[i]);
+    }
+    EXPECT_EQ(kept_lo, lo) << b;
+    EXPECT_EQ(kept_hi, hi) << b;
+  }
+  // Short series are kept whole.
+  EXPECT_EQ(thin_indices(std::vector<double>(202, 1.0), 100).size(), 202u);
+  EXPECT_EQ(thin_indices({}, 100).size(), 0u);
+}
+
+TEST(PlotLibrary, ReportAndRedraw) {
+  TempDir dir;
+  write_file(dir / "metrics.jsonl", synthetic_run(true));
+  PlotOptions o;
+  o.run_dir = dir.path();
+  o.png = false;
+  o.terminal = false;
+  o.gnuplot = (dir / "no-such-gnuplot").string();  // not needed when nothing is drawn
+  PlotReport report = make_plots(o);
+  EXPECT_EQ(report.metrics.train.size(), 200u);
+  EXPECT_DOUBLE_EQ(report.smooth, 1.0 - 50.0 / 199);  // 199 losses: step 90 was skipped
+  EXPECT_TRUE(report.pngs.empty());
+  EXPECT_TRUE(contains(format_summary(report), "1 skipped update\n"));
+
+  o.gnuplot = "gnuplot";
+  o.png = true;
+  o.x = PlotX::Steps;
+  o.width = 300;
+  o.height = 200;
+  o.smooth = 0;
+  report = make_plots(o);
+  EXPECT_EQ(report.smooth, 0.0);
+  ASSERT_EQ(report.pngs.size(), 4u);
+  EXPECT_EQ(report.pngs[0], dir / "plots" / "loss_steps.png");
+  // Drawn again at another size: the charts are replaced in place.
+  o.width = 400;
+  report = make_plots(o);
+  EXPECT_EQ(list_dir(dir / "plots").size(), 4u);
+  EXPECT_EQ(png_size(dir / "plots" / "throughput_steps.png").width, 400u);
+  EXPECT_EQ(png_size(dir / "plots" / "throughput_steps.png").height, 200u);
+
+  o.width = 100;
+  EXPECT_EQ(error_line([&] { make_plots(o); }), "error: must be 200 to 10000 pixels (--width)");
+}
+
+TEST(PlotCli, TextPlotOnlyAndChartsWithoutValues) {
+  TempDir dir;
+  // No MFU, no tokens/s, no learning rate: those charts are not drawn.
+  std::string text;
+  for (int step = 1; step <= 5; ++step) {
+    text += fmt::format(R"({{"kind":"train","step":{},"tokens":{},"loss":{},"grad_norm":2}})"
+                        "\n",
+                        step, step * 100, 10 - step);
+  }
+  write_file(dir / "metrics.jsonl", text);
+  RunResult r = run_borealis({"plot", dir.path().string(), "--no-png"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "plots"));
+  EXPECT_TRUE(contains(r.out, "loss by optimizer step")) << r.out;
+  EXPECT_TRUE(contains(r.out, "train loss: last 5.0000 (step 5), best 5.0000 (step 5)")) << r.out;
+
+  r = run_borealis({"plot", dir.path().string(), "--x", "steps", "--no-terminal"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(list_dir(dir / "plots"),
+            (std::vector<std::string>{"grad_norm_steps.png", "loss_steps.png"}));
+  EXPECT_TRUE(contains(r.out, "not drawn: lr_steps.png (no learning-rate values)")) << r.out;
+  EXPECT_TRUE(contains(r.out, "not drawn: throughput_steps.png")) << r.out;
+  EXPECT_FALSE(contains(r.out, "throughput:")) << r.out;
+
+  // MFU alone is drawn on the left axis.
+  text.clear();
+  for (int step = 1; step <= 5; ++step) {
+    text += fmt::format(R"({{"kind":"train","step":{},"tokens":{},"loss":{},"mfu":0.25}})"
+                        "\n",
+                        step, step * 100, 10 - step);
+  }
+  write_file(dir / "metrics.jsonl", text);
+  r = run_borealis({"plot", dir.path().string(), "--x", "tokens", "--no-terminal"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(png_size(dir / "plots" / "throughput_tokens.png").width, 1200u);
+  EXPECT_TRUE(contains(r.out, "throughput: mean MFU 25.0%\n")) << r.out;
+}
+
+TEST(PlotCli, Errors) {
+  TempDir dir;
+  RunResult r = run_borealis({"plot", (dir / "nope").string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "error: run directory not found (" + (dir / "nope").string() + ")"))
+      << r.err;
+
+  r = run_borealis({"plot", dir.path().string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "error: no metrics.jsonl in the run directory")) << r.err;
+
+  write_file(dir / "metrics.jsonl", "");
+  r = run_borealis({"plot", dir.path().string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "error: no train or valid records to plot (0 lines read)")) << r.err;
+
+  write_file(dir / "metrics.jsonl", R"({"kind":"run","event":"start"})"
+                                    "\n");
+  r = run_borealis({"plot", dir.path().string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "no train or valid records to plot (1 lines read)")) << r.err;
+
+  write_file(dir / "metrics.jsonl", train_line(1, 2) + "\n{oops\n" + train_line(2, 1) + "\n");
+  r = run_borealis({"plot", dir.path().string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "malformed JSON line")) << r.err;
+  EXPECT_TRUE(contains(r.err, (dir / "metrics.jsonl").string() + ":2)")) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "plots"));
+
+  write_file(dir / "metrics.jsonl", train_line(1, 2) + "\n");
+  r = run_borealis({"plot", dir.path().string(), "--width", "10"});
+  EXPECT_EQ(r.exit_code, 2);
+  r = run_borealis({"plot", dir.path().string(), "--x", "time"});
+  EXPECT_EQ(r.exit_code, 2);
+  r = run_borealis({"plot", dir.path().string(), "--smooth", "1.5"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(contains(r.err, "--smooth")) << r.err;
+}
+
+TEST(PlotCli, MissingOrFailingGnuplot) {
+  TempDir dir;
+  write_file(dir / "metrics.jsonl", train_line(1, 2) + "\n" + train_line(2, 1.5) + "\n");
+  const auto bin = dir / "bin";
+  std::filesystem::create_directories(bin);
+  RunResult r = run_borealis({"plot", dir.path().string()}, {"PATH=" + bin.string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "error: gnuplot not found; install the Debian package gnuplot-nox"))
+      << r.err;
+  // Without gnuplot, --no-png --no-terminal still prints the summary.
+  r = run_borealis({"plot", dir.path().string(), "--no-png", "--no-terminal"},
+                   {"PATH=" + bin.string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "steps: 2 logged")) << r.out;
+
+  // A gnuplot that answers the probe but fails to draw: its stderr is shown.
+  write_file(bin / "gnuplot",
+             "#!/bin/sh\n"
+             "if [ \"$1\" = -e ]; then echo '5.4 patchlevel 4'; echo ' dumb png svg'; exit 0; fi\n"
+             "echo 'line 7: something broke' >&2\nexit 3\n");
+  std::filesystem::permissions(bin / "gnuplot", std::filesystem::perms::owner_all);
+  r = run_borealis({"plot", dir.path().string()}, {"PATH=" + bin.string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "gnuplot: line 7: something broke")) << r.err;
+  EXPECT_TRUE(contains(r.err, "error: gnuplot failed (exit status 3): line 7: something broke"))
+      << r.err;
+  EXPECT_EQ(list_dir(dir / "plots"), std::vector<std::string>{});  // no temporary files left
+
+  // One without any PNG terminal.
+  write_file(bin / "gnuplot", "#!/bin/sh\necho '5.4 patchlevel 4'; echo ' dumb svg'\n");
+  r = run_borealis({"plot", dir.path().string()}, {"PATH=" + bin.string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "no PNG terminal")) << r.err;
+}
+
+// The real gnuplot, found on PATH.
+std::filesystem::path real_gnuplot() {
+  for (const auto& dir : split(std::getenv("PATH") != nullptr ? std::getenv("PATH") : "", ':')) {
+    const auto candidate = std::filesystem::path(dir) / "gnuplot";
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return {};
+}
+
+TEST(PlotCli, FallsBackToThePngTerminal) {
+  const auto gnuplot = real_gnuplot();
+  ASSERT_FALSE(gnuplot.empty()) << "gnuplot is not installed (scripts/setup.sh)";
+  TempDir dir;
+  write_file(dir / "metrics.jsonl", synthetic_run(true));
+  const auto bin = dir / "bin";
+  std::filesystem::create_directories(bin);
+  // A gnuplot that says it has no pngcairo terminal.
+  write_file(bin / "gnuplot",
+             "#!/bin/sh\n"
+             "if [ \"$1\" = -e ]; then echo '5.4 patchlevel 4'; echo ' dumb png'; exit 0; fi\n"
+             "exec '" +
+                 gnuplot.string() + "' \"$@\"\n");
+  std::filesystem::permissions(bin / "gnuplot", std::filesystem::perms::owner_all);
+  const RunResult r = run_borealis(
+      {"plot", dir.path().string(), "--x", "steps", "--width", "500", "--height", "300"},
+      {"PATH=" + bin.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "wrote 4 PNG files (png terminal, 500x300)")) << r.out;
+  for (const auto& c : kCharts) {
+    const PngSize size = png_size(dir / "plots" / (c + "_steps.png"));
+    EXPECT_EQ(size.width, 500u) << c;
+    EXPECT_EQ(size.height, 300u) << c;
+  }
+}
+
+}  // namespace
+}  // namespace borealis::test

@@ -57,3 +57,12 @@ rm -rf "$run"
 awk '/^validation loss/ { v = $3; u = $11 } END {
   if (v == "" || u - v < 1) { printf "demo: validation loss %s does not beat the unigram entropy %s by 1 nat\n", v, u; exit 1 }
   printf "demo: validation loss %.4f beats the unigram entropy %.4f by %.2f nats\n", v, u, u - v }' "$out/train.log"
+echo
+echo "== plot the run (PNG charts in $run/plots)"
+"$bin" plot "$run" --x steps
+echo
+echo "== generate from the trained model"
+for prompt in "The results of the experiment" "In the morning" "The committee"; do
+  "$bin" generate --checkpoint "$run" --prompt "$prompt" --max-tokens 48 --temperature 0.8 --seed 1
+  echo
+done

@@ -1,0 +1,380 @@
+#include "data/megatron_order.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <numeric>
+#include <thread>
+
+#include "core/error.h"
+#include "data/mixture.h"
+#include "data/numpy_random.h"
+
+namespace borealis {
+
+std::uint64_t megatron_requested_samples(std::uint64_t samples, double weight) {
+  // Python: int(math.ceil(val * weight * 1.005)), left to right.
+  const double x = static_cast<double>(samples) * weight * 1.005;
+  return static_cast<std::uint64_t>(std::ceil(x));
+}
+
+MegatronFilePlan megatron_file_plan(std::uint64_t tokens, std::uint64_t seq_len,
+                                    std::uint64_t requested) {
+  MegatronFilePlan p;
+  p.requested = requested;
+  p.tokens = tokens;
+  p.samples_per_epoch = (tokens - 1) / seq_len;
+  // The fewest epochs with (E T - 1) / L >= requested.
+  std::uint64_t e = requested * seq_len / tokens;
+  e = e > 2 ? e - 2 : 1;
+  while ((e * tokens - 1) / seq_len < requested) ++e;
+  while (e > 1 && ((e - 1) * tokens - 1) / seq_len >= requested) --e;
+  p.epochs = e;
+  p.samples = (e * tokens - 1) / seq_len;
+  p.first_samples = p.samples;
+  if (e > 1) {
+    const std::uint64_t before_last = ((e - 1) * tokens - 1) / seq_len;
+    const std::uint64_t last = requested - before_last;
+    p.separate_last_epoch =
+        last < static_cast<std::uint64_t>(0.80 * static_cast<double>(p.samples_per_epoch));
+    if (p.separate_last_epoch) p.first_samples = before_last;
+  }
+  return p;
+}
+
+// ------------------------------------------------------------------ blending
+
+MegatronBlend::MegatronBlend(std::vector<double> weights)
+    : weights_(std::move(weights)), taken_(weights_.size(), 0.0), counts_(weights_.size(), 0) {
+  if (weights_.empty()) throw std::invalid_argument("MegatronBlend: no sources");
+  scan_ = weights_.size() <= 2 * kBlock;
+  if (!scan_) {
+    const std::size_t blocks = (weights_.size() + kBlock - 1) / kBlock;
+    block_max_.assign(blocks, 0);
+    block_time_.assign(blocks, 1);
+    block_weight_.assign(blocks, 0);
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const std::size_t end = std::min(weights_.size(), (b + 1) * kBlock);
+      for (std::size_t k = b * kBlock; k < end; ++k) {
+        block_weight_[b] = std::max(block_weight_[b], weights_[k]);
+      }
+      best_in(b, 1.0, block_max_[b]);
+    }
+  }
+}
+
+std::size_t MegatronBlend::best_in(std::size_t block, double t, double& value) const {
+  const std::size_t begin = block * kBlock, end = std::min(weights_.size(), begin + kBlock);
+  std::size_t best = begin;
+  double v = weights_[begin] * t - taken_[begin];
+  for (std::size_t k = begin + 1; k < end; ++k) {
+    const double e = weights_[k] * t - taken_[k];
+    if (e > v) v = e, best = k;
+  }
+  value = v;
+  return best;
+}
+
+std::size_t MegatronBlend::next() {
+  const double t = static_cast<double>(std::max<std::uint64_t>(step_, 1));
+  ++step_;
+  std::size_t best = 0;
+  if (scan_) {
+    double v = weights_[0] * t - taken_[0];
+    for (std::size_t k = 1; k < weights_.size(); ++k) {
+      const double e = weights_[k] * t - taken_[k];
+      if (e > v) v = e, best = k;
+    }
+  } else {
+    // A block's maximum grows by at most its largest weight per step (taking
+    // a sample only lowers it); the slack covers rounding, far above the
+    // few ulps the two roundings of w t - count can add.
+    const double slack = 1e-13 * (t + 1);
+    const std::size_t blocks = block_max_.size();
+    std::size_t first = 0;
+    double top = -std::numeric_limits<double>::infinity();
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const double bound = block_max_[b] + block_weight_[b] * (t - block_time_[b]);
+      if (bound > top) top = bound, first = b;
+    }
+    double v;
+    best = best_in(first, t, v);
+    block_max_[first] = v, block_time_[first] = t;
+    for (std::size_t b = 0; b < blocks; ++b) {
+      if (b == first) continue;
+      const double bound = block_max_[b] + block_weight_[b] * (t - block_time_[b]) + slack;
+      if (bound < v) continue;
+      double bv;
+      const std::size_t k = best_in(b, t, bv);
+      block_max_[b] = bv, block_time_[b] = t;
+      if (bv > v || (bv == v && k < best)) v = bv, best = k;
+    }
+  }
+  taken_[best] += 1.0;
+  ++counts_[best];
+  return best;
+}
+
+// ------------------------------------------------------------- one file's index
+
+MegatronFileIndex::MegatronFileIndex(const IndexedDataset& ds, std::uint64_t first_doc,
+                                     std::uint64_t end_doc, const MegatronFilePlan& plan,
+                                     std::uint64_t seq_len, std::uint32_t seed,
+                                     std::uint64_t keep) {
+  NumpyRandomState rng(seed);
+  const std::uint64_t docs = end_doc - first_doc;
+  doc_idx_.resize(plan.epochs * docs);
+  for (std::uint64_t e = 0; e < plan.epochs; ++e) {
+    for (std::uint64_t d = 0; d < docs; ++d) {
+      doc_idx_[e * docs + d] = static_cast<std::int32_t>(first_doc + d);
+    }
+  }
+  if (plan.separate_last_epoch) {
+    const std::size_t head = (plan.epochs - 1) * docs;
+    rng.shuffle(doc_idx_.data(), head);
+    rng.shuffle(doc_idx_.data() + head, docs);
+  } else {
+    rng.shuffle(doc_idx_);
+  }
+
+  // Where each sample starts: sample 0 at doc_idx[0] offset 0, sample s > 0
+  // at the token s L of the documents in doc_idx order (the last token of
+  // sample s - 1), which lies in a non-empty document.
+  std::vector<std::uint64_t> pos(plan.samples);
+  std::vector<std::uint32_t> off(plan.samples);
+  {
+    std::uint64_t s = 1, next = seq_len, begin = 0;
+    for (std::uint64_t p = 0; p < doc_idx_.size() && s < plan.samples; ++p) {
+      const std::uint64_t end =
+          begin + static_cast<std::uint64_t>(ds.size(static_cast<std::size_t>(doc_idx_[p])));
+      for (; next < end && s < plan.samples; ++s, next += seq_len) {
+        pos[s] = p;
+        off[s] = static_cast<std::uint32_t>(next - begin);
+      }
+      begin = end;
+    }
+  }
+
+  // shuffle_idx; its first `keep` entries are all that is kept.
+  std::vector<std::uint64_t> shuffle(plan.samples);
+  std::iota(shuffle.begin(), shuffle.end(), std::uint64_t{0});
+  rng.shuffle(shuffle.data(), plan.first_samples);
+  rng.shuffle(shuffle.data() + plan.first_samples, plan.samples - plan.first_samples);
+  keep = std::min(keep, plan.samples);
+  position_.resize(keep);
+  offset_.resize(keep);
+  for (std::uint64_t n = 0; n < keep; ++n) {
+    position_[n] = pos[shuffle[n]];
+    offset_[n] = off[shuffle[n]];
+  }
+}
+
+std::vector<SamplePiece> MegatronFileIndex::pieces(std::size_t file, std::uint64_t n,
+                                                   const IndexedDataset& ds,
+                                                   std::uint64_t seq_len) const {
+  std::vector<SamplePiece> out;
+  std::uint64_t p = position_[n], offset = offset_[n], left = seq_len + 1;
+  while (left > 0) {
+    if (p >= doc_idx_.size()) throw std::logic_error("Megatron sample runs past doc_idx");
+    const auto doc = static_cast<std::uint64_t>(doc_idx_[p]);
+    const auto size = static_cast<std::uint64_t>(ds.size(static_cast<std::size_t>(doc)));
+    const std::uint64_t take = std::min(left, size - offset);
+    if (take > 0) out.push_back({file, doc, offset, take});
+    left -= take;
+    offset = 0;
+    ++p;
+  }
+  return out;
+}
+
+// ----------------------------------------------------------------- the mixture
+
+MegatronOrder::MegatronOrder(const MixOptions& options, const std::vector<MixFile>& files,
+                             const std::vector<MixCorpus>& corpora)
+    : samples_(options.samples),
+      seq_len_(options.seq_len),
+      seed_(static_cast<std::uint32_t>(options.seed)),
+      blend_in_corpus_(options.blend_sample_in_corpus),
+      shuffle_in_corpus_(options.shuffle_sample_in_corpus) {
+  if (options.seed > std::numeric_limits<std::uint32_t>::max()) {
+    throw Error("must be below 2^32 in the megatron order (numpy's RandomState seeds)", "--seed");
+  }
+  plans_.reserve(files.size());
+  for (const auto& f : files) {
+    files_.push_back({f.entry.prefix.string(), f.entry.where, f.first_doc, f.end_doc});
+    const std::uint64_t requested = megatron_requested_samples(options.samples, f.entry.weight);
+    if (f.tokens == 0) {
+      throw Error(fmt::format("{} has no tokens in the split (Megatron would loop forever "
+                              "counting its epochs)",
+                              f.entry.prefix.string()),
+                  f.entry.where);
+    }
+    plans_.push_back(megatron_file_plan(f.tokens, options.seq_len, requested));
+  }
+  for (const auto& c : corpora) {
+    corpus_names_.push_back(c.name);
+    corpus_files_.push_back(c.files);
+  }
+  corpus_order_.resize(corpora.size());
+  std::iota(corpus_order_.begin(), corpus_order_.end(), std::size_t{0});
+  std::sort(corpus_order_.begin(), corpus_order_.end(),
+            [&](std::size_t a, std::size_t b) { return corpora[a].name < corpora[b].name; });
+  indices_.resize(files.size());
+  built_ = std::make_unique<std::once_flag[]>(files.size());
+}
+
+namespace {
+
+// One corpus's samples in Megatron's BuildCorpusDataset order: for corpus
+// sample j, the file (local number) and that file's sample number.
+struct CorpusDraws {
+  std::uint64_t size = 0;
+  std::vector<std::uint64_t> starts;  // concatenated: first sample of each file
+  std::vector<std::uint16_t> file;    // blended: per corpus sample
+  std::vector<std::uint32_t> number;
+  std::vector<std::uint32_t> shuffle;  // shuffled: corpus sample -> position
+
+  std::pair<std::size_t, std::uint64_t> at(std::uint64_t j) const {
+    const std::uint64_t p = shuffle.empty() ? j : shuffle[j];
+    if (!file.empty()) return {file[p], number[p]};
+    const auto it = std::upper_bound(starts.begin(), starts.end(), p) - 1;
+    const auto local = static_cast<std::size_t>(it - starts.begin());
+    return {local, p - *it};
+  }
+};
+
+}  // namespace
+
+std::vector<std::uint64_t> MegatronOrder::build(unsigned threads, unsigned sample_bits) const {
+  const std::size_t corpora = corpus_names_.size();
+  std::vector<CorpusDraws> draws(corpora);
+  std::uint64_t total = 0;
+  for (std::size_t c = 0; c < corpora; ++c) {
+    for (const std::size_t k : corpus_files_[c]) draws[c].size += plans_[k].requested;
+    total += draws[c].size;
+  }
+  if (total > std::numeric_limits<std::uint32_t>::max()) {
+    throw Error(
+        fmt::format("{} samples with the 0.5% surplus: at most 2^32 - 1 are supported", total),
+        "--train-samples");
+  }
+  const std::uint64_t n = samples_;
+  std::vector<std::uint16_t> outer(n);
+
+  const auto corpus_task = [&](std::size_t c) {
+    CorpusDraws& d = draws[c];
+    const auto& files = corpus_files_[c];
+    if (blend_in_corpus_ && d.size > 0) {
+      if (files.size() > 65536) throw Error("more than 65536 files in one corpus", "data list");
+      std::vector<double> w;
+      for (const std::size_t k : files) {
+        w.push_back(static_cast<double>(plans_[k].requested) / static_cast<double>(d.size));
+      }
+      MegatronBlend blend(std::move(w));
+      d.file.resize(d.size);
+      d.number.resize(d.size);
+      for (std::uint64_t j = 0; j < d.size; ++j) {
+        const std::size_t local = blend.next();
+        d.file[j] = static_cast<std::uint16_t>(local);
+        d.number[j] = static_cast<std::uint32_t>(blend.counts()[local] - 1);
+      }
+    } else {
+      std::uint64_t at = 0;
+      for (const std::size_t k : files) {
+        d.starts.push_back(at);
+        at += plans_[k].requested;
+      }
+    }
+    if (shuffle_in_corpus_) {
+      NumpyRandomState rng(seed_);
+      d.shuffle.resize(d.size);
+      std::iota(d.shuffle.begin(), d.shuffle.end(), std::uint32_t{0});
+      rng.shuffle(d.shuffle);
+    }
+  };
+  const auto outer_task = [&] {
+    // BlendableDataset: weights float(size_c) / total, divided by np.sum of them.
+    std::vector<double> w;
+    for (const std::size_t c : corpus_order_) {
+      w.push_back(static_cast<double>(draws[c].size) / static_cast<double>(total));
+    }
+    const double sum = numpy_sum(w.data(), w.size());
+    for (double& x : w) x /= sum;
+    MegatronBlend blend(std::move(w));
+    for (std::uint64_t i = 0; i < n; ++i) {
+      outer[i] = static_cast<std::uint16_t>(corpus_order_[blend.next()]);
+    }
+  };
+
+  // Task `corpora` is the outer blend; the largest tasks go first.
+  std::vector<std::size_t> order(corpora + 1);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  const auto cost = [&](std::size_t t) {
+    return t == corpora ? n * corpora
+                        : draws[t].size * std::min<std::size_t>(corpus_files_[t].size(), 48);
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return cost(a) > cost(b); });
+  std::atomic<std::size_t> next{0};
+  std::vector<std::exception_ptr> failed(threads);
+  const auto work = [&](unsigned id) {
+    try {
+      for (std::size_t t; (t = next.fetch_add(1)) < order.size();) {
+        if (order[t] == corpora) {
+          outer_task();
+        } else {
+          corpus_task(order[t]);
+        }
+      }
+    } catch (...) {
+      failed[id] = std::current_exception();
+      next = order.size();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& t : pool) t.join();
+  for (const auto& e : failed) {
+    if (e) std::rethrow_exception(e);
+  }
+
+  std::vector<std::uint64_t> records(n);
+  std::vector<std::uint64_t> used(corpora, 0);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::size_t c = outer[i];
+    const std::uint64_t j = used[c]++;
+    if (j >= draws[c].size) {
+      throw Error(fmt::format("Megatron's blend draws sample {} of corpus {}, which has {}; "
+                              "Megatron fails on this sample too (IndexError)",
+                              j, corpus_names_[c], draws[c].size),
+                  "--train-samples");
+    }
+    const auto [local, number] = draws[c].at(j);
+    const std::size_t k = corpus_files_[c][local];
+    if (number >= plans_[k].samples) {
+      throw Error(fmt::format("Megatron's corpus blend draws sample {} of {}, which has {}; "
+                              "Megatron fails on this sample too (IndexError)",
+                              number, files_[k].prefix, plans_[k].samples),
+                  "--train-samples");
+    }
+    records[i] = (static_cast<std::uint64_t>(k) << sample_bits) | number;
+  }
+  return records;
+}
+
+const MegatronFileIndex& MegatronOrder::file(std::size_t k, const IndexedDataset& ds,
+                                             std::uint64_t keep) const {
+  std::call_once(built_[k], [&] {
+    const File& f = files_[k];
+    indices_[k] = std::make_unique<MegatronFileIndex>(ds, f.first_doc, f.end_doc, plans_[k],
+                                                      seq_len_, seed_, keep);
+  });
+  return *indices_[k];
+}
+
+}  // namespace borealis

@@ -10,6 +10,10 @@
 #include <numeric>
 #include <thread>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "core/error.h"
 #include "data/mixture.h"
 #include "data/numpy_random.h"
@@ -121,63 +125,113 @@ std::size_t MegatronBlend::next() {
 
 // ------------------------------------------------------------- one file's index
 
+namespace {
+
+// Per-thread buffers for the parts of a file's index that are not kept:
+// allocating and freeing them per file costs more than filling them.
+struct Scratch {
+  std::vector<std::uint64_t> starts;
+  std::vector<std::uint32_t> shuffle;
+};
+
+template <class T>
+T* scratch_of(std::vector<T>& v, std::size_t n) {
+  if (v.size() < n) {
+    v.clear();
+    v.shrink_to_fit();
+    v.resize(n + n / 4);
+  }
+  return v.data();
+}
+
+void read_sizes(const IndexedDataset& ds, std::uint64_t first, std::uint64_t count,
+                std::int32_t* out) {
+  const std::string path = ds.prefix().string() + ".idx";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("cannot open", path, errno);
+  auto* bytes = reinterpret_cast<char*>(out);
+  std::size_t left = count * 4, at = kIdxHeaderSize + first * 4;
+  while (left > 0) {
+    const ssize_t got = ::pread(fd, bytes, left, static_cast<off_t>(at));
+    if (got <= 0) {
+      const int err = got < 0 ? errno : EIO;
+      ::close(fd);
+      throw_errno("cannot read the sequence sizes", path, err);
+    }
+    bytes += got, at += static_cast<std::size_t>(got), left -= static_cast<std::size_t>(got);
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
 MegatronFileIndex::MegatronFileIndex(const IndexedDataset& ds, std::uint64_t first_doc,
                                      std::uint64_t end_doc, const MegatronFilePlan& plan,
-                                     std::uint64_t seq_len, std::uint32_t seed,
-                                     std::uint64_t keep) {
+                                     std::uint64_t seq_len, std::uint32_t seed, std::uint64_t keep,
+                                     std::span<std::int32_t> storage) {
   NumpyRandomState rng(seed);
   const std::uint64_t docs = end_doc - first_doc;
-  doc_idx_.resize(plan.epochs * docs);
+  const std::uint64_t doc_idx_size = plan.epochs * docs;
+  if (doc_idx_size >= (std::uint64_t{1} << (64 - kOffsetBits))) {
+    throw Error(fmt::format("{} epochs of {} documents: too many for the megatron order",
+                            plan.epochs, docs),
+                ds.prefix().string());
+  }
+  if (storage.size() != doc_idx_size) throw std::logic_error("MegatronFileIndex: storage size");
+  std::int32_t* doc_idx = storage.data();
+  doc_idx_ = storage;
   for (std::uint64_t e = 0; e < plan.epochs; ++e) {
     for (std::uint64_t d = 0; d < docs; ++d) {
-      doc_idx_[e * docs + d] = static_cast<std::int32_t>(first_doc + d);
+      doc_idx[e * docs + d] = static_cast<std::int32_t>(first_doc + d);
     }
   }
   if (plan.separate_last_epoch) {
     const std::size_t head = (plan.epochs - 1) * docs;
-    rng.shuffle(doc_idx_.data(), head);
-    rng.shuffle(doc_idx_.data() + head, docs);
+    rng.shuffle(doc_idx, head);
+    rng.shuffle(doc_idx + head, docs);
   } else {
-    rng.shuffle(doc_idx_);
+    rng.shuffle(doc_idx, doc_idx_size);
   }
+
+  // The split's sequence sizes, read with pread: faulting in the mapped
+  // .idx page by page costs more.
+  thread_local std::vector<std::int32_t> sizes;
+  sizes.resize(docs);
+  read_sizes(ds, first_doc, docs, sizes.data());
 
   // Where each sample starts: sample 0 at doc_idx[0] offset 0, sample s > 0
   // at the token s L of the documents in doc_idx order (the last token of
   // sample s - 1), which lies in a non-empty document.
-  std::vector<std::uint64_t> pos(plan.samples);
-  std::vector<std::uint32_t> off(plan.samples);
+  thread_local Scratch scratch;
+  std::uint64_t* starts = scratch_of(scratch.starts, plan.samples);
+  if (plan.samples > 0) starts[0] = 0;
   {
     std::uint64_t s = 1, next = seq_len, begin = 0;
-    for (std::uint64_t p = 0; p < doc_idx_.size() && s < plan.samples; ++p) {
-      const std::uint64_t end =
-          begin + static_cast<std::uint64_t>(ds.size(static_cast<std::size_t>(doc_idx_[p])));
+    const std::int32_t* size = sizes.data() - first_doc;
+    for (std::uint64_t p = 0; p < doc_idx_size && s < plan.samples; ++p) {
+      const std::uint64_t end = begin + static_cast<std::uint64_t>(size[doc_idx[p]]);
       for (; next < end && s < plan.samples; ++s, next += seq_len) {
-        pos[s] = p;
-        off[s] = static_cast<std::uint32_t>(next - begin);
+        starts[s] = (p << kOffsetBits) | (next - begin);
       }
       begin = end;
     }
   }
 
-  // shuffle_idx; its first `keep` entries are all that is kept.
-  std::vector<std::uint64_t> shuffle(plan.samples);
-  std::iota(shuffle.begin(), shuffle.end(), std::uint64_t{0});
-  rng.shuffle(shuffle.data(), plan.first_samples);
-  rng.shuffle(shuffle.data() + plan.first_samples, plan.samples - plan.first_samples);
-  keep = std::min(keep, plan.samples);
-  position_.resize(keep);
-  offset_.resize(keep);
-  for (std::uint64_t n = 0; n < keep; ++n) {
-    position_[n] = pos[shuffle[n]];
-    offset_[n] = off[shuffle[n]];
-  }
+  // shuffle_idx; where its first `keep` samples start is all that is kept.
+  std::uint32_t* shuffle = scratch_of(scratch.shuffle, plan.samples);
+  for (std::uint64_t s = 0; s < plan.samples; ++s) shuffle[s] = static_cast<std::uint32_t>(s);
+  rng.shuffle(shuffle, plan.first_samples);
+  rng.shuffle(shuffle + plan.first_samples, plan.samples - plan.first_samples);
+  starts_.resize(std::min(keep, plan.samples));
+  for (std::uint64_t n = 0; n < starts_.size(); ++n) starts_[n] = starts[shuffle[n]];
 }
 
 std::vector<SamplePiece> MegatronFileIndex::pieces(std::size_t file, std::uint64_t n,
                                                    const IndexedDataset& ds,
                                                    std::uint64_t seq_len) const {
   std::vector<SamplePiece> out;
-  std::uint64_t p = position_[n], offset = offset_[n], left = seq_len + 1;
+  auto [p, offset] = start(n);
+  std::uint64_t left = seq_len + 1;
   while (left > 0) {
     if (p >= doc_idx_.size()) throw std::logic_error("Megatron sample runs past doc_idx");
     const auto doc = static_cast<std::uint64_t>(doc_idx_[p]);
@@ -214,6 +268,11 @@ MegatronOrder::MegatronOrder(const MixOptions& options, const std::vector<MixFil
                   f.entry.where);
     }
     plans_.push_back(megatron_file_plan(f.tokens, options.seq_len, requested));
+    if (plans_.back().samples > std::numeric_limits<std::uint32_t>::max()) {
+      throw Error(fmt::format("{} has {} samples: at most 2^32 - 1 per file are supported",
+                              f.entry.prefix.string(), plans_.back().samples),
+                  f.entry.where);
+    }
   }
   for (const auto& c : corpora) {
     corpus_names_.push_back(c.name);
@@ -223,8 +282,29 @@ MegatronOrder::MegatronOrder(const MixOptions& options, const std::vector<MixFil
   std::iota(corpus_order_.begin(), corpus_order_.end(), std::size_t{0});
   std::sort(corpus_order_.begin(), corpus_order_.end(),
             [&](std::size_t a, std::size_t b) { return corpora[a].name < corpora[b].name; });
+  std::uint64_t entries = 0;
+  for (std::size_t k = 0; k < files.size(); ++k) {
+    arena_at_.push_back(entries);
+    entries += plans_[k].epochs * (files[k].end_doc - files[k].first_doc);
+  }
+  arena_at_.push_back(entries);
+  if (entries > 0) {
+    arena_.bytes = entries * sizeof(std::int32_t);
+    void* p = ::mmap(nullptr, arena_.bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      throw_errno(fmt::format("cannot reserve {} bytes for doc_idx", arena_.bytes),
+                  "megatron order", errno);
+    }
+    ::madvise(p, arena_.bytes, MADV_HUGEPAGE);  // a hint; failure is harmless
+    arena_.data = static_cast<std::int32_t*>(p);
+  }
   indices_.resize(files.size());
   built_ = std::make_unique<std::once_flag[]>(files.size());
+}
+
+MegatronOrder::Arena::~Arena() {
+  if (data != nullptr) ::munmap(data, bytes);
 }
 
 namespace {
@@ -371,8 +451,10 @@ const MegatronFileIndex& MegatronOrder::file(std::size_t k, const IndexedDataset
                                              std::uint64_t keep) const {
   std::call_once(built_[k], [&] {
     const File& f = files_[k];
+    const std::span<std::int32_t> storage(arena_.data + arena_at_[k],
+                                          arena_at_[k + 1] - arena_at_[k]);
     indices_[k] = std::make_unique<MegatronFileIndex>(ds, f.first_doc, f.end_doc, plans_[k],
-                                                      seq_len_, seed_, keep);
+                                                      seq_len_, seed_, keep, storage);
   });
   return *indices_[k];
 }

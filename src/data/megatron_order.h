@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -84,26 +85,30 @@ class MegatronBlend {
 };
 
 // One file's doc_idx and, for its samples n < keep, where sample n starts.
+// doc_idx is written to `storage` (epochs x documents entries), which must
+// outlive the index.
 class MegatronFileIndex {
  public:
   MegatronFileIndex(const IndexedDataset& ds, std::uint64_t first_doc, std::uint64_t end_doc,
                     const MegatronFilePlan& plan, std::uint64_t seq_len, std::uint32_t seed,
-                    std::uint64_t keep);
+                    std::uint64_t keep, std::span<std::int32_t> storage);
 
-  const std::vector<std::int32_t>& doc_idx() const { return doc_idx_; }
+  std::span<const std::int32_t> doc_idx() const { return doc_idx_; }
   // Position in doc_idx and token offset where the file's sample n starts.
   std::pair<std::uint64_t, std::uint64_t> start(std::uint64_t n) const {
-    return {position_[n], offset_[n]};
+    return {starts_[n] >> kOffsetBits, starts_[n] & kOffsetMask};
   }
-  std::uint64_t kept() const { return position_.size(); }
+  std::uint64_t kept() const { return starts_.size(); }
   // The non-empty pieces of the file's sample n (L + 1 tokens).
   std::vector<SamplePiece> pieces(std::size_t file, std::uint64_t n, const IndexedDataset& ds,
                                   std::uint64_t seq_len) const;
 
  private:
-  std::vector<std::int32_t> doc_idx_;
-  std::vector<std::uint64_t> position_;
-  std::vector<std::uint32_t> offset_;
+  // A start is position << 31 | offset (sizes are int32 in Megatron's format).
+  static constexpr unsigned kOffsetBits = 31;
+  static constexpr std::uint64_t kOffsetMask = (std::uint64_t{1} << kOffsetBits) - 1;
+  std::span<const std::int32_t> doc_idx_;
+  std::vector<std::uint64_t> starts_;
 };
 
 // The mixture-level part: plans, the blend, and the per-file indices.
@@ -135,6 +140,18 @@ class MegatronOrder {
   std::vector<std::vector<std::size_t>> corpus_files_;
   std::vector<MegatronFilePlan> plans_;
   std::vector<std::size_t> corpus_order_;
+  // Every file's doc_idx in one mapping (huge pages where the kernel gives
+  // them): faulting in small pages costs more than shuffling.
+  struct Arena {
+    std::int32_t* data = nullptr;
+    std::size_t bytes = 0;
+    Arena() = default;
+    Arena(const Arena&) = delete;
+    Arena& operator=(const Arena&) = delete;
+    ~Arena();
+  };
+  Arena arena_;
+  std::vector<std::uint64_t> arena_at_;  // per file, its first entry
   mutable std::vector<std::unique_ptr<MegatronFileIndex>> indices_;
   mutable std::unique_ptr<std::once_flag[]> built_;
 };

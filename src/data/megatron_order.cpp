@@ -209,6 +209,7 @@ MegatronFileIndex::MegatronFileIndex(const IndexedDataset& ds, std::uint64_t fir
     std::uint64_t s = 1, next = seq_len, begin = 0;
     const std::int32_t* size = sizes.data() - first_doc;
     for (std::uint64_t p = 0; p < doc_idx_size && s < plan.samples; ++p) {
+      if (p + 16 < doc_idx_size) __builtin_prefetch(size + doc_idx[p + 16]);
       const std::uint64_t end = begin + static_cast<std::uint64_t>(size[doc_idx[p]]);
       for (; next < end && s < plan.samples; ++s, next += seq_len) {
         starts[s] = (p << kOffsetBits) | (next - begin);

@@ -14,6 +14,7 @@
 //   change the draws.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -57,11 +58,20 @@ class NumpyRandomState {
     }
     return v;
   }
+  // The draws do not depend on the data, so they are made a batch ahead and
+  // the elements they pick are prefetched; the swaps happen in numpy's order.
   template <class T>
   void shuffle(T* data, std::size_t n) {
-    for (std::size_t i = n; i-- > 1;) {
-      const std::size_t j = static_cast<std::size_t>(interval(i));
-      std::swap(data[i], data[j]);
+    constexpr std::size_t kAhead = 32;
+    std::size_t picks[kAhead];
+    for (std::size_t i = n; i > 1;) {
+      const std::size_t count = std::min(kAhead, i - 1);
+      for (std::size_t b = 0; b < count; ++b) {
+        picks[b] = pick(i - 1 - b);
+        __builtin_prefetch(data + picks[b], 1);
+      }
+      for (std::size_t b = 0; b < count; ++b) std::swap(data[i - 1 - b], data[picks[b]]);
+      i -= count;
     }
   }
   template <class T>
@@ -77,6 +87,16 @@ class NumpyRandomState {
 
  private:
   static constexpr std::size_t kN = 624;
+  // interval(i) for i >= 1, its 32-bit path inlined.
+  std::size_t pick(std::size_t i) {
+    if (i > 0xffffffffu) return static_cast<std::size_t>(interval(i));
+    const auto max = static_cast<std::uint32_t>(i);
+    const std::uint32_t mask = ~std::uint32_t{0} >> __builtin_clz(max);
+    std::uint32_t v;
+    while ((v = next32() & mask) > max) {
+    }
+    return v;
+  }
   void twist();
 
   std::array<std::uint32_t, kN> state_{};

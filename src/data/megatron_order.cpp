@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <numeric>
@@ -52,74 +53,125 @@ MegatronFilePlan megatron_file_plan(std::uint64_t tokens, std::uint64_t seq_len,
 
 // ------------------------------------------------------------------ blending
 
-MegatronBlend::MegatronBlend(std::vector<double> weights)
-    : weights_(std::move(weights)), taken_(weights_.size(), 0.0), counts_(weights_.size(), 0) {
-  if (weights_.empty()) throw std::invalid_argument("MegatronBlend: no sources");
-  scan_ = weights_.size() <= 2 * kBlock;
-  if (!scan_) {
-    const std::size_t blocks = (weights_.size() + kBlock - 1) / kBlock;
-    block_max_.assign(blocks, 0);
-    block_time_.assign(blocks, 1);
-    block_weight_.assign(blocks, 0);
-    for (std::size_t b = 0; b < blocks; ++b) {
-      const std::size_t end = std::min(weights_.size(), (b + 1) * kBlock);
-      for (std::size_t k = b * kBlock; k < end; ++k) {
-        block_weight_[b] = std::max(block_weight_[b], weights_[k]);
-      }
-      best_in(b, 1.0, block_max_[b]);
-    }
-  }
+namespace {
+
+using V4 = double __attribute__((vector_size(32)));
+using I4 = std::int64_t __attribute__((vector_size(32)));
+
+V4 load4(const double* p) {
+  V4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 
-std::size_t MegatronBlend::best_in(std::size_t block, double t, double& value) const {
-  const std::size_t begin = block * kBlock, end = std::min(weights_.size(), begin + kBlock);
-  std::size_t best = begin;
-  double v = weights_[begin] * t - taken_[begin];
-  for (std::size_t k = begin + 1; k < end; ++k) {
-    const double e = weights_[k] * t - taken_[k];
+// The first k < n with the largest w[k] * t - c[k], as a scan with a strict
+// > finds it: each of 4 lanes keeps its first largest value, then the lanes'
+// winners are compared (equal values: the lower index).
+std::size_t first_max(const double* w, const double* c, std::size_t n, double t, double& value) {
+  std::size_t k = 0, best = 0;
+  double v = -std::numeric_limits<double>::infinity();
+  if (n >= 4) {
+    const V4 vt = {t, t, t, t};
+    V4 top = load4(w) * vt - load4(c);
+    I4 at = {0, 1, 2, 3}, index = at;
+    const I4 step = {4, 4, 4, 4};
+    for (k = 4; k + 4 <= n; k += 4) {
+      at += step;
+      const V4 e = load4(w + k) * vt - load4(c + k);
+      const I4 greater = e > top;
+      top = greater ? e : top;
+      index = greater ? at : index;
+    }
+    v = top[0];
+    best = static_cast<std::size_t>(index[0]);
+    for (int l = 1; l < 4; ++l) {
+      const auto i = static_cast<std::size_t>(index[l]);
+      if (top[l] > v || (top[l] == v && i < best)) v = top[l], best = i;
+    }
+  }
+  for (; k < n; ++k) {
+    const double e = w[k] * t - c[k];
     if (e > v) v = e, best = k;
   }
   value = v;
   return best;
 }
 
+}  // namespace
+
+MegatronBlend::MegatronBlend(std::vector<double> weights)
+    : weights_(std::move(weights)), taken_(weights_.size(), 0.0), counts_(weights_.size(), 0) {
+  if (weights_.empty()) throw std::invalid_argument("MegatronBlend: no sources");
+  scan_ = weights_.size() <= 4 * kBlock;
+  if (!scan_) {
+    const std::size_t blocks = (weights_.size() + kBlock - 1) / kBlock;
+    block_weight_.assign(blocks, 0);
+    block_offset_.assign(blocks, 0);
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const std::size_t end = std::min(weights_.size(), (b + 1) * kBlock);
+      for (std::size_t k = b * kBlock; k < end; ++k) {
+        block_weight_[b] = std::max(block_weight_[b], weights_[k]);
+      }
+      reset_block(b, 1.0);
+    }
+  }
+}
+
+std::size_t MegatronBlend::best_in(std::size_t block, double t, double& value) const {
+  const std::size_t begin = block * kBlock, end = std::min(weights_.size(), begin + kBlock);
+  return begin + first_max(weights_.data() + begin, taken_.data() + begin, end - begin, t, value);
+}
+
+// The block's bound from now on: its exact maximum m at t, growing by its
+// largest weight per step, kept as wmax * t' - offset (offset = wmax t - m).
+void MegatronBlend::reset_block(std::size_t b, double t) {
+  double m;
+  best_in(b, t, m);
+  block_offset_[b] = block_weight_[b] * t - m;
+}
+
 std::size_t MegatronBlend::next() {
   const double t = static_cast<double>(std::max<std::uint64_t>(step_, 1));
   ++step_;
   std::size_t best = 0;
+  double v;
   if (scan_) {
-    double v = weights_[0] * t - taken_[0];
-    for (std::size_t k = 1; k < weights_.size(); ++k) {
-      const double e = weights_[k] * t - taken_[k];
-      if (e > v) v = e, best = k;
-    }
+    best = first_max(weights_.data(), taken_.data(), weights_.size(), t, v);
   } else {
     // A block's maximum grows by at most its largest weight per step (taking
-    // a sample only lowers it); the slack covers rounding, far above the
-    // few ulps the two roundings of w t - count can add.
+    // a sample only lowers it); the slack covers rounding, far above the few
+    // ulps the roundings of the bound and of w t - count can add.
     const double slack = 1e-13 * (t + 1);
-    const std::size_t blocks = block_max_.size();
-    std::size_t first = 0;
-    double top = -std::numeric_limits<double>::infinity();
-    for (std::size_t b = 0; b < blocks; ++b) {
-      const double bound = block_max_[b] + block_weight_[b] * (t - block_time_[b]);
-      if (bound > top) top = bound, first = b;
-    }
-    double v;
+    const std::size_t blocks = block_weight_.size();
+    double top;
+    const std::size_t first = first_max(block_weight_.data(), block_offset_.data(), blocks, t, top);
     best = best_in(first, t, v);
-    block_max_[first] = v, block_time_[first] = t;
-    for (std::size_t b = 0; b < blocks; ++b) {
-      if (b == first) continue;
-      const double bound = block_max_[b] + block_weight_[b] * (t - block_time_[b]) + slack;
-      if (bound < v) continue;
+    block_offset_[first] = block_weight_[first] * t - v;
+    const V4 vt = {t, t, t, t};
+    std::size_t b = 0;
+    const auto visit = [&](std::size_t blk) {
+      if (blk == first) return;
       double bv;
-      const std::size_t k = best_in(b, t, bv);
-      block_max_[b] = bv, block_time_[b] = t;
+      const std::size_t k = best_in(blk, t, bv);
+      block_offset_[blk] = block_weight_[blk] * t - bv;
       if (bv > v || (bv == v && k < best)) v = bv, best = k;
+    };
+    for (; b + 4 <= blocks; b += 4) {
+      const V4 bound = load4(block_weight_.data() + b) * vt - load4(block_offset_.data() + b);
+      const V4 floor = {v - slack, v - slack, v - slack, v - slack};
+      const I4 near = bound >= floor;
+      if ((near[0] | near[1] | near[2] | near[3]) == 0) continue;
+      for (std::size_t l = 0; l < 4; ++l) {
+        if (near[l] != 0) visit(b + l);
+      }
+    }
+    for (; b < blocks; ++b) {
+      if (block_weight_[b] * t - block_offset_[b] >= v - slack) visit(b);
     }
   }
   taken_[best] += 1.0;
   ++counts_[best];
+  if (!scan_) reset_block(best / kBlock, t);  // the winner's block: tight again
   return best;
 }
 

@@ -74,14 +74,16 @@ class MegatronBlend {
  private:
   static constexpr std::size_t kBlock = 16;
   std::size_t best_in(std::size_t block, double t, double& value) const;
+  void reset_block(std::size_t block, double t);
 
   std::vector<double> weights_;
   std::vector<double> taken_;  // counts as doubles
   std::vector<std::uint64_t> counts_;
   std::uint64_t step_ = 0;
   bool scan_ = true;
-  // Per block: an exact maximum at some time, that time, the largest weight.
-  std::vector<double> block_max_, block_time_, block_weight_;
+  // Per block: its largest weight w and an offset such that w t - offset
+  // bounds every w_k t - count_k in the block from now on.
+  std::vector<double> block_weight_, block_offset_;
 };
 
 // One file's doc_idx and, for its samples n < keep, where sample n starts.

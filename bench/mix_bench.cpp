@@ -2,12 +2,15 @@
 //
 //   build/release/bench/mix_bench --data-list /tmp/mix/2e11/data-list.txt
 //       [--seq-len 4096] [--seed 1234] [--threads 2] [--lookups 1000000]
+//       [--order fast|megatron] [--blend-sample-in-corpus] [--shuffle-sample-in-corpus]
 //
 // Train samples = the list's total tokens / seq_len, split 100,0,0. Prints:
 // the time to open the files; the full build (no cache) and its peak memory;
 // the time to the first sample from a cached index in a fresh Mixture; the
 // mean time of random-access lookups (sample i -> pieces). Figures only, no
-// pass/fail. Make the mixture with ../shared/bench/gen_mixture.py.
+// pass/fail. In the megatron order it also times building every file's
+// Megatron index (doc_idx, sample starts, shuffle_idx), which a Mixture does
+// per file on first use. Make the mixture with ../shared/bench/gen_mixture.py.
 #include <fmt/format.h>
 #include <sys/resource.h>
 
@@ -53,15 +56,37 @@ int run(int argc, char** argv) {
   std::string list_path;
   std::uint64_t seq_len = 4096, seed = 1234, lookups = 1000000;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
-  for (int i = 1; i + 1 < argc; i += 2) {
+  std::string order = "fast";
+  bool blend_in_corpus = false, shuffle_in_corpus = false;
+  for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--data-list") list_path = argv[i + 1];
-    if (flag == "--seq-len") seq_len = std::stoull(argv[i + 1]);
-    if (flag == "--seed") seed = std::stoull(argv[i + 1]);
-    if (flag == "--threads") threads = static_cast<unsigned>(std::stoul(argv[i + 1]));
-    if (flag == "--lookups") lookups = std::stoull(argv[i + 1]);
+    if (flag == "--blend-sample-in-corpus") {
+      blend_in_corpus = true;
+      continue;
+    }
+    if (flag == "--shuffle-sample-in-corpus") {
+      shuffle_in_corpus = true;
+      continue;
+    }
+    if (i + 1 >= argc) throw Error("needs a value", flag);
+    const std::string value = argv[++i];
+    if (flag == "--data-list")
+      list_path = value;
+    else if (flag == "--seq-len")
+      seq_len = std::stoull(value);
+    else if (flag == "--seed")
+      seed = std::stoull(value);
+    else if (flag == "--threads")
+      threads = static_cast<unsigned>(std::stoul(value));
+    else if (flag == "--lookups")
+      lookups = std::stoull(value);
+    else if (flag == "--order")
+      order = value;
+    else
+      throw Error("unknown flag", flag);
   }
   if (list_path.empty()) throw Error("required", "--data-list");
+  if (order != "fast" && order != "megatron") throw Error("fast or megatron", "--order");
 
   MixOptions o;
   o.list = read_data_list(list_path);
@@ -81,16 +106,33 @@ int run(int argc, char** argv) {
   }
   const double count_s = since(t);
   o.samples = tokens / seq_len;
-  fmt::print("mixture: {} files, {} tokens -> {} samples of {} tokens, seed {}, {} threads\n",
-             o.list.size(), tokens, o.samples, seq_len + 1, seed, threads);
+  o.order = order == "megatron" ? MixOrder::megatron : MixOrder::fast;
+  o.blend_sample_in_corpus = blend_in_corpus;
+  o.shuffle_sample_in_corpus = shuffle_in_corpus;
+  fmt::print(
+      "mixture: {} files, {} tokens -> {} samples of {} tokens, seed {}, {} threads, "
+      "order {}{}{}\n",
+      o.list.size(), tokens, o.samples, seq_len + 1, seed, threads, order,
+      blend_in_corpus ? ", blend in corpus" : "", shuffle_in_corpus ? ", shuffle in corpus" : "");
   fmt::print("read every file's header: {:.3f} s\n", count_s);
 
   t = Clock::now();
   const double cpu0 = cpu_seconds();
   const Mixture built(o);
   const double build_s = since(t);
-  fmt::print("full build (fast order, no cache): {:.3f} s wall, {:.3f} s CPU, peak memory {}\n",
-             build_s, cpu_seconds() - cpu0, format_bytes(peak_rss()));
+  fmt::print("full build ({} order, no cache): {:.3f} s wall, {:.3f} s CPU, peak memory {}\n",
+             order, build_s, cpu_seconds() - cpu0, format_bytes(peak_rss()));
+  if (built.megatron()) {
+    t = Clock::now();
+    const double cpu1 = cpu_seconds();
+    built.prepare(threads);
+    const double prepare_s = since(t);
+    fmt::print(
+        "every file's Megatron index (doc_idx, sample starts, shuffle_idx): {:.3f} s wall, "
+        "{:.3f} s CPU, peak memory {}\n",
+        prepare_s, cpu_seconds() - cpu1, format_bytes(peak_rss()));
+    fmt::print("build + every file's index: {:.3f} s wall\n", build_s + prepare_s);
+  }
 
   const auto cache = std::filesystem::temp_directory_path() /
                      fmt::format("borealis-mix-bench-{}", static_cast<long>(::getpid()));
@@ -120,8 +162,12 @@ int run(int argc, char** argv) {
   }
   std::filesystem::remove_all(cache);
   fmt::print("peak memory of the whole run: {}\n", format_bytes(peak_rss()));
-  fmt::print("reproduce: {} --data-list {} --seq-len {} --seed {} --threads {} --lookups {}\n",
-             argv[0], list_path, seq_len, seed, threads, lookups);
+  fmt::print(
+      "reproduce: {} --data-list {} --seq-len {} --seed {} --threads {} --lookups {} "
+      "--order {}{}{}\n",
+      argv[0], list_path, seq_len, seed, threads, lookups, order,
+      blend_in_corpus ? " --blend-sample-in-corpus" : "",
+      shuffle_in_corpus ? " --shuffle-sample-in-corpus" : "");
   (void)first;
   return 0;
 }

@@ -34,6 +34,9 @@ struct MixArgs {
   bool build_only = false;
   std::uint64_t sample = 0;
   std::string tokenizer;
+  std::string order = "fast";
+  bool blend_in_corpus = false;
+  bool shuffle_in_corpus = false;
 };
 
 std::filesystem::path default_cache_dir() {
@@ -77,6 +80,9 @@ Mixture open_mixture(const MixArgs& a) {
   if (!a.no_cache)
     o.cache_dir = a.cache_dir.empty() ? default_cache_dir() : std::filesystem::path(a.cache_dir);
   o.threads = static_cast<unsigned>(cpu_threads());
+  o.order = a.order == "megatron" ? MixOrder::megatron : MixOrder::fast;
+  o.blend_sample_in_corpus = a.blend_in_corpus;
+  o.shuffle_sample_in_corpus = a.shuffle_in_corpus;
   return Mixture(std::move(o));
 }
 
@@ -101,7 +107,7 @@ void run_mix(const MixArgs& a) {
                         {"seq_len", m.options().seq_len},
                         {"seed", m.options().seed},
                         {"split", m.options().split},
-                        {"order", "fast"},
+                        {"order", order_name(m.options().order)},
                         {"key", m.key()},
                         {"cache", cache},
                         {"from_cache", m.from_cache()},
@@ -121,6 +127,13 @@ void run_mix(const MixArgs& a) {
                            {"tokens", f.tokens},
                            {"samples_per_epoch", f.samples_per_epoch},
                            {"epochs", epochs(f)}});
+          if (const MegatronOrder* mo = m.megatron()) {
+            const MegatronFilePlan& p = mo->plan(k);
+            files.back()["megatron"] = {{"requested", p.requested},
+                                        {"epochs", p.epochs},
+                                        {"separate_last_epoch", p.separate_last_epoch},
+                                        {"samples", p.samples}};
+          }
         }
         j["corpora"].push_back({{"name", c.name},
                                 {"weight", c.weight},
@@ -133,10 +146,10 @@ void run_mix(const MixArgs& a) {
     return;
   }
   std::cout << fmt::format(
-      "{} samples of {} tokens from {} files in {} corpora (order fast, "
-      "seed {}, split {})\n",
-      m.size(), m.options().seq_len + 1, m.files().size(), m.corpora().size(), m.options().seed,
-      a.split);
+      "{} samples of {} tokens from {} files in {} corpora (order {}{}{}, seed {}, split {})\n",
+      m.size(), m.options().seq_len + 1, m.files().size(), m.corpora().size(),
+      order_name(m.options().order), a.blend_in_corpus ? ", blend in corpus" : "",
+      a.shuffle_in_corpus ? ", shuffle in corpus" : "", m.options().seed, a.split);
   std::cout << fmt::format("index {} in {:.3f} s, peak memory {}; cache {}\n",
                            m.from_cache() ? "loaded" : "built", m.build_seconds(),
                            format_bytes(peak_rss_bytes()), cache);
@@ -215,6 +228,14 @@ void add_mixture_flags(CLI::App* app, MixArgs& a) {
                   "$XDG_CACHE_HOME/borealis/mix, else ~/.cache/borealis/mix)");
   app->add_flag("--no-cache", a.no_cache, "Build in memory; read and write no cache");
   app->add_flag("--json", a.json, "Print one JSON object");
+  app->add_option("--order", a.order,
+                  "Sample order: fast (Borealis's) or megatron (Megatron-DeepSpeed's, bit for bit)")
+      ->check(CLI::IsMember({"fast", "megatron"}))
+      ->capture_default_str();
+  app->add_flag("--blend-sample-in-corpus", a.blend_in_corpus,
+                "Megatron order: blend a corpus's files by weight (default: concatenate them)");
+  app->add_flag("--shuffle-sample-in-corpus", a.shuffle_in_corpus,
+                "Megatron order: shuffle each corpus's samples");
 }
 
 }  // namespace

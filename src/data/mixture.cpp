@@ -116,6 +116,10 @@ std::uint64_t token_offset(const IndexedDataset& ds, std::uint64_t doc) {
 
 }  // namespace
 
+const char* order_name(MixOrder order) {
+  return order == MixOrder::megatron ? "megatron" : "fast";
+}
+
 std::array<std::uint64_t, 2> split_range(const std::array<double, 3>& split, std::uint64_t size,
                                          int part) {
   double total = 0;
@@ -188,10 +192,26 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
     throw Error(fmt::format("the {} part of the split is zero", split_part_name(options_.part)),
                 "--split");
   }
+  if (options_.order == MixOrder::fast &&
+      (options_.blend_sample_in_corpus || options_.shuffle_sample_in_corpus)) {
+    throw Error(
+        "applies to the megatron order only (the fast order always blends the files of a "
+        "corpus and shuffles each file's samples)",
+        options_.blend_sample_in_corpus ? "--blend-sample-in-corpus"
+                                        : "--shuffle-sample-in-corpus");
+  }
   open_files();
+  if (options_.order == MixOrder::megatron) {
+    megatron_ = std::make_unique<MegatronOrder>(options_, files_, corpora_);
+  }
 
   Hasher h;
-  h.add(std::string_view("borealis-mix")).add(kFormatVersion).add(std::string_view("fast"));
+  h.add(std::string_view("borealis-mix")).add(kFormatVersion);
+  h.add(std::string_view(order_name(options_.order)));
+  if (options_.order == MixOrder::megatron) {
+    h.add(std::uint64_t{options_.blend_sample_in_corpus})
+        .add(std::uint64_t{options_.shuffle_sample_in_corpus});
+  }
   h.add(options_.seq_len).add(options_.samples).add(options_.seed);
   for (const double s : options_.split) h.add(s);
   h.add(static_cast<std::uint64_t>(options_.part));
@@ -219,8 +239,16 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
     c.samples = 0;
     for (const std::size_t k : c.files) c.samples += files_[k].samples;
   }
+  if (megatron_) {  // the largest sample number drawn from each file
+    keep_.assign(files_.size(), 0);
+    for (std::uint64_t i = 0; i < options_.samples; ++i) {
+      const std::uint64_t r = load_u64(records_, i);
+      auto& k = keep_[r >> kSampleBits];
+      k = std::max(k, (r & kSampleMask) + 1);
+    }
+  }
   for (const auto& f : files_) {
-    if (f.samples > 0 && f.samples_per_epoch == 0) {
+    if (!megatron_ && f.samples > 0 && f.samples_per_epoch == 0) {
       throw Error(fmt::format("{} has {} tokens in the {} split, fewer than the {} a sample "
                               "needs (seq_len + 1)",
                               f.entry.prefix.string(), f.tokens, split_part_name(options_.part),
@@ -290,6 +318,12 @@ void Mixture::open_files() {
 // one can give it (Blender keeps |count - w n| < 1). A sequential pass then
 // deals each corpus's draws out in the outer order.
 void Mixture::build(unsigned threads) {
+  if (megatron_) {
+    built_ = megatron_->build(threads, kSampleBits);
+    for (const std::uint64_t r : built_) ++files_[r >> kSampleBits].samples;
+    records_ = reinterpret_cast<const std::byte*>(built_.data());
+    return;
+  }
   const std::uint64_t n = options_.samples;
   const std::size_t corpora = corpora_.size();
   std::vector<double> corpus_weights;
@@ -412,8 +446,35 @@ std::pair<std::size_t, std::uint64_t> Mixture::source(std::uint64_t i) const {
   return {static_cast<std::size_t>(r >> kSampleBits), r & kSampleMask};
 }
 
+void Mixture::prepare(unsigned threads) const {
+  if (!megatron_) return;
+  std::atomic<std::size_t> next{0};
+  std::vector<std::exception_ptr> failed(std::max(1u, threads));
+  const auto work = [&](unsigned id) {
+    try {
+      for (std::size_t k; (k = next.fetch_add(1)) < files_.size();) {
+        if (keep_[k] > 0) megatron_->file(k, dataset(k), keep_[k]);
+      }
+    } catch (...) {
+      failed[id] = std::current_exception();
+      next = files_.size();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < failed.size(); ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& t : pool) t.join();
+  for (const auto& e : failed) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
 std::vector<SamplePiece> Mixture::sample(std::uint64_t i) const {
   const auto [k, j] = source(i);
+  if (megatron_) {
+    const IndexedDataset& ds = dataset(k);
+    return megatron_->file(k, ds, keep_[k]).pieces(k, j, ds, options_.seq_len);
+  }
   const MixFile& f = files_[k];
   const IndexedDataset& ds = dataset(k);
   const std::uint64_t per_epoch = f.samples_per_epoch, L = options_.seq_len;

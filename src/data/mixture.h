@@ -6,7 +6,8 @@
 // Megatron-DeepSpeed: corpora are blended by their summed weights, and the
 // files of each corpus by their weights inside it (both with Blender).
 //
-// The "fast" order (the only one so far) inside one file:
+// Two orders. The "megatron" order is Megatron-DeepSpeed's own, bit for bit
+// (data/megatron_order.h). The "fast" order inside one file:
 // - the split (--split 98,1,1) takes a range of documents, as Megatron does;
 //   the train range's tokens, concatenated in document order, form the
 //   file's stream of T tokens;
@@ -43,8 +44,12 @@
 #include "core/mapped_file.h"
 #include "data/data_list.h"
 #include "data/indexed_dataset.h"
+#include "data/megatron_order.h"
 
 namespace borealis {
+
+enum class MixOrder { fast, megatron };
+const char* order_name(MixOrder order);
 
 struct MixOptions {
   std::vector<DataListEntry> list;
@@ -58,6 +63,12 @@ struct MixOptions {
   std::array<double, 3> split = {969, 30, 1};  // train, valid, test (Megatron's default)
   std::filesystem::path cache_dir;             // empty: build in memory, cache nothing
   unsigned threads = 0;                        // 0: all cores
+  MixOrder order = MixOrder::fast;
+  // AuroraGPT's --blend-sample-in-corpus / --shuffle-sample-in-corpus
+  // (megatron order only): blend a corpus's files by weight instead of
+  // concatenating them; shuffle the corpus's samples.
+  bool blend_sample_in_corpus = false;
+  bool shuffle_sample_in_corpus = false;
 };
 
 // "train", "valid" or "test".
@@ -141,6 +152,12 @@ class Mixture {
   // Seconds the constructor took: reading the headers, then loading or building.
   double build_seconds() const { return build_seconds_; }
 
+  // The megatron order's plans and per-file indices (null in the fast order).
+  const MegatronOrder* megatron() const { return megatron_.get(); }
+  // Builds every per-file index a sample can need now rather than on first
+  // use (megatron order; nothing to do in the fast order).
+  void prepare(unsigned threads) const;
+
  private:
   void open_files();
   void build(unsigned threads);
@@ -161,6 +178,8 @@ class Mixture {
   // Building reads a few bytes of each .idx; sampling maps the files it needs.
   mutable std::vector<std::unique_ptr<IndexedDataset>> datasets_;
   mutable std::unique_ptr<std::once_flag[]> opened_;
+  std::unique_ptr<MegatronOrder> megatron_;
+  std::vector<std::uint64_t> keep_;  // megatron: per file, 1 + the largest sample number drawn
 };
 
 }  // namespace borealis

@@ -51,6 +51,9 @@ ConfigSchema train_config_schema() {
         "the tokenizer the datasets were prepared with (copied into every checkpoint)");
   s.add("data.seq_len", Int{256}, "tokens per training sequence");
   s.add("data.split", std::vector<double>{98, 1, 1}, "train, valid, test shares of each file");
+  s.add("data.order", std::string("fast"),
+        "sample order of the mixture: fast, or megatron (Megatron-DeepSpeed's, bit for bit)",
+        {"fast", "megatron"});
   s.add("data.cache_dir", std::string(""),
         "where the mixture index is cached (default RUN_DIR/index-cache)");
   s.add("data.prefetch", Int{4}, "batches the loader prepares ahead");
@@ -116,6 +119,7 @@ TrainSettings read_train_settings(const Config& c) {
   }
   if (!(t.split[0] > 0))
     throw Error("data.split gives nothing to train on", c.origin("data.split"));
+  t.order = c.get<std::string>("data.order");
   t.cache_dir = c.get<std::string>("data.cache_dir");
   t.prefetch = static_cast<int>(get_int(c, "data.prefetch", 1, 64));
 
@@ -206,8 +210,9 @@ ModelConfig resolve_model(const Config& c, int vocab_size) {
 bool is_trajectory_key(const std::string& path) {
   if (path.starts_with("model.") || path.starts_with("optim.")) return true;
   return path == "data.data_list" || path == "data.tokenizer" || path == "data.seq_len" ||
-         path == "data.split" || path == "train.micro_batch" || path == "train.global_batch" ||
-         path == "train.seed" || path == "train.spike_zscore" || path == "train.spike_window";
+         path == "data.split" || path == "data.order" || path == "train.micro_batch" ||
+         path == "train.global_batch" || path == "train.seed" || path == "train.spike_zscore" ||
+         path == "train.spike_window";
 }
 
 }  // namespace borealis

@@ -34,6 +34,7 @@ struct TrainSettings {
   std::filesystem::path tokenizer;
   int seq_len = 256;
   std::array<double, 3> split{};
+  std::string order = "fast";       // the mixture's sample order: fast or megatron
   std::filesystem::path cache_dir;  // empty: RUN_DIR/index-cache
   int prefetch = 4;
 

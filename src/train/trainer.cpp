@@ -78,15 +78,50 @@ std::string json_number(double v) {
   return std::isfinite(v) ? fmt::format("{}", v) : "null";
 }
 
-class MetricsLog {
+// A run killed in the middle of writing a record leaves an unfinished last
+// line; cut it off so that the next record starts a line of its own (the
+// step it described is logged again when the run resumes).
+void drop_unfinished_line(const fs::path& path) {
+  std::error_code ec;
+  const std::uintmax_t size = fs::file_size(path, ec);
+  if (ec || size == 0) return;
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw_errno("cannot open the metrics file", path.string(), errno);
+  std::uintmax_t end = size;  // keep [0, end)
+  char buf[4096];
+  bool found = false;
+  while (end > 0 && !found) {
+    const std::uintmax_t n = std::min<std::uintmax_t>(end, sizeof buf);
+    if (std::fseek(f, static_cast<long>(end - n), SEEK_SET) != 0 || std::fread(buf, 1, n, f) != n) {
+      std::fclose(f);
+      throw_errno("cannot read the metrics file", path.string(), errno);
+    }
+    for (std::uintmax_t i = n; i > 0; --i) {
+      if (buf[i - 1] == '\n') {
+        found = true;
+        break;
+      }
+      --end;
+    }
+  }
+  std::fclose(f);
+  if (end != size) {
+    spdlog::warn("{}: dropping an unfinished last line of {} bytes", path.string(), size - end);
+    fs::resize_file(path, end);
+  }
+}
+
+// Appends records to metrics.jsonl, one line each, flushed as written.
+class MetricsWriter {
  public:
-  explicit MetricsLog(const fs::path& path) : path_(path) {
+  explicit MetricsWriter(const fs::path& path) : path_(path) {
+    drop_unfinished_line(path);
     file_ = std::fopen(path.c_str(), "a");
     if (file_ == nullptr) throw_errno("cannot open the metrics file", path.string(), errno);
   }
-  ~MetricsLog() { std::fclose(file_); }
-  MetricsLog(const MetricsLog&) = delete;
-  MetricsLog& operator=(const MetricsLog&) = delete;
+  ~MetricsWriter() { std::fclose(file_); }
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
 
   void write(const std::string& line) {
     if (std::fputs(line.c_str(), file_) < 0 || std::fputc('\n', file_) < 0 ||
@@ -241,6 +276,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   mix.samples = static_cast<std::uint64_t>(s.steps) * static_cast<std::uint64_t>(s.global_batch);
   mix.seed = s.seed;
   mix.split = s.split;
+  mix.order = s.order == "megatron" ? MixOrder::megatron : MixOrder::fast;
   mix.cache_dir = s.cache_dir.empty() ? s.run_dir / "index-cache" : s.cache_dir;
   const Mixture train(mix);
   spdlog::info(
@@ -298,7 +334,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
                s.steps, s.global_batch, L, s.accumulation(), s.micro_batch,
                s.steps * tokens_per_step);
 
-  MetricsLog metrics(s.run_dir / "metrics.jsonl");
+  MetricsWriter metrics(s.run_dir / "metrics.jsonl");
   metrics.write(fmt::format(
       R"({{"kind":"run","event":"{}","step":{},"tokens":{},"params":{},"threads":{},"peak_gflops":{}}})",
       resume_from ? "resume" : "start", state.step, state.tokens, model.num_params(), cpu_threads(),

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/indexed_dataset.h"
+#include "data/mixture.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -126,6 +127,51 @@ TEST(MixCli, DataPathFormAndErrors) {
   const auto both = run_borealis({"data", "mix", "--seq-len", "8", "--train-samples", "10"});
   EXPECT_EQ(both.exit_code, 1);
   EXPECT_TRUE(both.err.starts_with("error: give either --data-list")) << both.err;
+}
+
+TEST(MixCli, MegatronOrderAndItsCorpusFlags) {
+  CliFixture fx;
+  const std::vector<std::string> megatron = {"--order", "megatron", "--blend-sample-in-corpus",
+                                             "--shuffle-sample-in-corpus"};
+  const auto r = run_borealis(cat(cat({"data", "mix", "--json"}, fx.flags()), megatron));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["order"], "megatron");
+  const auto& web0 = j["corpora"][1]["files"][0]["megatron"];
+  EXPECT_EQ(web0["requested"], 51);  // ceil(100 * 0.5 * 1.005)
+  EXPECT_GE(web0["samples"].get<std::uint64_t>(), 51u);
+
+  // data sample gives what the library gives for the same options.
+  MixOptions o;
+  o.list = read_data_list(fx.list);
+  o.seq_len = 16;
+  o.samples = 100;
+  o.split = {100, 0, 0};
+  o.order = MixOrder::megatron;
+  o.blend_sample_in_corpus = o.shuffle_sample_in_corpus = true;
+  const Mixture m(o);
+  for (const std::uint64_t k : {0u, 37u, 99u}) {
+    const auto s = run_borealis(
+        cat(cat({"data", "sample", std::to_string(k), "--json"}, fx.flags()), megatron));
+    ASSERT_EQ(s.exit_code, 0) << s.err;
+    const auto js = nlohmann::json::parse(s.out);
+    const auto pieces = m.sample(k);
+    ASSERT_EQ(js["pieces"].size(), pieces.size());
+    for (std::size_t p = 0; p < pieces.size(); ++p) {
+      EXPECT_EQ(js["pieces"][p]["document"], pieces[p].document);
+      EXPECT_EQ(js["pieces"][p]["offset"], pieces[p].offset);
+      EXPECT_EQ(js["pieces"][p]["length"], pieces[p].length);
+      EXPECT_EQ(js["pieces"][p]["prefix"], m.files()[pieces[p].file].entry.prefix.string());
+    }
+  }
+
+  const auto fast =
+      run_borealis(cat(cat({"data", "mix"}, fx.flags()), {"--shuffle-sample-in-corpus"}));
+  EXPECT_EQ(fast.exit_code, 1);
+  EXPECT_TRUE(fast.err.starts_with("error: applies to the megatron order only")) << fast.err;
+  EXPECT_TRUE(fast.err.ends_with("(--shuffle-sample-in-corpus)\n")) << fast.err;
+  const auto bad = run_borealis(cat(cat({"data", "mix"}, fx.flags()), {"--order", "random"}));
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
 }
 
 }  // namespace

@@ -189,6 +189,10 @@ TEST(Trainer, ResumeIsExactWhenStoppedTwice) {
   const auto b1 = train(cfg, {}, 3);  // stops between checkpoints
   EXPECT_TRUE(b1.stopped);
   EXPECT_EQ(b1.steps, 3);
+  {  // as if killed while writing a record: the resumed run drops it
+    std::ofstream log(split / "metrics.jsonl", std::ios::app);
+    log << R"({"kind":"train","step":4,"lo)";
+  }
   const auto b2 = train(cfg, {}, 9);
   EXPECT_EQ(b2.first_step, 3);
   EXPECT_EQ(b2.steps, 9);

@@ -20,6 +20,7 @@ Command add_tokenizer(CLI::App& parent);
 Command add_data(CLI::App& parent);
 Command add_bench(CLI::App& parent);
 Command add_train(CLI::App& parent);
+Command add_launch(CLI::App& parent);
 // `data mix` and `data sample`, on the `data` app; the function runs whichever was parsed.
 std::function<void()> add_data_mix(CLI::App& data);
 

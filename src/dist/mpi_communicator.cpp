@@ -120,6 +120,7 @@ void combine(T* dst, const T* src, std::size_t n, ReduceOp op) {
 // into `out`, in rank order; Avg divides by the rank count.
 template <typename T>
 void reduce_blocks(T* out, const T* blocks, std::size_t n, int ranks, ReduceOp op) {
+  if (n == 0) return;  // a rank owns no element when the buffer has fewer than ranks
   if (out != blocks) std::memcpy(out, blocks, n * sizeof(T));
   for (int r = 1; r < ranks; ++r) combine(out, blocks + static_cast<std::size_t>(r) * n, n, op);
   if (op == ReduceOp::Avg) {

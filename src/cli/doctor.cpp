@@ -4,6 +4,7 @@
 // met.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -17,6 +18,8 @@
 #include "core/error.h"
 #include "core/sysinfo.h"
 #include "core/text.h"
+#include "dist/comm_bench.h"
+#include "dist/communicator.h"
 #include "dist/launch_env.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cuda/device_info.h"
@@ -57,6 +60,10 @@ struct DoctorOptions {
   std::string min_memory = "1G";
   std::vector<std::string> require;
   bool json = false;
+  bool dist = false;
+  std::string dist_min_size = "4K";
+  std::string dist_max_size = "64M";
+  double dist_timeout = 60;
 };
 
 bool required(const DoctorOptions& o, const std::string& what) {
@@ -202,6 +209,45 @@ std::vector<Check> run_checks(const DoctorOptions& o) {
   return checks;
 }
 
+// doctor --dist: an MPI smoke test. Every rank reports its host, pid,
+// start-up and compute time; rank 0 prints them, the slowest rank and the
+// allreduce bandwidth over message sizes.
+void run_dist_checks(const DoctorOptions& o) {
+  const std::uint64_t min_size = parse_bytes(o.dist_min_size, "--dist-min-size");
+  const std::uint64_t max_size = parse_bytes(o.dist_max_size, "--dist-max-size");
+  if (min_size == 0 || min_size > max_size) {
+    throw Error("need 0 < --dist-min-size <= --dist-max-size", "--dist-min-size");
+  }
+  CommOptions options;
+  options.timeout = std::chrono::milliseconds(static_cast<long>(o.dist_timeout * 1000));
+  const auto start = std::chrono::steady_clock::now();
+  auto comm = make_communicator(options);
+  const double init =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto reports = gather_rank_reports(*comm, init);
+  const bool root = comm->rank() == 0;
+  if (root) {
+    std::cout << fmt::format("dist: {} backend, {} rank(s), {} reductions, time-out {:.0f} s\n",
+                             comm->backend(), comm->size(),
+                             reduce_algorithm_name(comm->reduce_algorithm()), o.dist_timeout)
+              << format_rank_reports(reports);
+    std::cout.flush();
+  }
+  if (comm->size() == 1) {
+    if (root) {
+      std::cout << "dist: one rank, no bandwidth to measure; run it on several, e.g. "
+                   "'borealis launch -n 2 -- borealis doctor --dist'\n";
+    }
+    return;
+  }
+  const auto points = allreduce_bandwidth(*comm, min_size, max_size);
+  if (root) {
+    std::cout << fmt::format("allreduce (float32 average) over {} ranks:\n", comm->size())
+              << format_bandwidth_table(points);
+    std::cout.flush();
+  }
+}
+
 }  // namespace
 
 Command add_doctor(CLI::App& parent) {
@@ -223,8 +269,23 @@ Command add_doctor(CLI::App& parent) {
       ->delimiter(',')
       ->check(CLI::IsMember({"mpi", "cuda", "avx2", "avx512"}));
   app->add_flag("--json", o->json, "Print one JSON object instead of text");
+  app->add_flag("--dist", o->dist,
+                "MPI smoke test instead of the machine checks: per rank host, pid, start-up and "
+                "compute time, the slowest rank, allreduce bandwidth (run under mpiexec/launch)");
+  app->add_option("--dist-min-size", o->dist_min_size, "Smallest allreduce of --dist")
+      ->capture_default_str();
+  app->add_option("--dist-max-size", o->dist_max_size, "Largest allreduce of --dist")
+      ->capture_default_str();
+  app->add_option("--dist-timeout", o->dist_timeout,
+                  "Seconds before a rank that does not answer fails --dist")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 
   return {app, [o] {
+            if (o->dist) {
+              run_dist_checks(*o);
+              return;
+            }
             const std::vector<Check> checks = run_checks(*o);
             std::vector<std::string> failures;
             int warnings = 0;

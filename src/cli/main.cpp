@@ -49,6 +49,7 @@ int run(int argc, char** argv) {
   commands.push_back(cli::add_tokenizer(app));
   commands.push_back(cli::add_data(app));
   commands.push_back(cli::add_train(app));
+  commands.push_back(cli::add_launch(app));
   commands.push_back(cli::add_bench(app));
   commands.push_back(cli::add_generate(app));
   commands.push_back(cli::add_plot(app));

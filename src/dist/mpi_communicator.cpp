@@ -1,0 +1,579 @@
+// MpiCommunicator: the Communicator over MPI_COMM_WORLD with standard MPI-3
+// calls only (non-blocking collectives, point-to-point), so that Open MPI,
+// MPICH and Cray MPICH all work.
+//
+// Threading: MPI_THREAD_FUNNELED. Only the thread that initialised MPI (the
+// main thread, which drives the training loop) calls MPI; OpenMP compute
+// threads never do. That is the cheapest level every MPI library provides;
+// SERIALIZED or MULTIPLE would only be needed for a communication thread.
+//
+// Guarded waits: wait() polls MPI_Test until a deadline (for the first second
+// without pause, since most MPI libraries progress only inside MPI calls,
+// yielding the CPU only on an oversubscribed node; then every 200 us). While it waits it
+// also answers "where are you?" probes from other ranks on a separate
+// communicator. When the deadline passes it probes every other rank and
+// waits a short grace period for answers: a rank that does not answer is
+// busy outside communication, hung or dead; one that answers with another
+// operation number waits in a different collective. The Error names them and
+// their hosts. After such a failure MPI state is unusable, so the destructor
+// ends the whole job with MPI_Abort instead of finalising.
+#include <fmt/format.h>
+#include <mpi.h>
+#include <sched.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "core/text.h"
+#include "dist/communicator.h"
+#include "dist/launch_env.h"
+
+namespace borealis {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int kProbeTag = 1;
+constexpr int kReplyTag = 2;
+constexpr std::size_t kHostBytes = 256;
+
+std::string mpi_error_text(int rc) {
+  char text[MPI_MAX_ERROR_STRING] = {};
+  int length = 0;
+  MPI_Error_string(rc, text, &length);
+  return std::string(text, static_cast<std::size_t>(length));
+}
+
+void check(int rc, const char* call) {
+  if (rc != MPI_SUCCESS) throw Error(fmt::format("{} failed: {}", call, mpi_error_text(rc)), call);
+}
+
+MPI_Datatype mpi_type(DataType t) {
+  switch (t) {
+    case DataType::F32:
+      return MPI_FLOAT;
+    case DataType::F64:
+      return MPI_DOUBLE;
+    case DataType::Bytes:
+      return MPI_BYTE;
+  }
+  return MPI_BYTE;
+}
+
+std::size_t type_size(DataType t) {
+  return t == DataType::F32 ? sizeof(float) : t == DataType::F64 ? sizeof(double) : 1;
+}
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum:
+    case ReduceOp::Avg:
+      return MPI_SUM;
+    case ReduceOp::Max:
+      return MPI_MAX;
+    case ReduceOp::Min:
+      return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+int as_int(std::size_t n, const char* what) {
+  if (n > static_cast<std::size_t>(INT_MAX)) {
+    throw Error(fmt::format("{} of {} elements exceeds the MPI count limit of {}; split the buffer",
+                            what, n, INT_MAX),
+                what);
+  }
+  return static_cast<int>(n);
+}
+
+// dst = op(dst, src) elementwise; the order of the operands is fixed.
+template <typename T>
+void combine(T* dst, const T* src, std::size_t n, ReduceOp op) {
+  const auto count = static_cast<std::ptrdiff_t>(n);
+  switch (op) {
+    case ReduceOp::Sum:
+    case ReduceOp::Avg:
+#pragma omp parallel for simd if (count > (1 << 16)) schedule(static)
+      for (std::ptrdiff_t i = 0; i < count; ++i) dst[i] += src[i];
+      break;
+    case ReduceOp::Max:
+      for (std::ptrdiff_t i = 0; i < count; ++i) dst[i] = std::max(dst[i], src[i]);
+      break;
+    case ReduceOp::Min:
+      for (std::ptrdiff_t i = 0; i < count; ++i) dst[i] = std::min(dst[i], src[i]);
+      break;
+  }
+}
+
+// Reduces `ranks` blocks of n elements laid out one after another in `blocks`
+// into `out`, in rank order; Avg divides by the rank count.
+template <typename T>
+void reduce_blocks(T* out, const T* blocks, std::size_t n, int ranks, ReduceOp op) {
+  if (n == 0) return;  // a rank owns no element when the buffer has fewer than ranks
+  if (out != blocks) std::memcpy(out, blocks, n * sizeof(T));
+  for (int r = 1; r < ranks; ++r) combine(out, blocks + static_cast<std::size_t>(r) * n, n, op);
+  if (op == ReduceOp::Avg) {
+    const T divisor = static_cast<T>(ranks);
+    for (std::size_t i = 0; i < n; ++i) out[i] /= divisor;
+  }
+}
+
+void reduce_blocks(DataType t, void* out, const void* blocks, std::size_t n, int ranks,
+                   ReduceOp op) {
+  if (t == DataType::F32) {
+    reduce_blocks(static_cast<float*>(out), static_cast<const float*>(blocks), n, ranks, op);
+  } else {
+    reduce_blocks(static_cast<double*>(out), static_cast<const double*>(blocks), n, ranks, op);
+  }
+}
+
+class MpiCommunicator;
+
+// A non-blocking operation in one or more MPI stages: when the current MPI
+// request completes, `next` runs (local work) and either starts the next
+// stage (returns false) or finishes (returns true).
+class MpiRequest final : public Request {
+ public:
+  MpiRequest(MpiCommunicator* comm, std::string what, std::uint64_t seq)
+      : comm_(comm), what_(std::move(what)), seq_(seq) {}
+  ~MpiRequest() override;
+
+  bool test() override;
+  void wait(std::chrono::milliseconds timeout) override;
+  void wait() override;
+
+  MPI_Request request = MPI_REQUEST_NULL;
+  std::function<bool(MpiRequest&)> next;
+  std::vector<unsigned char> scratch;
+
+ private:
+  MpiCommunicator* comm_;
+  std::string what_;
+  std::uint64_t seq_;
+  bool done_ = false;
+};
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator();
+  ~MpiCommunicator() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const std::string& host(int rank) const override { return hosts_.at(static_cast<size_t>(rank)); }
+  std::string backend() const override { return "mpi"; }
+  RequestPtr ibarrier() override;
+
+  MPI_Comm comm() const { return comm_; }
+  bool failed() const { return failed_; }
+
+  // Answers pending probes from other ranks; called while waiting.
+  void serve_probes();
+  // Called when a wait passes its deadline: finds the unresponsive ranks and
+  // throws Error. Marks the communicator failed.
+  [[noreturn]] void time_out(const std::string& what, std::uint64_t seq, double waited_s);
+  void set_waiting(std::uint64_t seq) { waiting_ = seq; }
+  // Waits poll without pause, as MPI libraries do, unless this node runs
+  // more ranks than it has CPUs: then a waiting rank yields its CPU to the
+  // ranks it waits for.
+  bool yields() const { return yield_; }
+
+ protected:
+  RequestPtr start_allreduce(void* data, std::size_t count, DataType type, ReduceOp op) override;
+  RequestPtr start_reduce_scatter(const void* in, void* out, std::size_t block, DataType type,
+                                  ReduceOp op) override;
+  RequestPtr start_all_gather(const void* in, void* out, std::size_t block_bytes) override;
+  RequestPtr start_broadcast(void* data, std::size_t bytes, int root) override;
+
+ private:
+  // `what` names the operation, `detail` its size and type.
+  std::unique_ptr<MpiRequest> make_request(const char* what, const std::string& detail = "") {
+    ++started_;
+    return std::make_unique<MpiRequest>(this, fmt::format("{} #{}{}", what, started_, detail),
+                                        started_);
+  }
+  void post_probe_receive();
+
+  MPI_Comm comm_ = MPI_COMM_NULL;    // collectives
+  MPI_Comm health_ = MPI_COMM_NULL;  // probes and replies
+  bool failed_ = false;
+  bool yield_ = false;
+  int rank_ = 0;
+  int size_ = 1;
+  std::vector<std::string> hosts_;
+  std::uint64_t started_ = 0;  // operations started
+  std::uint64_t waiting_ = 0;  // operation being waited for, 0 when none
+
+  // The diagnosis after a time-out: its messages may still be in flight when
+  // the job aborts, so their buffers live as long as the communicator.
+  std::int64_t question_ = 0;
+  std::vector<std::array<std::int64_t, 2>> answers_;
+  std::vector<MPI_Request> diagnosis_;
+
+  MPI_Request probe_request_ = MPI_REQUEST_NULL;
+  std::int64_t probe_buffer_ = 0;
+  std::vector<std::pair<MPI_Request, std::unique_ptr<std::array<std::int64_t, 2>>>> replies_;
+};
+
+// " of 4.00 MiB (f32 sum)": what an operation moves, for messages.
+std::string describe(std::size_t bytes, DataType t, const char* op) {
+  return fmt::format(" of {} ({}{}{})", format_bytes(bytes),
+                     t == DataType::F32   ? "f32"
+                     : t == DataType::F64 ? "f64"
+                                          : "bytes",
+                     *op ? " " : "", op);
+}
+
+MpiRequest::~MpiRequest() {
+  if (done_ || comm_->failed()) return;  // after a failure the job aborts
+  try {
+    wait();
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+  }
+}
+
+bool MpiRequest::test() {
+  if (done_) return true;
+  int flag = 0;
+  check(MPI_Test(&request, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+  if (!flag) return false;
+  if (!next || next(*this)) {
+    done_ = true;
+    scratch.clear();
+    scratch.shrink_to_fit();
+  }
+  return done_;
+}
+
+void MpiRequest::wait() {
+  wait(comm_->timeout());
+}
+
+void MpiRequest::wait(std::chrono::milliseconds timeout) {
+  if (done_) return;
+  comm_->set_waiting(seq_);
+  const auto start = Clock::now();
+  const auto deadline = start + timeout;
+  // Progress in most MPI libraries happens inside MPI calls, so poll without
+  // sleeping at first; a wait longer than a second is waiting for a slow
+  // peer, not for bandwidth, and polls gently.
+  const auto patient = start + std::chrono::seconds(1);
+  while (!test()) {
+    comm_->serve_probes();
+    const auto now = Clock::now();
+    if (now >= deadline) {
+      comm_->time_out(what_, seq_, std::chrono::duration<double>(now - start).count());
+    }
+    if (now < patient) {
+      if (comm_->yields()) sched_yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  comm_->set_waiting(0);
+}
+
+// Communicators alive in this process, and whether one of them initialised
+// MPI: the last one to go finalises it.
+int g_live = 0;
+bool g_we_initialized = false;
+
+MpiCommunicator::MpiCommunicator() {
+  int initialized = 0;
+  int finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (finalized) throw Error("MPI was already finalised in this process", "MPI_Init_thread");
+  const auto start = Clock::now();
+  if (!initialized) {
+    int provided = 0;
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    g_we_initialized = true;
+    if (provided < MPI_THREAD_FUNNELED) {
+      throw Error("the MPI library does not provide MPI_THREAD_FUNNELED", "MPI_Init_thread");
+    }
+  }
+  yield_ = detect_launch_env().local_size > static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+  ++g_live;
+  check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
+  check(MPI_Comm_dup(MPI_COMM_WORLD, &health_), "MPI_Comm_dup");
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_set_errhandler(health_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  post_probe_receive();
+
+  std::vector<char> names(kHostBytes * static_cast<std::size_t>(size_), '\0');
+  const std::string me = local_host_name();
+  std::memcpy(names.data() + kHostBytes * static_cast<std::size_t>(rank_), me.data(),
+              std::min(me.size(), kHostBytes - 1));
+  auto request = make_request("host exchange");
+  check(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_BYTE, names.data(), static_cast<int>(kHostBytes),
+                       MPI_BYTE, comm_, &request->request),
+        "MPI_Iallgather");
+  hosts_.assign(static_cast<std::size_t>(size_), "?");  // for messages until the exchange ends
+  hosts_[static_cast<std::size_t>(rank_)] = me;
+  request->wait();
+  for (int r = 0; r < size_; ++r)
+    hosts_[static_cast<std::size_t>(r)] = names.data() + kHostBytes * r;
+  spdlog::debug("MPI rank {} of {} on {} ready in {:.3f} s", rank_, size_, me,
+                std::chrono::duration<double>(Clock::now() - start).count());
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  if (failed_) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return;
+  }
+  if (probe_request_ != MPI_REQUEST_NULL) {
+    MPI_Cancel(&probe_request_);
+    MPI_Wait(&probe_request_, MPI_STATUS_IGNORE);
+  }
+  for (auto& [request, buffer] : replies_) MPI_Wait(&request, MPI_STATUS_IGNORE);
+  MPI_Comm_free(&health_);
+  MPI_Comm_free(&comm_);
+  if (--g_live == 0 && g_we_initialized) MPI_Finalize();
+}
+
+void MpiCommunicator::post_probe_receive() {
+  check(MPI_Irecv(&probe_buffer_, 1, MPI_INT64_T, MPI_ANY_SOURCE, kProbeTag, health_,
+                  &probe_request_),
+        "MPI_Irecv");
+}
+
+void MpiCommunicator::serve_probes() {
+  for (;;) {
+    int flag = 0;
+    MPI_Status status;
+    check(MPI_Test(&probe_request_, &flag, &status), "MPI_Test");
+    if (!flag) break;
+    auto answer = std::make_unique<std::array<std::int64_t, 2>>(std::array<std::int64_t, 2>{
+        static_cast<std::int64_t>(started_), static_cast<std::int64_t>(waiting_)});
+    MPI_Request send = MPI_REQUEST_NULL;
+    check(MPI_Isend(answer->data(), 2, MPI_INT64_T, status.MPI_SOURCE, kReplyTag, health_, &send),
+          "MPI_Isend");
+    replies_.emplace_back(send, std::move(answer));
+    post_probe_receive();
+  }
+  std::erase_if(replies_, [](auto& reply) {
+    int flag = 0;
+    MPI_Test(&reply.first, &flag, MPI_STATUS_IGNORE);
+    return flag != 0;
+  });
+}
+
+void MpiCommunicator::time_out(const std::string& what, std::uint64_t seq, double waited_s) {
+  failed_ = true;
+  // Ask every other rank where it is; give them a grace period to answer.
+  const auto grace =
+      std::clamp(timeout() / 4, std::chrono::milliseconds(200), std::chrono::milliseconds(10'000));
+  question_ = static_cast<std::int64_t>(seq);
+  const std::int64_t question = question_;
+  const auto n = static_cast<std::size_t>(size_);
+  answers_.assign(n, {});
+  diagnosis_.assign(2 * n, MPI_REQUEST_NULL);  // receives, then sends
+  std::vector<MPI_Request>& receives = diagnosis_;
+  std::vector<std::array<std::int64_t, 2>>& answers = answers_;
+  std::vector<bool> answered(n, false);
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_) continue;
+    const auto i = static_cast<std::size_t>(r);
+    MPI_Irecv(answers[i].data(), 2, MPI_INT64_T, r, kReplyTag, health_, &receives[i]);
+    MPI_Isend(&question_, 1, MPI_INT64_T, r, kProbeTag, health_, &diagnosis_[n + i]);
+  }
+  const auto deadline = Clock::now() + grace;
+  int missing = size_ - 1;
+  while (missing > 0 && Clock::now() < deadline) {
+    serve_probes();
+    for (int r = 0; r < size_; ++r) {
+      auto& request = receives[static_cast<std::size_t>(r)];  // NULL once answered
+      if (request == MPI_REQUEST_NULL) continue;
+      int flag = 0;
+      MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
+      if (flag) {
+        answered[static_cast<std::size_t>(r)] = true;
+        --missing;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  std::vector<std::string> silent;
+  std::vector<std::string> elsewhere;
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_) continue;
+    const auto who = fmt::format("rank {} ({})", r, host(r));
+    if (!answered[static_cast<std::size_t>(r)]) {
+      silent.push_back(who);
+    } else if (answers[static_cast<std::size_t>(r)][1] != question) {
+      const auto w = answers[static_cast<std::size_t>(r)][1];
+      elsewhere.push_back(w == 0 ? who + " is not waiting in any operation"
+                                 : fmt::format("{} waits in operation #{}", who, w));
+    }
+  }
+  auto list = [](const std::vector<std::string>& items) {
+    std::string out;
+    const std::size_t shown = std::min<std::size_t>(items.size(), 8);
+    for (std::size_t i = 0; i < shown; ++i) out += (i ? ", " : "") + items[i];
+    if (items.size() > shown) out += fmt::format(" and {} more", items.size() - shown);
+    return out;
+  };
+  std::string message = fmt::format("{} timed out after {:.1f} s on rank {} ({})", what, waited_s,
+                                    rank_, host(rank_));
+  if (!silent.empty()) {
+    message += fmt::format(": no answer within {:.1f} s from {}",
+                           std::chrono::duration<double>(grace).count(), list(silent));
+  }
+  if (!elsewhere.empty()) message += (silent.empty() ? ": " : "; ") + list(elsewhere);
+  if (silent.empty() && elsewhere.empty()) {
+    message += ": every rank answers and waits in this operation (slow network or MPI stall)";
+  }
+  spdlog::error("{}", message);
+  throw Error(message, fmt::format("rank {}", rank_));
+}
+
+RequestPtr MpiCommunicator::ibarrier() {
+  auto r = make_request("barrier");
+  check(MPI_Ibarrier(comm_, &r->request), "MPI_Ibarrier");
+  return r;
+}
+
+RequestPtr MpiCommunicator::start_allreduce(void* data, std::size_t count, DataType type,
+                                            ReduceOp op) {
+  const std::size_t esize = type_size(type);
+  auto r = make_request("allreduce", describe(count * esize, type, reduce_op_name(op)));
+  const int n = size_;
+  if (reduce_algorithm() == ReduceAlgorithm::Native) {
+    check(MPI_Iallreduce(MPI_IN_PLACE, data, as_int(count, "allreduce"), mpi_type(type), mpi_op(op),
+                         comm_, &r->request),
+          "MPI_Iallreduce");
+    if (op == ReduceOp::Avg) {
+      r->next = [data, count, type, n](MpiRequest&) {
+        if (type == DataType::F32) {
+          auto* p = static_cast<float*>(data);
+          for (std::size_t i = 0; i < count; ++i) p[i] /= static_cast<float>(n);
+        } else {
+          auto* p = static_cast<double*>(data);
+          for (std::size_t i = 0; i < count; ++i) p[i] /= static_cast<double>(n);
+        }
+        return true;
+      };
+    }
+    return r;
+  }
+  // Ordered: rank k owns elements [offset[k], offset[k+1]). Every rank sends
+  // block k to rank k (all-to-all), rank k reduces the blocks it received in
+  // rank order, then every rank gathers every reduced block.
+  auto counts = std::make_shared<std::vector<int>>(static_cast<std::size_t>(n));
+  auto offsets = std::make_shared<std::vector<int>>(static_cast<std::size_t>(n) + 1);
+  as_int(count, "allreduce");
+  for (int k = 0; k <= n; ++k) {
+    (*offsets)[static_cast<std::size_t>(k)] =
+        static_cast<int>(count * static_cast<std::size_t>(k) / static_cast<std::size_t>(n));
+  }
+  for (int k = 0; k < n; ++k) {
+    (*counts)[static_cast<std::size_t>(k)] =
+        (*offsets)[static_cast<std::size_t>(k) + 1] - (*offsets)[static_cast<std::size_t>(k)];
+  }
+  const int mine = (*counts)[static_cast<std::size_t>(rank_)];
+  auto recv_counts = std::make_shared<std::vector<int>>(static_cast<std::size_t>(n), mine);
+  auto recv_offsets = std::make_shared<std::vector<int>>(static_cast<std::size_t>(n));
+  for (int k = 0; k < n; ++k) (*recv_offsets)[static_cast<std::size_t>(k)] = k * mine;
+  r->scratch.resize(static_cast<std::size_t>(mine) * static_cast<std::size_t>(n) * esize);
+  const MPI_Datatype t = mpi_type(type);
+  check(MPI_Ialltoallv(data, counts->data(), offsets->data(), t, r->scratch.data(),
+                       recv_counts->data(), recv_offsets->data(), t, comm_, &r->request),
+        "MPI_Ialltoallv");
+  MPI_Comm comm = comm_;
+  const int me = rank_;
+  r->next = [=, stage = 0](MpiRequest& req) mutable {
+    if (stage == 1) return true;
+    stage = 1;
+    void* own = static_cast<unsigned char*>(data) +
+                static_cast<std::size_t>((*offsets)[static_cast<std::size_t>(me)]) * esize;
+    reduce_blocks(type, own, req.scratch.data(), static_cast<std::size_t>(mine), n, op);
+    check(MPI_Iallgatherv(MPI_IN_PLACE, 0, t, data, counts->data(), offsets->data(), t, comm,
+                          &req.request),
+          "MPI_Iallgatherv");
+    return false;
+  };
+  return r;
+}
+
+RequestPtr MpiCommunicator::start_reduce_scatter(const void* in, void* out, std::size_t block,
+                                                 DataType type, ReduceOp op) {
+  const std::size_t esize = type_size(type);
+  auto r = make_request("reduce_scatter", describe(block * esize * static_cast<std::size_t>(size_),
+                                                   type, reduce_op_name(op)));
+  const int count = as_int(block, "reduce_scatter");
+  const int n = size_;
+  if (reduce_algorithm() == ReduceAlgorithm::Native) {
+    check(MPI_Ireduce_scatter_block(in, out, count, mpi_type(type), mpi_op(op), comm_, &r->request),
+          "MPI_Ireduce_scatter_block");
+    if (op == ReduceOp::Avg) {
+      r->next = [out, block, type, n](MpiRequest&) {
+        if (type == DataType::F32) {
+          auto* p = static_cast<float*>(out);
+          for (std::size_t i = 0; i < block; ++i) p[i] /= static_cast<float>(n);
+        } else {
+          auto* p = static_cast<double*>(out);
+          for (std::size_t i = 0; i < block; ++i) p[i] /= static_cast<double>(n);
+        }
+        return true;
+      };
+    }
+    return r;
+  }
+  r->scratch.resize(block * static_cast<std::size_t>(n) * esize);
+  check(MPI_Ialltoall(in, count, mpi_type(type), r->scratch.data(), count, mpi_type(type), comm_,
+                      &r->request),
+        "MPI_Ialltoall");
+  r->next = [out, block, type, n, op](MpiRequest& req) {
+    reduce_blocks(type, out, req.scratch.data(), block, n, op);
+    return true;
+  };
+  return r;
+}
+
+RequestPtr MpiCommunicator::start_all_gather(const void* in, void* out, std::size_t block_bytes) {
+  auto r = make_request(
+      "all_gather", describe(block_bytes * static_cast<std::size_t>(size_), DataType::Bytes, ""));
+  const int bytes = as_int(block_bytes, "all_gather");
+  const void* own =
+      static_cast<unsigned char*>(out) + block_bytes * static_cast<std::size_t>(rank_);
+  check(MPI_Iallgather(in == own ? MPI_IN_PLACE : in, bytes, MPI_BYTE, out, bytes, MPI_BYTE, comm_,
+                       &r->request),
+        "MPI_Iallgather");
+  return r;
+}
+
+RequestPtr MpiCommunicator::start_broadcast(void* data, std::size_t bytes, int root) {
+  if (root < 0 || root >= size_) {
+    throw std::out_of_range(fmt::format("broadcast root {} of a world of {}", root, size_));
+  }
+  auto r = make_request("broadcast", describe(bytes, DataType::Bytes, ""));
+  check(MPI_Ibcast(data, as_int(bytes, "broadcast"), MPI_BYTE, root, comm_, &r->request),
+        "MPI_Ibcast");
+  return r;
+}
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator() {
+  return std::make_unique<MpiCommunicator>();
+}
+
+}  // namespace borealis

@@ -1,0 +1,233 @@
+// Tests of MpiCommunicator, run by ctest under `mpirun -np 2` (any rank count
+// works). Every rank runs every test; a failure on any rank fails the job.
+// `--timeout-check` runs the time-out scenario instead: the last rank sleeps
+// past the time-out and rank 0 must report it by rank and host, in time; the
+// job then ends non-zero (the communicator aborts it), and
+// run_timeout_check.sh checks both.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "dist/communicator.h"
+
+namespace borealis {
+namespace {
+
+Communicator* g_comm = nullptr;
+
+// Data of rank r: values of very different magnitudes, so that the summation
+// order changes the rounding.
+template <typename T>
+std::vector<T> rank_data(int rank, std::size_t n) {
+  std::mt19937_64 rng(1000 + static_cast<unsigned>(rank));
+  std::uniform_real_distribution<double> mantissa(-1.0, 1.0);
+  std::uniform_int_distribution<int> exponent(-20, 20);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(std::ldexp(mantissa(rng), exponent(rng)));
+  return v;
+}
+
+// The ordered result: ((x0 + x1) + x2) + ... per element.
+template <typename T>
+std::vector<T> rank_order_sum(int ranks, std::size_t n) {
+  std::vector<T> sum = rank_data<T>(0, n);
+  for (int r = 1; r < ranks; ++r) {
+    const auto v = rank_data<T>(r, n);
+    for (std::size_t i = 0; i < n; ++i) sum[i] += v[i];
+  }
+  return sum;
+}
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+TEST(Mpi, WorldAndHosts) {
+  Communicator& c = *g_comm;
+  EXPECT_EQ(c.backend(), "mpi");
+  EXPECT_GE(c.size(), 2);
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  EXPECT_EQ(c.host(c.rank()), name);
+}
+
+TEST(Mpi, OrderedAllreduceIsTheRankOrderSumBitForBit) {
+  Communicator& c = *g_comm;
+  c.set_reduce_algorithm(ReduceAlgorithm::Ordered);
+  for (std::size_t n : {std::size_t{1}, std::size_t{3}, std::size_t{1001}, std::size_t{1} << 18}) {
+    auto f = rank_data<float>(c.rank(), n);
+    c.allreduce(std::span<float>(f), ReduceOp::Sum);
+    EXPECT_TRUE(same_bits(f, rank_order_sum<float>(c.size(), n))) << n;
+    auto d = rank_data<double>(c.rank(), n);
+    c.allreduce(std::span<double>(d), ReduceOp::Sum);
+    EXPECT_TRUE(same_bits(d, rank_order_sum<double>(c.size(), n))) << n;
+    auto avg = rank_data<double>(c.rank(), n);
+    c.allreduce(std::span<double>(avg), ReduceOp::Avg);
+    auto expected = rank_order_sum<double>(c.size(), n);
+    for (auto& x : expected) x /= c.size();
+    EXPECT_TRUE(same_bits(avg, expected)) << n;
+  }
+  std::vector<float> m = {static_cast<float>(c.rank()), -static_cast<float>(c.rank())};
+  c.allreduce(std::span<float>(m), ReduceOp::Max);
+  EXPECT_EQ(m[0], c.size() - 1);
+  EXPECT_EQ(m[1], 0.0F);
+  std::vector<float> lo = {static_cast<float>(c.rank())};
+  c.allreduce(std::span<float>(lo), ReduceOp::Min);
+  EXPECT_EQ(lo[0], 0.0F);
+}
+
+TEST(Mpi, NativeAllreduceAgreesOnEveryRank) {
+  Communicator& c = *g_comm;
+  c.set_reduce_algorithm(ReduceAlgorithm::Native);
+  const std::size_t n = 10'000;
+  auto f = rank_data<float>(c.rank(), n);
+  c.allreduce(std::span<float>(f), ReduceOp::Avg);
+  const auto expected = rank_order_sum<float>(c.size(), n);
+  for (std::size_t i = 0; i < n; ++i) {
+    EXPECT_NEAR(f[i], expected[i] / c.size(), 1e-5 * std::abs(expected[i]) + 1e-30) << i;
+  }
+  // Every rank holds the same bits: gather them all and compare with rank 0's.
+  std::vector<float> all(n * static_cast<std::size_t>(c.size()));
+  c.all_gather(std::span<const float>(f), std::span<float>(all));
+  for (int r = 1; r < c.size(); ++r) {
+    EXPECT_EQ(
+        std::memcmp(all.data(), all.data() + n * static_cast<std::size_t>(r), n * sizeof(float)),
+        0);
+  }
+  c.set_reduce_algorithm(ReduceAlgorithm::Ordered);
+}
+
+TEST(Mpi, ReduceScatterAllGatherBroadcast) {
+  Communicator& c = *g_comm;
+  const auto n = static_cast<std::size_t>(c.size());
+  for (ReduceAlgorithm a : {ReduceAlgorithm::Ordered, ReduceAlgorithm::Native}) {
+    c.set_reduce_algorithm(a);
+    const std::size_t block = 5;
+    const auto in = rank_data<double>(c.rank(), block * n);
+    std::vector<double> out(block);
+    c.reduce_scatter(std::span<const double>(in), std::span<double>(out), ReduceOp::Sum);
+    const auto sum = rank_order_sum<double>(c.size(), block * n);
+    for (std::size_t i = 0; i < block; ++i) {
+      const double want = sum[static_cast<std::size_t>(c.rank()) * block + i];
+      if (a == ReduceAlgorithm::Ordered) {
+        EXPECT_EQ(out[i], want);
+      } else {
+        EXPECT_NEAR(out[i], want, 1e-12 * std::abs(want));
+      }
+    }
+  }
+  c.set_reduce_algorithm(ReduceAlgorithm::Ordered);
+
+  std::vector<float> mine = {static_cast<float>(c.rank()), 10.0F + static_cast<float>(c.rank())};
+  std::vector<float> all(2 * n);
+  c.all_gather(std::span<const float>(mine), std::span<float>(all));
+  for (std::size_t r = 0; r < n; ++r) {
+    EXPECT_EQ(all[2 * r], static_cast<float>(r));
+    EXPECT_EQ(all[2 * r + 1], 10.0F + static_cast<float>(r));
+  }
+  // In place: this rank's block already sits in the output.
+  std::vector<double> inplace(n, -1.0);
+  inplace[static_cast<std::size_t>(c.rank())] = c.rank() * 2.0;
+  c.all_gather(std::span<const double>(&inplace[static_cast<std::size_t>(c.rank())], 1),
+               std::span<double>(inplace));
+  for (std::size_t r = 0; r < n; ++r) EXPECT_EQ(inplace[r], r * 2.0);
+
+  const int root = c.size() - 1;
+  std::vector<double> b(4, c.rank() == root ? 7.5 : 0.0);
+  c.broadcast(std::span<double>(b), root);
+  EXPECT_EQ(b, std::vector<double>(4, 7.5));
+  c.barrier();
+}
+
+TEST(Mpi, NonBlockingOperationsOverlapWithWork) {
+  Communicator& c = *g_comm;
+  const std::size_t n = 1 << 20;
+  auto grads = rank_data<float>(c.rank(), n);
+  std::vector<float> mine = {static_cast<float>(c.rank() + 1)};
+  std::vector<float> gathered(static_cast<std::size_t>(c.size()));
+  auto big = c.iallreduce(std::span<float>(grads), ReduceOp::Sum);
+  auto small = c.iall_gather(std::span<const float>(mine), std::span<float>(gathered));
+  // Work while the reduction runs, polling it as a training step would.
+  double work = 0;
+  int polls = 0;
+  while (!big->test()) {
+    for (int i = 0; i < 1000; ++i) work += std::sqrt(static_cast<double>(i + polls));
+    ++polls;
+  }
+  small->wait();
+  EXPECT_GT(work, 0.0);
+  EXPECT_TRUE(same_bits(grads, rank_order_sum<float>(c.size(), n)));
+  for (int r = 0; r < c.size(); ++r) EXPECT_EQ(gathered[static_cast<std::size_t>(r)], r + 1.0F);
+  // Ordered reductions do not depend on the timing: a second run is identical.
+  auto again = rank_data<float>(c.rank(), n);
+  c.allreduce(std::span<float>(again), ReduceOp::Sum);
+  EXPECT_TRUE(same_bits(again, grads));
+}
+
+int timeout_check(Communicator& c) {
+  c.set_timeout(std::chrono::milliseconds(1000));
+  const int sleeper = c.size() - 1;
+  std::vector<float> v(1024, 1.0F);
+  if (c.rank() == sleeper) {
+    std::this_thread::sleep_for(std::chrono::seconds(8));  // long past the time-out
+    c.allreduce(std::span<float>(v), ReduceOp::Sum);
+    std::printf("timeout check FAILED: the sleeping rank was not stopped\n");
+    return 1;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    c.allreduce(std::span<float>(v), ReduceOp::Sum);
+  } catch (const Error& e) {
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const std::string text = e.message();
+    const std::string want = "rank " + std::to_string(sleeper) + " (" + c.host(sleeper) + ")";
+    const bool ok = text.find("allreduce #") != std::string::npos &&
+                    text.find("timed out") != std::string::npos &&
+                    text.find("no answer") != std::string::npos &&
+                    text.find(want) != std::string::npos && s >= 1.0 && s < 4.0;
+    if (c.rank() == 0) {
+      std::printf("timeout check %s after %.2f s: %s\n", ok ? "passed" : "FAILED", s, text.c_str());
+      std::fflush(stdout);
+    }
+    return ok ? 0 : 1;
+  }
+  std::printf("timeout check FAILED: the allreduce completed\n");
+  return 1;
+}
+
+}  // namespace
+}  // namespace borealis
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  borealis::CommOptions options;
+  options.backend = "mpi";
+  options.timeout = std::chrono::milliseconds(20'000);
+  auto comm = borealis::make_communicator(options);
+  borealis::g_comm = comm.get();
+  if (argc > 1 && std::string(argv[1]) == "--timeout-check") {
+    // The communicator fails and ends the job with MPI_Abort when destroyed.
+    return borealis::timeout_check(*comm);
+  }
+  if (comm->rank() != 0) {
+    // Only rank 0 prints progress; every rank still reports failures.
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int failed = RUN_ALL_TESTS();
+  // Every rank leaves with the same status.
+  double any = failed;
+  comm->allreduce(std::span<double>(&any, 1), borealis::ReduceOp::Max);
+  return any > 0 ? 1 : 0;
+}

@@ -9,6 +9,9 @@
 // differences measure Borealis's float32 rounding. The relative error of a
 // tensor is max_i |borealis_i - torch_i| / max_i |torch_i| (one scale per
 // tensor, so elements near zero do not blow it up); it must stay below 1e-4.
+// After the AdamW steps, the few elements whose gradient is too small for
+// float32 to decide AdamW's step are held to AdamW's own bound instead (see
+// compare_params).
 //
 // Logits are not compared directly: the model fuses the lm head with the
 // loss and never keeps the logits, so the per-token losses (one

@@ -112,6 +112,7 @@ void compare(const Options& o, const Config& c, std::vector<std::string>& summar
   bo.steps = o.steps;
   fmt::print("== {} B={} T={} ({} threads, {} measured steps after one warm-up)\n", c.model,
              c.batch, c.seq, o.threads, o.steps);
+  std::fflush(stdout);
   const std::string load_ours = load_average();
   const borealis::TrainBenchResult r = borealis::run_train_bench(bo);
   const std::string load_torch = load_average();
@@ -147,6 +148,7 @@ void compare(const Options& o, const Config& c, std::vector<std::string>& summar
       "losses {:.4f} / {:.4f}; load average after {}\n\n",
       ratio_mean, ratio_best, r.steps.back().loss, t.at("steps").back().at("loss").get<double>(),
       load_after);
+  std::fflush(stdout);  // figures as they come: the runs take minutes
   summary.push_back(fmt::format(
       "{:<11} B={:<2} T={:<5} borealis {:8.1f} tok/s (MFU {:4.1f}%)  pytorch {:8.1f} tok/s "
       "(MFU {:4.1f}%)  ratio {:.2f}x mean, {:.2f}x best",

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Borealis needs to build, test and run.
 # Idempotent: prints nothing and changes nothing when every package is present.
-# Usage: scripts/setup.sh [--quiet]
+# Usage: scripts/setup.sh [--quiet] [--with-torch]
+#   --with-torch  also Debian's python3-torch and python3-numpy, for the PyTorch
+#                 parity test and bench/train_vs_torch (run with /usr/bin/python3)
 set -euo pipefail
+
+with_torch=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-torch) with_torch=1 ;;
+  esac
+done
 
 packages=(
   # toolchain
@@ -22,6 +31,10 @@ packages=(
 # is used when present, Debian's otherwise.
 if ! command -v npm >/dev/null 2>&1; then
   packages+=(nodejs npm)
+fi
+
+if [ "$with_torch" -eq 1 ]; then
+  packages+=(python3-torch python3-numpy)
 fi
 
 missing=()

@@ -3,19 +3,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <numeric>
-#include <thread>
 
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/tasks.h"
 #include "data/mixture.h"
 #include "data/numpy_random.h"
 
@@ -465,29 +463,13 @@ std::vector<std::uint64_t> MegatronOrder::build(unsigned threads, unsigned sampl
   };
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return cost(a) > cost(b); });
-  std::atomic<std::size_t> next{0};
-  std::vector<std::exception_ptr> failed(threads);
-  const auto work = [&](unsigned id) {
-    try {
-      for (std::size_t t; (t = next.fetch_add(1)) < order.size();) {
-        if (order[t] == corpora) {
-          outer_task();
-        } else {
-          corpus_task(order[t]);
-        }
-      }
-    } catch (...) {
-      failed[id] = std::current_exception();
-      next = order.size();
+  run_tasks(threads, order.size(), [&](std::size_t t) {
+    if (order[t] == corpora) {
+      outer_task();
+    } else {
+      corpus_task(order[t]);
     }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& t : pool) t.join();
-  for (const auto& e : failed) {
-    if (e) std::rethrow_exception(e);
-  }
+  });
 
   std::vector<std::uint64_t> records;
   resize_huge(records, n);

@@ -3,11 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <stdexcept>
 #include <thread>
 
@@ -18,6 +16,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/tasks.h"
 #include "data/blend.h"
 
 namespace borealis {
@@ -361,29 +360,13 @@ void Mixture::build(unsigned threads) {
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
     return (a == corpora ? n : bound(a)) > (b == corpora ? n : bound(b));
   });
-  std::atomic<std::size_t> next{0};
-  std::vector<std::exception_ptr> failed(threads);
-  const auto work = [&](unsigned id) {
-    try {
-      for (std::size_t t; (t = next.fetch_add(1)) < order.size();) {
-        if (order[t] == corpora) {
-          outer_task();
-        } else {
-          inner_task(order[t]);
-        }
-      }
-    } catch (...) {
-      failed[id] = std::current_exception();
-      next = order.size();
+  run_tasks(threads, order.size(), [&](std::size_t t) {
+    if (order[t] == corpora) {
+      outer_task();
+    } else {
+      inner_task(order[t]);
     }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& t : pool) t.join();
-  for (const auto& e : failed) {
-    if (e) std::rethrow_exception(e);
-  }
+  });
   built_.resize(n);
   std::vector<std::uint64_t> used(corpora, 0);
   for (std::uint64_t i = 0; i < n; ++i) {
@@ -448,25 +431,9 @@ std::pair<std::size_t, std::uint64_t> Mixture::source(std::uint64_t i) const {
 
 void Mixture::prepare(unsigned threads) const {
   if (!megatron_) return;
-  std::atomic<std::size_t> next{0};
-  std::vector<std::exception_ptr> failed(std::max(1u, threads));
-  const auto work = [&](unsigned id) {
-    try {
-      for (std::size_t k; (k = next.fetch_add(1)) < files_.size();) {
-        if (keep_[k] > 0) megatron_->file(k, dataset(k), keep_[k]);
-      }
-    } catch (...) {
-      failed[id] = std::current_exception();
-      next = files_.size();
-    }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 1; t < failed.size(); ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& t : pool) t.join();
-  for (const auto& e : failed) {
-    if (e) std::rethrow_exception(e);
-  }
+  run_tasks(threads, files_.size(), [&](std::size_t k) {
+    if (keep_[k] > 0) megatron_->file(k, dataset(k), keep_[k]);
+  });
 }
 
 std::vector<SamplePiece> Mixture::sample(std::uint64_t i) const {

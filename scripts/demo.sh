@@ -30,7 +30,9 @@ echo
 echo "== tokenize the corpus into a Megatron dataset"
 "$bin" --log-level warn data prepare -i data/brown/brown.jsonl -t "$out/brown-8k.json" -o "$out/brown" --append-eod
 "$bin" data verify "$out/brown" -t "$out/brown-8k.json"
-"$bin" data inspect "$out/brown" -t "$out/brown-8k.json" | head -n 20
+# (through a file: with pipefail, `| head` would end the script when it closes the pipe early)
+"$bin" data inspect "$out/brown" -t "$out/brown-8k.json" > "$out/inspect.txt"
+head -n 20 "$out/inspect.txt"
 echo
 echo "== the 15 Brown categories as corpora of a blended mixture (\"learned\" weighted 3x)"
 node scripts/lib/brown-by-category.mjs data/brown/brown.jsonl "$out/categories"
@@ -47,7 +49,8 @@ done
 echo
 echo "== sample 0 of the mixture"
 "$bin" data sample 0 --data-list "$list" --seq-len 256 --train-samples 3200 --split 90,5,5 --cache-dir "$out/cache" \
-  -t "$out/brown-8k.json" | head -n 12
+  -t "$out/brown-8k.json" > "$out/sample0.txt"
+head -n 12 "$out/sample0.txt"
 echo
 echo "== train llama-20m on the mixture (configs/brown-llama-20m.toml, about 10 minutes on 2 cores)"
 run=runs/brown-llama-20m

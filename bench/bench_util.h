@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -15,6 +16,16 @@
 namespace borealis::bench {
 
 using Clock = std::chrono::steady_clock;
+
+// A flag's value as an integer in [1, 2^30]; throws Error naming the flag.
+inline int parse_positive_int(const std::string& flag, const char* value) {
+  char* end = nullptr;
+  const long v = std::strtol(value, &end, 10);
+  if (end == value || *end != '\0' || v <= 0 || v > 1 << 30) {
+    throw Error(std::string("expected a positive integer, got '") + value + "'", flag);
+  }
+  return static_cast<int>(v);
+}
 
 inline double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();

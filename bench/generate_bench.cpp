@@ -25,19 +25,6 @@
 #include "model/params.h"
 #include "serve/sampling.h"
 
-namespace {
-
-int parse_int(const std::string& flag, const char* value) {
-  char* end = nullptr;
-  const long v = std::strtol(value, &end, 10);
-  if (end == value || *end != '\0' || v <= 0 || v > 1 << 30) {
-    throw borealis::Error(std::string("expected a positive integer, got '") + value + "'", flag);
-  }
-  return static_cast<int>(v);
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   using namespace borealis;
   return bench::main_with_errors(
@@ -51,13 +38,13 @@ int main(int argc, char** argv) {
           if (flag == "--model") {
             preset = value;
           } else if (flag == "--prompt") {
-            prompt_len = parse_int(flag, value);
+            prompt_len = bench::parse_positive_int(flag, value);
           } else if (flag == "--tokens") {
-            tokens = parse_int(flag, value);
+            tokens = bench::parse_positive_int(flag, value);
           } else if (flag == "--repeats") {
-            repeats = parse_int(flag, value);
+            repeats = bench::parse_positive_int(flag, value);
           } else if (flag == "--threads") {
-            set_cpu_threads(parse_int(flag, value));
+            set_cpu_threads(bench::parse_positive_int(flag, value));
           } else {
             throw Error("unknown flag (use --model, --prompt, --tokens, --repeats, --threads)",
                         flag);

@@ -7,22 +7,10 @@
 #include <exception>
 #include <string>
 
+#include "bench_util.h"
 #include "core/error.h"
 #include "kernels/cpu/blas.h"
 #include "train/train_bench.h"
-
-namespace {
-
-int parse_int(const char* flag, const char* value) {
-  char* end = nullptr;
-  const long v = std::strtol(value, &end, 10);
-  if (end == value || *end != '\0' || v <= 0 || v > 1 << 30) {
-    throw borealis::Error(std::string("expected a positive integer, got '") + value + "'", flag);
-  }
-  return static_cast<int>(v);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   try {
@@ -34,13 +22,13 @@ int main(int argc, char** argv) {
       if (flag == "--model") {
         o.model = value;
       } else if (flag == "--batch") {
-        o.batch = parse_int(argv[i - 1], value);
+        o.batch = borealis::bench::parse_positive_int(argv[i - 1], value);
       } else if (flag == "--seq") {
-        o.seq = parse_int(argv[i - 1], value);
+        o.seq = borealis::bench::parse_positive_int(argv[i - 1], value);
       } else if (flag == "--steps") {
-        o.steps = parse_int(argv[i - 1], value);
+        o.steps = borealis::bench::parse_positive_int(argv[i - 1], value);
       } else if (flag == "--threads") {
-        borealis::set_cpu_threads(parse_int(argv[i - 1], value));
+        borealis::set_cpu_threads(borealis::bench::parse_positive_int(argv[i - 1], value));
       } else {
         throw borealis::Error("unknown flag (use --model, --batch, --seq, --steps, --threads)",
                               flag);

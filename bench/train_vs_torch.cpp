@@ -36,15 +36,6 @@ namespace {
 
 using borealis::Error;
 
-int parse_int(const std::string& flag, const char* value) {
-  char* end = nullptr;
-  const long v = std::strtol(value, &end, 10);
-  if (end == value || *end != '\0' || v <= 0 || v > 1 << 30) {
-    throw Error(fmt::format("expected a positive integer, got '{}'", value), flag);
-  }
-  return static_cast<int>(v);
-}
-
 struct Config {
   std::string model;
   int batch = 0, seq = 0;
@@ -166,13 +157,13 @@ int run(int argc, char** argv) {
     if (flag == "--model") {
       one.model = value;
     } else if (flag == "--batch") {
-      one.batch = parse_int(flag, value);
+      one.batch = borealis::bench::parse_positive_int(flag, value);
     } else if (flag == "--seq") {
-      one.seq = parse_int(flag, value);
+      one.seq = borealis::bench::parse_positive_int(flag, value);
     } else if (flag == "--steps") {
-      o.steps = parse_int(flag, value);
+      o.steps = borealis::bench::parse_positive_int(flag, value);
     } else if (flag == "--threads") {
-      o.threads = parse_int(flag, value);
+      o.threads = borealis::bench::parse_positive_int(flag, value);
     } else if (flag == "--python") {
       o.python = value;
     } else if (flag == "--script") {

@@ -16,6 +16,10 @@ namespace borealis {
 namespace {
 
 constexpr std::size_t kBufferSize = 1 << 20;
+// Large files: start the disk write-back of every this many bytes while the
+// file is still being written, so that commit()'s fsync has little left to
+// wait for instead of the whole file.
+constexpr std::size_t kWritebackBytes = 32u << 20;
 
 // Permissions a plain open(O_CREAT, 0666) would give, honouring the umask.
 // The umask is read from /proc because umask(2) can only be read by setting
@@ -79,6 +83,7 @@ void AtomicFile::write(const void* data, std::size_t size) {
   flush_buffer();
   if (size >= kBufferSize) {
     write_all(fd_, p, size, temp_path_);
+    start_writeback();
   } else {
     buffer_.append(p, size);
   }
@@ -87,6 +92,19 @@ void AtomicFile::write(const void* data, std::size_t size) {
 void AtomicFile::flush_buffer() {
   write_all(fd_, buffer_.data(), buffer_.size(), temp_path_);
   buffer_.clear();
+  start_writeback();
+}
+
+void AtomicFile::start_writeback() {
+  const std::size_t on_disk = written_ - buffer_.size();
+  if (on_disk - writeback_from_ < kWritebackBytes) return;
+#ifdef __linux__
+  // Asynchronous: queues the range for writing and returns. Only a hint, so
+  // a failure (e.g. a file system without it) is ignored; fsync decides.
+  ::sync_file_range(fd_, static_cast<off_t>(writeback_from_),
+                    static_cast<off_t>(on_disk - writeback_from_), SYNC_FILE_RANGE_WRITE);
+#endif
+  writeback_from_ = on_disk;
 }
 
 void AtomicFile::commit() {

@@ -41,11 +41,15 @@ class AtomicFile {
 
  private:
   void flush_buffer();
+  // Starts the disk write-back of the bytes handed to the kernel since the
+  // last time, once there are enough of them.
+  void start_writeback();
 
   std::filesystem::path path_;
   std::filesystem::path temp_path_;
   int fd_ = -1;
   std::size_t written_ = 0;
+  std::size_t writeback_from_ = 0;  // bytes already queued for write-back
   std::string buffer_;
 };
 

@@ -365,10 +365,18 @@ class Pipeline {
       const Record& rec = c.records[r];
       std::string_view text(base + rec.offset, rec.length);
       if (files_[rec.file].format == InputFormat::JsonLines) {
-        padded.assign(text);
-        padded.append(simdjson::SIMDJSON_PADDING, '\0');
+        // A record inside a mapped file is followed by readable bytes (the
+        // rest of the file): parse it in place unless it ends too close to
+        // the end of the mapping.
+        const char* json = text.data();
+        if (!c.mapping ||
+            rec.offset + rec.length + simdjson::SIMDJSON_PADDING > c.mapping->size()) {
+          padded.assign(text);
+          padded.append(simdjson::SIMDJSON_PADDING, '\0');
+          json = padded.data();
+        }
         simdjson::dom::element doc;
-        const auto err = parser.parse(padded.data(), rec.length, false).get(doc);
+        const auto err = parser.parse(json, rec.length, false).get(doc);
         if (err == simdjson::UTF8_ERROR) {
           c.errors.emplace_back(r, "invalid UTF-8");
           continue;

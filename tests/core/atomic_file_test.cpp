@@ -44,6 +44,25 @@ TEST(AtomicFile, LargeWritesCrossTheBufferIntact) {
   EXPECT_EQ(read_file(dir / "big"), big);
 }
 
+// Past 32 MiB the writer starts the disk write-back of what it has written
+// while it goes on writing: the content must not change.
+TEST(AtomicFile, FilesPastTheWritebackStepAreIntact) {
+  TempDir dir;
+  std::string piece(8 << 20, '\0');
+  for (std::size_t i = 0; i < piece.size(); ++i) piece[i] = static_cast<char>(i * 31 % 253);
+  std::string expected;
+  AtomicFile f(dir / "big");
+  for (int i = 0; i < 15; ++i) {
+    const std::size_t n = i % 3 == 0 ? piece.size() : 65536 + static_cast<std::size_t>(i);
+    f.write(piece.data(), n);
+    expected.append(piece, 0, n);
+  }
+  f.commit();
+  EXPECT_EQ(expected.size(), f.size());
+  EXPECT_GT(expected.size(), std::size_t{32} << 20);
+  EXPECT_EQ(read_file(dir / "big"), expected);
+}
+
 TEST(AtomicFile, DestroyedWithoutCommitLeavesNothing) {
   TempDir dir;
   try {

@@ -3,8 +3,8 @@
 # then the whole path on the Brown corpus: train a tokenizer on it, tokenize
 # it into a Megatron dataset that is inspected and verified, tokenize its 15
 # categories as 15 corpora blended into a training mixture that favours the
-# scientific one ("learned"), train llama-20m on it for about ten minutes
-# with validation (configs/brown-llama-20m.toml), and check that the model
+# scientific one ("learned"), train llama-5m on it for about ten minutes
+# with validation (configs/brown-llama-5m.toml), and check that the model
 # beats the unigram baseline by at least 1 nat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,10 +52,10 @@ echo "== sample 0 of the mixture"
   -t "$out/brown-8k.json" > "$out/sample0.txt"
 head -n 12 "$out/sample0.txt"
 echo
-echo "== train llama-20m on the mixture (configs/brown-llama-20m.toml, about 10 minutes on 2 cores)"
-run=runs/brown-llama-20m
+echo "== train llama-5m on the mixture (configs/brown-llama-5m.toml, about 10 minutes on 2 cores)"
+run=runs/brown-llama-5m
 rm -rf "$run"
-"$bin" train configs/brown-llama-20m.toml --run-dir "$run" | tee "$out/train.log"
+"$bin" train configs/brown-llama-5m.toml --run-dir "$run" | tee "$out/train.log"
 # The run must beat the unigram entropy of the validation tokens by 1 nat.
 awk '/^validation loss/ { v = $3; u = $11 } END {
   if (v == "" || u - v < 1) { printf "demo: validation loss %s does not beat the unigram entropy %s by 1 nat\n", v, u; exit 1 }

@@ -73,8 +73,8 @@ Command add_train(CLI::App& parent) {
       "SIGINT/SIGTERM or train.max_minutes: finish the step, checkpoint, exit 0; run the same\n"
       "command again to resume exactly. A second signal exits at once.\n\n"
       "Examples:\n"
-      "  borealis train configs/brown-llama-20m.toml\n"
-      "  borealis train configs/brown-llama-20m.toml --steps 50 --run-dir runs/try "
+      "  borealis train configs/brown-llama-5m.toml\n"
+      "  borealis train configs/brown-llama-5m.toml --steps 50 --run-dir runs/try "
       "--set optim.lr=1e-3\n"
       "  borealis plot runs/try && borealis generate --checkpoint runs/try --prompt 'The'");
   return {app, [a] {

@@ -316,6 +316,23 @@ TEST(Trainer, ConfigErrors) {
                 (f.dir() / "bad.toml").string() + ":2:9)");
 }
 
+// The configs shipped in configs/ (the demo's among them) load, pass the
+// settings checks and resolve to a valid model.
+TEST(Trainer, ShippedConfigsAreValid) {
+  int seen = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(BOREALIS_SOURCE_DIR) / "configs")) {
+    if (entry.path().extension() != ".toml") continue;
+    SCOPED_TRACE(entry.path().string());
+    const Config c = load(entry.path());
+    EXPECT_NO_THROW(read_train_settings(c));
+    const ModelConfig m = resolve_model(c, 8000);
+    EXPECT_NO_THROW(m.validate());
+    EXPECT_GE(m.max_seq, c.get<std::int64_t>("data.seq_len"));
+    ++seen;
+  }
+  EXPECT_GE(seen, 2);
+}
+
 // SIGTERM: the run finishes its step, writes a checkpoint and exits 0; the
 // same command then resumes it to the end.
 TEST(Trainer, SigtermCheckpointsAndExitsCleanly) {

@@ -253,7 +253,9 @@ MegatronFileIndex::MegatronFileIndex(const IndexedDataset& ds, std::uint64_t fir
   // at the token s L of the documents in doc_idx order (the last token of
   // sample s - 1), which lies in a non-empty document.
   thread_local Scratch scratch;
-  std::uint64_t* starts = scratch_of(scratch.starts, plan.samples);
+  // One slot more than the samples: the loop writes a start before it knows
+  // whether the document holds one.
+  std::uint64_t* starts = scratch_of(scratch.starts, plan.samples + 1);
   if (plan.samples > 0) starts[0] = 0;
   {
     std::uint64_t s = 1, next = seq_len, begin = 0;
@@ -261,6 +263,11 @@ MegatronFileIndex::MegatronFileIndex(const IndexedDataset& ds, std::uint64_t fir
     for (std::uint64_t p = 0; p < doc_idx_size && s < plan.samples; ++p) {
       if (p + 16 < doc_idx_size) __builtin_prefetch(size + doc_idx[p + 16]);
       const std::uint64_t end = begin + static_cast<std::uint64_t>(size[doc_idx[p]]);
+      // Most documents hold no sample start or one: no branch for those.
+      starts[s] = (p << kOffsetBits) | (next - begin);
+      const bool hit = next < end;
+      s += hit;
+      next += hit ? seq_len : 0;
       for (; next < end && s < plan.samples; ++s, next += seq_len) {
         starts[s] = (p << kOffsetBits) | (next - begin);
       }
@@ -474,16 +481,28 @@ std::vector<std::uint64_t> MegatronOrder::build(unsigned threads, unsigned sampl
   std::vector<std::uint64_t> records;
   resize_huge(records, n);
   std::vector<std::uint64_t> used(corpora, 0);
+  // A concatenated corpus is drawn in order: its current file is a cursor,
+  // not a binary search per sample.
+  std::vector<std::size_t> cursor(corpora, 0);
   for (std::uint64_t i = 0; i < n; ++i) {
     const std::size_t c = outer[i];
     const std::uint64_t j = used[c]++;
-    if (j >= draws[c].size) {
+    const CorpusDraws& d = draws[c];
+    if (j >= d.size) {
       throw Error(fmt::format("Megatron's blend draws sample {} of corpus {}, which has {}; "
                               "Megatron fails on this sample too (IndexError)",
-                              j, corpus_names_[c], draws[c].size),
+                              j, corpus_names_[c], d.size),
                   "--train-samples");
     }
-    const auto [local, number] = draws[c].at(j);
+    std::pair<std::size_t, std::uint64_t> at;
+    if (d.shuffle.empty() && d.file.empty()) {
+      std::size_t& f = cursor[c];
+      while (f + 1 < d.starts.size() && d.starts[f + 1] <= j) ++f;
+      at = {f, j - d.starts[f]};
+    } else {
+      at = d.at(j);
+    }
+    const auto [local, number] = at;
     const std::size_t k = corpus_files_[c][local];
     if (number >= plans_[k].samples) {
       throw Error(fmt::format("Megatron's corpus blend draws sample {} of {}, which has {}; "

@@ -149,7 +149,9 @@ TEST(FastBlend, EverySampleMatchesTheBlendsDealtOut) {
     expect_same(three, expect);
     for (std::size_t c = 0; c < corpora; ++c) {
       std::vector<std::uint64_t> count(file_weights[c].size(), 0);
-      for (const auto& d : expect) count[d.file] += d.corpus == c;
+      for (const auto& d : expect) {
+        if (d.corpus == c) ++count[d.file];
+      }
       EXPECT_EQ(one.file_samples(c), count) << "corpus " << c;
     }
   }

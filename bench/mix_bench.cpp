@@ -3,8 +3,11 @@
 //   build/release/bench/mix_bench --data-list /tmp/mix/2e11/data-list.txt
 //       [--seq-len 4096] [--seed 1234] [--threads 2] [--lookups 1000000]
 //       [--order fast|megatron] [--blend-sample-in-corpus] [--shuffle-sample-in-corpus]
+//       [--samples N]
 //
-// Train samples = the list's total tokens / seq_len, split 100,0,0. Prints:
+// Train samples = the list's total tokens / seq_len (or --samples N: e.g.
+// 2e12 tokens' worth of samples from a smaller mixture's files, where only
+// the blend's size matters), split 100,0,0. Prints:
 // the time to open the files; the full build (no cache) and its peak memory;
 // the time to the first sample from a cached index in a fresh Mixture; the
 // mean time of random-access lookups (sample i -> pieces). Figures only, no
@@ -54,7 +57,7 @@ std::uint64_t peak_rss() {
 
 int run(int argc, char** argv) {
   std::string list_path;
-  std::uint64_t seq_len = 4096, seed = 1234, lookups = 1000000;
+  std::uint64_t seq_len = 4096, seed = 1234, lookups = 1000000, samples = 0;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::string order = "fast";
   bool blend_in_corpus = false, shuffle_in_corpus = false;
@@ -82,6 +85,8 @@ int run(int argc, char** argv) {
       lookups = std::stoull(value);
     else if (flag == "--order")
       order = value;
+    else if (flag == "--samples")
+      samples = std::stoull(value);
     else
       throw Error("unknown flag", flag);
   }
@@ -105,7 +110,7 @@ int run(int argc, char** argv) {
     for (const auto& f : m.files()) tokens += f.tokens;
   }
   const double count_s = since(t);
-  o.samples = tokens / seq_len;
+  o.samples = samples != 0 ? samples : tokens / seq_len;
   o.order = order == "megatron" ? MixOrder::megatron : MixOrder::fast;
   o.blend_sample_in_corpus = blend_in_corpus;
   o.shuffle_sample_in_corpus = shuffle_in_corpus;
@@ -118,20 +123,22 @@ int run(int argc, char** argv) {
 
   t = Clock::now();
   const double cpu0 = cpu_seconds();
-  const Mixture built(o);
-  const double build_s = since(t);
-  fmt::print("full build ({} order, no cache): {:.3f} s wall, {:.3f} s CPU, peak memory {}\n",
-             order, build_s, cpu_seconds() - cpu0, format_bytes(peak_rss()));
-  if (built.megatron()) {
-    t = Clock::now();
-    const double cpu1 = cpu_seconds();
-    built.prepare(threads);
-    const double prepare_s = since(t);
-    fmt::print(
-        "every file's Megatron index (doc_idx, sample starts, shuffle_idx): {:.3f} s wall, "
-        "{:.3f} s CPU, peak memory {}\n",
-        prepare_s, cpu_seconds() - cpu1, format_bytes(peak_rss()));
-    fmt::print("build + every file's index: {:.3f} s wall\n", build_s + prepare_s);
+  {  // freed before the cached run below
+    const Mixture built(o);
+    const double build_s = since(t);
+    fmt::print("full build ({} order, no cache): {:.3f} s wall, {:.3f} s CPU, peak memory {}\n",
+               order, build_s, cpu_seconds() - cpu0, format_bytes(peak_rss()));
+    if (built.megatron()) {
+      t = Clock::now();
+      const double cpu1 = cpu_seconds();
+      built.prepare(threads);
+      const double prepare_s = since(t);
+      fmt::print(
+          "every file's Megatron index (doc_idx, sample starts, shuffle_idx): {:.3f} s wall, "
+          "{:.3f} s CPU, peak memory {}\n",
+          prepare_s, cpu_seconds() - cpu1, format_bytes(peak_rss()));
+      fmt::print("build + every file's index: {:.3f} s wall\n", build_s + prepare_s);
+    }
   }
 
   const auto cache = std::filesystem::temp_directory_path() /
@@ -164,10 +171,11 @@ int run(int argc, char** argv) {
   fmt::print("peak memory of the whole run: {}\n", format_bytes(peak_rss()));
   fmt::print(
       "reproduce: {} --data-list {} --seq-len {} --seed {} --threads {} --lookups {} "
-      "--order {}{}{}\n",
+      "--order {}{}{}{}\n",
       argv[0], list_path, seq_len, seed, threads, lookups, order,
       blend_in_corpus ? " --blend-sample-in-corpus" : "",
-      shuffle_in_corpus ? " --shuffle-sample-in-corpus" : "");
+      shuffle_in_corpus ? " --shuffle-sample-in-corpus" : "",
+      samples != 0 ? fmt::format(" --samples {}", samples) : "");
   (void)first;
   return 0;
 }

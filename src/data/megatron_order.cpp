@@ -227,20 +227,27 @@ MegatronFileIndex::MegatronFileIndex(const IndexedDataset& ds, std::uint64_t fir
                             plan.epochs, docs),
                 ds.prefix().string());
   }
-  if (storage.size() != doc_idx_size) throw std::logic_error("MegatronFileIndex: storage size");
-  std::int32_t* doc_idx = storage.data();
+  // Only the shuffled-together epochs are stored: a separate last epoch is
+  // shuffled in per-thread scratch, and only the few kept samples that reach
+  // into it keep their documents (explicit_). A file asked for 100.5% of its
+  // tokens keeps 1 epoch of doc_idx instead of 2.
+  const std::uint64_t head = plan.separate_last_epoch ? (plan.epochs - 1) * docs : doc_idx_size;
+  if (storage.size() != head) throw std::logic_error("MegatronFileIndex: storage size");
+  std::int32_t* stored = storage.data();
   doc_idx_ = storage;
+  thread_local std::vector<std::int32_t> tail_scratch;
+  if (tail_scratch.size() < doc_idx_size - head) tail_scratch.resize(doc_idx_size - head);
+  std::int32_t* tail = tail_scratch.data();
+  const auto entry = [&](std::uint64_t p) { return p < head ? stored[p] : tail[p - head]; };
   for (std::uint64_t e = 0; e < plan.epochs; ++e) {
-    for (std::uint64_t d = 0; d < docs; ++d) {
-      doc_idx[e * docs + d] = static_cast<std::int32_t>(first_doc + d);
-    }
+    std::int32_t* out = e * docs < head ? stored + e * docs : tail + (e * docs - head);
+    for (std::uint64_t d = 0; d < docs; ++d) out[d] = static_cast<std::int32_t>(first_doc + d);
   }
   if (plan.separate_last_epoch) {
-    const std::size_t head = (plan.epochs - 1) * docs;
-    rng.shuffle(doc_idx, head);
-    rng.shuffle(doc_idx + head, docs);
+    rng.shuffle(stored, head);
+    rng.shuffle(tail, docs);
   } else {
-    rng.shuffle(doc_idx, doc_idx_size);
+    rng.shuffle(stored, doc_idx_size);
   }
 
   // The split's sequence sizes, read with pread: faulting in the mapped
@@ -253,19 +260,32 @@ MegatronFileIndex::MegatronFileIndex(const IndexedDataset& ds, std::uint64_t fir
   // at the token s L of the documents in doc_idx order (the last token of
   // sample s - 1), which lies in a non-empty document.
   thread_local Scratch scratch;
-  std::uint64_t* starts = scratch_of(scratch.starts, plan.samples);
+  // One slot more than the samples: the loop writes a start before it knows
+  // whether the document holds one.
+  std::uint64_t* starts = scratch_of(scratch.starts, plan.samples + 1);
   if (plan.samples > 0) starts[0] = 0;
   {
     std::uint64_t s = 1, next = seq_len, begin = 0;
     const std::int32_t* size = sizes.data() - first_doc;
-    for (std::uint64_t p = 0; p < doc_idx_size && s < plan.samples; ++p) {
-      if (p + 16 < doc_idx_size) __builtin_prefetch(size + doc_idx[p + 16]);
-      const std::uint64_t end = begin + static_cast<std::uint64_t>(size[doc_idx[p]]);
-      for (; next < end && s < plan.samples; ++s, next += seq_len) {
+    // Positions [from, to) of doc_idx, which `part` holds from its start.
+    const auto walk = [&](const std::int32_t* part, std::uint64_t from, std::uint64_t to) {
+      for (std::uint64_t p = from; p < to && s < plan.samples; ++p) {
+        const std::int32_t* at = part + (p - from);
+        if (p + 16 < to) __builtin_prefetch(size + at[16]);
+        const std::uint64_t end = begin + static_cast<std::uint64_t>(size[*at]);
+        // Most documents hold no sample start or one: no branch for those.
         starts[s] = (p << kOffsetBits) | (next - begin);
+        const bool hit = next < end;
+        s += hit;
+        next += hit ? seq_len : 0;
+        for (; next < end && s < plan.samples; ++s, next += seq_len) {
+          starts[s] = (p << kOffsetBits) | (next - begin);
+        }
+        begin = end;
       }
-      begin = end;
-    }
+    };
+    walk(stored, 0, head);
+    walk(tail, head, doc_idx_size);
   }
 
   // shuffle_idx; where its first `keep` samples start is all that is kept.
@@ -275,6 +295,18 @@ MegatronFileIndex::MegatronFileIndex(const IndexedDataset& ds, std::uint64_t fir
   rng.shuffle(shuffle + plan.first_samples, plan.samples - plan.first_samples);
   starts_.resize(std::min(keep, plan.samples));
   for (std::uint64_t n = 0; n < starts_.size(); ++n) starts_[n] = starts[shuffle[n]];
+  if (head == doc_idx_size) return;
+  // Sample s covers positions [p_s, p_{s+1}] of doc_idx (it ends on the token
+  // where sample s + 1 starts); the last sample, at most the rest.
+  for (std::uint64_t n = 0; n < starts_.size(); ++n) {
+    const std::uint64_t s = shuffle[n];
+    const std::uint64_t first = starts[s] >> kOffsetBits;
+    const std::uint64_t last =
+        s + 1 < plan.samples ? starts[s + 1] >> kOffsetBits : doc_idx_size - 1;
+    if (last < head) continue;
+    explicit_.push_back({n, first, tail_docs_.size(), last - first + 1});
+    for (std::uint64_t p = first; p <= last; ++p) tail_docs_.push_back(entry(p));
+  }
 }
 
 std::vector<SamplePiece> MegatronFileIndex::pieces(std::size_t file, std::uint64_t n,
@@ -282,10 +314,22 @@ std::vector<SamplePiece> MegatronFileIndex::pieces(std::size_t file, std::uint64
                                                    std::uint64_t seq_len) const {
   std::vector<SamplePiece> out;
   auto [p, offset] = start(n);
+  // A sample reaching into a separate last epoch has its documents here.
+  const auto x = std::lower_bound(explicit_.begin(), explicit_.end(), n,
+                                  [](const Explicit& e, std::uint64_t v) { return e.sample < v; });
+  const Explicit* own = x != explicit_.end() && x->sample == n ? &*x : nullptr;
   std::uint64_t left = seq_len + 1;
   while (left > 0) {
-    if (p >= doc_idx_.size()) throw std::logic_error("Megatron sample runs past doc_idx");
-    const auto doc = static_cast<std::uint64_t>(doc_idx_[p]);
+    std::int32_t entry;
+    if (own != nullptr) {
+      if (p - own->first >= own->count)
+        throw std::logic_error("Megatron sample runs past its documents");
+      entry = tail_docs_[own->at + (p - own->first)];
+    } else {
+      if (p >= doc_idx_.size()) throw std::logic_error("Megatron sample runs past doc_idx");
+      entry = doc_idx_[p];
+    }
+    const auto doc = static_cast<std::uint64_t>(entry);
     const auto size = static_cast<std::uint64_t>(ds.size(static_cast<std::size_t>(doc)));
     const std::uint64_t take = std::min(left, size - offset);
     if (take > 0) out.push_back({file, doc, offset, take});
@@ -336,7 +380,9 @@ MegatronOrder::MegatronOrder(const MixOptions& options, const std::vector<MixFil
   std::uint64_t entries = 0;
   for (std::size_t k = 0; k < files.size(); ++k) {
     arena_at_.push_back(entries);
-    entries += plans_[k].epochs * (files[k].end_doc - files[k].first_doc);
+    // A separate last epoch is not stored (MegatronFileIndex).
+    const std::uint64_t stored = plans_[k].epochs - (plans_[k].separate_last_epoch ? 1 : 0);
+    entries += stored * (files[k].end_doc - files[k].first_doc);
   }
   arena_at_.push_back(entries);
   if (entries > 0) {
@@ -474,16 +520,28 @@ std::vector<std::uint64_t> MegatronOrder::build(unsigned threads, unsigned sampl
   std::vector<std::uint64_t> records;
   resize_huge(records, n);
   std::vector<std::uint64_t> used(corpora, 0);
+  // A concatenated corpus is drawn in order: its current file is a cursor,
+  // not a binary search per sample.
+  std::vector<std::size_t> cursor(corpora, 0);
   for (std::uint64_t i = 0; i < n; ++i) {
     const std::size_t c = outer[i];
     const std::uint64_t j = used[c]++;
-    if (j >= draws[c].size) {
+    const CorpusDraws& d = draws[c];
+    if (j >= d.size) {
       throw Error(fmt::format("Megatron's blend draws sample {} of corpus {}, which has {}; "
                               "Megatron fails on this sample too (IndexError)",
-                              j, corpus_names_[c], draws[c].size),
+                              j, corpus_names_[c], d.size),
                   "--train-samples");
     }
-    const auto [local, number] = draws[c].at(j);
+    std::pair<std::size_t, std::uint64_t> at;
+    if (d.shuffle.empty() && d.file.empty()) {
+      std::size_t& f = cursor[c];
+      while (f + 1 < d.starts.size() && d.starts[f + 1] <= j) ++f;
+      at = {f, j - d.starts[f]};
+    } else {
+      at = d.at(j);
+    }
+    const auto [local, number] = at;
     const std::size_t k = corpus_files_[c][local];
     if (number >= plans_[k].samples) {
       throw Error(fmt::format("Megatron's corpus blend draws sample {} of {}, which has {}; "

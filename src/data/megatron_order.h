@@ -87,14 +87,17 @@ class MegatronBlend {
 };
 
 // One file's doc_idx and, for its samples n < keep, where sample n starts.
-// doc_idx is written to `storage` (epochs x documents entries), which must
-// outlive the index.
+// doc_idx is written to `storage`, which must outlive the index: epochs x
+// documents entries, or (epochs - 1) x documents when the last epoch is
+// shuffled separately. That last epoch is shuffled in scratch memory, and the
+// few kept samples that reach into it keep their own documents.
 class MegatronFileIndex {
  public:
   MegatronFileIndex(const IndexedDataset& ds, std::uint64_t first_doc, std::uint64_t end_doc,
                     const MegatronFilePlan& plan, std::uint64_t seq_len, std::uint32_t seed,
                     std::uint64_t keep, std::span<std::int32_t> storage);
 
+  // The stored part of doc_idx (without a separate last epoch).
   std::span<const std::int32_t> doc_idx() const { return doc_idx_; }
   // Position in doc_idx and token offset where the file's sample n starts.
   std::pair<std::uint64_t, std::uint64_t> start(std::uint64_t n) const {
@@ -111,6 +114,13 @@ class MegatronFileIndex {
   static constexpr std::uint64_t kOffsetMask = (std::uint64_t{1} << kOffsetBits) - 1;
   std::span<const std::int32_t> doc_idx_;
   std::vector<std::uint64_t> starts_;
+  // Kept samples that reach into a separate last epoch: doc_idx positions
+  // [first, first + count) are tail_docs_[at, at + count). Sorted by sample.
+  struct Explicit {
+    std::uint64_t sample, first, at, count;
+  };
+  std::vector<Explicit> explicit_;
+  std::vector<std::int32_t> tail_docs_;
 };
 
 // The mixture-level part: plans, the blend, and the per-file indices.

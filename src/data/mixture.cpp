@@ -17,7 +17,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/tasks.h"
-#include "data/blend.h"
+#include "data/mixture_blend.h"
 
 namespace borealis {
 
@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::uint64_t kFormatVersion = 1;
+constexpr std::uint64_t kFormatVersion = 2;
 constexpr char kMagic[8] = {'B', 'O', 'R', 'E', 'M', 'I', 'X', '1'};
 constexpr unsigned kSampleBits = 40;
 constexpr std::uint64_t kSampleMask = (std::uint64_t{1} << kSampleBits) - 1;
@@ -312,10 +312,7 @@ void Mixture::open_files() {
   }
 }
 
-// The outer blend and every corpus's inner blend are independent tasks, run
-// side by side; a corpus's inner blend runs for the most samples the outer
-// one can give it (Blender keeps |count - w n| < 1). A sequential pass then
-// deals each corpus's draws out in the outer order.
+// The fast order's blend: data/mixture_blend.h.
 void Mixture::build(unsigned threads) {
   if (megatron_) {
     built_ = megatron_->build(threads, kSampleBits);
@@ -323,75 +320,51 @@ void Mixture::build(unsigned threads) {
     records_ = reinterpret_cast<const std::byte*>(built_.data());
     return;
   }
-  const std::uint64_t n = options_.samples;
-  const std::size_t corpora = corpora_.size();
   std::vector<double> corpus_weights;
-  double total = 0;
-  for (const auto& c : corpora_) corpus_weights.push_back(c.weight), total += c.weight;
-  std::vector<std::uint16_t> corpus_of(n);
-  std::vector<std::vector<std::uint64_t>> draws(corpora);
-  const auto bound = [&](std::size_t c) {
-    const double most = std::ceil(corpus_weights[c] / total * static_cast<double>(n)) + 2;
-    return std::min<std::uint64_t>(n, static_cast<std::uint64_t>(most));
-  };
-  const auto outer_task = [&] {
-    Blender outer(corpus_weights);
-    for (std::uint64_t i = 0; i < n; ++i) corpus_of[i] = static_cast<std::uint16_t>(outer.next());
-  };
-  const auto inner_task = [&](std::size_t c) {
-    const auto& files = corpora_[c].files;
-    std::vector<double> w;
-    bool any = false;
-    for (const std::size_t k : files) {
-      w.push_back(files_[k].weight_in_corpus);
-      any = any || w.back() > 0;
-    }
-    if (!any) return;  // a corpus of zero weight is never drawn
-    Blender inner(w);
-    draws[c].resize(bound(c));
-    for (auto& d : draws[c]) {
-      const std::size_t local = inner.next();
-      d = (static_cast<std::uint64_t>(files[local]) << kSampleBits) | (inner.counts()[local] - 1);
-    }
-  };
-  // Task `corpora` is the outer blend; the longest tasks go first.
-  std::vector<std::size_t> order(corpora + 1);
-  for (std::size_t t = 0; t <= corpora; ++t) order[t] = t;
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return (a == corpora ? n : bound(a)) > (b == corpora ? n : bound(b));
-  });
-  run_tasks(threads, order.size(), [&](std::size_t t) {
-    if (order[t] == corpora) {
-      outer_task();
-    } else {
-      inner_task(order[t]);
-    }
-  });
-  built_.resize(n);
-  std::vector<std::uint64_t> used(corpora, 0);
-  for (std::uint64_t i = 0; i < n; ++i) {
-    const std::size_t c = corpus_of[i];
-    if (used[c] == draws[c].size()) throw std::logic_error("Mixture: a corpus outran its bound");
-    const std::uint64_t r = draws[c][used[c]++];
-    built_[i] = r;
-    ++files_[r >> kSampleBits].samples;
+  std::vector<std::vector<double>> file_weights;
+  for (const auto& c : corpora_) {
+    corpus_weights.push_back(c.weight);
+    auto& w = file_weights.emplace_back();
+    for (const std::size_t k : c.files) w.push_back(files_[k].weight_in_corpus);
   }
-  records_ = reinterpret_cast<const std::byte*>(built_.data());
+  blend_ = FastBlend::build(corpus_weights, file_weights, options_.samples, threads);
+  count_file_samples();
 }
 
+void Mixture::count_file_samples() {
+  for (std::size_t c = 0; c < corpora_.size(); ++c) {
+    const auto counts = blend_.file_samples(c);
+    for (std::size_t f = 0; f < counts.size(); ++f)
+      files_[corpora_[c].files[f]].samples = counts[f];
+  }
+}
+
+// A cache file: magic, format version, samples, files, every file's samples,
+// then the megatron order's records (file and the file's sample number, 8 bytes per sample) or
+// the fast order's blend (FastBlend).
 bool Mixture::load_cache() {
   std::error_code ec;
   if (!fs::exists(cache_path_, ec)) return false;
   MappedFile m(cache_path_, MappedFile::Access::Random);
-  const std::size_t header = 8 + 8 + 8 + 8 + files_.size() * 8;
-  if (m.size() != header + options_.samples * 8 || std::memcmp(m.data(), kMagic, 8) != 0 ||
+  const std::size_t header = 32 + files_.size() * 8;
+  if (m.size() < header || std::memcmp(m.data(), kMagic, 8) != 0 ||
       load_u64(m.data() + 8, 0) != kFormatVersion ||
       load_u64(m.data() + 16, 0) != options_.samples ||
       load_u64(m.data() + 24, 0) != files_.size()) {
     return false;  // not ours or from another version: rebuild and replace it
   }
+  if (megatron_) {
+    if (m.size() != header + options_.samples * 8) return false;
+    records_ = m.data() + header;
+  } else {
+    std::vector<std::size_t> files_per_corpus;
+    for (const auto& c : corpora_) files_per_corpus.push_back(c.files.size());
+    if (!FastBlend::read(m.data() + header, m.data() + m.size(), options_.samples, files_per_corpus,
+                         blend_)) {
+      return false;
+    }
+  }
   for (std::size_t k = 0; k < files_.size(); ++k) files_[k].samples = load_u64(m.data() + 32, k);
-  records_ = m.data() + header;
   mapped_ = std::move(m);
   return true;
 }
@@ -405,7 +378,11 @@ void Mixture::write_cache() const {
   const std::uint64_t head[3] = {kFormatVersion, options_.samples, files_.size()};
   out.write(head, sizeof head);
   for (const auto& f : files_) out.write(&f.samples, 8);
-  out.write(built_.data(), built_.size() * 8);
+  if (megatron_) {
+    out.write(built_.data(), built_.size() * 8);
+  } else {
+    blend_.write(out);
+  }
   out.commit();
 }
 
@@ -425,14 +402,29 @@ std::pair<std::size_t, std::uint64_t> Mixture::source(std::uint64_t i) const {
     throw Error(fmt::format("sample {} is outside the mixture's {} samples", i, options_.samples),
                 "sample");
   }
+  if (!megatron_) {
+    const auto s = blend_.at(i);
+    return {corpora_[s.corpus].files[s.file], s.number};
+  }
   const std::uint64_t r = load_u64(records_, i);
   return {static_cast<std::size_t>(r >> kSampleBits), r & kSampleMask};
 }
 
 void Mixture::prepare(unsigned threads) const {
   if (!megatron_) return;
-  run_tasks(threads, files_.size(), [&](std::size_t k) {
-    if (keep_[k] > 0) megatron_->file(k, dataset(k), keep_[k]);
+  // The largest files first, so that the threads finish together.
+  std::vector<std::size_t> order;
+  for (std::size_t k = 0; k < files_.size(); ++k) {
+    if (keep_[k] > 0) order.push_back(k);
+  }
+  const auto work = [&](std::size_t k) {
+    return megatron_->plan(k).epochs * (files_[k].end_doc - files_[k].first_doc);
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return work(a) > work(b); });
+  run_tasks(threads, order.size(), [&](std::size_t t) {
+    const std::size_t k = order[t];
+    megatron_->file(k, dataset(k), keep_[k]);
   });
 }
 

@@ -27,10 +27,12 @@
 // files are memory-mapped when a sample first needs them.
 //
 // What is stored is the blend: for every sample, its file and its number
-// among that file's samples (8 bytes). It is built in parallel (corpora on
-// separate threads; the result does not depend on the thread count) and
-// cached in CACHE_DIR/<key>.mix, written atomically, where the key hashes
-// everything that determines it.
+// among that file's samples, compactly in the fast order (FastBlend, 3 to 5
+// bytes per sample, data/mixture_blend.h) and as 8-byte records in the
+// megatron order. It is built in parallel (corpora on separate threads; the
+// result does not depend on the thread count) and cached in
+// CACHE_DIR/<key>.mix, written atomically, where the key hashes everything
+// that determines it.
 #pragma once
 
 #include <array>
@@ -45,6 +47,7 @@
 #include "data/data_list.h"
 #include "data/indexed_dataset.h"
 #include "data/megatron_order.h"
+#include "data/mixture_blend.h"
 
 namespace borealis {
 
@@ -163,6 +166,7 @@ class Mixture {
   void build(unsigned threads);
   bool load_cache();
   void write_cache() const;
+  void count_file_samples();  // fast order: every file's samples, from the blend
 
   MixOptions options_;
   std::vector<MixFile> files_;
@@ -171,7 +175,9 @@ class Mixture {
   std::filesystem::path cache_path_;
   bool from_cache_ = false;
   double build_seconds_ = 0;
-  // Per sample: file << 40 | number among the file's samples.
+  // The fast order's blend; built here or read from the mapped cache.
+  FastBlend blend_;
+  // Megatron order, per sample: file << 40 | number among the file's samples.
   std::vector<std::uint64_t> built_;
   MappedFile mapped_;
   const std::byte* records_ = nullptr;

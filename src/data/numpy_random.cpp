@@ -23,6 +23,14 @@ void NumpyRandomState::twist() {
   for (; i < kN - kM; ++i) state_[i] = mix(state_[i], state_[i + 1], state_[i + kM]);
   for (; i < kN - 1; ++i) state_[i] = mix(state_[i], state_[i + 1], state_[i + kM - kN]);
   state_[kN - 1] = mix(state_[kN - 1], state_[0], state_[kM - 1]);
+  for (std::size_t j = 0; j < kN; ++j) {
+    std::uint32_t y = state_[j];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    y ^= y >> 18;
+    tempered_[j] = y;
+  }
   pos_ = 0;
 }
 

@@ -30,12 +30,7 @@ class NumpyRandomState {
 
   std::uint32_t next32() {
     if (pos_ == kN) twist();
-    std::uint32_t y = state_[pos_++];
-    y ^= y >> 11;
-    y ^= (y << 7) & 0x9d2c5680u;
-    y ^= (y << 15) & 0xefc60000u;
-    y ^= y >> 18;
-    return y;
+    return tempered_[pos_++];
   }
   std::uint64_t next64() {
     const std::uint64_t high = next32();
@@ -66,10 +61,19 @@ class NumpyRandomState {
     std::size_t picks[kAhead];
     for (std::size_t i = n; i > 1;) {
       const std::size_t count = std::min(kAhead, i - 1);
-      for (std::size_t b = 0; b < count; ++b) {
-        picks[b] = pick(i - 1 - b);
-        __builtin_prefetch(data + picks[b], 1);
+      if (i - 1 <= 0xffffffffu) {
+        // One loop iteration per draw, not per pick: a rejected draw only
+        // leaves b where it is, so there is no branch to mispredict.
+        for (std::size_t b = 0; b < count;) {
+          const auto max = static_cast<std::uint32_t>(i - 1 - b);
+          const std::uint32_t v = next32() & (~std::uint32_t{0} >> __builtin_clz(max));
+          picks[b] = v;
+          b += v <= max;
+        }
+      } else {
+        for (std::size_t b = 0; b < count; ++b) picks[b] = pick(i - 1 - b);
       }
+      for (std::size_t b = 0; b < count; ++b) __builtin_prefetch(data + picks[b], 1);
       for (std::size_t b = 0; b < count; ++b) std::swap(data[i - 1 - b], data[picks[b]]);
       i -= count;
     }
@@ -100,6 +104,9 @@ class NumpyRandomState {
   void twist();
 
   std::array<std::uint32_t, kN> state_{};
+  // The outputs of the current state, tempered all at once by twist() (a
+  // loop the compiler vectorizes; one word at a time costs more).
+  std::array<std::uint32_t, kN> tempered_{};
   std::size_t pos_ = kN;
 };
 

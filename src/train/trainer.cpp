@@ -30,6 +30,7 @@
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/loader.h"
+#include "train/metrics_writer.h"
 #include "train/train_bench.h"
 #include "train/train_config.h"
 
@@ -76,68 +77,6 @@ class SignalScope {
  private:
   struct sigaction old_int_ {};
   struct sigaction old_term_ {};
-};
-
-// A JSON number, or null for NaN and infinities.
-std::string json_number(double v) {
-  return std::isfinite(v) ? fmt::format("{}", v) : "null";
-}
-
-// A run killed in the middle of writing a record leaves an unfinished last
-// line; cut it off so that the next record starts a line of its own (the
-// step it described is logged again when the run resumes).
-void drop_unfinished_line(const fs::path& path) {
-  std::error_code ec;
-  const std::uintmax_t size = fs::file_size(path, ec);
-  if (ec || size == 0) return;
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) throw_errno("cannot open the metrics file", path.string(), errno);
-  std::uintmax_t end = size;  // keep [0, end)
-  char buf[4096];
-  bool found = false;
-  while (end > 0 && !found) {
-    const std::uintmax_t n = std::min<std::uintmax_t>(end, sizeof buf);
-    if (std::fseek(f, static_cast<long>(end - n), SEEK_SET) != 0 || std::fread(buf, 1, n, f) != n) {
-      std::fclose(f);
-      throw_errno("cannot read the metrics file", path.string(), errno);
-    }
-    for (std::uintmax_t i = n; i > 0; --i) {
-      if (buf[i - 1] == '\n') {
-        found = true;
-        break;
-      }
-      --end;
-    }
-  }
-  std::fclose(f);
-  if (end != size) {
-    spdlog::warn("{}: dropping an unfinished last line of {} bytes", path.string(), size - end);
-    fs::resize_file(path, end);
-  }
-}
-
-// Appends records to metrics.jsonl, one line each, flushed as written.
-class MetricsWriter {
- public:
-  explicit MetricsWriter(const fs::path& path) : path_(path) {
-    drop_unfinished_line(path);
-    file_ = std::fopen(path.c_str(), "a");
-    if (file_ == nullptr) throw_errno("cannot open the metrics file", path.string(), errno);
-  }
-  ~MetricsWriter() { std::fclose(file_); }
-  MetricsWriter(const MetricsWriter&) = delete;
-  MetricsWriter& operator=(const MetricsWriter&) = delete;
-
-  void write(const std::string& line) {
-    if (std::fputs(line.c_str(), file_) < 0 || std::fputc('\n', file_) < 0 ||
-        std::fflush(file_) != 0) {
-      throw_errno("cannot write the metrics file", path_.string(), errno);
-    }
-  }
-
- private:
-  fs::path path_;
-  std::FILE* file_ = nullptr;
 };
 
 // Loss-spike rule (as llm.c's outlier detector): the z-score of a loss
@@ -250,7 +189,7 @@ struct InjectedFault {
   void at_step(int rank_now, std::int64_t step_now) const {
     if (rank_now != rank || step_now != step) return;
     spdlog::error("BOREALIS_TEST_FAULT: rank {} {} at step {}", rank, hang ? "hangs" : "exits",
-                 step);
+                  step);
     if (!hang) _exit(3);
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }

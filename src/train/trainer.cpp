@@ -17,6 +17,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/progress.h"
 #include "core/text.h"
 #include "data/data_list.h"
@@ -295,15 +296,26 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   std::optional<CheckpointInfo> resume_from = find_resume_point(s, options);
   if (resume_from) check_resume_config(config, *resume_from);
   if (ranks > 1) {
-    // Every rank must resume from the same step (they read the same files).
-    const double mine = resume_from ? static_cast<double>(resume_from->state.step) : -1.0;
-    std::vector<double> all(static_cast<std::size_t>(ranks));
-    comm->all_gather(std::span<const double>(&mine, 1), std::span<double>(all));
-    for (int r = 0; r < ranks; ++r) {
-      if (all[static_cast<std::size_t>(r)] != all[0]) {
-        throw Error(fmt::format("rank {} ({}) resumes from step {} but rank 0 from step {}; the "
-                                "ranks must see the same run directory",
-                                r, comm->host(r), all[static_cast<std::size_t>(r)], all[0]),
+    // Every rank must run the same configuration and resume from the same
+    // step (they read the same files); each sees what all others have.
+    const std::uint64_t h = hash64(config.to_toml());
+    const std::array<double, 3> mine = {
+        resume_from ? static_cast<double>(resume_from->state.step) : -1.0,
+        static_cast<double>(h >> 32), static_cast<double>(h & 0xffffffffu)};
+    std::vector<double> all(3 * static_cast<std::size_t>(ranks));
+    comm->all_gather(std::span<const double>(mine), std::span<double>(all));
+    for (std::size_t r = 1; r < static_cast<std::size_t>(ranks); ++r) {
+      const std::string who = fmt::format("rank {} ({})", r, comm->host(static_cast<int>(r)));
+      if (all[3 * r + 1] != all[1] || all[3 * r + 2] != all[2]) {
+        throw Error(who +
+                        " runs another configuration than rank 0; every rank must read the same "
+                        "config and --set values",
+                    "train config");
+      }
+      if (all[3 * r] != all[0]) {
+        throw Error(fmt::format("{} resumes from step {} but rank 0 from step {}; the ranks must "
+                                "see the same run directory",
+                                who, all[3 * r], all[0]),
                     s.checkpoint_dir().string());
       }
     }

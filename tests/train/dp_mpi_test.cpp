@@ -230,7 +230,7 @@ TEST(DataParallel, ResumeOnAnotherNumberOfRanks) {
   expect_close_weights(final_checkpoint(whole, 8), final_checkpoint(one_two, 8));
 }
 
-TEST(DataParallel, GlobalBatchMustSplitOverTheRanks) {
+TEST(DataParallel, ConfigErrors) {
   const SharedCorpus corpus;
   const fs::path cfg = corpus.write_config("c.toml", corpus->dir() / "bad");
   // 2 sequences per step cannot feed 2 ranks micro-batches of 2.
@@ -240,6 +240,12 @@ TEST(DataParallel, GlobalBatchMustSplitOverTheRanks) {
   EXPECT_NE(line.find("train.global_batch 2 is not divisible by train.micro_batch 2 x 2 ranks"),
             std::string::npos)
       << line;
+  // Every rank must run the same configuration.
+  const std::string other = test::error_line(
+      [&] { train(cfg, {g_comm->rank() == 1 ? "optim.lr=1e-3" : "optim.lr=3e-3"}, *g_comm); });
+  EXPECT_NE(other.find("rank 1 (" + g_comm->host(1) + ") runs another configuration than rank 0"),
+            std::string::npos)
+      << other;
   g_comm->barrier();
 }
 

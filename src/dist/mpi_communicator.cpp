@@ -17,6 +17,13 @@
 // operation number waits in a different collective. The Error names them and
 // their hosts. After such a failure MPI state is unusable, so the destructor
 // ends the whole job with MPI_Abort instead of finalising.
+//
+// Several operations may be in flight at once. MPI matches collectives on a
+// communicator by the order in which each rank starts them, so the second
+// stage of an ordered allreduce, which a rank starts when it sees the first
+// stage complete (a matter of timing), runs on a communicator of its own,
+// and those second stages start in the order their allreduces started:
+// testing any request first advances the older multi-stage ones.
 #include <fmt/format.h>
 #include <mpi.h>
 #include <sched.h>
@@ -29,6 +36,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -156,6 +164,8 @@ class MpiRequest final : public Request {
   MPI_Request request = MPI_REQUEST_NULL;
   std::function<bool(MpiRequest&)> next;
   std::vector<unsigned char> scratch;
+  // Whether the request waits in the communicator's queue of second stages.
+  bool queued = false;
 
  private:
   MpiCommunicator* comm_;
@@ -176,7 +186,18 @@ class MpiCommunicator final : public Communicator {
   RequestPtr ibarrier() override;
 
   MPI_Comm comm() const { return comm_; }
+  MPI_Comm stage2_comm() const { return stage2_; }
   bool failed() const { return failed_; }
+
+  // Multi-stage operations whose next stage is still to start, oldest first.
+  void enqueue_stage(MpiRequest* r) {
+    r->queued = true;
+    staged_.push_back(r);
+  }
+  void forget_stage(MpiRequest* r) { std::erase(staged_, r); }
+  // Starts the next stage of the oldest queued operations whose current
+  // stage is complete, in queue order, stopping at the first that is not.
+  void advance_stages();
 
   // Answers pending probes from other ranks; called while waiting.
   void serve_probes();
@@ -206,6 +227,8 @@ class MpiCommunicator final : public Communicator {
   void post_probe_receive();
 
   MPI_Comm comm_ = MPI_COMM_NULL;    // collectives
+  MPI_Comm stage2_ = MPI_COMM_NULL;  // second stages of ordered allreduces
+  std::deque<MpiRequest*> staged_;
   MPI_Comm health_ = MPI_COMM_NULL;  // probes and replies
   bool failed_ = false;
   bool yield_ = false;
@@ -236,6 +259,7 @@ std::string describe(std::size_t bytes, DataType t, const char* op) {
 }
 
 MpiRequest::~MpiRequest() {
+  if (queued) comm_->forget_stage(this);
   if (done_ || comm_->failed()) return;  // after a failure the job aborts
   try {
     wait();
@@ -246,6 +270,10 @@ MpiRequest::~MpiRequest() {
 
 bool MpiRequest::test() {
   if (done_) return true;
+  if (queued) {
+    comm_->advance_stages();
+    if (queued) return false;
+  }
   int flag = 0;
   check(MPI_Test(&request, &flag, MPI_STATUS_IGNORE), "MPI_Test");
   if (!flag) return false;
@@ -309,7 +337,9 @@ MpiCommunicator::MpiCommunicator() {
   ++g_live;
   check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
   check(MPI_Comm_dup(MPI_COMM_WORLD, &health_), "MPI_Comm_dup");
+  check(MPI_Comm_dup(MPI_COMM_WORLD, &stage2_), "MPI_Comm_dup");
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_set_errhandler(stage2_, MPI_ERRORS_RETURN);
   MPI_Comm_set_errhandler(health_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
@@ -345,8 +375,21 @@ MpiCommunicator::~MpiCommunicator() {
   }
   for (auto& [request, buffer] : replies_) MPI_Wait(&request, MPI_STATUS_IGNORE);
   MPI_Comm_free(&health_);
+  MPI_Comm_free(&stage2_);
   MPI_Comm_free(&comm_);
   if (--g_live == 0 && g_we_initialized) MPI_Finalize();
+}
+
+void MpiCommunicator::advance_stages() {
+  while (!staged_.empty()) {
+    MpiRequest* r = staged_.front();
+    int flag = 0;
+    check(MPI_Test(&r->request, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+    if (!flag) return;
+    staged_.pop_front();
+    r->queued = false;
+    r->next(*r);  // starts the next stage
+  }
 }
 
 void MpiCommunicator::post_probe_receive() {
@@ -497,7 +540,7 @@ RequestPtr MpiCommunicator::start_allreduce(void* data, std::size_t count, DataT
   check(MPI_Ialltoallv(data, counts->data(), offsets->data(), t, r->scratch.data(),
                        recv_counts->data(), recv_offsets->data(), t, comm_, &r->request),
         "MPI_Ialltoallv");
-  MPI_Comm comm = comm_;
+  MPI_Comm comm = stage2_;
   const int me = rank_;
   r->next = [=, stage = 0](MpiRequest& req) mutable {
     if (stage == 1) return true;
@@ -510,6 +553,7 @@ RequestPtr MpiCommunicator::start_allreduce(void* data, std::size_t count, DataT
           "MPI_Iallgatherv");
     return false;
   };
+  enqueue_stage(r.get());
   return r;
 }
 

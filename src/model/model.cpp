@@ -228,7 +228,7 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
 }
 
 template <typename T>
-void Model<T>::backward() {
+void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_from) {
   if (!have_grad_pass_) {
     throw std::logic_error("Model::backward needs a preceding forward with need_grad");
   }
@@ -250,6 +250,10 @@ void Model<T>::backward() {
   backend_.fill(act(dres_), T(0), NC);
   norm_backward(act(dres_), act(dlnf_), res_in(config_.n_layer), act(lnf_mean_), act(lnf_rstd_),
                 layout_.lnf_w(), layout_.lnf_b());
+  // Everything after the blocks in the layout (final norm, untied lm head,
+  // whose gradient the loss head computed) is final now; so is each block
+  // once its backward is done. Tied embeddings sit at offset 0.
+  if (grads_final_from) grads_final_from(layout_.lnf_w());
   for (int l = config_.n_layer - 1; l >= 0; --l) {
     const LayerActs& a = layer_acts_[static_cast<std::size_t>(l)];
     const LayerOffsets& w = layout_.layer(l);
@@ -281,9 +285,11 @@ void Model<T>::backward() {
                              N, C, S);
     norm_backward(act(dres_), act(dln_), res_in(l), act(a.ln1_mean), act(a.ln1_rstd), w.ln1_w,
                   w.ln1_b);
+    if (grads_final_from) grads_final_from(w.ln1_w);
   }
   backend_.embedding_backward(g(layout_.wte()), gpt2 ? g(layout_.wpe()) : nullptr, act(dres_),
                               tokens_.data(), N, seq, C);
+  if (grads_final_from) grads_final_from(0);
 }
 
 template <typename T>

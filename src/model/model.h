@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -64,7 +65,12 @@ class Model {
   T forward(const std::int32_t* tokens, const std::int32_t* targets, int B, int seq, bool need_grad,
             T grad_scale = T(1));
   // Accumulates d(loss)/d(params) into grads(). Needs a forward(need_grad) first.
-  void backward();
+  // grads_final_from, when given, is called as the pass goes down the blocks
+  // with an offset from which on no gradient element changes any more in
+  // this pass (after the loss head and each block, and 0 at the end), so a
+  // data-parallel run can start reducing those gradients while the rest of
+  // the pass runs.
+  void backward(const std::function<void(std::int64_t)>& grads_final_from = nullptr);
 
   // Per-token losses of the last forward, B*T of them.
   std::span<const T> losses() const;

@@ -4,15 +4,26 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 namespace borealis {
 
-AdamW::AdamW(const ParamLayout& layout, const AdamWConfig& config) : config_(config) {
-  for (const auto& view : layout.views()) {
-    ranges_.push_back({view.offset, view.size, decays(view)});
+AdamW::AdamW(const ParamLayout& layout, const AdamWConfig& config)
+    : AdamW(layout, config, 0, layout.total()) {}
+
+AdamW::AdamW(const ParamLayout& layout, const AdamWConfig& config, std::int64_t begin,
+             std::int64_t end)
+    : config_(config), begin_(begin), end_(end) {
+  if (begin < 0 || begin > end || end > layout.total()) {
+    throw std::invalid_argument("AdamW: range outside the parameter buffer");
   }
-  m_.assign(static_cast<std::size_t>(layout.total()), 0.0f);
-  v_.assign(static_cast<std::size_t>(layout.total()), 0.0f);
+  for (const auto& view : layout.views()) {
+    const std::int64_t lo = std::max(view.offset, begin);
+    const std::int64_t hi = std::min(view.offset + view.size, end);
+    if (lo < hi) ranges_.push_back({lo - begin, hi - lo, decays(view)});
+  }
+  m_.assign(static_cast<std::size_t>(end - begin), 0.0f);
+  v_.assign(static_cast<std::size_t>(end - begin), 0.0f);
 }
 
 bool AdamW::decays(const ParamView& view) const {
@@ -54,7 +65,7 @@ void AdamW::step(float* params, const float* grads, float lr, float grad_scale) 
   }
 }
 
-double global_norm(const float* grads, std::int64_t count) {
+double sum_of_squares(const float* grads, std::int64_t count) {
   constexpr std::int64_t kBlock = 1 << 16;
   const std::int64_t blocks = (count + kBlock - 1) / kBlock;
   std::vector<double> partial(static_cast<std::size_t>(blocks), 0.0);
@@ -70,7 +81,11 @@ double global_norm(const float* grads, std::int64_t count) {
   }
   double total = 0.0;
   for (double s : partial) total += s;
-  return std::sqrt(total);
+  return total;
+}
+
+double global_norm(const float* grads, std::int64_t count) {
+  return std::sqrt(sum_of_squares(grads, count));
 }
 
 float clip_scale(double norm, double max_norm) {

@@ -8,6 +8,11 @@
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd * p)
 // (decoupled decay as in torch.optim.AdamW).
+//
+// An optimizer may own only a contiguous range [begin, end) of the flat
+// buffer (a ZeRO-1 shard): its moments then hold that range alone, and the
+// per-tensor weight-decay rule is applied element by element, so a tensor
+// split across two shards decays exactly as when one optimizer owns it.
 #pragma once
 
 #include <cstdint>
@@ -29,11 +34,19 @@ struct AdamWConfig {
 
 class AdamW {
  public:
+  // The whole flat buffer.
   AdamW(const ParamLayout& layout, const AdamWConfig& config);
+  // Elements [begin, end) of the flat buffer only (0 <= begin <= end <= total).
+  AdamW(const ParamLayout& layout, const AdamWConfig& config, std::int64_t begin, std::int64_t end);
 
   // One update with learning rate lr on grads * grad_scale (pass the clipping
   // factor here to save a pass over the gradients); advances the step count.
+  // params and grads hold the optimizer's range: params[0] is flat element
+  // begin() (the whole buffers for an optimizer of the whole buffer).
   void step(float* params, const float* grads, float lr, float grad_scale = 1.0f);
+
+  std::int64_t begin() const { return begin_; }
+  std::int64_t end() const { return end_; }
 
   std::int64_t steps() const { return steps_; }
   const std::vector<float>& m() const { return m_; }
@@ -53,13 +66,17 @@ class AdamW {
     bool decay;
   };
   AdamWConfig config_;
-  std::vector<Range> ranges_;
+  std::int64_t begin_ = 0, end_ = 0;
+  std::vector<Range> ranges_;  // relative to begin_, clipped to the range
   std::vector<float> m_, v_;
   std::int64_t steps_ = 0;
 };
 
-// L2 norm of the whole gradient buffer, summed in double over fixed blocks
+// Sum of squares of a buffer, in double over fixed blocks of 2^16 elements
 // (deterministic for any thread count).
+double sum_of_squares(const float* x, std::int64_t count);
+
+// L2 norm of the whole gradient buffer: sqrt(sum_of_squares).
 double global_norm(const float* grads, std::int64_t count);
 
 // The factor that brings a gradient of global norm `norm` to at most

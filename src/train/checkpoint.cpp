@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -80,6 +81,19 @@ fs::path save_checkpoint(const fs::path& checkpoints, const TrainState& state,
                          const ModelConfig& model, const ParamLayout& layout, const float* params,
                          const AdamW& optimizer, const fs::path& tokenizer,
                          const std::string& config_toml) {
+  if (optimizer.begin() != 0 || optimizer.end() != layout.total()) {
+    throw std::logic_error("save_checkpoint needs the whole optimizer state");
+  }
+  return save_checkpoint(
+      checkpoints, state, model, layout, params,
+      OptimizerState{optimizer.m().data(), optimizer.v().data(), optimizer.steps()}, tokenizer,
+      config_toml);
+}
+
+fs::path save_checkpoint(const fs::path& checkpoints, const TrainState& state,
+                         const ModelConfig& model, const ParamLayout& layout, const float* params,
+                         const OptimizerState& optimizer, const fs::path& tokenizer,
+                         const std::string& config_toml) {
   fs::create_directories(checkpoints);
   const fs::path final_dir = checkpoints / checkpoint_name(state.step);
   const fs::path tmp =
@@ -89,9 +103,8 @@ fs::path save_checkpoint(const fs::path& checkpoints, const TrainState& state,
 
   save_safetensors(tmp / kModelFile, layout, params,
                    {{kModelConfigKey, model_config_to_json(model)}, {"format", "pt"}});
-  save_safetensors(
-      tmp / kOptimizerFile, layout,
-      std::vector<TensorGroup>{{"m.", optimizer.m().data()}, {"v.", optimizer.v().data()}});
+  save_safetensors(tmp / kOptimizerFile, layout,
+                   std::vector<TensorGroup>{{"m.", optimizer.m}, {"v.", optimizer.v}});
   copy_tokenizer(tokenizer, tmp / kTokenizerFile);
 
   nlohmann::ordered_json j;
@@ -101,7 +114,7 @@ fs::path save_checkpoint(const fs::path& checkpoints, const TrainState& state,
   j["next_sample"] = state.next_sample;
   j["skipped_steps"] = state.skipped_steps;
   j["elapsed_s"] = state.elapsed_s;
-  j["adamw_steps"] = optimizer.steps();
+  j["adamw_steps"] = optimizer.steps;
   j["recent_losses"] = state.recent_losses;
   j["model"] = nlohmann::ordered_json::parse(model_config_to_json(model));
   j["config"] = config_toml;
@@ -197,12 +210,19 @@ std::optional<CheckpointInfo> latest_checkpoint(
   return std::nullopt;
 }
 
+void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params, float* m,
+                     float* v) {
+  load_safetensors(info.dir / kModelFile, layout, params);
+  load_safetensors(info.dir / kOptimizerFile, layout,
+                   std::vector<MutableTensorGroup>{{"m.", m}, {"v.", v}});
+}
+
 void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params,
                      AdamW& optimizer) {
-  load_safetensors(info.dir / kModelFile, layout, params);
-  load_safetensors(
-      info.dir / kOptimizerFile, layout,
-      std::vector<MutableTensorGroup>{{"m.", optimizer.m_data()}, {"v.", optimizer.v_data()}});
+  if (optimizer.begin() != 0 || optimizer.end() != layout.total()) {
+    throw std::logic_error("load_checkpoint needs an optimizer of the whole buffer");
+  }
+  load_checkpoint(info, layout, params, optimizer.m_data(), optimizer.v_data());
   optimizer.set_steps(info.adamw_steps);
 }
 

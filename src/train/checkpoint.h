@@ -49,8 +49,22 @@ struct CheckpointInfo {
 // "step-00000100"
 std::string checkpoint_name(std::int64_t step);
 
+// The AdamW state as whole flat buffers in the parameter layout (a ZeRO run
+// gathers its shards first), and the updates made so far.
+struct OptimizerState {
+  const float* m = nullptr;
+  const float* v = nullptr;
+  std::int64_t steps = 0;
+};
+
 // Writes checkpoint_name(state.step) under `checkpoints` (replacing one of the
 // same step) and returns its path.
+std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints,
+                                      const TrainState& state, const ModelConfig& model,
+                                      const ParamLayout& layout, const float* params,
+                                      const OptimizerState& optimizer,
+                                      const std::filesystem::path& tokenizer,
+                                      const std::string& config_toml);
 std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints,
                                       const TrainState& state, const ModelConfig& model,
                                       const ParamLayout& layout, const float* params,
@@ -72,6 +86,10 @@ std::optional<CheckpointInfo> latest_checkpoint(
 // checkpoint. The layout must be the checkpoint's model's.
 void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params,
                      AdamW& optimizer);
+// The same into whole flat buffers m and v (layout.total() elements each);
+// the step count is info.adamw_steps.
+void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params, float* m,
+                     float* v);
 
 // Keeps the newest `keep` checkpoints and removes older ones and any
 // leftover temporary directories.

@@ -32,11 +32,18 @@ void read_sample(const Mixture& mixture, std::uint64_t i, Batch& batch, int row)
   }
 }
 
-BatchLoader::BatchLoader(const Mixture& mixture, int batch, std::uint64_t first, int prefetch)
+BatchLoader::BatchLoader(const Mixture& mixture, int batch, std::uint64_t first, int prefetch,
+                         std::uint64_t take, std::uint64_t every)
     : mixture_(mixture),
       batch_(batch),
       next_sample_(first),
+      take_(take),
+      skip_(every - take),
       capacity_(static_cast<std::size_t>(std::max(prefetch, 1))) {
+  if (take > 0 && (every < take || take % static_cast<std::uint64_t>(batch) != 0)) {
+    throw std::logic_error(fmt::format(
+        "loader slices of {} every {} samples do not fit batches of {}", take, every, batch));
+  }
   thread_ = std::thread([this] { run(); });
 }
 
@@ -66,6 +73,10 @@ void BatchLoader::run() {
       b.targets.resize(static_cast<std::size_t>(batch_) * L);
       for (int r = 0; r < batch_; ++r) read_sample(mixture_, next_sample_ + r, b, r);
       next_sample_ += static_cast<std::uint64_t>(batch_);
+      if (take_ > 0 && (taken_ += static_cast<std::uint64_t>(batch_)) == take_) {
+        next_sample_ += skip_;
+        taken_ = 0;
+      }
       {
         std::lock_guard lock(mutex_);
         ready_.push_back(std::move(b));

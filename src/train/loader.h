@@ -6,6 +6,11 @@
 // targets (tokens 1..L). The batches do not depend on timing or on how far
 // ahead the loader runs, so a run that starts at sample `first` sees exactly
 // what an uninterrupted run would.
+//
+// A data-parallel rank reads a slice of every global batch: given `take`
+// and `every`, it reads `take` consecutive samples from `first` on, skips to
+// `first + every`, reads `take` more, and so on (batches never straddle a
+// skip: `take` is a multiple of the batch size).
 #pragma once
 
 #include <condition_variable>
@@ -31,8 +36,10 @@ void read_sample(const Mixture& mixture, std::uint64_t i, Batch& batch, int row)
 
 class BatchLoader {
  public:
-  // Batches of `batch` samples from sample `first` on, up to `prefetch` ahead.
-  BatchLoader(const Mixture& mixture, int batch, std::uint64_t first, int prefetch);
+  // Batches of `batch` samples from sample `first` on, up to `prefetch` ahead;
+  // with take > 0, only the first `take` samples of every `every`.
+  BatchLoader(const Mixture& mixture, int batch, std::uint64_t first, int prefetch,
+              std::uint64_t take = 0, std::uint64_t every = 0);
   ~BatchLoader();
   BatchLoader(const BatchLoader&) = delete;
   BatchLoader& operator=(const BatchLoader&) = delete;
@@ -47,6 +54,8 @@ class BatchLoader {
   const Mixture& mixture_;
   int batch_;
   std::uint64_t next_sample_;
+  std::uint64_t take_, skip_;
+  std::uint64_t taken_ = 0;  // samples read of the current slice
   std::size_t capacity_;
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -93,6 +93,16 @@ ConfigSchema train_config_schema() {
 
   s.add("eval.every", Int{0}, "validation loss every N steps (0: only at the end)");
   s.add("eval.batches", Int{8}, "validation micro-batches (0: no validation)");
+
+  s.add("dist.zero", Int{0},
+        "ZeRO stage with several ranks: 0 (every rank holds the optimizer state) or 1 (AdamW "
+        "moments sharded over the ranks)");
+  s.add("dist.bucket_mb", 25.0, "MiB of gradients per allreduce / reduce-scatter");
+  s.add("dist.timeout_s", 300.0,
+        "a collective that waits longer fails the run, naming the ranks that do not answer");
+  s.add("dist.reduce", std::string("ordered"),
+        "gradient reduction: ordered (bit-reproducible) or native (the MPI library's)",
+        {"ordered", "native"});
   return s;
 }
 
@@ -154,6 +164,10 @@ TrainSettings read_train_settings(const Config& c) {
   t.keep = static_cast<int>(get_int(c, "checkpoint.keep", 1, 1 << 20));
   t.eval_every = get_int(c, "eval.every", 0, INT64_MAX);
   t.eval_batches = static_cast<int>(get_int(c, "eval.batches", 0, 1 << 20));
+  t.zero = static_cast<int>(get_int(c, "dist.zero", 0, 1));
+  t.bucket_mb = get_number(c, "dist.bucket_mb", 1e-6, 1 << 20);
+  t.timeout_s = get_number(c, "dist.timeout_s", 0.01, 1e7);
+  t.reduce = c.get<std::string>("dist.reduce");
 
   t.schedule.decay = parse_lr_decay(c.get<std::string>("optim.decay"));
   t.schedule.lr_max = get_number(c, "optim.lr", 0);

@@ -1,5 +1,5 @@
 // The configuration of a training run: the TOML schema of `borealis train`
-// (sections [model] [data] [optim] [train] [checkpoint] [eval]) and the typed
+// (sections [model] [data] [optim] [train] [checkpoint] [eval] [dist]) and the typed
 // settings read from it.
 //
 // A run is fully described by its resolved configuration (written to
@@ -62,6 +62,12 @@ struct TrainSettings {
   // [eval]
   std::int64_t eval_every = 0;  // 0: only at the end
   int eval_batches = 0;
+
+  // [dist]: data-parallel runs (more than one rank)
+  int zero = 0;                    // 0: replicated optimizer state, 1: ZeRO-1 sharded
+  double bucket_mb = 25;           // MiB of gradients per collective
+  double timeout_s = 300;          // every collective of the training loop
+  std::string reduce = "ordered";  // ordered (bit-reproducible) or native
 
   int accumulation() const { return global_batch / micro_batch; }
   std::filesystem::path checkpoint_dir() const { return run_dir / "checkpoints"; }

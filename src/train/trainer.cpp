@@ -4,27 +4,34 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <thread>
 #include <unordered_map>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/progress.h"
 #include "core/text.h"
 #include "data/data_list.h"
 #include "data/mixture.h"
+#include "dist/communicator.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/blas.h"
 #include "model/model.h"
 #include "optim/adamw.h"
+#include "optim/data_parallel.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/loader.h"
+#include "train/metrics_writer.h"
 #include "train/train_bench.h"
 #include "train/train_config.h"
 
@@ -71,68 +78,6 @@ class SignalScope {
  private:
   struct sigaction old_int_ {};
   struct sigaction old_term_ {};
-};
-
-// A JSON number, or null for NaN and infinities.
-std::string json_number(double v) {
-  return std::isfinite(v) ? fmt::format("{}", v) : "null";
-}
-
-// A run killed in the middle of writing a record leaves an unfinished last
-// line; cut it off so that the next record starts a line of its own (the
-// step it described is logged again when the run resumes).
-void drop_unfinished_line(const fs::path& path) {
-  std::error_code ec;
-  const std::uintmax_t size = fs::file_size(path, ec);
-  if (ec || size == 0) return;
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) throw_errno("cannot open the metrics file", path.string(), errno);
-  std::uintmax_t end = size;  // keep [0, end)
-  char buf[4096];
-  bool found = false;
-  while (end > 0 && !found) {
-    const std::uintmax_t n = std::min<std::uintmax_t>(end, sizeof buf);
-    if (std::fseek(f, static_cast<long>(end - n), SEEK_SET) != 0 || std::fread(buf, 1, n, f) != n) {
-      std::fclose(f);
-      throw_errno("cannot read the metrics file", path.string(), errno);
-    }
-    for (std::uintmax_t i = n; i > 0; --i) {
-      if (buf[i - 1] == '\n') {
-        found = true;
-        break;
-      }
-      --end;
-    }
-  }
-  std::fclose(f);
-  if (end != size) {
-    spdlog::warn("{}: dropping an unfinished last line of {} bytes", path.string(), size - end);
-    fs::resize_file(path, end);
-  }
-}
-
-// Appends records to metrics.jsonl, one line each, flushed as written.
-class MetricsWriter {
- public:
-  explicit MetricsWriter(const fs::path& path) : path_(path) {
-    drop_unfinished_line(path);
-    file_ = std::fopen(path.c_str(), "a");
-    if (file_ == nullptr) throw_errno("cannot open the metrics file", path.string(), errno);
-  }
-  ~MetricsWriter() { std::fclose(file_); }
-  MetricsWriter(const MetricsWriter&) = delete;
-  MetricsWriter& operator=(const MetricsWriter&) = delete;
-
-  void write(const std::string& line) {
-    if (std::fputs(line.c_str(), file_) < 0 || std::fputc('\n', file_) < 0 ||
-        std::fflush(file_) != 0) {
-      throw_errno("cannot write the metrics file", path_.string(), errno);
-    }
-  }
-
- private:
-  fs::path path_;
-  std::FILE* file_ = nullptr;
 };
 
 // Loss-spike rule (as llm.c's outlier detector): the z-score of a loss
@@ -196,17 +141,75 @@ double unigram_entropy(const std::vector<Batch>& batches) {
   return h;
 }
 
-double validate(Model<float>& model, const std::vector<Batch>& batches, bool progress) {
-  Progress bar("validation", batches.size(), "batches", progress);
-  double sum = 0;
-  for (std::size_t i = 0; i < batches.size(); ++i) {
-    const Batch& b = batches[i];
-    sum += model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, false);
-    bar.update(i + 1);
+// The mean loss over the batches. Rank r of n takes batches r, r + n, ...;
+// the losses are gathered and added in batch order, as one process does.
+double validate(Model<float>& model, const std::vector<Batch>& batches, bool progress,
+                Communicator& comm) {
+  const std::size_t n = static_cast<std::size_t>(comm.size());
+  const std::size_t rank = static_cast<std::size_t>(comm.rank());
+  const std::size_t per_rank = (batches.size() + n - 1) / n;
+  std::vector<double> mine(per_rank, 0.0), all(per_rank * n);
+  Progress bar("validation", per_rank, "batches", progress);
+  for (std::size_t k = 0; k < per_rank; ++k) {
+    if (const std::size_t i = k * n + rank; i < batches.size()) {
+      const Batch& b = batches[i];
+      mine[k] = model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, false);
+    }
+    bar.update(k + 1);
   }
   bar.finish();
+  comm.all_gather(std::span<const double>(mine), std::span<double>(all));
+  double sum = 0;
+  for (std::size_t i = 0; i < batches.size(); ++i) sum += all[(i % n) * per_rank + i / n];
   return sum / static_cast<double>(batches.size());
 }
+
+// BOREALIS_TEST_FAULT=RANK:STEP:hang|exit makes that rank hang (sleep until
+// killed) or exit at once with status 3 when it starts step STEP: how the
+// tests check that the other ranks then fail within the time-out.
+struct InjectedFault {
+  int rank = -1;
+  std::int64_t step = 0;
+  bool hang = false;
+
+  static InjectedFault from_env() {
+    InjectedFault f;
+    const char* env = std::getenv("BOREALIS_TEST_FAULT");
+    if (env == nullptr || *env == '\0') return f;
+    char what[8] = {};
+    long long step = 0;
+    if (std::sscanf(env, "%d:%lld:%7s", &f.rank, &step, what) != 3 ||
+        (std::string(what) != "hang" && std::string(what) != "exit")) {
+      throw Error(fmt::format("expected RANK:STEP:hang or RANK:STEP:exit, got '{}'", env),
+                  "BOREALIS_TEST_FAULT");
+    }
+    f.step = step;
+    f.hang = std::string(what) == "hang";
+    return f;
+  }
+  void at_step(int rank_now, std::int64_t step_now) const {
+    if (rank_now != rank || step_now != step) return;
+    spdlog::error("BOREALIS_TEST_FAULT: rank {} {} at step {}", rank, hang ? "hangs" : "exits",
+                  step);
+    if (!hang) _exit(3);
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+};
+
+// Raises the log level on ranks other than 0 for the run: they compute the
+// same as rank 0, so their info and warnings would only repeat it.
+class QuietRank {
+ public:
+  explicit QuietRank(bool quiet) : old_(spdlog::get_level()) {
+    if (quiet) spdlog::set_level(std::max(old_, spdlog::level::err));
+  }
+  ~QuietRank() { spdlog::set_level(old_); }
+  QuietRank(const QuietRank&) = delete;
+  QuietRank& operator=(const QuietRank&) = delete;
+
+ private:
+  spdlog::level::level_enum old_;
+};
 
 // A checkpoint's config against this run's: a different value of a key that
 // changes what the run computes is an error; others are reported.
@@ -254,6 +257,32 @@ std::optional<CheckpointInfo> find_resume_point(const TrainSettings& s,
 TrainRunResult run_training(const Config& config, const TrainRunOptions& options) {
   const auto wall_start = Clock::now();
   TrainSettings s = read_train_settings(config);
+  std::unique_ptr<Communicator> own_comm;
+  Communicator* comm = options.comm;
+  const auto timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.timeout_s * 1000));
+  const ReduceAlgorithm algorithm =
+      s.reduce == "native" ? ReduceAlgorithm::Native : ReduceAlgorithm::Ordered;
+  if (comm == nullptr) {
+    CommOptions co;
+    co.timeout = timeout;
+    co.algorithm = algorithm;
+    own_comm = make_communicator(co);
+    comm = own_comm.get();
+  }
+  comm->set_timeout(timeout);
+  comm->set_reduce_algorithm(algorithm);
+  const int ranks = comm->size();
+  const int rank = comm->rank();
+  const bool root = rank == 0;
+  const bool progress = options.progress && root;
+  const QuietRank quiet(!root);
+  if (ranks > 1 && s.global_batch % (s.micro_batch * ranks) != 0) {
+    throw Error(fmt::format("train.global_batch {} is not divisible by train.micro_batch {} x {} "
+                            "ranks: every rank needs the same number of micro-batches",
+                            s.global_batch, s.micro_batch, ranks),
+                config.origin("train.global_batch"));
+  }
+  const InjectedFault fault = InjectedFault::from_env();
   const Tokenizer tokenizer = Tokenizer::load(s.tokenizer);
   s.model = resolve_model(config, static_cast<int>(tokenizer.vocab_size()));
   if (s.seq_len > s.model.max_seq) {
@@ -266,8 +295,33 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
 
   std::optional<CheckpointInfo> resume_from = find_resume_point(s, options);
   if (resume_from) check_resume_config(config, *resume_from);
+  if (ranks > 1) {
+    // Every rank must run the same configuration and resume from the same
+    // step (they read the same files); each sees what all others have.
+    const std::uint64_t h = hash64(config.to_toml());
+    const std::array<double, 3> mine = {
+        resume_from ? static_cast<double>(resume_from->state.step) : -1.0,
+        static_cast<double>(h >> 32), static_cast<double>(h & 0xffffffffu)};
+    std::vector<double> all(3 * static_cast<std::size_t>(ranks));
+    comm->all_gather(std::span<const double>(mine), std::span<double>(all));
+    for (std::size_t r = 1; r < static_cast<std::size_t>(ranks); ++r) {
+      const std::string who = fmt::format("rank {} ({})", r, comm->host(static_cast<int>(r)));
+      if (all[3 * r + 1] != all[1] || all[3 * r + 2] != all[2]) {
+        throw Error(who +
+                        " runs another configuration than rank 0; every rank must read the same "
+                        "config and --set values",
+                    "train config");
+      }
+      if (all[3 * r] != all[0]) {
+        throw Error(fmt::format("{} resumes from step {} but rank 0 from step {}; the ranks must "
+                                "see the same run directory",
+                                who, all[3 * r], all[0]),
+                    s.checkpoint_dir().string());
+      }
+    }
+  }
   fs::create_directories(s.run_dir);
-  write_file_atomic(s.run_dir / "config.toml", config.to_toml());
+  if (root) write_file_atomic(s.run_dir / "config.toml", config.to_toml());
 
   // Data: the train mixture holds exactly the samples of all steps.
   MixOptions mix;
@@ -301,14 +355,22 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   auto backend = make_cpu_backend<float>();
   Model<float> model(s.model, *backend);
   model.reserve(s.micro_batch, L);
-  AdamW optimizer(model.layout(), s.adamw);
+  DataParallelOptions dpo;
+  dpo.zero = s.zero;
+  dpo.bucket_bytes = static_cast<std::size_t>(s.bucket_mb * (1 << 20));
+  DataParallel dp(*comm, model.layout(), s.adamw, dpo, model.params(), model.grads());
   TrainState state;
   if (resume_from) {
     if (model_config_to_json(resume_from->model) != model_config_to_json(s.model)) {
       throw Error("the checkpoint's model differs from the configured one",
                   resume_from->dir.string());
     }
-    load_checkpoint(*resume_from, model.layout(), model.params(), optimizer);
+    {  // whole moments, of which this rank keeps its shard
+      std::vector<float> m(static_cast<std::size_t>(model.num_params()));
+      std::vector<float> v(m.size());
+      load_checkpoint(*resume_from, model.layout(), model.params(), m.data(), v.data());
+      dp.load_state(m.data(), v.data(), resume_from->adamw_steps);
+    }
     state = resume_from->state;
     spdlog::info("resuming from {} (step {}, {} tokens)", resume_from->dir.string(), state.step,
                  state.tokens);
@@ -320,6 +382,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   result.last_checkpoint = resume_from ? resume_from->dir : fs::path();
 
   double peak = s.peak_gflops;
+  if (peak == 0 && !root) peak = 1;  // only rank 0 reports MFU
   if (peak == 0) {
     for (auto& g : model_gemm_shapes(s.model, s.micro_batch * L, model.loss_chunk_rows())) {
       time_gemm(g);
@@ -333,16 +396,43 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   spdlog::info("{} steps of {} sequences x {} tokens ({} micro-batches of {}), {} tokens in all",
                s.steps, s.global_batch, L, s.accumulation(), s.micro_batch,
                s.steps * tokens_per_step);
+  const int local_micro = s.accumulation() / ranks;
+  if (ranks > 1) {
+    std::string hosts;
+    for (int r = 0; r < ranks; ++r) hosts += (r ? ", " : "") + comm->host(r);
+    spdlog::info(
+        "data parallel: {} ranks ({}), {} micro-batches of {} per rank and step; ZeRO-{}, {} "
+        "gradient buckets of up to {} MiB, {} reduction, time-out {} s",
+        ranks, hosts, local_micro, s.micro_batch, s.zero, dp.buckets(), s.bucket_mb, s.reduce,
+        s.timeout_s);
+  }
+  const std::size_t param_bytes = static_cast<std::size_t>(model.num_params()) * sizeof(float);
+  spdlog::info(
+      "memory per rank: parameters {}, gradients {}, optimizer {}{}, communication buffers {}, "
+      "activations {}; {} in all",
+      format_bytes(param_bytes), format_bytes(param_bytes), format_bytes(dp.optimizer_bytes()),
+      ranks > 1 && s.zero == 1 ? fmt::format(" (a 1/{} shard)", ranks) : "",
+      format_bytes(dp.buffer_bytes()), format_bytes(model.activation_bytes()),
+      format_bytes(2 * param_bytes + dp.optimizer_bytes() + dp.buffer_bytes() +
+                   model.activation_bytes()));
 
-  MetricsWriter metrics(s.run_dir / "metrics.jsonl");
-  metrics.write(fmt::format(
-      R"({{"kind":"run","event":"{}","step":{},"tokens":{},"params":{},"threads":{},"peak_gflops":{}}})",
-      resume_from ? "resume" : "start", state.step, state.tokens, model.num_params(), cpu_threads(),
-      json_number(peak)));
+  std::unique_ptr<MetricsWriter> metrics;
+  if (root) {
+    metrics = std::make_unique<MetricsWriter>(s.run_dir / "metrics.jsonl");
+    metrics->write(fmt::format(
+        R"({{"kind":"run","event":"{}","step":{},"tokens":{},"params":{},"threads":{},"peak_gflops":{}{}}})",
+        resume_from ? "resume" : "start", state.step, state.tokens, model.num_params(),
+        cpu_threads(), json_number(peak),
+        ranks > 1 ? fmt::format(R"(,"ranks":{},"zero":{})", ranks, s.zero) : ""));
+  }
 
   SignalScope signals;
   SpikeDetector spikes(static_cast<std::size_t>(s.spike_window), state.recent_losses);
-  BatchLoader loader(train, s.micro_batch, state.next_sample, s.prefetch);
+  // Rank r reads its slice of every global batch: samples r * G / n ... of
+  // each step's G.
+  const auto per_rank = static_cast<std::uint64_t>(s.global_batch / ranks);
+  BatchLoader loader(train, s.micro_batch, state.next_sample + per_rank * rank, s.prefetch,
+                     ranks > 1 ? per_rank : 0, static_cast<std::uint64_t>(s.global_batch));
   const double grad_scale = 1.0 / s.accumulation();
   std::int64_t checkpointed_step = resume_from ? state.step : -1;
   const double elapsed_before = state.elapsed_s;
@@ -351,22 +441,29 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   const auto save = [&] {
     state.recent_losses = spikes.recent();
     state.elapsed_s = elapsed_before + seconds_since(loop_start);
-    result.last_checkpoint =
-        save_checkpoint(s.checkpoint_dir(), state, s.model, model.layout(), model.params(),
-                        optimizer, s.tokenizer, config.to_toml());
-    prune_checkpoints(s.checkpoint_dir(), s.keep);
+    std::vector<float> m, v;
+    dp.gather_state(m, v);  // every rank takes part
+    if (root) {
+      result.last_checkpoint = save_checkpoint(
+          s.checkpoint_dir(), state, s.model, model.layout(), model.params(),
+          OptimizerState{m.data(), v.data(), dp.adamw_steps()}, s.tokenizer, config.to_toml());
+      prune_checkpoints(s.checkpoint_dir(), s.keep);
+      spdlog::info("checkpoint {}", result.last_checkpoint.string());
+    } else {
+      result.last_checkpoint = s.checkpoint_dir() / checkpoint_name(state.step);
+    }
     checkpointed_step = state.step;
-    spdlog::info("checkpoint {}", result.last_checkpoint.string());
   };
   const auto run_validation = [&] {
     if (valid_batches.empty()) return;
     const auto t0 = Clock::now();
-    result.valid_loss = validate(model, valid_batches, options.progress);
-    metrics.write(
+    result.valid_loss = validate(model, valid_batches, progress, *comm);
+    if (!root) return;
+    metrics->write(
         fmt::format(R"({{"kind":"valid","step":{},"tokens":{},"loss":{},"elapsed_s":{}}})",
                     state.step, state.tokens, json_number(result.valid_loss),
                     json_number(elapsed_before + seconds_since(loop_start))));
-    if (options.progress) {
+    if (progress) {
       fmt::print("validation at step {}: loss {:.4f} (unigram entropy {:.4f}) in {:.1f} s\n",
                  state.step, result.valid_loss, result.unigram_entropy, seconds_since(t0));
       std::fflush(stdout);
@@ -374,18 +471,32 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   };
 
   std::int64_t steps_this_run = 0;
+  // This rank's micro-batch losses; then every rank's, in rank order.
+  std::vector<double> micro_losses(static_cast<std::size_t>(local_micro));
+  std::vector<double> all_losses(static_cast<std::size_t>(s.accumulation()));
+  const auto grads_final = [&dp](std::int64_t offset) { dp.grads_final(offset); };
   while (state.step < s.steps) {
+    fault.at_step(rank, state.step + 1);
     const auto t0 = Clock::now();
     model.zero_grad();
-    double loss = 0;
-    for (int micro = 0; micro < s.accumulation(); ++micro) {
+    for (int micro = 0; micro < local_micro; ++micro) {
       const Batch b = loader.next();
-      loss += model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, true,
-                            static_cast<float>(grad_scale));
-      model.backward();
+      micro_losses[static_cast<std::size_t>(micro)] = model.forward(
+          b.inputs.data(), b.targets.data(), b.batch, b.seq, true, static_cast<float>(grad_scale));
+      // The last backward of the step reports finished gradients, so their
+      // reduction overlaps the rest of the pass.
+      if (ranks > 1 && micro == local_micro - 1) {
+        model.backward(grads_final);
+      } else {
+        model.backward();
+      }
     }
+    dp.finish_reduction();
+    comm->all_gather(std::span<const double>(micro_losses), std::span<double>(all_losses));
+    double loss = 0;
+    for (const double l : all_losses) loss += l;
     loss /= s.accumulation();
-    const double norm = global_norm(model.grads(), model.num_params());
+    const double norm = dp.grad_norm();
     const double lr = s.schedule.lr(state.step);
     std::string skip_reason;
     if (!std::isfinite(loss) || !std::isfinite(norm)) {
@@ -394,8 +505,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
       skip_reason = fmt::format("loss spike (z-score {:.1f})", spikes.zscore(loss));
     }
     if (skip_reason.empty()) {
-      optimizer.step(model.params(), model.grads(), static_cast<float>(lr),
-                     clip_scale(norm, s.grad_clip));
+      dp.step(static_cast<float>(lr), clip_scale(norm, s.grad_clip));
     } else {
       ++state.skipped_steps;
       spdlog::warn("step {}: update skipped: {} (loss {}, gradient norm {})", state.step + 1,
@@ -410,14 +520,16 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
 
     const double step_s = seconds_since(t0);
     const double tok_s = static_cast<double>(tokens_per_step) / step_s;
-    const double mfu = flops_per_token * tok_s * 1e-9 / peak;
+    const double mfu = flops_per_token * tok_s * 1e-9 / (peak * ranks);
     const double run_s = seconds_since(loop_start);
-    metrics.write(fmt::format(
-        R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}}})",
-        state.step, state.tokens, json_number(loss), json_number(lr), json_number(norm),
-        json_number(tok_s), json_number(mfu), json_number(elapsed_before + run_s),
-        skip_reason.empty() ? "false" : "true"));
-    if (options.progress && (state.step % s.log_every == 0 || state.step == s.steps)) {
+    if (root) {
+      metrics->write(fmt::format(
+          R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}}})",
+          state.step, state.tokens, json_number(loss), json_number(lr), json_number(norm),
+          json_number(tok_s), json_number(mfu), json_number(elapsed_before + run_s),
+          skip_reason.empty() ? "false" : "true"));
+    }
+    if (progress && (state.step % s.log_every == 0 || state.step == s.steps)) {
       const double eta =
           run_s / static_cast<double>(steps_this_run) * static_cast<double>(s.steps - state.step);
       fmt::print(
@@ -431,13 +543,25 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
     const bool last = state.step == s.steps;
     if (!last && s.eval_every > 0 && state.step % s.eval_every == 0) run_validation();
     if (!last && s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0) save();
-    if (!last && g_stop_signal != 0) {
+    int stop_signal = g_stop_signal;
+    bool time_up = s.max_minutes > 0 && seconds_since(wall_start) >= 60 * s.max_minutes;
+    if (ranks > 1 && !last) {
+      // A signal or the time limit on any rank stops every rank at this step.
+      const std::array<double, 2> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0};
+      std::vector<double> all(2 * static_cast<std::size_t>(ranks));
+      comm->all_gather(std::span<const double>(mine), std::span<double>(all));
+      for (int r = 0; r < ranks; ++r) {
+        if (stop_signal == 0) stop_signal = static_cast<int>(all[2 * static_cast<std::size_t>(r)]);
+        time_up = time_up || all[2 * static_cast<std::size_t>(r) + 1] != 0;
+      }
+    }
+    if (!last && stop_signal != 0) {
       result.stopped = true;
-      result.stop_reason = g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+      result.stop_reason = stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
     } else if (!last && options.stop_at_step > 0 && state.step >= options.stop_at_step) {
       result.stopped = true;
       result.stop_reason = fmt::format("--stop-at-step {}", options.stop_at_step);
-    } else if (!last && s.max_minutes > 0 && seconds_since(wall_start) >= 60 * s.max_minutes) {
+    } else if (!last && time_up) {
       result.stopped = true;
       result.stop_reason = fmt::format("the {} minute limit", s.max_minutes);
     }
@@ -448,9 +572,11 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   if (checkpointed_step != state.step) save();
   result.steps = state.step;
   result.skipped_steps = state.skipped_steps;
-  metrics.write(fmt::format(R"({{"kind":"run","event":"{}","step":{},"tokens":{}}})",
-                            result.stopped ? "stop" : "end", state.step, state.tokens));
-  if (options.progress) {
+  if (root) {
+    metrics->write(fmt::format(R"({{"kind":"run","event":"{}","step":{},"tokens":{}}})",
+                               result.stopped ? "stop" : "end", state.step, state.tokens));
+  }
+  if (progress) {
     if (result.stopped) {
       fmt::print(
           "stopped by {} at step {}/{}; `borealis train` with the same config resumes from "

@@ -10,6 +10,14 @@
 // step with a checkpoint and a clean exit; a second signal exits at once.
 // A non-finite loss or gradient norm, or a loss spike (train.spike_zscore),
 // skips the update; skipped steps are counted and logged.
+//
+// Data parallel: with a communicator of more than one rank (launched by
+// mpirun / `borealis launch`), every rank trains on its own contiguous slice
+// of each global batch and the gradients are summed over the ranks
+// (optim/data_parallel.h, [dist] keys); the run computes the same as one
+// process at the same global batch, up to the rounding of the sums. Rank 0
+// alone prints, writes metrics.jsonl and checkpoints (whole, in the
+// single-process format, so a run resumes on any number of ranks).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +28,8 @@
 
 namespace borealis {
 
+class Communicator;
+
 struct TrainRunOptions {
   // "auto": resume from the newest good checkpoint if any; "never": fail if
   // the run directory has checkpoints; otherwise a checkpoint directory.
@@ -28,6 +38,10 @@ struct TrainRunOptions {
   // Stop as on a signal once this step is done (0: never); for splitting a
   // run into jobs of a fixed number of steps.
   std::int64_t stop_at_step = 0;
+  // The ranks of a data-parallel run; null: one made from the launch
+  // environment (make_communicator). Its time-out and reduction algorithm
+  // are set from [dist].
+  Communicator* comm = nullptr;
 };
 
 struct TrainRunResult {

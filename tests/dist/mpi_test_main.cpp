@@ -174,6 +174,40 @@ TEST(Mpi, NonBlockingOperationsOverlapWithWork) {
   EXPECT_TRUE(same_bits(again, grads));
 }
 
+// Many ordered allreduces in flight at once, polled in a different order
+// on each rank (the first stage completes at different times): every result
+// is still the rank-order sum.
+TEST(Mpi, ManyOrderedAllreducesInFlightPolledInAnyOrder) {
+  Communicator& c = *g_comm;
+  c.set_reduce_algorithm(ReduceAlgorithm::Ordered);
+  const std::size_t buffers = 12;
+  std::vector<std::vector<float>> data;
+  std::vector<RequestPtr> requests;
+  for (std::size_t k = 0; k < buffers; ++k) {
+    data.push_back(rank_data<float>(c.rank() + static_cast<int>(k) * 17, 1000 + 3000 * k));
+  }
+  for (std::size_t k = 0; k < buffers; ++k) {
+    requests.push_back(c.iallreduce(std::span<float>(data[k]), ReduceOp::Sum));
+    if (c.rank() == 1) std::this_thread::sleep_for(std::chrono::microseconds(300));
+  }
+  std::vector<bool> done(buffers, false);
+  std::size_t left = buffers;
+  while (left > 0) {
+    for (std::size_t i = 0; i < buffers; ++i) {
+      const std::size_t k = c.rank() % 2 == 0 ? buffers - 1 - i : i;
+      if (!done[k] && requests[k]->test()) done[k] = true, --left;
+    }
+  }
+  for (std::size_t k = 0; k < buffers; ++k) {
+    std::vector<float> want = rank_data<float>(static_cast<int>(k) * 17, 1000 + 3000 * k);
+    for (int r = 1; r < c.size(); ++r) {
+      const auto v = rank_data<float>(r + static_cast<int>(k) * 17, 1000 + 3000 * k);
+      for (std::size_t i = 0; i < want.size(); ++i) want[i] += v[i];
+    }
+    EXPECT_TRUE(same_bits(data[k], want)) << k;
+  }
+}
+
 int timeout_check(Communicator& c) {
   c.set_timeout(std::chrono::milliseconds(1000));
   const int sleeper = c.size() - 1;

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+
 #include "model/config.h"
 
 namespace borealis {
@@ -96,6 +99,42 @@ TEST(AdamW, ZeroGradientOnlyDecays) {
   // Decoupled decay: p -= lr * wd * p = 2 - 0.5 * 0.1 * 2.
   EXPECT_FLOAT_EQ(params[layout.find("lm_head.w").offset], 1.9f);
   EXPECT_FLOAT_EQ(params[layout.find("h.0.ln2.w").offset], 2.0f);
+}
+
+// ZeRO-1: optimizers of contiguous shards, cut anywhere (also inside a
+// tensor, between a decayed matrix and an undecayed norm), make the same
+// update bit for bit as one optimizer of the whole buffer.
+TEST(AdamW, ShardsCutAnywhereMatchTheWholeBuffer) {
+  const ParamLayout layout(model_preset("gpt2-tiny"));
+  const std::int64_t n = layout.total();
+  AdamWConfig config;
+  config.decay_biases = true;  // a mix of decayed and undecayed neighbours
+  std::vector<float> p0(static_cast<std::size_t>(n)), g1(p0.size()), g2(p0.size());
+  for (std::int64_t i = 0; i < n; ++i) {
+    p0[i] = std::sin(0.37f * static_cast<float>(i));
+    g1[i] = std::cos(0.11f * static_cast<float>(i)) * 1e-2f;
+    g2[i] = std::sin(0.05f * static_cast<float>(i) + 1.0f) * 1e-3f;
+  }
+  std::vector<float> whole = p0;
+  AdamW full(layout, config);
+  full.step(whole.data(), g1.data(), 1e-2f, 0.5f);
+  full.step(whole.data(), g2.data(), 1e-2f, 0.5f);
+  const std::int64_t norm_end = layout.find("h.0.ln1.w").offset + 13;  // inside a norm
+  for (const std::vector<std::int64_t>& cuts :
+       {std::vector<std::int64_t>{0, n / 2, n}, std::vector<std::int64_t>{0, norm_end, n},
+        std::vector<std::int64_t>{0, 1, n / 3, n / 3 + 7, n - 1, n}}) {
+    std::vector<float> sharded = p0;
+    for (std::size_t k = 0; k + 1 < cuts.size(); ++k) {
+      AdamW part(layout, config, cuts[k], cuts[k + 1]);
+      EXPECT_EQ(part.state_bytes(), 2 * sizeof(float) * (cuts[k + 1] - cuts[k]));
+      part.step(sharded.data() + cuts[k], g1.data() + cuts[k], 1e-2f, 0.5f);
+      part.step(sharded.data() + cuts[k], g2.data() + cuts[k], 1e-2f, 0.5f);
+    }
+    EXPECT_EQ(std::memcmp(sharded.data(), whole.data(), whole.size() * sizeof(float)), 0)
+        << "cut at " << cuts[1];
+  }
+  EXPECT_THROW(AdamW(layout, config, 5, 4), std::invalid_argument);
+  EXPECT_THROW(AdamW(layout, config, 0, n + 1), std::invalid_argument);
 }
 
 TEST(GradClip, GlobalNormAndClipping) {

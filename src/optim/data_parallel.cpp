@@ -1,0 +1,172 @@
+#include "optim/data_parallel.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <span>
+#include <stdexcept>
+
+namespace borealis {
+
+namespace {
+
+std::int64_t padded_shard(std::int64_t total, int ranks) {
+  return (total + ranks - 1) / ranks;
+}
+
+}  // namespace
+
+DataParallel::DataParallel(Communicator& comm, const ParamLayout& layout, const AdamWConfig& config,
+                           const DataParallelOptions& options, float* params, float* grads)
+    : comm_(comm),
+      options_(options),
+      params_(params),
+      grads_(grads),
+      total_(layout.total()),
+      shard_(padded_shard(layout.total(), comm.size())),
+      begin_(options.zero == 1 ? std::min(total_, shard_ * comm.rank()) : 0),
+      end_(options.zero == 1 ? std::min(total_, shard_ * (comm.rank() + 1)) : total_),
+      optimizer_(layout, config, begin_, end_) {
+  if (options.zero != 0 && options.zero != 1) {
+    throw std::invalid_argument(fmt::format("ZeRO stage {} (0 or 1)", options.zero));
+  }
+  const int n = comm.size();
+  if (n == 1) return;
+  const auto bucket =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(options.bucket_bytes / sizeof(float)));
+  if (options.zero == 0) {
+    // Buckets from the end of the buffer: the backward pass finishes the
+    // last tensors first.
+    for (std::int64_t hi = total_; hi > 0; hi -= bucket) {
+      buckets_.push_back({std::max<std::int64_t>(0, hi - bucket), hi});
+    }
+  } else {
+    // Chunks of each shard from its end; a chunk moves `size()` pieces, so
+    // pieces of bucket / size() keep the messages near the bucket size.
+    const std::int64_t piece = std::max<std::int64_t>(1, bucket / n);
+    for (std::int64_t hi = shard_; hi > 0; hi -= piece) {
+      buckets_.push_back({std::max<std::int64_t>(0, hi - piece), hi});
+    }
+    staging_.assign(static_cast<std::size_t>(shard_ * n), 0.0f);
+    shard_grads_.assign(static_cast<std::size_t>(shard_), 0.0f);
+  }
+}
+
+void DataParallel::start(const Bucket& b) {
+  if (options_.zero == 0) {
+    pending_.push_back(comm_.iallreduce(
+        std::span<float>(grads_ + b.lo, static_cast<std::size_t>(b.hi - b.lo)), ReduceOp::Sum));
+    return;
+  }
+  // Pack the slice [lo, hi) of every shard, one after another (zeros past
+  // the end of the buffer), and reduce-scatter it: this rank receives the
+  // sums of its own slice.
+  const int n = comm_.size();
+  const std::int64_t len = b.hi - b.lo;
+  float* packed = staging_.data() + b.lo * n;
+  for (int r = 0; r < n; ++r) {
+    const std::int64_t from = shard_ * r + b.lo;
+    const std::int64_t have = std::clamp<std::int64_t>(total_ - from, 0, len);
+    float* dst = packed + len * r;
+    if (have > 0) std::memcpy(dst, grads_ + from, static_cast<std::size_t>(have) * sizeof(float));
+    std::fill(dst + have, dst + len, 0.0f);
+  }
+  pending_.push_back(comm_.ireduce_scatter(
+      std::span<const float>(packed, static_cast<std::size_t>(len * n)),
+      std::span<float>(shard_grads_.data() + b.lo, static_cast<std::size_t>(len)), ReduceOp::Sum));
+}
+
+void DataParallel::grads_final(std::int64_t offset) {
+  if (comm_.size() == 1) return;
+  // A zero = 1 chunk is complete when its lowest piece (in shard 0) is.
+  while (next_ < buckets_.size() && buckets_[next_].lo >= offset) start(buckets_[next_++]);
+  for (auto& r : pending_) r->test();
+}
+
+void DataParallel::wait_all() {
+  for (auto& r : pending_) r->wait();
+  pending_.clear();
+}
+
+void DataParallel::finish_reduction() {
+  if (comm_.size() == 1) return;
+  while (next_ < buckets_.size()) start(buckets_[next_++]);
+  next_ = 0;
+  wait_all();
+}
+
+double DataParallel::grad_norm() {
+  const int n = comm_.size();
+  if (n == 1) return global_norm(grads_, total_);
+  // Each rank sums the squares of one shard (the same elements in both
+  // modes); the partial sums are added in rank order on every rank.
+  const std::int64_t lo = std::min(total_, shard_ * comm_.rank());
+  const std::int64_t count = std::min(total_, shard_ * (comm_.rank() + 1)) - lo;
+  const float* mine = options_.zero == 1 ? shard_grads_.data() : grads_ + lo;
+  const double partial = sum_of_squares(mine, count);
+  std::vector<double> all(static_cast<std::size_t>(n));
+  comm_.all_gather(std::span<const double>(&partial, 1), std::span<double>(all));
+  double total = 0.0;
+  for (const double s : all) total += s;
+  return std::sqrt(total);
+}
+
+void DataParallel::step(float lr, float grad_scale) {
+  if (comm_.size() == 1 || options_.zero == 0) {
+    optimizer_.step(params_, grads_, lr, grad_scale);
+    return;
+  }
+  optimizer_.step(params_ + begin_, shard_grads_.data(), lr, grad_scale);
+  gather_shards(params_ + begin_, params_);
+}
+
+void DataParallel::gather_shards(const float* mine, float* full) {
+  const int n = comm_.size();
+  const int me = comm_.rank();
+  const std::int64_t own = end_ - begin_;
+  for (const Bucket& b : buckets_) {
+    const std::int64_t len = b.hi - b.lo;
+    float* block = staging_.data() + b.lo * n;
+    float* slot = block + len * me;
+    const std::int64_t have = std::clamp<std::int64_t>(own - b.lo, 0, len);
+    if (have > 0) std::memcpy(slot, mine + b.lo, static_cast<std::size_t>(have) * sizeof(float));
+    std::fill(slot + have, slot + len, 0.0f);
+    pending_.push_back(
+        comm_.iall_gather(std::span<const float>(slot, static_cast<std::size_t>(len)),
+                          std::span<float>(block, static_cast<std::size_t>(len * n))));
+  }
+  wait_all();
+  for (const Bucket& b : buckets_) {
+    const std::int64_t len = b.hi - b.lo;
+    const float* block = staging_.data() + b.lo * n;
+    for (int r = 0; r < n; ++r) {
+      const std::int64_t to = shard_ * r + b.lo;
+      const std::int64_t have = std::clamp<std::int64_t>(total_ - to, 0, len);
+      if (have > 0) {
+        std::memmove(full + to, block + len * r, static_cast<std::size_t>(have) * sizeof(float));
+      }
+    }
+  }
+}
+
+void DataParallel::gather_state(std::vector<float>& m, std::vector<float>& v) {
+  m.assign(static_cast<std::size_t>(total_), 0.0f);
+  v.assign(static_cast<std::size_t>(total_), 0.0f);
+  if (comm_.size() == 1 || options_.zero == 0) {
+    std::copy(optimizer_.m().begin(), optimizer_.m().end(), m.begin());
+    std::copy(optimizer_.v().begin(), optimizer_.v().end(), v.begin());
+    return;
+  }
+  gather_shards(optimizer_.m().data(), m.data());
+  gather_shards(optimizer_.v().data(), v.data());
+}
+
+void DataParallel::load_state(const float* m, const float* v, std::int64_t steps) {
+  std::copy(m + begin_, m + end_, optimizer_.m_data());
+  std::copy(v + begin_, v + end_, optimizer_.v_data());
+  optimizer_.set_steps(steps);
+}
+
+}  // namespace borealis

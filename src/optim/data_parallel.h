@@ -1,0 +1,107 @@
+// Data-parallel gradient averaging and the AdamW update over a Communicator,
+// with optional ZeRO-1 sharding of the optimizer state.
+//
+// Every rank computes gradients on its own share of the global batch, scaled
+// so that their sum over the ranks is the gradient of the global mean loss.
+//   zero = 0: the gradients are summed with allreduce in buckets of about
+//     bucket_bytes, from the end of the flat buffer down; the backward pass
+//     of the step's last micro-batch reports which elements are final
+//     (grads_final, Model::backward's hook) and each bucket starts as soon as
+//     it is complete, overlapping the rest of the pass. Every rank holds the
+//     whole AdamW state and makes the same update.
+//   zero = 1: the flat buffer is cut into world-size equal contiguous shards
+//     (the last one padded with zeros). Gradients are reduce-scattered in
+//     chunks (each chunk takes the same slice of every shard, so a rank
+//     receives the sums of its own shard only), started as the backward pass
+//     completes them; each rank keeps the AdamW moments of its shard, updates
+//     its shard of the parameters, and all-gathers the parameters.
+// The gradient norm for clipping is global in both modes: each rank sums the
+// squares of one shard and the partial sums are gathered and added in rank
+// order. With the ordered reduction every gradient element is the rank-order
+// sum in both modes, so ZeRO-1 gives the same bits as zero = 0.
+// World size 1 makes no collective call: the norm and the update are exactly
+// those of a single process.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "model/params.h"
+#include "optim/adamw.h"
+
+namespace borealis {
+
+struct DataParallelOptions {
+  int zero = 0;                          // 0: replicated optimizer state, 1: ZeRO-1
+  std::size_t bucket_bytes = 25u << 20;  // gradient bytes per collective
+};
+
+class DataParallel {
+ public:
+  // params and grads are the model's flat buffers (layout.total() elements),
+  // which must stay where they are.
+  DataParallel(Communicator& comm, const ParamLayout& layout, const AdamWConfig& config,
+               const DataParallelOptions& options, float* params, float* grads);
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  // The hook for the backward pass of the step's last micro-batch: gradient
+  // elements from `offset` on are final. Starts the buckets that are
+  // complete and makes progress on the running ones.
+  void grads_final(std::int64_t offset);
+  // Starts the buckets not started yet and waits for all of them (with the
+  // communicator's time-out). Afterwards this rank holds the summed
+  // gradients: all of them (zero = 0) or those of its shard (zero = 1).
+  void finish_reduction();
+  // The L2 norm of the summed gradients, identical on every rank.
+  double grad_norm();
+  // AdamW update with learning rate lr on the summed gradients times
+  // grad_scale; afterwards every rank holds the same parameters.
+  void step(float lr, float grad_scale);
+
+  std::int64_t adamw_steps() const { return optimizer_.steps(); }
+  // The whole moments m and v in the parameter layout (every rank must call
+  // it: with zero = 1 the shards are all-gathered).
+  void gather_state(std::vector<float>& m, std::vector<float>& v);
+  // Restores whole moments (this rank keeps its shard) and the step count.
+  void load_state(const float* m, const float* v, std::int64_t steps);
+
+  int zero() const { return options_.zero; }
+  // Elements of the flat buffer this rank's optimizer owns: [begin, end).
+  std::int64_t shard_begin() const { return begin_; }
+  std::int64_t shard_end() const { return end_; }
+  std::size_t optimizer_bytes() const { return optimizer_.state_bytes(); }
+  // Staging buffers for the collectives (zero = 1: packed chunks and the
+  // shard's gradients).
+  std::size_t buffer_bytes() const {
+    return (staging_.size() + shard_grads_.size()) * sizeof(float);
+  }
+  std::size_t buckets() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    std::int64_t lo, hi;  // zero = 0: flat elements; zero = 1: offsets in every shard
+  };
+  void start(const Bucket& b);
+  void wait_all();
+  // zero = 1: every rank's shard [lo, hi) of `mine` (shard-local) into `full`.
+  void gather_shards(const float* mine, float* full);
+
+  Communicator& comm_;
+  DataParallelOptions options_;
+  float* params_;
+  float* grads_;
+  std::int64_t total_ = 0;
+  std::int64_t shard_ = 0;  // padded shard length
+  std::int64_t begin_ = 0, end_ = 0;
+  AdamW optimizer_;
+  std::vector<Bucket> buckets_;  // in the order they complete in backward
+  std::size_t next_ = 0;         // the next bucket to start
+  std::vector<RequestPtr> pending_;
+  std::vector<float> staging_;      // zero = 1: size() * shard_
+  std::vector<float> shard_grads_;  // zero = 1: shard_
+};
+
+}  // namespace borealis

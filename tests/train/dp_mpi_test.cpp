@@ -1,0 +1,303 @@
+// Data-parallel training on 2 ranks, run by ctest under `mpirun -np 2`
+// (mpi.train_dp): equal to one process at the same global batch, bit-identical
+// from run to run, ZeRO-1 bit-identical to plain data parallelism, and resume
+// from 2 ranks onto 1 and from 1 onto 2. Rank 0 builds the corpus and the
+// ranks share its directory. Reference runs of one process run on rank 0
+// alone (a Self communicator) while the other ranks wait.
+//
+// `--timeout-check hang|exit` (mpi.train_timeout, mpi.train_rank_exit):
+// rank 1 hangs or exits at step 3 through BOREALIS_TEST_FAULT; rank 0 must
+// fail within the 2 s time-out naming rank 1 and its host, then the job ends
+// non-zero (run_timeout_check.sh).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "dist/communicator.h"
+#include "model/safetensors.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+#include "train/train_config.h"
+#include "train/train_fixture.h"
+#include "train/trainer.h"
+
+namespace borealis {
+namespace {
+
+namespace fs = std::filesystem;
+
+Communicator* g_comm = nullptr;
+
+// The corpus directory of rank 0, known to every rank.
+class SharedCorpus {
+ public:
+  SharedCorpus() {
+    Communicator& c = *g_comm;
+    std::vector<char> path(4096, '\0');
+    if (c.rank() == 0) {
+      built_ = std::make_unique<TrainFixture>();
+      const std::string p = built_->dir().string();
+      std::copy(p.begin(), p.end(), path.begin());
+    }
+    c.broadcast(std::span<char>(path), 0);
+    fixture_ = std::make_unique<TrainFixture>(fs::path(path.data()));
+  }
+  ~SharedCorpus() {
+    if (!abandoned_) g_comm->barrier();  // nobody reads it any more
+  }
+  // Rank 0 writes the config file, the others wait for it.
+  fs::path write_config(const std::string& name, const fs::path& run_dir) const {
+    const fs::path path = fixture_->dir() / name;
+    if (g_comm->rank() == 0) fixture_->write_config(name, run_dir);
+    g_comm->barrier();
+    return path;
+  }
+  // After a failed collective: no barrier before removing it.
+  void abandon() { abandoned_ = true; }
+  const TrainFixture& operator*() const { return *fixture_; }
+  const TrainFixture* operator->() const { return fixture_.get(); }
+
+ private:
+  std::unique_ptr<TrainFixture> built_;
+  std::unique_ptr<TrainFixture> fixture_;
+  bool abandoned_ = false;
+};
+
+TrainRunResult train(const fs::path& config, const std::vector<std::string>& overrides,
+                     Communicator& comm, std::int64_t stop_at = 0) {
+  TrainRunOptions o;
+  o.progress = false;
+  o.stop_at_step = stop_at;
+  o.comm = &comm;
+  return run_training(load_config(train_config_schema(), config, overrides), o);
+}
+
+// The run on rank 0 alone; the other ranks wait for it.
+void train_alone(const fs::path& config, const std::vector<std::string>& overrides,
+                 std::int64_t stop_at = 0) {
+  if (g_comm->rank() == 0) {
+    SelfCommunicator self;
+    train(config, overrides, self, stop_at);
+  }
+  g_comm->barrier();
+}
+
+std::map<std::int64_t, double> train_losses(const fs::path& run_dir) {
+  std::map<std::int64_t, double> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["kind"] == "train") out[j["step"].get<std::int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
+}
+
+std::vector<float> weights(const fs::path& checkpoint) {
+  const CheckpointInfo info = verify_checkpoint(checkpoint);
+  const ParamLayout layout(info.model);
+  std::vector<float> w(static_cast<std::size_t>(layout.total()));
+  load_safetensors(checkpoint / "model.safetensors", layout, w.data());
+  return w;
+}
+
+fs::path final_checkpoint(const fs::path& run_dir, std::int64_t step) {
+  return run_dir / "checkpoints" / checkpoint_name(step);
+}
+
+// Losses within fp32 rounding: one process and n ranks add the same
+// per-sample gradients in a different order (partial sums per rank), so
+// the weights drift apart by a few float ulps per step.
+void expect_close_losses(const fs::path& a, const fs::path& b, std::int64_t from = 1) {
+  const auto la = train_losses(a), lb = train_losses(b);
+  ASSERT_EQ(la.size(), lb.size());
+  for (const auto& [step, loss] : la) {
+    if (step < from) continue;
+    EXPECT_NEAR(loss, lb.at(step), 2e-5 * std::abs(loss)) << "step " << step;
+  }
+}
+
+void expect_close_weights(const fs::path& a, const fs::path& b) {
+  const auto wa = weights(a), wb = weights(b);
+  ASSERT_EQ(wa.size(), wb.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < wa.size(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::abs(wa[i] - wb[i])));
+  }
+  // lr 3e-3: an AdamW step moves a weight by up to about 3e-3; rounding
+  // differences in the gradients change the steps by far less.
+  EXPECT_LT(worst, 1e-6) << a << " vs " << b;
+  std::printf("largest weight difference %s vs %s: %.3g\n",
+              a.parent_path().parent_path().filename().c_str(),
+              b.parent_path().parent_path().filename().c_str(), worst);
+}
+
+// Three runs of 8 steps: one process, and two data-parallel ones.
+const std::vector<std::string> kRun = {"train.steps=8", "train.global_batch=8",
+                                       "checkpoint.every=4", "checkpoint.keep=5",
+                                       "dist.bucket_mb=0.01"};
+
+TEST(DataParallel, TwoRanksMatchOneProcessAndRepeatBitForBit) {
+  const SharedCorpus corpus;
+  const fs::path cfg_one = corpus.write_config("one.toml", corpus->dir() / "one");
+  const fs::path cfg_a = corpus.write_config("a.toml", corpus->dir() / "dp_a");
+  const fs::path cfg_b = corpus.write_config("b.toml", corpus->dir() / "dp_b");
+  const fs::path cfg_z = corpus.write_config("z.toml", corpus->dir() / "zero");
+  train_alone(cfg_one, kRun);
+  const auto a = train(cfg_a, kRun, *g_comm);
+  const auto b = train(cfg_b, kRun, *g_comm);
+  auto zero_run = kRun;
+  zero_run.push_back("dist.zero=1");
+  const auto z = train(cfg_z, zero_run, *g_comm);
+  EXPECT_EQ(a.steps, 8);
+  EXPECT_EQ(a.last_checkpoint, final_checkpoint(corpus->dir() / "dp_a", 8));
+  EXPECT_EQ(a.last_loss, b.last_loss);
+  // Every rank knows the global loss and validation loss.
+  const std::vector<double> mine = {a.last_loss, a.valid_loss};
+  std::vector<double> all(2 * static_cast<std::size_t>(g_comm->size()));
+  g_comm->all_gather(std::span<const double>(mine), std::span<double>(all));
+  EXPECT_EQ(all[0], all[2]);
+  EXPECT_EQ(all[1], all[3]);
+  EXPECT_GT(a.valid_loss, 0.0);
+  if (g_comm->rank() != 0) return;  // only rank 0 writes the run directories
+
+  const fs::path one = corpus->dir() / "one", dp_a = corpus->dir() / "dp_a",
+                 dp_b = corpus->dir() / "dp_b", zero = corpus->dir() / "zero";
+  ASSERT_EQ(train_losses(dp_a).size(), 8u);
+  // n ranks = one process, up to fp32 rounding.
+  expect_close_losses(one, dp_a);
+  expect_close_weights(final_checkpoint(one, 8), final_checkpoint(dp_a, 8));
+  // Two data-parallel runs: the same bits (ordered reductions).
+  EXPECT_EQ(train_losses(dp_a), train_losses(dp_b));
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    EXPECT_EQ(test::read_file(final_checkpoint(dp_a, 8) / f),
+              test::read_file(final_checkpoint(dp_b, 8) / f))
+        << f;
+    // ZeRO-1 makes the same update element by element on the same summed
+    // gradients, and the same norm: bit-identical to plain data parallelism.
+    EXPECT_EQ(test::read_file(final_checkpoint(dp_a, 8) / f),
+              test::read_file(final_checkpoint(zero, 8) / f))
+        << f;
+  }
+  EXPECT_EQ(train_losses(dp_a), train_losses(zero));
+  // Only rank 0 wrote the run directory.
+  EXPECT_TRUE(fs::exists(dp_a / "config.toml"));
+  std::ifstream in(dp_a / "metrics.jsonl");
+  std::string first;
+  std::getline(in, first);
+  EXPECT_NE(first.find(R"("ranks":2)"), std::string::npos) << first;
+}
+
+TEST(DataParallel, ResumeOnAnotherNumberOfRanks) {
+  const SharedCorpus corpus;
+  const fs::path whole = corpus->dir() / "whole", two_one = corpus->dir() / "two_one",
+                 one_two = corpus->dir() / "one_two";
+  const fs::path cfg_whole = corpus.write_config("w.toml", whole);
+  const fs::path cfg_21 = corpus.write_config("21.toml", two_one);
+  const fs::path cfg_12 = corpus.write_config("12.toml", one_two);
+  train(cfg_whole, kRun, *g_comm);
+  // 2 ranks (ZeRO-1) for 3 steps, then 1 process to the end.
+  auto zero_run = kRun;
+  zero_run.push_back("dist.zero=1");
+  const auto first = train(cfg_21, zero_run, *g_comm, 3);
+  EXPECT_TRUE(first.stopped);
+  train_alone(cfg_21, kRun);
+  // 1 process for 5 steps, then 2 ranks (ZeRO-1) to the end.
+  train_alone(cfg_12, kRun, 5);
+  const auto second = train(cfg_12, zero_run, *g_comm);
+  EXPECT_EQ(second.first_step, 5);
+  EXPECT_EQ(second.steps, 8);
+  if (g_comm->rank() != 0) return;
+  ASSERT_EQ(train_losses(two_one).size(), 8u);
+  ASSERT_EQ(train_losses(one_two).size(), 8u);
+  // The data-parallel steps are bit-identical to the uninterrupted run's;
+  // the others agree within fp32 rounding.
+  const auto lw = train_losses(whole), l21 = train_losses(two_one);
+  for (std::int64_t step = 1; step <= 3; ++step) EXPECT_EQ(lw.at(step), l21.at(step)) << step;
+  expect_close_losses(whole, two_one);
+  expect_close_losses(whole, one_two);
+  expect_close_weights(final_checkpoint(whole, 8), final_checkpoint(two_one, 8));
+  expect_close_weights(final_checkpoint(whole, 8), final_checkpoint(one_two, 8));
+}
+
+TEST(DataParallel, ConfigErrors) {
+  const SharedCorpus corpus;
+  const fs::path cfg = corpus.write_config("c.toml", corpus->dir() / "bad");
+  // 2 sequences per step cannot feed 2 ranks micro-batches of 2.
+  const std::string line = test::error_line([&] {
+    train(cfg, {"train.global_batch=2", "train.micro_batch=2"}, *g_comm);
+  });
+  EXPECT_NE(line.find("train.global_batch 2 is not divisible by train.micro_batch 2 x 2 ranks"),
+            std::string::npos)
+      << line;
+  // Every rank must run the same configuration.
+  const std::string other = test::error_line(
+      [&] { train(cfg, {g_comm->rank() == 1 ? "optim.lr=1e-3" : "optim.lr=3e-3"}, *g_comm); });
+  EXPECT_NE(other.find("rank 1 (" + g_comm->host(1) + ") runs another configuration than rank 0"),
+            std::string::npos)
+      << other;
+  g_comm->barrier();
+}
+
+int timeout_check(Communicator& c, const std::string& fault) {
+  SharedCorpus corpus;
+  const fs::path cfg = corpus.write_config("t.toml", corpus->dir() / "hang");
+  setenv("BOREALIS_TEST_FAULT", ("1:3:" + fault).c_str(), 1);
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    train(cfg, {"dist.timeout_s=2", "eval.batches=0", "checkpoint.every=0"}, c);
+  } catch (const Error& e) {
+    corpus.abandon();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const std::string text = e.message();
+    const std::string want = "rank 1 (" + c.host(1) + ")";
+    // Time-out 2 s plus the grace period for probes (0.5 s), after two
+    // steps of a tiny model.
+    const bool ok = text.find("timed out") != std::string::npos &&
+                    text.find("no answer") != std::string::npos &&
+                    text.find(want) != std::string::npos && s < 10.0;
+    if (c.rank() == 0) {
+      std::printf("train timeout check %s after %.2f s: %s\n", ok ? "passed" : "FAILED", s,
+                  text.c_str());
+      std::fflush(stdout);
+    }
+    return ok ? 0 : 1;
+  }
+  std::printf("train timeout check FAILED: the run completed\n");
+  return 1;
+}
+
+}  // namespace
+}  // namespace borealis
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  borealis::CommOptions options;
+  options.backend = "mpi";
+  options.timeout = std::chrono::milliseconds(120'000);
+  auto comm = borealis::make_communicator(options);
+  borealis::g_comm = comm.get();
+  if (argc > 1 && std::string(argv[1]) == "--timeout-check") {
+    return borealis::timeout_check(*comm, argc > 2 ? argv[2] : "hang");
+  }
+  if (comm->rank() != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int failed = RUN_ALL_TESTS();
+  double any = failed;
+  comm->set_timeout(std::chrono::milliseconds(120'000));
+  comm->allreduce(std::span<double>(&any, 1), borealis::ReduceOp::Max);
+  return any > 0 ? 1 : 0;
+}

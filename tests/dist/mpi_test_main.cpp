@@ -157,13 +157,14 @@ TEST(Mpi, NonBlockingOperationsOverlapWithWork) {
   std::vector<float> gathered(static_cast<std::size_t>(c.size()));
   auto big = c.iallreduce(std::span<float>(grads), ReduceOp::Sum);
   auto small = c.iall_gather(std::span<const float>(mine), std::span<float>(gathered));
-  // Work while the reduction runs, polling it as a training step would.
+  // Work while the reduction runs, polling it as a training step would
+  // (on a fast peer it may be complete at the first poll already).
   double work = 0;
   int polls = 0;
-  while (!big->test()) {
+  do {
     for (int i = 0; i < 1000; ++i) work += std::sqrt(static_cast<double>(i + polls));
     ++polls;
-  }
+  } while (!big->test());
   small->wait();
   EXPECT_GT(work, 0.0);
   EXPECT_TRUE(same_bits(grads, rank_order_sum<float>(c.size(), n)));
@@ -243,6 +244,29 @@ int timeout_check(Communicator& c) {
 }  // namespace
 }  // namespace borealis
 
+namespace {
+
+// On ranks other than 0: prints only failures, each with the rank, so that a
+// failure on one rank is never silent.
+class FailurePrinter final : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  void OnTestStart(const ::testing::TestInfo& test) override {
+    test_ = std::string(test.test_suite_name()) + "." + test.name();
+  }
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "rank %d: %s failed at %s:%d\n%s\n", rank_, test_.c_str(),
+                 r.file_name() != nullptr ? r.file_name() : "?", r.line_number(), r.summary());
+  }
+
+ private:
+  int rank_;
+  std::string test_;
+};
+
+}  // namespace
+
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   borealis::CommOptions options;
@@ -258,6 +282,7 @@ int main(int argc, char** argv) {
     // Only rank 0 prints progress; every rank still reports failures.
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new FailurePrinter(comm->rank()));
   }
   const int failed = RUN_ALL_TESTS();
   // Every rank leaves with the same status.

@@ -9,40 +9,12 @@
 #include "core/atomic_file.h"
 #include "core/mapped_file.h"
 #include "data/blend.h"
+#include "data/blend_reference.h"
 #include "data/mixture_blend.h"
 #include "test_util.h"
 
 namespace borealis {
 namespace {
-
-// The blending rule as a plain O(K) scan (data/blend.h).
-std::vector<std::size_t> plain_blend(std::vector<double> w, std::uint64_t n) {
-  double total = 0;
-  for (const double x : w) total += x;
-  for (double& x : w) x /= total;
-  std::vector<std::uint64_t> c(w.size(), 0);
-  std::vector<std::size_t> out;
-  for (std::uint64_t t = 0; t < n; ++t) {
-    std::size_t best = w.size();
-    for (std::size_t k = 0; k < w.size(); ++k) {
-      if (w[k] > 0 && static_cast<double>(c[k]) < w[k] * static_cast<double>(t + 1)) {
-        const double d = static_cast<double>(c[k] + 1) / w[k];
-        if (best == w.size() || d < static_cast<double>(c[best] + 1) / w[best]) best = k;
-      }
-    }
-    if (best == w.size()) {
-      for (std::size_t k = 0; k < w.size(); ++k) {
-        if (w[k] > 0 && (best == w.size() || static_cast<double>(c[k] + 1) / w[k] <
-                                                 static_cast<double>(c[best] + 1) / w[best])) {
-          best = k;
-        }
-      }
-    }
-    ++c[best];
-    out.push_back(best);
-  }
-  return out;
-}
 
 std::vector<double> random_weights(std::mt19937_64& rng, std::size_t k, int kind) {
   std::vector<double> w(k);
@@ -77,7 +49,7 @@ TEST(BlenderCalendar, ManySourcesMatchThePlainScanAndStayWithinOneSample) {
     for (const double x : w) total += x;
     // Long enough for the calendar to wrap around several times.
     const std::uint64_t n = 2000 + rng() % (k < 200 ? 30000 : 6000);
-    const auto expect = plain_blend(w, n);
+    const auto expect = test::reference_blend(w, n);
     Blender b(w);
     std::vector<std::uint64_t> c(k, 0);
     for (std::uint64_t t = 0; t < n; ++t) {

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "data/blend.h"
+#include "data/blend_reference.h"
 #include "data/data_list.h"
 #include "data/indexed_dataset.h"
 #include "data/mixture.h"
@@ -115,35 +116,6 @@ TEST(Mixture, KeyedPermutationIsABijection) {
   EXPECT_LT(same, 50);
 }
 
-// The blending rule written as a plain scan over the sources.
-std::vector<std::size_t> reference_blend(std::vector<double> w, std::uint64_t n) {
-  double total = 0;
-  for (const double x : w) total += x;
-  for (double& x : w) x /= total;
-  std::vector<std::uint64_t> c(w.size(), 0);
-  std::vector<std::size_t> out;
-  for (std::uint64_t t = 0; t < n; ++t) {
-    std::size_t best = w.size();
-    for (std::size_t k = 0; k < w.size(); ++k) {
-      if (w[k] > 0 && static_cast<double>(c[k]) < w[k] * static_cast<double>(t + 1)) {
-        const double d = static_cast<double>(c[k] + 1) / w[k];
-        if (best == w.size() || d < static_cast<double>(c[best] + 1) / w[best]) best = k;
-      }
-    }
-    if (best == w.size()) {  // rounding left nobody behind: earliest due overall
-      for (std::size_t k = 0; k < w.size(); ++k) {
-        if (w[k] > 0 && (best == w.size() || static_cast<double>(c[k] + 1) / w[k] <
-                                                 static_cast<double>(c[best] + 1) / w[best])) {
-          best = k;
-        }
-      }
-    }
-    ++c[best];
-    out.push_back(best);
-  }
-  return out;
-}
-
 TEST(Blender, MatchesThePlainScanAndStaysWithinOneSample) {
   std::mt19937_64 rng(7);
   for (int trial = 0; trial < 300; ++trial) {
@@ -156,7 +128,7 @@ TEST(Blender, MatchesThePlainScanAndStaysWithinOneSample) {
     for (const double x : w) total += x;
     if (!(total > 0)) continue;
     const std::uint64_t n = 1 + rng() % 2000;
-    const auto expect = reference_blend(w, n);
+    const auto expect = test::reference_blend(w, n);
     Blender b(w);
     std::vector<std::uint64_t> c(k, 0);
     for (std::uint64_t t = 0; t < n; ++t) {
@@ -242,14 +214,14 @@ std::vector<std::vector<Tok>> reference_samples(const Fixture& fx, const MixOpti
     corpus_weight[c] += list[f].weight;
     members[c].push_back(f);
   }
-  const auto outer = reference_blend(corpus_weight, o.samples);
+  const auto outer = test::reference_blend(corpus_weight, o.samples);
   std::vector<std::uint64_t> corpus_count(names.size(), 0);
   for (const auto c : outer) ++corpus_count[c];
   std::vector<std::vector<std::size_t>> inner(names.size());
   for (std::size_t c = 0; c < names.size(); ++c) {
     std::vector<double> w;
     for (const auto f : members[c]) w.push_back(list[f].weight / corpus_weight[c]);
-    inner[c] = reference_blend(w, corpus_count[c]);
+    inner[c] = test::reference_blend(w, corpus_count[c]);
   }
   std::vector<std::uint64_t> used_corpus(names.size(), 0), used_file(list.size(), 0);
   std::vector<std::vector<Tok>> out;

@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "dist/mpi_gtest.h"
 
 namespace borealis {
 namespace {
@@ -244,29 +245,6 @@ int timeout_check(Communicator& c) {
 }  // namespace
 }  // namespace borealis
 
-namespace {
-
-// On ranks other than 0: prints only failures, each with the rank, so that a
-// failure on one rank is never silent.
-class FailurePrinter final : public ::testing::EmptyTestEventListener {
- public:
-  explicit FailurePrinter(int rank) : rank_(rank) {}
-  void OnTestStart(const ::testing::TestInfo& test) override {
-    test_ = std::string(test.test_suite_name()) + "." + test.name();
-  }
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "rank %d: %s failed at %s:%d\n%s\n", rank_, test_.c_str(),
-                 r.file_name() != nullptr ? r.file_name() : "?", r.line_number(), r.summary());
-  }
-
- private:
-  int rank_;
-  std::string test_;
-};
-
-}  // namespace
-
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   borealis::CommOptions options;
@@ -278,15 +256,5 @@ int main(int argc, char** argv) {
     // The communicator fails and ends the job with MPI_Abort when destroyed.
     return borealis::timeout_check(*comm);
   }
-  if (comm->rank() != 0) {
-    // Only rank 0 prints progress; every rank still reports failures.
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new FailurePrinter(comm->rank()));
-  }
-  const int failed = RUN_ALL_TESTS();
-  // Every rank leaves with the same status.
-  double any = failed;
-  comm->allreduce(std::span<double>(&any, 1), borealis::ReduceOp::Max);
-  return any > 0 ? 1 : 0;
+  return borealis::test::run_all_tests_on_every_rank(*comm);
 }

@@ -25,6 +25,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "dist/mpi_gtest.h"
 #include "model/safetensors.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
@@ -91,16 +92,6 @@ void train_alone(const fs::path& config, const std::vector<std::string>& overrid
     train(config, overrides, self, stop_at);
   }
   g_comm->barrier();
-}
-
-std::map<std::int64_t, double> train_losses(const fs::path& run_dir) {
-  std::map<std::int64_t, double> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j["kind"] == "train") out[j["step"].get<std::int64_t>()] = j["loss"].get<double>();
-  }
-  return out;
 }
 
 std::vector<float> weights(const fs::path& checkpoint) {
@@ -291,13 +282,6 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--timeout-check") {
     return borealis::timeout_check(*comm, argc > 2 ? argv[2] : "hang");
   }
-  if (comm->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int failed = RUN_ALL_TESTS();
-  double any = failed;
   comm->set_timeout(std::chrono::milliseconds(120'000));
-  comm->allreduce(std::span<double>(&any, 1), borealis::ReduceOp::Max);
-  return any > 0 ? 1 : 0;
+  return borealis::test::run_all_tests_on_every_rank(*comm);
 }

@@ -6,6 +6,9 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <string>
@@ -111,5 +114,17 @@ batches = 2
   std::filesystem::path dir_;
   std::filesystem::path tokenizer_, data_list_;
 };
+
+// step -> loss of the "train" records of a run's metrics.jsonl (the last
+// record of a step wins).
+inline std::map<std::int64_t, double> train_losses(const std::filesystem::path& run_dir) {
+  std::map<std::int64_t, double> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["kind"] == "train") out[j["step"].get<std::int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
+}
 
 }  // namespace borealis

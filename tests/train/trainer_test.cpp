@@ -45,17 +45,6 @@ TrainRunResult train(const fs::path& file, const std::vector<std::string>& overr
   return run_training(load(file, overrides), o);
 }
 
-// step -> loss of the "train" records (the last record of a step wins).
-std::map<std::int64_t, double> train_losses(const fs::path& run_dir) {
-  std::map<std::int64_t, double> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j["kind"] == "train") out[j["step"].get<std::int64_t>()] = j["loss"].get<double>();
-  }
-  return out;
-}
-
 std::string model_bytes(const fs::path& checkpoint) {
   return test::read_file(checkpoint / "model.safetensors");
 }

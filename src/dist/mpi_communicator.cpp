@@ -124,6 +124,21 @@ void combine(T* dst, const T* src, std::size_t n, ReduceOp op) {
   }
 }
 
+// Divides n elements by the rank count (the last step of an average).
+template <typename T>
+void divide(T* p, std::size_t n, int ranks) {
+  const T divisor = static_cast<T>(ranks);
+  for (std::size_t i = 0; i < n; ++i) p[i] /= divisor;
+}
+
+void divide(DataType t, void* p, std::size_t n, int ranks) {
+  if (t == DataType::F32) {
+    divide(static_cast<float*>(p), n, ranks);
+  } else {
+    divide(static_cast<double*>(p), n, ranks);
+  }
+}
+
 // Reduces `ranks` blocks of n elements laid out one after another in `blocks`
 // into `out`, in rank order; Avg divides by the rank count.
 template <typename T>
@@ -131,10 +146,7 @@ void reduce_blocks(T* out, const T* blocks, std::size_t n, int ranks, ReduceOp o
   if (n == 0) return;  // a rank owns no element when the buffer has fewer than ranks
   if (out != blocks) std::memcpy(out, blocks, n * sizeof(T));
   for (int r = 1; r < ranks; ++r) combine(out, blocks + static_cast<std::size_t>(r) * n, n, op);
-  if (op == ReduceOp::Avg) {
-    const T divisor = static_cast<T>(ranks);
-    for (std::size_t i = 0; i < n; ++i) out[i] /= divisor;
-  }
+  if (op == ReduceOp::Avg) divide(out, n, ranks);
 }
 
 void reduce_blocks(DataType t, void* out, const void* blocks, std::size_t n, int ranks,
@@ -505,13 +517,7 @@ RequestPtr MpiCommunicator::start_allreduce(void* data, std::size_t count, DataT
           "MPI_Iallreduce");
     if (op == ReduceOp::Avg) {
       r->next = [data, count, type, n](MpiRequest&) {
-        if (type == DataType::F32) {
-          auto* p = static_cast<float*>(data);
-          for (std::size_t i = 0; i < count; ++i) p[i] /= static_cast<float>(n);
-        } else {
-          auto* p = static_cast<double*>(data);
-          for (std::size_t i = 0; i < count; ++i) p[i] /= static_cast<double>(n);
-        }
+        divide(type, data, count, n);
         return true;
       };
     }
@@ -569,13 +575,7 @@ RequestPtr MpiCommunicator::start_reduce_scatter(const void* in, void* out, std:
           "MPI_Ireduce_scatter_block");
     if (op == ReduceOp::Avg) {
       r->next = [out, block, type, n](MpiRequest&) {
-        if (type == DataType::F32) {
-          auto* p = static_cast<float*>(out);
-          for (std::size_t i = 0; i < block; ++i) p[i] /= static_cast<float>(n);
-        } else {
-          auto* p = static_cast<double*>(out);
-          for (std::size_t i = 0; i < block; ++i) p[i] /= static_cast<double>(n);
-        }
+        divide(type, out, block, n);
         return true;
       };
     }

@@ -246,15 +246,9 @@ int timeout_check(Communicator& c) {
 }  // namespace borealis
 
 int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  borealis::CommOptions options;
-  options.backend = "mpi";
-  options.timeout = std::chrono::milliseconds(20'000);
-  auto comm = borealis::make_communicator(options);
-  borealis::g_comm = comm.get();
-  if (argc > 1 && std::string(argv[1]) == "--timeout-check") {
-    // The communicator fails and ends the job with MPI_Abort when destroyed.
-    return borealis::timeout_check(*comm);
-  }
-  return borealis::test::run_all_tests_on_every_rank(*comm);
+  // The timeout check's communicator fails and ends the job with MPI_Abort
+  // when destroyed.
+  return borealis::test::mpi_test_main(
+      argc, argv, std::chrono::milliseconds(20'000), borealis::g_comm,
+      [](borealis::Communicator& comm, int, char**) { return borealis::timeout_check(comm); });
 }

@@ -273,15 +273,9 @@ int timeout_check(Communicator& c, const std::string& fault) {
 }  // namespace borealis
 
 int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  borealis::CommOptions options;
-  options.backend = "mpi";
-  options.timeout = std::chrono::milliseconds(120'000);
-  auto comm = borealis::make_communicator(options);
-  borealis::g_comm = comm.get();
-  if (argc > 1 && std::string(argv[1]) == "--timeout-check") {
-    return borealis::timeout_check(*comm, argc > 2 ? argv[2] : "hang");
-  }
-  comm->set_timeout(std::chrono::milliseconds(120'000));
-  return borealis::test::run_all_tests_on_every_rank(*comm);
+  return borealis::test::mpi_test_main(
+      argc, argv, std::chrono::milliseconds(120'000), borealis::g_comm,
+      [](borealis::Communicator& comm, int args, char** arg) {
+        return borealis::timeout_check(comm, args > 2 ? arg[2] : "hang");
+      });
 }

@@ -57,7 +57,7 @@ void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int
         const int len = t0 + i + 1;
         T mx = row[0];
 #pragma omp simd reduction(max : mx)
-        for (int j = 0; j < len; ++j) mx = std::max(mx, row[j]);
+        for (int j = 0; j < len; ++j) mx = vmax(mx, row[j]);
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < len; ++j) {

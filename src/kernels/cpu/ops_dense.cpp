@@ -158,7 +158,7 @@ void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* tar
     T* x = logits + static_cast<std::size_t>(n) * Vp;
     T mx = x[0];
 #pragma omp simd reduction(max : mx)
-    for (int j = 0; j < V; ++j) mx = std::max(mx, x[j]);
+    for (int j = 0; j < V; ++j) mx = vmax(mx, x[j]);
     const T target_logit = x[targets[n]];
     T sum = 0;
     if (dloss != T(0)) {

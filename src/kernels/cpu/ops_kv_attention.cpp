@@ -60,7 +60,7 @@ void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int
         const int len = pos0 + t0 + i + 1;
         T mx = row[0];
 #pragma omp simd reduction(max : mx)
-        for (int j = 0; j < len; ++j) mx = std::max(mx, row[j]);
+        for (int j = 0; j < len; ++j) mx = vmax(mx, row[j]);
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < len; ++j) {

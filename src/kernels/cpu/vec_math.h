@@ -25,7 +25,13 @@ inline bool worth_threads(std::int64_t work) {
 inline float fast_expf(float x) {
   // Clamp so that 2^n stays a normal float; exp(-87.3) ~ 1e-38 is zero for softmax.
   x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln 2) by the magic-number trick: adding 1.5 * 2^23 pushes
+  // the fraction bits out, subtracting it back leaves the nearest integer.
+  // std::floor would do, but GCC keeps floor scalar unless traps are off
+  // (-fno-trapping-math), which turned every loop calling this into scalar
+  // code; plain adds vectorize under any flags.
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
   float r = x - n * 0.693359375f;  // ln 2 split in two for an exact product
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -37,6 +43,14 @@ inline float fast_expf(float x) {
   p = p * r * r + r + 1.0f;
   const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;
   return p * std::bit_cast<float>(bits);
+}
+
+// max(a, b) for simd max-reductions. GCC leaves a loop of std::max (which
+// is `a < b ? b : a`) scalar even under `omp simd reduction(max: ...)`; this
+// form becomes vmaxps. A NaN in b propagates, as it should in a loss.
+template <typename T>
+inline T vmax(T a, T b) {
+  return a > b ? a : b;
 }
 
 template <typename T>

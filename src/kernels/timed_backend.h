@@ -6,8 +6,11 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <string>
+
+#include <fmt/format.h>
 
 #include "kernels/backend.h"
 
@@ -20,7 +23,18 @@ class TimedBackend final : public Backend<T> {
 
   // Seconds spent in each op since construction or reset().
   const std::map<std::string, double>& seconds() const { return seconds_; }
-  void reset() { seconds_.clear(); }
+  // Matmuls by direction and shape ("forward  N x OC x C" as M x N x K of
+  // the GEMM; backward is the input- and the weight-gradient GEMM together).
+  struct Shape {
+    double seconds = 0;
+    double flops = 0;
+    std::int64_t calls = 0;
+  };
+  const std::map<std::string, Shape>& matmul_shapes() const { return shapes_; }
+  void reset() {
+    seconds_.clear();
+    shapes_.clear();
+  }
 
   std::string name() const override { return inner_.name() + " (timed)"; }
 
@@ -34,11 +48,15 @@ class TimedBackend final : public Backend<T> {
   }
   void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
                       bool accumulate) override {
-    time("matmul", [&] { inner_.matmul_forward(out, inp, w, bias, N, C, OC, accumulate); });
+    const double t =
+        time("matmul", [&] { inner_.matmul_forward(out, inp, w, bias, N, C, OC, accumulate); });
+    add_shape("forward", N, OC, C, 2.0 * N * OC * C, t);
   }
   void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int N,
                        int C, int OC) override {
-    time("matmul", [&] { inner_.matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC); });
+    const double t =
+        time("matmul", [&] { inner_.matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC); });
+    add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
   }
   void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N,
                          int C, float eps) override {
@@ -105,14 +123,23 @@ class TimedBackend final : public Backend<T> {
 
  private:
   template <typename F>
-  void time(const char* what, F&& op) {
+  double time(const char* what, F&& op) {
     const auto t0 = std::chrono::steady_clock::now();
     op();
-    seconds_[what] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    seconds_[what] += t;
+    return t;
+  }
+  void add_shape(const char* dir, int M, int N, int K, double flops, double t) {
+    Shape& s = shapes_[fmt::format("{:<8} {:>6} x {:>6} x {:>6}", dir, M, N, K)];
+    s.seconds += t;
+    s.flops += flops;
+    ++s.calls;
   }
 
   Backend<T>& inner_;
   std::map<std::string, double> seconds_;
+  std::map<std::string, Shape> shapes_;
 };
 
 }  // namespace borealis

@@ -89,9 +89,16 @@ void Model<T>::reserve(int B, int seq) {
   lnf_mean_ = take(N);
   lnf_rstd_ = take(N);
   losses_ = take(N);
-  chunk_rows_ = chunk_rows_request_ > 0
-                    ? std::min<std::int64_t>(chunk_rows_request_, N)
-                    : std::clamp<std::int64_t>(kLogitsChunkElems / config_.padded_vocab, 16, N);
+  if (chunk_rows_request_ > 0) {
+    chunk_rows_ = std::min<std::int64_t>(chunk_rows_request_, N);
+  } else {
+    // Equal chunks (rounded up to 16 rows, the GEMM kernels' unroll): a
+    // small remainder chunk runs its GEMMs far below the sgemm peak.
+    const std::int64_t most =
+        std::clamp<std::int64_t>(kLogitsChunkElems / config_.padded_vocab, 16, N);
+    const std::int64_t chunks = (N + most - 1) / most;
+    chunk_rows_ = std::min<std::int64_t>(N, ((N + chunks - 1) / chunks + 15) / 16 * 16);
+  }
   logits_ = take(chunk_rows_ * config_.padded_vocab);
   // Scratch shared by all layers: the MLP activation (recomputed in backward
   // rather than stored per layer) and the gradients of one block.

@@ -164,6 +164,9 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   }
   r.activation_bytes_after = model.activation_bytes();
   for (const auto& [op, sec] : backend.seconds()) r.op_seconds[op] += sec / o.steps;
+  for (const auto& [shape, t] : backend.matmul_shapes()) {
+    r.matmul_shapes[shape] = {t.seconds / o.steps, t.flops / t.seconds * 1e-9, t.calls / o.steps};
+  }
   for (auto& g : r.gemms) {
     time_gemm(g);
     r.peak_gflops = std::max(r.peak_gflops, g.gflops);
@@ -215,6 +218,11 @@ std::string format_train_bench(const TrainBenchResult& r) {
   }
   out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", "other", r.mean_step_s() - op_total,
                      100.0 * (r.mean_step_s() - op_total) / r.mean_step_s());
+  out += "matmul by shape  (M x N x K of the GEMM; backward = input + weight gradients)\n";
+  for (const auto& [shape, m] : r.matmul_shapes) {
+    out += fmt::format("  {}  {:3} calls {:8.3f}s {:7.1f} GFLOP/s {:5.1f}% of peak\n", shape,
+                       m.calls, m.seconds, m.gflops, 100.0 * m.gflops / r.peak_gflops);
+  }
   out += fmt::format(
       "FLOPs/token  6 * {} params + 12 * {} layers * {} d_model * {} seq = {:.4f} GFLOP\n",
       r.params, c.n_layer, c.d_model, r.seq, r.flops_per_token * 1e-9);

@@ -54,6 +54,12 @@ struct TrainBenchResult {
   // Seconds per measured step in each kind of op (forward and backward
   // together; "optimizer" is clipping + AdamW).
   std::map<std::string, double> op_seconds;
+  // Per matmul shape, per step: seconds and GFLOP/s (TimedBackend's keys).
+  struct MatmulShape {
+    double seconds = 0, gflops = 0;
+    std::int64_t calls = 0;
+  };
+  std::map<std::string, MatmulShape> matmul_shapes;
 
   // Over the measured steps; the best step shows the engine's speed when other
   // processes on the machine leave it alone, the mean what a run would see.

@@ -100,8 +100,9 @@ fs::path save_sharded(Communicator& comm, const CheckpointTarget& target, const 
     const OptimizerShard shard =
         write_optimizer_shard(tmp, rank, ranks, layout.total(), {dp.shard_begin(), dp.shard_end()},
                               opt.m().data(), opt.v().data());
-    if (root)
+    if (root) {
       replicated = write_replicated_files(tmp, target.model, layout, params, target.tokenizer);
+    }
     r.begin = shard.begin;
     r.end = shard.end;
     r.bytes = shard.bytes;

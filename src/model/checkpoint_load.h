@@ -4,8 +4,9 @@
 // A checkpoint directory (written by the trainer) holds model.safetensors,
 // whose "__metadata__" has "borealis.model" = model_config_to_json(config)
 // and whose tensors carry ParamLayout names, and tokenizer.json, the
-// tokenizer the model was trained with (state.json and
-// optimizer.safetensors are for resuming and not read here). A run
+// tokenizer the model was trained with (state.json and the optimizer
+// moments, optimizer.safetensors or one optimizer-rank-R-of-N.safetensors
+// per rank of a ZeRO-1 run, are for resuming and not read here). A run
 // directory holds checkpoints/step-<N>/ directories; a checkpoint is
 // complete once its state.json exists.
 #pragma once

@@ -8,9 +8,11 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <stdexcept>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/mapped_file.h"
 
 namespace borealis {
@@ -23,37 +25,21 @@ namespace {
 constexpr std::uint64_t kMaxHeader = 100u << 20;
 }  // namespace
 
-void save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
-                      const std::vector<TensorGroup>& groups,
-                      const std::map<std::string, std::string>& metadata) {
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::uint64_t offset = 0;
+FileDigest save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
+                            const std::vector<TensorGroup>& groups,
+                            const std::map<std::string, std::string>& metadata) {
+  std::vector<NamedTensor> tensors;
   for (const auto& g : groups) {
-    for (const auto& v : layout.views()) {
-      const std::uint64_t bytes = static_cast<std::uint64_t>(v.size) * sizeof(float);
-      header[g.prefix + v.name] = {
-          {"dtype", "F32"}, {"shape", v.shape}, {"data_offsets", {offset, offset + bytes}}};
-      offset += bytes;
-    }
+    for (const auto& v : layout.views())
+      tensors.push_back({g.prefix + v.name, v.shape, g.data + v.offset});
   }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
-  const std::uint64_t length = text.size();
-  AtomicFile out(path);
-  out.write(&length, sizeof(length));
-  out.write(text);
-  for (const auto& g : groups) {
-    for (const auto& v : layout.views()) {
-      out.write(g.data + v.offset, static_cast<std::size_t>(v.size) * sizeof(float));
-    }
-  }
-  out.commit();
+  return save_safetensors(path, tensors, metadata);
 }
 
-void save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
-                      const float* params, const std::map<std::string, std::string>& metadata) {
-  save_safetensors(path, layout, std::vector<TensorGroup>{{"", params}}, metadata);
+FileDigest save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
+                            const float* params,
+                            const std::map<std::string, std::string>& metadata) {
+  return save_safetensors(path, layout, std::vector<TensorGroup>{{"", params}}, metadata);
 }
 
 namespace {
@@ -150,6 +136,104 @@ void load_safetensors(const std::filesystem::path& path, const ParamLayout& layo
 
 void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout, float* params) {
   load_safetensors(path, layout, std::vector<MutableTensorGroup>{{"", params}});
+}
+
+FileDigest save_safetensors(const std::filesystem::path& path,
+                            const std::vector<NamedTensor>& tensors,
+                            const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::uint64_t offset = 0;
+  std::vector<std::size_t> sizes;
+  for (const auto& t : tensors) {
+    std::int64_t elements = 1;
+    for (const std::int64_t d : t.shape) {
+      if (d < 0) throw std::invalid_argument(fmt::format("tensor '{}': negative shape", t.name));
+      elements *= d;
+    }
+    if (t.name == "__metadata__" || header.contains(t.name)) {
+      throw std::invalid_argument(fmt::format("tensor name '{}' used twice or reserved", t.name));
+    }
+    const std::uint64_t bytes = static_cast<std::uint64_t>(elements) * sizeof(float);
+    header[t.name] = {
+        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    sizes.push_back(static_cast<std::size_t>(bytes));
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
+  const std::uint64_t length = text.size();
+  AtomicFile out(path);
+  Hasher hash;
+  const auto put = [&](const void* data, std::size_t bytes) {
+    out.write(data, bytes);
+    hash.update(data, bytes);
+  };
+  put(&length, sizeof(length));
+  put(text.data(), text.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) put(tensors[i].data, sizes[i]);
+  out.commit();
+  return {sizeof(length) + length + offset, hash.digest()};
+}
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
+    : file_(path, MappedFile::Access::Normal), where_(path.string()) {
+  const Header h = read_header(file_, where_);
+  data_ = h.data;
+  for (const auto& [name, value] : h.json.items()) {
+    if (name == "__metadata__") {
+      if (!value.is_object()) throw Error("__metadata__ is not an object", where_);
+      for (const auto& [key, text] : value.items()) {
+        if (!text.is_string()) {
+          throw Error(fmt::format("__metadata__ value '{}' is not a string", key), where_);
+        }
+        metadata_[key] = text.get<std::string>();
+      }
+      continue;
+    }
+    try {
+      Entry e;
+      e.dtype = value.at("dtype").get<std::string>();
+      e.shape = value.at("shape").get<std::vector<std::int64_t>>();
+      const auto range = value.at("data_offsets").get<std::vector<std::uint64_t>>();
+      if (range.size() != 2 || range[1] < range[0] || range[1] > h.data_size) {
+        throw Error(fmt::format("tensor '{}' has a bad byte range", name), where_);
+      }
+      e.begin = range[0];
+      e.end = range[1];
+      tensors_.emplace(name, std::move(e));
+    } catch (const nlohmann::json::exception& ex) {
+      throw Error(fmt::format("tensor '{}' has a malformed header entry: {}", name, ex.what()),
+                  where_);
+    }
+  }
+}
+
+void SafetensorsFile::read_f32(const std::string& name, const std::vector<std::int64_t>& shape,
+                               std::int64_t from, std::int64_t count, float* out) const {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end()) throw Error(fmt::format("tensor '{}' is missing", name), where_);
+  const Entry& e = it->second;
+  if (e.dtype != "F32") {
+    throw Error(fmt::format("tensor '{}' has dtype {}, expected F32", name, e.dtype), where_);
+  }
+  if (e.shape != shape) {
+    throw Error(fmt::format("tensor '{}' has shape [{}], expected [{}]", name,
+                            fmt::join(e.shape, ", "), fmt::join(shape, ", ")),
+                where_);
+  }
+  std::int64_t elements = 1;
+  for (const std::int64_t d : shape) elements *= d;
+  if (e.end - e.begin != static_cast<std::uint64_t>(elements) * sizeof(float)) {
+    throw Error(fmt::format("tensor '{}' has a bad byte range", name), where_);
+  }
+  if (from < 0 || count < 0 || from > elements - count) {
+    throw std::out_of_range(
+        fmt::format("elements [{}, {}) of tensor '{}' of {}", from, from + count, name, elements));
+  }
+  if (count == 0) return;
+  std::memcpy(out, data_ + e.begin + static_cast<std::uint64_t>(from) * sizeof(float),
+              static_cast<std::size_t>(count) * sizeof(float));
 }
 
 }  // namespace borealis

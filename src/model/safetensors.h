@@ -5,22 +5,46 @@
 // tensor's dtype, shape and byte range, then the raw little-endian data.
 // Tensors carry the names of ParamLayout ("wte", "h.0.attn.qkv.w", ...); a
 // tied lm head is stored once, as "wte". Only F32 is written or accepted.
+// Files of other tensors (pieces of flat buffers, e.g. optimizer shards) are
+// written from NamedTensor lists and read through a SafetensorsFile, which
+// maps the file and copies out any element range of a tensor.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "core/hash.h"
+#include "core/mapped_file.h"
 #include "model/params.h"
 
 namespace borealis {
 
+// F32 tensors of any names and shapes (pieces of flat buffers, such as the
+// optimizer shards of checkpoints), written in order, atomically. Returns
+// the file's size and XXH3-128, computed while writing.
+struct NamedTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  const float* data = nullptr;  // the product of shape elements
+};
+struct FileDigest {
+  std::uint64_t bytes = 0;
+  Hash128 xxh3_128;
+};
+FileDigest save_safetensors(const std::filesystem::path& path,
+                            const std::vector<NamedTensor>& tensors,
+                            const std::map<std::string, std::string>& metadata = {});
+
 // Writes every tensor of layout from params, atomically (temp file + rename).
 // metadata goes to the header's "__metadata__" (string values, as the format
-// requires).
-void save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
-                      const float* params, const std::map<std::string, std::string>& metadata = {});
+// requires). Returns the file's size and checksum.
+FileDigest save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
+                            const float* params,
+                            const std::map<std::string, std::string>& metadata = {});
 
 // Several flat buffers in one layout in one file, each tensor named
 // prefix + view name (an optimizer's moments: {"m.", m}, {"v.", v}).
@@ -32,9 +56,9 @@ struct MutableTensorGroup {
   std::string prefix;
   float* data = nullptr;
 };
-void save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
-                      const std::vector<TensorGroup>& groups,
-                      const std::map<std::string, std::string>& metadata = {});
+FileDigest save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
+                            const std::vector<TensorGroup>& groups,
+                            const std::map<std::string, std::string>& metadata = {});
 void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
                       const std::vector<MutableTensorGroup>& groups);
 
@@ -46,5 +70,33 @@ std::map<std::string, std::string> read_safetensors_metadata(const std::filesyst
 // shape, or when the file holds tensors the layout does not have.
 void load_safetensors(const std::filesystem::path& path, const ParamLayout& layout, float* params);
 
+// A safetensors file mapped read-only: tensors are read in place, and only
+// the pages of the parts copied out are read from disk.
+class SafetensorsFile {
+ public:
+  // Throws borealis::Error naming the file when it is missing or malformed.
+  explicit SafetensorsFile(const std::filesystem::path& path);
+
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  bool contains(const std::string& name) const { return tensors_.contains(name); }
+  // Copies elements [from, from + count) of the F32 tensor `name`, which
+  // must have exactly `shape` (flattened in row-major order), to out.
+  // Throws Error naming the file and tensor when it is missing, has another
+  // dtype or shape, or the range does not fit it.
+  void read_f32(const std::string& name, const std::vector<std::int64_t>& shape, std::int64_t from,
+                std::int64_t count, float* out) const;
+
+ private:
+  struct Entry {
+    std::string dtype;
+    std::vector<std::int64_t> shape;
+    std::uint64_t begin = 0, end = 0;  // bytes in the data section
+  };
+  MappedFile file_;
+  std::string where_;
+  const std::byte* data_ = nullptr;
+  std::map<std::string, std::string> metadata_;
+  std::map<std::string, Entry> tensors_;
+};
 
 }  // namespace borealis

@@ -151,22 +151,4 @@ void DataParallel::gather_shards(const float* mine, float* full) {
   }
 }
 
-void DataParallel::gather_state(std::vector<float>& m, std::vector<float>& v) {
-  m.assign(static_cast<std::size_t>(total_), 0.0f);
-  v.assign(static_cast<std::size_t>(total_), 0.0f);
-  if (comm_.size() == 1 || options_.zero == 0) {
-    std::copy(optimizer_.m().begin(), optimizer_.m().end(), m.begin());
-    std::copy(optimizer_.v().begin(), optimizer_.v().end(), v.begin());
-    return;
-  }
-  gather_shards(optimizer_.m().data(), m.data());
-  gather_shards(optimizer_.v().data(), v.data());
-}
-
-void DataParallel::load_state(const float* m, const float* v, std::int64_t steps) {
-  std::copy(m + begin_, m + end_, optimizer_.m_data());
-  std::copy(v + begin_, v + end_, optimizer_.v_data());
-  optimizer_.set_steps(steps);
-}
-
 }  // namespace borealis

@@ -62,11 +62,12 @@ class DataParallel {
   void step(float lr, float grad_scale);
 
   std::int64_t adamw_steps() const { return optimizer_.steps(); }
-  // The whole moments m and v in the parameter layout (every rank must call
-  // it: with zero = 1 the shards are all-gathered).
-  void gather_state(std::vector<float>& m, std::vector<float>& v);
-  // Restores whole moments (this rank keeps its shard) and the step count.
-  void load_state(const float* m, const float* v, std::int64_t steps);
+  // This rank's optimizer, over [shard_begin(), shard_end()): the whole
+  // buffer with zero = 0 or one rank, else its shard. Checkpoints save and
+  // restore its moments directly (train/dist_checkpoint.h), so that no rank
+  // ever holds all shards.
+  AdamW& optimizer() { return optimizer_; }
+  const AdamW& optimizer() const { return optimizer_; }
 
   int zero() const { return options_.zero; }
   // Elements of the flat buffer this rank's optimizer owns: [begin, end).

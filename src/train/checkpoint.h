@@ -9,6 +9,17 @@
 //     state.json             where the run stands (TrainState), the resolved
 //                            config, and the size and XXH3-128 of every other file
 //
+// A ZeRO-1 run on n > 1 ranks writes the moments sharded instead: in place
+// of optimizer.safetensors, each rank r writes
+//     optimizer-rank-0000r-of-0000n.safetensors
+// with tensors "m[B:E]" and "v[B:E]", the moments of its flat elements
+// [B, E) (metadata: rank, world_size, begin, end, total), and state.json
+// (format 2) has a "manifest" listing every shard with its rank, range,
+// size and XXH3-128. No rank ever holds the whole moments: each writes its
+// own, and a resuming rank reads only the pieces of the stored ranges that
+// overlap its own (load_optimizer_range), whatever the layout of the run
+// that wrote them.
+//
 // A checkpoint is written as step-N.tmp-<pid> and renamed when complete, so a
 // directory named step-N is always whole; checksums catch later damage.
 // latest_checkpoint() takes the newest one that verifies and says why it
@@ -17,6 +28,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -24,7 +36,9 @@
 
 #include "model/config.h"
 #include "model/params.h"
+#include "model/safetensors.h"
 #include "optim/adamw.h"
+#include "train/flat_ranges.h"
 
 namespace borealis {
 
@@ -38,19 +52,35 @@ struct TrainState {
   double elapsed_s = 0;               // training time before this checkpoint
 };
 
+// One file of a sharded optimizer state: rank `rank`'s moments m and v of
+// flat elements [begin, end).
+struct OptimizerShard {
+  int rank = 0;
+  std::string file;  // optimizer_shard_name(rank, world size)
+  std::int64_t begin = 0, end = 0;
+  std::uint64_t bytes = 0;
+  std::string xxh3_128;  // 32 hex digits
+};
+
 struct CheckpointInfo {
   std::filesystem::path dir;
   TrainState state;
   ModelConfig model;
   std::int64_t adamw_steps = 0;  // optimizer updates done (skipped steps do none)
   std::string config_toml;       // the resolved config of the run that wrote it
+  // The optimizer shards in rank order, tiling [0, total); empty when the
+  // moments are whole in optimizer.safetensors.
+  std::vector<OptimizerShard> shards;
 };
 
 // "step-00000100"
 std::string checkpoint_name(std::int64_t step);
 
-// The AdamW state as whole flat buffers in the parameter layout (a ZeRO run
-// gathers its shards first), and the updates made so far.
+// "optimizer-rank-00001-of-00002.safetensors"
+std::string optimizer_shard_name(int rank, int world_size);
+
+// The AdamW state as whole flat buffers in the parameter layout, and the
+// updates made so far.
 struct OptimizerState {
   const float* m = nullptr;
   const float* v = nullptr;
@@ -72,8 +102,35 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints,
                                       const std::filesystem::path& tokenizer,
                                       const std::string& config_toml);
 
-// Reads state.json and checks every file it lists (size and checksum) and
-// the model config. Throws borealis::Error saying what is wrong.
+// The steps of a checkpoint written by several processes
+// (dist_checkpoint.h), each also used by save_checkpoint:
+//   checkpoint_temp_dir: creates checkpoints/step-N.tmp-<pid>, empty;
+//   write_replicated_files: model.safetensors and tokenizer.json into it;
+//   write_optimizer_shard: one rank's shard file into it, with its record;
+//   publish_checkpoint: writes state.json with the records of the files
+//     (model.safetensors, tokenizer.json, and optimizer.safetensors when
+//     there are no shards) and the shards' manifest, and renames the
+//     directory to step-N, replacing one of the same step. Returns the final
+//     path.
+std::filesystem::path checkpoint_temp_dir(const std::filesystem::path& checkpoints,
+                                          std::int64_t step);
+// The size and checksum of checkpoint files by name, taken while writing.
+using FileRecords = std::map<std::string, FileDigest>;
+FileRecords write_replicated_files(const std::filesystem::path& tmp, const ModelConfig& model,
+                                   const ParamLayout& layout, const float* params,
+                                   const std::filesystem::path& tokenizer);
+OptimizerShard write_optimizer_shard(const std::filesystem::path& tmp, int rank, int world_size,
+                                     std::int64_t total, FlatRange range, const float* m,
+                                     const float* v);
+std::filesystem::path publish_checkpoint(const std::filesystem::path& checkpoints,
+                                         const std::filesystem::path& tmp, const TrainState& state,
+                                         const ModelConfig& model, std::int64_t adamw_steps,
+                                         const std::string& config_toml, const FileRecords& files,
+                                         const std::vector<OptimizerShard>& shards);
+
+// Reads state.json and checks every file it lists, optimizer shards
+// included (size and checksum, and that the shards tile the parameters),
+// and the model config. Throws borealis::Error saying what is wrong.
 CheckpointInfo verify_checkpoint(const std::filesystem::path& dir);
 
 // The newest checkpoint under `checkpoints` that verifies; the ones passed
@@ -81,6 +138,14 @@ CheckpointInfo verify_checkpoint(const std::filesystem::path& dir);
 std::optional<CheckpointInfo> latest_checkpoint(
     const std::filesystem::path& checkpoints,
     std::vector<std::pair<std::filesystem::path, std::string>>& skipped);
+
+// Reads the moments m and v of flat elements [range.begin, range.end) of a
+// verified checkpoint into m and v (m[0] is element range.begin), sharded or
+// not: only the parts of the stored tensors or shards that overlap the
+// range are read, through memory maps. The layout must be the checkpoint's
+// model's.
+void load_optimizer_range(const CheckpointInfo& info, const ParamLayout& layout, FlatRange range,
+                          float* m, float* v);
 
 // Loads parameters and optimizer moments (and its step count) of a verified
 // checkpoint. The layout must be the checkpoint's model's.
@@ -90,6 +155,10 @@ void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, floa
 // the step count is info.adamw_steps.
 void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params, float* m,
                      float* v);
+// The parameters, and the moments of flat elements `range` only (as
+// load_optimizer_range); the step count is info.adamw_steps.
+void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params,
+                     FlatRange range, float* m, float* v);
 
 // Keeps the newest `keep` checkpoints and removes older ones and any
 // leftover temporary directories.

@@ -30,6 +30,7 @@
 #include "optim/data_parallel.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/dist_checkpoint.h"
 #include "train/loader.h"
 #include "train/metrics_writer.h"
 #include "train/train_bench.h"
@@ -167,10 +168,13 @@ double validate(Model<float>& model, const std::vector<Batch>& batches, bool pro
 // BOREALIS_TEST_FAULT=RANK:STEP:hang|exit makes that rank hang (sleep until
 // killed) or exit at once with status 3 when it starts step STEP: how the
 // tests check that the other ranks then fail within the time-out.
+// RANK:STEP:save makes that rank fail to write its part of the checkpoint of
+// step STEP: every rank must then fail and no checkpoint may appear.
 struct InjectedFault {
   int rank = -1;
   std::int64_t step = 0;
   bool hang = false;
+  bool save = false;
 
   static InjectedFault from_env() {
     InjectedFault f;
@@ -179,16 +183,21 @@ struct InjectedFault {
     char what[8] = {};
     long long step = 0;
     if (std::sscanf(env, "%d:%lld:%7s", &f.rank, &step, what) != 3 ||
-        (std::string(what) != "hang" && std::string(what) != "exit")) {
-      throw Error(fmt::format("expected RANK:STEP:hang or RANK:STEP:exit, got '{}'", env),
+        (std::string(what) != "hang" && std::string(what) != "exit" &&
+         std::string(what) != "save")) {
+      throw Error(fmt::format("expected RANK:STEP:hang, exit or save, got '{}'", env),
                   "BOREALIS_TEST_FAULT");
     }
     f.step = step;
     f.hang = std::string(what) == "hang";
+    f.save = std::string(what) == "save";
     return f;
   }
+  bool fails_save(int rank_now, std::int64_t step_now) const {
+    return save && rank_now == rank && step_now == step;
+  }
   void at_step(int rank_now, std::int64_t step_now) const {
-    if (rank_now != rank || step_now != step) return;
+    if (save || rank_now != rank || step_now != step) return;
     spdlog::error("BOREALIS_TEST_FAULT: rank {} {} at step {}", rank, hang ? "hangs" : "exits",
                   step);
     if (!hang) _exit(3);
@@ -365,12 +374,8 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
       throw Error("the checkpoint's model differs from the configured one",
                   resume_from->dir.string());
     }
-    {  // whole moments, of which this rank keeps its shard
-      std::vector<float> m(static_cast<std::size_t>(model.num_params()));
-      std::vector<float> v(m.size());
-      load_checkpoint(*resume_from, model.layout(), model.params(), m.data(), v.data());
-      dp.load_state(m.data(), v.data(), resume_from->adamw_steps);
-    }
+    // The parameters and this rank's range of the moments only.
+    load_training_checkpoint(*resume_from, model.layout(), model.params(), dp);
     state = resume_from->state;
     spdlog::info("resuming from {} (step {}, {} tokens)", resume_from->dir.string(), state.step,
                  state.tokens);
@@ -438,20 +443,15 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   const double elapsed_before = state.elapsed_s;
   const auto loop_start = Clock::now();
 
+  const CheckpointTarget checkpoint_target{s.checkpoint_dir(), s.keep, s.tokenizer,
+                                           config.to_toml(), s.model};
   const auto save = [&] {
     state.recent_losses = spikes.recent();
     state.elapsed_s = elapsed_before + seconds_since(loop_start);
-    std::vector<float> m, v;
-    dp.gather_state(m, v);  // every rank takes part
-    if (root) {
-      result.last_checkpoint = save_checkpoint(
-          s.checkpoint_dir(), state, s.model, model.layout(), model.params(),
-          OptimizerState{m.data(), v.data(), dp.adamw_steps()}, s.tokenizer, config.to_toml());
-      prune_checkpoints(s.checkpoint_dir(), s.keep);
-      spdlog::info("checkpoint {}", result.last_checkpoint.string());
-    } else {
-      result.last_checkpoint = s.checkpoint_dir() / checkpoint_name(state.step);
-    }
+    // Every rank takes part (a ZeRO-1 rank writes its own shard).
+    result.last_checkpoint =
+        save_training_checkpoint(*comm, checkpoint_target, state, model.layout(), model.params(),
+                                 dp, fault.fails_save(rank, state.step));
     checkpointed_step = state.step;
   };
   const auto run_validation = [&] {

@@ -1,7 +1,10 @@
 // Data-parallel training on 2 ranks, run by ctest under `mpirun -np 2`
 // (mpi.train_dp): equal to one process at the same global batch, bit-identical
-// from run to run, ZeRO-1 bit-identical to plain data parallelism, and resume
-// from 2 ranks onto 1 and from 1 onto 2. Rank 0 builds the corpus and the
+// from run to run, ZeRO-1 bit-identical to plain data parallelism, resume
+// from 2 ranks onto 1 and from 1 onto 2, and ZeRO-1's sharded checkpoints:
+// exact resume on 2 ZeRO or plain ranks, each rank loading only its range,
+// damaged or missing shards skipped, and a failed write on one rank failing
+// the save on all. Rank 0 builds the corpus and the
 // ranks share its directory. Reference runs of one process run on rank 0
 // alone (a Self communicator) while the other ranks wait.
 //
@@ -27,8 +30,10 @@
 #include "dist/communicator.h"
 #include "dist/mpi_gtest.h"
 #include "model/safetensors.h"
+#include "optim/data_parallel.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
+#include "train/dist_checkpoint.h"
 #include "train/train_config.h"
 #include "train/train_fixture.h"
 #include "train/trainer.h"
@@ -106,6 +111,31 @@ fs::path final_checkpoint(const fs::path& run_dir, std::int64_t step) {
   return run_dir / "checkpoints" / checkpoint_name(step);
 }
 
+// The whole moments m and v of a checkpoint, sharded or not.
+std::pair<std::vector<float>, std::vector<float>> moments(const fs::path& checkpoint) {
+  const CheckpointInfo info = verify_checkpoint(checkpoint);
+  const ParamLayout layout(info.model);
+  const auto n = static_cast<std::size_t>(layout.total());
+  std::vector<float> params(n), m(n), v(n);
+  load_checkpoint(info, layout, params.data(), m.data(), v.data());
+  return {std::move(m), std::move(v)};
+}
+
+std::size_t info_shards(const fs::path& checkpoint) {
+  return verify_checkpoint(checkpoint).shards.size();
+}
+
+// Flips one byte of a file.
+void damage(const fs::path& file, std::streamoff at) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  char c = 0;
+  f.seekg(at);
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x20);
+  f.seekp(at);
+  f.write(&c, 1);
+}
+
 // Losses within fp32 rounding: one process and n ranks add the same
 // per-sample gradients in a different order (partial sums per rank), so
 // the weights drift apart by a few float ulps per step.
@@ -174,12 +204,13 @@ TEST(DataParallel, TwoRanksMatchOneProcessAndRepeatBitForBit) {
     EXPECT_EQ(test::read_file(final_checkpoint(dp_a, 8) / f),
               test::read_file(final_checkpoint(dp_b, 8) / f))
         << f;
-    // ZeRO-1 makes the same update element by element on the same summed
-    // gradients, and the same norm: bit-identical to plain data parallelism.
-    EXPECT_EQ(test::read_file(final_checkpoint(dp_a, 8) / f),
-              test::read_file(final_checkpoint(zero, 8) / f))
-        << f;
   }
+  // ZeRO-1 makes the same update element by element on the same summed
+  // gradients, and the same norm: bit-identical to plain data parallelism
+  // (its moments are stored in shards).
+  EXPECT_EQ(test::read_file(final_checkpoint(dp_a, 8) / "model.safetensors"),
+            test::read_file(final_checkpoint(zero, 8) / "model.safetensors"));
+  EXPECT_EQ(moments(final_checkpoint(dp_a, 8)), moments(final_checkpoint(zero, 8)));
   EXPECT_EQ(train_losses(dp_a), train_losses(zero));
   // Only rank 0 wrote the run directory.
   EXPECT_TRUE(fs::exists(dp_a / "config.toml"));
@@ -219,6 +250,175 @@ TEST(DataParallel, ResumeOnAnotherNumberOfRanks) {
   expect_close_losses(whole, one_two);
   expect_close_weights(final_checkpoint(whole, 8), final_checkpoint(two_one, 8));
   expect_close_weights(final_checkpoint(whole, 8), final_checkpoint(one_two, 8));
+}
+
+// ZeRO-1 on 2 ranks writes a shard per rank; stopped at step 3, it resumes
+// on 2 ZeRO ranks or 2 plain ranks with the same bits as the uninterrupted
+// run, and a damaged or missing shard makes --resume auto take an older
+// checkpoint.
+TEST(DataParallel, ShardedCheckpointsResumeExactly) {
+  const SharedCorpus corpus;
+  const fs::path zero = corpus->dir() / "zero", zz = corpus->dir() / "zz",
+                 zd = corpus->dir() / "zd", bad = corpus->dir() / "bad";
+  const fs::path cfg_zero = corpus.write_config("zero.toml", zero);
+  const fs::path cfg_zz = corpus.write_config("zz.toml", zz);
+  const fs::path cfg_zd = corpus.write_config("zd.toml", zd);
+  const fs::path cfg_bad = corpus.write_config("bad.toml", bad);
+  auto zero_run = kRun;
+  zero_run.push_back("dist.zero=1");
+  train(cfg_zero, zero_run, *g_comm);
+  EXPECT_TRUE(train(cfg_zz, zero_run, *g_comm, 3).stopped);
+  EXPECT_EQ(train(cfg_zz, zero_run, *g_comm).first_step, 3);
+  train(cfg_zd, zero_run, *g_comm, 3);
+  EXPECT_EQ(train(cfg_zd, kRun, *g_comm).first_step, 3);  // zero = 0
+
+  // Checkpoints every 2 steps up to step 7; then rank 1's shard of step 7
+  // is damaged and rank 0's of step 6 removed: the run resumes from step 4.
+  auto every2 = zero_run;
+  every2.push_back("checkpoint.every=2");
+  train(cfg_bad, every2, *g_comm, 7);
+  const fs::path ck = bad / "checkpoints";
+  if (g_comm->rank() == 0) {
+    damage(ck / checkpoint_name(7) / "optimizer-rank-00001-of-00002.safetensors", 400);
+    fs::remove(ck / checkpoint_name(6) / "optimizer-rank-00000-of-00002.safetensors");
+  }
+  g_comm->barrier();
+  std::vector<std::pair<fs::path, std::string>> skipped;
+  const auto found = latest_checkpoint(ck, skipped);
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->state.step, 4);
+  ASSERT_EQ(skipped.size(), 2u);
+  EXPECT_EQ(skipped[0].second,
+            "optimizer-rank-00001-of-00002.safetensors does not match its checksum");
+  EXPECT_EQ(skipped[1].second, "optimizer-rank-00000-of-00002.safetensors is missing");
+  const auto resumed = train(cfg_bad, every2, *g_comm);
+  EXPECT_EQ(resumed.first_step, 4);
+  EXPECT_EQ(resumed.steps, 8);
+  if (g_comm->rank() != 0) return;
+
+  // Each rank wrote its shard; rank 0 no file of whole moments.
+  EXPECT_EQ(test::list_dir(final_checkpoint(zero, 8)),
+            (std::vector<std::string>{
+                "model.safetensors", "optimizer-rank-00000-of-00002.safetensors",
+                "optimizer-rank-00001-of-00002.safetensors", "state.json", "tokenizer.json"}));
+  const auto info = verify_checkpoint(final_checkpoint(zero, 8));
+  ASSERT_EQ(info.shards.size(), 2u);
+  EXPECT_EQ(info.shards[0].begin, 0);
+  EXPECT_EQ(info.shards[1].end, ParamLayout(info.model).total());
+  const auto lz = train_losses(zero);
+  ASSERT_EQ(lz.size(), 8u);
+  EXPECT_EQ(train_losses(zz), lz);
+  EXPECT_EQ(train_losses(zd), lz);
+  EXPECT_EQ(train_losses(bad), lz);
+  for (const fs::path& run : {zz, zd, bad}) {
+    EXPECT_EQ(test::read_file(final_checkpoint(run, 8) / "model.safetensors"),
+              test::read_file(final_checkpoint(zero, 8) / "model.safetensors"))
+        << run;
+    EXPECT_EQ(moments(final_checkpoint(run, 8)), moments(final_checkpoint(zero, 8))) << run;
+  }
+  // The plain run wrote the single-process format.
+  EXPECT_TRUE(fs::exists(final_checkpoint(zd, 8) / "optimizer.safetensors"));
+}
+
+// Across rank counts the runs differ by rounding only, so exactness is
+// checked against the same resume from plain data parallelism: 2 ZeRO
+// ranks stopped at step 3 and finished in one process give the same bits
+// as 2 plain ranks stopped there and finished the same way (the loaded
+// state is the same), and one process stopped at step 5 continues on 2
+// ZeRO ranks exactly as on 2 plain ranks.
+TEST(DataParallel, ShardedResumeOnAnotherRankCountIsExact) {
+  const SharedCorpus corpus;
+  const fs::path z1 = corpus->dir() / "z1", d1 = corpus->dir() / "d1", one_z = corpus->dir() / "1z",
+                 one_d = corpus->dir() / "1d";
+  const fs::path cfg_z1 = corpus.write_config("z1.toml", z1);
+  const fs::path cfg_d1 = corpus.write_config("d1.toml", d1);
+  const fs::path cfg_1z = corpus.write_config("1z.toml", one_z);
+  const fs::path cfg_1d = corpus.write_config("1d.toml", one_d);
+  auto zero_run = kRun;
+  zero_run.push_back("dist.zero=1");
+  train(cfg_z1, zero_run, *g_comm, 3);
+  train_alone(cfg_z1, kRun);
+  train(cfg_d1, kRun, *g_comm, 3);
+  train_alone(cfg_d1, kRun);
+  train_alone(cfg_1z, kRun, 5);
+  train(cfg_1z, zero_run, *g_comm);
+  train_alone(cfg_1d, kRun, 5);
+  train(cfg_1d, kRun, *g_comm);
+  if (g_comm->rank() != 0) return;
+  EXPECT_EQ(info_shards(final_checkpoint(z1, 3)), 2u);
+  EXPECT_EQ(info_shards(final_checkpoint(one_z, 8)), 2u);
+  for (const auto& [a, b] : {std::pair{z1, d1}, std::pair{one_z, one_d}}) {
+    ASSERT_EQ(train_losses(a).size(), 8u);
+    EXPECT_EQ(train_losses(a), train_losses(b)) << a;
+    EXPECT_EQ(test::read_file(final_checkpoint(a, 8) / "model.safetensors"),
+              test::read_file(final_checkpoint(b, 8) / "model.safetensors"))
+        << a;
+    EXPECT_EQ(moments(final_checkpoint(a, 8)), moments(final_checkpoint(b, 8))) << a;
+  }
+}
+
+// A rank's optimizer takes exactly its range of the moments from a
+// checkpoint of one process (whole moments) or of 2 ZeRO ranks (shards).
+TEST(DataParallel, EachRankLoadsItsRange) {
+  const SharedCorpus corpus;
+  const fs::path one = corpus->dir() / "one", two = corpus->dir() / "two";
+  const fs::path cfg_one = corpus.write_config("one.toml", one);
+  const fs::path cfg_two = corpus.write_config("two.toml", two);
+  const std::vector<std::string> run = {"train.steps=4", "train.global_batch=8", "eval.batches=0"};
+  train_alone(cfg_one, run);
+  auto zero_run = run;
+  zero_run.push_back("dist.zero=1");
+  train(cfg_two, zero_run, *g_comm);
+  for (const fs::path& dir : {one, two}) {
+    const CheckpointInfo info = verify_checkpoint(final_checkpoint(dir, 4));
+    EXPECT_EQ(info.shards.size(), dir == one ? 0u : 2u);
+    const ParamLayout layout(info.model);
+    const auto [m, v] = moments(info.dir);
+    for (const int zero : {0, 1}) {
+      std::vector<float> params(m.size()), grads(m.size());
+      DataParallelOptions options;
+      options.zero = zero;
+      DataParallel dp(*g_comm, layout, AdamWConfig{}, options, params.data(), grads.data());
+      load_training_checkpoint(info, layout, params.data(), dp);
+      const auto b = static_cast<std::size_t>(dp.shard_begin());
+      const auto e = static_cast<std::size_t>(dp.shard_end());
+      EXPECT_EQ(e - b, zero == 1 ? (m.size() + 1) / 2 - (g_comm->rank() == 1 ? m.size() % 2 : 0)
+                                 : m.size());
+      EXPECT_EQ(dp.optimizer().m(), std::vector<float>(m.begin() + b, m.begin() + e)) << dir;
+      EXPECT_EQ(dp.optimizer().v(), std::vector<float>(v.begin() + b, v.begin() + e)) << dir;
+      EXPECT_EQ(dp.adamw_steps(), 4);
+      EXPECT_EQ(params, weights(info.dir));
+    }
+  }
+  g_comm->barrier();
+}
+
+// A rank that cannot write its part fails the save on every rank, and no
+// checkpoint directory (complete or temporary) is left.
+TEST(DataParallel, AFailedWriteFailsTheSaveOnEveryRank) {
+  const SharedCorpus corpus;
+  const fs::path zero = corpus->dir() / "fail_zero", plain = corpus->dir() / "fail_plain";
+  const fs::path cfg_zero = corpus.write_config("fz.toml", zero);
+  const fs::path cfg_plain = corpus.write_config("fp.toml", plain);
+  auto zero_run = kRun;
+  zero_run.push_back("dist.zero=1");
+  setenv("BOREALIS_TEST_FAULT", "1:4:save", 1);
+  const std::string zero_error = test::error_line([&] { train(cfg_zero, zero_run, *g_comm); });
+  setenv("BOREALIS_TEST_FAULT", "0:4:save", 1);
+  const std::string plain_error = test::error_line([&] { train(cfg_plain, kRun, *g_comm); });
+  unsetenv("BOREALIS_TEST_FAULT");
+  EXPECT_NE(zero_error.find("the checkpoint of step 4 was not written: rank 1 (" + g_comm->host(1) +
+                            "): injected failure at step 4 (BOREALIS_TEST_FAULT)"),
+            std::string::npos)
+      << zero_error;
+  EXPECT_NE(plain_error.find("the checkpoint of step 4 was not written: rank 0 (" +
+                             g_comm->host(0) + "): injected failure at step 4"),
+            std::string::npos)
+      << plain_error;
+  g_comm->barrier();
+  if (g_comm->rank() != 0) return;
+  EXPECT_EQ(test::list_dir(zero / "checkpoints"), std::vector<std::string>{});
+  EXPECT_FALSE(fs::exists(plain / "checkpoints" / checkpoint_name(4)));
 }
 
 TEST(DataParallel, ConfigErrors) {

@@ -100,6 +100,7 @@ double epochs(const MixFile& f) {
 
 void run_mix(const MixArgs& a) {
   const Mixture m = open_mixture(a);
+  m.wait();  // the counts below need the whole blend
   const double n = static_cast<double>(m.size());
   const std::string cache = m.cache_path().empty() ? "none" : m.cache_path().string();
   if (a.json) {

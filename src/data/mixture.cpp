@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <thread>
 
@@ -271,11 +272,117 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
     cache_path_ = options_.cache_dir / (key_ + ".mix");
     from_cache_ = load_cache();
   }
+  const unsigned threads =
+      std::max(1u, options_.threads != 0 ? options_.threads : std::thread::hardware_concurrency());
+  const auto since_start = [start] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  if (!from_cache_ && !megatron_ && options_.samples >= options_.background_from) {
+    build_in_background(threads, since_start);
+    ready_seconds_ = since_start();
+    return;
+  }
   if (!from_cache_) {
-    build(std::max(1u,
-                   options_.threads != 0 ? options_.threads : std::thread::hardware_concurrency()));
+    build(threads);
     if (!options_.cache_dir.empty()) write_cache();
   }
+  finish();
+  build_seconds_ = ready_seconds_ = since_start();
+}
+
+Mixture::~Mixture() {
+  if (background_ && background_->thread.joinable()) {
+    background_->cancel = true;
+    background_->thread.join();
+  }
+}
+
+namespace {
+
+Error too_short(const MixFile& f, std::uint64_t seq_len, int part) {
+  return Error(fmt::format("{} has {} tokens in the {} split, fewer than the {} a sample "
+                           "needs (seq_len + 1)",
+                           f.entry.prefix.string(), f.tokens, split_part_name(part), seq_len + 1),
+               f.entry.where);
+}
+
+struct Cancelled {};
+
+}  // namespace
+
+void Mixture::build_in_background(unsigned threads, const std::function<double()>& since_start) {
+  // A file too short for one sample that the blend must draw (its share of
+  // the samples is at least one more than Blender's slack) fails at once;
+  // one that may or may not be drawn is checked when the blend is complete.
+  double total = 0;
+  for (const auto& c : corpora_) total += c.weight;
+  const double n = static_cast<double>(options_.samples);
+  for (const auto& f : files_) {
+    const double corpus_draws = corpora_[f.corpus].weight / total * n - 1;
+    if (f.samples_per_epoch == 0 && f.weight_in_corpus * corpus_draws >= 2) {
+      throw too_short(f, options_.seq_len, options_.part);
+    }
+  }
+  auto [corpus_weights, file_weights] = blend_weights();
+  background_ = std::make_unique<Background>();
+  background_->thread = std::thread(
+      [this, threads, since_start, cw = std::move(corpus_weights), fw = std::move(file_weights)] {
+        Background& bg = *background_;
+        try {
+          blend_.build_in_rounds(cw, fw, options_.samples, threads, [&bg](std::uint64_t ready) {
+            if (bg.cancel) throw Cancelled{};
+            {
+              const std::lock_guard lock(bg.mutex);
+              bg.ready.store(ready, std::memory_order_release);
+            }
+            bg.changed.notify_all();
+          });
+          count_file_samples();
+          build_seconds_ = since_start();
+          finish();
+          if (!options_.cache_dir.empty()) write_cache();
+        } catch (const Cancelled&) {
+        } catch (...) {
+          const std::lock_guard lock(bg.mutex);
+          bg.error = std::current_exception();
+        }
+        {
+          const std::lock_guard lock(bg.mutex);
+          bg.done = true;
+        }
+        bg.changed.notify_all();
+      });
+}
+
+void Mixture::wait_for(std::uint64_t samples) const {
+  Background& bg = *background_;
+  std::unique_lock lock(bg.mutex);
+  bg.changed.wait(lock, [&] { return bg.ready.load() >= samples || bg.done; });
+  if (bg.ready.load() >= samples) return;
+  if (bg.error) std::rethrow_exception(bg.error);
+  throw std::logic_error("Mixture: the background build ended before the sample was ready");
+}
+
+void Mixture::wait() const {
+  if (!background_) return;
+  Background& bg = *background_;
+  std::unique_lock lock(bg.mutex);
+  bg.changed.wait(lock, [&] { return bg.done; });
+  if (bg.error) std::rethrow_exception(bg.error);
+}
+
+bool Mixture::building() const {
+  if (!background_) return false;
+  const std::lock_guard lock(background_->mutex);
+  return !background_->done;
+}
+
+double Mixture::build_seconds() const {
+  wait();
+  return build_seconds_;
+}
+
+void Mixture::finish() {
   for (auto& c : corpora_) {
     c.samples = 0;
     for (const std::size_t k : c.files) c.samples += files_[k].samples;
@@ -290,14 +397,9 @@ Mixture::Mixture(MixOptions options) : options_(std::move(options)) {
   }
   for (const auto& f : files_) {
     if (!megatron_ && f.samples > 0 && f.samples_per_epoch == 0) {
-      throw Error(fmt::format("{} has {} tokens in the {} split, fewer than the {} a sample "
-                              "needs (seq_len + 1)",
-                              f.entry.prefix.string(), f.tokens, split_part_name(options_.part),
-                              options_.seq_len + 1),
-                  f.entry.where);
+      throw too_short(f, options_.seq_len, options_.part);
     }
   }
-  build_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 void Mixture::open_files() {
@@ -362,15 +464,19 @@ void Mixture::build(unsigned threads) {
     records_ = reinterpret_cast<const std::byte*>(built_.data());
     return;
   }
-  std::vector<double> corpus_weights;
-  std::vector<std::vector<double>> file_weights;
-  for (const auto& c : corpora_) {
-    corpus_weights.push_back(c.weight);
-    auto& w = file_weights.emplace_back();
-    for (const std::size_t k : c.files) w.push_back(files_[k].weight_in_corpus);
-  }
+  const auto [corpus_weights, file_weights] = blend_weights();
   blend_ = FastBlend::build(corpus_weights, file_weights, options_.samples, threads);
   count_file_samples();
+}
+
+std::pair<std::vector<double>, std::vector<std::vector<double>>> Mixture::blend_weights() const {
+  std::pair<std::vector<double>, std::vector<std::vector<double>>> out;
+  for (const auto& c : corpora_) {
+    out.first.push_back(c.weight);
+    auto& w = out.second.emplace_back();
+    for (const std::size_t k : c.files) w.push_back(files_[k].weight_in_corpus);
+  }
+  return out;
 }
 
 void Mixture::count_file_samples() {
@@ -445,6 +551,7 @@ std::pair<std::size_t, std::uint64_t> Mixture::source(std::uint64_t i) const {
                 "sample");
   }
   if (!megatron_) {
+    if (background_ && i >= background_->ready.load(std::memory_order_acquire)) wait_for(i + 1);
     const auto s = blend_.at(i);
     return {corpora_[s.corpus].files[s.file], s.number};
   }
@@ -477,6 +584,7 @@ std::vector<SamplePiece> Mixture::sample(std::uint64_t i) const {
     return megatron_->file(k, ds, keep_[k]).pieces(k, j, ds, options_.seq_len);
   }
   const MixFile& f = files_[k];
+  if (f.samples_per_epoch == 0) throw too_short(f, options_.seq_len, options_.part);
   const IndexedDataset& ds = dataset(k);
   const std::uint64_t per_epoch = f.samples_per_epoch, L = options_.seq_len;
   const std::uint64_t epoch = j / per_epoch;

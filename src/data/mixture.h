@@ -32,15 +32,23 @@
 // megatron order. It is built in parallel (corpora on separate threads; the
 // result does not depend on the thread count) and cached in
 // CACHE_DIR/<key>.mix, written atomically, where the key hashes everything
-// that determines it.
+// that determines it. A large fast-order blend is built in the background
+// in rounds of doubling size: the first sample is served at once and a
+// sample waits only for its round (MixOptions::background_from).
 #pragma once
 
 #include <array>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/mapped_file.h"
@@ -67,6 +75,11 @@ struct MixOptions {
   std::filesystem::path cache_dir;             // empty: build in memory, cache nothing
   unsigned threads = 0;                        // 0: all cores
   MixOrder order = MixOrder::fast;
+  // Fast order, no cache: a blend of at least this many samples is built in
+  // the background, and sample(i) waits only for the round holding i (the
+  // first 65,536 samples are ready within milliseconds whatever the size).
+  // Smaller blends are built before the constructor returns.
+  std::uint64_t background_from = std::uint64_t{1} << 22;
   // AuroraGPT's --blend-sample-in-corpus / --shuffle-sample-in-corpus
   // (megatron order only): blend a corpus's files by weight instead of
   // concatenating them; shuffle the corpus's samples.
@@ -136,11 +149,22 @@ class Mixture {
   // Opens every file (errors name the list line), then loads the blend from
   // the cache or builds it (and writes the cache).
   explicit Mixture(MixOptions options);
+  // Stops a background build that is still running (nothing is cached then).
+  ~Mixture();
+  Mixture(const Mixture&) = delete;
+  Mixture& operator=(const Mixture&) = delete;
 
   std::uint64_t size() const { return options_.samples; }
   const MixOptions& options() const { return options_; }
+  // The files and corpora; their `samples` counts are final once wait()
+  // returns (at once unless the blend is built in the background).
   const std::vector<MixFile>& files() const { return files_; }
   const std::vector<MixCorpus>& corpora() const { return corpora_; }
+  // Waits for a background build (and its cache write) to finish; rethrows
+  // its error, such as a drawn file too short for one sample.
+  void wait() const;
+  // True while a background build runs.
+  bool building() const;
 
   // Sample i (i < size()): its pieces in order, L + 1 tokens in all.
   std::vector<SamplePiece> sample(std::uint64_t i) const;
@@ -152,8 +176,12 @@ class Mixture {
   bool from_cache() const { return from_cache_; }
   const std::filesystem::path& cache_path() const { return cache_path_; }
   const std::string& key() const { return key_; }
-  // Seconds the constructor took: reading the headers, then loading or building.
-  double build_seconds() const { return build_seconds_; }
+  // Seconds from the start of the constructor until the whole blend was
+  // loaded or built (waits for a background build).
+  double build_seconds() const;
+  // Seconds the constructor took: reading the headers, then loading the
+  // blend, building it, or starting it in the background.
+  double ready_seconds() const { return ready_seconds_; }
 
   // The megatron order's plans and per-file indices (null in the fast order).
   const MegatronOrder* megatron() const { return megatron_.get(); }
@@ -167,6 +195,10 @@ class Mixture {
   bool load_cache();
   void write_cache() const;
   void count_file_samples();  // fast order: every file's samples, from the blend
+  void finish();              // per-corpus counts and checks once the blend is complete
+  void build_in_background(unsigned threads, const std::function<double()>& since_start);
+  std::pair<std::vector<double>, std::vector<std::vector<double>>> blend_weights() const;
+  void wait_for(std::uint64_t samples) const;  // until sample(samples - 1) can be read
 
   MixOptions options_;
   std::vector<MixFile> files_;
@@ -174,7 +206,19 @@ class Mixture {
   std::string key_;
   std::filesystem::path cache_path_;
   bool from_cache_ = false;
-  double build_seconds_ = 0;
+  double build_seconds_ = 0, ready_seconds_ = 0;
+  // A background build: samples below ready_ can be read; done_ once it has
+  // ended (error_ says how). Cancelled by the destructor.
+  struct Background {
+    std::thread thread;
+    mutable std::mutex mutex;
+    mutable std::condition_variable changed;
+    std::atomic<std::uint64_t> ready{0};
+    std::atomic<bool> cancel{false};
+    bool done = false;
+    std::exception_ptr error;
+  };
+  std::unique_ptr<Background> background_;
   // The fast order's blend; built here or read from the mapped cache.
   FastBlend blend_;
   // Megatron order, per sample: file << 40 | number among the file's samples.

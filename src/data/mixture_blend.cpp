@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <stdexcept>
 
 #include <sys/mman.h>
@@ -51,12 +52,14 @@ struct Layout {
         bytes(totals + choices * 8) {}
 };
 
+// Picks [from, to) into picks (the whole array) and offsets (from `from` on).
 template <class T>
-void fill(Blender& blender, std::byte* picks, std::int8_t* offsets, std::uint64_t length) {
+void fill(Blender& blender, std::byte* picks, std::int8_t* offsets, std::uint64_t from,
+          std::uint64_t to) {
   auto* out = reinterpret_cast<T*>(picks);
   const auto& counts = blender.counts();
   const auto& w = blender.weights();
-  for (std::uint64_t i = 0; i < length; ++i) {
+  for (std::uint64_t i = from; i < to; ++i) {
     const std::size_t k = blender.next();
     out[i] = static_cast<T>(k);
     // The same expression as PickSequence::count_at.
@@ -65,13 +68,13 @@ void fill(Blender& blender, std::byte* picks, std::int8_t* offsets, std::uint64_
     if (offset < -128 || offset > 127) {
       throw std::logic_error("PickSequence: a count strayed from its share");
     }
-    offsets[i] = static_cast<std::int8_t>(offset);
+    offsets[i - from] = static_cast<std::int8_t>(offset);
   }
 }
 
 }  // namespace
 
-PickSequence PickSequence::generate(Blender& blender, std::uint64_t length) {
+PickSequence PickSequence::reserve(const Blender& blender, std::uint64_t length) {
   PickSequence s;
   const std::uint64_t choices = blender.counts().size();
   s.width_ = width_for(choices);
@@ -80,20 +83,36 @@ PickSequence PickSequence::generate(Blender& blender, std::uint64_t length) {
   const Layout at(s.width_, length, choices);
   s.owned_ = allocate(at.bytes);
   auto* base = static_cast<std::byte*>(s.owned_.get());
-  auto* offsets = reinterpret_cast<std::int8_t*>(base + at.offsets);
-  if (s.width_ == 1) {
-    fill<std::uint8_t>(blender, base, offsets, length);
-  } else if (s.width_ == 2) {
-    fill<std::uint16_t>(blender, base, offsets, length);
-  } else {
-    fill<std::uint32_t>(blender, base, offsets, length);
-  }
   std::memcpy(base + at.weights, blender.weights().data(), choices * 8);
-  std::memcpy(base + at.totals, blender.counts().data(), choices * 8);
   s.picks_ = base;
-  s.offsets_ = offsets;
+  s.offsets_ = reinterpret_cast<const std::int8_t*>(base + at.offsets);
   s.weights_ = reinterpret_cast<const double*>(base + at.weights);
   s.totals_ = reinterpret_cast<const std::uint64_t*>(base + at.totals);
+  return s;
+}
+
+void PickSequence::extend(Blender& blender, std::uint64_t to) {
+  if (!owned_ || to > length_ || to < filled_ || blender.steps() != filled_) {
+    throw std::logic_error("PickSequence::extend");
+  }
+  // The memory is this sequence's own (reserve made it).
+  auto* base = const_cast<std::byte*>(picks_);
+  auto* offsets = const_cast<std::int8_t*>(offsets_) + filled_;
+  const std::uint64_t from = filled_;
+  if (width_ == 1) {
+    fill<std::uint8_t>(blender, base, offsets, from, to);
+  } else if (width_ == 2) {
+    fill<std::uint16_t>(blender, base, offsets, from, to);
+  } else {
+    fill<std::uint32_t>(blender, base, offsets, from, to);
+  }
+  std::memcpy(const_cast<std::uint64_t*>(totals_), blender.counts().data(), choices_ * 8);
+  filled_ = to;
+}
+
+PickSequence PickSequence::generate(Blender& blender, std::uint64_t length) {
+  PickSequence s = reserve(blender, length);
+  s.extend(blender, length);
   return s;
 }
 
@@ -103,6 +122,7 @@ PickSequence PickSequence::empty(std::uint64_t choices) {
   s.choices_ = choices;
   const Layout at(s.width_, 0, choices);
   s.owned_ = allocate(at.bytes);  // zeros
+  s.filled_ = 0;
   auto* base = static_cast<std::byte*>(s.owned_.get());
   s.picks_ = base;
   s.offsets_ = reinterpret_cast<const std::int8_t*>(base + at.offsets);
@@ -117,6 +137,7 @@ void PickSequence::truncate(std::uint64_t length) {
   auto* totals = const_cast<std::uint64_t*>(totals_);
   for (std::uint64_t i = length; i < length_; ++i) --totals[at(i)];
   length_ = length;
+  filled_ = std::min(filled_, length);
 }
 
 std::uint64_t PickSequence::serialized_bytes() const {
@@ -157,6 +178,7 @@ bool PickSequence::read(const std::byte*& p, const std::byte* end, PickSequence&
   out.offsets_ = reinterpret_cast<const std::int8_t*>(base + at.offsets);
   out.weights_ = reinterpret_cast<const double*>(base + at.weights);
   out.totals_ = reinterpret_cast<const std::uint64_t*>(base + at.totals);
+  out.filled_ = length;
   std::uint64_t sum = 0;
   for (std::uint64_t k = 0; k < choices; ++k) sum += out.totals_[k];
   if (sum != length) return false;
@@ -167,42 +189,68 @@ bool PickSequence::read(const std::byte*& p, const std::byte* end, PickSequence&
 FastBlend FastBlend::build(const std::vector<double>& corpus_weights,
                            const std::vector<std::vector<double>>& file_weights,
                            std::uint64_t samples, unsigned threads) {
+  FastBlend b;
+  b.build_in_rounds(corpus_weights, file_weights, samples, threads, {});
+  return b;
+}
+
+void FastBlend::build_in_rounds(const std::vector<double>& corpus_weights,
+                                const std::vector<std::vector<double>>& file_weights,
+                                std::uint64_t samples, unsigned threads,
+                                const std::function<void(std::uint64_t)>& ready) {
   const std::size_t corpora = corpus_weights.size();
   if (file_weights.size() != corpora) throw std::invalid_argument("FastBlend: corpus count");
   const double total = std::accumulate(corpus_weights.begin(), corpus_weights.end(), 0.0);
-  FastBlend b;
-  b.inner_.resize(corpora);
-  // Blender keeps |count - w n| < 1, so no corpus is drawn more often than this.
-  const auto bound = [&](std::size_t c) -> std::uint64_t {
+  // Blender keeps |count - w n| < 1, so in the first n samples no corpus is
+  // drawn more often than this.
+  const auto bound = [&](std::size_t c, std::uint64_t n) -> std::uint64_t {
     if (!(corpus_weights[c] > 0)) return 0;
-    const double most = std::ceil(corpus_weights[c] / total * static_cast<double>(samples)) + 2;
-    return std::min<std::uint64_t>(samples, static_cast<std::uint64_t>(most));
+    const double most = std::ceil(corpus_weights[c] / total * static_cast<double>(n)) + 2;
+    return std::min<std::uint64_t>(n, static_cast<std::uint64_t>(most));
   };
-  // Task `corpora` is the outer blend; the longest tasks go first.
-  std::vector<std::size_t> order(corpora + 1);
-  std::iota(order.begin(), order.end(), std::size_t{0});
-  const auto length = [&](std::size_t t) { return t == corpora ? samples : bound(t); };
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t x, std::size_t y) { return length(x) > length(y); });
-  run_tasks(threads, order.size(), [&](std::size_t t) {
-    const std::size_t c = order[t];
-    if (c == corpora) {
-      Blender outer(corpus_weights);
-      b.outer_ = PickSequence::generate(outer, samples);
-    } else if (bound(c) == 0) {
-      b.inner_[c] = PickSequence::empty(file_weights[c].size());
-    } else {
-      Blender inner(file_weights[c]);
-      b.inner_[c] = PickSequence::generate(inner, bound(c));
-    }
-  });
-  const auto drawn = b.outer_.totals();
+  // Sequences and their blenders: task `corpora` is the outer blend.
+  std::vector<std::optional<Blender>> blenders(corpora + 1);
+  blenders[corpora].emplace(corpus_weights);
+  outer_ = PickSequence::reserve(*blenders[corpora], samples);
+  inner_.assign(corpora, PickSequence());
   for (std::size_t c = 0; c < corpora; ++c) {
-    if (drawn[c] > b.inner_[c].size())
-      throw std::logic_error("FastBlend: a corpus outran its bound");
-    b.inner_[c].truncate(drawn[c]);
+    if (bound(c, samples) == 0) {
+      inner_[c] = PickSequence::empty(file_weights[c].size());
+    } else {
+      blenders[c].emplace(file_weights[c]);
+      inner_[c] = PickSequence::reserve(*blenders[c], bound(c, samples));
+    }
   }
-  return b;
+  const auto target = [&](std::size_t t, std::uint64_t n) {
+    return t == corpora ? n : bound(t, n);
+  };
+  // Rounds of doubling size; in each, the longest tasks go first.
+  std::vector<std::size_t> order;
+  for (std::size_t t = 0; t <= corpora; ++t) {
+    if (blenders[t]) order.push_back(t);
+  }
+  for (std::uint64_t done = 0; done < samples;) {
+    const std::uint64_t end =
+        std::min(samples, std::max(kFirstRound, done > samples / 2 ? samples : 2 * done));
+    const auto sequence = [&](std::size_t t) -> PickSequence& {
+      return t == corpora ? outer_ : inner_[t];
+    };
+    const auto work = [&](std::size_t t) { return target(t, end) - sequence(t).filled(); };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t x, std::size_t y) { return work(x) > work(y); });
+    run_tasks(threads, order.size(), [&](std::size_t i) {
+      const std::size_t t = order[i];
+      sequence(t).extend(*blenders[t], target(t, end));
+    });
+    done = end;
+    if (done < samples && ready) ready(done);
+  }
+  const auto drawn = outer_.totals();
+  for (std::size_t c = 0; c < corpora; ++c) {
+    if (drawn[c] > inner_[c].size()) throw std::logic_error("FastBlend: a corpus outran its bound");
+    inner_[c].truncate(drawn[c]);
+  }
+  if (ready) ready(samples);
 }
 
 std::uint64_t FastBlend::serialized_bytes() const {

@@ -16,12 +16,14 @@
 // The outer blend and every corpus's inner blend are independent tasks on
 // the task runner (each inner blend runs for the most draws the outer one can
 // ask of it, then is cut to what it asked); the result does not depend on the
-// number of threads. The sequences serialize to (and load from, without
+// number of threads. Built in rounds, the first samples can be read while
+// the rest is still being built. The sequences serialize to (and load from, without
 // copying) the mixture cache.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -36,6 +38,13 @@ class PickSequence {
   PickSequence() = default;
   // `length` picks from `blender`.
   static PickSequence generate(Blender& blender, std::uint64_t length);
+  // Room for `length` picks among `blender`'s choices, none made yet.
+  static PickSequence reserve(const Blender& blender, std::uint64_t length);
+  // Makes picks [filled(), to) from `blender`, which must have made exactly
+  // filled() picks. Positions below filled() are never written again, so
+  // other threads may read them meanwhile.
+  void extend(Blender& blender, std::uint64_t to);
+  std::uint64_t filled() const { return filled_; }
   // No picks among `choices`.
   static PickSequence empty(std::uint64_t choices);
 
@@ -77,7 +86,7 @@ class PickSequence {
   }
 
   unsigned width_ = 1;
-  std::uint64_t length_ = 0, choices_ = 0;
+  std::uint64_t length_ = 0, choices_ = 0, filled_ = 0;
   const std::byte* picks_ = nullptr;
   const std::int8_t* offsets_ = nullptr;
   const double* weights_ = nullptr;        // choices
@@ -93,6 +102,14 @@ class FastBlend {
   static FastBlend build(const std::vector<double>& corpus_weights,
                          const std::vector<std::vector<double>>& file_weights,
                          std::uint64_t samples, unsigned threads);
+  // The same, built in place in rounds of doubling size (the first of
+  // kFirstRound samples): after each round, `ready(n)` is called with the
+  // number of samples whose at() may now be read, from any thread, while
+  // the later rounds run. The result is the same as build()'s.
+  static constexpr std::uint64_t kFirstRound = std::uint64_t{1} << 16;
+  void build_in_rounds(const std::vector<double>& corpus_weights,
+                       const std::vector<std::vector<double>>& file_weights, std::uint64_t samples,
+                       unsigned threads, const std::function<void(std::uint64_t)>& ready);
 
   struct Source {
     std::size_t corpus = 0;

@@ -345,7 +345,10 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   spdlog::info(
       "train mixture: {} samples of {} tokens from {} files in {} corpora ({} in {:.2f} s)",
       train.size(), L + 1, train.files().size(), train.corpora().size(),
-      train.from_cache() ? "loaded" : "built", train.build_seconds());
+      train.from_cache() ? "loaded"
+      : train.building() ? "building in the background, ready"
+                         : "built",
+      train.ready_seconds());
   std::unique_ptr<Mixture> valid;
   std::vector<Batch> valid_batches;
   TrainRunResult result;

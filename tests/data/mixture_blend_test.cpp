@@ -129,6 +129,30 @@ TEST(FastBlend, EverySampleMatchesTheBlendsDealtOut) {
   }
 }
 
+TEST(FastBlend, RoundsServeEarlySamplesAndEndAsOneBuild) {
+  const std::vector<double> corpus_weights = {3, 1, 0.5, 0};
+  const std::vector<std::vector<double>> file_weights = {{1, 2}, {5}, {1, 1, 1}, {1}};
+  const std::uint64_t n = 5 * FastBlend::kFirstRound + 123;  // four rounds
+  const FastBlend whole = FastBlend::build(corpus_weights, file_weights, n, 2);
+  FastBlend rounds;
+  std::vector<std::uint64_t> readies;
+  rounds.build_in_rounds(corpus_weights, file_weights, n, 2, [&](std::uint64_t ready) {
+    // Everything below `ready` is final already.
+    const std::uint64_t from = readies.empty() ? 0 : readies.back();
+    for (std::uint64_t i = from; i < ready; ++i) {
+      const auto a = rounds.at(i), b = whole.at(i);
+      ASSERT_TRUE(a.corpus == b.corpus && a.file == b.file && a.number == b.number) << i;
+    }
+    readies.push_back(ready);
+  });
+  EXPECT_EQ(readies, (std::vector<std::uint64_t>{FastBlend::kFirstRound, 2 * FastBlend::kFirstRound,
+                                                 4 * FastBlend::kFirstRound, n}));
+  for (std::size_t c = 0; c < corpus_weights.size(); ++c) {
+    EXPECT_EQ(rounds.file_samples(c), whole.file_samples(c)) << "corpus " << c;
+  }
+  EXPECT_EQ(rounds.serialized_bytes(), whole.serialized_bytes());
+}
+
 TEST(FastBlend, ManyChoicesUseWiderPicks) {
   // 70,000 files in one corpus: 4-byte picks.
   std::vector<double> files(70000);

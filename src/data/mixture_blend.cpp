@@ -230,8 +230,10 @@ void FastBlend::build_in_rounds(const std::vector<double>& corpus_weights,
     if (blenders[t]) order.push_back(t);
   }
   for (std::uint64_t done = 0; done < samples;) {
+    // At most kLastRound more per round, so that a reader of a late
+    // sample, or a cancellation, never waits for a long round.
     const std::uint64_t end =
-        std::min(samples, std::max(kFirstRound, done > samples / 2 ? samples : 2 * done));
+        std::min({samples, std::max(kFirstRound, 2 * done), done + kLastRound});
     const auto sequence = [&](std::size_t t) -> PickSequence& {
       return t == corpora ? outer_ : inner_[t];
     };

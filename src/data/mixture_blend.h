@@ -103,10 +103,11 @@ class FastBlend {
                          const std::vector<std::vector<double>>& file_weights,
                          std::uint64_t samples, unsigned threads);
   // The same, built in place in rounds of doubling size (the first of
-  // kFirstRound samples): after each round, `ready(n)` is called with the
-  // number of samples whose at() may now be read, from any thread, while
-  // the later rounds run. The result is the same as build()'s.
+  // kFirstRound samples, none longer than kLastRound): after each round, `ready(n)` is called with
+  // the number of samples whose at() may now be read, from any thread, while the later rounds run.
+  // The result is the same as build()'s.
   static constexpr std::uint64_t kFirstRound = std::uint64_t{1} << 16;
+  static constexpr std::uint64_t kLastRound = std::uint64_t{1} << 24;
   void build_in_rounds(const std::vector<double>& corpus_weights,
                        const std::vector<std::vector<double>>& file_weights, std::uint64_t samples,
                        unsigned threads, const std::function<void(std::uint64_t)>& ready);

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -27,6 +28,23 @@ const char* reduce_op_name(ReduceOp op) {
 
 const char* reduce_algorithm_name(ReduceAlgorithm a) {
   return a == ReduceAlgorithm::Ordered ? "ordered" : "native";
+}
+
+CommTimeout::CommTimeout(std::string what, std::string where, std::string operation, int rank,
+                         std::vector<int> silent)
+    : Error(std::move(what), std::move(where)),
+      operation_(std::move(operation)),
+      rank_(rank),
+      silent_(std::move(silent)) {}
+
+bool CommTimeout::is_silent(int rank) const {
+  return std::find(silent_.begin(), silent_.end(), rank) != silent_.end();
+}
+
+int CommTimeout::first_answering() const {
+  int r = 0;
+  while (r < rank_ && is_silent(r)) ++r;
+  return r;
 }
 
 void Communicator::check_blocks(std::size_t whole, std::size_t block, const char* what) const {

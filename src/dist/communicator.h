@@ -4,9 +4,9 @@
 // max, min of float and double buffers, in place), reduce-scatter, all-gather,
 // broadcast and barrier, each in a blocking and a non-blocking form. The
 // non-blocking forms return a Request whose wait() is guarded by a time-out:
-// a rank that stops answering makes the others fail with a borealis::Error
-// naming the operation, the unresponsive ranks and their hosts, instead of
-// hanging. Two implementations:
+// a rank that stops answering makes the others fail with a CommTimeout (a
+// borealis::Error) naming the operation, the unresponsive ranks and their
+// hosts, instead of hanging. Two implementations:
 //   SelfCommunicator  world size 1; makes no MPI call at all.
 //   MpiCommunicator   standard MPI calls only (Open MPI, MPICH, Cray MPICH).
 // make_communicator() chooses from the launch environment. Every rank must
@@ -19,6 +19,9 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <vector>
+
+#include "core/error.h"
 
 namespace borealis {
 
@@ -56,6 +59,30 @@ class Request {
 
 using RequestPtr = std::unique_ptr<Request>;
 
+// The error of a wait that passed its time-out. what() is the whole message
+// ("allreduce #3 ... timed out after 1.0 s on rank 0 (node17): no answer
+// within 0.2 s from rank 1 (node18)"); the fields say the same for programs:
+// the operation ("allreduce #3 of 4.00 KiB (f32 sum)"), the rank that timed
+// out, and the ranks that did not answer its probe, in rank order (empty
+// when every rank answered).
+class CommTimeout : public Error {
+ public:
+  CommTimeout(std::string what, std::string where, std::string operation, int rank,
+              std::vector<int> silent);
+
+  const std::string& operation() const { return operation_; }
+  int rank() const { return rank_; }
+  const std::vector<int>& silent() const { return silent_; }
+  bool is_silent(int rank) const;
+  // The lowest-numbered rank that answered: this one, unless a lower one did.
+  int first_answering() const;
+
+ private:
+  std::string operation_;
+  int rank_ = 0;
+  std::vector<int> silent_;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -70,6 +97,12 @@ class Communicator {
   // Time-out of wait() and of the blocking forms (default 300 s).
   void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
   std::chrono::milliseconds timeout() const { return timeout_; }
+
+  // After a time-out, other ranks may still time out and probe this one:
+  // work done outside communication (such as writing a checkpoint) calls
+  // this regularly, so that they see this rank alive. Answers pending probes
+  // and returns at once; never throws. Self: nothing to do.
+  virtual void answer_probes() {}
 
   void set_reduce_algorithm(ReduceAlgorithm a) { algorithm_ = a; }
   ReduceAlgorithm reduce_algorithm() const { return algorithm_; }

@@ -11,12 +11,11 @@
 // without pause, since most MPI libraries progress only inside MPI calls,
 // yielding the CPU only on an oversubscribed node; then every 200 us). While it waits it
 // also answers "where are you?" probes from other ranks on a separate
-// communicator. When the deadline passes it probes every other rank and
-// waits a short grace period for answers: a rank that does not answer is
-// busy outside communication, hung or dead; one that answers with another
-// operation number waits in a different collective. The Error names them and
-// their hosts. After such a failure MPI state is unusable, so the destructor
-// ends the whole job with MPI_Abort instead of finalising.
+// communicator (dist/mpi_probe.h). When the deadline passes it probes every
+// other rank and throws a CommTimeout naming the ranks that did not answer
+// or wait elsewhere, and their hosts. After such a failure MPI state is
+// unusable, so the destructor ends the whole job with MPI_Abort instead of
+// finalising.
 //
 // Several operations may be in flight at once. MPI matches collectives on a
 // communicator by the order in which each rank starts them, so the second
@@ -31,7 +30,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <climits>
 #include <cstdint>
 #include <cstdio>
@@ -45,27 +43,16 @@
 #include "core/text.h"
 #include "dist/communicator.h"
 #include "dist/launch_env.h"
+#include "dist/mpi_probe.h"
 
 namespace borealis {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using mpi_detail::check;
 
-constexpr int kProbeTag = 1;
-constexpr int kReplyTag = 2;
 constexpr std::size_t kHostBytes = 256;
-
-std::string mpi_error_text(int rc) {
-  char text[MPI_MAX_ERROR_STRING] = {};
-  int length = 0;
-  MPI_Error_string(rc, text, &length);
-  return std::string(text, static_cast<std::size_t>(length));
-}
-
-void check(int rc, const char* call) {
-  if (rc != MPI_SUCCESS) throw Error(fmt::format("{} failed: {}", call, mpi_error_text(rc)), call);
-}
 
 MPI_Datatype mpi_type(DataType t) {
   switch (t) {
@@ -212,9 +199,10 @@ class MpiCommunicator final : public Communicator {
   void advance_stages();
 
   // Answers pending probes from other ranks; called while waiting.
-  void serve_probes();
+  void serve_probes() { probes_.serve(started_, waiting_); }
+  void answer_probes() override;
   // Called when a wait passes its deadline: finds the unresponsive ranks and
-  // throws Error. Marks the communicator failed.
+  // throws CommTimeout. Marks the communicator failed.
   [[noreturn]] void time_out(const std::string& what, std::uint64_t seq, double waited_s);
   void set_waiting(std::uint64_t seq) { waiting_ = seq; }
   // Waits poll without pause, as MPI libraries do, unless this node runs
@@ -236,12 +224,11 @@ class MpiCommunicator final : public Communicator {
     return std::make_unique<MpiRequest>(this, fmt::format("{} #{}{}", what, started_, detail),
                                         started_);
   }
-  void post_probe_receive();
 
   MPI_Comm comm_ = MPI_COMM_NULL;    // collectives
   MPI_Comm stage2_ = MPI_COMM_NULL;  // second stages of ordered allreduces
   std::deque<MpiRequest*> staged_;
-  MPI_Comm health_ = MPI_COMM_NULL;  // probes and replies
+  mpi_detail::MpiProbes probes_;  // probes and replies, on a communicator of their own
   bool failed_ = false;
   bool yield_ = false;
   int rank_ = 0;
@@ -249,16 +236,6 @@ class MpiCommunicator final : public Communicator {
   std::vector<std::string> hosts_;
   std::uint64_t started_ = 0;  // operations started
   std::uint64_t waiting_ = 0;  // operation being waited for, 0 when none
-
-  // The diagnosis after a time-out: its messages may still be in flight when
-  // the job aborts, so their buffers live as long as the communicator.
-  std::int64_t question_ = 0;
-  std::vector<std::array<std::int64_t, 2>> answers_;
-  std::vector<MPI_Request> diagnosis_;
-
-  MPI_Request probe_request_ = MPI_REQUEST_NULL;
-  std::int64_t probe_buffer_ = 0;
-  std::vector<std::pair<MPI_Request, std::unique_ptr<std::array<std::int64_t, 2>>>> replies_;
 };
 
 // " of 4.00 MiB (f32 sum)": what an operation moves, for messages.
@@ -348,14 +325,12 @@ MpiCommunicator::MpiCommunicator() {
   yield_ = detect_launch_env().local_size > static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
   ++g_live;
   check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
-  check(MPI_Comm_dup(MPI_COMM_WORLD, &health_), "MPI_Comm_dup");
+  probes_.open(MPI_COMM_WORLD);
   check(MPI_Comm_dup(MPI_COMM_WORLD, &stage2_), "MPI_Comm_dup");
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_set_errhandler(stage2_, MPI_ERRORS_RETURN);
-  MPI_Comm_set_errhandler(health_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
-  post_probe_receive();
 
   std::vector<char> names(kHostBytes * static_cast<std::size_t>(size_), '\0');
   const std::string me = local_host_name();
@@ -381,12 +356,7 @@ MpiCommunicator::~MpiCommunicator() {
     MPI_Abort(MPI_COMM_WORLD, 1);
     return;
   }
-  if (probe_request_ != MPI_REQUEST_NULL) {
-    MPI_Cancel(&probe_request_);
-    MPI_Wait(&probe_request_, MPI_STATUS_IGNORE);
-  }
-  for (auto& [request, buffer] : replies_) MPI_Wait(&request, MPI_STATUS_IGNORE);
-  MPI_Comm_free(&health_);
+  probes_.close();
   MPI_Comm_free(&stage2_);
   MPI_Comm_free(&comm_);
   if (--g_live == 0 && g_we_initialized) MPI_Finalize();
@@ -404,100 +374,20 @@ void MpiCommunicator::advance_stages() {
   }
 }
 
-void MpiCommunicator::post_probe_receive() {
-  check(MPI_Irecv(&probe_buffer_, 1, MPI_INT64_T, MPI_ANY_SOURCE, kProbeTag, health_,
-                  &probe_request_),
-        "MPI_Irecv");
-}
-
-void MpiCommunicator::serve_probes() {
-  for (;;) {
-    int flag = 0;
-    MPI_Status status;
-    check(MPI_Test(&probe_request_, &flag, &status), "MPI_Test");
-    if (!flag) break;
-    auto answer = std::make_unique<std::array<std::int64_t, 2>>(std::array<std::int64_t, 2>{
-        static_cast<std::int64_t>(started_), static_cast<std::int64_t>(waiting_)});
-    MPI_Request send = MPI_REQUEST_NULL;
-    check(MPI_Isend(answer->data(), 2, MPI_INT64_T, status.MPI_SOURCE, kReplyTag, health_, &send),
-          "MPI_Isend");
-    replies_.emplace_back(send, std::move(answer));
-    post_probe_receive();
+void MpiCommunicator::answer_probes() {
+  try {
+    serve_probes();
+  } catch (const std::exception& e) {
+    spdlog::debug("answering probes: {}", e.what());
   }
-  std::erase_if(replies_, [](auto& reply) {
-    int flag = 0;
-    MPI_Test(&reply.first, &flag, MPI_STATUS_IGNORE);
-    return flag != 0;
-  });
 }
 
 void MpiCommunicator::time_out(const std::string& what, std::uint64_t seq, double waited_s) {
   failed_ = true;
   // Ask every other rank where it is; give them a grace period to answer.
-  const auto grace =
-      std::clamp(timeout() / 4, std::chrono::milliseconds(200), std::chrono::milliseconds(10'000));
-  question_ = static_cast<std::int64_t>(seq);
-  const std::int64_t question = question_;
-  const auto n = static_cast<std::size_t>(size_);
-  answers_.assign(n, {});
-  diagnosis_.assign(2 * n, MPI_REQUEST_NULL);  // receives, then sends
-  std::vector<MPI_Request>& receives = diagnosis_;
-  std::vector<std::array<std::int64_t, 2>>& answers = answers_;
-  std::vector<bool> answered(n, false);
-  for (int r = 0; r < size_; ++r) {
-    if (r == rank_) continue;
-    const auto i = static_cast<std::size_t>(r);
-    MPI_Irecv(answers[i].data(), 2, MPI_INT64_T, r, kReplyTag, health_, &receives[i]);
-    MPI_Isend(&question_, 1, MPI_INT64_T, r, kProbeTag, health_, &diagnosis_[n + i]);
-  }
-  const auto deadline = Clock::now() + grace;
-  int missing = size_ - 1;
-  while (missing > 0 && Clock::now() < deadline) {
-    serve_probes();
-    for (int r = 0; r < size_; ++r) {
-      auto& request = receives[static_cast<std::size_t>(r)];  // NULL once answered
-      if (request == MPI_REQUEST_NULL) continue;
-      int flag = 0;
-      MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
-      if (flag) {
-        answered[static_cast<std::size_t>(r)] = true;
-        --missing;
-      }
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  std::vector<std::string> silent;
-  std::vector<std::string> elsewhere;
-  for (int r = 0; r < size_; ++r) {
-    if (r == rank_) continue;
-    const auto who = fmt::format("rank {} ({})", r, host(r));
-    if (!answered[static_cast<std::size_t>(r)]) {
-      silent.push_back(who);
-    } else if (answers[static_cast<std::size_t>(r)][1] != question) {
-      const auto w = answers[static_cast<std::size_t>(r)][1];
-      elsewhere.push_back(w == 0 ? who + " is not waiting in any operation"
-                                 : fmt::format("{} waits in operation #{}", who, w));
-    }
-  }
-  auto list = [](const std::vector<std::string>& items) {
-    std::string out;
-    const std::size_t shown = std::min<std::size_t>(items.size(), 8);
-    for (std::size_t i = 0; i < shown; ++i) out += (i ? ", " : "") + items[i];
-    if (items.size() > shown) out += fmt::format(" and {} more", items.size() - shown);
-    return out;
-  };
-  std::string message = fmt::format("{} timed out after {:.1f} s on rank {} ({})", what, waited_s,
-                                    rank_, host(rank_));
-  if (!silent.empty()) {
-    message += fmt::format(": no answer within {:.1f} s from {}",
-                           std::chrono::duration<double>(grace).count(), list(silent));
-  }
-  if (!elsewhere.empty()) message += (silent.empty() ? ": " : "; ") + list(elsewhere);
-  if (silent.empty() && elsewhere.empty()) {
-    message += ": every rank answers and waits in this operation (slow network or MPI stall)";
-  }
-  spdlog::error("{}", message);
-  throw Error(message, fmt::format("rank {}", rank_));
+  const auto grace = mpi_detail::probe_grace(timeout());
+  const mpi_detail::ProbeAnswers answers = probes_.ask_all(seq, started_, grace);
+  mpi_detail::throw_time_out(what, waited_s, rank_, hosts_, grace, answers);
 }
 
 RequestPtr MpiCommunicator::ibarrier() {

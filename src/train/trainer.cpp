@@ -12,8 +12,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <thread>
-#include <unordered_map>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -33,8 +31,10 @@
 #include "train/dist_checkpoint.h"
 #include "train/loader.h"
 #include "train/metrics_writer.h"
+#include "train/rank_failure.h"
 #include "train/train_bench.h"
 #include "train/train_config.h"
+#include "train/validation.h"
 
 namespace borealis {
 
@@ -109,102 +109,6 @@ class SpikeDetector {
   std::vector<double> recent_;
 };
 
-// The validation batches, read once: the same samples every time.
-std::vector<Batch> read_valid_batches(const Mixture& valid, int micro, int batches) {
-  std::vector<Batch> out(static_cast<std::size_t>(batches));
-  const int L = static_cast<int>(valid.options().seq_len);
-  for (int b = 0; b < batches; ++b) {
-    Batch& batch = out[static_cast<std::size_t>(b)];
-    batch.batch = micro;
-    batch.seq = L;
-    batch.inputs.resize(static_cast<std::size_t>(micro) * L);
-    batch.targets.resize(static_cast<std::size_t>(micro) * L);
-    for (int r = 0; r < micro; ++r) {
-      read_sample(valid, static_cast<std::uint64_t>(b) * micro + r, batch, r);
-    }
-  }
-  return out;
-}
-
-// Entropy in nats of the unigram distribution of the validation targets:
-// the loss of a model that knows only token frequencies.
-double unigram_entropy(const std::vector<Batch>& batches) {
-  std::unordered_map<std::int32_t, std::uint64_t> counts;
-  std::uint64_t n = 0;
-  for (const auto& b : batches) {
-    for (const std::int32_t t : b.targets) ++counts[t], ++n;
-  }
-  double h = 0;
-  for (const auto& [t, c] : counts) {
-    const double p = static_cast<double>(c) / static_cast<double>(n);
-    h -= p * std::log(p);
-  }
-  return h;
-}
-
-// The mean loss over the batches. Rank r of n takes batches r, r + n, ...;
-// the losses are gathered and added in batch order, as one process does.
-double validate(Model<float>& model, const std::vector<Batch>& batches, bool progress,
-                Communicator& comm) {
-  const std::size_t n = static_cast<std::size_t>(comm.size());
-  const std::size_t rank = static_cast<std::size_t>(comm.rank());
-  const std::size_t per_rank = (batches.size() + n - 1) / n;
-  std::vector<double> mine(per_rank, 0.0), all(per_rank * n);
-  Progress bar("validation", per_rank, "batches", progress);
-  for (std::size_t k = 0; k < per_rank; ++k) {
-    if (const std::size_t i = k * n + rank; i < batches.size()) {
-      const Batch& b = batches[i];
-      mine[k] = model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, false);
-    }
-    bar.update(k + 1);
-  }
-  bar.finish();
-  comm.all_gather(std::span<const double>(mine), std::span<double>(all));
-  double sum = 0;
-  for (std::size_t i = 0; i < batches.size(); ++i) sum += all[(i % n) * per_rank + i / n];
-  return sum / static_cast<double>(batches.size());
-}
-
-// BOREALIS_TEST_FAULT=RANK:STEP:hang|exit makes that rank hang (sleep until
-// killed) or exit at once with status 3 when it starts step STEP: how the
-// tests check that the other ranks then fail within the time-out.
-// RANK:STEP:save makes that rank fail to write its part of the checkpoint of
-// step STEP: every rank must then fail and no checkpoint may appear.
-struct InjectedFault {
-  int rank = -1;
-  std::int64_t step = 0;
-  bool hang = false;
-  bool save = false;
-
-  static InjectedFault from_env() {
-    InjectedFault f;
-    const char* env = std::getenv("BOREALIS_TEST_FAULT");
-    if (env == nullptr || *env == '\0') return f;
-    char what[8] = {};
-    long long step = 0;
-    if (std::sscanf(env, "%d:%lld:%7s", &f.rank, &step, what) != 3 ||
-        (std::string(what) != "hang" && std::string(what) != "exit" &&
-         std::string(what) != "save")) {
-      throw Error(fmt::format("expected RANK:STEP:hang, exit or save, got '{}'", env),
-                  "BOREALIS_TEST_FAULT");
-    }
-    f.step = step;
-    f.hang = std::string(what) == "hang";
-    f.save = std::string(what) == "save";
-    return f;
-  }
-  bool fails_save(int rank_now, std::int64_t step_now) const {
-    return save && rank_now == rank && step_now == step;
-  }
-  void at_step(int rank_now, std::int64_t step_now) const {
-    if (save || rank_now != rank || step_now != step) return;
-    spdlog::error("BOREALIS_TEST_FAULT: rank {} {} at step {}", rank, hang ? "hangs" : "exits",
-                  step);
-    if (!hang) _exit(3);
-    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-  }
-};
-
 // Raises the log level on ranks other than 0 for the run: they compute the
 // same as rank 0, so their info and warnings would only repeat it.
 class QuietRank {
@@ -213,6 +117,8 @@ class QuietRank {
     if (quiet) spdlog::set_level(std::max(old_, spdlog::level::err));
   }
   ~QuietRank() { spdlog::set_level(old_); }
+  // Back to the level of the run, for messages only this rank gives.
+  void speak() const { spdlog::set_level(old_); }
   QuietRank(const QuietRank&) = delete;
   QuietRank& operator=(const QuietRank&) = delete;
 
@@ -284,7 +190,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   const int rank = comm->rank();
   const bool root = rank == 0;
   const bool progress = options.progress && root;
-  const QuietRank quiet(!root);
+  QuietRank quiet(!root);
   if (ranks > 1 && s.global_batch % (s.micro_batch * ranks) != 0) {
     throw Error(fmt::format("train.global_batch {} is not divisible by train.micro_batch {} x {} "
                             "ranks: every rank needs the same number of micro-batches",
@@ -443,19 +349,27 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
                      ranks > 1 ? per_rank : 0, static_cast<std::uint64_t>(s.global_batch));
   const double grad_scale = 1.0 / s.accumulation();
   std::int64_t checkpointed_step = resume_from ? state.step : -1;
+  // Whether parameters, moments and state all belong to state.step, for the
+  // checkpoint after a time-out (rank_failure.h).
+  TrainPhase phase = TrainPhase::Consistent;
   const double elapsed_before = state.elapsed_s;
   const auto loop_start = Clock::now();
 
   const CheckpointTarget checkpoint_target{s.checkpoint_dir(), s.keep, s.tokenizer,
                                            config.to_toml(), s.model};
-  const auto save = [&] {
+  const auto update_state = [&] {
     state.recent_losses = spikes.recent();
     state.elapsed_s = elapsed_before + seconds_since(loop_start);
+  };
+  const auto save = [&] {
+    update_state();
+    phase = TrainPhase::Saving;
     // Every rank takes part (a ZeRO-1 rank writes its own shard).
     result.last_checkpoint =
         save_training_checkpoint(*comm, checkpoint_target, state, model.layout(), model.params(),
                                  dp, fault.fails_save(rank, state.step));
     checkpointed_step = state.step;
+    phase = TrainPhase::Consistent;
   };
   const auto run_validation = [&] {
     if (valid_batches.empty()) return;
@@ -478,101 +392,124 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   std::vector<double> micro_losses(static_cast<std::size_t>(local_micro));
   std::vector<double> all_losses(static_cast<std::size_t>(s.accumulation()));
   const auto grads_final = [&dp](std::int64_t offset) { dp.grads_final(offset); };
-  while (state.step < s.steps) {
-    fault.at_step(rank, state.step + 1);
-    const auto t0 = Clock::now();
-    model.zero_grad();
-    for (int micro = 0; micro < local_micro; ++micro) {
-      const Batch b = loader.next();
-      micro_losses[static_cast<std::size_t>(micro)] = model.forward(
-          b.inputs.data(), b.targets.data(), b.batch, b.seq, true, static_cast<float>(grad_scale));
-      // The last backward of the step reports finished gradients, so their
-      // reduction overlaps the rest of the pass.
-      if (ranks > 1 && micro == local_micro - 1) {
-        model.backward(grads_final);
+  try {
+    while (state.step < s.steps) {
+      fault.at_step(rank, state.step + 1);
+      const auto t0 = Clock::now();
+      model.zero_grad();
+      for (int micro = 0; micro < local_micro; ++micro) {
+        const Batch b = loader.next();
+        micro_losses[static_cast<std::size_t>(micro)] =
+            model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, true,
+                          static_cast<float>(grad_scale));
+        // The last backward of the step reports finished gradients, so their
+        // reduction overlaps the rest of the pass.
+        if (ranks > 1 && micro == local_micro - 1) {
+          model.backward(grads_final);
+        } else {
+          model.backward();
+        }
+      }
+      dp.finish_reduction();
+      comm->all_gather(std::span<const double>(micro_losses), std::span<double>(all_losses));
+      double loss = 0;
+      for (const double l : all_losses) loss += l;
+      loss /= s.accumulation();
+      const double norm = dp.grad_norm();
+      const double lr = s.schedule.lr(state.step);
+      std::string skip_reason;
+      if (!std::isfinite(loss) || !std::isfinite(norm)) {
+        skip_reason = "non-finite loss or gradient norm";
+      } else if (s.spike_zscore > 0 && spikes.zscore(loss) > s.spike_zscore) {
+        skip_reason = fmt::format("loss spike (z-score {:.1f})", spikes.zscore(loss));
+      }
+      phase = TrainPhase::Updating;
+      if (skip_reason.empty()) {
+        dp.step(static_cast<float>(lr), clip_scale(norm, s.grad_clip));
       } else {
-        model.backward();
+        ++state.skipped_steps;
+        spdlog::warn("step {}: update skipped: {} (loss {}, gradient norm {})", state.step + 1,
+                     skip_reason, loss, norm);
       }
-    }
-    dp.finish_reduction();
-    comm->all_gather(std::span<const double>(micro_losses), std::span<double>(all_losses));
-    double loss = 0;
-    for (const double l : all_losses) loss += l;
-    loss /= s.accumulation();
-    const double norm = dp.grad_norm();
-    const double lr = s.schedule.lr(state.step);
-    std::string skip_reason;
-    if (!std::isfinite(loss) || !std::isfinite(norm)) {
-      skip_reason = "non-finite loss or gradient norm";
-    } else if (s.spike_zscore > 0 && spikes.zscore(loss) > s.spike_zscore) {
-      skip_reason = fmt::format("loss spike (z-score {:.1f})", spikes.zscore(loss));
-    }
-    if (skip_reason.empty()) {
-      dp.step(static_cast<float>(lr), clip_scale(norm, s.grad_clip));
-    } else {
-      ++state.skipped_steps;
-      spdlog::warn("step {}: update skipped: {} (loss {}, gradient norm {})", state.step + 1,
-                   skip_reason, loss, norm);
-    }
-    if (std::isfinite(loss)) spikes.add(loss);
-    ++state.step;
-    ++steps_this_run;
-    state.tokens += static_cast<std::uint64_t>(tokens_per_step);
-    state.next_sample += static_cast<std::uint64_t>(s.global_batch);
-    result.last_loss = loss;
+      if (std::isfinite(loss)) spikes.add(loss);
+      ++state.step;
+      ++steps_this_run;
+      state.tokens += static_cast<std::uint64_t>(tokens_per_step);
+      state.next_sample += static_cast<std::uint64_t>(s.global_batch);
+      result.last_loss = loss;
+      phase = TrainPhase::Consistent;
 
-    const double step_s = seconds_since(t0);
-    const double tok_s = static_cast<double>(tokens_per_step) / step_s;
-    const double mfu = flops_per_token * tok_s * 1e-9 / (peak * ranks);
-    const double run_s = seconds_since(loop_start);
-    if (root) {
-      metrics->write(fmt::format(
-          R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}}})",
-          state.step, state.tokens, json_number(loss), json_number(lr), json_number(norm),
-          json_number(tok_s), json_number(mfu), json_number(elapsed_before + run_s),
-          skip_reason.empty() ? "false" : "true"));
-    }
-    if (progress && (state.step % s.log_every == 0 || state.step == s.steps)) {
-      const double eta =
-          run_s / static_cast<double>(steps_this_run) * static_cast<double>(s.steps - state.step);
-      fmt::print(
-          "step {:>{}}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU "
-          "{:.1f}% | ETA {}{}\n",
-          state.step, fmt::formatted_size("{}", s.steps), s.steps, loss, lr, norm, tok_s, 100 * mfu,
-          format_duration(eta), skip_reason.empty() ? "" : " | skipped");
-      std::fflush(stdout);
-    }
-
-    const bool last = state.step == s.steps;
-    if (!last && s.eval_every > 0 && state.step % s.eval_every == 0) run_validation();
-    if (!last && s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0) save();
-    int stop_signal = g_stop_signal;
-    bool time_up = s.max_minutes > 0 && seconds_since(wall_start) >= 60 * s.max_minutes;
-    if (ranks > 1 && !last) {
-      // A signal or the time limit on any rank stops every rank at this step.
-      const std::array<double, 2> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0};
-      std::vector<double> all(2 * static_cast<std::size_t>(ranks));
-      comm->all_gather(std::span<const double>(mine), std::span<double>(all));
-      for (int r = 0; r < ranks; ++r) {
-        if (stop_signal == 0) stop_signal = static_cast<int>(all[2 * static_cast<std::size_t>(r)]);
-        time_up = time_up || all[2 * static_cast<std::size_t>(r) + 1] != 0;
+      const double step_s = seconds_since(t0);
+      const double tok_s = static_cast<double>(tokens_per_step) / step_s;
+      const double mfu = flops_per_token * tok_s * 1e-9 / (peak * ranks);
+      const double run_s = seconds_since(loop_start);
+      if (root) {
+        metrics->write(fmt::format(
+            R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}}})",
+            state.step, state.tokens, json_number(loss), json_number(lr), json_number(norm),
+            json_number(tok_s), json_number(mfu), json_number(elapsed_before + run_s),
+            skip_reason.empty() ? "false" : "true"));
       }
+      if (progress && (state.step % s.log_every == 0 || state.step == s.steps)) {
+        const double eta =
+            run_s / static_cast<double>(steps_this_run) * static_cast<double>(s.steps - state.step);
+        fmt::print(
+            "step {:>{}}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU "
+            "{:.1f}% | ETA {}{}\n",
+            state.step, fmt::formatted_size("{}", s.steps), s.steps, loss, lr, norm, tok_s,
+            100 * mfu, format_duration(eta), skip_reason.empty() ? "" : " | skipped");
+        std::fflush(stdout);
+      }
+
+      const bool last = state.step == s.steps;
+      if (!last && s.eval_every > 0 && state.step % s.eval_every == 0) run_validation();
+      if (!last && s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0) save();
+      int stop_signal = g_stop_signal;
+      bool time_up = s.max_minutes > 0 && seconds_since(wall_start) >= 60 * s.max_minutes;
+      if (ranks > 1 && !last) {
+        // A signal or the time limit on any rank stops every rank at this step.
+        const std::array<double, 2> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0};
+        std::vector<double> all(2 * static_cast<std::size_t>(ranks));
+        comm->all_gather(std::span<const double>(mine), std::span<double>(all));
+        for (int r = 0; r < ranks; ++r) {
+          if (stop_signal == 0)
+            stop_signal = static_cast<int>(all[2 * static_cast<std::size_t>(r)]);
+          time_up = time_up || all[2 * static_cast<std::size_t>(r) + 1] != 0;
+        }
+      }
+      if (!last && stop_signal != 0) {
+        result.stopped = true;
+        result.stop_reason = stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+      } else if (!last && options.stop_at_step > 0 && state.step >= options.stop_at_step) {
+        result.stopped = true;
+        result.stop_reason = fmt::format("--stop-at-step {}", options.stop_at_step);
+      } else if (!last && time_up) {
+        result.stopped = true;
+        result.stop_reason = fmt::format("the {} minute limit", s.max_minutes);
+      }
+      if (result.stopped) break;
     }
-    if (!last && stop_signal != 0) {
-      result.stopped = true;
-      result.stop_reason = stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
-    } else if (!last && options.stop_at_step > 0 && state.step >= options.stop_at_step) {
-      result.stopped = true;
-      result.stop_reason = fmt::format("--stop-at-step {}", options.stop_at_step);
-    } else if (!last && time_up) {
-      result.stopped = true;
-      result.stop_reason = fmt::format("the {} minute limit", s.max_minutes);
-    }
-    if (result.stopped) break;
+
+    if (!result.stopped) run_validation();
+    if (checkpointed_step != state.step) save();
+  } catch (const CommTimeout& e) {
+    // A rank stopped answering: save what can be saved, then fail with the
+    // time-out's message.
+    update_state();
+    if (e.first_answering() == rank) quiet.speak();
+    TimeoutRescue rescue;
+    rescue.phase = phase;
+    rescue.state = &state;
+    rescue.checkpointed_step = checkpointed_step;
+    rescue.last_checkpoint = result.last_checkpoint;
+    rescue.zero = s.zero;
+    rescue.target = &checkpoint_target;
+    rescue.layout = &model.layout();
+    rescue.params = model.params();
+    rescue.optimizer = &dp.optimizer();
+    save_after_timeout(e, *comm, rescue, comm->timeout());
+    throw;
   }
-
-  if (!result.stopped) run_validation();
-  if (checkpointed_step != state.step) save();
   result.steps = state.step;
   result.skipped_steps = state.skipped_steps;
   if (root) {

@@ -18,6 +18,9 @@
 // process at the same global batch, up to the rounding of the sums. Rank 0
 // alone prints, writes metrics.jsonl and checkpoints (whole, in the
 // single-process format, so a run resumes on any number of ranks).
+// A collective that waits past dist.timeout_s fails the run with the
+// CommTimeout naming the ranks that do not answer, after a checkpoint of the
+// last completed step when one can still be written (train/rank_failure.h).
 #pragma once
 
 #include <cstdint>

@@ -58,5 +58,26 @@ TEST(SelfCommunicator, MadeWithoutMpiWhenStartedDirectly) {
             "error: unknown communication backend 'nccl' (auto, self, mpi) (backend)");
 }
 
+// The writer after a time-out is the lowest rank that answered: this one
+// unless a lower rank did.
+TEST(CommTimeout, FirstAnsweringRank) {
+  const CommTimeout e("allreduce #3 timed out", "rank 3", "allreduce #3", 3, {0, 2});
+  EXPECT_EQ(e.message(), "allreduce #3 timed out");
+  EXPECT_EQ(e.operation(), "allreduce #3");
+  EXPECT_EQ(e.rank(), 3);
+  EXPECT_TRUE(e.is_silent(0));
+  EXPECT_FALSE(e.is_silent(1));
+  EXPECT_EQ(e.first_answering(), 1);
+  EXPECT_EQ(CommTimeout("m", "w", "op", 2, {0, 1}).first_answering(), 2);
+  EXPECT_EQ(CommTimeout("m", "w", "op", 2, {1}).first_answering(), 0);
+  EXPECT_EQ(CommTimeout("m", "w", "op", 0, {}).first_answering(), 0);
+  // An Error like any other for the CLI.
+  try {
+    throw CommTimeout("m", "rank 0", "op", 0, {1});
+  } catch (const Error& caught) {
+    EXPECT_EQ(caught.line(), "error: m (rank 0)");
+  }
+}
+
 }  // namespace
 }  // namespace borealis

@@ -1,7 +1,8 @@
 // Tests of MpiCommunicator, run by ctest under `mpirun -np 2` (any rank count
 // works). Every rank runs every test; a failure on any rank fails the job.
 // `--timeout-check` runs the time-out scenario instead: the last rank sleeps
-// past the time-out and rank 0 must report it by rank and host, in time; the
+// past the time-out and rank 0 must report it by rank and host (in the
+// message and in the CommTimeout's fields), in time; the
 // job then ends non-zero (the communicator aborts it), and
 // run_timeout_check.sh checks both.
 #include <gtest/gtest.h>
@@ -223,12 +224,18 @@ int timeout_check(Communicator& c) {
   const auto start = std::chrono::steady_clock::now();
   try {
     c.allreduce(std::span<float>(v), ReduceOp::Sum);
-  } catch (const Error& e) {
+  } catch (const CommTimeout& e) {
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const std::string text = e.message();
     const std::string want = "rank " + std::to_string(sleeper) + " (" + c.host(sleeper) + ")";
-    const bool ok = text.find("allreduce #") != std::string::npos &&
+    // The fields say the same as the message: the operation, this rank, and
+    // the sleeper as the only rank that did not answer.
+    const bool fields = e.operation().rfind("allreduce #", 0) == 0 &&
+                        text.rfind(e.operation() + " timed out", 0) == 0 && e.rank() == c.rank() &&
+                        e.silent() == std::vector<int>{sleeper} && e.is_silent(sleeper) &&
+                        e.first_answering() == 0;
+    const bool ok = fields && text.find("allreduce #") != std::string::npos &&
                     text.find("timed out") != std::string::npos &&
                     text.find("no answer") != std::string::npos &&
                     text.find(want) != std::string::npos && s >= 1.0 && s < 4.0;

@@ -8,11 +8,14 @@
 // ranks share its directory. Reference runs of one process run on rank 0
 // alone (a Self communicator) while the other ranks wait.
 //
-// `--timeout-check hang|exit` (mpi.train_timeout, mpi.train_rank_exit):
-// rank 1 hangs or exits at step 3 through BOREALIS_TEST_FAULT; rank 0 must
-// fail within the 2 s time-out naming rank 1 and its host, then the job ends
-// non-zero (run_timeout_check.sh).
+// `--timeout-check hang|exit [ZERO]` (mpi.train_timeout, mpi.train_rank_exit,
+// mpi.train_timeout_zero1, mpi.train_timeout_3ranks): rank 1 hangs or exits
+// through BOREALIS_TEST_FAULT; rank 0 must fail within the 2 s time-out
+// naming rank 1 and its host, with the checkpoint that can still be written
+// (timeout_check), then the job ends non-zero (run_timeout_check.sh).
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cmath>
@@ -22,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -440,30 +444,122 @@ TEST(DataParallel, ConfigErrors) {
   g_comm->barrier();
 }
 
-int timeout_check(Communicator& c, const std::string& fault) {
+// The time-out scenario (see the top of the file). zero = 0: the ranks
+// first run to step 2 and stop (the reference); then the faulty run, with
+// no periodic checkpoint, must leave a checkpoint of step 2 written by rank
+// 0 alone after the time-out, equal to the reference's, from which one
+// process continues with exactly the reference's losses (2 ranks; with more
+// ranks the files and state are compared only, since the waiting ranks end
+// the job after dist.timeout_s). zero = 1: the fault comes at step 4 after
+// a checkpoint of step 2; no checkpoint of step 3 may appear and the log
+// must say why and name step 2.
+int timeout_check(Communicator& c, const std::string& fault, int zero) {
   SharedCorpus corpus;
-  const fs::path cfg = corpus.write_config("t.toml", corpus->dir() / "hang");
-  setenv("BOREALIS_TEST_FAULT", ("1:3:" + fault).c_str(), 1);
+  const fs::path ref = corpus->dir() / "ref", hang = corpus->dir() / "hang";
+  const fs::path cfg_ref = corpus.write_config("r.toml", ref);
+  const fs::path cfg = corpus.write_config("t.toml", hang);
+  const std::vector<std::string> run = {"dist.timeout_s=2",
+                                        "eval.batches=0",
+                                        "train.steps=6",
+                                        "train.global_batch=" + std::to_string(2 * c.size()),
+                                        "dist.zero=" + std::to_string(zero),
+                                        zero == 0 ? "checkpoint.every=0" : "checkpoint.every=2"};
+  if (zero == 0) train(cfg_ref, run, c, 2);
+  const int fault_step = zero == 0 ? 3 : 4;
+  setenv("BOREALIS_TEST_FAULT", ("1:" + std::to_string(fault_step) + ":" + fault).c_str(), 1);
+  // What the run logs, for the messages after the time-out.
+  std::ostringstream log;
+  struct LogCapture {
+    explicit LogCapture(std::ostringstream& out)
+        : sink(std::make_shared<spdlog::sinks::ostream_sink_mt>(out)) {
+      spdlog::default_logger()->sinks().push_back(sink);
+    }
+    ~LogCapture() { std::erase(spdlog::default_logger()->sinks(), sink); }
+    std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink;
+  } capture(log);
   const auto start = std::chrono::steady_clock::now();
   try {
-    train(cfg, {"dist.timeout_s=2", "eval.batches=0", "checkpoint.every=0"}, c);
-  } catch (const Error& e) {
+    train(cfg, run, c);
+  } catch (const CommTimeout& e) {
     corpus.abandon();
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    unsetenv("BOREALIS_TEST_FAULT");
     const std::string text = e.message();
     const std::string want = "rank 1 (" + c.host(1) + ")";
-    // Time-out 2 s plus the grace period for probes (0.5 s), after two
-    // steps of a tiny model.
-    const bool ok = text.find("timed out") != std::string::npos &&
-                    text.find("no answer") != std::string::npos &&
-                    text.find(want) != std::string::npos && s < 10.0;
-    if (c.rank() == 0) {
-      std::printf("train timeout check %s after %.2f s: %s\n", ok ? "passed" : "FAILED", s,
-                  text.c_str());
+    // Time-out 2 s plus the grace period for probes (0.5 s), after a few
+    // steps of a tiny model, and the checkpoint.
+    std::vector<std::string> failures;
+    const auto expect = [&](bool ok, const std::string& what) {
+      if (!ok) failures.push_back(what);
+    };
+    expect(text.find("timed out") != std::string::npos &&
+               text.find("no answer") != std::string::npos && text.find(want) != std::string::npos,
+           "the message names rank 1");
+    expect(e.silent() == std::vector<int>{1}, "CommTimeout::silent() is {1}");
+    expect(s < 10.0, "within 10 s");
+    if (c.rank() != 0) {
+      // Rank 0 writes and then ends the job, so another rank gets here only
+      // when it stopped waiting for rank 0 (dist.timeout_s after its own
+      // time-out): earlier, it would have ended the job under the writer.
+      const bool waited = s > 2.0 + 2.0;
+      std::printf("rank %d left train() after %.2f s%s\n", c.rank(), s,
+                  waited ? "" : ": train timeout check FAILED: it did not wait for the writer");
+      std::fflush(stdout);
+      return waited ? 0 : 1;
+    }
+    {
+      const std::string said = log.str();
+      try {
+        const fs::path ck = hang / "checkpoints";
+        if (zero == 0) {
+          expect(said.find("after the time-out, rank 0 wrote the checkpoint of step 2 alone") !=
+                     std::string::npos,
+                 "the log says where the checkpoint is");
+          expect(test::list_dir(ck) == std::vector<std::string>{checkpoint_name(2)},
+                 "a checkpoint of step 2 and nothing else");
+          const CheckpointInfo got = verify_checkpoint(ck / checkpoint_name(2));
+          const CheckpointInfo want_info = verify_checkpoint(final_checkpoint(ref, 2));
+          expect(got.state.step == 2 && got.state.next_sample == want_info.state.next_sample &&
+                     got.state.tokens == want_info.state.tokens &&
+                     got.state.recent_losses == want_info.state.recent_losses &&
+                     got.adamw_steps == want_info.adamw_steps,
+                 "the state of step 2");
+          for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+            expect(test::read_file(ck / checkpoint_name(2) / f) ==
+                       test::read_file(final_checkpoint(ref, 2) / f),
+                   std::string(f) + " equal to the reference's");
+          }
+          if (c.size() == 2) {
+            SelfCommunicator self;
+            const auto resumed = train(cfg, run, self);
+            train(cfg_ref, run, self);
+            expect(resumed.first_step == 2 && resumed.steps == 6, "one process resumes at step 2");
+            expect(train_losses(hang).size() == 6 && train_losses(hang) == train_losses(ref),
+                   "the resumed losses equal the reference's");
+          }
+        } else {
+          expect(test::list_dir(ck) == std::vector<std::string>{checkpoint_name(2)},
+                 "no checkpoint after step 2");
+          expect(said.find("no checkpoint after the time-out: with dist.zero = 1 the optimizer "
+                           "moments are sharded") != std::string::npos &&
+                     said.find("the last checkpoint is step 2 (") != std::string::npos,
+                 "the log says why and names step 2");
+        }
+      } catch (const std::exception& x) {
+        expect(false, x.what());
+      }
+      std::string why;
+      for (const auto& f : failures) why += "\n  failed: " + f;
+      std::printf("train timeout check %s after %.2f s: %s%s\n",
+                  failures.empty() ? "passed" : "FAILED", s, text.c_str(), why.c_str());
+      if (!failures.empty()) std::printf("log:\n%s\n", said.c_str());
       std::fflush(stdout);
     }
-    return ok ? 0 : 1;
+    return failures.empty() ? 0 : 1;
+  } catch (const Error& e) {
+    std::printf("train timeout check FAILED: not a time-out: %s\n", e.line().c_str());
+    return 1;
   }
   std::printf("train timeout check FAILED: the run completed\n");
   return 1;
@@ -476,6 +572,7 @@ int main(int argc, char** argv) {
   return borealis::test::mpi_test_main(
       argc, argv, std::chrono::milliseconds(120'000), borealis::g_comm,
       [](borealis::Communicator& comm, int args, char** arg) {
-        return borealis::timeout_check(comm, args > 2 ? arg[2] : "hang");
+        return borealis::timeout_check(comm, args > 2 ? arg[2] : "hang",
+                                       args > 3 ? std::atoi(arg[3]) : 0);
       });
 }

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "core/stopwatch.h"
 
 namespace borealis::bench {
 
@@ -27,9 +28,7 @@ inline int parse_positive_int(const std::string& flag, const char* value) {
   return static_cast<int>(v);
 }
 
-inline double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
+using borealis::seconds_since;
 
 // The texts of data/brown/brown.jsonl (scripts/get-brown.sh).
 inline std::vector<std::string> brown_documents() {

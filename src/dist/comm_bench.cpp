@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/stopwatch.h"
 #include "core/text.h"
 
 namespace borealis {
@@ -14,10 +15,6 @@ namespace borealis {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // The same on every rank: about 256 MiB moved per size, 5 to 1000 times.
 int iterations_for(std::size_t bytes) {

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/stopwatch.h"
 
 namespace borealis {
 
@@ -20,10 +21,6 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // "the last checkpoint is step 4 (DIR)"
 std::string last_checkpoint_text(const TimeoutRescue& r) {

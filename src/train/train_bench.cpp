@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/stopwatch.h"
 #include "core/sysinfo.h"
 #include "core/text.h"
 #include "kernels/backend.h"
@@ -24,10 +25,6 @@ namespace borealis {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 }  // namespace
 

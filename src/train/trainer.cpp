@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/progress.h"
+#include "core/stopwatch.h"
 #include "core/text.h"
 #include "data/data_list.h"
 #include "data/mixture.h"
@@ -43,10 +44,6 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // The first SIGINT/SIGTERM asks the loop to stop after the current step; a
 // second one exits at once.

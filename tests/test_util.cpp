@@ -52,6 +52,17 @@ void write_file(const std::filesystem::path& path, const std::string& contents) 
   if (!out) throw std::runtime_error("cannot write " + path.string());
 }
 
+void flip_bits(const std::filesystem::path& path, std::streamoff at, unsigned char mask) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  char c = 0;
+  f.seekg(at);
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ static_cast<char>(mask));
+  f.seekp(at);
+  f.write(&c, 1);
+  if (!f) throw std::runtime_error("cannot change a byte of " + path.string());
+}
+
 std::vector<std::string> list_dir(const std::filesystem::path& dir) {
   std::vector<std::string> names;
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <ios>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,9 @@ std::string error_line(const std::function<void()>& fn);
 std::string read_file(const std::filesystem::path& path);
 void write_file(const std::filesystem::path& path, const std::string& contents);
 std::vector<std::string> list_dir(const std::filesystem::path& dir);
+// XORs the byte at offset `at` of a file with `mask`, in place: damage that
+// keeps the file's size, for the checksum tests.
+void flip_bits(const std::filesystem::path& path, std::streamoff at, unsigned char mask);
 
 struct RunResult {
   int exit_code = -1;  // -1 when killed by a signal

@@ -128,19 +128,8 @@ TEST(Blender, MatchesThePlainScanAndStaysWithinOneSample) {
     for (const double x : w) total += x;
     if (!(total > 0)) continue;
     const std::uint64_t n = 1 + rng() % 2000;
-    const auto expect = test::reference_blend(w, n);
-    Blender b(w);
-    std::vector<std::uint64_t> c(k, 0);
-    for (std::uint64_t t = 0; t < n; ++t) {
-      const std::size_t got = b.next();
-      ASSERT_EQ(got, expect[t]) << "trial " << trial << " step " << t;
-      ++c[got];
-      for (std::size_t j = 0; j < k; ++j) {
-        ASSERT_LT(std::abs(static_cast<double>(c[j]) - w[j] / total * static_cast<double>(t + 1)),
-                  1.0)
-            << "trial " << trial << " step " << t << " source " << j;
-      }
-    }
+    ASSERT_NO_FATAL_FAILURE(
+        test::expect_blender_follows_reference(w, n, 1, "trial " + std::to_string(trial)));
   }
 }
 

@@ -204,16 +204,8 @@ TEST_F(ShardedCheckpoint, DamagedOrMissingShardsAreSkipped) {
   write_sharded(2, 2);
   write_sharded(3, 2);
   const fs::path newest = write_sharded(4, 2);
-  {  // flip one byte of rank 1's moments in step 4
-    std::fstream file(newest / "optimizer-rank-00001-of-00002.safetensors",
-                      std::ios::in | std::ios::out | std::ios::binary);
-    file.seekg(300);
-    char c = 0;
-    file.read(&c, 1);
-    file.seekp(300);
-    c = static_cast<char>(c ^ 0x04);
-    file.write(&c, 1);
-  }
+  // Flip one byte of rank 1's moments in step 4.
+  test::flip_bits(newest / "optimizer-rank-00001-of-00002.safetensors", 300, 0x04);
   fs::remove(checkpoints() / checkpoint_name(3) / "optimizer-rank-00000-of-00002.safetensors");
   std::vector<std::pair<fs::path, std::string>> skipped;
   const auto found = latest_checkpoint(checkpoints(), skipped);

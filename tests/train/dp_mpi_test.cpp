@@ -129,17 +129,6 @@ std::size_t info_shards(const fs::path& checkpoint) {
   return verify_checkpoint(checkpoint).shards.size();
 }
 
-// Flips one byte of a file.
-void damage(const fs::path& file, std::streamoff at) {
-  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-  char c = 0;
-  f.seekg(at);
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x20);
-  f.seekp(at);
-  f.write(&c, 1);
-}
-
 // Losses within fp32 rounding: one process and n ranks add the same
 // per-sample gradients in a different order (partial sums per rank), so
 // the weights drift apart by a few float ulps per step.
@@ -283,7 +272,8 @@ TEST(DataParallel, ShardedCheckpointsResumeExactly) {
   train(cfg_bad, every2, *g_comm, 7);
   const fs::path ck = bad / "checkpoints";
   if (g_comm->rank() == 0) {
-    damage(ck / checkpoint_name(7) / "optimizer-rank-00001-of-00002.safetensors", 400);
+    test::flip_bits(ck / checkpoint_name(7) / "optimizer-rank-00001-of-00002.safetensors", 400,
+                    0x20);
     fs::remove(ck / checkpoint_name(6) / "optimizer-rank-00000-of-00002.safetensors");
   }
   g_comm->barrier();

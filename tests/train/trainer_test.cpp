@@ -124,16 +124,7 @@ TEST(Trainer, DamagedCheckpointsAreSkipped) {
   const fs::path ck = run / "checkpoints";
   // Flip one byte of the newest model, remove a file of the next, and add a
   // partial (temporary) directory and one without state.json.
-  {
-    std::fstream file(ck / "step-00000012" / "model.safetensors",
-                      std::ios::in | std::ios::out | std::ios::binary);
-    file.seekg(200);
-    char c = 0;
-    file.read(&c, 1);
-    file.seekp(200);
-    c = static_cast<char>(c ^ 0x10);
-    file.write(&c, 1);
-  }
+  test::flip_bits(ck / "step-00000012" / "model.safetensors", 200, 0x10);
   fs::remove(ck / "step-00000008" / "optimizer.safetensors");
   fs::create_directory(ck / "step-00000013.tmp-99999");
   fs::create_directory(ck / "step-00000020");

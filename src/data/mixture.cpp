@@ -114,10 +114,10 @@ std::uint64_t token_offset(const IndexedDataset& ds, std::uint64_t doc) {
   return static_cast<std::uint64_t>(ds.pointer(doc)) / token_size(ds.token_type());
 }
 
-// The last document d in [lo, hi) whose token offset is <= `token`, given
-// offset(lo) = lo_off <= token < hi_off = offset(hi). A plain bisection of a
-// file with a million documents takes 20 dependent cache and TLB misses in
-// a large .idx. Document offsets grow almost linearly (lengths are
+// The last document d in [lo, hi) whose token offset is <= `token`, and that
+// offset, given offset(lo) = lo_off <= token < hi_off = offset(hi). A plain
+// bisection of a file with a million documents takes 20 dependent cache and
+// TLB misses in a large .idx. Document offsets grow almost linearly (lengths are
 // independent draws), so each round interpolates a guess, which lands about
 // sqrt(range) documents from the answer, then gallops from the guess in
 // steps of sqrt(range), doubling, until the answer is bracketed: about three
@@ -126,8 +126,11 @@ std::uint64_t token_offset(const IndexedDataset& ds, std::uint64_t doc) {
 // probe narrows the range. Empty documents share their successor's offset;
 // the predicate offset <= token is monotone, so the result is the same as a
 // plain binary search.
-std::uint64_t last_doc_at(const IndexedDataset& ds, std::uint64_t lo, std::uint64_t hi,
-                          std::uint64_t lo_off, std::uint64_t hi_off, std::uint64_t token) {
+struct DocAt {
+  std::uint64_t doc, offset;  // the document and its token offset
+};
+DocAt last_doc_at(const IndexedDataset& ds, std::uint64_t lo, std::uint64_t hi,
+                  std::uint64_t lo_off, std::uint64_t hi_off, std::uint64_t token) {
   // Narrows [lo, hi) by one probe at `at` (lo < at < hi); true if at <= answer.
   const auto probe = [&](std::uint64_t at) {
     const std::uint64_t off = token_offset(ds, at);
@@ -153,7 +156,7 @@ std::uint64_t last_doc_at(const IndexedDataset& ds, std::uint64_t lo, std::uint6
       while (hi - lo > step && !probe(hi - step)) step *= 2;
     }
   }
-  return lo;
+  return {lo, lo_off};
 }
 
 }  // namespace
@@ -596,12 +599,12 @@ std::vector<SamplePiece> Mixture::sample(std::uint64_t i) const {
   // The last sequence starting at or before the first token (empty sequences
   // are skipped over); the following pieces are the next sequences in order.
   const std::uint64_t first = f.first_token + pos;
-  std::uint64_t doc =
+  const DocAt at =
       last_doc_at(ds, f.first_doc, f.end_doc, f.first_token, f.first_token + f.tokens, first);
   // Document lengths come from the differences of consecutive pointers (the
   // lines the search just read) rather than from the sizes array, which would
   // cost another cache and TLB miss in a distant part of the .idx.
-  std::uint64_t doc_off = token_offset(ds, doc);
+  std::uint64_t doc = at.doc, doc_off = at.offset;
   std::uint64_t offset = first - doc_off;
   pieces.reserve(8);
   while (left > 0) {

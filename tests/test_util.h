@@ -1,10 +1,15 @@
-// Helpers shared by the tests: scratch directories, file I/O, and running the
-// borealis binary as a user would.
+// Helpers shared by the tests: scratch directories, file I/O, log capture, and
+// running the borealis binary as a user would.
 #pragma once
+
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <filesystem>
 #include <functional>
 #include <ios>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -35,6 +40,22 @@ std::vector<std::string> list_dir(const std::filesystem::path& dir);
 // XORs the byte at offset `at` of a file with `mask`, in place: damage that
 // keeps the file's size, for the checksum tests.
 void flip_bits(const std::filesystem::path& path, std::streamoff at, unsigned char mask);
+
+// While alive, a copy of everything spdlog's default logger writes goes
+// to `out`.
+class LogCapture {
+ public:
+  explicit LogCapture(std::ostringstream& out)
+      : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out)) {
+    spdlog::default_logger()->sinks().push_back(sink_);
+  }
+  ~LogCapture() { std::erase(spdlog::default_logger()->sinks(), sink_); }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+
+ private:
+  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
+};
 
 struct RunResult {
   int exit_code = -1;  // -1 when killed by a signal

@@ -1,6 +1,7 @@
 #include "data/mixture.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -346,6 +347,15 @@ void Mixture::build_in_background(unsigned threads, const std::function<double()
           if (!options_.cache_dir.empty()) write_cache();
         } catch (const Cancelled&) {
         } catch (...) {
+          // Logged too, for a process that never calls wait() (a training
+          // run); samples already announced ready stay valid.
+          try {
+            throw;
+          } catch (const Error& e) {
+            spdlog::warn("mixture index, built in the background: {} ({})", e.message(), e.where());
+          } catch (const std::exception& e) {
+            spdlog::warn("mixture index, built in the background: {}", e.what());
+          }
           const std::lock_guard lock(bg.mutex);
           bg.error = std::current_exception();
         }

@@ -218,6 +218,8 @@ TEST(MixtureBackground, FilesTooShortForASampleFailWhenDrawn) {
   // the sample itself fail, naming the file.
   o.list = parse_data_list(
       "1 " + (dir / "a").string() + "\n0.000015 " + (dir / "tiny").string() + "\n", "L");
+  std::ostringstream log;
+  const test::LogCapture capture(log);
   const Mixture m(o);
   std::uint64_t drawn = o.samples;
   for (std::uint64_t i = 0; i < o.samples && drawn == o.samples; ++i) {
@@ -232,6 +234,10 @@ TEST(MixtureBackground, FilesTooShortForASampleFailWhenDrawn) {
     EXPECT_NE(e.message().find("fewer than the 9"), std::string::npos) << e.message();
   }
   EXPECT_THROW(m.wait(), Error);
+  // Logged as well, for a process that never calls wait().
+  EXPECT_NE(log.str().find("built in the background: " + (dir / "tiny").string()),
+            std::string::npos)
+      << log.str();
 }
 
 TEST(MixtureErrors, NameTheListLine) {

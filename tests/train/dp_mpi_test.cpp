@@ -459,14 +459,7 @@ int timeout_check(Communicator& c, const std::string& fault, int zero) {
   setenv("BOREALIS_TEST_FAULT", ("1:" + std::to_string(fault_step) + ":" + fault).c_str(), 1);
   // What the run logs, for the messages after the time-out.
   std::ostringstream log;
-  struct LogCapture {
-    explicit LogCapture(std::ostringstream& out)
-        : sink(std::make_shared<spdlog::sinks::ostream_sink_mt>(out)) {
-      spdlog::default_logger()->sinks().push_back(sink);
-    }
-    ~LogCapture() { std::erase(spdlog::default_logger()->sinks(), sink); }
-    std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink;
-  } capture(log);
+  const test::LogCapture capture(log);
   const auto start = std::chrono::steady_clock::now();
   try {
     train(cfg, run, c);

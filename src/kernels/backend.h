@@ -86,16 +86,26 @@ class Backend {
   virtual void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse,
                                   int B, int seq, int NH, int NKV, int HD) = 0;
 
-  // Inference with a key/value cache, one sequence at a time. rope_forward_at
-  // rotates the q and k heads of N packed qkv rows whose positions are
-  // pos0 .. pos0+N-1 (rope_forward's math, at an offset).
+  // matmul_forward's contract, with each output row computed by the same
+  // arithmetic whatever N is: a row's result does not depend on the rows
+  // beside it. Inference uses it so that a request gives the same logits,
+  // bit for bit, alone or batched with others.
+  virtual void matmul_forward_rowwise(T* out, const T* inp, const T* w, const T* bias, int N, int C,
+                                      int OC, bool accumulate) = 0;
+
+  // Inference with a key/value cache, one sequence's rows at a time.
+  // rope_forward_at rotates the q and k heads of N packed qkv rows whose
+  // positions are pos0 .. pos0+N-1 (rope_forward's math, at an offset).
   virtual void rope_forward_at(T* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) = 0;
-  // Appends the k and v heads of N packed qkv rows (positions pos0 ..
-  // pos0+N-1) to kcache and vcache ([capacity, NKV*HD] each, one row per
-  // position), then writes to out [N, NH*HD] the causal attention of each
-  // query row over cache rows 0 .. pos0+i (attention_forward's math; no lse).
-  virtual void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0,
-                                    int NH, int NKV, int HD) = 0;
+  // The cache is paged: kpool and vpool are [blocks * block_size, NKV*HD]
+  // (one row per position) and position p of the sequence is row
+  // blocks[p / block_size] * block_size + p % block_size. Stores the k and v
+  // heads of N packed qkv rows (positions pos0 .. pos0+N-1) there, then
+  // writes to out [N, NH*HD] the causal attention of each query row over
+  // positions 0 .. pos0+i (attention_forward's math; no lse).
+  virtual void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks,
+                                    int block_size, const T* qkv, int N, int pos0, int NH, int NKV,
+                                    int HD) = 0;
 
   // Softmax cross-entropy over the first V of Vp logits per row (columns
   // V..Vp-1 are vocabulary padding and are masked out). Writes losses[N]

@@ -104,10 +104,15 @@ class TimedBackend final : public Backend<T> {
   void rope_forward_at(T* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) override {
     time("rope", [&] { inner_.rope_forward_at(qkv, N, pos0, NH, NKV, HD, theta); });
   }
-  void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0, int NH,
-                            int NKV, int HD) override {
-    time("attention",
-         [&] { inner_.attention_kv_forward(out, kcache, vcache, qkv, N, pos0, NH, NKV, HD); });
+  void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks, int block_size,
+                            const T* qkv, int N, int pos0, int NH, int NKV, int HD) override {
+    time("attention", [&] {
+      inner_.attention_kv_forward(out, kpool, vpool, blocks, block_size, qkv, N, pos0, NH, NKV, HD);
+    });
+  }
+  void matmul_forward_rowwise(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
+                              bool accumulate) override {
+    time("matmul", [&] { inner_.matmul_forward_rowwise(out, inp, w, bias, N, C, OC, accumulate); });
   }
   void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets, int N,
                                      int V, int Vp, T dloss) override {

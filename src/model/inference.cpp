@@ -10,45 +10,155 @@
 namespace borealis {
 
 namespace {
-// Prompt rows per pass: large enough for efficient GEMMs, small enough that
-// the scratch (and the logits of all_positions) stays modest.
-constexpr int kChunkRows = 256;
+void check_token_ids(std::span<const std::int32_t> tokens, int vocab_size) {
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab_size) {
+      throw Error(fmt::format("token id {} at position {} is outside the vocabulary [0, {})",
+                              tokens[i], i, vocab_size),
+                  "tokens");
+    }
+  }
+}
 }  // namespace
 
 template <typename T>
-Inference<T>::Inference(const ModelConfig& config, const T* params, Backend<T>& backend,
-                        int capacity)
-    : config_(config), params_(params), backend_(backend), layout_((config.validate(), config)) {
+BatchInference<T>::BatchInference(const ModelConfig& config, const T* params, Backend<T>& backend)
+    : config_(config),
+      params_(params),
+      backend_(backend),
+      layout_((config.validate(), config)),
+      block_(config, layout_, backend) {}
+
+template <typename T>
+void BatchInference<T>::reserve(int rows, int logit_rows) {
+  if (rows > cap_rows_) {
+    const auto n = static_cast<std::size_t>(rows);
+    const auto C = static_cast<std::size_t>(config_.d_model);
+    tokens_.resize(n);
+    x_.resize(n * C);
+    ln_.resize(n * C);
+    mean_.resize(n);
+    rstd_.resize(n);
+    qkv_.resize(n * static_cast<std::size_t>(config_.qkv_width()));
+    atty_.resize(n * C);
+    fch_.resize(n * static_cast<std::size_t>(config_.fc_width()));
+    act_.resize(n * static_cast<std::size_t>(config_.d_ff));
+    cap_rows_ = rows;
+  }
+  if (logit_rows > cap_logit_rows_) {
+    const auto n = static_cast<std::size_t>(logit_rows);
+    head_.resize(n * static_cast<std::size_t>(config_.d_model));
+    logits_.resize(n * static_cast<std::size_t>(config_.padded_vocab));
+    cap_logit_rows_ = logit_rows;
+  }
+}
+
+template <typename T>
+void BatchInference<T>::check(const KvCache<T>& cache, const Segment& s) const {
+  const auto n = static_cast<std::int64_t>(s.tokens.size());
+  if (n == 0) throw Error("no tokens to run", "prefill");
+  if (s.pos0 < 0 || s.pos0 + n > config_.max_seq) {
+    throw Error(fmt::format("context of {} tokens ({} cached + {} new) exceeds the model's "
+                            "context of {} tokens",
+                            s.pos0 + n, s.pos0, n, config_.max_seq),
+                "context");
+  }
+  if (static_cast<std::int64_t>(s.blocks.size()) * cache.block_size() < s.pos0 + n) {
+    throw std::logic_error(
+        fmt::format("BatchInference: {} cache blocks of {} cannot hold {} tokens", s.blocks.size(),
+                    cache.block_size(), s.pos0 + n));
+  }
+  check_token_ids(s.tokens, config_.vocab_size);
+}
+
+template <typename T>
+std::span<const T> BatchInference<T>::forward(KvCache<T>& cache,
+                                              std::span<const Segment> segments) {
+  int rows = 0, logit_rows = 0;
+  for (const Segment& s : segments) {
+    check(cache, s);
+    rows += static_cast<int>(s.tokens.size());
+    logit_rows += s.all_logits ? static_cast<int>(s.tokens.size()) : 1;
+  }
+  if (rows == 0) return {};
+  reserve(rows, logit_rows);
+  const BlockDims& d = block_.dims();
+  const auto C = static_cast<std::size_t>(d.C);
+
+  // Embeddings, with each segment's learned positions from its pos0 on.
+  std::size_t r0 = 0;
+  for (const Segment& s : segments) {
+    const int n = static_cast<int>(s.tokens.size());
+    std::copy(s.tokens.begin(), s.tokens.end(), tokens_.begin() + static_cast<std::ptrdiff_t>(r0));
+    const T* wpe =
+        d.gpt2 ? params_ + layout_.wpe() + static_cast<std::size_t>(s.pos0) * C : nullptr;
+    backend_.embedding_forward(x_.data() + r0 * C, s.tokens.data(), params_ + layout_.wte(), wpe, n,
+                               n, d.C);
+    r0 += static_cast<std::size_t>(n);
+  }
+  // The residual stream x_ takes each block's output in place.
+  const BlockBuffers<T> buf{ln_.data(),   mean_.data(), rstd_.data(), qkv_.data(),
+                            atty_.data(), x_.data(),    ln_.data(),   mean_.data(),
+                            rstd_.data(), fch_.data(),  act_.data(),  x_.data()};
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const Attend<T> attend = [&](T* qkv, T* atty) {
+      std::size_t row = 0;
+      for (const Segment& s : segments) {
+        const int n = static_cast<int>(s.tokens.size());
+        T* q = qkv + row * static_cast<std::size_t>(d.S);
+        if (!d.gpt2) backend_.rope_forward_at(q, n, s.pos0, d.NH, d.NKV, d.HD, config_.rope_theta);
+        backend_.attention_kv_forward(atty + row * C, cache.keys(l), cache.values(l),
+                                      s.blocks.data(), cache.block_size(), q, n, s.pos0, d.NH,
+                                      d.NKV, d.HD);
+        row += static_cast<std::size_t>(n);
+      }
+    };
+    block_.forward(l, params_, x_.data(), buf, rows, attend, true);
+  }
+
+  // Only the rows whose logits are wanted go through the final norm and head.
+  r0 = 0;
+  std::size_t h = 0;
+  for (const Segment& s : segments) {
+    const std::size_t n = s.tokens.size();
+    const std::size_t take = s.all_logits ? n : 1;
+    const T* from = x_.data() + (r0 + n - take) * C;
+    std::copy(from, from + take * C, head_.data() + h * C);
+    h += take;
+    r0 += n;
+  }
+  block_.norm_forward(ln_.data(), mean_.data(), rstd_.data(), head_.data(), params_,
+                      layout_.lnf_w(), layout_.lnf_b(), logit_rows);
+  const int Vp = config_.padded_vocab;
+  const auto V = static_cast<std::size_t>(config_.vocab_size);
+  backend_.matmul_forward_rowwise(logits_.data(), ln_.data(), params_ + layout_.lm_head(), nullptr,
+                                  logit_rows, d.C, Vp, false);
+  out_.resize(static_cast<std::size_t>(logit_rows) * V);
+  for (int r = 0; r < logit_rows; ++r) {
+    const T* src = logits_.data() + static_cast<std::size_t>(r) * Vp;
+    std::copy(src, src + V, out_.data() + static_cast<std::size_t>(r) * V);
+  }
+  return {out_.data(), out_.size()};
+}
+
+namespace {
+int checked_capacity(const ModelConfig& config, int capacity) {
   if (capacity < 0 || capacity > config.max_seq) {
     throw Error(fmt::format("context capacity {} is outside 0..{} (the model's max_seq)", capacity,
                             config.max_seq),
                 "context");
   }
-  capacity_ = capacity == 0 ? config.max_seq : capacity;
-  chunk_ = std::min(capacity_, kChunkRows);
-  const std::size_t kv = static_cast<std::size_t>(config.n_kv_head) * config.head_dim();
-  cache_.assign(2 * static_cast<std::size_t>(config.n_layer) * capacity_ * kv, T(0));
-  const auto rows = static_cast<std::size_t>(chunk_);
-  const auto C = static_cast<std::size_t>(config.d_model);
-  x_.resize(rows * C);
-  ln_.resize(rows * C);
-  mean_.resize(rows);
-  rstd_.resize(rows);
-  qkv_.resize(rows * static_cast<std::size_t>(config.qkv_width()));
-  atty_.resize(rows * C);
-  fch_.resize(rows * static_cast<std::size_t>(config.fc_width()));
-  act_.resize(rows * static_cast<std::size_t>(config.d_ff));
-  logits_.resize(static_cast<std::size_t>(config.padded_vocab));
+  return capacity == 0 ? config.max_seq : capacity;
 }
+}  // namespace
 
 template <typename T>
-void Inference<T>::norm(T* out, const T* inp, std::int64_t w, std::int64_t b, int rows) {
-  if (config_.family == ModelFamily::kGpt2) {
-    backend_.layernorm_forward(out, mean_.data(), rstd_.data(), inp, p(w), p(b), rows,
-                               config_.d_model, config_.norm_eps);
-  } else {
-    backend_.rmsnorm_forward(out, rstd_.data(), inp, p(w), rows, config_.d_model, config_.norm_eps);
-  }
+Inference<T>::Inference(const ModelConfig& config, const T* params, Backend<T>& backend,
+                        int capacity)
+    : run_(config, params, backend),
+      capacity_(checked_capacity(config, capacity)),
+      cache_(config, 1, capacity_) {
+  block_ = cache_.allocate();
 }
 
 template <typename T>
@@ -61,21 +171,22 @@ std::span<const T> Inference<T>::prefill(std::span<const std::int32_t> tokens, b
                             pos_ + n, pos_, n, capacity_),
                 "context");
   }
-  for (std::int64_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
-      throw Error(fmt::format("token id {} at position {} is outside the vocabulary [0, {})",
-                              tokens[i], i, config_.vocab_size),
-                  "tokens");
-    }
-  }
-  const auto V = static_cast<std::size_t>(config_.vocab_size);
+  check_token_ids(tokens, run_.config().vocab_size);
+  const auto V = static_cast<std::size_t>(run_.config().vocab_size);
   out_.resize((all_positions ? static_cast<std::size_t>(n) : 1) * V);
-  for (std::int64_t r0 = 0; r0 < n; r0 += chunk_) {
-    const int rows = static_cast<int>(std::min<std::int64_t>(chunk_, n - r0));
-    const bool last = r0 + rows == n;
-    T* dest = all_positions ? out_.data() + static_cast<std::size_t>(r0) * V
-                            : (last ? out_.data() : nullptr);
-    run_chunk(tokens.data() + r0, rows, all_positions, dest);
+  // Chunks at fixed positions from the start of the call.
+  for (std::int64_t c0 = 0; c0 < n; c0 += kPrefillChunk) {
+    const auto rows = std::min<std::int64_t>(kPrefillChunk, n - c0);
+    const typename BatchInference<T>::Segment seg{
+        tokens.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(rows)), pos_,
+        std::span<const std::int32_t>(&block_, 1), all_positions};
+    const std::span<const T> logits = run_.forward(cache_, std::span(&seg, 1));
+    pos_ += static_cast<int>(rows);
+    if (all_positions) {
+      std::copy(logits.begin(), logits.end(), out_.begin() + static_cast<std::ptrdiff_t>(c0 * V));
+    } else if (c0 + rows == n) {
+      std::copy(logits.begin(), logits.end(), out_.begin());
+    }
   }
   return {out_.data(), out_.size()};
 }
@@ -94,61 +205,8 @@ std::span<const T> Inference<T>::decode(std::int32_t token) {
   return prefill(std::span<const std::int32_t>(&token, 1));
 }
 
-// One pass over n <= chunk_ tokens at positions pos_ .. pos_+n-1, in the
-// order of Model::forward. logits_out (when not null) gets the logits of
-// every row (all_positions) or of the last row.
-template <typename T>
-void Inference<T>::run_chunk(const std::int32_t* tokens, int n, bool all_positions, T* logits_out) {
-  const int C = config_.d_model;
-  const int S = config_.qkv_width();
-  const int F = config_.d_ff;
-  const int FW = config_.fc_width();
-  const int NH = config_.n_head;
-  const int NKV = config_.n_kv_head;
-  const int HD = config_.head_dim();
-  const bool gpt2 = config_.family == ModelFamily::kGpt2;
-  const std::size_t layer_cache = static_cast<std::size_t>(capacity_) * NKV * HD;
-
-  // Learned positions: wpe rows from pos_ on (row i of the chunk is position pos_ + i).
-  const T* wpe = gpt2 ? p(layout_.wpe()) + static_cast<std::size_t>(pos_) * C : nullptr;
-  backend_.embedding_forward(x_.data(), tokens, p(layout_.wte()), wpe, n, n, C);
-  for (int l = 0; l < config_.n_layer; ++l) {
-    const LayerOffsets& w = layout_.layer(l);
-    T* kcache = cache_.data() + 2 * static_cast<std::size_t>(l) * layer_cache;
-    T* vcache = kcache + layer_cache;
-    norm(ln_.data(), x_.data(), w.ln1_w, w.ln1_b, n);
-    backend_.matmul_forward(qkv_.data(), ln_.data(), p(w.qkv_w), p(w.qkv_b), n, C, S, false);
-    if (!gpt2) backend_.rope_forward_at(qkv_.data(), n, pos_, NH, NKV, HD, config_.rope_theta);
-    backend_.attention_kv_forward(atty_.data(), kcache, vcache, qkv_.data(), n, pos_, NH, NKV, HD);
-    // The residual stream x takes each block's output in place (x + y * W^T).
-    backend_.matmul_forward(x_.data(), atty_.data(), p(w.proj_w), p(w.proj_b), n, C, C, true);
-    norm(ln_.data(), x_.data(), w.ln2_w, w.ln2_b, n);
-    backend_.matmul_forward(fch_.data(), ln_.data(), p(w.fc_w), p(w.fc_b), n, C, FW, false);
-    if (gpt2) {
-      backend_.gelu_forward(act_.data(), fch_.data(), static_cast<std::int64_t>(n) * F);
-    } else {
-      backend_.swiglu_forward(act_.data(), fch_.data(), n, F);
-    }
-    backend_.matmul_forward(x_.data(), act_.data(), p(w.fcproj_w), p(w.fcproj_b), n, F, C, true);
-  }
-  pos_ += n;
-  if (logits_out == nullptr) return;
-
-  // Only the rows whose logits are wanted go through the final norm and head.
-  const int rows = all_positions ? n : 1;
-  const T* last = x_.data() + static_cast<std::size_t>(n - rows) * C;
-  norm(ln_.data(), last, layout_.lnf_w(), layout_.lnf_b(), rows);
-  const int Vp = config_.padded_vocab;
-  const auto V = static_cast<std::size_t>(config_.vocab_size);
-  logits_.resize(static_cast<std::size_t>(rows) * Vp);
-  backend_.matmul_forward(logits_.data(), ln_.data(), p(layout_.lm_head()), nullptr, rows, C, Vp,
-                          false);
-  for (int r = 0; r < rows; ++r) {
-    const T* src = logits_.data() + static_cast<std::size_t>(r) * Vp;
-    std::copy(src, src + V, logits_out + static_cast<std::size_t>(r) * V);
-  }
-}
-
+template class BatchInference<float>;
+template class BatchInference<double>;
 template class Inference<float>;
 template class Inference<double>;
 

@@ -1,28 +1,82 @@
-// Inference with a key/value cache: the forward pass of Model (same norms,
-// RoPE, grouped-query attention, tied or untied head), one sequence at a
-// time, keeping each layer's keys and values so a new token costs one row of
+// Inference with a key/value cache: the transformer block of model/block.h
+// run over a paged cache (model/kv_cache.h), so a new token costs one row of
 // work instead of a pass over the whole context.
 //
+// BatchInference runs the rows of many sequences in one pass: each sequence
+// contributes a segment (a prompt chunk, or the one token of a decode step)
+// at its own positions and with its own cache blocks. The matmuls of all
+// rows are batched; attention runs per segment over its sequence's cache.
+// A row's result does not depend on the other segments of the pass
+// (rowwise matmuls, per-segment attention), so a request gives the same
+// logits alone or batched — what a server needs to be deterministic.
+//
+// Inference is one sequence over a cache of its own:
 //   Inference<float> run(config, params, backend);
 //   std::span<const float> logits = run.prefill(prompt);   // the last token's
 //   while (...) logits = run.decode(next_token);
 //
 // Logits cover the real vocabulary (vocab_size columns; the padding of
 // padded_vocab is left out). The parameters are borrowed: the buffer (laid
-// out by ParamLayout(config)) must outlive the Inference and not change under
+// out by ParamLayout(config)) must outlive the object and not change under
 // it. Context is limited to the model's max_seq (learned positions and the
 // trained RoPE range end there); going beyond it is an Error, not a slide.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "kernels/backend.h"
+#include "model/block.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 #include "model/params.h"
 
 namespace borealis {
+
+// Prompt rows per pass of Inference::prefill, and the chunk a server should
+// split long prompts into: large enough for efficient matmuls, small enough
+// that the scratch stays modest. Chunks at fixed positions keep a prompt's
+// arithmetic the same however it is scheduled.
+inline constexpr int kPrefillChunk = 256;
+
+template <typename T>
+class BatchInference {
+ public:
+  BatchInference(const ModelConfig& config, const T* params, Backend<T>& backend);
+
+  const ModelConfig& config() const { return config_; }
+
+  // Tokens at positions pos0 .. pos0+n-1 of one sequence, whose cache blocks
+  // (at least enough for pos0+n positions) are `blocks` in `cache`.
+  struct Segment {
+    std::span<const std::int32_t> tokens;
+    int pos0 = 0;
+    std::span<const std::int32_t> blocks;
+    bool all_logits = false;  // logits of every token (scoring); else of the last only
+  };
+
+  // Runs every segment's tokens through the model, storing their keys and
+  // values in the cache. Returns the logits rows, vocab_size each: per
+  // segment in order, n rows with all_logits, else one. The span lives until
+  // the next call. Throws Error for an empty segment, an id outside the
+  // vocabulary or positions past the context (nothing is run then).
+  std::span<const T> forward(KvCache<T>& cache, std::span<const Segment> segments);
+
+ private:
+  void reserve(int rows, int logit_rows);
+  void check(const KvCache<T>& cache, const Segment& s) const;
+
+  ModelConfig config_;
+  const T* params_;
+  Backend<T>& backend_;
+  ParamLayout layout_;
+  Block<T> block_;
+  int cap_rows_ = 0, cap_logit_rows_ = 0;
+  std::vector<std::int32_t> tokens_;
+  std::vector<T> x_, ln_, mean_, rstd_, qkv_, atty_, fch_, act_, head_, logits_, out_;
+};
 
 template <typename T>
 class Inference {
@@ -30,10 +84,10 @@ class Inference {
   // capacity: the most tokens the cache holds (0 = config.max_seq; at most max_seq).
   Inference(const ModelConfig& config, const T* params, Backend<T>& backend, int capacity = 0);
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const { return run_.config(); }
   int position() const { return pos_; }  // tokens in the cache
   int capacity() const { return capacity_; }
-  std::size_t cache_bytes() const { return cache_.size() * sizeof(T); }
+  std::size_t cache_bytes() const { return cache_.bytes(); }
   // Empties the cache: the next prefill starts a new sequence at position 0.
   void reset() { pos_ = 0; }
   // Forgets the tokens from position on (keeps the first `position`), e.g.
@@ -51,23 +105,16 @@ class Inference {
   std::span<const T> decode(std::int32_t token);
 
  private:
-  const T* p(std::int64_t offset) const { return offset < 0 ? nullptr : params_ + offset; }
-  void norm(T* out, const T* inp, std::int64_t w, std::int64_t b, int rows);
-  void run_chunk(const std::int32_t* tokens, int n, bool all_positions, T* logits_out);
-
-  ModelConfig config_;
-  const T* params_;
-  Backend<T>& backend_;
-  ParamLayout layout_;
-  int capacity_ = 0;
-  int chunk_ = 0;  // rows per pass; longer prompts go through in chunks
+  BatchInference<T> run_;
+  int capacity_;
+  KvCache<T> cache_;  // one block as long as the context
+  std::int32_t block_ = 0;
   int pos_ = 0;
-  std::vector<T> cache_;  // per layer: keys [capacity, NKV*HD], then values
-  // Scratch for one chunk of rows.
-  std::vector<T> x_, ln_, mean_, rstd_, qkv_, atty_, fch_, act_, logits_;
   std::vector<T> out_;
 };
 
+extern template class BatchInference<float>;
+extern template class BatchInference<double>;
 extern template class Inference<float>;
 extern template class Inference<double>;
 

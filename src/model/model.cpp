@@ -18,7 +18,10 @@ constexpr std::int64_t kLogitsChunkElems = std::int64_t{1} << 25;
 
 template <typename T>
 Model<T>::Model(const ModelConfig& config, Backend<T>& backend)
-    : config_(config), backend_(backend), layout_((config.validate(), config)) {
+    : config_(config),
+      backend_(backend),
+      layout_((config.validate(), config)),
+      block_(config, layout_, backend) {
   params_.assign(static_cast<std::size_t>(layout_.total()), T(0));
   grads_.assign(static_cast<std::size_t>(layout_.total()), T(0));
 }
@@ -125,31 +128,15 @@ void Model<T>::set_loss_chunk_rows(int rows) {
 }
 
 template <typename T>
-const T* Model<T>::res_in(int l) const {
-  return arena_.data() + (l == 0 ? encoded_ : layer_acts_[static_cast<std::size_t>(l - 1)].res3);
+T* Model<T>::res_in(int l) {
+  return act(l == 0 ? encoded_ : layer_acts_[static_cast<std::size_t>(l - 1)].res3);
 }
 
 template <typename T>
-void Model<T>::norm_forward(T* out, T* mean, T* rstd, const T* inp, std::int64_t w,
-                            std::int64_t b) {
-  const int N = B_ * T_;
-  if (config_.family == ModelFamily::kGpt2) {
-    backend_.layernorm_forward(out, mean, rstd, inp, p(w), p(b), N, config_.d_model,
-                               config_.norm_eps);
-  } else {
-    backend_.rmsnorm_forward(out, rstd, inp, p(w), N, config_.d_model, config_.norm_eps);
-  }
-}
-
-template <typename T>
-void Model<T>::norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
-                             std::int64_t w, std::int64_t b) {
-  const int N = B_ * T_;
-  if (config_.family == ModelFamily::kGpt2) {
-    backend_.layernorm_backward(dinp, g(w), g(b), dout, inp, p(w), mean, rstd, N, config_.d_model);
-  } else {
-    backend_.rmsnorm_backward(dinp, g(w), dout, inp, p(w), rstd, N, config_.d_model);
-  }
+BlockBuffers<T> Model<T>::buffers(int l) {
+  const LayerActs& a = layer_acts_[static_cast<std::size_t>(l)];
+  return {act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), act(a.qkv), act(a.atty),   act(a.res2),
+          act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.fch), act(mlp_act_), act(a.res3)};
 }
 
 template <typename T>
@@ -176,42 +163,22 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   validate_tokens(tokens, "tokens");
   validate_tokens(targets, "targets");
   const int N = B * seq;
-  const int C = config_.d_model;
-  const int S = config_.qkv_width();
-  const int F = config_.d_ff;
-  const int FW = config_.fc_width();
-  const int NH = config_.n_head;
-  const int NKV = config_.n_kv_head;
-  const int HD = config_.head_dim();
-  const bool gpt2 = config_.family == ModelFamily::kGpt2;
+  const BlockDims& d = block_.dims();
+  const int C = d.C;
   std::copy(tokens, tokens + N, tokens_.begin());
 
   backend_.embedding_forward(act(encoded_), tokens, p(layout_.wte()),
-                             gpt2 ? p(layout_.wpe()) : nullptr, N, seq, C);
+                             d.gpt2 ? p(layout_.wpe()) : nullptr, N, seq, C);
   for (int l = 0; l < config_.n_layer; ++l) {
-    const LayerActs& a = layer_acts_[static_cast<std::size_t>(l)];
-    const LayerOffsets& w = layout_.layer(l);
-    const T* x = res_in(l);
-    norm_forward(act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), x, w.ln1_w, w.ln1_b);
-    backend_.matmul_forward(act(a.qkv), act(a.ln1), p(w.qkv_w), p(w.qkv_b), N, C, S, false);
-    if (!gpt2) backend_.rope_forward(act(a.qkv), B, seq, NH, NKV, HD, config_.rope_theta);
-    backend_.attention_forward(act(a.atty), act(a.lse), act(a.qkv), B, seq, NH, NKV, HD);
-    // Residual adds are fused into the output projections: res = x + y * W^T.
-    backend_.copy(act(a.res2), x, static_cast<std::int64_t>(N) * C);
-    backend_.matmul_forward(act(a.res2), act(a.atty), p(w.proj_w), p(w.proj_b), N, C, C, true);
-    norm_forward(act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.res2), w.ln2_w, w.ln2_b);
-    backend_.matmul_forward(act(a.fch), act(a.ln2), p(w.fc_w), p(w.fc_b), N, C, FW, false);
-    if (gpt2) {
-      backend_.gelu_forward(act(mlp_act_), act(a.fch), static_cast<std::int64_t>(N) * F);
-    } else {
-      backend_.swiglu_forward(act(mlp_act_), act(a.fch), N, F);
-    }
-    backend_.copy(act(a.res3), act(a.res2), static_cast<std::int64_t>(N) * C);
-    backend_.matmul_forward(act(a.res3), act(mlp_act_), p(w.fcproj_w), p(w.fcproj_b), N, F, C,
-                            true);
+    T* lse = act(layer_acts_[static_cast<std::size_t>(l)].lse);
+    const Attend<T> attend = [&](T* qkv, T* atty) {
+      if (!d.gpt2) backend_.rope_forward(qkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
+      backend_.attention_forward(atty, lse, qkv, B, seq, d.NH, d.NKV, d.HD);
+    };
+    block_.forward(l, params_.data(), res_in(l), buffers(l), N, attend, false);
   }
-  norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), res_in(config_.n_layer), layout_.lnf_w(),
-               layout_.lnf_b());
+  block_.norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), res_in(config_.n_layer),
+                      params_.data(), layout_.lnf_w(), layout_.lnf_b(), N);
 
   // Loss head in row chunks; with need_grad the chunk's logits turn into
   // their gradient in place and are consumed at once.
@@ -243,59 +210,26 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
   const int B = B_;
   const int seq = T_;
   const int N = B * seq;
-  const int C = config_.d_model;
-  const int S = config_.qkv_width();
-  const int F = config_.d_ff;
-  const int FW = config_.fc_width();
-  const int NH = config_.n_head;
-  const int NKV = config_.n_kv_head;
-  const int HD = config_.head_dim();
-  const bool gpt2 = config_.family == ModelFamily::kGpt2;
-  const std::int64_t NC = static_cast<std::int64_t>(N) * C;
+  const std::int64_t NC = static_cast<std::int64_t>(N) * config_.d_model;
 
   // dres holds the gradient of the residual stream, flowing down the blocks.
   backend_.fill(act(dres_), T(0), NC);
-  norm_backward(act(dres_), act(dlnf_), res_in(config_.n_layer), act(lnf_mean_), act(lnf_rstd_),
-                layout_.lnf_w(), layout_.lnf_b());
+  block_.norm_backward(act(dres_), act(dlnf_), res_in(config_.n_layer), act(lnf_mean_),
+                       act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
+                       layout_.lnf_b(), N);
   // Everything after the blocks in the layout (final norm, untied lm head,
   // whose gradient the loss head computed) is final now; so is each block
   // once its backward is done. Tied embeddings sit at offset 0.
   if (grads_final_from) grads_final_from(layout_.lnf_w());
+  const typename Block<T>::Grads d{act(dres_), act(dln_),      act(datty_),
+                                   act(dqkv_), act(dmlp_act_), act(dfch_)};
   for (int l = config_.n_layer - 1; l >= 0; --l) {
-    const LayerActs& a = layer_acts_[static_cast<std::size_t>(l)];
-    const LayerOffsets& w = layout_.layer(l);
-    // MLP: recompute its activation instead of keeping one per layer.
-    if (gpt2) {
-      backend_.gelu_forward(act(mlp_act_), act(a.fch), static_cast<std::int64_t>(N) * F);
-    } else {
-      backend_.swiglu_forward(act(mlp_act_), act(a.fch), N, F);
-    }
-    backend_.matmul_backward(act(dmlp_act_), g(w.fcproj_w), g(w.fcproj_b), act(dres_),
-                             act(mlp_act_), p(w.fcproj_w), N, F, C);
-    if (gpt2) {
-      backend_.gelu_backward(act(dfch_), act(a.fch), act(dmlp_act_),
-                             static_cast<std::int64_t>(N) * F);
-    } else {
-      backend_.swiglu_backward(act(dfch_), act(a.fch), act(dmlp_act_), N, F);
-    }
-    backend_.matmul_backward(act(dln_), g(w.fc_w), g(w.fc_b), act(dfch_), act(a.ln2), p(w.fc_w), N,
-                             C, FW);
-    norm_backward(act(dres_), act(dln_), act(a.res2), act(a.ln2_mean), act(a.ln2_rstd), w.ln2_w,
-                  w.ln2_b);
-    // Attention.
-    backend_.matmul_backward(act(datty_), g(w.proj_w), g(w.proj_b), act(dres_), act(a.atty),
-                             p(w.proj_w), N, C, C);
-    backend_.attention_backward(act(dqkv_), act(datty_), act(a.qkv), act(a.atty), act(a.lse), B,
-                                seq, NH, NKV, HD);
-    if (!gpt2) backend_.rope_backward(act(dqkv_), B, seq, NH, NKV, HD, config_.rope_theta);
-    backend_.matmul_backward(act(dln_), g(w.qkv_w), g(w.qkv_b), act(dqkv_), act(a.ln1), p(w.qkv_w),
-                             N, C, S);
-    norm_backward(act(dres_), act(dln_), res_in(l), act(a.ln1_mean), act(a.ln1_rstd), w.ln1_w,
-                  w.ln1_b);
-    if (grads_final_from) grads_final_from(w.ln1_w);
+    block_.backward(l, params_.data(), grads_.data(), res_in(l), buffers(l),
+                    act(layer_acts_[static_cast<std::size_t>(l)].lse), d, B, seq);
+    if (grads_final_from) grads_final_from(layout_.layer(l).ln1_w);
   }
-  backend_.embedding_backward(g(layout_.wte()), gpt2 ? g(layout_.wpe()) : nullptr, act(dres_),
-                              tokens_.data(), N, seq, C);
+  backend_.embedding_backward(g(layout_.wte()), block_.dims().gpt2 ? g(layout_.wpe()) : nullptr,
+                              act(dres_), tokens_.data(), N, seq, config_.d_model);
   if (grads_final_from) grads_final_from(0);
 }
 

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "model/block.h"
 #include "model/config.h"
 #include "model/params.h"
 
@@ -80,17 +81,16 @@ class Model {
     std::int64_t ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, res3;
   };
   T* act(std::int64_t offset) { return arena_.data() + offset; }
-  const T* res_in(int l) const;
+  T* res_in(int l);
+  BlockBuffers<T> buffers(int l);
   T* p(std::int64_t offset) { return offset < 0 ? nullptr : params_.data() + offset; }
   T* g(std::int64_t offset) { return offset < 0 ? nullptr : grads_.data() + offset; }
-  void norm_forward(T* out, T* mean, T* rstd, const T* inp, std::int64_t w, std::int64_t b);
-  void norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
-                     std::int64_t w, std::int64_t b);
   void validate_tokens(const std::int32_t* ids, const char* what) const;
 
   ModelConfig config_;
   Backend<T>& backend_;
   ParamLayout layout_;
+  Block<T> block_;
   std::vector<T> params_;
   std::vector<T> grads_;
 

@@ -58,11 +58,12 @@ TEST_F(KvOps, CacheAttentionInPiecesMatchesCausalAttention) {
   be->attention_forward(ref.data(), lse.data(), qkv.data(), 1, seq, NH, NKV, HD);
 
   std::vector<double> kc(static_cast<std::size_t>(seq) * KW, -1), vc(kc.size(), -1);
+  const std::int32_t one_block = 0;
   int pos = 0;
   for (int n : {5, 1, 1, 70, 1, 66, 6}) {
     std::vector<double> out(static_cast<std::size_t>(n) * C, 42.0);
-    be->attention_kv_forward(out.data(), kc.data(), vc.data(), qkv.data() + pos * S, n, pos, NH,
-                             NKV, HD);
+    be->attention_kv_forward(out.data(), kc.data(), vc.data(), &one_block, seq,
+                             qkv.data() + pos * S, n, pos, NH, NKV, HD);
     for (int i = 0; i < n * C; ++i) {
       ASSERT_NEAR(out[i], ref[pos * C + i], 1e-12) << "piece at " << pos << ", element " << i;
     }
@@ -73,6 +74,78 @@ TEST_F(KvOps, CacheAttentionInPiecesMatchesCausalAttention) {
     for (int j = 0; j < KW; ++j) {
       ASSERT_EQ(kc[t * KW + j], qkv[t * S + C + j]);
       ASSERT_EQ(vc[t * KW + j], qkv[t * S + C + KW + j]);
+    }
+  }
+}
+
+TEST_F(KvOps, PagedCacheAttentionMatchesCausalAttention) {
+  // Blocks of 16 positions in a shuffled order within a larger pool; pieces
+  // that start and end inside blocks.
+  const int seq = 150, NH = 4, NKV = 2, HD = 8, bs = 16;
+  const int S = (NH + 2 * NKV) * HD, C = NH * HD, KW = NKV * HD;
+  const auto qkv = random_vector(static_cast<std::size_t>(seq) * S, 11, 2.0);
+  std::vector<double> ref(static_cast<std::size_t>(seq) * C), lse(NH * seq);
+  be->attention_forward(ref.data(), lse.data(), qkv.data(), 1, seq, NH, NKV, HD);
+
+  const std::vector<std::int32_t> blocks{7, 2, 11, 0, 5, 9, 1, 3, 10, 4};  // 10 x 16 >= 150
+  std::vector<double> kp(12 * static_cast<std::size_t>(bs) * KW, -1), vp(kp.size(), -1);
+  int pos = 0;
+  for (int n : {3, 20, 1, 1, 64, 40, 1, 20}) {
+    std::vector<double> out(static_cast<std::size_t>(n) * C, 42.0);
+    be->attention_kv_forward(out.data(), kp.data(), vp.data(), blocks.data(), bs,
+                             qkv.data() + pos * S, n, pos, NH, NKV, HD);
+    for (int i = 0; i < n * C; ++i) {
+      ASSERT_NEAR(out[i], ref[pos * C + i], 1e-12) << "piece at " << pos << ", element " << i;
+    }
+    pos += n;
+  }
+  ASSERT_EQ(pos, seq);
+  for (int t = 0; t < seq; ++t) {
+    const std::size_t row = static_cast<std::size_t>(blocks[t / bs]) * bs + t % bs;
+    for (int j = 0; j < KW; ++j) {
+      ASSERT_EQ(kp[row * KW + j], qkv[t * S + C + j]);
+      ASSERT_EQ(vp[row * KW + j], qkv[t * S + C + KW + j]);
+    }
+  }
+}
+
+TEST_F(KvOps, RowwiseMatmulMatchesDefinitionAndEveryRowIsTheSameWhateverTheBatch) {
+  const auto fb = make_cpu_backend<float>();
+  // C not a multiple of the vector width, OC not a multiple of the tile.
+  const int C = 203, OC = 70, N = 37;
+  auto xd = random_vector(static_cast<std::size_t>(N) * C, 21);
+  auto wd = random_vector(static_cast<std::size_t>(OC) * C, 22);
+  auto bd = random_vector(OC, 23);
+  const std::vector<float> x(xd.begin(), xd.end()), w(wd.begin(), wd.end()),
+      b(bd.begin(), bd.end());
+  std::vector<float> all(static_cast<std::size_t>(N) * OC, 0.5f);
+  fb->matmul_forward_rowwise(all.data(), x.data(), w.data(), b.data(), N, C, OC, true);
+  for (int n = 0; n < N; ++n) {
+    for (int o = 0; o < OC; ++o) {
+      double s = 0.5 + b[o];
+      for (int c = 0; c < C; ++c) s += double(x[n * C + c]) * w[o * C + c];
+      ASSERT_NEAR(all[n * OC + o], s, 1e-4) << n << "," << o;
+    }
+  }
+  // The same rows in batches of other sizes and offsets: bit-identical.
+  for (int rows : {1, 2, 3, 5, 8, 33}) {
+    for (int r0 = 0; r0 + rows <= N; r0 += 7) {
+      std::vector<float> part(static_cast<std::size_t>(rows) * OC, 0.5f);
+      fb->matmul_forward_rowwise(part.data(), x.data() + r0 * C, w.data(), b.data(), rows, C, OC,
+                                 true);
+      for (int i = 0; i < rows * OC; ++i) {
+        ASSERT_EQ(part[i], all[r0 * OC + i]) << rows << " rows from " << r0 << ", element " << i;
+      }
+    }
+  }
+  // Without bias or accumulation, against the double backend.
+  std::vector<double> dref(static_cast<std::size_t>(N) * OC);
+  be->matmul_forward_rowwise(dref.data(), xd.data(), wd.data(), nullptr, N, C, OC, false);
+  for (int n = 0; n < N; ++n) {
+    for (int o = 0; o < OC; ++o) {
+      double s = 0;
+      for (int c = 0; c < C; ++c) s += xd[n * C + c] * wd[o * C + c];
+      ASSERT_NEAR(dref[n * OC + o], s, 1e-12);
     }
   }
 }

@@ -177,6 +177,118 @@ TEST(Inference, ContextAndTokenErrors) {
   EXPECT_EQ(run.position(), 10);
 }
 
+// Three sequences of one model, each run in the same pieces, once each on
+// its own and once with the pieces of all three in one batched pass (and on
+// other cache blocks): the logits must be the same bits, and match the
+// training forward.
+TEST(BatchInference, BatchedSegmentsGiveTheSameBitsAsEachSequenceAlone) {
+  for (const std::string preset : {"gpt2-tiny", "llama-tiny"}) {
+    const ModelConfig config = model_preset(preset);
+    const int seq = 30;
+    std::vector<std::unique_ptr<Reference<float>>> refs;
+    for (std::uint64_t seed : {5, 6, 7})
+      refs.push_back(std::make_unique<Reference<float>>(config, seq, seed));
+    // One set of weights (the first model's); the other references give
+    // token sequences and are re-scored with those weights.
+    const float* params = refs[0]->model->params();
+    for (std::size_t i = 1; i < refs.size(); ++i) {
+      std::copy(params, params + refs[0]->model->num_params(), refs[i]->model->params());
+      refs[i]->model->forward(refs[i]->tokens.data(), refs[i]->targets.data(), 1, seq, false);
+      refs[i]->losses.clear();
+      for (float l : refs[i]->model->losses()) refs[i]->losses.push_back(l);
+    }
+    const std::vector<std::vector<int>> pieces{
+        {10, 1, 1, 17, 1}, {3, 1, 20, 1, 5}, {1, 29, 0, 0, 0}};
+    const auto V = static_cast<std::size_t>(config.vocab_size);
+    BatchInference<float> run(config, params, *refs[0]->backend);
+    using Segment = BatchInference<float>::Segment;
+
+    // Alone: sequence s on blocks of its own.
+    std::vector<std::vector<float>> alone(3);
+    {
+      KvCache<float> cache(config, 16, 8);
+      for (int s = 0; s < 3; ++s) {
+        std::vector<std::int32_t> blocks;
+        for (int b = 0; b < cache.blocks_for(seq); ++b) blocks.push_back(cache.allocate());
+        int pos = 0;
+        for (int n : pieces[static_cast<std::size_t>(s)]) {
+          if (n == 0) continue;
+          const Segment seg{std::span(refs[static_cast<std::size_t>(s)]->tokens).subspan(pos, n),
+                            pos, blocks, true};
+          const auto logits = run.forward(cache, std::span(&seg, 1));
+          alone[static_cast<std::size_t>(s)].insert(alone[static_cast<std::size_t>(s)].end(),
+                                                    logits.begin(), logits.end());
+          pos += n;
+        }
+        for (std::int32_t b : blocks) cache.release(b);
+      }
+    }
+    // Batched: step k runs piece k of every sequence; blocks interleaved.
+    std::vector<std::vector<float>> batched(3);
+    KvCache<float> cache(config, 20, 8);
+    std::vector<std::vector<std::int32_t>> blocks(3);
+    for (int b = 0; b < cache.blocks_for(seq); ++b) {
+      for (auto& t : blocks) t.push_back(cache.allocate());
+    }
+    std::vector<int> pos(3, 0);
+    for (std::size_t k = 0; k < pieces[0].size(); ++k) {
+      std::vector<Segment> segs;
+      std::vector<int> who;
+      for (int s = 2; s >= 0; --s) {  // another order than alone
+        const int n = pieces[static_cast<std::size_t>(s)][k];
+        if (n == 0) continue;
+        segs.push_back({std::span(refs[static_cast<std::size_t>(s)]->tokens).subspan(pos[s], n),
+                        pos[s], blocks[s], true});
+        who.push_back(s);
+        pos[s] += n;
+      }
+      const auto logits = run.forward(cache, segs);
+      std::size_t at = 0;
+      for (std::size_t i = 0; i < segs.size(); ++i) {
+        const std::size_t len = segs[i].tokens.size() * V;
+        auto& dst = batched[static_cast<std::size_t>(who[i])];
+        dst.insert(dst.end(), logits.begin() + at, logits.begin() + at + len);
+        at += len;
+      }
+    }
+    for (int s = 0; s < 3; ++s) {
+      const auto& a = alone[static_cast<std::size_t>(s)];
+      const auto& b = batched[static_cast<std::size_t>(s)];
+      ASSERT_EQ(a.size(), static_cast<std::size_t>(seq) * V);
+      ASSERT_EQ(b.size(), a.size());
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        ASSERT_EQ(a[i], b[i]) << preset << " sequence " << s << " logit " << i;
+      }
+      for (int t = 0; t < seq; ++t) {
+        const double got =
+            nll(std::span<const float>(a).subspan(static_cast<std::size_t>(t) * V, V),
+                refs[static_cast<std::size_t>(s)]->targets[static_cast<std::size_t>(t)]);
+        EXPECT_NEAR(got, refs[static_cast<std::size_t>(s)]->losses[static_cast<std::size_t>(t)],
+                    3e-5)
+            << preset << " sequence " << s << " position " << t;
+      }
+    }
+  }
+}
+
+TEST(KvCache, BlocksComeLowestFirstAndReturn) {
+  const ModelConfig config = model_preset("llama-tiny");
+  KvCache<float> cache(config, 4, 16);
+  EXPECT_EQ(cache.blocks_for(33), 3);
+  EXPECT_EQ(cache.allocate(), 0);
+  EXPECT_EQ(cache.allocate(), 1);
+  EXPECT_EQ(cache.allocate(), 2);
+  cache.release(1);
+  EXPECT_EQ(cache.free_blocks(), 2);
+  EXPECT_EQ(cache.allocate(), 1);
+  EXPECT_EQ(cache.allocate(), 3);
+  EXPECT_EQ(cache.allocate(), -1);
+  EXPECT_THROW(cache.release(7), std::logic_error);
+  cache.release(3);
+  EXPECT_THROW(cache.release(3), std::logic_error);
+  EXPECT_THROW(KvCache<float>(config, 0, 16), Error);
+}
+
 TEST(CheckpointLoad, LoadsConfigAndParamsAndResolvesRunDirectories) {
   test::TempDir dir;
   const ModelConfig config = model_preset("llama-tiny");

@@ -84,9 +84,13 @@ class CpuBackend final : public Backend<T> {
     const std::size_t at = static_cast<std::size_t>(pos0) * (HD / 2);
     cpu::rope_apply(qkv, r.cos.data() + at, r.sin.data() + at, 1, N, NH, NKV, HD, false);
   }
-  void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0, int NH,
-                            int NKV, int HD) override {
-    cpu::attention_kv_forward(out, kcache, vcache, qkv, N, pos0, NH, NKV, HD);
+  void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks, int block_size,
+                            const T* qkv, int N, int pos0, int NH, int NKV, int HD) override {
+    cpu::attention_kv_forward(out, kpool, vpool, blocks, block_size, qkv, N, pos0, NH, NKV, HD);
+  }
+  void matmul_forward_rowwise(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
+                              bool accumulate) override {
+    cpu::matmul_forward_rowwise(out, inp, w, bias, N, C, OC, accumulate);
   }
   void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets, int N,
                                      int V, int Vp, T dloss) override {

@@ -76,10 +76,14 @@ template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int B,
                         int seq, int NH, int NKV, int HD);
 
-// The key/value-cache attention of Backend::attention_kv_forward.
+// The paged key/value-cache attention of Backend::attention_kv_forward.
 template <typename T>
-void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0, int NH,
-                          int NKV, int HD);
+void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks, int block_size,
+                          const T* qkv, int N, int pos0, int NH, int NKV, int HD);
+// Backend::matmul_forward_rowwise (ops_rowwise.cpp).
+template <typename T>
+void matmul_forward_rowwise(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
+                            bool accumulate);
 
 // Column sums of x[N, C] added to out[C], over fixed row blocks (deterministic).
 template <typename T>

@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/softmax_row.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace borealis::cpu {
@@ -53,23 +54,8 @@ void attention_forward(T* out, T* lse, const T* qkv, int B, int seq, int NH, int
       gemm<T>(false, true, nq, tk, HD, scale, q, S, k, S, T(0), sc.get(), tk);
       T* lse_row = lse + (static_cast<std::size_t>(b) * NH + h) * seq + t0;
       for (int i = 0; i < nq; ++i) {
-        T* row = sc.get() + static_cast<std::size_t>(i) * tk;
-        const int len = t0 + i + 1;
-        T mx = row[0];
-#pragma omp simd reduction(max : mx)
-        for (int j = 0; j < len; ++j) mx = vmax(mx, row[j]);
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < len; ++j) {
-          const T e = vexp<T>(row[j] - mx);
-          row[j] = e;
-          sum += e;
-        }
-        const T inv = T(1) / sum;
-#pragma omp simd
-        for (int j = 0; j < len; ++j) row[j] *= inv;
-        std::fill(row + len, row + tk, T(0));
-        lse_row[i] = mx + std::log(sum);
+        lse_row[i] =
+            causal_softmax_row(sc.get() + static_cast<std::size_t>(i) * tk, t0 + i + 1, tk);
       }
       T* o = out + (row0 + t0) * C + static_cast<std::size_t>(h) * HD;
       gemm<T>(false, false, nq, HD, tk, T(1), sc.get(), tk, v, S, T(0), o, C);

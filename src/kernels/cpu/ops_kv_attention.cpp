@@ -1,16 +1,20 @@
-// Causal grouped-query attention over a key/value cache (inference).
+// Causal grouped-query attention over a paged key/value cache (inference).
 //
-// The new rows' k and v heads are copied into the caches first, so a query
-// at position p sees cache rows 0..p, its own included. As in training's
-// attention_forward, a block of up to kBlock query rows of one head is one
-// GEMM against the cached keys, a softmax in place and a second GEMM with the
-// cached values; a decode step (N = 1) uses matrix-vector products instead.
-// They run on one thread unless the context makes them worth a team.
+// A sequence's cache is a list of fixed-size blocks of a shared pool: its
+// position p lives in row blocks[p / block_size] * block_size + p %
+// block_size of the pool. The new rows' k and v heads are stored first, so a
+// query at position p sees positions 0..p, its own included. As in training's
+// attention_forward, a block of up to kBlock query rows of one head is scored
+// against the keys with GEMMs (one per cache block, whose rows are
+// contiguous), softmaxed in place and multiplied by the values; a decode step
+// (N = 1) uses matrix-vector products instead. A contiguous cache is the case
+// of one block as long as the context.
 #include <algorithm>
 #include <cmath>
 #include <memory>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/softmax_row.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace borealis::cpu {
@@ -20,17 +24,21 @@ constexpr int kBlock = 64;
 }  // namespace
 
 template <typename T>
-void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int pos0, int NH,
-                          int NKV, int HD) {
+void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks, int block_size,
+                          const T* qkv, int N, int pos0, int NH, int NKV, int HD) {
   const int S = (NH + 2 * NKV) * HD;
   const int C = NH * HD;
   const int KW = NKV * HD;
   const int group = NH / NKV;
+  const auto slot = [&](int pos) {
+    return (static_cast<std::size_t>(blocks[pos / block_size]) * block_size + pos % block_size) *
+           KW;
+  };
   for (int i = 0; i < N; ++i) {
     const T* row = qkv + static_cast<std::size_t>(i) * S;
-    const std::size_t at = static_cast<std::size_t>(pos0 + i) * KW;
-    std::copy(row + C, row + C + KW, kcache + at);
-    std::copy(row + C + KW, row + C + 2 * KW, vcache + at);
+    const std::size_t at = slot(pos0 + i);
+    std::copy(row + C, row + C + KW, kpool + at);
+    std::copy(row + C + KW, row + C + 2 * KW, vpool + at);
   }
   const T scale = T(1) / std::sqrt(T(HD));
   const int total = pos0 + N;  // keys visible to the last query
@@ -47,45 +55,38 @@ void attention_kv_forward(T* out, T* kcache, T* vcache, const T* qkv, int N, int
       const int t0 = qb * kBlock;
       const int nq = std::min(kBlock, N - t0);
       const int tk = pos0 + t0 + nq;
+      const std::size_t head = static_cast<std::size_t>(h / group) * HD;
       const T* q = qkv + static_cast<std::size_t>(t0) * S + static_cast<std::size_t>(h) * HD;
-      const T* k = kcache + static_cast<std::size_t>(h / group) * HD;
-      const T* v = vcache + static_cast<std::size_t>(h / group) * HD;
-      if (nq == 1) {
-        gemv<T>(false, tk, HD, scale, k, KW, q, T(0), sc.get());
-      } else {
-        gemm<T>(false, true, nq, tk, HD, scale, q, S, k, KW, T(0), sc.get(), tk);
+      for (int k0 = 0; k0 < tk; k0 += block_size) {
+        const int nk = std::min(block_size, tk - k0);
+        const T* k = kpool + slot(k0) + head;
+        if (nq == 1) {
+          gemv<T>(false, nk, HD, scale, k, KW, q, T(0), sc.get() + k0);
+        } else {
+          gemm<T>(false, true, nq, nk, HD, scale, q, S, k, KW, T(0), sc.get() + k0, tk);
+        }
       }
       for (int i = 0; i < nq; ++i) {
-        T* row = sc.get() + static_cast<std::size_t>(i) * tk;
-        const int len = pos0 + t0 + i + 1;
-        T mx = row[0];
-#pragma omp simd reduction(max : mx)
-        for (int j = 0; j < len; ++j) mx = vmax(mx, row[j]);
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < len; ++j) {
-          const T e = vexp<T>(row[j] - mx);
-          row[j] = e;
-          sum += e;
-        }
-        const T inv = T(1) / sum;
-#pragma omp simd
-        for (int j = 0; j < len; ++j) row[j] *= inv;
-        std::fill(row + len, row + tk, T(0));
+        causal_softmax_row(sc.get() + static_cast<std::size_t>(i) * tk, pos0 + t0 + i + 1, tk);
       }
       T* o = out + static_cast<std::size_t>(t0) * C + static_cast<std::size_t>(h) * HD;
-      if (nq == 1) {
-        gemv<T>(true, tk, HD, T(1), v, KW, sc.get(), T(0), o);
-      } else {
-        gemm<T>(false, false, nq, HD, tk, T(1), sc.get(), tk, v, KW, T(0), o, C);
+      for (int k0 = 0; k0 < tk; k0 += block_size) {
+        const int nk = std::min(block_size, tk - k0);
+        const T* v = vpool + slot(k0) + head;
+        const T beta = k0 == 0 ? T(0) : T(1);
+        if (nq == 1) {
+          gemv<T>(true, nk, HD, T(1), v, KW, sc.get() + k0, beta, o);
+        } else {
+          gemm<T>(false, false, nq, HD, nk, T(1), sc.get() + k0, tk, v, KW, beta, o, C);
+        }
       }
     }
   }
 }
 
-template void attention_kv_forward<float>(float*, float*, float*, const float*, int, int, int, int,
-                                          int);
-template void attention_kv_forward<double>(double*, double*, double*, const double*, int, int, int,
-                                           int, int);
+template void attention_kv_forward<float>(float*, float*, float*, const std::int32_t*, int,
+                                          const float*, int, int, int, int, int);
+template void attention_kv_forward<double>(double*, double*, double*, const std::int32_t*, int,
+                                           const double*, int, int, int, int, int);
 
 }  // namespace borealis::cpu

@@ -1,0 +1,141 @@
+// A matmul whose every output row is computed by the same arithmetic however
+// many rows the call has (Backend::matmul_forward_rowwise).
+//
+// OpenBLAS picks its kernels and blocking by the matrix shape, so a row of
+// sgemm's result changes in the last bits with the number of rows beside it
+// (measured: row 0 of an M=16 product differs from the same row alone). A
+// server that batches requests then gives a request different logits, and in
+// the end different tokens, depending on who else is running. Here each
+// output element is one dot product, accumulated in vector lanes over k in a
+// fixed order, reduced across lanes in a fixed order, and finished with the
+// leftover k in order: the same for a row alone and a row among 300.
+//
+// Register tile: kMr input rows x kNr weight rows, so each loaded vector
+// feeds several multiply-adds. Tiles at the edges use smaller tiles of the
+// same code, which do the same arithmetic per element. Threads split the
+// weight rows, so no element is shared.
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
+
+namespace borealis::cpu {
+
+namespace {
+
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+
+template <typename T>
+using V = typename Vec<T>::type;
+template <typename T>
+constexpr int kLanes = static_cast<int>(sizeof(V<T>) / sizeof(T));
+
+template <typename T>
+inline V<T> load(const T* p) {
+  V<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The lanes summed as a fixed pairwise tree.
+template <typename T>
+inline T reduce(V<T> v) {
+  T lane[kLanes<T>];
+  std::memcpy(lane, &v, sizeof v);
+  for (int width = kLanes<T> / 2; width > 0; width /= 2) {
+    for (int i = 0; i < width; ++i) lane[i] += lane[i + width];
+  }
+  return lane[0];
+}
+
+constexpr int kMr = 4;
+constexpr int kNr = 4;
+constexpr int kRowChunk = 32;  // input rows kept hot in cache while the weights stream by
+
+// out[m][o] (for m < MR, o < NR) of rows inp[m], weight rows w[o].
+template <typename T, int MR, int NR>
+void tile(T* out, int ldo, const T* inp, const T* w, const T* bias, int C, bool accumulate) {
+  V<T> acc[MR][NR];
+  for (int m = 0; m < MR; ++m) {
+    for (int o = 0; o < NR; ++o) acc[m][o] = V<T>{};
+  }
+  const int vec_end = C - C % kLanes<T>;
+  for (int k = 0; k < vec_end; k += kLanes<T>) {
+    V<T> wv[NR];
+    for (int o = 0; o < NR; ++o) wv[o] = load(w + static_cast<std::size_t>(o) * C + k);
+    for (int m = 0; m < MR; ++m) {
+      const V<T> a = load(inp + static_cast<std::size_t>(m) * C + k);
+      for (int o = 0; o < NR; ++o) acc[m][o] += a * wv[o];
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    const T* a = inp + static_cast<std::size_t>(m) * C;
+    for (int o = 0; o < NR; ++o) {
+      const T* wr = w + static_cast<std::size_t>(o) * C;
+      T dot = reduce<T>(acc[m][o]);
+      for (int k = vec_end; k < C; ++k) dot += a[k] * wr[k];
+      T& dst = out[static_cast<std::size_t>(m) * ldo + o];
+      T base = accumulate ? dst : T(0);
+      if (bias != nullptr) base += bias[o];
+      dst = base + dot;
+    }
+  }
+}
+
+template <typename T, int NR>
+void rows_tile(T* out, int ldo, const T* inp, const T* w, const T* bias, int rows, int C,
+               bool accumulate) {
+  int m = 0;
+  for (; m + kMr <= rows; m += kMr) {
+    tile<T, kMr, NR>(out + static_cast<std::size_t>(m) * ldo, ldo,
+                     inp + static_cast<std::size_t>(m) * C, w, bias, C, accumulate);
+  }
+  for (; m < rows; ++m) {
+    tile<T, 1, NR>(out + static_cast<std::size_t>(m) * ldo, ldo,
+                   inp + static_cast<std::size_t>(m) * C, w, bias, C, accumulate);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void matmul_forward_rowwise(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
+                            bool accumulate) {
+  const int col_blocks = (OC + kNr - 1) / kNr;
+  for (int r0 = 0; r0 < N; r0 += kRowChunk) {
+    const int rows = std::min(kRowChunk, N - r0);
+    T* o0 = out + static_cast<std::size_t>(r0) * OC;
+    const T* i0 = inp + static_cast<std::size_t>(r0) * C;
+#pragma omp parallel for schedule(static) if (worth_threads(std::int64_t{rows} * OC * C / 64))
+    for (int cb = 0; cb < col_blocks; ++cb) {
+      const int c0 = cb * kNr;
+      const T* wb = w + static_cast<std::size_t>(c0) * C;
+      const T* bb = bias == nullptr ? nullptr : bias + c0;
+      if (c0 + kNr <= OC) {
+        rows_tile<T, kNr>(o0 + c0, OC, i0, wb, bb, rows, C, accumulate);
+      } else {
+        for (int c = c0; c < OC; ++c) {
+          rows_tile<T, 1>(o0 + c, OC, i0, w + static_cast<std::size_t>(c) * C,
+                          bias == nullptr ? nullptr : bias + c, rows, C, accumulate);
+        }
+      }
+    }
+  }
+}
+
+template void matmul_forward_rowwise<float>(float*, const float*, const float*, const float*, int,
+                                            int, int, bool);
+template void matmul_forward_rowwise<double>(double*, const double*, const double*, const double*,
+                                             int, int, int, bool);
+
+}  // namespace borealis::cpu

@@ -1,0 +1,112 @@
+#include "model/block.h"
+
+namespace borealis {
+
+BlockDims::BlockDims(const ModelConfig& config)
+    : C(config.d_model),
+      S(config.qkv_width()),
+      F(config.d_ff),
+      FW(config.fc_width()),
+      NH(config.n_head),
+      NKV(config.n_kv_head),
+      HD(config.head_dim()),
+      gpt2(config.family == ModelFamily::kGpt2) {}
+
+template <typename T>
+Block<T>::Block(const ModelConfig& config, const ParamLayout& layout, Backend<T>& backend)
+    : config_(config), layout_(layout), backend_(backend), dims_(config) {}
+
+template <typename T>
+void Block<T>::norm_forward(T* out, T* mean, T* rstd, const T* inp, const T* params, std::int64_t w,
+                            std::int64_t b, int N) const {
+  if (dims_.gpt2) {
+    backend_.layernorm_forward(out, mean, rstd, inp, at(params, w), at(params, b), N, dims_.C,
+                               config_.norm_eps);
+  } else {
+    backend_.rmsnorm_forward(out, rstd, inp, at(params, w), N, dims_.C, config_.norm_eps);
+  }
+}
+
+template <typename T>
+void Block<T>::norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
+                             const T* params, T* grads, std::int64_t w, std::int64_t b,
+                             int N) const {
+  if (dims_.gpt2) {
+    backend_.layernorm_backward(dinp, at(grads, w), at(grads, b), dout, inp, at(params, w), mean,
+                                rstd, N, dims_.C);
+  } else {
+    backend_.rmsnorm_backward(dinp, at(grads, w), dout, inp, at(params, w), rstd, N, dims_.C);
+  }
+}
+
+template <typename T>
+void Block<T>::mlp_activation(T* out, const T* fch, int N) const {
+  if (dims_.gpt2) {
+    backend_.gelu_forward(out, fch, static_cast<std::int64_t>(N) * dims_.F);
+  } else {
+    backend_.swiglu_forward(out, fch, N, dims_.F);
+  }
+}
+
+template <typename T>
+void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffers<T>& buf, int N,
+                       const Attend<T>& attend, bool rowwise) const {
+  const LayerOffsets& w = layout_.layer(layer);
+  const BlockDims& d = dims_;
+  const auto matmul = [&](T* out, const T* inp, std::int64_t wo, std::int64_t bo, int C, int OC,
+                          bool accumulate) {
+    if (rowwise) {
+      backend_.matmul_forward_rowwise(out, inp, at(params, wo), at(params, bo), N, C, OC,
+                                      accumulate);
+    } else {
+      backend_.matmul_forward(out, inp, at(params, wo), at(params, bo), N, C, OC, accumulate);
+    }
+  };
+  const std::int64_t NC = static_cast<std::int64_t>(N) * d.C;
+  norm_forward(buf.ln1, buf.ln1_mean, buf.ln1_rstd, x, params, w.ln1_w, w.ln1_b, N);
+  matmul(buf.qkv, buf.ln1, w.qkv_w, w.qkv_b, d.C, d.S, false);
+  attend(buf.qkv, buf.atty);
+  // Residual adds are fused into the output projections: res = x + y * W^T.
+  if (buf.res2 != x) backend_.copy(buf.res2, x, NC);
+  matmul(buf.res2, buf.atty, w.proj_w, w.proj_b, d.C, d.C, true);
+  norm_forward(buf.ln2, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w, w.ln2_b, N);
+  matmul(buf.fch, buf.ln2, w.fc_w, w.fc_b, d.C, d.FW, false);
+  mlp_activation(buf.mlp, buf.fch, N);
+  if (buf.res3 != buf.res2) backend_.copy(buf.res3, buf.res2, NC);
+  matmul(buf.res3, buf.mlp, w.fcproj_w, w.fcproj_b, d.F, d.C, true);
+}
+
+template <typename T>
+void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
+                        const BlockBuffers<T>& buf, const T* lse, const Grads& g, int B,
+                        int seq) const {
+  const LayerOffsets& w = layout_.layer(layer);
+  const BlockDims& d = dims_;
+  const int N = B * seq;
+  // MLP: recompute its activation instead of keeping one per layer.
+  mlp_activation(buf.mlp, buf.fch, N);
+  backend_.matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres, buf.mlp,
+                           at(params, w.fcproj_w), N, d.F, d.C);
+  if (d.gpt2) {
+    backend_.gelu_backward(g.dfch, buf.fch, g.dmlp, static_cast<std::int64_t>(N) * d.F);
+  } else {
+    backend_.swiglu_backward(g.dfch, buf.fch, g.dmlp, N, d.F);
+  }
+  backend_.matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, buf.ln2,
+                           at(params, w.fc_w), N, d.C, d.FW);
+  norm_backward(g.dres, g.dln, buf.res2, buf.ln2_mean, buf.ln2_rstd, params, grads, w.ln2_w,
+                w.ln2_b, N);
+  // Attention.
+  backend_.matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, buf.atty,
+                           at(params, w.proj_w), N, d.C, d.C);
+  backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
+  if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
+  backend_.matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, buf.ln1,
+                           at(params, w.qkv_w), N, d.C, d.S);
+  norm_backward(g.dres, g.dln, x, buf.ln1_mean, buf.ln1_rstd, params, grads, w.ln1_w, w.ln1_b, N);
+}
+
+template class Block<float>;
+template class Block<double>;
+
+}  // namespace borealis

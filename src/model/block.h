@@ -1,0 +1,109 @@
+// The transformer block, defined once: pre-norm attention and MLP with
+// their forward and backward passes, for GPT-2 (LayerNorm, GELU, biases,
+// learned positions) and Llama (RMSNorm, SwiGLU, RoPE, grouped-query heads).
+//
+// Training (Model) and inference (Inference, BatchInference; the server and
+// the evaluator on top of them) all run this code. They differ only in where
+// the activations go and in how attention sees earlier positions, which the
+// caller passes in:
+//   - Buffers: training keeps every layer's activations for backward; inference
+//     reuses one set of scratch rows and updates the residual stream in place
+//     (res2 == res3 == x).
+//   - Attend: the step from the projected qkv rows to the attention output.
+//     Training attends within whole sequences (and keeps the log-sum-exp for
+//     backward); inference attends over a key/value cache.
+//   - rowwise: inference computes its matmuls so that a row's result does
+//     not depend on the other rows of the batch (Backend::matmul_forward_rowwise).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace borealis {
+
+// The shapes every block pass needs, from the config.
+struct BlockDims {
+  explicit BlockDims(const ModelConfig& config);
+  int C;    // d_model
+  int S;    // packed qkv width: (NH + 2 * NKV) * HD
+  int F;    // MLP hidden width
+  int FW;   // width of the MLP's first projection (2F for SwiGLU's gate and up)
+  int NH;   // query heads
+  int NKV;  // key/value heads
+  int HD;   // head dimension
+  bool gpt2;
+};
+
+// Where one block's activations live, N rows each. mean is unused by RMSNorm.
+template <typename T>
+struct BlockBuffers {
+  T* ln1;
+  T* ln1_mean;
+  T* ln1_rstd;
+  T* qkv;
+  T* atty;
+  T* res2;  // residual after attention; may equal the block's input x
+  T* ln2;
+  T* ln2_mean;
+  T* ln2_rstd;
+  T* fch;
+  T* mlp;   // MLP activation (scratch: backward recomputes it)
+  T* res3;  // the block's output; may equal res2
+};
+
+// Attention from packed qkv rows (RoPE not yet applied) to the output rows.
+template <typename T>
+using Attend = std::function<void(T* qkv, T* atty)>;
+
+template <typename T>
+class Block {
+ public:
+  Block(const ModelConfig& config, const ParamLayout& layout, Backend<T>& backend);
+
+  const BlockDims& dims() const { return dims_; }
+
+  // The block's norm (LayerNorm or RMSNorm) over rows of d_model.
+  void norm_forward(T* out, T* mean, T* rstd, const T* inp, const T* params, std::int64_t w,
+                    std::int64_t b, int N) const;
+  void norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
+                     const T* params, T* grads, std::int64_t w, std::int64_t b, int N) const;
+
+  // Layer `layer` over N rows of the residual stream x, into buf.
+  void forward(int layer, const T* params, const T* x, const BlockBuffers<T>& buf, int N,
+               const Attend<T>& attend, bool rowwise) const;
+
+  // Scratch for backward, N rows each, shared by all layers.
+  struct Grads {
+    T* dres;  // in: gradient of the block output; out: of its input x
+    T* dln;
+    T* datty;
+    T* dqkv;
+    T* dmlp;
+    T* dfch;
+  };
+  // Backward of forward(layer, ...) with training's attention over B
+  // sequences of seq tokens; accumulates the parameter gradients into grads.
+  void backward(int layer, const T* params, T* grads, const T* x, const BlockBuffers<T>& buf,
+                const T* lse, const Grads& d, int B, int seq) const;
+
+ private:
+  static const T* at(const T* base, std::int64_t offset) {
+    return offset < 0 ? nullptr : base + offset;
+  }
+  static T* at(T* base, std::int64_t offset) { return offset < 0 ? nullptr : base + offset; }
+  void mlp_activation(T* out, const T* fch, int N) const;
+
+  ModelConfig config_;
+  ParamLayout layout_;
+  Backend<T>& backend_;
+  BlockDims dims_;
+};
+
+extern template class Block<float>;
+extern template class Block<double>;
+
+}  // namespace borealis

@@ -46,6 +46,12 @@ borealis_require(PCRE2_FOUND "PCRE2" "libpcre2-dev")
 add_library(borealis_pcre2 INTERFACE)
 target_link_libraries(borealis_pcre2 INTERFACE PkgConfig::PCRE2)
 
+# cpp-httplib, Debian's compiled build (the HTTP server of `borealis serve`).
+pkg_check_modules(HTTPLIB IMPORTED_TARGET cpp-httplib)
+borealis_require(HTTPLIB_FOUND "cpp-httplib" "libcpp-httplib-dev")
+add_library(borealis_httplib INTERFACE)
+target_link_libraries(borealis_httplib INTERFACE PkgConfig::HTTPLIB)
+
 # OpenBLAS, the OpenMP build: it shares libgomp's thread pool with our own
 # OpenMP loops, so BLAS threads and kernel threads never oversubscribe.
 set(_ob_arch ${CMAKE_LIBRARY_ARCHITECTURE})

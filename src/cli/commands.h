@@ -21,6 +21,7 @@ Command add_data(CLI::App& parent);
 Command add_bench(CLI::App& parent);
 Command add_train(CLI::App& parent);
 Command add_generate(CLI::App& parent);
+Command add_serve(CLI::App& parent);
 Command add_plot(CLI::App& parent);
 Command add_launch(CLI::App& parent);
 // `data mix` and `data sample`, on the `data` app; the function runs whichever was parsed.

@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "core/text.h"
 #include "kernels/backend.h"
 #include "model/checkpoint_load.h"
 #include "model/inference.h"
@@ -46,20 +47,6 @@ double seconds(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
-// Bytes of text that form complete UTF-8 sequences: a trailing lead byte
-// still waiting for its continuation bytes is held back (until the next token
-// completes it, or the end of the sample).
-std::size_t complete_utf8(std::string_view text) {
-  const std::size_t n = text.size();
-  for (std::size_t back = 1; back <= 3 && back <= n; ++back) {
-    const auto c = static_cast<unsigned char>(text[n - back]);
-    if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
-    const std::size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    return need > back ? n - back : n;
-  }
-  return n;
-}
-
 // Writes generated text as it grows. Each update decodes the whole sequence
 // (prompt included, so decoders that strip or join at the start stay right)
 // and prints the bytes not printed yet; decoding a few hundred tokens costs
@@ -84,7 +71,7 @@ class TextStream {
 
  private:
   void emit(const std::string& text, bool all) {
-    const std::size_t end = all ? text.size() : complete_utf8(text);
+    const std::size_t end = all ? text.size() : complete_utf8_prefix(text);
     if (end > printed_) {
       std::fwrite(text.data() + printed_, 1, end - printed_, stdout);
       std::fflush(stdout);

@@ -52,6 +52,7 @@ int run(int argc, char** argv) {
   commands.push_back(cli::add_launch(app));
   commands.push_back(cli::add_bench(app));
   commands.push_back(cli::add_generate(app));
+  commands.push_back(cli::add_serve(app));
   commands.push_back(cli::add_plot(app));
 
   try {

@@ -123,4 +123,15 @@ std::vector<std::string> split(std::string_view text, char sep) {
   return parts;
 }
 
+std::size_t complete_utf8_prefix(std::string_view text) {
+  const std::size_t n = text.size();
+  for (std::size_t back = 1; back <= 3 && back <= n; ++back) {
+    const auto c = static_cast<unsigned char>(text[n - back]);
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
+    const std::size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+    return need > back ? n - back : n;
+  }
+  return n;
+}
+
 }  // namespace borealis

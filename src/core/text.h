@@ -27,6 +27,12 @@ std::size_t edit_distance(std::string_view a, std::string_view b);
 std::string closest_match(std::string_view word, const std::vector<std::string>& candidates);
 
 std::string_view trim(std::string_view text);
+
+// The length of the longest prefix of text that ends on a whole UTF-8
+// sequence: a trailing lead byte still waiting for its continuation bytes
+// is left out (text streamed token by token holds it back until the next
+// token completes it).
+std::size_t complete_utf8_prefix(std::string_view text);
 std::vector<std::string> split(std::string_view text, char sep);
 
 }  // namespace borealis

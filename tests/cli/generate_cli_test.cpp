@@ -15,6 +15,7 @@
 #include "model/safetensors.h"
 #include "serve/sampling.h"
 #include "test_util.h"
+#include "tiny_checkpoint.h"
 #include "tokenizer/hf_json.h"
 #include "tokenizer/train.h"
 
@@ -23,45 +24,8 @@ namespace {
 
 using test::run_borealis;
 
-const std::vector<std::string> kCorpus = {
-    "The aurora borealis lights the northern sky in green and violet.",
-    "Scientists train language models on papers about the northern lights.",
-    "The sky was clear, and the lights danced above the frozen lake.",
-    "Caf\xC3\xA9 au lait, na\xC3\xAFve r\xC3\xA9sum\xC3\xA9: bytes of more than one kind.",
-};
-
-Tokenizer tiny_tokenizer() {
-  BpeTrainOptions o;
-  o.vocab_size = 300;
-  o.min_frequency = 1;
-  o.progress = false;
-  return train_bpe_documents(kCorpus, o);
-}
-
-ModelConfig tiny_config(std::size_t vocab) {
-  ModelConfig c = model_preset("gpt2-tiny");
-  c.vocab_size = static_cast<int>(vocab);
-  c.padded_vocab = pad_vocab(c.vocab_size);
-  return c;
-}
-
-// A checkpoint directory as the trainer writes it.
-// edit, when given, changes the weights before they are saved.
-void write_checkpoint(const std::filesystem::path& dir, const Tokenizer& tok, std::uint64_t seed,
-                      bool with_metadata = true,
-                      const std::function<void(Model<float>&)>& edit = nullptr) {
-  std::filesystem::create_directories(dir);
-  const ModelConfig config = tiny_config(tok.vocab_size());
-  auto backend = make_cpu_backend<float>();
-  Model<float> model(config, *backend);
-  model.init(seed);
-  if (edit) edit(model);
-  std::map<std::string, std::string> metadata;
-  if (with_metadata) metadata[kModelConfigKey] = model_config_to_json(config);
-  save_safetensors(dir / "model.safetensors", model.layout(), model.params(), metadata);
-  test::write_file(dir / "tokenizer.json", hf_tokenizer_json(tok));
-  test::write_file(dir / "state.json", "{}");
-}
+using test::tiny_tokenizer;
+using test::write_checkpoint;
 
 // The text of prompt ids followed by max_tokens generated ones, computed with
 // the library (greedy by default).

@@ -82,6 +82,28 @@ TEST(DataList, BadListsNameTheLine) {
                "/nonexistent/list.txt");
 }
 
+TEST(DataList, ByteOrderMarkAtTheStartIsSkipped) {
+  const auto list = parse_data_list(
+      "\xEF\xBB\xBF"
+      "0.25 a\n0.75 b web\n",
+      "L");
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].weight_text, "0.25");
+  EXPECT_EQ(list[1].corpus, "web");
+  test::TempDir dir;
+  test::write_file(dir / "list.txt", "\xEF\xBB\xBF# written on Windows\n1 a\n");
+  EXPECT_EQ(read_data_list(dir / "list.txt").at(0).prefix, "a");
+  // Only at the start: further down it is not a weight.
+  expect_error(
+      [] {
+        parse_data_list(
+            "1 a\n\xEF\xBB\xBF"
+            "1 b\n",
+            "L");
+      },
+      "is not a weight", "L:2");
+}
+
 // ------------------------------------------------------------------ pieces
 
 TEST(Mixture, SplitRangesFollowMegatronsRounding) {

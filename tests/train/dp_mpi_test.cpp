@@ -554,6 +554,7 @@ int timeout_check(Communicator& c, const std::string& fault, int zero) {
 int main(int argc, char** argv) {
   return borealis::test::mpi_test_main(
       argc, argv, std::chrono::milliseconds(120'000), borealis::g_comm,
+      borealis::test::RankRange{2, 2},  // the tests compare shards and batches of two ranks
       [](borealis::Communicator& comm, int args, char** arg) {
         return borealis::timeout_check(comm, args > 2 ? arg[2] : "hang",
                                        args > 3 ? std::atoi(arg[3]) : 0);

@@ -28,9 +28,9 @@
 
 #include "bench_util.h"
 #include "core/sysinfo.h"
+#include "core/threads.h"
 #include "dist/communicator.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/blas.h"
 #include "model/model.h"
 #include "optim/data_parallel.h"
 

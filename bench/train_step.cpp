@@ -9,7 +9,7 @@
 
 #include "bench_util.h"
 #include "core/error.h"
-#include "kernels/cpu/blas.h"
+#include "core/threads.h"
 #include "train/train_bench.h"
 
 int main(int argc, char** argv) {

@@ -28,6 +28,7 @@
 #include "bench_util.h"
 #include "core/error.h"
 #include "core/sysinfo.h"
+#include "core/threads.h"
 #include "kernels/cpu/blas.h"
 #include "model/config.h"
 #include "train/train_bench.h"

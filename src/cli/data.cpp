@@ -11,9 +11,9 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/text.h"
+#include "core/threads.h"
 #include "data/dataset_tools.h"
 #include "data/prepare.h"
-#include "kernels/cpu/blas.h"
 #include "tokenizer/tokenizer.h"
 
 namespace borealis::cli {

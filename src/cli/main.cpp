@@ -15,7 +15,7 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "kernels/cpu/blas.h"
+#include "core/threads.h"
 
 namespace {
 

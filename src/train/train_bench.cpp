@@ -12,6 +12,7 @@
 #include "core/stopwatch.h"
 #include "core/sysinfo.h"
 #include "core/text.h"
+#include "core/threads.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"

@@ -42,7 +42,12 @@ status=0
 ctest --preset "$preset" -j "$jobs" 2>&1 | tee "$log" || status=$?
 
 # ctest lists skipped tests among many lines; say it where it cannot be missed.
-skipped=$(grep -cE '\(Skipped\)|\(Not Run\)|\(Disabled\)' "$log" || true)
+# Its summary lists them as "  NN - NAME (Skipped|Disabled|Not Run)" under
+# "The following tests did not run:".
+skipped=$(awk '/The following tests did not run:/ {list = 1; next}
+               list && /^[[:space:]]+[0-9]+ - / {n++}
+               list && !/^[[:space:]]+[0-9]+ - / {list = 0}
+               END {print n + 0}' "$log")
 if [ "$with_torch" -eq 0 ]; then
   echo "== NOTE: --no-torch: the PyTorch parity tests (TorchParity.*) were skipped" >&2
 fi

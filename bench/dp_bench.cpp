@@ -57,7 +57,8 @@ Timing run(const Options& o, Communicator& comm, int threads) {
   model.init(1);
   DataParallelOptions dpo;
   dpo.zero = o.zero;
-  DataParallel dp(comm, model.layout(), AdamWConfig{}, dpo, model.params(), model.grads());
+  DataParallel dp(comm, *backend, model.layout(), AdamWConfig{}, dpo, model.params(),
+                  model.grads());
   const int local = o.global / o.micro / comm.size();
   std::mt19937 rng(7 + static_cast<unsigned>(comm.rank()));
   std::uniform_int_distribution<int> token(0, config.vocab_size - 1);

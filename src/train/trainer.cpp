@@ -273,7 +273,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   DataParallelOptions dpo;
   dpo.zero = s.zero;
   dpo.bucket_bytes = static_cast<std::size_t>(s.bucket_mb * (1 << 20));
-  DataParallel dp(*comm, model.layout(), s.adamw, dpo, model.params(), model.grads());
+  DataParallel dp(*comm, *backend, model.layout(), s.adamw, dpo, model.params(), model.grads());
   TrainState state;
   if (resume_from) {
     if (model_config_to_json(resume_from->model) != model_config_to_json(s.model)) {

@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "core/error.h"
-#include "data/blend.h"
-#include "data/blend_reference.h"
 #include "data/data_list.h"
+#include "data/fast_order_rule.h"
+#include "data/fast_order_rule_reference.h"
 #include "data/indexed_dataset.h"
 #include "data/mixture.h"
 #include "test_util.h"

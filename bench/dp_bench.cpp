@@ -2,7 +2,7 @@
 // machine, at the same global batch.
 //
 //   mpirun -np 2 --bind-to none build/release/bench/dp_bench [--model llama-20m] [--micro-batch 4]
-//       [--seq 256] [--global-batch 8] [--steps 4] [--zero 0|1] [--cores C]
+//       [--seq-len 256] [--global-batch 8] [--steps 4] [--zero 0|1] [--cores C]
 //
 // Three configurations of the same training step (forward, backward,
 // gradient reduction, global norm, AdamW) on random tokens:
@@ -112,7 +112,7 @@ int main_impl(int argc, char** argv) {
       o.model = v;
     } else if (flag == "--micro-batch") {
       o.micro = bench::parse_positive_int(flag, v);
-    } else if (flag == "--seq") {
+    } else if (flag == "--seq-len" || flag == "--seq") {
       o.seq = bench::parse_positive_int(flag, v);
     } else if (flag == "--global-batch") {
       o.global = bench::parse_positive_int(flag, v);
@@ -124,7 +124,8 @@ int main_impl(int argc, char** argv) {
       o.cores = bench::parse_positive_int(flag, v);
     } else {
       throw Error(
-          "unknown flag (--model, --micro-batch, --seq, --global-batch, --steps, --zero, --cores)",
+          "unknown flag (--model, --micro-batch, --seq-len, --global-batch, --steps, --zero, "
+          "--cores)",
           flag);
     }
   }

@@ -98,7 +98,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   if (o.batch <= 0) throw Error(fmt::format("batch must be positive, got {}", o.batch), "--batch");
   if (o.seq <= 0 || o.seq > c.max_seq) {
     throw Error(fmt::format("seq must be in 1..{} for {}, got {}", c.max_seq, c.name, o.seq),
-                "--seq");
+                "--seq-len");
   }
   if (o.steps <= 0) throw Error(fmt::format("steps must be positive, got {}", o.steps), "--steps");
   r.batch = o.batch;

@@ -2,7 +2,7 @@
 // machine, at the same global batch.
 //
 //   mpirun -np 2 --bind-to none build/release/bench/dp_bench [--model llama-20m] [--micro-batch 4]
-//       [--seq 256] [--global-batch 8] [--steps 4] [--zero 0|1] [--cores C]
+//       [--seq-len 256] [--global-batch 8] [--steps 4] [--zero 0|1] [--cores C]
 //
 // Three configurations of the same training step (forward, backward,
 // gradient reduction, global norm, AdamW) on random tokens:
@@ -28,9 +28,9 @@
 
 #include "bench_util.h"
 #include "core/sysinfo.h"
+#include "core/threads.h"
 #include "dist/communicator.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/blas.h"
 #include "model/model.h"
 #include "optim/data_parallel.h"
 
@@ -57,7 +57,8 @@ Timing run(const Options& o, Communicator& comm, int threads) {
   model.init(1);
   DataParallelOptions dpo;
   dpo.zero = o.zero;
-  DataParallel dp(comm, model.layout(), AdamWConfig{}, dpo, model.params(), model.grads());
+  DataParallel dp(comm, *backend, model.layout(), AdamWConfig{}, dpo, model.params(),
+                  model.grads());
   const int local = o.global / o.micro / comm.size();
   std::mt19937 rng(7 + static_cast<unsigned>(comm.rank()));
   std::uniform_int_distribution<int> token(0, config.vocab_size - 1);
@@ -111,7 +112,7 @@ int main_impl(int argc, char** argv) {
       o.model = v;
     } else if (flag == "--micro-batch") {
       o.micro = bench::parse_positive_int(flag, v);
-    } else if (flag == "--seq") {
+    } else if (flag == "--seq-len" || flag == "--seq") {
       o.seq = bench::parse_positive_int(flag, v);
     } else if (flag == "--global-batch") {
       o.global = bench::parse_positive_int(flag, v);
@@ -123,7 +124,8 @@ int main_impl(int argc, char** argv) {
       o.cores = bench::parse_positive_int(flag, v);
     } else {
       throw Error(
-          "unknown flag (--model, --micro-batch, --seq, --global-batch, --steps, --zero, --cores)",
+          "unknown flag (--model, --micro-batch, --seq-len, --global-batch, --steps, --zero, "
+          "--cores)",
           flag);
     }
   }

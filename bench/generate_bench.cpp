@@ -18,8 +18,8 @@
 
 #include "bench_util.h"
 #include "core/error.h"
+#include "core/threads.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/blas.h"
 #include "kernels/timed_backend.h"
 #include "model/inference.h"
 #include "model/params.h"

@@ -1,7 +1,7 @@
 // train_step: the training-step benchmark as a standalone program (the same
 // code as `borealis bench train`).
 //
-//   train_step [--model PRESET] [--batch B] [--seq T] [--steps N] [--threads N]
+//   train_step [--model PRESET] [--batch B] [--seq-len T] [--steps N] [--threads N]
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -9,7 +9,7 @@
 
 #include "bench_util.h"
 #include "core/error.h"
-#include "kernels/cpu/blas.h"
+#include "core/threads.h"
 #include "train/train_bench.h"
 
 int main(int argc, char** argv) {
@@ -23,14 +23,14 @@ int main(int argc, char** argv) {
         o.model = value;
       } else if (flag == "--batch") {
         o.batch = borealis::bench::parse_positive_int(argv[i - 1], value);
-      } else if (flag == "--seq") {
+      } else if (flag == "--seq-len" || flag == "--seq") {
         o.seq = borealis::bench::parse_positive_int(argv[i - 1], value);
       } else if (flag == "--steps") {
         o.steps = borealis::bench::parse_positive_int(argv[i - 1], value);
       } else if (flag == "--threads") {
         borealis::set_cpu_threads(borealis::bench::parse_positive_int(argv[i - 1], value));
       } else {
-        throw borealis::Error("unknown flag (use --model, --batch, --seq, --steps, --threads)",
+        throw borealis::Error("unknown flag (use --model, --batch, --seq-len, --steps, --threads)",
                               flag);
       }
     }

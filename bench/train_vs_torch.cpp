@@ -1,7 +1,7 @@
 // train_vs_torch: Borealis's training step against PyTorch's, in one run, on
 // the same model, batch, sequence length and thread count.
 //
-//   train_vs_torch [--model PRESET --batch B --seq T] [--steps N] [--threads N]
+//   train_vs_torch [--model PRESET --batch B --seq-len T] [--steps N] [--threads N]
 //                  [--python PATH] [--script PATH]
 //
 // Without --model it runs the comparison configs: gpt2-124m at B=4 with
@@ -28,6 +28,7 @@
 #include "bench_util.h"
 #include "core/error.h"
 #include "core/sysinfo.h"
+#include "core/threads.h"
 #include "kernels/cpu/blas.h"
 #include "model/config.h"
 #include "train/train_bench.h"
@@ -158,7 +159,7 @@ int run(int argc, char** argv) {
       one.model = value;
     } else if (flag == "--batch") {
       one.batch = borealis::bench::parse_positive_int(flag, value);
-    } else if (flag == "--seq") {
+    } else if (flag == "--seq-len" || flag == "--seq") {
       one.seq = borealis::bench::parse_positive_int(flag, value);
     } else if (flag == "--steps") {
       o.steps = borealis::bench::parse_positive_int(flag, value);
@@ -170,7 +171,7 @@ int run(int argc, char** argv) {
       o.script = value;
     } else {
       throw Error(
-          "unknown flag (use --model, --batch, --seq, --steps, --threads, --python, --script)",
+          "unknown flag (use --model, --batch, --seq-len, --steps, --threads, --python, --script)",
           flag);
     }
   }
@@ -199,7 +200,7 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   return borealis::bench::main_with_errors(
       [&] { return run(argc, argv); },
-      "usage: train_vs_torch [--model PRESET --batch B --seq T] [--steps N] [--threads N] "
+      "usage: train_vs_torch [--model PRESET --batch B --seq-len T] [--steps N] [--threads N] "
       "[--python PATH] [--script PATH]; the PyTorch side needs Debian's python3-torch and "
       "python3-numpy: scripts/setup.sh --with-torch");
 }

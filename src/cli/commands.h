@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
 
 namespace borealis::cli {
 
@@ -26,5 +27,14 @@ Command add_plot(CLI::App& parent);
 Command add_launch(CLI::App& parent);
 // `data mix` and `data sample`, on the `data` app; the function runs whichever was parsed.
 std::function<void()> add_data_mix(CLI::App& data);
+
+// A flag's old spelling, kept for one release after the flag was renamed so
+// that every command spells one idea one way: it sets the same variable as
+// `now` and is left out of --help (CLI11's group "" hides an option).
+template <class T>
+CLI::Option* add_old_spelling(CLI::App& app, const std::string& old, T& variable,
+                              const std::string& now) {
+  return app.add_option(old, variable, "Old spelling of " + now)->group("");
+}
 
 }  // namespace borealis::cli

@@ -11,9 +11,9 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/text.h"
+#include "core/threads.h"
 #include "data/dataset_tools.h"
 #include "data/prepare.h"
-#include "kernels/cpu/blas.h"
 #include "tokenizer/tokenizer.h"
 
 namespace borealis::cli {
@@ -43,10 +43,27 @@ void run_prepare(DataArgs& a) {
   if (o.workers == 0) o.workers = cpu_threads();
   const Tokenizer tok = Tokenizer::load(a.tokenizer);
   const PrepareStats s = prepare_dataset(tok, o);
+  if (a.json) {
+    nlohmann::json j = {{"documents_read", s.documents_read},
+                        {"documents_written", s.documents_written},
+                        {"documents_skipped", s.documents_skipped},
+                        {"tokens", s.tokens},
+                        {"dtype", token_type_name(s.token_type)},
+                        {"text_bytes", s.text_bytes},
+                        {"seconds", s.seconds},
+                        {"threads", o.workers},
+                        {"outputs", nlohmann::json::array()},
+                        {"skipped", nlohmann::json::array()}};
+    for (const auto& p : s.outputs) j["outputs"].push_back(p.string());
+    for (const auto& k : s.skipped)
+      j["skipped"].push_back({{"where", k.where}, {"reason", k.reason}});
+    std::cout << j.dump(2) << '\n';
+    return;
+  }
   std::cout << fmt::format("read {} documents: wrote {}, skipped {}\n", s.documents_read,
                            s.documents_written, s.documents_skipped);
   std::cout << fmt::format(
-      "{} tokens ({}), {:.1f} MB of text in {:.2f} s: {:.1f} MB/s, {:.2f} M tokens/s, {} workers\n",
+      "{} tokens ({}), {:.1f} MB of text in {:.2f} s: {:.1f} MB/s, {:.2f} M tokens/s, {} threads\n",
       s.tokens, token_type_name(s.token_type), static_cast<double>(s.text_bytes) / 1e6, s.seconds,
       static_cast<double>(s.text_bytes) / 1e6 / s.seconds,
       static_cast<double>(s.tokens) / 1e6 / s.seconds, o.workers);
@@ -126,6 +143,17 @@ void run_verify(const DataArgs& a) {
       }
     }
   }
+  if (a.json) {
+    std::cout << nlohmann::json{{"ok", true},
+                                {"documents", ds.documents()},
+                                {"sequences", ds.sequences()},
+                                {"tokens", ds.tokens()},
+                                {"dtype", token_type_name(ds.token_type())},
+                                {"vocabulary_checked", !a.tokenizer.empty()}}
+                     .dump(2)
+              << '\n';
+    return;
+  }
   std::cout << fmt::format("ok: {} documents, {} sequences, {} tokens ({}){}\n", ds.documents(),
                            ds.sequences(), ds.tokens(), token_type_name(ds.token_type()),
                            a.tokenizer.empty() ? "" : ", every id inside the vocabulary");
@@ -158,9 +186,9 @@ Command add_data(CLI::App& parent) {
       ->capture_default_str();
   prepare->add_flag("--append-eod", a->prepare.append_eod,
                     "End every document with the end-of-document token");
-  prepare
-      ->add_option("--workers", a->prepare.workers,
-                   "Tokenizer threads (default: --threads, else all cores)")
+  // Tokenizer threads come from the global --threads (which may follow the
+  // command); --workers was this command's own spelling.
+  add_old_spelling(*prepare, "--workers", a->prepare.workers, "--threads")
       ->check(CLI::PositiveNumber);
   prepare->add_option(
       "--max-tokens-per-file", a->prepare.max_tokens_per_file,
@@ -174,10 +202,12 @@ Command add_data(CLI::App& parent) {
                     "Skip bad records (malformed JSON, missing or non-string text, invalid UTF-8, "
                     "empty) and list "
                     "them, instead of stopping at the first");
+  prepare->add_flag("--json", a->json, "Print the counts as one JSON object");
 
   CLI::App* merge = app->add_subcommand("merge", "Concatenate datasets of one token type");
   merge->add_option("-i,--input", a->inputs, "Dataset prefixes, in order")->required();
   merge->add_option("-o,--out", a->out, "Output prefix")->required();
+  merge->add_flag("--json", a->json, "Print the counts as one JSON object");
 
   CLI::App* inspect =
       app->add_subcommand("inspect", "Documents, tokens, length percentiles and histogram");
@@ -194,6 +224,7 @@ Command add_data(CLI::App& parent) {
   verify->add_option("prefix", a->prefix, "Dataset prefix")->required();
   verify->add_option("-t,--tokenizer", a->tokenizer,
                      "Also check that every token id is inside its vocabulary");
+  verify->add_flag("--json", a->json, "Print the counts as one JSON object");
 
   auto run_mix = add_data_mix(*app);
 
@@ -203,8 +234,16 @@ Command add_data(CLI::App& parent) {
             } else if (merge->parsed()) {
               std::vector<std::filesystem::path> inputs(a->inputs.begin(), a->inputs.end());
               const auto docs = merge_datasets(inputs, a->out);
-              std::cout << fmt::format("merged {} datasets: {} documents into {}\n", inputs.size(),
-                                       docs, a->out);
+              if (a->json) {
+                std::cout << nlohmann::json{{"datasets", inputs.size()},
+                                            {"documents", docs},
+                                            {"out", a->out}}
+                                 .dump(2)
+                          << '\n';
+              } else {
+                std::cout << fmt::format("merged {} datasets: {} documents into {}\n",
+                                         inputs.size(), docs, a->out);
+              }
             } else if (inspect->parsed()) {
               run_inspect(*a);
             } else if (verify->parsed()) {

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/sysinfo.h"
 #include "core/text.h"
+#include "core/threads.h"
 #include "dist/comm_bench.h"
 #include "dist/communicator.h"
 #include "dist/launch_env.h"

@@ -233,7 +233,7 @@ Command add_generate(CLI::App& parent) {
                   "Samples from the same prompt (sample i uses seed + i)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app->add_option("--tokenizer", a->tokenizer,
+  app->add_option("-t,--tokenizer", a->tokenizer,
                   "Tokenizer file or directory (default: the checkpoint's tokenizer.json)");
   app->add_flag("--stop-at-eod,!--no-stop-at-eod", a->stop_at_eod,
                 "Stop a sample at the end-of-document token (default on)");

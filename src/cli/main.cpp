@@ -15,7 +15,7 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "kernels/cpu/blas.h"
+#include "core/threads.h"
 
 namespace {
 
@@ -31,6 +31,9 @@ int run(int argc, char** argv) {
   app.set_version_flag("--version", "borealis " + build_info().version);
   app.require_subcommand(0, 1);
   app.footer("Exit status: 0 success, 1 error, 2 bad command line.");
+  // The global flags may also follow the command ('borealis data prepare ...
+  // --threads 4'): one --threads for every command, not one per command.
+  app.fallthrough();
 
   std::string log_level;
   int threads = 0;

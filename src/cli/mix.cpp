@@ -13,8 +13,8 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/text.h"
+#include "core/threads.h"
 #include "data/mixture.h"
-#include "kernels/cpu/blas.h"
 #include "tokenizer/tokenizer.h"
 
 namespace borealis::cli {

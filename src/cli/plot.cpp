@@ -84,7 +84,7 @@ Command add_plot(CLI::App& parent) {
       "Chart a training run from RUN_DIR/metrics.jsonl: loss, learning rate, gradient norm and "
       "throughput as PNG files (gnuplot), plus a text plot of the loss and a summary");
   app->add_option("RUN_DIR", f->run_dir, "Run directory holding metrics.jsonl")->required();
-  app->add_option("--out", f->out_dir, "Directory for the PNG files (default: RUN_DIR/plots)");
+  app->add_option("-o,--out", f->out_dir, "Directory for the PNG files (default: RUN_DIR/plots)");
   app->add_option("--x", f->x, "Horizontal axis: steps, tokens or both (one PNG each)")
       ->check(CLI::IsMember({"steps", "tokens", "both"}))
       ->capture_default_str();

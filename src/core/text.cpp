@@ -104,6 +104,10 @@ std::string closest_match(std::string_view word, const std::vector<std::string>&
   return {};
 }
 
+std::size_t utf8_bom_length(std::string_view text) {
+  return text.starts_with("\xEF\xBB\xBF") ? 3 : 0;
+}
+
 std::string_view trim(std::string_view text) {
   const auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
   while (!text.empty() && is_space(text.front())) text.remove_prefix(1);

@@ -49,6 +49,7 @@ std::vector<std::string> split_words(std::string_view line) {
 std::vector<DataListEntry> parse_data_list(std::string_view text, const std::string& source) {
   std::vector<DataListEntry> entries;
   std::size_t line_no = 0;
+  text.remove_prefix(utf8_bom_length(text));  // written by Windows editors; not a field
   while (!text.empty()) {
     const auto nl = text.find('\n');
     std::string_view line = text.substr(0, nl);

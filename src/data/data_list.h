@@ -4,7 +4,8 @@
 //
 //   weight prefix [corpus]      # comment
 //
-// with blank lines and '#' comments allowed. A ".bin" or ".idx" suffix on the
+// with blank lines and '#' comments allowed, and a UTF-8 byte-order mark at the
+// start of the text skipped. A ".bin" or ".idx" suffix on the
 // prefix is dropped. Files without a corpus form a corpus of their own (named
 // by their prefix). The command-line form is the flat list
 // "w1 p1 w2 p2 ..." of --data-path. Weights are normalized to sum to 1; a

@@ -19,7 +19,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/tasks.h"
-#include "data/mixture_blend.h"
+#include "data/fast_order.h"
 
 namespace borealis {
 
@@ -469,7 +469,7 @@ void Mixture::open_files() {
   }
 }
 
-// The fast order's blend: data/mixture_blend.h.
+// The fast order's blend: data/fast_order.h.
 void Mixture::build(unsigned threads) {
   if (megatron_) {
     built_ = megatron_->build(threads, kSampleBits);

@@ -28,7 +28,7 @@
 //
 // What is stored is the blend: for every sample, its file and its number
 // among that file's samples, compactly in the fast order (FastBlend, 3 to 5
-// bytes per sample, data/mixture_blend.h) and as 8-byte records in the
+// bytes per sample, data/fast_order.h) and as 8-byte records in the
 // megatron order. It is built in parallel (corpora on separate threads; the
 // result does not depend on the thread count) and cached in
 // CACHE_DIR/<key>.mix, written atomically, where the key hashes everything
@@ -53,9 +53,9 @@
 
 #include "core/mapped_file.h"
 #include "data/data_list.h"
+#include "data/fast_order.h"
 #include "data/indexed_dataset.h"
 #include "data/megatron_order.h"
-#include "data/mixture_blend.h"
 
 namespace borealis {
 

@@ -248,8 +248,11 @@ class Pipeline {
         emit(chunk, done_before);
         chunk.mapping =
             std::make_shared<const MappedFile>(file.path, MappedFile::Access::Sequential);
-        split_records(chunk, f, file.format, whole_file, chunk.mapping->text(), 0, true,
-                      [&](std::size_t pos) { return done_before + pos; });
+        // A UTF-8 byte-order mark at the start of a file is not content.
+        const std::string_view text = chunk.mapping->text();
+        const std::size_t bom = utf8_bom_length(text);
+        split_records(chunk, f, file.format, whole_file, text.substr(bom), 0, true,
+                      [&](std::size_t pos) { return done_before + bom + pos; });
         emit(chunk, done_before + file.size);
         chunk.mapping.reset();
       } else {
@@ -258,8 +261,16 @@ class Pipeline {
         std::string buffer;
         std::uint64_t line = 0;
         bool more = true;
+        bool at_start = true;
         while (more) {
           more = source->read(buffer, 1 << 20);
+          if (at_start) {
+            // Drop a byte-order mark, once the file's first three bytes (or all
+            // of a shorter file) are in.
+            if (more && buffer.size() < 3) continue;
+            buffer.erase(0, utf8_bom_length(buffer));
+            at_start = false;
+          }
           // Hand over what ends in a complete record; keep the rest.
           std::size_t cut = buffer.size();
           if (more) {

@@ -1,7 +1,8 @@
 // `borealis data prepare`: raw corpora to indexed datasets.
 //
 // A pipeline of one reader thread (files in order, decompression, splitting
-// into records), N tokenizer workers (JSON parsing, UTF-8 checks,
+// into records; a UTF-8 byte-order mark that begins a file is dropped), N
+// tokenizer workers (JSON parsing, UTF-8 checks,
 // tokenization) and an ordered writer. Chunks carry sequence numbers and are
 // written in input order, so the output is the same for any worker count;
 // at most a few chunks per worker are in flight, so memory does not grow

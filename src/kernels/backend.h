@@ -116,6 +116,24 @@ class Backend {
 
   virtual void copy(T* out, const T* in, std::int64_t count) = 0;
   virtual void fill(T* out, T value, std::int64_t count) = 0;
+
+  // The optimizer's arithmetic, defined once for every backend so that CPU and
+  // GPU runs update parameters alike (optim/adamw.h keeps the moments, the
+  // step count and the per-tensor decay rule, and calls these). Over count
+  // elements, with g = grads * grad_scale:
+  //   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+  //   params -= lr * (m * c1 / (sqrt(v * c2) + eps) + weight_decay * params)
+  // where c1 = 1 / (1 - beta1^t) and c2 = 1 / (1 - beta2^t) at step t.
+  struct AdamWUpdate {
+    float lr, beta1, beta2, eps, weight_decay, grad_scale, c1, c2;
+  };
+  virtual void adamw_update(T* params, const T* grads, T* m, T* v, std::int64_t count,
+                            const AdamWUpdate& u) = 0;
+  // Sum of x^2 in double, over fixed blocks of 2^16 elements added in block
+  // order: the same bits for any thread count (gradient norms, clipping).
+  virtual double sum_of_squares(const T* x, std::int64_t count) = 0;
+  // x *= factor, in place.
+  virtual void scale(T* x, T factor, std::int64_t count) = 0;
 };
 
 // The CPU backend: OpenBLAS GEMMs and OpenMP loops (src/kernels/cpu/).

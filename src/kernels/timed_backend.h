@@ -125,6 +125,20 @@ class TimedBackend final : public Backend<T> {
   void fill(T* out, T value, std::int64_t count) override {
     time("copy/fill", [&] { inner_.fill(out, value, count); });
   }
+  // The norm for clipping and the update together: what a step spends in
+  // the optimizer.
+  void adamw_update(T* params, const T* grads, T* m, T* v, std::int64_t count,
+                    const typename Backend<T>::AdamWUpdate& u) override {
+    time("optimizer", [&] { inner_.adamw_update(params, grads, m, v, count, u); });
+  }
+  double sum_of_squares(const T* x, std::int64_t count) override {
+    double sum = 0;
+    time("optimizer", [&] { sum = inner_.sum_of_squares(x, count); });
+    return sum;
+  }
+  void scale(T* x, T factor, std::int64_t count) override {
+    time("optimizer", [&] { inner_.scale(x, factor, count); });
+  }
 
  private:
   template <typename F>

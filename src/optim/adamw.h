@@ -13,11 +13,18 @@
 // buffer (a ZeRO-1 shard): its moments then hold that range alone, and the
 // per-tensor weight-decay rule is applied element by element, so a tensor
 // split across two shards decays exactly as when one optimizer owns it.
+//
+// The arithmetic is the backend's (Backend::adamw_update, sum_of_squares,
+// scale): this file decides what to update with which hyper-parameters, the
+// backend how, so the CPU and a GPU backend share one AdamW. Buffers are the
+// backend's memory; the moments are host vectors, which is the CPU backend's
+// memory.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "model/params.h"
 
 namespace borealis {
@@ -34,10 +41,11 @@ struct AdamWConfig {
 
 class AdamW {
  public:
-  // The whole flat buffer.
-  AdamW(const ParamLayout& layout, const AdamWConfig& config);
+  // The whole flat buffer. The backend must outlive the optimizer.
+  AdamW(Backend<float>& backend, const ParamLayout& layout, const AdamWConfig& config);
   // Elements [begin, end) of the flat buffer only (0 <= begin <= end <= total).
-  AdamW(const ParamLayout& layout, const AdamWConfig& config, std::int64_t begin, std::int64_t end);
+  AdamW(Backend<float>& backend, const ParamLayout& layout, const AdamWConfig& config,
+        std::int64_t begin, std::int64_t end);
 
   // One update with learning rate lr on grads * grad_scale (pass the clipping
   // factor here to save a pass over the gradients); advances the step count.
@@ -65,6 +73,7 @@ class AdamW {
     std::int64_t offset, size;
     bool decay;
   };
+  Backend<float>* backend_;
   AdamWConfig config_;
   std::int64_t begin_ = 0, end_ = 0;
   std::vector<Range> ranges_;  // relative to begin_, clipped to the range
@@ -72,12 +81,9 @@ class AdamW {
   std::int64_t steps_ = 0;
 };
 
-// Sum of squares of a buffer, in double over fixed blocks of 2^16 elements
+// L2 norm of the whole gradient buffer: sqrt of the backend's sum_of_squares
 // (deterministic for any thread count).
-double sum_of_squares(const float* x, std::int64_t count);
-
-// L2 norm of the whole gradient buffer: sqrt(sum_of_squares).
-double global_norm(const float* grads, std::int64_t count);
+double global_norm(Backend<float>& backend, const float* grads, std::int64_t count);
 
 // The factor that brings a gradient of global norm `norm` to at most
 // max_norm: max_norm / (norm + 1e-6) when norm > max_norm > 0, else 1 (the
@@ -86,6 +92,6 @@ float clip_scale(double norm, double max_norm);
 
 // Scales grads in place by clip_scale(global_norm(grads), max_norm).
 // Returns the norm before clipping.
-double clip_grad_norm(float* grads, std::int64_t count, double max_norm);
+double clip_grad_norm(Backend<float>& backend, float* grads, std::int64_t count, double max_norm);
 
 }  // namespace borealis

@@ -18,9 +18,11 @@ std::int64_t padded_shard(std::int64_t total, int ranks) {
 
 }  // namespace
 
-DataParallel::DataParallel(Communicator& comm, const ParamLayout& layout, const AdamWConfig& config,
-                           const DataParallelOptions& options, float* params, float* grads)
+DataParallel::DataParallel(Communicator& comm, Backend<float>& backend, const ParamLayout& layout,
+                           const AdamWConfig& config, const DataParallelOptions& options,
+                           float* params, float* grads)
     : comm_(comm),
+      backend_(backend),
       options_(options),
       params_(params),
       grads_(grads),
@@ -28,7 +30,7 @@ DataParallel::DataParallel(Communicator& comm, const ParamLayout& layout, const 
       shard_(padded_shard(layout.total(), comm.size())),
       begin_(options.zero == 1 ? std::min(total_, shard_ * comm.rank()) : 0),
       end_(options.zero == 1 ? std::min(total_, shard_ * (comm.rank() + 1)) : total_),
-      optimizer_(layout, config, begin_, end_) {
+      optimizer_(backend, layout, config, begin_, end_) {
   if (options.zero != 0 && options.zero != 1) {
     throw std::invalid_argument(fmt::format("ZeRO stage {} (0 or 1)", options.zero));
   }
@@ -99,13 +101,13 @@ void DataParallel::finish_reduction() {
 
 double DataParallel::grad_norm() {
   const int n = comm_.size();
-  if (n == 1) return global_norm(grads_, total_);
+  if (n == 1) return global_norm(backend_, grads_, total_);
   // Each rank sums the squares of one shard (the same elements in both
   // modes); the partial sums are added in rank order on every rank.
   const std::int64_t lo = std::min(total_, shard_ * comm_.rank());
   const std::int64_t count = std::min(total_, shard_ * (comm_.rank() + 1)) - lo;
   const float* mine = options_.zero == 1 ? shard_grads_.data() : grads_ + lo;
-  const double partial = sum_of_squares(mine, count);
+  const double partial = backend_.sum_of_squares(mine, count);
   std::vector<double> all(static_cast<std::size_t>(n));
   comm_.all_gather(std::span<const double>(&partial, 1), std::span<double>(all));
   double total = 0.0;

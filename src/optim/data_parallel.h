@@ -40,10 +40,12 @@ struct DataParallelOptions {
 
 class DataParallel {
  public:
-  // params and grads are the model's flat buffers (layout.total() elements),
-  // which must stay where they are.
-  DataParallel(Communicator& comm, const ParamLayout& layout, const AdamWConfig& config,
-               const DataParallelOptions& options, float* params, float* grads);
+  // params and grads are the model's flat buffers (layout.total() elements)
+  // in the backend's memory, which must stay where they are; the backend
+  // does the optimizer's arithmetic and must outlive this.
+  DataParallel(Communicator& comm, Backend<float>& backend, const ParamLayout& layout,
+               const AdamWConfig& config, const DataParallelOptions& options, float* params,
+               float* grads);
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
 
@@ -91,6 +93,7 @@ class DataParallel {
   void gather_shards(const float* mine, float* full);
 
   Communicator& comm_;
+  Backend<float>& backend_;
   DataParallelOptions options_;
   float* params_;
   float* grads_;

@@ -2,30 +2,27 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
+#include <algorithm>
 #include <array>
-#include <atomic>
 #include <chrono>
-#include <cmath>
-#include <csignal>
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/hash.h"
-#include "core/progress.h"
-#include "core/stopwatch.h"
 #include "core/text.h"
+#include "core/threads.h"
 #include "data/data_list.h"
 #include "data/mixture.h"
 #include "dist/communicator.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/blas.h"
 #include "model/model.h"
-#include "optim/adamw.h"
 #include "optim/data_parallel.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
@@ -35,6 +32,7 @@
 #include "train/rank_failure.h"
 #include "train/train_bench.h"
 #include "train/train_config.h"
+#include "train/training_loop.h"
 #include "train/validation.h"
 
 namespace borealis {
@@ -44,67 +42,6 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// The first SIGINT/SIGTERM asks the loop to stop after the current step; a
-// second one exits at once.
-std::atomic<int> g_stop_signal{0};
-
-extern "C" void on_stop_signal(int sig) {
-  if (g_stop_signal.exchange(sig) != 0) _exit(128 + sig);
-  static const char msg[] =
-      "\nborealis: stopping after this step with a checkpoint (signal again to exit now)\n";
-  [[maybe_unused]] const auto n = ::write(STDERR_FILENO, msg, sizeof msg - 1);
-}
-
-class SignalScope {
- public:
-  SignalScope() {
-    g_stop_signal = 0;
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int_);
-    sigaction(SIGTERM, &sa, &old_term_);
-  }
-  ~SignalScope() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  SignalScope(const SignalScope&) = delete;
-  SignalScope& operator=(const SignalScope&) = delete;
-
- private:
-  struct sigaction old_int_ {};
-  struct sigaction old_term_ {};
-};
-
-// Loss-spike rule (as llm.c's outlier detector): the z-score of a loss
-// against the last `window` losses, once that many have been seen.
-class SpikeDetector {
- public:
-  SpikeDetector(std::size_t window, std::vector<double> recent)
-      : window_(window), recent_(std::move(recent)) {
-    while (recent_.size() > window_) recent_.erase(recent_.begin());
-  }
-  double zscore(double loss) const {
-    if (recent_.size() < window_) return 0;
-    double mean = 0, var = 0;
-    for (const double x : recent_) mean += x;
-    mean /= static_cast<double>(recent_.size());
-    for (const double x : recent_) var += (x - mean) * (x - mean);
-    const double sd = std::sqrt(var / static_cast<double>(recent_.size()));
-    return sd > 0 ? (loss - mean) / sd : 0;
-  }
-  void add(double loss) {
-    recent_.push_back(loss);
-    if (recent_.size() > window_) recent_.erase(recent_.begin());
-  }
-  const std::vector<double>& recent() const { return recent_; }
-
- private:
-  std::size_t window_;
-  std::vector<double> recent_;
-};
 
 // Raises the log level on ranks other than 0 for the run: they compute the
 // same as rank 0, so their info and warnings would only repeat it.
@@ -164,29 +101,115 @@ std::optional<CheckpointInfo> find_resume_point(const TrainSettings& s,
   return found;
 }
 
+// The communicator of the run: options.comm, or one made from the launch
+// environment (kept in `own`); either way with [dist]'s time-out and
+// reduction.
+Communicator& open_communicator(const TrainSettings& s, const TrainRunOptions& options,
+                                std::unique_ptr<Communicator>& own) {
+  const auto timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.timeout_s * 1000));
+  const ReduceAlgorithm algorithm =
+      s.reduce == "native" ? ReduceAlgorithm::Native : ReduceAlgorithm::Ordered;
+  Communicator* comm = options.comm;
+  if (comm == nullptr) {
+    CommOptions co;
+    co.timeout = timeout;
+    co.algorithm = algorithm;
+    own = make_communicator(co);
+    comm = own.get();
+  }
+  comm->set_timeout(timeout);
+  comm->set_reduce_algorithm(algorithm);
+  return *comm;
+}
+
+// Every rank must run the same configuration and resume from the same step
+// (they read the same files); each sees what all others have.
+void check_ranks_agree(const Config& config, const TrainSettings& s,
+                       const std::optional<CheckpointInfo>& resume_from, Communicator& comm) {
+  const std::uint64_t h = hash64(config.to_toml());
+  const std::array<double, 3> mine = {
+      resume_from ? static_cast<double>(resume_from->state.step) : -1.0,
+      static_cast<double>(h >> 32), static_cast<double>(h & 0xffffffffu)};
+  std::vector<double> all(3 * static_cast<std::size_t>(comm.size()));
+  comm.all_gather(std::span<const double>(mine), std::span<double>(all));
+  for (std::size_t r = 1; r < static_cast<std::size_t>(comm.size()); ++r) {
+    const std::string who = fmt::format("rank {} ({})", r, comm.host(static_cast<int>(r)));
+    if (all[3 * r + 1] != all[1] || all[3 * r + 2] != all[2]) {
+      throw Error(who +
+                      " runs another configuration than rank 0; every rank must read the same "
+                      "config and --set values",
+                  "train config");
+    }
+    if (all[3 * r] != all[0]) {
+      throw Error(fmt::format("{} resumes from step {} but rank 0 from step {}; the ranks must "
+                              "see the same run directory",
+                              who, all[3 * r], all[0]),
+                  s.checkpoint_dir().string());
+    }
+  }
+}
+
+// The run's plan in the log: model, steps, ranks and memory.
+void log_plan(const TrainSettings& s, Communicator& comm, const Model<float>& model,
+              const DataParallel& dp, double peak) {
+  const int ranks = comm.size();
+  spdlog::info("model {} ({}, {:.2f}M parameters), {} threads, sgemm peak {:.1f} GFLOP/s",
+               s.model.name, family_name(s.model.family), model.num_params() / 1e6, cpu_threads(),
+               peak);
+  spdlog::info("{} steps of {} sequences x {} tokens ({} micro-batches of {}), {} tokens in all",
+               s.steps, s.global_batch, s.seq_len, s.accumulation(), s.micro_batch,
+               s.steps * static_cast<std::int64_t>(s.global_batch) * s.seq_len);
+  if (ranks > 1) {
+    std::string hosts;
+    for (int r = 0; r < ranks; ++r) hosts += (r ? ", " : "") + comm.host(r);
+    spdlog::info(
+        "data parallel: {} ranks ({}), {} micro-batches of {} per rank and step; ZeRO-{}, {} "
+        "gradient buckets of up to {} MiB, {} reduction, time-out {} s",
+        ranks, hosts, s.accumulation() / ranks, s.micro_batch, s.zero, dp.buckets(), s.bucket_mb,
+        s.reduce, s.timeout_s);
+  }
+  const std::size_t param_bytes = static_cast<std::size_t>(model.num_params()) * sizeof(float);
+  spdlog::info(
+      "memory per rank: parameters {}, gradients {}, optimizer {}{}, communication buffers {}, "
+      "activations {}; {} in all",
+      format_bytes(param_bytes), format_bytes(param_bytes), format_bytes(dp.optimizer_bytes()),
+      ranks > 1 && s.zero == 1 ? fmt::format(" (a 1/{} shard)", ranks) : "",
+      format_bytes(dp.buffer_bytes()), format_bytes(model.activation_bytes()),
+      format_bytes(2 * param_bytes + dp.optimizer_bytes() + dp.buffer_bytes() +
+                   model.activation_bytes()));
+}
+
+// The console's last lines: how the run ended and where it can go on.
+void report_end(const TrainSettings& s, const TrainState& state, const TrainRunResult& result,
+                double elapsed_s) {
+  if (result.stopped) {
+    fmt::print(
+        "stopped by {} at step {}/{}; `borealis train` with the same config resumes from "
+        "{}\n",
+        result.stop_reason, state.step, s.steps, result.last_checkpoint.string());
+  } else {
+    fmt::print("done: {} steps, {} tokens, {} skipped updates, {} of training\n", state.step,
+               state.tokens, state.skipped_steps, format_duration(elapsed_s));
+    if (result.valid_loss >= 0) {
+      fmt::print(
+          "validation loss {:.4f} nats; unigram entropy of the validation tokens {:.4f} "
+          "nats ({:+.4f})\n",
+          result.valid_loss, result.unigram_entropy, result.valid_loss - result.unigram_entropy);
+    }
+    fmt::print("checkpoint: {}\n", result.last_checkpoint.string());
+  }
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 TrainRunResult run_training(const Config& config, const TrainRunOptions& options) {
   const auto wall_start = Clock::now();
   TrainSettings s = read_train_settings(config);
   std::unique_ptr<Communicator> own_comm;
-  Communicator* comm = options.comm;
-  const auto timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.timeout_s * 1000));
-  const ReduceAlgorithm algorithm =
-      s.reduce == "native" ? ReduceAlgorithm::Native : ReduceAlgorithm::Ordered;
-  if (comm == nullptr) {
-    CommOptions co;
-    co.timeout = timeout;
-    co.algorithm = algorithm;
-    own_comm = make_communicator(co);
-    comm = own_comm.get();
-  }
-  comm->set_timeout(timeout);
-  comm->set_reduce_algorithm(algorithm);
-  const int ranks = comm->size();
-  const int rank = comm->rank();
-  const bool root = rank == 0;
-  const bool progress = options.progress && root;
+  Communicator& comm = open_communicator(s, options, own_comm);
+  const int ranks = comm.size();
+  const bool root = comm.rank() == 0;
   QuietRank quiet(!root);
   if (ranks > 1 && s.global_batch % (s.micro_batch * ranks) != 0) {
     throw Error(fmt::format("train.global_batch {} is not divisible by train.micro_batch {} x {} "
@@ -203,35 +226,10 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
                 config.origin("data.seq_len"));
   }
   const int L = s.seq_len;
-  const std::int64_t tokens_per_step = static_cast<std::int64_t>(s.global_batch) * L;
 
   std::optional<CheckpointInfo> resume_from = find_resume_point(s, options);
   if (resume_from) check_resume_config(config, *resume_from);
-  if (ranks > 1) {
-    // Every rank must run the same configuration and resume from the same
-    // step (they read the same files); each sees what all others have.
-    const std::uint64_t h = hash64(config.to_toml());
-    const std::array<double, 3> mine = {
-        resume_from ? static_cast<double>(resume_from->state.step) : -1.0,
-        static_cast<double>(h >> 32), static_cast<double>(h & 0xffffffffu)};
-    std::vector<double> all(3 * static_cast<std::size_t>(ranks));
-    comm->all_gather(std::span<const double>(mine), std::span<double>(all));
-    for (std::size_t r = 1; r < static_cast<std::size_t>(ranks); ++r) {
-      const std::string who = fmt::format("rank {} ({})", r, comm->host(static_cast<int>(r)));
-      if (all[3 * r + 1] != all[1] || all[3 * r + 2] != all[2]) {
-        throw Error(who +
-                        " runs another configuration than rank 0; every rank must read the same "
-                        "config and --set values",
-                    "train config");
-      }
-      if (all[3 * r] != all[0]) {
-        throw Error(fmt::format("{} resumes from step {} but rank 0 from step {}; the ranks must "
-                                "see the same run directory",
-                                who, all[3 * r], all[0]),
-                    s.checkpoint_dir().string());
-      }
-    }
-  }
+  if (ranks > 1) check_ranks_agree(config, s, resume_from, comm);
   fs::create_directories(s.run_dir);
   if (root) write_file_atomic(s.run_dir / "config.toml", config.to_toml());
 
@@ -273,7 +271,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   DataParallelOptions dpo;
   dpo.zero = s.zero;
   dpo.bucket_bytes = static_cast<std::size_t>(s.bucket_mb * (1 << 20));
-  DataParallel dp(*comm, model.layout(), s.adamw, dpo, model.params(), model.grads());
+  DataParallel dp(comm, *backend, model.layout(), s.adamw, dpo, model.params(), model.grads());
   TrainState state;
   if (resume_from) {
     if (model_config_to_json(resume_from->model) != model_config_to_json(s.model)) {
@@ -300,32 +298,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
       peak = std::max(peak, g.gflops);
     }
   }
-  const double flops_per_token = train_flops_per_token(s.model, model.num_params(), L);
-  spdlog::info("model {} ({}, {:.2f}M parameters), {} threads, sgemm peak {:.1f} GFLOP/s",
-               s.model.name, family_name(s.model.family), model.num_params() / 1e6, cpu_threads(),
-               peak);
-  spdlog::info("{} steps of {} sequences x {} tokens ({} micro-batches of {}), {} tokens in all",
-               s.steps, s.global_batch, L, s.accumulation(), s.micro_batch,
-               s.steps * tokens_per_step);
-  const int local_micro = s.accumulation() / ranks;
-  if (ranks > 1) {
-    std::string hosts;
-    for (int r = 0; r < ranks; ++r) hosts += (r ? ", " : "") + comm->host(r);
-    spdlog::info(
-        "data parallel: {} ranks ({}), {} micro-batches of {} per rank and step; ZeRO-{}, {} "
-        "gradient buckets of up to {} MiB, {} reduction, time-out {} s",
-        ranks, hosts, local_micro, s.micro_batch, s.zero, dp.buckets(), s.bucket_mb, s.reduce,
-        s.timeout_s);
-  }
-  const std::size_t param_bytes = static_cast<std::size_t>(model.num_params()) * sizeof(float);
-  spdlog::info(
-      "memory per rank: parameters {}, gradients {}, optimizer {}{}, communication buffers {}, "
-      "activations {}; {} in all",
-      format_bytes(param_bytes), format_bytes(param_bytes), format_bytes(dp.optimizer_bytes()),
-      ranks > 1 && s.zero == 1 ? fmt::format(" (a 1/{} shard)", ranks) : "",
-      format_bytes(dp.buffer_bytes()), format_bytes(model.activation_bytes()),
-      format_bytes(2 * param_bytes + dp.optimizer_bytes() + dp.buffer_bytes() +
-                   model.activation_bytes()));
+  log_plan(s, comm, model, dp, peak);
 
   std::unique_ptr<MetricsWriter> metrics;
   if (root) {
@@ -337,174 +310,29 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
         ranks > 1 ? fmt::format(R"(,"ranks":{},"zero":{})", ranks, s.zero) : ""));
   }
 
-  SignalScope signals;
-  SpikeDetector spikes(static_cast<std::size_t>(s.spike_window), state.recent_losses);
-  // Rank r reads its slice of every global batch: samples r * G / n ... of
-  // each step's G.
-  const auto per_rank = static_cast<std::uint64_t>(s.global_batch / ranks);
-  BatchLoader loader(train, s.micro_batch, state.next_sample + per_rank * rank, s.prefetch,
-                     ranks > 1 ? per_rank : 0, static_cast<std::uint64_t>(s.global_batch));
-  const double grad_scale = 1.0 / s.accumulation();
-  std::int64_t checkpointed_step = resume_from ? state.step : -1;
-  // Whether parameters, moments and state all belong to state.step, for the
-  // checkpoint after a time-out (rank_failure.h).
-  TrainPhase phase = TrainPhase::Consistent;
-  const double elapsed_before = state.elapsed_s;
-  const auto loop_start = Clock::now();
-
   const CheckpointTarget checkpoint_target{s.checkpoint_dir(), s.keep, s.tokenizer,
                                            config.to_toml(), s.model};
-  const auto update_state = [&] {
-    state.recent_losses = spikes.recent();
-    state.elapsed_s = elapsed_before + seconds_since(loop_start);
-  };
-  const auto save = [&] {
-    update_state();
-    phase = TrainPhase::Saving;
-    // Every rank takes part (a ZeRO-1 rank writes its own shard).
-    result.last_checkpoint =
-        save_training_checkpoint(*comm, checkpoint_target, state, model.layout(), model.params(),
-                                 dp, fault.fails_save(rank, state.step));
-    checkpointed_step = state.step;
-    phase = TrainPhase::Consistent;
-  };
-  const auto run_validation = [&] {
-    if (valid_batches.empty()) return;
-    const auto t0 = Clock::now();
-    result.valid_loss = validate(model, valid_batches, progress, *comm);
-    if (!root) return;
-    metrics->write(
-        fmt::format(R"({{"kind":"valid","step":{},"tokens":{},"loss":{},"elapsed_s":{}}})",
-                    state.step, state.tokens, json_number(result.valid_loss),
-                    json_number(elapsed_before + seconds_since(loop_start))));
-    if (progress) {
-      fmt::print("validation at step {}: loss {:.4f} (unigram entropy {:.4f}) in {:.1f} s\n",
-                 state.step, result.valid_loss, result.unigram_entropy, seconds_since(t0));
-      std::fflush(stdout);
-    }
-  };
-
-  std::int64_t steps_this_run = 0;
-  // This rank's micro-batch losses; then every rank's, in rank order.
-  std::vector<double> micro_losses(static_cast<std::size_t>(local_micro));
-  std::vector<double> all_losses(static_cast<std::size_t>(s.accumulation()));
-  const auto grads_final = [&dp](std::int64_t offset) { dp.grads_final(offset); };
+  const RunParts parts{s,
+                       options,
+                       comm,
+                       model,
+                       dp,
+                       train,
+                       valid_batches,
+                       metrics.get(),
+                       checkpoint_target,
+                       fault,
+                       peak,
+                       train_flops_per_token(s.model, model.num_params(), L),
+                       wall_start};
+  TrainingLoop loop(parts, state, result, resume_from.has_value());
   try {
-    while (state.step < s.steps) {
-      fault.at_step(rank, state.step + 1);
-      const auto t0 = Clock::now();
-      model.zero_grad();
-      for (int micro = 0; micro < local_micro; ++micro) {
-        const Batch b = loader.next();
-        micro_losses[static_cast<std::size_t>(micro)] =
-            model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, true,
-                          static_cast<float>(grad_scale));
-        // The last backward of the step reports finished gradients, so their
-        // reduction overlaps the rest of the pass.
-        if (ranks > 1 && micro == local_micro - 1) {
-          model.backward(grads_final);
-        } else {
-          model.backward();
-        }
-      }
-      dp.finish_reduction();
-      comm->all_gather(std::span<const double>(micro_losses), std::span<double>(all_losses));
-      double loss = 0;
-      for (const double l : all_losses) loss += l;
-      loss /= s.accumulation();
-      const double norm = dp.grad_norm();
-      const double lr = s.schedule.lr(state.step);
-      std::string skip_reason;
-      if (!std::isfinite(loss) || !std::isfinite(norm)) {
-        skip_reason = "non-finite loss or gradient norm";
-      } else if (s.spike_zscore > 0 && spikes.zscore(loss) > s.spike_zscore) {
-        skip_reason = fmt::format("loss spike (z-score {:.1f})", spikes.zscore(loss));
-      }
-      phase = TrainPhase::Updating;
-      if (skip_reason.empty()) {
-        dp.step(static_cast<float>(lr), clip_scale(norm, s.grad_clip));
-      } else {
-        ++state.skipped_steps;
-        spdlog::warn("step {}: update skipped: {} (loss {}, gradient norm {})", state.step + 1,
-                     skip_reason, loss, norm);
-      }
-      if (std::isfinite(loss)) spikes.add(loss);
-      ++state.step;
-      ++steps_this_run;
-      state.tokens += static_cast<std::uint64_t>(tokens_per_step);
-      state.next_sample += static_cast<std::uint64_t>(s.global_batch);
-      result.last_loss = loss;
-      phase = TrainPhase::Consistent;
-
-      const double step_s = seconds_since(t0);
-      const double tok_s = static_cast<double>(tokens_per_step) / step_s;
-      const double mfu = flops_per_token * tok_s * 1e-9 / (peak * ranks);
-      const double run_s = seconds_since(loop_start);
-      if (root) {
-        metrics->write(fmt::format(
-            R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}}})",
-            state.step, state.tokens, json_number(loss), json_number(lr), json_number(norm),
-            json_number(tok_s), json_number(mfu), json_number(elapsed_before + run_s),
-            skip_reason.empty() ? "false" : "true"));
-      }
-      if (progress && (state.step % s.log_every == 0 || state.step == s.steps)) {
-        const double eta =
-            run_s / static_cast<double>(steps_this_run) * static_cast<double>(s.steps - state.step);
-        fmt::print(
-            "step {:>{}}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU "
-            "{:.1f}% | ETA {}{}\n",
-            state.step, fmt::formatted_size("{}", s.steps), s.steps, loss, lr, norm, tok_s,
-            100 * mfu, format_duration(eta), skip_reason.empty() ? "" : " | skipped");
-        std::fflush(stdout);
-      }
-
-      const bool last = state.step == s.steps;
-      if (!last && s.eval_every > 0 && state.step % s.eval_every == 0) run_validation();
-      if (!last && s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0) save();
-      int stop_signal = g_stop_signal;
-      bool time_up = s.max_minutes > 0 && seconds_since(wall_start) >= 60 * s.max_minutes;
-      if (ranks > 1 && !last) {
-        // A signal or the time limit on any rank stops every rank at this step.
-        const std::array<double, 2> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0};
-        std::vector<double> all(2 * static_cast<std::size_t>(ranks));
-        comm->all_gather(std::span<const double>(mine), std::span<double>(all));
-        for (int r = 0; r < ranks; ++r) {
-          if (stop_signal == 0)
-            stop_signal = static_cast<int>(all[2 * static_cast<std::size_t>(r)]);
-          time_up = time_up || all[2 * static_cast<std::size_t>(r) + 1] != 0;
-        }
-      }
-      if (!last && stop_signal != 0) {
-        result.stopped = true;
-        result.stop_reason = stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
-      } else if (!last && options.stop_at_step > 0 && state.step >= options.stop_at_step) {
-        result.stopped = true;
-        result.stop_reason = fmt::format("--stop-at-step {}", options.stop_at_step);
-      } else if (!last && time_up) {
-        result.stopped = true;
-        result.stop_reason = fmt::format("the {} minute limit", s.max_minutes);
-      }
-      if (result.stopped) break;
-    }
-
-    if (!result.stopped) run_validation();
-    if (checkpointed_step != state.step) save();
+    loop.run();
   } catch (const CommTimeout& e) {
     // A rank stopped answering: save what can be saved, then fail with the
     // time-out's message.
-    update_state();
-    if (e.first_answering() == rank) quiet.speak();
-    TimeoutRescue rescue;
-    rescue.phase = phase;
-    rescue.state = &state;
-    rescue.checkpointed_step = checkpointed_step;
-    rescue.last_checkpoint = result.last_checkpoint;
-    rescue.zero = s.zero;
-    rescue.target = &checkpoint_target;
-    rescue.layout = &model.layout();
-    rescue.params = model.params();
-    rescue.optimizer = &dp.optimizer();
-    save_after_timeout(e, *comm, rescue, comm->timeout());
+    if (e.first_answering() == comm.rank()) quiet.speak();
+    loop.save_after_timeout(e);
     throw;
   }
   result.steps = state.step;
@@ -513,26 +341,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
     metrics->write(fmt::format(R"({{"kind":"run","event":"{}","step":{},"tokens":{}}})",
                                result.stopped ? "stop" : "end", state.step, state.tokens));
   }
-  if (progress) {
-    if (result.stopped) {
-      fmt::print(
-          "stopped by {} at step {}/{}; `borealis train` with the same config resumes from "
-          "{}\n",
-          result.stop_reason, state.step, s.steps, result.last_checkpoint.string());
-    } else {
-      fmt::print("done: {} steps, {} tokens, {} skipped updates, {} of training\n", state.step,
-                 state.tokens, state.skipped_steps,
-                 format_duration(elapsed_before + seconds_since(loop_start)));
-      if (result.valid_loss >= 0) {
-        fmt::print(
-            "validation loss {:.4f} nats; unigram entropy of the validation tokens {:.4f} "
-            "nats ({:+.4f})\n",
-            result.valid_loss, result.unigram_entropy, result.valid_loss - result.unigram_entropy);
-      }
-      fmt::print("checkpoint: {}\n", result.last_checkpoint.string());
-    }
-    std::fflush(stdout);
-  }
+  if (options.progress && root) report_end(s, state, result, loop.elapsed_s());
   return result;
 }
 

@@ -9,7 +9,7 @@ namespace {
 
 TEST(BenchCli, TrainPrintsFigures) {
   const RunResult r = run_borealis({"--threads", "1", "bench", "train", "--model", "llama-tiny",
-                                    "--batch", "2", "--seq", "8", "--steps", "2"});
+                                    "--batch", "2", "--seq-len", "8", "--steps", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* want : {"tokens/s", "mean step", "best step", "MFU", "sgemm peak", "FLOPs/token",
                            "optimizer", "activations", "arena unchanged", "no growth"}) {
@@ -21,7 +21,7 @@ TEST(BenchCli, TrainRejectsBadInput) {
   RunResult r = run_borealis({"bench", "train", "--model", "gpt5"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("error: unknown model preset 'gpt5'"), std::string::npos) << r.err;
-  r = run_borealis({"bench", "train", "--model", "gpt2-tiny", "--seq", "65"});
+  r = run_borealis({"bench", "train", "--model", "gpt2-tiny", "--seq-len", "65"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("seq must be in 1..64"), std::string::npos) << r.err;
   r = run_borealis({"bench", "train", "--batch", "0", "--model", "gpt2-tiny"});

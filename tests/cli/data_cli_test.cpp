@@ -73,6 +73,15 @@ TEST(DataCli, SkipBadListsWhatItSkipped) {
   EXPECT_NE(skip.out.find(":3: malformed JSON"), std::string::npos) << skip.out;
 }
 
+TEST(DataCli, PrepareSkipsAByteOrderMark) {
+  test::TempDir dir;
+  test::write_file(dir / "bom.jsonl", "\xEF\xBB\xBF{\"text\": \"from Windows\"}\n");
+  const auto prep = run_borealis({"data", "prepare", "-i", (dir / "bom.jsonl").string(), "-t",
+                                  kGpt2, "-o", (dir / "out").string()});
+  ASSERT_EQ(prep.exit_code, 0) << prep.err;
+  EXPECT_NE(prep.out.find("read 1 documents: wrote 1, skipped 0"), std::string::npos) << prep.out;
+}
+
 TEST(DataCli, MergeAndUsageErrors) {
   test::TempDir dir;
   for (const char* name : {"a", "b"}) {

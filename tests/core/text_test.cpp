@@ -15,6 +15,14 @@ TEST(Text, FormatBytes) {
   EXPECT_EQ(format_bytes(std::uint64_t{300} << 40), "300 TiB");
 }
 
+TEST(Text, Utf8BomLength) {
+  EXPECT_EQ(utf8_bom_length("\xEF\xBB\xBF{}"), 3u);
+  EXPECT_EQ(utf8_bom_length("\xEF\xBB\xBF"), 3u);
+  EXPECT_EQ(utf8_bom_length("\xEF\xBB"), 0u);
+  EXPECT_EQ(utf8_bom_length("{}\xEF\xBB\xBF"), 0u);
+  EXPECT_EQ(utf8_bom_length(""), 0u);
+}
+
 TEST(Text, ParseBytes) {
   EXPECT_EQ(parse_bytes("512", "x"), 512u);
   EXPECT_EQ(parse_bytes("64K", "x"), 65536u);

@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "core/error.h"
-#include "data/blend.h"
-#include "data/blend_reference.h"
 #include "data/data_list.h"
+#include "data/fast_order_rule.h"
+#include "data/fast_order_rule_reference.h"
 #include "data/indexed_dataset.h"
 #include "data/mixture.h"
 #include "test_util.h"
@@ -80,6 +80,28 @@ TEST(DataList, BadListsNameTheLine) {
       "negative", "--data-path (pair 2)");
   expect_error([] { read_data_list("/nonexistent/list.txt"); }, "cannot read the data list",
                "/nonexistent/list.txt");
+}
+
+TEST(DataList, ByteOrderMarkAtTheStartIsSkipped) {
+  const auto list = parse_data_list(
+      "\xEF\xBB\xBF"
+      "0.25 a\n0.75 b web\n",
+      "L");
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].weight_text, "0.25");
+  EXPECT_EQ(list[1].corpus, "web");
+  test::TempDir dir;
+  test::write_file(dir / "list.txt", "\xEF\xBB\xBF# written on Windows\n1 a\n");
+  EXPECT_EQ(read_data_list(dir / "list.txt").at(0).prefix, "a");
+  // Only at the start: further down it is not a weight.
+  expect_error(
+      [] {
+        parse_data_list(
+            "1 a\n\xEF\xBB\xBF"
+            "1 b\n",
+            "L");
+      },
+      "is not a weight", "L:2");
 }
 
 // ------------------------------------------------------------------ pieces

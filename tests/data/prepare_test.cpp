@@ -83,6 +83,57 @@ TEST(Prepare, RoundTripFromPlainGzipAndZstd) {
   }
 }
 
+// Windows editors and exporters begin files with a UTF-8 byte-order mark: it
+// is dropped at the start of a file (plain, gzip or zstd), and nowhere else.
+TEST(Prepare, ByteOrderMarkAtTheStartOfAFileIsSkipped) {
+  TempDir dir;
+  const std::string bom = "\xEF\xBB\xBF";
+  const auto texts = sample_texts();
+  write_file(dir / "a.jsonl", bom + jsonl({texts[0], texts[1]}));
+  write_gzip(dir / "b.jsonl.gz", bom + jsonl({texts[2]}));
+  write_file(dir / "c.jsonl.zst", zstd_bytes(bom + jsonl({texts[3], texts[4]})));
+  write_file(dir / "d.txt", bom + "Plain text.");
+  const auto s = prepare_dataset(
+      gpt2(), options({dir / "a.jsonl", dir / "b.jsonl.gz", dir / "c.jsonl.zst", dir / "d.txt"},
+                      dir / "out"));
+  EXPECT_EQ(s.documents_read, 6u);
+  EXPECT_EQ(s.documents_written, 6u);
+  const IndexedDataset ds(dir / "out");
+  ASSERT_EQ(ds.sequences(), 6u);
+  for (std::size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(gpt2().decode(ds.sequence(i)), texts[i]);
+  EXPECT_EQ(gpt2().decode(ds.sequence(5)), "Plain text.");
+
+  // A file that is nothing but a mark has no documents; one inside a file is
+  // data, and in JSON Lines not JSON.
+  for (const auto& [name, bytes] : {std::pair<std::string, std::string>{"e.jsonl", bom},
+                                    {"e.jsonl.gz", bom},
+                                    {"e.jsonl.zst", zstd_bytes(bom)}}) {
+    if (name.ends_with(".gz")) {
+      write_gzip(dir / name, bytes);
+    } else {
+      write_file(dir / name, bytes);
+    }
+    EXPECT_EQ(prepare_dataset(gpt2(), options({dir / name}, dir / ("o-" + name))).documents_read,
+              0u)
+        << name;
+  }
+  for (const std::string name : {"f.jsonl", "f.jsonl.gz", "f.jsonl.zst"}) {
+    const std::string data = jsonl({texts[0]}) + bom + jsonl({texts[1]});
+    if (name.ends_with(".gz")) {
+      write_gzip(dir / name, data);
+    } else {
+      write_file(dir / name, name.ends_with(".zst") ? zstd_bytes(data) : data);
+    }
+    try {
+      prepare_dataset(gpt2(), options({dir / name}, dir / "x"));
+      ADD_FAILURE() << "no error for a mark on line 2 of " << name;
+    } catch (const Error& e) {
+      EXPECT_TRUE(e.message().starts_with("malformed JSON")) << e.line();
+      EXPECT_EQ(e.where(), (dir / name).string() + ":2");
+    }
+  }
+}
+
 TEST(Prepare, OutputDoesNotDependOnWorkers) {
   TempDir dir;
   std::vector<std::string> texts;

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <span>
 #include <string>
 
@@ -48,21 +49,57 @@ inline int run_all_tests_on_every_rank(Communicator& comm) {
   return any > 0 ? 1 : 0;
 }
 
-// The main() of an MPI test program: gtest's flags, then an MPI communicator
-// with `timeout`, published in `global` for the tests. With `--timeout-check`
-// as the first argument it returns timeout_check(comm, argc, argv) (the
-// arguments without gtest's flags) instead of running the tests.
+// How many ranks a program's tests are written for.
+struct RankRange {
+  int min = 2;
+  int max = 1 << 30;
+};
+
+// The main() of an MPI test program, started as `PROGRAM --ranks N [ARGS]`:
+// gtest's flags, then an MPI communicator with `timeout`, published in
+// `global` for the tests. The world must have the N ranks that ctest launched
+// (an mpiexec of another MPI library starts N worlds of one rank each, whose
+// tests could pass alone) and, to run the tests, `tests_need` ranks; else
+// every rank ends with an error. With `--timeout-check`
+// after --ranks N it returns timeout_check(comm, argc, argv) (the arguments
+// without --ranks N and gtest's flags) instead of running the tests.
 template <class TimeoutCheck>
 int mpi_test_main(int argc, char** argv, std::chrono::milliseconds timeout, Communicator*& global,
-                  TimeoutCheck&& timeout_check) {
+                  RankRange tests_need, TimeoutCheck&& timeout_check) {
   ::testing::InitGoogleTest(&argc, argv);
+  const char* program = argc > 0 ? argv[0] : "mpi test";
+  if (argc < 3 || std::string(argv[1]) != "--ranks") {
+    std::fprintf(stderr, "error: the rank count is missing (usage: %s --ranks N [ARGS])\n",
+                 program);
+    return 2;
+  }
+  const int launched = std::atoi(argv[2]);
+  argv[2] = argv[0];  // drop "PROGRAM --ranks": the program's name moves up
+  argc -= 2;
+  argv += 2;
   CommOptions options;
   options.backend = "mpi";
   options.timeout = timeout;
   auto comm = make_communicator(options);
   global = comm.get();
-  if (argc > 1 && std::string(argv[1]) == "--timeout-check")
-    return timeout_check(*comm, argc, argv);
+  const bool check = argc > 1 && std::string(argv[1]) == "--timeout-check";
+  const RankRange need = check ? RankRange{} : tests_need;  // a time-out needs a second rank
+  std::string wrong;
+  if (comm->size() != launched) {
+    wrong = "the world has " + std::to_string(comm->size()) + " rank(s), not the " +
+            std::to_string(launched) +
+            " launched (an mpiexec of another MPI library starts worlds of one rank)";
+  } else if (comm->size() < need.min || comm->size() > need.max) {
+    const std::string count =
+        need.min == need.max ? std::to_string(need.min) : "at least " + std::to_string(need.min);
+    wrong = std::string(check ? "the time-out check needs " : "these tests need ") + count +
+            " ranks, not " + std::to_string(comm->size());
+  }
+  if (!wrong.empty()) {
+    std::fprintf(stderr, "error: %s (%s, rank %d)\n", wrong.c_str(), program, comm->rank());
+    return 1;
+  }
+  if (check) return timeout_check(*comm, argc, argv);
   return run_all_tests_on_every_rank(*comm);
 }
 

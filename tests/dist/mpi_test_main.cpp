@@ -1,5 +1,6 @@
-// Tests of MpiCommunicator, run by ctest under `mpirun -np 2` (any rank count
-// works). Every rank runs every test; a failure on any rank fails the job.
+// Tests of MpiCommunicator, run by ctest under `mpirun -np 2` (any count of
+// two or more works; mpi_test_main checks it). Every rank runs every test; a
+// failure on any rank fails the job.
 // `--timeout-check` runs the time-out scenario instead: the last rank sleeps
 // past the time-out and rank 0 must report it by rank and host (in the
 // message and in the CommTimeout's fields), in time; the
@@ -256,6 +257,6 @@ int main(int argc, char** argv) {
   // The timeout check's communicator fails and ends the job with MPI_Abort
   // when destroyed.
   return borealis::test::mpi_test_main(
-      argc, argv, std::chrono::milliseconds(20'000), borealis::g_comm,
+      argc, argv, std::chrono::milliseconds(20'000), borealis::g_comm, borealis::test::RankRange{},
       [](borealis::Communicator& comm, int, char**) { return borealis::timeout_check(comm); });
 }

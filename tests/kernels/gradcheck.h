@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/blas.h"
+#include "core/threads.h"
 
 namespace borealis::test {
 

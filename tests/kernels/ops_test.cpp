@@ -6,8 +6,8 @@
 #include <limits>
 #include <numbers>
 
+#include "core/threads.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/blas.h"
 #include "kernels/cpu/vec_math.h"
 #include "kernels/gradcheck.h"
 

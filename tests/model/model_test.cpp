@@ -253,7 +253,7 @@ std::vector<float> train_fixed_batch(const std::string& preset, int steps, float
   const ModelConfig c = model_preset(preset);
   Model<float> model(c, *be);
   model.init(21);
-  AdamW opt(model.layout(), AdamWConfig{});
+  AdamW opt(*be, model.layout(), AdamWConfig{});
   const int B = 2, seq = 16;
   const Batch batch = make_batch(B, seq, c.vocab_size, 22);
   std::vector<float> losses;
@@ -261,7 +261,7 @@ std::vector<float> train_fixed_batch(const std::string& preset, int steps, float
     model.zero_grad();
     losses.push_back(model.forward(batch.tokens.data(), batch.targets.data(), B, seq, true));
     model.backward();
-    clip_grad_norm(model.grads(), model.num_params(), 1.0);
+    clip_grad_norm(*be, model.grads(), model.num_params(), 1.0);
     opt.step(model.params(), model.grads(), lr);
   }
   return losses;

@@ -119,11 +119,11 @@ Model<float> make_model(const ModelConfig& config, Backend<float>& backend) {
   return model;
 }
 
-Outcome run_borealis(Model<float>& model, const Settings& s,
+Outcome run_borealis(Backend<float>& backend, Model<float>& model, const Settings& s,
                      const std::vector<std::int32_t>& tokens,
                      const std::vector<std::int32_t>& targets) {
   Outcome o;
-  AdamW optimizer(model.layout(), s.adamw);
+  AdamW optimizer(backend, model.layout(), s.adamw);
   const auto n = static_cast<std::size_t>(model.num_params());
   for (int step = 0; step < kSteps; ++step) {
     model.zero_grad();
@@ -134,7 +134,7 @@ Outcome run_borealis(Model<float>& model, const Settings& s,
       o.losses.assign(model.losses().begin(), model.losses().end());
       o.grads.assign(model.grads(), model.grads() + n);
     }
-    const double norm = global_norm(model.grads(), model.num_params());
+    const double norm = global_norm(backend, model.grads(), model.num_params());
     optimizer.step(model.params(), model.grads(), static_cast<float>(s.schedule.lr(step)),
                    clip_scale(norm, s.max_norm));
     o.step_losses.push_back(loss);
@@ -275,7 +275,7 @@ class TorchParity : public ::testing::Test {
     const Batch batch = make_batch(config, s);
     Outcome ref = read_result(*dir_ / config.name, model.layout(), s);
     if (tamper != nullptr) tamper(model);
-    return {run_borealis(model, s, batch.tokens, batch.targets), std::move(ref)};
+    return {run_borealis(*backend, model, s, batch.tokens, batch.targets), std::move(ref)};
   }
 
   void expect_parity(const ModelConfig& config);

@@ -7,10 +7,17 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/timed_backend.h"
 #include "model/config.h"
 
 namespace borealis {
 namespace {
+
+// The optimizer's arithmetic is the backend's (kernels/backend.h).
+Backend<float>& cpu() {
+  static const auto backend = make_cpu_backend<float>();
+  return *backend;
+}
 
 // Two steps with grads 0.5 then -0.25 on a parameter starting at 1.0,
 // lr 0.1, betas (0.9, 0.95), eps 1e-8, weight decay 0.1:
@@ -31,7 +38,7 @@ struct Probe {
 void run_two_steps(const AdamWConfig& config, const std::vector<Probe>& probes,
                    float grad_scale = 1.0f) {
   const ParamLayout layout(model_preset("gpt2-tiny"));
-  AdamW opt(layout, config);
+  AdamW opt(cpu(), layout, config);
   std::vector<float> params(layout.total(), 0.0f), grads(layout.total(), 0.0f);
   for (const auto& p : probes) params[p.index] = 1.0f;
   for (const auto& p : probes) grads[p.index] = 0.5f / grad_scale;
@@ -93,7 +100,7 @@ TEST(AdamW, OptInDecayForNormsBiasesEmbeddings) {
 
 TEST(AdamW, ZeroGradientOnlyDecays) {
   const ParamLayout layout(model_preset("llama-tiny"));
-  AdamW opt(layout, AdamWConfig{});
+  AdamW opt(cpu(), layout, AdamWConfig{});
   std::vector<float> params(layout.total(), 2.0f), grads(layout.total(), 0.0f);
   opt.step(params.data(), grads.data(), 0.5f);
   // Decoupled decay: p -= lr * wd * p = 2 - 0.5 * 0.1 * 2.
@@ -116,7 +123,7 @@ TEST(AdamW, ShardsCutAnywhereMatchTheWholeBuffer) {
     g2[i] = std::sin(0.05f * static_cast<float>(i) + 1.0f) * 1e-3f;
   }
   std::vector<float> whole = p0;
-  AdamW full(layout, config);
+  AdamW full(cpu(), layout, config);
   full.step(whole.data(), g1.data(), 1e-2f, 0.5f);
   full.step(whole.data(), g2.data(), 1e-2f, 0.5f);
   const std::int64_t norm_end = layout.find("h.0.ln1.w").offset + 13;  // inside a norm
@@ -125,7 +132,7 @@ TEST(AdamW, ShardsCutAnywhereMatchTheWholeBuffer) {
         std::vector<std::int64_t>{0, 1, n / 3, n / 3 + 7, n - 1, n}}) {
     std::vector<float> sharded = p0;
     for (std::size_t k = 0; k + 1 < cuts.size(); ++k) {
-      AdamW part(layout, config, cuts[k], cuts[k + 1]);
+      AdamW part(cpu(), layout, config, cuts[k], cuts[k + 1]);
       EXPECT_EQ(part.state_bytes(), 2 * sizeof(float) * (cuts[k + 1] - cuts[k]));
       part.step(sharded.data() + cuts[k], g1.data() + cuts[k], 1e-2f, 0.5f);
       part.step(sharded.data() + cuts[k], g2.data() + cuts[k], 1e-2f, 0.5f);
@@ -133,24 +140,61 @@ TEST(AdamW, ShardsCutAnywhereMatchTheWholeBuffer) {
     EXPECT_EQ(std::memcmp(sharded.data(), whole.data(), whole.size() * sizeof(float)), 0)
         << "cut at " << cuts[1];
   }
-  EXPECT_THROW(AdamW(layout, config, 5, 4), std::invalid_argument);
-  EXPECT_THROW(AdamW(layout, config, 0, n + 1), std::invalid_argument);
+  EXPECT_THROW(AdamW(cpu(), layout, config, 5, 4), std::invalid_argument);
+  EXPECT_THROW(AdamW(cpu(), layout, config, 0, n + 1), std::invalid_argument);
 }
 
 TEST(GradClip, GlobalNormAndClipping) {
   std::vector<float> g(100000, 0.0f);
   g[3] = 3.0f;
   g[99999] = 4.0f;  // in another reduction block
-  EXPECT_DOUBLE_EQ(global_norm(g.data(), static_cast<std::int64_t>(g.size())), 5.0);
-  EXPECT_DOUBLE_EQ(clip_grad_norm(g.data(), static_cast<std::int64_t>(g.size()), 10.0), 5.0);
+  EXPECT_DOUBLE_EQ(global_norm(cpu(), g.data(), static_cast<std::int64_t>(g.size())), 5.0);
+  EXPECT_DOUBLE_EQ(clip_grad_norm(cpu(), g.data(), static_cast<std::int64_t>(g.size()), 10.0), 5.0);
   EXPECT_EQ(g[3], 3.0f);  // below the limit: untouched
-  EXPECT_DOUBLE_EQ(clip_grad_norm(g.data(), static_cast<std::int64_t>(g.size()), 1.0), 5.0);
+  EXPECT_DOUBLE_EQ(clip_grad_norm(cpu(), g.data(), static_cast<std::int64_t>(g.size()), 1.0), 5.0);
   EXPECT_NEAR(g[3], 0.6f, 1e-6);
   EXPECT_NEAR(g[99999], 0.8f, 1e-6);
-  EXPECT_NEAR(global_norm(g.data(), static_cast<std::int64_t>(g.size())), 1.0, 1e-6);
+  EXPECT_NEAR(global_norm(cpu(), g.data(), static_cast<std::int64_t>(g.size())), 1.0, 1e-6);
   EXPECT_EQ(clip_scale(0.5, 1.0), 1.0f);
   EXPECT_EQ(clip_scale(5.0, 0.0), 1.0f);  // max_norm 0: no clipping
   EXPECT_NEAR(clip_scale(4.0, 2.0), 0.5f, 1e-6);
+}
+
+// The update, the norm and the clipping reach the parameters only through
+// the backend: a backend that sees no optimizer op would mean a second
+// definition of AdamW outside it.
+TEST(AdamW, ArithmeticGoesThroughTheBackend) {
+  const ParamLayout layout(model_preset("gpt2-tiny"));
+  TimedBackend<float> timed(cpu());
+  AdamW opt(timed, layout, AdamWConfig{});
+  std::vector<float> params(layout.total(), 1.0f), grads(layout.total(), 0.5f);
+  EXPECT_EQ(timed.seconds().count("optimizer"), 0u);
+  opt.step(params.data(), grads.data(), 0.1f);
+  EXPECT_EQ(timed.seconds().count("optimizer"), 1u);
+  timed.reset();
+  EXPECT_GT(clip_grad_norm(timed, grads.data(), layout.total(), 1.0), 1.0);
+  EXPECT_EQ(timed.seconds().count("optimizer"), 1u);
+  EXPECT_NEAR(global_norm(cpu(), grads.data(), layout.total()), 1.0, 1e-6);
+}
+
+// The double instantiation (for gradient checks) computes the same update.
+TEST(AdamW, DoubleBackendMatchesTheFormula) {
+  const auto backend = make_cpu_backend<double>();
+  Backend<double>::AdamWUpdate u{};
+  u.lr = 0.1f;
+  u.beta1 = 0.9f;
+  u.beta2 = 0.95f;
+  u.eps = 1e-8f;
+  u.weight_decay = 0.1f;
+  u.grad_scale = 1.0f;
+  u.c1 = 10.0f;  // 1 / (1 - 0.9): step 1
+  u.c2 = 20.0f;  // 1 / (1 - 0.95)
+  double p = 1.0, g = 0.5, m = 0.0, v = 0.0;
+  backend->adamw_update(&p, &g, &m, &v, 1, u);
+  EXPECT_NEAR(m, 0.05, 1e-7);  // the betas are floats: 1 - 0.9f is 0.1 to 1e-7
+  EXPECT_NEAR(v, 0.0125, 1e-7);
+  EXPECT_NEAR(p, 0.89, 1e-6);  // as kDecayed1
+  EXPECT_DOUBLE_EQ(backend->sum_of_squares(std::vector<double>{3, 4}.data(), 2), 25.0);
 }
 
 }  // namespace

@@ -368,11 +368,13 @@ TEST(DataParallel, EachRankLoadsItsRange) {
     EXPECT_EQ(info.shards.size(), dir == one ? 0u : 2u);
     const ParamLayout layout(info.model);
     const auto [m, v] = moments(info.dir);
+    const auto backend = make_cpu_backend<float>();
     for (const int zero : {0, 1}) {
       std::vector<float> params(m.size()), grads(m.size());
       DataParallelOptions options;
       options.zero = zero;
-      DataParallel dp(*g_comm, layout, AdamWConfig{}, options, params.data(), grads.data());
+      DataParallel dp(*g_comm, *backend, layout, AdamWConfig{}, options, params.data(),
+                      grads.data());
       load_training_checkpoint(info, layout, params.data(), dp);
       const auto b = static_cast<std::size_t>(dp.shard_begin());
       const auto e = static_cast<std::size_t>(dp.shard_end());
@@ -554,6 +556,7 @@ int timeout_check(Communicator& c, const std::string& fault, int zero) {
 int main(int argc, char** argv) {
   return borealis::test::mpi_test_main(
       argc, argv, std::chrono::milliseconds(120'000), borealis::g_comm,
+      borealis::test::RankRange{2, 2},  // the tests compare shards and batches of two ranks
       [](borealis::Communicator& comm, int args, char** arg) {
         return borealis::timeout_check(comm, args > 2 ? arg[2] : "hang",
                                        args > 3 ? std::atoi(arg[3]) : 0);

@@ -1,11 +1,9 @@
 #include "kernels/cpu/blas.h"
 
 #include <cblas.h>
-#include <omp.h>
 
 #include <cctype>
 #include <cstdlib>
-#include <stdexcept>
 
 #include "core/text.h"
 
@@ -53,16 +51,6 @@ std::string blas_core_simd(const std::string& core) {
     if (c == k) return "avx";
   }
   return "sse";
-}
-
-int cpu_threads() {
-  return omp_get_max_threads();
-}
-
-void set_cpu_threads(int threads) {
-  if (threads < 1) throw std::invalid_argument("set_cpu_threads: threads must be >= 1");
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
 }
 
 }  // namespace borealis

@@ -1,9 +1,6 @@
-// The BLAS library behind the CPU GEMMs, and the one thread pool it shares
-// with our OpenMP kernels.
-//
-// Borealis links OpenBLAS built with OpenMP, so BLAS calls and our own
-// parallel loops run on the same libgomp threads and never oversubscribe the
-// cores. set_cpu_threads() is the one place that sets that thread count.
+// The BLAS library behind the CPU GEMMs: which OpenBLAS, built how, and which
+// kernel set it chose for this CPU (for `borealis version` and `doctor`). Its
+// thread count is the process's, set in one place: core/threads.h.
 #pragma once
 
 #include <string>
@@ -27,11 +24,5 @@ BlasInfo blas_info();
 // newer than its release (e.g. "Prescott" on recent Xeons), which is many
 // times slower; OPENBLAS_CORETYPE overrides its choice.
 std::string blas_core_simd(const std::string& core);
-
-// Threads OpenMP loops will use (omp_get_max_threads).
-int cpu_threads();
-
-// Sets the thread count for OpenMP loops and BLAS together.
-void set_cpu_threads(int threads);
 
 }  // namespace borealis

@@ -104,6 +104,17 @@ class CpuBackend final : public Backend<T> {
 #pragma omp parallel for simd schedule(static) if (cpu::worth_threads(count))
     for (std::int64_t i = 0; i < count; ++i) out[i] = value;
   }
+  void adamw_update(T* params, const T* grads, T* m, T* v, std::int64_t count,
+                    const typename Backend<T>::AdamWUpdate& u) override {
+    cpu::adamw_update(params, grads, m, v, count, u.lr, u.beta1, u.beta2, u.eps, u.weight_decay,
+                      u.grad_scale, u.c1, u.c2);
+  }
+  double sum_of_squares(const T* x, std::int64_t count) override {
+    return cpu::sum_of_squares(x, count);
+  }
+  void scale(T* x, T factor, std::int64_t count) override {
+    cpu::scale(x, factor, count);
+  }
 
  private:
   // Rotary angles, computed once for the longest sequence seen: every layer

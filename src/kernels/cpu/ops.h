@@ -89,4 +89,14 @@ void matmul_forward_rowwise(T* out, const T* inp, const T* w, const T* bias, int
 template <typename T>
 void column_sum_accumulate(T* out, const T* x, int N, int C);
 
+// AdamW's update, the sum of squares and scaling of Backend (adamw_update,
+// sum_of_squares, scale).
+template <typename T>
+void adamw_update(T* params, const T* grads, T* m, T* v, std::int64_t count, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, float grad_scale, float c1, float c2);
+template <typename T>
+double sum_of_squares(const T* x, std::int64_t count);
+template <typename T>
+void scale(T* x, T factor, std::int64_t count);
+
 }  // namespace borealis::cpu

@@ -1,4 +1,4 @@
-#include "data/mixture_blend.h"
+#include "data/fast_order.h"
 
 #include <fmt/format.h>
 
@@ -14,7 +14,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/tasks.h"
-#include "data/blend.h"
+#include "data/fast_order_rule.h"
 
 namespace borealis {
 

@@ -1,4 +1,4 @@
-// The mixture blending rule (data/blend.h) written as a plain O(K) scan over
+// The mixture blending rule (data/fast_order_rule.h) written as a plain O(K) scan over
 // the sources, for tests to check the fast implementations against: each
 // step picks the source furthest behind its target share.
 #pragma once
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "data/blend.h"
+#include "data/fast_order_rule.h"
 
 namespace borealis::test {
 

@@ -1,4 +1,4 @@
-#include "data/blend.h"
+#include "data/fast_order_rule.h"
 
 #include <algorithm>
 #include <cmath>

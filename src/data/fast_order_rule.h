@@ -1,4 +1,6 @@
-// Weighted blending: the order in which samples are drawn from several sources.
+// The blending rule of the "fast" order (--order fast, the default; the
+// "megatron" order has Megatron's own rule, data/megatron_order.h): the order
+// in which samples are drawn from several weighted sources.
 //
 // Blender emits an infinite sequence of source indices whose counts follow
 // the weights as closely as possible: after n picks, every source k has been

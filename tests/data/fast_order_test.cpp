@@ -8,9 +8,9 @@
 
 #include "core/atomic_file.h"
 #include "core/mapped_file.h"
-#include "data/blend.h"
-#include "data/blend_reference.h"
-#include "data/mixture_blend.h"
+#include "data/fast_order.h"
+#include "data/fast_order_rule.h"
+#include "data/fast_order_rule_reference.h"
 #include "test_util.h"
 
 namespace borealis {

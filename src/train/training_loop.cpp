@@ -1,0 +1,287 @@
+#include "train/training_loop.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <span>
+
+#include "core/stopwatch.h"
+#include "core/text.h"
+#include "optim/adamw.h"
+#include "train/dist_checkpoint.h"
+#include "train/validation.h"
+
+namespace borealis {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The first SIGINT/SIGTERM asks the loop to stop after the current step; a
+// second one exits at once.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal.exchange(sig) != 0) _exit(128 + sig);
+  static const char msg[] =
+      "\nborealis: stopping after this step with a checkpoint (signal again to exit now)\n";
+  [[maybe_unused]] const auto n = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+}
+
+class SignalScope {
+ public:
+  SignalScope() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~SignalScope() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  SignalScope(const SignalScope&) = delete;
+  SignalScope& operator=(const SignalScope&) = delete;
+
+ private:
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
+};
+
+}  // namespace
+
+// Loss-spike rule (as llm.c's outlier detector): the z-score of a loss
+// against the last `window` losses, once that many have been seen.
+class TrainingLoop::SpikeDetector {
+ public:
+  SpikeDetector(std::size_t window, std::vector<double> recent)
+      : window_(window), recent_(std::move(recent)) {
+    while (recent_.size() > window_) recent_.erase(recent_.begin());
+  }
+  double zscore(double loss) const {
+    if (recent_.size() < window_) return 0;
+    double mean = 0, var = 0;
+    for (const double x : recent_) mean += x;
+    mean /= static_cast<double>(recent_.size());
+    for (const double x : recent_) var += (x - mean) * (x - mean);
+    const double sd = std::sqrt(var / static_cast<double>(recent_.size()));
+    return sd > 0 ? (loss - mean) / sd : 0;
+  }
+  void add(double loss) {
+    recent_.push_back(loss);
+    if (recent_.size() > window_) recent_.erase(recent_.begin());
+  }
+  const std::vector<double>& recent() const { return recent_; }
+
+ private:
+  std::size_t window_;
+  std::vector<double> recent_;
+};
+
+TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunResult& result,
+                           bool resumed)
+    : p_(parts),
+      s_(parts.settings),
+      state_(state),
+      result_(result),
+      ranks_(parts.comm.size()),
+      rank_(parts.comm.rank()),
+      progress_(parts.options.progress && rank_ == 0),
+      local_micro_(s_.accumulation() / ranks_),
+      spikes_(std::make_unique<SpikeDetector>(static_cast<std::size_t>(s_.spike_window),
+                                              state.recent_losses)),
+      checkpointed_step_(resumed ? state.step : -1),
+      elapsed_before_(state.elapsed_s),
+      micro_losses_(static_cast<std::size_t>(local_micro_)),
+      all_losses_(static_cast<std::size_t>(s_.accumulation())) {
+  // Rank r reads its slice of every global batch: samples r * G / n ... of
+  // each step's G.
+  const auto per_rank = static_cast<std::uint64_t>(s_.global_batch / ranks_);
+  loader_ = std::make_unique<BatchLoader>(
+      p_.train, s_.micro_batch, state_.next_sample + per_rank * static_cast<std::uint64_t>(rank_),
+      s_.prefetch, ranks_ > 1 ? per_rank : 0, static_cast<std::uint64_t>(s_.global_batch));
+  loop_start_ = Clock::now();
+}
+
+TrainingLoop::~TrainingLoop() = default;
+
+double TrainingLoop::elapsed_s() const {
+  return elapsed_before_ + seconds_since(loop_start_);
+}
+
+void TrainingLoop::run() {
+  SignalScope signals;
+  while (state_.step < s_.steps) {
+    report_step(train_step());
+    if (validation_due()) validate();
+    if (checkpoint_due()) save_checkpoint();
+    result_.stop_reason = stop_reason();
+    result_.stopped = !result_.stop_reason.empty();
+    if (result_.stopped) break;
+  }
+  if (!result_.stopped) validate();
+  if (checkpointed_step_ != state_.step) save_checkpoint();
+}
+
+TrainingLoop::StepOutcome TrainingLoop::train_step() {
+  p_.fault.at_step(rank_, state_.step + 1);
+  const auto t0 = Clock::now();
+  const double grad_scale = 1.0 / s_.accumulation();
+  const auto grads_final = [this](std::int64_t offset) { p_.dp.grads_final(offset); };
+  p_.model.zero_grad();
+  for (int micro = 0; micro < local_micro_; ++micro) {
+    const Batch b = loader_->next();
+    micro_losses_[static_cast<std::size_t>(micro)] = p_.model.forward(
+        b.inputs.data(), b.targets.data(), b.batch, b.seq, true, static_cast<float>(grad_scale));
+    // The last backward of the step reports finished gradients, so their
+    // reduction overlaps the rest of the pass.
+    if (ranks_ > 1 && micro == local_micro_ - 1) {
+      p_.model.backward(grads_final);
+    } else {
+      p_.model.backward();
+    }
+  }
+  p_.dp.finish_reduction();
+  p_.comm.all_gather(std::span<const double>(micro_losses_), std::span<double>(all_losses_));
+  StepOutcome out;
+  for (const double l : all_losses_) out.loss += l;
+  out.loss /= s_.accumulation();
+  out.grad_norm = p_.dp.grad_norm();
+  out.lr = s_.schedule.lr(state_.step);
+  if (!std::isfinite(out.loss) || !std::isfinite(out.grad_norm)) {
+    out.skip_reason = "non-finite loss or gradient norm";
+  } else if (s_.spike_zscore > 0 && spikes_->zscore(out.loss) > s_.spike_zscore) {
+    out.skip_reason = fmt::format("loss spike (z-score {:.1f})", spikes_->zscore(out.loss));
+  }
+  phase_ = TrainPhase::Updating;
+  if (out.skip_reason.empty()) {
+    p_.dp.step(static_cast<float>(out.lr), clip_scale(out.grad_norm, s_.grad_clip));
+  } else {
+    ++state_.skipped_steps;
+    spdlog::warn("step {}: update skipped: {} (loss {}, gradient norm {})", state_.step + 1,
+                 out.skip_reason, out.loss, out.grad_norm);
+  }
+  if (std::isfinite(out.loss)) spikes_->add(out.loss);
+  ++state_.step;
+  ++steps_this_run_;
+  state_.tokens += static_cast<std::uint64_t>(s_.global_batch) * s_.seq_len;
+  state_.next_sample += static_cast<std::uint64_t>(s_.global_batch);
+  result_.last_loss = out.loss;
+  phase_ = TrainPhase::Consistent;
+  out.seconds = seconds_since(t0);
+  return out;
+}
+
+void TrainingLoop::report_step(const StepOutcome& step) {
+  const double tokens_per_step = static_cast<double>(s_.global_batch) * s_.seq_len;
+  const double tok_s = tokens_per_step / step.seconds;
+  const double mfu = p_.flops_per_token * tok_s * 1e-9 / (p_.peak_gflops * ranks_);
+  const double run_s = seconds_since(loop_start_);
+  if (p_.metrics != nullptr) {
+    p_.metrics->write(fmt::format(
+        R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}}})",
+        state_.step, state_.tokens, json_number(step.loss), json_number(step.lr),
+        json_number(step.grad_norm), json_number(tok_s), json_number(mfu),
+        json_number(elapsed_before_ + run_s), step.skip_reason.empty() ? "false" : "true"));
+  }
+  if (progress_ && (state_.step % s_.log_every == 0 || state_.step == s_.steps)) {
+    const double eta =
+        run_s / static_cast<double>(steps_this_run_) * static_cast<double>(s_.steps - state_.step);
+    fmt::print(
+        "step {:>{}}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU "
+        "{:.1f}% | ETA {}{}\n",
+        state_.step, fmt::formatted_size("{}", s_.steps), s_.steps, step.loss, step.lr,
+        step.grad_norm, tok_s, 100 * mfu, format_duration(eta),
+        step.skip_reason.empty() ? "" : " | skipped");
+    std::fflush(stdout);
+  }
+}
+
+// The last step is validated and checkpointed after the loop, whatever the
+// intervals say.
+bool TrainingLoop::validation_due() const {
+  return state_.step != s_.steps && s_.eval_every > 0 && state_.step % s_.eval_every == 0;
+}
+
+bool TrainingLoop::checkpoint_due() const {
+  return state_.step != s_.steps && s_.checkpoint_every > 0 &&
+         state_.step % s_.checkpoint_every == 0;
+}
+
+std::string TrainingLoop::stop_reason() {
+  if (state_.step == s_.steps) return "";  // the run ends here anyway
+  int stop_signal = g_stop_signal;
+  bool time_up = s_.max_minutes > 0 && seconds_since(p_.wall_start) >= 60 * s_.max_minutes;
+  if (ranks_ > 1) {
+    // A signal or the time limit on any rank stops every rank at this step.
+    const std::array<double, 2> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0};
+    std::vector<double> all(2 * static_cast<std::size_t>(ranks_));
+    p_.comm.all_gather(std::span<const double>(mine), std::span<double>(all));
+    for (int r = 0; r < ranks_; ++r) {
+      if (stop_signal == 0) stop_signal = static_cast<int>(all[2 * static_cast<std::size_t>(r)]);
+      time_up = time_up || all[2 * static_cast<std::size_t>(r) + 1] != 0;
+    }
+  }
+  if (stop_signal != 0) return stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+  if (p_.options.stop_at_step > 0 && state_.step >= p_.options.stop_at_step) {
+    return fmt::format("--stop-at-step {}", p_.options.stop_at_step);
+  }
+  if (time_up) return fmt::format("the {} minute limit", s_.max_minutes);
+  return "";
+}
+
+void TrainingLoop::validate() {
+  if (p_.valid_batches.empty()) return;
+  const auto t0 = Clock::now();
+  result_.valid_loss = borealis::validate(p_.model, p_.valid_batches, progress_, p_.comm);
+  if (p_.metrics == nullptr) return;
+  p_.metrics->write(fmt::format(
+      R"({{"kind":"valid","step":{},"tokens":{},"loss":{},"elapsed_s":{}}})", state_.step,
+      state_.tokens, json_number(result_.valid_loss), json_number(elapsed_s())));
+  if (progress_) {
+    fmt::print("validation at step {}: loss {:.4f} (unigram entropy {:.4f}) in {:.1f} s\n",
+               state_.step, result_.valid_loss, result_.unigram_entropy, seconds_since(t0));
+    std::fflush(stdout);
+  }
+}
+
+void TrainingLoop::update_state() {
+  state_.recent_losses = spikes_->recent();
+  state_.elapsed_s = elapsed_s();
+}
+
+void TrainingLoop::save_checkpoint() {
+  update_state();
+  phase_ = TrainPhase::Saving;
+  // Every rank takes part (a ZeRO-1 rank writes its own shard).
+  result_.last_checkpoint =
+      save_training_checkpoint(p_.comm, p_.checkpoint, state_, p_.model.layout(), p_.model.params(),
+                               p_.dp, p_.fault.fails_save(rank_, state_.step));
+  checkpointed_step_ = state_.step;
+  phase_ = TrainPhase::Consistent;
+}
+
+void TrainingLoop::save_after_timeout(const CommTimeout& timeout) {
+  update_state();
+  TimeoutRescue rescue;
+  rescue.phase = phase_;
+  rescue.state = &state_;
+  rescue.checkpointed_step = checkpointed_step_;
+  rescue.last_checkpoint = result_.last_checkpoint;
+  rescue.zero = s_.zero;
+  rescue.target = &p_.checkpoint;
+  rescue.layout = &p_.model.layout();
+  rescue.params = p_.model.params();
+  rescue.optimizer = &p_.dp.optimizer();
+  borealis::save_after_timeout(timeout, p_.comm, rescue, p_.comm.timeout());
+}
+
+}  // namespace borealis

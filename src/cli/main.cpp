@@ -53,6 +53,8 @@ int run(int argc, char** argv) {
   commands.push_back(cli::add_bench(app));
   commands.push_back(cli::add_generate(app));
   commands.push_back(cli::add_plot(app));
+  commands.push_back(cli::add_export(app));
+  commands.push_back(cli::add_import(app));
 
   try {
     app.parse(argc, argv);

@@ -10,6 +10,7 @@ jobs=$(nproc)
 ./scripts/setup.sh
 ./scripts/get-brown.sh
 ./scripts/get-tokenizers.sh
+./scripts/get-llama-cpp.sh
 echo "== configure ($preset)"
 cmake --preset "$preset" >/dev/null
 echo "== build ($preset)"

@@ -359,22 +359,116 @@ GgufReport export_gguf(const LoadedModel& model, const fs::path& tokenizer, cons
   return report;
 }
 
-GgufHeader read_gguf_header(const fs::path& path) {
+namespace {
+
+// Bounds-checked little-endian reads from a mapped GGUF file.
+class Reader {
+ public:
+  Reader(const MappedFile& file, std::string where) : file_(file), where_(std::move(where)) {}
+  template <typename T>
+  T get() {
+    T v;
+    std::memcpy(&v, take(sizeof(T)), sizeof(T));
+    return v;
+  }
+  std::string str() {
+    const auto n = get<std::uint64_t>();
+    return std::string(reinterpret_cast<const char*>(take(n)), n);
+  }
+  nlohmann::json value(std::uint32_t type) {
+    switch (type) {
+      case 0:
+        return get<std::uint8_t>();
+      case 1:
+        return get<std::int8_t>();
+      case 2:
+        return get<std::uint16_t>();
+      case 3:
+        return get<std::int16_t>();
+      case kU32:
+        return get<std::uint32_t>();
+      case kI32:
+        return get<std::int32_t>();
+      case kF32:
+        return get<float>();
+      case kBool:
+        return get<std::uint8_t>() != 0;
+      case kString:
+        return str();
+      case 10:
+        return get<std::uint64_t>();
+      case 11:
+        return get<std::int64_t>();
+      case 12:
+        return get<double>();
+      case kArray: {
+        const auto inner = get<std::uint32_t>();
+        const auto n = get<std::uint64_t>();
+        nlohmann::json a = nlohmann::json::array();
+        for (std::uint64_t i = 0; i < n; ++i) a.push_back(value(inner));
+        return a;
+      }
+    }
+    throw Error(fmt::format("unknown metadata value type {} at byte {}", type, at_ - 4), where_);
+  }
+  std::uint64_t at() const { return at_; }
+
+ private:
+  const std::byte* take(std::uint64_t n) {
+    if (n > file_.size() - at_) {
+      throw Error(fmt::format("cut short: {} bytes wanted at byte {} of {}", n, at_, file_.size()),
+                  where_);
+    }
+    const std::byte* p = file_.data() + at_;
+    at_ += n;
+    return p;
+  }
+  const MappedFile& file_;
+  std::string where_;
+  std::uint64_t at_ = 0;
+};
+
+}  // namespace
+
+GgufInfo read_gguf(const fs::path& path) {
   const MappedFile file(path, MappedFile::Access::Sequential);
   const std::string where = path.string();
-  if (file.size() < 24) throw Error("not a GGUF file: shorter than its header", where);
-  if (std::memcmp(file.data(), "GGUF", 4) != 0) {
+  if (file.size() < 4 || std::memcmp(file.data(), "GGUF", 4) != 0) {
     throw Error("not a GGUF file: wrong magic (expected \"GGUF\")", where);
   }
-  GgufHeader h;
-  std::memcpy(&h.version, file.data() + 4, 4);
-  std::memcpy(&h.tensors, file.data() + 8, 8);
-  std::memcpy(&h.metadata, file.data() + 16, 8);
-  if (h.version != kVersion) {
-    throw Error(fmt::format("GGUF version {} (only version {} is read)", h.version, kVersion),
+  Reader r(file, where);
+  r.get<std::uint32_t>();
+  GgufInfo info;
+  info.version = r.get<std::uint32_t>();
+  if (info.version != kVersion) {
+    throw Error(fmt::format("GGUF version {} (only version {} is read)", info.version, kVersion),
                 where);
   }
-  return h;
+  const auto n_tensors = r.get<std::uint64_t>();
+  const auto n_meta = r.get<std::uint64_t>();
+  info.metadata = nlohmann::json::object();
+  for (std::uint64_t i = 0; i < n_meta; ++i) {
+    std::string key = r.str();
+    info.metadata[key] = r.value(r.get<std::uint32_t>());
+  }
+  for (std::uint64_t i = 0; i < n_tensors; ++i) {
+    GgufTensorInfo t;
+    t.name = r.str();
+    const auto dims = r.get<std::uint32_t>();
+    for (std::uint32_t d = 0; d < dims; ++d) t.dims.push_back(r.get<std::uint64_t>());
+    t.type = r.get<std::uint32_t>();
+    t.offset = r.get<std::uint64_t>();
+    info.tensors.push_back(std::move(t));
+  }
+  const std::uint64_t alignment = info.metadata.value("general.alignment", kAlignment);
+  const std::uint64_t data = (r.at() + alignment - 1) / alignment * alignment;
+  for (auto& t : info.tensors) {
+    t.offset += data;
+    if (t.offset > file.size()) {
+      throw Error(fmt::format("tensor '{}' starts past the end of the file", t.name), where);
+    }
+  }
+  return info;
 }
 
 }  // namespace borealis

@@ -27,7 +27,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "model/checkpoint_load.h"
 
@@ -48,12 +50,22 @@ struct GgufReport {
 GgufReport export_gguf(const LoadedModel& model, const std::filesystem::path& tokenizer,
                        const std::filesystem::path& path, GgufType type);
 
-// The file's header, as a check: version, tensor and key counts; throws
-// Error naming the file when the magic or version is wrong or it is cut short.
-struct GgufHeader {
-  std::uint32_t version = 0;
-  std::uint64_t tensors = 0, metadata = 0;
+// What a GGUF file holds, read back (for checks and inspection): metadata
+// values as JSON (arrays as JSON arrays), tensor names, dimensions, ggml
+// types and absolute byte offsets. Throws Error naming the file for a wrong
+// magic, another version, a value type it does not know, or anything that
+// runs past the end of the file.
+struct GgufTensorInfo {
+  std::string name;
+  std::vector<std::uint64_t> dims;  // fastest-varying first
+  std::uint32_t type = 0;           // ggml_type: 0 F32, 1 F16, 8 Q8_0
+  std::uint64_t offset = 0;         // from the start of the file
 };
-GgufHeader read_gguf_header(const std::filesystem::path& path);
+struct GgufInfo {
+  std::uint32_t version = 0;
+  nlohmann::json metadata;
+  std::vector<GgufTensorInfo> tensors;
+};
+GgufInfo read_gguf(const std::filesystem::path& path);
 
 }  // namespace borealis

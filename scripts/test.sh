@@ -29,6 +29,7 @@ else
 fi
 ./scripts/get-brown.sh
 ./scripts/get-tokenizers.sh
+./scripts/get-llama-cpp.sh
 echo "== configure ($preset)"
 # Configure warnings (the MPI suites left out when mpiexec is missing) are
 # shown; the rest of cmake's chatter is not.

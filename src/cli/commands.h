@@ -25,6 +25,8 @@ Command add_generate(CLI::App& parent);
 Command add_serve(CLI::App& parent);
 Command add_plot(CLI::App& parent);
 Command add_launch(CLI::App& parent);
+Command add_export(CLI::App& parent);
+Command add_import(CLI::App& parent);
 // `data mix` and `data sample`, on the `data` app; the function runs whichever was parsed.
 std::function<void()> add_data_mix(CLI::App& data);
 

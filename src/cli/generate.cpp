@@ -18,8 +18,8 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "core/text.h"
+#include "interop/hf_checkpoint.h"
 #include "kernels/backend.h"
-#include "model/checkpoint_load.h"
 #include "model/inference.h"
 #include "serve/sampling.h"
 #include "tokenizer/tokenizer.h"
@@ -102,12 +102,9 @@ void run_generate(const GenerateArgs& a) {
                                                 : e.where() == "top_p" ? "top-p"
                                                                        : e.where()));
   }
-  const std::filesystem::path dir = resolve_checkpoint_dir(a.checkpoint);
-  if (dir != std::filesystem::path(a.checkpoint)) {
-    spdlog::info("using checkpoint {}", dir.string());
-  }
   const Clock::time_point t_load = Clock::now();
-  const LoadedModel model = load_model_dir(dir);
+  const LoadedModel model = load_any_model(a.checkpoint);
+  const std::filesystem::path& dir = model.dir;
   const std::filesystem::path tok_path =
       a.tokenizer ? std::filesystem::path(*a.tokenizer) : dir / "tokenizer.json";
   if (!a.tokenizer && !std::filesystem::exists(tok_path)) {
@@ -208,8 +205,9 @@ Command add_generate(CLI::App& parent) {
   CLI::App* app = parent.add_subcommand(
       "generate", "Generate text from a trained checkpoint (KV-cache inference, sampling)");
   app->add_option("--checkpoint", a->checkpoint,
-                  "Checkpoint directory (model.safetensors + tokenizer.json), or a run directory: "
-                  "its newest complete checkpoints/step-<N> is used")
+                  "Checkpoint directory (model.safetensors + tokenizer.json), a run directory "
+                  "(its newest complete checkpoints/step-<N>), or a Hugging Face model "
+                  "directory (config.json + safetensors)")
       ->required();
   auto* prompt = app->add_option("--prompt", a->prompt,
                                  "Text to continue (none: an unconditional sample after the "

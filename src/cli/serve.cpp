@@ -15,7 +15,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "model/checkpoint_load.h"
+#include "interop/hf_checkpoint.h"
 #include "serve/engine.h"
 #include "serve/server.h"
 #include "tokenizer/tokenizer.h"
@@ -39,12 +39,7 @@ void run_serve(ServeArgs& a) {
   }
   if (a.server.max_body_mb <= 0) throw Error("must be positive", "--max-body-mb");
   if (a.drain_s < 0) throw Error("must not be negative", "--drain-s");
-  const std::filesystem::path dir = resolve_checkpoint_dir(a.checkpoint);
-  if (!a.chat_template.empty()) {
-    a.server.chat = ChatTemplate::load(a.chat_template);
-  } else if (std::filesystem::exists(dir / "chat_template.json")) {
-    a.server.chat = ChatTemplate::load((dir / "chat_template.json").string());
-  }
+  if (!a.chat_template.empty()) a.server.chat = ChatTemplate::load(a.chat_template);
 
   // SIGTERM and SIGINT go to one waiting thread, not to whichever thread the
   // kernel picks: block them here, before any thread starts.
@@ -58,13 +53,17 @@ void run_serve(ServeArgs& a) {
   Server server(a.server);
   const int port = server.bind();
   const std::string url = fmt::format("http://{}:{}", a.server.host, port);
-  spdlog::info("listening on {} while the model loads from {}", url, dir.string());
+  spdlog::info("listening on {} while the model loads from {}", url, a.checkpoint);
   std::thread listener([&] { server.listen(); });
 
   std::unique_ptr<Engine> engine;
   std::unique_ptr<Tokenizer> tok;
   try {
-    LoadedModel model = load_model_dir(dir);
+    LoadedModel model = load_any_model(a.checkpoint);
+    const std::filesystem::path dir = model.dir;
+    if (a.chat_template.empty() && std::filesystem::exists(dir / "chat_template.json")) {
+      server.set_chat_template(ChatTemplate::load((dir / "chat_template.json").string()));
+    }
     const std::filesystem::path tok_path =
         a.tokenizer.empty() ? dir / "tokenizer.json" : std::filesystem::path(a.tokenizer);
     tok = std::make_unique<Tokenizer>(Tokenizer::load(tok_path));
@@ -101,7 +100,8 @@ Command add_serve(CLI::App& parent) {
   CLI::App* app = parent.add_subcommand(
       "serve", "Serve a checkpoint over an OpenAI-compatible HTTP API (continuous batching)");
   app->add_option("--checkpoint", a->checkpoint,
-                  "Checkpoint directory, or a run directory (its newest complete checkpoint)")
+                  "Checkpoint directory, a run directory (its newest complete checkpoint) or a "
+                  "Hugging Face GPT-2/Llama directory")
       ->required();
   app->add_option("--host", a->server.host, "Address to listen on")->capture_default_str();
   app->add_option("--port", a->server.port, "Port (0: any free port)")

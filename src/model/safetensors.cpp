@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -12,6 +13,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/half.h"
 #include "core/hash.h"
 #include "core/mapped_file.h"
 
@@ -23,7 +25,62 @@ static_assert(std::endian::native == std::endian::little,
 namespace {
 // Headers beyond this are not weights files (the format's own limit is 100 MB).
 constexpr std::uint64_t kMaxHeader = 100u << 20;
+// Converted tensors are written through a buffer of this many elements.
+constexpr std::int64_t kConvertChunk = 1 << 16;
+
+std::int64_t element_count(const std::vector<std::int64_t>& shape) {
+  std::int64_t n = 1;
+  for (const std::int64_t d : shape) n *= d;
+  return n;
+}
+
+// Element i (row-major in the stored shape) of a tensor, from its data.
+float stored_element(const NamedTensor& t, std::int64_t i) {
+  if (!t.transposed) return t.data[i];
+  const std::int64_t rows = t.shape[0], cols = t.shape[1];
+  return t.data[(i % cols) * rows + i / cols];
+}
+
+// Writes elements [from, from + n) of the tensor as stored.
+template <typename Put>
+void put_converted(const NamedTensor& t, std::int64_t from, std::int64_t n, Put&& put) {
+  if (t.dtype == TensorDtype::kF32) {
+    std::vector<float> buf(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i)
+      buf[static_cast<std::size_t>(i)] = stored_element(t, from + i);
+    put(buf.data(), buf.size() * sizeof(float));
+    return;
+  }
+  std::vector<std::uint16_t> buf(static_cast<std::size_t>(n));
+  const bool f16 = t.dtype == TensorDtype::kF16;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float x = stored_element(t, from + i);
+    buf[static_cast<std::size_t>(i)] = f16 ? float_to_f16(x) : float_to_bf16(x);
+  }
+  put(buf.data(), buf.size() * sizeof(std::uint16_t));
+}
+
 }  // namespace
+
+std::string_view dtype_name(TensorDtype dtype) {
+  switch (dtype) {
+    case TensorDtype::kF32:
+      return "F32";
+    case TensorDtype::kF16:
+      return "F16";
+    case TensorDtype::kBF16:
+      return "BF16";
+  }
+  return "?";
+}
+
+std::size_t dtype_bytes(TensorDtype dtype) {
+  return dtype == TensorDtype::kF32 ? 4 : 2;
+}
+
+std::uint64_t stored_bytes(const NamedTensor& tensor) {
+  return static_cast<std::uint64_t>(element_count(tensor.shape)) * dtype_bytes(tensor.dtype);
+}
 
 FileDigest save_safetensors(const std::filesystem::path& path, const ParamLayout& layout,
                             const std::vector<TensorGroup>& groups,
@@ -144,21 +201,21 @@ FileDigest save_safetensors(const std::filesystem::path& path,
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
-  std::vector<std::size_t> sizes;
   for (const auto& t : tensors) {
-    std::int64_t elements = 1;
     for (const std::int64_t d : t.shape) {
       if (d < 0) throw std::invalid_argument(fmt::format("tensor '{}': negative shape", t.name));
-      elements *= d;
+    }
+    if (t.transposed && t.shape.size() != 2) {
+      throw std::invalid_argument(fmt::format("tensor '{}': only 2-D tensors transpose", t.name));
     }
     if (t.name == "__metadata__" || header.contains(t.name)) {
       throw std::invalid_argument(fmt::format("tensor name '{}' used twice or reserved", t.name));
     }
-    const std::uint64_t bytes = static_cast<std::uint64_t>(elements) * sizeof(float);
-    header[t.name] = {
-        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    const std::uint64_t bytes = stored_bytes(t);
+    header[t.name] = {{"dtype", dtype_name(t.dtype)},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    sizes.push_back(static_cast<std::size_t>(bytes));
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
@@ -171,7 +228,16 @@ FileDigest save_safetensors(const std::filesystem::path& path,
   };
   put(&length, sizeof(length));
   put(text.data(), text.size());
-  for (std::size_t i = 0; i < tensors.size(); ++i) put(tensors[i].data, sizes[i]);
+  for (const auto& t : tensors) {
+    if (t.dtype == TensorDtype::kF32 && !t.transposed) {
+      put(t.data, static_cast<std::size_t>(stored_bytes(t)));
+      continue;
+    }
+    const std::int64_t n = element_count(t.shape);
+    for (std::int64_t from = 0; from < n; from += kConvertChunk) {
+      put_converted(t, from, std::min(kConvertChunk, n - from), put);
+    }
+  }
   out.commit();
   return {sizeof(length) + length + offset, hash.digest()};
 }
@@ -196,8 +262,14 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
       e.dtype = value.at("dtype").get<std::string>();
       e.shape = value.at("shape").get<std::vector<std::int64_t>>();
       const auto range = value.at("data_offsets").get<std::vector<std::uint64_t>>();
-      if (range.size() != 2 || range[1] < range[0] || range[1] > h.data_size) {
+      if (range.size() != 2 || range[1] < range[0]) {
         throw Error(fmt::format("tensor '{}' has a bad byte range", name), where_);
+      }
+      if (range[1] > h.data_size) {
+        throw Error(fmt::format("tensor '{}' ends at byte {} of the data, past its end at {} "
+                                "(truncated file?)",
+                                name, range[1], h.data_size),
+                    where_);
       }
       e.begin = range[0];
       e.end = range[1];
@@ -234,6 +306,70 @@ void SafetensorsFile::read_f32(const std::string& name, const std::vector<std::i
   if (count == 0) return;
   std::memcpy(out, data_ + e.begin + static_cast<std::uint64_t>(from) * sizeof(float),
               static_cast<std::size_t>(count) * sizeof(float));
+}
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, entry] : tensors_) out.push_back(name);
+  return out;
+}
+
+const SafetensorsFile::Entry* SafetensorsFile::find(const std::string& name) const {
+  const auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+void SafetensorsFile::read_float(const std::string& name, const std::vector<std::int64_t>& shape,
+                                 float* out, bool transposed) const {
+  const Entry* e = find(name);
+  if (e == nullptr) throw Error(fmt::format("tensor '{}' is missing", name), where_);
+  std::size_t width = 0;
+  if (e->dtype == "F32") {
+    width = 4;
+  } else if (e->dtype == "F16" || e->dtype == "BF16") {
+    width = 2;
+  } else {
+    throw Error(
+        fmt::format("tensor '{}' has dtype {}; only F32, F16 and BF16 are read", name, e->dtype),
+        where_);
+  }
+  if (e->shape != shape) {
+    throw Error(fmt::format("tensor '{}' has shape [{}], expected [{}]", name,
+                            fmt::join(e->shape, ", "), fmt::join(shape, ", ")),
+                where_);
+  }
+  if (transposed && shape.size() != 2) {
+    throw std::invalid_argument(fmt::format("tensor '{}': only 2-D tensors transpose", name));
+  }
+  const std::int64_t n = element_count(shape);
+  if (e->end - e->begin != static_cast<std::uint64_t>(n) * width) {
+    throw Error(fmt::format("tensor '{}' has {} bytes, expected {} for its shape and dtype", name,
+                            e->end - e->begin, static_cast<std::uint64_t>(n) * width),
+                where_);
+  }
+  const std::byte* src = data_ + e->begin;
+  const std::int64_t cols = shape.size() == 2 ? shape[1] : 1;
+  const std::int64_t rows = shape.size() == 2 ? shape[0] : 1;
+  // Element i of the stored tensor goes to out[i], or to its transposed place.
+  const auto dest = [&](std::int64_t i) { return transposed ? (i % cols) * rows + i / cols : i; };
+  if (e->dtype == "F32") {
+    if (!transposed) {
+      std::memcpy(out, src, static_cast<std::size_t>(n) * 4);
+      return;
+    }
+    for (std::int64_t i = 0; i < n; ++i) {
+      float x;
+      std::memcpy(&x, src + i * 4, 4);
+      out[dest(i)] = x;
+    }
+    return;
+  }
+  const bool f16 = e->dtype == "F16";
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::uint16_t h;
+    std::memcpy(&h, src + i * 2, 2);
+    out[dest(i)] = f16 ? f16_to_float(h) : bf16_to_float(h);
+  }
 }
 
 }  // namespace borealis

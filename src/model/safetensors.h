@@ -4,9 +4,10 @@
 // A file is an 8-byte little-endian header length, a JSON header naming each
 // tensor's dtype, shape and byte range, then the raw little-endian data.
 // Tensors carry the names of ParamLayout ("wte", "h.0.attn.qkv.w", ...); a
-// tied lm head is stored once, as "wte". Only F32 is written or accepted.
-// Files of other tensors (pieces of flat buffers, e.g. optimizer shards) are
-// written from NamedTensor lists and read through a SafetensorsFile, which
+// tied lm head is stored once, as "wte". Parameters are F32; NamedTensor
+// lists may also be written as F16 or BF16 (for exports), and a
+// SafetensorsFile reads those back as float. Files of other tensors (pieces of flat buffers, e.g.
+// optimizer shards) are written from NamedTensor lists and read through a SafetensorsFile, which
 // maps the file and copies out any element range of a tensor.
 #pragma once
 
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/hash.h"
@@ -23,14 +25,28 @@
 
 namespace borealis {
 
-// F32 tensors of any names and shapes (pieces of flat buffers, such as the
-// optimizer shards of checkpoints), written in order, atomically. Returns
-// the file's size and XXH3-128, computed while writing.
+// Element types of stored tensors. Conversions from float round to nearest
+// even (core/half.h).
+enum class TensorDtype { kF32, kF16, kBF16 };
+std::string_view dtype_name(TensorDtype dtype);  // "F32", "F16", "BF16"
+std::size_t dtype_bytes(TensorDtype dtype);
+
+// Tensors of any names and shapes (pieces of flat buffers, such as the
+// optimizer shards of checkpoints, or the tensors of an export), written in
+// order, atomically. Returns the file's size and XXH3-128, computed while
+// writing.
 struct NamedTensor {
   std::string name;
   std::vector<std::int64_t> shape;
-  const float* data = nullptr;  // the product of shape elements
+  const float* data = nullptr;            // the product of shape elements
+  TensorDtype dtype = TensorDtype::kF32;  // as stored; data is always float
+  // A 2-D tensor whose data is the transpose of what is stored: data holds
+  // [shape[1], shape[0]] row-major (Hugging Face's Conv1D weights are the
+  // transpose of Borealis's [out, in] linear weights).
+  bool transposed = false;
 };
+// The bytes save_safetensors writes for the tensor's data.
+std::uint64_t stored_bytes(const NamedTensor& tensor);
 struct FileDigest {
   std::uint64_t bytes = 0;
   Hash128 xxh3_128;
@@ -86,12 +102,24 @@ class SafetensorsFile {
   void read_f32(const std::string& name, const std::vector<std::int64_t>& shape, std::int64_t from,
                 std::int64_t count, float* out) const;
 
- private:
   struct Entry {
-    std::string dtype;
+    std::string dtype;  // as in the header: "F32", "BF16", ...
     std::vector<std::int64_t> shape;
     std::uint64_t begin = 0, end = 0;  // bytes in the data section
   };
+  // Tensor names in the header (sorted), and one tensor's entry (nullptr
+  // when absent).
+  std::vector<std::string> names() const;
+  const Entry* find(const std::string& name) const;
+  const std::string& where() const { return where_; }
+  // The whole tensor `name`, F32, F16 or BF16, as float. It must have
+  // exactly `shape`; with transposed (2-D only), out receives the transpose,
+  // [shape[1], shape[0]]. Throws Error naming the file and tensor as
+  // read_f32 does, and for other dtypes.
+  void read_float(const std::string& name, const std::vector<std::int64_t>& shape, float* out,
+                  bool transposed = false) const;
+
+ private:
   MappedFile file_;
   std::string where_;
   const std::byte* data_ = nullptr;

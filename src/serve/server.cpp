@@ -235,6 +235,10 @@ int Server::bind() {
   return port;
 }
 
+void Server::set_chat_template(ChatTemplate chat) {
+  impl_->options.chat = std::move(chat);
+}
+
 void Server::set_engine(Engine& engine, const Tokenizer& tokenizer) {
   impl_->tok = &tokenizer;
   impl_->engine = &engine;

@@ -40,6 +40,8 @@ class Server {
 
   // Binds the socket; returns the port. Throws Error when it cannot.
   int bind();
+  // Replaces the chat template of the options (before set_engine).
+  void set_chat_template(ChatTemplate chat);
   // The model is ready: API endpoints and /health start answering.
   void set_engine(Engine& engine, const Tokenizer& tokenizer);
   // New requests get 503 from now on (a drain is under way).

@@ -2,6 +2,7 @@
 // errors into one line with a hint on what to fetch first.
 #pragma once
 
+#include <sys/wait.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -54,6 +55,37 @@ int main_with_errors(Run run, const char* hint =
     std::fprintf(stderr, "%s\n(%s)\n", e.line().c_str(), hint);
     return 1;
   }
+}
+
+// Quotes s for a POSIX shell.
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return q + "'";
+}
+
+// Runs a PyTorch baseline script (a shell command line) and returns the JSON
+// object it prints last. Errors name the script and say what it needs.
+inline nlohmann::json run_torch_script(const std::string& command, const std::string& script,
+                                       const std::string& python) {
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) throw Error("cannot start the PyTorch benchmark", script);
+  std::string out;
+  char buf[4096];
+  while (const std::size_t n = std::fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
+  const int status = ::pclose(pipe);
+  if (status != 0) {
+    throw Error(std::string("the PyTorch benchmark failed (") +
+                    (WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
+                                       : std::string("killed by a signal")) +
+                    "); it needs Debian's python3-torch and python3-numpy under " + python,
+                script);
+  }
+  const auto start = out.rfind("\n{");
+  const auto j = nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1),
+                                       nullptr, false);
+  if (!j.is_object()) throw Error("the PyTorch benchmark printed no JSON result", script);
+  return j;
 }
 
 }  // namespace borealis::bench

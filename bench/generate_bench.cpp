@@ -4,6 +4,12 @@
 // CPU backend, and where a decode step's time goes by kind of op.
 //
 //   generate_bench [--model PRESET] [--prompt N] [--tokens N] [--threads N] [--repeats N]
+//                  [--vs-torch] [--python PATH]
+//
+// --vs-torch also times bench/torch_decode.py (Debian's python3-torch: the
+// same preset's shapes, greedy decode with a key/value cache, the same
+// prompt length, tokens, threads and repeats) right after, and prints the
+// decode ratio.
 //
 // Decode figures are the best of --repeats runs (the speed when the machine
 // leaves us alone) and their mean.
@@ -21,6 +27,7 @@
 #include "core/threads.h"
 #include "kernels/backend.h"
 #include "kernels/timed_backend.h"
+#include "model/config.h"
 #include "model/inference.h"
 #include "model/params.h"
 #include "serve/sampling.h"
@@ -31,8 +38,14 @@ int main(int argc, char** argv) {
       [&] {
         std::string preset = "llama-20m";
         int prompt_len = 64, tokens = 128, repeats = 3;
+        bool vs_torch = false;
+        std::string python = "/usr/bin/python3";
         for (int i = 1; i < argc; ++i) {
           const std::string flag = argv[i];
+          if (flag == "--vs-torch") {
+            vs_torch = true;
+            continue;
+          }
           if (i + 1 >= argc) throw Error("missing value", flag);
           const char* value = argv[++i];
           if (flag == "--model") {
@@ -43,6 +56,8 @@ int main(int argc, char** argv) {
             tokens = bench::parse_positive_int(flag, value);
           } else if (flag == "--repeats") {
             repeats = bench::parse_positive_int(flag, value);
+          } else if (flag == "--python") {
+            python = value;
           } else if (flag == "--threads") {
             set_cpu_threads(bench::parse_positive_int(flag, value));
           } else {
@@ -113,6 +128,27 @@ int main(int argc, char** argv) {
           split += fmt::format("{}{} {:.2f}", split.empty() ? "" : ", ", op, 1e3 * sec / steps);
         }
         std::printf("%s\n", fmt::format("decode ms/token by op (mean): {}", split).c_str());
+        if (vs_torch) {
+          const std::string script = BOREALIS_SOURCE_DIR "/bench/torch_decode.py";
+          const std::string command = fmt::format(
+              "OMP_NUM_THREADS={0} {1} {2} --config-json {3} --prompt {4} --tokens {5} "
+              "--threads {0} --repeats {6}",
+              cpu_threads(), bench::shell_quote(python), bench::shell_quote(script),
+              bench::shell_quote(model_config_to_json(config)), prompt_len, tokens, repeats);
+          const nlohmann::json t = bench::run_torch_script(command, script, python);
+          std::printf("%s\n", fmt::format("PyTorch {} ({} threads): prefill {:.1f} tokens/s best, "
+                                          "decode {:.1f} tokens/s best, {:.1f} mean",
+                                          t["torch"].get<std::string>(), t["threads"].get<int>(),
+                                          t["prefill_tps_best"].get<double>(),
+                                          t["decode_tps_best"].get<double>(),
+                                          t["decode_tps_mean"].get<double>())
+                                  .c_str());
+          std::printf("%s\n",
+                      fmt::format("decode: Borealis / PyTorch = {:.2f}x best, {:.2f}x mean",
+                                  tokens / best(decode_s) / t["decode_tps_best"].get<double>(),
+                                  tokens / mean(decode_s) / t["decode_tps_mean"].get<double>())
+                          .c_str());
+        }
         return 0;
       },
       "model presets: gpt2-124m, gpt2-350m, llama-20m, llama-110m, gpt2-tiny, llama-tiny");

@@ -57,39 +57,15 @@ std::string load_average() {
   return fmt::format("{:.2f} {:.2f} {:.2f}", a, b, c);
 }
 
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-  return q + "'";
-}
-
 // Runs the PyTorch step timer and returns the JSON object it prints last.
 nlohmann::json run_torch(const Options& o, const Config& c) {
   const std::string config_json = borealis::model_config_to_json(borealis::model_preset(c.model));
   const std::string command = fmt::format(
       "OMP_NUM_THREADS={0} {1} {2} --config-json {3} --batch {4} --seq {5} --steps {6} "
       "--threads {0}",
-      o.threads, shell_quote(o.python), shell_quote(o.script), shell_quote(config_json), c.batch,
-      c.seq, o.steps);
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) throw Error("cannot start the PyTorch benchmark", o.script);
-  std::string out;
-  char buf[4096];
-  while (const std::size_t n = std::fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
-  const int status = ::pclose(pipe);
-  if (status != 0) {
-    throw Error(fmt::format("the PyTorch benchmark failed ({}); it needs Debian's "
-                            "python3-torch and python3-numpy under {}",
-                            WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
-                                              : std::string("killed by a signal"),
-                            o.python),
-                o.script);
-  }
-  const auto start = out.rfind("\n{");
-  const auto j = nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1),
-                                       nullptr, false);
-  if (!j.is_object()) throw Error("the PyTorch benchmark printed no JSON result", o.script);
-  return j;
+      o.threads, borealis::bench::shell_quote(o.python), borealis::bench::shell_quote(o.script),
+      borealis::bench::shell_quote(config_json), c.batch, c.seq, o.steps);
+  return borealis::bench::run_torch_script(command, o.script, o.python);
 }
 
 struct Row {

@@ -49,31 +49,40 @@ void Block<T>::mlp_activation(T* out, const T* fch, int N) const {
 }
 
 template <typename T>
+void Block<T>::matmul(T* out, const T* inp, const T* w, const T* bias, int C, int OC,
+                      bool accumulate, std::span<const RowGroup> groups) const {
+  for (const RowGroup& g : groups) {
+    T* o = out + static_cast<std::size_t>(g.row0) * OC;
+    const T* i = inp + static_cast<std::size_t>(g.row0) * C;
+    if (g.rowwise) {
+      backend_.matmul_forward_rowwise(o, i, w, bias, g.rows, C, OC, accumulate);
+    } else {
+      backend_.matmul_forward(o, i, w, bias, g.rows, C, OC, accumulate);
+    }
+  }
+}
+
+template <typename T>
 void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffers<T>& buf, int N,
-                       const Attend<T>& attend, bool rowwise) const {
+                       const Attend<T>& attend, std::span<const RowGroup> groups) const {
   const LayerOffsets& w = layout_.layer(layer);
   const BlockDims& d = dims_;
-  const auto matmul = [&](T* out, const T* inp, std::int64_t wo, std::int64_t bo, int C, int OC,
-                          bool accumulate) {
-    if (rowwise) {
-      backend_.matmul_forward_rowwise(out, inp, at(params, wo), at(params, bo), N, C, OC,
-                                      accumulate);
-    } else {
-      backend_.matmul_forward(out, inp, at(params, wo), at(params, bo), N, C, OC, accumulate);
-    }
+  const auto mm = [&](T* out, const T* inp, std::int64_t wo, std::int64_t bo, int C, int OC,
+                      bool accumulate) {
+    matmul(out, inp, at(params, wo), at(params, bo), C, OC, accumulate, groups);
   };
   const std::int64_t NC = static_cast<std::int64_t>(N) * d.C;
   norm_forward(buf.ln1, buf.ln1_mean, buf.ln1_rstd, x, params, w.ln1_w, w.ln1_b, N);
-  matmul(buf.qkv, buf.ln1, w.qkv_w, w.qkv_b, d.C, d.S, false);
+  mm(buf.qkv, buf.ln1, w.qkv_w, w.qkv_b, d.C, d.S, false);
   attend(buf.qkv, buf.atty);
   // Residual adds are fused into the output projections: res = x + y * W^T.
   if (buf.res2 != x) backend_.copy(buf.res2, x, NC);
-  matmul(buf.res2, buf.atty, w.proj_w, w.proj_b, d.C, d.C, true);
+  mm(buf.res2, buf.atty, w.proj_w, w.proj_b, d.C, d.C, true);
   norm_forward(buf.ln2, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w, w.ln2_b, N);
-  matmul(buf.fch, buf.ln2, w.fc_w, w.fc_b, d.C, d.FW, false);
+  mm(buf.fch, buf.ln2, w.fc_w, w.fc_b, d.C, d.FW, false);
   mlp_activation(buf.mlp, buf.fch, N);
   if (buf.res3 != buf.res2) backend_.copy(buf.res3, buf.res2, NC);
-  matmul(buf.res3, buf.mlp, w.fcproj_w, w.fcproj_b, d.F, d.C, true);
+  mm(buf.res3, buf.mlp, w.fcproj_w, w.fcproj_b, d.F, d.C, true);
 }
 
 template <typename T>

@@ -12,12 +12,17 @@
 //   - Attend: the step from the projected qkv rows to the attention output.
 //     Training attends within whole sequences (and keeps the log-sum-exp for
 //     backward); inference attends over a key/value cache.
-//   - rowwise: inference computes its matmuls so that a row's result does
-//     not depend on the other rows of the batch (Backend::matmul_forward_rowwise).
+//   - Row groups: how the rows go through the matmuls. Training runs all rows
+//     in one GEMM. Inference keeps a request's result independent of what
+//     else is in the batch: each prompt chunk is a GEMM of its own (its rows
+//     and their rounding depend only on the request), and the single rows of
+//     decode steps are batched through Backend::matmul_forward_rowwise,
+//     whose rows do not depend on each other.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <span>
 
 #include "kernels/backend.h"
 #include "model/config.h"
@@ -55,6 +60,14 @@ struct BlockBuffers {
   T* res3;  // the block's output; may equal res2
 };
 
+// Rows [row0, row0 + rows) go through the matmuls together: as one GEMM, or
+// row by row in arithmetic (matmul_forward_rowwise) when rowwise is set.
+struct RowGroup {
+  int row0 = 0;
+  int rows = 0;
+  bool rowwise = false;
+};
+
 // Attention from packed qkv rows (RoPE not yet applied) to the output rows.
 template <typename T>
 using Attend = std::function<void(T* qkv, T* atty)>;
@@ -72,9 +85,14 @@ class Block {
   void norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
                      const T* params, T* grads, std::int64_t w, std::int64_t b, int N) const;
 
-  // Layer `layer` over N rows of the residual stream x, into buf.
+  // Layer `layer` over N rows of the residual stream x, into buf; groups
+  // cover rows 0..N-1 in order.
   void forward(int layer, const T* params, const T* x, const BlockBuffers<T>& buf, int N,
-               const Attend<T>& attend, bool rowwise) const;
+               const Attend<T>& attend, std::span<const RowGroup> groups) const;
+
+  // matmul_forward over rows of inp in the given groups.
+  void matmul(T* out, const T* inp, const T* w, const T* bias, int C, int OC, bool accumulate,
+              std::span<const RowGroup> groups) const;
 
   // Scratch for backward, N rows each, shared by all layers.
   struct Grads {

@@ -175,7 +175,8 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
       if (!d.gpt2) backend_.rope_forward(qkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
       backend_.attention_forward(atty, lse, qkv, B, seq, d.NH, d.NKV, d.HD);
     };
-    block_.forward(l, params_.data(), res_in(l), buffers(l), N, attend, false);
+    const RowGroup all{0, N, false};
+    block_.forward(l, params_.data(), res_in(l), buffers(l), N, attend, std::span(&all, 1));
   }
   block_.norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), res_in(config_.n_layer),
                       params_.data(), layout_.lnf_w(), layout_.lnf_b(), N);

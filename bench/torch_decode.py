@@ -29,24 +29,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from torch_reference import Config, init_params, rms_norm, rope_tables, rotate_half  # noqa: E402
+from torch_reference import Config, Model, init_params, rope_tables, rotate_half  # noqa: E402
 
 
-class CachedModel:
+class CachedModel(Model):
+    """torch_reference's Model (its norm, linear and MLP) with a cached forward."""
+
     def __init__(self, cfg, params):
-        self.cfg = cfg
-        self.p = {k: v.detach() for k, v in params.items()}
+        super().__init__(cfg, {k: v.detach() for k, v in params.items()})
         self.cos, self.sin = rope_tables(cfg, cfg.max_seq, torch.float32)
-
-    def norm(self, x, prefix):
-        cfg = self.cfg
-        if cfg.gpt2:
-            return F.layer_norm(x, (cfg.d_model,), self.p[prefix + ".w"], self.p[prefix + ".b"],
-                                cfg.norm_eps)
-        return rms_norm(x, self.p[prefix + ".w"], cfg.norm_eps)
-
-    def linear(self, x, prefix):
-        return F.linear(x, self.p[prefix + ".w"], self.p.get(prefix + ".b"))
 
     def forward(self, tokens, cache, pos):
         """tokens [T] at positions pos..pos+T-1; returns the last logits."""
@@ -82,13 +73,7 @@ class CachedModel:
                 att = att.masked_fill(mask, float("-inf"))
             y = F.softmax(att, dim=-1) @ v
             x = x + self.linear(y.transpose(1, 2).reshape(1, T, NH * HD), f"h.{l}.attn.proj")
-            h = self.linear(self.norm(x, f"h.{l}.ln2"), f"h.{l}.mlp.fc")
-            if cfg.gpt2:
-                a = F.gelu(h, approximate="tanh")
-            else:
-                gate, up = h.chunk(2, dim=-1)
-                a = F.silu(gate) * up
-            x = x + self.linear(a, f"h.{l}.mlp.proj")
+            x = x + self.mlp(self.norm(x, f"h.{l}.ln2"), l)
         x = self.norm(x[:, -1], "lnf")
         head = self.p["wte"] if cfg.tied else self.p["lm_head.w"]
         return F.linear(x, head)[0, :cfg.vocab_size]

@@ -179,7 +179,19 @@ void Engine::loop() {
       }
     }
     admit();
-    step();
+    try {
+      step();
+    } catch (const std::exception& e) {
+      // A failure of the pass itself (requests are checked before they get
+      // here): end what runs rather than the server, and say why.
+      spdlog::error("serving step failed, cancelling {} running requests: {}", running_.size(),
+                    e.what());
+      for (auto& s : running_) {
+        if (!s->done) finish(*s, FinishReason::kCancelled);
+      }
+      running_.clear();
+      running_count_ = 0;
+    }
     cv_.notify_all();  // drain() watches the counts
   }
 }

@@ -49,21 +49,26 @@ TEST_F(KvOps, RopeAtAnOffsetMatchesRopeOverTheSequence) {
   }
 }
 
-TEST_F(KvOps, CacheAttentionInPiecesMatchesCausalAttention) {
-  // 150 positions: pieces that cross the 64-row query tiles, single rows, GQA.
+// Runs a 150-position sequence through attention_kv_forward in pieces (that
+// cross the 64-row query tiles and the cache blocks; single rows; GQA) over
+// the cache blocks `blocks` of block_size positions in a pool of pool_blocks,
+// against causal attention over the whole sequence; checks where the keys
+// and values were stored.
+void check_cache_attention(Backend<double>& be, const std::vector<std::int32_t>& blocks,
+                           int block_size, int pool_blocks, const std::vector<int>& pieces) {
   const int seq = 150, NH = 6, NKV = 2, HD = 8;
   const int S = (NH + 2 * NKV) * HD, C = NH * HD, KW = NKV * HD;
   const auto qkv = random_vector(static_cast<std::size_t>(seq) * S, 9, 2.0);
   std::vector<double> ref(static_cast<std::size_t>(seq) * C), lse(NH * seq);
-  be->attention_forward(ref.data(), lse.data(), qkv.data(), 1, seq, NH, NKV, HD);
+  be.attention_forward(ref.data(), lse.data(), qkv.data(), 1, seq, NH, NKV, HD);
 
-  std::vector<double> kc(static_cast<std::size_t>(seq) * KW, -1), vc(kc.size(), -1);
-  const std::int32_t one_block = 0;
+  std::vector<double> kp(static_cast<std::size_t>(pool_blocks) * block_size * KW, -1);
+  std::vector<double> vp(kp.size(), -1);
   int pos = 0;
-  for (int n : {5, 1, 1, 70, 1, 66, 6}) {
+  for (int n : pieces) {
     std::vector<double> out(static_cast<std::size_t>(n) * C, 42.0);
-    be->attention_kv_forward(out.data(), kc.data(), vc.data(), &one_block, seq,
-                             qkv.data() + pos * S, n, pos, NH, NKV, HD);
+    be.attention_kv_forward(out.data(), kp.data(), vp.data(), blocks.data(), block_size,
+                            qkv.data() + pos * S, n, pos, NH, NKV, HD);
     for (int i = 0; i < n * C; ++i) {
       ASSERT_NEAR(out[i], ref[pos * C + i], 1e-12) << "piece at " << pos << ", element " << i;
     }
@@ -71,42 +76,25 @@ TEST_F(KvOps, CacheAttentionInPiecesMatchesCausalAttention) {
   }
   ASSERT_EQ(pos, seq);
   for (int t = 0; t < seq; ++t) {
-    for (int j = 0; j < KW; ++j) {
-      ASSERT_EQ(kc[t * KW + j], qkv[t * S + C + j]);
-      ASSERT_EQ(vc[t * KW + j], qkv[t * S + C + KW + j]);
-    }
-  }
-}
-
-TEST_F(KvOps, PagedCacheAttentionMatchesCausalAttention) {
-  // Blocks of 16 positions in a shuffled order within a larger pool; pieces
-  // that start and end inside blocks.
-  const int seq = 150, NH = 4, NKV = 2, HD = 8, bs = 16;
-  const int S = (NH + 2 * NKV) * HD, C = NH * HD, KW = NKV * HD;
-  const auto qkv = random_vector(static_cast<std::size_t>(seq) * S, 11, 2.0);
-  std::vector<double> ref(static_cast<std::size_t>(seq) * C), lse(NH * seq);
-  be->attention_forward(ref.data(), lse.data(), qkv.data(), 1, seq, NH, NKV, HD);
-
-  const std::vector<std::int32_t> blocks{7, 2, 11, 0, 5, 9, 1, 3, 10, 4};  // 10 x 16 >= 150
-  std::vector<double> kp(12 * static_cast<std::size_t>(bs) * KW, -1), vp(kp.size(), -1);
-  int pos = 0;
-  for (int n : {3, 20, 1, 1, 64, 40, 1, 20}) {
-    std::vector<double> out(static_cast<std::size_t>(n) * C, 42.0);
-    be->attention_kv_forward(out.data(), kp.data(), vp.data(), blocks.data(), bs,
-                             qkv.data() + pos * S, n, pos, NH, NKV, HD);
-    for (int i = 0; i < n * C; ++i) {
-      ASSERT_NEAR(out[i], ref[pos * C + i], 1e-12) << "piece at " << pos << ", element " << i;
-    }
-    pos += n;
-  }
-  ASSERT_EQ(pos, seq);
-  for (int t = 0; t < seq; ++t) {
-    const std::size_t row = static_cast<std::size_t>(blocks[t / bs]) * bs + t % bs;
+    const std::size_t row =
+        static_cast<std::size_t>(blocks[static_cast<std::size_t>(t / block_size)]) * block_size +
+        t % block_size;
     for (int j = 0; j < KW; ++j) {
       ASSERT_EQ(kp[row * KW + j], qkv[t * S + C + j]);
       ASSERT_EQ(vp[row * KW + j], qkv[t * S + C + KW + j]);
     }
   }
+}
+
+TEST_F(KvOps, CacheAttentionInPiecesMatchesCausalAttention) {
+  // One block as long as the sequence: a contiguous cache.
+  check_cache_attention(*be, {0}, 150, 1, {5, 1, 1, 70, 1, 66, 6});
+}
+
+TEST_F(KvOps, PagedCacheAttentionMatchesCausalAttention) {
+  // Blocks of 16 positions in a shuffled order within a larger pool.
+  check_cache_attention(*be, {7, 2, 11, 0, 5, 9, 1, 3, 10, 4}, 16, 12,
+                        {3, 20, 1, 1, 64, 40, 1, 20});
 }
 
 TEST_F(KvOps, RowwiseMatmulMatchesDefinitionAndEveryRowIsTheSameWhateverTheBatch) {

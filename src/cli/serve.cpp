@@ -50,6 +50,9 @@ void run_serve(ServeArgs& a) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);  // a client that left is a failed write, not a death
 
+  // A worker per request that can be in the batch or the queue, and some for
+  // the cheap endpoints; more connections wait for a worker.
+  a.server.threads = a.engine.max_batch + a.engine.max_queue + 32;
   Server server(a.server);
   const int port = server.bind();
   const std::string url = fmt::format("http://{}:{}", a.server.host, port);

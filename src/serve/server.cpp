@@ -13,6 +13,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "core/error.h"
 #include "core/text.h"
@@ -98,8 +99,7 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->options = std::move(options);
   Impl& im = *impl_;
   httplib::Server& http = im.http;
-  const int threads =
-      im.options.threads > 0 ? im.options.threads : 64 + 2 * 256;  // batch + queue + slack
+  const int threads = im.options.threads > 0 ? im.options.threads : 320;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(static_cast<std::size_t>(im.options.max_body_mb) * 1024 * 1024);
   http.set_read_timeout(30, 0);
@@ -249,6 +249,13 @@ void Server::listen() {
 }
 
 void Server::stop() {
+  // stop() before listen() has started would be lost and listen() would then
+  // run forever: wait (briefly) for it to be running first.
+  if (impl_->bound) {
+    for (int i = 0; i < 500 && !impl_->http.is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
   impl_->http.stop();
 }
 

@@ -38,10 +38,10 @@ void run_export_hf(const ExportHfArgs& a) {
   HfExportOptions o;
   o.dtype = kDtypes.at(a.dtype);
   o.shard_bytes = parse_bytes(a.shard_size, "--shard-size");
-  const LoadedModel model = load_any_model(a.checkpoint);
-  const HfExportReport r = export_hf(model, model.dir / "tokenizer.json", a.out, o);
+  const ModelWeights model = open_any_model(a.checkpoint);
+  const HfExportReport r = export_hf(model, model.dir() / "tokenizer.json", a.out, o);
   std::printf("exported %s (%s, %d tensors, %s %s) to %s: %d safetensors file%s, %.2f s\n",
-              model.config.name.c_str(), std::string(family_name(model.config.family)).c_str(),
+              model.config().name.c_str(), std::string(family_name(model.config().family)).c_str(),
               r.tensors, format_bytes(r.tensor_bytes).c_str(), a.dtype.c_str(), a.out.c_str(),
               r.shards, r.shards == 1 ? "" : "s", seconds_since(t0));
 }
@@ -55,10 +55,10 @@ void run_export_gguf(const ExportGgufArgs& a) {
   const Clock::time_point t0 = Clock::now();
   const std::map<std::string, GgufType> types = {
       {"f32", GgufType::kF32}, {"f16", GgufType::kF16}, {"q8_0", GgufType::kQ8_0}};
-  const LoadedModel model = load_any_model(a.checkpoint);
-  const GgufReport r = export_gguf(model, model.dir / "tokenizer.json", a.out, types.at(a.type));
+  const ModelWeights model = open_any_model(a.checkpoint);
+  const GgufReport r = export_gguf(model, model.dir() / "tokenizer.json", a.out, types.at(a.type));
   std::printf("exported %s (%s, %d tensors, %d metadata keys, %s) to %s: %s, %.2f s\n",
-              model.config.name.c_str(), std::string(family_name(model.config.family)).c_str(),
+              model.config().name.c_str(), std::string(family_name(model.config().family)).c_str(),
               r.tensors, r.metadata, a.type.c_str(), a.out.c_str(), format_bytes(r.bytes).c_str(),
               seconds_since(t0));
 }
@@ -70,7 +70,7 @@ struct ImportHfArgs {
 void run_import_hf(const ImportHfArgs& a) {
   const Clock::time_point t0 = Clock::now();
   const HfImportReport r = import_hf(a.hf_dir, a.checkpoint);
-  const ModelConfig& c = r.model.config;
+  const ModelConfig& c = r.config;
   std::printf("imported %s (%s, %d layers, d_model %d, vocabulary %d) to %s%s, %.2f s\n",
               c.name.c_str(), std::string(family_name(c.family)).c_str(), c.n_layer, c.d_model,
               c.vocab_size, a.checkpoint.c_str(),

@@ -77,4 +77,16 @@ void MappedFile::prefetch(std::size_t offset, std::size_t length) const {
   ::madvise(data_ + begin, end - begin, MADV_WILLNEED);
 }
 
+void MappedFile::release(std::size_t offset, std::size_t length) const {
+  if (offset >= size_ || length == 0) return;
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t begin = (offset + page - 1) / page * page;
+  // The last page of the file may be partial; it is wholly released with it.
+  const std::size_t end = offset + length >= size_ ? size_ : (offset + length) / page * page;
+  if (end <= begin) return;
+  // A read-only shared mapping of a file: its pages stay in the page cache
+  // and the next access maps them again. Only a hint; failure changes nothing.
+  ::madvise(data_ + begin, end - begin, MADV_DONTNEED);
+}
+
 }  // namespace borealis

@@ -37,6 +37,12 @@ class MappedFile {
 
   // Asks the kernel to start reading [offset, offset + length) ahead of use.
   void prefetch(std::size_t offset, std::size_t length) const;
+  // Drops the pages wholly inside [offset, offset + length) from this
+  // process's memory (its resident set), for readers that go through a file
+  // once: a large file read front to back then never occupies more than the
+  // part in use. Reading them again maps them back from the page cache or
+  // the disk.
+  void release(std::size_t offset, std::size_t length) const;
 
  private:
   void reset() noexcept;

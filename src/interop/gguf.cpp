@@ -302,9 +302,9 @@ std::uint64_t align(std::uint64_t n) {
 
 }  // namespace
 
-GgufReport export_gguf(const LoadedModel& model, const fs::path& tokenizer, const fs::path& path,
+GgufReport export_gguf(const ModelWeights& model, const fs::path& tokenizer, const fs::path& path,
                        GgufType type) {
-  const ModelConfig& c = model.config;
+  const ModelConfig& c = model.config();
   const Tokenizer tok = Tokenizer::load(tokenizer);
   if (tok.vocab_size() > static_cast<std::size_t>(c.vocab_size)) {
     throw Error(fmt::format("tokenizer has {} tokens but the model's vocabulary is {}",
@@ -315,7 +315,7 @@ GgufReport export_gguf(const LoadedModel& model, const fs::path& tokenizer, cons
   model_metadata(meta, c, type);
   tokenizer_metadata(meta, tok, c.vocab_size, tokenizer.string());
 
-  std::vector<Tensor> tensors = gguf_tensors(c, model.params.data());
+  std::vector<Tensor> tensors = gguf_tensors(c, model.params());
   Bytes infos;
   std::uint64_t offset = 0;
   for (Tensor& t : tensors) {
@@ -351,6 +351,8 @@ GgufReport export_gguf(const LoadedModel& model, const fs::path& tokenizer, cons
   for (const Tensor& t : tensors) {
     out.write(zeros.data(), static_cast<std::size_t>(t.offset - at));
     write_tensor(out, t, type);
+    // Tensor by tensor: a mapped checkpoint's pages are dropped behind.
+    model.release(t.data - model.params(), t.rows * t.cols);
     at = t.offset + data_bytes(t, type);
   }
   out.write(zeros.data(), static_cast<std::size_t>(align(at) - at));

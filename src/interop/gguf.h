@@ -44,10 +44,10 @@ struct GgufReport {
 };
 
 // Writes model with its tokenizer (a file Tokenizer::load reads) to path,
-// atomically. Throws Error for a tokenizer GGUF cannot describe (not
-// byte-level BPE, or a pre-tokenizer llama.cpp does not know) and for Q8_0
+// atomically, tensor by tensor (releasing the parameters behind). Throws Error for a tokenizer GGUF
+// cannot describe (not byte-level BPE, or a pre-tokenizer llama.cpp does not know) and for Q8_0
 // rows that are not a multiple of 32 wide.
-GgufReport export_gguf(const LoadedModel& model, const std::filesystem::path& tokenizer,
+GgufReport export_gguf(const ModelWeights& model, const std::filesystem::path& tokenizer,
                        const std::filesystem::path& path, GgufType type);
 
 // What a GGUF file holds, read back (for checks and inspection): metadata

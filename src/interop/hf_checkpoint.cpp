@@ -88,9 +88,9 @@ bool is_weight_file(const std::string& name) {
 
 }  // namespace
 
-HfExportReport export_hf(const LoadedModel& model, const fs::path& tokenizer,
+HfExportReport export_hf(const ModelWeights& model, const fs::path& tokenizer,
                          const fs::path& out_dir, const HfExportOptions& options) {
-  const ModelConfig& c = model.config;
+  const ModelConfig& c = model.config();
   const Tokenizer tok = Tokenizer::load(tokenizer);
   if (tok.vocab_size() > static_cast<std::size_t>(c.vocab_size)) {
     throw Error(fmt::format("tokenizer has {} tokens but the model's vocabulary is {}",
@@ -104,21 +104,37 @@ HfExportReport export_hf(const LoadedModel& model, const fs::path& tokenizer,
   // Shards as transformers cuts them: tensors in order, a new shard when the
   // next tensor would take this one past the limit.
   std::vector<std::vector<NamedTensor>> shards(1);
+  std::vector<std::vector<HfTensor>> sources(1);  // where each tensor is in the flat buffer
   std::uint64_t shard_size = 0;
   HfExportReport report;
-  for (const HfTensor& t : hf_tensors(c)) {
-    NamedTensor nt{t.name, t.shape, model.params.data() + t.offset, options.dtype, t.transposed};
+  for (HfTensor& t : hf_tensors(c)) {
+    NamedTensor nt{t.name, t.shape, model.params() + t.offset, options.dtype, t.transposed};
     const std::uint64_t bytes = stored_bytes(nt);
     if (!shards.back().empty() && shard_size + bytes > options.shard_bytes) {
       shards.emplace_back();
+      sources.emplace_back();
       shard_size = 0;
     }
     shards.back().push_back(std::move(nt));
+    sources.back().push_back(std::move(t));
     shard_size += bytes;
     report.tensor_bytes += bytes;
     ++report.tensors;
   }
   report.shards = static_cast<int>(shards.size());
+  // Tensor by tensor from the parameters to the file, dropping the pages of
+  // a mapped checkpoint behind: memory holds one tensor, not the model.
+  const auto save = [&](const fs::path& path, std::size_t shard,
+                        const std::map<std::string, std::string>& metadata) {
+    SafetensorsWriter writer(path, shards[shard], metadata);
+    for (std::size_t i = 0; i < shards[shard].size(); ++i) {
+      writer.write(shards[shard][i].data);
+      std::int64_t n = 1;
+      for (const std::int64_t d : shards[shard][i].shape) n *= d;
+      model.release(sources[shard][i].offset, n);
+    }
+    writer.commit();
+  };
 
   const SpecialIds ids = special_ids(tok);
   write_file_atomic(out_dir / kConfig, hf_config_json(c, options.dtype, ids));
@@ -135,14 +151,14 @@ HfExportReport export_hf(const LoadedModel& model, const fs::path& tokenizer,
   const std::map<std::string, std::string> metadata{{"format", "pt"}};
   std::set<std::string> written;
   if (shards.size() == 1) {
-    save_safetensors(out_dir / kWeights, shards[0], metadata);
+    save(out_dir / kWeights, 0, metadata);
     written.insert(kWeights);
   } else {
     json weight_map = json::object();
     for (std::size_t i = 0; i < shards.size(); ++i) {
       const std::string name =
           fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
-      save_safetensors(out_dir / name, shards[i], metadata);
+      save(out_dir / name, i, metadata);
       for (const auto& t : shards[i]) weight_map[t.name] = name;
       written.insert(name);
     }
@@ -231,17 +247,48 @@ class HfWeights {
 
 }  // namespace
 
-LoadedModel load_hf_model(const fs::path& dir) {
+namespace {
+
+// A Hugging Face directory read and checked, its tensors not yet read: the
+// model's config and, for each tensor of hf_tensors(config), the file and
+// name it is stored under.
+struct HfSource {
+  ModelConfig config;
+  std::unique_ptr<HfWeights> weights;
+  struct Item {
+    HfTensor tensor;
+    std::string stored;  // its name in the file
+    const SafetensorsFile* file = nullptr;
+  };
+  std::vector<Item> items;
+
+  std::int64_t elements(const Item& item) const {
+    std::int64_t n = 1;
+    for (const std::int64_t d : item.tensor.shape) n *= d;
+    return n;
+  }
+  // Reads item into the flat buffer whose element `base` is at `buffer`.
+  void read(const Item& item, float* buffer, std::int64_t base) const {
+    item.file->read_float(item.stored, item.tensor.shape, buffer + (item.tensor.offset - base),
+                          item.tensor.transposed);
+  }
+  void release(const Item& item) const {
+    const SafetensorsFile::Entry* e = item.file->find(item.stored);
+    item.file->release(e->begin, e->end);
+  }
+};
+
+HfSource open_hf_source(const fs::path& dir) {
   const fs::path config_path = dir / kConfig;
   std::error_code ec;
   if (!fs::is_regular_file(config_path, ec)) throw Error("no config.json", dir.string());
   const std::string name = fs::absolute(dir, ec).lexically_normal().filename().string();
-  LoadedModel loaded;
-  loaded.dir = dir;
-  loaded.config = model_config_from_hf(read_json(config_path), config_path.string(),
-                                       name.empty() ? "hf" : name);
-  const ModelConfig& c = loaded.config;
-  const HfWeights weights(dir);
+  HfSource src;
+  src.config = model_config_from_hf(read_json(config_path), config_path.string(),
+                                    name.empty() ? "hf" : name);
+  const ModelConfig& c = src.config;
+  src.weights = std::make_unique<HfWeights>(dir);
+  const HfWeights& weights = *src.weights;
 
   // GPT2Model checkpoints (and the original GPT-2 release) name tensors
   // without the "transformer." prefix of GPT2LMHeadModel.
@@ -250,11 +297,9 @@ LoadedModel load_hf_model(const fs::path& dir) {
       weights.contains("wte.weight")) {
     strip = "transformer.";
   }
-  const ParamLayout layout(c);
-  loaded.params.assign(static_cast<std::size_t>(layout.total()), 0.0f);
   std::set<std::string> used;
-  for (const HfTensor& t : hf_tensors(c)) {
-    const std::string stored = t.name.substr(t.name.starts_with(strip) ? strip.size() : 0);
+  for (HfTensor& t : hf_tensors(c)) {
+    std::string stored = t.name.substr(t.name.starts_with(strip) ? strip.size() : 0);
     const SafetensorsFile* file = weights.file_of(stored);
     if (file == nullptr) {
       throw Error(fmt::format("tensor '{}' is missing", stored), weights.source().string());
@@ -266,8 +311,9 @@ LoadedModel load_hf_model(const fs::path& dir) {
                               fmt::join(e->shape, ", "), fmt::join(t.shape, ", ")),
                   file->where());
     }
-    file->read_float(stored, t.shape, loaded.params.data() + t.offset, t.transposed);
+    file->check_float(stored, t.shape);
     used.insert(stored);
+    src.items.push_back({std::move(t), std::move(stored), file});
   }
   for (const auto& [tensor, i] : weights.tensors()) {
     if (used.contains(tensor) || hf_ignored_tensor(c, strip + tensor) ||
@@ -280,6 +326,18 @@ LoadedModel load_hf_model(const fs::path& dir) {
                             c.has_bias() ? "no such tensor" : "no biases and no such tensor"),
                 weights.file_of(tensor)->where());
   }
+  return src;
+}
+
+}  // namespace
+
+LoadedModel load_hf_model(const fs::path& dir) {
+  const HfSource src = open_hf_source(dir);
+  LoadedModel loaded;
+  loaded.dir = dir;
+  loaded.config = src.config;
+  loaded.params.assign(static_cast<std::size_t>(ParamLayout(src.config).total()), 0.0f);
+  for (const HfSource::Item& item : src.items) src.read(item, loaded.params.data(), 0);
   return loaded;
 }
 
@@ -290,17 +348,26 @@ LoadedModel load_any_model(const fs::path& path) {
   return load_model_dir(dir);
 }
 
+ModelWeights open_any_model(const fs::path& path) {
+  if (is_hf_model_dir(path))
+    return ModelWeights(std::make_shared<const LoadedModel>(load_hf_model(path)));
+  const fs::path dir = resolve_checkpoint_dir(path);
+  if (dir != path) spdlog::info("using checkpoint {}", dir.string());
+  return map_model_dir(dir);
+}
+
 HfImportReport import_hf(const fs::path& hf_dir, const fs::path& ckpt_dir) {
-  HfImportReport report{load_hf_model(hf_dir), false};
+  const HfSource src = open_hf_source(hf_dir);  // every check before anything is written
+  HfImportReport report{src.config, false};
   std::error_code ec;
   fs::create_directories(ckpt_dir, ec);
   if (ec) throw Error(fmt::format("cannot create directory: {}", ec.message()), ckpt_dir.string());
   const fs::path tok_path = hf_dir / kTokenizer;
   if (fs::is_regular_file(tok_path, ec)) {
     const Tokenizer tok = Tokenizer::load(tok_path);  // an unsupported tokenizer fails here
-    if (tok.vocab_size() > static_cast<std::size_t>(report.model.config.vocab_size)) {
+    if (tok.vocab_size() > static_cast<std::size_t>(src.config.vocab_size)) {
       throw Error(fmt::format("tokenizer has {} tokens but config.json's vocab_size is {}",
-                              tok.vocab_size(), report.model.config.vocab_size),
+                              tok.vocab_size(), src.config.vocab_size),
                   tok_path.string());
     }
     const MappedFile file(tok_path, MappedFile::Access::Sequential);
@@ -308,10 +375,29 @@ HfImportReport import_hf(const fs::path& hf_dir, const fs::path& ckpt_dir) {
     report.tokenizer = true;
   }
   // model.safetensors last: its presence makes the directory a checkpoint.
-  const ParamLayout layout(report.model.config);
-  save_safetensors(ckpt_dir / kWeights, layout, report.model.params.data(),
-                   {{kModelConfigKey, model_config_to_json(report.model.config)}});
-  report.model.dir = ckpt_dir;
+  // Written view by view (the bytes save_safetensors writes for the whole
+  // buffer): each view is gathered from the Hugging Face tensors inside it
+  // (converted to float32, transposed back, padding rows zero), written, and
+  // the source pages dropped, so memory holds one view, not the model.
+  const ParamLayout layout(src.config);
+  std::vector<NamedTensor> views;
+  for (const ParamView& v : layout.views()) views.push_back({v.name, v.shape, nullptr});
+  SafetensorsWriter writer(ckpt_dir / kWeights, views,
+                           {{kModelConfigKey, model_config_to_json(src.config)}});
+  std::vector<float> buffer;
+  for (const ParamView& v : layout.views()) {
+    buffer.assign(static_cast<std::size_t>(v.size), 0.0f);
+    std::vector<const HfSource::Item*> inside;
+    for (const HfSource::Item& item : src.items) {
+      if (item.tensor.offset >= v.offset && item.tensor.offset < v.offset + v.size) {
+        src.read(item, buffer.data(), v.offset);
+        inside.push_back(&item);
+      }
+    }
+    writer.write(buffer.data());
+    for (const HfSource::Item* item : inside) src.release(*item);
+  }
+  writer.commit();
   return report;
 }
 

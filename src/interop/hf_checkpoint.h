@@ -43,8 +43,9 @@ struct HfExportReport {
 
 // Exports model (its tokenizer: `tokenizer`, any format Tokenizer::load
 // reads; a Hugging Face tokenizer.json is copied as it is, others are
-// converted) to out_dir, created if needed.
-HfExportReport export_hf(const LoadedModel& model, const std::filesystem::path& tokenizer,
+// converted) to out_dir, created if needed. The parameters are read once,
+// tensor by tensor, and released behind (ModelWeights::release).
+HfExportReport export_hf(const ModelWeights& model, const std::filesystem::path& tokenizer,
                          const std::filesystem::path& out_dir, const HfExportOptions& options);
 
 // Whether dir looks like a Hugging Face model directory (config.json and
@@ -63,14 +64,21 @@ LoadedModel load_hf_model(const std::filesystem::path& dir);
 // The tokenizer is dir / "tokenizer.json" of the result.
 LoadedModel load_any_model(const std::filesystem::path& path);
 
+// The same, for the exports: a checkpoint's parameters are mapped in place
+// (map_model_dir) rather than read, a Hugging Face directory's read.
+ModelWeights open_any_model(const std::filesystem::path& path);
+
 struct HfImportReport {
-  LoadedModel model;
+  ModelConfig config;
   bool tokenizer = false;  // whether tokenizer.json was copied
 };
 
 // Reads hf_dir and writes the checkpoint directory ckpt_dir (created if
 // needed): model.safetensors with the config in its metadata, and
-// tokenizer.json when hf_dir has one (it must load).
+// tokenizer.json when hf_dir has one (it must load). Everything is checked
+// before anything is written; then the weights go tensor by tensor from the
+// mapped Hugging Face files to the checkpoint, so memory holds one tensor of
+// the model, not all of it.
 HfImportReport import_hf(const std::filesystem::path& hf_dir,
                          const std::filesystem::path& ckpt_dir);
 

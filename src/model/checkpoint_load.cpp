@@ -3,11 +3,15 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <system_error>
 
 #include "core/error.h"
+#include "core/mapped_file.h"
 #include "model/params.h"
 #include "model/safetensors.h"
 
@@ -64,11 +68,10 @@ fs::path resolve_checkpoint_dir(const fs::path& path) {
   return best_dir;
 }
 
-LoadedModel load_model_dir(const fs::path& dir) {
-  const fs::path file = dir / "model.safetensors";
-  std::error_code ec;
-  if (!fs::exists(file, ec)) throw Error("checkpoint has no model.safetensors", file.string());
-  const auto metadata = read_safetensors_metadata(file);
+namespace {
+
+ModelConfig config_from_metadata(const std::map<std::string, std::string>& metadata,
+                                 const fs::path& file) {
   const auto it = metadata.find(kModelConfigKey);
   if (it == metadata.end()) {
     throw Error(fmt::format("no model config in the safetensors metadata (key \"{}\"); was it "
@@ -76,13 +79,69 @@ LoadedModel load_model_dir(const fs::path& dir) {
                             kModelConfigKey),
                 file.string());
   }
+  return model_config_from_json(it->second, file.string() + " " + kModelConfigKey);
+}
+
+// Whether the data section of file is exactly the flat buffer of layout.
+bool is_flat_buffer(const SafetensorsFile& file, const ParamLayout& layout) {
+  if (reinterpret_cast<std::uintptr_t>(file.data()) % alignof(float) != 0) return false;
+  if (file.names().size() != layout.views().size()) return false;
+  for (const ParamView& v : layout.views()) {
+    const SafetensorsFile::Entry* e = file.find(v.name);
+    if (e == nullptr || e->dtype != "F32" || e->shape != v.shape ||
+        e->begin != static_cast<std::uint64_t>(v.offset) * sizeof(float) ||
+        e->end != static_cast<std::uint64_t>(v.offset + v.size) * sizeof(float)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+LoadedModel load_model_dir(const fs::path& dir) {
+  const fs::path file = dir / "model.safetensors";
+  std::error_code ec;
+  if (!fs::exists(file, ec)) throw Error("checkpoint has no model.safetensors", file.string());
   LoadedModel loaded;
   loaded.dir = dir;
-  loaded.config = model_config_from_json(it->second, file.string() + " " + kModelConfigKey);
+  loaded.config = config_from_metadata(read_safetensors_metadata(file), file);
   const ParamLayout layout(loaded.config);
   loaded.params.assign(static_cast<std::size_t>(layout.total()), 0.0f);
   load_safetensors(file, layout, loaded.params.data());
   return loaded;
+}
+
+ModelWeights::ModelWeights(const LoadedModel& model)
+    : dir_(model.dir), config_(model.config), params_(model.params.data()) {}
+
+ModelWeights::ModelWeights(std::shared_ptr<const LoadedModel> model) : ModelWeights(*model) {
+  owner_ = std::move(model);
+}
+
+void ModelWeights::release(std::int64_t offset, std::int64_t count) const {
+  if (file_ == nullptr || count <= 0) return;
+  const auto begin = static_cast<std::uint64_t>(offset) * sizeof(float);
+  file_->release(begin, begin + static_cast<std::uint64_t>(count) * sizeof(float));
+}
+
+ModelWeights map_model_dir(const fs::path& dir) {
+  const fs::path path = dir / "model.safetensors";
+  try {
+    auto file = std::make_shared<const SafetensorsFile>(path, MappedFile::Access::Sequential);
+    ModelWeights w;
+    w.config_ = config_from_metadata(file->metadata(), path);
+    if (is_flat_buffer(*file, ParamLayout(w.config_))) {
+      w.dir_ = dir;
+      w.params_ = reinterpret_cast<const float*>(file->data());
+      w.file_ = file.get();
+      w.owner_ = std::move(file);
+      return w;
+    }
+  } catch (const Error&) {
+    // load_model_dir below says what is wrong, as every other reader does.
+  }
+  return ModelWeights(std::make_shared<const LoadedModel>(load_model_dir(dir)));
 }
 
 }  // namespace borealis

@@ -34,30 +34,40 @@ std::int64_t element_count(const std::vector<std::int64_t>& shape) {
   return n;
 }
 
-// Element i (row-major in the stored shape) of a tensor, from its data.
-float stored_element(const NamedTensor& t, std::int64_t i) {
-  if (!t.transposed) return t.data[i];
+// Elements [from, from + n) (row-major in the stored shape) of a tensor, from
+// its data, into out. A transposed tensor walks its stored rows with
+// counters, not a division per element.
+void gather(const NamedTensor& t, std::int64_t from, std::int64_t n, float* out) {
+  if (!t.transposed) {
+    std::memcpy(out, t.data + from, static_cast<std::size_t>(n) * sizeof(float));
+    return;
+  }
   const std::int64_t rows = t.shape[0], cols = t.shape[1];
-  return t.data[(i % cols) * rows + i / cols];
+  std::int64_t r = from / cols, c = from % cols;
+  for (std::int64_t i = 0; i < n; ++i) {
+    out[i] = t.data[c * rows + r];
+    if (++c == cols) {
+      c = 0;
+      ++r;
+    }
+  }
 }
 
 // Writes elements [from, from + n) of the tensor as stored.
 template <typename Put>
 void put_converted(const NamedTensor& t, std::int64_t from, std::int64_t n, Put&& put) {
+  std::vector<float> buf(static_cast<std::size_t>(n));
+  gather(t, from, n, buf.data());
   if (t.dtype == TensorDtype::kF32) {
-    std::vector<float> buf(static_cast<std::size_t>(n));
-    for (std::int64_t i = 0; i < n; ++i)
-      buf[static_cast<std::size_t>(i)] = stored_element(t, from + i);
     put(buf.data(), buf.size() * sizeof(float));
     return;
   }
-  std::vector<std::uint16_t> buf(static_cast<std::size_t>(n));
+  std::vector<std::uint16_t> half(static_cast<std::size_t>(n));
   const bool f16 = t.dtype == TensorDtype::kF16;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float x = stored_element(t, from + i);
-    buf[static_cast<std::size_t>(i)] = f16 ? float_to_f16(x) : float_to_bf16(x);
+  for (std::size_t i = 0; i < half.size(); ++i) {
+    half[i] = f16 ? float_to_f16(buf[i]) : float_to_bf16(buf[i]);
   }
-  put(buf.data(), buf.size() * sizeof(std::uint16_t));
+  put(half.data(), half.size() * sizeof(std::uint16_t));
 }
 
 }  // namespace
@@ -195,13 +205,14 @@ void load_safetensors(const std::filesystem::path& path, const ParamLayout& layo
   load_safetensors(path, layout, std::vector<MutableTensorGroup>{{"", params}});
 }
 
-FileDigest save_safetensors(const std::filesystem::path& path,
-                            const std::vector<NamedTensor>& tensors,
-                            const std::map<std::string, std::string>& metadata) {
+SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
+                                     std::vector<NamedTensor> tensors,
+                                     const std::map<std::string, std::string>& metadata)
+    : tensors_(std::move(tensors)), out_(path) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
-  for (const auto& t : tensors) {
+  for (const auto& t : tensors_) {
     for (const std::int64_t d : t.shape) {
       if (d < 0) throw std::invalid_argument(fmt::format("tensor '{}': negative shape", t.name));
     }
@@ -220,30 +231,50 @@ FileDigest save_safetensors(const std::filesystem::path& path,
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
   const std::uint64_t length = text.size();
-  AtomicFile out(path);
-  Hasher hash;
-  const auto put = [&](const void* data, std::size_t bytes) {
-    out.write(data, bytes);
-    hash.update(data, bytes);
-  };
   put(&length, sizeof(length));
   put(text.data(), text.size());
-  for (const auto& t : tensors) {
-    if (t.dtype == TensorDtype::kF32 && !t.transposed) {
-      put(t.data, static_cast<std::size_t>(stored_bytes(t)));
-      continue;
-    }
-    const std::int64_t n = element_count(t.shape);
-    for (std::int64_t from = 0; from < n; from += kConvertChunk) {
-      put_converted(t, from, std::min(kConvertChunk, n - from), put);
-    }
-  }
-  out.commit();
-  return {sizeof(length) + length + offset, hash.digest()};
 }
 
-SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
-    : file_(path, MappedFile::Access::Normal), where_(path.string()) {
+void SafetensorsWriter::put(const void* data, std::size_t bytes) {
+  out_.write(data, bytes);
+  hash_.update(data, bytes);
+}
+
+void SafetensorsWriter::write(const float* data) {
+  if (next_ >= tensors_.size())
+    throw std::logic_error("SafetensorsWriter: more tensors than listed");
+  NamedTensor t = tensors_[next_++];
+  t.data = data;
+  if (t.dtype == TensorDtype::kF32 && !t.transposed) {
+    put(t.data, static_cast<std::size_t>(stored_bytes(t)));
+    return;
+  }
+  const std::int64_t n = element_count(t.shape);
+  const auto sink = [&](const void* p, std::size_t bytes) { put(p, bytes); };
+  for (std::int64_t from = 0; from < n; from += kConvertChunk) {
+    put_converted(t, from, std::min(kConvertChunk, n - from), sink);
+  }
+}
+
+FileDigest SafetensorsWriter::commit() {
+  if (next_ != tensors_.size()) {
+    throw std::logic_error("SafetensorsWriter: commit before every tensor is written");
+  }
+  const FileDigest digest{out_.size(), hash_.digest()};
+  out_.commit();
+  return digest;
+}
+
+FileDigest save_safetensors(const std::filesystem::path& path,
+                            const std::vector<NamedTensor>& tensors,
+                            const std::map<std::string, std::string>& metadata) {
+  SafetensorsWriter writer(path, tensors, metadata);
+  for (const auto& t : tensors) writer.write(t.data);
+  return writer.commit();
+}
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path, MappedFile::Access access)
+    : file_(path, access), where_(path.string()) {
   const Header h = read_header(file_, where_);
   data_ = h.data;
   for (const auto& [name, value] : h.json.items()) {
@@ -319,8 +350,14 @@ const SafetensorsFile::Entry* SafetensorsFile::find(const std::string& name) con
   return it == tensors_.end() ? nullptr : &it->second;
 }
 
-void SafetensorsFile::read_float(const std::string& name, const std::vector<std::int64_t>& shape,
-                                 float* out, bool transposed) const {
+void SafetensorsFile::release(std::uint64_t begin, std::uint64_t end) const {
+  if (end <= begin) return;
+  const auto at = static_cast<std::size_t>(data_ - file_.data());
+  file_.release(at + static_cast<std::size_t>(begin), static_cast<std::size_t>(end - begin));
+}
+
+void SafetensorsFile::check_float(const std::string& name,
+                                  const std::vector<std::int64_t>& shape) const {
   const Entry* e = find(name);
   if (e == nullptr) throw Error(fmt::format("tensor '{}' is missing", name), where_);
   std::size_t width = 0;
@@ -338,37 +375,55 @@ void SafetensorsFile::read_float(const std::string& name, const std::vector<std:
                             fmt::join(e->shape, ", "), fmt::join(shape, ", ")),
                 where_);
   }
-  if (transposed && shape.size() != 2) {
-    throw std::invalid_argument(fmt::format("tensor '{}': only 2-D tensors transpose", name));
-  }
   const std::int64_t n = element_count(shape);
   if (e->end - e->begin != static_cast<std::uint64_t>(n) * width) {
     throw Error(fmt::format("tensor '{}' has {} bytes, expected {} for its shape and dtype", name,
                             e->end - e->begin, static_cast<std::uint64_t>(n) * width),
                 where_);
   }
+}
+
+void SafetensorsFile::read_float(const std::string& name, const std::vector<std::int64_t>& shape,
+                                 float* out, bool transposed) const {
+  check_float(name, shape);
+  if (transposed && shape.size() != 2) {
+    throw std::invalid_argument(fmt::format("tensor '{}': only 2-D tensors transpose", name));
+  }
+  const Entry* e = find(name);
+  const std::int64_t n = element_count(shape);
   const std::byte* src = data_ + e->begin;
   const std::int64_t cols = shape.size() == 2 ? shape[1] : 1;
   const std::int64_t rows = shape.size() == 2 ? shape[0] : 1;
-  // Element i of the stored tensor goes to out[i], or to its transposed place.
-  const auto dest = [&](std::int64_t i) { return transposed ? (i % cols) * rows + i / cols : i; };
-  if (e->dtype == "F32") {
-    if (!transposed) {
-      std::memcpy(out, src, static_cast<std::size_t>(n) * 4);
-      return;
-    }
-    for (std::int64_t i = 0; i < n; ++i) {
-      float x;
-      std::memcpy(&x, src + i * 4, 4);
-      out[dest(i)] = x;
-    }
+  if (e->dtype == "F32" && !transposed) {
+    std::memcpy(out, src, static_cast<std::size_t>(n) * 4);
     return;
   }
-  const bool f16 = e->dtype == "F16";
-  for (std::int64_t i = 0; i < n; ++i) {
+  const bool f32 = e->dtype == "F32", f16 = e->dtype == "F16";
+  const auto load = [&](std::int64_t i) {
+    if (f32) {
+      float x;
+      std::memcpy(&x, src + i * 4, 4);
+      return x;
+    }
     std::uint16_t h;
     std::memcpy(&h, src + i * 2, 2);
-    out[dest(i)] = f16 ? f16_to_float(h) : bf16_to_float(h);
+    return f16 ? f16_to_float(h) : bf16_to_float(h);
+  };
+  if (!transposed) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = load(i);
+    return;
+  }
+  // Stored (r, c) goes to out[c * rows + r], in tiles so that both sides
+  // stay in cache.
+  constexpr std::int64_t kTile = 64;
+  for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const std::int64_t r1 = std::min(rows, r0 + kTile);
+    for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const std::int64_t c1 = std::min(cols, c0 + kTile);
+      for (std::int64_t r = r0; r < r1; ++r) {
+        for (std::int64_t c = c0; c < c1; ++c) out[c * rows + r] = load(r * cols + c);
+      }
+    }
   }
 }
 

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/atomic_file.h"
 #include "core/hash.h"
 #include "core/mapped_file.h"
 #include "model/params.h"
@@ -54,6 +55,32 @@ struct FileDigest {
 FileDigest save_safetensors(const std::filesystem::path& path,
                             const std::vector<NamedTensor>& tensors,
                             const std::map<std::string, std::string>& metadata = {});
+
+// save_safetensors one tensor at a time, for data that is produced or
+// released as the file is written (an import converting tensor by tensor, an
+// export dropping the mapped pages behind it), so that no more than one
+// tensor need be in memory. The header comes from the whole list (its data
+// pointers are not read); write() then takes each tensor's data in the
+// list's order, and commit() makes the file visible under its name. The
+// bytes are those of save_safetensors for the same list.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::filesystem::path& path, std::vector<NamedTensor> tensors,
+                    const std::map<std::string, std::string>& metadata = {});
+  // The data of the next tensor of the list (as NamedTensor::data: float,
+  // transposed when the list says so).
+  void write(const float* data);
+  // After every tensor is written. Returns the file's size and XXH3-128.
+  FileDigest commit();
+
+ private:
+  void put(const void* data, std::size_t bytes);
+
+  std::vector<NamedTensor> tensors_;
+  std::size_t next_ = 0;
+  AtomicFile out_;
+  Hasher hash_;
+};
 
 // Writes every tensor of layout from params, atomically (temp file + rename).
 // metadata goes to the header's "__metadata__" (string values, as the format
@@ -91,7 +118,8 @@ void load_safetensors(const std::filesystem::path& path, const ParamLayout& layo
 class SafetensorsFile {
  public:
   // Throws borealis::Error naming the file when it is missing or malformed.
-  explicit SafetensorsFile(const std::filesystem::path& path);
+  explicit SafetensorsFile(const std::filesystem::path& path,
+                           MappedFile::Access access = MappedFile::Access::Normal);
 
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   bool contains(const std::string& name) const { return tensors_.contains(name); }
@@ -118,6 +146,15 @@ class SafetensorsFile {
   // read_f32 does, and for other dtypes.
   void read_float(const std::string& name, const std::vector<std::int64_t>& shape, float* out,
                   bool transposed = false) const;
+  // The checks of read_float without the read: throws what it would throw.
+  void check_float(const std::string& name, const std::vector<std::int64_t>& shape) const;
+
+  // The data section, where an Entry's bytes [begin, end) are (in place, not
+  // necessarily aligned for its dtype).
+  const std::byte* data() const { return data_; }
+  // Drops the mapped pages of data bytes [begin, end) from memory
+  // (MappedFile::release), for readers done with them.
+  void release(std::uint64_t begin, std::uint64_t end) const;
 
  private:
   MappedFile file_;

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "core/half.h"
+#include "interop/gguf.h"
 #include "interop/hf_checkpoint.h"
 #include "interop/hf_tensors.h"
 #include "interop/interop_fixture.h"
@@ -268,6 +269,59 @@ TEST_P(HfInterop, CommandsExportAndGenerateFromTheDirectory) {
       test::run_borealis({"export", "hf", ckpt().string(), hf().string(), "--shard-size", "lots"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("(--shard-size)"), std::string::npos) << bad.err;
+}
+
+// Exports read a trainer's checkpoint in place (mapped, each tensor's pages
+// released once written); a model.safetensors whose tensors are stored in
+// another order is read through a copy instead. Every way writes the bytes
+// of an export from the parameters in memory, and a mapping read twice (its
+// released pages mapped again) gives them again.
+TEST_P(HfInterop, ExportsInPlaceAndThroughACopyWriteTheSameBytes) {
+  const ModelWeights mapped = map_model_dir(ckpt());
+  EXPECT_TRUE(mapped.mapped());
+  const fs::path reordered = dir_ / "reordered";
+  fs::create_directories(reordered);
+  fs::copy_file(ckpt() / "tokenizer.json", reordered / "tokenizer.json");
+  const ParamLayout layout(config_);
+  std::vector<NamedTensor> last_first;
+  for (const ParamView& v : layout.views()) {
+    last_first.insert(last_first.begin(), {v.name, v.shape, params_.data() + v.offset});
+  }
+  save_safetensors(reordered / "model.safetensors", last_first,
+                   {{kModelConfigKey, model_config_to_json(config_)}});
+  const ModelWeights copied = map_model_dir(reordered);
+  EXPECT_FALSE(copied.mapped());
+  LoadedModel memory;
+  memory.config = config_;
+  memory.params = params_;
+
+  HfExportOptions bf16;
+  bf16.dtype = TensorDtype::kBF16;
+  bf16.shard_bytes = 40'000;
+  const auto export_all = [&](const ModelWeights& w, const std::string& name) {
+    export_hf(w, ckpt() / "tokenizer.json", dir_ / (name + "-f32"), {});
+    export_hf(w, ckpt() / "tokenizer.json", dir_ / (name + "-bf16"), bf16);
+    export_gguf(w, ckpt() / "tokenizer.json", dir_ / (name + ".gguf"), GgufType::kF32);
+  };
+  export_all(memory, "memory");
+  export_all(mapped, "mapped");
+  export_all(mapped, "again");
+  export_all(copied, "copied");
+  const std::vector<std::string> files = test::list_dir(dir_ / "memory-bf16");
+  ASSERT_GT(files.size(), 6u);  // sharded
+  for (const std::string way : {"mapped", "again", "copied"}) {
+    EXPECT_EQ(test::read_file(dir_ / (way + "-f32") / "model.safetensors"),
+              test::read_file(dir_ / "memory-f32" / "model.safetensors"))
+        << way;
+    EXPECT_EQ(test::list_dir(dir_ / (way + "-bf16")), files) << way;
+    for (const std::string& f : files) {
+      EXPECT_EQ(test::read_file(dir_ / (way + "-bf16") / f),
+                test::read_file(dir_ / "memory-bf16" / f))
+          << way << " " << f;
+    }
+    EXPECT_EQ(test::read_file(dir_ / (way + ".gguf")), test::read_file(dir_ / "memory.gguf"))
+        << way;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, HfInterop, ::testing::Values("gpt2", "llama", "llama-tied"));

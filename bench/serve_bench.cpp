@@ -12,11 +12,7 @@
 // is from sending the request to the first token's chunk; TPOT is (latency
 // - TTFT) / (tokens - 1) per request. The last line gives output tokens/s at
 // the highest concurrency against concurrency 1, measured in the same run.
-//
-//   serve_bench --make-checkpoint DIR --model PRESET --tokenizer FILE
-//
-// writes a checkpoint of random weights (the preset sized to the
-// tokenizer's vocabulary) to serve for such a run.
+// bench/random_checkpoint writes a checkpoint of random weights to serve.
 #include <fmt/format.h>
 #include <httplib.h>
 
@@ -29,15 +25,8 @@
 #include <vector>
 
 #include "bench_util.h"
-#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/text.h"
-#include "model/checkpoint_load.h"
-#include "model/config.h"
-#include "model/params.h"
-#include "model/safetensors.h"
-#include "tokenizer/hf_json.h"
-#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -118,25 +107,6 @@ Sample one_request(const Target& t, const std::vector<int>& prompt, int max_toke
   return s;
 }
 
-void make_checkpoint(const std::string& dir, const std::string& preset,
-                     const std::string& tokenizer) {
-  using namespace borealis;
-  const Tokenizer tok = Tokenizer::load(tokenizer);
-  ModelConfig config = model_preset(preset);
-  config.vocab_size = static_cast<int>(tok.vocab_size());
-  config.padded_vocab = pad_vocab(config.vocab_size);
-  const ParamLayout layout(config);
-  std::vector<float> params(static_cast<std::size_t>(layout.total()));
-  init_params(config, layout, params.data(), 1);
-  std::filesystem::create_directories(dir);
-  save_safetensors(std::filesystem::path(dir) / "model.safetensors", layout, params.data(),
-                   {{kModelConfigKey, model_config_to_json(config)}});
-  write_file_atomic(std::filesystem::path(dir) / "tokenizer.json", hf_tokenizer_json(tok));
-  write_file_atomic(std::filesystem::path(dir) / "state.json", "{}");
-  fmt::print("wrote {}: {} with random weights, vocabulary {} ({:.1f}M parameters)\n", dir, preset,
-             config.vocab_size, static_cast<double>(layout.total()) / 1e6);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,7 +118,6 @@ int main(int argc, char** argv) {
         int requests = 4, prompt_tokens = 32, max_tokens = 64;
         std::uint64_t seed = 1;
         Target target;
-        std::string make_dir, model = "gpt2-124m", tokenizer;
         for (int i = 1; i < argc; ++i) {
           const std::string flag = argv[i];
           if (i + 1 >= argc) throw Error("missing value", flag);
@@ -168,26 +137,14 @@ int main(int argc, char** argv) {
             max_tokens = bench::parse_positive_int(flag, value);
           } else if (flag == "--api-key") {
             target.api_key = value;
-          } else if (flag == "--make-checkpoint") {
-            make_dir = value;
-          } else if (flag == "--model") {
-            model = value;
-          } else if (flag == "--tokenizer") {
-            tokenizer = value;
           } else if (flag == "--seed") {
             seed = static_cast<std::uint64_t>(bench::parse_positive_int(flag, value));
           } else {
             throw Error(
                 "unknown flag (use --url, --concurrency, --requests, --prompt-tokens, "
-                "--max-tokens, --api-key, --seed; or --make-checkpoint DIR --model PRESET "
-                "--tokenizer FILE)",
+                "--max-tokens, --api-key, --seed)",
                 flag);
           }
-        }
-        if (!make_dir.empty()) {
-          if (tokenizer.empty()) throw Error("needs --tokenizer FILE", "--make-checkpoint");
-          make_checkpoint(make_dir, model, tokenizer);
-          return 0;
         }
         const std::string prefix = "http://";
         if (url.rfind(prefix, 0) != 0) throw Error("expected http://HOST:PORT", "--url");

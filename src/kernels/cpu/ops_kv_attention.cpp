@@ -7,7 +7,7 @@
 // attention_forward, a block of up to kBlock query rows of one head is scored
 // against the keys with GEMMs (one per cache block, whose rows are
 // contiguous), softmaxed in place and multiplied by the values; a decode step
-// (N = 1) uses matrix-vector products instead. A contiguous cache is the case
+// (N = 1) uses plain vector loops instead. A contiguous cache is the case
 // of one block as long as the context.
 #include <algorithm>
 #include <cmath>
@@ -61,7 +61,15 @@ void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks
         const int nk = std::min(block_size, tk - k0);
         const T* k = kpool + slot(k0) + head;
         if (nq == 1) {
-          gemv<T>(false, nk, HD, scale, k, KW, q, T(0), sc.get() + k0);
+          // A decode step: plain dot products. A BLAS call per cache block
+          // and head costs more than the few hundred multiply-adds it does.
+          for (int j = 0; j < nk; ++j) {
+            const T* kj = k + static_cast<std::size_t>(j) * KW;
+            T dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (int c = 0; c < HD; ++c) dot += q[c] * kj[c];
+            sc[static_cast<std::size_t>(k0 + j)] = scale * dot;
+          }
         } else {
           gemm<T>(false, true, nq, nk, HD, scale, q, S, k, KW, T(0), sc.get() + k0, tk);
         }
@@ -70,12 +78,18 @@ void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks
         causal_softmax_row(sc.get() + static_cast<std::size_t>(i) * tk, pos0 + t0 + i + 1, tk);
       }
       T* o = out + static_cast<std::size_t>(t0) * C + static_cast<std::size_t>(h) * HD;
+      if (nq == 1) std::fill(o, o + HD, T(0));
       for (int k0 = 0; k0 < tk; k0 += block_size) {
         const int nk = std::min(block_size, tk - k0);
         const T* v = vpool + slot(k0) + head;
         const T beta = k0 == 0 ? T(0) : T(1);
         if (nq == 1) {
-          gemv<T>(true, nk, HD, T(1), v, KW, sc.get() + k0, beta, o);
+          for (int j = 0; j < nk; ++j) {
+            const T pj = sc[static_cast<std::size_t>(k0 + j)];
+            const T* vj = v + static_cast<std::size_t>(j) * KW;
+#pragma omp simd
+            for (int c = 0; c < HD; ++c) o[c] += pj * vj[c];
+          }
         } else {
           gemm<T>(false, false, nq, HD, nk, T(1), sc.get() + k0, tk, v, KW, beta, o, C);
         }

@@ -107,17 +107,8 @@ void run_generate(const GenerateArgs& a) {
   const std::filesystem::path& dir = model.dir;
   const std::filesystem::path tok_path =
       a.tokenizer ? std::filesystem::path(*a.tokenizer) : dir / "tokenizer.json";
-  if (!a.tokenizer && !std::filesystem::exists(tok_path)) {
-    throw Error("checkpoint has no tokenizer.json (pass --tokenizer)", tok_path.string());
-  }
-  const Tokenizer tok = Tokenizer::load(tok_path);
+  const Tokenizer tok = load_model_tokenizer(tok_path, model.config);
   const ModelConfig& cfg = model.config;
-  if (tok.vocab_size() > static_cast<std::size_t>(cfg.vocab_size)) {
-    throw Error(fmt::format("tokenizer has {} tokens but the model's vocabulary is {}: not the "
-                            "tokenizer this model was trained with",
-                            tok.vocab_size(), cfg.vocab_size),
-                tok_path.string());
-  }
   spdlog::info("model {} ({}, {} layers, d_model {}, context {}), loaded in {:.2f} s", cfg.name,
                family_name(cfg.family), cfg.n_layer, cfg.d_model, cfg.max_seq,
                seconds(t_load, Clock::now()));

@@ -16,6 +16,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "interop/hf_checkpoint.h"
+#include "model/checkpoint_load.h"
 #include "serve/engine.h"
 #include "serve/server.h"
 #include "tokenizer/tokenizer.h"
@@ -69,7 +70,7 @@ void run_serve(ServeArgs& a) {
     }
     const std::filesystem::path tok_path =
         a.tokenizer.empty() ? dir / "tokenizer.json" : std::filesystem::path(a.tokenizer);
-    tok = std::make_unique<Tokenizer>(Tokenizer::load(tok_path));
+    tok = std::make_unique<Tokenizer>(load_model_tokenizer(tok_path, model.config));
     engine = std::make_unique<Engine>(std::move(model), a.engine);
   } catch (...) {
     server.stop();

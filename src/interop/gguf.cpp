@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "core/mapped_file.h"
+#include "model/checkpoint_load.h"
 #include "model/params.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/pretokenize.h"
@@ -305,12 +306,7 @@ std::uint64_t align(std::uint64_t n) {
 GgufReport export_gguf(const ModelWeights& model, const fs::path& tokenizer, const fs::path& path,
                        GgufType type) {
   const ModelConfig& c = model.config();
-  const Tokenizer tok = Tokenizer::load(tokenizer);
-  if (tok.vocab_size() > static_cast<std::size_t>(c.vocab_size)) {
-    throw Error(fmt::format("tokenizer has {} tokens but the model's vocabulary is {}",
-                            tok.vocab_size(), c.vocab_size),
-                tokenizer.string());
-  }
+  const Tokenizer tok = load_model_tokenizer(tokenizer, c);
   Metadata meta;
   model_metadata(meta, c, type);
   tokenizer_metadata(meta, tok, c.vocab_size, tokenizer.string());

@@ -16,6 +16,7 @@
 #include "core/mapped_file.h"
 #include "interop/hf_config.h"
 #include "interop/hf_tensors.h"
+#include "model/checkpoint_load.h"
 #include "model/params.h"
 #include "tokenizer/hf_json.h"
 #include "tokenizer/tokenizer.h"
@@ -91,12 +92,7 @@ bool is_weight_file(const std::string& name) {
 HfExportReport export_hf(const ModelWeights& model, const fs::path& tokenizer,
                          const fs::path& out_dir, const HfExportOptions& options) {
   const ModelConfig& c = model.config();
-  const Tokenizer tok = Tokenizer::load(tokenizer);
-  if (tok.vocab_size() > static_cast<std::size_t>(c.vocab_size)) {
-    throw Error(fmt::format("tokenizer has {} tokens but the model's vocabulary is {}",
-                            tok.vocab_size(), c.vocab_size),
-                tokenizer.string());
-  }
+  const Tokenizer tok = load_model_tokenizer(tokenizer, c);
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) throw Error(fmt::format("cannot create directory: {}", ec.message()), out_dir.string());

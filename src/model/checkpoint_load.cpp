@@ -144,4 +144,18 @@ ModelWeights map_model_dir(const fs::path& dir) {
   return ModelWeights(std::make_shared<const LoadedModel>(load_model_dir(dir)));
 }
 
+Tokenizer load_model_tokenizer(const std::filesystem::path& path, const ModelConfig& config) {
+  if (!std::filesystem::exists(path)) {
+    throw Error("no tokenizer.json here (pass --tokenizer)", path.string());
+  }
+  Tokenizer tok = Tokenizer::load(path);
+  if (tok.vocab_size() > static_cast<std::size_t>(config.vocab_size)) {
+    throw Error(fmt::format("tokenizer has {} tokens but the model's vocabulary is {}: not the "
+                            "tokenizer this model was trained with",
+                            tok.vocab_size(), config.vocab_size),
+                path.string());
+  }
+  return tok;
+}
+
 }  // namespace borealis

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "tokenizer/tokenizer.h"
 
 namespace borealis {
 
@@ -33,6 +34,11 @@ inline constexpr const char* kModelConfigKey = "borealis.model";
 // with a checkpoints/ subdirectory, the complete step-<N> directory with the
 // largest N. Throws borealis::Error naming the path when there is neither.
 std::filesystem::path resolve_checkpoint_dir(const std::filesystem::path& path);
+
+// The tokenizer at `path` for a model of `config`: Error naming the file
+// when it is missing (hint: --tokenizer) or has more tokens than the model's
+// vocabulary (not the tokenizer the model was trained with).
+Tokenizer load_model_tokenizer(const std::filesystem::path& path, const ModelConfig& config);
 
 // Reads the config and parameters of the checkpoint directory dir. Errors
 // name the file: missing, not safetensors, no or bad model metadata, tensors

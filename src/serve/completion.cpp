@@ -116,6 +116,7 @@ void CompletionGroup::start(Engine& engine) {
     r.max_tokens = params_.max_tokens;
     r.sampling = params_.sampling;
     r.seed = choices_[i].seed;
+    r.logprobs = want_logprobs_;
     r.top_logprobs = logprobs_.value_or(0);
     r.prompt_logprobs = echo_ && want_logprobs_;
     if (!params_.ignore_eos) r.eos = eos;

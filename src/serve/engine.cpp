@@ -237,11 +237,14 @@ bool Engine::emit_sampled(Sequence& s, std::span<const float> logits) {
           ? logits.first(static_cast<std::size_t>(s.req.sample_vocab))
           : logits;
   const std::int32_t next = s.sampler.sample(drawable);
-  const LogSoftmax ls(logits);
   TokenEvent ev;
   ev.token = next;
-  ev.logprob = ls.of(logits, next);
-  if (s.req.top_logprobs > 0) ev.top = top_logprobs(drawable, ls, s.req.top_logprobs);
+  if (s.req.logprobs || s.req.top_logprobs > 0) {
+    // A pass of exp over the vocabulary: only for requests that asked.
+    const LogSoftmax ls(logits);
+    ev.logprob = ls.of(logits, next);
+    if (s.req.top_logprobs > 0) ev.top = top_logprobs(drawable, ls, s.req.top_logprobs);
+  }
   const auto now = Clock::now();
   if (s.generated == 0) {
     metrics_.time_to_first_token(std::chrono::duration<double>(now - s.submitted).count());

@@ -58,6 +58,7 @@ struct GenerationRequest {
   int max_tokens = 16;
   SamplingParams sampling{1.0f, 0, 1.0f};
   std::uint64_t seed = 0;
+  bool logprobs = false;            // fill TokenEvent::logprob of generated tokens
   int top_logprobs = 0;             // alternatives per token in TokenEvent::top
   bool prompt_logprobs = false;     // also hand out the prompt tokens with logprobs (echo)
   std::optional<std::int32_t> eos;  // stop after generating this token

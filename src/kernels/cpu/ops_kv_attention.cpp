@@ -44,7 +44,9 @@ void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks
   const int total = pos0 + N;  // keys visible to the last query
   const int qblocks = (N + kBlock - 1) / kBlock;
   const int tasks = NH * qblocks;
-#pragma omp parallel if (worth_threads(std::int64_t{NH} * N * total * HD))
+  // A decode step over a short context is a few microseconds of work: less
+  // than waking a thread team, which a batch of many sequences pays per call.
+#pragma omp parallel if (worth_threads(std::int64_t{NH} * N * total * HD / 32))
   {
     const auto sc =
         std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(std::min(kBlock, N)) * total);

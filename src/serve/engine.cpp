@@ -151,12 +151,11 @@ void Engine::drain(double seconds) {
   while (Clock::now() < deadline && (!waiting_.empty() || running_count_ > 0)) {
     cv_.wait_for(lock, std::chrono::milliseconds(20));
   }
-  for (auto& s : waiting_) s->ticket->cancel();
-  // Running ones: cancelled at the next step by the loop.
+  // The loop sees stopping_ between steps and finishes every waiting and
+  // running sequence as cancelled before it exits.
   stopping_ = true;
   cv_.notify_all();
   lock.unlock();
-  // The loop finishes every sequence (as cancelled) before it exits.
   if (thread_.joinable()) thread_.join();
 }
 
@@ -227,9 +226,9 @@ void Engine::finish(Sequence& s, FinishReason reason) {
   if (s.req.on_finish) s.req.on_finish(reason);
 }
 
-// Samples the next token from logits, hands it out, and decides whether the
-// sequence goes on. Returns false when it finished.
-bool Engine::emit_sampled(Sequence& s, std::span<const float> logits) {
+// Samples the next token from logits, hands it out, and finishes the
+// sequence when it is done.
+void Engine::emit_sampled(Sequence& s, std::span<const float> logits) {
   // Ids past the tokenizer's vocabulary (untrained padding rows of the
   // model) are never drawn; logprobs are of the model's whole distribution.
   const std::span<const float> drawable =
@@ -257,17 +256,11 @@ bool Engine::emit_sampled(Sequence& s, std::span<const float> logits) {
   metrics_.generation_tokens(1);
   if (!s.req.on_token(ev)) {
     finish(s, FinishReason::kStop);
-    return false;
-  }
-  if (s.req.eos && next == *s.req.eos) {
+  } else if (s.req.eos && next == *s.req.eos) {
     finish(s, FinishReason::kStop);
-    return false;
-  }
-  if (s.generated >= s.req.max_tokens || static_cast<int>(s.tokens.size()) >= max_context_) {
+  } else if (s.generated >= s.req.max_tokens || static_cast<int>(s.tokens.size()) >= max_context_) {
     finish(s, FinishReason::kLength);
-    return false;
   }
-  return true;
 }
 
 void Engine::step() {

@@ -118,7 +118,7 @@ class Engine {
   void loop();
   void admit();
   void step();
-  bool emit_sampled(Sequence& s, std::span<const float> logits);
+  void emit_sampled(Sequence& s, std::span<const float> logits);
   void finish(Sequence& s, FinishReason reason);
 
   LoadedModel model_;

@@ -443,8 +443,10 @@ TEST(ServeLimits, ApiKeyQueueLimitCancelledStreamAndDrain) {
     for (int i = 0; i < 6; ++i) {
       threads.emplace_back([&, i] {
         status[static_cast<std::size_t>(i)] =
-            post(port, "/v1/completions",
-                 R"({"prompt": "The sky", "max_tokens": 200, "temperature": 1})", auth)
+            post(
+                port, "/v1/completions",
+                R"({"prompt": "The sky", "max_tokens": 600, "temperature": 1, "ignore_eos": true})",
+                auth)
                 .status;
       });
     }
@@ -453,14 +455,18 @@ TEST(ServeLimits, ApiKeyQueueLimitCancelledStreamAndDrain) {
   EXPECT_GE(std::count(status.begin(), status.end(), 429), 1);
   EXPECT_GE(std::count(status.begin(), status.end(), 200), 1);
 
-  // A client that leaves mid-stream frees its blocks.
+  // A client that leaves mid-stream frees its blocks. 900 tokens past the
+  // end-of-text token (a random model samples it within a few hundred): far
+  // more than the server makes before it writes the next chunk to the closed
+  // connection, so the request ends cancelled, not finished.
   {
     httplib::Client cli("127.0.0.1", port);
     httplib::Request req;
     req.method = "POST";
     req.path = "/v1/completions";
     req.headers = auth;
-    req.body = R"({"prompt": "The sky", "max_tokens": 60, "stream": true, "temperature": 1})";
+    req.body =
+        R"({"prompt": "The sky", "max_tokens": 900, "stream": true, "temperature": 1, "ignore_eos": true})";
     req.set_header("Content-Type", "application/json");
     int chunks = 0;
     req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) {

@@ -68,6 +68,10 @@ void BatchInference<T>::check(const KvCache<T>& cache, const Segment& s) const {
         fmt::format("BatchInference: {} cache blocks of {} cannot hold {} tokens", s.blocks.size(),
                     cache.block_size(), s.pos0 + n));
   }
+  if (s.first_logit < 0 || s.first_logit >= n) {
+    throw std::logic_error(
+        fmt::format("BatchInference: first_logit {} outside a segment of {}", s.first_logit, n));
+  }
   check_token_ids(s.tokens, config_.vocab_size);
 }
 
@@ -78,7 +82,7 @@ std::span<const T> BatchInference<T>::forward(KvCache<T>& cache,
   for (const Segment& s : segments) {
     check(cache, s);
     rows += static_cast<int>(s.tokens.size());
-    logit_rows += s.all_logits ? static_cast<int>(s.tokens.size()) : 1;
+    logit_rows += s.all_logits ? static_cast<int>(s.tokens.size()) - s.first_logit : 1;
   }
   if (rows == 0) return {};
   reserve(rows, logit_rows);
@@ -139,7 +143,7 @@ std::span<const T> BatchInference<T>::forward(KvCache<T>& cache,
   std::vector<RowGroup> head_groups;
   for (const Segment& s : segments) {
     const std::size_t n = s.tokens.size();
-    const std::size_t take = s.all_logits ? n : 1;
+    const std::size_t take = s.all_logits ? n - static_cast<std::size_t>(s.first_logit) : 1;
     const T* from = x_.data() + (r0 + n - take) * C;
     std::copy(from, from + take * C, head_.data() + h * C);
     add_rows(head_groups, static_cast<int>(h), static_cast<int>(take));

@@ -55,11 +55,13 @@ class BatchInference {
     int pos0 = 0;
     std::span<const std::int32_t> blocks;
     bool all_logits = false;  // logits of every token (scoring); else of the last only
+    int first_logit = 0;      // with all_logits: only the rows from this one on (a scorer
+                              // needs the rows that predict its continuation, not the context's)
   };
 
   // Runs every segment's tokens through the model, storing their keys and
   // values in the cache. Returns the logits rows, vocab_size each: per
-  // segment in order, n rows with all_logits, else one. The span lives until
+  // segment in order, n - first_logit rows with all_logits, else one. The span lives until
   // the next call. Throws Error for an empty segment, an id outside the
   // vocabulary or positions past the context (nothing is run then).
   std::span<const T> forward(KvCache<T>& cache, std::span<const Segment> segments);

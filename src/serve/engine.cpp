@@ -20,36 +20,6 @@ double since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// log-softmax pieces of one logits row, in double.
-struct LogSoftmax {
-  double lse;
-  explicit LogSoftmax(std::span<const float> row) {
-    const double mx = *std::max_element(row.begin(), row.end());
-    double sum = 0;
-    for (float v : row) sum += std::exp(static_cast<double>(v) - mx);
-    lse = mx + std::log(sum);
-  }
-  double of(std::span<const float> row, std::int32_t id) const {
-    return static_cast<double>(row[static_cast<std::size_t>(id)]) - lse;
-  }
-};
-
-std::vector<std::pair<std::int32_t, double>> top_logprobs(std::span<const float> row,
-                                                          const LogSoftmax& ls, int n) {
-  std::vector<std::int32_t> ids(row.size());
-  std::iota(ids.begin(), ids.end(), 0);
-  const auto k = std::min<std::size_t>(static_cast<std::size_t>(n), ids.size());
-  std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(),
-                    [&](std::int32_t a, std::int32_t b) {
-                      const float x = row[static_cast<std::size_t>(a)];
-                      const float y = row[static_cast<std::size_t>(b)];
-                      return x > y || (x == y && a < b);
-                    });
-  std::vector<std::pair<std::int32_t, double>> out;
-  for (std::size_t i = 0; i < k; ++i) out.emplace_back(ids[i], ls.of(row, ids[i]));
-  return out;
-}
-
 }  // namespace
 
 struct Engine::Sequence {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "core/error.h"
 
@@ -115,6 +116,29 @@ std::int32_t Sampler::sample(std::span<const float> logits) {
     if (u < cum) return c.id;
   }
   return dist.back().id;  // u within rounding of 1
+}
+
+LogSoftmax::LogSoftmax(std::span<const float> row) {
+  const double mx = *std::max_element(row.begin(), row.end());
+  double sum = 0;
+  for (float v : row) sum += std::exp(static_cast<double>(v) - mx);
+  lse = mx + std::log(sum);
+}
+
+std::vector<std::pair<std::int32_t, double>> top_logprobs(std::span<const float> row,
+                                                          const LogSoftmax& ls, int n) {
+  std::vector<std::int32_t> ids(row.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  const auto k = std::min<std::size_t>(static_cast<std::size_t>(n), ids.size());
+  std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(),
+                    [&](std::int32_t a, std::int32_t b) {
+                      const float x = row[static_cast<std::size_t>(a)];
+                      const float y = row[static_cast<std::size_t>(b)];
+                      return x > y || (x == y && a < b);
+                    });
+  std::vector<std::pair<std::int32_t, double>> out;
+  for (std::size_t i = 0; i < k; ++i) out.emplace_back(ids[i], ls.of(row, ids[i]));
+  return out;
 }
 
 }  // namespace borealis

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace borealis {
@@ -43,6 +44,22 @@ std::int32_t argmax(std::span<const float> logits);
 // give the argmax with probability 1.
 std::vector<TokenProb> sampling_distribution(std::span<const float> logits,
                                              const SamplingParams& params);
+
+// log p of tokens under one logits row (log-softmax, in double), as the
+// server's logprobs and the evaluator's scores both compute it, so the two
+// agree to the last bit.
+struct LogSoftmax {
+  double lse;  // log of the sum of exp(logits)
+  explicit LogSoftmax(std::span<const float> row);
+  double of(std::span<const float> row, std::int32_t id) const {
+    return static_cast<double>(row[static_cast<std::size_t>(id)]) - lse;
+  }
+};
+
+// The n most likely tokens of a row with their logprobs, most likely first
+// (ties: lower id first).
+std::vector<std::pair<std::int32_t, double>> top_logprobs(std::span<const float> row,
+                                                          const LogSoftmax& ls, int n);
 
 class Sampler {
  public:

@@ -23,6 +23,7 @@ Command add_bench(CLI::App& parent);
 Command add_train(CLI::App& parent);
 Command add_generate(CLI::App& parent);
 Command add_serve(CLI::App& parent);
+Command add_eval(CLI::App& parent);
 Command add_plot(CLI::App& parent);
 Command add_launch(CLI::App& parent);
 Command add_export(CLI::App& parent);

@@ -56,6 +56,7 @@ int run(int argc, char** argv) {
   commands.push_back(cli::add_bench(app));
   commands.push_back(cli::add_generate(app));
   commands.push_back(cli::add_serve(app));
+  commands.push_back(cli::add_eval(app));
   commands.push_back(cli::add_plot(app));
   commands.push_back(cli::add_export(app));
   commands.push_back(cli::add_import(app));

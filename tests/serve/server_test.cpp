@@ -24,6 +24,7 @@
 #include "model/checkpoint_load.h"
 #include "model/inference.h"
 #include "model/model.h"
+#include "serve/server_process.h"
 #include "test_util.h"
 #include "tiny_checkpoint.h"
 
@@ -32,72 +33,6 @@ namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-// A `borealis serve` child process; the URL is read from its stdout.
-class ServerProcess {
- public:
-  ServerProcess(const std::filesystem::path& ckpt, const std::vector<std::string>& extra) {
-    int out[2];
-    if (pipe(out) != 0) throw std::runtime_error("pipe");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], 1);
-      close(out[0]);
-      std::vector<std::string> args = {BOREALIS_BIN,   "--threads",   "1",      "serve",
-                                       "--checkpoint", ckpt.string(), "--port", "0"};
-      args.insert(args.end(), extra.begin(), extra.end());
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    // The URL line, within 60 s.
-    std::string line;
-    const auto deadline = Clock::now() + std::chrono::seconds(60);
-    while (line.find('\n') == std::string::npos && Clock::now() < deadline) {
-      pollfd p{out[0], POLLIN, 0};
-      if (poll(&p, 1, 200) > 0) {
-        char buf[256];
-        const ssize_t n = read(out[0], buf, sizeof buf);
-        if (n <= 0) break;
-        line.append(buf, static_cast<std::size_t>(n));
-      }
-    }
-    close(out[0]);
-    const std::size_t colon = line.rfind(':');
-    if (line.find("http://127.0.0.1:") != 0 || colon == std::string::npos) {
-      throw std::runtime_error("borealis serve printed no URL: '" + line + "'");
-    }
-    port_ = std::stoi(line.substr(colon + 1));
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  int port() const { return port_; }
-  // SIGTERM, then the exit code (-1 if it does not exit within `seconds`).
-  int terminate(double seconds) {
-    kill(pid_, SIGTERM);
-    const auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
-    while (Clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-};
 
 struct Reply {
   int status = 0;
@@ -158,9 +93,9 @@ class Serve : public ::testing::Test {
     dir_ = new test::TempDir();
     tok_ = new Tokenizer(test::tiny_tokenizer());
     test::write_checkpoint(*dir_ / "ckpt", *tok_, 3, true, nullptr, "llama-tiny");
-    server_ = new ServerProcess(*dir_ / "ckpt",
-                                {"--max-batch", "32", "--max-queue", "256", "--kv-cache-mb", "16",
-                                 "--kv-block", "8", "--max-body-mb", "1"});
+    server_ = new test::ServerProcess(
+        *dir_ / "ckpt", {"--max-batch", "32", "--max-queue", "256", "--kv-cache-mb", "16",
+                         "--kv-block", "8", "--max-body-mb", "1"});
   }
   static void TearDownTestSuite() {
     delete server_;
@@ -175,11 +110,11 @@ class Serve : public ::testing::Test {
   }
   static test::TempDir* dir_;
   static Tokenizer* tok_;
-  static ServerProcess* server_;
+  static test::ServerProcess* server_;
 };
 test::TempDir* Serve::dir_ = nullptr;
 Tokenizer* Serve::tok_ = nullptr;
-ServerProcess* Serve::server_ = nullptr;
+test::ServerProcess* Serve::server_ = nullptr;
 
 TEST_F(Serve, HealthModelsAndTokenizerEndpoints) {
   EXPECT_EQ(get(port(), "/health").status, 200);
@@ -427,8 +362,8 @@ TEST(ServeLimits, ApiKeyQueueLimitCancelledStreamAndDrain) {
   test::TempDir dir;
   const Tokenizer tok = test::tiny_tokenizer();
   test::write_checkpoint(dir / "ckpt", tok, 4, true, nullptr, "llama-5m");
-  ServerProcess server(dir / "ckpt", {"--api-key", "s3cret", "--max-batch", "1", "--max-queue", "1",
-                                      "--drain-s", "20"});
+  test::ServerProcess server(dir / "ckpt", {"--api-key", "s3cret", "--max-batch", "1",
+                                            "--max-queue", "1", "--drain-s", "20"});
   const int port = server.port();
   const httplib::Headers auth = {{"Authorization", "Bearer s3cret"}};
   const std::string small = R"({"prompt": "The sky", "max_tokens": 2})";

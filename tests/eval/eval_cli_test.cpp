@@ -1,0 +1,142 @@
+// borealis eval end to end: the binary on a checkpoint, and the same tasks
+// through a real `borealis serve` on a loopback port (--server), which must
+// give the same scores (to 1e-5; the two paths run the same arithmetic, so
+// they are in fact equal). The prompts fit the tiny model's 64-token
+// context: past it, the two paths truncate as lm-eval's two backends do
+// (see docs/eval.md), and differ.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "serve/server_process.h"
+#include "test_util.h"
+#include "tiny_checkpoint.h"
+
+namespace borealis {
+namespace {
+
+using nlohmann::json;
+
+std::vector<json> read_jsonl(const std::filesystem::path& path) {
+  std::vector<json> out;
+  std::istringstream in(test::read_file(path));
+  std::string line;
+  while (std::getline(in, line)) out.push_back(json::parse(line));
+  return out;
+}
+
+class EvalCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const Tokenizer tok = test::tiny_tokenizer();
+    test::write_checkpoint(dir_ / "ckpt", tok, 11);
+    std::string mc, ll;
+    for (int i = 0; i < 12; ++i) {
+      mc += json{{"q", "sky " + std::to_string(i)},
+                 {"opts", {"green", "violet", "the lake", "papers"}},
+                 {"gold", i % 4}}
+                .dump() +
+            "\n";
+      ll += json{{"a", "Scientists train models on"}, {"b", i % 2 ? "papers" : "lights"}}.dump() +
+            "\n";
+    }
+    test::write_file(dir_ / "mc.jsonl", mc);
+    test::write_file(dir_ / "ll.jsonl", ll);
+    test::write_file(
+        dir_ / "mc.toml",
+        "name = \"mc\"\ntype = \"multiple_choice\"\ntest = \"mc.jsonl\"\nfewshot = \"mc.jsonl\"\n"
+        "text = \"{q}. Answer:\"\nchoices_field = \"opts\"\ngold = \"{gold}\"\n");
+    test::write_file(
+        dir_ / "ll.toml",
+        "name = \"ll\"\ntype = \"loglikelihood\"\ntest = \"ll.jsonl\"\ntext = \"{a}\"\n"
+        "target = \" {b}\"\n");
+  }
+  std::vector<std::string> task_args() const {
+    return {"--task-file",       (dir_ / "mc.toml").string(),
+            "--task-file",       (dir_ / "ll.toml").string(),
+            "--tasks",           "mc,ll",
+            "--num-fewshot",     "1",
+            "--bootstrap-iters", "100",
+            "--log-samples"};
+  }
+  test::TempDir dir_;
+};
+
+TEST_F(EvalCli, ServerScoresEqualInProcessScores) {
+  std::vector<std::string> local = {"--threads",
+                                    "1",
+                                    "eval",
+                                    "--checkpoint",
+                                    (dir_ / "ckpt").string(),
+                                    "-o",
+                                    (dir_ / "local.json").string()};
+  for (const auto& a : task_args()) local.push_back(a);
+  const test::RunResult l = test::run_borealis(local);
+  ASSERT_EQ(l.exit_code, 0) << l.err;
+  EXPECT_NE(l.out.find("| mc "), std::string::npos) << l.out;
+
+  test::ServerProcess server(dir_ / "ckpt", {});
+  const std::string url = "http://127.0.0.1:" + std::to_string(server.port()) + "/v1";
+  for (const bool remote_tokenizer : {false, true}) {
+    const std::string name = remote_tokenizer ? "remote" : "server";
+    std::vector<std::string> args = {"eval", "--server", url, "-o",
+                                     (dir_ / (name + ".json")).string()};
+    if (!remote_tokenizer) {
+      args.push_back("-t");
+      args.push_back((dir_ / "ckpt/tokenizer.json").string());
+    }
+    for (const auto& a : task_args()) args.push_back(a);
+    const test::RunResult s = test::run_borealis(args);
+    ASSERT_EQ(s.exit_code, 0) << s.err;
+    const json lr = json::parse(test::read_file(dir_ / "local.json"));
+    const json sr = json::parse(test::read_file(dir_ / (name + ".json")));
+    for (const char* task : {"mc", "ll"}) {
+      for (const auto& [key, value] : lr["results"][task].items()) {
+        if (value.is_number()) {
+          EXPECT_NEAR(sr["results"][task][key].get<double>(), value.get<double>(), 1e-5)
+              << task << key;
+        }
+      }
+      const auto ls = read_jsonl(dir_ / fmt::format("local_samples_{}.jsonl", task));
+      const auto ss = read_jsonl(dir_ / fmt::format("{}_samples_{}.jsonl", name, task));
+      ASSERT_EQ(ls.size(), 12u);
+      ASSERT_EQ(ss.size(), ls.size());
+      for (std::size_t d = 0; d < ls.size(); ++d) {
+        EXPECT_EQ(ss[d]["arguments"], ls[d]["arguments"]);
+        for (std::size_t i = 0; i < ls[d]["resps"].size(); ++i) {
+          const double a = std::stod(ls[d]["resps"][i][0][0].get<std::string>());
+          const double b = std::stod(ss[d]["resps"][i][0][0].get<std::string>());
+          EXPECT_NEAR(a, b, 1e-5) << task << " doc " << d << " request " << i;
+          EXPECT_EQ(ls[d]["resps"][i][0][1], ss[d]["resps"][i][0][1]);
+        }
+      }
+    }
+  }
+}
+
+TEST_F(EvalCli, ErrorsAreOneLine) {
+  const test::RunResult both =
+      test::run_borealis({"eval", "--checkpoint", (dir_ / "ckpt").string(), "--server",
+                          "http://127.0.0.1:1/v1", "--tasks", "x"});
+  EXPECT_EQ(both.exit_code, 1);
+  EXPECT_NE(both.err.find("error: give exactly one of --checkpoint and --server (eval)"),
+            std::string::npos)
+      << both.err;
+  const test::RunResult data =
+      test::run_borealis({"eval", "--checkpoint", (dir_ / "ckpt").string(), "--tasks", "piqa",
+                          "--data-dir", dir_.path().string()});
+  EXPECT_NE(data.err.find("error: no validation split for task piqa"), std::string::npos)
+      << data.err;
+  // A server that is not there: retried, then reported with the address.
+  const test::RunResult gone =
+      test::run_borealis({"eval", "--server", "http://127.0.0.1:9/v1", "--tasks", "piqa",
+                          "--retries", "1", "--retry-wait", "0.1"});
+  EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_NE(gone.err.find("http://127.0.0.1:9/v1/models"), std::string::npos) << gone.err;
+}
+
+}  // namespace
+}  // namespace borealis

@@ -30,6 +30,8 @@ Command add_export(CLI::App& parent);
 Command add_import(CLI::App& parent);
 // `data mix` and `data sample`, on the `data` app; the function runs whichever was parsed.
 std::function<void()> add_data_mix(CLI::App& data);
+// `data contamination`, on the `data` app.
+Command add_data_contamination(CLI::App& data);
 
 // A flag's old spelling, kept for one release after the flag was renamed so
 // that every command spells one idea one way: it sets the same variable as

@@ -227,8 +227,9 @@ Command add_data(CLI::App& parent) {
   verify->add_flag("--json", a->json, "Print the counts as one JSON object");
 
   auto run_mix = add_data_mix(*app);
+  const Command contamination = add_data_contamination(*app);
 
-  return {app, [a, prepare, merge, inspect, verify, run_mix] {
+  return {app, [a, prepare, merge, inspect, verify, run_mix, contamination] {
             if (prepare->parsed()) {
               run_prepare(*a);
             } else if (merge->parsed()) {
@@ -248,6 +249,8 @@ Command add_data(CLI::App& parent) {
               run_inspect(*a);
             } else if (verify->parsed()) {
               run_verify(*a);
+            } else if (contamination.app->parsed()) {
+              contamination.run();
             } else {
               run_mix();
             }

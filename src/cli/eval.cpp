@@ -17,6 +17,7 @@
 #include "core/stopwatch.h"
 #include "data/data_list.h"
 #include "eval/custom_task.h"
+#include "eval/decontaminate.h"
 #include "eval/evaluator.h"
 #include "eval/local_model.h"
 #include "eval/perplexity.h"
@@ -53,6 +54,7 @@ struct EvalArgs {
   bool json = false;
   std::vector<std::string> data;
   std::string data_list;
+  std::string decontaminate;
   int stride = 0;
   std::uint64_t max_tokens = 0;
 };
@@ -148,8 +150,12 @@ void run_eval(EvalArgs& a) {
         a.tokenizer.empty() ? loaded.dir / "tokenizer.json" : std::filesystem::path(a.tokenizer);
     tok = std::make_unique<Tokenizer>(load_model_tokenizer(tok_path, loaded.config));
     model_info = {{"model", "borealis"},
-                  {"model_args", fmt::format("checkpoint={}", loaded.dir.string())},
-                  {"checkpoint_sha", hash_file(loaded.dir / "model.safetensors").hex()}};
+                  {"model_args", fmt::format("checkpoint={}", loaded.dir.string())}};
+    // The weights' identity, so results name exactly what was scored.
+    if (std::filesystem::exists(loaded.dir / "model.safetensors")) {
+      model_info["checkpoint_hash"] =
+          "xxh3-128:" + hash_file(loaded.dir / "model.safetensors").hex();
+    }
     LocalModelOptions lo;
     lo.batch_size = a.batch_size;
     model = std::make_unique<LocalModel>(
@@ -190,6 +196,21 @@ void run_eval(EvalArgs& a) {
   eo.log_samples = a.log_samples;
   eo.cache = a.cache;
   if (eo.cache.empty() && !a.output.empty()) eo.cache = a.output + ".cache.jsonl";
+  if (!a.decontaminate.empty()) {
+    const auto flagged = read_flagged_docs(a.decontaminate);
+    for (const TaskSpec& t : tasks.tasks) {
+      if (!flagged.count(t.name)) {
+        throw Error(fmt::format("the report has no task {}", t.name), a.decontaminate);
+      }
+    }
+    eo.contaminated = [flagged](const TaskSpec& t, const std::vector<Doc>&, std::size_t n) {
+      std::vector<bool> out(n, false);
+      for (std::int64_t id : flagged.at(t.name)) {
+        if (id >= 0 && static_cast<std::size_t>(id) < n) out[static_cast<std::size_t>(id)] = true;
+      }
+      return out;
+    };
+  }
   const auto started = std::chrono::steady_clock::now();
   EvalResult res = evaluate(*model, *codec, tasks, eo);
   nlohmann::json& r = res.results;
@@ -290,6 +311,9 @@ Command add_eval(CLI::App& parent) {
                   "Resamples for perplexity's standard error (0 = none)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  app->add_option("--decontaminate", a->decontaminate,
+                  "Also score the docs a contamination report (borealis data contamination -o) "
+                  "does not flag: metrics named <metric>_decontaminate");
   app->add_option(
       "--data", a->data,
       "Perplexity of a token dataset (PREFIX of .bin/.idx) instead of tasks; repeatable");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -159,6 +160,16 @@ struct LocalModel::Impl {
       }
       if (segs.empty()) break;
       const std::span<const float> logits = run.forward(cache, segs);
+      // The rows that predict continuation tokens: their log-softmax over the
+      // vocabulary, one row per thread, then added up per request in order.
+      struct Pick {
+        std::size_t row;
+        std::int32_t target;
+        Score* score;
+        double logprob = 0;
+        bool greedy = false;
+      };
+      std::vector<Pick> picks;
       std::size_t row = 0;
       for (std::size_t i = 0; i < segs.size(); ++i) {
         const Segment& seg = segs[i];
@@ -168,15 +179,28 @@ struct LocalModel::Impl {
           ++row;
           continue;
         }
-        Score& sc = out[p.index];
         for (int j = seg.first_logit; j < n; ++j, ++row) {
           const int t = seg.pos0 + j - p.first_row;  // which continuation token this row predicts
           if (t < 0 || t >= static_cast<int>(p.targets.size())) continue;
-          const auto r = logits.subspan(row * V, V);
-          const std::int32_t target = p.targets[static_cast<std::size_t>(t)];
-          sc.logprob += LogSoftmax(r).of(r, target);
-          if (argmax(r) != target) sc.is_greedy = false;
+          picks.push_back({row, p.targets[static_cast<std::size_t>(t)], &out[p.index]});
         }
+      }
+      std::exception_ptr failure;  // argmax's Error for non-finite logits
+#pragma omp parallel for schedule(static) if (picks.size() > 1)
+      for (std::size_t k = 0; k < picks.size(); ++k) {
+        try {
+          const auto r = logits.subspan(picks[k].row * V, V);
+          picks[k].logprob = LogSoftmax(r).of(r, picks[k].target);
+          picks[k].greedy = argmax(r) == picks[k].target;
+        } catch (...) {
+#pragma omp critical
+          failure = std::current_exception();
+        }
+      }
+      if (failure) std::rethrow_exception(failure);
+      for (const Pick& k : picks) {
+        k.score->logprob += k.logprob;
+        if (!k.greedy) k.score->is_greedy = false;
       }
     }
     // Give every block back: each sequence's own, then each prefix once.

@@ -138,5 +138,56 @@ TEST_F(EvalCli, ErrorsAreOneLine) {
   EXPECT_NE(gone.err.find("http://127.0.0.1:9/v1/models"), std::string::npos) << gone.err;
 }
 
+// The contamination report flags the docs whose text is in the corpus, and
+// eval --decontaminate scores the others apart.
+TEST_F(EvalCli, ContaminationReportAndCleanScores) {
+  const std::vector<std::string> questions = {
+      "Quartz crystals grow slowly in caves under the desert floor",
+      "The aurora borealis lights the northern sky in green and violet",
+      "Bees dance to tell the hive where the flowers bloom",
+      "Tides follow the moon across the wide gray ocean",
+      "Scientists train language models on papers about the northern lights",
+      "Volcanoes vent hot ash into the cold winter air"};
+  std::string docs, corpus;
+  for (std::size_t i = 0; i < questions.size(); ++i) {
+    docs += json{{"q", questions[i]}, {"opts", {"green", "violet"}}, {"gold", i % 2}}.dump() + "\n";
+  }
+  corpus += json{{"text", "Unrelated text about bytes."}}.dump() + "\n";
+  corpus += json{{"text", questions[1] + ". Answer:"}}.dump() + "\n";
+  corpus += json{{"text", "More text. " + questions[4] + ". Answer: violet"}}.dump() + "\n";
+  test::write_file(dir_ / "q.jsonl", docs);
+  test::write_file(dir_ / "corpus.jsonl", corpus);
+  test::write_file(dir_ / "q.toml",
+                   "name = \"q\"\ntype = \"multiple_choice\"\ntest = \"q.jsonl\"\n"
+                   "text = \"{q}. Answer:\"\nchoices_field = \"opts\"\ngold = \"{gold}\"\n");
+  const std::string tok = (dir_ / "ckpt/tokenizer.json").string();
+  const test::RunResult prep =
+      test::run_borealis({"data", "prepare", "-i", (dir_ / "corpus.jsonl").string(), "-t", tok,
+                          "-o", (dir_ / "corpus").string()});
+  ASSERT_EQ(prep.exit_code, 0) << prep.err;
+  const test::RunResult c =
+      test::run_borealis({"data", "contamination", "--data", (dir_ / "corpus").string(),
+                          "--task-file", (dir_ / "q.toml").string(), "--tasks", "q", "-t", tok,
+                          "-o", (dir_ / "report.json").string()});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  const json report = json::parse(test::read_file(dir_ / "report.json"));
+  EXPECT_EQ(report["tasks"]["q"]["flagged_doc_ids"], json::array({1, 4})) << report.dump();
+  EXPECT_EQ(report["tasks"]["q"]["docs"], 6);
+  EXPECT_NE(c.out.find("| q | 6 | 2 | 33.33% |"), std::string::npos) << c.out;
+
+  const test::RunResult e = test::run_borealis(
+      {"eval", "--checkpoint", (dir_ / "ckpt").string(), "--task-file", (dir_ / "q.toml").string(),
+       "--tasks", "q", "--decontaminate", (dir_ / "report.json").string(), "--log-samples", "-o",
+       (dir_ / "q.json").string()});
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  const json r = json::parse(test::read_file(dir_ / "q.json"))["results"]["q"];
+  const auto samples = read_jsonl(dir_ / "q_samples_q.jsonl");
+  double clean = 0;
+  for (std::size_t d = 0; d < samples.size(); ++d) {
+    if (d != 1 && d != 4) clean += samples[d]["acc"].get<double>();
+  }
+  EXPECT_DOUBLE_EQ(r["acc_decontaminate,none"].get<double>(), clean / 4);
+}
+
 }  // namespace
 }  // namespace borealis

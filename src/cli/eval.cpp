@@ -12,10 +12,12 @@
 #include "cli/commands.h"
 #include "core/atomic_file.h"
 #include "core/build_info.h"
+#include "core/config.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/stopwatch.h"
 #include "data/data_list.h"
+#include "data/mixture.h"
 #include "eval/custom_task.h"
 #include "eval/decontaminate.h"
 #include "eval/evaluator.h"
@@ -25,6 +27,7 @@
 #include "interop/hf_checkpoint.h"
 #include "model/checkpoint_load.h"
 #include "tokenizer/tokenizer.h"
+#include "train/train_config.h"
 
 namespace borealis::cli {
 
@@ -55,6 +58,8 @@ struct EvalArgs {
   std::vector<std::string> data;
   std::string data_list;
   std::string decontaminate;
+  std::string valid_of;
+  std::uint64_t samples = 0;
   int stride = 0;
   std::uint64_t max_tokens = 0;
 };
@@ -111,6 +116,38 @@ void run_perplexity(const EvalArgs& a, LanguageModel& model, const nlohmann::jso
       weight += e.weight;
     }
   }
+  if (!a.valid_of.empty()) {
+    // A training run's validation part, as the run itself reads it.
+    std::filesystem::path file = a.valid_of;
+    if (std::filesystem::is_directory(file)) file /= "config.toml";
+    const TrainSettings s = read_train_settings(load_config(train_config_schema(), file, {}));
+    MixOptions vmix = mixture_options(s);
+    vmix.part = 1;
+    vmix.samples = a.samples > 0 ? a.samples
+                                 : static_cast<std::uint64_t>(s.eval_batches) *
+                                       static_cast<std::uint64_t>(s.micro_batch);
+    if (vmix.samples == 0) throw Error("the run validates nothing; give --samples", "--samples");
+    const Mixture valid(vmix);
+    Progress progress("validation", valid.size(), "samples");
+    const PerplexityResult r =
+        mixture_perplexity(model, valid, valid.size(), [&](const PerplexityResult& p) {
+          progress.update(p.documents, fmt::format("ppl {:.3f}", p.perplexity()));
+        });
+    progress.finish();
+    const double tps = r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0;
+    const double loss = r.tokens > 0 ? r.nll / static_cast<double>(r.tokens) : 0;
+    out["perplexity"]["validation"] = {{"config", file.string()},
+                                       {"samples", r.documents},
+                                       {"tokens", r.tokens},
+                                       {"nll", r.nll},
+                                       {"loss", loss},
+                                       {"perplexity", r.perplexity()},
+                                       {"bits_per_token", r.bits_per_token()},
+                                       {"tokens_per_second", tps}};
+    table += fmt::format(
+        "| validation of {} ({} samples, loss {:.4f}) | | {} | {:.4f} | {:.4f} | {:.0f} |\n",
+        file.string(), r.documents, loss, r.tokens, r.perplexity(), r.bits_per_token(), tps);
+  }
   if (entries.size() > 1 && weight > 0) {
     out["weighted"] = {{"nll_per_token", weighted_nll / weight},
                        {"perplexity", std::exp(weighted_nll / weight)}};
@@ -128,7 +165,7 @@ void run_eval(EvalArgs& a) {
   if (a.checkpoint.empty() == a.server.empty()) {
     throw Error("give exactly one of --checkpoint and --server", "eval");
   }
-  const bool perplexity_mode = !a.data.empty() || !a.data_list.empty();
+  const bool perplexity_mode = !a.data.empty() || !a.data_list.empty() || !a.valid_of.empty();
   if (perplexity_mode && !a.tasks.empty()) {
     throw Error("give either tasks or datasets (--data, --data-list), not both", "--tasks");
   }
@@ -314,6 +351,11 @@ Command add_eval(CLI::App& parent) {
   app->add_option("--decontaminate", a->decontaminate,
                   "Also score the docs a contamination report (borealis data contamination -o) "
                   "does not flag: metrics named <metric>_decontaminate");
+  app->add_option("--valid-of", a->valid_of,
+                  "Perplexity of a training run's validation part (its run directory or config)");
+  app->add_option(
+      "--samples", a->samples,
+      "With --valid-of: samples scored (default: the run's eval_batches x micro_batch)");
   app->add_option(
       "--data", a->data,
       "Perplexity of a token dataset (PREFIX of .bin/.idx) instead of tasks; repeatable");

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/stopwatch.h"
+#include "train/loader.h"
 
 namespace borealis {
 
@@ -64,6 +65,38 @@ PerplexityResult dataset_perplexity(LanguageModel& model, const IndexedDataset& 
       pending.push_back(std::move(r));
       if (static_cast<int>(pending.size()) >= options.requests_per_call) flush();
     }
+  }
+  flush();
+  res.seconds = seconds_since(started);
+  return res;
+}
+
+PerplexityResult mixture_perplexity(LanguageModel& model, const Mixture& mixture,
+                                    std::uint64_t samples,
+                                    const std::function<void(const PerplexityResult&)>& progress) {
+  const auto started = std::chrono::steady_clock::now();
+  const auto L = static_cast<int>(mixture.options().seq_len);
+  PerplexityResult res;
+  Batch batch;
+  batch.batch = 1;
+  batch.seq = L;
+  batch.inputs.resize(static_cast<std::size_t>(L));
+  batch.targets.resize(static_cast<std::size_t>(L));
+  std::vector<ScoreRequest> pending;
+  const auto flush = [&] {
+    if (pending.empty()) return;
+    for (const Score& s : model.score(pending, nullptr)) res.nll -= s.logprob;
+    pending.clear();
+    res.seconds = seconds_since(started);
+    if (progress) progress(res);
+  };
+  const std::uint64_t n = std::min<std::uint64_t>(samples, mixture.size());
+  for (std::uint64_t i = 0; i < n; ++i) {
+    read_sample(mixture, i, batch, 0);
+    pending.push_back({{batch.inputs[0]}, batch.targets});
+    res.tokens += static_cast<std::uint64_t>(L);
+    ++res.documents;
+    if (pending.size() >= 64) flush();
   }
   flush();
   res.seconds = seconds_since(started);

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "data/indexed_dataset.h"
+#include "data/mixture.h"
 #include "eval/language_model.h"
 
 namespace borealis {
@@ -36,6 +37,14 @@ struct PerplexityResult {
 // Throws Error for a stride outside 1..context length.
 PerplexityResult dataset_perplexity(LanguageModel& model, const IndexedDataset& data,
                                     const PerplexityOptions& options,
+                                    const std::function<void(const PerplexityResult&)>& progress);
+
+// The first `samples` samples of a blended mixture (a training run's
+// validation part): each is seq_len + 1 tokens, every one but the first
+// scored after the ones before it — the loss the training validation
+// reports, so exp(that loss) is what this gives.
+PerplexityResult mixture_perplexity(LanguageModel& model, const Mixture& mixture,
+                                    std::uint64_t samples,
                                     const std::function<void(const PerplexityResult&)>& progress);
 
 }  // namespace borealis

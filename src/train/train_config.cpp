@@ -1,5 +1,7 @@
 #include "train/train_config.h"
 
+#include "data/data_list.h"
+
 #include <fmt/format.h>
 
 #include <string_view>
@@ -227,6 +229,18 @@ bool is_trajectory_key(const std::string& path) {
          path == "data.split" || path == "data.order" || path == "train.micro_batch" ||
          path == "train.global_batch" || path == "train.seed" || path == "train.spike_zscore" ||
          path == "train.spike_window";
+}
+
+MixOptions mixture_options(const TrainSettings& s) {
+  MixOptions mix;
+  mix.list = read_data_list(s.data_list);
+  mix.seq_len = static_cast<std::uint64_t>(s.seq_len);
+  mix.samples = static_cast<std::uint64_t>(s.steps) * static_cast<std::uint64_t>(s.global_batch);
+  mix.seed = s.seed;
+  mix.split = s.split;
+  mix.order = s.order == "megatron" ? MixOrder::megatron : MixOrder::fast;
+  mix.cache_dir = s.cache_dir.empty() ? s.run_dir / "index-cache" : s.cache_dir;
+  return mix;
 }
 
 }  // namespace borealis

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "data/mixture.h"
 #include "model/config.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -82,5 +83,9 @@ ModelConfig resolve_model(const Config& config, int vocab_size);
 
 // Keys whose values must not change on resume.
 bool is_trajectory_key(const std::string& path);
+
+// The run's mixture: its data list read, the train part sized for every
+// step's samples. The validation mixture is the same with part 1.
+MixOptions mixture_options(const TrainSettings& s);
 
 }  // namespace borealis

@@ -234,14 +234,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   if (root) write_file_atomic(s.run_dir / "config.toml", config.to_toml());
 
   // Data: the train mixture holds exactly the samples of all steps.
-  MixOptions mix;
-  mix.list = read_data_list(s.data_list);
-  mix.seq_len = static_cast<std::uint64_t>(L);
-  mix.samples = static_cast<std::uint64_t>(s.steps) * static_cast<std::uint64_t>(s.global_batch);
-  mix.seed = s.seed;
-  mix.split = s.split;
-  mix.order = s.order == "megatron" ? MixOrder::megatron : MixOrder::fast;
-  mix.cache_dir = s.cache_dir.empty() ? s.run_dir / "index-cache" : s.cache_dir;
+  const MixOptions mix = mixture_options(s);
   const Mixture train(mix);
   spdlog::info(
       "train mixture: {} samples of {} tokens from {} files in {} corpora ({} in {:.2f} s)",

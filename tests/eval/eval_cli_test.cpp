@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "serve/server_process.h"
+#include "train/train_fixture.h"
 #include "test_util.h"
 #include "tiny_checkpoint.h"
 
@@ -187,6 +188,38 @@ TEST_F(EvalCli, ContaminationReportAndCleanScores) {
     if (d != 1 && d != 4) clean += samples[d]["acc"].get<double>();
   }
   EXPECT_DOUBLE_EQ(r["acc_decontaminate,none"].get<double>(), clean / 4);
+}
+
+}  // namespace
+}  // namespace borealis
+
+namespace borealis {
+namespace {
+
+// A training run's validation part scored by eval gives the loss the run's
+// own validation logged (the same tokens; the forward of the trainer and of
+// inference differ only in the rounding of their matmuls).
+TEST(EvalValidation, PerplexityOfARunsValidationPartIsItsLoss) {
+  TrainFixture f;
+  const std::filesystem::path run = f.dir() / "run";
+  const std::filesystem::path cfg = f.write_config("c.toml", run);
+  const test::RunResult t = test::run_borealis({"--threads", "1", "train", cfg.string()});
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  double last_loss = -1;
+  std::istringstream in(test::read_file(run / "metrics.jsonl"));
+  std::string line;
+  while (std::getline(in, line)) {
+    const json j = json::parse(line);
+    if (j.value("kind", "") == "valid") last_loss = j["loss"].get<double>();
+  }
+  ASSERT_GT(last_loss, 0);
+  const test::RunResult e = test::run_borealis(
+      {"--threads", "1", "eval", "--checkpoint", run.string(), "--valid-of", run.string(), "--json"});
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  const json r = json::parse(e.out)["perplexity"]["validation"];
+  EXPECT_EQ(r["samples"], 4);  // eval.batches 2 x micro_batch 2
+  EXPECT_EQ(r["tokens"], 4 * 32);
+  EXPECT_NEAR(r["loss"].get<double>(), last_loss, 1e-4 * last_loss);
 }
 
 }  // namespace

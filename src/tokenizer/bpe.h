@@ -73,6 +73,8 @@ class BpeModel {
   void encode_heap(std::string_view piece, std::vector<std::uint32_t>& out) const;
 
  private:
+  friend struct TokenizerCodec;  // the binary cache (tokenizer/cache.cpp)
+
   struct PairValue {
     std::uint32_t rank;
     std::uint32_t merged;

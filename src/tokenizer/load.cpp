@@ -1,5 +1,6 @@
 // Tokenizer::load: GPT-2 encoder.json + vocab.bpe, tiktoken JSON and rank
-// files. Hugging Face tokenizer.json is in hf_json.cpp.
+// files, through the binary cache (cache.cpp). Hugging Face tokenizer.json is
+// in hf_json.cpp.
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -8,6 +9,7 @@
 #include "core/mapped_file.h"
 #include "core/text.h"
 #include "tokenizer/byte_level.h"
+#include "tokenizer/cache.h"
 #include "tokenizer/hf_json.h"
 #include "tokenizer/tokenizer.h"
 
@@ -220,9 +222,7 @@ Tokenizer load_gpt2(const fs::path& encoder_path, const fs::path& merges_path) {
                    PreTokenizer::create(kGpt2Pattern), std::move(specials), "gpt2");
 }
 
-}  // namespace
-
-Tokenizer Tokenizer::load(const fs::path& path) {
+Tokenizer load_source(const fs::path& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
     if (fs::exists(path / "tokenizer.json"))
@@ -245,6 +245,16 @@ Tokenizer Tokenizer::load(const fs::path& path) {
       "not a tokenizer: expected a Hugging Face tokenizer.json ('model'), a tiktoken encoding "
       "('bpe_ranks') or a GPT-2 encoder.json beside vocab.bpe",
       path.string());
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::load(const fs::path& path) {
+  return load(path, default_tokenizer_cache_dir());
+}
+
+Tokenizer Tokenizer::load(const fs::path& path, const fs::path& cache_dir) {
+  return load_tokenizer_cached(path, cache_dir, [&] { return load_source(path); });
 }
 
 }  // namespace borealis

@@ -65,8 +65,11 @@ class Tokenizer {
   ~Tokenizer();
 
   // Detects the format from the path (a directory with encoder.json and
-  // vocab.bpe, *.tiktoken, or a JSON file of any of the other kinds).
+  // vocab.bpe, *.tiktoken, or a JSON file of any of the other kinds). Parsed
+  // tokenizers are cached in binary form in `cache_dir` (tokenizer/cache.h;
+  // by default default_tokenizer_cache_dir(), empty for no cache).
   static Tokenizer load(const std::filesystem::path& path);
+  static Tokenizer load(const std::filesystem::path& path, const std::filesystem::path& cache_dir);
 
   std::vector<std::uint32_t> encode(std::string_view text, bool allow_special = false) const;
   // Appends to `out`.
@@ -92,6 +95,8 @@ class Tokenizer {
   void set_decoder(const DecodeSteps& steps);
 
  private:
+  friend struct TokenizerCodec;  // the binary cache (tokenizer/cache.cpp)
+
   void encode_ordinary(std::string_view text, bool at_start, std::vector<std::uint32_t>& out) const;
   // The earliest added token in text[from..) that may match; npos if none.
   std::size_t find_added(std::string_view text, std::size_t from, bool allow_special,

@@ -2,6 +2,8 @@
 // stdin/stdout friendly.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -62,24 +64,44 @@ struct TokenizerOptions {
   bool lines = false;
 };
 
-std::string read_input(const std::string& input) {
-  if (input == "-") {
-    return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+// The input's bytes: a file is mapped (not copied), stdin read whole.
+class Input {
+ public:
+  explicit Input(const std::string& input) {
+    if (input == "-") {
+      stdin_.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+      text_ = stdin_;
+    } else {
+      file_ = MappedFile(input, MappedFile::Access::Sequential);
+      text_ = file_.text();
+    }
   }
-  const MappedFile file(input);
-  return std::string(file.text());
-}
+  std::string_view text() const { return text_; }
+
+ private:
+  MappedFile file_;
+  std::string stdin_;
+  std::string_view text_;
+};
 
 void write_ids(const std::vector<std::uint32_t>& ids, const std::string& format,
                std::size_t vocab) {
   if (format == "text") {
-    std::string line;
+    // Digits straight into a buffer written in large blocks: a few MB of
+    // input make millions of ids, and formatting them one string at a time
+    // cost as much as encoding them.
+    std::string line(std::min<std::size_t>(ids.size(), 1 << 16) * 11 + 1, '\0');
+    char* p = line.data();
     for (std::size_t i = 0; i < ids.size(); ++i) {
-      if (i > 0) line.push_back(' ');
-      line += fmt::format("{}", ids[i]);
+      if (static_cast<std::size_t>(p - line.data()) + 11 > line.size()) {
+        std::fwrite(line.data(), 1, static_cast<std::size_t>(p - line.data()), stdout);
+        p = line.data();
+      }
+      if (i > 0) *p++ = ' ';
+      p = std::to_chars(p, line.data() + line.size(), ids[i]).ptr;
     }
-    line.push_back('\n');
-    std::fwrite(line.data(), 1, line.size(), stdout);
+    *p++ = '\n';
+    std::fwrite(line.data(), 1, static_cast<std::size_t>(p - line.data()), stdout);
   } else if (format == "u16") {
     if (vocab > 65536)
       throw Error("the vocabulary does not fit in 16 bits; use --format u32", "--format");
@@ -90,15 +112,15 @@ void write_ids(const std::vector<std::uint32_t>& ids, const std::string& format,
   }
 }
 
-std::vector<std::uint32_t> read_ids(const std::string& data, const std::string& format) {
+std::vector<std::uint32_t> read_ids(std::string_view data, const std::string& format) {
   std::vector<std::uint32_t> ids;
   if (format == "text") {
     std::size_t pos = 0;
     while (true) {
       pos = data.find_first_not_of(" \t\r\n,", pos);
-      if (pos == std::string::npos) break;
+      if (pos == std::string_view::npos) break;
       const std::size_t end = std::min(data.find_first_of(" \t\r\n,", pos), data.size());
-      const std::string word = data.substr(pos, end - pos);
+      const std::string word(data.substr(pos, end - pos));
       std::size_t used = 0;
       unsigned long value = 0;
       try {
@@ -199,23 +221,24 @@ Command add_tokenizer(CLI::App& parent) {
             }
             const Tokenizer tok = Tokenizer::load(o->tokenizer);
             if (encode->parsed()) {
-              const std::string text = read_input(o->input);
+              const Input input(o->input);
+              const std::string_view text = input.text();
               if (o->lines) {
                 if (o->format != "text") throw Error("--lines needs --format text", "--lines");
                 std::size_t pos = 0;
                 while (pos < text.size()) {
                   std::size_t end = text.find('\n', pos);
-                  if (end == std::string::npos) end = text.size();
-                  write_ids(
-                      tok.encode(std::string_view(text).substr(pos, end - pos), o->allow_special),
-                      "text", tok.vocab_size());
+                  if (end == std::string_view::npos) end = text.size();
+                  write_ids(tok.encode(text.substr(pos, end - pos), o->allow_special), "text",
+                            tok.vocab_size());
                   pos = end + 1;
                 }
               } else {
                 write_ids(tok.encode(text, o->allow_special), o->format, tok.vocab_size());
               }
             } else if (decode->parsed()) {
-              const std::string out = tok.decode(read_ids(read_input(o->input), o->format));
+              const Input input(o->input);
+              const std::string out = tok.decode(read_ids(input.text(), o->format));
               std::fwrite(out.data(), 1, out.size(), stdout);
             } else if (info->parsed()) {
               std::cout << fmt::format("format        {}\n", tok.source_format());

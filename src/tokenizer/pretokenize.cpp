@@ -102,13 +102,16 @@ class HandWrittenPreTokenizer final : public PreTokenizer {
   explicit HandWrittenPreTokenizer(std::string_view pattern) : PreTokenizer(pattern) {}
   const char* engine() const override { return Matcher::kEngine; }
 
-  void split(std::string_view text, std::vector<std::string_view>& pieces) const override {
+  std::size_t split(std::string_view text, std::size_t from, std::vector<std::string_view>& pieces,
+                    std::size_t max_pieces) const override {
     const Cursor cur(text);
-    for (std::size_t i = 0; i < cur.size();) {
+    std::size_t i = from;
+    for (std::size_t n = 0; i < cur.size() && n < max_pieces; ++n) {
       const std::size_t end = Matcher::match(cur, i);
       pieces.push_back(text.substr(i, end - i));
       i = end;
     }
+    return i;
   }
 };
 
@@ -262,12 +265,14 @@ class RegexPreTokenizer final : public PreTokenizer {
 
   const char* engine() const override { return "pcre2"; }
 
-  void split(std::string_view text, std::vector<std::string_view>& pieces) const override {
+  std::size_t split(std::string_view text, std::size_t from, std::vector<std::string_view>& pieces,
+                    std::size_t max_pieces) const override {
     // Match data per call: split() may run on many threads at once.
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-    std::size_t pos = 0;
-    while (pos < text.size()) {
+    const std::size_t stop = pieces.size() + max_pieces;
+    std::size_t pos = from;
+    while (pos < text.size() && pieces.size() < stop) {
       const int rc = pcre2_match(code_, subject, text.size(), pos, 0, md, nullptr);
       std::size_t start = text.size();
       std::size_t end = text.size();
@@ -286,6 +291,7 @@ class RegexPreTokenizer final : public PreTokenizer {
       pos = end;
     }
     pcre2_match_data_free(md);
+    return pos;
   }
 
  private:
@@ -314,8 +320,13 @@ class WholeText final : public PreTokenizer {
  public:
   WholeText() : PreTokenizer("") {}
   const char* engine() const override { return "none"; }
-  void split(std::string_view text, std::vector<std::string_view>& pieces) const override {
-    if (!text.empty()) pieces.push_back(text);
+  std::size_t split(std::string_view text, std::size_t from, std::vector<std::string_view>& pieces,
+                    std::size_t max_pieces) const override {
+    if (from < text.size() && max_pieces > 0) {
+      pieces.push_back(text.substr(from));
+      return text.size();
+    }
+    return from;
   }
 };
 
@@ -324,14 +335,16 @@ class SplitBefore final : public PreTokenizer {
   explicit SplitBefore(std::string delimiter)
       : PreTokenizer(delimiter), delimiter_(std::move(delimiter)) {}
   const char* engine() const override { return "metaspace"; }
-  void split(std::string_view text, std::vector<std::string_view>& pieces) const override {
-    std::size_t start = 0;
-    while (start < text.size()) {
+  std::size_t split(std::string_view text, std::size_t from, std::vector<std::string_view>& pieces,
+                    std::size_t max_pieces) const override {
+    std::size_t start = from;
+    for (std::size_t n = 0; start < text.size() && n < max_pieces; ++n) {
       std::size_t next = text.find(delimiter_, start + 1);
       if (next == std::string_view::npos) next = text.size();
       pieces.push_back(text.substr(start, next - start));
       start = next;
     }
+    return start;
   }
 
  private:

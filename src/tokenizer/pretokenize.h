@@ -37,7 +37,17 @@ class PreTokenizer {
   virtual ~PreTokenizer() = default;
 
   // Appends the pieces of `text` to `pieces` (views into `text`).
-  virtual void split(std::string_view text, std::vector<std::string_view>& pieces) const = 0;
+  void split(std::string_view text, std::vector<std::string_view>& pieces) const {
+    split(text, 0, pieces, static_cast<std::size_t>(-1));
+  }
+  // Appends the pieces of text[from..) but at most `max_pieces` of them and
+  // returns where the next piece starts (text.size() at the end). `from` must
+  // be 0 or a value returned before for the same text; the pieces are those
+  // of one whole split, so large texts can be split in batches that stay in
+  // cache.
+  virtual std::size_t split(std::string_view text, std::size_t from,
+                            std::vector<std::string_view>& pieces,
+                            std::size_t max_pieces) const = 0;
 
   const std::string& pattern() const { return pattern_; }
   // "gpt2", "cl100k", "pcre2", "none" or "metaspace".

@@ -93,9 +93,14 @@ void Tokenizer::encode_ordinary(std::string_view text, bool at_start,
     }
     text = normalized;
   }
-  pieces.clear();
-  pre_->split(text, pieces);
-  for (const auto piece : pieces) model_.encode(piece, out);
+  // In batches, so that a large text's pieces stay in cache between splitting
+  // and merging instead of filling memory first (the output is the same).
+  constexpr std::size_t kBatch = 4096;
+  for (std::size_t pos = 0; pos < text.size();) {
+    pieces.clear();
+    pos = pre_->split(text, pos, pieces, kBatch);
+    for (const auto piece : pieces) model_.encode(piece, out);
+  }
 }
 
 std::string_view Tokenizer::token_bytes(std::uint32_t id) const {

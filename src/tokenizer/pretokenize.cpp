@@ -270,7 +270,8 @@ class RegexPreTokenizer final : public PreTokenizer {
     // Match data per call: split() may run on many threads at once.
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-    const std::size_t stop = pieces.size() + max_pieces;
+    const std::size_t stop =
+        max_pieces > SIZE_MAX - pieces.size() ? SIZE_MAX : pieces.size() + max_pieces;
     std::size_t pos = from;
     while (pos < text.size() && pieces.size() < stop) {
       const int rc = pcre2_match(code_, subject, text.size(), pos, 0, md, nullptr);
@@ -282,7 +283,10 @@ class RegexPreTokenizer final : public PreTokenizer {
         end = ov[1];
       }
       emit_gap(text, pos, start, pieces);
-      if (start == text.size()) break;
+      if (start == text.size()) {  // no match in the rest: the gap ends the text
+        pos = text.size();
+        break;
+      }
       if (end == start) {  // empty match: take one character as a piece of its own
         const Cursor cur(text);
         end = start + cur.at(start).len;

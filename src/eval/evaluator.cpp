@@ -213,7 +213,8 @@ json task_config(const TaskSpec& t, const EvalOptions& o) {
 
 EvalResult evaluate(LanguageModel& model, const TextCodec& codec, const TaskSet& tasks,
                     const EvalOptions& options) {
-  DocLoader loader(options.data_dir);
+  DocLoader own_loader(options.data_dir);
+  DocLoader& loader = options.docs != nullptr ? *options.docs : own_loader;
   ScoreCache cache(options.cache, model.description());
   EvalResult result;
   json& r = result.results;

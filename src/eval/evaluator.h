@@ -44,6 +44,9 @@ struct EvalOptions {
   bool log_samples = false;      // keep every doc's requests and scores
   std::filesystem::path cache;   // scores on disk by request hash ("" = none)
   bool progress = true;
+  // The docs, already read (a training run reads them once at start-up);
+  // null: read from data_dir.
+  DocLoader* docs = nullptr;
   // Doc ids (per task) to leave out of the "clean" scores; see --decontaminate.
   std::function<std::vector<bool>(const TaskSpec&, const std::vector<Doc>&, std::size_t)>
       contaminated;

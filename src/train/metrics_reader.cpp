@@ -81,6 +81,30 @@ bool get_flag(const object& obj, const char* key, const std::string& where) {
   return v;
 }
 
+// An eval record: the known fields, and every other one as a metric.
+EvalRecord read_eval(const object& obj, const std::string& where) {
+  EvalRecord r;
+  r.step = get_count(obj, "step", where);
+  r.tokens = get_count(obj, "tokens", where);
+  std::string_view task;
+  if (obj.at_key("task").get_string().get(task) || task.empty()) {
+    throw Error("eval record has no \"task\" string", where);
+  }
+  r.task = task;
+  r.elapsed_s = get_number(obj, "elapsed_s", where);
+  r.eval_s = get_number(obj, "eval_s", where);
+  for (const auto field : obj) {
+    const std::string_view key = field.key;
+    if (key == "kind" || key == "step" || key == "tokens" || key == "task" || key == "elapsed_s" ||
+        key == "eval_s") {
+      continue;
+    }
+    const std::string name(key);
+    r.metrics[name] = get_number(obj, name.c_str(), where);
+  }
+  return r;
+}
+
 struct Line {
   std::size_t number = 0;  // 1-based
   std::string_view text;
@@ -109,6 +133,7 @@ MetricsLog parse_metrics(std::string_view text, const std::string& name) {
   MetricsLog log;
   std::map<std::int64_t, TrainRecord> train;
   std::map<std::int64_t, ValidRecord> valid;
+  std::map<std::pair<std::int64_t, std::string>, EvalRecord> eval;
 
   const std::vector<Line> lines = split_lines(text);
   log.lines = lines.size();
@@ -155,6 +180,11 @@ MetricsLog parse_metrics(std::string_view text, const std::string& name) {
       r.loss = get_number(obj, "loss", where);
       r.elapsed_s = get_number(obj, "elapsed_s", where);
       if (!valid.insert_or_assign(r.step, r).second) ++log.replaced;
+    } else if (kind == "eval") {
+      EvalRecord r = read_eval(obj, where);
+      const std::int64_t step = r.step;
+      std::string task = r.task;
+      if (!eval.insert_or_assign({step, std::move(task)}, std::move(r)).second) ++log.replaced;
     } else {
       ++log.other;
     }
@@ -163,6 +193,8 @@ MetricsLog parse_metrics(std::string_view text, const std::string& name) {
   for (auto& [step, r] : train) log.train.push_back(r);
   log.valid.reserve(valid.size());
   for (auto& [step, r] : valid) log.valid.push_back(r);
+  log.eval.reserve(eval.size());
+  for (auto& [key, r] : eval) log.eval.push_back(std::move(r));
   return log;
 }
 

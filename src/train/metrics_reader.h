@@ -3,18 +3,22 @@
 // One JSON object per line, told apart by "kind":
 //   train: step, tokens, loss, lr, grad_norm, tokens_per_s, mfu, elapsed_s, skipped
 //   valid: step, tokens, loss, elapsed_s
+//   eval:  step, tokens, task, elapsed_s, eval_s, and the task's metrics under
+//          lm-eval's names (acc, acc_stderr, acc_norm, perplexity, ...): every
+//          other field, a number or null
 // Other kinds ("run" records and the like) are counted and ignored. Values may
 // be null (a non-finite loss is written as null); step and tokens may not.
 //
 // A resumed run appends to the same file and may log a step again: for each
-// (kind, step) the last line wins. The last line may be cut short (the run was
-// killed while writing it): an unparsable last line is dropped with a warning.
-// Any other bad line is an Error naming "file:line".
+// (kind, step), and for eval records each (step, task), the last line wins. The last line may be
+// cut short (the run was killed while writing it): an unparsable last line is dropped with a
+// warning. Any other bad line is an Error naming "file:line".
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -35,12 +39,22 @@ struct ValidRecord {
   std::optional<double> loss, elapsed_s;
 };
 
+// The scores of one benchmark task at one validation point ([eval] tasks).
+struct EvalRecord {
+  std::int64_t step = 0;
+  std::int64_t tokens = 0;
+  std::string task;
+  std::optional<double> elapsed_s, eval_s;  // the run's training time; the task's scoring time
+  std::map<std::string, std::optional<double>> metrics;  // "acc" -> 0.31, "acc_stderr" -> ...
+};
+
 struct MetricsLog {
   std::vector<TrainRecord> train;  // one per step, ascending
   std::vector<ValidRecord> valid;  // one per step, ascending
+  std::vector<EvalRecord> eval;    // one per step and task, by step, then task name
 
-  // What was read, and what became of it:
-  // lines = train.size() + valid.size() + replaced + other + (truncated_tail ? 1 : 0).
+  // What was read, and what became of it: lines = train.size() + valid.size()
+  // + eval.size() + replaced + other + (truncated_tail ? 1 : 0).
   std::size_t lines = 0;     // non-blank lines
   std::size_t replaced = 0;  // records superseded by a later line for the same kind and step
   std::size_t other = 0;     // records of other kinds, ignored

@@ -14,6 +14,8 @@
 #include <cerrno>
 #include <cmath>
 #include <fstream>
+#include <iterator>
+#include <map>
 #include <sstream>
 #include <system_error>
 #include <utility>
@@ -97,6 +99,65 @@ Series series(std::string file, std::string style, std::string title) {
   s.style = std::move(style);
   s.title = std::move(title);
   return s;
+}
+
+// Perplexities and bits per byte: lower is better, and a young model's are
+// orders of magnitude above a trained one's, so they get a log axis of
+// their own; scores (accuracies, exact match) keep the linear one.
+bool is_perplexity(const std::string& metric) {
+  return metric.find("perplexity") != std::string::npos || metric == "bits_per_byte";
+}
+
+// One line per task and metric (standard errors left out): a colour per
+// task, a dash pattern per metric.
+Chart eval_chart(const std::vector<EvalRecord>& records) {
+  static const char* const kColours[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+                                         "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+  std::vector<std::string> tasks, metrics;
+  const auto index = [](std::vector<std::string>& names, const std::string& name) {
+    const auto it = std::find(names.begin(), names.end(), name);
+    if (it != names.end()) return static_cast<std::size_t>(it - names.begin());
+    names.push_back(name);
+    return names.size() - 1;
+  };
+  std::map<std::pair<std::size_t, std::size_t>, Series> lines;  // (task, metric) -> line
+  for (const EvalRecord& r : records) {
+    const std::size_t t = index(tasks, r.task);
+    for (const auto& [metric, value] : r.metrics) {
+      if (metric.ends_with("_stderr") || !usable(value)) continue;
+      if (is_perplexity(metric) && !(*value > 0)) continue;  // not on a log axis
+      const std::size_t m = index(metrics, metric);
+      auto [it, added] = lines.try_emplace({t, m});
+      Series& line = it->second;
+      if (added) {
+        line = series(fmt::format("eval_{}_{}.dat", t, m),
+                      fmt::format("linespoints lw 2 pt 7 ps 1 lc rgb '{}' dt {}",
+                                  kColours[t % std::size(kColours)], 1 + m % 5),
+                      r.task + " " + metric);
+        line.y2 = is_perplexity(metric);
+      }
+      line.points.push_back({static_cast<double>(r.step), static_cast<double>(r.tokens), *value});
+    }
+  }
+  // The key goes below the chart: one entry per line, and there may be many.
+  Chart chart{
+      "eval", "benchmark tasks", "score", "set key below nobox noopaque\n", "no task scores", {}};
+  bool scores = false, perplexities = false;
+  for (auto& [key, line] : lines) {
+    (line.y2 ? perplexities : scores) = true;
+    chart.series.push_back(std::move(line));
+  }
+  if (scores && perplexities) {
+    chart.setup +=
+        // An automatic right margin, wide enough for the right axis's labels.
+        "set rmargin\nset ytics nomirror\nset y2tics\nset logscale y2\n"
+        "set y2label 'perplexity, bits per byte (log scale)'\n";
+  } else if (perplexities) {
+    chart.ylabel = "perplexity, bits per byte (log scale)";
+    chart.setup += "set logscale y\nset format y '%g'\n";
+    for (Series& line : chart.series) line.y2 = false;
+  }
+  return chart;
 }
 
 std::vector<Chart> build_charts(const MetricsLog& log, double smooth) {
@@ -191,6 +252,8 @@ std::vector<Chart> build_charts(const MetricsLog& log, double smooth) {
   }
   charts.push_back(
       {"throughput", "throughput", ylabel, setup, "no tokens/s or MFU values", {tps, mfu}});
+  // Only for runs that evaluate tasks: the others' output stays as it was.
+  if (!log.eval.empty()) charts.push_back(eval_chart(log.eval));
   return charts;
 }
 
@@ -369,6 +432,7 @@ PlotReport make_plots(const PlotOptions& o) {
   double max_tokens = 0;
   for (const TrainRecord& r : log.train) max_tokens = std::max(max_tokens, double(r.tokens));
   for (const ValidRecord& r : log.valid) max_tokens = std::max(max_tokens, double(r.tokens));
+  for (const EvalRecord& r : log.eval) max_tokens = std::max(max_tokens, double(r.tokens));
   const Unit token_unit = unit_for(max_tokens);
 
   std::string script = "set encoding utf8\n";
@@ -449,16 +513,46 @@ std::string duration(double s) {
   return fmt::format("{}h {:02}m {:02}s", total / 3600, (total / 60) % 60, total % 60);
 }
 
+// A line per task: the metrics of its last record, each with its standard error.
+std::string eval_summary(const std::vector<EvalRecord>& records) {
+  std::vector<const EvalRecord*> last;  // per task, in order of first appearance
+  for (const EvalRecord& r : records) {
+    const auto it = std::find_if(last.begin(), last.end(),
+                                 [&](const EvalRecord* l) { return l->task == r.task; });
+    if (it == last.end()) {
+      last.push_back(&r);
+    } else if (r.step >= (*it)->step) {
+      *it = &r;
+    }
+  }
+  std::string s;
+  for (const EvalRecord* r : last) {
+    std::string values;
+    for (const auto& [metric, value] : r->metrics) {
+      if (metric.ends_with("_stderr") || !usable(value)) continue;
+      values += fmt::format("{}{} {:.4f}", values.empty() ? "" : ", ", metric, *value);
+      const auto se = r->metrics.find(metric + "_stderr");
+      if (se != r->metrics.end() && usable(se->second)) {
+        values += fmt::format(" ± {:.4f}", *se->second);
+      }
+    }
+    if (values.empty()) values = "no values";
+    s += fmt::format("eval {}: {} (step {})\n", r->task, values, r->step);
+  }
+  return s;
+}
+
 }  // namespace
 
 std::string format_summary(const PlotReport& report) {
   const MetricsLog& log = report.metrics;
   std::string s;
   s += fmt::format(
-      "metrics: {} ({} lines: {} train, {} valid, {} replaced by a later line for the "
+      "metrics: {} ({} lines: {} train, {} valid, {}{} replaced by a later line for the "
       "same step, {} of other kinds{})\n",
-      report.metrics_path.string(), log.lines, log.train.size(), log.valid.size(), log.replaced,
-      log.other, log.truncated_tail ? ", 1 unfinished last line ignored" : "");
+      report.metrics_path.string(), log.lines, log.train.size(), log.valid.size(),
+      log.eval.empty() ? "" : fmt::format("{} eval, ", log.eval.size()), log.replaced, log.other,
+      log.truncated_tail ? ", 1 unfinished last line ignored" : "");
   if (!log.train.empty()) {
     const TrainRecord& last = log.train.back();
     std::size_t skipped = 0;
@@ -516,6 +610,7 @@ std::string format_summary(const PlotReport& report) {
   } else {
     s += "valid loss: none logged\n";
   }
+  s += eval_summary(log.eval);
   return s;
 }
 

@@ -7,6 +7,9 @@
 //   lr          learning rate
 //   grad_norm   gradient norm, log scale
 //   throughput  tokens/s (left axis) and MFU in percent (right axis)
+//   eval        benchmark task scores ([eval] tasks), one line per task and
+//               metric: scores on the left axis, perplexities on the right
+//               (log scale); drawn only when the log has eval records
 // named <chart>_<steps|tokens>.png. Each PNG is written under a temporary name
 // and renamed into place, so a reader never sees half a file. A chart with no
 // values (a run that logs no MFU, say) is not drawn and is listed as such.
@@ -61,7 +64,8 @@ double auto_smoothing(std::size_t points);
 std::vector<std::size_t> thin_indices(const std::vector<double>& values, std::size_t buckets);
 
 // A few lines: steps, tokens, last and best train loss, last valid loss,
-// mean throughput, and how the log's lines were accounted for.
+// mean throughput, each task's last scores, and how the log's lines were
+// accounted for.
 std::string format_summary(const PlotReport& report);
 
 }  // namespace borealis

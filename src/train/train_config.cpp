@@ -4,9 +4,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <string_view>
 
 #include "core/error.h"
+#include "train/task_eval.h"
 
 namespace borealis {
 
@@ -28,6 +30,42 @@ double get_number(const Config& c, std::string_view key, double min, double max 
     throw Error(fmt::format("{} must be in [{}, {}], got {}", key, min, max, v), c.origin(key));
   }
   return v;
+}
+
+// [eval]'s tasks, resolved once to check them (the run resolves them again
+// when it reads their data).
+void read_task_settings(const Config& c, TaskEvalSettings& t) {
+  t.names = c.get<std::vector<std::string>>("eval.tasks");
+  for (const std::string& f : c.get<std::vector<std::string>>("eval.task_files")) {
+    t.task_files.emplace_back(f);
+  }
+  t.data_dir = c.get<std::string>("eval.data_dir");
+  t.limit = static_cast<std::size_t>(get_int(c, "eval.limit", 0, INT64_MAX));
+  t.num_fewshot = static_cast<int>(get_int(c, "eval.num_fewshot", 0, 1 << 16));
+  if (t.names.empty()) {
+    if (!t.task_files.empty()) {
+      throw Error("eval.task_files is set but eval.tasks names no task to run",
+                  c.origin("eval.tasks"));
+    }
+    return;
+  }
+  TaskSet set;
+  try {
+    set = resolve_training_tasks(t);
+  } catch (const Error& e) {
+    // A task file's own errors name the file; an unknown name is the key's.
+    if (e.where() != "--tasks") throw;
+    throw Error("eval.tasks: " + e.message(), c.origin("eval.tasks"));
+  }
+  const bool builtin = std::any_of(set.tasks.begin(), set.tasks.end(), [](const TaskSpec& task) {
+    return !task.split_files.contains(task.eval_split());
+  });
+  if (builtin && !std::filesystem::is_directory(t.data_dir)) {
+    throw Error(fmt::format("eval.data_dir {} is not a directory (the built-in tasks read "
+                            "DIR/<task>/<split>.jsonl)",
+                            t.data_dir.string()),
+                c.origin("eval.data_dir"));
+  }
 }
 
 }  // namespace
@@ -95,6 +133,15 @@ ConfigSchema train_config_schema() {
 
   s.add("eval.every", Int{0}, "validation loss every N steps (0: only at the end)");
   s.add("eval.batches", Int{8}, "validation micro-batches (0: no validation)");
+  s.add("eval.tasks", std::vector<std::string>{},
+        "benchmark tasks scored at every validation by rank 0: built-in tasks or groups "
+        "(arc_easy, mmlu, ...) or the names of eval.task_files' tasks");
+  s.add("eval.task_files", std::vector<std::string>{},
+        "custom tasks (TOML files, as for borealis eval --task-file)");
+  s.add("eval.data_dir", std::string("."),
+        "folder of the built-in tasks' data: DIR/<task>/<split>.jsonl");
+  s.add("eval.limit", Int{0}, "first N docs of each task (0: all)");
+  s.add("eval.num_fewshot", Int{0}, "few-shot examples per prompt");
 
   s.add("dist.zero", Int{0},
         "ZeRO stage with several ranks: 0 (every rank holds the optimizer state) or 1 (AdamW "
@@ -166,6 +213,7 @@ TrainSettings read_train_settings(const Config& c) {
   t.keep = static_cast<int>(get_int(c, "checkpoint.keep", 1, 1 << 20));
   t.eval_every = get_int(c, "eval.every", 0, INT64_MAX);
   t.eval_batches = static_cast<int>(get_int(c, "eval.batches", 0, 1 << 20));
+  read_task_settings(c, t.tasks);
   t.zero = static_cast<int>(get_int(c, "dist.zero", 0, 1));
   t.bucket_mb = get_number(c, "dist.bucket_mb", 1e-6, 1 << 20);
   t.timeout_s = get_number(c, "dist.timeout_s", 0.01, 1e7);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -24,6 +25,18 @@
 namespace borealis {
 
 ConfigSchema train_config_schema();
+
+// [eval]'s benchmark tasks: lm-evaluation-harness tasks scored on the
+// parameters at every validation point (train/task_eval.h).
+struct TaskEvalSettings {
+  std::vector<std::string> names;  // built-in tasks and groups, and names of task_files' tasks
+  std::vector<std::filesystem::path> task_files;  // custom tasks (TOML)
+  std::filesystem::path data_dir = ".";           // the built-in tasks' DIR/<task>/<split>.jsonl
+  std::size_t limit = 0;                          // first docs of each task (0: all)
+  int num_fewshot = 0;
+
+  bool enabled() const { return !names.empty(); }
+};
 
 struct TrainSettings {
   // [model]: a preset, with any field overridden; vocab_size comes from the tokenizer.
@@ -63,6 +76,7 @@ struct TrainSettings {
   // [eval]
   std::int64_t eval_every = 0;  // 0: only at the end
   int eval_batches = 0;
+  TaskEvalSettings tasks;  // benchmark tasks at the same points (train/task_eval.h)
 
   // [dist]: data-parallel runs (more than one rank)
   int zero = 0;                    // 0: replicated optimizer state, 1: ZeRO-1 sharded
@@ -76,6 +90,8 @@ struct TrainSettings {
 
 // Reads and checks the settings (errors name the key and where its value came
 // from). The model is resolved later, once the tokenizer's vocabulary is known.
+// [eval]'s task names are resolved here (reading the task files), so that an
+// unknown task fails before any data is read.
 TrainSettings read_train_settings(const Config& config);
 
 // The preset with the [model] overrides applied and the vocabulary set.

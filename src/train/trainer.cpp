@@ -30,6 +30,7 @@
 #include "train/loader.h"
 #include "train/metrics_writer.h"
 #include "train/rank_failure.h"
+#include "train/task_eval.h"
 #include "train/train_bench.h"
 #include "train/train_config.h"
 #include "train/training_loop.h"
@@ -226,6 +227,19 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
                 config.origin("data.seq_len"));
   }
   const int L = s.seq_len;
+  // Every rank reads the tasks' data, so that bad data stops every rank now;
+  // only rank 0 keeps it.
+  std::unique_ptr<TrainingTasks> tasks;
+  if (s.tasks.enabled()) {
+    tasks = std::make_unique<TrainingTasks>(s.tasks, tokenizer);
+    if (!root) tasks.reset();
+    std::string names;
+    for (const std::string& n : s.tasks.names) names += (names.empty() ? "" : ", ") + n;
+    spdlog::info("benchmark tasks at every validation: {} ({}-shot, {})", names,
+                 s.tasks.num_fewshot,
+                 s.tasks.limit == 0 ? std::string("every doc")
+                                    : fmt::format("the first {} docs of each", s.tasks.limit));
+  }
 
   std::optional<CheckpointInfo> resume_from = find_resume_point(s, options);
   if (resume_from) check_resume_config(config, *resume_from);
@@ -313,6 +327,7 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
                        train,
                        valid_batches,
                        metrics.get(),
+                       tasks.get(),
                        checkpoint_target,
                        fault,
                        peak,

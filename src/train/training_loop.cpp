@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <span>
 
 #include "core/stopwatch.h"
@@ -239,16 +240,57 @@ std::string TrainingLoop::stop_reason() {
 }
 
 void TrainingLoop::validate() {
-  if (p_.valid_batches.empty()) return;
+  if (!p_.valid_batches.empty()) {
+    const auto t0 = Clock::now();
+    result_.valid_loss = borealis::validate(p_.model, p_.valid_batches, progress_, p_.comm);
+    if (p_.metrics != nullptr) {
+      p_.metrics->write(fmt::format(
+          R"({{"kind":"valid","step":{},"tokens":{},"loss":{},"elapsed_s":{}}})", state_.step,
+          state_.tokens, json_number(result_.valid_loss), json_number(elapsed_s())));
+    }
+    if (progress_) {
+      fmt::print("validation at step {}: loss {:.4f} (unigram entropy {:.4f}) in {:.1f} s\n",
+                 state_.step, result_.valid_loss, result_.unigram_entropy, seconds_since(t0));
+      std::fflush(stdout);
+    }
+  }
+  if (p_.tasks != nullptr) evaluate_tasks();
+}
+
+// Rank 0 alone: the other ranks go on to the next collective and wait there,
+// which is why the evaluation's time counts against dist.timeout_s.
+void TrainingLoop::evaluate_tasks() {
   const auto t0 = Clock::now();
-  result_.valid_loss = borealis::validate(p_.model, p_.valid_batches, progress_, p_.comm);
-  if (p_.metrics == nullptr) return;
-  p_.metrics->write(fmt::format(
-      R"({{"kind":"valid","step":{},"tokens":{},"loss":{},"elapsed_s":{}}})", state_.step,
-      state_.tokens, json_number(result_.valid_loss), json_number(elapsed_s())));
+  const std::vector<TaskScore> scores = p_.tasks->evaluate(
+      s_.model, std::span<const float>(p_.model.params(), p_.model.num_params()), progress_);
+  const double run_s = elapsed_s();
+  for (const TaskScore& score : scores) {
+    std::string fields;
+    for (const auto& [metric, value] : score.metrics) {
+      fields += fmt::format(R"(,"{}":{})", metric, json_number(value));
+    }
+    if (score.seconds >= 0) fields += fmt::format(R"(,"eval_s":{})", json_number(score.seconds));
+    if (p_.metrics != nullptr) {
+      // Task names are lm-eval's identifiers or a task file's "name"; dump()
+      // quotes and escapes them.
+      p_.metrics->write(fmt::format(
+          R"({{"kind":"eval","step":{},"tokens":{},"task":{}{},"elapsed_s":{}}})", state_.step,
+          state_.tokens, nlohmann::json(score.task).dump(), fields, json_number(run_s)));
+    }
+    if (!progress_) continue;
+    for (const auto& [metric, value] : score.metrics) {
+      if (metric.ends_with("_stderr")) continue;
+      std::string line =
+          fmt::format("eval at step {}: {} {} {:.4f}", state_.step, score.task, metric, value);
+      for (const auto& [other, se] : score.metrics) {
+        if (other == metric + "_stderr") line += fmt::format(" ± {:.4f}", se);
+      }
+      fmt::print("{}\n", line);
+    }
+  }
   if (progress_) {
-    fmt::print("validation at step {}: loss {:.4f} (unigram entropy {:.4f}) in {:.1f} s\n",
-               state_.step, result_.valid_loss, result_.unigram_entropy, seconds_since(t0));
+    fmt::print("evaluated {} task{} at step {} in {:.1f} s\n", scores.size(),
+               scores.size() == 1 ? "" : "s", state_.step, seconds_since(t0));
     std::fflush(stdout);
   }
 }

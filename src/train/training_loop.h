@@ -6,7 +6,8 @@
 //                       the gradient reduction, then the update, or its skip
 //                       on a non-finite value or a loss spike;
 //   report_step()       a metrics line, and a console line every log_every;
-//   validation_due(),   the decisions after each step: validate, checkpoint,
+//   validation_due(),   the decisions after each step: validate (loss and
+//                       [eval] tasks), checkpoint,
 //   checkpoint_due(),   or stop (a signal, the time limit or --stop-at-step
 //   stop_reason()       on any rank stops every rank at the same step);
 // then the final validation and checkpoint. save_after_timeout() is what a
@@ -27,6 +28,7 @@
 #include "train/loader.h"
 #include "train/metrics_writer.h"
 #include "train/rank_failure.h"
+#include "train/task_eval.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
@@ -42,6 +44,7 @@ struct RunParts {
   const Mixture& train;
   const std::vector<Batch>& valid_batches;  // empty: no validation
   MetricsWriter* metrics;                   // rank 0's; null on the other ranks
+  TrainingTasks* tasks;                     // rank 0's with [eval] tasks; null otherwise
   const CheckpointTarget& checkpoint;
   const InjectedFault& fault;
   double peak_gflops = 0;  // per rank, for MFU
@@ -82,7 +85,9 @@ class TrainingLoop {
   bool checkpoint_due() const;
   // Why the run stops after this step ("" to go on), the same on every rank.
   std::string stop_reason();
+  // The validation loss, then the benchmark tasks (rank 0).
   void validate();
+  void evaluate_tasks();
   void save_checkpoint();
   // The state's loss window and training time, as a checkpoint stores them.
   void update_state();

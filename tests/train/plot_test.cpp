@@ -143,6 +143,51 @@ TEST(PlotLibrary, AutoSmoothing) {
   EXPECT_DOUBLE_EQ(auto_smoothing(10000000), 0.998);
 }
 
+std::string eval_line(int step, const std::string& task, const std::string& metrics) {
+  return fmt::format(
+      R"({{"kind":"eval","step":{},"tokens":{},"task":"{}",{},"elapsed_s":{},"eval_s":0.5}})", step,
+      step * 4096, task, metrics, step * 0.5);
+}
+
+TEST(MetricsReader, EvalRecords) {
+  const std::string text = train_line(4, 3.0) + "\n" +
+                           eval_line(4, "mc", R"("acc":0.2,"acc_stderr":0.1,"acc_norm":null)") +
+                           "\n" + eval_line(4, "ll", R"("perplexity":50)") + "\n" +
+                           eval_line(8, "mc", R"("acc":0.3)") + "\n" +
+                           eval_line(8, "mc", R"("acc":0.4)") + "\n";
+  const MetricsLog log = parse_metrics(text, "m.jsonl");
+  ASSERT_EQ(log.eval.size(), 3u);
+  EXPECT_EQ(log.lines, 5u);
+  EXPECT_EQ(log.replaced, 1u);
+  EXPECT_EQ(log.other, 0u);
+  // By step, then task.
+  EXPECT_EQ(log.eval[0].task, "ll");
+  EXPECT_EQ(log.eval[0].metrics.at("perplexity"), 50.0);
+  EXPECT_EQ(log.eval[1].task, "mc");
+  EXPECT_EQ(log.eval[1].step, 4);
+  EXPECT_EQ(log.eval[1].tokens, 4 * 4096);
+  EXPECT_EQ(log.eval[1].metrics.size(), 3u);  // the record's own fields are not metrics
+  EXPECT_EQ(log.eval[1].metrics.at("acc"), 0.2);
+  EXPECT_EQ(log.eval[1].metrics.at("acc_stderr"), 0.1);
+  EXPECT_FALSE(log.eval[1].metrics.at("acc_norm").has_value());
+  EXPECT_EQ(log.eval[1].elapsed_s, 2.0);
+  EXPECT_EQ(log.eval[1].eval_s, 0.5);
+  EXPECT_EQ(log.eval[2].metrics.at("acc"), 0.4);  // the last line wins
+
+  EXPECT_EQ(error_line([] {
+              parse_metrics(R"({"kind":"eval","step":1,"tokens":2,"acc":0.5})"
+                            "\n" +
+                                train_line(1, 2),
+                            "m.jsonl");
+            }),
+            "error: eval record has no \"task\" string (m.jsonl:1)");
+  EXPECT_EQ(error_line([] {
+              parse_metrics(eval_line(1, "mc", R"("acc":"high")") + "\n" + train_line(1, 2),
+                            "m.jsonl");
+            }),
+            "error: \"acc\" must be a number or null, not \"high\" (m.jsonl:1)");
+}
+
 // --- plot ---
 
 struct PngSize {
@@ -471,6 +516,70 @@ std::filesystem::path real_gnuplot() {
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return {};
+}
+
+// A run with benchmark task scores: the eval chart (scores on the left
+// axis, perplexities on the right) and each task's last scores. A gnuplot
+// wrapper keeps the scratch directory, to check the series drawn.
+TEST(PlotCli, EvalChart) {
+  const auto gnuplot = real_gnuplot();
+  ASSERT_FALSE(gnuplot.empty()) << "gnuplot is not installed (scripts/setup.sh)";
+  TempDir dir;
+  std::string text;
+  for (int step = 1; step <= 20; ++step) {
+    text += train_line(step, 10.0 - 0.2 * step) + "\n";
+    if (step % 5 != 0) continue;
+    text += eval_line(step, "arc_easy",
+                      fmt::format(R"("acc":{},"acc_stderr":0.02,"acc_norm":{},)"
+                                  R"("acc_norm_stderr":0.021)",
+                                  0.25 + 0.01 * step, 0.3 + 0.01 * step)) +
+            "\n";
+    text += eval_line(step, "wikitext",
+                      fmt::format(R"("word_perplexity":{},"byte_perplexity":{},)"
+                                  R"("bits_per_byte":{},"word_perplexity_stderr":null)",
+                                  4000.0 / step, 8.0 / step, 3.0 / step)) +
+            "\n";
+  }
+  write_file(dir / "metrics.jsonl", text);
+  const auto bin = dir / "bin", kept = dir / "kept";
+  std::filesystem::create_directories(bin);
+  std::filesystem::create_directories(kept);
+  write_file(bin / "gnuplot", "#!/bin/sh\nif [ -f \"$1\" ]; then cp \"$(dirname \"$1\")\"/* '" +
+                                  kept.string() + "/'; fi\nexec '" + gnuplot.string() +
+                                  "' \"$@\"\n");
+  std::filesystem::permissions(bin / "gnuplot", std::filesystem::perms::owner_all);
+  const RunResult r = run_borealis({"plot", dir.path().string(), "--no-terminal"},
+                                   {"PATH=" + bin.string() + ":/usr/bin:/bin"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "wrote 10 PNG files")) << r.out;
+  EXPECT_EQ(png_size(dir / "plots" / "eval_steps.png").width, 1200u);
+  EXPECT_EQ(png_size(dir / "plots" / "eval_tokens.png").width, 1200u);
+  EXPECT_TRUE(contains(r.out, "(28 lines: 20 train, 0 valid, 8 eval, 0 replaced")) << r.out;
+  EXPECT_TRUE(contains(r.out,
+                       "eval arc_easy: acc 0.4500 ± 0.0200, acc_norm 0.5000 ± 0.0210 (step 20)\n"
+                       "eval wikitext: bits_per_byte 0.1500, byte_perplexity 0.4000, "
+                       "word_perplexity 200.0000 (step 20)\n"))
+      << r.out;
+
+  // A line per task and metric (tasks, then metrics, numbered as first seen),
+  // standard errors left out: step, tokens, value.
+  std::vector<std::string> data;
+  for (const auto& name : list_dir(kept)) {
+    if (name.starts_with("eval_")) data.push_back(name);
+  }
+  EXPECT_EQ(data, (std::vector<std::string>{"eval_0_0.dat", "eval_0_1.dat", "eval_1_2.dat",
+                                            "eval_1_3.dat", "eval_1_4.dat"}));
+  EXPECT_EQ(read_file(kept / "eval_0_0.dat"),
+            "5 20480 0.3\n10 40960 0.35\n15 61440 0.4\n20 81920 0.45\n");
+  EXPECT_EQ(read_file(kept / "eval_1_4.dat"),
+            "5 20480 800\n10 40960 400\n15 61440 "
+            "266.6666667\n20 81920 200\n");
+  const std::string script = read_file(kept / "plot.gp");
+  EXPECT_TRUE(contains(script, "set logscale y2\n")) << script;
+  EXPECT_TRUE(contains(script, "eval_0_1.dat' using 1:3 with linespoints")) << script;
+  EXPECT_TRUE(contains(script, "eval_1_4.dat' using 1:3 axes x1y2 with")) << script;
+  EXPECT_TRUE(contains(script, "title 'arc_easy acc_norm'")) << script;
+  EXPECT_TRUE(contains(script, "title 'wikitext word_perplexity'")) << script;
 }
 
 TEST(PlotCli, FallsBackToThePngTerminal) {

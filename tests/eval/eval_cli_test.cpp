@@ -12,9 +12,9 @@
 #include <sstream>
 
 #include "serve/server_process.h"
-#include "train/train_fixture.h"
 #include "test_util.h"
 #include "tiny_checkpoint.h"
+#include "train/train_fixture.h"
 
 namespace borealis {
 namespace {
@@ -213,8 +213,9 @@ TEST(EvalValidation, PerplexityOfARunsValidationPartIsItsLoss) {
     if (j.value("kind", "") == "valid") last_loss = j["loss"].get<double>();
   }
   ASSERT_GT(last_loss, 0);
-  const test::RunResult e = test::run_borealis(
-      {"--threads", "1", "eval", "--checkpoint", run.string(), "--valid-of", run.string(), "--json"});
+  const test::RunResult e =
+      test::run_borealis({"--threads", "1", "eval", "--checkpoint", run.string(), "--valid-of",
+                          run.string(), "--json"});
   ASSERT_EQ(e.exit_code, 0) << e.err;
   const json r = json::parse(e.out)["perplexity"]["validation"];
   EXPECT_EQ(r["samples"], 4);  // eval.batches 2 x micro_batch 2

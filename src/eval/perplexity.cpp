@@ -5,12 +5,39 @@
 #include <chrono>
 #include <cmath>
 #include <numbers>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "core/stopwatch.h"
 #include "train/loader.h"
 
 namespace borealis {
+namespace {
+
+// Score requests gathered into calls of up to `limit`; each call's negative
+// log-likelihood is added to `res`, and progress is reported after it.
+struct PendingScores {
+  LanguageModel& model;
+  PerplexityResult& res;
+  std::chrono::steady_clock::time_point started;
+  const std::function<void(const PerplexityResult&)>& progress;
+  std::vector<ScoreRequest> requests;
+
+  void add(ScoreRequest r, std::size_t limit) {
+    requests.push_back(std::move(r));
+    if (requests.size() >= limit) flush();
+  }
+  void flush() {
+    if (requests.empty()) return;
+    for (const Score& s : model.score(requests, nullptr)) res.nll -= s.logprob;
+    requests.clear();
+    res.seconds = seconds_since(started);
+    if (progress) progress(res);
+  }
+};
+
+}  // namespace
 
 double PerplexityResult::perplexity() const {
   return tokens == 0 ? std::nan("") : std::exp(nll / static_cast<double>(tokens));
@@ -31,14 +58,7 @@ PerplexityResult dataset_perplexity(LanguageModel& model, const IndexedDataset& 
   }
   const auto started = std::chrono::steady_clock::now();
   PerplexityResult res;
-  std::vector<ScoreRequest> pending;
-  const auto flush = [&] {
-    if (pending.empty()) return;
-    for (const Score& s : model.score(pending, nullptr)) res.nll -= s.logprob;
-    pending.clear();
-    res.seconds = seconds_since(started);
-    if (progress) progress(res);
-  };
+  PendingScores pending{model, res, started, progress, {}};
   std::vector<std::uint32_t> doc;
   const auto Ls = static_cast<std::size_t>(L);
   const auto step = static_cast<std::size_t>(stride);
@@ -62,11 +82,10 @@ PerplexityResult dataset_perplexity(LanguageModel& model, const IndexedDataset& 
       r.continuation.assign(doc.begin() + static_cast<std::ptrdiff_t>(a),
                             doc.begin() + static_cast<std::ptrdiff_t>(b));
       res.tokens += b - a;
-      pending.push_back(std::move(r));
-      if (static_cast<int>(pending.size()) >= options.requests_per_call) flush();
+      pending.add(std::move(r), static_cast<std::size_t>(std::max(1, options.requests_per_call)));
     }
   }
-  flush();
+  pending.flush();
   res.seconds = seconds_since(started);
   return res;
 }
@@ -82,23 +101,15 @@ PerplexityResult mixture_perplexity(LanguageModel& model, const Mixture& mixture
   batch.seq = L;
   batch.inputs.resize(static_cast<std::size_t>(L));
   batch.targets.resize(static_cast<std::size_t>(L));
-  std::vector<ScoreRequest> pending;
-  const auto flush = [&] {
-    if (pending.empty()) return;
-    for (const Score& s : model.score(pending, nullptr)) res.nll -= s.logprob;
-    pending.clear();
-    res.seconds = seconds_since(started);
-    if (progress) progress(res);
-  };
+  PendingScores pending{model, res, started, progress, {}};
   const std::uint64_t n = std::min<std::uint64_t>(samples, mixture.size());
   for (std::uint64_t i = 0; i < n; ++i) {
     read_sample(mixture, i, batch, 0);
-    pending.push_back({{batch.inputs[0]}, batch.targets});
+    pending.add({{batch.inputs[0]}, batch.targets}, 64);
     res.tokens += static_cast<std::uint64_t>(L);
     ++res.documents;
-    if (pending.size() >= 64) flush();
   }
-  flush();
+  pending.flush();
   res.seconds = seconds_since(started);
   return res;
 }

@@ -7,10 +7,12 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "data/indexed_dataset.h"
 #include "serve/server_process.h"
 #include "test_util.h"
 #include "tiny_checkpoint.h"
@@ -195,6 +197,61 @@ TEST_F(EvalCli, ContaminationReportAndCleanScores) {
 
 namespace borealis {
 namespace {
+
+// Dataset perplexity: every token but each document's first is scored once
+// whatever the stride; a document shorter than the context is then scored
+// with its whole prefix in every window, so the stride cannot change its
+// log-likelihood.
+TEST_F(EvalCli, DatasetPerplexityWindows) {
+  // Weights ten times the initial scale, so each token's score depends on
+  // its context.
+  test::write_checkpoint(dir_ / "big", test::tiny_tokenizer(), 12, true, [](Model<float>& m) {
+    for (std::int64_t i = 0; i < m.num_params(); ++i) m.params()[i] *= 10.0f;
+  });
+  std::string corpus;
+  for (const std::string& t : test::kTinyCorpus) corpus += json{{"text", t}}.dump() + "\n";
+  test::write_file(dir_ / "corpus.jsonl", corpus);
+  const test::RunResult prep = test::run_borealis(
+      {"data", "prepare", "-i", (dir_ / "corpus.jsonl").string(), "-t",
+       (dir_ / "ckpt/tokenizer.json").string(), "-o", (dir_ / "corpus").string()});
+  ASSERT_EQ(prep.exit_code, 0) << prep.err;
+  const IndexedDataset data((dir_ / "corpus").string());
+  std::uint64_t scored = 0;
+  std::size_t longest = 0;
+  for (std::size_t d = 0; d < data.documents(); ++d) {
+    std::uint64_t n = 0;
+    for (auto s = static_cast<std::size_t>(data.doc_index(d));
+         s < static_cast<std::size_t>(data.doc_index(d + 1)); ++s) {
+      n += static_cast<std::uint64_t>(data.size(s));
+    }
+    scored += n - 1;
+    longest = std::max(longest, static_cast<std::size_t>(n));
+  }
+  const auto run = [&](const std::string& stride) {
+    const test::RunResult r =
+        test::run_borealis({"--threads", "1", "eval", "--checkpoint", (dir_ / "big").string(),
+                            "--data", (dir_ / "corpus").string(), "--stride", stride, "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return json::parse(r.out)["perplexity"][(dir_ / "corpus").string()];
+  };
+  const json one = run("1");
+  const json three = run("3");
+  const json whole = run("0");
+  EXPECT_EQ(one["documents"].get<std::size_t>(), data.documents());
+  for (const json* r : {&one, &three, &whole}) {
+    EXPECT_EQ((*r)["tokens"].get<std::uint64_t>(), scored);
+  }
+  EXPECT_NEAR(one["nll"].get<double>(), three["nll"].get<double>(),
+              1e-5 * one["nll"].get<double>());
+  EXPECT_NEAR(one["nll"].get<double>(), whole["nll"].get<double>(),
+              1e-5 * one["nll"].get<double>());
+  EXPECT_GT(longest, 4u);
+  const test::RunResult bad =
+      test::run_borealis({"eval", "--checkpoint", (dir_ / "ckpt").string(), "--data",
+                          (dir_ / "corpus").string(), "--stride", "100000"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_TRUE(bad.err.starts_with("error: ")) << bad.err;
+}
 
 // A training run's validation part scored by eval gives the loss the run's
 // own validation logged (the same tokens; the forward of the trainer and of

@@ -195,6 +195,7 @@ LaunchPlan plan_launch(const LaunchOptions& o, const LaunchContext& ctx) {
     }
     if (!hostfile.empty()) a.insert(a.end(), {"--hostfile", hostfile});
     a.insert(a.end(), {"-x", "OMP_NUM_THREADS=" + t});
+    for (const std::string& name : o.export_env) a.insert(a.end(), {"-x", name});
   } else if (plan.flavor == "mpich") {
     a = {ctx.mpiexec, "-n", n, "-ppn", p};
     if (!hostfile.empty()) a.insert(a.end(), {"-f", hostfile});

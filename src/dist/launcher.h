@@ -24,6 +24,9 @@ struct LaunchOptions {
   int cores_per_node = 0;    // 0: from the scheduler or this machine
   int threads_per_rank = 0;  // 0: cores per node / ranks per node
   std::vector<std::string> command;
+  // Environment variables the ranks must see on every node (Open MPI passes
+  // only those named with -x to other nodes; the other launchers pass all).
+  std::vector<std::string> export_env;
 };
 
 // What the planner may look at; current_launch_context() fills it from the

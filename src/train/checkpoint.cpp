@@ -169,12 +169,19 @@ fs::path save_checkpoint(const fs::path& checkpoints, const TrainState& state,
                          const OptimizerState& optimizer, const fs::path& tokenizer,
                          const std::string& config_toml) {
   const fs::path tmp = checkpoint_temp_dir(checkpoints, state.step);
-  FileRecords files = write_replicated_files(tmp, model, layout, params, tokenizer);
-  files[kOptimizerFile] =
-      save_safetensors(tmp / kOptimizerFile, layout,
-                       std::vector<TensorGroup>{{"m.", optimizer.m}, {"v.", optimizer.v}});
-  return publish_checkpoint(checkpoints, tmp, state, model, optimizer.steps, config_toml, files,
-                            {});
+  try {
+    FileRecords files = write_replicated_files(tmp, model, layout, params, tokenizer);
+    files[kOptimizerFile] =
+        save_safetensors(tmp / kOptimizerFile, layout,
+                         std::vector<TensorGroup>{{"m.", optimizer.m}, {"v.", optimizer.v}});
+    return publish_checkpoint(checkpoints, tmp, state, model, optimizer.steps, config_toml, files,
+                              {});
+  } catch (...) {
+    // A full disk or a failed write leaves nothing half-written behind.
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
 }
 
 std::string optimizer_shard_name(int rank, int world_size) {
@@ -189,6 +196,17 @@ fs::path checkpoint_temp_dir(const fs::path& checkpoints, std::int64_t step) {
   return tmp;
 }
 
+namespace {
+std::function<void(const fs::path&)>& checkpoint_file_hook() {
+  static std::function<void(const fs::path&)> hook;
+  return hook;
+}
+}  // namespace
+
+void set_checkpoint_file_hook(std::function<void(const fs::path&)> hook) {
+  checkpoint_file_hook() = std::move(hook);
+}
+
 FileRecords write_replicated_files(const fs::path& tmp, const ModelConfig& model,
                                    const ParamLayout& layout, const float* params,
                                    const fs::path& tokenizer) {
@@ -196,6 +214,7 @@ FileRecords write_replicated_files(const fs::path& tmp, const ModelConfig& model
   files[kModelFile] =
       save_safetensors(tmp / kModelFile, layout, params,
                        {{kModelConfigKey, model_config_to_json(model)}, {"format", "pt"}});
+  if (checkpoint_file_hook()) checkpoint_file_hook()(tmp / kModelFile);
   files[kTokenizerFile] = copy_tokenizer(tokenizer, tmp / kTokenizerFile);
   return files;
 }

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -116,6 +117,11 @@ std::filesystem::path checkpoint_temp_dir(const std::filesystem::path& checkpoin
                                           std::int64_t step);
 // The size and checksum of checkpoint files by name, taken while writing.
 using FileRecords = std::map<std::string, FileDigest>;
+// Test fault injection only (BOREALIS_TEST_FAULT ...:killsave,
+// train/rank_failure.h): called with the path of model.safetensors once
+// write_replicated_files has written it, before the checkpoint's other files.
+void set_checkpoint_file_hook(std::function<void(const std::filesystem::path&)> hook);
+
 FileRecords write_replicated_files(const std::filesystem::path& tmp, const ModelConfig& model,
                                    const ParamLayout& layout, const float* params,
                                    const std::filesystem::path& tokenizer);

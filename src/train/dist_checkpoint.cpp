@@ -161,7 +161,11 @@ fs::path save_training_checkpoint(Communicator& comm, const CheckpointTarget& ta
                              dp.optimizer(), target.tokenizer, target.config_toml);
     };
     if (comm.size() == 1) {
-      dir = save();
+      try {
+        dir = save();
+      } catch (const Error& e) {
+        fail(state.step, fmt::format("{} ({})", e.message(), e.where()), target.checkpoints);
+      }
     } else {
       Report done;
       if (root) done = attempt([&](Report&) { save(); });

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -135,21 +136,45 @@ InjectedFault InjectedFault::from_env() {
   InjectedFault f;
   const char* env = std::getenv("BOREALIS_TEST_FAULT");
   if (env == nullptr || *env == '\0') return f;
-  char what[8] = {};
+  char what[9] = {};
   long long step = 0;
-  if (std::sscanf(env, "%d:%lld:%7s", &f.rank, &step, what) != 3 ||
-      (std::string(what) != "hang" && std::string(what) != "exit" && std::string(what) != "save")) {
-    throw Error(fmt::format("expected RANK:STEP:hang, exit or save, got '{}'", env),
+  const std::string kinds = " hang exit save killsave ";
+  if (std::sscanf(env, "%d:%lld:%8s", &f.rank, &step, what) != 3 ||
+      kinds.find(" " + std::string(what) + " ") == std::string::npos) {
+    throw Error(fmt::format("expected RANK:STEP:hang, exit, save or killsave, got '{}'", env),
                 "BOREALIS_TEST_FAULT");
+  }
+  const char* once = std::getenv("BOREALIS_TEST_FAULT_ONCE");
+  if (once != nullptr && *once != '\0') {
+    if (fs::exists(once)) return InjectedFault{};  // fired in an earlier job
+    f.once = once;
   }
   f.step = step;
   f.hang = std::string(what) == "hang";
   f.save = std::string(what) == "save";
+  f.kill_in_save = std::string(what) == "killsave";
   return f;
 }
 
+void InjectedFault::fired() const {
+  if (once.empty()) return;
+  std::FILE* marker = std::fopen(once.c_str(), "w");
+  if (marker != nullptr) std::fclose(marker);
+}
+
+void InjectedFault::before_save(int rank_now, std::int64_t step_now) const {
+  if (!kill_in_save || rank_now != rank || step_now != step) return;
+  set_checkpoint_file_hook([this](const fs::path& written) {
+    spdlog::error("BOREALIS_TEST_FAULT: rank {} killsave: killed after writing {}", rank,
+                  written.string());
+    fired();
+    std::raise(SIGKILL);
+  });
+}
+
 void InjectedFault::at_step(int rank_now, std::int64_t step_now) const {
-  if (save || rank_now != rank || step_now != step) return;
+  if (save || kill_in_save || rank_now != rank || step_now != step) return;
+  fired();
   spdlog::error("BOREALIS_TEST_FAULT: rank {} {} at step {}", rank, hang ? "hangs" : "exits", step);
   if (!hang) _exit(3);
   for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <string>
 
 #include "dist/communicator.h"
 #include "model/params.h"
@@ -67,11 +68,18 @@ std::filesystem::path save_after_timeout(const CommTimeout& timeout, Communicato
 // tests check that the other ranks then fail within the time-out.
 // RANK:STEP:save makes that rank fail to write its part of the checkpoint of
 // step STEP: every rank must then fail and no checkpoint may appear.
+// RANK:STEP:killsave makes that rank kill itself (SIGKILL) in the middle of
+// writing the checkpoint of step STEP (after model.safetensors, before the
+// rest). With BOREALIS_TEST_FAULT_ONCE=PATH the fault fires only while PATH
+// does not exist, and creates it as it fires: so that a restarted job runs
+// past the step (the soak test, tests/dist/soak_test.py).
 struct InjectedFault {
   int rank = -1;
   std::int64_t step = 0;
   bool hang = false;
   bool save = false;
+  bool kill_in_save = false;
+  std::string once;  // BOREALIS_TEST_FAULT_ONCE: the marker file; empty: every job
 
   // Throws Error for a malformed value.
   static InjectedFault from_env();
@@ -80,6 +88,12 @@ struct InjectedFault {
   }
   // Hangs or exits when this is the rank and step.
   void at_step(int rank_now, std::int64_t step_now) const;
+  // Before a checkpoint save: arms the killsave fault for this rank and step.
+  void before_save(int rank_now, std::int64_t step_now) const;
+
+ private:
+  // Creates the BOREALIS_TEST_FAULT_ONCE marker.
+  void fired() const;
 };
 
 }  // namespace borealis

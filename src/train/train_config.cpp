@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <string_view>
 
 #include "core/error.h"
@@ -70,6 +71,34 @@ void read_task_settings(const Config& c, TaskEvalSettings& t) {
 
 }  // namespace
 
+StepRange parse_step_range(std::string_view text, const std::string& where) {
+  const auto number = [&](std::string_view digits) {
+    std::int64_t v = 0;
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+    if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || v < 1) {
+      throw Error(fmt::format("train.skip_steps: \"{}\" is not a step (from 1) or a range A-B "
+                              "of steps",
+                              text),
+                  where);
+    }
+    return v;
+  };
+  const std::size_t dash = text.find('-');
+  StepRange r;
+  r.first = number(text.substr(0, dash));
+  r.last = dash == std::string_view::npos ? r.first : number(text.substr(dash + 1));
+  if (r.last < r.first) {
+    throw Error(fmt::format("train.skip_steps: the range \"{}\" ends before it starts", text),
+                where);
+  }
+  return r;
+}
+
+bool TrainSettings::skips(std::int64_t step) const {
+  return std::any_of(skip_steps.begin(), skip_steps.end(),
+                     [step](const StepRange& r) { return step >= r.first && step <= r.last; });
+}
+
 ConfigSchema train_config_schema() {
   ConfigSchema s;
   s.add("model.preset", std::string("llama-20m"), "model preset to start from",
@@ -127,6 +156,13 @@ ConfigSchema train_config_schema() {
         "(0: off)");
   s.add("train.spike_window", Int{128}, "recent losses the spike rule looks at");
   s.add("train.peak_gflops", 0.0, "peak GFLOP/s for MFU (0: measure sgemm at start-up)");
+  s.add("train.stop_file", std::string(""),
+        "when this file appears, every rank stops after the current step with a checkpoint, as "
+        "on a signal, and the run removes the file (relative paths: in train.run_dir; empty: "
+        "off)");
+  s.add("train.skip_steps", std::vector<std::string>{},
+        "steps whose data is read and dropped without an update, as \"N\" or \"A-B\" (from 1): "
+        "data known to be bad, skipped after a restart; the order of all other data is kept");
 
   s.add("checkpoint.every", Int{0}, "write a checkpoint every N steps (0: only at the end)");
   s.add("checkpoint.keep", Int{3}, "checkpoints to keep (the newest)");
@@ -152,6 +188,11 @@ ConfigSchema train_config_schema() {
   s.add("dist.reduce", std::string("ordered"),
         "gradient reduction: ordered (bit-reproducible) or native (the MPI library's)",
         {"ordered", "native"});
+  s.add("dist.straggler_every", Int{100},
+        "every N steps rank 0 gathers each rank's compute, data and communication time and "
+        "reports the slowest ranks (0: off)");
+  s.add("dist.straggler_factor", 1.5,
+        "warn about a rank whose compute and data time is this many times the median rank's");
   return s;
 }
 
@@ -208,6 +249,11 @@ TrainSettings read_train_settings(const Config& c) {
   t.spike_zscore = get_number(c, "train.spike_zscore", 0);
   t.spike_window = static_cast<int>(get_int(c, "train.spike_window", 2, 1 << 20));
   t.peak_gflops = get_number(c, "train.peak_gflops", 0);
+  t.stop_file = c.get<std::string>("train.stop_file");
+  if (!t.stop_file.empty() && t.stop_file.is_relative()) t.stop_file = t.run_dir / t.stop_file;
+  for (const std::string& range : c.get<std::vector<std::string>>("train.skip_steps")) {
+    t.skip_steps.push_back(parse_step_range(range, c.origin("train.skip_steps")));
+  }
 
   t.checkpoint_every = get_int(c, "checkpoint.every", 0, INT64_MAX);
   t.keep = static_cast<int>(get_int(c, "checkpoint.keep", 1, 1 << 20));
@@ -218,6 +264,8 @@ TrainSettings read_train_settings(const Config& c) {
   t.bucket_mb = get_number(c, "dist.bucket_mb", 1e-6, 1 << 20);
   t.timeout_s = get_number(c, "dist.timeout_s", 0.01, 1e7);
   t.reduce = c.get<std::string>("dist.reduce");
+  t.straggler_every = get_int(c, "dist.straggler_every", 0, INT64_MAX);
+  t.straggler_factor = get_number(c, "dist.straggler_factor", 1);
 
   t.schedule.decay = parse_lr_decay(c.get<std::string>("optim.decay"));
   t.schedule.lr_max = get_number(c, "optim.lr", 0);

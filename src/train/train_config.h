@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/config.h"
@@ -37,6 +38,14 @@ struct TaskEvalSettings {
 
   bool enabled() const { return !names.empty(); }
 };
+
+// Steps first..last, from 1, both included.
+struct StepRange {
+  std::int64_t first = 0, last = 0;
+};
+
+// "N" or "A-B" (train.skip_steps); throws Error naming `where`.
+StepRange parse_step_range(std::string_view text, const std::string& where);
 
 struct TrainSettings {
   // [model]: a preset, with any field overridden; vocab_size comes from the tokenizer.
@@ -64,10 +73,12 @@ struct TrainSettings {
   int global_batch = 0;  // sequences per optimizer step; a multiple of micro_batch
   std::uint64_t seed = 0;
   int log_every = 1;
-  double max_minutes = 0;   // 0: no limit
-  double spike_zscore = 0;  // 0: off
-  int spike_window = 128;   // losses the z-score looks back on
-  double peak_gflops = 0;   // 0: measured at start-up
+  double max_minutes = 0;             // 0: no limit
+  double spike_zscore = 0;            // 0: off
+  int spike_window = 128;             // losses the z-score looks back on
+  double peak_gflops = 0;             // 0: measured at start-up
+  std::filesystem::path stop_file;    // empty: none; resolved against run_dir
+  std::vector<StepRange> skip_steps;  // data read and dropped, no update
 
   // [checkpoint]
   std::int64_t checkpoint_every = 0;  // 0: only at the end
@@ -79,10 +90,15 @@ struct TrainSettings {
   TaskEvalSettings tasks;  // benchmark tasks at the same points (train/task_eval.h)
 
   // [dist]: data-parallel runs (more than one rank)
-  int zero = 0;                    // 0: replicated optimizer state, 1: ZeRO-1 sharded
-  double bucket_mb = 25;           // MiB of gradients per collective
-  double timeout_s = 300;          // every collective of the training loop
-  std::string reduce = "ordered";  // ordered (bit-reproducible) or native
+  int zero = 0;                        // 0: replicated optimizer state, 1: ZeRO-1 sharded
+  double bucket_mb = 25;               // MiB of gradients per collective
+  double timeout_s = 300;              // every collective of the training loop
+  std::string reduce = "ordered";      // ordered (bit-reproducible) or native
+  std::int64_t straggler_every = 100;  // 0: no straggler reports
+  double straggler_factor = 1.5;
+
+  // Whether train.skip_steps names this step (from 1).
+  bool skips(std::int64_t step) const;
 
   int accumulation() const { return global_batch / micro_batch; }
   std::filesystem::path checkpoint_dir() const { return run_dir / "checkpoints"; }

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -21,6 +22,7 @@
 #include "data/data_list.h"
 #include "data/mixture.h"
 #include "dist/communicator.h"
+#include "dist/restart.h"
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "optim/data_parallel.h"
@@ -202,15 +204,46 @@ void report_end(const TrainSettings& s, const TrainState& state, const TrainRunR
   std::fflush(stdout);
 }
 
-}  // namespace
+// What the run tells `borealis launch --max-restarts` (dist/restart.h) when
+// it fails: rank, host and the steps completed.
+struct FailureReport {
+  int rank = 0;
+  std::string host;
+  std::int64_t step = -1;
+  bool sent = false;
 
-TrainRunResult run_training(const Config& config, const TrainRunOptions& options) {
+  // Once: a time-out is reported before the rescue checkpoint, which may end
+  // the job (MPI_Abort) before the error leaves run_training.
+  void send(const std::exception& e) {
+    if (!sent) report_to_launcher(line(e));
+    sent = true;
+  }
+
+  std::string line(const std::exception& e) const {
+    const auto* error = dynamic_cast<const Error*>(&e);
+    const nlohmann::json j = {
+        {"event", "error"},
+        {"rank", rank},
+        {"host", host},
+        {"step", step},
+        {"timeout", dynamic_cast<const CommTimeout*>(&e) != nullptr},
+        {"error", error != nullptr && !error->where().empty()
+                      ? fmt::format("{} ({})", error->message(), error->where())
+                      : std::string(e.what())}};
+    return j.dump();
+  }
+};
+
+TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
+                         FailureReport& failure) {
   const auto wall_start = Clock::now();
   TrainSettings s = read_train_settings(config);
   std::unique_ptr<Communicator> own_comm;
   Communicator& comm = open_communicator(s, options, own_comm);
   const int ranks = comm.size();
   const bool root = comm.rank() == 0;
+  failure.rank = comm.rank();
+  failure.host = comm.host(comm.rank());
   QuietRank quiet(!root);
   if (ranks > 1 && s.global_batch % (s.micro_batch * ranks) != 0) {
     throw Error(fmt::format("train.global_batch {} is not divisible by train.micro_batch {} x {} "
@@ -294,6 +327,12 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
     model.init(s.seed);
   }
   result.first_step = state.step;
+  failure.step = state.step;
+  if (root) {
+    report_to_launcher(nlohmann::json{
+        {"event", "start"}, {"run_dir", fs::absolute(s.run_dir).string()}, {"step", state.step}}
+                           .dump());
+  }
   result.skipped_steps = state.skipped_steps;
   result.last_checkpoint = resume_from ? resume_from->dir : fs::path();
 
@@ -339,8 +378,13 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   } catch (const CommTimeout& e) {
     // A rank stopped answering: save what can be saved, then fail with the
     // time-out's message.
+    failure.step = state.step;
+    failure.send(e);
     if (e.first_answering() == comm.rank()) quiet.speak();
     loop.save_after_timeout(e);
+    throw;
+  } catch (...) {
+    failure.step = state.step;
     throw;
   }
   result.steps = state.step;
@@ -351,6 +395,18 @@ TrainRunResult run_training(const Config& config, const TrainRunOptions& options
   }
   if (options.progress && root) report_end(s, state, result, loop.elapsed_s());
   return result;
+}
+
+}  // namespace
+
+TrainRunResult run_training(const Config& config, const TrainRunOptions& options) {
+  FailureReport failure;
+  try {
+    return train_run(config, options, failure);
+  } catch (const std::exception& e) {
+    failure.send(e);
+    throw;
+  }
 }
 
 }  // namespace borealis

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <span>
 
@@ -19,6 +20,8 @@
 #include "train/validation.h"
 
 namespace borealis {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -102,7 +105,8 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
       checkpointed_step_(resumed ? state.step : -1),
       elapsed_before_(state.elapsed_s),
       micro_losses_(static_cast<std::size_t>(local_micro_)),
-      all_losses_(static_cast<std::size_t>(s_.accumulation())) {
+      all_losses_(static_cast<std::size_t>(s_.accumulation())),
+      stragglers_(parts.comm, s_.straggler_every, s_.straggler_factor, parts.metrics) {
   // Rank r reads its slice of every global batch: samples r * G / n ... of
   // each step's G.
   const auto per_rank = static_cast<std::uint64_t>(s_.global_batch / ranks_);
@@ -121,7 +125,8 @@ double TrainingLoop::elapsed_s() const {
 void TrainingLoop::run() {
   SignalScope signals;
   while (state_.step < s_.steps) {
-    report_step(train_step());
+    report_step(s_.skips(state_.step + 1) ? skip_data_step() : train_step());
+    stragglers_.after_step(state_.step);
     if (validation_due()) validate();
     if (checkpoint_due()) save_checkpoint();
     result_.stop_reason = stop_reason();
@@ -130,6 +135,32 @@ void TrainingLoop::run() {
   }
   if (!result_.stopped) validate();
   if (checkpointed_step_ != state_.step) save_checkpoint();
+  if (stopped_by_file_ && rank_ == 0) {
+    // Consumed, so that the resumed run does not stop at once.
+    std::error_code ec;
+    fs::remove(s_.stop_file, ec);
+    spdlog::info("removed the stop file {}", s_.stop_file.string());
+  }
+}
+
+TrainingLoop::StepOutcome TrainingLoop::skip_data_step() {
+  p_.fault.at_step(rank_, state_.step + 1);
+  const auto t0 = Clock::now();
+  for (int micro = 0; micro < local_micro_; ++micro) loader_->next();
+  StepOutcome out;
+  out.loss = std::nan("");
+  out.grad_norm = std::nan("");
+  out.lr = s_.schedule.lr(state_.step);
+  out.skip_reason = "train.skip_steps";
+  ++state_.skipped_steps;
+  spdlog::warn("step {}: skipped by train.skip_steps: its {} sequences are read and dropped",
+               state_.step + 1, s_.global_batch);
+  ++state_.step;
+  ++steps_this_run_;
+  state_.tokens += static_cast<std::uint64_t>(s_.global_batch) * s_.seq_len;
+  state_.next_sample += static_cast<std::uint64_t>(s_.global_batch);
+  out.seconds = seconds_since(t0);
+  return out;
 }
 
 TrainingLoop::StepOutcome TrainingLoop::train_step() {
@@ -138,8 +169,11 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
   const double grad_scale = 1.0 / s_.accumulation();
   const auto grads_final = [this](std::int64_t offset) { p_.dp.grads_final(offset); };
   p_.model.zero_grad();
+  PhaseTimes phases;
   for (int micro = 0; micro < local_micro_; ++micro) {
+    const auto wait = Clock::now();
     const Batch b = loader_->next();
+    phases.data += seconds_since(wait);
     micro_losses_[static_cast<std::size_t>(micro)] = p_.model.forward(
         b.inputs.data(), b.targets.data(), b.batch, b.seq, true, static_cast<float>(grad_scale));
     // The last backward of the step reports finished gradients, so their
@@ -150,12 +184,14 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
       p_.model.backward();
     }
   }
+  const auto comm_start = Clock::now();
   p_.dp.finish_reduction();
   p_.comm.all_gather(std::span<const double>(micro_losses_), std::span<double>(all_losses_));
   StepOutcome out;
   for (const double l : all_losses_) out.loss += l;
   out.loss /= s_.accumulation();
   out.grad_norm = p_.dp.grad_norm();
+  phases.comm = seconds_since(comm_start);
   out.lr = s_.schedule.lr(state_.step);
   if (!std::isfinite(out.loss) || !std::isfinite(out.grad_norm)) {
     out.skip_reason = "non-finite loss or gradient norm";
@@ -178,6 +214,8 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
   result_.last_loss = out.loss;
   phase_ = TrainPhase::Consistent;
   out.seconds = seconds_since(t0);
+  phases.compute = out.seconds - phases.data - phases.comm;
+  stragglers_.add(phases);
   return out;
 }
 
@@ -188,10 +226,12 @@ void TrainingLoop::report_step(const StepOutcome& step) {
   const double run_s = seconds_since(loop_start_);
   if (p_.metrics != nullptr) {
     p_.metrics->write(fmt::format(
-        R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}}})",
+        R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}{}}})",
         state_.step, state_.tokens, json_number(step.loss), json_number(step.lr),
         json_number(step.grad_norm), json_number(tok_s), json_number(mfu),
-        json_number(elapsed_before_ + run_s), step.skip_reason.empty() ? "false" : "true"));
+        json_number(elapsed_before_ + run_s), step.skip_reason.empty() ? "false" : "true",
+        step.skip_reason.empty() ? ""
+                                 : ",\"skip_reason\":" + nlohmann::json(step.skip_reason).dump()));
   }
   if (progress_ && (state_.step % s_.log_every == 0 || state_.step == s_.steps)) {
     const double eta =
@@ -201,7 +241,7 @@ void TrainingLoop::report_step(const StepOutcome& step) {
         "{:.1f}% | ETA {}{}\n",
         state_.step, fmt::formatted_size("{}", s_.steps), s_.steps, step.loss, step.lr,
         step.grad_norm, tok_s, 100 * mfu, format_duration(eta),
-        step.skip_reason.empty() ? "" : " | skipped");
+        step.skip_reason.empty() ? "" : " | skipped: " + step.skip_reason);
     std::fflush(stdout);
   }
 }
@@ -221,17 +261,26 @@ std::string TrainingLoop::stop_reason() {
   if (state_.step == s_.steps) return "";  // the run ends here anyway
   int stop_signal = g_stop_signal;
   bool time_up = s_.max_minutes > 0 && seconds_since(p_.wall_start) >= 60 * s_.max_minutes;
+  // Rank 0 alone looks for the stop file (one stat per step); the gather
+  // tells the others.
+  bool stop_file = rank_ == 0 && !s_.stop_file.empty() && fs::exists(s_.stop_file);
   if (ranks_ > 1) {
     // A signal or the time limit on any rank stops every rank at this step.
-    const std::array<double, 2> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0};
-    std::vector<double> all(2 * static_cast<std::size_t>(ranks_));
+    const std::array<double, 3> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0,
+                                        stop_file ? 1.0 : 0.0};
+    std::vector<double> all(3 * static_cast<std::size_t>(ranks_));
     p_.comm.all_gather(std::span<const double>(mine), std::span<double>(all));
-    for (int r = 0; r < ranks_; ++r) {
-      if (stop_signal == 0) stop_signal = static_cast<int>(all[2 * static_cast<std::size_t>(r)]);
-      time_up = time_up || all[2 * static_cast<std::size_t>(r) + 1] != 0;
+    for (std::size_t r = 0; r < static_cast<std::size_t>(ranks_); ++r) {
+      if (stop_signal == 0) stop_signal = static_cast<int>(all[3 * r]);
+      time_up = time_up || all[3 * r + 1] != 0;
+      stop_file = stop_file || all[3 * r + 2] != 0;
     }
   }
   if (stop_signal != 0) return stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+  if (stop_file) {
+    stopped_by_file_ = true;
+    return "the stop file " + s_.stop_file.string();
+  }
   if (p_.options.stop_at_step > 0 && state_.step >= p_.options.stop_at_step) {
     return fmt::format("--stop-at-step {}", p_.options.stop_at_step);
   }
@@ -303,10 +352,22 @@ void TrainingLoop::update_state() {
 void TrainingLoop::save_checkpoint() {
   update_state();
   phase_ = TrainPhase::Saving;
+  p_.fault.before_save(rank_, state_.step);
   // Every rank takes part (a ZeRO-1 rank writes its own shard).
-  result_.last_checkpoint =
-      save_training_checkpoint(p_.comm, p_.checkpoint, state_, p_.model.layout(), p_.model.params(),
-                               p_.dp, p_.fault.fails_save(rank_, state_.step));
+  try {
+    result_.last_checkpoint =
+        save_training_checkpoint(p_.comm, p_.checkpoint, state_, p_.model.layout(),
+                                 p_.model.params(), p_.dp, p_.fault.fails_save(rank_, state_.step));
+  } catch (const CommTimeout&) {
+    throw;
+  } catch (const Error& e) {
+    // Say where the run stands: the checkpoint before is untouched.
+    throw Error(e.message() + (result_.last_checkpoint.empty()
+                                   ? "; the run has no earlier checkpoint"
+                                   : "; the last checkpoint, " + result_.last_checkpoint.string() +
+                                         ", is intact and `borealis train` resumes from it"),
+                e.where());
+  }
   checkpointed_step_ = state_.step;
   phase_ = TrainPhase::Consistent;
 }

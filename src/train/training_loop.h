@@ -4,12 +4,14 @@
 // stop:
 //   train_step()        forward and backward over this rank's micro-batches,
 //                       the gradient reduction, then the update, or its skip
-//                       on a non-finite value or a loss spike;
+//                       on a non-finite value or a loss spike; a step of
+//                       train.skip_steps reads its data and drops it;
 //   report_step()       a metrics line, and a console line every log_every;
 //   validation_due(),   the decisions after each step: validate (loss and
 //                       [eval] tasks), checkpoint,
-//   checkpoint_due(),   or stop (a signal, the time limit or --stop-at-step
-//   stop_reason()       on any rank stops every rank at the same step);
+//   checkpoint_due(),   or stop (a signal, the time limit, --stop-at-step or
+//   stop_reason()       the stop file, on any rank, stops every rank at the
+//                       same step);
 // then the final validation and checkpoint. save_after_timeout() is what a
 // rank does when a collective of the loop times out.
 #pragma once
@@ -28,6 +30,7 @@
 #include "train/loader.h"
 #include "train/metrics_writer.h"
 #include "train/rank_failure.h"
+#include "train/straggler.h"
 #include "train/task_eval.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
@@ -80,6 +83,8 @@ class TrainingLoop {
   };
 
   StepOutcome train_step();
+  // A step of train.skip_steps: its batches read and dropped, no update.
+  StepOutcome skip_data_step();
   void report_step(const StepOutcome& step);
   bool validation_due() const;
   bool checkpoint_due() const;
@@ -111,6 +116,8 @@ class TrainingLoop {
   std::int64_t steps_this_run_ = 0;
   // This rank's micro-batch losses; then every rank's, in rank order.
   std::vector<double> micro_losses_, all_losses_;
+  StragglerMonitor stragglers_;
+  bool stopped_by_file_ = false;
 };
 
 }  // namespace borealis

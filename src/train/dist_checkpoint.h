@@ -23,7 +23,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "dist/communicator.h"
 #include "model/config.h"
@@ -41,9 +43,55 @@ struct CheckpointTarget {
   ModelConfig model;
 };
 
+// A checkpoint save in parts, so that the writing can go on while training
+// does (checkpoint.async):
+//   start()   every rank at the same step: (zero = 1) the temporary
+//             directory is made and named to all; then this rank's part is
+//             written: at once (synchronous), or from a copy in host memory
+//             of the parameters and moments it writes, by a background
+//             thread (asynchronous), and start() returns as soon as the copy
+//             is made;
+//   local_done()  whether this rank's part is written (no collective);
+//   finish()  every rank at the same step, once all are done (or it waits
+//             for this rank's part): the agreement above, the publication
+//             (rename) and pruning; returns the directory or throws the
+//             save's Error on every rank.
+// A crash before finish() publishes leaves at most a step-N.tmp-<pid>
+// directory, which resuming ignores and the next save removes: the previous
+// checkpoint is untouched. The copies (parameters on rank 0, this rank's
+// moments) are kept between saves.
+class CheckpointSaver {
+ public:
+  CheckpointSaver(Communicator& comm, const CheckpointTarget& target, bool async);
+  ~CheckpointSaver();  // waits for a write in flight
+  CheckpointSaver(const CheckpointSaver&) = delete;
+  CheckpointSaver& operator=(const CheckpointSaver&) = delete;
+
+  // fail_here makes this rank's part fail (BOREALIS_TEST_FAULT=RANK:STEP:save).
+  void start(const TrainState& state, const ParamLayout& layout, const float* params,
+             DataParallel& dp, bool fail_here = false);
+  bool pending() const { return job_ != nullptr; }
+  std::int64_t pending_step() const;  // -1: none
+  bool local_done() const;            // true when nothing is pending
+  std::filesystem::path finish();
+  // After a time-out: waits for this rank's write and drops the save, with
+  // no collective (its temporary directory is removed or left to pruning).
+  void abandon();
+
+ private:
+  struct Job;
+  void write_local(Job& job);
+
+  Communicator& comm_;
+  const CheckpointTarget& target_;
+  const bool async_;
+  std::unique_ptr<Job> job_;
+  std::vector<float> params_copy_, m_copy_, v_copy_;
+};
+
 // Writes the checkpoint of state.step (every rank calls it) and returns its
-// path. fail_here makes this rank's part fail, for the tests
-// (BOREALIS_TEST_FAULT=RANK:STEP:save).
+// path: start() and finish() of a synchronous CheckpointSaver. fail_here makes this rank's part
+// fail, for the tests (BOREALIS_TEST_FAULT=RANK:STEP:save).
 std::filesystem::path save_training_checkpoint(Communicator& comm, const CheckpointTarget& target,
                                                const TrainState& state, const ParamLayout& layout,
                                                const float* params, DataParallel& dp,

@@ -166,6 +166,9 @@ ConfigSchema train_config_schema() {
 
   s.add("checkpoint.every", Int{0}, "write a checkpoint every N steps (0: only at the end)");
   s.add("checkpoint.keep", Int{3}, "checkpoints to keep (the newest)");
+  s.add("checkpoint.async", true,
+        "write checkpoints from a copy in host memory on a background thread while training "
+        "goes on (false: training waits for the write)");
 
   s.add("eval.every", Int{0}, "validation loss every N steps (0: only at the end)");
   s.add("eval.batches", Int{8}, "validation micro-batches (0: no validation)");
@@ -257,6 +260,7 @@ TrainSettings read_train_settings(const Config& c) {
 
   t.checkpoint_every = get_int(c, "checkpoint.every", 0, INT64_MAX);
   t.keep = static_cast<int>(get_int(c, "checkpoint.keep", 1, 1 << 20));
+  t.checkpoint_async = c.get<bool>("checkpoint.async");
   t.eval_every = get_int(c, "eval.every", 0, INT64_MAX);
   t.eval_batches = static_cast<int>(get_int(c, "eval.batches", 0, 1 << 20));
   read_task_settings(c, t.tasks);

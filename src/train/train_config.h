@@ -83,6 +83,7 @@ struct TrainSettings {
   // [checkpoint]
   std::int64_t checkpoint_every = 0;  // 0: only at the end
   int keep = 3;
+  bool checkpoint_async = true;  // written by a background thread from a copy
 
   // [eval]
   std::int64_t eval_every = 0;  // 0: only at the end

@@ -102,6 +102,7 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
       local_micro_(s_.accumulation() / ranks_),
       spikes_(std::make_unique<SpikeDetector>(static_cast<std::size_t>(s_.spike_window),
                                               state.recent_losses)),
+      saver_(parts.comm, parts.checkpoint, s_.checkpoint_async),
       checkpointed_step_(resumed ? state.step : -1),
       elapsed_before_(state.elapsed_s),
       micro_losses_(static_cast<std::size_t>(local_micro_)),
@@ -134,7 +135,10 @@ void TrainingLoop::run() {
     if (result_.stopped) break;
   }
   if (!result_.stopped) validate();
-  if (checkpointed_step_ != state_.step) save_checkpoint();
+  if (checkpointed_step_ != state_.step && saver_.pending_step() != state_.step) {
+    save_checkpoint();
+  }
+  if (saver_.pending()) finish_checkpoint();
   if (stopped_by_file_ && rank_ == 0) {
     // Consumed, so that the resumed run does not stop at once.
     std::error_code ec;
@@ -264,18 +268,23 @@ std::string TrainingLoop::stop_reason() {
   // Rank 0 alone looks for the stop file (one stat per step); the gather
   // tells the others.
   bool stop_file = rank_ == 0 && !s_.stop_file.empty() && fs::exists(s_.stop_file);
+  // A checkpoint written in the background is published once every rank's
+  // part is written.
+  bool written = saver_.local_done();
   if (ranks_ > 1) {
     // A signal or the time limit on any rank stops every rank at this step.
-    const std::array<double, 3> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0,
-                                        stop_file ? 1.0 : 0.0};
-    std::vector<double> all(3 * static_cast<std::size_t>(ranks_));
+    const std::array<double, 4> mine = {static_cast<double>(stop_signal), time_up ? 1.0 : 0.0,
+                                        stop_file ? 1.0 : 0.0, written ? 1.0 : 0.0};
+    std::vector<double> all(4 * static_cast<std::size_t>(ranks_));
     p_.comm.all_gather(std::span<const double>(mine), std::span<double>(all));
     for (std::size_t r = 0; r < static_cast<std::size_t>(ranks_); ++r) {
-      if (stop_signal == 0) stop_signal = static_cast<int>(all[3 * r]);
-      time_up = time_up || all[3 * r + 1] != 0;
-      stop_file = stop_file || all[3 * r + 2] != 0;
+      if (stop_signal == 0) stop_signal = static_cast<int>(all[4 * r]);
+      time_up = time_up || all[4 * r + 1] != 0;
+      stop_file = stop_file || all[4 * r + 2] != 0;
+      written = written && all[4 * r + 3] != 0;
     }
   }
+  if (saver_.pending() && written) finish_checkpoint();
   if (stop_signal != 0) return stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
   if (stop_file) {
     stopped_by_file_ = true;
@@ -350,14 +359,24 @@ void TrainingLoop::update_state() {
 }
 
 void TrainingLoop::save_checkpoint() {
+  if (saver_.pending()) finish_checkpoint();
   update_state();
   phase_ = TrainPhase::Saving;
   p_.fault.before_save(rank_, state_.step);
   // Every rank takes part (a ZeRO-1 rank writes its own shard).
+  saver_.start(state_, p_.model.layout(), p_.model.params(), p_.dp,
+               p_.fault.fails_save(rank_, state_.step));
+  phase_ = TrainPhase::Consistent;
+  if (!s_.checkpoint_async) finish_checkpoint();
+}
+
+void TrainingLoop::finish_checkpoint() {
+  const std::int64_t step = saver_.pending_step();
+  // A synchronous save is still in the middle of saving; behind an
+  // asynchronous one the state belongs to this step, whatever the save does.
+  if (!s_.checkpoint_async) phase_ = TrainPhase::Saving;
   try {
-    result_.last_checkpoint =
-        save_training_checkpoint(p_.comm, p_.checkpoint, state_, p_.model.layout(),
-                                 p_.model.params(), p_.dp, p_.fault.fails_save(rank_, state_.step));
+    result_.last_checkpoint = saver_.finish();
   } catch (const CommTimeout&) {
     throw;
   } catch (const Error& e) {
@@ -368,11 +387,12 @@ void TrainingLoop::save_checkpoint() {
                                          ", is intact and `borealis train` resumes from it"),
                 e.where());
   }
-  checkpointed_step_ = state_.step;
+  checkpointed_step_ = step;
   phase_ = TrainPhase::Consistent;
 }
 
 void TrainingLoop::save_after_timeout(const CommTimeout& timeout) {
+  saver_.abandon();
   update_state();
   TimeoutRescue rescue;
   rescue.phase = phase_;

@@ -27,6 +27,7 @@
 #include "model/model.h"
 #include "optim/data_parallel.h"
 #include "train/checkpoint.h"
+#include "train/dist_checkpoint.h"
 #include "train/loader.h"
 #include "train/metrics_writer.h"
 #include "train/rank_failure.h"
@@ -93,7 +94,11 @@ class TrainingLoop {
   // The validation loss, then the benchmark tasks (rank 0).
   void validate();
   void evaluate_tasks();
+  // Starts the checkpoint of this step (after finishing one in flight);
+  // synchronous saves finish at once.
   void save_checkpoint();
+  // The agreement and publication of the save in flight (every rank).
+  void finish_checkpoint();
   // The state's loss window and training time, as a checkpoint stores them.
   void update_state();
 
@@ -107,7 +112,8 @@ class TrainingLoop {
   class SpikeDetector;
   std::unique_ptr<SpikeDetector> spikes_;
   std::unique_ptr<BatchLoader> loader_;
-  std::int64_t checkpointed_step_;
+  CheckpointSaver saver_;
+  std::int64_t checkpointed_step_;  // of the last published checkpoint
   // Whether parameters, moments and state all belong to state.step, for the
   // checkpoint after a time-out.
   TrainPhase phase_ = TrainPhase::Consistent;

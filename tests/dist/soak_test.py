@@ -10,7 +10,9 @@ must finish with exit status 0 after one restart per kill or hang, and its
 final weights and optimizer moments, and the loss of every step, must equal
 the reference bit for bit. With --checkpoint-faults the faulted run also has a
 rank killed in the middle of a checkpoint write (BOREALIS_TEST_FAULT ...:killsave,
-once), after which it must resume from the checkpoint before.
+once), after which it must resume from the checkpoint before. Checkpoints are
+asynchronous (the default), so faults also land while one is being written;
+--zero 1 shards the moments, whose checkpoints then come from every rank.
 
 --disk-full instead checks a checkpoint write that runs out of space (a file
 size limit, RLIMIT_FSIZE, as a full disk would stop it): a clear error naming
@@ -65,7 +67,7 @@ def write_corpus(work, borealis):
     (work / "list.txt").write_text(f"1.0 {work / 'corpus'}\n")
 
 
-def write_config(work, name, ranks, extra=""):
+def write_config(work, name, ranks, extra="", zero=0):
     run_dir = work / name
     cfg = work / f"{name}.toml"
     cfg.write_text(f"""
@@ -102,6 +104,7 @@ batches = 0
 [dist]
 timeout_s = 6
 straggler_every = 5
+zero = {zero}
 """)
     return cfg, run_dir
 
@@ -227,14 +230,14 @@ class Injector(threading.Thread):
                 return
 
 
-def soak(borealis, work, ranks, seed, checkpoint_faults):
-    ref_cfg, ref_dir = write_config(work, "reference", ranks)
+def soak(borealis, work, ranks, seed, checkpoint_faults, zero):
+    ref_cfg, ref_dir = write_config(work, "reference", ranks, zero=zero)
     t0 = time.monotonic()
     run(launch_cmd(borealis, ranks, ref_cfg))
     print(f"soak_test: reference run of {STEPS} steps on {ranks} ranks: "
           f"{time.monotonic() - t0:.1f} s", flush=True)
 
-    cfg, run_dir = write_config(work, "faulted", ranks)
+    cfg, run_dir = write_config(work, "faulted", ranks, zero=zero)
     rng = random.Random(seed)
     kinds = ["kill", "hang", "slow", "kill", "slow", "hang"]
     rng.shuffle(kinds)
@@ -283,7 +286,7 @@ def soak(borealis, work, ranks, seed, checkpoint_faults):
                   if '"straggler"' in l]
     if not stragglers:
         fail("no straggler report in the metrics log")
-    print(f"soak_test: passed: {ranks} ranks, faults {injector.log}, {failed} restarts, "
+    print(f"soak_test: passed: {ranks} ranks (ZeRO-{zero}), faults {injector.log}, {failed} restarts, "
           f"{elapsed:.1f} s; losses of {len(got_losses)} steps and the final weights are "
           f"bit-identical to the uninterrupted run", flush=True)
 
@@ -328,6 +331,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--checkpoint-faults", action="store_true")
     ap.add_argument("--disk-full", action="store_true")
+    ap.add_argument("--zero", type=int, default=0, help="dist.zero of the soak runs")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="borealis-soak-") as tmp:
         work = Path(tmp)
@@ -335,7 +339,7 @@ def main():
         if a.disk_full:
             disk_full(a.borealis, work)
         else:
-            soak(a.borealis, work, a.ranks, a.seed, a.checkpoint_faults)
+            soak(a.borealis, work, a.ranks, a.seed, a.checkpoint_faults, a.zero)
 
 
 if __name__ == "__main__":

@@ -455,7 +455,11 @@ int timeout_check(Communicator& c, const std::string& fault, int zero) {
                                         "train.steps=6",
                                         "train.global_batch=" + std::to_string(2 * c.size()),
                                         "dist.zero=" + std::to_string(zero),
-                                        zero == 0 ? "checkpoint.every=0" : "checkpoint.every=2"};
+                                        zero == 0 ? "checkpoint.every=0" : "checkpoint.every=2",
+                                        // The checkpoint of step 2 is published before step
+                                        // 3 (an asynchronous one could still be in flight at
+                                        // the hang, and be dropped).
+                                        "checkpoint.async=false"};
   if (zero == 0) train(cfg_ref, run, c, 2);
   const int fault_step = zero == 0 ? 3 : 4;
   setenv("BOREALIS_TEST_FAULT", ("1:" + std::to_string(fault_step) + ":" + fault).c_str(), 1);

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -109,6 +111,21 @@ CheckpointSaver::~CheckpointSaver() {
   if (job_ && job_->thread.joinable()) job_->thread.join();
 }
 
+void CheckpointSaver::prepare(const ParamLayout& layout, const DataParallel& dp) {
+  if (!async_) return;
+  const bool sharded = comm_.size() > 1 && dp.zero() == 1;
+  if (!sharded && comm_.rank() != 0) return;  // rank 0 writes alone
+  // Allocated and touched now, so that the first save does not pay for it.
+  const auto n = static_cast<std::size_t>(dp.shard_end() - dp.shard_begin());
+  m_copy_.assign(n, 0.0f);
+  v_copy_.assign(n, 0.0f);
+  if (comm_.rank() == 0) params_copy_.assign(static_cast<std::size_t>(layout.total()), 0.0f);
+}
+
+std::size_t CheckpointSaver::copy_bytes() const {
+  return (m_copy_.size() + v_copy_.size() + params_copy_.size()) * sizeof(float);
+}
+
 bool CheckpointSaver::local_done() const {
   return !job_ || job_->done;
 }
@@ -170,7 +187,12 @@ void CheckpointSaver::start(const TrainState& state, const ParamLayout& layout, 
   if (!writes) {
     job_->done = true;
   } else if (async_) {
-    job_->thread = std::thread([this, j = job_.get()] { write_local(*j); });
+    job_->thread = std::thread([this, j = job_.get()] {
+      // Below the training threads: on a node whose cores all train, the
+      // write takes the idle moments rather than time from a step.
+      setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
+      write_local(*j);
+    });
   } else {
     write_local(*job_);
   }

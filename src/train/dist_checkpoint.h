@@ -67,6 +67,9 @@ class CheckpointSaver {
   CheckpointSaver(const CheckpointSaver&) = delete;
   CheckpointSaver& operator=(const CheckpointSaver&) = delete;
 
+  // Allocates the copies an asynchronous save needs (none when synchronous).
+  void prepare(const ParamLayout& layout, const DataParallel& dp);
+  std::size_t copy_bytes() const;  // host memory the copies take
   // fail_here makes this rank's part fail (BOREALIS_TEST_FAULT=RANK:STEP:save).
   void start(const TrainState& state, const ParamLayout& layout, const float* params,
              DataParallel& dp, bool fail_here = false);

@@ -114,6 +114,11 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
   loader_ = std::make_unique<BatchLoader>(
       p_.train, s_.micro_batch, state_.next_sample + per_rank * static_cast<std::uint64_t>(rank_),
       s_.prefetch, ranks_ > 1 ? per_rank : 0, static_cast<std::uint64_t>(s_.global_batch));
+  saver_.prepare(p_.model.layout(), p_.dp);
+  if (saver_.copy_bytes() > 0) {
+    spdlog::info("asynchronous checkpoints: {} of host memory for the copy being written",
+                 format_bytes(saver_.copy_bytes()));
+  }
   loop_start_ = Clock::now();
 }
 

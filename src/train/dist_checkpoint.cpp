@@ -304,14 +304,6 @@ void CheckpointSaver::abandon() {
   job_.reset();
 }
 
-fs::path save_training_checkpoint(Communicator& comm, const CheckpointTarget& target,
-                                  const TrainState& state, const ParamLayout& layout,
-                                  const float* params, DataParallel& dp, bool fail_here) {
-  CheckpointSaver saver(comm, target, /*async=*/false);
-  saver.start(state, layout, params, dp, fail_here);
-  return saver.finish();
-}
-
 void load_training_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params,
                               DataParallel& dp) {
   AdamW& opt = dp.optimizer();

@@ -1,7 +1,7 @@
 // Checkpoints of a data-parallel run: which rank writes what, and how the
 // ranks agree that a checkpoint is complete.
 //
-// save_training_checkpoint() is called by every rank at the same step:
+// A checkpoint (CheckpointSaver below) is saved by every rank at the same step:
 //   - one rank, or zero = 0: rank 0 writes the single-process format from
 //     its whole optimizer state (parameters and moments are the same on
 //     every rank);
@@ -91,14 +91,6 @@ class CheckpointSaver {
   std::unique_ptr<Job> job_;
   std::vector<float> params_copy_, m_copy_, v_copy_;
 };
-
-// Writes the checkpoint of state.step (every rank calls it) and returns its
-// path: start() and finish() of a synchronous CheckpointSaver. fail_here makes this rank's part
-// fail, for the tests (BOREALIS_TEST_FAULT=RANK:STEP:save).
-std::filesystem::path save_training_checkpoint(Communicator& comm, const CheckpointTarget& target,
-                                               const TrainState& state, const ParamLayout& layout,
-                                               const float* params, DataParallel& dp,
-                                               bool fail_here = false);
 
 // Loads the parameters and this rank's range of the moments (and the step
 // count) of a verified checkpoint.

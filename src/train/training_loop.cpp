@@ -152,6 +152,13 @@ void TrainingLoop::run() {
   }
 }
 
+void TrainingLoop::advance_step() {
+  ++state_.step;
+  ++steps_this_run_;
+  state_.tokens += static_cast<std::uint64_t>(s_.global_batch) * s_.seq_len;
+  state_.next_sample += static_cast<std::uint64_t>(s_.global_batch);
+}
+
 TrainingLoop::StepOutcome TrainingLoop::skip_data_step() {
   p_.fault.at_step(rank_, state_.step + 1);
   const auto t0 = Clock::now();
@@ -164,10 +171,7 @@ TrainingLoop::StepOutcome TrainingLoop::skip_data_step() {
   ++state_.skipped_steps;
   spdlog::warn("step {}: skipped by train.skip_steps: its {} sequences are read and dropped",
                state_.step + 1, s_.global_batch);
-  ++state_.step;
-  ++steps_this_run_;
-  state_.tokens += static_cast<std::uint64_t>(s_.global_batch) * s_.seq_len;
-  state_.next_sample += static_cast<std::uint64_t>(s_.global_batch);
+  advance_step();
   out.seconds = seconds_since(t0);
   return out;
 }
@@ -216,10 +220,7 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
                  out.skip_reason, out.loss, out.grad_norm);
   }
   if (std::isfinite(out.loss)) spikes_->add(out.loss);
-  ++state_.step;
-  ++steps_this_run_;
-  state_.tokens += static_cast<std::uint64_t>(s_.global_batch) * s_.seq_len;
-  state_.next_sample += static_cast<std::uint64_t>(s_.global_batch);
+  advance_step();
   result_.last_loss = out.loss;
   phase_ = TrainPhase::Consistent;
   out.seconds = seconds_since(t0);

@@ -86,6 +86,8 @@ class TrainingLoop {
   StepOutcome train_step();
   // A step of train.skip_steps: its batches read and dropped, no update.
   StepOutcome skip_data_step();
+  // The step, token and sample counts after a step, trained or skipped.
+  void advance_step();
   void report_step(const StepOutcome& step);
   bool validation_due() const;
   bool checkpoint_due() const;

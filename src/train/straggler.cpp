@@ -52,6 +52,7 @@ StragglerReport analyze_stragglers(const std::vector<PhaseTimes>& ranks,
   report.median.data = median_by(ranks, [](const PhaseTimes& t) { return t.data; });
   report.median.comm = median_by(ranks, [](const PhaseTimes& t) { return t.comm; });
   const double median_busy = median_by(ranks, [](const PhaseTimes& t) { return t.busy(); });
+  report.median_busy = median_busy;
   std::vector<double> deviations;
   for (const PhaseTimes& t : ranks) deviations.push_back(std::abs(t.busy() - median_busy));
   const double sigma = 1.4826 * median_of(deviations);
@@ -93,7 +94,7 @@ std::string straggler_record(const StragglerReport& report) {
   const nlohmann::json record = {{"kind", "straggler"},
                                  {"step", report.last_step},
                                  {"first_step", report.first_step},
-                                 {"median_busy_s", report.median.busy()},
+                                 {"median_busy_s", report.median_busy},
                                  {"median_compute_s", report.median.compute},
                                  {"median_data_s", report.median.data},
                                  {"median_comm_s", report.median.comm},
@@ -138,7 +139,7 @@ void StragglerMonitor::after_step(std::int64_t step) {
   spdlog::info(
       "ranks over steps {}-{}: median {:.3f} s busy per step; slowest rank {} ({}) {:.3f} s "
       "({:.2f}x, z {:.1f}, {})",
-      first, step, report.median.busy(), top.rank, top.host, top.per_step.busy(), top.ratio,
+      first, step, report.median_busy, top.rank, top.host, top.per_step.busy(), top.ratio,
       top.zscore, top.slow_phase);
   for (const RankReport& r : report.stragglers) {
     spdlog::warn(

@@ -48,8 +48,11 @@ struct RankReport {
 struct StragglerReport {
   std::int64_t first_step = 0, last_step = 0;  // the window
   PhaseTimes median;                           // per phase, over the ranks
-  std::vector<RankReport> slowest;             // busiest first, at most `keep`
-  std::vector<RankReport> stragglers;          // ratio >= factor, busiest first
+  // The median of the ranks' busy times: what ratios and z-scores compare
+  // with (not median.compute + median.data, which can differ from it).
+  double median_busy = 0;
+  std::vector<RankReport> slowest;     // busiest first, at most `keep`
+  std::vector<RankReport> stragglers;  // ratio >= factor, busiest first
 };
 
 // Rank 0's analysis of every rank's per-step averages (index = rank).

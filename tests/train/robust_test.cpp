@@ -171,7 +171,7 @@ TEST(Stragglers, TheSlowRankIsNamedWithItsSlowPhase) {
   EXPECT_GT(r.slowest[0].zscore, 3);
   ASSERT_EQ(r.stragglers.size(), 1u);
   EXPECT_EQ(r.stragglers[0].rank, 2);
-  EXPECT_NEAR(r.median.busy(), 0.115, 1e-12);
+  EXPECT_NEAR(r.median_busy, 0.115, 1e-12);
 
   // A rank waiting on its data loader.
   ranks[1] = {0.10, 0.15, 0.02};

@@ -1,6 +1,7 @@
 // borealis plot RUN_DIR: PNG charts of a training run's metrics (loss, learning
-// rate, gradient norm, throughput) drawn with gnuplot, a text plot of the loss
-// and a short summary on stdout.
+// rate, gradient norm, throughput, eval scores, straggler reports) drawn with
+// gnuplot, a text plot of the loss and a short summary on stdout (or the
+// summary as JSON with --json).
 #include <fmt/format.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@ struct PlotFlags {
   std::string smooth = "auto";
   bool no_png = false;
   bool no_terminal = false;
+  bool json = false;
   int width = 1200;
   int height = 720;
 };
@@ -56,13 +58,17 @@ void run_plot(const PlotFlags& f) {
   o.out_dir = f.out_dir;
   o.x = f.x == "steps" ? PlotX::Steps : f.x == "tokens" ? PlotX::Tokens : PlotX::Both;
   o.png = !f.no_png;
-  o.terminal = !f.no_terminal;
+  o.terminal = !f.no_terminal && !f.json;
   o.width = f.width;
   o.height = f.height;
   o.smooth = parse_smooth(f.smooth);
   if (const int cols = terminal_columns(); cols > 0) o.term_width = std::clamp(cols - 1, 40, 100);
 
   const PlotReport report = make_plots(o);
+  if (f.json) {
+    std::cout << summary_json(report) << "\n" << std::flush;
+    return;
+  }
   std::string out;
   if (!report.terminal_plot.empty()) out += report.terminal_plot + "\n";
   out += format_summary(report);
@@ -81,8 +87,9 @@ Command add_plot(CLI::App& parent) {
   auto f = std::make_shared<PlotFlags>();
   CLI::App* app = parent.add_subcommand(
       "plot",
-      "Chart a training run from RUN_DIR/metrics.jsonl: loss, learning rate, gradient norm and "
-      "throughput as PNG files (gnuplot), plus a text plot of the loss and a summary");
+      "Chart a training run from RUN_DIR/metrics.jsonl: loss, learning rate, gradient norm, "
+      "throughput, eval scores and straggler reports as PNG files (gnuplot), plus a text plot of "
+      "the loss and a summary");
   app->add_option("RUN_DIR", f->run_dir, "Run directory holding metrics.jsonl")->required();
   app->add_option("-o,--out", f->out_dir, "Directory for the PNG files (default: RUN_DIR/plots)");
   app->add_option("--x", f->x, "Horizontal axis: steps, tokens or both (one PNG each)")
@@ -101,6 +108,9 @@ Command add_plot(CLI::App& parent) {
       ->capture_default_str();
   app->add_flag("--no-png", f->no_png, "Draw no PNG files");
   app->add_flag("--no-terminal", f->no_terminal, "Print no text plot of the loss");
+  app->add_flag("--json", f->json,
+                "Print the summary as one JSON object (no text plot); with --no-png, only read "
+                "the log");
   app->add_option("--width", f->width, "PNG width in pixels")
       ->check(CLI::Range(200, 10000))
       ->capture_default_str();

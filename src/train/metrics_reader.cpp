@@ -105,6 +105,64 @@ EvalRecord read_eval(const object& obj, const std::string& where) {
   return r;
 }
 
+// An optional string: missing and null are both empty.
+std::string get_string(const object& obj, const char* key, const std::string& where) {
+  element value;
+  if (obj.at_key(key).get(value) || value.is_null()) return {};
+  std::string_view v;
+  if (value.get_string().get(v)) {
+    throw Error(std::string("\"") + key + "\" must be a string, not " + shown(value), where);
+  }
+  return std::string(v);
+}
+
+// A straggler record's array of ranks ("slowest" or "stragglers").
+std::vector<StragglerRank> read_ranks(const object& obj, const char* key,
+                                      const std::string& where) {
+  std::vector<StragglerRank> ranks;
+  element value;
+  if (obj.at_key(key).get(value) || value.is_null()) return ranks;
+  simdjson::dom::array array;
+  if (value.get_array().get(array)) {
+    throw Error(std::string("\"") + key + "\" must be an array of ranks, not " + shown(value),
+                where);
+  }
+  for (const element item : array) {
+    object rank;
+    if (item.get_object().get(rank)) {
+      throw Error(std::string("\"") + key + "\" holds " + shown(item) + ", not a rank object",
+                  where);
+    }
+    StragglerRank r;
+    const std::int64_t number = get_count(rank, "rank", where);
+    if (number > INT32_MAX) throw Error("\"rank\" is out of range", where);
+    r.rank = static_cast<int>(number);
+    r.host = get_string(rank, "host", where);
+    r.busy_s = get_number(rank, "busy_s", where);
+    r.compute_s = get_number(rank, "compute_s", where);
+    r.data_s = get_number(rank, "data_s", where);
+    r.comm_s = get_number(rank, "comm_s", where);
+    r.ratio = get_number(rank, "ratio", where);
+    r.z = get_number(rank, "z", where);
+    r.slow_phase = get_string(rank, "slow_phase", where);
+    ranks.push_back(std::move(r));
+  }
+  return ranks;
+}
+
+StragglerRecord read_straggler(const object& obj, const std::string& where) {
+  StragglerRecord r;
+  r.step = get_count(obj, "step", where);
+  r.first_step = get_count(obj, "first_step", where);
+  r.median_busy_s = get_number(obj, "median_busy_s", where);
+  r.median_compute_s = get_number(obj, "median_compute_s", where);
+  r.median_data_s = get_number(obj, "median_data_s", where);
+  r.median_comm_s = get_number(obj, "median_comm_s", where);
+  r.slowest = read_ranks(obj, "slowest", where);
+  r.stragglers = read_ranks(obj, "stragglers", where);
+  return r;
+}
+
 struct Line {
   std::size_t number = 0;  // 1-based
   std::string_view text;
@@ -134,6 +192,7 @@ MetricsLog parse_metrics(std::string_view text, const std::string& name) {
   std::map<std::int64_t, TrainRecord> train;
   std::map<std::int64_t, ValidRecord> valid;
   std::map<std::pair<std::int64_t, std::string>, EvalRecord> eval;
+  std::map<std::int64_t, StragglerRecord> straggler;
 
   const std::vector<Line> lines = split_lines(text);
   log.lines = lines.size();
@@ -185,6 +244,10 @@ MetricsLog parse_metrics(std::string_view text, const std::string& name) {
       const std::int64_t step = r.step;
       std::string task = r.task;
       if (!eval.insert_or_assign({step, std::move(task)}, std::move(r)).second) ++log.replaced;
+    } else if (kind == "straggler") {
+      StragglerRecord r = read_straggler(obj, where);
+      const std::int64_t step = r.step;
+      if (!straggler.insert_or_assign(step, std::move(r)).second) ++log.replaced;
     } else {
       ++log.other;
     }
@@ -195,6 +258,8 @@ MetricsLog parse_metrics(std::string_view text, const std::string& name) {
   for (auto& [step, r] : valid) log.valid.push_back(r);
   log.eval.reserve(eval.size());
   for (auto& [key, r] : eval) log.eval.push_back(std::move(r));
+  log.straggler.reserve(straggler.size());
+  for (auto& [step, r] : straggler) log.straggler.push_back(std::move(r));
   return log;
 }
 

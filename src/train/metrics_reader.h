@@ -6,6 +6,9 @@
 //   eval:  step, tokens, task, elapsed_s, eval_s, and the task's metrics under
 //          lm-eval's names (acc, acc_stderr, acc_norm, perplexity, ...): every
 //          other field, a number or null
+//   straggler: step, first_step, median_busy_s, median_compute_s, median_data_s,
+//          median_comm_s, and "slowest" and "stragglers": arrays of ranks (rank,
+//          host, busy_s, compute_s, data_s, comm_s, ratio, z, slow_phase)
 // Other kinds ("run" records and the like) are counted and ignored. Values may
 // be null (a non-finite loss is written as null); step and tokens may not.
 //
@@ -48,13 +51,31 @@ struct EvalRecord {
   std::map<std::string, std::optional<double>> metrics;  // "acc" -> 0.31, "acc_stderr" -> ...
 };
 
+// One rank of a straggler report: its times per step over the report's window.
+struct StragglerRank {
+  int rank = 0;
+  std::string host;
+  std::optional<double> busy_s, compute_s, data_s, comm_s, ratio, z;
+  std::string slow_phase;  // "compute", "data loader" or "network"
+};
+
+// A straggler report of a data-parallel run ([dist] straggler_every) over
+// steps first_step..step: the median rank's times and the slowest ranks.
+struct StragglerRecord {
+  std::int64_t step = 0, first_step = 0;
+  std::optional<double> median_busy_s, median_compute_s, median_data_s, median_comm_s;
+  std::vector<StragglerRank> slowest;     // busiest first
+  std::vector<StragglerRank> stragglers;  // at straggler_factor x the median or more
+};
+
 struct MetricsLog {
-  std::vector<TrainRecord> train;  // one per step, ascending
-  std::vector<ValidRecord> valid;  // one per step, ascending
-  std::vector<EvalRecord> eval;    // one per step and task, by step, then task name
+  std::vector<TrainRecord> train;          // one per step, ascending
+  std::vector<ValidRecord> valid;          // one per step, ascending
+  std::vector<EvalRecord> eval;            // one per step and task, by step, then task name
+  std::vector<StragglerRecord> straggler;  // one per step, ascending
 
   // What was read, and what became of it: lines = train.size() + valid.size()
-  // + eval.size() + replaced + other + (truncated_tail ? 1 : 0).
+  // + eval.size() + straggler.size() + replaced + other + (truncated_tail ? 1 : 0).
   std::size_t lines = 0;     // non-blank lines
   std::size_t replaced = 0;  // records superseded by a later line for the same kind and step
   std::size_t other = 0;     // records of other kinds, ignored

@@ -24,8 +24,13 @@
 #include "core/error.h"
 #include "core/text.h"
 #include "train/gnuplot.h"
+#include "train/plot_units.h"
 
 namespace borealis {
+
+using plot_detail::Unit;
+using plot_detail::unit_for;
+using plot_detail::usable;
 
 namespace {
 
@@ -60,23 +65,6 @@ std::string number(double v) {
   return fmt::format("{:.10g}", v);
 }
 
-// Large counts are shown in thousands, millions... so that tick labels stay short.
-struct Unit {
-  double divisor = 1;
-  std::string name;    // "", "thousands", "millions", ...
-  std::string prefix;  // "", "k", "M", ...
-};
-
-// The unit for values up to `max`; `headroom` is how many units the largest
-// value needs before the next unit is used (10: "9500 thousands", 1: "9.5 millions").
-Unit unit_for(double max, double headroom = 10) {
-  if (max >= 1e12 * headroom) return {1e12, "trillions", "T"};
-  if (max >= 1e9 * headroom) return {1e9, "billions", "B"};
-  if (max >= 1e6 * headroom) return {1e6, "millions", "M"};
-  if (max >= 1e3 * headroom) return {1e3, "thousands", "k"};
-  return {};
-}
-
 // The EMA of the train loss, one value per plotted loss point.
 std::vector<Point> ema(const std::vector<Point>& raw, double weight) {
   std::vector<Point> out;
@@ -87,10 +75,6 @@ std::vector<Point> ema(const std::vector<Point>& raw, double weight) {
     out.push_back({raw[i].step, raw[i].tokens, s});
   }
   return out;
-}
-
-bool usable(const std::optional<double>& v) {
-  return v.has_value() && std::isfinite(*v);
 }
 
 Series series(std::string file, std::string style, std::string title) {
@@ -158,6 +142,41 @@ Chart eval_chart(const std::vector<EvalRecord>& records) {
     for (Series& line : chart.series) line.y2 = false;
   }
   return chart;
+}
+
+// The straggler reports of a data-parallel run: per report window, the median
+// rank's busy time per step (compute + data wait), the slowest rank's, and
+// the median wait for the network; a report that flagged stragglers is marked
+// on the slowest rank's line. Straggler records carry no token count: each
+// takes the tokens of the last train record at or before its step.
+Chart ranks_chart(const MetricsLog& log) {
+  Series median = series("ranks_median.dat", "linespoints lw 2 pt 7 ps 0.8 lc rgb '#1f77b4'",
+                         "median rank: compute + data wait");
+  Series slowest = series("ranks_slowest.dat", "linespoints lw 2 pt 7 ps 0.8 lc rgb '#d62728'",
+                          "slowest rank: compute + data wait");
+  Series network =
+      series("ranks_network.dat", "lines lw 1 dt 2 lc rgb '#2ca02c'", "median rank: network wait");
+  Series flagged = series("ranks_stragglers.dat", "points pt 6 ps 2.5 lw 2 lc rgb '#ff7f0e'", "");
+  for (const StragglerRecord& r : log.straggler) {
+    const auto it =
+        std::upper_bound(log.train.begin(), log.train.end(), r.step,
+                         [](std::int64_t step, const TrainRecord& t) { return step < t.step; });
+    const double step = static_cast<double>(r.step);
+    const double tokens = it == log.train.begin() ? 0 : static_cast<double>(std::prev(it)->tokens);
+    if (usable(r.median_busy_s)) median.points.push_back({step, tokens, *r.median_busy_s});
+    if (usable(r.median_comm_s)) network.points.push_back({step, tokens, *r.median_comm_s});
+    if (!r.slowest.empty() && usable(r.slowest.front().busy_s)) {
+      slowest.points.push_back({step, tokens, *r.slowest.front().busy_s});
+      if (!r.stragglers.empty()) flagged.points.push_back(slowest.points.back());
+    }
+  }
+  flagged.title = fmt::format("report with stragglers ({})", flagged.points.size());
+  return {"ranks",
+          "data-parallel ranks",
+          "seconds per step",
+          "set yrange [0:*]\nset key below nobox noopaque\n",
+          "no straggler report times",
+          {median, slowest, network, flagged}};
 }
 
 std::vector<Chart> build_charts(const MetricsLog& log, double smooth) {
@@ -254,6 +273,7 @@ std::vector<Chart> build_charts(const MetricsLog& log, double smooth) {
       {"throughput", "throughput", ylabel, setup, "no tokens/s or MFU values", {tps, mfu}});
   // Only for runs that evaluate tasks: the others' output stays as it was.
   if (!log.eval.empty()) charts.push_back(eval_chart(log.eval));
+  if (!log.straggler.empty()) charts.push_back(ranks_chart(log));
   return charts;
 }
 
@@ -496,122 +516,6 @@ PlotReport make_plots(const PlotOptions& o) {
   if (!finals.empty()) fsync_directory(finals.front().parent_path());
   if (o.terminal) report.terminal_plot = tidy_text_plot(read_text(text_plot));
   return report;
-}
-
-namespace {
-
-std::string short_count(double v) {
-  const Unit u = unit_for(v, 1);
-  if (u.divisor == 1) return fmt::format("{:.0f}", v);
-  return fmt::format("{:.2f}{}", v / u.divisor, u.prefix);
-}
-
-std::string duration(double s) {
-  const auto total = static_cast<long long>(std::llround(s));
-  if (total < 60) return fmt::format("{:.1f} s", s);
-  if (total < 3600) return fmt::format("{}m {:02}s", total / 60, total % 60);
-  return fmt::format("{}h {:02}m {:02}s", total / 3600, (total / 60) % 60, total % 60);
-}
-
-// A line per task: the metrics of its last record, each with its standard error.
-std::string eval_summary(const std::vector<EvalRecord>& records) {
-  std::vector<const EvalRecord*> last;  // per task, in order of first appearance
-  for (const EvalRecord& r : records) {
-    const auto it = std::find_if(last.begin(), last.end(),
-                                 [&](const EvalRecord* l) { return l->task == r.task; });
-    if (it == last.end()) {
-      last.push_back(&r);
-    } else if (r.step >= (*it)->step) {
-      *it = &r;
-    }
-  }
-  std::string s;
-  for (const EvalRecord* r : last) {
-    std::string values;
-    for (const auto& [metric, value] : r->metrics) {
-      if (metric.ends_with("_stderr") || !usable(value)) continue;
-      values += fmt::format("{}{} {:.4f}", values.empty() ? "" : ", ", metric, *value);
-      const auto se = r->metrics.find(metric + "_stderr");
-      if (se != r->metrics.end() && usable(se->second)) {
-        values += fmt::format(" ± {:.4f}", *se->second);
-      }
-    }
-    if (values.empty()) values = "no values";
-    s += fmt::format("eval {}: {} (step {})\n", r->task, values, r->step);
-  }
-  return s;
-}
-
-}  // namespace
-
-std::string format_summary(const PlotReport& report) {
-  const MetricsLog& log = report.metrics;
-  std::string s;
-  s += fmt::format(
-      "metrics: {} ({} lines: {} train, {} valid, {}{} replaced by a later line for the "
-      "same step, {} of other kinds{})\n",
-      report.metrics_path.string(), log.lines, log.train.size(), log.valid.size(),
-      log.eval.empty() ? "" : fmt::format("{} eval, ", log.eval.size()), log.replaced, log.other,
-      log.truncated_tail ? ", 1 unfinished last line ignored" : "");
-  if (!log.train.empty()) {
-    const TrainRecord& last = log.train.back();
-    std::size_t skipped = 0;
-    const TrainRecord* best = nullptr;
-    const TrainRecord* last_loss = nullptr;
-    double tps_sum = 0, mfu_sum = 0;
-    std::size_t tps_n = 0, mfu_n = 0;
-    for (const TrainRecord& r : log.train) {
-      skipped += r.skipped;
-      if (!r.skipped && usable(r.loss)) {
-        last_loss = &r;
-        if (best == nullptr || *r.loss < *best->loss) best = &r;
-      }
-      if (usable(r.tokens_per_s)) tps_sum += *r.tokens_per_s, ++tps_n;
-      if (usable(r.mfu)) mfu_sum += *r.mfu, ++mfu_n;
-    }
-    s += fmt::format("steps: {} logged, last step {}", log.train.size(), last.step);
-    if (skipped > 0) s += fmt::format(", {} skipped update{}", skipped, skipped == 1 ? "" : "s");
-    s += fmt::format("\ntokens: {} ({})", short_count(static_cast<double>(last.tokens)),
-                     last.tokens);
-    if (usable(last.elapsed_s)) s += ", elapsed " + duration(*last.elapsed_s);
-    s += "\n";
-    if (last_loss != nullptr) {
-      s += fmt::format("train loss: last {:.4f} (step {}), best {:.4f} (step {})", *last_loss->loss,
-                       last_loss->step, *best->loss, best->step);
-      if (report.smooth > 0) {
-        double e = 0;
-        bool first = true;
-        for (const TrainRecord& r : log.train) {
-          if (r.skipped || !usable(r.loss)) continue;
-          e = first ? *r.loss : report.smooth * e + (1 - report.smooth) * *r.loss;
-          first = false;
-        }
-        s += fmt::format(", last EMA {:.4f} (weight {:.3g})", e, report.smooth);
-      }
-      s += "\n";
-    }
-    if (tps_n > 0 || mfu_n > 0) {
-      s += "throughput:";
-      if (tps_n > 0) {
-        s += fmt::format(" mean {} tokens/s over {} steps", short_count(tps_sum / tps_n), tps_n);
-      }
-      if (mfu_n > 0) {
-        s += fmt::format("{} mean MFU {:.1f}%", tps_n > 0 ? "," : "", 100 * mfu_sum / mfu_n);
-      }
-      s += "\n";
-    }
-  }
-  const ValidRecord* last_valid = nullptr;
-  for (const ValidRecord& r : log.valid) {
-    if (usable(r.loss)) last_valid = &r;
-  }
-  if (last_valid != nullptr) {
-    s += fmt::format("valid loss: last {:.4f} (step {})\n", *last_valid->loss, last_valid->step);
-  } else {
-    s += "valid loss: none logged\n";
-  }
-  s += eval_summary(log.eval);
-  return s;
 }
 
 }  // namespace borealis

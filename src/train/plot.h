@@ -10,6 +10,10 @@
 //   eval        benchmark task scores ([eval] tasks), one line per task and
 //               metric: scores on the left axis, perplexities on the right
 //               (log scale); drawn only when the log has eval records
+//   ranks       straggler reports of a data-parallel run: the median and the
+//               slowest rank's busy time per step, the median network wait,
+//               reports that flagged stragglers marked; drawn only when the
+//               log has straggler records
 // named <chart>_<steps|tokens>.png. Each PNG is written under a temporary name
 // and renamed into place, so a reader never sees half a file. A chart with no
 // values (a run that logs no MFU, say) is not drawn and is listed as such.
@@ -64,8 +68,14 @@ double auto_smoothing(std::size_t points);
 std::vector<std::size_t> thin_indices(const std::vector<double>& values, std::size_t buckets);
 
 // A few lines: steps, tokens, last and best train loss, last valid loss,
-// mean throughput, each task's last scores, and how the log's lines were
-// accounted for.
+// mean throughput, each task's last scores, the last straggler report and the
+// ranks flagged as stragglers, and how the log's lines were accounted for.
 std::string format_summary(const PlotReport& report);
+
+// The same summary as one JSON object (`borealis plot --json`): the counts of
+// the log's lines, last step and tokens, train loss (last, best, EMA), mean
+// throughput and MFU, last valid loss, each task's last metrics, the straggler
+// reports, and the PNG files written. Values a log does not have are null.
+std::string summary_json(const PlotReport& report);
 
 }  // namespace borealis

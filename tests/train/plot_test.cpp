@@ -2,15 +2,15 @@
 // named by file:line, null values) and `borealis plot` end to end on a
 // synthetic run: valid PNGs of the requested size, the text plot, the
 // summary, and one error line for each kind of bad input.
-#include <gtest/gtest.h>
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -18,6 +18,7 @@
 #include "test_util.h"
 #include "train/metrics_reader.h"
 #include "train/plot.h"
+#include "train/straggler.h"
 
 namespace borealis::test {
 namespace {
@@ -186,6 +187,80 @@ TEST(MetricsReader, EvalRecords) {
                             "m.jsonl");
             }),
             "error: \"acc\" must be a number or null, not \"high\" (m.jsonl:1)");
+}
+
+// Straggler records as the trainer writes them (analyze_stragglers and
+// straggler_record): 5 ranks over steps step-9..step, with data waits of 20,
+// 30, 10, 20 and 25 ms and 500 ms of compute, rank 3's at `slow` x that: the
+// median busy time is 0.525 s per step (0.52 s when rank 3 is not slow).
+std::string straggler_line(int step, double slow) {
+  std::vector<PhaseTimes> ranks(5, PhaseTimes{0.5, 0.02, 0.1});
+  ranks[1].data = 0.03;
+  ranks[2].data = 0.01;
+  ranks[4].data = 0.025;
+  ranks[3].compute *= slow;
+  StragglerReport report = analyze_stragglers(ranks, {"nid1", "nid1", "nid2", "nid2", "nid3"}, 1.5);
+  report.first_step = step - 9;
+  report.last_step = step;
+  return straggler_record(report);
+}
+
+TEST(MetricsReader, StragglerRecords) {
+  const std::string text = train_line(10, 3.0) + "\n" + straggler_line(10, 1.2) + "\n" +
+                           straggler_line(20, 1.0) + "\n" + straggler_line(20, 2.0) + "\n";
+  const MetricsLog log = parse_metrics(text, "m.jsonl");
+  EXPECT_EQ(log.lines, 4u);
+  EXPECT_EQ(log.replaced, 1u);
+  EXPECT_EQ(log.other, 0u);
+  ASSERT_EQ(log.straggler.size(), 2u);
+  const StragglerRecord& a = log.straggler[0];
+  EXPECT_EQ(a.step, 10);
+  EXPECT_EQ(a.first_step, 1);
+  EXPECT_DOUBLE_EQ(*a.median_busy_s, 0.525);  // of busy times, not 0.5 + 0.02
+  EXPECT_DOUBLE_EQ(*a.median_compute_s, 0.5);
+  EXPECT_DOUBLE_EQ(*a.median_data_s, 0.02);
+  EXPECT_DOUBLE_EQ(*a.median_comm_s, 0.1);
+  ASSERT_EQ(a.slowest.size(), 3u);
+  EXPECT_EQ(a.slowest[0].rank, 3);
+  EXPECT_EQ(a.slowest[0].host, "nid2");
+  EXPECT_DOUBLE_EQ(*a.slowest[0].busy_s, 0.62);
+  EXPECT_DOUBLE_EQ(*a.slowest[0].compute_s, 0.6);
+  EXPECT_NEAR(*a.slowest[0].ratio, 0.62 / 0.525, 1e-12);
+  EXPECT_GT(*a.slowest[0].z, 0);
+  EXPECT_EQ(a.slowest[0].slow_phase, "compute");
+  EXPECT_EQ(a.slowest[1].rank, 1);
+  EXPECT_EQ(a.slowest[1].host, "nid1");
+  EXPECT_EQ(a.slowest[1].slow_phase, "data loader");
+  EXPECT_EQ(a.slowest[2].rank, 4);
+  EXPECT_EQ(a.slowest[2].host, "nid3");
+  EXPECT_TRUE(a.stragglers.empty());            // 1.17x < 1.5x
+  const StragglerRecord& b = log.straggler[1];  // the last line wins
+  ASSERT_EQ(b.stragglers.size(), 1u);
+  EXPECT_EQ(b.stragglers[0].rank, 3);
+  EXPECT_NEAR(*b.stragglers[0].ratio, 1.02 / 0.525, 1e-12);
+
+  EXPECT_EQ(error_line([] {
+              parse_metrics(R"({"kind":"straggler","step":10,"first_step":1,"slowest":3})"
+                            "\n" +
+                                train_line(1, 2),
+                            "m.jsonl");
+            }),
+            "error: \"slowest\" must be an array of ranks, not 3 (m.jsonl:1)");
+  EXPECT_EQ(error_line([] {
+              parse_metrics(
+                  R"({"kind":"straggler","step":10,"first_step":1,"slowest":[{"host":"a"}]})"
+                  "\n" +
+                      train_line(1, 2),
+                  "m.jsonl");
+            }),
+            "error: record has no \"rank\" (m.jsonl:1)");
+  EXPECT_EQ(error_line([] {
+              parse_metrics(R"({"kind":"straggler","step":10})"
+                            "\n" +
+                                train_line(1, 2),
+                            "m.jsonl");
+            }),
+            "error: record has no \"first_step\" (m.jsonl:1)");
 }
 
 // --- plot ---
@@ -521,6 +596,21 @@ std::filesystem::path real_gnuplot() {
 // A run with benchmark task scores: the eval chart (scores on the left
 // axis, perplexities on the right) and each task's last scores. A gnuplot
 // wrapper keeps the scratch directory, to check the series drawn.
+// A gnuplot wrapper in DIR/bin that copies each run's script and data files
+// into `kept` before running the real gnuplot; returns the PATH setting that
+// puts it first.
+std::string keeping_gnuplot(const std::filesystem::path& dir, const std::filesystem::path& gnuplot,
+                            const std::filesystem::path& kept) {
+  const auto bin = dir / "bin";
+  std::filesystem::create_directories(bin);
+  std::filesystem::create_directories(kept);
+  write_file(bin / "gnuplot", "#!/bin/sh\nif [ -f \"$1\" ]; then cp \"$(dirname \"$1\")\"/* '" +
+                                  kept.string() + "/'; fi\nexec '" + gnuplot.string() +
+                                  "' \"$@\"\n");
+  std::filesystem::permissions(bin / "gnuplot", std::filesystem::perms::owner_all);
+  return "PATH=" + bin.string() + ":/usr/bin:/bin";
+}
+
 TEST(PlotCli, EvalChart) {
   const auto gnuplot = real_gnuplot();
   ASSERT_FALSE(gnuplot.empty()) << "gnuplot is not installed (scripts/setup.sh)";
@@ -541,15 +631,9 @@ TEST(PlotCli, EvalChart) {
             "\n";
   }
   write_file(dir / "metrics.jsonl", text);
-  const auto bin = dir / "bin", kept = dir / "kept";
-  std::filesystem::create_directories(bin);
-  std::filesystem::create_directories(kept);
-  write_file(bin / "gnuplot", "#!/bin/sh\nif [ -f \"$1\" ]; then cp \"$(dirname \"$1\")\"/* '" +
-                                  kept.string() + "/'; fi\nexec '" + gnuplot.string() +
-                                  "' \"$@\"\n");
-  std::filesystem::permissions(bin / "gnuplot", std::filesystem::perms::owner_all);
+  const auto kept = dir / "kept";
   const RunResult r = run_borealis({"plot", dir.path().string(), "--no-terminal"},
-                                   {"PATH=" + bin.string() + ":/usr/bin:/bin"});
+                                   {keeping_gnuplot(dir.path(), gnuplot, kept)});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "wrote 10 PNG files")) << r.out;
   EXPECT_EQ(png_size(dir / "plots" / "eval_steps.png").width, 1200u);
@@ -580,6 +664,71 @@ TEST(PlotCli, EvalChart) {
   EXPECT_TRUE(contains(script, "eval_1_4.dat' using 1:3 axes x1y2 with")) << script;
   EXPECT_TRUE(contains(script, "title 'arc_easy acc_norm'")) << script;
   EXPECT_TRUE(contains(script, "title 'wikitext word_perplexity'")) << script;
+}
+
+TEST(PlotCli, RanksChart) {
+  const auto gnuplot = real_gnuplot();
+  ASSERT_FALSE(gnuplot.empty()) << "gnuplot is not installed (scripts/setup.sh)";
+  TempDir dir;
+  std::string text;
+  for (int step = 1; step <= 40; ++step) {
+    text += train_line(step, 10.0 - 0.2 * step) + "\n";
+    // Rank 3 slows down in the third window.
+    if (step % 10 == 0) text += straggler_line(step, step == 30 ? 2.0 : 1.1) + "\n";
+  }
+  write_file(dir / "metrics.jsonl", text);
+  const auto kept = dir / "kept";
+  const RunResult r = run_borealis({"plot", dir.path().string(), "--no-terminal"},
+                                   {keeping_gnuplot(dir.path(), gnuplot, kept)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "wrote 10 PNG files")) << r.out;
+  EXPECT_EQ(png_size(dir / "plots" / "ranks_steps.png").width, 1200u);
+  EXPECT_EQ(png_size(dir / "plots" / "ranks_tokens.png").width, 1200u);
+  EXPECT_TRUE(contains(r.out, "(44 lines: 40 train, 0 valid, 4 straggler, 0 replaced")) << r.out;
+  EXPECT_TRUE(contains(r.out,
+                       "ranks: 4 straggler reports, last over steps 31-40: median 0.525 s busy "
+                       "per step; slowest rank 3 (nid2) 0.570 s, 1.09x, z 6.1, compute\n"))
+      << r.out;
+  EXPECT_TRUE(contains(r.out, "stragglers: rank 3 (nid2) in 1 report (up to 1.94x)\n")) << r.out;
+
+  // step, tokens (the train record's at that step), seconds per step.
+  EXPECT_EQ(read_file(kept / "ranks_median.dat"),
+            "10 40960 0.525\n20 81920 0.525\n30 122880 0.525\n40 163840 0.525\n");
+  EXPECT_EQ(read_file(kept / "ranks_slowest.dat"),
+            "10 40960 0.57\n20 81920 0.57\n30 122880 1.02\n40 163840 0.57\n");
+  EXPECT_EQ(read_file(kept / "ranks_network.dat"),
+            "10 40960 0.1\n20 81920 0.1\n30 122880 0.1\n40 163840 0.1\n");
+  EXPECT_EQ(read_file(kept / "ranks_stragglers.dat"), "30 122880 1.02\n");
+  const std::string script = read_file(kept / "plot.gp");
+  EXPECT_TRUE(contains(script, "title 'report with stragglers (1)'")) << script;
+  EXPECT_TRUE(contains(script, "ranks_slowest.dat' using ($2/1000):3 with")) << script;
+
+  // The same summary as JSON, reading the log only.
+  const RunResult js = run_borealis({"plot", dir.path().string(), "--no-png", "--json"});
+  ASSERT_EQ(js.exit_code, 0) << js.err;
+  const nlohmann::json j = nlohmann::json::parse(js.out);
+  EXPECT_EQ(j["lines"]["total"], 44);
+  EXPECT_EQ(j["lines"]["straggler"], 4);
+  EXPECT_EQ(j["last_step"], 40);
+  EXPECT_EQ(j["tokens"], 163840);
+  EXPECT_NEAR(j["train_loss"]["last"].get<double>(), 2.0, 1e-9);
+  EXPECT_EQ(j["train_loss"]["best_step"], 40);
+  EXPECT_TRUE(j["valid_loss"].is_null());
+  EXPECT_EQ(j["stragglers"]["reports"], 4);
+  EXPECT_EQ(j["stragglers"]["last"]["first_step"], 31);
+  EXPECT_NEAR(j["stragglers"]["last"]["median_busy_s"].get<double>(), 0.525, 1e-9);
+  EXPECT_EQ(j["stragglers"]["last"]["slowest"][0]["rank"], 3);
+  ASSERT_EQ(j["stragglers"]["flagged"].size(), 1u);
+  EXPECT_EQ(j["stragglers"]["flagged"][0]["host"], "nid2");
+  EXPECT_NEAR(j["stragglers"]["flagged"][0]["max_ratio"].get<double>(), 1.02 / 0.525, 1e-9);
+  EXPECT_TRUE(j["pngs"].empty());
+  EXPECT_EQ(js.out.find("loss vs step"), std::string::npos) << "no text plot with --json";
+
+  // A run with no stragglers says so.
+  write_file(dir / "metrics.jsonl", train_line(10, 3.0) + "\n" + straggler_line(10, 1.0) + "\n");
+  const RunResult quiet = run_borealis({"plot", dir.path().string(), "--no-terminal"});
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_TRUE(contains(quiet.out, "stragglers: none flagged\n")) << quiet.out;
 }
 
 TEST(PlotCli, FallsBackToThePngTerminal) {

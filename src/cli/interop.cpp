@@ -4,8 +4,10 @@
 
 #include <chrono>
 #include <cstdio>
+#include <iostream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "cli/commands.h"
@@ -23,7 +25,19 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// The fields every --json report of these commands has.
+nlohmann::json model_json(const ModelConfig& c, const std::string& out, double seconds) {
+  return {{"model", c.name},
+          {"family", std::string(family_name(c.family))},
+          {"n_layer", c.n_layer},
+          {"d_model", c.d_model},
+          {"vocab_size", c.vocab_size},
+          {"out", out},
+          {"seconds", seconds}};
+}
+
 struct ExportHfArgs {
+  bool json = false;
   std::string checkpoint, out;
   std::string dtype = "float32";
   std::string shard_size = "5GB";
@@ -40,6 +54,15 @@ void run_export_hf(const ExportHfArgs& a) {
   o.shard_bytes = parse_bytes(a.shard_size, "--shard-size");
   const ModelWeights model = open_any_model(a.checkpoint);
   const HfExportReport r = export_hf(model, model.dir() / "tokenizer.json", a.out, o);
+  if (a.json) {
+    nlohmann::json j = model_json(model.config(), a.out, seconds_since(t0));
+    j.update({{"dtype", a.dtype},
+              {"tensors", r.tensors},
+              {"tensor_bytes", r.tensor_bytes},
+              {"shards", r.shards}});
+    std::cout << j.dump(2) << std::endl;
+    return;
+  }
   std::printf("exported %s (%s, %d tensors, %s %s) to %s: %d safetensors file%s, %.2f s\n",
               model.config().name.c_str(), std::string(family_name(model.config().family)).c_str(),
               r.tensors, format_bytes(r.tensor_bytes).c_str(), a.dtype.c_str(), a.out.c_str(),
@@ -47,6 +70,7 @@ void run_export_hf(const ExportHfArgs& a) {
 }
 
 struct ExportGgufArgs {
+  bool json = false;
   std::string checkpoint, out;
   std::string type = "f32";
 };
@@ -57,6 +81,15 @@ void run_export_gguf(const ExportGgufArgs& a) {
       {"f32", GgufType::kF32}, {"f16", GgufType::kF16}, {"q8_0", GgufType::kQ8_0}};
   const ModelWeights model = open_any_model(a.checkpoint);
   const GgufReport r = export_gguf(model, model.dir() / "tokenizer.json", a.out, types.at(a.type));
+  if (a.json) {
+    nlohmann::json j = model_json(model.config(), a.out, seconds_since(t0));
+    j.update({{"type", a.type},
+              {"tensors", r.tensors},
+              {"metadata_keys", r.metadata},
+              {"bytes", r.bytes}});
+    std::cout << j.dump(2) << std::endl;
+    return;
+  }
   std::printf("exported %s (%s, %d tensors, %d metadata keys, %s) to %s: %s, %.2f s\n",
               model.config().name.c_str(), std::string(family_name(model.config().family)).c_str(),
               r.tensors, r.metadata, a.type.c_str(), a.out.c_str(), format_bytes(r.bytes).c_str(),
@@ -64,6 +97,7 @@ void run_export_gguf(const ExportGgufArgs& a) {
 }
 
 struct ImportHfArgs {
+  bool json = false;
   std::string hf_dir, checkpoint;
 };
 
@@ -71,6 +105,12 @@ void run_import_hf(const ImportHfArgs& a) {
   const Clock::time_point t0 = Clock::now();
   const HfImportReport r = import_hf(a.hf_dir, a.checkpoint);
   const ModelConfig& c = r.config;
+  if (a.json) {
+    nlohmann::json j = model_json(c, a.checkpoint, seconds_since(t0));
+    j.update({{"tokenizer", r.tokenizer}});
+    std::cout << j.dump(2) << std::endl;
+    return;
+  }
   std::printf("imported %s (%s, %d layers, d_model %d, vocabulary %d) to %s%s, %.2f s\n",
               c.name.c_str(), std::string(family_name(c.family)).c_str(), c.n_layer, c.d_model,
               c.vocab_size, a.checkpoint.c_str(),
@@ -103,6 +143,7 @@ Command add_export(CLI::App& parent) {
                    "Largest safetensors file; bigger models are split into shards with "
                    "model.safetensors.index.json (e.g. 500MB, 2GiB)")
       ->capture_default_str();
+  hf_app->add_flag("--json", hf->json, "Print the report as one JSON object");
   hf_app->footer(
       "Examples:\n"
       "  borealis export hf runs/brown hf/brown-llama\n"
@@ -122,6 +163,7 @@ Command add_export(CLI::App& parent) {
                    "stay f32")
       ->check(CLI::IsMember({"f32", "f16", "q8_0"}))
       ->capture_default_str();
+  gguf_app->add_flag("--json", gguf->json, "Print the report as one JSON object");
   gguf_app->footer(
       "Example:\n"
       "  borealis export gguf runs/brown brown.gguf --type q8_0 && llama-cli -m brown.gguf");
@@ -143,6 +185,7 @@ Command add_import(CLI::App& parent) {
   hf_app->add_option("HF_DIR", hf->hf_dir, "Hugging Face model directory")->required();
   hf_app->add_option("CKPT", hf->checkpoint, "Checkpoint directory to write (created if needed)")
       ->required();
+  hf_app->add_flag("--json", hf->json, "Print the report as one JSON object");
   hf_app->footer(
       "Commands taking --checkpoint also read a Hugging Face directory directly.\n\n"
       "Example:\n"

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <iterator>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,7 @@ struct TrainArgs {
   std::string pattern = "cl100k";
   std::vector<std::string> special = {"<|endoftext|>"};
   bool no_special = false;
+  bool json = false;
   BpeTrainOptions options;
 };
 
@@ -43,6 +45,21 @@ void run_train(const TrainArgs& a) {
   BpeTrainStats stats;
   const Tokenizer tok = train_bpe(inputs, o, &stats);
   write_file_atomic(a.out, hf_tokenizer_json(tok));
+  if (a.json) {
+    const nlohmann::json j = {{"out", a.out},
+                              {"vocab_size", tok.vocab_size()},
+                              {"requested_vocab_size", o.vocab_size},
+                              {"merges", stats.merges},
+                              {"special_tokens", o.special_tokens},
+                              {"documents", stats.documents},
+                              {"bytes", stats.bytes},
+                              {"pieces", stats.pieces},
+                              {"distinct_pieces", stats.distinct_pieces},
+                              {"count_seconds", stats.count_seconds},
+                              {"merge_seconds", stats.merge_seconds}};
+    std::cout << j.dump(2) << std::endl;
+    return;
+  }
   std::cout << fmt::format(
       "trained {} tokens ({} merges, {} special) on {} documents, {:.1f} MB: {} pieces, {} "
       "distinct\n"
@@ -62,6 +79,7 @@ struct TokenizerOptions {
   std::string format = "text";
   bool allow_special = false;
   bool lines = false;
+  bool json = false;  // info
 };
 
 // The input's bytes: a file is mapped (not copied), stdin read whole.
@@ -150,6 +168,58 @@ std::vector<std::uint32_t> read_ids(std::string_view data, const std::string& fo
   return ids;
 }
 
+// `tokenizer info`: what the tokenizer is, as aligned lines or one JSON object.
+void print_info(const Tokenizer& tok, bool json) {
+  const auto eod = tok.eod_id();
+  const char* level = tok.model().char_level() ? "character" : "byte";
+  if (json) {
+    nlohmann::json normalizer = nlohmann::json::array();
+    for (const auto& step : tok.normalizer()) {
+      if (step.kind == NormalizeStep::Kind::Prepend) {
+        normalizer.push_back({{"kind", "prepend"}, {"text", step.text}});
+      } else {
+        normalizer.push_back(
+            {{"kind", "replace"}, {"text", step.text}, {"replacement", step.replacement}});
+      }
+    }
+    nlohmann::json added = nlohmann::json::array();
+    for (const auto& a : tok.added_tokens()) {
+      added.push_back({{"id", a.id}, {"text", a.text}, {"special", a.special}});
+    }
+    const nlohmann::json j = {{"format", tok.source_format()},
+                              {"vocab_size", tok.vocab_size()},
+                              {"bpe_tokens", tok.model().size()},
+                              {"merges", tok.model().merge_count()},
+                              {"bpe_level", level},
+                              {"pre_tokenizer_engine", tok.pre_tokenizer().engine()},
+                              {"pattern", tok.pre_tokenizer().pattern()},
+                              {"normalizer", normalizer},
+                              {"eod_id", eod ? nlohmann::json(*eod) : nlohmann::json(nullptr)},
+                              {"added_tokens", added}};
+    std::cout << j.dump(2) << '\n';
+    return;
+  }
+  std::cout << fmt::format("format        {}\n", tok.source_format());
+  std::cout << fmt::format("vocab size    {} ({} BPE tokens, {} merges, {} added)\n",
+                           tok.vocab_size(), tok.model().size(), tok.model().merge_count(),
+                           tok.added_tokens().size());
+  std::cout << fmt::format("pre-tokenizer {} engine, {}-level BPE\n", tok.pre_tokenizer().engine(),
+                           level);
+  for (const auto& step : tok.normalizer()) {
+    std::cout << fmt::format(
+        "normalizer    {} '{}'{}\n",
+        step.kind == NormalizeStep::Kind::Prepend ? "prepend" : "replace", step.text,
+        step.kind == NormalizeStep::Kind::Replace ? " with '" + step.replacement + "'" : "");
+  }
+  std::cout << fmt::format("pattern       {}\n", tok.pre_tokenizer().pattern());
+  std::cout << fmt::format("end of doc    {}\n",
+                           eod ? fmt::format("{}", *eod) : std::string("none"));
+  for (const auto& a : tok.added_tokens()) {
+    std::cout << fmt::format("added         {:>7}  {}{}\n", a.id, a.text,
+                             a.special ? " (special)" : "");
+  }
+}
+
 CLI::App* add_common(CLI::App* app, TokenizerOptions& o) {
   app->add_option("-t,--tokenizer", o.tokenizer,
                   "Tokenizer: tokenizer.json, tiktoken .json/.tiktoken, or a directory with "
@@ -187,6 +257,7 @@ Command add_tokenizer(CLI::App& parent) {
       ->capture_default_str();
 
   CLI::App* info = add_common(app->add_subcommand("info", "Describe a tokenizer"), *o);
+  info->add_flag("--json", o->json, "Print one JSON object");
 
   auto t = std::make_shared<TrainArgs>();
   CLI::App* train = app->add_subcommand(
@@ -213,6 +284,7 @@ Command add_tokenizer(CLI::App& parent) {
       ->capture_default_str();
   train->add_option("--json-key", t->options.json_key, "Text field of JSON Lines inputs")
       ->capture_default_str();
+  train->add_flag("--json", t->json, "Print the report as one JSON object");
 
   return {app, [o, t, encode, decode, info, train] {
             if (train->parsed()) {
@@ -241,28 +313,7 @@ Command add_tokenizer(CLI::App& parent) {
               const std::string out = tok.decode(read_ids(input.text(), o->format));
               std::fwrite(out.data(), 1, out.size(), stdout);
             } else if (info->parsed()) {
-              std::cout << fmt::format("format        {}\n", tok.source_format());
-              std::cout << fmt::format("vocab size    {} ({} BPE tokens, {} merges, {} added)\n",
-                                       tok.vocab_size(), tok.model().size(),
-                                       tok.model().merge_count(), tok.added_tokens().size());
-              std::cout << fmt::format(
-                  "pre-tokenizer {} engine{}\n", tok.pre_tokenizer().engine(),
-                  tok.model().char_level() ? ", character-level BPE" : ", byte-level BPE");
-              for (const auto& step : tok.normalizer()) {
-                std::cout << fmt::format(
-                    "normalizer    {} '{}'{}\n",
-                    step.kind == NormalizeStep::Kind::Prepend ? "prepend" : "replace", step.text,
-                    step.kind == NormalizeStep::Kind::Replace ? " with '" + step.replacement + "'"
-                                                              : "");
-              }
-              std::cout << fmt::format("pattern       {}\n", tok.pre_tokenizer().pattern());
-              const auto eod = tok.eod_id();
-              std::cout << fmt::format("end of doc    {}\n",
-                                       eod ? fmt::format("{}", *eod) : std::string("none"));
-              for (const auto& a : tok.added_tokens()) {
-                std::cout << fmt::format("added         {:>7}  {}{}\n", a.id, a.text,
-                                         a.special ? " (special)" : "");
-              }
+              print_info(tok, o->json);
             }
             std::fflush(stdout);
           }};

@@ -38,7 +38,10 @@ TEST(CliFlags, OneSpellingInEveryCommandsHelp) {
   }
   for (const Cmd& c :
        {Cmd{"version"}, Cmd{"doctor"}, Cmd{"data", "prepare"}, Cmd{"data", "merge"},
-        Cmd{"data", "inspect"}, Cmd{"data", "verify"}, Cmd{"data", "mix"}, Cmd{"bench", "train"}}) {
+        Cmd{"data", "inspect"}, Cmd{"data", "verify"}, Cmd{"data", "mix"}, Cmd{"data", "sample"},
+        Cmd{"data", "contamination"}, Cmd{"bench", "train"}, Cmd{"tokenizer", "info"},
+        Cmd{"tokenizer", "train"}, Cmd{"plot"}, Cmd{"eval"}, Cmd{"export", "hf"},
+        Cmd{"export", "gguf"}, Cmd{"import", "hf"}}) {
     EXPECT_TRUE(has(help(c), "--json")) << c.back();
   }
   const std::string bench = help({"bench", "train"});

@@ -2,6 +2,8 @@
 // every id format, info, train, and the error paths.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -47,6 +49,20 @@ TEST(TokenizerCli, InfoDescribesTheTokenizer) {
   EXPECT_NE(r.out.find("vocab size    50257"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("gpt2 engine"), std::string::npos);
   EXPECT_NE(r.out.find("end of doc    50256"), std::string::npos);
+
+  const auto js = run_borealis({"tokenizer", "info", "-t", kGpt2, "--json"});
+  ASSERT_EQ(js.exit_code, 0) << js.err;
+  const auto j = nlohmann::json::parse(js.out);
+  EXPECT_EQ(j["vocab_size"], 50257);
+  EXPECT_EQ(j["bpe_tokens"], 50256);
+  EXPECT_EQ(j["merges"], 50000);
+  EXPECT_EQ(j["bpe_level"], "byte");
+  EXPECT_EQ(j["pre_tokenizer_engine"], "gpt2");
+  EXPECT_EQ(j["eod_id"], 50256);
+  ASSERT_EQ(j["added_tokens"].size(), 1u);
+  EXPECT_EQ(j["added_tokens"][0]["text"], "<|endoftext|>");
+  EXPECT_EQ(j["added_tokens"][0]["special"], true);
+  EXPECT_TRUE(j["normalizer"].empty());
 }
 
 TEST(TokenizerCli, TrainWritesALoadableTokenizer) {
@@ -61,6 +77,17 @@ TEST(TokenizerCli, TrainWritesALoadableTokenizer) {
   EXPECT_EQ(tok.vocab_size(), 600u);
   EXPECT_EQ(tok.decode(tok.encode("A learned text.")), "A learned text.");
   EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"tok.json"});  // no temporary left
+
+  const auto js = run_borealis({"tokenizer", "train", "--vocab-size", "300", "--no-special", "-i",
+                                std::string(BOREALIS_DATA_DIR) + "/brown/brown.jsonl", "-o",
+                                (dir / "small.json").string(), "--json"});
+  ASSERT_EQ(js.exit_code, 0) << js.err;
+  const auto j = nlohmann::json::parse(js.out);
+  EXPECT_EQ(j["vocab_size"], 300);
+  EXPECT_EQ(j["merges"], 300 - 256);
+  EXPECT_TRUE(j["special_tokens"].empty());
+  EXPECT_GT(j["documents"].get<std::size_t>(), 0u);
+  EXPECT_EQ(Tokenizer::load(dir / "small.json").vocab_size(), 300u);
 }
 
 TEST(TokenizerCli, ErrorsAreOneLine) {

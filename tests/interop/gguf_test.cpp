@@ -120,6 +120,18 @@ TEST_F(Gguf, LlamaFileReadsBack) {
   EXPECT_EQ(by_name.at("token_embd.weight").dims,
             (std::vector<std::uint64_t>{64, static_cast<std::uint64_t>(c.vocab_size)}));
   EXPECT_EQ(by_name.at("output_norm.weight").dims, (std::vector<std::uint64_t>{64}));
+
+  // The command's report as JSON: the same file.
+  const auto cli = test::run_borealis(
+      {"export", "gguf", m.dir.string(), (dir_ / "cli.gguf").string(), "--json"});
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  const json j = json::parse(cli.out);
+  EXPECT_EQ(j["type"], "f32");
+  EXPECT_EQ(j["family"], "llama");
+  EXPECT_EQ(j["tensors"], r.tensors);
+  EXPECT_EQ(j["metadata_keys"], r.metadata);
+  EXPECT_EQ(j["bytes"], r.bytes);
+  EXPECT_EQ(test::read_file(dir_ / "cli.gguf"), test::read_file(out));
 }
 
 TEST_F(Gguf, Q8AndF16Blocks) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "core/half.h"
 #include "interop/gguf.h"
@@ -264,6 +265,23 @@ TEST_P(HfInterop, CommandsExportAndGenerateFromTheDirectory) {
   ASSERT_EQ(i.exit_code, 0) << i.err;
   EXPECT_NE(i.out.find("with its tokenizer.json"), std::string::npos) << i.out;
   EXPECT_EQ(generate(dir_ / "imp").out, a.out);
+
+  // The same reports as JSON.
+  const auto ej = test::run_borealis(
+      {"export", "hf", ckpt().string(), (dir_ / "hf2").string(), "--dtype", "bfloat16", "--json"});
+  ASSERT_EQ(ej.exit_code, 0) << ej.err;
+  const auto e_json = nlohmann::json::parse(ej.out);
+  EXPECT_EQ(e_json["dtype"], "bfloat16");
+  EXPECT_EQ(e_json["shards"], 1);
+  EXPECT_GT(e_json["tensors"].get<int>(), 0);
+  EXPECT_EQ(e_json["out"], (dir_ / "hf2").string());
+  const auto ij = test::run_borealis(
+      {"import", "hf", (dir_ / "hf2").string(), (dir_ / "imp2").string(), "--json"});
+  ASSERT_EQ(ij.exit_code, 0) << ij.err;
+  const auto i_json = nlohmann::json::parse(ij.out);
+  EXPECT_EQ(i_json["tokenizer"], true);
+  EXPECT_EQ(i_json["n_layer"], e_json["n_layer"]);
+  EXPECT_EQ(i_json["vocab_size"], e_json["vocab_size"]);
 
   const auto bad =
       test::run_borealis({"export", "hf", ckpt().string(), hf().string(), "--shard-size", "lots"});

@@ -90,7 +90,7 @@ class Input {
       stdin_.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
       text_ = stdin_;
     } else {
-      file_ = MappedFile(input, MappedFile::Access::Sequential);
+      file_ = MappedFile(input, MappedFile::Access::Whole);
       text_ = file_.text();
     }
   }

@@ -28,7 +28,8 @@ MappedFile::MappedFile(const std::filesystem::path& path, Access access) : path_
   }
   size_ = static_cast<std::size_t>(st.st_size);
   if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    const int flags = MAP_SHARED | (access == Access::Whole ? MAP_POPULATE : 0);
+    void* p = ::mmap(nullptr, size_, PROT_READ, flags, fd, 0);
     if (p == MAP_FAILED) {
       const int err = errno;
       ::close(fd);
@@ -36,9 +37,9 @@ MappedFile::MappedFile(const std::filesystem::path& path, Access access) : path_
       throw_errno("cannot map file", path.string(), err);
     }
     data_ = static_cast<std::byte*>(p);
-    const int advice = access == Access::Sequential ? MADV_SEQUENTIAL
-                       : access == Access::Random   ? MADV_RANDOM
-                                                    : MADV_NORMAL;
+    const int advice = access == Access::Sequential || access == Access::Whole ? MADV_SEQUENTIAL
+                       : access == Access::Random                              ? MADV_RANDOM
+                                                                               : MADV_NORMAL;
     ::madvise(data_, size_, advice);  // a hint; failure changes nothing
   }
   ::close(fd);  // the mapping keeps the file alive

@@ -16,7 +16,6 @@ namespace borealis {
 
 namespace {
 
-constexpr std::uint64_t kEmpty = ~std::uint64_t{0};
 constexpr std::uint32_t kNoRank = std::numeric_limits<std::uint32_t>::max();
 // Pieces up to this many bytes use the quadratic scan; longer ones the heap.
 constexpr std::size_t kQuadraticMax = 128;
@@ -74,15 +73,22 @@ class PieceCache {
     std::uint16_t key_len;
     std::uint16_t id_count;
   };
-  static constexpr std::size_t kInitialSlots = 1 << 14;
+  // A corpus of a few MB holds tens of thousands of distinct pieces: start
+  // at a size that holds them without rehashing, and reserve the arenas so
+  // they are not copied as they grow (untouched pages cost nothing).
+  static constexpr std::size_t kInitialSlots = 1 << 16;
+  static constexpr std::size_t kKeyBytes = 1 << 20;
+  static constexpr std::size_t kIds = 1 << 18;
   static constexpr std::size_t kMaxSlots = 1 << 20;
 
   void reset(std::uint64_t owner) {
     owner_ = owner;
-    slots_.assign(kInitialSlots, Slot{});
+    slots_ = BigArray<Slot>(kInitialSlots, Slot{});
     mask_ = kInitialSlots - 1;
     keys_.clear();
     ids_.clear();
+    keys_.reserve(kKeyBytes);
+    ids_.reserve(kIds);
     used_ = 0;
   }
 
@@ -91,8 +97,8 @@ class PieceCache {
       reset(owner_);
       return;
     }
-    std::vector<Slot> old = std::move(slots_);
-    slots_.assign(old.size() * 2, Slot{});
+    BigArray<Slot> old = std::move(slots_);
+    slots_ = BigArray<Slot>(old.size() * 2, Slot{});
     mask_ = slots_.size() - 1;
     for (const Slot& s : old) {
       if (s.hash == 0) continue;
@@ -103,7 +109,7 @@ class PieceCache {
   }
 
   std::uint64_t owner_ = 0;
-  std::vector<Slot> slots_;
+  BigArray<Slot> slots_;
   std::size_t mask_ = 0;
   std::string keys_;
   std::vector<std::uint32_t> ids_;
@@ -121,8 +127,7 @@ BpeModel BpeModel::from_ranks(std::vector<std::string> tokens, const std::string
   m.index_tokens(where);
   std::size_t pairs = 0;
   for (const auto& t : m.tokens_) pairs += t.size() > 1 ? t.size() - 1 : 0;
-  m.pair_keys_.assign(std::bit_ceil(std::max<std::size_t>(16, pairs * 2)), kEmpty);
-  m.pair_values_.resize(m.pair_keys_.size());
+  m.reset_pairs(pairs);
   for (std::uint32_t id = 0; id < m.tokens_.size(); ++id) {
     const std::string_view t = m.tokens_[id];
     for (std::size_t k = 1; k < t.size(); ++k) {
@@ -147,8 +152,7 @@ BpeModel BpeModel::from_merges(std::vector<std::string> tokens, const std::vecto
     m.unk_ = char_level->unk;
   }
   m.index_tokens(where);
-  m.pair_keys_.assign(std::bit_ceil(std::max<std::size_t>(16, merges.size() * 2)), kEmpty);
-  m.pair_values_.resize(m.pair_keys_.size());
+  m.reset_pairs(merges.size());
   for (std::uint32_t rank = 0; rank < merges.size(); ++rank) {
     const Merge& mg = merges[rank];
     if (mg.left >= m.tokens_.size() || mg.right >= m.tokens_.size() || m.tokens_[mg.left].empty() ||
@@ -170,9 +174,21 @@ BpeModel BpeModel::from_merges(std::vector<std::string> tokens, const std::vecto
 }
 
 void BpeModel::index_tokens(const std::string& where) {
-  by_bytes_.reserve(tokens_.size());
+  by_bytes_ =
+      BigArray<std::uint64_t>(std::bit_ceil(std::max<std::size_t>(16, tokens_.size() * 5 / 2)), 0);
+  const std::size_t mask = by_bytes_.size() - 1;
   for (std::uint32_t id = 0; id < tokens_.size(); ++id) {
-    if (!tokens_[id].empty()) by_bytes_.emplace(tokens_[id], id);  // the first id wins
+    const std::string& t = tokens_[id];
+    if (t.empty()) continue;
+    const std::uint64_t h = hash64(t);
+    const std::uint64_t tag = (h >> 32 | 1) << 32;
+    std::size_t i = h & mask;
+    // The first id of equal bytes wins.
+    while (by_bytes_[i] != 0 && !((by_bytes_[i] >> 32 << 32) == tag &&
+                                  tokens_[static_cast<std::uint32_t>(by_bytes_[i])] == t)) {
+      i = (i + 1) & mask;
+    }
+    if (by_bytes_[i] == 0) by_bytes_[i] = tag | id;
   }
   for (int b = 0; b < 256; ++b) {
     if (char_level_) {
@@ -196,39 +212,53 @@ void BpeModel::index_tokens(const std::string& where) {
 }
 
 std::optional<std::uint32_t> BpeModel::find(std::string_view bytes) const {
-  const auto it = by_bytes_.find(bytes);
-  if (it == by_bytes_.end()) return std::nullopt;
-  return it->second;
+  return find_hashed(bytes, hash64(bytes));
+}
+
+std::optional<std::uint32_t> BpeModel::find_hashed(std::string_view bytes,
+                                                   std::uint64_t hash) const {
+  const std::uint64_t tag = (hash >> 32 | 1) << 32;
+  const std::size_t mask = by_bytes_.size() - 1;
+  for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+    const std::uint64_t slot = by_bytes_[i];
+    if (slot == 0) return std::nullopt;
+    const auto id = static_cast<std::uint32_t>(slot);
+    if ((slot >> 32 << 32) == tag && tokens_[id] == bytes) return id;
+  }
+}
+
+void BpeModel::reset_pairs(std::size_t pairs) {
+  pairs_ =
+      BigArray<PairSlot>(std::bit_ceil(std::max<std::size_t>(16, pairs * 2)), {kEmptyPair, {}});
 }
 
 void BpeModel::add_pair(std::uint32_t left, std::uint32_t right, std::uint32_t rank,
                         std::uint32_t merged) {
   const std::uint64_t key = pair_key(left, right);
-  const std::size_t mask = pair_keys_.size() - 1;
+  const std::size_t mask = pairs_.size() - 1;
   std::size_t i = slot_of(key, mask);
-  while (pair_keys_[i] != kEmpty) {
-    if (pair_keys_[i] == key) return;
+  while (pairs_[i].key != kEmptyPair) {
+    if (pairs_[i].key == key) return;
     i = (i + 1) & mask;
   }
-  pair_keys_[i] = key;
-  pair_values_[i] = {rank, merged};
+  pairs_[i] = {key, {rank, merged}};
 }
 
 const BpeModel::PairValue* BpeModel::pair(std::uint32_t left, std::uint32_t right) const {
   const std::uint64_t key = pair_key(left, right);
-  const std::size_t mask = pair_keys_.size() - 1;
+  const std::size_t mask = pairs_.size() - 1;
   for (std::size_t i = slot_of(key, mask);; i = (i + 1) & mask) {
-    if (pair_keys_[i] == key) return &pair_values_[i];
-    if (pair_keys_[i] == kEmpty) return nullptr;
+    if (pairs_[i].key == key) return &pairs_[i].value;
+    if (pairs_[i].key == kEmptyPair) return nullptr;
   }
 }
 
 std::vector<BpeModel::Merge> BpeModel::merges() const {
   std::vector<std::pair<std::uint32_t, Merge>> ranked;
-  for (std::size_t i = 0; i < pair_keys_.size(); ++i) {
-    if (pair_keys_[i] == kEmpty) continue;
-    ranked.push_back({pair_values_[i].rank, Merge{static_cast<std::uint32_t>(pair_keys_[i] >> 32),
-                                                  static_cast<std::uint32_t>(pair_keys_[i])}});
+  for (const PairSlot& p : pairs_) {
+    if (p.key == kEmptyPair) continue;
+    ranked.push_back({p.value.rank, Merge{static_cast<std::uint32_t>(p.key >> 32),
+                                          static_cast<std::uint32_t>(p.key)}});
   }
   std::sort(ranked.begin(), ranked.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -244,24 +274,26 @@ void BpeModel::encode(std::string_view piece, std::vector<std::uint32_t>& out) c
     return;
   }
   if (piece.empty()) return;
+  const std::uint64_t hash = hash64(piece);
   if (piece.size() > kCacheMaxPiece) {
-    encode_uncached(piece, out);
+    encode_uncached(piece, hash, out);
     return;
   }
-  const std::uint64_t h = hash64(piece) | 1;  // non-zero: 0 marks empty cache slots
+  const std::uint64_t h = hash | 1;  // non-zero: 0 marks empty cache slots
   std::size_t count = 0;
   if (const std::uint32_t* ids = piece_cache.find(cache_id_, piece, h, count)) {
     out.insert(out.end(), ids, ids + count);
     return;
   }
   const std::size_t before = out.size();
-  encode_uncached(piece, out);
+  encode_uncached(piece, hash, out);
   piece_cache.insert(piece, h, out.data() + before, out.size() - before);
 }
 
-void BpeModel::encode_uncached(std::string_view piece, std::vector<std::uint32_t>& out) const {
+void BpeModel::encode_uncached(std::string_view piece, std::uint64_t hash,
+                               std::vector<std::uint32_t>& out) const {
   if (whole_piece_lookup_) {
-    if (const auto id = find(piece)) {
+    if (const auto id = find_hashed(piece, hash)) {
       out.push_back(*id);
       return;
     }
@@ -311,33 +343,34 @@ void BpeModel::encode_heap(std::string_view piece, std::vector<std::uint32_t>& o
 
 void BpeModel::merge_quadratic(std::vector<std::uint32_t>& ids,
                                std::vector<std::uint32_t>& out) const {
-  thread_local std::vector<std::uint32_t> ranks;
+  // Each adjacent pair's rank and merged id, so a merge needs no second lookup.
+  thread_local std::vector<PairValue> pairs;
   const std::size_t n = ids.size();
-  auto rank_at = [&](std::size_t i) {
+  auto pair_at = [&](std::size_t i) {
     const PairValue* v = pair(ids[i], ids[i + 1]);
-    return v != nullptr ? v->rank : kNoRank;
+    return v != nullptr ? *v : PairValue{kNoRank, 0};
   };
-  ranks.resize(n);
-  for (std::size_t i = 0; i + 1 < n; ++i) ranks[i] = rank_at(i);
+  pairs.resize(n);
+  for (std::size_t i = 0; i + 1 < n; ++i) pairs[i] = pair_at(i);
   std::size_t count = n;
   while (count > 1) {
     std::size_t best = 0;
     std::uint32_t best_rank = kNoRank;
     for (std::size_t i = 0; i + 1 < count; ++i) {
-      if (ranks[i] < best_rank) {
-        best_rank = ranks[i];
+      if (pairs[i].rank < best_rank) {
+        best_rank = pairs[i].rank;
         best = i;
       }
     }
     if (best_rank == kNoRank) break;
-    ids[best] = pair(ids[best], ids[best + 1])->merged;
+    ids[best] = pairs[best].merged;
     for (std::size_t i = best + 1; i + 1 < count; ++i) {
       ids[i] = ids[i + 1];
-      ranks[i] = ranks[i + 1];
+      pairs[i] = pairs[i + 1];
     }
     --count;
-    if (best + 1 < count) ranks[best] = rank_at(best);
-    if (best > 0) ranks[best - 1] = rank_at(best - 1);
+    if (best + 1 < count) pairs[best] = pair_at(best);
+    if (best > 0) pairs[best - 1] = pair_at(best - 1);
   }
   out.insert(out.end(), ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(count));
 }

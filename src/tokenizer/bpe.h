@@ -16,8 +16,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
+
+#include "core/big_array.h"
 
 namespace borealis {
 
@@ -39,7 +40,7 @@ class BpeModel {
   BpeModel() = default;
   BpeModel(BpeModel&&) = default;
   BpeModel& operator=(BpeModel&&) = default;
-  BpeModel(const BpeModel&) = delete;  // by_bytes_ holds views into tokens_
+  BpeModel(const BpeModel&) = delete;
   BpeModel& operator=(const BpeModel&) = delete;
 
   // Token bytes by rank (= id). Every single byte must be a token. Like
@@ -87,17 +88,29 @@ class BpeModel {
   void merge_heap(const std::vector<std::uint32_t>& start, std::vector<std::uint32_t>& out) const;
   void add_pair(std::uint32_t left, std::uint32_t right, std::uint32_t rank, std::uint32_t merged);
   const PairValue* pair(std::uint32_t left, std::uint32_t right) const;
-  void encode_uncached(std::string_view piece, std::vector<std::uint32_t>& out) const;
+  void encode_uncached(std::string_view piece, std::uint64_t hash,
+                       std::vector<std::uint32_t>& out) const;
+  // find() with the piece's hash64 given.
+  std::optional<std::uint32_t> find_hashed(std::string_view bytes, std::uint64_t hash) const;
 
   std::vector<std::string> tokens_;
-  std::unordered_map<std::string_view, std::uint32_t> by_bytes_;  // views into tokens_
+  // Token bytes to id, open addressing: each slot is the high 32 bits of
+  // the bytes' hash64 (| 1, so 0 marks an empty slot) above the id.
+  BigArray<std::uint64_t> by_bytes_;
   std::uint32_t byte_id_[256] = {};  // a byte's token, or its "<0xAB>" fallback token
   bool char_level_ = false;
   bool byte_fallback_ = false;
   std::optional<std::uint32_t> unk_;
   // Open addressing: key (left << 32 | right), empty slots hold kEmpty.
-  std::vector<std::uint64_t> pair_keys_;
-  std::vector<PairValue> pair_values_;
+  // (left, right) -> rank and merged id, open addressing; key and value in
+  // one slot so a probe reads one cache line.
+  struct PairSlot {
+    std::uint64_t key;  // left << 32 | right; kEmptyPair: free
+    PairValue value;
+  };
+  static constexpr std::uint64_t kEmptyPair = ~std::uint64_t{0};
+  void reset_pairs(std::size_t pairs);  // an empty table for that many pairs
+  BigArray<PairSlot> pairs_;
   std::size_t merge_count_ = 0;
   bool whole_piece_lookup_ = true;
   std::uint64_t cache_id_ = 0;  // identifies this model in the per-thread cache

@@ -35,7 +35,6 @@ static_assert(std::endian::native == std::endian::little, "the cache is little-e
 constexpr char kMagic[8] = {'B', 'T', 'O', 'K', 'C', 'A', 'C', 'H'};
 // Bump when the payload layout or what the loaders produce changes.
 constexpr std::uint32_t kFormat = 1;
-constexpr std::uint64_t kEmptyPair = ~std::uint64_t{0};  // as in bpe.cpp
 constexpr std::size_t kHeaderSize = 8 + 4 + 4 + 16 + 8 + 8;
 
 class Writer {
@@ -143,10 +142,10 @@ struct TokenizerCodec {
     // The occupied slots only: the table is mostly empty by design.
     std::vector<std::uint64_t> keys;
     std::vector<BpeModel::PairValue> values;
-    for (std::size_t i = 0; i < m.pair_keys_.size(); ++i) {
-      if (m.pair_keys_[i] == kEmptyPair) continue;
-      keys.push_back(m.pair_keys_[i]);
-      values.push_back(m.pair_values_[i]);
+    for (const BpeModel::PairSlot& p : m.pairs_) {
+      if (p.key == BpeModel::kEmptyPair) continue;
+      keys.push_back(p.key);
+      values.push_back(p.value);
     }
     w.u64(keys.size());
     w.raw(keys.data(), keys.size() * sizeof(std::uint64_t));
@@ -201,8 +200,7 @@ struct TokenizerCodec {
     const std::uint64_t pairs = r.u64();
     const std::string_view keys = r.array(pairs, sizeof(std::uint64_t));
     const std::string_view values = r.array(pairs, sizeof(BpeModel::PairValue));
-    m.pair_keys_.assign(std::bit_ceil(std::max<std::uint64_t>(16, pairs * 2)), kEmptyPair);
-    m.pair_values_.resize(m.pair_keys_.size());
+    m.reset_pairs(pairs);
     for (std::size_t i = 0; i < pairs; ++i) {
       std::uint64_t k = 0;
       BpeModel::PairValue v{};
@@ -308,7 +306,7 @@ namespace {
 std::optional<Tokenizer> read_cache(const fs::path& file, const Hash128& want) {
   std::error_code ec;
   if (!fs::is_regular_file(file, ec)) return std::nullopt;
-  const MappedFile mapped(file);
+  const MappedFile mapped(file, MappedFile::Access::Whole);
   const std::string where = file.string();
   const std::string_view bytes = mapped.text();
   Reader header(bytes, where);

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -380,17 +381,35 @@ HfImportReport import_hf(const fs::path& hf_dir, const fs::path& ckpt_dir) {
   for (const ParamView& v : layout.views()) views.push_back({v.name, v.shape, nullptr});
   SafetensorsWriter writer(ckpt_dir / kWeights, views,
                            {{kModelConfigKey, model_config_to_json(src.config)}});
-  std::vector<float> buffer;
+  std::unique_ptr<float[]> buffer;
+  std::int64_t capacity = 0;
   for (const ParamView& v : layout.views()) {
-    buffer.assign(static_cast<std::size_t>(v.size), 0.0f);
+    if (v.size > capacity) {
+      buffer = std::make_unique_for_overwrite<float[]>(static_cast<std::size_t>(v.size));
+      capacity = v.size;
+    }
     std::vector<const HfSource::Item*> inside;
     for (const HfSource::Item& item : src.items) {
       if (item.tensor.offset >= v.offset && item.tensor.offset < v.offset + v.size) {
-        src.read(item, buffer.data(), v.offset);
         inside.push_back(&item);
       }
     }
-    writer.write(buffer.data());
+    // What no tensor fills (padding rows) is zero.
+    std::sort(inside.begin(), inside.end(), [](const HfSource::Item* a, const HfSource::Item* b) {
+      return a->tensor.offset < b->tensor.offset;
+    });
+    std::int64_t filled = v.offset;
+    const auto zero_to = [&](std::int64_t end) {
+      if (end > filled)
+        std::fill(buffer.get() + (filled - v.offset), buffer.get() + (end - v.offset), 0.0f);
+    };
+    for (const HfSource::Item* item : inside) {
+      zero_to(item->tensor.offset);
+      filled = std::max(filled, item->tensor.offset + src.elements(*item));
+    }
+    zero_to(v.offset + v.size);
+    for (const HfSource::Item* item : inside) src.read(*item, buffer.get(), v.offset);
+    writer.write(buffer.get());
     for (const HfSource::Item* item : inside) src.release(*item);
   }
   writer.commit();

@@ -398,32 +398,44 @@ void SafetensorsFile::read_float(const std::string& name, const std::vector<std:
     std::memcpy(out, src, static_cast<std::size_t>(n) * 4);
     return;
   }
-  const bool f32 = e->dtype == "F32", f16 = e->dtype == "F16";
-  const auto load = [&](std::int64_t i) {
-    if (f32) {
+  const auto convert = [&](auto load) {
+    if (!transposed) {
+      for (std::int64_t i = 0; i < n; ++i) out[i] = load(i);
+      return;
+    }
+    // Stored (r, c) goes to out[c * rows + r], in tiles so that both sides
+    // stay in cache.
+    constexpr std::int64_t kTile = 32;
+    for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
+      const std::int64_t r1 = std::min(rows, r0 + kTile);
+      for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
+        const std::int64_t c1 = std::min(cols, c0 + kTile);
+        for (std::int64_t c = c0; c < c1; ++c) {
+          float* dst = out + c * rows;
+          for (std::int64_t r = r0; r < r1; ++r) dst[r] = load(r * cols + c);
+        }
+      }
+    }
+  };
+  // One loop per stored type, so no element pays for the choice.
+  if (e->dtype == "F32") {
+    convert([src](std::int64_t i) {
       float x;
       std::memcpy(&x, src + i * 4, 4);
       return x;
-    }
-    std::uint16_t h;
-    std::memcpy(&h, src + i * 2, 2);
-    return f16 ? f16_to_float(h) : bf16_to_float(h);
-  };
-  if (!transposed) {
-    for (std::int64_t i = 0; i < n; ++i) out[i] = load(i);
-    return;
-  }
-  // Stored (r, c) goes to out[c * rows + r], in tiles so that both sides
-  // stay in cache.
-  constexpr std::int64_t kTile = 64;
-  for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
-    const std::int64_t r1 = std::min(rows, r0 + kTile);
-    for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const std::int64_t c1 = std::min(cols, c0 + kTile);
-      for (std::int64_t r = r0; r < r1; ++r) {
-        for (std::int64_t c = c0; c < c1; ++c) out[c * rows + r] = load(r * cols + c);
-      }
-    }
+    });
+  } else if (e->dtype == "F16") {
+    convert([src](std::int64_t i) {
+      std::uint16_t h;
+      std::memcpy(&h, src + i * 2, 2);
+      return f16_to_float(h);
+    });
+  } else {
+    convert([src](std::int64_t i) {
+      std::uint16_t h;
+      std::memcpy(&h, src + i * 2, 2);
+      return bf16_to_float(h);
+    });
   }
 }
 

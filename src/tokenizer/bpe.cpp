@@ -176,19 +176,12 @@ BpeModel BpeModel::from_merges(std::vector<std::string> tokens, const std::vecto
 void BpeModel::index_tokens(const std::string& where) {
   by_bytes_ =
       BigArray<std::uint64_t>(std::bit_ceil(std::max<std::size_t>(16, tokens_.size() * 5 / 2)), 0);
-  const std::size_t mask = by_bytes_.size() - 1;
   for (std::uint32_t id = 0; id < tokens_.size(); ++id) {
     const std::string& t = tokens_[id];
     if (t.empty()) continue;
     const std::uint64_t h = hash64(t);
-    const std::uint64_t tag = (h >> 32 | 1) << 32;
-    std::size_t i = h & mask;
-    // The first id of equal bytes wins.
-    while (by_bytes_[i] != 0 && !((by_bytes_[i] >> 32 << 32) == tag &&
-                                  tokens_[static_cast<std::uint32_t>(by_bytes_[i])] == t)) {
-      i = (i + 1) & mask;
-    }
-    if (by_bytes_[i] == 0) by_bytes_[i] = tag | id;
+    const std::size_t i = byte_slot(t, h);
+    if (by_bytes_[i] == 0) by_bytes_[i] = byte_tag(h) | id;  // the first id of equal bytes wins
   }
   for (int b = 0; b < 256; ++b) {
     if (char_level_) {
@@ -215,16 +208,27 @@ std::optional<std::uint32_t> BpeModel::find(std::string_view bytes) const {
   return find_hashed(bytes, hash64(bytes));
 }
 
-std::optional<std::uint32_t> BpeModel::find_hashed(std::string_view bytes,
-                                                   std::uint64_t hash) const {
-  const std::uint64_t tag = (hash >> 32 | 1) << 32;
+std::uint64_t BpeModel::byte_tag(std::uint64_t hash) {
+  return (hash >> 32 | 1) << 32;
+}
+
+std::size_t BpeModel::byte_slot(std::string_view bytes, std::uint64_t hash) const {
+  const std::uint64_t tag = byte_tag(hash);
   const std::size_t mask = by_bytes_.size() - 1;
   for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
     const std::uint64_t slot = by_bytes_[i];
-    if (slot == 0) return std::nullopt;
-    const auto id = static_cast<std::uint32_t>(slot);
-    if ((slot >> 32 << 32) == tag && tokens_[id] == bytes) return id;
+    if (slot == 0 ||
+        ((slot >> 32 << 32) == tag && tokens_[static_cast<std::uint32_t>(slot)] == bytes)) {
+      return i;
+    }
   }
+}
+
+std::optional<std::uint32_t> BpeModel::find_hashed(std::string_view bytes,
+                                                   std::uint64_t hash) const {
+  const std::uint64_t slot = by_bytes_[byte_slot(bytes, hash)];
+  if (slot == 0) return std::nullopt;
+  return static_cast<std::uint32_t>(slot);
 }
 
 void BpeModel::reset_pairs(std::size_t pairs) {

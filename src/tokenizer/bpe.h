@@ -92,6 +92,10 @@ class BpeModel {
                        std::vector<std::uint32_t>& out) const;
   // find() with the piece's hash64 given.
   std::optional<std::uint32_t> find_hashed(std::string_view bytes, std::uint64_t hash) const;
+  // by_bytes_: the slot holding `bytes`, or the empty slot where they go;
+  // a slot's tag (its high half) for a hash.
+  std::size_t byte_slot(std::string_view bytes, std::uint64_t hash) const;
+  static std::uint64_t byte_tag(std::uint64_t hash);
 
   std::vector<std::string> tokens_;
   // Token bytes to id, open addressing: each slot is the high 32 bits of

@@ -82,6 +82,13 @@ RequestPtr SelfCommunicator::ibarrier() {
   return std::make_unique<DoneRequest>();
 }
 
+std::unique_ptr<Communicator> SelfCommunicator::split(int, int) {
+  auto made = std::make_unique<SelfCommunicator>();
+  made->set_timeout(timeout());
+  made->set_reduce_algorithm(reduce_algorithm());
+  return made;
+}
+
 RequestPtr SelfCommunicator::start_allreduce(void*, std::size_t, DataType, ReduceOp) {
   // The sum, average, maximum or minimum over one rank is the data itself.
   return std::make_unique<DoneRequest>();

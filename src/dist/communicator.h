@@ -130,6 +130,13 @@ class Communicator {
   }
   virtual RequestPtr ibarrier() = 0;
 
+  // A communicator over the ranks that pass the same color (every rank must
+  // call it, in the same order as the collectives), ranked by key, then by
+  // rank here. It keeps this one's time-out and reduction algorithm; its
+  // hosts and rank numbers are those of the group. Parallel groups (tensor,
+  // data) are made this way.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
   // Blocking forms: start, then wait() with the time-out.
   template <typename T>
   void allreduce(std::span<T> data, ReduceOp op) {
@@ -180,6 +187,7 @@ class SelfCommunicator final : public Communicator {
   const std::string& host(int rank) const override;
   std::string backend() const override { return "self"; }
   RequestPtr ibarrier() override;
+  std::unique_ptr<Communicator> split(int color, int key) override;
 
  protected:
   RequestPtr start_allreduce(void* data, std::size_t count, DataType type, ReduceOp op) override;

@@ -175,7 +175,8 @@ class MpiRequest final : public Request {
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator();
+  // Over MPI_COMM_WORLD (initialising MPI), or over a copy of `group`.
+  explicit MpiCommunicator(MPI_Comm group = MPI_COMM_NULL);
   ~MpiCommunicator() override;
 
   int rank() const override { return rank_; }
@@ -183,6 +184,7 @@ class MpiCommunicator final : public Communicator {
   const std::string& host(int rank) const override { return hosts_.at(static_cast<size_t>(rank)); }
   std::string backend() const override { return "mpi"; }
   RequestPtr ibarrier() override;
+  std::unique_ptr<Communicator> split(int color, int key) override;
 
   MPI_Comm comm() const { return comm_; }
   MPI_Comm stage2_comm() const { return stage2_; }
@@ -307,7 +309,7 @@ void MpiRequest::wait(std::chrono::milliseconds timeout) {
 int g_live = 0;
 bool g_we_initialized = false;
 
-MpiCommunicator::MpiCommunicator() {
+MpiCommunicator::MpiCommunicator(MPI_Comm group) {
   int initialized = 0;
   int finalized = 0;
   MPI_Initialized(&initialized);
@@ -324,9 +326,10 @@ MpiCommunicator::MpiCommunicator() {
   }
   yield_ = detect_launch_env().local_size > static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
   ++g_live;
-  check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
-  probes_.open(MPI_COMM_WORLD);
-  check(MPI_Comm_dup(MPI_COMM_WORLD, &stage2_), "MPI_Comm_dup");
+  const MPI_Comm base = group == MPI_COMM_NULL ? MPI_COMM_WORLD : group;
+  check(MPI_Comm_dup(base, &comm_), "MPI_Comm_dup");
+  probes_.open(base);
+  check(MPI_Comm_dup(base, &stage2_), "MPI_Comm_dup");
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_set_errhandler(stage2_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
@@ -388,6 +391,16 @@ void MpiCommunicator::time_out(const std::string& what, std::uint64_t seq, doubl
   const auto grace = mpi_detail::probe_grace(timeout());
   const mpi_detail::ProbeAnswers answers = probes_.ask_all(seq, started_, grace);
   mpi_detail::throw_time_out(what, waited_s, rank_, hosts_, grace, answers);
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
+  MPI_Comm group = MPI_COMM_NULL;
+  check(MPI_Comm_split(comm_, color, key, &group), "MPI_Comm_split");
+  auto made = std::make_unique<MpiCommunicator>(group);
+  MPI_Comm_free(&group);
+  made->set_timeout(timeout());
+  made->set_reduce_algorithm(reduce_algorithm());
+  return made;
 }
 
 RequestPtr MpiCommunicator::ibarrier() {

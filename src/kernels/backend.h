@@ -114,6 +114,36 @@ class Backend {
   virtual void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets,
                                              int N, int V, int Vp, T dloss) = 0;
 
+  // Vocabulary-parallel forms for tensor parallelism (Megatron-LM): this
+  // rank holds rows [v0, v0 + rows) of the padded vocabulary.
+  // embedding_forward over wte's part: tokens outside it read zeros (wpe is
+  // added when not null); the group's sum is the whole embedding.
+  virtual void embedding_forward_part(T* out, const std::int32_t* tokens, const T* wte, int v0,
+                                      int rows, const T* wpe, int N, int seq, int C) = 0;
+  // dwte[tokens[n] - v0] += dout[n] for tokens in the part; dwpe as in
+  // embedding_backward.
+  virtual void embedding_backward_part(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens,
+                                       int v0, int rows, int N, int seq, int C) = 0;
+  // Cross-entropy over logits [N, Vp] of vocabulary columns [v0, v0 + Vp),
+  // of which the first V are real (V may be 0), in three steps with
+  // reductions over the group between them; no rank holds whole rows:
+  //   part_max:    row_max[n] = max of the real logits (-inf for none);
+  //                then the group's maximum;
+  //   part_sums:   sums[2n] = sum of exp(x - row_max[n]) over the real
+  //                logits, sums[2n+1] = the target's logit if in this part,
+  //                else 0 (keep_exp: x = exp(x - row_max) in place); then
+  //                the group's sums;
+  //   part_finish: losses[n] = log(sums[2n]) + row_max[n] - sums[2n+1]; when
+  //                dloss != 0 (after keep_exp), the logits become
+  //                crossentropy_forward_backward's gradient for this part.
+  virtual void crossentropy_part_max(T* row_max, const T* logits, int N, int V, int Vp) = 0;
+  virtual void crossentropy_part_sums(T* logits, T* sums, const T* row_max,
+                                      const std::int32_t* targets, int v0, int N, int V, int Vp,
+                                      bool keep_exp) = 0;
+  virtual void crossentropy_part_finish(T* logits, T* losses, const T* row_max, const T* sums,
+                                        const std::int32_t* targets, int v0, int N, int V, int Vp,
+                                        T dloss) = 0;
+
   virtual void copy(T* out, const T* in, std::int64_t count) = 0;
   virtual void fill(T* out, T value, std::int64_t count) = 0;
 

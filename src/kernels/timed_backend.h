@@ -46,6 +46,32 @@ class TimedBackend final : public Backend<T> {
                           int seq, int C) override {
     time("embedding", [&] { inner_.embedding_backward(dwte, dwpe, dout, tokens, N, seq, C); });
   }
+  void embedding_forward_part(T* out, const std::int32_t* tokens, const T* wte, int v0, int rows,
+                              const T* wpe, int N, int seq, int C) override {
+    time("embedding",
+         [&] { inner_.embedding_forward_part(out, tokens, wte, v0, rows, wpe, N, seq, C); });
+  }
+  void embedding_backward_part(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int v0,
+                               int rows, int N, int seq, int C) override {
+    time("embedding",
+         [&] { inner_.embedding_backward_part(dwte, dwpe, dout, tokens, v0, rows, N, seq, C); });
+  }
+  void crossentropy_part_max(T* row_max, const T* logits, int N, int V, int Vp) override {
+    time("crossentropy", [&] { inner_.crossentropy_part_max(row_max, logits, N, V, Vp); });
+  }
+  void crossentropy_part_sums(T* logits, T* sums, const T* row_max, const std::int32_t* targets,
+                              int v0, int N, int V, int Vp, bool keep_exp) override {
+    time("crossentropy", [&] {
+      inner_.crossentropy_part_sums(logits, sums, row_max, targets, v0, N, V, Vp, keep_exp);
+    });
+  }
+  void crossentropy_part_finish(T* logits, T* losses, const T* row_max, const T* sums,
+                                const std::int32_t* targets, int v0, int N, int V, int Vp,
+                                T dloss) override {
+    time("crossentropy", [&] {
+      inner_.crossentropy_part_finish(logits, losses, row_max, sums, targets, v0, N, V, Vp, dloss);
+    });
+  }
   void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
                       bool accumulate) override {
     const double t =

@@ -1,20 +1,52 @@
 #include "model/block.h"
 
+#include <stdexcept>
+
 namespace borealis {
 
-BlockDims::BlockDims(const ModelConfig& config)
+BlockDims::BlockDims(const ModelConfig& config, TensorSplit split)
     : C(config.d_model),
-      S(config.qkv_width()),
-      F(config.d_ff),
-      FW(config.fc_width()),
-      NH(config.n_head),
-      NKV(config.n_kv_head),
+      S(config.qkv_width() / split.size),
+      F(config.d_ff / split.size),
+      FW(config.fc_width() / split.size),
+      NH(config.n_head / split.size),
+      NKV(config.n_kv_head / split.size),
       HD(config.head_dim()),
+      A(config.n_head / split.size * config.head_dim()),
       gpt2(config.family == ModelFamily::kGpt2) {}
 
 template <typename T>
-Block<T>::Block(const ModelConfig& config, const ParamLayout& layout, Backend<T>& backend)
-    : config_(config), layout_(layout), backend_(backend), dims_(config) {}
+Block<T>::Block(const ModelConfig& config, const ParamLayout& layout, Backend<T>& backend,
+                const TensorParallelGroup<T>* group)
+    : config_(config),
+      layout_(layout),
+      backend_(backend),
+      dims_(config, layout.split()),
+      group_(group != nullptr && group->active() ? group : nullptr) {
+  if (layout.split().size > 1 && group_ == nullptr) {
+    throw std::invalid_argument("Block: a tensor-parallel layout needs its group");
+  }
+}
+
+template <typename T>
+void Block<T>::project_residual(T* out, const T* x, const T* inp, const T* params, std::int64_t w,
+                                std::int64_t b, int C_in, int N,
+                                std::span<const RowGroup> groups) const {
+  const std::int64_t NC = static_cast<std::int64_t>(N) * dims_.C;
+  if (group_ == nullptr || group_->split.rank == 0) {
+    // Residual adds are fused into the output projections: out = x + y * W^T.
+    if (out != x) backend_.copy(out, x, NC);
+    matmul(out, inp, at(params, w), at(params, b), C_in, dims_.C, true, groups);
+  } else {
+    matmul(out, inp, at(params, w), nullptr, C_in, dims_.C, false, groups);
+  }
+  if (group_ != nullptr) group_->sum(out, NC);
+}
+
+template <typename T>
+void Block<T>::sum_over_group(T* data, std::int64_t count) const {
+  if (group_ != nullptr) group_->sum(data, count);
+}
 
 template <typename T>
 void Block<T>::norm_forward(T* out, T* mean, T* rstd, const T* inp, const T* params, std::int64_t w,
@@ -71,18 +103,17 @@ void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffer
                       bool accumulate) {
     matmul(out, inp, at(params, wo), at(params, bo), C, OC, accumulate, groups);
   };
-  const std::int64_t NC = static_cast<std::int64_t>(N) * d.C;
+  if (group_ != nullptr && (buf.res2 == x || buf.res3 == buf.res2)) {
+    throw std::invalid_argument("Block: tensor parallelism needs separate residual buffers");
+  }
   norm_forward(buf.ln1, buf.ln1_mean, buf.ln1_rstd, x, params, w.ln1_w, w.ln1_b, N);
   mm(buf.qkv, buf.ln1, w.qkv_w, w.qkv_b, d.C, d.S, false);
   attend(buf.qkv, buf.atty);
-  // Residual adds are fused into the output projections: res = x + y * W^T.
-  if (buf.res2 != x) backend_.copy(buf.res2, x, NC);
-  mm(buf.res2, buf.atty, w.proj_w, w.proj_b, d.C, d.C, true);
+  project_residual(buf.res2, x, buf.atty, params, w.proj_w, w.proj_b, d.A, N, groups);
   norm_forward(buf.ln2, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w, w.ln2_b, N);
   mm(buf.fch, buf.ln2, w.fc_w, w.fc_b, d.C, d.FW, false);
   mlp_activation(buf.mlp, buf.fch, N);
-  if (buf.res3 != buf.res2) backend_.copy(buf.res3, buf.res2, NC);
-  mm(buf.res3, buf.mlp, w.fcproj_w, w.fcproj_b, d.F, d.C, true);
+  project_residual(buf.res3, buf.res2, buf.mlp, params, w.fcproj_w, w.fcproj_b, d.F, N, groups);
 }
 
 template <typename T>
@@ -103,15 +134,17 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   }
   backend_.matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, buf.ln2,
                            at(params, w.fc_w), N, d.C, d.FW);
+  sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, buf.res2, buf.ln2_mean, buf.ln2_rstd, params, grads, w.ln2_w,
                 w.ln2_b, N);
   // Attention.
   backend_.matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, buf.atty,
-                           at(params, w.proj_w), N, d.C, d.C);
+                           at(params, w.proj_w), N, d.A, d.C);
   backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
   if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
   backend_.matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, buf.ln1,
                            at(params, w.qkv_w), N, d.C, d.S);
+  sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, x, buf.ln1_mean, buf.ln1_rstd, params, grads, w.ln1_w, w.ln1_b, N);
 }
 

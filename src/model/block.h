@@ -30,9 +30,10 @@
 
 namespace borealis {
 
-// The shapes every block pass needs, from the config.
+// The shapes every block pass needs, from the config; under tensor
+// parallelism those of this rank's part (heads and hidden units).
 struct BlockDims {
-  explicit BlockDims(const ModelConfig& config);
+  explicit BlockDims(const ModelConfig& config, TensorSplit split = {});
   int C;    // d_model
   int S;    // packed qkv width: (NH + 2 * NKV) * HD
   int F;    // MLP hidden width
@@ -40,7 +41,24 @@ struct BlockDims {
   int NH;   // query heads
   int NKV;  // key/value heads
   int HD;   // head dimension
+  int A;    // attention output width, NH * HD (C unless split)
   bool gpt2;
+};
+
+// The tensor-parallel group a model is cut across (params.h, TensorSplit):
+// this rank's place, and the group's sum and maximum of a buffer in place,
+// which must give the same bits on every rank (the Communicator's ordered
+// allreduce does). The layers reduce over the group where Megatron-LM does:
+// after each row-parallel projection in forward (attention output, MLP
+// output: the residual stream is whole on every rank), after each
+// column-parallel projection's input gradient in backward, and in the
+// vocabulary-parallel embedding and cross-entropy.
+template <typename T>
+struct TensorParallelGroup {
+  TensorSplit split;
+  std::function<void(T* data, std::int64_t count)> sum;
+  std::function<void(T* data, std::int64_t count)> max;
+  bool active() const { return split.size > 1; }
 };
 
 // Where one block's activations live, N rows each. mean is unused by RMSNorm.
@@ -75,7 +93,10 @@ using Attend = std::function<void(T* qkv, T* atty)>;
 template <typename T>
 class Block {
  public:
-  Block(const ModelConfig& config, const ParamLayout& layout, Backend<T>& backend);
+  // The layout's split says which part of each layer this rank holds; a
+  // split layout needs its group (which must outlive the block).
+  Block(const ModelConfig& config, const ParamLayout& layout, Backend<T>& backend,
+        const TensorParallelGroup<T>* group = nullptr);
 
   const BlockDims& dims() const { return dims_; }
 
@@ -114,11 +135,18 @@ class Block {
   }
   static T* at(T* base, std::int64_t offset) { return offset < 0 ? nullptr : base + offset; }
   void mlp_activation(T* out, const T* fch, int N) const;
+  // out = x + inp * W^T + b over the group: a row-parallel projection with
+  // its residual add (rank 0 adds x and the bias, then the group sums).
+  void project_residual(T* out, const T* x, const T* inp, const T* params, std::int64_t w,
+                        std::int64_t b, int C_in, int N, std::span<const RowGroup> groups) const;
+  // The group's sum of a column-parallel projection's input gradient.
+  void sum_over_group(T* data, std::int64_t count) const;
 
   ModelConfig config_;
   ParamLayout layout_;
   Backend<T>& backend_;
   BlockDims dims_;
+  const TensorParallelGroup<T>* group_;
 };
 
 extern template class Block<float>;

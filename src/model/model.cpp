@@ -17,11 +17,14 @@ constexpr std::int64_t kLogitsChunkElems = std::int64_t{1} << 25;
 }  // namespace
 
 template <typename T>
-Model<T>::Model(const ModelConfig& config, Backend<T>& backend)
+Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorParallelGroup<T>* group)
     : config_(config),
       backend_(backend),
-      layout_((config.validate(), config)),
-      block_(config, layout_, backend) {
+      group_(group != nullptr && group->active() ? group : nullptr),
+      vocab_part_(config.padded_vocab / (group_ ? group_->split.size : 1)),
+      vocab_first_(group_ ? group_->split.rank * vocab_part_ : 0),
+      layout_((config.validate(), config), group_ ? group_->split : TensorSplit{}),
+      block_(config, layout_, backend, group_) {
   params_.assign(static_cast<std::size_t>(layout_.total()), T(0));
   grads_.assign(static_cast<std::size_t>(layout_.total()), T(0));
 }
@@ -60,10 +63,11 @@ void Model<T>::reserve(int B, int seq) {
   B = std::max(B, cap_B_);
   seq = std::max(seq, cap_T_);
   const std::int64_t N = static_cast<std::int64_t>(B) * seq;
-  const std::int64_t C = config_.d_model;
-  const std::int64_t S = config_.qkv_width();
-  const std::int64_t F = config_.d_ff;
-  const std::int64_t FW = config_.fc_width();
+  const BlockDims& d = block_.dims();
+  const std::int64_t C = d.C;
+  const std::int64_t S = d.S;
+  const std::int64_t F = d.F;
+  const std::int64_t FW = d.FW;
   std::int64_t top = 0;
   auto take = [&top](std::int64_t elems) {
     const std::int64_t at = top;
@@ -78,8 +82,8 @@ void Model<T>::reserve(int B, int seq) {
     a.ln1_mean = take(N);
     a.ln1_rstd = take(N);
     a.qkv = take(N * S);
-    a.atty = take(N * C);
-    a.lse = take(static_cast<std::int64_t>(B) * config_.n_head * seq);
+    a.atty = take(N * d.A);
+    a.lse = take(static_cast<std::int64_t>(B) * d.NH * seq);
     a.res2 = take(N * C);
     a.ln2 = take(N * C);
     a.ln2_mean = take(N);
@@ -97,19 +101,20 @@ void Model<T>::reserve(int B, int seq) {
   } else {
     // Equal chunks (rounded up to 16 rows, the GEMM kernels' unroll): a
     // small remainder chunk runs its GEMMs far below the sgemm peak.
-    const std::int64_t most =
-        std::clamp<std::int64_t>(kLogitsChunkElems / config_.padded_vocab, 16, N);
+    const std::int64_t most = std::clamp<std::int64_t>(kLogitsChunkElems / vocab_part_, 16, N);
     const std::int64_t chunks = (N + most - 1) / most;
     chunk_rows_ = std::min<std::int64_t>(N, ((N + chunks - 1) / chunks + 15) / 16 * 16);
   }
-  logits_ = take(chunk_rows_ * config_.padded_vocab);
+  logits_ = take(chunk_rows_ * vocab_part_);
+  row_max_ = take(chunk_rows_);
+  row_sums_ = take(2 * chunk_rows_);
   // Scratch shared by all layers: the MLP activation (recomputed in backward
   // rather than stored per layer) and the gradients of one block.
   mlp_act_ = take(N * F);
   dlnf_ = take(N * C);
   dres_ = take(N * C);
   dln_ = take(N * C);
-  datty_ = take(N * C);
+  datty_ = take(N * d.A);
   dqkv_ = take(N * S);
   dmlp_act_ = take(N * F);
   dfch_ = take(N * FW);
@@ -167,8 +172,17 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   const int C = d.C;
   std::copy(tokens, tokens + N, tokens_.begin());
 
-  backend_.embedding_forward(act(encoded_), tokens, p(layout_.wte()),
-                             d.gpt2 ? p(layout_.wpe()) : nullptr, N, seq, C);
+  if (group_ == nullptr) {
+    backend_.embedding_forward(act(encoded_), tokens, p(layout_.wte()),
+                               d.gpt2 ? p(layout_.wpe()) : nullptr, N, seq, C);
+  } else {
+    // Each rank embeds the tokens of its vocabulary rows (rank 0 adds the
+    // positions); the group's sum is the whole embedding.
+    backend_.embedding_forward_part(
+        act(encoded_), tokens, p(layout_.wte()), vocab_first_, vocab_part_,
+        d.gpt2 && group_->split.rank == 0 ? p(layout_.wpe()) : nullptr, N, seq, C);
+    group_->sum(act(encoded_), static_cast<std::int64_t>(N) * C);
+  }
   for (int l = 0; l < config_.n_layer; ++l) {
     T* lse = act(layer_acts_[static_cast<std::size_t>(l)].lse);
     const Attend<T> attend = [&](T* qkv, T* atty) {
@@ -183,23 +197,45 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
 
   // Loss head in row chunks; with need_grad the chunk's logits turn into
   // their gradient in place and are consumed at once.
-  const int Vp = config_.padded_vocab;
+  const int Vp = vocab_part_;
   const T dloss = need_grad ? grad_scale / T(N) : T(0);
   for (int r0 = 0; r0 < N; r0 += static_cast<int>(chunk_rows_)) {
     const int rows = std::min(static_cast<int>(chunk_rows_), N - r0);
     const T* x = act(lnf_) + static_cast<std::int64_t>(r0) * C;
     backend_.matmul_forward(act(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
-    backend_.crossentropy_forward_backward(act(logits_), act(losses_) + r0, targets + r0, rows,
-                                           config_.vocab_size, Vp, dloss);
+    chunk_crossentropy(act(logits_), act(losses_) + r0, targets + r0, rows, dloss);
     if (need_grad) {
       backend_.matmul_backward(act(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
                                nullptr, act(logits_), x, p(layout_.lm_head()), rows, C, Vp);
     }
   }
+  // Each rank's lm-head part contributes to the gradient of every row.
+  if (need_grad && group_ != nullptr) group_->sum(act(dlnf_), static_cast<std::int64_t>(N) * C);
   have_grad_pass_ = need_grad;
   double sum = 0;
   for (int i = 0; i < N; ++i) sum += static_cast<double>(act(losses_)[i]);
   return static_cast<T>(sum / N);
+}
+
+template <typename T>
+void Model<T>::chunk_crossentropy(T* logits, T* losses, const std::int32_t* targets, int rows,
+                                  T dloss) {
+  if (group_ == nullptr) {
+    backend_.crossentropy_forward_backward(logits, losses, targets, rows, config_.vocab_size,
+                                           vocab_part_, dloss);
+    return;
+  }
+  // Vocabulary-parallel (Megatron-LM): the row maxima, then the sums of
+  // exponentials and the target logits, are reduced over the group; no rank
+  // holds a whole row of logits.
+  const int real = std::clamp(config_.vocab_size - vocab_first_, 0, vocab_part_);
+  backend_.crossentropy_part_max(act(row_max_), logits, rows, real, vocab_part_);
+  group_->max(act(row_max_), rows);
+  backend_.crossentropy_part_sums(logits, act(row_sums_), act(row_max_), targets, vocab_first_,
+                                  rows, real, vocab_part_, dloss != T(0));
+  group_->sum(act(row_sums_), 2 * static_cast<std::int64_t>(rows));
+  backend_.crossentropy_part_finish(logits, losses, act(row_max_), act(row_sums_), targets,
+                                    vocab_first_, rows, real, vocab_part_, dloss);
 }
 
 template <typename T>
@@ -229,8 +265,14 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
                     act(layer_acts_[static_cast<std::size_t>(l)].lse), d, B, seq);
     if (grads_final_from) grads_final_from(layout_.layer(l).ln1_w);
   }
-  backend_.embedding_backward(g(layout_.wte()), block_.dims().gpt2 ? g(layout_.wpe()) : nullptr,
-                              act(dres_), tokens_.data(), N, seq, config_.d_model);
+  T* dwpe = block_.dims().gpt2 ? g(layout_.wpe()) : nullptr;
+  if (group_ == nullptr) {
+    backend_.embedding_backward(g(layout_.wte()), dwpe, act(dres_), tokens_.data(), N, seq,
+                                config_.d_model);
+  } else {
+    backend_.embedding_backward_part(g(layout_.wte()), dwpe, act(dres_), tokens_.data(),
+                                     vocab_first_, vocab_part_, N, seq, config_.d_model);
+  }
   if (grads_final_from) grads_final_from(0);
 }
 

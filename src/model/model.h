@@ -16,6 +16,13 @@
 //
 // Activations live in one arena sized by reserve(B, T); the model calls ops
 // only through Backend<T>, so it runs unchanged on any backend.
+//
+// Tensor parallelism: given a TensorParallelGroup, the model holds this rank's part
+// of every layer (ParamLayout with the group's split: heads, hidden units,
+// vocabulary rows) and reduces over the group inside forward and backward,
+// so that every rank of the group sees the same residual stream, loss and
+// losses; the gradients are those of its part (and of the whole norms,
+// positions and row-parallel biases, the same on every rank).
 #pragma once
 
 #include <cstdint>
@@ -34,8 +41,10 @@ namespace borealis {
 template <typename T>
 class Model {
  public:
-  // Parameters start at zero; call init() or load them.
-  Model(const ModelConfig& config, Backend<T>& backend);
+  // Parameters start at zero; call init() or load them. group (optional,
+  // must outlive the model): the tensor-parallel group this rank belongs to.
+  Model(const ModelConfig& config, Backend<T>& backend,
+        const TensorParallelGroup<T>* group = nullptr);
 
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
@@ -86,9 +95,15 @@ class Model {
   T* p(std::int64_t offset) { return offset < 0 ? nullptr : params_.data() + offset; }
   T* g(std::int64_t offset) { return offset < 0 ? nullptr : grads_.data() + offset; }
   void validate_tokens(const std::int32_t* ids, const char* what) const;
+  // The loss head's cross-entropy on one chunk of logits, whole or (tensor
+  // parallel) over the group's vocabulary parts.
+  void chunk_crossentropy(T* logits, T* losses, const std::int32_t* targets, int rows, T dloss);
 
   ModelConfig config_;
   Backend<T>& backend_;
+  const TensorParallelGroup<T>* group_;  // null unless tensor parallel
+  int vocab_part_ = 0;                   // padded vocabulary rows this rank holds
+  int vocab_first_ = 0;                  // the first of them
   ParamLayout layout_;
   Block<T> block_;
   std::vector<T> params_;
@@ -101,7 +116,7 @@ class Model {
   bool have_grad_pass_ = false;
   std::vector<LayerActs> layer_acts_;
   std::int64_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, losses_ = 0;
-  std::int64_t logits_ = 0, chunk_rows_ = 0, chunk_rows_request_ = 0;
+  std::int64_t logits_ = 0, chunk_rows_ = 0, chunk_rows_request_ = 0, row_max_ = 0, row_sums_ = 0;
   std::int64_t dlnf_ = 0, dres_ = 0, dln_ = 0, datty_ = 0, dqkv_ = 0, mlp_act_ = 0, dmlp_act_ = 0,
                dfch_ = 0;
   std::vector<std::int32_t> tokens_;

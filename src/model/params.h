@@ -20,6 +20,12 @@ namespace borealis {
 // What a tensor is, for weight-decay exclusion and initialisation.
 enum class ParamKind { kMatrix, kEmbedding, kNorm, kBias };
 
+// A contiguous run [begin, begin + length) of indices along one dimension.
+struct IndexRun {
+  std::int64_t begin = 0;
+  std::int64_t length = 0;
+};
+
 struct ParamView {
   std::string name;  // e.g. "h.3.attn.qkv.w"
   std::vector<std::int64_t> shape;
@@ -27,7 +33,41 @@ struct ParamView {
   std::int64_t size = 0;    // product of shape
   ParamKind kind = ParamKind::kMatrix;
   bool residual_projection = false;  // output projection into the residual stream
+  // Under tensor parallelism a view may hold part of the whole tensor: the
+  // indices `runs` (in this order) of dimension split_dim of whole_shape.
+  // split_dim -1: the whole tensor (replicated on every rank of the group).
+  std::vector<std::int64_t> whole_shape;
+  int split_dim = -1;
+  std::vector<IndexRun> runs;
+  bool is_split() const { return split_dim >= 0; }
 };
+
+// A rank's place in a tensor-parallel group (Megatron-LM, arXiv 1909.08053).
+// Attention is cut by heads (query heads and key/value heads alike), the MLP
+// by hidden units, the embedding and the output layer by vocabulary rows:
+//   attn.qkv (w, b)   rows of this rank's q, k and v heads   (column-parallel)
+//   attn.proj.w       columns of this rank's heads            (row-parallel)
+//   mlp.fc (w, b)     rows of this rank's hidden units (of gate and of up)
+//   mlp.proj.w        columns of this rank's hidden units     (row-parallel)
+//   wte, lm_head.w    rows [rank * Vp / size, (rank + 1) * Vp / size)
+// Norms, positions (wpe) and the biases of row-parallel layers are whole on
+// every rank.
+struct TensorSplit {
+  int rank = 0;
+  int size = 1;
+};
+
+// Throws borealis::Error (at `where`) naming the dimension when the model
+// cannot be cut into `size` parts: heads, key/value heads, d_ff and the
+// padded vocabulary must each divide by it.
+void check_tensor_split(const ModelConfig& config, int size, const std::string& where);
+
+// Copies the part of a whole tensor (whole_shape, row-major) that view `v`
+// holds into `part` (v.shape), and back.
+template <typename T>
+void take_part(const ParamView& v, const T* whole, T* part);
+template <typename T>
+void put_part(const ParamView& v, const T* part, T* whole);
 
 // Offsets of the tensors of one transformer block (-1 when absent: biases of
 // Llama, norm biases of RMSNorm).
@@ -42,7 +82,11 @@ struct LayerOffsets {
 
 class ParamLayout {
  public:
-  explicit ParamLayout(const ModelConfig& config);
+  // The whole model, or (split.size > 1) the part of it one rank of a
+  // tensor-parallel group holds; names are the same, shapes are the part's.
+  explicit ParamLayout(const ModelConfig& config, TensorSplit split = {});
+
+  const TensorSplit& split() const { return split_; }
 
   const std::vector<ParamView>& views() const { return views_; }
   std::int64_t total() const { return total_; }
@@ -58,8 +102,10 @@ class ParamLayout {
 
  private:
   std::int64_t add(std::string name, std::vector<std::int64_t> shape, ParamKind kind,
-                   bool residual_projection = false);
+                   bool residual_projection = false, int split_dim = -1,
+                   std::vector<IndexRun> runs = {});
 
+  TensorSplit split_;
   std::vector<ParamView> views_;
   std::vector<LayerOffsets> layers_;
   std::int64_t total_ = 0;
@@ -70,7 +116,8 @@ class ParamLayout {
 // N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 * n_layer)), biases 0,
 // norm weights 1; padded vocabulary rows 0. Each tensor draws from its own
 // stream keyed by (seed, name), so the values do not depend on layout order
-// or thread count.
+// or thread count; a tensor-parallel part gets its share of the whole
+// tensor's values.
 template <typename T>
 void init_params(const ModelConfig& config, const ParamLayout& layout, T* params,
                  std::uint64_t seed);

@@ -99,19 +99,62 @@ void DataParallel::finish_reduction() {
   wait_all();
 }
 
-double DataParallel::grad_norm() {
-  const int n = comm_.size();
-  if (n == 1) return global_norm(backend_, grads_, total_);
-  // Each rank sums the squares of one shard (the same elements in both
-  // modes); the partial sums are added in rank order on every rank.
-  const std::int64_t lo = std::min(total_, shard_ * comm_.rank());
-  const std::int64_t count = std::min(total_, shard_ * (comm_.rank() + 1)) - lo;
-  const float* mine = options_.zero == 1 ? shard_grads_.data() : grads_ + lo;
-  const double partial = backend_.sum_of_squares(mine, count);
-  std::vector<double> all(static_cast<std::size_t>(n));
-  comm_.all_gather(std::span<const double>(&partial, 1), std::span<double>(all));
+void DataParallel::set_tensor_parallel(Communicator& tensor, const ParamLayout& layout) {
+  if (layout.total() != total_) {
+    throw std::invalid_argument("DataParallel::set_tensor_parallel: another layout");
+  }
+  tensor_ = &tensor;
+  not_counted_.clear();
+  if (tensor.rank() == 0) return;
+  for (const ParamView& v : layout.views()) {
+    if (v.is_split()) continue;
+    if (!not_counted_.empty() && not_counted_.back().second == v.offset) {
+      not_counted_.back().second = v.offset + v.size;
+    } else {
+      not_counted_.emplace_back(v.offset, v.offset + v.size);
+    }
+  }
+}
+
+double DataParallel::sum_of_squares(const float* data, std::int64_t lo, std::int64_t count) {
+  double sum = 0.0;
+  std::int64_t at = lo;
+  const std::int64_t hi = lo + count;
+  for (const auto& [skip_lo, skip_hi] : not_counted_) {
+    if (skip_hi <= at) continue;
+    if (skip_lo >= hi) break;
+    if (skip_lo > at) sum += backend_.sum_of_squares(data + (at - lo), skip_lo - at);
+    at = std::min(hi, skip_hi);
+  }
+  if (at < hi) sum += backend_.sum_of_squares(data + (at - lo), hi - at);
+  return sum;
+}
+
+namespace {
+
+// The sum of one double from every rank, added in rank order.
+double sum_in_rank_order(Communicator& comm, double mine) {
+  std::vector<double> all(static_cast<std::size_t>(comm.size()));
+  comm.all_gather(std::span<const double>(&mine, 1), std::span<double>(all));
   double total = 0.0;
   for (const double s : all) total += s;
+  return total;
+}
+
+}  // namespace
+
+double DataParallel::grad_norm() {
+  const int n = comm_.size();
+  if (n == 1 && tensor_ == nullptr) return global_norm(backend_, grads_, total_);
+  // Each rank sums the squares of one shard (the same elements in both
+  // modes); the partial sums are added in rank order on every rank, then
+  // over the tensor group.
+  const std::int64_t lo = std::min(total_, shard_ * comm_.rank());
+  const std::int64_t count = std::min(total_, shard_ * (comm_.rank() + 1)) - lo;
+  const float* mine = options_.zero == 1 && n > 1 ? shard_grads_.data() : grads_ + lo;
+  double total = sum_of_squares(mine, lo, count);
+  if (n > 1) total = sum_in_rank_order(comm_, total);
+  if (tensor_ != nullptr) total = sum_in_rank_order(*tensor_, total);
   return std::sqrt(total);
 }
 

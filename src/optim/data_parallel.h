@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -57,6 +58,13 @@ class DataParallel {
   // communicator's time-out). Afterwards this rank holds the summed
   // gradients: all of them (zero = 0) or those of its shard (zero = 1).
   void finish_reduction();
+  // Tensor parallelism: this rank holds a part of the model (the layout's
+  // split) and `tensor` connects the parts. The gradient norm then covers
+  // the whole model: the parts' squares are added over the tensor group
+  // too, and tensors every part holds whole (norms, positions, row-parallel
+  // biases, the same on every rank of the group) count once, on its rank 0.
+  // `tensor` must outlive this.
+  void set_tensor_parallel(Communicator& tensor, const ParamLayout& layout);
   // The L2 norm of the summed gradients, identical on every rank.
   double grad_norm();
   // AdamW update with learning rate lr on the summed gradients times
@@ -91,6 +99,9 @@ class DataParallel {
   void wait_all();
   // zero = 1: every rank's shard [lo, hi) of `mine` (shard-local) into `full`.
   void gather_shards(const float* mine, float* full);
+  // Sum of squares of grads[lo, lo + count) (at `data`), without the
+  // elements the tensor group counts on another rank.
+  double sum_of_squares(const float* data, std::int64_t lo, std::int64_t count);
 
   Communicator& comm_;
   Backend<float>& backend_;
@@ -106,6 +117,9 @@ class DataParallel {
   std::vector<RequestPtr> pending_;
   std::vector<float> staging_;      // zero = 1: size() * shard_
   std::vector<float> shard_grads_;  // zero = 1: shard_
+  Communicator* tensor_ = nullptr;  // tensor-parallel group, if any
+  // Ranges [lo, hi) of the flat buffer this rank leaves out of the norm.
+  std::vector<std::pair<std::int64_t, std::int64_t>> not_counted_;
 };
 
 }  // namespace borealis

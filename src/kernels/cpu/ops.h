@@ -24,12 +24,14 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, 
 template <typename T>
 void gemv(bool trans, int M, int N, T alpha, const T* A, int lda, const T* x, T beta, T* y);
 
+// The embedding ops over rows [v0, v0 + rows) of wte (the whole table:
+// v0 = 0, rows = INT_MAX); tokens outside read zeros and take no gradient.
 template <typename T>
-void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
-                       int seq, int C);
+void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, int v0, int rows,
+                       const T* wpe, int N, int seq, int C);
 template <typename T>
-void embedding_backward(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int N, int seq,
-                        int C);
+void embedding_backward(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int v0,
+                        int rows, int N, int seq, int C);
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
                     bool accumulate);
@@ -39,6 +41,14 @@ void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, cons
 template <typename T>
 void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* targets, int N, int V,
                                    int Vp, T dloss);
+template <typename T>
+void crossentropy_part_max(T* row_max, const T* logits, int N, int V, int Vp);
+template <typename T>
+void crossentropy_part_sums(T* logits, T* sums, const T* row_max, const std::int32_t* targets,
+                            int v0, int N, int V, int Vp, bool keep_exp);
+template <typename T>
+void crossentropy_part_finish(T* logits, T* losses, const T* row_max, const T* sums,
+                              const std::int32_t* targets, int v0, int N, int V, int Vp, T dloss);
 
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N, int C,

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -71,12 +72,22 @@ void column_sum_accumulate(T* out, const T* x, int N, int C) {
 }
 
 template <typename T>
-void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
-                       int seq, int C) {
+void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, int v0, int rows,
+                       const T* wpe, int N, int seq, int C) {
 #pragma omp parallel for schedule(static) if (worth_threads(std::int64_t{N} * C))
   for (int n = 0; n < N; ++n) {
     T* o = out + static_cast<std::size_t>(n) * C;
-    const T* e = wte + static_cast<std::size_t>(tokens[n]) * C;
+    const std::int64_t row = static_cast<std::int64_t>(tokens[n]) - v0;
+    if (row < 0 || row >= rows) {
+      if (wpe != nullptr) {
+        const T* p = wpe + static_cast<std::size_t>(n % seq) * C;
+        std::copy(p, p + C, o);
+      } else {
+        std::fill(o, o + C, T(0));
+      }
+      continue;
+    }
+    const T* e = wte + static_cast<std::size_t>(row) * C;
     if (wpe != nullptr) {
       const T* p = wpe + static_cast<std::size_t>(n % seq) * C;
 #pragma omp simd
@@ -88,8 +99,8 @@ void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T
 }
 
 template <typename T>
-void embedding_backward(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int N, int seq,
-                        int C) {
+void embedding_backward(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int v0,
+                        int rows, int N, int seq, int C) {
   // Each thread owns a slice of channels and walks all rows in order: no
   // races on repeated tokens and a fixed summation order.
   constexpr int kSlice = 32;
@@ -99,7 +110,9 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const std::int32_t* tok
     const int c0 = s * kSlice;
     const int c1 = std::min(C, c0 + kSlice);
     for (int n = 0; n < N; ++n) {
-      T* d = dwte + static_cast<std::size_t>(tokens[n]) * C;
+      const std::int64_t row = static_cast<std::int64_t>(tokens[n]) - v0;
+      if (row < 0 || row >= rows) continue;
+      T* d = dwte + static_cast<std::size_t>(row) * C;
       const T* g = dout + static_cast<std::size_t>(n) * C;
 #pragma omp simd
       for (int c = c0; c < c1; ++c) d[c] += g[c];
@@ -182,10 +195,71 @@ void crossentropy_forward_backward(T* logits, T* losses, const std::int32_t* tar
   }
 }
 
+template <typename T>
+void crossentropy_part_max(T* row_max, const T* logits, int N, int V, int Vp) {
+#pragma omp parallel for schedule(static) if (worth_threads(std::int64_t{N} * V))
+  for (int n = 0; n < N; ++n) {
+    const T* x = logits + static_cast<std::size_t>(n) * Vp;
+    T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j < V; ++j) mx = vmax(mx, x[j]);
+    row_max[n] = mx;
+  }
+}
+
+template <typename T>
+void crossentropy_part_sums(T* logits, T* sums, const T* row_max, const std::int32_t* targets,
+                            int v0, int N, int V, int Vp, bool keep_exp) {
+#pragma omp parallel for schedule(static) if (worth_threads(std::int64_t{N} * V))
+  for (int n = 0; n < N; ++n) {
+    T* x = logits + static_cast<std::size_t>(n) * Vp;
+    const T mx = row_max[n];
+    const std::int64_t t = static_cast<std::int64_t>(targets[n]) - v0;
+    sums[2 * n + 1] = (t >= 0 && t < V) ? x[t] : T(0);
+    T sum = 0;
+    if (keep_exp) {
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < V; ++j) {
+        const T e = vexp<T>(x[j] - mx);
+        x[j] = e;
+        sum += e;
+      }
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < V; ++j) sum += vexp<T>(x[j] - mx);
+    }
+    sums[2 * n] = sum;
+  }
+}
+
+template <typename T>
+void crossentropy_part_finish(T* logits, T* losses, const T* row_max, const T* sums,
+                              const std::int32_t* targets, int v0, int N, int V, int Vp, T dloss) {
+#pragma omp parallel for schedule(static) if (worth_threads(std::int64_t{N} * V))
+  for (int n = 0; n < N; ++n) {
+    losses[n] = std::log(sums[2 * n]) + row_max[n] - sums[2 * n + 1];
+    if (dloss == T(0)) continue;
+    T* x = logits + static_cast<std::size_t>(n) * Vp;
+    const T scale = dloss / sums[2 * n];
+#pragma omp simd
+    for (int j = 0; j < V; ++j) x[j] *= scale;
+    const std::int64_t t = static_cast<std::int64_t>(targets[n]) - v0;
+    if (t >= 0 && t < V) x[t] -= dloss;
+    std::fill(x + V, x + Vp, T(0));
+  }
+}
+
 #define BOREALIS_INSTANTIATE(T)                                                                   \
   template void column_sum_accumulate<T>(T*, const T*, int, int);                                 \
-  template void embedding_forward<T>(T*, const std::int32_t*, const T*, const T*, int, int, int); \
-  template void embedding_backward<T>(T*, T*, const T*, const std::int32_t*, int, int, int);      \
+  template void embedding_forward<T>(T*, const std::int32_t*, const T*, int, int, const T*, int,  \
+                                     int, int);                                                   \
+  template void embedding_backward<T>(T*, T*, const T*, const std::int32_t*, int, int, int, int,  \
+                                      int);                                                       \
+  template void crossentropy_part_max<T>(T*, const T*, int, int, int);                            \
+  template void crossentropy_part_sums<T>(T*, T*, const T*, const std::int32_t*, int, int, int,   \
+                                          int, bool);                                             \
+  template void crossentropy_part_finish<T>(T*, T*, const T*, const T*, const std::int32_t*, int, \
+                                            int, int, int, T);                                    \
   template void matmul_forward<T>(T*, const T*, const T*, const T*, int, int, int, bool);         \
   template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);      \
   template void crossentropy_forward_backward<T>(T*, T*, const std::int32_t*, int, int, int, T);

@@ -82,6 +82,8 @@ class DataParallel {
   int zero() const { return options_.zero; }
   // Elements of the flat buffer this rank's optimizer owns: [begin, end).
   std::int64_t shard_begin() const { return begin_; }
+  // The padded length every rank's shard has in the collectives (zero = 1).
+  std::int64_t shard_length() const { return shard_; }
   std::int64_t shard_end() const { return end_; }
   std::size_t optimizer_bytes() const { return optimizer_.state_bytes(); }
   // Staging buffers for the collectives (zero = 1: packed chunks and the

@@ -183,6 +183,10 @@ void CheckpointSaver::start(const TrainState& state, const ParamLayout& layout, 
     job->v = opt.v().data();
     job->params = params;
   }
+  launch(std::move(job), writes);
+}
+
+void CheckpointSaver::launch(std::unique_ptr<Job> job, bool writes) {
   job_ = std::move(job);
   if (!writes) {
     job_->done = true;
@@ -196,7 +200,23 @@ void CheckpointSaver::start(const TrainState& state, const ParamLayout& layout, 
   } else {
     write_local(*job_);
   }
-  job_->stall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  job_->stall_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - job_->started).count();
+}
+
+void CheckpointSaver::start(const TrainState& state, const WholeState& whole, bool fail_here) {
+  if (job_) throw std::logic_error("CheckpointSaver::start with a save in flight");
+  auto job = std::make_unique<Job>();
+  job->started = std::chrono::steady_clock::now();
+  job->state = state;
+  job->layout = whole.layout;
+  job->fail_here = fail_here;
+  job->adamw_steps = whole.adamw_steps;
+  job->range = {0, whole.layout->total()};
+  job->params = whole.params;
+  job->m = whole.m;
+  job->v = whole.v;
+  launch(std::move(job), comm_.rank() == 0);
 }
 
 void CheckpointSaver::write_local(Job& j) {

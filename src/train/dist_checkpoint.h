@@ -73,6 +73,18 @@ class CheckpointSaver {
   // fail_here makes this rank's part fail (BOREALIS_TEST_FAULT=RANK:STEP:save).
   void start(const TrainState& state, const ParamLayout& layout, const float* params,
              DataParallel& dp, bool fail_here = false);
+  // What a save writes, when it is not a DataParallel's live state: the
+  // whole model gathered from a tensor-parallel run's parts
+  // (train/whole_model.h), written by rank 0 in the single-process format.
+  // The buffers must stay unchanged until finish(); they are not copied.
+  struct WholeState {
+    const ParamLayout* layout = nullptr;
+    const float* params = nullptr;  // rank 0: layout->total() each
+    const float* m = nullptr;
+    const float* v = nullptr;
+    std::int64_t adamw_steps = 0;
+  };
+  void start(const TrainState& state, const WholeState& whole, bool fail_here = false);
   bool pending() const { return job_ != nullptr; }
   std::int64_t pending_step() const;  // -1: none
   bool local_done() const;            // true when nothing is pending
@@ -83,6 +95,9 @@ class CheckpointSaver {
 
  private:
   struct Job;
+  // Makes `job` the save in flight; this rank writes its part (`writes`) at
+  // once or in the background.
+  void launch(std::unique_ptr<Job> job, bool writes);
   void write_local(Job& job);
 
   Communicator& comm_;

@@ -182,6 +182,9 @@ ConfigSchema train_config_schema() {
   s.add("eval.limit", Int{0}, "first N docs of each task (0: all)");
   s.add("eval.num_fewshot", Int{0}, "few-shot examples per prompt");
 
+  s.add("dist.tensor_parallel", Int{1},
+        "ranks per tensor-parallel group (Megatron-LM): attention heads, MLP units and "
+        "vocabulary split across them; the data-parallel replicas are ranks / tensor_parallel");
   s.add("dist.zero", Int{0},
         "ZeRO stage with several ranks: 0 (every rank holds the optimizer state) or 1 (AdamW "
         "moments sharded over the ranks)");
@@ -264,6 +267,7 @@ TrainSettings read_train_settings(const Config& c) {
   t.eval_every = get_int(c, "eval.every", 0, INT64_MAX);
   t.eval_batches = static_cast<int>(get_int(c, "eval.batches", 0, 1 << 20));
   read_task_settings(c, t.tasks);
+  t.tensor_parallel = static_cast<int>(get_int(c, "dist.tensor_parallel", 1, 4096));
   t.zero = static_cast<int>(get_int(c, "dist.zero", 0, 1));
   t.bucket_mb = get_number(c, "dist.bucket_mb", 1e-6, 1 << 20);
   t.timeout_s = get_number(c, "dist.timeout_s", 0.01, 1e7);

@@ -90,7 +90,8 @@ struct TrainSettings {
   int eval_batches = 0;
   TaskEvalSettings tasks;  // benchmark tasks at the same points (train/task_eval.h)
 
-  // [dist]: data-parallel runs (more than one rank)
+  // [dist]: runs on more than one rank
+  int tensor_parallel = 1;             // ranks per tensor-parallel group
   int zero = 0;                        // 0: replicated optimizer state, 1: ZeRO-1 sharded
   double bucket_mb = 25;               // MiB of gradients per collective
   double timeout_s = 300;              // every collective of the training loop

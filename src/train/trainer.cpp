@@ -31,12 +31,14 @@
 #include "train/dist_checkpoint.h"
 #include "train/loader.h"
 #include "train/metrics_writer.h"
+#include "train/parallel_groups.h"
 #include "train/rank_failure.h"
 #include "train/task_eval.h"
 #include "train/train_bench.h"
 #include "train/train_config.h"
 #include "train/training_loop.h"
 #include "train/validation.h"
+#include "train/whole_model.h"
 
 namespace borealis {
 
@@ -153,30 +155,38 @@ void check_ranks_agree(const Config& config, const TrainSettings& s,
 }
 
 // The run's plan in the log: model, steps, ranks and memory.
-void log_plan(const TrainSettings& s, Communicator& comm, const Model<float>& model,
+void log_plan(const TrainSettings& s, ParallelGroups& groups, const Model<float>& model,
               const DataParallel& dp, double peak) {
-  const int ranks = comm.size();
+  const ParallelLayout& layout = groups.layout();
+  const int ranks = layout.world;
   spdlog::info("model {} ({}, {:.2f}M parameters), {} threads, sgemm peak {:.1f} GFLOP/s",
-               s.model.name, family_name(s.model.family), model.num_params() / 1e6, cpu_threads(),
-               peak);
+               s.model.name, family_name(s.model.family), ParamLayout(s.model).total() / 1e6,
+               cpu_threads(), peak);
   spdlog::info("{} steps of {} sequences x {} tokens ({} micro-batches of {}), {} tokens in all",
                s.steps, s.global_batch, s.seq_len, s.accumulation(), s.micro_batch,
                s.steps * static_cast<std::int64_t>(s.global_batch) * s.seq_len);
   if (ranks > 1) {
     std::string hosts;
-    for (int r = 0; r < ranks; ++r) hosts += (r ? ", " : "") + comm.host(r);
+    for (int r = 0; r < ranks; ++r) hosts += (r ? ", " : "") + groups.world().host(r);
+    spdlog::info("layout: {} ({})", describe_layout(layout), hosts);
+    if (layout.tensor > 1) {
+      spdlog::info(
+          "tensor parallel: each rank holds 1/{} of the heads, MLP units and vocabulary "
+          "({:.2f}M parameters); 4 allreduces of the activations per layer and step",
+          layout.tensor, model.num_params() / 1e6);
+    }
     spdlog::info(
-        "data parallel: {} ranks ({}), {} micro-batches of {} per rank and step; ZeRO-{}, {} "
+        "data parallel: {} replicas, {} micro-batches of {} per replica and step; ZeRO-{}, {} "
         "gradient buckets of up to {} MiB, {} reduction, time-out {} s",
-        ranks, hosts, s.accumulation() / ranks, s.micro_batch, s.zero, dp.buckets(), s.bucket_mb,
-        s.reduce, s.timeout_s);
+        layout.data, s.accumulation() / layout.data, s.micro_batch, s.zero, dp.buckets(),
+        s.bucket_mb, s.reduce, s.timeout_s);
   }
   const std::size_t param_bytes = static_cast<std::size_t>(model.num_params()) * sizeof(float);
   spdlog::info(
       "memory per rank: parameters {}, gradients {}, optimizer {}{}, communication buffers {}, "
       "activations {}; {} in all",
       format_bytes(param_bytes), format_bytes(param_bytes), format_bytes(dp.optimizer_bytes()),
-      ranks > 1 && s.zero == 1 ? fmt::format(" (a 1/{} shard)", ranks) : "",
+      layout.data > 1 && s.zero == 1 ? fmt::format(" (a 1/{} shard)", layout.data) : "",
       format_bytes(dp.buffer_bytes()), format_bytes(model.activation_bytes()),
       format_bytes(2 * param_bytes + dp.optimizer_bytes() + dp.buffer_bytes() +
                    model.activation_bytes()));
@@ -245,15 +255,20 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   failure.rank = comm.rank();
   failure.host = comm.host(comm.rank());
   QuietRank quiet(!root);
-  if (ranks > 1 && s.global_batch % (s.micro_batch * ranks) != 0) {
-    throw Error(fmt::format("train.global_batch {} is not divisible by train.micro_batch {} x {} "
-                            "ranks: every rank needs the same number of micro-batches",
-                            s.global_batch, s.micro_batch, ranks),
-                config.origin("train.global_batch"));
-  }
   const InjectedFault fault = InjectedFault::from_env();
   const Tokenizer tokenizer = Tokenizer::load(s.tokenizer);
   s.model = resolve_model(config, static_cast<int>(tokenizer.vocab_size()));
+  // Tensor groups of dist.tensor_parallel ranks, data-parallel replicas of them.
+  ParallelGroups groups(comm, parallel_layout(ranks, comm.rank(), s.tensor_parallel, s.model,
+                                              config.origin("dist.tensor_parallel")));
+  const int replicas = groups.layout().data;
+  if (replicas > 1 && s.global_batch % (s.micro_batch * replicas) != 0) {
+    throw Error(fmt::format("train.global_batch {} is not divisible by train.micro_batch {} x {} "
+                            "data-parallel replicas: every replica needs the same number of "
+                            "micro-batches",
+                            s.global_batch, s.micro_batch, replicas),
+                config.origin("train.global_batch"));
+  }
   if (s.seq_len > s.model.max_seq) {
     throw Error(fmt::format("data.seq_len {} is longer than the model's max_seq {}", s.seq_len,
                             s.model.max_seq),
@@ -306,20 +321,27 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
 
   // Model and optimizer, fresh or from the checkpoint.
   auto backend = make_cpu_backend<float>();
-  Model<float> model(s.model, *backend);
+  Model<float> model(s.model, *backend, &groups.model_group());
   model.reserve(s.micro_batch, L);
   DataParallelOptions dpo;
   dpo.zero = s.zero;
   dpo.bucket_bytes = static_cast<std::size_t>(s.bucket_mb * (1 << 20));
-  DataParallel dp(comm, *backend, model.layout(), s.adamw, dpo, model.params(), model.grads());
+  DataParallel dp(groups.data(), *backend, model.layout(), s.adamw, dpo, model.params(),
+                  model.grads());
+  if (groups.layout().tensor > 1) dp.set_tensor_parallel(groups.tensor(), model.layout());
   TrainState state;
   if (resume_from) {
     if (model_config_to_json(resume_from->model) != model_config_to_json(s.model)) {
       throw Error("the checkpoint's model differs from the configured one",
                   resume_from->dir.string());
     }
-    // The parameters and this rank's range of the moments only.
-    load_training_checkpoint(*resume_from, model.layout(), model.params(), dp);
+    // The parameters and this rank's range of the moments only (of its
+    // part, with tensor parallelism).
+    if (groups.layout().tensor > 1) {
+      load_checkpoint_part(*resume_from, s.model, model.layout(), model.params(), dp);
+    } else {
+      load_training_checkpoint(*resume_from, model.layout(), model.params(), dp);
+    }
     state = resume_from->state;
     spdlog::info("resuming from {} (step {}, {} tokens)", resume_from->dir.string(), state.step,
                  state.tokens);
@@ -344,7 +366,7 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
       peak = std::max(peak, g.gflops);
     }
   }
-  log_plan(s, comm, model, dp, peak);
+  log_plan(s, groups, model, dp, peak);
 
   std::unique_ptr<MetricsWriter> metrics;
   if (root) {
@@ -353,7 +375,9 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
         R"({{"kind":"run","event":"{}","step":{},"tokens":{},"params":{},"threads":{},"peak_gflops":{}{}}})",
         resume_from ? "resume" : "start", state.step, state.tokens, model.num_params(),
         cpu_threads(), json_number(peak),
-        ranks > 1 ? fmt::format(R"(,"ranks":{},"zero":{})", ranks, s.zero) : ""));
+        ranks > 1 ? fmt::format(R"(,"ranks":{},"tensor_parallel":{},"zero":{})", ranks,
+                                groups.layout().tensor, s.zero)
+                  : ""));
   }
 
   const CheckpointTarget checkpoint_target{s.checkpoint_dir(), s.keep, s.tokenizer,
@@ -361,6 +385,7 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   const RunParts parts{s,
                        options,
                        comm,
+                       groups,
                        model,
                        dp,
                        train,
@@ -370,7 +395,7 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
                        checkpoint_target,
                        fault,
                        peak,
-                       train_flops_per_token(s.model, model.num_params(), L),
+                       train_flops_per_token(s.model, ParamLayout(s.model).total(), L),
                        wall_start};
   TrainingLoop loop(parts, state, result, resume_from.has_value());
   try {

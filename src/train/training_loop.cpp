@@ -98,8 +98,11 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
       result_(result),
       ranks_(parts.comm.size()),
       rank_(parts.comm.rank()),
+      data_ranks_(parts.groups.data().size()),
+      data_rank_(parts.groups.data().rank()),
+      tensor_parallel_(parts.groups.layout().tensor > 1),
       progress_(parts.options.progress && rank_ == 0),
-      local_micro_(s_.accumulation() / ranks_),
+      local_micro_(s_.accumulation() / data_ranks_),
       spikes_(std::make_unique<SpikeDetector>(static_cast<std::size_t>(s_.spike_window),
                                               state.recent_losses)),
       saver_(parts.comm, parts.checkpoint, s_.checkpoint_async),
@@ -108,13 +111,19 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
       micro_losses_(static_cast<std::size_t>(local_micro_)),
       all_losses_(static_cast<std::size_t>(s_.accumulation())),
       stragglers_(parts.comm, s_.straggler_every, s_.straggler_factor, parts.metrics) {
-  // Rank r reads its slice of every global batch: samples r * G / n ... of
-  // each step's G.
-  const auto per_rank = static_cast<std::uint64_t>(s_.global_batch / ranks_);
+  // Data rank r reads its slice of every global batch: samples r * G / n ...
+  // of each step's G (the ranks of a tensor group read the same).
+  const auto per_rank = static_cast<std::uint64_t>(s_.global_batch / data_ranks_);
   loader_ = std::make_unique<BatchLoader>(
-      p_.train, s_.micro_batch, state_.next_sample + per_rank * static_cast<std::uint64_t>(rank_),
-      s_.prefetch, ranks_ > 1 ? per_rank : 0, static_cast<std::uint64_t>(s_.global_batch));
-  saver_.prepare(p_.model.layout(), p_.dp);
+      p_.train, s_.micro_batch,
+      state_.next_sample + per_rank * static_cast<std::uint64_t>(data_rank_), s_.prefetch,
+      data_ranks_ > 1 ? per_rank : 0, static_cast<std::uint64_t>(s_.global_batch));
+  if (tensor_parallel_) {
+    // Checkpoints and tasks see the whole model, gathered from the parts.
+    whole_ = std::make_unique<WholeModel>(p_.groups, s_.model);
+  } else {
+    saver_.prepare(p_.model.layout(), p_.dp);
+  }
   if (saver_.copy_bytes() > 0) {
     spdlog::info("asynchronous checkpoints: {} of host memory for the copy being written",
                  format_bytes(saver_.copy_bytes()));
@@ -191,7 +200,7 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
         b.inputs.data(), b.targets.data(), b.batch, b.seq, true, static_cast<float>(grad_scale));
     // The last backward of the step reports finished gradients, so their
     // reduction overlaps the rest of the pass.
-    if (ranks_ > 1 && micro == local_micro_ - 1) {
+    if (data_ranks_ > 1 && micro == local_micro_ - 1) {
       p_.model.backward(grads_final);
     } else {
       p_.model.backward();
@@ -199,7 +208,8 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
   }
   const auto comm_start = Clock::now();
   p_.dp.finish_reduction();
-  p_.comm.all_gather(std::span<const double>(micro_losses_), std::span<double>(all_losses_));
+  p_.groups.data().all_gather(std::span<const double>(micro_losses_),
+                              std::span<double>(all_losses_));
   StepOutcome out;
   for (const double l : all_losses_) out.loss += l;
   out.loss /= s_.accumulation();
@@ -306,7 +316,8 @@ std::string TrainingLoop::stop_reason() {
 void TrainingLoop::validate() {
   if (!p_.valid_batches.empty()) {
     const auto t0 = Clock::now();
-    result_.valid_loss = borealis::validate(p_.model, p_.valid_batches, progress_, p_.comm);
+    result_.valid_loss =
+        borealis::validate(p_.model, p_.valid_batches, progress_, p_.groups.data());
     if (p_.metrics != nullptr) {
       p_.metrics->write(fmt::format(
           R"({{"kind":"valid","step":{},"tokens":{},"loss":{},"elapsed_s":{}}})", state_.step,
@@ -318,6 +329,10 @@ void TrainingLoop::validate() {
       std::fflush(stdout);
     }
   }
+  if (tensor_parallel_ && s_.tasks.enabled()) {
+    // The tasks run on rank 0 over the whole model.
+    whole_->gather(p_.model.layout(), p_.model.params(), nullptr);
+  }
   if (p_.tasks != nullptr) evaluate_tasks();
 }
 
@@ -325,8 +340,16 @@ void TrainingLoop::validate() {
 // which is why the evaluation's time counts against dist.timeout_s.
 void TrainingLoop::evaluate_tasks() {
   const auto t0 = Clock::now();
-  const std::vector<TaskScore> scores = p_.tasks->evaluate(
-      s_.model, std::span<const float>(p_.model.params(), p_.model.num_params()), progress_);
+  const std::vector<TaskScore> scores =
+      tensor_parallel_
+          ? p_.tasks->evaluate(
+                s_.model,
+                std::span<const float>(whole_->params(),
+                                       static_cast<std::size_t>(whole_->layout().total())),
+                progress_)
+          : p_.tasks->evaluate(s_.model,
+                               std::span<const float>(p_.model.params(), p_.model.num_params()),
+                               progress_);
   const double run_s = elapsed_s();
   for (const TaskScore& score : scores) {
     std::string fields;
@@ -369,9 +392,19 @@ void TrainingLoop::save_checkpoint() {
   update_state();
   phase_ = TrainPhase::Saving;
   p_.fault.before_save(rank_, state_.step);
-  // Every rank takes part (a ZeRO-1 rank writes its own shard).
-  saver_.start(state_, p_.model.layout(), p_.model.params(), p_.dp,
-               p_.fault.fails_save(rank_, state_.step));
+  // Every rank takes part (a ZeRO-1 rank writes its own shard; with tensor
+  // parallelism, every rank gives its part to rank 0, which writes the
+  // whole model).
+  if (tensor_parallel_) {
+    whole_->gather(p_.model.layout(), p_.model.params(), &p_.dp);
+    saver_.start(state_,
+                 CheckpointSaver::WholeState{&whole_->layout(), whole_->params(), whole_->m(),
+                                             whole_->v(), p_.dp.adamw_steps()},
+                 p_.fault.fails_save(rank_, state_.step));
+  } else {
+    saver_.start(state_, p_.model.layout(), p_.model.params(), p_.dp,
+                 p_.fault.fails_save(rank_, state_.step));
+  }
   phase_ = TrainPhase::Consistent;
   if (!s_.checkpoint_async) finish_checkpoint();
 }
@@ -399,6 +432,14 @@ void TrainingLoop::finish_checkpoint() {
 
 void TrainingLoop::save_after_timeout(const CommTimeout& timeout) {
   saver_.abandon();
+  if (tensor_parallel_) {
+    // No rank holds the whole model, and its parts cannot be gathered now.
+    spdlog::warn(
+        "no checkpoint after the time-out: a tensor-parallel run's parts cannot be "
+        "gathered; `borealis train` resumes from the last checkpoint{}",
+        result_.last_checkpoint.empty() ? " (none yet)" : ", " + result_.last_checkpoint.string());
+    return;
+  }
   update_state();
   TimeoutRescue rescue;
   rescue.phase = phase_;

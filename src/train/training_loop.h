@@ -30,11 +30,13 @@
 #include "train/dist_checkpoint.h"
 #include "train/loader.h"
 #include "train/metrics_writer.h"
+#include "train/parallel_groups.h"
 #include "train/rank_failure.h"
 #include "train/straggler.h"
 #include "train/task_eval.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
+#include "train/whole_model.h"
 
 namespace borealis {
 
@@ -42,8 +44,9 @@ namespace borealis {
 struct RunParts {
   const TrainSettings& settings;
   const TrainRunOptions& options;
-  Communicator& comm;
-  Model<float>& model;
+  Communicator& comm;      // the world
+  ParallelGroups& groups;  // its tensor and data groups
+  Model<float>& model;     // this rank's part with tensor parallelism
   DataParallel& dp;
   const Mixture& train;
   const std::vector<Batch>& valid_batches;  // empty: no validation
@@ -108,7 +111,10 @@ class TrainingLoop {
   const TrainSettings& s_;
   TrainState& state_;
   TrainRunResult& result_;
-  const int ranks_, rank_;
+  const int ranks_, rank_;            // in the world
+  const int data_ranks_, data_rank_;  // in the data group (the world without tensor parallelism)
+  const bool tensor_parallel_;
+  std::unique_ptr<WholeModel> whole_;  // tensor parallel: the gathered model
   const bool progress_;
   const int local_micro_;  // micro-batches of this rank per step
   class SpikeDetector;

@@ -38,6 +38,7 @@
 #include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/dist_checkpoint.h"
+#include "train/mpi_train_util.h"
 #include "train/train_config.h"
 #include "train/train_fixture.h"
 #include "train/trainer.h"
@@ -49,70 +50,15 @@ namespace fs = std::filesystem;
 
 Communicator* g_comm = nullptr;
 
-// The corpus directory of rank 0, known to every rank.
-class SharedCorpus {
- public:
-  SharedCorpus() {
-    Communicator& c = *g_comm;
-    std::vector<char> path(4096, '\0');
-    if (c.rank() == 0) {
-      built_ = std::make_unique<TrainFixture>();
-      const std::string p = built_->dir().string();
-      std::copy(p.begin(), p.end(), path.begin());
-    }
-    c.broadcast(std::span<char>(path), 0);
-    fixture_ = std::make_unique<TrainFixture>(fs::path(path.data()));
-  }
-  ~SharedCorpus() {
-    if (!abandoned_) g_comm->barrier();  // nobody reads it any more
-  }
-  // Rank 0 writes the config file, the others wait for it.
-  fs::path write_config(const std::string& name, const fs::path& run_dir) const {
-    const fs::path path = fixture_->dir() / name;
-    if (g_comm->rank() == 0) fixture_->write_config(name, run_dir);
-    g_comm->barrier();
-    return path;
-  }
-  // After a failed collective: no barrier before removing it.
-  void abandon() { abandoned_ = true; }
-  const TrainFixture& operator*() const { return *fixture_; }
-  const TrainFixture* operator->() const { return fixture_.get(); }
+using test::final_checkpoint;
+using test::train;
+using test::weights;
 
- private:
-  std::unique_ptr<TrainFixture> built_;
-  std::unique_ptr<TrainFixture> fixture_;
-  bool abandoned_ = false;
-};
-
-TrainRunResult train(const fs::path& config, const std::vector<std::string>& overrides,
-                     Communicator& comm, std::int64_t stop_at = 0) {
-  TrainRunOptions o;
-  o.progress = false;
-  o.stop_at_step = stop_at;
-  o.comm = &comm;
-  return run_training(load_config(train_config_schema(), config, overrides), o);
-}
-
-// The run on rank 0 alone; the other ranks wait for it.
+// Helpers over the world communicator.
+using SharedCorpus = test::SharedCorpus;
 void train_alone(const fs::path& config, const std::vector<std::string>& overrides,
                  std::int64_t stop_at = 0) {
-  if (g_comm->rank() == 0) {
-    SelfCommunicator self;
-    train(config, overrides, self, stop_at);
-  }
-  g_comm->barrier();
-}
-
-std::vector<float> weights(const fs::path& checkpoint) {
-  const CheckpointInfo info = verify_checkpoint(checkpoint);
-  const ParamLayout layout(info.model);
-  std::vector<float> w(static_cast<std::size_t>(layout.total()));
-  load_safetensors(checkpoint / "model.safetensors", layout, w.data());
-  return w;
-}
-
-fs::path final_checkpoint(const fs::path& run_dir, std::int64_t step) {
-  return run_dir / "checkpoints" / checkpoint_name(step);
+  test::train_alone(*g_comm, config, overrides, stop_at);
 }
 
 // The whole moments m and v of a checkpoint, sharded or not.
@@ -162,7 +108,7 @@ const std::vector<std::string> kRun = {"train.steps=8", "train.global_batch=8",
                                        "dist.bucket_mb=0.01"};
 
 TEST(DataParallel, TwoRanksMatchOneProcessAndRepeatBitForBit) {
-  const SharedCorpus corpus;
+  const SharedCorpus corpus(*g_comm);
   const fs::path cfg_one = corpus.write_config("one.toml", corpus->dir() / "one");
   const fs::path cfg_a = corpus.write_config("a.toml", corpus->dir() / "dp_a");
   const fs::path cfg_b = corpus.write_config("b.toml", corpus->dir() / "dp_b");
@@ -214,7 +160,7 @@ TEST(DataParallel, TwoRanksMatchOneProcessAndRepeatBitForBit) {
 }
 
 TEST(DataParallel, ResumeOnAnotherNumberOfRanks) {
-  const SharedCorpus corpus;
+  const SharedCorpus corpus(*g_comm);
   const fs::path whole = corpus->dir() / "whole", two_one = corpus->dir() / "two_one",
                  one_two = corpus->dir() / "one_two";
   const fs::path cfg_whole = corpus.write_config("w.toml", whole);
@@ -250,7 +196,7 @@ TEST(DataParallel, ResumeOnAnotherNumberOfRanks) {
 // run, and a damaged or missing shard makes --resume auto take an older
 // checkpoint.
 TEST(DataParallel, ShardedCheckpointsResumeExactly) {
-  const SharedCorpus corpus;
+  const SharedCorpus corpus(*g_comm);
   const fs::path zero = corpus->dir() / "zero", zz = corpus->dir() / "zz",
                  zd = corpus->dir() / "zd", bad = corpus->dir() / "bad";
   const fs::path cfg_zero = corpus.write_config("zero.toml", zero);
@@ -321,7 +267,7 @@ TEST(DataParallel, ShardedCheckpointsResumeExactly) {
 // state is the same), and one process stopped at step 5 continues on 2
 // ZeRO ranks exactly as on 2 plain ranks.
 TEST(DataParallel, ShardedResumeOnAnotherRankCountIsExact) {
-  const SharedCorpus corpus;
+  const SharedCorpus corpus(*g_comm);
   const fs::path z1 = corpus->dir() / "z1", d1 = corpus->dir() / "d1", one_z = corpus->dir() / "1z",
                  one_d = corpus->dir() / "1d";
   const fs::path cfg_z1 = corpus.write_config("z1.toml", z1);
@@ -354,7 +300,7 @@ TEST(DataParallel, ShardedResumeOnAnotherRankCountIsExact) {
 // A rank's optimizer takes exactly its range of the moments from a
 // checkpoint of one process (whole moments) or of 2 ZeRO ranks (shards).
 TEST(DataParallel, EachRankLoadsItsRange) {
-  const SharedCorpus corpus;
+  const SharedCorpus corpus(*g_comm);
   const fs::path one = corpus->dir() / "one", two = corpus->dir() / "two";
   const fs::path cfg_one = corpus.write_config("one.toml", one);
   const fs::path cfg_two = corpus.write_config("two.toml", two);
@@ -392,7 +338,7 @@ TEST(DataParallel, EachRankLoadsItsRange) {
 // A rank that cannot write its part fails the save on every rank, and no
 // checkpoint directory (complete or temporary) is left.
 TEST(DataParallel, AFailedWriteFailsTheSaveOnEveryRank) {
-  const SharedCorpus corpus;
+  const SharedCorpus corpus(*g_comm);
   const fs::path zero = corpus->dir() / "fail_zero", plain = corpus->dir() / "fail_plain";
   const fs::path cfg_zero = corpus.write_config("fz.toml", zero);
   const fs::path cfg_plain = corpus.write_config("fp.toml", plain);
@@ -418,13 +364,13 @@ TEST(DataParallel, AFailedWriteFailsTheSaveOnEveryRank) {
 }
 
 TEST(DataParallel, ConfigErrors) {
-  const SharedCorpus corpus;
+  const SharedCorpus corpus(*g_comm);
   const fs::path cfg = corpus.write_config("c.toml", corpus->dir() / "bad");
   // 2 sequences per step cannot feed 2 ranks micro-batches of 2.
   const std::string line = test::error_line([&] {
     train(cfg, {"train.global_batch=2", "train.micro_batch=2"}, *g_comm);
   });
-  EXPECT_NE(line.find("train.global_batch 2 is not divisible by train.micro_batch 2 x 2 ranks"),
+  EXPECT_NE(line.find("train.global_batch 2 is not divisible by train.micro_batch 2 x 2 data-parallel replicas"),
             std::string::npos)
       << line;
   // Every rank must run the same configuration.
@@ -446,13 +392,11 @@ TEST(DataParallel, ConfigErrors) {
 // a checkpoint of step 2; no checkpoint of step 3 may appear and the log
 // must say why and name step 2.
 int timeout_check(Communicator& c, const std::string& fault, int zero) {
-  SharedCorpus corpus;
+  SharedCorpus corpus(*g_comm);
   const fs::path ref = corpus->dir() / "ref", hang = corpus->dir() / "hang";
   const fs::path cfg_ref = corpus.write_config("r.toml", ref);
   const fs::path cfg = corpus.write_config("t.toml", hang);
-  const std::vector<std::string> run = {"dist.timeout_s=2",
-                                        "eval.batches=0",
-                                        "train.steps=6",
+  const std::vector<std::string> run = {"dist.timeout_s=2", "eval.batches=0", "train.steps=6",
                                         "train.global_batch=" + std::to_string(2 * c.size()),
                                         "dist.zero=" + std::to_string(zero),
                                         zero == 0 ? "checkpoint.every=0" : "checkpoint.every=2",

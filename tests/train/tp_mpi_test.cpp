@@ -2,12 +2,15 @@
 // and `-np 4`: every rank also computes the one-process reference itself,
 // so each compares its own part. Tensor groups have 2 ranks; with 4 ranks
 // there are two data-parallel replicas of them.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -19,7 +22,9 @@
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/data_parallel.h"
+#include "train/mpi_train_util.h"
 #include "train/parallel_groups.h"
+#include "train/train_fixture.h"
 
 namespace borealis {
 namespace {
@@ -243,6 +248,93 @@ TEST(TensorParallelLayout, GroupsFollowTheLayout) {
   groups.data().all_gather(std::span<const double>(mine), std::span<double>(data_members));
   for (std::size_t d = 0; d < data_members.size(); ++d) {
     EXPECT_EQ(data_members[d], static_cast<double>(d) * kTensor + me % kTensor);
+  }
+}
+
+// `borealis train` with dist.tensor_parallel = 2 (and ZeRO-1 over the two
+// replicas on 4 ranks): the one-process loss curve and weights within float
+// rounding, the same bits from run to run, and checkpoints that resume in
+// another layout: tensor parallel onto one process and back.
+TEST(TensorParallelRuns, MatchOneProcessAndResumeInAnyLayout) {
+  namespace fs = std::filesystem;
+  const test::SharedCorpus corpus(*g_comm);
+  const std::vector<std::string> run = {"train.steps=8", "train.global_batch=8",
+                                        "checkpoint.every=4", "checkpoint.keep=5",
+                                        "dist.bucket_mb=0.01"};
+  std::vector<std::string> tp_run = run;
+  tp_run.push_back("dist.tensor_parallel=2");
+  if (g_comm->size() == 4) tp_run.push_back("dist.zero=1");
+  const fs::path one = corpus->dir() / "one", tp = corpus->dir() / "tp",
+                 again = corpus->dir() / "again", tp_one = corpus->dir() / "tp_one",
+                 one_tp = corpus->dir() / "one_tp";
+  const fs::path cfg_one = corpus.write_config("one.toml", one);
+  const fs::path cfg_tp = corpus.write_config("tp.toml", tp);
+  const fs::path cfg_again = corpus.write_config("again.toml", again);
+  const fs::path cfg_tp_one = corpus.write_config("tp_one.toml", tp_one);
+  const fs::path cfg_one_tp = corpus.write_config("one_tp.toml", one_tp);
+  test::train_alone(*g_comm, cfg_one, run);
+  const TrainRunResult r = test::train(cfg_tp, tp_run, *g_comm);
+  EXPECT_EQ(r.steps, 8);
+  EXPECT_GT(r.valid_loss, 0.0);
+  test::train(cfg_again, tp_run, *g_comm);
+  // Trained tensor parallel to step 4, then one process to the end; and the
+  // other way round.
+  EXPECT_TRUE(test::train(cfg_tp_one, tp_run, *g_comm, 4).stopped);
+  test::train_alone(*g_comm, cfg_tp_one, run);
+  test::train_alone(*g_comm, cfg_one_tp, run, 4);
+  EXPECT_EQ(test::train(cfg_one_tp, tp_run, *g_comm).first_step, 4);
+  if (g_comm->rank() != 0) return;
+
+  const auto reference = train_losses(one);
+  ASSERT_EQ(reference.size(), 8u);
+  const auto ref_weights = test::weights(test::final_checkpoint(one, 8));
+  for (const fs::path& dir : {tp, tp_one, one_tp}) {
+    SCOPED_TRACE(dir.filename().string());
+    const auto losses = train_losses(dir);
+    ASSERT_EQ(losses.size(), 8u);
+    for (const auto& [step, loss] : reference) {
+      EXPECT_NEAR(losses.at(step), loss, 2e-5 * loss) << "step " << step;
+    }
+    const auto w = test::weights(test::final_checkpoint(dir, 8));
+    ASSERT_EQ(w.size(), ref_weights.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      worst = std::max(worst, static_cast<double>(std::abs(w[i] - ref_weights[i])));
+    }
+    // lr 3e-3: float rounding in the parts' sums moves a weight by a small
+    // share of one AdamW step.
+    EXPECT_LT(worst, 3e-5);
+    std::printf("[ %s ] largest weight difference to one process after 8 steps: %.3g\n",
+                dir.filename().c_str(), worst);
+  }
+  EXPECT_EQ(train_losses(tp), train_losses(again));
+  EXPECT_EQ(test::read_file(test::final_checkpoint(tp, 8) / "model.safetensors"),
+            test::read_file(test::final_checkpoint(again, 8) / "model.safetensors"));
+  std::ifstream in(tp / "metrics.jsonl");
+  std::string first;
+  std::getline(in, first);
+  EXPECT_NE(first.find(R"("tensor_parallel":2)"), std::string::npos) << first;
+}
+
+TEST(TensorParallelRuns, BadLayoutsStopEveryRank) {
+  namespace fs = std::filesystem;
+  const test::SharedCorpus corpus(*g_comm);
+  const fs::path cfg = corpus.write_config("bad.toml", corpus->dir() / "bad");
+  const auto message = [&](const std::string& setting) {
+    try {
+      test::train(cfg, {setting}, *g_comm);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message("dist.tensor_parallel=3")
+                .find(fmt::format("dist.tensor_parallel = 3 does not divide the {} ranks",
+                                  g_comm->size())),
+            std::string::npos);
+  if (g_comm->size() == 4) {
+    // llama-tiny has 2 key/value heads.
+    EXPECT_NE(message("dist.tensor_parallel=4").find("n_kv_head = 2"), std::string::npos);
   }
 }
 

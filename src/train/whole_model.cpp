@@ -1,0 +1,75 @@
+#include "train/whole_model.h"
+
+#include <algorithm>
+#include <span>
+
+namespace borealis {
+
+WholeModel::WholeModel(ParallelGroups& groups, const ModelConfig& config)
+    : groups_(groups), config_(config), layout_(config) {}
+
+void WholeModel::assemble(const ParamLayout& part, const std::vector<float>& local,
+                          std::vector<float>& whole) {
+  Communicator& tensor = groups_.tensor();
+  const auto n = static_cast<std::size_t>(part.total());
+  parts_.resize(n * static_cast<std::size_t>(tensor.size()));
+  tensor.all_gather(std::span<const float>(local.data(), n), std::span<float>(parts_));
+  if (groups_.world().rank() != 0) return;
+  whole.resize(static_cast<std::size_t>(layout_.total()));
+  for (int t = 0; t < tensor.size(); ++t) {
+    const ParamLayout of_t(config_, TensorSplit{t, tensor.size()});
+    const float* base = parts_.data() + n * static_cast<std::size_t>(t);
+    for (const ParamView& v : of_t.views()) {
+      put_part(v, base + v.offset, whole.data() + layout_.find(v.name).offset);
+    }
+  }
+}
+
+void WholeModel::gather(const ParamLayout& part, const float* params, const DataParallel* dp) {
+  const auto n = static_cast<std::size_t>(part.total());
+  std::vector<float> local(params, params + n);
+  assemble(part, local, params_);
+  if (dp == nullptr) return;
+  Communicator& data = groups_.data();
+  const AdamW& opt = dp->optimizer();
+  const bool sharded = dp->zero() == 1 && data.size() > 1;
+  const auto moments = [&](const float* mine, std::vector<float>& whole) {
+    if (!sharded) {
+      local.assign(mine, mine + n);
+    } else {
+      // Every rank's shard, padded to the same length, in rank order.
+      const auto len = static_cast<std::size_t>(dp->shard_length());
+      const auto have = static_cast<std::size_t>(dp->shard_end() - dp->shard_begin());
+      std::vector<float> block(len, 0.0f);
+      std::copy(mine, mine + have, block.begin());
+      local.resize(len * static_cast<std::size_t>(data.size()));
+      data.all_gather(std::span<const float>(block), std::span<float>(local));
+      local.resize(n);
+    }
+    assemble(part, local, whole);
+  };
+  moments(opt.m().data(), m_);
+  moments(opt.v().data(), v_);
+}
+
+void load_checkpoint_part(const CheckpointInfo& info, const ModelConfig& config,
+                          const ParamLayout& part, float* params, DataParallel& dp) {
+  const ParamLayout whole(config);
+  const auto total = static_cast<std::size_t>(whole.total());
+  std::vector<float> p(total), m(total), v(total);
+  load_checkpoint(info, whole, p.data(), {0, whole.total()}, m.data(), v.data());
+  const auto n = static_cast<std::size_t>(part.total());
+  std::vector<float> part_m(n), part_v(n);
+  for (const ParamView& view : part.views()) {
+    const std::int64_t at = whole.find(view.name).offset;
+    take_part(view, p.data() + at, params + view.offset);
+    take_part(view, m.data() + at, part_m.data() + view.offset);
+    take_part(view, v.data() + at, part_v.data() + view.offset);
+  }
+  AdamW& opt = dp.optimizer();
+  std::copy(part_m.begin() + dp.shard_begin(), part_m.begin() + dp.shard_end(), opt.m_data());
+  std::copy(part_v.begin() + dp.shard_begin(), part_v.begin() + dp.shard_end(), opt.v_data());
+  opt.set_steps(info.adamw_steps);
+}
+
+}  // namespace borealis

@@ -1,0 +1,90 @@
+// Helpers of the MPI training tests: a corpus rank 0 builds and every rank
+// reads, runs of the trainer on a given communicator, and what they wrote.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "dist/communicator.h"
+#include "model/params.h"
+#include "model/safetensors.h"
+#include "train/checkpoint.h"
+#include "train/train_config.h"
+#include "train/train_fixture.h"
+#include "train/trainer.h"
+
+namespace borealis::test {
+
+namespace fs = std::filesystem;
+
+// The corpus directory of rank 0, known to every rank.
+class SharedCorpus {
+ public:
+  explicit SharedCorpus(Communicator& comm) : comm_(comm) {
+    Communicator& c = comm_;
+    std::vector<char> path(4096, '\0');
+    if (c.rank() == 0) {
+      built_ = std::make_unique<TrainFixture>();
+      const std::string p = built_->dir().string();
+      std::copy(p.begin(), p.end(), path.begin());
+    }
+    c.broadcast(std::span<char>(path), 0);
+    fixture_ = std::make_unique<TrainFixture>(fs::path(path.data()));
+  }
+  ~SharedCorpus() {
+    if (!abandoned_) comm_.barrier();  // nobody reads it any more
+  }
+  // Rank 0 writes the config file, the others wait for it.
+  fs::path write_config(const std::string& name, const fs::path& run_dir) const {
+    const fs::path path = fixture_->dir() / name;
+    if (comm_.rank() == 0) fixture_->write_config(name, run_dir);
+    comm_.barrier();
+    return path;
+  }
+  // After a failed collective: no barrier before removing it.
+  void abandon() { abandoned_ = true; }
+  const TrainFixture& operator*() const { return *fixture_; }
+  const TrainFixture* operator->() const { return fixture_.get(); }
+
+ private:
+  Communicator& comm_;
+  std::unique_ptr<TrainFixture> built_;
+  std::unique_ptr<TrainFixture> fixture_;
+  bool abandoned_ = false;
+};
+
+inline TrainRunResult train(const fs::path& config, const std::vector<std::string>& overrides,
+                            Communicator& comm, std::int64_t stop_at = 0) {
+  TrainRunOptions o;
+  o.progress = false;
+  o.stop_at_step = stop_at;
+  o.comm = &comm;
+  return run_training(load_config(train_config_schema(), config, overrides), o);
+}
+
+// The run on rank 0 alone; the other ranks wait for it.
+inline void train_alone(Communicator& comm, const fs::path& config,
+                        const std::vector<std::string>& overrides, std::int64_t stop_at = 0) {
+  if (comm.rank() == 0) {
+    SelfCommunicator self;
+    train(config, overrides, self, stop_at);
+  }
+  comm.barrier();
+}
+
+inline std::vector<float> weights(const fs::path& checkpoint) {
+  const CheckpointInfo info = verify_checkpoint(checkpoint);
+  const ParamLayout layout(info.model);
+  std::vector<float> w(static_cast<std::size_t>(layout.total()));
+  load_safetensors(checkpoint / "model.safetensors", layout, w.data());
+  return w;
+}
+
+inline fs::path final_checkpoint(const fs::path& run_dir, std::int64_t step) {
+  return run_dir / "checkpoints" / checkpoint_name(step);
+}
+
+}  // namespace borealis::test

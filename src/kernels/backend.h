@@ -164,6 +164,8 @@ class Backend {
   virtual double sum_of_squares(const T* x, std::int64_t count) = 0;
   // x *= factor, in place.
   virtual void scale(T* x, T factor, std::int64_t count) = 0;
+  // out += in, elementwise (sequence parallelism's residual adds).
+  virtual void add(T* out, const T* in, std::int64_t count) = 0;
 };
 
 // The CPU backend: OpenBLAS GEMMs and OpenMP loops (src/kernels/cpu/).

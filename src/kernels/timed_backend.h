@@ -165,6 +165,9 @@ class TimedBackend final : public Backend<T> {
   void scale(T* x, T factor, std::int64_t count) override {
     time("optimizer", [&] { inner_.scale(x, factor, count); });
   }
+  void add(T* out, const T* in, std::int64_t count) override {
+    time("residual", [&] { inner_.add(out, in, count); });
+  }
 
  private:
   template <typename F>

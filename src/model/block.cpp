@@ -103,6 +103,10 @@ void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffer
                       bool accumulate) {
     matmul(out, inp, at(params, wo), at(params, bo), C, OC, accumulate, groups);
   };
+  if (group_ != nullptr && group_->sequence()) {
+    forward_sequence(layer, params, x, buf, N, attend, groups);
+    return;
+  }
   if (group_ != nullptr && (buf.res2 == x || buf.res3 == buf.res2)) {
     throw std::invalid_argument("Block: tensor parallelism needs separate residual buffers");
   }
@@ -120,6 +124,10 @@ template <typename T>
 void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
                         const BlockBuffers<T>& buf, const T* lse, const Grads& g, int B,
                         int seq) const {
+  if (group_ != nullptr && group_->sequence()) {
+    backward_sequence(layer, params, grads, x, buf, lse, g, B, seq);
+    return;
+  }
   const LayerOffsets& w = layout_.layer(layer);
   const BlockDims& d = dims_;
   const int N = B * seq;
@@ -146,6 +154,96 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
                            at(params, w.qkv_w), N, d.C, d.S);
   sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, x, buf.ln1_mean, buf.ln1_rstd, params, grads, w.ln1_w, w.ln1_b, N);
+}
+
+template <typename T>
+void Block<T>::norm_backward_rows(T* dinp, const T* dout, const T* inp, const T* mean,
+                                  const T* rstd, const T* params, T* grads, std::int64_t w,
+                                  std::int64_t b, int n, T* dnorm) const {
+  const std::int64_t C = dims_.C;
+  const std::int64_t count = b >= 0 ? 2 * C : C;
+  backend_.fill(dnorm, T(0), count);
+  // dnorm holds [w | b].
+  if (dims_.gpt2) {
+    backend_.layernorm_backward(dinp, dnorm, dnorm + C, dout, inp, at(params, w), mean, rstd, n,
+                                dims_.C);
+  } else {
+    backend_.rmsnorm_backward(dinp, dnorm, dout, inp, at(params, w), rstd, n, dims_.C);
+  }
+  group_->sum(dnorm, count);
+  backend_.add(grads + w, dnorm, C);
+  if (b >= 0) backend_.add(grads + b, dnorm + C, C);
+}
+
+template <typename T>
+void Block<T>::forward_sequence(int layer, const T* params, const T* x, const BlockBuffers<T>& buf,
+                                int N, const Attend<T>& attend,
+                                std::span<const RowGroup> groups) const {
+  const LayerOffsets& w = layout_.layer(layer);
+  const BlockDims& d = dims_;
+  const int n = N / group_->split.size;
+  const std::int64_t nC = static_cast<std::int64_t>(n) * d.C;
+  const bool first = group_->split.rank == 0;
+  // Attention: this rank's rows normed, gathered, projected to its heads.
+  norm_forward(buf.ln1, buf.ln1_mean, buf.ln1_rstd, x, params, w.ln1_w, w.ln1_b, n);
+  group_->all_gather(buf.ln1, buf.gathered, nC);
+  matmul(buf.qkv, buf.gathered, at(params, w.qkv_w), at(params, w.qkv_b), d.C, d.S, false, groups);
+  attend(buf.qkv, buf.atty);
+  // Row-parallel output: every rank's product (rank 0's with the bias),
+  // reduce-scattered into this rank's rows, plus the residual.
+  matmul(buf.partial, buf.atty, at(params, w.proj_w), first ? at(params, w.proj_b) : nullptr, d.A,
+         d.C, false, groups);
+  group_->reduce_scatter(buf.partial, buf.res2, nC);
+  backend_.add(buf.res2, x, nC);
+  // MLP, the same way.
+  norm_forward(buf.ln2, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w, w.ln2_b, n);
+  group_->all_gather(buf.ln2, buf.gathered, nC);
+  matmul(buf.fch, buf.gathered, at(params, w.fc_w), at(params, w.fc_b), d.C, d.FW, false, groups);
+  mlp_activation(buf.mlp, buf.fch, N);
+  matmul(buf.partial, buf.mlp, at(params, w.fcproj_w), first ? at(params, w.fcproj_b) : nullptr,
+         d.F, d.C, false, groups);
+  group_->reduce_scatter(buf.partial, buf.res3, nC);
+  backend_.add(buf.res3, buf.res2, nC);
+}
+
+template <typename T>
+void Block<T>::backward_sequence(int layer, const T* params, T* grads, const T* x,
+                                 const BlockBuffers<T>& buf, const T* lse, const Grads& g, int B,
+                                 int seq) const {
+  const LayerOffsets& w = layout_.layer(layer);
+  const BlockDims& d = dims_;
+  const int N = B * seq;
+  const int n = N / group_->split.size;
+  const std::int64_t nC = static_cast<std::int64_t>(n) * d.C;
+  // MLP: the output gradient of all rows, through this rank's units; the
+  // norm's input (this rank's rows) is gathered again rather than kept.
+  mlp_activation(buf.mlp, buf.fch, N);
+  group_->all_gather(g.dres, g.dgathered, nC);
+  backend_.matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dgathered,
+                           buf.mlp, at(params, w.fcproj_w), N, d.F, d.C);
+  if (d.gpt2) {
+    backend_.gelu_backward(g.dfch, buf.fch, g.dmlp, static_cast<std::int64_t>(N) * d.F);
+  } else {
+    backend_.swiglu_backward(g.dfch, buf.fch, g.dmlp, N, d.F);
+  }
+  group_->all_gather(buf.ln2, buf.gathered, nC);
+  backend_.matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, buf.gathered,
+                           at(params, w.fc_w), N, d.C, d.FW);
+  group_->reduce_scatter(g.dln, g.dlocal, nC);
+  norm_backward_rows(g.dres, g.dlocal, buf.res2, buf.ln2_mean, buf.ln2_rstd, params, grads, w.ln2_w,
+                     w.ln2_b, n, g.dnorm);
+  // Attention.
+  group_->all_gather(g.dres, g.dgathered, nC);
+  backend_.matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dgathered, buf.atty,
+                           at(params, w.proj_w), N, d.A, d.C);
+  backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
+  if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
+  group_->all_gather(buf.ln1, buf.gathered, nC);
+  backend_.matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, buf.gathered,
+                           at(params, w.qkv_w), N, d.C, d.S);
+  group_->reduce_scatter(g.dln, g.dlocal, nC);
+  norm_backward_rows(g.dres, g.dlocal, x, buf.ln1_mean, buf.ln1_rstd, params, grads, w.ln1_w,
+                     w.ln1_b, n, g.dnorm);
 }
 
 template class Block<float>;

@@ -53,12 +53,27 @@ struct BlockDims {
 // output: the residual stream is whole on every rank), after each
 // column-parallel projection's input gradient in backward, and in the
 // vocabulary-parallel embedding and cross-entropy.
+//
+// Sequence parallelism (Megatron-LM, arXiv 2205.05198), when set: the
+// residual stream and the norms are cut along the rows too, rank r holding
+// rows [r * N / size, (r + 1) * N / size) of the N = batch x sequence rows.
+// Each allreduce above becomes a reduce-scatter (into this rank's rows)
+// and an all-gather of the next norm's output (before the column-parallel
+// projections): the same bytes, but residual and norm activations take
+// 1/size of the memory. The norms' weight gradients then come from this
+// rank's rows only and are summed over the group.
 template <typename T>
 struct TensorParallelGroup {
   TensorSplit split;
+  bool sequence_parallel = false;
   std::function<void(T* data, std::int64_t count)> sum;
   std::function<void(T* data, std::int64_t count)> max;
+  // in: size() blocks of `count`; out: the group's sum of block rank().
+  std::function<void(const T* in, T* out, std::int64_t count)> reduce_scatter;
+  // out: every rank's `count` elements of in, in rank order.
+  std::function<void(const T* in, T* out, std::int64_t count)> all_gather;
   bool active() const { return split.size > 1; }
+  bool sequence() const { return active() && sequence_parallel; }
 };
 
 // Where one block's activations live, N rows each. mean is unused by RMSNorm.
@@ -76,6 +91,12 @@ struct BlockBuffers {
   T* fch;
   T* mlp;   // MLP activation (scratch: backward recomputes it)
   T* res3;  // the block's output; may equal res2
+  // Sequence parallel only (N rows each, shared by all layers): a norm's
+  // output gathered from the group, and the partial sums a row-parallel
+  // projection reduce-scatters. ln1, ln2, res2, res3, the means and rstds
+  // (and the block's input x) then hold this rank's rows only.
+  T* gathered = nullptr;
+  T* partial = nullptr;
 };
 
 // Rows [row0, row0 + rows) go through the matmuls together: as one GEMM, or
@@ -106,6 +127,13 @@ class Block {
   void norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
                      const T* params, T* grads, std::int64_t w, std::int64_t b, int N) const;
 
+  // Sequence parallel: the norm's backward over this rank's n rows, its
+  // weight gradients summed over the group (through scratch dnorm, 2 C)
+  // before they are added to grads.
+  void norm_backward_rows(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
+                          const T* params, T* grads, std::int64_t w, std::int64_t b, int n,
+                          T* dnorm) const;
+
   // Layer `layer` over N rows of the residual stream x, into buf; groups
   // cover rows 0..N-1 in order.
   void forward(int layer, const T* params, const T* x, const BlockBuffers<T>& buf, int N,
@@ -123,6 +151,13 @@ class Block {
     T* dqkv;
     T* dmlp;
     T* dfch;
+    // Sequence parallel only: dres and the norms' input gradients hold this
+    // rank's rows; dgathered (N rows) is dres gathered, dlocal (this rank's
+    // rows) a norm's reduce-scattered input gradient, dnorm (2 C) a norm's
+    // weight gradients before the group's sum.
+    T* dgathered = nullptr;
+    T* dlocal = nullptr;
+    T* dnorm = nullptr;
   };
   // Backward of forward(layer, ...) with training's attention over B
   // sequences of seq tokens; accumulates the parameter gradients into grads.
@@ -141,6 +176,12 @@ class Block {
                         std::int64_t b, int C_in, int N, std::span<const RowGroup> groups) const;
   // The group's sum of a column-parallel projection's input gradient.
   void sum_over_group(T* data, std::int64_t count) const;
+  // The sequence-parallel forms of forward and backward (N: all rows).
+  void forward_sequence(int layer, const T* params, const T* x, const BlockBuffers<T>& buf, int N,
+                        const Attend<T>& attend, std::span<const RowGroup> groups) const;
+  void backward_sequence(int layer, const T* params, T* grads, const T* x,
+                         const BlockBuffers<T>& buf, const T* lse, const Grads& d, int B,
+                         int seq) const;
 
   ModelConfig config_;
   ParamLayout layout_;

@@ -21,6 +21,7 @@ Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorPara
     : config_(config),
       backend_(backend),
       group_(group != nullptr && group->active() ? group : nullptr),
+      sequence_(group_ != nullptr && group_->sequence()),
       vocab_part_(config.padded_vocab / (group_ ? group_->split.size : 1)),
       vocab_first_(group_ ? group_->split.rank * vocab_part_ : 0),
       layout_((config.validate(), config), group_ ? group_->split : TensorSplit{}),
@@ -68,34 +69,46 @@ void Model<T>::reserve(int B, int seq) {
   const std::int64_t S = d.S;
   const std::int64_t F = d.F;
   const std::int64_t FW = d.FW;
+  // Rows of the residual stream and the norms this rank holds: all, or its
+  // share under sequence parallelism.
+  const std::int64_t n = sequence_ ? (N + group_->split.size - 1) / group_->split.size : N;
   std::int64_t top = 0;
   auto take = [&top](std::int64_t elems) {
     const std::int64_t at = top;
     top += (elems + 15) / 16 * 16;  // 64-byte alignment of every buffer (in float)
     return at;
   };
-  encoded_ = take(N * C);
+  encoded_ = take(n * C);
   layer_acts_.clear();
   for (int l = 0; l < config_.n_layer; ++l) {
     LayerActs a{};
-    a.ln1 = take(N * C);
-    a.ln1_mean = take(N);
-    a.ln1_rstd = take(N);
+    a.ln1 = take(n * C);
+    a.ln1_mean = take(n);
+    a.ln1_rstd = take(n);
     a.qkv = take(N * S);
     a.atty = take(N * d.A);
     a.lse = take(static_cast<std::int64_t>(B) * d.NH * seq);
-    a.res2 = take(N * C);
-    a.ln2 = take(N * C);
-    a.ln2_mean = take(N);
-    a.ln2_rstd = take(N);
+    a.res2 = take(n * C);
+    a.ln2 = take(n * C);
+    a.ln2_mean = take(n);
+    a.ln2_rstd = take(n);
     a.fch = take(N * FW);
-    a.res3 = take(N * C);
+    a.res3 = take(n * C);
     layer_acts_.push_back(a);
   }
-  lnf_ = take(N * C);
-  lnf_mean_ = take(N);
-  lnf_rstd_ = take(N);
+  lnf_ = take(n * C);
+  lnf_mean_ = take(n);
+  lnf_rstd_ = take(n);
   losses_ = take(N);
+  if (sequence_) {
+    // Gathered norm outputs (the final norm's too, for the loss head), the
+    // partial sums of row-parallel projections, and the gradients' forms.
+    gathered_ = take(N * C);
+    partial_ = take(N * C);
+    dgathered_ = take(N * C);
+    dlocal_ = take(n * C);
+    dnorm_ = take(2 * C);
+  }
   if (chunk_rows_request_ > 0) {
     chunk_rows_ = std::min<std::int64_t>(chunk_rows_request_, N);
   } else {
@@ -112,7 +125,7 @@ void Model<T>::reserve(int B, int seq) {
   // rather than stored per layer) and the gradients of one block.
   mlp_act_ = take(N * F);
   dlnf_ = take(N * C);
-  dres_ = take(N * C);
+  dres_ = take(n * C);
   dln_ = take(N * C);
   datty_ = take(N * d.A);
   dqkv_ = take(N * S);
@@ -140,8 +153,14 @@ T* Model<T>::res_in(int l) {
 template <typename T>
 BlockBuffers<T> Model<T>::buffers(int l) {
   const LayerActs& a = layer_acts_[static_cast<std::size_t>(l)];
-  return {act(a.ln1), act(a.ln1_mean), act(a.ln1_rstd), act(a.qkv), act(a.atty),   act(a.res2),
-          act(a.ln2), act(a.ln2_mean), act(a.ln2_rstd), act(a.fch), act(mlp_act_), act(a.res3)};
+  BlockBuffers<T> b{act(a.ln1),      act(a.ln1_mean), act(a.ln1_rstd), act(a.qkv),
+                    act(a.atty),     act(a.res2),     act(a.ln2),      act(a.ln2_mean),
+                    act(a.ln2_rstd), act(a.fch),      act(mlp_act_),   act(a.res3)};
+  if (sequence_) {
+    b.gathered = act(gathered_);
+    b.partial = act(partial_);
+  }
+  return b;
 }
 
 template <typename T>
@@ -162,6 +181,12 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   if (tokens == nullptr || targets == nullptr) {
     throw std::invalid_argument("Model::forward needs tokens and targets");
   }
+  if (sequence_ && (static_cast<std::int64_t>(B) * seq) % group_->split.size != 0) {
+    throw Error(fmt::format("sequence parallelism needs the batch's {} x {} rows to divide into "
+                            "the {} ranks of the tensor group",
+                            B, seq, group_->split.size),
+                "sequence");
+  }
   reserve(B, seq);
   B_ = B;
   T_ = seq;
@@ -177,11 +202,17 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
                                d.gpt2 ? p(layout_.wpe()) : nullptr, N, seq, C);
   } else {
     // Each rank embeds the tokens of its vocabulary rows (rank 0 adds the
-    // positions); the group's sum is the whole embedding.
-    backend_.embedding_forward_part(
-        act(encoded_), tokens, p(layout_.wte()), vocab_first_, vocab_part_,
-        d.gpt2 && group_->split.rank == 0 ? p(layout_.wpe()) : nullptr, N, seq, C);
-    group_->sum(act(encoded_), static_cast<std::int64_t>(N) * C);
+    // positions); the group's sum is the whole embedding (of this rank's
+    // rows under sequence parallelism).
+    T* out = sequence_ ? act(partial_) : act(encoded_);
+    backend_.embedding_forward_part(out, tokens, p(layout_.wte()), vocab_first_, vocab_part_,
+                                    d.gpt2 && group_->split.rank == 0 ? p(layout_.wpe()) : nullptr,
+                                    N, seq, C);
+    if (sequence_) {
+      group_->reduce_scatter(out, act(encoded_), local_rows() * C);
+    } else {
+      group_->sum(out, static_cast<std::int64_t>(N) * C);
+    }
   }
   for (int l = 0; l < config_.n_layer; ++l) {
     T* lse = act(layer_acts_[static_cast<std::size_t>(l)].lse);
@@ -193,7 +224,13 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
     block_.forward(l, params_.data(), res_in(l), buffers(l), N, attend, std::span(&all, 1));
   }
   block_.norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), res_in(config_.n_layer),
-                      params_.data(), layout_.lnf_w(), layout_.lnf_b(), N);
+                      params_.data(), layout_.lnf_w(), layout_.lnf_b(), local_rows());
+  // The loss head sees every row: gathered under sequence parallelism.
+  const T* lnf = act(lnf_);
+  if (sequence_) {
+    group_->all_gather(act(lnf_), act(gathered_), local_rows() * C);
+    lnf = act(gathered_);
+  }
 
   // Loss head in row chunks; with need_grad the chunk's logits turn into
   // their gradient in place and are consumed at once.
@@ -201,7 +238,7 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   const T dloss = need_grad ? grad_scale / T(N) : T(0);
   for (int r0 = 0; r0 < N; r0 += static_cast<int>(chunk_rows_)) {
     const int rows = std::min(static_cast<int>(chunk_rows_), N - r0);
-    const T* x = act(lnf_) + static_cast<std::int64_t>(r0) * C;
+    const T* x = lnf + static_cast<std::int64_t>(r0) * C;
     backend_.matmul_forward(act(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
     chunk_crossentropy(act(logits_), act(losses_) + r0, targets + r0, rows, dloss);
     if (need_grad) {
@@ -210,7 +247,11 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
     }
   }
   // Each rank's lm-head part contributes to the gradient of every row.
-  if (need_grad && group_ != nullptr) group_->sum(act(dlnf_), static_cast<std::int64_t>(N) * C);
+  if (need_grad && sequence_) {
+    group_->reduce_scatter(act(dlnf_), act(dlocal_), local_rows() * C);
+  } else if (need_grad && group_ != nullptr) {
+    group_->sum(act(dlnf_), static_cast<std::int64_t>(N) * C);
+  }
   have_grad_pass_ = need_grad;
   double sum = 0;
   for (int i = 0; i < N; ++i) sum += static_cast<double>(act(losses_)[i]);
@@ -247,19 +288,31 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
   const int B = B_;
   const int seq = T_;
   const int N = B * seq;
-  const std::int64_t NC = static_cast<std::int64_t>(N) * config_.d_model;
+  const std::int64_t nC = local_rows() * config_.d_model;
 
-  // dres holds the gradient of the residual stream, flowing down the blocks.
-  backend_.fill(act(dres_), T(0), NC);
-  block_.norm_backward(act(dres_), act(dlnf_), res_in(config_.n_layer), act(lnf_mean_),
-                       act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
-                       layout_.lnf_b(), N);
+  // dres holds the gradient of the residual stream (of this rank's rows
+  // under sequence parallelism), flowing down the blocks.
+  backend_.fill(act(dres_), T(0), nC);
+  if (sequence_) {
+    block_.norm_backward_rows(act(dres_), act(dlocal_), res_in(config_.n_layer), act(lnf_mean_),
+                              act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
+                              layout_.lnf_b(), static_cast<int>(local_rows()), act(dnorm_));
+  } else {
+    block_.norm_backward(act(dres_), act(dlnf_), res_in(config_.n_layer), act(lnf_mean_),
+                         act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
+                         layout_.lnf_b(), N);
+  }
   // Everything after the blocks in the layout (final norm, untied lm head,
   // whose gradient the loss head computed) is final now; so is each block
   // once its backward is done. Tied embeddings sit at offset 0.
   if (grads_final_from) grads_final_from(layout_.lnf_w());
-  const typename Block<T>::Grads d{act(dres_), act(dln_),      act(datty_),
-                                   act(dqkv_), act(dmlp_act_), act(dfch_)};
+  typename Block<T>::Grads d{act(dres_), act(dln_),      act(datty_),
+                             act(dqkv_), act(dmlp_act_), act(dfch_)};
+  if (sequence_) {
+    d.dgathered = act(dgathered_);
+    d.dlocal = act(dlocal_);
+    d.dnorm = act(dnorm_);
+  }
   for (int l = config_.n_layer - 1; l >= 0; --l) {
     block_.backward(l, params_.data(), grads_.data(), res_in(l), buffers(l),
                     act(layer_acts_[static_cast<std::size_t>(l)].lse), d, B, seq);
@@ -270,8 +323,14 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
     backend_.embedding_backward(g(layout_.wte()), dwpe, act(dres_), tokens_.data(), N, seq,
                                 config_.d_model);
   } else {
-    backend_.embedding_backward_part(g(layout_.wte()), dwpe, act(dres_), tokens_.data(),
-                                     vocab_first_, vocab_part_, N, seq, config_.d_model);
+    // Every row's gradient meets this rank's vocabulary rows.
+    const T* dout = act(dres_);
+    if (sequence_) {
+      group_->all_gather(act(dres_), act(dgathered_), nC);
+      dout = act(dgathered_);
+    }
+    backend_.embedding_backward_part(g(layout_.wte()), dwpe, dout, tokens_.data(), vocab_first_,
+                                     vocab_part_, N, seq, config_.d_model);
   }
   if (grads_final_from) grads_final_from(0);
 }

@@ -95,6 +95,11 @@ class Model {
   T* p(std::int64_t offset) { return offset < 0 ? nullptr : params_.data() + offset; }
   T* g(std::int64_t offset) { return offset < 0 ? nullptr : grads_.data() + offset; }
   void validate_tokens(const std::int32_t* ids, const char* what) const;
+  // Rows of the last forward's residual stream this rank holds.
+  std::int64_t local_rows() const {
+    const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
+    return sequence_ ? N / group_->split.size : N;
+  }
   // The loss head's cross-entropy on one chunk of logits, whole or (tensor
   // parallel) over the group's vocabulary parts.
   void chunk_crossentropy(T* logits, T* losses, const std::int32_t* targets, int rows, T dloss);
@@ -102,6 +107,7 @@ class Model {
   ModelConfig config_;
   Backend<T>& backend_;
   const TensorParallelGroup<T>* group_;  // null unless tensor parallel
+  const bool sequence_;                  // sequence parallel too
   int vocab_part_ = 0;                   // padded vocabulary rows this rank holds
   int vocab_first_ = 0;                  // the first of them
   ParamLayout layout_;
@@ -117,6 +123,7 @@ class Model {
   std::vector<LayerActs> layer_acts_;
   std::int64_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, losses_ = 0;
   std::int64_t logits_ = 0, chunk_rows_ = 0, chunk_rows_request_ = 0, row_max_ = 0, row_sums_ = 0;
+  std::int64_t gathered_ = 0, partial_ = 0, dgathered_ = 0, dlocal_ = 0, dnorm_ = 0;
   std::int64_t dlnf_ = 0, dres_ = 0, dln_ = 0, datty_ = 0, dqkv_ = 0, mlp_act_ = 0, dmlp_act_ = 0,
                dfch_ = 0;
   std::vector<std::int32_t> tokens_;

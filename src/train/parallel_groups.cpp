@@ -42,8 +42,8 @@ std::string describe_layout(const ParallelLayout& l) {
     groups += "}";
   }
   if (l.data > 4) groups += " ...";
-  return fmt::format("{} ranks: tensor parallel {} x data parallel {}; tensor groups {}", l.world,
-                     l.tensor, l.data, groups);
+  return fmt::format("{} ranks: tensor parallel {}{} x data parallel {}; tensor groups {}", l.world,
+                     l.tensor, l.sequence ? " (sequence parallel)" : "", l.data, groups);
 }
 
 template <typename T>
@@ -56,6 +56,16 @@ TensorParallelGroup<T> tensor_parallel_group(Communicator& tensor) {
   };
   g.max = [c](T* data, std::int64_t count) {
     c->allreduce(std::span<T>(data, static_cast<std::size_t>(count)), ReduceOp::Max);
+  };
+  g.reduce_scatter = [c](const T* in, T* out, std::int64_t count) {
+    const auto n = static_cast<std::size_t>(count);
+    c->reduce_scatter(std::span<const T>(in, n * static_cast<std::size_t>(c->size())),
+                      std::span<T>(out, n), ReduceOp::Sum);
+  };
+  g.all_gather = [c](const T* in, T* out, std::int64_t count) {
+    const auto n = static_cast<std::size_t>(count);
+    c->all_gather(std::span<const T>(in, n),
+                  std::span<T>(out, n * static_cast<std::size_t>(c->size())));
   };
   return g;
 }
@@ -73,6 +83,7 @@ ParallelGroups::ParallelGroups(Communicator& world, const ParallelLayout& layout
     tensor_->set_timeout(world.timeout());
   }
   group_ = tensor_parallel_group<float>(*tensor_);
+  group_.sequence_parallel = layout.sequence;
 }
 
 }  // namespace borealis

@@ -22,8 +22,9 @@ namespace borealis {
 
 struct ParallelLayout {
   int world = 1;
-  int tensor = 1;  // ranks per tensor-parallel group
-  int data = 1;    // data-parallel replicas: world / tensor
+  int tensor = 1;         // ranks per tensor-parallel group
+  int data = 1;           // data-parallel replicas: world / tensor
+  bool sequence = false;  // sequence parallelism in the tensor groups
   int rank = 0;
   int tensor_rank = 0;
   int data_rank = 0;
@@ -58,7 +59,8 @@ class ParallelGroups {
   TensorParallelGroup<float> group_;
 };
 
-// A TensorParallelGroup over `tensor` (blocking allreduces, sum and max).
+// A TensorParallelGroup over `tensor` (blocking collectives), without
+// sequence parallelism.
 template <typename T>
 TensorParallelGroup<T> tensor_parallel_group(Communicator& tensor);
 

@@ -185,6 +185,9 @@ ConfigSchema train_config_schema() {
   s.add("dist.tensor_parallel", Int{1},
         "ranks per tensor-parallel group (Megatron-LM): attention heads, MLP units and "
         "vocabulary split across them; the data-parallel replicas are ranks / tensor_parallel");
+  s.add("dist.sequence_parallel", false,
+        "with tensor_parallel > 1: also cut the residual stream and norms along the sequence "
+        "(reduce-scatter + all-gather instead of allreduce; less activation memory)");
   s.add("dist.zero", Int{0},
         "ZeRO stage with several ranks: 0 (every rank holds the optimizer state) or 1 (AdamW "
         "moments sharded over the ranks)");
@@ -268,6 +271,7 @@ TrainSettings read_train_settings(const Config& c) {
   t.eval_batches = static_cast<int>(get_int(c, "eval.batches", 0, 1 << 20));
   read_task_settings(c, t.tasks);
   t.tensor_parallel = static_cast<int>(get_int(c, "dist.tensor_parallel", 1, 4096));
+  t.sequence_parallel = c.get<bool>("dist.sequence_parallel");
   t.zero = static_cast<int>(get_int(c, "dist.zero", 0, 1));
   t.bucket_mb = get_number(c, "dist.bucket_mb", 1e-6, 1 << 20);
   t.timeout_s = get_number(c, "dist.timeout_s", 0.01, 1e7);

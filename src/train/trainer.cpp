@@ -172,8 +172,11 @@ void log_plan(const TrainSettings& s, ParallelGroups& groups, const Model<float>
     if (layout.tensor > 1) {
       spdlog::info(
           "tensor parallel: each rank holds 1/{} of the heads, MLP units and vocabulary "
-          "({:.2f}M parameters); 4 allreduces of the activations per layer and step",
-          layout.tensor, model.num_params() / 1e6);
+          "({:.2f}M parameters); per layer and micro-batch {}",
+          layout.tensor, model.num_params() / 1e6,
+          layout.sequence ? "4 reduce-scatters and 6 all-gathers of the activations, residual "
+                            "stream and norms cut along the sequence"
+                          : "4 allreduces of the activations");
     }
     spdlog::info(
         "data parallel: {} replicas, {} micro-batches of {} per replica and step; ZeRO-{}, {} "
@@ -259,8 +262,19 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   const Tokenizer tokenizer = Tokenizer::load(s.tokenizer);
   s.model = resolve_model(config, static_cast<int>(tokenizer.vocab_size()));
   // Tensor groups of dist.tensor_parallel ranks, data-parallel replicas of them.
-  ParallelGroups groups(comm, parallel_layout(ranks, comm.rank(), s.tensor_parallel, s.model,
-                                              config.origin("dist.tensor_parallel")));
+  ParallelLayout layout = parallel_layout(ranks, comm.rank(), s.tensor_parallel, s.model,
+                                          config.origin("dist.tensor_parallel"));
+  if (s.sequence_parallel && layout.tensor == 1) {
+    spdlog::warn("dist.sequence_parallel is ignored: it needs dist.tensor_parallel > 1");
+  } else if (s.sequence_parallel && s.seq_len % layout.tensor != 0) {
+    throw Error(fmt::format("dist.sequence_parallel cuts each sequence into {} parts, but "
+                            "data.seq_len {} does not divide by dist.tensor_parallel = {}",
+                            layout.tensor, s.seq_len, layout.tensor),
+                config.origin("dist.sequence_parallel"));
+  } else {
+    layout.sequence = s.sequence_parallel;
+  }
+  ParallelGroups groups(comm, layout);
   const int replicas = groups.layout().data;
   if (replicas > 1 && s.global_batch % (s.micro_batch * replicas) != 0) {
     throw Error(fmt::format("train.global_batch {} is not divisible by train.micro_batch {} x {} "

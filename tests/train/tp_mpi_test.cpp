@@ -13,6 +13,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -60,14 +61,17 @@ ParallelLayout layout_of(const ModelConfig& config) {
   return parallel_layout(g_comm->size(), g_comm->rank(), kTensor, config, "test");
 }
 
-class TensorParallelModels : public ::testing::TestWithParam<const char*> {};
+// (preset, sequence parallel)
+class TensorParallelModels : public ::testing::TestWithParam<std::tuple<const char*, bool>> {};
 
 // In double precision: the part's loss, per-token losses and gradients
-// equal the one-process model's (the reductions only reorder sums).
+// equal the one-process model's (the reductions only reorder sums), with
+// and without sequence parallelism.
 TEST_P(TensorParallelModels, ForwardAndBackwardMatchOneProcess) {
-  const ModelConfig config = model_preset(GetParam());
+  const ModelConfig config = model_preset(std::get<0>(GetParam()));
   ParallelGroups groups(*g_comm, layout_of(config));
-  const TensorParallelGroup<double> group = tensor_parallel_group<double>(groups.tensor());
+  TensorParallelGroup<double> group = tensor_parallel_group<double>(groups.tensor());
+  group.sequence_parallel = std::get<1>(GetParam());
   auto backend = make_cpu_backend<double>();
   const int B = 2, T = 9;
   const auto tokens = random_ids(B * T, config.vocab_size, 7);
@@ -103,20 +107,23 @@ TEST_P(TensorParallelModels, ForwardAndBackwardMatchOneProcess) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, TensorParallelModels,
-                         ::testing::Values("gpt2-tiny", "llama-tiny"));
+                         ::testing::Combine(::testing::Values("gpt2-tiny", "llama-tiny"),
+                                            ::testing::Bool()));
 
 // Three AdamW steps with clipping in float, tensor parallel x data parallel
-// with and without ZeRO-1, against one process taking the whole global
-// batch: the same losses and gradient norms, and parameters that stay within
-// float rounding of the one-process ones.
-class TensorParallelTraining : public ::testing::TestWithParam<int> {};
+// with and without ZeRO-1 and sequence parallelism, against one process
+// taking the whole global batch: the same losses and gradient norms, and
+// parameters that stay within float rounding of the one-process ones.
+// (zero, sequence parallel)
+class TensorParallelTraining : public ::testing::TestWithParam<std::tuple<int, bool>> {};
 
 TEST_P(TensorParallelTraining, ThreeStepsMatchOneProcess) {
-  const int zero = GetParam();
+  const int zero = std::get<0>(GetParam());
   for (const char* preset : {"gpt2-tiny", "llama-tiny"}) {
     SCOPED_TRACE(preset);
     const ModelConfig config = model_preset(preset);
-    const ParallelLayout layout = layout_of(config);
+    ParallelLayout layout = layout_of(config);
+    layout.sequence = std::get<1>(GetParam());
     ParallelGroups groups(*g_comm, layout);
     auto backend = make_cpu_backend<float>();
     const int B = 2, T = 16, replicas = layout.data;
@@ -170,13 +177,13 @@ TEST_P(TensorParallelTraining, ThreeStepsMatchOneProcess) {
       // Adam moves every parameter by about lr whatever the size of its
       // gradient, so where a gradient is rounding noise in both runs (the
       // key bias: softmax ignores it) the runs differ by a share of lr.
-      EXPECT_LT(worst, 0.01 * lr) << worst_name << " after step " << step;
+      EXPECT_LT(worst, 0.02 * lr) << worst_name << " after step " << step;
       if (g_comm->rank() == 0) {
         std::printf(
-            "[ tp2 x dp%d zero %d %s ] step %d: loss %.7f vs %.7f, norm %.7g vs %.7g, "
+            "[ tp2%s x dp%d zero %d %s ] step %d: loss %.7f vs %.7f, norm %.7g vs %.7g, "
             "largest parameter difference %.2e (lr %.0e) (%s)\n",
-            replicas, zero, preset, step + 1, part_loss, loss, part_norm, norm, worst, lr,
-            worst_name.c_str());
+            layout.sequence ? "+sp" : "", replicas, zero, preset, step + 1, part_loss, loss,
+            part_norm, norm, worst, lr, worst_name.c_str());
       }
     }
     // What every rank of a tensor group holds whole stays the same bits on
@@ -193,7 +200,8 @@ TEST_P(TensorParallelTraining, ThreeStepsMatchOneProcess) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Zero, TensorParallelTraining, ::testing::Values(0, 1));
+INSTANTIATE_TEST_SUITE_P(Zero, TensorParallelTraining,
+                         ::testing::Combine(::testing::Values(0, 1), ::testing::Bool()));
 
 // The layout's errors name the setting and the dimension that does not
 // divide.
@@ -244,6 +252,16 @@ TEST(TensorParallelLayout, GroupsFollowTheLayout) {
   std::vector<double> tensor_members(kTensor);
   groups.tensor().all_gather(std::span<const double>(mine), std::span<double>(tensor_members));
   for (int t = 0; t < kTensor; ++t) EXPECT_EQ(tensor_members[t], me - me % kTensor + t);
+  // The model's group collectives: rank t of the tensor group gets block t.
+  const TensorParallelGroup<double> group = tensor_parallel_group<double>(groups.tensor());
+  std::vector<double> blocks(2 * kTensor), mine2(2), gathered(2 * kTensor);
+  for (int i = 0; i < 2 * kTensor; ++i) blocks[i] = 10.0 * i + groups.tensor().rank();
+  group.reduce_scatter(blocks.data(), mine2.data(), 2);
+  const int t = groups.tensor().rank();
+  EXPECT_EQ(mine2[0], 2 * (10.0 * (2 * t)) + 1);
+  EXPECT_EQ(mine2[1], 2 * (10.0 * (2 * t + 1)) + 1);
+  group.all_gather(mine2.data(), gathered.data(), 2);
+  for (int i = 0; i < 2 * kTensor; ++i) EXPECT_EQ(gathered[i], 20.0 * i + 1) << i;
   std::vector<double> data_members(static_cast<std::size_t>(groups.data().size()));
   groups.data().all_gather(std::span<const double>(mine), std::span<double>(data_members));
   for (std::size_t d = 0; d < data_members.size(); ++d) {
@@ -264,19 +282,23 @@ TEST(TensorParallelRuns, MatchOneProcessAndResumeInAnyLayout) {
   std::vector<std::string> tp_run = run;
   tp_run.push_back("dist.tensor_parallel=2");
   if (g_comm->size() == 4) tp_run.push_back("dist.zero=1");
+  std::vector<std::string> sp_run = tp_run;
+  sp_run.push_back("dist.sequence_parallel=true");
   const fs::path one = corpus->dir() / "one", tp = corpus->dir() / "tp",
                  again = corpus->dir() / "again", tp_one = corpus->dir() / "tp_one",
-                 one_tp = corpus->dir() / "one_tp";
+                 one_tp = corpus->dir() / "one_tp", sp = corpus->dir() / "sp";
   const fs::path cfg_one = corpus.write_config("one.toml", one);
   const fs::path cfg_tp = corpus.write_config("tp.toml", tp);
   const fs::path cfg_again = corpus.write_config("again.toml", again);
   const fs::path cfg_tp_one = corpus.write_config("tp_one.toml", tp_one);
   const fs::path cfg_one_tp = corpus.write_config("one_tp.toml", one_tp);
+  const fs::path cfg_sp = corpus.write_config("sp.toml", sp);
   test::train_alone(*g_comm, cfg_one, run);
   const TrainRunResult r = test::train(cfg_tp, tp_run, *g_comm);
   EXPECT_EQ(r.steps, 8);
   EXPECT_GT(r.valid_loss, 0.0);
   test::train(cfg_again, tp_run, *g_comm);
+  test::train(cfg_sp, sp_run, *g_comm);
   // Trained tensor parallel to step 4, then one process to the end; and the
   // other way round.
   EXPECT_TRUE(test::train(cfg_tp_one, tp_run, *g_comm, 4).stopped);
@@ -288,7 +310,7 @@ TEST(TensorParallelRuns, MatchOneProcessAndResumeInAnyLayout) {
   const auto reference = train_losses(one);
   ASSERT_EQ(reference.size(), 8u);
   const auto ref_weights = test::weights(test::final_checkpoint(one, 8));
-  for (const fs::path& dir : {tp, tp_one, one_tp}) {
+  for (const fs::path& dir : {tp, tp_one, one_tp, sp}) {
     SCOPED_TRACE(dir.filename().string());
     const auto losses = train_losses(dir);
     ASSERT_EQ(losses.size(), 8u);
@@ -320,21 +342,24 @@ TEST(TensorParallelRuns, BadLayoutsStopEveryRank) {
   namespace fs = std::filesystem;
   const test::SharedCorpus corpus(*g_comm);
   const fs::path cfg = corpus.write_config("bad.toml", corpus->dir() / "bad");
-  const auto message = [&](const std::string& setting) {
+  const auto message = [&](const std::vector<std::string>& settings) {
     try {
-      test::train(cfg, {setting}, *g_comm);
+      test::train(cfg, settings, *g_comm);
     } catch (const Error& e) {
       return std::string(e.what());
     }
     return std::string("no error");
   };
-  EXPECT_NE(message("dist.tensor_parallel=3")
+  EXPECT_NE(message({"dist.tensor_parallel=3"})
                 .find(fmt::format("dist.tensor_parallel = 3 does not divide the {} ranks",
                                   g_comm->size())),
             std::string::npos);
+  EXPECT_NE(message({"dist.sequence_parallel=true", "dist.tensor_parallel=2", "data.seq_len=31"})
+                .find("data.seq_len 31 does not divide by dist.tensor_parallel = 2"),
+            std::string::npos);
   if (g_comm->size() == 4) {
     // llama-tiny has 2 key/value heads.
-    EXPECT_NE(message("dist.tensor_parallel=4").find("n_kv_head = 2"), std::string::npos);
+    EXPECT_NE(message({"dist.tensor_parallel=4"}).find("n_kv_head = 2"), std::string::npos);
   }
 }
 

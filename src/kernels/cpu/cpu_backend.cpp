@@ -136,6 +136,9 @@ class CpuBackend final : public Backend<T> {
   void scale(T* x, T factor, std::int64_t count) override {
     cpu::scale(x, factor, count);
   }
+  void add(T* out, const T* in, std::int64_t count) override {
+    cpu::add(out, in, count);
+  }
 
  private:
   // Rotary angles, computed once for the longest sequence seen: every layer

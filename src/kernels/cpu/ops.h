@@ -108,5 +108,7 @@ template <typename T>
 double sum_of_squares(const T* x, std::int64_t count);
 template <typename T>
 void scale(T* x, T factor, std::int64_t count);
+template <typename T>
+void add(T* out, const T* in, std::int64_t count);
 
 }  // namespace borealis::cpu

@@ -51,7 +51,14 @@ void scale(T* x, T factor, std::int64_t count) {
   for (std::int64_t i = 0; i < count; ++i) x[i] *= factor;
 }
 
+template <typename T>
+void add(T* out, const T* in, std::int64_t count) {
+#pragma omp parallel for simd schedule(static) if (worth_threads(count))
+  for (std::int64_t i = 0; i < count; ++i) out[i] += in[i];
+}
+
 #define BOREALIS_INSTANTIATE(T)                                                                 \
+  template void add<T>(T*, const T*, std::int64_t);                                             \
   template void adamw_update<T>(T*, const T*, T*, T*, std::int64_t, float, float, float, float, \
                                 float, float, float, float);                                    \
   template double sum_of_squares<T>(const T*, std::int64_t);                                    \

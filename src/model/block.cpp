@@ -63,11 +63,16 @@ template <typename T>
 void Block<T>::norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
                              const T* params, T* grads, std::int64_t w, std::int64_t b,
                              int N) const {
+  norm_backward_into(dinp, dout, inp, mean, rstd, at(params, w), at(grads, w), at(grads, b), N);
+}
+
+template <typename T>
+void Block<T>::norm_backward_into(T* dinp, const T* dout, const T* inp, const T* mean,
+                                  const T* rstd, const T* weight, T* dw, T* db, int N) const {
   if (dims_.gpt2) {
-    backend_.layernorm_backward(dinp, at(grads, w), at(grads, b), dout, inp, at(params, w), mean,
-                                rstd, N, dims_.C);
+    backend_.layernorm_backward(dinp, dw, db, dout, inp, weight, mean, rstd, N, dims_.C);
   } else {
-    backend_.rmsnorm_backward(dinp, at(grads, w), dout, inp, at(params, w), rstd, N, dims_.C);
+    backend_.rmsnorm_backward(dinp, dw, dout, inp, weight, rstd, N, dims_.C);
   }
 }
 
@@ -164,12 +169,8 @@ void Block<T>::norm_backward_rows(T* dinp, const T* dout, const T* inp, const T*
   const std::int64_t count = b >= 0 ? 2 * C : C;
   backend_.fill(dnorm, T(0), count);
   // dnorm holds [w | b].
-  if (dims_.gpt2) {
-    backend_.layernorm_backward(dinp, dnorm, dnorm + C, dout, inp, at(params, w), mean, rstd, n,
-                                dims_.C);
-  } else {
-    backend_.rmsnorm_backward(dinp, dnorm, dout, inp, at(params, w), rstd, n, dims_.C);
-  }
+  norm_backward_into(dinp, dout, inp, mean, rstd, at(params, w), dnorm,
+                     b >= 0 ? dnorm + C : nullptr, n);
   group_->sum(dnorm, count);
   backend_.add(grads + w, dnorm, C);
   if (b >= 0) backend_.add(grads + b, dnorm + C, C);

@@ -170,6 +170,10 @@ class Block {
   }
   static T* at(T* base, std::int64_t offset) { return offset < 0 ? nullptr : base + offset; }
   void mlp_activation(T* out, const T* fch, int N) const;
+  // norm_backward with the weight and its gradients as pointers (db null
+  // for RMSNorm).
+  void norm_backward_into(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
+                          const T* weight, T* dw, T* db, int N) const;
   // out = x + inp * W^T + b over the group: a row-parallel projection with
   // its residual add (rank 0 adds x and the bias, then the group sums).
   void project_residual(T* out, const T* x, const T* inp, const T* params, std::int64_t w,

@@ -8,12 +8,11 @@ namespace borealis {
 WholeModel::WholeModel(ParallelGroups& groups, const ModelConfig& config)
     : groups_(groups), config_(config), layout_(config) {}
 
-void WholeModel::assemble(const ParamLayout& part, const std::vector<float>& local,
-                          std::vector<float>& whole) {
+void WholeModel::assemble(const ParamLayout& part, const float* local, std::vector<float>& whole) {
   Communicator& tensor = groups_.tensor();
   const auto n = static_cast<std::size_t>(part.total());
   parts_.resize(n * static_cast<std::size_t>(tensor.size()));
-  tensor.all_gather(std::span<const float>(local.data(), n), std::span<float>(parts_));
+  tensor.all_gather(std::span<const float>(local, n), std::span<float>(parts_));
   if (groups_.world().rank() != 0) return;
   whole.resize(static_cast<std::size_t>(layout_.total()));
   for (int t = 0; t < tensor.size(); ++t) {
@@ -26,16 +25,15 @@ void WholeModel::assemble(const ParamLayout& part, const std::vector<float>& loc
 }
 
 void WholeModel::gather(const ParamLayout& part, const float* params, const DataParallel* dp) {
-  const auto n = static_cast<std::size_t>(part.total());
-  std::vector<float> local(params, params + n);
-  assemble(part, local, params_);
+  assemble(part, params, params_);
   if (dp == nullptr) return;
   Communicator& data = groups_.data();
   const AdamW& opt = dp->optimizer();
   const bool sharded = dp->zero() == 1 && data.size() > 1;
+  std::vector<float> local;
   const auto moments = [&](const float* mine, std::vector<float>& whole) {
     if (!sharded) {
-      local.assign(mine, mine + n);
+      assemble(part, mine, whole);
     } else {
       // Every rank's shard, padded to the same length, in rank order.
       const auto len = static_cast<std::size_t>(dp->shard_length());
@@ -44,9 +42,8 @@ void WholeModel::gather(const ParamLayout& part, const float* params, const Data
       std::copy(mine, mine + have, block.begin());
       local.resize(len * static_cast<std::size_t>(data.size()));
       data.all_gather(std::span<const float>(block), std::span<float>(local));
-      local.resize(n);
+      assemble(part, local.data(), whole);
     }
-    assemble(part, local, whole);
   };
   moments(opt.m().data(), m_);
   moments(opt.v().data(), v_);

@@ -38,8 +38,7 @@ class WholeModel {
  private:
   // The tensor group's parts of `local` (part.total() elements), put into
   // `whole` on world rank 0.
-  void assemble(const ParamLayout& part, const std::vector<float>& local,
-                std::vector<float>& whole);
+  void assemble(const ParamLayout& part, const float* local, std::vector<float>& whole);
 
   ParallelGroups& groups_;
   ModelConfig config_;

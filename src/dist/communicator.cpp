@@ -111,6 +111,14 @@ RequestPtr SelfCommunicator::start_broadcast(void*, std::size_t, int root) {
   return std::make_unique<DoneRequest>();
 }
 
+RequestPtr SelfCommunicator::start_send(const void*, std::size_t, int peer) {
+  throw std::out_of_range(fmt::format("send to rank {} in a world of 1", peer));
+}
+
+RequestPtr SelfCommunicator::start_recv(void*, std::size_t, int peer) {
+  throw std::out_of_range(fmt::format("receive from rank {} in a world of 1", peer));
+}
+
 std::unique_ptr<Communicator> make_communicator(const CommOptions& options) {
   std::unique_ptr<Communicator> comm;
   if (options.backend == "self") {

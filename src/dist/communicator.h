@@ -130,6 +130,20 @@ class Communicator {
   }
   virtual RequestPtr ibarrier() = 0;
 
+  // Point to point (pipeline parallelism): `data` to or from rank `peer` of
+  // this communicator. Messages from one rank to another arrive in the
+  // order they were sent, and a receive names the size of its message.
+  // A send may wait until its receive starts: ranks that exchange with
+  // each other at once use sendrecv.
+  template <typename T>
+  RequestPtr isend(std::span<const T> data, int peer) {
+    return start_send(data.data(), data.size_bytes(), peer);
+  }
+  template <typename T>
+  RequestPtr irecv(std::span<T> data, int peer) {
+    return start_recv(data.data(), data.size_bytes(), peer);
+  }
+
   // A communicator over the ranks that pass the same color (every rank must
   // call it, in the same order as the collectives), ranked by key, then by
   // rank here. It keeps this one's time-out and reduction algorithm; its
@@ -155,6 +169,21 @@ class Communicator {
     ibroadcast(data, root)->wait();
   }
   void barrier() { ibarrier()->wait(); }
+  template <typename T>
+  void send(std::span<const T> data, int peer) {
+    isend(data, peer)->wait();
+  }
+  template <typename T>
+  void recv(std::span<T> data, int peer) {
+    irecv(data, peer)->wait();
+  }
+  // Sends `out` to `to` and receives `in` from `from`, both at once.
+  template <typename T>
+  void sendrecv(std::span<const T> out, int to, std::span<T> in, int from) {
+    RequestPtr r = irecv(in, from);
+    isend(out, to)->wait();
+    r->wait();
+  }
 
  protected:
   virtual RequestPtr start_allreduce(void* data, std::size_t count, DataType type, ReduceOp op) = 0;
@@ -162,6 +191,8 @@ class Communicator {
                                           DataType type, ReduceOp op) = 0;
   virtual RequestPtr start_all_gather(const void* in, void* out, std::size_t block_bytes) = 0;
   virtual RequestPtr start_broadcast(void* data, std::size_t bytes, int root) = 0;
+  virtual RequestPtr start_send(const void* data, std::size_t bytes, int peer) = 0;
+  virtual RequestPtr start_recv(void* data, std::size_t bytes, int peer) = 0;
 
   void check_blocks(std::size_t whole, std::size_t block, const char* what) const;
 
@@ -195,6 +226,9 @@ class SelfCommunicator final : public Communicator {
                                   ReduceOp op) override;
   RequestPtr start_all_gather(const void* in, void* out, std::size_t block_bytes) override;
   RequestPtr start_broadcast(void* data, std::size_t bytes, int root) override;
+  // A rank has no peer in a world of one: both throw std::out_of_range.
+  RequestPtr start_send(const void* data, std::size_t bytes, int peer) override;
+  RequestPtr start_recv(void* data, std::size_t bytes, int peer) override;
 
  private:
   std::string host_;

@@ -218,8 +218,17 @@ class MpiCommunicator final : public Communicator {
                                   ReduceOp op) override;
   RequestPtr start_all_gather(const void* in, void* out, std::size_t block_bytes) override;
   RequestPtr start_broadcast(void* data, std::size_t bytes, int root) override;
+  RequestPtr start_send(const void* data, std::size_t bytes, int peer) override;
+  RequestPtr start_recv(void* data, std::size_t bytes, int peer) override;
 
  private:
+  void check_peer(int peer, const char* what) const {
+    if (peer < 0 || peer >= size_ || peer == rank_) {
+      throw std::out_of_range(
+          fmt::format("{} rank {} from rank {} of a group of {}", what, peer, rank_, size_));
+    }
+  }
+
   // `what` names the operation, `detail` its size and type.
   std::unique_ptr<MpiRequest> make_request(const char* what, const std::string& detail = "") {
     ++started_;
@@ -514,6 +523,28 @@ RequestPtr MpiCommunicator::start_broadcast(void* data, std::size_t bytes, int r
   auto r = make_request("broadcast", describe(bytes, DataType::Bytes, ""));
   check(MPI_Ibcast(data, as_int(bytes, "broadcast"), MPI_BYTE, root, comm_, &r->request),
         "MPI_Ibcast");
+  return r;
+}
+
+// Point-to-point messages use the collectives' communicator (MPI keeps the
+// two apart) with one tag, so that they arrive in the order sent.
+constexpr int kPeerTag = 7;
+
+RequestPtr MpiCommunicator::start_send(const void* data, std::size_t bytes, int peer) {
+  check_peer(peer, "send to");
+  auto r = make_request("send", fmt::format(" to rank {} ({}){}", peer, host(peer),
+                                            describe(bytes, DataType::Bytes, "")));
+  check(MPI_Isend(data, as_int(bytes, "send"), MPI_BYTE, peer, kPeerTag, comm_, &r->request),
+        "MPI_Isend");
+  return r;
+}
+
+RequestPtr MpiCommunicator::start_recv(void* data, std::size_t bytes, int peer) {
+  check_peer(peer, "receive from");
+  auto r = make_request("receive", fmt::format(" from rank {} ({}){}", peer, host(peer),
+                                               describe(bytes, DataType::Bytes, "")));
+  check(MPI_Irecv(data, as_int(bytes, "receive"), MPI_BYTE, peer, kPeerTag, comm_, &r->request),
+        "MPI_Irecv");
   return r;
 }
 

@@ -17,14 +17,15 @@ constexpr std::int64_t kLogitsChunkElems = std::int64_t{1} << 25;
 }  // namespace
 
 template <typename T>
-Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorParallelGroup<T>* group)
+Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorParallelGroup<T>* group,
+                PipelineStage stage)
     : config_(config),
       backend_(backend),
       group_(group != nullptr && group->active() ? group : nullptr),
       sequence_(group_ != nullptr && group_->sequence()),
       vocab_part_(config.padded_vocab / (group_ ? group_->split.size : 1)),
       vocab_first_(group_ ? group_->split.rank * vocab_part_ : 0),
-      layout_((config.validate(), config), group_ ? group_->split : TensorSplit{}),
+      layout_((config.validate(), config), group_ ? group_->split : TensorSplit{}, stage),
       block_(config, layout_, backend, group_) {
   params_.assign(static_cast<std::size_t>(layout_.total()), T(0));
   grads_.assign(static_cast<std::size_t>(layout_.total()), T(0));
@@ -53,22 +54,29 @@ void Model<T>::zero_grad() {
 }
 
 template <typename T>
-void Model<T>::reserve(int B, int seq) {
+void Model<T>::reserve(int B, int seq, int slots) {
   if (B <= 0) throw Error(fmt::format("batch size must be positive, got {}", B), "batch");
   if (seq <= 0 || seq > config_.max_seq) {
     throw Error(fmt::format("sequence length {} is outside 1..{} (the model's max_seq)", seq,
                             config_.max_seq),
                 "sequence");
   }
-  if (B <= cap_B_ && seq <= cap_T_) return;
+  if (slots <= 0)
+    throw Error(fmt::format("activation slots must be positive, got {}", slots), "slots");
+  if (B <= cap_B_ && seq <= cap_T_ && slots <= slots_) return;
+  if (std::ranges::find(grad_pending_, 1) != grad_pending_.end()) {
+    throw std::logic_error("Model::reserve would move activations that wait for their backward");
+  }
   B = std::max(B, cap_B_);
   seq = std::max(seq, cap_T_);
+  slots = std::max(slots, cap_B_ > 0 ? slots_ : 1);
   const std::int64_t N = static_cast<std::int64_t>(B) * seq;
   const BlockDims& d = block_.dims();
   const std::int64_t C = d.C;
   const std::int64_t S = d.S;
   const std::int64_t F = d.F;
   const std::int64_t FW = d.FW;
+  const bool last = stage().last();
   // Rows of the residual stream and the norms this rank holds: all, or its
   // share under sequence parallelism.
   const std::int64_t n = sequence_ ? (N + group_->split.size - 1) / group_->split.size : N;
@@ -78,9 +86,11 @@ void Model<T>::reserve(int B, int seq) {
     top += (elems + 15) / 16 * 16;  // 64-byte alignment of every buffer (in float)
     return at;
   };
-  encoded_ = take(n * C);
+  // One activation set: what a micro-batch keeps from its forward to its
+  // backward.
+  encoded_ = take(n * C);  // the embedding, or the previous stage's output
   layer_acts_.clear();
-  for (int l = 0; l < config_.n_layer; ++l) {
+  for (int l = layout_.first_layer(); l < layout_.end_layer(); ++l) {
     LayerActs a{};
     a.ln1 = take(n * C);
     a.ln1_mean = take(n);
@@ -96,10 +106,15 @@ void Model<T>::reserve(int B, int seq) {
     a.res3 = take(n * C);
     layer_acts_.push_back(a);
   }
-  lnf_ = take(n * C);
-  lnf_mean_ = take(n);
-  lnf_rstd_ = take(n);
-  losses_ = take(N);
+  if (last) {
+    lnf_ = take(n * C);
+    lnf_mean_ = take(n);
+    lnf_rstd_ = take(n);
+    losses_ = take(N);
+  }
+  slot_elems_ = top;
+  // Scratch shared by all sets.
+  top = 0;
   if (sequence_) {
     // Gathered norm outputs (the final norm's too, for the loss head), the
     // partial sums of row-parallel projections, and the gradients' forms.
@@ -109,56 +124,112 @@ void Model<T>::reserve(int B, int seq) {
     dlocal_ = take(n * C);
     dnorm_ = take(2 * C);
   }
-  if (chunk_rows_request_ > 0) {
-    chunk_rows_ = std::min<std::int64_t>(chunk_rows_request_, N);
-  } else {
-    // Equal chunks (rounded up to 16 rows, the GEMM kernels' unroll): a
-    // small remainder chunk runs its GEMMs far below the sgemm peak.
-    const std::int64_t most = std::clamp<std::int64_t>(kLogitsChunkElems / vocab_part_, 16, N);
-    const std::int64_t chunks = (N + most - 1) / most;
-    chunk_rows_ = std::min<std::int64_t>(N, ((N + chunks - 1) / chunks + 15) / 16 * 16);
+  if (last) {
+    if (chunk_rows_request_ > 0) {
+      chunk_rows_ = std::min<std::int64_t>(chunk_rows_request_, N);
+    } else {
+      // Equal chunks (rounded up to 16 rows, the GEMM kernels' unroll): a
+      // small remainder chunk runs its GEMMs far below the sgemm peak.
+      const std::int64_t most = std::clamp<std::int64_t>(kLogitsChunkElems / vocab_part_, 16, N);
+      const std::int64_t chunks = (N + most - 1) / most;
+      chunk_rows_ = std::min<std::int64_t>(N, ((N + chunks - 1) / chunks + 15) / 16 * 16);
+    }
+    logits_ = take(chunk_rows_ * vocab_part_);
+    row_max_ = take(chunk_rows_);
+    row_sums_ = take(2 * chunk_rows_);
+    dlnf_ = take(N * C);
   }
-  logits_ = take(chunk_rows_ * vocab_part_);
-  row_max_ = take(chunk_rows_);
-  row_sums_ = take(2 * chunk_rows_);
-  // Scratch shared by all layers: the MLP activation (recomputed in backward
-  // rather than stored per layer) and the gradients of one block.
+  // The MLP activation (recomputed in backward rather than stored per
+  // layer) and the gradients of one block.
   mlp_act_ = take(N * F);
-  dlnf_ = take(N * C);
   dres_ = take(n * C);
   dln_ = take(N * C);
   datty_ = take(N * d.A);
   dqkv_ = take(N * S);
   dmlp_act_ = take(N * F);
   dfch_ = take(N * FW);
-  arena_.assign(static_cast<std::size_t>(top), T(0));
-  tokens_.assign(static_cast<std::size_t>(N), 0);
+  arena_.assign(static_cast<std::size_t>(slots * slot_elems_ + top), T(0));
+  tokens_.assign(static_cast<std::size_t>(slots * N), 0);
+  grad_pending_.assign(static_cast<std::size_t>(slots), 0);
+  head_slot_ = -1;
   cap_B_ = B;
   cap_T_ = seq;
-  have_grad_pass_ = false;
+  slots_ = slots;
+  slot_ = std::min(slot_, slots - 1);
+}
+
+template <typename T>
+void Model<T>::use_slot(int slot) {
+  if (slot < 0 || slot >= slots_ || cap_B_ == 0) {
+    throw std::logic_error(fmt::format("Model::use_slot({}) outside the {} reserved slots", slot,
+                                       cap_B_ == 0 ? 0 : slots_));
+  }
+  slot_ = slot;
+}
+
+template <typename T>
+void Model<T>::require_stage(bool ok, const char* what) const {
+  if (!ok) {
+    throw std::logic_error(
+        fmt::format("Model::{} on pipeline stage {} of {}", what, stage().stage, stage().stages));
+  }
+  if (cap_B_ == 0) throw std::logic_error(fmt::format("Model::{} before reserve()", what));
+}
+
+template <typename T>
+T* Model<T>::stage_input() {
+  require_stage(!stage().first(), "stage_input");
+  return act(encoded_);
+}
+
+template <typename T>
+const T* Model<T>::stage_output() {
+  require_stage(!stage().last(), "stage_output");
+  return res_in(layout_.end_layer());
+}
+
+template <typename T>
+T* Model<T>::output_grad() {
+  require_stage(!stage().last(), "output_grad");
+  return tmp(dres_);
+}
+
+template <typename T>
+const T* Model<T>::input_grad() {
+  require_stage(!stage().first(), "input_grad");
+  return tmp(dres_);
+}
+
+template <typename T>
+std::int64_t Model<T>::stage_elems(int B, int seq) const {
+  return rows_of(B, seq) * config_.d_model;
 }
 
 template <typename T>
 void Model<T>::set_loss_chunk_rows(int rows) {
   if (rows <= 0) throw Error("loss chunk rows must be positive", "loss head");
+  if (std::ranges::find(grad_pending_, 1) != grad_pending_.end()) {
+    throw std::logic_error("Model::set_loss_chunk_rows while activations wait for their backward");
+  }
   chunk_rows_request_ = rows;
   cap_B_ = cap_T_ = 0;  // re-plan the arena on the next reserve()
 }
 
 template <typename T>
 T* Model<T>::res_in(int l) {
-  return act(l == 0 ? encoded_ : layer_acts_[static_cast<std::size_t>(l - 1)].res3);
+  const int first = layout_.first_layer();
+  return act(l == first ? encoded_ : layer_acts_[static_cast<std::size_t>(l - 1 - first)].res3);
 }
 
 template <typename T>
 BlockBuffers<T> Model<T>::buffers(int l) {
-  const LayerActs& a = layer_acts_[static_cast<std::size_t>(l)];
+  const LayerActs& a = layer_acts_[static_cast<std::size_t>(l - layout_.first_layer())];
   BlockBuffers<T> b{act(a.ln1),      act(a.ln1_mean), act(a.ln1_rstd), act(a.qkv),
                     act(a.atty),     act(a.res2),     act(a.ln2),      act(a.ln2_mean),
-                    act(a.ln2_rstd), act(a.fch),      act(mlp_act_),   act(a.res3)};
+                    act(a.ln2_rstd), act(a.fch),      tmp(mlp_act_),   act(a.res3)};
   if (sequence_) {
-    b.gathered = act(gathered_);
-    b.partial = act(partial_);
+    b.gathered = tmp(gathered_);
+    b.partial = tmp(partial_);
   }
   return b;
 }
@@ -178,8 +249,10 @@ void Model<T>::validate_tokens(const std::int32_t* ids, const char* what) const 
 template <typename T>
 T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int B, int seq,
                     bool need_grad, T grad_scale) {
-  if (tokens == nullptr || targets == nullptr) {
-    throw std::invalid_argument("Model::forward needs tokens and targets");
+  const bool first = stage().first();
+  const bool last = stage().last();
+  if ((first && tokens == nullptr) || (last && targets == nullptr)) {
+    throw std::invalid_argument("Model::forward needs tokens (first stage) and targets (last)");
   }
   if (sequence_ && (static_cast<std::int64_t>(B) * seq) % group_->split.size != 0) {
     throw Error(fmt::format("sequence parallelism needs the batch's {} x {} rows to divide into "
@@ -187,24 +260,33 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
                             B, seq, group_->split.size),
                 "sequence");
   }
+  for (int s = 0; s < static_cast<int>(grad_pending_.size()); ++s) {
+    if (s != slot_ && grad_pending_[static_cast<std::size_t>(s)] && (B != B_ || seq != T_)) {
+      throw std::logic_error("Model::forward: micro-batches in flight must have the same shape");
+    }
+  }
   reserve(B, seq);
   B_ = B;
   T_ = seq;
-  validate_tokens(tokens, "tokens");
-  validate_tokens(targets, "targets");
   const int N = B * seq;
   const BlockDims& d = block_.dims();
   const int C = d.C;
-  std::copy(tokens, tokens + N, tokens_.begin());
+  if (first) validate_tokens(tokens, "tokens");
+  if (last) validate_tokens(targets, "targets");
+  grad_pending_[static_cast<std::size_t>(slot_)] = 0;
+  if (head_slot_ == slot_) head_slot_ = -1;
 
-  if (group_ == nullptr) {
+  if (first) {
+    std::copy(tokens, tokens + N, tokens_.begin() + static_cast<std::ptrdiff_t>(slot_) * N);
+  }
+  if (first && group_ == nullptr) {
     backend_.embedding_forward(act(encoded_), tokens, p(layout_.wte()),
                                d.gpt2 ? p(layout_.wpe()) : nullptr, N, seq, C);
-  } else {
+  } else if (first) {
     // Each rank embeds the tokens of its vocabulary rows (rank 0 adds the
     // positions); the group's sum is the whole embedding (of this rank's
     // rows under sequence parallelism).
-    T* out = sequence_ ? act(partial_) : act(encoded_);
+    T* out = sequence_ ? tmp(partial_) : act(encoded_);
     backend_.embedding_forward_part(out, tokens, p(layout_.wte()), vocab_first_, vocab_part_,
                                     d.gpt2 && group_->split.rank == 0 ? p(layout_.wpe()) : nullptr,
                                     N, seq, C);
@@ -214,8 +296,8 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
       group_->sum(out, static_cast<std::int64_t>(N) * C);
     }
   }
-  for (int l = 0; l < config_.n_layer; ++l) {
-    T* lse = act(layer_acts_[static_cast<std::size_t>(l)].lse);
+  for (int l = layout_.first_layer(); l < layout_.end_layer(); ++l) {
+    T* lse = act(layer_acts_[static_cast<std::size_t>(l - layout_.first_layer())].lse);
     const Attend<T> attend = [&](T* qkv, T* atty) {
       if (!d.gpt2) backend_.rope_forward(qkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
       backend_.attention_forward(atty, lse, qkv, B, seq, d.NH, d.NKV, d.HD);
@@ -223,13 +305,17 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
     const RowGroup all{0, N, false};
     block_.forward(l, params_.data(), res_in(l), buffers(l), N, attend, std::span(&all, 1));
   }
+  if (!last) {
+    grad_pending_[static_cast<std::size_t>(slot_)] = need_grad;
+    return T(0);
+  }
   block_.norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), res_in(config_.n_layer),
                       params_.data(), layout_.lnf_w(), layout_.lnf_b(), local_rows());
   // The loss head sees every row: gathered under sequence parallelism.
   const T* lnf = act(lnf_);
   if (sequence_) {
-    group_->all_gather(act(lnf_), act(gathered_), local_rows() * C);
-    lnf = act(gathered_);
+    group_->all_gather(act(lnf_), tmp(gathered_), local_rows() * C);
+    lnf = tmp(gathered_);
   }
 
   // Loss head in row chunks; with need_grad the chunk's logits turn into
@@ -239,20 +325,21 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   for (int r0 = 0; r0 < N; r0 += static_cast<int>(chunk_rows_)) {
     const int rows = std::min(static_cast<int>(chunk_rows_), N - r0);
     const T* x = lnf + static_cast<std::int64_t>(r0) * C;
-    backend_.matmul_forward(act(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
-    chunk_crossentropy(act(logits_), act(losses_) + r0, targets + r0, rows, dloss);
+    backend_.matmul_forward(tmp(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
+    chunk_crossentropy(tmp(logits_), act(losses_) + r0, targets + r0, rows, dloss);
     if (need_grad) {
-      backend_.matmul_backward(act(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
-                               nullptr, act(logits_), x, p(layout_.lm_head()), rows, C, Vp);
+      backend_.matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
+                               nullptr, tmp(logits_), x, p(layout_.lm_head()), rows, C, Vp);
     }
   }
   // Each rank's lm-head part contributes to the gradient of every row.
   if (need_grad && sequence_) {
-    group_->reduce_scatter(act(dlnf_), act(dlocal_), local_rows() * C);
+    group_->reduce_scatter(tmp(dlnf_), tmp(dlocal_), local_rows() * C);
   } else if (need_grad && group_ != nullptr) {
-    group_->sum(act(dlnf_), static_cast<std::int64_t>(N) * C);
+    group_->sum(tmp(dlnf_), static_cast<std::int64_t>(N) * C);
   }
-  have_grad_pass_ = need_grad;
+  grad_pending_[static_cast<std::size_t>(slot_)] = need_grad;
+  if (need_grad) head_slot_ = slot_;
   double sum = 0;
   for (int i = 0; i < N; ++i) sum += static_cast<double>(act(losses_)[i]);
   return static_cast<T>(sum / N);
@@ -270,66 +357,82 @@ void Model<T>::chunk_crossentropy(T* logits, T* losses, const std::int32_t* targ
   // exponentials and the target logits, are reduced over the group; no rank
   // holds a whole row of logits.
   const int real = std::clamp(config_.vocab_size - vocab_first_, 0, vocab_part_);
-  backend_.crossentropy_part_max(act(row_max_), logits, rows, real, vocab_part_);
-  group_->max(act(row_max_), rows);
-  backend_.crossentropy_part_sums(logits, act(row_sums_), act(row_max_), targets, vocab_first_,
+  backend_.crossentropy_part_max(tmp(row_max_), logits, rows, real, vocab_part_);
+  group_->max(tmp(row_max_), rows);
+  backend_.crossentropy_part_sums(logits, tmp(row_sums_), tmp(row_max_), targets, vocab_first_,
                                   rows, real, vocab_part_, dloss != T(0));
-  group_->sum(act(row_sums_), 2 * static_cast<std::int64_t>(rows));
-  backend_.crossentropy_part_finish(logits, losses, act(row_max_), act(row_sums_), targets,
+  group_->sum(tmp(row_sums_), 2 * static_cast<std::int64_t>(rows));
+  backend_.crossentropy_part_finish(logits, losses, tmp(row_max_), tmp(row_sums_), targets,
                                     vocab_first_, rows, real, vocab_part_, dloss);
 }
 
 template <typename T>
 void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_from) {
-  if (!have_grad_pass_) {
+  const bool first = stage().first();
+  const bool last = stage().last();
+  if (grad_pending_.empty() || !grad_pending_[static_cast<std::size_t>(slot_)]) {
     throw std::logic_error("Model::backward needs a preceding forward with need_grad");
   }
-  have_grad_pass_ = false;
+  if (last && head_slot_ != slot_) {
+    throw std::logic_error("Model::backward: another forward ran since this slot's loss head");
+  }
+  grad_pending_[static_cast<std::size_t>(slot_)] = 0;
+  head_slot_ = -1;
   const int B = B_;
   const int seq = T_;
   const int N = B * seq;
   const std::int64_t nC = local_rows() * config_.d_model;
 
   // dres holds the gradient of the residual stream (of this rank's rows
-  // under sequence parallelism), flowing down the blocks.
-  backend_.fill(act(dres_), T(0), nC);
-  if (sequence_) {
-    block_.norm_backward_rows(act(dres_), act(dlocal_), res_in(config_.n_layer), act(lnf_mean_),
-                              act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
-                              layout_.lnf_b(), static_cast<int>(local_rows()), act(dnorm_));
-  } else {
-    block_.norm_backward(act(dres_), act(dlnf_), res_in(config_.n_layer), act(lnf_mean_),
-                         act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
-                         layout_.lnf_b(), N);
+  // under sequence parallelism), flowing down the blocks; on stages other
+  // than the last it starts as the next stage's gradient (output_grad).
+  if (last) {
+    backend_.fill(tmp(dres_), T(0), nC);
+    if (sequence_) {
+      block_.norm_backward_rows(tmp(dres_), tmp(dlocal_), res_in(config_.n_layer), act(lnf_mean_),
+                                act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
+                                layout_.lnf_b(), static_cast<int>(local_rows()), tmp(dnorm_));
+    } else {
+      block_.norm_backward(tmp(dres_), tmp(dlnf_), res_in(config_.n_layer), act(lnf_mean_),
+                           act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
+                           layout_.lnf_b(), N);
+    }
+    // Everything after the blocks in the layout (final norm, untied lm
+    // head, whose gradient the loss head computed) is final now; so is each
+    // block once its backward is done. Tied embeddings sit at offset 0.
+    if (grads_final_from) grads_final_from(layout_.lnf_w());
   }
-  // Everything after the blocks in the layout (final norm, untied lm head,
-  // whose gradient the loss head computed) is final now; so is each block
-  // once its backward is done. Tied embeddings sit at offset 0.
-  if (grads_final_from) grads_final_from(layout_.lnf_w());
-  typename Block<T>::Grads d{act(dres_), act(dln_),      act(datty_),
-                             act(dqkv_), act(dmlp_act_), act(dfch_)};
+  typename Block<T>::Grads d{tmp(dres_), tmp(dln_),      tmp(datty_),
+                             tmp(dqkv_), tmp(dmlp_act_), tmp(dfch_)};
   if (sequence_) {
-    d.dgathered = act(dgathered_);
-    d.dlocal = act(dlocal_);
-    d.dnorm = act(dnorm_);
+    d.dgathered = tmp(dgathered_);
+    d.dlocal = tmp(dlocal_);
+    d.dnorm = tmp(dnorm_);
   }
-  for (int l = config_.n_layer - 1; l >= 0; --l) {
+  for (int l = layout_.end_layer() - 1; l >= layout_.first_layer(); --l) {
     block_.backward(l, params_.data(), grads_.data(), res_in(l), buffers(l),
-                    act(layer_acts_[static_cast<std::size_t>(l)].lse), d, B, seq);
+                    act(layer_acts_[static_cast<std::size_t>(l - layout_.first_layer())].lse), d, B,
+                    seq);
     if (grads_final_from) grads_final_from(layout_.layer(l).ln1_w);
   }
+  // Stages other than the first are done: dres is their input's gradient.
+  if (!first) {
+    if (grads_final_from) grads_final_from(0);
+    return;
+  }
   T* dwpe = block_.dims().gpt2 ? g(layout_.wpe()) : nullptr;
+  const std::int32_t* tokens = tokens_.data() + static_cast<std::ptrdiff_t>(slot_) * N;
   if (group_ == nullptr) {
-    backend_.embedding_backward(g(layout_.wte()), dwpe, act(dres_), tokens_.data(), N, seq,
+    backend_.embedding_backward(g(layout_.wte()), dwpe, tmp(dres_), tokens, N, seq,
                                 config_.d_model);
   } else {
     // Every row's gradient meets this rank's vocabulary rows.
-    const T* dout = act(dres_);
+    const T* dout = tmp(dres_);
     if (sequence_) {
-      group_->all_gather(act(dres_), act(dgathered_), nC);
-      dout = act(dgathered_);
+      group_->all_gather(tmp(dres_), tmp(dgathered_), nC);
+      dout = tmp(dgathered_);
     }
-    backend_.embedding_backward_part(g(layout_.wte()), dwpe, dout, tokens_.data(), vocab_first_,
+    backend_.embedding_backward_part(g(layout_.wte()), dwpe, dout, tokens, vocab_first_,
                                      vocab_part_, N, seq, config_.d_model);
   }
   if (grads_final_from) grads_final_from(0);
@@ -337,7 +440,8 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
 
 template <typename T>
 std::span<const T> Model<T>::losses() const {
-  return {arena_.data() + losses_, static_cast<std::size_t>(B_) * T_};
+  if (!stage().last() || cap_B_ == 0) return {};
+  return {act(losses_), static_cast<std::size_t>(B_) * T_};
 }
 
 template class Model<float>;

@@ -23,6 +23,18 @@
 // so that every rank of the group sees the same residual stream, loss and
 // losses; the gradients are those of its part (and of the whole norms,
 // positions and row-parallel biases, the same on every rank).
+//
+// Pipeline parallelism: given a PipelineStage, the model holds the layers
+// of its stage (ParamLayout). The first stage embeds the tokens; the others
+// take the previous stage's output in stage_input() before forward(). The
+// last stage computes the loss; the others leave their output in
+// stage_output() and, before backward(), take its gradient from the next
+// stage in output_grad(); after backward() the first stage has the
+// embedding's gradients, the others the gradient of their input in
+// input_grad(). Several micro-batches can be in flight at once (the 1F1B
+// schedule): reserve(B, seq, slots) keeps `slots` sets of activations and
+// use_slot() picks the one that forward, backward and the stage buffers
+// refer to.
 #pragma once
 
 #include <cstdint>
@@ -44,7 +56,7 @@ class Model {
   // Parameters start at zero; call init() or load them. group (optional,
   // must outlive the model): the tensor-parallel group this rank belongs to.
   Model(const ModelConfig& config, Backend<T>& backend,
-        const TensorParallelGroup<T>* group = nullptr);
+        const TensorParallelGroup<T>* group = nullptr, PipelineStage stage = {});
 
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
@@ -59,10 +71,30 @@ class Model {
   void init(std::uint64_t seed);
   void zero_grad();
 
-  // Sizes the activation arena for batches of B sequences of seq tokens. Done
-  // once; forward() grows it only if asked for a larger batch. Throws
-  // borealis::Error for sizes the model cannot take.
-  void reserve(int B, int seq);
+  // Sizes the activation arena for batches of B sequences of seq tokens, in
+  // `slots` activation sets. Done once; forward() grows it only if asked for
+  // a larger batch (and never while another slot waits for its backward).
+  // Throws borealis::Error for sizes the model cannot take.
+  void reserve(int B, int seq, int slots = 1);
+  // The activation set the next forward, backward, losses() and stage
+  // buffers use: 0 <= slot < the reserved slots.
+  void use_slot(int slot);
+  const PipelineStage& stage() const { return layout_.stage(); }
+  // Pipeline stages other than the first: the slot's input rows (this
+  // rank's rows of the residual stream), written before forward().
+  T* stage_input();
+  // Stages other than the last: the slot's output after forward().
+  const T* stage_output();
+  // Stages other than the last: the gradient of stage_output(), written
+  // before backward(). Shared by all slots.
+  T* output_grad();
+  // Stages other than the first: after backward(), the gradient of
+  // stage_input(). Shared by all slots.
+  const T* input_grad();
+  // Elements of stage_input() and the other stage buffers of a batch of B
+  // sequences of seq tokens: rows (this rank's, with sequence parallelism)
+  // times d_model.
+  std::int64_t stage_elems(int B, int seq) const;
   std::size_t activation_bytes() const { return arena_.size() * sizeof(T); }
   // Rows per logits chunk of the loss head (default: about 8M logits). Smaller
   // chunks save memory; the tests use it to cover several chunks.
@@ -71,10 +103,13 @@ class Model {
 
   // Runs the model on tokens[B*seq] and returns the mean cross-entropy against
   // targets[B*seq] (ids in [0, vocab_size)). With need_grad, also prepares
-  // backward(); the loss gradient is grad_scale * d(mean loss).
+  // backward(); the loss gradient is grad_scale * d(mean loss). Pipeline
+  // stages: only the first reads tokens and only the last targets (others
+  // may pass null); stages other than the last return 0.
   T forward(const std::int32_t* tokens, const std::int32_t* targets, int B, int seq, bool need_grad,
             T grad_scale = T(1));
-  // Accumulates d(loss)/d(params) into grads(). Needs a forward(need_grad) first.
+  // Accumulates d(loss)/d(params) into grads(). Needs a forward(need_grad) of
+  // the slot first; on the last stage, with no other forward in between.
   // grads_final_from, when given, is called as the pass goes down the blocks
   // with an offset from which on no gradient element changes any more in
   // this pass (after the loss head and each block, and 0 at the end), so a
@@ -82,22 +117,31 @@ class Model {
   // the pass runs.
   void backward(const std::function<void(std::int64_t)>& grads_final_from = nullptr);
 
-  // Per-token losses of the last forward, B*T of them.
+  // Per-token losses of the slot's last forward, B*T of them (last stage).
   std::span<const T> losses() const;
 
  private:
   struct LayerActs {
     std::int64_t ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, res3;
   };
-  T* act(std::int64_t offset) { return arena_.data() + offset; }
+  // The current slot's activations, and scratch shared by all slots.
+  T* act(std::int64_t offset) {
+    return arena_.data() + static_cast<std::int64_t>(slot_) * slot_elems_ + offset;
+  }
+  const T* act(std::int64_t offset) const {
+    return arena_.data() + static_cast<std::int64_t>(slot_) * slot_elems_ + offset;
+  }
+  T* tmp(std::int64_t offset) { return arena_.data() + slots_ * slot_elems_ + offset; }
   T* res_in(int l);
   BlockBuffers<T> buffers(int l);
   T* p(std::int64_t offset) { return offset < 0 ? nullptr : params_.data() + offset; }
   T* g(std::int64_t offset) { return offset < 0 ? nullptr : grads_.data() + offset; }
   void validate_tokens(const std::int32_t* ids, const char* what) const;
+  void require_stage(bool ok, const char* what) const;
   // Rows of the last forward's residual stream this rank holds.
-  std::int64_t local_rows() const {
-    const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
+  std::int64_t local_rows() const { return rows_of(B_, T_); }
+  std::int64_t rows_of(int B, int seq) const {
+    const std::int64_t N = static_cast<std::int64_t>(B) * seq;
     return sequence_ ? N / group_->split.size : N;
   }
   // The loss head's cross-entropy on one chunk of logits, whole or (tensor
@@ -115,18 +159,22 @@ class Model {
   std::vector<T> params_;
   std::vector<T> grads_;
 
-  // Arena and its layout for the reserved (B, T).
+  // Arena and its layout for the reserved (B, T): slots_ activation sets of
+  // slot_elems_ each (offsets below from the set's start), then the scratch
+  // (offsets from its start).
   std::vector<T> arena_;
-  int cap_B_ = 0, cap_T_ = 0;
-  int B_ = 0, T_ = 0;  // sizes of the last forward
-  bool have_grad_pass_ = false;
-  std::vector<LayerActs> layer_acts_;
+  int cap_B_ = 0, cap_T_ = 0, slots_ = 1, slot_ = 0;
+  std::int64_t slot_elems_ = 0;
+  int B_ = 0, T_ = 0;                  // sizes of the last forward
+  std::vector<char> grad_pending_;     // per slot: a forward(need_grad) awaits backward
+  int head_slot_ = -1;                 // last stage: the slot whose loss gradient the head holds
+  std::vector<LayerActs> layer_acts_;  // of this stage's layers
   std::int64_t encoded_ = 0, lnf_ = 0, lnf_mean_ = 0, lnf_rstd_ = 0, losses_ = 0;
   std::int64_t logits_ = 0, chunk_rows_ = 0, chunk_rows_request_ = 0, row_max_ = 0, row_sums_ = 0;
   std::int64_t gathered_ = 0, partial_ = 0, dgathered_ = 0, dlocal_ = 0, dnorm_ = 0;
   std::int64_t dlnf_ = 0, dres_ = 0, dln_ = 0, datty_ = 0, dqkv_ = 0, mlp_act_ = 0, dmlp_act_ = 0,
                dfch_ = 0;
-  std::vector<std::int32_t> tokens_;
+  std::vector<std::int32_t> tokens_;  // per slot, of the first stage's forward
 };
 
 extern template class Model<float>;

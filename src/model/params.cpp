@@ -54,11 +54,30 @@ void check_tensor_split(const ModelConfig& c, int size, const std::string& where
   need(c.padded_vocab, "padded_vocab");
 }
 
-ParamLayout::ParamLayout(const ModelConfig& c, TensorSplit split) : split_(split) {
+void check_pipeline_split(const ModelConfig& c, int stages, const std::string& where) {
+  if (stages < 1) {
+    throw Error(fmt::format("dist.pipeline_parallel must be at least 1, got {}", stages), where);
+  }
+  if (c.n_layer % stages != 0) {
+    throw Error(fmt::format("dist.pipeline_parallel = {} does not divide the model's n_layer = {}: "
+                            "every pipeline stage holds an equal number of layers",
+                            stages, c.n_layer),
+                where);
+  }
+}
+
+ParamLayout::ParamLayout(const ModelConfig& c, TensorSplit split, PipelineStage stage)
+    : split_(split), stage_(stage) {
   if (split_.size < 1 || split_.rank < 0 || split_.rank >= split_.size) {
     throw std::invalid_argument("ParamLayout: tensor split rank outside its group");
   }
+  if (stage_.stages < 1 || stage_.stage < 0 || stage_.stage >= stage_.stages) {
+    throw std::invalid_argument("ParamLayout: pipeline stage outside its pipeline");
+  }
   if (split_.size > 1) check_tensor_split(c, split_.size, "tensor_parallel");
+  if (stage_.stages > 1) check_pipeline_split(c, stage_.stages, "pipeline_parallel");
+  first_layer_ = stage_.first_layer(c.n_layer);
+  end_layer_ = stage_.end_layer(c.n_layer);
   const bool gpt2 = c.family == ModelFamily::kGpt2;
   const std::int64_t C = c.d_model;
   const std::int64_t r = split_.rank;
@@ -77,11 +96,14 @@ ParamLayout::ParamLayout(const ModelConfig& c, TensorSplit split) : split_(split
   const std::vector<IndexRun> heads = {{r * NH / n * HD, NH / n * HD}};
   const std::vector<IndexRun> units = {{r * F / n, F / n}};
 
-  wte_ = add("wte", {c.padded_vocab, C}, ParamKind::kEmbedding, false, 0, vocab);
-  if (gpt2) wpe_ = add("wpe", {c.max_seq, C}, ParamKind::kEmbedding);
-  for (int l = 0; l < c.n_layer; ++l) {
+  if (stage_.first()) {
+    wte_ = add("wte", {c.padded_vocab, C}, ParamKind::kEmbedding, false, 0, vocab);
+    if (gpt2) wpe_ = add("wpe", {c.max_seq, C}, ParamKind::kEmbedding);
+  }
+  layers_.resize(static_cast<std::size_t>(c.n_layer));
+  for (int l = first_layer_; l < end_layer_; ++l) {
     const std::string p = fmt::format("h.{}.", l);
-    LayerOffsets o;
+    LayerOffsets& o = layers_[static_cast<std::size_t>(l)];
     o.ln1_w = add(p + "ln1.w", {C}, ParamKind::kNorm);
     if (gpt2) o.ln1_b = add(p + "ln1.b", {C}, ParamKind::kNorm);
     o.qkv_w = add(p + "attn.qkv.w", {c.qkv_width(), C}, ParamKind::kMatrix, false, 0, qkv);
@@ -94,13 +116,18 @@ ParamLayout::ParamLayout(const ModelConfig& c, TensorSplit split) : split_(split
     if (gpt2) o.fc_b = add(p + "mlp.fc.b", {c.fc_width()}, ParamKind::kBias, false, 0, hidden);
     o.fcproj_w = add(p + "mlp.proj.w", {C, c.d_ff}, ParamKind::kMatrix, true, 1, units);
     if (gpt2) o.fcproj_b = add(p + "mlp.proj.b", {C}, ParamKind::kBias);
-    layers_.push_back(o);
   }
+  if (!stage_.last()) return;
   lnf_w_ = add("lnf.w", {C}, ParamKind::kNorm);
   if (gpt2) lnf_b_ = add("lnf.b", {C}, ParamKind::kNorm);
-  lm_head_ = c.tied_embeddings
-                 ? wte_
-                 : add("lm_head.w", {c.padded_vocab, C}, ParamKind::kMatrix, false, 0, vocab);
+  if (!c.tied_embeddings) {
+    lm_head_ = add("lm_head.w", {c.padded_vocab, C}, ParamKind::kMatrix, false, 0, vocab);
+  } else if (stage_.first()) {
+    lm_head_ = wte_;
+  } else {
+    lm_head_ = add("wte", {c.padded_vocab, C}, ParamKind::kEmbedding, false, 0, vocab);
+    views_.back().pipeline_copy = true;
+  }
 }
 
 namespace {

@@ -40,6 +40,11 @@ struct ParamView {
   int split_dim = -1;
   std::vector<IndexRun> runs;
   bool is_split() const { return split_dim >= 0; }
+  // Under pipeline parallelism with tied embeddings: the last stage's copy
+  // of wte (its output layer). The first stage owns wte; the two copies'
+  // gradients are summed so that they stay equal, and the gradient norm and
+  // checkpoints count the owner's only.
+  bool pipeline_copy = false;
 };
 
 // A rank's place in a tensor-parallel group (Megatron-LM, arXiv 1909.08053).
@@ -56,6 +61,24 @@ struct TensorSplit {
   int rank = 0;
   int size = 1;
 };
+
+// A rank's place in a pipeline (Megatron-LM, arXiv 2104.04473): stage s of
+// P holds the blocks [s * L / P, (s + 1) * L / P) of the L layers; the
+// first stage also the embeddings (wte, wpe), the last the final norm and
+// the output layer (with tied embeddings a copy of wte, ParamView::
+// pipeline_copy).
+struct PipelineStage {
+  int stage = 0;
+  int stages = 1;
+  bool first() const { return stage == 0; }
+  bool last() const { return stage == stages - 1; }
+  int first_layer(int n_layer) const { return stage * n_layer / stages; }
+  int end_layer(int n_layer) const { return (stage + 1) * n_layer / stages; }
+};
+
+// Throws borealis::Error (at `where`) when the model's layers cannot be
+// cut into `stages` equal stages.
+void check_pipeline_split(const ModelConfig& config, int stages, const std::string& where);
 
 // Throws borealis::Error (at `where`) naming the dimension when the model
 // cannot be cut into `size` parts: heads, key/value heads, d_ff and the
@@ -83,21 +106,28 @@ struct LayerOffsets {
 class ParamLayout {
  public:
   // The whole model, or (split.size > 1) the part of it one rank of a
-  // tensor-parallel group holds; names are the same, shapes are the part's.
-  explicit ParamLayout(const ModelConfig& config, TensorSplit split = {});
+  // tensor-parallel group holds, of the layers of its pipeline stage; names
+  // are the same, shapes are the part's.
+  explicit ParamLayout(const ModelConfig& config, TensorSplit split = {}, PipelineStage stage = {});
 
   const TensorSplit& split() const { return split_; }
+  const PipelineStage& stage() const { return stage_; }
+  // The blocks this layout holds: [first_layer(), end_layer()).
+  int first_layer() const { return first_layer_; }
+  int end_layer() const { return end_layer_; }
 
   const std::vector<ParamView>& views() const { return views_; }
   std::int64_t total() const { return total_; }
   // Throws std::out_of_range for an unknown name.
   const ParamView& find(std::string_view name) const;
 
+  // Offsets; -1 for what the layout does not hold (on other pipeline stages).
   std::int64_t wte() const { return wte_; }
   std::int64_t wpe() const { return wpe_; }  // -1 for Llama
   std::int64_t lnf_w() const { return lnf_w_; }
   std::int64_t lnf_b() const { return lnf_b_; }      // -1 for Llama
   std::int64_t lm_head() const { return lm_head_; }  // == wte() when tied
+  // Layer l (of the whole model) must be in [first_layer(), end_layer()).
   const LayerOffsets& layer(int l) const { return layers_[static_cast<std::size_t>(l)]; }
 
  private:
@@ -106,6 +136,8 @@ class ParamLayout {
                    std::vector<IndexRun> runs = {});
 
   TensorSplit split_;
+  PipelineStage stage_;
+  int first_layer_ = 0, end_layer_ = 0;
   std::vector<ParamView> views_;
   std::vector<LayerOffsets> layers_;
   std::int64_t total_ = 0;

@@ -99,15 +99,17 @@ void DataParallel::finish_reduction() {
   wait_all();
 }
 
-void DataParallel::set_tensor_parallel(Communicator& tensor, const ParamLayout& layout) {
+void DataParallel::set_model_parallel(Communicator& tensor, Communicator& pipeline,
+                                      const ParamLayout& layout) {
   if (layout.total() != total_) {
-    throw std::invalid_argument("DataParallel::set_tensor_parallel: another layout");
+    throw std::invalid_argument("DataParallel::set_model_parallel: another layout");
   }
-  tensor_ = &tensor;
+  tensor_ = tensor.size() > 1 ? &tensor : nullptr;
+  pipeline_ = pipeline.size() > 1 ? &pipeline : nullptr;
   not_counted_.clear();
-  if (tensor.rank() == 0) return;
   for (const ParamView& v : layout.views()) {
-    if (v.is_split()) continue;
+    const bool counted = v.pipeline_copy ? false : v.is_split() || tensor.rank() == 0;
+    if (counted) continue;
     if (!not_counted_.empty() && not_counted_.back().second == v.offset) {
       not_counted_.back().second = v.offset + v.size;
     } else {
@@ -145,7 +147,9 @@ double sum_in_rank_order(Communicator& comm, double mine) {
 
 double DataParallel::grad_norm() {
   const int n = comm_.size();
-  if (n == 1 && tensor_ == nullptr) return global_norm(backend_, grads_, total_);
+  if (n == 1 && tensor_ == nullptr && pipeline_ == nullptr) {
+    return global_norm(backend_, grads_, total_);
+  }
   // Each rank sums the squares of one shard (the same elements in both
   // modes); the partial sums are added in rank order on every rank, then
   // over the tensor group.
@@ -155,6 +159,7 @@ double DataParallel::grad_norm() {
   double total = sum_of_squares(mine, lo, count);
   if (n > 1) total = sum_in_rank_order(comm_, total);
   if (tensor_ != nullptr) total = sum_in_rank_order(*tensor_, total);
+  if (pipeline_ != nullptr) total = sum_in_rank_order(*pipeline_, total);
   return std::sqrt(total);
 }
 

@@ -58,13 +58,15 @@ class DataParallel {
   // communicator's time-out). Afterwards this rank holds the summed
   // gradients: all of them (zero = 0) or those of its shard (zero = 1).
   void finish_reduction();
-  // Tensor parallelism: this rank holds a part of the model (the layout's
-  // split) and `tensor` connects the parts. The gradient norm then covers
-  // the whole model: the parts' squares are added over the tensor group
-  // too, and tensors every part holds whole (norms, positions, row-parallel
-  // biases, the same on every rank of the group) count once, on its rank 0.
-  // `tensor` must outlive this.
-  void set_tensor_parallel(Communicator& tensor, const ParamLayout& layout);
+  // Tensor and pipeline parallelism: this rank holds a part of the model
+  // (the layout's split and stage); `tensor` connects the parts of its
+  // stage, `pipeline` the stages. The gradient norm then covers the whole
+  // model: the squares are added over the tensor group and then over the
+  // pipeline too; tensors every part holds whole (norms, positions,
+  // row-parallel biases, the same on every rank of the group) count once,
+  // on tensor rank 0, and the last stage's copy of tied embeddings not at
+  // all. Either group may be of one rank; both must outlive this.
+  void set_model_parallel(Communicator& tensor, Communicator& pipeline, const ParamLayout& layout);
   // The L2 norm of the summed gradients, identical on every rank.
   double grad_norm();
   // AdamW update with learning rate lr on the summed gradients times
@@ -117,9 +119,10 @@ class DataParallel {
   std::vector<Bucket> buckets_;  // in the order they complete in backward
   std::size_t next_ = 0;         // the next bucket to start
   std::vector<RequestPtr> pending_;
-  std::vector<float> staging_;      // zero = 1: size() * shard_
-  std::vector<float> shard_grads_;  // zero = 1: shard_
-  Communicator* tensor_ = nullptr;  // tensor-parallel group, if any
+  std::vector<float> staging_;        // zero = 1: size() * shard_
+  std::vector<float> shard_grads_;    // zero = 1: shard_
+  Communicator* tensor_ = nullptr;    // tensor-parallel group, if any
+  Communicator* pipeline_ = nullptr;  // pipeline, if any
   // Ranges [lo, hi) of the flat buffer this rank leaves out of the norm.
   std::vector<std::pair<std::int64_t, std::int64_t>> not_counted_;
 };

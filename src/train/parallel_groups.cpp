@@ -9,41 +9,73 @@
 
 namespace borealis {
 
-ParallelLayout parallel_layout(int world, int rank, int tensor_parallel, const ModelConfig& model,
-                               const std::string& where) {
+ParallelLayout parallel_layout(int world, int rank, int tensor_parallel, int pipeline_parallel,
+                               const ModelConfig& model, const std::string& where) {
   if (tensor_parallel < 1) {
     throw Error(fmt::format("dist.tensor_parallel must be at least 1, got {}", tensor_parallel),
                 where);
   }
-  if (world % tensor_parallel != 0) {
+  if (pipeline_parallel < 1) {
+    throw Error(fmt::format("dist.pipeline_parallel must be at least 1, got {}", pipeline_parallel),
+                where);
+  }
+  if (pipeline_parallel == 1 && world % tensor_parallel != 0) {
     throw Error(fmt::format("dist.tensor_parallel = {} does not divide the {} ranks of the run: "
                             "the ranks form tensor groups of that size",
                             tensor_parallel, world),
                 where);
   }
+  if (world % (tensor_parallel * pipeline_parallel) != 0) {
+    throw Error(fmt::format("dist.tensor_parallel x dist.pipeline_parallel = {} x {} does not "
+                            "divide the {} ranks of the run: the ranks form tensor groups and "
+                            "pipeline stages of those sizes",
+                            tensor_parallel, pipeline_parallel, world),
+                where);
+  }
   check_tensor_split(model, tensor_parallel, where);
+  check_pipeline_split(model, pipeline_parallel, where);
   ParallelLayout l;
   l.world = world;
   l.tensor = tensor_parallel;
-  l.data = world / tensor_parallel;
+  l.pipeline = pipeline_parallel;
+  l.data = world / (tensor_parallel * pipeline_parallel);
   l.rank = rank;
   l.tensor_rank = rank % tensor_parallel;
-  l.data_rank = rank / tensor_parallel;
+  l.data_rank = rank / tensor_parallel % l.data;
+  l.pipeline_rank = rank / (tensor_parallel * l.data);
   return l;
 }
 
-std::string describe_layout(const ParallelLayout& l) {
+namespace {
+
+// "{0,1} {2,3} ...": the first groups of `count`, each of `size` ranks.
+template <class Rank>
+std::string list_groups(int count, int size, Rank&& rank) {
   std::string groups;
-  for (int g = 0; g < l.data && g < 4; ++g) {
-    groups += g ? " " : "";
-    groups += "{";
-    for (int t = 0; t < l.tensor; ++t)
-      groups += fmt::format("{}{}", t ? "," : "", g * l.tensor + t);
+  for (int g = 0; g < count && g < 4; ++g) {
+    groups += g ? " {" : "{";
+    for (int i = 0; i < size; ++i) groups += fmt::format("{}{}", i ? "," : "", rank(g, i));
     groups += "}";
   }
-  if (l.data > 4) groups += " ...";
-  return fmt::format("{} ranks: tensor parallel {}{} x data parallel {}; tensor groups {}", l.world,
-                     l.tensor, l.sequence ? " (sequence parallel)" : "", l.data, groups);
+  if (count > 4) groups += " ...";
+  return groups;
+}
+
+}  // namespace
+
+std::string describe_layout(const ParallelLayout& l) {
+  std::string out = fmt::format("{} ranks: tensor parallel {}{} x data parallel {}", l.world,
+                                l.tensor, l.sequence ? " (sequence parallel)" : "", l.data);
+  if (l.pipeline > 1) out += fmt::format(" x pipeline parallel {}", l.pipeline);
+  // Tensor groups of the first stage, then the pipelines (one rank a stage).
+  out += "; tensor groups " +
+         list_groups(l.data, l.tensor, [&](int g, int t) { return l.world_rank(t, g, 0); });
+  if (l.pipeline > 1) {
+    out += "; pipelines " + list_groups(l.tensor * l.data, l.pipeline, [&](int g, int s) {
+             return l.world_rank(g % l.tensor, g / l.tensor, s);
+           });
+  }
+  return out;
 }
 
 template <typename T>
@@ -75,13 +107,19 @@ template TensorParallelGroup<double> tensor_parallel_group<double>(Communicator&
 
 ParallelGroups::ParallelGroups(Communicator& world, const ParallelLayout& layout)
     : world_(world), layout_(layout) {
-  if (layout.tensor > 1) {
-    tensor_ = world.split(layout.data_rank, layout.tensor_rank);
-    data_ = world.split(layout.tensor_rank, layout.data_rank);
-  } else {
-    tensor_ = std::make_unique<SelfCommunicator>();
-    tensor_->set_timeout(world.timeout());
+  const auto one = [&world] {
+    std::unique_ptr<Communicator> c = std::make_unique<SelfCommunicator>();
+    c->set_timeout(world.timeout());
+    c->set_reduce_algorithm(world.reduce_algorithm());
+    return c;
+  };
+  const int t = layout.tensor_rank, d = layout.data_rank, p = layout.pipeline_rank;
+  // Colors: the place in the other two dimensions; keys: the place in this one.
+  tensor_ = layout.tensor > 1 ? world.split(p * layout.data + d, t) : one();
+  if (layout.tensor > 1 || layout.pipeline > 1) {
+    data_ = world.split(p * layout.tensor + t, d);
   }
+  pipeline_ = layout.pipeline > 1 ? world.split(d * layout.tensor + t, p) : one();
   group_ = tensor_parallel_group<float>(*tensor_);
   group_.sequence_parallel = layout.sequence;
 }

@@ -184,7 +184,12 @@ ConfigSchema train_config_schema() {
 
   s.add("dist.tensor_parallel", Int{1},
         "ranks per tensor-parallel group (Megatron-LM): attention heads, MLP units and "
-        "vocabulary split across them; the data-parallel replicas are ranks / tensor_parallel");
+        "vocabulary split across them; the data-parallel replicas are ranks / (tensor_parallel x "
+        "pipeline_parallel)");
+  s.add("dist.pipeline_parallel", Int{1},
+        "pipeline stages (Megatron-LM): the layers split into this many equal stages on "
+        "successive ranks, each step's micro-batches (global_batch / (micro_batch x data "
+        "replicas)) run through them in the 1F1B schedule");
   s.add("dist.sequence_parallel", false,
         "with tensor_parallel > 1: also cut the residual stream and norms along the sequence "
         "(reduce-scatter + all-gather instead of allreduce; less activation memory)");
@@ -272,6 +277,7 @@ TrainSettings read_train_settings(const Config& c) {
   read_task_settings(c, t.tasks);
   t.tensor_parallel = static_cast<int>(get_int(c, "dist.tensor_parallel", 1, 4096));
   t.sequence_parallel = c.get<bool>("dist.sequence_parallel");
+  t.pipeline_parallel = static_cast<int>(get_int(c, "dist.pipeline_parallel", 1, 4096));
   t.zero = static_cast<int>(get_int(c, "dist.zero", 0, 1));
   t.bucket_mb = get_number(c, "dist.bucket_mb", 1e-6, 1 << 20);
   t.timeout_s = get_number(c, "dist.timeout_s", 0.01, 1e7);

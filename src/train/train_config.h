@@ -93,6 +93,7 @@ struct TrainSettings {
   // [dist]: runs on more than one rank
   int tensor_parallel = 1;             // ranks per tensor-parallel group
   bool sequence_parallel = false;      // and the residual stream cut along the sequence
+  int pipeline_parallel = 1;           // pipeline stages
   int zero = 0;                        // 0: replicated optimizer state, 1: ZeRO-1 sharded
   double bucket_mb = 25;               // MiB of gradients per collective
   double timeout_s = 300;              // every collective of the training loop

@@ -32,6 +32,7 @@
 #include "train/loader.h"
 #include "train/metrics_writer.h"
 #include "train/parallel_groups.h"
+#include "train/pipeline.h"
 #include "train/rank_failure.h"
 #include "train/task_eval.h"
 #include "train/train_bench.h"
@@ -178,6 +179,18 @@ void log_plan(const TrainSettings& s, ParallelGroups& groups, const Model<float>
                             "stream and norms cut along the sequence"
                           : "4 allreduces of the activations");
     }
+    if (layout.pipeline > 1) {
+      const int m = s.accumulation() / layout.data;
+      spdlog::info(
+          "pipeline parallel: {} stages of {} layer(s) each, activations and their gradients "
+          "sent between neighbouring stages; {} micro-batches per step in the 1F1B schedule, "
+          "ideal bubble (P - 1) / m = {:.1f}% of the compute time{}",
+          layout.pipeline, s.model.n_layer / layout.pipeline, m,
+          100 * ideal_bubble(layout.pipeline, m),
+          m < layout.pipeline ? "; fewer micro-batches than stages leave most stages idle: "
+                                "raise train.global_batch or lower train.micro_batch"
+                              : "");
+    }
     spdlog::info(
         "data parallel: {} replicas, {} micro-batches of {} per replica and step; ZeRO-{}, {} "
         "gradient buckets of up to {} MiB, {} reduction, time-out {} s",
@@ -261,9 +274,11 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   const InjectedFault fault = InjectedFault::from_env();
   const Tokenizer tokenizer = Tokenizer::load(s.tokenizer);
   s.model = resolve_model(config, static_cast<int>(tokenizer.vocab_size()));
-  // Tensor groups of dist.tensor_parallel ranks, data-parallel replicas of them.
-  ParallelLayout layout = parallel_layout(ranks, comm.rank(), s.tensor_parallel, s.model,
-                                          config.origin("dist.tensor_parallel"));
+  // Tensor groups of dist.tensor_parallel ranks, data-parallel replicas of
+  // them, in dist.pipeline_parallel stages.
+  ParallelLayout layout = parallel_layout(
+      ranks, comm.rank(), s.tensor_parallel, s.pipeline_parallel, s.model,
+      config.origin(s.pipeline_parallel > 1 ? "dist.pipeline_parallel" : "dist.tensor_parallel"));
   if (s.sequence_parallel && layout.tensor == 1) {
     spdlog::warn("dist.sequence_parallel is ignored: it needs dist.tensor_parallel > 1");
   } else if (s.sequence_parallel && s.seq_len % layout.tensor != 0) {
@@ -335,14 +350,20 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
 
   // Model and optimizer, fresh or from the checkpoint.
   auto backend = make_cpu_backend<float>();
-  Model<float> model(s.model, *backend, &groups.model_group());
-  model.reserve(s.micro_batch, L);
+  Model<float> model(s.model, *backend, &groups.model_group(), groups.stage());
+  // A pipeline stage keeps the activations of up to P - stage micro-batches.
+  const int pipeline_micro = s.accumulation() / replicas;
+  model.reserve(s.micro_batch, L, std::min(layout.pipeline - layout.pipeline_rank, pipeline_micro));
+  std::unique_ptr<Pipeline<float>> pipeline;
+  if (layout.pipeline > 1) {
+    pipeline = std::make_unique<Pipeline<float>>(groups.pipeline(), model, pipeline_micro);
+  }
   DataParallelOptions dpo;
   dpo.zero = s.zero;
   dpo.bucket_bytes = static_cast<std::size_t>(s.bucket_mb * (1 << 20));
   DataParallel dp(groups.data(), *backend, model.layout(), s.adamw, dpo, model.params(),
                   model.grads());
-  if (groups.layout().tensor > 1) dp.set_tensor_parallel(groups.tensor(), model.layout());
+  dp.set_model_parallel(groups.tensor(), groups.pipeline(), model.layout());
   TrainState state;
   if (resume_from) {
     if (model_config_to_json(resume_from->model) != model_config_to_json(s.model)) {
@@ -351,7 +372,7 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
     }
     // The parameters and this rank's range of the moments only (of its
     // part, with tensor parallelism).
-    if (groups.layout().tensor > 1) {
+    if (groups.layout().tensor > 1 || groups.layout().pipeline > 1) {
       load_checkpoint_part(*resume_from, s.model, model.layout(), model.params(), dp);
     } else {
       load_training_checkpoint(*resume_from, model.layout(), model.params(), dp);
@@ -389,9 +410,10 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
         R"({{"kind":"run","event":"{}","step":{},"tokens":{},"params":{},"threads":{},"peak_gflops":{}{}}})",
         resume_from ? "resume" : "start", state.step, state.tokens, model.num_params(),
         cpu_threads(), json_number(peak),
-        ranks > 1 ? fmt::format(R"(,"ranks":{},"tensor_parallel":{},"zero":{})", ranks,
-                                groups.layout().tensor, s.zero)
-                  : ""));
+        ranks > 1
+            ? fmt::format(R"(,"ranks":{},"tensor_parallel":{},"pipeline_parallel":{},"zero":{})",
+                          ranks, groups.layout().tensor, groups.layout().pipeline, s.zero)
+            : ""));
   }
 
   const CheckpointTarget checkpoint_target{s.checkpoint_dir(), s.keep, s.tokenizer,
@@ -401,6 +423,7 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
                        comm,
                        groups,
                        model,
+                       pipeline.get(),
                        dp,
                        train,
                        valid_batches,

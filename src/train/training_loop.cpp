@@ -100,7 +100,7 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
       rank_(parts.comm.rank()),
       data_ranks_(parts.groups.data().size()),
       data_rank_(parts.groups.data().rank()),
-      tensor_parallel_(parts.groups.layout().tensor > 1),
+      model_parallel_(parts.groups.layout().tensor > 1 || parts.groups.layout().pipeline > 1),
       progress_(parts.options.progress && rank_ == 0),
       local_micro_(s_.accumulation() / data_ranks_),
       spikes_(std::make_unique<SpikeDetector>(static_cast<std::size_t>(s_.spike_window),
@@ -118,7 +118,7 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
       p_.train, s_.micro_batch,
       state_.next_sample + per_rank * static_cast<std::uint64_t>(data_rank_), s_.prefetch,
       data_ranks_ > 1 ? per_rank : 0, static_cast<std::uint64_t>(s_.global_batch));
-  if (tensor_parallel_) {
+  if (model_parallel_) {
     // Checkpoints and tasks see the whole model, gathered from the parts.
     whole_ = std::make_unique<WholeModel>(p_.groups, s_.model);
   } else {
@@ -192,7 +192,27 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
   const auto grads_final = [this](std::int64_t offset) { p_.dp.grads_final(offset); };
   p_.model.zero_grad();
   PhaseTimes phases;
-  for (int micro = 0; micro < local_micro_; ++micro) {
+  StepOutcome out;
+  if (p_.pipeline != nullptr) {
+    // The step's micro-batches, read first, then through the stages.
+    const auto wait = Clock::now();
+    step_tokens_.clear();
+    step_targets_.clear();
+    int B = 0, seq = 0;
+    for (int micro = 0; micro < local_micro_; ++micro) {
+      const Batch b = loader_->next();
+      step_tokens_.insert(step_tokens_.end(), b.inputs.begin(), b.inputs.end());
+      step_targets_.insert(step_targets_.end(), b.targets.begin(), b.targets.end());
+      B = b.batch;
+      seq = b.seq;
+    }
+    phases.data += seconds_since(wait);
+    micro_losses_ = p_.pipeline->train(step_tokens_.data(), step_targets_.data(), B, seq,
+                                       static_cast<float>(grad_scale));
+    p_.pipeline->sync_tied_grads();
+    out.bubble = p_.pipeline->times().bubble();
+  }
+  for (int micro = 0; p_.pipeline == nullptr && micro < local_micro_; ++micro) {
     const auto wait = Clock::now();
     const Batch b = loader_->next();
     phases.data += seconds_since(wait);
@@ -210,7 +230,6 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
   p_.dp.finish_reduction();
   p_.groups.data().all_gather(std::span<const double>(micro_losses_),
                               std::span<double>(all_losses_));
-  StepOutcome out;
   for (const double l : all_losses_) out.loss += l;
   out.loss /= s_.accumulation();
   out.grad_norm = p_.dp.grad_norm();
@@ -246,10 +265,11 @@ void TrainingLoop::report_step(const StepOutcome& step) {
   const double run_s = seconds_since(loop_start_);
   if (p_.metrics != nullptr) {
     p_.metrics->write(fmt::format(
-        R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}{}}})",
+        R"({{"kind":"train","step":{},"tokens":{},"loss":{},"lr":{},"grad_norm":{},"tokens_per_s":{},"mfu":{},"elapsed_s":{},"skipped":{}{}{}}})",
         state_.step, state_.tokens, json_number(step.loss), json_number(step.lr),
         json_number(step.grad_norm), json_number(tok_s), json_number(mfu),
         json_number(elapsed_before_ + run_s), step.skip_reason.empty() ? "false" : "true",
+        step.bubble >= 0 ? fmt::format(R"(,"bubble":{})", json_number(step.bubble)) : "",
         step.skip_reason.empty() ? ""
                                  : ",\"skip_reason\":" + nlohmann::json(step.skip_reason).dump()));
   }
@@ -258,10 +278,11 @@ void TrainingLoop::report_step(const StepOutcome& step) {
         run_s / static_cast<double>(steps_this_run_) * static_cast<double>(s_.steps - state_.step);
     fmt::print(
         "step {:>{}}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU "
-        "{:.1f}% | ETA {}{}\n",
+        "{:.1f}%{} | ETA {}{}\n",
         state_.step, fmt::formatted_size("{}", s_.steps), s_.steps, step.loss, step.lr,
-        step.grad_norm, tok_s, 100 * mfu, format_duration(eta),
-        step.skip_reason.empty() ? "" : " | skipped: " + step.skip_reason);
+        step.grad_norm, tok_s, 100 * mfu,
+        step.bubble >= 0 ? fmt::format(" | bubble {:.0f}%", 100 * step.bubble) : "",
+        format_duration(eta), step.skip_reason.empty() ? "" : " | skipped: " + step.skip_reason);
     std::fflush(stdout);
   }
 }
@@ -317,7 +338,7 @@ void TrainingLoop::validate() {
   if (!p_.valid_batches.empty()) {
     const auto t0 = Clock::now();
     result_.valid_loss =
-        borealis::validate(p_.model, p_.valid_batches, progress_, p_.groups.data());
+        borealis::validate(p_.model, p_.valid_batches, progress_, p_.groups.data(), p_.pipeline);
     if (p_.metrics != nullptr) {
       p_.metrics->write(fmt::format(
           R"({{"kind":"valid","step":{},"tokens":{},"loss":{},"elapsed_s":{}}})", state_.step,
@@ -329,7 +350,7 @@ void TrainingLoop::validate() {
       std::fflush(stdout);
     }
   }
-  if (tensor_parallel_ && s_.tasks.enabled()) {
+  if (model_parallel_ && s_.tasks.enabled()) {
     // The tasks run on rank 0 over the whole model.
     whole_->gather(p_.model.layout(), p_.model.params(), nullptr);
   }
@@ -341,7 +362,7 @@ void TrainingLoop::validate() {
 void TrainingLoop::evaluate_tasks() {
   const auto t0 = Clock::now();
   const std::vector<TaskScore> scores =
-      tensor_parallel_
+      model_parallel_
           ? p_.tasks->evaluate(
                 s_.model,
                 std::span<const float>(whole_->params(),
@@ -395,7 +416,7 @@ void TrainingLoop::save_checkpoint() {
   // Every rank takes part (a ZeRO-1 rank writes its own shard; with tensor
   // parallelism, every rank gives its part to rank 0, which writes the
   // whole model).
-  if (tensor_parallel_) {
+  if (model_parallel_) {
     whole_->gather(p_.model.layout(), p_.model.params(), &p_.dp);
     saver_.start(state_,
                  CheckpointSaver::WholeState{&whole_->layout(), whole_->params(), whole_->m(),
@@ -432,11 +453,11 @@ void TrainingLoop::finish_checkpoint() {
 
 void TrainingLoop::save_after_timeout(const CommTimeout& timeout) {
   saver_.abandon();
-  if (tensor_parallel_) {
+  if (model_parallel_) {
     // No rank holds the whole model, and its parts cannot be gathered now.
     spdlog::warn(
-        "no checkpoint after the time-out: a tensor-parallel run's parts cannot be "
-        "gathered; `borealis train` resumes from the last checkpoint{}",
+        "no checkpoint after the time-out: the parts of a tensor- or pipeline-parallel run "
+        "cannot be gathered; `borealis train` resumes from the last checkpoint{}",
         result_.last_checkpoint.empty() ? " (none yet)" : ", " + result_.last_checkpoint.string());
     return;
   }

@@ -31,6 +31,7 @@
 #include "train/loader.h"
 #include "train/metrics_writer.h"
 #include "train/parallel_groups.h"
+#include "train/pipeline.h"
 #include "train/rank_failure.h"
 #include "train/straggler.h"
 #include "train/task_eval.h"
@@ -44,9 +45,10 @@ namespace borealis {
 struct RunParts {
   const TrainSettings& settings;
   const TrainRunOptions& options;
-  Communicator& comm;      // the world
-  ParallelGroups& groups;  // its tensor and data groups
-  Model<float>& model;     // this rank's part with tensor parallelism
+  Communicator& comm;         // the world
+  ParallelGroups& groups;     // its tensor and data groups
+  Model<float>& model;        // this rank's part with tensor and pipeline parallelism
+  Pipeline<float>* pipeline;  // its stages with pipeline parallelism; null otherwise
   DataParallel& dp;
   const Mixture& train;
   const std::vector<Batch>& valid_batches;  // empty: no validation
@@ -83,6 +85,7 @@ class TrainingLoop {
   struct StepOutcome {
     double loss = 0, grad_norm = 0, lr = 0;
     double seconds = 0;       // of the whole step
+    double bubble = -1;       // pipeline: this stage's idle time / compute time
     std::string skip_reason;  // empty: the update was made
   };
 
@@ -111,10 +114,10 @@ class TrainingLoop {
   const TrainSettings& s_;
   TrainState& state_;
   TrainRunResult& result_;
-  const int ranks_, rank_;            // in the world
-  const int data_ranks_, data_rank_;  // in the data group (the world without tensor parallelism)
-  const bool tensor_parallel_;
-  std::unique_ptr<WholeModel> whole_;  // tensor parallel: the gathered model
+  const int ranks_, rank_;             // in the world
+  const int data_ranks_, data_rank_;   // in the data group (the world without tensor parallelism)
+  const bool model_parallel_;          // tensor or pipeline parallel
+  std::unique_ptr<WholeModel> whole_;  // model parallel: the gathered model
   const bool progress_;
   const int local_micro_;  // micro-batches of this rank per step
   class SpikeDetector;
@@ -130,6 +133,8 @@ class TrainingLoop {
   std::int64_t steps_this_run_ = 0;
   // This rank's micro-batch losses; then every rank's, in rank order.
   std::vector<double> micro_losses_, all_losses_;
+  // Pipeline parallel: the step's micro-batches, one after another.
+  std::vector<std::int32_t> step_tokens_, step_targets_;
   StragglerMonitor stragglers_;
   bool stopped_by_file_ = false;
 };

@@ -1,5 +1,6 @@
 #include "train/validation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <span>
@@ -44,13 +45,25 @@ double unigram_entropy(const std::vector<Batch>& batches) {
 // The mean loss over the batches. Rank r of n takes batches r, r + n, ...;
 // the losses are gathered and added in batch order, as one process does.
 double validate(Model<float>& model, const std::vector<Batch>& batches, bool progress,
-                Communicator& comm) {
+                Communicator& comm, Pipeline<float>* pipeline) {
   const std::size_t n = static_cast<std::size_t>(comm.size());
   const std::size_t rank = static_cast<std::size_t>(comm.rank());
   const std::size_t per_rank = (batches.size() + n - 1) / n;
   std::vector<double> mine(per_rank, 0.0), all(per_rank * n);
-  Progress bar("validation", per_rank, "batches", progress);
-  for (std::size_t k = 0; k < per_rank; ++k) {
+  if (pipeline != nullptr && rank < batches.size()) {
+    // This rank's batches in one buffer, as the pipeline takes them.
+    std::vector<std::int32_t> tokens, targets;
+    int count = 0;
+    for (std::size_t i = rank; i < batches.size(); i += n, ++count) {
+      tokens.insert(tokens.end(), batches[i].inputs.begin(), batches[i].inputs.end());
+      targets.insert(targets.end(), batches[i].targets.begin(), batches[i].targets.end());
+    }
+    const std::vector<double> losses = pipeline->evaluate(
+        tokens.data(), targets.data(), batches[rank].batch, batches[rank].seq, count);
+    std::copy(losses.begin(), losses.end(), mine.begin());
+  }
+  Progress bar("validation", per_rank, "batches", progress && pipeline == nullptr);
+  for (std::size_t k = 0; pipeline == nullptr && k < per_rank; ++k) {
     if (const std::size_t i = k * n + rank; i < batches.size()) {
       const Batch& b = batches[i];
       mine[k] = model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, false);

@@ -11,6 +11,7 @@
 #include "dist/communicator.h"
 #include "model/model.h"
 #include "train/loader.h"
+#include "train/pipeline.h"
 
 namespace borealis {
 
@@ -22,7 +23,9 @@ double unigram_entropy(const std::vector<Batch>& batches);
 
 // The mean loss over the batches. Rank r of n takes batches r, r + n, ...;
 // the losses are gathered and added in batch order. `progress` shows a bar.
+// With a pipeline (pipeline parallelism), the rank's batches go through its
+// stages together, and every stage gets their losses.
 double validate(Model<float>& model, const std::vector<Batch>& batches, bool progress,
-                Communicator& comm);
+                Communicator& comm, Pipeline<float>* pipeline = nullptr);
 
 }  // namespace borealis

@@ -1,12 +1,13 @@
-// The whole model of a tensor-parallel run, for what needs it whole:
+// The whole model of a run split by tensor or pipeline parallelism, for what needs it whole:
 // checkpoints (written in the single-process format, so that any layout can
 // resume them) and the [eval] tasks. And the way back: a checkpoint into
 // one rank's part.
 //
 // gather() is a collective over the run's groups: with ZeRO-1 the data
 // group first all-gathers each rank's moment shard, then the tensor group
-// all-gathers the parts, and world rank 0 assembles the whole tensors
-// (put_part). Memory: the parts of the tensor group on every rank during
+// all-gathers the parts, each stage's first rank assembles the stage's
+// whole tensors (put_part), and the stages send them to world rank 0 over
+// the pipeline. Memory: the parts of the tensor group on every rank during
 // the gather, and the whole model (parameters, and moments when asked) on
 // rank 0, kept between gathers. Costly for models far larger than one
 // rank's memory; the per-rank sharded format is what such runs need.
@@ -45,6 +46,7 @@ class WholeModel {
   ParamLayout layout_;
   std::vector<float> params_, m_, v_;
   std::vector<float> parts_;  // the tensor group's gather
+  std::vector<float> stage_;  // a stage's tensors, whole (pipeline parallel)
 };
 
 // Loads a checkpoint (written in any layout) into this rank's part: its

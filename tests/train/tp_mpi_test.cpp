@@ -58,7 +58,7 @@ double part_error(const ParamView& part, const T* part_data, const ParamView& wh
 }
 
 ParallelLayout layout_of(const ModelConfig& config) {
-  return parallel_layout(g_comm->size(), g_comm->rank(), kTensor, config, "test");
+  return parallel_layout(g_comm->size(), g_comm->rank(), kTensor, 1, config, "test");
 }
 
 // (preset, sequence parallel)
@@ -142,7 +142,7 @@ TEST_P(TensorParallelTraining, ThreeStepsMatchOneProcess) {
     dpo.bucket_bytes = 4096;  // several buckets
     DataParallel dp(groups.data(), *backend, part.layout(), adamw, dpo, part.params(),
                     part.grads());
-    dp.set_tensor_parallel(groups.tensor(), part.layout());
+    dp.set_model_parallel(groups.tensor(), groups.pipeline(), part.layout());
 
     for (int step = 0; step < 3; ++step) {
       // The global batch: replicas x B sequences; replica r trains on rows
@@ -208,7 +208,7 @@ INSTANTIATE_TEST_SUITE_P(Zero, TensorParallelTraining,
 TEST(TensorParallelLayout, BadLayoutsAreErrors) {
   const ModelConfig llama = model_preset("llama-tiny");  // 4 heads, 2 kv heads, d_ff 48
   try {
-    parallel_layout(4, 0, 3, llama, "run.toml:3");
+    parallel_layout(4, 0, 3, 1, llama, "run.toml:3");
     FAIL() << "3 does not divide 4 ranks";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("dist.tensor_parallel = 3 does not divide the 4 ranks"),
@@ -217,7 +217,7 @@ TEST(TensorParallelLayout, BadLayoutsAreErrors) {
     EXPECT_EQ(e.where(), "run.toml:3");
   }
   try {
-    parallel_layout(4, 0, 4, llama, "run.toml:3");
+    parallel_layout(4, 0, 4, 1, llama, "run.toml:3");
     FAIL() << "4 does not divide 2 kv heads";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("does not divide the model's n_kv_head = 2"),
@@ -227,11 +227,11 @@ TEST(TensorParallelLayout, BadLayoutsAreErrors) {
   ModelConfig wide = llama;
   wide.n_kv_head = 4;
   wide.d_ff = 49;
-  EXPECT_THROW(parallel_layout(2, 0, 2, wide, "x"), Error);
+  EXPECT_THROW(parallel_layout(2, 0, 2, 1, wide, "x"), Error);
   wide.d_ff = 48;
   wide.padded_vocab = 96 + 32;
-  EXPECT_NO_THROW(parallel_layout(4, 0, 4, wide, "x"));
-  const ParallelLayout l = parallel_layout(4, 3, 2, llama, "x");
+  EXPECT_NO_THROW(parallel_layout(4, 0, 4, 1, wide, "x"));
+  const ParallelLayout l = parallel_layout(4, 3, 2, 1, llama, "x");
   EXPECT_EQ(l.tensor_rank, 1);
   EXPECT_EQ(l.data_rank, 1);
   EXPECT_EQ(describe_layout(l),

@@ -10,9 +10,11 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "core/config.h"
 #include "dist/launcher.h"
 #include "dist/restart.h"
 #include "train/metrics_reader.h"
+#include "train/train_config.h"
 
 namespace borealis::cli {
 
@@ -33,6 +35,26 @@ std::int64_t last_logged_step(const std::string& run_dir) {
   } catch (const std::exception&) {
     return -1;
   }
+}
+
+// For `borealis train CONFIG`: the run's model-parallel layout on the
+// launch's ranks, checked before any rank starts. A config that cannot be
+// read here is left to the run itself to report.
+std::string train_layout(const LaunchPlan& plan, const std::vector<std::string>& command) {
+  const std::optional<TrainCommand> train = find_train_command(command);
+  if (!train) return "";
+  int tensor = 1, pipeline = 1;
+  std::string where;
+  try {
+    const Config config = load_config(train_config_schema(), train->config, train->overrides);
+    tensor = static_cast<int>(config.get<std::int64_t>("dist.tensor_parallel"));
+    pipeline = static_cast<int>(config.get<std::int64_t>("dist.pipeline_parallel"));
+    where = config.origin(pipeline > 1 ? "dist.pipeline_parallel" : "dist.tensor_parallel");
+  } catch (const std::exception& e) {
+    return fmt::format("layout: not checked ({})\n", e.what());
+  }
+  if (tensor == 1 && pipeline == 1) return "";
+  return describe_launch_layout(plan, tensor, pipeline, where);
 }
 
 }  // namespace
@@ -80,7 +102,7 @@ Command add_launch(CLI::App& parent) {
   return {app, [f] {
             if (f->max_restarts > 0) f->options.export_env.push_back(kLaunchStatusEnv);
             const LaunchPlan plan = plan_launch(f->options, current_launch_context());
-            std::cout << describe_launch(plan);
+            std::cout << describe_launch(plan) << train_layout(plan, f->options.command);
             RestartOptions restart;
             restart.max_restarts = f->max_restarts;
             restart.delay_s = f->restart_delay;

@@ -242,6 +242,68 @@ std::string describe_launch(const LaunchPlan& plan) {
       plan.cores_per_node, plan.flavor, shell_join(plan.argv));
 }
 
+std::string describe_launch_layout(const LaunchPlan& plan, int tensor, int pipeline,
+                                   const std::string& where) {
+  if (tensor < 1 || pipeline < 1 || plan.ranks % (tensor * pipeline) != 0) {
+    throw Error(fmt::format("dist.tensor_parallel x dist.pipeline_parallel = {} x {} does not "
+                            "divide the {} ranks of the launch",
+                            tensor, pipeline, plan.ranks),
+                where);
+  }
+  const int data = plan.ranks / (tensor * pipeline);
+  std::string line = fmt::format(
+      "layout: tensor parallel {} x data parallel {} x pipeline parallel "
+      "{} on {} node{} of {} rank{}",
+      tensor, data, pipeline, plan.nodes, plan.nodes == 1 ? "" : "s", plan.ppn,
+      plan.ppn == 1 ? "" : "s");
+  if (tensor > 1 && plan.nodes > 1 && plan.ppn % tensor != 0) {
+    const int up = (plan.ppn + tensor - 1) / tensor * tensor;
+    return line + fmt::format(
+                      "\nwarning: --ppn {} is not a multiple of dist.tensor_parallel = {}: some "
+                      "tensor groups span two nodes and run their collectives over the "
+                      "network; use --ppn {}{}\n",
+                      plan.ppn, tensor, up,
+                      plan.ppn > tensor ? fmt::format(" or {}", up - tensor) : "");
+  }
+  if (tensor > 1) line += plan.nodes > 1 ? "; each tensor group within one node" : "";
+  if (pipeline > 1 && plan.nodes > 1) {
+    const int stage_ranks = tensor * data;
+    line +=
+        stage_ranks % plan.ppn == 0
+            ? fmt::format("; each pipeline stage on {} node(s) of its own", stage_ranks / plan.ppn)
+            : "; pipeline stages share nodes";
+  }
+  return line + "\n";
+}
+
+std::optional<TrainCommand> find_train_command(const std::vector<std::string>& command) {
+  for (std::size_t i = 0; i + 1 < command.size(); ++i) {
+    const std::string& program = command[i];
+    const std::string base = program.substr(program.rfind('/') + 1);
+    if (base != "borealis" || command[i + 1] != "train") continue;
+    TrainCommand t;
+    for (std::size_t k = i + 2; k < command.size(); ++k) {
+      const std::string& a = command[k];
+      if (a == "--set") {
+        // CLI11 takes the values up to the next option.
+        while (k + 1 < command.size() && !command[k + 1].starts_with("-") &&
+               command[k + 1].find('=') != std::string::npos) {
+          t.overrides.push_back(command[++k]);
+        }
+      } else if (a.starts_with("--set=")) {
+        t.overrides.push_back(a.substr(6));
+      } else if (!a.starts_with("-") && t.config.empty()) {
+        t.config = a;
+      } else if (a == "--run-dir" || a == "--steps" || a == "--stop-at-step" || a == "--resume") {
+        ++k;  // an option's value, not the config
+      }
+    }
+    if (t.config.empty()) return std::nullopt;
+    return t;
+  }
+  return std::nullopt;
+}
+
 LaunchContext current_launch_context() {
   LaunchContext ctx;
   ctx.getenv = [](const std::string& name) -> std::optional<std::string> {

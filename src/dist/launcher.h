@@ -76,6 +76,23 @@ std::string shell_join(const std::vector<std::string>& argv);
 // Two lines: what was found and chosen, then the command.
 std::string describe_launch(const LaunchPlan& plan);
 
+// A training run's model-parallel layout on the plan's ranks (ranks are
+// placed by node, ppn at a time; tensor-parallel innermost, then data, then
+// pipeline, as the trainer orders them). Throws Error (at `where`) when
+// tensor x pipeline does not divide the ranks. Otherwise a line naming the
+// layout and where its groups fall, with a warning when tensor groups span
+// nodes (their four collectives per layer would cross the network).
+std::string describe_launch_layout(const LaunchPlan& plan, int tensor, int pipeline,
+                                   const std::string& where);
+
+// From a launched command `... borealis train CONFIG [--set K=V ...]`: the
+// config file and its --set overrides. Nothing (nullopt) for other commands.
+struct TrainCommand {
+  std::string config;
+  std::vector<std::string> overrides;
+};
+std::optional<TrainCommand> find_train_command(const std::vector<std::string>& command);
+
 LaunchContext current_launch_context();
 
 // Replaces this process with the planned command; throws Error if it cannot.

@@ -245,6 +245,9 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0;
   int size_ = 1;
   std::vector<std::string> hosts_;
+  // For time-out messages: each rank's host and, in a group split from the
+  // world, its world rank ("node17, world rank 5").
+  std::vector<std::string> labels_;
   std::uint64_t started_ = 0;  // operations started
   std::uint64_t waiting_ = 0;  // operation being waited for, 0 when none
 };
@@ -357,6 +360,21 @@ MpiCommunicator::MpiCommunicator(MPI_Comm group) {
   request->wait();
   for (int r = 0; r < size_; ++r)
     hosts_[static_cast<std::size_t>(r)] = names.data() + kHostBytes * r;
+  labels_ = hosts_;
+  if (group != MPI_COMM_NULL) {
+    // A group's ranks are not the world's: time-outs name both.
+    MPI_Group mine = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
+    MPI_Comm_group(comm_, &mine);
+    MPI_Comm_group(MPI_COMM_WORLD, &world);
+    std::vector<int> ranks(static_cast<std::size_t>(size_)), in_world(ranks.size());
+    for (int r = 0; r < size_; ++r) ranks[static_cast<std::size_t>(r)] = r;
+    MPI_Group_translate_ranks(mine, size_, ranks.data(), world, in_world.data());
+    MPI_Group_free(&mine);
+    MPI_Group_free(&world);
+    for (std::size_t r = 0; r < labels_.size(); ++r) {
+      labels_[r] = fmt::format("{}, world rank {}", hosts_[r], in_world[r]);
+    }
+  }
   spdlog::debug("MPI rank {} of {} on {} ready in {:.3f} s", rank_, size_, me,
                 std::chrono::duration<double>(Clock::now() - start).count());
 }
@@ -399,7 +417,7 @@ void MpiCommunicator::time_out(const std::string& what, std::uint64_t seq, doubl
   // Ask every other rank where it is; give them a grace period to answer.
   const auto grace = mpi_detail::probe_grace(timeout());
   const mpi_detail::ProbeAnswers answers = probes_.ask_all(seq, started_, grace);
-  mpi_detail::throw_time_out(what, waited_s, rank_, hosts_, grace, answers);
+  mpi_detail::throw_time_out(what, waited_s, rank_, labels_, grace, answers);
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
@@ -532,8 +550,9 @@ constexpr int kPeerTag = 7;
 
 RequestPtr MpiCommunicator::start_send(const void* data, std::size_t bytes, int peer) {
   check_peer(peer, "send to");
-  auto r = make_request("send", fmt::format(" to rank {} ({}){}", peer, host(peer),
-                                            describe(bytes, DataType::Bytes, "")));
+  auto r = make_request(
+      "send", fmt::format(" to rank {} ({}){}", peer, labels_[static_cast<std::size_t>(peer)],
+                          describe(bytes, DataType::Bytes, "")));
   check(MPI_Isend(data, as_int(bytes, "send"), MPI_BYTE, peer, kPeerTag, comm_, &r->request),
         "MPI_Isend");
   return r;
@@ -541,8 +560,9 @@ RequestPtr MpiCommunicator::start_send(const void* data, std::size_t bytes, int 
 
 RequestPtr MpiCommunicator::start_recv(void* data, std::size_t bytes, int peer) {
   check_peer(peer, "receive from");
-  auto r = make_request("receive", fmt::format(" from rank {} ({}){}", peer, host(peer),
-                                               describe(bytes, DataType::Bytes, "")));
+  auto r = make_request(
+      "receive", fmt::format(" from rank {} ({}){}", peer, labels_[static_cast<std::size_t>(peer)],
+                             describe(bytes, DataType::Bytes, "")));
   check(MPI_Irecv(data, as_int(bytes, "receive"), MPI_BYTE, peer, kPeerTag, comm_, &r->request),
         "MPI_Irecv");
   return r;

@@ -4,6 +4,7 @@
 
 #include <map>
 
+#include "core/error.h"
 #include "test_util.h"
 
 namespace borealis {
@@ -192,16 +193,38 @@ TEST(Launcher, FlavorFromVersionText) {
 TEST(LaunchCli, DryRunPrintsTheCommand) {
   TempDir dir;
   write_file(dir / "hosts", "h1 slots=2\nh2 slots=2\n");
-  const auto r =
-      test::run_borealis({"launch", "--dry-run", "--hostfile", (dir / "hosts").string(), "--mpi",
-                          "mpich", "--cores-per-node", "16", "--", "borealis", "train", "x.toml"});
+  write_file(dir / "x.toml", "[dist]\ntensor_parallel = 2\n");
+  const std::string config = (dir / "x.toml").string();
+  const std::vector<std::string> launch = {"launch",
+                                           "--dry-run",
+                                           "--hostfile",
+                                           (dir / "hosts").string(),
+                                           "--mpi",
+                                           "mpich",
+                                           "--cores-per-node",
+                                           "16",
+                                           "--",
+                                           "borealis",
+                                           "train",
+                                           config};
+  const auto r = test::run_borealis(launch);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out,
             "launch: hostfile (h1,h2), 4 ranks on 2 nodes, 2 per node, 8 threads per rank "
             "(16 cores per node), mpich\n"
             "mpiexec -n 4 -ppn 2 -f " +
                 (dir / "hosts").string() +
-                " -bind-to core:8 -genv OMP_NUM_THREADS 8 borealis train x.toml\n");
+                " -bind-to core:8 -genv OMP_NUM_THREADS 8 borealis train " + config +
+                "\nlayout: tensor parallel 2 x data parallel 2 x pipeline parallel 1 on 2 nodes "
+                "of 2 ranks; each tensor group within one node\n");
+  // A layout the ranks cannot take stops the launch before any rank starts.
+  std::vector<std::string> bad = launch;
+  bad.insert(bad.end(), {"--set", "dist.pipeline_parallel=3"});
+  const auto stopped = test::run_borealis(bad);
+  EXPECT_NE(stopped.exit_code, 0);
+  EXPECT_NE(stopped.err.find("= 2 x 3 does not divide the 4 ranks of the launch"),
+            std::string::npos)
+      << stopped.err;
   const auto usage = test::run_borealis({"launch", "--dry-run"});
   EXPECT_EQ(usage.exit_code, 2);
 }
@@ -217,6 +240,51 @@ TEST(DoctorDistCli, OneRankWithoutLauncher) {
   const auto bad = test::run_borealis({"doctor", "--dist", "--dist-min-size", "128M"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_EQ(bad.err, "error: need 0 < --dist-min-size <= --dist-max-size (--dist-min-size)\n");
+}
+
+// The model-parallel layout of a training launch: errors before any rank
+// starts, and a warning when tensor groups would span nodes.
+TEST(Launcher, TrainLayoutIsCheckedAgainstTheRanks) {
+  LaunchPlan plan;
+  plan.ranks = 16;
+  plan.nodes = 2;
+  plan.ppn = 8;
+  EXPECT_EQ(describe_launch_layout(plan, 4, 2, "x"),
+            "layout: tensor parallel 4 x data parallel 2 x pipeline parallel 2 on 2 nodes of 8 "
+            "ranks; each tensor group within one node; each pipeline stage on 1 node(s) of its "
+            "own\n");
+  try {
+    describe_launch_layout(plan, 3, 2, "run.toml:7");
+    FAIL() << "3 x 2 does not divide 16";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("= 3 x 2 does not divide the 16 ranks"), std::string::npos)
+        << e.what();
+    EXPECT_EQ(e.where(), "run.toml:7");
+  }
+  plan.ranks = 12;
+  plan.ppn = 6;
+  const std::string spans = describe_launch_layout(plan, 4, 1, "x");
+  EXPECT_NE(spans.find("warning: --ppn 6 is not a multiple of dist.tensor_parallel = 4"),
+            std::string::npos)
+      << spans;
+  EXPECT_NE(spans.find("use --ppn 8 or 4"), std::string::npos) << spans;
+  // One node: every group is within it.
+  plan.nodes = 1;
+  plan.ppn = 12;
+  EXPECT_EQ(describe_launch_layout(plan, 2, 3, "x").find("warning"), std::string::npos);
+}
+
+TEST(Launcher, FindsTheTrainCommandAndItsOverrides) {
+  const auto t = find_train_command({"/opt/bin/borealis", "train", "--set", "dist.zero=1",
+                                     "dist.tensor_parallel=2", "--steps", "5", "run.toml",
+                                     "--set=dist.pipeline_parallel=2"});
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->config, "run.toml");
+  EXPECT_EQ(t->overrides, (std::vector<std::string>{"dist.zero=1", "dist.tensor_parallel=2",
+                                                    "dist.pipeline_parallel=2"}));
+  EXPECT_FALSE(find_train_command({"borealis", "eval", "run.toml"}).has_value());
+  EXPECT_FALSE(find_train_command({"borealis", "train"}).has_value());
+  EXPECT_FALSE(find_train_command({"env", "X=1", "./a.out", "train", "x.toml"}).has_value());
 }
 
 }  // namespace

@@ -31,6 +31,26 @@ inline int parse_positive_int(const std::string& flag, const char* value) {
 
 using borealis::seconds_since;
 
+// The items of a comma-separated flag value ("a,b,c"), empty ones left out.
+inline std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t at = 0;
+  while (at <= text.size()) {
+    const std::size_t end = std::min(text.find(',', at), text.size());
+    if (end > at) out.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  return out;
+}
+
+// The positive integers of a comma-separated flag value.
+inline std::vector<int> parse_int_list(const std::string& flag, const std::string& text) {
+  std::vector<int> out;
+  for (const std::string& item : split_list(text))
+    out.push_back(parse_positive_int(flag, item.c_str()));
+  return out;
+}
+
 // The texts of data/brown/brown.jsonl (scripts/get-brown.sh).
 inline std::vector<std::string> brown_documents() {
   const MappedFile file("data/brown/brown.jsonl");

@@ -37,7 +37,6 @@
 #include <cstdio>
 #include <random>
 #include <span>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -150,15 +149,6 @@ double gemm_seconds(int M, int N, int K) {
   return best;
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
 int main_impl(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; i += 2) {
@@ -166,7 +156,7 @@ int main_impl(int argc, char** argv) {
     if (i + 1 >= argc) throw Error("missing value", flag);
     const char* v = argv[i + 1];
     if (flag == "--models") {
-      o.models = split_list(v);
+      o.models = bench::split_list(v);
     } else if (flag == "--micro-batch") {
       o.micro = bench::parse_positive_int(flag, v);
     } else if (flag == "--seq-len") {

@@ -233,8 +233,15 @@ std::vector<double> Pipeline<T>::train(const std::int32_t* tokens, const std::in
   const auto input_grad = [&] {
     return std::span<const T>(model_.input_grad(), static_cast<std::size_t>(n));
   };
+  double sent = 0;
+  int messages = 0;
   for (const PipeAction& a : one_f_one_b(stage_, stages_, micro_)) {
     const int slot = a.micro % slots;
+    if (a.kind != PipeAction::kForward && a.kind != PipeAction::kBackward &&
+        a.kind != PipeAction::kRecvForward && a.kind != PipeAction::kRecvBackward) {
+      sent += static_cast<double>(n) * sizeof(T);
+      ++messages;
+    }
     switch (a.kind) {
       case PipeAction::kForward: {
         const auto t0 = Clock::now();
@@ -278,6 +285,8 @@ std::vector<double> Pipeline<T>::train(const std::int32_t* tokens, const std::in
   }
   std::vector<double> losses = share_losses();
   times_.compute_s = compute;
+  times_.sent_bytes = sent;
+  times_.messages = messages;
   times_.total_s = std::chrono::duration<double>(Clock::now() - start).count();
   return losses;
 }

@@ -62,8 +62,10 @@ double ideal_bubble(int stages, int micro_batches);
 
 // Time one step of a stage took, for the bubble measured against the ideal.
 struct PipelineTimes {
-  double compute_s = 0;  // in forward and backward
-  double total_s = 0;    // the whole schedule
+  double compute_s = 0;   // in forward and backward
+  double total_s = 0;     // the whole schedule
+  double sent_bytes = 0;  // activations and gradients this stage sent
+  int messages = 0;       // and in how many messages
   // Idle time against compute time: (total - compute) / compute.
   double bubble() const { return compute_s > 0 ? (total_s - compute_s) / compute_s : 0; }
 };

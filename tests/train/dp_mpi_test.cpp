@@ -370,7 +370,8 @@ TEST(DataParallel, ConfigErrors) {
   const std::string line = test::error_line([&] {
     train(cfg, {"train.global_batch=2", "train.micro_batch=2"}, *g_comm);
   });
-  EXPECT_NE(line.find("train.global_batch 2 is not divisible by train.micro_batch 2 x 2 data-parallel replicas"),
+  EXPECT_NE(line.find("train.global_batch 2 is not divisible by train.micro_batch 2 x 2 "
+                      "data-parallel replicas"),
             std::string::npos)
       << line;
   // Every rank must run the same configuration.

@@ -2,6 +2,11 @@
 // reads, runs of the trainer on a given communicator, and what they wrote.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -85,6 +90,34 @@ inline std::vector<float> weights(const fs::path& checkpoint) {
 
 inline fs::path final_checkpoint(const fs::path& run_dir, std::int64_t step) {
   return run_dir / "checkpoints" / checkpoint_name(step);
+}
+
+// Expects each of `runs` to give the loss curve of the `reference` run
+// (`steps` steps) within 2e-5 relative, and final weights within 3e-5 (a
+// small share of one AdamW step at lr 3e-3: float rounding of reordered
+// sums); prints the largest weight difference of each.
+inline void expect_same_run(const fs::path& reference, const std::vector<fs::path>& runs,
+                            std::int64_t steps) {
+  const auto losses_of_reference = train_losses(reference);
+  ASSERT_EQ(losses_of_reference.size(), static_cast<std::size_t>(steps));
+  const auto ref_weights = weights(final_checkpoint(reference, steps));
+  for (const fs::path& dir : runs) {
+    SCOPED_TRACE(dir.filename().string());
+    const auto losses = train_losses(dir);
+    ASSERT_EQ(losses.size(), static_cast<std::size_t>(steps));
+    for (const auto& [step, loss] : losses_of_reference) {
+      EXPECT_NEAR(losses.at(step), loss, 2e-5 * loss) << "step " << step;
+    }
+    const auto w = weights(final_checkpoint(dir, steps));
+    ASSERT_EQ(w.size(), ref_weights.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      worst = std::max(worst, static_cast<double>(std::abs(w[i] - ref_weights[i])));
+    }
+    EXPECT_LT(worst, 3e-5);
+    std::printf("[ %s ] largest weight difference to one process after %lld steps: %.3g\n",
+                dir.filename().c_str(), static_cast<long long>(steps), worst);
+  }
 }
 
 }  // namespace borealis::test

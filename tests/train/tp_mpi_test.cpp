@@ -307,28 +307,7 @@ TEST(TensorParallelRuns, MatchOneProcessAndResumeInAnyLayout) {
   EXPECT_EQ(test::train(cfg_one_tp, tp_run, *g_comm).first_step, 4);
   if (g_comm->rank() != 0) return;
 
-  const auto reference = train_losses(one);
-  ASSERT_EQ(reference.size(), 8u);
-  const auto ref_weights = test::weights(test::final_checkpoint(one, 8));
-  for (const fs::path& dir : {tp, tp_one, one_tp, sp}) {
-    SCOPED_TRACE(dir.filename().string());
-    const auto losses = train_losses(dir);
-    ASSERT_EQ(losses.size(), 8u);
-    for (const auto& [step, loss] : reference) {
-      EXPECT_NEAR(losses.at(step), loss, 2e-5 * loss) << "step " << step;
-    }
-    const auto w = test::weights(test::final_checkpoint(dir, 8));
-    ASSERT_EQ(w.size(), ref_weights.size());
-    double worst = 0;
-    for (std::size_t i = 0; i < w.size(); ++i) {
-      worst = std::max(worst, static_cast<double>(std::abs(w[i] - ref_weights[i])));
-    }
-    // lr 3e-3: float rounding in the parts' sums moves a weight by a small
-    // share of one AdamW step.
-    EXPECT_LT(worst, 3e-5);
-    std::printf("[ %s ] largest weight difference to one process after 8 steps: %.3g\n",
-                dir.filename().c_str(), worst);
-  }
+  test::expect_same_run(one, {tp, tp_one, one_tp, sp}, 8);
   EXPECT_EQ(train_losses(tp), train_losses(again));
   EXPECT_EQ(test::read_file(test::final_checkpoint(tp, 8) / "model.safetensors"),
             test::read_file(test::final_checkpoint(again, 8) / "model.safetensors"));

@@ -3,7 +3,9 @@
 // check; exits non-zero, naming the failed checks, when a requirement is not
 // met.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -65,6 +67,8 @@ struct DoctorOptions {
   std::string dist_min_size = "4K";
   std::string dist_max_size = "64M";
   double dist_timeout = 60;
+  int tensor_parallel = 1;    // --dist: also measure within tensor groups of this size
+  int pipeline_parallel = 1;  // and between the stages of pipelines of this many
 };
 
 bool required(const DoctorOptions& o, const std::string& what) {
@@ -210,6 +214,64 @@ std::vector<Check> run_checks(const DoctorOptions& o) {
   return checks;
 }
 
+// doctor --dist --tensor-parallel T --pipeline-parallel P: the groups a
+// training run of that layout makes (tensor-parallel innermost, then data,
+// then pipeline, as `borealis train` orders ranks), the hosts each tensor
+// group spans, the allreduce bandwidth within the tensor groups (all of them
+// at once, as in training) and the exchange bandwidth between neighbouring
+// stages.
+void run_layout_checks(const DoctorOptions& o, Communicator& world, std::size_t min_size,
+                       std::size_t max_size) {
+  const int T = o.tensor_parallel, P = o.pipeline_parallel, n = world.size();
+  if (n % (T * P) != 0) {
+    throw Error(fmt::format("--tensor-parallel {} x --pipeline-parallel {} does not divide the {} "
+                            "ranks",
+                            T, P, n),
+                "--tensor-parallel");
+  }
+  const int D = n / (T * P), me = world.rank();
+  const bool root = me == 0;
+  if (root) {
+    std::string spans;
+    for (int g = 0; g < n / T; ++g) {
+      std::vector<std::string> hosts;
+      for (int t = 0; t < T; ++t) {
+        const std::string& h = world.host(g * T + t);
+        if (std::find(hosts.begin(), hosts.end(), h) == hosts.end()) hosts.push_back(h);
+      }
+      if (hosts.size() > 1) {
+        spans += fmt::format("{}ranks {}..{} on {}", spans.empty() ? "" : "; ", g * T,
+                             g * T + T - 1, fmt::join(hosts, ", "));
+      }
+    }
+    std::cout << fmt::format(
+        "layout: tensor parallel {} x data parallel {} x pipeline parallel {}; {}\n", T, D, P,
+        spans.empty() ? "every tensor group within one host"
+                      : "warning: tensor groups span hosts (" + spans + ")");
+    std::cout.flush();
+  }
+  if (T > 1) {
+    const std::unique_ptr<Communicator> tensor = world.split(me / T, me % T);
+    const auto points = allreduce_bandwidth(*tensor, min_size, max_size);
+    if (root) {
+      std::cout << fmt::format("allreduce within the tensor groups of {} ranks (all at once):\n", T)
+                << format_bandwidth_table(points);
+      std::cout.flush();
+    }
+  }
+  if (P > 1) {
+    const std::unique_ptr<Communicator> pipe = world.split(me % (T * D), me / (T * D));
+    const auto points = sendrecv_bandwidth(*pipe, min_size, max_size);
+    if (root) {
+      std::cout << fmt::format(
+                       "exchange between pipeline stages 2k and 2k + 1 (every pipeline at once, "
+                       "each direction):\n")
+                << format_bandwidth_table(points);
+      std::cout.flush();
+    }
+  }
+}
+
 // doctor --dist: an MPI smoke test. Every rank reports its host, pid,
 // start-up and compute time; rank 0 prints them, the slowest rank and the
 // allreduce bandwidth over message sizes.
@@ -247,6 +309,9 @@ void run_dist_checks(const DoctorOptions& o) {
               << format_bandwidth_table(points);
     std::cout.flush();
   }
+  if (o.tensor_parallel > 1 || o.pipeline_parallel > 1) {
+    run_layout_checks(o, *comm, min_size, max_size);
+  }
 }
 
 }  // namespace
@@ -277,6 +342,16 @@ Command add_doctor(CLI::App& parent) {
       ->capture_default_str();
   app->add_option("--dist-max-size", o->dist_max_size, "Largest allreduce of --dist")
       ->capture_default_str();
+  app->add_option("--tensor-parallel", o->tensor_parallel,
+                  "With --dist: also measure within the tensor groups of this size, as a "
+                  "training run with dist.tensor_parallel makes them")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app->add_option("--pipeline-parallel", o->pipeline_parallel,
+                  "With --dist: also measure between neighbouring stages of pipelines of this "
+                  "many stages (dist.pipeline_parallel)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app->add_option("--dist-timeout", o->dist_timeout,
                   "Seconds before a rank that does not answer fails --dist")
       ->capture_default_str()

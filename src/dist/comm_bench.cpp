@@ -61,6 +61,38 @@ std::vector<BandwidthPoint> allreduce_bandwidth(Communicator& comm, std::size_t 
   return points;
 }
 
+std::vector<BandwidthPoint> sendrecv_bandwidth(Communicator& comm, std::size_t min_bytes,
+                                               std::size_t max_bytes) {
+  std::vector<BandwidthPoint> points;
+  const int me = comm.rank();
+  const int peer = me % 2 == 0 ? me + 1 : me - 1;
+  const bool paired = peer < comm.size();
+  const std::size_t elems = std::max<std::size_t>(max_bytes / sizeof(float), 1);
+  std::vector<float> out(elems, 1.0F), in(elems);
+  for (std::size_t bytes = std::max<std::size_t>(min_bytes, sizeof(float)); bytes <= max_bytes;
+       bytes *= 4) {
+    const std::size_t n = bytes / sizeof(float);
+    const auto exchange = [&] {
+      comm.sendrecv(std::span<const float>(out.data(), n), peer, std::span<float>(in.data(), n),
+                    peer);
+    };
+    const int iterations = iterations_for(bytes);
+    if (paired) exchange();  // warm-up
+    comm.barrier();
+    const auto start = Clock::now();
+    for (int i = 0; paired && i < iterations; ++i) exchange();
+    double elapsed = paired ? seconds_since(start) / iterations : 0.0;
+    comm.allreduce(std::span<double>(&elapsed, 1), ReduceOp::Max);
+    BandwidthPoint p;
+    p.bytes = bytes;
+    p.iterations = iterations;
+    p.seconds = elapsed;
+    p.algbw = p.busbw = static_cast<double>(bytes) / elapsed;
+    points.push_back(p);
+  }
+  return points;
+}
+
 std::string format_bandwidth_table(const std::vector<BandwidthPoint>& points) {
   std::string out = fmt::format("{:>10}  {:>6}  {:>10}  {:>11}  {:>11}\n", "size", "iters",
                                 "time/op", "algbw", "busbw");

@@ -27,6 +27,13 @@ struct BandwidthPoint {
 std::vector<BandwidthPoint> allreduce_bandwidth(Communicator& comm, std::size_t min_bytes,
                                                 std::size_t max_bytes);
 
+// Times sendrecv exchanges (pipeline stages' traffic) of the same sizes
+// between ranks 2k and 2k + 1, both directions at once; a last rank of an
+// odd world only takes part in the timing's agreement. algbw and busbw are
+// the bytes one direction carries per second. Collective.
+std::vector<BandwidthPoint> sendrecv_bandwidth(Communicator& comm, std::size_t min_bytes,
+                                               std::size_t max_bytes);
+
 // The table printed by doctor --dist and the benchmark, one row per size.
 std::string format_bandwidth_table(const std::vector<BandwidthPoint>& points);
 

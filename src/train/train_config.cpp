@@ -187,8 +187,9 @@ ConfigSchema train_config_schema() {
         "vocabulary split across them; the data-parallel replicas are ranks / (tensor_parallel x "
         "pipeline_parallel)");
   s.add("dist.pipeline_parallel", Int{1},
-        "pipeline stages (Megatron-LM): the layers split into this many equal stages on "
-        "successive ranks, each step's micro-batches (global_batch / (micro_batch x data "
+        "pipeline stages (Megatron-LM): the layers split into this many equal stages, stage s on "
+        "the s-th block of ranks / pipeline_parallel, each step's micro-batches (global_batch / "
+        "(micro_batch x data "
         "replicas)) run through them in the 1F1B schedule");
   s.add("dist.sequence_parallel", false,
         "with tensor_parallel > 1: also cut the residual stream and norms along the sequence "

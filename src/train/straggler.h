@@ -19,6 +19,11 @@
 //   - a warning naming rank and host for each rank whose busy time is
 //     straggler_factor x the median or more.
 // The report is a log line and a "straggler" record in metrics.jsonl.
+//
+// Ranks with different work (the stages of a pipeline-parallel run) are
+// compared only with ranks of the same role: ratios, z-scores and the slow
+// phase are against the median of the rank's role. A pipeline stage's wait
+// for its neighbours counts as communication.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +45,8 @@ struct RankReport {
   int rank = 0;
   std::string host;
   PhaseTimes per_step;  // averages over the window
-  double ratio = 1;     // busy time / the median rank's
+  int role = 0;         // ranks of one role do the same work (pipeline stage)
+  double ratio = 1;     // busy time / the median rank's of its role
   double zscore = 0;
   std::string slow_phase;  // "compute", "data loader" or "network"
 };
@@ -56,9 +62,10 @@ struct StragglerReport {
 };
 
 // Rank 0's analysis of every rank's per-step averages (index = rank).
+// roles (index = rank; empty: all one role) say which ranks compare.
 StragglerReport analyze_stragglers(const std::vector<PhaseTimes>& ranks,
                                    const std::vector<std::string>& hosts, double factor,
-                                   std::size_t keep = 3);
+                                   std::size_t keep = 3, const std::vector<int>& roles = {});
 
 // The metrics.jsonl record of a report.
 std::string straggler_record(const StragglerReport& report);
@@ -66,7 +73,9 @@ std::string straggler_record(const StragglerReport& report);
 class StragglerMonitor {
  public:
   // every = 0 or a single rank: off. metrics: rank 0's writer, null elsewhere.
-  StragglerMonitor(Communicator& comm, std::int64_t every, double factor, MetricsWriter* metrics);
+  // role: this rank's (its pipeline stage; 0 without a pipeline).
+  StragglerMonitor(Communicator& comm, std::int64_t every, double factor, MetricsWriter* metrics,
+                   int role = 0);
 
   bool enabled() const { return every_ > 0; }
   // One finished step's times.
@@ -81,6 +90,7 @@ class StragglerMonitor {
   std::int64_t every_;
   double factor_;
   MetricsWriter* metrics_;
+  int role_;
   PhaseTimes sum_;
   std::int64_t steps_ = 0;
 };

@@ -110,7 +110,8 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
       elapsed_before_(state.elapsed_s),
       micro_losses_(static_cast<std::size_t>(local_micro_)),
       all_losses_(static_cast<std::size_t>(s_.accumulation())),
-      stragglers_(parts.comm, s_.straggler_every, s_.straggler_factor, parts.metrics) {
+      stragglers_(parts.comm, s_.straggler_every, s_.straggler_factor, parts.metrics,
+                  parts.groups.layout().pipeline_rank) {
   // Data rank r reads its slice of every global batch: samples r * G / n ...
   // of each step's G (the ranks of a tensor group read the same).
   const auto per_rank = static_cast<std::uint64_t>(s_.global_batch / data_ranks_);
@@ -211,6 +212,8 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
                                        static_cast<float>(grad_scale));
     p_.pipeline->sync_tied_grads();
     out.bubble = p_.pipeline->times().bubble();
+    // Waiting for the neighbouring stages is communication, not compute.
+    phases.comm += p_.pipeline->times().total_s - p_.pipeline->times().compute_s;
   }
   for (int micro = 0; p_.pipeline == nullptr && micro < local_micro_; ++micro) {
     const auto wait = Clock::now();

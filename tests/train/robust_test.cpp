@@ -158,6 +158,22 @@ TEST(RobustRun, SkipStepRanges) {
   }
 }
 
+// Pipeline stages do different work: a rank compares with its own stage.
+TEST(Stragglers, RanksCompareWithinTheirRole) {
+  const std::vector<PhaseTimes> ranks = {{0.10, 0, 0.2}, {0.10, 0, 0.2}, {0.10, 0, 0.2},
+                                         {0.40, 0, 0.0}, {0.40, 0, 0.0}, {0.80, 0, 0.0}};
+  // One role: the whole second stage looks slow.
+  const StragglerReport flat = analyze_stragglers(ranks, {}, 1.5);
+  EXPECT_EQ(flat.stragglers.size(), 3u);
+  // By stage: only rank 5, twice its stage's median.
+  const StragglerReport staged = analyze_stragglers(ranks, {}, 1.5, 3, {0, 0, 0, 1, 1, 1});
+  ASSERT_EQ(staged.stragglers.size(), 1u);
+  EXPECT_EQ(staged.stragglers[0].rank, 5);
+  EXPECT_EQ(staged.stragglers[0].role, 1);
+  EXPECT_NEAR(staged.stragglers[0].ratio, 2.0, 1e-12);
+  EXPECT_EQ(staged.stragglers[0].slow_phase, "compute");
+}
+
 TEST(Stragglers, TheSlowRankIsNamedWithItsSlowPhase) {
   // Rank 2 computes 3x longer; the others wait for it in communication.
   std::vector<PhaseTimes> ranks = {

@@ -161,11 +161,10 @@ std::string check_schedule(const std::vector<std::vector<PipeAction>>& stages) {
         moved = true;
       }
     }
-    if (std::ranges::all_of(at, [&, i = 0](std::size_t v) mutable {
-          return v == stages[static_cast<std::size_t>(i++)].size();
-        })) {
-      return "";
-    }
+    bool finished = true;
+    for (std::size_t s = 0; s < stages.size(); ++s)
+      finished = finished && at[s] == stages[s].size();
+    if (finished) return "";
     if (!moved) {
       std::string where;
       for (int s = 0; s < P; ++s) {

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,30 @@ inline void train_alone(Communicator& comm, const fs::path& config,
     train(config, overrides, self, stop_at);
   }
   comm.barrier();
+}
+
+// Token ids drawn uniformly from [0, vocab), reproducibly.
+inline std::vector<std::int32_t> random_ids(int n, int vocab, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> id(0, vocab - 1);
+  std::vector<std::int32_t> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = id(rng);
+  return v;
+}
+
+// The largest |a - b| over a part and the one-process tensor's share of it,
+// relative to the largest |b| (absolute: not divided).
+template <typename T>
+inline double part_error(const ParamView& part, const T* part_data, const ParamView& whole,
+                         const T* whole_data, bool absolute = false) {
+  std::vector<T> expected(static_cast<std::size_t>(part.size));
+  take_part(part, whole_data + whole.offset, expected.data());
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(part_data[part.offset + i] - expected[i])));
+    scale = std::max(scale, std::abs(static_cast<double>(expected[i])));
+  }
+  return scale > 0 && !absolute ? diff / scale : diff;
 }
 
 inline std::vector<float> weights(const fs::path& checkpoint) {

@@ -34,29 +34,6 @@ namespace {
 
 Communicator* g_comm = nullptr;
 
-std::vector<std::int32_t> random_ids(int n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> id(0, vocab - 1);
-  std::vector<std::int32_t> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = id(rng);
-  return v;
-}
-
-// The largest |a - b| over a part and the one-process tensor's share of it,
-// relative to the largest |b|.
-template <typename T>
-double part_error(const ParamView& part, const T* part_data, const ParamView& whole,
-                  const T* whole_data) {
-  std::vector<T> expected(static_cast<std::size_t>(part.size));
-  take_part(part, whole_data + whole.offset, expected.data());
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < expected.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(part_data[part.offset + i] - expected[i])));
-    scale = std::max(scale, std::abs(static_cast<double>(expected[i])));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
 // A layout of this world: tensor x pipeline, the rest data parallel.
 struct Case {
   const char* preset;
@@ -108,8 +85,8 @@ TEST(PipelineModels, ForwardAndBackwardMatchOneProcess) {
     const double scale = 1.0 / m;
     // Each data replica takes its own micro-batches.
     const unsigned seed = 100 + 10 * static_cast<unsigned>(layout.data_rank);
-    const auto tokens = random_ids(m * B * T, config.vocab_size, seed);
-    const auto targets = random_ids(m * B * T, config.vocab_size, seed + 1);
+    const auto tokens = test::random_ids(m * B * T, config.vocab_size, seed);
+    const auto targets = test::random_ids(m * B * T, config.vocab_size, seed + 1);
 
     Model<double> whole(config, *backend);
     whole.init(5);
@@ -133,8 +110,8 @@ TEST(PipelineModels, ForwardAndBackwardMatchOneProcess) {
     for (int i = 0; i < m; ++i) EXPECT_NEAR(losses[i], expected[i], 1e-12 * expected[i]) << i;
     for (const ParamView& v : part.layout().views()) {
       const ParamView& w = whole.layout().find(v.name);
-      EXPECT_EQ(part_error(v, part.params(), w, whole.params()), 0.0) << v.name;
-      EXPECT_LT(part_error(v, part.grads(), w, whole.grads()), 1e-11)
+      EXPECT_EQ(test::part_error(v, part.params(), w, whole.params()), 0.0) << v.name;
+      EXPECT_LT(test::part_error(v, part.grads(), w, whole.grads()), 1e-11)
           << v.name << " on stage " << groups.stage().stage;
     }
     // Validation: forward only, the same losses.
@@ -178,8 +155,8 @@ TEST(PipelineTraining, ThreeStepsMatchOneProcess) {
       const bool first = groups.stage().first(), last = groups.stage().last();
       for (int step = 0; step < 3; ++step) {
         const int global = m * replicas;
-        const auto tokens = random_ids(global * B * T, config.vocab_size, 40 + step);
-        const auto targets = random_ids(global * B * T, config.vocab_size, 50 + step);
+        const auto tokens = test::random_ids(global * B * T, config.vocab_size, 40 + step);
+        const auto targets = test::random_ids(global * B * T, config.vocab_size, 50 + step);
         whole.zero_grad();
         double whole_loss = 0;
         for (int i = 0; i < global; ++i) {

@@ -34,29 +34,6 @@ Communicator* g_comm = nullptr;
 
 constexpr int kTensor = 2;
 
-std::vector<std::int32_t> random_ids(int n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> id(0, vocab - 1);
-  std::vector<std::int32_t> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = id(rng);
-  return v;
-}
-
-// The largest |a - b| over a part and the one-process tensor's share of it,
-// relative to the largest |b| (absolute: not divided).
-template <typename T>
-double part_error(const ParamView& part, const T* part_data, const ParamView& whole,
-                  const T* whole_data, bool absolute = false) {
-  std::vector<T> expected(static_cast<std::size_t>(part.size));
-  take_part(part, whole_data + whole.offset, expected.data());
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < expected.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(part_data[part.offset + i] - expected[i])));
-    scale = std::max(scale, std::abs(static_cast<double>(expected[i])));
-  }
-  return scale > 0 && !absolute ? diff / scale : diff;
-}
-
 ParallelLayout layout_of(const ModelConfig& config) {
   return parallel_layout(g_comm->size(), g_comm->rank(), kTensor, 1, config, "test");
 }
@@ -74,8 +51,8 @@ TEST_P(TensorParallelModels, ForwardAndBackwardMatchOneProcess) {
   group.sequence_parallel = std::get<1>(GetParam());
   auto backend = make_cpu_backend<double>();
   const int B = 2, T = 9;
-  const auto tokens = random_ids(B * T, config.vocab_size, 7);
-  const auto targets = random_ids(B * T, config.vocab_size, 8);
+  const auto tokens = test::random_ids(B * T, config.vocab_size, 7);
+  const auto targets = test::random_ids(B * T, config.vocab_size, 8);
 
   Model<double> whole(config, *backend);
   whole.init(3);
@@ -90,7 +67,7 @@ TEST_P(TensorParallelModels, ForwardAndBackwardMatchOneProcess) {
   ASSERT_LT(part.num_params(), whole.num_params());
   for (const ParamView& v : part.layout().views()) {
     // Initialisation gives each part its share of the whole model, exactly.
-    EXPECT_EQ(part_error(v, part.params(), whole.layout().find(v.name), whole.params()), 0.0)
+    EXPECT_EQ(test::part_error(v, part.params(), whole.layout().find(v.name), whole.params()), 0.0)
         << v.name;
   }
   part.zero_grad();
@@ -101,7 +78,7 @@ TEST_P(TensorParallelModels, ForwardAndBackwardMatchOneProcess) {
   }
   part.backward();
   for (const ParamView& v : part.layout().views()) {
-    EXPECT_LT(part_error(v, part.grads(), whole.layout().find(v.name), whole.grads()), 1e-11)
+    EXPECT_LT(test::part_error(v, part.grads(), whole.layout().find(v.name), whole.grads()), 1e-11)
         << v.name << " on tensor rank " << groups.tensor().rank();
   }
 }
@@ -147,8 +124,8 @@ TEST_P(TensorParallelTraining, ThreeStepsMatchOneProcess) {
     for (int step = 0; step < 3; ++step) {
       // The global batch: replicas x B sequences; replica r trains on rows
       // [r * B * T, (r + 1) * B * T).
-      const auto tokens = random_ids(replicas * B * T, config.vocab_size, 100 + step);
-      const auto targets = random_ids(replicas * B * T, config.vocab_size, 200 + step);
+      const auto tokens = test::random_ids(replicas * B * T, config.vocab_size, 100 + step);
+      const auto targets = test::random_ids(replicas * B * T, config.vocab_size, 200 + step);
       whole.zero_grad();
       const float loss = whole.forward(tokens.data(), targets.data(), replicas * B, T, true);
       whole.backward();
@@ -171,7 +148,7 @@ TEST_P(TensorParallelTraining, ThreeStepsMatchOneProcess) {
       std::string worst_name;
       for (const ParamView& v : part.layout().views()) {
         const double e =
-            part_error(v, part.params(), whole.layout().find(v.name), whole.params(), true);
+            test::part_error(v, part.params(), whole.layout().find(v.name), whole.params(), true);
         if (e > worst) worst = e, worst_name = v.name;
       }
       // Adam moves every parameter by about lr whatever the size of its

@@ -26,6 +26,7 @@
 #include "dist/launch_env.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cuda/device_info.h"
+#include "train/parallel_groups.h"
 
 namespace borealis::cli {
 
@@ -223,14 +224,10 @@ std::vector<Check> run_checks(const DoctorOptions& o) {
 void run_layout_checks(const DoctorOptions& o, Communicator& world, std::size_t min_size,
                        std::size_t max_size) {
   const int T = o.tensor_parallel, P = o.pipeline_parallel, n = world.size();
-  if (n % (T * P) != 0) {
-    throw Error(fmt::format("--tensor-parallel {} x --pipeline-parallel {} does not divide the {} "
-                            "ranks",
-                            T, P, n),
-                "--tensor-parallel");
-  }
-  const int D = n / (T * P), me = world.rank();
-  const bool root = me == 0;
+  // The groups `borealis train` makes for this layout.
+  ParallelGroups groups(world, rank_layout(n, world.rank(), T, P, "--tensor-parallel"));
+  const int D = groups.layout().data;
+  const bool root = world.rank() == 0;
   if (root) {
     std::string spans;
     for (int g = 0; g < n / T; ++g) {
@@ -251,8 +248,7 @@ void run_layout_checks(const DoctorOptions& o, Communicator& world, std::size_t 
     std::cout.flush();
   }
   if (T > 1) {
-    const std::unique_ptr<Communicator> tensor = world.split(me / T, me % T);
-    const auto points = allreduce_bandwidth(*tensor, min_size, max_size);
+    const auto points = allreduce_bandwidth(groups.tensor(), min_size, max_size);
     if (root) {
       std::cout << fmt::format("allreduce within the tensor groups of {} ranks (all at once):\n", T)
                 << format_bandwidth_table(points);
@@ -260,8 +256,7 @@ void run_layout_checks(const DoctorOptions& o, Communicator& world, std::size_t 
     }
   }
   if (P > 1) {
-    const std::unique_ptr<Communicator> pipe = world.split(me % (T * D), me / (T * D));
-    const auto points = sendrecv_bandwidth(*pipe, min_size, max_size);
+    const auto points = sendrecv_bandwidth(groups.pipeline(), min_size, max_size);
     if (root) {
       std::cout << fmt::format(
                        "exchange between pipeline stages 2k and 2k + 1 (every pipeline at once, "

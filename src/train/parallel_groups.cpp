@@ -9,8 +9,8 @@
 
 namespace borealis {
 
-ParallelLayout parallel_layout(int world, int rank, int tensor_parallel, int pipeline_parallel,
-                               const ModelConfig& model, const std::string& where) {
+ParallelLayout rank_layout(int world, int rank, int tensor_parallel, int pipeline_parallel,
+                           const std::string& where) {
   if (tensor_parallel < 1) {
     throw Error(fmt::format("dist.tensor_parallel must be at least 1, got {}", tensor_parallel),
                 where);
@@ -32,8 +32,6 @@ ParallelLayout parallel_layout(int world, int rank, int tensor_parallel, int pip
                             tensor_parallel, pipeline_parallel, world),
                 where);
   }
-  check_tensor_split(model, tensor_parallel, where);
-  check_pipeline_split(model, pipeline_parallel, where);
   ParallelLayout l;
   l.world = world;
   l.tensor = tensor_parallel;
@@ -43,6 +41,14 @@ ParallelLayout parallel_layout(int world, int rank, int tensor_parallel, int pip
   l.tensor_rank = rank % tensor_parallel;
   l.data_rank = rank / tensor_parallel % l.data;
   l.pipeline_rank = rank / (tensor_parallel * l.data);
+  return l;
+}
+
+ParallelLayout parallel_layout(int world, int rank, int tensor_parallel, int pipeline_parallel,
+                               const ModelConfig& model, const std::string& where) {
+  const ParallelLayout l = rank_layout(world, rank, tensor_parallel, pipeline_parallel, where);
+  check_tensor_split(model, tensor_parallel, where);
+  check_pipeline_split(model, pipeline_parallel, where);
   return l;
 }
 

@@ -38,6 +38,13 @@ struct ParallelLayout {
   int world_rank(int t, int d, int p) const { return (p * data + d) * tensor + t; }
 };
 
+// The ranks' places in a layout of `world` ranks, tensor_parallel per
+// tensor group and pipeline_parallel stages, whatever the model. Throws
+// borealis::Error at `where` when tensor_parallel x pipeline_parallel does
+// not divide the ranks.
+ParallelLayout rank_layout(int world, int rank, int tensor_parallel, int pipeline_parallel,
+                           const std::string& where);
+
 // The layout of `world` ranks with tensor_parallel ranks per tensor group
 // and pipeline_parallel stages. Throws borealis::Error at `where` when
 // tensor_parallel x pipeline_parallel does not divide the ranks or the

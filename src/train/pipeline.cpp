@@ -188,7 +188,8 @@ Pipeline<T>::Pipeline(Communicator& pipe, Model<T>& model, int micro_batches)
       model_(model),
       micro_(micro_batches),
       stage_(model.stage().stage),
-      stages_(model.stage().stages) {
+      stages_(model.stage().stages),
+      slots_(std::min(stages_ - stage_, micro_batches)) {
   if (pipe.size() != stages_ || pipe.rank() != stage_) {
     throw std::invalid_argument(
         fmt::format("Pipeline: stage {} of {} on rank {} of a pipeline of {}", stage_, stages_,
@@ -206,13 +207,13 @@ Pipeline<T>::Pipeline(Communicator& pipe, Model<T>& model, int micro_batches)
 
 template <typename T>
 std::span<T> Pipeline<T>::input(int micro, std::int64_t elems) {
-  model_.use_slot(micro % std::min(stages_ - stage_, micro_));
+  model_.use_slot(micro % slots_);
   return {model_.stage_input(), static_cast<std::size_t>(elems)};
 }
 
 template <typename T>
 std::span<const T> Pipeline<T>::output(int micro, std::int64_t elems) {
-  model_.use_slot(micro % std::min(stages_ - stage_, micro_));
+  model_.use_slot(micro % slots_);
   return {model_.stage_output(), static_cast<std::size_t>(elems)};
 }
 
@@ -222,8 +223,7 @@ std::vector<double> Pipeline<T>::train(const std::int32_t* tokens, const std::in
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   double compute = 0;
-  const int slots = std::min(stages_ - stage_, micro_);
-  model_.reserve(B, seq, slots);
+  model_.reserve(B, seq, slots_);
   const std::int64_t n = model_.stage_elems(B, seq);
   const std::int64_t per_micro = static_cast<std::int64_t>(B) * seq;
   const int prev = stage_ - 1, next = stage_ + 1;
@@ -235,7 +235,7 @@ std::vector<double> Pipeline<T>::train(const std::int32_t* tokens, const std::in
   double sent = 0;
   int messages = 0;
   for (const PipeAction& a : one_f_one_b(stage_, stages_, micro_)) {
-    const int slot = a.micro % slots;
+    const int slot = a.micro % slots_;
     if (a.kind != PipeAction::kForward && a.kind != PipeAction::kBackward &&
         a.kind != PipeAction::kRecvForward && a.kind != PipeAction::kRecvBackward) {
       sent += static_cast<double>(n) * sizeof(T);
@@ -293,7 +293,7 @@ std::vector<double> Pipeline<T>::train(const std::int32_t* tokens, const std::in
 template <typename T>
 std::vector<double> Pipeline<T>::evaluate(const std::int32_t* tokens, const std::int32_t* targets,
                                           int B, int seq, int count) {
-  model_.reserve(B, seq, std::min(stages_ - stage_, micro_));
+  model_.reserve(B, seq, slots_);
   const std::int64_t n = model_.stage_elems(B, seq);
   const std::int64_t per_micro = static_cast<std::int64_t>(B) * seq;
   losses_.assign(static_cast<std::size_t>(count), 0.0);

@@ -80,6 +80,9 @@ class Pipeline {
   Pipeline(Communicator& pipe, Model<T>& model, int micro_batches);
 
   int micro_batches() const { return micro_; }
+  // Activation sets this stage keeps: min(P - stage, micro-batches), the
+  // most micro-batches in flight at once (Model::reserve's slots).
+  int slots() const { return slots_; }
   // Forward and backward of micro_batches() micro-batches of B sequences of
   // seq tokens: micro-batch i at tokens + i * B * seq (first stage) and
   // targets + i * B * seq (last stage); the others may pass null. Gradients
@@ -111,6 +114,7 @@ class Pipeline {
   Model<T>& model_;
   const int micro_;
   const int stage_, stages_;
+  const int slots_;
   std::unique_ptr<Communicator> ends_;  // the first and last stage (tied embeddings)
   std::vector<double> losses_;
   PipelineTimes times_;

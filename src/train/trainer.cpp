@@ -351,13 +351,13 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   // Model and optimizer, fresh or from the checkpoint.
   auto backend = make_cpu_backend<float>();
   Model<float> model(s.model, *backend, &groups.model_group(), groups.stage());
-  // A pipeline stage keeps the activations of up to P - stage micro-batches.
-  const int pipeline_micro = s.accumulation() / replicas;
-  model.reserve(s.micro_batch, L, std::min(layout.pipeline - layout.pipeline_rank, pipeline_micro));
   std::unique_ptr<Pipeline<float>> pipeline;
   if (layout.pipeline > 1) {
-    pipeline = std::make_unique<Pipeline<float>>(groups.pipeline(), model, pipeline_micro);
+    pipeline =
+        std::make_unique<Pipeline<float>>(groups.pipeline(), model, s.accumulation() / replicas);
   }
+  // A pipeline stage keeps the activations of the micro-batches in flight.
+  model.reserve(s.micro_batch, L, pipeline ? pipeline->slots() : 1);
   DataParallelOptions dpo;
   dpo.zero = s.zero;
   dpo.bucket_bytes = static_cast<std::size_t>(s.bucket_mb * (1 << 20));

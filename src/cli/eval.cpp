@@ -26,6 +26,7 @@
 #include "eval/server_model.h"
 #include "interop/hf_checkpoint.h"
 #include "model/checkpoint_load.h"
+#include "model/model_parts.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train_config.h"
 
@@ -188,10 +189,16 @@ void run_eval(EvalArgs& a) {
     tok = std::make_unique<Tokenizer>(load_model_tokenizer(tok_path, loaded.config));
     model_info = {{"model", "borealis"},
                   {"model_args", fmt::format("checkpoint={}", loaded.dir.string())}};
-    // The weights' identity, so results name exactly what was scored.
+    // The weights' identity, so results name exactly what was scored: the
+    // model file's checksum, or for a checkpoint in parts the checksum of
+    // its parts' checksums in the manifest's order.
     if (std::filesystem::exists(loaded.dir / "model.safetensors")) {
       model_info["checkpoint_hash"] =
           "xxh3-128:" + hash_file(loaded.dir / "model.safetensors").hex();
+    } else if (const auto parts = read_model_parts(loaded.dir)) {
+      std::string sums;
+      for (const ModelPartFile& f : parts->files) sums += hash_file(loaded.dir / f.file).hex();
+      model_info["checkpoint_hash"] = "xxh3-128:" + hash128(sums).hex();
     }
     LocalModelOptions lo;
     lo.batch_size = a.batch_size;

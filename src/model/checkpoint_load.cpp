@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "model/model_parts.h"
 #include "model/params.h"
 #include "model/safetensors.h"
 
@@ -41,12 +42,12 @@ fs::path resolve_checkpoint_dir(const fs::path& path) {
   if (!fs::is_directory(path, ec)) {
     throw Error("not a directory (expected a checkpoint or run directory)", path.string());
   }
-  if (fs::exists(path / "model.safetensors", ec)) return path;
+  if (fs::exists(path / "model.safetensors", ec) || read_model_parts(path)) return path;
   const fs::path checkpoints = path / "checkpoints";
   if (!fs::is_directory(checkpoints, ec)) {
     throw Error(
-        "neither a checkpoint directory (no model.safetensors) nor a run directory (no "
-        "checkpoints/)",
+        "neither a checkpoint directory (no model.safetensors, no model parts in state.json) "
+        "nor a run directory (no checkpoints/)",
         path.string());
   }
   std::optional<long long> best;
@@ -102,9 +103,19 @@ bool is_flat_buffer(const SafetensorsFile& file, const ParamLayout& layout) {
 LoadedModel load_model_dir(const fs::path& dir) {
   const fs::path file = dir / "model.safetensors";
   std::error_code ec;
-  if (!fs::exists(file, ec)) throw Error("checkpoint has no model.safetensors", file.string());
   LoadedModel loaded;
   loaded.dir = dir;
+  if (!fs::exists(file, ec)) {
+    // A tensor- or pipeline-parallel run's checkpoint: the parts put together.
+    const std::optional<ModelParts> parts = read_model_parts(dir);
+    if (!parts) throw Error("checkpoint has no model.safetensors", file.string());
+    const fs::path first = dir / parts->files.front().file;
+    loaded.config = config_from_metadata(read_safetensors_metadata(first), first);
+    const ParamLayout layout(loaded.config);
+    loaded.params.assign(static_cast<std::size_t>(layout.total()), 0.0f);
+    load_model_parts(dir, *parts, loaded.config, layout, loaded.params.data());
+    return loaded;
+  }
   loaded.config = config_from_metadata(read_safetensors_metadata(file), file);
   const ParamLayout layout(loaded.config);
   loaded.params.assign(static_cast<std::size_t>(layout.total()), 0.0f);

@@ -6,7 +6,10 @@
 // and whose tensors carry ParamLayout names, and tokenizer.json, the
 // tokenizer the model was trained with (state.json and the optimizer
 // moments, optimizer.safetensors or one optimizer-rank-R-of-N.safetensors
-// per rank of a ZeRO-1 run, are for resuming and not read here). A run
+// per rank of a ZeRO-1 run, are for resuming and not read here). A tensor-
+// or pipeline-parallel run stores the model in parts instead, one file per
+// tensor rank and stage listed in state.json (model/model_parts.h); they are
+// read and put together into the whole model. A run
 // directory holds checkpoints/step-<N>/ directories; a checkpoint is
 // complete once its state.json exists.
 #pragma once

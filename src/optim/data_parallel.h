@@ -82,6 +82,8 @@ class DataParallel {
   const AdamW& optimizer() const { return optimizer_; }
 
   int zero() const { return options_.zero; }
+  // This rank's place in the data-parallel group.
+  int data_rank() const { return comm_.rank(); }
   // Elements of the flat buffer this rank's optimizer owns: [begin, end).
   std::int64_t shard_begin() const { return begin_; }
   // The padded length every rank's shard has in the collectives (zero = 1).

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -14,6 +15,7 @@
 #include "core/hash.h"
 #include "core/mapped_file.h"
 #include "model/checkpoint_load.h"
+#include "model/model_parts.h"
 #include "model/safetensors.h"
 
 namespace borealis {
@@ -24,6 +26,7 @@ namespace {
 
 constexpr int kFormat = 1;         // whole optimizer moments
 constexpr int kShardedFormat = 2;  // optimizer shards listed in "manifest"
+constexpr int kPartsFormat = 3;    // model parts and their shards listed in "manifest"
 constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kTokenizerFile = "tokenizer.json";
@@ -57,10 +60,11 @@ std::vector<std::pair<std::int64_t, fs::path>> list_checkpoints(const fs::path& 
   return out;
 }
 
-// The files state.json lists under "files" (the optimizer shards are in its
-// "manifest").
-std::vector<const char*> whole_files(bool sharded) {
-  if (sharded) return {kModelFile, kTokenizerFile};
+// The files state.json lists under "files" (the optimizer shards and model
+// parts are in its "manifest").
+std::vector<const char*> whole_files(int format) {
+  if (format == kPartsFormat) return {kTokenizerFile};
+  if (format == kShardedFormat) return {kModelFile, kTokenizerFile};
   return {kModelFile, kOptimizerFile, kTokenizerFile};
 }
 
@@ -85,6 +89,22 @@ void check_file(const fs::path& dir, const std::string& name, std::uint64_t byte
   }
 }
 
+OptimizerShard read_shard(const nlohmann::json& item) {
+  OptimizerShard sh;
+  sh.rank = item.at("rank").get<int>();
+  sh.file = item.at("file").get<std::string>();
+  sh.begin = item.at("begin").get<std::int64_t>();
+  sh.end = item.at("end").get<std::int64_t>();
+  sh.bytes = item.at("bytes").get<std::uint64_t>();
+  sh.xxh3_128 = item.at("xxh3_128").get<std::string>();
+  return sh;
+}
+
+nlohmann::ordered_json shard_json(const OptimizerShard& sh) {
+  return {{"rank", sh.rank}, {"file", sh.file},   {"begin", sh.begin},
+          {"end", sh.end},   {"bytes", sh.bytes}, {"xxh3_128", sh.xxh3_128}};
+}
+
 // The manifest of a sharded checkpoint: shards in rank order that tile
 // [0, total) of the model's parameters, under their canonical names.
 std::vector<OptimizerShard> read_manifest(const nlohmann::json& manifest, std::int64_t total,
@@ -104,13 +124,7 @@ std::vector<OptimizerShard> read_manifest(const nlohmann::json& manifest, std::i
   std::vector<OptimizerShard> shards;
   std::int64_t next = 0;
   for (const auto& item : list) {
-    OptimizerShard sh;
-    sh.rank = item.at("rank").get<int>();
-    sh.file = item.at("file").get<std::string>();
-    sh.begin = item.at("begin").get<std::int64_t>();
-    sh.end = item.at("end").get<std::int64_t>();
-    sh.bytes = item.at("bytes").get<std::uint64_t>();
-    sh.xxh3_128 = item.at("xxh3_128").get<std::string>();
+    OptimizerShard sh = read_shard(item);
     const int expected = static_cast<int>(shards.size());
     if (sh.rank != expected || sh.file != optimizer_shard_name(expected, world)) {
       throw Error(
@@ -130,6 +144,57 @@ std::vector<OptimizerShard> read_manifest(const nlohmann::json& manifest, std::i
     throw Error(fmt::format("the shards cover [0, {}) of {} elements", next, total), where);
   }
   return shards;
+}
+
+// The manifest of a checkpoint stored in parts: each part of the grid once,
+// its element count that of its layout, its shards (files of ranks of the
+// run) tiling it in order.
+CheckpointParts read_parts_manifest(const nlohmann::json& manifest, const ModelConfig& model,
+                                    const std::string& where) {
+  const ModelParts grid = parse_model_parts(manifest.dump(), where);
+  CheckpointParts out;
+  out.tensor_parallel = grid.tensor_parallel;
+  out.pipeline_parallel = grid.pipeline_parallel;
+  out.world_size = manifest.at("world_size").get<int>();
+  const auto& list = manifest.at("parts");
+  for (std::size_t i = 0; i < grid.files.size(); ++i) {
+    const auto& item = list.at(i);
+    CheckpointPart part;
+    part.tensor_rank = grid.files[i].tensor_rank;
+    part.stage = grid.files[i].stage;
+    part.file = grid.files[i].file;
+    part.bytes = item.at("bytes").get<std::uint64_t>();
+    part.xxh3_128 = item.at("xxh3_128").get<std::string>();
+    part.total = item.at("total").get<std::int64_t>();
+    const ParamLayout layout(model, TensorSplit{part.tensor_rank, out.tensor_parallel},
+                             PipelineStage{part.stage, out.pipeline_parallel});
+    if (part.total != layout.total()) {
+      throw Error(fmt::format("model part {} has {} elements, the model's part has {}", part.file,
+                              part.total, layout.total()),
+                  where);
+    }
+    std::int64_t next = 0;
+    for (const auto& s : item.at("optimizer")) {
+      OptimizerShard sh = read_shard(s);
+      if (sh.rank < 0 || sh.rank >= out.world_size ||
+          sh.file != optimizer_shard_name(sh.rank, out.world_size) || sh.begin != next ||
+          sh.end < sh.begin || sh.end > part.total) {
+        throw Error(fmt::format("model part {}: shard {} of rank {} covers [{}, {}), expected a "
+                                "range from {}",
+                                part.file, sh.file, sh.rank, sh.begin, sh.end, next),
+                    where);
+      }
+      next = sh.end;
+      part.shards.push_back(std::move(sh));
+    }
+    if (next != part.total) {
+      throw Error(fmt::format("model part {}: its shards cover [0, {}) of {} elements", part.file,
+                              next, part.total),
+                  where);
+    }
+    out.parts.push_back(std::move(part));
+  }
+  return out;
 }
 
 FileDigest copy_tokenizer(const fs::path& from, const fs::path& to) {
@@ -175,7 +240,7 @@ fs::path save_checkpoint(const fs::path& checkpoints, const TrainState& state,
         save_safetensors(tmp / kOptimizerFile, layout,
                          std::vector<TensorGroup>{{"m.", optimizer.m}, {"v.", optimizer.v}});
     return publish_checkpoint(checkpoints, tmp, state, model, optimizer.steps, config_toml, files,
-                              {});
+                              std::vector<OptimizerShard>{});
   } catch (...) {
     // A full disk or a failed write leaves nothing half-written behind.
     std::error_code ec;
@@ -215,39 +280,65 @@ FileRecords write_replicated_files(const fs::path& tmp, const ModelConfig& model
       save_safetensors(tmp / kModelFile, layout, params,
                        {{kModelConfigKey, model_config_to_json(model)}, {"format", "pt"}});
   if (checkpoint_file_hook()) checkpoint_file_hook()(tmp / kModelFile);
-  files[kTokenizerFile] = copy_tokenizer(tokenizer, tmp / kTokenizerFile);
+  files.merge(write_tokenizer_file(tmp, tokenizer));
   return files;
+}
+
+FileRecords write_tokenizer_file(const fs::path& tmp, const fs::path& tokenizer) {
+  return {{kTokenizerFile, copy_tokenizer(tokenizer, tmp / kTokenizerFile)}};
+}
+
+FileDigest write_model_part(const fs::path& tmp, const ModelConfig& model, const ParamLayout& part,
+                            const float* params) {
+  std::vector<NamedTensor> tensors;
+  for (const ParamView& v : part.views()) {
+    if (!v.pipeline_copy) tensors.push_back({v.name, v.shape, params + v.offset});
+  }
+  std::map<std::string, std::string> metadata = model_part_metadata(part);
+  metadata[kModelConfigKey] = model_config_to_json(model);
+  metadata["format"] = "pt";
+  const fs::path path = tmp / model_part_name(part.split().rank, part.split().size,
+                                              part.stage().stage, part.stage().stages);
+  const FileDigest digest = save_safetensors(path, tensors, metadata);
+  if (checkpoint_file_hook()) checkpoint_file_hook()(path);
+  return digest;
 }
 
 OptimizerShard write_optimizer_shard(const fs::path& tmp, int rank, int world_size,
                                      std::int64_t total, FlatRange range, const float* m,
-                                     const float* v) {
+                                     const float* v,
+                                     const std::map<std::string, std::string>& extra) {
   OptimizerShard shard;
   shard.rank = rank;
   shard.file = optimizer_shard_name(rank, world_size);
   shard.begin = range.begin;
   shard.end = range.end;
   const std::vector<std::int64_t> shape = {range.size()};
+  std::map<std::string, std::string> metadata = extra;
+  metadata.insert({{"rank", std::to_string(rank)},
+                   {"world_size", std::to_string(world_size)},
+                   {"begin", std::to_string(range.begin)},
+                   {"end", std::to_string(range.end)},
+                   {"total", std::to_string(total)}});
   const FileDigest digest = save_safetensors(
       tmp / shard.file,
       {{shard_tensor_name("m", range), shape, m}, {shard_tensor_name("v", range), shape, v}},
-      {{"rank", std::to_string(rank)},
-       {"world_size", std::to_string(world_size)},
-       {"begin", std::to_string(range.begin)},
-       {"end", std::to_string(range.end)},
-       {"total", std::to_string(total)}});
+      metadata);
   shard.bytes = digest.bytes;
   shard.xxh3_128 = digest.xxh3_128.hex();
   return shard;
 }
 
-fs::path publish_checkpoint(const fs::path& checkpoints, const fs::path& tmp,
-                            const TrainState& state, const ModelConfig& model,
-                            std::int64_t adamw_steps, const std::string& config_toml,
-                            const FileRecords& files, const std::vector<OptimizerShard>& shards) {
+namespace {
+
+// Writes state.json (format, with `manifest` unless it is null) into tmp and
+// renames tmp to the checkpoint's name.
+fs::path publish(const fs::path& checkpoints, const fs::path& tmp, const TrainState& state,
+                 const ModelConfig& model, std::int64_t adamw_steps, const std::string& config_toml,
+                 const FileRecords& files, int format, const nlohmann::ordered_json& manifest) {
   const fs::path final_dir = checkpoints / checkpoint_name(state.step);
   nlohmann::ordered_json j;
-  j["format"] = shards.empty() ? kFormat : kShardedFormat;
+  j["format"] = format;
   j["step"] = state.step;
   j["tokens"] = state.tokens;
   j["next_sample"] = state.next_sample;
@@ -258,27 +349,13 @@ fs::path publish_checkpoint(const fs::path& checkpoints, const fs::path& tmp,
   j["model"] = nlohmann::ordered_json::parse(model_config_to_json(model));
   j["config"] = config_toml;
   nlohmann::ordered_json records;
-  for (const char* f : whole_files(!shards.empty())) {
+  for (const char* f : whole_files(format)) {
     const auto it = files.find(f);
     if (it == files.end()) throw std::logic_error(fmt::format("no record of {}", f));
     records[f] = {{"bytes", it->second.bytes}, {"xxh3_128", it->second.xxh3_128.hex()}};
   }
   j["files"] = records;
-  if (!shards.empty()) {
-    nlohmann::ordered_json list = nlohmann::ordered_json::array();
-    for (const auto& sh : shards) {
-      list.push_back({{"rank", sh.rank},
-                      {"file", sh.file},
-                      {"begin", sh.begin},
-                      {"end", sh.end},
-                      {"bytes", sh.bytes},
-                      {"xxh3_128", sh.xxh3_128}});
-    }
-    j["manifest"] = {{"optimizer", "zero-1 shards of the moments m and v"},
-                     {"world_size", shards.size()},
-                     {"total", shards.back().end},
-                     {"shards", list}};
-  }
+  if (!manifest.is_null()) j["manifest"] = manifest;
   write_file_atomic(tmp / kStateFile, j.dump(2) + "\n");
   fsync_directory(tmp);
 
@@ -301,6 +378,53 @@ fs::path publish_checkpoint(const fs::path& checkpoints, const fs::path& tmp,
   return final_dir;
 }
 
+}  // namespace
+
+fs::path publish_checkpoint(const fs::path& checkpoints, const fs::path& tmp,
+                            const TrainState& state, const ModelConfig& model,
+                            std::int64_t adamw_steps, const std::string& config_toml,
+                            const FileRecords& files, const std::vector<OptimizerShard>& shards) {
+  nlohmann::ordered_json manifest;
+  if (!shards.empty()) {
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const auto& sh : shards) list.push_back(shard_json(sh));
+    manifest = {{"optimizer", "zero-1 shards of the moments m and v"},
+                {"world_size", shards.size()},
+                {"total", shards.back().end},
+                {"shards", list}};
+  }
+  return publish(checkpoints, tmp, state, model, adamw_steps, config_toml, files,
+                 shards.empty() ? kFormat : kShardedFormat, manifest);
+}
+
+fs::path publish_checkpoint(const fs::path& checkpoints, const fs::path& tmp,
+                            const TrainState& state, const ModelConfig& model,
+                            std::int64_t adamw_steps, const std::string& config_toml,
+                            const FileRecords& files, const CheckpointParts& parts) {
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  for (const CheckpointPart& part : parts.parts) {
+    nlohmann::ordered_json shards = nlohmann::ordered_json::array();
+    for (const auto& sh : part.shards) shards.push_back(shard_json(sh));
+    list.push_back({{"tensor_rank", part.tensor_rank},
+                    {"stage", part.stage},
+                    {"file", part.file},
+                    {"bytes", part.bytes},
+                    {"xxh3_128", part.xxh3_128},
+                    {"total", part.total},
+                    {"optimizer", shards}});
+  }
+  const nlohmann::ordered_json manifest = {
+      {"layout",
+       "the model in tensor_parallel x pipeline_parallel parts; each part's moments m and v in "
+       "shards of its flat buffer"},
+      {"tensor_parallel", parts.tensor_parallel},
+      {"pipeline_parallel", parts.pipeline_parallel},
+      {"world_size", parts.world_size},
+      {"parts", list}};
+  return publish(checkpoints, tmp, state, model, adamw_steps, config_toml, files, kPartsFormat,
+                 manifest);
+}
+
 CheckpointInfo verify_checkpoint(const fs::path& dir) {
   const fs::path state_path = dir / kStateFile;
   const std::string where = state_path.string();
@@ -316,9 +440,9 @@ CheckpointInfo verify_checkpoint(const fs::path& dir) {
   info.dir = dir;
   try {
     const int format = j.at("format").get<int>();
-    if (format != kFormat && format != kShardedFormat) {
-      throw Error(fmt::format("state.json has format {}, this build reads {} and {}", format,
-                              kFormat, kShardedFormat),
+    if (format != kFormat && format != kShardedFormat && format != kPartsFormat) {
+      throw Error(fmt::format("state.json has format {}, this build reads {} to {}", format,
+                              kFormat, kPartsFormat),
                   where);
     }
     info.state.step = j.at("step").get<std::int64_t>();
@@ -330,16 +454,22 @@ CheckpointInfo verify_checkpoint(const fs::path& dir) {
     info.adamw_steps = j.at("adamw_steps").get<std::int64_t>();
     info.config_toml = j.at("config").get<std::string>();
     info.model = model_config_from_json(j.at("model").dump(), where);
-    const bool sharded = format == kShardedFormat;
     const auto& files = j.at("files");
-    for (const char* f : whole_files(sharded)) {
+    for (const char* f : whole_files(format)) {
       const auto& rec = files.at(f);
       check_file(dir, f, rec.at("bytes").get<std::uint64_t>(),
                  rec.at("xxh3_128").get<std::string>());
     }
-    if (sharded) {
+    if (format == kShardedFormat) {
       info.shards = read_manifest(j.at("manifest"), ParamLayout(info.model).total(), where);
       for (const auto& sh : info.shards) check_file(dir, sh.file, sh.bytes, sh.xxh3_128);
+    }
+    if (format == kPartsFormat) {
+      info.parts = read_parts_manifest(j.at("manifest"), info.model, where);
+      for (const CheckpointPart& part : info.parts.parts) {
+        check_file(dir, part.file, part.bytes, part.xxh3_128);
+        for (const auto& sh : part.shards) check_file(dir, sh.file, sh.bytes, sh.xxh3_128);
+      }
     }
     if (step_of(dir.filename().string()) != info.state.step) {
       throw Error(fmt::format("the directory name does not match step {}", info.state.step),
@@ -363,54 +493,148 @@ std::optional<CheckpointInfo> latest_checkpoint(
   return std::nullopt;
 }
 
-void load_optimizer_range(const CheckpointInfo& info, const ParamLayout& layout, FlatRange range,
-                          float* m, float* v) {
+namespace {
+
+// The files of a checkpoint, each mapped once when first read.
+class CheckpointFiles {
+ public:
+  explicit CheckpointFiles(fs::path dir) : dir_(std::move(dir)) {}
+  // A shard is checked against what the manifest says of it (`expected`).
+  const SafetensorsFile& get(const std::string& name,
+                             const std::map<std::string, std::string>* expected = nullptr) {
+    auto& file = files_[name];
+    if (!file) {
+      file = std::make_unique<SafetensorsFile>(dir_ / name);
+      if (expected != nullptr && file->metadata() != *expected) {
+        throw Error("the shard's metadata does not match the manifest in state.json",
+                    (dir_ / name).string());
+      }
+    }
+    return *file;
+  }
+
+ private:
+  fs::path dir_;
+  std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;
+};
+
+// The moments of one flat buffer (the whole model's or a part's) in shards.
+struct ShardedMoments {
+  const std::vector<OptimizerShard>* shards = nullptr;
+  int world_size = 1;
+  std::int64_t total = 0;
+  std::map<std::string, std::string> extra;  // a part's tensor_rank and stage
+};
+
+// Elements `want` of moment "m" or "v" from the shards that overlap it.
+void read_shards(CheckpointFiles& files, const ShardedMoments& s, const char* moment,
+                 FlatRange want, float* out) {
+  std::vector<FlatRange> stored;
+  for (const auto& sh : *s.shards) stored.push_back({sh.begin, sh.end});
+  for (const RangeCopy& c : plan_range_copies(stored, want)) {
+    const OptimizerShard& sh = (*s.shards)[c.source];
+    std::map<std::string, std::string> expected = s.extra;
+    expected.insert({{"rank", std::to_string(sh.rank)},
+                     {"world_size", std::to_string(s.world_size)},
+                     {"begin", std::to_string(sh.begin)},
+                     {"end", std::to_string(sh.end)},
+                     {"total", std::to_string(s.total)}});
+    const std::vector<std::int64_t> shape = {sh.end - sh.begin};
+    files.get(sh.file, &expected)
+        .read_f32(shard_tensor_name(moment, stored[c.source]), shape, c.source_offset, c.count,
+                  out + c.dest_offset);
+  }
+}
+
+// What the checkpoint stores, as parts model/model_parts.h reshards: the
+// parameters, m and v, each of one whole part (formats 1 and 2) or of every
+// part of the grid (format 3).
+struct StoredState {
+  std::vector<StoredPart> params, m, v;
+};
+
+StoredState stored_state(const CheckpointInfo& info, CheckpointFiles& files) {
+  StoredState out;
+  const auto add_sharded = [&](const ParamLayout& layout, ShardedMoments moments) {
+    const auto shared = std::make_shared<const ShardedMoments>(std::move(moments));
+    for (const char* moment : {"m", "v"}) {
+      (moment[0] == 'm' ? out.m : out.v)
+          .push_back(
+              {layout, [&files, shared, moment](const ParamView& v, std::int64_t from,
+                                                std::int64_t count, float* o) {
+                 read_shards(files, *shared, moment, {v.offset + from, v.offset + from + count}, o);
+               }});
+    }
+  };
+  if (info.parts.parts.empty()) {
+    const ParamLayout whole(info.model);
+    out.params.push_back(
+        {whole, [&files](const ParamView& v, std::int64_t from, std::int64_t count, float* o) {
+           files.get(kModelFile).read_f32(v.name, v.shape, from, count, o);
+         }});
+    if (!info.shards.empty()) {
+      add_sharded(whole, {&info.shards, static_cast<int>(info.shards.size()), whole.total(), {}});
+      return out;
+    }
+    for (const char* moment : {"m.", "v."}) {
+      (moment[0] == 'm' ? out.m : out.v)
+          .push_back(
+              {whole, [&files, moment](const ParamView& v, std::int64_t from, std::int64_t count,
+                                       float* o) {
+                 files.get(kOptimizerFile).read_f32(moment + v.name, v.shape, from, count, o);
+               }});
+    }
+    return out;
+  }
+  for (const CheckpointPart& part : info.parts.parts) {
+    const ParamLayout layout(info.model, TensorSplit{part.tensor_rank, info.parts.tensor_parallel},
+                             PipelineStage{part.stage, info.parts.pipeline_parallel});
+    auto expected = std::make_shared<const std::map<std::string, std::string>>([&] {
+      auto m = model_part_metadata(layout);
+      m[kModelConfigKey] = model_config_to_json(info.model);
+      m["format"] = "pt";
+      return m;
+    }());
+    out.params.push_back(
+        {layout, [&files, file = part.file, expected](const ParamView& v, std::int64_t from,
+                                                      std::int64_t count, float* o) {
+           files.get(file, expected.get()).read_f32(v.name, v.shape, from, count, o);
+         }});
+    add_sharded(layout, {&part.shards,
+                         info.parts.world_size,
+                         part.total,
+                         {{"tensor_rank", std::to_string(part.tensor_rank)},
+                          {"stage", std::to_string(part.stage)}}});
+  }
+  return out;
+}
+
+void check_range(const ParamLayout& layout, FlatRange range) {
   if (range.begin < 0 || range.end < range.begin || range.end > layout.total()) {
     throw std::invalid_argument(
         fmt::format("elements [{}, {}) of a layout of {}", range.begin, range.end, layout.total()));
   }
-  if (info.shards.empty()) {
-    // One stored range per tensor of optimizer.safetensors.
-    std::vector<FlatRange> stored;
-    for (const auto& view : layout.views())
-      stored.push_back({view.offset, view.offset + view.size});
-    const auto copies = plan_range_copies(stored, range);
-    if (copies.empty()) return;
-    const SafetensorsFile file(info.dir / kOptimizerFile);
-    for (const RangeCopy& c : copies) {
-      const ParamView& view = layout.views()[c.source];
-      file.read_f32("m." + view.name, view.shape, c.source_offset, c.count, m + c.dest_offset);
-      file.read_f32("v." + view.name, view.shape, c.source_offset, c.count, v + c.dest_offset);
-    }
-    return;
-  }
-  std::vector<FlatRange> stored;
-  for (const auto& sh : info.shards) stored.push_back({sh.begin, sh.end});
-  for (const RangeCopy& c : plan_range_copies(stored, range)) {
-    const OptimizerShard& sh = info.shards[c.source];
-    const fs::path path = info.dir / sh.file;
-    const SafetensorsFile file(path);
-    const std::map<std::string, std::string> expected = {
-        {"rank", std::to_string(sh.rank)},
-        {"world_size", std::to_string(info.shards.size())},
-        {"begin", std::to_string(sh.begin)},
-        {"end", std::to_string(sh.end)},
-        {"total", std::to_string(layout.total())}};
-    if (file.metadata() != expected) {
-      throw Error("the shard's metadata does not match the manifest in state.json", path.string());
-    }
-    const std::vector<std::int64_t> shape = {sh.end - sh.begin};
-    file.read_f32(shard_tensor_name("m", stored[c.source]), shape, c.source_offset, c.count,
-                  m + c.dest_offset);
-    file.read_f32(shard_tensor_name("v", stored[c.source]), shape, c.source_offset, c.count,
-                  v + c.dest_offset);
-  }
+}
+
+}  // namespace
+
+void load_optimizer_range(const CheckpointInfo& info, const ParamLayout& layout, FlatRange range,
+                          float* m, float* v) {
+  check_range(layout, range);
+  CheckpointFiles files(info.dir);
+  const StoredState stored = stored_state(info, files);
+  reshard(stored.m, layout, range.begin, range.end, m, info.dir.string());
+  reshard(stored.v, layout, range.begin, range.end, v, info.dir.string());
 }
 
 void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params,
                      FlatRange range, float* m, float* v) {
-  load_safetensors(info.dir / kModelFile, layout, params);
-  load_optimizer_range(info, layout, range, m, v);
+  check_range(layout, range);
+  CheckpointFiles files(info.dir);
+  const StoredState stored = stored_state(info, files);
+  reshard(stored.params, layout, 0, layout.total(), params, info.dir.string());
+  reshard(stored.m, layout, range.begin, range.end, m, info.dir.string());
+  reshard(stored.v, layout, range.begin, range.end, v, info.dir.string());
 }
 
 void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params, float* m,

@@ -20,6 +20,18 @@
 // overlap its own (load_optimizer_range), whatever the layout of the run
 // that wrote them.
 //
+// A tensor- or pipeline-parallel run (tensor_parallel x pipeline_parallel >
+// 1) stores every part where it is (state.json format 3): the data rank 0
+// of each part writes its parameters,
+//     model-tp0000t-of-0000T-pp0000p-of-0000P.safetensors
+// (model/model_parts.h), and the ranks holding its moments write them as
+// optimizer-rank-R-of-N.safetensors shards of the part's flat buffer (one
+// per rank with ZeRO-1, else one by data rank 0; metadata as above plus
+// tensor_rank and stage, total being the part's element count). The
+// manifest lists each part with its file and its shards. No rank ever holds
+// more than its own part, and load_checkpoint() puts any part of any other
+// layout together from them (model/model_parts.h: reshard), exactly.
+//
 // A checkpoint is written as step-N.tmp-<pid> and renamed when complete, so a
 // directory named step-N is always whole; checksums catch later damage.
 // latest_checkpoint() takes the newest one that verifies and says why it
@@ -63,6 +75,25 @@ struct OptimizerShard {
   std::string xxh3_128;  // 32 hex digits
 };
 
+// One part of a checkpoint stored in parts (format 3): tensor rank
+// tensor_rank of stage `stage`, its model file, and the shards of its
+// moments, which tile [0, total) of the part's flat buffer in order.
+struct CheckpointPart {
+  int tensor_rank = 0;
+  int stage = 0;
+  std::string file;  // model_part_name(...)
+  std::uint64_t bytes = 0;
+  std::string xxh3_128;
+  std::int64_t total = 0;  // elements of ParamLayout(model, {tensor_rank, T}, {stage, P})
+  std::vector<OptimizerShard> shards;
+};
+struct CheckpointParts {
+  int tensor_parallel = 1;
+  int pipeline_parallel = 1;
+  int world_size = 1;                 // ranks of the run that wrote it
+  std::vector<CheckpointPart> parts;  // stage-major, tensor rank minor; empty: stored whole
+};
+
 struct CheckpointInfo {
   std::filesystem::path dir;
   TrainState state;
@@ -72,6 +103,8 @@ struct CheckpointInfo {
   // The optimizer shards in rank order, tiling [0, total); empty when the
   // moments are whole in optimizer.safetensors.
   std::vector<OptimizerShard> shards;
+  // Format 3: the model and moments in parts (shards above empty).
+  CheckpointParts parts;
 };
 
 // "step-00000100"
@@ -125,14 +158,32 @@ void set_checkpoint_file_hook(std::function<void(const std::filesystem::path&)> 
 FileRecords write_replicated_files(const std::filesystem::path& tmp, const ModelConfig& model,
                                    const ParamLayout& layout, const float* params,
                                    const std::filesystem::path& tokenizer);
+// The shard's metadata gets `extra` besides its range (a part's tensor_rank
+// and stage).
 OptimizerShard write_optimizer_shard(const std::filesystem::path& tmp, int rank, int world_size,
                                      std::int64_t total, FlatRange range, const float* m,
-                                     const float* v);
+                                     const float* v,
+                                     const std::map<std::string, std::string>& extra = {});
+// tokenizer.json alone (rank 0's file of a checkpoint stored in parts),
+// with its record.
+FileRecords write_tokenizer_file(const std::filesystem::path& tmp,
+                                 const std::filesystem::path& tokenizer);
+// One part's parameters (`part` is its layout, params its flat buffer) as
+// model_part_name(...), the last stage's copy of tied embeddings left out.
+FileDigest write_model_part(const std::filesystem::path& tmp, const ModelConfig& model,
+                            const ParamLayout& part, const float* params);
 std::filesystem::path publish_checkpoint(const std::filesystem::path& checkpoints,
                                          const std::filesystem::path& tmp, const TrainState& state,
                                          const ModelConfig& model, std::int64_t adamw_steps,
                                          const std::string& config_toml, const FileRecords& files,
                                          const std::vector<OptimizerShard>& shards);
+// A checkpoint stored in parts (format 3): `files` holds tokenizer.json's
+// record, `parts` every part with its shards.
+std::filesystem::path publish_checkpoint(const std::filesystem::path& checkpoints,
+                                         const std::filesystem::path& tmp, const TrainState& state,
+                                         const ModelConfig& model, std::int64_t adamw_steps,
+                                         const std::string& config_toml, const FileRecords& files,
+                                         const CheckpointParts& parts);
 
 // Reads state.json and checks every file it lists, optimizer shards
 // included (size and checksum, and that the shards tile the parameters),
@@ -147,14 +198,15 @@ std::optional<CheckpointInfo> latest_checkpoint(
 
 // Reads the moments m and v of flat elements [range.begin, range.end) of a
 // verified checkpoint into m and v (m[0] is element range.begin), sharded or
-// not: only the parts of the stored tensors or shards that overlap the
-// range are read, through memory maps. The layout must be the checkpoint's
-// model's.
+// not, in parts or not: only the parts of the stored tensors or shards that
+// overlap the range are read, through memory maps. The layout is the
+// checkpoint's model, whole or any part of it (TensorSplit, PipelineStage),
+// whatever the layout of the run that wrote the checkpoint.
 void load_optimizer_range(const CheckpointInfo& info, const ParamLayout& layout, FlatRange range,
                           float* m, float* v);
 
 // Loads parameters and optimizer moments (and its step count) of a verified
-// checkpoint. The layout must be the checkpoint's model's.
+// checkpoint into the layout (as above: whole or a part).
 void load_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params,
                      AdamW& optimizer);
 // The same into whole flat buffers m and v (layout.total() elements each);

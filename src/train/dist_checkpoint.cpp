@@ -9,12 +9,15 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <span>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "core/error.h"
+#include "model/model_parts.h"
 
 namespace borealis {
 
@@ -29,6 +32,12 @@ struct Report {
   std::uint64_t bytes = 0;          // the shard file's size
   char xxh3_128[40] = {};           // and checksum
   char text[440] = {};              // the error, or the temporary directory's name
+  // A checkpoint in parts: this rank's part, and what it wrote of it.
+  std::int32_t tensor_rank = 0, stage = 0;
+  std::int32_t wrote_model = 0, wrote_moments = 0;
+  std::int64_t part_total = 0;
+  std::uint64_t model_bytes = 0;
+  char model_xxh3_128[40] = {};
 };
 static_assert(std::is_trivially_copyable_v<Report>);
 
@@ -69,6 +78,10 @@ Report from_root(Communicator& comm, Report r) {
   return r;
 }
 
+void copy_hex(const std::string& hex, char (&to)[40]) {
+  std::memcpy(to, hex.data(), std::min(hex.size(), sizeof(to) - 1));
+}
+
 void remove_quietly(const fs::path& dir) {
   std::error_code ec;
   fs::remove_all(dir, ec);
@@ -78,6 +91,43 @@ void remove_quietly(const fs::path& dir) {
 [[noreturn]] void fail(std::int64_t step, const std::string& why, const fs::path& where) {
   throw Error(fmt::format("the checkpoint of step {} was not written: {}", step, why),
               where.string());
+}
+
+// The manifest of a checkpoint in parts from every rank's report (rank
+// order): each part's model file, and its shards in the order of their
+// ranges.
+template <class ShardOf>
+CheckpointParts parts_manifest(const std::vector<Report>& all, const ParamLayout& layout,
+                               ShardOf&& shard_of) {
+  CheckpointParts out;
+  out.tensor_parallel = layout.split().size;
+  out.pipeline_parallel = layout.stage().stages;
+  out.world_size = static_cast<int>(all.size());
+  out.parts.resize(static_cast<std::size_t>(out.tensor_parallel * out.pipeline_parallel));
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    const Report& rep = all[r];
+    CheckpointPart& part =
+        out.parts.at(static_cast<std::size_t>(rep.stage * out.tensor_parallel + rep.tensor_rank));
+    part.tensor_rank = rep.tensor_rank;
+    part.stage = rep.stage;
+    part.total = rep.part_total;
+    if (rep.wrote_model != 0) {
+      part.file =
+          model_part_name(rep.tensor_rank, out.tensor_parallel, rep.stage, out.pipeline_parallel);
+      part.bytes = rep.model_bytes;
+      part.xxh3_128 = text_of(rep.model_xxh3_128, sizeof(rep.model_xxh3_128));
+    }
+    if (rep.wrote_moments != 0) part.shards.push_back(shard_of(static_cast<int>(r)));
+  }
+  for (CheckpointPart& part : out.parts) {
+    if (part.file.empty()) {
+      throw std::logic_error(
+          fmt::format("no rank wrote tensor part {} of stage {}", part.tensor_rank, part.stage));
+    }
+    std::sort(part.shards.begin(), part.shards.end(),
+              [](const OptimizerShard& a, const OptimizerShard& b) { return a.begin < b.begin; });
+  }
+  return out;
 }
 
 }  // namespace
@@ -92,7 +142,9 @@ struct CheckpointSaver::Job {
   const float* v = nullptr;
   FlatRange range;  // of m and v
   std::int64_t adamw_steps = 0;
-  bool sharded = false;  // zero = 1 on several ranks
+  bool sharded = false;  // every rank takes part: zero = 1 on several ranks, or in parts
+  bool parts = false;    // tensor or pipeline parallel: every part written where it is
+  bool writes_model = false, writes_moments = false;
   bool fail_here = false;
   fs::path tmp;  // sharded: the directory every rank writes into
   std::chrono::steady_clock::time_point started;
@@ -111,15 +163,31 @@ CheckpointSaver::~CheckpointSaver() {
   if (job_ && job_->thread.joinable()) job_->thread.join();
 }
 
+CheckpointSaver::Roles CheckpointSaver::roles(const ParamLayout& layout,
+                                              const DataParallel& dp) const {
+  Roles r;
+  r.parts = layout.split().size > 1 || layout.stage().stages > 1;
+  r.sharded = comm_.size() > 1 && (dp.zero() == 1 || r.parts);
+  const bool root = comm_.rank() == 0;
+  // In parts, data rank 0 of each part writes its parameters; its moments
+  // are written by every rank with ZeRO-1 (each its shard), else by data
+  // rank 0 too. Otherwise rank 0 writes the model, and with ZeRO-1 every
+  // rank its shard of the moments.
+  r.writes_model = r.parts ? dp.data_rank() == 0 : root;
+  r.writes_moments = r.sharded ? dp.zero() == 1 || dp.data_rank() == 0 : root;
+  return r;
+}
+
 void CheckpointSaver::prepare(const ParamLayout& layout, const DataParallel& dp) {
   if (!async_) return;
-  const bool sharded = comm_.size() > 1 && dp.zero() == 1;
-  if (!sharded && comm_.rank() != 0) return;  // rank 0 writes alone
+  const Roles r = roles(layout, dp);
   // Allocated and touched now, so that the first save does not pay for it.
-  const auto n = static_cast<std::size_t>(dp.shard_end() - dp.shard_begin());
-  m_copy_.assign(n, 0.0f);
-  v_copy_.assign(n, 0.0f);
-  if (comm_.rank() == 0) params_copy_.assign(static_cast<std::size_t>(layout.total()), 0.0f);
+  if (r.writes_moments) {
+    const auto n = static_cast<std::size_t>(dp.shard_end() - dp.shard_begin());
+    m_copy_.assign(n, 0.0f);
+    v_copy_.assign(n, 0.0f);
+  }
+  if (r.writes_model) params_copy_.assign(static_cast<std::size_t>(layout.total()), 0.0f);
 }
 
 std::size_t CheckpointSaver::copy_bytes() const {
@@ -144,7 +212,11 @@ void CheckpointSaver::start(const TrainState& state, const ParamLayout& layout, 
   job->started = t0;
   job->state = state;
   job->layout = &layout;
-  job->sharded = comm_.size() > 1 && dp.zero() == 1;
+  const Roles roles_here = roles(layout, dp);
+  job->sharded = roles_here.sharded;
+  job->parts = roles_here.parts;
+  job->writes_model = roles_here.writes_model;
+  job->writes_moments = roles_here.writes_moments;
   job->fail_here = fail_here;
   job->adamw_steps = dp.adamw_steps();
   job->range = {dp.shard_begin(), dp.shard_end()};
@@ -165,16 +237,18 @@ void CheckpointSaver::start(const TrainState& state, const ParamLayout& layout, 
     job->tmp = target_.checkpoints / text_of(made.text, sizeof(made.text));
   }
 
-  const bool writes = job->sharded || root;  // replicated: rank 0 writes alone
+  const bool writes = job->writes_model || job->writes_moments;
   const AdamW& opt = dp.optimizer();
   if (writes && async_) {
     // The copy in host memory the write reads while training goes on.
-    const auto n = static_cast<std::size_t>(job->range.size());
-    m_copy_.assign(opt.m().data(), opt.m().data() + n);
-    v_copy_.assign(opt.v().data(), opt.v().data() + n);
-    job->m = m_copy_.data();
-    job->v = v_copy_.data();
-    if (root) {
+    if (job->writes_moments) {
+      const auto n = static_cast<std::size_t>(job->range.size());
+      m_copy_.assign(opt.m().data(), opt.m().data() + n);
+      v_copy_.assign(opt.v().data(), opt.v().data() + n);
+      job->m = m_copy_.data();
+      job->v = v_copy_.data();
+    }
+    if (job->writes_model) {
       params_copy_.assign(params, params + layout.total());
       job->params = params_copy_.data();
     }
@@ -204,21 +278,6 @@ void CheckpointSaver::launch(std::unique_ptr<Job> job, bool writes) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - job_->started).count();
 }
 
-void CheckpointSaver::start(const TrainState& state, const WholeState& whole, bool fail_here) {
-  if (job_) throw std::logic_error("CheckpointSaver::start with a save in flight");
-  auto job = std::make_unique<Job>();
-  job->started = std::chrono::steady_clock::now();
-  job->state = state;
-  job->layout = whole.layout;
-  job->fail_here = fail_here;
-  job->adamw_steps = whole.adamw_steps;
-  job->range = {0, whole.layout->total()};
-  job->params = whole.params;
-  job->m = whole.m;
-  job->v = whole.v;
-  launch(std::move(job), comm_.rank() == 0);
-}
-
 void CheckpointSaver::write_local(Job& j) {
   const int rank = comm_.rank();
   j.outcome = attempt([&](Report& r) {
@@ -232,17 +291,36 @@ void CheckpointSaver::write_local(Job& j) {
                       target_.config_toml);
       return;
     }
-    const OptimizerShard shard =
-        write_optimizer_shard(j.tmp, rank, comm_.size(), j.layout->total(), j.range, j.m, j.v);
-    if (rank == 0) {
-      j.replicated =
-          write_replicated_files(j.tmp, target_.model, *j.layout, j.params, target_.tokenizer);
+    const ParamLayout& layout = *j.layout;
+    r.tensor_rank = layout.split().rank;
+    r.stage = layout.stage().stage;
+    r.part_total = layout.total();
+    if (j.writes_moments) {
+      const std::map<std::string, std::string> extra =
+          j.parts
+              ? std::map<std::string, std::string>{{"tensor_rank", std::to_string(r.tensor_rank)},
+                                                   {"stage", std::to_string(r.stage)}}
+              : std::map<std::string, std::string>{};
+      const OptimizerShard shard = write_optimizer_shard(j.tmp, rank, comm_.size(), layout.total(),
+                                                         j.range, j.m, j.v, extra);
+      r.wrote_moments = 1;
+      r.begin = shard.begin;
+      r.end = shard.end;
+      r.bytes = shard.bytes;
+      copy_hex(shard.xxh3_128, r.xxh3_128);
     }
-    r.begin = shard.begin;
-    r.end = shard.end;
-    r.bytes = shard.bytes;
-    std::memcpy(r.xxh3_128, shard.xxh3_128.data(),
-                std::min(shard.xxh3_128.size(), sizeof(r.xxh3_128) - 1));
+    if (j.parts) {
+      if (j.writes_model) {
+        const FileDigest d = write_model_part(j.tmp, target_.model, layout, j.params);
+        r.wrote_model = 1;
+        r.model_bytes = d.bytes;
+        copy_hex(d.xxh3_128.hex(), r.model_xxh3_128);
+      }
+      if (rank == 0) j.replicated = write_tokenizer_file(j.tmp, target_.tokenizer);
+    } else if (rank == 0) {
+      j.replicated =
+          write_replicated_files(j.tmp, target_.model, layout, j.params, target_.tokenizer);
+    }
   });
   j.done = true;
 }
@@ -281,14 +359,22 @@ fs::path CheckpointSaver::finish() {
     Report done;
     if (root) {
       done = attempt([&](Report&) {
-        std::vector<OptimizerShard> shards;
-        for (int r = 0; r < ranks; ++r) {
+        const auto shard_of = [&](int r) {
           const Report& rep = all[static_cast<std::size_t>(r)];
-          shards.push_back({r, optimizer_shard_name(r, ranks), rep.begin, rep.end, rep.bytes,
-                            text_of(rep.xxh3_128, sizeof(rep.xxh3_128))});
+          return OptimizerShard{r,         optimizer_shard_name(r, ranks),
+                                rep.begin, rep.end,
+                                rep.bytes, text_of(rep.xxh3_128, sizeof(rep.xxh3_128))};
+        };
+        if (!job->parts) {
+          std::vector<OptimizerShard> shards;
+          for (int r = 0; r < ranks; ++r) shards.push_back(shard_of(r));
+          publish_checkpoint(target_.checkpoints, job->tmp, job->state, target_.model,
+                             job->adamw_steps, target_.config_toml, job->replicated, shards);
+          return;
         }
         publish_checkpoint(target_.checkpoints, job->tmp, job->state, target_.model,
-                           job->adamw_steps, target_.config_toml, job->replicated, shards);
+                           job->adamw_steps, target_.config_toml, job->replicated,
+                           parts_manifest(all, *job->layout, shard_of));
       });
       if (done.ok == 0) remove_quietly(job->tmp);
     }
@@ -316,8 +402,8 @@ void CheckpointSaver::abandon() {
   if (job_->thread.joinable()) job_->thread.join();
   if (job_->sharded) {
     spdlog::warn(
-        "the checkpoint of step {}, written in the background, is dropped: with dist.zero = 1 "
-        "its shards cannot be agreed on after a time-out",
+        "the checkpoint of step {}, written in the background, is dropped: its parts or shards "
+        "cannot be agreed on after a time-out",
         job_->state.step);
     if (comm_.rank() == 0) remove_quietly(job_->tmp);
   }

@@ -5,6 +5,11 @@
 //   - one rank, or zero = 0: rank 0 writes the single-process format from
 //     its whole optimizer state (parameters and moments are the same on
 //     every rank);
+//   - tensor or pipeline parallel (the layout is one part of the model):
+//     as zero = 1 below, but data rank 0 of each part writes the part's
+//     parameters (model_part_name) and, with zero = 0, its moments as one
+//     shard; with zero = 1 every rank writes its shard of its part's
+//     moments; rank 0 writes tokenizer.json and the manifest of the parts;
 //   - zero = 1 on n > 1 ranks: rank 0 creates step-N.tmp-<pid> and
 //     broadcasts its name; every rank writes its own moment shard into it
 //     (optimizer-rank-R-of-N.safetensors) and computes the file's size and
@@ -73,18 +78,6 @@ class CheckpointSaver {
   // fail_here makes this rank's part fail (BOREALIS_TEST_FAULT=RANK:STEP:save).
   void start(const TrainState& state, const ParamLayout& layout, const float* params,
              DataParallel& dp, bool fail_here = false);
-  // What a save writes, when it is not a DataParallel's live state: the
-  // whole model gathered from a tensor-parallel run's parts
-  // (train/whole_model.h), written by rank 0 in the single-process format.
-  // The buffers must stay unchanged until finish(); they are not copied.
-  struct WholeState {
-    const ParamLayout* layout = nullptr;
-    const float* params = nullptr;  // rank 0: layout->total() each
-    const float* m = nullptr;
-    const float* v = nullptr;
-    std::int64_t adamw_steps = 0;
-  };
-  void start(const TrainState& state, const WholeState& whole, bool fail_here = false);
   bool pending() const { return job_ != nullptr; }
   std::int64_t pending_step() const;  // -1: none
   bool local_done() const;            // true when nothing is pending
@@ -95,6 +88,13 @@ class CheckpointSaver {
 
  private:
   struct Job;
+  // What this rank writes of a save of `layout` (its part of the model).
+  struct Roles {
+    bool parts = false;    // the layout is a tensor or pipeline part: written in parts
+    bool sharded = false;  // every rank takes part
+    bool writes_model = false, writes_moments = false;
+  };
+  Roles roles(const ParamLayout& layout, const DataParallel& dp) const;
   // Makes `job` the save in flight; this rank writes its part (`writes`) at
   // once or in the background.
   void launch(std::unique_ptr<Job> job, bool writes);

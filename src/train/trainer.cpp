@@ -370,13 +370,9 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
       throw Error("the checkpoint's model differs from the configured one",
                   resume_from->dir.string());
     }
-    // The parameters and this rank's range of the moments only (of its
-    // part, with tensor parallelism).
-    if (groups.layout().tensor > 1 || groups.layout().pipeline > 1) {
-      load_checkpoint_part(*resume_from, s.model, model.layout(), model.params(), dp);
-    } else {
-      load_training_checkpoint(*resume_from, model.layout(), model.params(), dp);
-    }
+    // The parameters of this rank's part and its range of the moments
+    // only, whatever the layout of the run that wrote the checkpoint.
+    load_training_checkpoint(*resume_from, model.layout(), model.params(), dp);
     state = resume_from->state;
     spdlog::info("resuming from {} (step {}, {} tokens)", resume_from->dir.string(), state.step,
                  state.tokens);

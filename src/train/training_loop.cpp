@@ -119,12 +119,11 @@ TrainingLoop::TrainingLoop(const RunParts& parts, TrainState& state, TrainRunRes
       p_.train, s_.micro_batch,
       state_.next_sample + per_rank * static_cast<std::uint64_t>(data_rank_), s_.prefetch,
       data_ranks_ > 1 ? per_rank : 0, static_cast<std::uint64_t>(s_.global_batch));
-  if (model_parallel_) {
-    // Checkpoints and tasks see the whole model, gathered from the parts.
+  // The tasks see the whole model, gathered from the parts.
+  if (model_parallel_ && s_.tasks.enabled()) {
     whole_ = std::make_unique<WholeModel>(p_.groups, s_.model);
-  } else {
-    saver_.prepare(p_.model.layout(), p_.dp);
   }
+  saver_.prepare(p_.model.layout(), p_.dp);
   if (saver_.copy_bytes() > 0) {
     spdlog::info("asynchronous checkpoints: {} of host memory for the copy being written",
                  format_bytes(saver_.copy_bytes()));
@@ -355,7 +354,7 @@ void TrainingLoop::validate() {
   }
   if (model_parallel_ && s_.tasks.enabled()) {
     // The tasks run on rank 0 over the whole model.
-    whole_->gather(p_.model.layout(), p_.model.params(), nullptr);
+    whole_->gather(p_.model.layout(), p_.model.params());
   }
   if (p_.tasks != nullptr) evaluate_tasks();
 }
@@ -417,18 +416,9 @@ void TrainingLoop::save_checkpoint() {
   phase_ = TrainPhase::Saving;
   p_.fault.before_save(rank_, state_.step);
   // Every rank takes part (a ZeRO-1 rank writes its own shard; with tensor
-  // parallelism, every rank gives its part to rank 0, which writes the
-  // whole model).
-  if (model_parallel_) {
-    whole_->gather(p_.model.layout(), p_.model.params(), &p_.dp);
-    saver_.start(state_,
-                 CheckpointSaver::WholeState{&whole_->layout(), whole_->params(), whole_->m(),
-                                             whole_->v(), p_.dp.adamw_steps()},
-                 p_.fault.fails_save(rank_, state_.step));
-  } else {
-    saver_.start(state_, p_.model.layout(), p_.model.params(), p_.dp,
-                 p_.fault.fails_save(rank_, state_.step));
-  }
+  // or pipeline parallelism every part is written where it is).
+  saver_.start(state_, p_.model.layout(), p_.model.params(), p_.dp,
+               p_.fault.fails_save(rank_, state_.step));
   phase_ = TrainPhase::Consistent;
   if (!s_.checkpoint_async) finish_checkpoint();
 }
@@ -457,10 +447,12 @@ void TrainingLoop::finish_checkpoint() {
 void TrainingLoop::save_after_timeout(const CommTimeout& timeout) {
   saver_.abandon();
   if (model_parallel_) {
-    // No rank holds the whole model, and its parts cannot be gathered now.
+    // No rank holds the whole model, and the ranks cannot agree on a
+    // checkpoint of the parts now.
     spdlog::warn(
         "no checkpoint after the time-out: the parts of a tensor- or pipeline-parallel run "
-        "cannot be gathered; `borealis train` resumes from the last checkpoint{}",
+        "are saved together, which needs every rank; `borealis train` resumes from the last "
+        "checkpoint{}",
         result_.last_checkpoint.empty() ? " (none yet)" : ", " + result_.last_checkpoint.string());
     return;
   }

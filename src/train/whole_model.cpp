@@ -46,49 +46,8 @@ void WholeModel::assemble(const ParamLayout& part, const float* local, std::vect
   }
 }
 
-void WholeModel::gather(const ParamLayout& part, const float* params, const DataParallel* dp) {
+void WholeModel::gather(const ParamLayout& part, const float* params) {
   assemble(part, params, params_);
-  if (dp == nullptr) return;
-  Communicator& data = groups_.data();
-  const AdamW& opt = dp->optimizer();
-  const bool sharded = dp->zero() == 1 && data.size() > 1;
-  std::vector<float> local;
-  const auto moments = [&](const float* mine, std::vector<float>& whole) {
-    if (!sharded) {
-      assemble(part, mine, whole);
-    } else {
-      // Every rank's shard, padded to the same length, in rank order.
-      const auto len = static_cast<std::size_t>(dp->shard_length());
-      const auto have = static_cast<std::size_t>(dp->shard_end() - dp->shard_begin());
-      std::vector<float> block(len, 0.0f);
-      std::copy(mine, mine + have, block.begin());
-      local.resize(len * static_cast<std::size_t>(data.size()));
-      data.all_gather(std::span<const float>(block), std::span<float>(local));
-      assemble(part, local.data(), whole);
-    }
-  };
-  moments(opt.m().data(), m_);
-  moments(opt.v().data(), v_);
-}
-
-void load_checkpoint_part(const CheckpointInfo& info, const ModelConfig& config,
-                          const ParamLayout& part, float* params, DataParallel& dp) {
-  const ParamLayout whole(config);
-  const auto total = static_cast<std::size_t>(whole.total());
-  std::vector<float> p(total), m(total), v(total);
-  load_checkpoint(info, whole, p.data(), {0, whole.total()}, m.data(), v.data());
-  const auto n = static_cast<std::size_t>(part.total());
-  std::vector<float> part_m(n), part_v(n);
-  for (const ParamView& view : part.views()) {
-    const std::int64_t at = whole.find(view.name).offset;
-    take_part(view, p.data() + at, params + view.offset);
-    take_part(view, m.data() + at, part_m.data() + view.offset);
-    take_part(view, v.data() + at, part_v.data() + view.offset);
-  }
-  AdamW& opt = dp.optimizer();
-  std::copy(part_m.begin() + dp.shard_begin(), part_m.begin() + dp.shard_end(), opt.m_data());
-  std::copy(part_v.begin() + dp.shard_begin(), part_v.begin() + dp.shard_end(), opt.v_data());
-  opt.set_steps(info.adamw_steps);
 }
 
 }  // namespace borealis

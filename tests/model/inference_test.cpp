@@ -319,7 +319,8 @@ TEST(CheckpointLoad, LoadsConfigAndParamsAndResolvesRunDirectories) {
   EXPECT_NE(resolve_error(dir / "nope").find("no such checkpoint or run directory"),
             std::string::npos);
   EXPECT_NE(resolve_error(dir / "run" / "checkpoints")
-                .find("neither a checkpoint directory (no model.safetensors) nor a run directory"),
+                .find("neither a checkpoint directory (no model.safetensors, no model parts in "
+                      "state.json) nor a run directory"),
             std::string::npos);
   std::filesystem::create_directories(dir / "fresh" / "checkpoints" / "step-1");
   EXPECT_NE(resolve_error(dir / "fresh")

@@ -15,8 +15,11 @@
 
 #include "core/config.h"
 #include "dist/communicator.h"
+#include "model/checkpoint_load.h"
+#include "model/model_parts.h"
 #include "model/params.h"
 #include "model/safetensors.h"
+#include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/train_config.h"
 #include "train/train_fixture.h"
@@ -105,12 +108,44 @@ inline double part_error(const ParamView& part, const T* part_data, const ParamV
   return scale > 0 && !absolute ? diff / scale : diff;
 }
 
+// The whole model of a checkpoint, stored whole or in parts (as
+// generate and the exports read it).
 inline std::vector<float> weights(const fs::path& checkpoint) {
+  verify_checkpoint(checkpoint);
+  return load_model_dir(checkpoint).params;
+}
+
+// A checkpoint of a tensor_parallel x pipeline_parallel run: stored in
+// parts, one model file per part, no whole model.
+inline void expect_parts(const fs::path& checkpoint, int tensor_parallel, int pipeline_parallel) {
   const CheckpointInfo info = verify_checkpoint(checkpoint);
-  const ParamLayout layout(info.model);
-  std::vector<float> w(static_cast<std::size_t>(layout.total()));
-  load_safetensors(checkpoint / "model.safetensors", layout, w.data());
-  return w;
+  EXPECT_EQ(info.parts.tensor_parallel, tensor_parallel);
+  EXPECT_EQ(info.parts.pipeline_parallel, pipeline_parallel);
+  EXPECT_EQ(info.parts.parts.size(), static_cast<std::size_t>(tensor_parallel) *
+                                         static_cast<std::size_t>(pipeline_parallel));
+  EXPECT_FALSE(fs::exists(checkpoint / "model.safetensors"));
+  for (int p = 0; p < pipeline_parallel; ++p) {
+    for (int t = 0; t < tensor_parallel; ++t) {
+      EXPECT_TRUE(
+          fs::exists(checkpoint / model_part_name(t, tensor_parallel, p, pipeline_parallel)))
+          << t << " " << p;
+    }
+  }
+}
+
+// Every file of two checkpoints but state.json (which holds times) holds
+// the same bytes.
+inline void expect_same_files(const fs::path& a, const fs::path& b) {
+  std::vector<std::string> names_a, names_b;
+  for (const auto& e : fs::directory_iterator(a)) names_a.push_back(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(b)) names_b.push_back(e.path().filename().string());
+  std::sort(names_a.begin(), names_a.end());
+  std::sort(names_b.begin(), names_b.end());
+  ASSERT_EQ(names_a, names_b);
+  for (const std::string& name : names_a) {
+    if (name == "state.json") continue;
+    EXPECT_EQ(read_file(a / name), read_file(b / name)) << name;
+  }
 }
 
 inline fs::path final_checkpoint(const fs::path& run_dir, std::int64_t step) {

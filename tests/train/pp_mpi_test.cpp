@@ -238,11 +238,13 @@ TEST(PipelineRuns, MatchOneProcessAndResumeInAnyLayout) {
     }
     const fs::path one = corpus->dir() / (tag + "one"), pp = corpus->dir() / (tag + "pp"),
                    pp_one = corpus->dir() / (tag + "pp_one"),
-                   one_pp = corpus->dir() / (tag + "one_pp");
+                   one_pp = corpus->dir() / (tag + "one_pp"),
+                   pp_dp = corpus->dir() / (tag + "pp_dp");
     const fs::path cfg_one = corpus.write_config(tag + "one.toml", one);
     const fs::path cfg_pp = corpus.write_config(tag + "pp.toml", pp);
     const fs::path cfg_pp_one = corpus.write_config(tag + "pp_one.toml", pp_one);
     const fs::path cfg_one_pp = corpus.write_config(tag + "one_pp.toml", one_pp);
+    const fs::path cfg_pp_dp = corpus.write_config(tag + "pp_dp.toml", pp_dp);
     test::train_alone(*g_comm, cfg_one, run);
     const TrainRunResult r = test::train(cfg_pp, pp_run, *g_comm);
     EXPECT_EQ(r.steps, 8);
@@ -251,9 +253,18 @@ TEST(PipelineRuns, MatchOneProcessAndResumeInAnyLayout) {
     test::train_alone(*g_comm, cfg_pp_one, run);
     test::train_alone(*g_comm, cfg_one_pp, run, 4);
     EXPECT_EQ(test::train(cfg_one_pp, pp_run, *g_comm).first_step, 4);
+    // Stored in parts, resumed as plain data parallelism with ZeRO-1 on
+    // every rank: each rank reads its range of the moments from the parts.
+    std::vector<std::string> dp_run = run;
+    dp_run.push_back("dist.zero=1");
+    EXPECT_TRUE(test::train(cfg_pp_dp, pp_run, *g_comm, 4).stopped);
+    EXPECT_EQ(test::train(cfg_pp_dp, dp_run, *g_comm).first_step, 4);
     if (g_comm->rank() != 0) continue;
 
-    test::expect_same_run(one, {pp, pp_one, one_pp}, 8);
+    const bool tensor = g_comm->size() == 4 && tag == "untied";
+    test::expect_parts(test::final_checkpoint(pp, 8), tensor ? 2 : 1, 2);
+    test::expect_parts(test::final_checkpoint(pp_dp, 4), tensor ? 2 : 1, 2);
+    test::expect_same_run(one, {pp, pp_one, one_pp, pp_dp}, 8);
     std::ifstream in(pp / "metrics.jsonl");
     std::string first, second;
     std::getline(in, first);

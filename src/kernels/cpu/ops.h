@@ -94,6 +94,11 @@ void attention_kv_forward(T* out, T* kpool, T* vpool, const std::int32_t* blocks
 template <typename T>
 void matmul_forward_rowwise(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
                             bool accumulate);
+// The same with 256-bit vectors only (what matmul_forward_rowwise does
+// without AVX-512): the same bits, for the tests and bench/rowwise_bench.
+template <typename T>
+void matmul_forward_rowwise_portable(T* out, const T* inp, const T* w, const T* bias, int N, int C,
+                                     int OC, bool accumulate);
 
 // Column sums of x[N, C] added to out[C], over fixed row blocks (deterministic).
 template <typename T>

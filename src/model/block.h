@@ -14,10 +14,10 @@
 //     backward); inference attends over a key/value cache.
 //   - Row groups: how the rows go through the matmuls. Training runs all rows
 //     in one GEMM. Inference keeps a request's result independent of what
-//     else is in the batch: each prompt chunk is a GEMM of its own (its rows
-//     and their rounding depend only on the request), and the single rows of
-//     decode steps are batched through Backend::matmul_forward_rowwise,
-//     whose rows do not depend on each other.
+//     else is in the batch: all its rows, prompt chunks and decode steps,
+//     go through Backend::matmul_forward_rowwise together, whose rows do not
+//     depend on each other (and which is as fast as the GEMM at these row
+//     counts: bench/rowwise_bench).
 #pragma once
 
 #include <cstdint>

@@ -100,23 +100,10 @@ std::span<const T> BatchInference<T>::forward(KvCache<T>& cache,
                                n, d.C);
     r0 += static_cast<std::size_t>(n);
   }
-  // Each multi-row segment is a GEMM of its own; runs of single rows (decode
-  // steps) go through the rowwise matmul together (see model/block.h).
-  const auto add_rows = [](std::vector<RowGroup>& groups, int row0, int n) {
-    if (n > 1) {
-      groups.push_back({row0, n, false});
-    } else if (!groups.empty() && groups.back().rowwise) {
-      ++groups.back().rows;
-    } else {
-      groups.push_back({row0, 1, true});
-    }
-  };
-  std::vector<RowGroup> groups;
-  r0 = 0;
-  for (const Segment& s : segments) {
-    add_rows(groups, static_cast<int>(r0), static_cast<int>(s.tokens.size()));
-    r0 += s.tokens.size();
-  }
+  // Every row (prompt chunks and decode steps alike) goes through the
+  // rowwise matmul, in one pass over the weights: a row's result depends on
+  // that row alone, whoever shares the batch (see model/block.h).
+  const std::vector<RowGroup> groups = {{0, static_cast<int>(r0), true}};
   // The residual stream x_ takes each block's output in place.
   const BlockBuffers<T> buf{ln_.data(),   mean_.data(), rstd_.data(), qkv_.data(),
                             atty_.data(), x_.data(),    ln_.data(),   mean_.data(),
@@ -140,13 +127,11 @@ std::span<const T> BatchInference<T>::forward(KvCache<T>& cache,
   // Only the rows whose logits are wanted go through the final norm and head.
   r0 = 0;
   std::size_t h = 0;
-  std::vector<RowGroup> head_groups;
   for (const Segment& s : segments) {
     const std::size_t n = s.tokens.size();
     const std::size_t take = s.all_logits ? n - static_cast<std::size_t>(s.first_logit) : 1;
     const T* from = x_.data() + (r0 + n - take) * C;
     std::copy(from, from + take * C, head_.data() + h * C);
-    add_rows(head_groups, static_cast<int>(h), static_cast<int>(take));
     h += take;
     r0 += n;
   }

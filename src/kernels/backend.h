@@ -97,6 +97,11 @@ class Backend {
   // rope_forward_at rotates the q and k heads of N packed qkv rows whose
   // positions are pos0 .. pos0+N-1 (rope_forward's math, at an offset).
   virtual void rope_forward_at(T* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) = 0;
+  // Whether attention_kv_forward may run for several sequences at once,
+  // from the threads of an OpenMP loop (each on its own blocks and rows):
+  // true for the CPU backend; a wrapper that records what it is called with
+  // says no.
+  virtual bool concurrent_attention() const { return false; }
   // The cache is paged: kpool and vpool are [blocks * block_size, NKV*HD]
   // (one row per position) and position p of the sequence is row
   // blocks[p / block_size] * block_size + p % block_size. Stores the k and v

@@ -91,7 +91,9 @@ std::span<const T> BatchInference<T>::forward(KvCache<T>& cache,
 
   // Embeddings, with each segment's learned positions from its pos0 on.
   std::size_t r0 = 0;
+  seg_rows_.clear();
   for (const Segment& s : segments) {
+    seg_rows_.push_back(r0);
     const int n = static_cast<int>(s.tokens.size());
     std::copy(s.tokens.begin(), s.tokens.end(), tokens_.begin() + static_cast<std::ptrdiff_t>(r0));
     const T* wpe =
@@ -110,15 +112,36 @@ std::span<const T> BatchInference<T>::forward(KvCache<T>& cache,
                             rstd_.data(), fch_.data(),  act_.data(),  x_.data()};
   for (int l = 0; l < config_.n_layer; ++l) {
     const Attend<T> attend = [&](T* qkv, T* atty) {
-      std::size_t row = 0;
-      for (const Segment& s : segments) {
-        const int n = static_cast<int>(s.tokens.size());
-        T* q = qkv + row * static_cast<std::size_t>(d.S);
-        if (!d.gpt2) backend_.rope_forward_at(q, n, s.pos0, d.NH, d.NKV, d.HD, config_.rope_theta);
+      // RoPE segment by segment, then attention, each segment over its own
+      // cache blocks. Decode rows run side by side, one sequence per thread
+      // (their attention is plain dot products, the same on any thread);
+      // prompt chunks one after the other, each splitting its heads over the
+      // threads as when it runs alone.
+      const auto count = static_cast<std::ptrdiff_t>(segments.size());
+      std::ptrdiff_t single = 0;
+      for (std::ptrdiff_t i = 0; i < count; ++i) {
+        const Segment& s = segments[static_cast<std::size_t>(i)];
+        T* q = qkv + seg_rows_[static_cast<std::size_t>(i)] * static_cast<std::size_t>(d.S);
+        if (!d.gpt2) {
+          backend_.rope_forward_at(q, static_cast<int>(s.tokens.size()), s.pos0, d.NH, d.NKV, d.HD,
+                                   config_.rope_theta);
+        }
+        if (s.tokens.size() == 1) ++single;
+      }
+      const auto run = [&](std::ptrdiff_t i) {
+        const Segment& s = segments[static_cast<std::size_t>(i)];
+        const std::size_t row = seg_rows_[static_cast<std::size_t>(i)];
         backend_.attention_kv_forward(atty + row * C, cache.keys(l), cache.values(l),
-                                      s.blocks.data(), cache.block_size(), q, n, s.pos0, d.NH,
-                                      d.NKV, d.HD);
-        row += static_cast<std::size_t>(n);
+                                      s.blocks.data(), cache.block_size(),
+                                      qkv + row * static_cast<std::size_t>(d.S),
+                                      static_cast<int>(s.tokens.size()), s.pos0, d.NH, d.NKV, d.HD);
+      };
+#pragma omp parallel for schedule(dynamic, 4) if (single > 1 && backend_.concurrent_attention())
+      for (std::ptrdiff_t i = 0; i < count; ++i) {
+        if (segments[static_cast<std::size_t>(i)].tokens.size() == 1) run(i);
+      }
+      for (std::ptrdiff_t i = 0; i < count; ++i) {
+        if (segments[static_cast<std::size_t>(i)].tokens.size() != 1) run(i);
       }
     };
     block_.forward(l, params_, x_.data(), buf, rows, attend, groups);

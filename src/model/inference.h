@@ -78,6 +78,7 @@ class BatchInference {
   int cap_rows_ = 0, cap_logit_rows_ = 0;
   std::vector<std::int32_t> tokens_;
   std::vector<T> x_, ln_, mean_, rstd_, qkv_, atty_, fch_, act_, head_, logits_, out_;
+  std::vector<std::size_t> seg_rows_;  // each segment's first row in this pass
 };
 
 template <typename T>

@@ -16,6 +16,7 @@ template <typename T>
 class CpuBackend final : public Backend<T> {
  public:
   std::string name() const override { return "cpu"; }
+  bool concurrent_attention() const override { return true; }
 
   void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
                          int seq, int C) override {

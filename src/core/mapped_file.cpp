@@ -78,6 +78,16 @@ void MappedFile::prefetch(std::size_t offset, std::size_t length) const {
   ::madvise(data_ + begin, end - begin, MADV_WILLNEED);
 }
 
+void MappedFile::populate(std::size_t offset, std::size_t length) const {
+  if (offset >= size_ || length == 0) return;
+#ifdef MADV_POPULATE_READ
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t begin = offset / page * page;
+  const std::size_t end = std::min(size_, offset + length);
+  ::madvise(data_ + begin, end - begin, MADV_POPULATE_READ);  // Linux 5.14 and later
+#endif
+}
+
 void MappedFile::release(std::size_t offset, std::size_t length) const {
   if (offset >= size_ || length == 0) return;
   const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));

@@ -39,6 +39,11 @@ class MappedFile {
 
   // Asks the kernel to start reading [offset, offset + length) ahead of use.
   void prefetch(std::size_t offset, std::size_t length) const;
+  // Maps the pages of [offset, offset + length) into this process now
+  // (reading them from disk if they are not cached), in one call instead
+  // of a page fault per few pages, for a range about to be read whole.
+  // Only a hint: where the kernel cannot, the pages fault in as before.
+  void populate(std::size_t offset, std::size_t length) const;
   // Drops the pages wholly inside [offset, offset + length) from this
   // process's memory (its resident set), for readers that go through a file
   // once: a large file read front to back then never occupies more than the

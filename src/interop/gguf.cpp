@@ -346,6 +346,7 @@ GgufReport export_gguf(const ModelWeights& model, const fs::path& tokenizer, con
   const std::string zeros(kAlignment, '\0');
   for (const Tensor& t : tensors) {
     out.write(zeros.data(), static_cast<std::size_t>(t.offset - at));
+    model.populate(t.data - model.params(), t.rows * t.cols);
     write_tensor(out, t, type);
     // Tensor by tensor: a mapped checkpoint's pages are dropped behind.
     model.release(t.data - model.params(), t.rows * t.cols);

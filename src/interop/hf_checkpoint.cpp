@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <stdexcept>
 #include <system_error>
 #include <vector>
 
@@ -125,9 +126,10 @@ HfExportReport export_hf(const ModelWeights& model, const fs::path& tokenizer,
                         const std::map<std::string, std::string>& metadata) {
     SafetensorsWriter writer(path, shards[shard], metadata);
     for (std::size_t i = 0; i < shards[shard].size(); ++i) {
-      writer.write(shards[shard][i].data);
       std::int64_t n = 1;
       for (const std::int64_t d : shards[shard][i].shape) n *= d;
+      model.populate(sources[shard][i].offset, n);
+      writer.write(shards[shard][i].data);
       model.release(sources[shard][i].offset, n);
     }
     writer.commit();
@@ -372,45 +374,63 @@ HfImportReport import_hf(const fs::path& hf_dir, const fs::path& ckpt_dir) {
     report.tokenizer = true;
   }
   // model.safetensors last: its presence makes the directory a checkpoint.
-  // Written view by view (the bytes save_safetensors writes for the whole
-  // buffer): each view is gathered from the Hugging Face tensors inside it
-  // (converted to float32, transposed back, padding rows zero), written, and
-  // the source pages dropped, so memory holds one view, not the model.
+  // Written in pieces, view by view, with the bytes save_safetensors writes
+  // for the whole buffer: a float32 tensor stored as Borealis stores it goes
+  // to the file straight from the mapped source; any other (float16,
+  // bfloat16, GPT-2's Conv1D weights stored transposed) is converted a block
+  // at a time into a buffer that stays in cache; padding rows are zeros.
+  // Each source tensor's pages are mapped in one call before it is read and
+  // dropped once it is written, so memory holds a block, not a tensor.
   const ParamLayout layout(src.config);
   std::vector<NamedTensor> views;
   for (const ParamView& v : layout.views()) views.push_back({v.name, v.shape, nullptr});
   SafetensorsWriter writer(ckpt_dir / kWeights, views,
                            {{kModelConfigKey, model_config_to_json(src.config)}});
-  std::unique_ptr<float[]> buffer;
-  std::int64_t capacity = 0;
+  constexpr std::int64_t kBlock = 1 << 16;  // elements: 256 KiB
+  std::vector<float> block(kBlock);
+  const std::vector<float> zeros(kBlock, 0.0f);
+  const auto write = [&](const void* data, std::int64_t elements) {
+    writer.append(data, static_cast<std::size_t>(elements) * 4);
+  };
   for (const ParamView& v : layout.views()) {
-    if (v.size > capacity) {
-      buffer = std::make_unique_for_overwrite<float[]>(static_cast<std::size_t>(v.size));
-      capacity = v.size;
-    }
     std::vector<const HfSource::Item*> inside;
     for (const HfSource::Item& item : src.items) {
       if (item.tensor.offset >= v.offset && item.tensor.offset < v.offset + v.size) {
         inside.push_back(&item);
       }
     }
-    // What no tensor fills (padding rows) is zero.
     std::sort(inside.begin(), inside.end(), [](const HfSource::Item* a, const HfSource::Item* b) {
       return a->tensor.offset < b->tensor.offset;
     });
-    std::int64_t filled = v.offset;
-    const auto zero_to = [&](std::int64_t end) {
-      if (end > filled)
-        std::fill(buffer.get() + (filled - v.offset), buffer.get() + (end - v.offset), 0.0f);
+    std::int64_t at = v.offset;  // the next element of the file's buffer to write
+    const auto zeros_to = [&](std::int64_t end) {
+      for (; at < end; at += std::min(kBlock, end - at))
+        write(zeros.data(), std::min(kBlock, end - at));
     };
     for (const HfSource::Item* item : inside) {
-      zero_to(item->tensor.offset);
-      filled = std::max(filled, item->tensor.offset + src.elements(*item));
+      if (item->tensor.offset < at) {
+        throw std::logic_error(
+            fmt::format("import: tensor '{}' overlaps the one before it", item->tensor.name));
+      }
+      zeros_to(item->tensor.offset);
+      const SafetensorsFile& file = *item->file;
+      const SafetensorsFile::Entry& e = *file.find(item->stored);
+      const std::int64_t n = src.elements(*item);
+      file.populate(e.begin, e.end);
+      if (e.dtype == "F32" && !item->tensor.transposed) {
+        write(file.data() + e.begin, n);
+      } else {
+        for (std::int64_t from = 0; from < n; from += kBlock) {
+          const std::int64_t count = std::min(kBlock, n - from);
+          file.read_float(item->stored, item->tensor.shape, block.data(), item->tensor.transposed,
+                          from, count);
+          write(block.data(), count);
+        }
+      }
+      src.release(*item);
+      at += n;
     }
-    zero_to(v.offset + v.size);
-    for (const HfSource::Item* item : inside) src.read(*item, buffer.get(), v.offset);
-    writer.write(buffer.get());
-    for (const HfSource::Item* item : inside) src.release(*item);
+    zeros_to(v.offset + v.size);
   }
   writer.commit();
   return report;

@@ -136,6 +136,12 @@ void ModelWeights::release(std::int64_t offset, std::int64_t count) const {
   file_->release(begin, begin + static_cast<std::uint64_t>(count) * sizeof(float));
 }
 
+void ModelWeights::populate(std::int64_t offset, std::int64_t count) const {
+  if (file_ == nullptr || count <= 0) return;
+  const auto begin = static_cast<std::uint64_t>(offset) * sizeof(float);
+  file_->populate(begin, begin + static_cast<std::uint64_t>(count) * sizeof(float));
+}
+
 ModelWeights map_model_dir(const fs::path& dir) {
   const fs::path path = dir / "model.safetensors";
   try {

@@ -74,6 +74,10 @@ class ModelWeights {
   // maps them back), so that going through a file front to back never holds
   // more than the part in use. Nothing for a buffer.
   void release(std::int64_t offset, std::int64_t count) const;
+  // The reader is about to read elements [offset, offset + count) whole: a
+  // mapped file maps their pages in one call (MappedFile::populate) rather
+  // than a page fault at a time. Nothing for a buffer.
+  void populate(std::int64_t offset, std::int64_t count) const;
 
  private:
   friend ModelWeights map_model_dir(const std::filesystem::path& dir);

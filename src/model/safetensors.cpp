@@ -243,6 +243,8 @@ void SafetensorsWriter::put(const void* data, std::size_t bytes) {
 void SafetensorsWriter::write(const float* data) {
   if (next_ >= tensors_.size())
     throw std::logic_error("SafetensorsWriter: more tensors than listed");
+  if (appended_ != 0)
+    throw std::logic_error("SafetensorsWriter: write() inside an appended tensor");
   NamedTensor t = tensors_[next_++];
   t.data = data;
   if (t.dtype == TensorDtype::kF32 && !t.transposed) {
@@ -256,7 +258,27 @@ void SafetensorsWriter::write(const float* data) {
   }
 }
 
+void SafetensorsWriter::append(const void* stored, std::size_t bytes) {
+  const auto* p = static_cast<const std::byte*>(stored);
+  while (bytes > 0) {
+    if (next_ >= tensors_.size()) {
+      throw std::logic_error("SafetensorsWriter: more bytes than the listed tensors hold");
+    }
+    const std::uint64_t size = stored_bytes(tensors_[next_]);
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(bytes, size - appended_));
+    put(p, n);
+    p += n;
+    bytes -= n;
+    appended_ += n;
+    if (appended_ == size) {  // empty tensors are passed over here too
+      ++next_;
+      appended_ = 0;
+    }
+  }
+}
+
 FileDigest SafetensorsWriter::commit() {
+  while (appended_ == 0 && next_ < tensors_.size() && stored_bytes(tensors_[next_]) == 0) ++next_;
   if (next_ != tensors_.size()) {
     throw std::logic_error("SafetensorsWriter: commit before every tensor is written");
   }
@@ -356,6 +378,12 @@ void SafetensorsFile::release(std::uint64_t begin, std::uint64_t end) const {
   file_.release(at + static_cast<std::size_t>(begin), static_cast<std::size_t>(end - begin));
 }
 
+void SafetensorsFile::populate(std::uint64_t begin, std::uint64_t end) const {
+  if (end <= begin) return;
+  const auto at = static_cast<std::size_t>(data_ - file_.data());
+  file_.populate(at + static_cast<std::size_t>(begin), static_cast<std::size_t>(end - begin));
+}
+
 void SafetensorsFile::check_float(const std::string& name,
                                   const std::vector<std::int64_t>& shape) const {
   const Entry* e = find(name);
@@ -385,35 +413,47 @@ void SafetensorsFile::check_float(const std::string& name,
 
 void SafetensorsFile::read_float(const std::string& name, const std::vector<std::int64_t>& shape,
                                  float* out, bool transposed) const {
+  read_float(name, shape, out, transposed, 0, element_count(shape));
+}
+
+void SafetensorsFile::read_float(const std::string& name, const std::vector<std::int64_t>& shape,
+                                 float* out, bool transposed, std::int64_t from,
+                                 std::int64_t count) const {
   check_float(name, shape);
   if (transposed && shape.size() != 2) {
     throw std::invalid_argument(fmt::format("tensor '{}': only 2-D tensors transpose", name));
   }
-  const Entry* e = find(name);
   const std::int64_t n = element_count(shape);
+  if (from < 0 || count < 0 || from > n || count > n - from) {
+    throw Error(fmt::format("elements [{}, {}) of tensor '{}' are out of range (it has {})", from,
+                            from + count, name, n),
+                where_);
+  }
+  const Entry* e = find(name);
   const std::byte* src = data_ + e->begin;
-  const std::int64_t cols = shape.size() == 2 ? shape[1] : 1;
-  const std::int64_t rows = shape.size() == 2 ? shape[0] : 1;
   if (e->dtype == "F32" && !transposed) {
-    std::memcpy(out, src, static_cast<std::size_t>(n) * 4);
+    std::memcpy(out, src + from * 4, static_cast<std::size_t>(count) * 4);
     return;
   }
+  const std::int64_t end = from + count;
   const auto convert = [&](auto load) {
     if (!transposed) {
-      for (std::int64_t i = 0; i < n; ++i) out[i] = load(i);
+      for (std::int64_t i = from; i < end; ++i) out[i - from] = load(i);
       return;
     }
-    // Stored (r, c) goes to out[c * rows + r], in tiles so that both sides
-    // stay in cache.
+    // The result is [cols, rows]: its element c * rows + r is stored (r, c).
+    // In tiles of 32 stored rows, so that both sides stay in cache; the
+    // first and last result rows of the range may be partial.
+    const std::int64_t rows = shape[0], cols = shape[1];
+    if (count == 0) return;
+    const std::int64_t c_first = from / rows, c_last = (end - 1) / rows;
     constexpr std::int64_t kTile = 32;
     for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
-      const std::int64_t r1 = std::min(rows, r0 + kTile);
-      for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {
-        const std::int64_t c1 = std::min(cols, c0 + kTile);
-        for (std::int64_t c = c0; c < c1; ++c) {
-          float* dst = out + c * rows;
-          for (std::int64_t r = r0; r < r1; ++r) dst[r] = load(r * cols + c);
-        }
+      for (std::int64_t c = c_first; c <= c_last; ++c) {
+        const std::int64_t lo = std::max(r0, from - c * rows);
+        const std::int64_t hi = std::min({r0 + kTile, rows, end - c * rows});
+        float* dst = out + (c * rows - from);
+        for (std::int64_t r = lo; r < hi; ++r) dst[r] = load(r * cols + c);
       }
     }
   };

@@ -70,6 +70,11 @@ class SafetensorsWriter {
   // The data of the next tensor of the list (as NamedTensor::data: float,
   // transposed when the list says so).
   void write(const float* data);
+  // The next `bytes` of the file's data section as stored, for tensors
+  // written in pieces (converted a block at a time, or copied as they are
+  // from another file). Pieces may be of any size and may span tensors;
+  // write() may follow only once the appended bytes end a tensor.
+  void append(const void* stored, std::size_t bytes);
   // After every tensor is written. Returns the file's size and XXH3-128.
   FileDigest commit();
 
@@ -78,6 +83,7 @@ class SafetensorsWriter {
 
   std::vector<NamedTensor> tensors_;
   std::size_t next_ = 0;
+  std::uint64_t appended_ = 0;  // bytes of tensor next_ given to append()
   AtomicFile out_;
   Hasher hash_;
 };
@@ -146,6 +152,11 @@ class SafetensorsFile {
   // read_f32 does, and for other dtypes.
   void read_float(const std::string& name, const std::vector<std::int64_t>& shape, float* out,
                   bool transposed = false) const;
+  // Elements [from, from + count) of what read_float gives (of the
+  // transpose, with transposed) to out, for reading a large tensor in
+  // pieces. Throws as read_float does, and when the range does not fit.
+  void read_float(const std::string& name, const std::vector<std::int64_t>& shape, float* out,
+                  bool transposed, std::int64_t from, std::int64_t count) const;
   // The checks of read_float without the read: throws what it would throw.
   void check_float(const std::string& name, const std::vector<std::int64_t>& shape) const;
 
@@ -155,6 +166,9 @@ class SafetensorsFile {
   // Drops the mapped pages of data bytes [begin, end) from memory
   // (MappedFile::release), for readers done with them.
   void release(std::uint64_t begin, std::uint64_t end) const;
+  // Maps the pages of data bytes [begin, end) in now (MappedFile::populate),
+  // before they are read whole.
+  void populate(std::uint64_t begin, std::uint64_t end) const;
 
  private:
   MappedFile file_;

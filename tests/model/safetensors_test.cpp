@@ -47,14 +47,84 @@ TEST(Safetensors, RoundTripAndLayout) {
   EXPECT_TRUE(header.contains("lm_head.w"));  // untied in llama-tiny
 }
 
+// read_float's range form gives the same elements as the whole read, for
+// every stored dtype, transposed or not, in pieces of any size (the import
+// converts a block at a time; a piece may start and end inside a row).
+TEST(Safetensors, ReadsFloatsInPieces) {
+  test::TempDir dir;
+  const std::vector<std::int64_t> shape = {37, 53};
+  const auto values = numbered(37 * 53);
+  const std::vector<NamedTensor> tensors = {{"f32", shape, values.data(), TensorDtype::kF32},
+                                            {"f16", shape, values.data(), TensorDtype::kF16},
+                                            {"bf16", shape, values.data(), TensorDtype::kBF16}};
+  save_safetensors(dir / "t.safetensors", tensors);
+  const SafetensorsFile file(dir / "t.safetensors");
+  for (const char* name : {"f32", "f16", "bf16"}) {
+    for (const bool transposed : {false, true}) {
+      std::vector<float> whole(values.size());
+      file.read_float(name, shape, whole.data(), transposed);
+      if (transposed && std::string(name) == "f32") {
+        EXPECT_EQ(whole[1], values[53]);  // (1, 0) of the stored
+      }
+      for (const std::int64_t piece : {1, 7, 36, 37, 38, 100, 37 * 53}) {
+        std::vector<float> pieces(values.size(), -1.0f);
+        for (std::int64_t from = 0; from < 37 * 53; from += piece) {
+          const std::int64_t count = std::min<std::int64_t>(piece, 37 * 53 - from);
+          file.read_float(name, shape, pieces.data() + from, transposed, from, count);
+        }
+        EXPECT_EQ(pieces, whole) << name << " transposed " << transposed << " piece " << piece;
+      }
+    }
+  }
+  std::vector<float> out(10);
+  EXPECT_THROW(file.read_float("f32", shape, out.data(), false, 37 * 53 - 5, 10), Error);
+  EXPECT_THROW(file.read_float("f32", shape, out.data(), true, -1, 2), Error);
+}
+
+// SafetensorsWriter::append: the stored bytes in pieces of any size, across
+// tensor boundaries, make the file save_safetensors writes; more bytes than
+// the tensors hold, or a commit before they are all given, is a bug caught.
+TEST(Safetensors, WriterAppendsPiecesAcrossTensors) {
+  test::TempDir dir;
+  const auto a = numbered(300), b = numbered(5), c = numbered(64);
+  const std::vector<NamedTensor> tensors = {{"a", {20, 15}, a.data()},
+                                            {"empty", {0}, nullptr},
+                                            {"b", {5}, b.data()},
+                                            {"c", {8, 8}, c.data()}};
+  save_safetensors(dir / "whole.safetensors", tensors, {{"k", "v"}});
+  std::string data;
+  for (const auto* v : {&a, &b, &c})
+    data.append(reinterpret_cast<const char*>(v->data()), v->size() * 4);
+  for (const std::size_t piece :
+       {std::size_t{1}, std::size_t{12}, std::size_t{1196}, std::size_t{1300}, data.size()}) {
+    SafetensorsWriter writer(dir / "pieces.safetensors", tensors, {{"k", "v"}});
+    for (std::size_t at = 0; at < data.size(); at += piece)
+      writer.append(data.data() + at, std::min(piece, data.size() - at));
+    writer.commit();
+    EXPECT_EQ(test::read_file(dir / "pieces.safetensors"),
+              test::read_file(dir / "whole.safetensors"))
+        << piece;
+  }
+  {
+    SafetensorsWriter writer(dir / "over.safetensors", tensors);
+    EXPECT_THROW(writer.append(data.data(), data.size() + 1), std::logic_error);
+  }
+  {
+    SafetensorsWriter writer(dir / "short.safetensors", tensors);
+    writer.append(data.data(), data.size() - 4);
+    EXPECT_THROW(writer.commit(), std::logic_error);
+    EXPECT_THROW(writer.write(c.data()), std::logic_error);  // inside an appended tensor
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "short.safetensors"));
+}
+
 TEST(Safetensors, RejectsFilesThatDoNotFit) {
   test::TempDir dir;
   const ParamLayout tiny_llama(model_preset("llama-tiny"));
   const ParamLayout tiny_gpt2(model_preset("gpt2-tiny"));
   const auto params = numbered(tiny_gpt2.total());
   save_safetensors(dir / "g.safetensors", tiny_gpt2, params.data());
-  std::vector<float> out(
-      static_cast<std::size_t>(std::max(tiny_llama.total(), tiny_gpt2.total())));
+  std::vector<float> out(static_cast<std::size_t>(std::max(tiny_llama.total(), tiny_gpt2.total())));
   try {
     load_safetensors(dir / "g.safetensors", tiny_llama, out.data());
     FAIL();

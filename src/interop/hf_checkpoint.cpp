@@ -271,10 +271,6 @@ struct HfSource {
     item.file->read_float(item.stored, item.tensor.shape, buffer + (item.tensor.offset - base),
                           item.tensor.transposed);
   }
-  void release(const Item& item) const {
-    const SafetensorsFile::Entry* e = item.file->find(item.stored);
-    item.file->release(e->begin, e->end);
-  }
 };
 
 HfSource open_hf_source(const fs::path& dir) {
@@ -379,14 +375,16 @@ HfImportReport import_hf(const fs::path& hf_dir, const fs::path& ckpt_dir) {
   // to the file straight from the mapped source; any other (float16,
   // bfloat16, GPT-2's Conv1D weights stored transposed) is converted a block
   // at a time into a buffer that stays in cache; padding rows are zeros.
-  // Each source tensor's pages are mapped in one call before it is read and
-  // dropped once it is written, so memory holds a block, not a tensor.
+  // The source is mapped in 16 MiB at a time, in one call, and dropped once
+  // written (a transposed tensor whole), so memory holds a piece, not a
+  // tensor or the model.
   const ParamLayout layout(src.config);
   std::vector<NamedTensor> views;
   for (const ParamView& v : layout.views()) views.push_back({v.name, v.shape, nullptr});
   SafetensorsWriter writer(ckpt_dir / kWeights, views,
                            {{kModelConfigKey, model_config_to_json(src.config)}});
-  constexpr std::int64_t kBlock = 1 << 16;  // elements: 256 KiB
+  constexpr std::int64_t kBlock = 1 << 16;  // elements: 256 KiB of float
+  constexpr std::int64_t kPiece = 1 << 22;  // elements: 16 MiB of float32 source
   std::vector<float> block(kBlock);
   const std::vector<float> zeros(kBlock, 0.0f);
   const auto write = [&](const void* data, std::int64_t elements) {
@@ -416,18 +414,36 @@ HfImportReport import_hf(const fs::path& hf_dir, const fs::path& ckpt_dir) {
       const SafetensorsFile& file = *item->file;
       const SafetensorsFile::Entry& e = *file.find(item->stored);
       const std::int64_t n = src.elements(*item);
-      file.populate(e.begin, e.end);
-      if (e.dtype == "F32" && !item->tensor.transposed) {
-        write(file.data() + e.begin, n);
-      } else {
+      const std::uint64_t width = e.dtype == "F32" ? 4 : 2;  // F16, BF16 (checked)
+      if (item->tensor.transposed) {
+        // A block of the transpose reads a strip of every stored row: the
+        // whole tensor is mapped in, then dropped.
+        file.populate(e.begin, e.end);
         for (std::int64_t from = 0; from < n; from += kBlock) {
           const std::int64_t count = std::min(kBlock, n - from);
-          file.read_float(item->stored, item->tensor.shape, block.data(), item->tensor.transposed,
-                          from, count);
+          file.read_float(item->stored, item->tensor.shape, block.data(), true, from, count);
           write(block.data(), count);
         }
+        file.release(e.begin, e.end);
+      } else {
+        // In pieces of the source, each mapped in, written and dropped.
+        for (std::int64_t from = 0; from < n; from += kPiece) {
+          const std::int64_t count = std::min(kPiece, n - from);
+          const std::uint64_t begin = e.begin + static_cast<std::uint64_t>(from) * width;
+          const std::uint64_t end = begin + static_cast<std::uint64_t>(count) * width;
+          file.populate(begin, end);
+          if (e.dtype == "F32") {
+            write(file.data() + begin, count);
+          } else {
+            for (std::int64_t at_block = from; at_block < from + count; at_block += kBlock) {
+              const std::int64_t k = std::min(kBlock, from + count - at_block);
+              file.read_float(item->stored, item->tensor.shape, block.data(), false, at_block, k);
+              write(block.data(), k);
+            }
+          }
+          file.release(begin, end);
+        }
       }
-      src.release(*item);
       at += n;
     }
     zeros_to(v.offset + v.size);

@@ -1,6 +1,6 @@
 // borealis bench train: time one training step of a model preset on this
-// CPU (forward, backward, optimizer), with tokens/s, GFLOP/s, MFU against a
-// sgemm peak measured in the same run, and memory.
+// CPU or a GPU (forward, backward, optimizer), with tokens/s, GFLOP/s, MFU
+// against a sgemm peak measured in the same run, and memory.
 #include <fmt/format.h>
 
 #include <iostream>
@@ -25,6 +25,8 @@ nlohmann::json train_bench_json(const TrainBenchResult& r) {
   }
   const double mean = r.mean_step_s(), best = r.best_step_s();
   return {{"model", r.config.name},
+          {"device", r.device},
+          {"hardware", r.hardware},
           {"batch", r.batch},
           {"seq_len", r.seq},
           {"threads", r.threads},
@@ -61,6 +63,11 @@ Command add_bench(CLI::App& parent) {
   train->add_option("--steps", opts->steps, "Measured steps (after one warm-up step)")
       ->capture_default_str();
   train->add_option("--seed", opts->seed, "Initialisation seed")->capture_default_str();
+  train
+      ->add_option("--device", opts->device,
+                   "Where the steps run: cpu, or cuda (the first GPU; fp32, in builds with the "
+                   "CUDA backend)")
+      ->capture_default_str();
   auto json = std::make_shared<bool>(false);
   train->add_flag("--json", *json, "Print the figures as one JSON object");
   return {app, [opts, train, json] {

@@ -2,8 +2,9 @@
 //
 // Every transformer op has one forward and one backward function (llm.c
 // style, no autograd). Model code (src/model/) calls ops only through this
-// interface, so a CUDA backend can implement it later without the model
-// changing. Pointers are device pointers of the backend; shapes are in
+// interface, so the CPU backend (kernels/cpu/) and the CUDA backend
+// (kernels/cuda/) run the same model code. Pointers point into the backend's
+// memory (BackendMemory below); shapes are in
 // elements; all tensors are row-major and contiguous unless a stride says
 // otherwise. N is the number of token rows (batch * sequence).
 //
@@ -14,19 +15,80 @@
 //    norms accumulate into the residual-stream gradient they feed).
 //
 // T is the scalar type: the CPU backend implements float (training) and
-// double (finite-difference gradient checks in the tests).
+// double (finite-difference gradient checks in the tests); the CUDA backend
+// float.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace borealis {
 
-template <typename T>
-class Backend {
+// The memory a backend's ops work on: host memory for the CPU backend,
+// device memory for a GPU's. Model code keeps its buffers in BackendArray
+// and moves data between the host and the backend with upload/download, so
+// it runs on either.
+class BackendMemory {
  public:
-  virtual ~Backend() = default;
+  virtual ~BackendMemory() = default;
+  // Zeroed memory of `bytes` bytes (aligned for any element type), freed by
+  // release(). Throws std::bad_alloc or std::runtime_error when none is left.
+  virtual void* allocate(std::size_t bytes) = 0;
+  virtual void release(void* ptr) noexcept = 0;
+  // Whether the host may read and write the memory directly (the CPU
+  // backend's: upload and download are then plain copies).
+  virtual bool host_memory() const = 0;
+  // Host -> backend and backend -> host copies of `bytes` bytes; both wait
+  // for the ops queued before them.
+  virtual void upload(void* dst, const void* host, std::size_t bytes) = 0;
+  virtual void download(void* host, const void* src, std::size_t bytes) = 0;
+  // Waits until the ops queued so far have finished (for timing them). The
+  // CPU backend's ops finish before they return: nothing to wait for.
+  virtual void synchronize() {}
+};
+
+// `count` elements of U in a backend's memory, zeroed, freed with the object.
+template <typename U>
+class BackendArray {
+ public:
+  BackendArray() = default;
+  BackendArray(BackendMemory& memory, std::int64_t count)
+      : memory_(&memory),
+        data_(static_cast<U*>(memory.allocate(static_cast<std::size_t>(count) * sizeof(U)))),
+        size_(count) {}
+  ~BackendArray() {
+    if (data_ != nullptr) memory_->release(data_);
+  }
+  BackendArray(BackendArray&& other) noexcept { swap(other); }
+  BackendArray& operator=(BackendArray&& other) noexcept {
+    BackendArray moved(std::move(other));
+    swap(moved);
+    return *this;
+  }
+  BackendArray(const BackendArray&) = delete;
+  BackendArray& operator=(const BackendArray&) = delete;
+
+  U* data() { return data_; }
+  const U* data() const { return data_; }
+  std::int64_t size() const { return size_; }
+
+ private:
+  void swap(BackendArray& other) noexcept {
+    std::swap(memory_, other.memory_);
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+  }
+  BackendMemory* memory_ = nullptr;
+  U* data_ = nullptr;
+  std::int64_t size_ = 0;
+};
+
+template <typename T>
+class Backend : public BackendMemory {
+ public:
   virtual std::string name() const = 0;
 
   // out[n, c] = wte[tokens[n], c] (+ wpe[n % seq, c] when wpe is not null).

@@ -1,8 +1,13 @@
 // A Backend decorator that times every op of the backend it wraps: where a
 // training step spends its time, per op, on any backend. Used by the
-// training-step benchmark. Timings are wall-clock per call (the ops of the
-// CPU backend are synchronous; an asynchronous backend would need to
-// synchronize for these figures to mean anything).
+// training-step benchmark. Timings are wall-clock per call, from the end of
+// the work queued before the op to the end of the op's own (the inner
+// backend's synchronize(): a no-op on the CPU, whose ops are synchronous;
+// on a GPU it adds the wait between ops that a run without timing does not
+// have).
+//
+// Subclasses may override before_op() and after_op(), called around every
+// op (the tests use them to emulate memory the host cannot touch).
 #pragma once
 
 #include <chrono>
@@ -17,7 +22,7 @@
 namespace borealis {
 
 template <typename T>
-class TimedBackend final : public Backend<T> {
+class TimedBackend : public Backend<T> {
  public:
   explicit TimedBackend(Backend<T>& inner) : inner_(inner) {}
 
@@ -37,6 +42,18 @@ class TimedBackend final : public Backend<T> {
   }
 
   std::string name() const override { return inner_.name() + " (timed)"; }
+
+  // Memory is the inner backend's, untimed.
+  void* allocate(std::size_t bytes) override { return inner_.allocate(bytes); }
+  void release(void* ptr) noexcept override { inner_.release(ptr); }
+  bool host_memory() const override { return inner_.host_memory(); }
+  void upload(void* dst, const void* host, std::size_t bytes) override {
+    inner_.upload(dst, host, bytes);
+  }
+  void download(void* host, const void* src, std::size_t bytes) override {
+    inner_.download(host, src, bytes);
+  }
+  void synchronize() override { inner_.synchronize(); }
 
   void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
                          int seq, int C) override {
@@ -169,12 +186,20 @@ class TimedBackend final : public Backend<T> {
     time("residual", [&] { inner_.add(out, in, count); });
   }
 
+ protected:
+  virtual void before_op() {}
+  virtual void after_op() {}
+
  private:
   template <typename F>
   double time(const char* what, F&& op) {
+    inner_.synchronize();
+    before_op();
     const auto t0 = std::chrono::steady_clock::now();
     op();
+    inner_.synchronize();
     const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    after_op();
     seconds_[what] += t;
     return t;
   }

@@ -27,8 +27,15 @@ Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorPara
       vocab_first_(group_ ? group_->split.rank * vocab_part_ : 0),
       layout_((config.validate(), config), group_ ? group_->split : TensorSplit{}, stage),
       block_(config, layout_, backend, group_) {
-  params_.assign(static_cast<std::size_t>(layout_.total()), T(0));
-  grads_.assign(static_cast<std::size_t>(layout_.total()), T(0));
+  // The parallel groups exchange host buffers (MPI).
+  if (!backend.host_memory() && (group_ != nullptr || !stage.first() || !stage.last())) {
+    throw Error(fmt::format("tensor and pipeline parallelism run on the CPU backend only, not on "
+                            "'{}'",
+                            backend.name()),
+                "backend");
+  }
+  params_ = BackendArray<T>(backend, layout_.total());
+  grads_ = BackendArray<T>(backend, layout_.total());
 }
 
 template <typename T>
@@ -45,12 +52,18 @@ std::span<T> Model<T>::grad(std::string_view name) {
 
 template <typename T>
 void Model<T>::init(std::uint64_t seed) {
-  init_params(config_, layout_, params_.data(), seed);
+  if (backend_.host_memory()) {
+    init_params(config_, layout_, params_.data(), seed);
+    return;
+  }
+  std::vector<T> host(static_cast<std::size_t>(layout_.total()));
+  init_params(config_, layout_, host.data(), seed);
+  backend_.upload(params_.data(), host.data(), host.size() * sizeof(T));
 }
 
 template <typename T>
 void Model<T>::zero_grad() {
-  backend_.fill(grads_.data(), T(0), static_cast<std::int64_t>(grads_.size()));
+  backend_.fill(grads_.data(), T(0), grads_.size());
 }
 
 template <typename T>
@@ -148,8 +161,9 @@ void Model<T>::reserve(int B, int seq, int slots) {
   dqkv_ = take(N * S);
   dmlp_act_ = take(N * F);
   dfch_ = take(N * FW);
-  arena_.assign(static_cast<std::size_t>(slots * slot_elems_ + top), T(0));
-  tokens_.assign(static_cast<std::size_t>(slots * N), 0);
+  arena_ = BackendArray<T>(backend_, slots * slot_elems_ + top);
+  tokens_ = BackendArray<std::int32_t>(backend_, slots * N);
+  if (!backend_.host_memory() && last) targets_ = BackendArray<std::int32_t>(backend_, N);
   grad_pending_.assign(static_cast<std::size_t>(slots), 0);
   head_slot_ = -1;
   cap_B_ = B;
@@ -276,8 +290,15 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   grad_pending_[static_cast<std::size_t>(slot_)] = 0;
   if (head_slot_ == slot_) head_slot_ = -1;
 
+  // The ops read the backend's copies of the tokens and targets.
   if (first) {
-    std::copy(tokens, tokens + N, tokens_.begin() + static_cast<std::ptrdiff_t>(slot_) * N);
+    std::int32_t* copy = tokens_.data() + static_cast<std::ptrdiff_t>(slot_) * N;
+    backend_.upload(copy, tokens, static_cast<std::size_t>(N) * sizeof(std::int32_t));
+    tokens = copy;
+  }
+  if (last && !backend_.host_memory()) {
+    backend_.upload(targets_.data(), targets, static_cast<std::size_t>(N) * sizeof(std::int32_t));
+    targets = targets_.data();
   }
   if (first && group_ == nullptr) {
     backend_.embedding_forward(act(encoded_), tokens, p(layout_.wte()),
@@ -340,8 +361,14 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   }
   grad_pending_[static_cast<std::size_t>(slot_)] = need_grad;
   if (need_grad) head_slot_ = slot_;
+  const T* losses = act(losses_);
+  if (!backend_.host_memory()) {
+    losses_host_.resize(static_cast<std::size_t>(N));
+    backend_.download(losses_host_.data(), losses, losses_host_.size() * sizeof(T));
+    losses = losses_host_.data();
+  }
   double sum = 0;
-  for (int i = 0; i < N; ++i) sum += static_cast<double>(act(losses_)[i]);
+  for (int i = 0; i < N; ++i) sum += static_cast<double>(losses[i]);
   return static_cast<T>(sum / N);
 }
 
@@ -441,6 +468,7 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
 template <typename T>
 std::span<const T> Model<T>::losses() const {
   if (!stage().last() || cap_B_ == 0) return {};
+  if (!backend_.host_memory()) return losses_host_;
   return {act(losses_), static_cast<std::size_t>(B_) * T_};
 }
 

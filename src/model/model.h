@@ -14,8 +14,14 @@
 // Gradients accumulate across forward/backward pairs until zero_grad(); pass
 // grad_scale = 1 / micro_batches for gradient accumulation.
 //
-// Activations live in one arena sized by reserve(B, T); the model calls ops
-// only through Backend<T>, so it runs unchanged on any backend.
+// Parameters, gradients and activations live in the backend's memory
+// (BackendArray): activations in one arena sized by reserve(B, T). The model
+// calls ops only through Backend<T>, so it runs unchanged on the CPU and on
+// a GPU; tokens and targets come from the host and are copied to the
+// backend, and forward() returns the loss (and losses()) on the host. On a
+// backend whose memory the host cannot read (CUDA), params(), grads(),
+// param() and grad() are device pointers; tensor and pipeline parallelism
+// need host memory.
 //
 // Tensor parallelism: given a TensorParallelGroup, the model holds this rank's part
 // of every layer (ParamLayout with the group's split: heads, hidden units,
@@ -61,6 +67,7 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   std::int64_t num_params() const { return layout_.total(); }
+  // The flat buffers, in the backend's memory.
   T* params() { return params_.data(); }
   const T* params() const { return params_.data(); }
   T* grads() { return grads_.data(); }
@@ -95,7 +102,9 @@ class Model {
   // sequences of seq tokens: rows (this rank's, with sequence parallelism)
   // times d_model.
   std::int64_t stage_elems(int B, int seq) const;
-  std::size_t activation_bytes() const { return arena_.size() * sizeof(T); }
+  std::size_t activation_bytes() const {
+    return static_cast<std::size_t>(arena_.size()) * sizeof(T);
+  }
   // Rows per logits chunk of the loss head (default: about 8M logits). Smaller
   // chunks save memory; the tests use it to cover several chunks.
   void set_loss_chunk_rows(int rows);
@@ -156,13 +165,13 @@ class Model {
   int vocab_first_ = 0;                  // the first of them
   ParamLayout layout_;
   Block<T> block_;
-  std::vector<T> params_;
-  std::vector<T> grads_;
+  BackendArray<T> params_;
+  BackendArray<T> grads_;
 
   // Arena and its layout for the reserved (B, T): slots_ activation sets of
   // slot_elems_ each (offsets below from the set's start), then the scratch
   // (offsets from its start).
-  std::vector<T> arena_;
+  BackendArray<T> arena_;
   int cap_B_ = 0, cap_T_ = 0, slots_ = 1, slot_ = 0;
   std::int64_t slot_elems_ = 0;
   int B_ = 0, T_ = 0;                  // sizes of the last forward
@@ -174,7 +183,9 @@ class Model {
   std::int64_t gathered_ = 0, partial_ = 0, dgathered_ = 0, dlocal_ = 0, dnorm_ = 0;
   std::int64_t dlnf_ = 0, dres_ = 0, dln_ = 0, datty_ = 0, dqkv_ = 0, mlp_act_ = 0, dmlp_act_ = 0,
                dfch_ = 0;
-  std::vector<std::int32_t> tokens_;  // per slot, of the first stage's forward
+  BackendArray<std::int32_t> tokens_;   // per slot, of the first stage's forward
+  BackendArray<std::int32_t> targets_;  // the last forward's, where the host cannot read memory
+  std::vector<T> losses_host_;          // the last forward's losses, likewise
 };
 
 extern template class Model<float>;

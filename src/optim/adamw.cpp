@@ -20,8 +20,8 @@ AdamW::AdamW(Backend<float>& backend, const ParamLayout& layout, const AdamWConf
     const std::int64_t hi = std::min(view.offset + view.size, end);
     if (lo < hi) ranges_.push_back({lo - begin, hi - lo, decays(view)});
   }
-  m_.assign(static_cast<std::size_t>(end - begin), 0.0f);
-  v_.assign(static_cast<std::size_t>(end - begin), 0.0f);
+  m_ = BackendArray<float>(backend, end - begin);
+  v_ = BackendArray<float>(backend, end - begin);
 }
 
 bool AdamW::decays(const ParamView& view) const {

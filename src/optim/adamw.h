@@ -16,12 +16,13 @@
 //
 // The arithmetic is the backend's (Backend::adamw_update, sum_of_squares,
 // scale): this file decides what to update with which hyper-parameters, the
-// backend how, so the CPU and a GPU backend share one AdamW. Buffers are the
-// backend's memory; the moments are host vectors, which is the CPU backend's
-// memory.
+// backend how, so the CPU and a GPU backend share one AdamW. Parameters,
+// gradients and the moments are in the backend's memory (the moments are
+// BackendArrays of the optimizer's backend).
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -57,14 +58,16 @@ class AdamW {
   std::int64_t end() const { return end_; }
 
   std::int64_t steps() const { return steps_; }
-  const std::vector<float>& m() const { return m_; }
-  const std::vector<float>& v() const { return v_; }
+  std::span<const float> m() const { return {m_.data(), static_cast<std::size_t>(m_.size())}; }
+  std::span<const float> v() const { return {v_.data(), static_cast<std::size_t>(v_.size())}; }
   // Restoring from a checkpoint: write the moments in place, then set the
   // step count they belong to.
   float* m_data() { return m_.data(); }
   float* v_data() { return v_.data(); }
   void set_steps(std::int64_t steps) { steps_ = steps; }
-  std::size_t state_bytes() const { return (m_.size() + v_.size()) * sizeof(float); }
+  std::size_t state_bytes() const {
+    return static_cast<std::size_t>(m_.size() + v_.size()) * sizeof(float);
+  }
   // Whether the tensor view gets weight decay under this config.
   bool decays(const ParamView& view) const;
 
@@ -77,7 +80,7 @@ class AdamW {
   AdamWConfig config_;
   std::int64_t begin_ = 0, end_ = 0;
   std::vector<Range> ranges_;  // relative to begin_, clipped to the range
-  std::vector<float> m_, v_;
+  BackendArray<float> m_, v_;
   std::int64_t steps_ = 0;
 };
 

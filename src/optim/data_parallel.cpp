@@ -36,6 +36,11 @@ DataParallel::DataParallel(Communicator& comm, Backend<float>& backend, const Pa
   }
   const int n = comm.size();
   if (n == 1) return;
+  if (!backend.host_memory()) {
+    throw std::invalid_argument(fmt::format(
+        "data parallelism over {} ranks exchanges host memory, not the memory of '{}'", n,
+        backend.name()));
+  }
   const auto bucket =
       std::max<std::int64_t>(1, static_cast<std::int64_t>(options.bucket_bytes / sizeof(float)));
   if (options.zero == 0) {

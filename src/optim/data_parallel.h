@@ -78,6 +78,7 @@ class DataParallel {
   // buffer with zero = 0 or one rank, else its shard. Checkpoints save and
   // restore its moments directly (train/dist_checkpoint.h), so that no rank
   // ever holds all shards.
+  Backend<float>& backend() { return backend_; }
   AdamW& optimizer() { return optimizer_; }
   const AdamW& optimizer() const { return optimizer_; }
 

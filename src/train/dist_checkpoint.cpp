@@ -239,17 +239,28 @@ void CheckpointSaver::start(const TrainState& state, const ParamLayout& layout, 
 
   const bool writes = job->writes_model || job->writes_moments;
   const AdamW& opt = dp.optimizer();
-  if (writes && async_) {
+  Backend<float>& backend = dp.backend();
+  // A GPU's memory reaches the files through a copy in host memory too.
+  const bool device = !backend.host_memory();
+  if (writes && (async_ || device)) {
     // The copy in host memory the write reads while training goes on.
+    const auto copy = [&](std::vector<float>& to, const float* from, std::size_t n) {
+      if (device) {
+        to.resize(n);
+        backend.download(to.data(), from, n * sizeof(float));
+      } else {
+        to.assign(from, from + n);
+      }
+    };
     if (job->writes_moments) {
       const auto n = static_cast<std::size_t>(job->range.size());
-      m_copy_.assign(opt.m().data(), opt.m().data() + n);
-      v_copy_.assign(opt.v().data(), opt.v().data() + n);
+      copy(m_copy_, opt.m().data(), n);
+      copy(v_copy_, opt.v().data(), n);
       job->m = m_copy_.data();
       job->v = v_copy_.data();
     }
     if (job->writes_model) {
-      params_copy_.assign(params, params + layout.total());
+      copy(params_copy_, params, static_cast<std::size_t>(layout.total()));
       job->params = params_copy_.data();
     }
   } else {
@@ -413,8 +424,20 @@ void CheckpointSaver::abandon() {
 void load_training_checkpoint(const CheckpointInfo& info, const ParamLayout& layout, float* params,
                               DataParallel& dp) {
   AdamW& opt = dp.optimizer();
-  load_checkpoint(info, layout, params, {dp.shard_begin(), dp.shard_end()}, opt.m_data(),
-                  opt.v_data());
+  Backend<float>& backend = dp.backend();
+  if (backend.host_memory()) {
+    load_checkpoint(info, layout, params, {dp.shard_begin(), dp.shard_end()}, opt.m_data(),
+                    opt.v_data());
+  } else {
+    // Read on the host, then copied to the device.
+    const auto n = static_cast<std::size_t>(dp.shard_end() - dp.shard_begin());
+    std::vector<float> p(static_cast<std::size_t>(layout.total())), m(n), v(n);
+    load_checkpoint(info, layout, p.data(), {dp.shard_begin(), dp.shard_end()}, m.data(),
+                    v.data());
+    backend.upload(params, p.data(), p.size() * sizeof(float));
+    backend.upload(opt.m_data(), m.data(), n * sizeof(float));
+    backend.upload(opt.v_data(), v.data(), n * sizeof(float));
+  }
   opt.set_steps(info.adamw_steps);
 }
 

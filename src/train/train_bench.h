@@ -1,8 +1,9 @@
 // The training-step benchmark behind `borealis bench train` and
 // bench/train_step: times forward, backward and the optimizer separately on
-// a synthetic batch, measures the machine's sgemm peak at the model's own
-// GEMM shapes in the same run, and reports tokens/s, achieved GFLOP/s, MFU
-// and memory (which must not grow from step to step).
+// a synthetic batch, on the CPU or (--device cuda) a GPU, measures the
+// machine's fp32 GEMM peak (OpenBLAS sgemm, or cuBLAS sgemm on the GPU) at
+// the model's own GEMM shapes in the same run, and reports tokens/s,
+// achieved GFLOP/s, MFU and memory (which must not grow from step to step).
 //
 // FLOPs are counted as in PaLM (and in the PyTorch reference
 // figures): 6 * N_params + 12 * n_layer * d_model * seq per token, i.e. the
@@ -14,12 +15,14 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "model/config.h"
 
 namespace borealis {
 
 struct TrainBenchOptions {
   std::string model = "gpt2-124m";
+  std::string device = "cpu";  // kernels/make_backend.h: "cpu" or "cuda"
   int batch = 4;
   int seq = 256;
   int steps = 3;  // measured steps, after one warm-up step
@@ -42,11 +45,13 @@ struct StepTiming {
 
 struct TrainBenchResult {
   ModelConfig config;
+  std::string device;    // "cpu" or "cuda"
+  std::string hardware;  // what ran it: CPU threads and BLAS, or the GPU's name
   int batch = 0, seq = 0, threads = 0;
   std::int64_t params = 0;
   double flops_per_token = 0;
   std::vector<GemmTiming> gemms;
-  double peak_gflops = 0;  // best sgemm rate over gemms
+  double peak_gflops = 0;  // best sgemm rate over gemms (cuBLAS's on a GPU)
   StepTiming warmup;
   std::vector<StepTiming> steps;
   std::uint64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
@@ -78,6 +83,10 @@ double train_flops_per_token(const ModelConfig& config, std::int64_t params, int
 // best rate of one shape (updates g.gflops if faster than before).
 std::vector<GemmTiming> model_gemm_shapes(const ModelConfig& config, int rows, int loss_chunk_rows);
 void time_gemm(GemmTiming& g);
+// The same M x N x K on a backend's memory, as matmul_forward (out[M, N] =
+// A[M, K] W[N, K]^T; the transposes of g are not applied), waiting for the
+// device at both ends of each run.
+void time_backend_gemm(Backend<float>& backend, GemmTiming& g);
 
 // Throws borealis::Error for an unknown model or bad sizes.
 TrainBenchResult run_train_bench(const TrainBenchOptions& options);

@@ -156,6 +156,9 @@ ConfigSchema train_config_schema() {
         "(0: off)");
   s.add("train.spike_window", Int{128}, "recent losses the spike rule looks at");
   s.add("train.peak_gflops", 0.0, "peak GFLOP/s for MFU (0: measure sgemm at start-up)");
+  s.add("train.device", std::string("cpu"),
+        "where the steps run: \"cpu\", or \"cuda\" (the first GPU, fp32, one rank; builds with "
+        "the CUDA backend); checkpoints are the same on both, so a run resumes on either");
   s.add("train.stop_file", std::string(""),
         "when this file appears, every rank stops after the current step with a checkpoint, as "
         "on a signal, and the run removes the file (relative paths: in train.run_dir; empty: "
@@ -264,6 +267,7 @@ TrainSettings read_train_settings(const Config& c) {
   t.spike_zscore = get_number(c, "train.spike_zscore", 0);
   t.spike_window = static_cast<int>(get_int(c, "train.spike_window", 2, 1 << 20));
   t.peak_gflops = get_number(c, "train.peak_gflops", 0);
+  t.device = c.get<std::string>("train.device");
   t.stop_file = c.get<std::string>("train.stop_file");
   if (!t.stop_file.empty() && t.stop_file.is_relative()) t.stop_file = t.run_dir / t.stop_file;
   for (const std::string& range : c.get<std::vector<std::string>>("train.skip_steps")) {

@@ -77,6 +77,7 @@ struct TrainSettings {
   double spike_zscore = 0;            // 0: off
   int spike_window = 128;             // losses the z-score looks back on
   double peak_gflops = 0;             // 0: measured at start-up
+  std::string device = "cpu";         // kernels/make_backend.h: "cpu" or "cuda"
   std::filesystem::path stop_file;    // empty: none; resolved against run_dir
   std::vector<StepRange> skip_steps;  // data read and dropped, no update
 

@@ -24,6 +24,7 @@
 #include "dist/communicator.h"
 #include "dist/restart.h"
 #include "kernels/backend.h"
+#include "kernels/make_backend.h"
 #include "model/model.h"
 #include "optim/data_parallel.h"
 #include "tokenizer/tokenizer.h"
@@ -349,7 +350,14 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   }
 
   // Model and optimizer, fresh or from the checkpoint.
-  auto backend = make_cpu_backend<float>();
+  const std::unique_ptr<Backend<float>> backend =
+      options.backend ? options.backend() : make_backend(s.device, "train.device");
+  if (!backend->host_memory() && ranks > 1) {
+    throw Error(fmt::format("train.device = \"{}\" runs on one rank: data, tensor and pipeline "
+                            "parallelism exchange host memory over MPI ({} ranks here)",
+                            s.device, ranks),
+                "train.device");
+  }
   Model<float> model(s.model, *backend, &groups.model_group(), groups.stage());
   std::unique_ptr<Pipeline<float>> pipeline;
   if (layout.pipeline > 1) {
@@ -393,7 +401,11 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   if (peak == 0 && !root) peak = 1;  // only rank 0 reports MFU
   if (peak == 0) {
     for (auto& g : model_gemm_shapes(s.model, s.micro_batch * L, model.loss_chunk_rows())) {
-      time_gemm(g);
+      if (backend->host_memory()) {
+        time_gemm(g);
+      } else {
+        time_backend_gemm(*backend, g);
+      }
       peak = std::max(peak, g.gflops);
     }
   }

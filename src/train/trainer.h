@@ -21,13 +21,22 @@
 // A collective that waits past dist.timeout_s fails the run with the
 // CommTimeout naming the ranks that do not answer, after a checkpoint of the
 // last completed step when one can still be written (train/rank_failure.h).
+//
+// train.device = "cuda" runs the steps on the GPU (one rank): the model, its
+// gradients and the optimizer's moments live in device memory, and the run
+// moves them to the host only to write a checkpoint or score tasks.
+// Checkpoints do not depend on the device: a run resumes on the CPU or the
+// GPU from either's checkpoints.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "core/config.h"
+#include "kernels/backend.h"
 
 namespace borealis {
 
@@ -45,6 +54,9 @@ struct TrainRunOptions {
   // environment (make_communicator). Its time-out and reduction algorithm
   // are set from [dist].
   Communicator* comm = nullptr;
+  // The backend to train on instead of train.device's (null: that one); the
+  // tests pass one whose memory the host cannot touch, as a GPU's.
+  std::function<std::unique_ptr<Backend<float>>()> backend;
 };
 
 struct TrainRunResult {

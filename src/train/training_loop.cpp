@@ -370,9 +370,7 @@ void TrainingLoop::evaluate_tasks() {
                 std::span<const float>(whole_->params(),
                                        static_cast<std::size_t>(whole_->layout().total())),
                 progress_)
-          : p_.tasks->evaluate(s_.model,
-                               std::span<const float>(p_.model.params(), p_.model.num_params()),
-                               progress_);
+          : p_.tasks->evaluate(s_.model, host_params(), progress_);
   const double run_s = elapsed_s();
   for (const TaskScore& score : scores) {
     std::string fields;
@@ -403,6 +401,15 @@ void TrainingLoop::evaluate_tasks() {
                scores.size() == 1 ? "" : "s", state_.step, seconds_since(t0));
     std::fflush(stdout);
   }
+}
+
+std::span<const float> TrainingLoop::host_params() {
+  Backend<float>& backend = p_.dp.backend();
+  const auto n = static_cast<std::size_t>(p_.model.num_params());
+  if (backend.host_memory()) return {p_.model.params(), n};
+  host_params_.resize(n);
+  backend.download(host_params_.data(), p_.model.params(), n * sizeof(float));
+  return host_params_;
 }
 
 void TrainingLoop::update_state() {

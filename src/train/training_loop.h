@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -102,6 +103,9 @@ class TrainingLoop {
   // The validation loss, then the benchmark tasks (rank 0).
   void validate();
   void evaluate_tasks();
+  // The model's parameters in host memory (a copy where the backend's memory
+  // is a GPU's).
+  std::span<const float> host_params();
   // Starts the checkpoint of this step (after finishing one in flight);
   // synchronous saves finish at once.
   void save_checkpoint();
@@ -133,6 +137,7 @@ class TrainingLoop {
   std::int64_t steps_this_run_ = 0;
   // This rank's micro-batch losses; then every rank's, in rank order.
   std::vector<double> micro_losses_, all_losses_;
+  std::vector<float> host_params_;  // host_params()'s copy
   // Pipeline parallel: the step's micro-batches, one after another.
   std::vector<std::int32_t> step_tokens_, step_targets_;
   StragglerMonitor stragglers_;

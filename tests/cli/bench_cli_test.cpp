@@ -29,5 +29,25 @@ TEST(BenchCli, TrainRejectsBadInput) {
   EXPECT_NE(r.err.find("(--batch)"), std::string::npos) << r.err;
 }
 
+TEST(BenchCli, TrainDevice) {
+  RunResult r =
+      run_borealis({"bench", "train", "--model", "gpt2-tiny", "--seq-len", "8", "--device", "tpu"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("error: unknown device 'tpu' (this build has: cpu"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("(--device)"), std::string::npos) << r.err;
+  // On the GPU where there is one; otherwise one line saying why not (no
+  // CUDA backend in this build, or no device).
+  r = run_borealis({"bench", "train", "--model", "llama-tiny", "--batch", "2", "--seq-len", "8",
+                    "--steps", "1", "--device", "cuda"});
+  if (r.exit_code == 0) {
+    EXPECT_NE(r.out.find("cuda backend, fp32"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("GPU memory"), std::string::npos) << r.out;
+  } else {
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("error: device 'cuda': "), std::string::npos) << r.err;
+  }
+}
+
 }  // namespace
 }  // namespace borealis::test

@@ -306,6 +306,27 @@ TEST(OpsThreads, ResultsDoNotDependOnThreadCount) {
 }
 
 // The float kernels use a polynomial exp; it must stay within a few ulp of libm.
+TEST(BackendMemory, CpuArraysAreZeroedHostMemory) {
+  auto be = make_cpu_backend<float>();
+  EXPECT_TRUE(be->host_memory());
+  BackendArray<float> a(*be, 1000);
+  ASSERT_EQ(a.size(), 1000);
+  for (std::int64_t i = 0; i < a.size(); ++i) ASSERT_EQ(a.data()[i], 0.0f);
+  const std::vector<float> in = {1.5f, -2.0f, 3.25f};
+  be->upload(a.data() + 10, in.data(), in.size() * sizeof(float));
+  std::vector<float> out(3);
+  be->download(out.data(), a.data() + 10, out.size() * sizeof(float));
+  EXPECT_EQ(out, in);
+  // Moving hands the memory over; the moved-from array is empty.
+  float* const p = a.data();
+  BackendArray<float> b(std::move(a));
+  EXPECT_EQ(b.data(), p);
+  EXPECT_EQ(a.data(), nullptr);  // NOLINT(bugprone-use-after-move): the contract under test
+  EXPECT_EQ(a.size(), 0);
+  BackendArray<std::int32_t> ids(*be, 0);
+  EXPECT_EQ(ids.size(), 0);
+}
+
 TEST(VecMath, FastExpMatchesLibm) {
   float worst = 0;
   for (float x = -80.0f; x < 80.0f; x += 0.0137f) {

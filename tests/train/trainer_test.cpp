@@ -18,6 +18,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "data/indexed_dataset.h"
+#include "kernels/guarded_backend.h"
 #include "test_util.h"
 #include "tokenizer/hf_json.h"
 #include "tokenizer/train.h"
@@ -114,6 +115,35 @@ TEST(Trainer, ResumeIsExactWhenStoppedTwice) {
   // keep = 2: only the two newest checkpoints remain.
   EXPECT_EQ(test::list_dir(split / "checkpoints"),
             (std::vector<std::string>{"step-00000009", "step-00000012"}));
+}
+
+// A run whose backend memory the host cannot touch (as a GPU's: the CPU's
+// ops behind closed memory) computes what a CPU run computes, and its
+// checkpoints resume on the CPU and the other way round, bit for bit.
+TEST(Trainer, RunsOnDeviceMemoryAndResumesAcrossDevices) {
+  TrainFixture f;
+  const fs::path cpu_run = f.dir() / "cpu", mixed = f.dir() / "mixed";
+  const auto a = train(f.write_config("a.toml", cpu_run));
+  const fs::path cfg = f.write_config("b.toml", mixed);
+  const auto run = [&](std::int64_t stop_at, bool guarded) {
+    TrainRunOptions o;
+    o.progress = false;
+    o.stop_at_step = stop_at;
+    if (guarded) o.backend = [] { return std::make_unique<test::GuardedBackend>(); };
+    return run_training(load(cfg), o);
+  };
+  const auto b1 = run(5, true);  // device memory, stopped between checkpoints
+  EXPECT_EQ(b1.steps, 5);
+  const auto b2 = run(9, false);  // resumed on the CPU
+  EXPECT_EQ(b2.first_step, 5);
+  const auto b3 = run(0, true);  // and back on device memory to the end
+  EXPECT_EQ(b3.first_step, 9);
+  EXPECT_EQ(b3.steps, 12);
+  EXPECT_EQ(train_losses(cpu_run), train_losses(mixed));
+  EXPECT_EQ(a.valid_loss, b3.valid_loss);
+  EXPECT_EQ(model_bytes(a.last_checkpoint), model_bytes(b3.last_checkpoint));
+  EXPECT_EQ(test::read_file(a.last_checkpoint / "optimizer.safetensors"),
+            test::read_file(b3.last_checkpoint / "optimizer.safetensors"));
 }
 
 TEST(Trainer, DamagedCheckpointsAreSkipped) {

@@ -1,7 +1,10 @@
 // The CPU backend: forwards each Backend op to its OpenMP/OpenBLAS kernel.
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -17,6 +20,22 @@ class CpuBackend final : public Backend<T> {
  public:
   std::string name() const override { return "cpu"; }
   bool concurrent_attention() const override { return true; }
+
+  // Host memory. calloc: large blocks come zeroed from the kernel, page by
+  // page as they are first touched.
+  void* allocate(std::size_t bytes) override {
+    void* p = std::calloc(std::max<std::size_t>(bytes, 1), 1);
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+  void release(void* ptr) noexcept override { std::free(ptr); }
+  bool host_memory() const override { return true; }
+  void upload(void* dst, const void* host, std::size_t bytes) override {
+    if (bytes > 0 && dst != host) std::memcpy(dst, host, bytes);
+  }
+  void download(void* host, const void* src, std::size_t bytes) override {
+    if (bytes > 0 && host != src) std::memcpy(host, src, bytes);
+  }
 
   void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int N,
                          int seq, int C) override {

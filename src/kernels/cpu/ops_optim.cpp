@@ -1,27 +1,22 @@
-// The optimizer's arithmetic on the CPU: AdamW's update, the sum of squares
+// The optimizer's arithmetic on the CPU: AdamW's update (each element by
+// kernels/adamw_math.h, which the CUDA backend shares), the sum of squares
 // behind gradient norms, and scaling. OpenMP loops the compiler vectorizes.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "kernels/adamw_math.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace borealis::cpu {
 
-// The scalars stay float whatever T is: the float instantiation is the one
-// that trains, and its rounding is the one the tests and checkpoints pin.
 template <typename T>
 void adamw_update(T* params, const T* grads, T* m, T* v, std::int64_t count, float lr, float b1,
                   float b2, float eps, float wd, float grad_scale, float c1, float c2) {
 #pragma omp parallel for simd schedule(static) if (worth_threads(count))
   for (std::int64_t i = 0; i < count; ++i) {
-    const T g = grads[i] * grad_scale;
-    const T mi = b1 * m[i] + (1.0f - b1) * g;
-    const T vi = b2 * v[i] + (1.0f - b2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    params[i] -= lr * (mi * c1 / (std::sqrt(vi * c2) + eps) + wd * params[i]);
+    adamw_element(params[i], grads[i], m[i], v[i], lr, b1, b2, eps, wd, grad_scale, c1, c2);
   }
 }
 

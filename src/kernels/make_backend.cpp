@@ -1,0 +1,41 @@
+#include "kernels/make_backend.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "core/error.h"
+
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+#include "kernels/cuda/cuda_backend.h"
+#endif
+
+namespace borealis {
+
+std::vector<std::string> backend_names() {
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+  return {"cpu", "cuda"};
+#else
+  return {"cpu"};
+#endif
+}
+
+std::unique_ptr<Backend<float>> make_backend(const std::string& device, const std::string& where) {
+  if (device == "cpu") return make_cpu_backend<float>();
+  if (device == "cuda") {
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+    const std::string why = cuda_unavailable_reason();
+    if (!why.empty()) throw Error(fmt::format("device 'cuda': {}", why), where);
+    return make_cuda_backend(0);
+#else
+    throw Error(
+        "device 'cuda': this build has no CUDA backend (the CUDA toolkit was not found "
+        "when it was configured, or BOREALIS_CUDA_KERNELS was OFF)",
+        where);
+#endif
+  }
+  throw Error(fmt::format("unknown device '{}' (this build has: {})", device,
+                          fmt::join(backend_names(), ", ")),
+              where);
+}
+
+}  // namespace borealis

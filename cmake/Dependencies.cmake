@@ -83,3 +83,22 @@ if(NOT BOREALIS_CUDA STREQUAL "OFF")
     message(FATAL_ERROR "BOREALIS_CUDA=ON but the CUDA toolkit was not found (set CUDAToolkit_ROOT)")
   endif()
 endif()
+
+# The CUDA backend's kernels (src/kernels/cuda/*.cu), compiled by nvcc for
+# CMAKE_CUDA_ARCHITECTURES (default 90: H100 and H200). Built whenever the
+# toolkit is found, so the code compiles on every CI run even without a GPU;
+# the sanitizer preset leaves them out (nvcc does not take the sanitizer
+# flags, and its tests need a device, which CI does not have).
+option(BOREALIS_CUDA_KERNELS "Build the CUDA backend when the CUDA toolkit is found" ON)
+set(BOREALIS_HAVE_CUDA_KERNELS OFF)
+if(BOREALIS_HAVE_CUDA AND BOREALIS_CUDA_KERNELS)
+  if(NOT CMAKE_CUDA_COMPILER AND CUDAToolkit_NVCC_EXECUTABLE)
+    set(CMAKE_CUDA_COMPILER ${CUDAToolkit_NVCC_EXECUTABLE})
+  endif()
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    set(CMAKE_CUDA_ARCHITECTURES 90)
+  endif()
+  enable_language(CUDA)
+  set(BOREALIS_HAVE_CUDA_KERNELS ON)
+  message(STATUS "Borealis: CUDA backend for sm_${CMAKE_CUDA_ARCHITECTURES}")
+endif()

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA backend, prepared here and run on a machine with
+# an NVIDIA GPU (which has the CUDA runtime and cuBLAS, but not the Debian
+# libraries Borealis builds against).
+#
+# Usage:
+#   scripts/device-check.sh pack   build the device preset (release, CUDA
+#                                  kernels, no -march=native: the GPU
+#                                  machine's CPU is another) and pack the test binary, the
+#                                  borealis binary and the shared libraries
+#                                  they need, other than the C/C++ runtime and
+#                                  CUDA's own, into .device-pack/pack.tar.xz
+#   scripts/device-check.sh run    on the GPU machine: unpack, print the
+#                                  device, run every CUDA test (CudaOps.*,
+#                                  *CudaModel.*), write the log to $OUT (or
+#                                  ./device-out) and exit with the tests'
+#                                  status
+# The pack is about 20 MB; .device-pack/ is ignored by git and carried to the
+# GPU machine as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pack_dir=.device-pack
+mode=${1:-}
+
+case "$mode" in
+  pack)
+    cmake --preset device >/dev/null
+    cmake --build --preset device -j "$(nproc)"
+    if ! grep -q 'make_cuda_backend' <(nm -C build/device/tests/borealis_tests); then
+      echo "error: build/device has no CUDA backend (is the CUDA toolkit installed?)" >&2
+      exit 1
+    fi
+    rm -rf "$pack_dir"
+    stage=$(mktemp -d)
+    trap 'rm -rf "$stage"' EXIT
+    mkdir -p "$stage/lib"
+    cp build/device/tests/borealis_tests build/device/src/borealis "$stage/"
+    # Libraries the GPU machine lacks: everything ldd resolves except the C and
+    # C++ runtime (the machine's own are newer) and CUDA's (the machine's
+    # match its driver).
+    for bin in "$stage/borealis_tests" "$stage/borealis"; do
+      ldd "$bin" | awk '$3 ~ /^\// {print $3}'
+    done | sort -u | while read -r lib; do
+      case "$(basename "$lib")" in
+        libc.so.* | libm.so.* | libdl.so.* | libpthread.so.* | librt.so.* | ld-linux* | \
+          libstdc++.so.* | libgcc_s.so.* | libcuda.so.* | libcudart.so.* | libcublas*.so.*) ;;
+        *) cp -L "$lib" "$stage/lib/" ;;
+      esac
+    done
+    mkdir -p "$pack_dir"
+    tar -C "$stage" -cJf "$pack_dir/pack.tar.xz" .
+    echo "device-check: packed $(du -h "$pack_dir/pack.tar.xz" | cut -f1) into $pack_dir/pack.tar.xz"
+    echo "device-check: on the GPU machine, carry $pack_dir and run: scripts/device-check.sh run"
+    ;;
+  run)
+    out=${OUT:-$PWD/device-out}
+    mkdir -p "$out"
+    log="$out/device-check.log"
+    work=$(mktemp -d)
+    tar -C "$work" -xJf "$pack_dir/pack.tar.xz"
+    # CUDA's libraries: the toolkit's, or those of the Python wheels.
+    cuda_libs=$(
+      for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/nvidia/lib64; do
+        [ -d "$d" ] && echo "$d"
+      done
+      find / -xdev \( -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' \) 2>/dev/null |
+        xargs -r -n1 dirname | sort -u
+    )
+    export LD_LIBRARY_PATH="$work/lib:$(echo "$cuda_libs" | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    {
+      echo "== device"
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+      echo "== borealis doctor"
+      "$work/borealis" doctor || true
+      echo "== CUDA tests"
+    } 2>&1 | tee "$log"
+    status=0
+    BOREALIS_REQUIRE_CUDA=1 "$work/borealis_tests" --gtest_filter='CudaOps.*:*CudaModel.*' 2>&1 |
+      tee -a "$log" ||
+      status=$?
+    echo "device-check: tests exited with $status; log in $log" | tee -a "$log"
+    exit "$status"
+    ;;
+  *)
+    echo "usage: scripts/device-check.sh pack|run" >&2
+    exit 2
+    ;;
+esac

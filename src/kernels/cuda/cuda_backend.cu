@@ -1,0 +1,1158 @@
+// The CUDA backend: Backend<float> on one GPU (see cuda_backend.h).
+//
+// Every op runs on the default stream, so ops run in the order they are
+// called and a DeviceBuffer copy sees the results of the ops before it.
+// GEMMs are cuBLAS's (CUBLAS_DEFAULT_MATH: fp32 arithmetic, no TF32). The
+// other ops are plain kernels, written for correctness and a fixed order of
+// every reduction first:
+//  - row ops (norms, attention rows, the loss) give one warp or one block to
+//    a row and reduce with a fixed shuffle tree;
+//  - parameter gradients that sum over rows (embeddings, biases, norm
+//    weights) sum in the CPU backend's order: row blocks of the same size,
+//    then the blocks in order;
+//  - attention keeps only the log-sum-exp per row (as the CPU backend and
+//    FlashAttention do); backward gives each query row's dq to one warp and
+//    each key row's dk and dv (summed over the query heads of its group) to
+//    one warp, so nothing is added from two places.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/adamw_math.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/cuda_backend.h"
+
+namespace borealis {
+
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(err));
+  }
+}
+
+void check_blas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw std::runtime_error(std::string("cuBLAS: ") + what + ": " + cublasGetStatusString(status));
+  }
+}
+
+// Every launch is checked at once (a bad configuration fails here, not at
+// the next copy).
+void check_launch(const char* what) {
+  check(cudaGetLastError(), what);
+}
+
+constexpr int kThreads = 256;
+constexpr int kWarp = 32;
+// Rows per block of the column reductions, as the CPU backend's kReduceRows
+// (matmul bias) and kNormRows (norm weights): the same summation order.
+constexpr int kReduceRows = 64;
+constexpr int kNormRows = 32;
+// Head dimensions up to kWarp * kMaxPerLane: each lane of a warp holds
+// kMaxPerLane elements of a row of q, k, v or the output.
+constexpr int kMaxPerLane = 8;
+// Buckets of the embedding gradient: block (x, g) owns the vocabulary rows
+// congruent to g modulo kTokenBuckets.
+constexpr int kTokenBuckets = 32;
+// Elements per partial sum of sum_of_squares: the CPU backend's block.
+constexpr std::int64_t kSquaresBlock = std::int64_t{1} << 16;
+
+// Blocks of `threads` threads for one thread per element (at least one
+// block; at most the grid's limit, past which the grid-stride loops of the
+// elementwise kernels take the rest).
+unsigned blocks_for(std::int64_t count, int threads = kThreads) {
+  const std::int64_t b = (count + threads - 1) / threads;
+  return static_cast<unsigned>(std::clamp<std::int64_t>(b, 1, std::int64_t{0x7fffffff}));
+}
+
+__device__ float warp_sum(float x) {
+  for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+__device__ float warp_max(float x) {
+  for (int o = kWarp / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Sum (or max) over a block of kThreads threads, the same value returned to
+// every thread. shared holds kThreads / kWarp floats.
+template <bool kMax>
+__device__ float block_reduce(float x, float* shared) {
+  const int lane = threadIdx.x % kWarp;
+  const int warp = threadIdx.x / kWarp;
+  x = kMax ? warp_max(x) : warp_sum(x);
+  __syncthreads();  // shared may still be read by a previous reduction
+  if (lane == 0) shared[warp] = x;
+  __syncthreads();
+  float r = lane < kThreads / kWarp ? shared[lane] : (kMax ? -INFINITY : 0.0f);
+  r = kMax ? warp_max(r) : warp_sum(r);
+  return r;
+}
+
+// ---- elementwise -------------------------------------------------------------
+
+__global__ void fill_kernel(float* out, float value, std::int64_t count) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    out[i] = value;
+  }
+}
+
+__global__ void scale_kernel(float* x, float factor, std::int64_t count) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    x[i] *= factor;
+  }
+}
+
+__global__ void add_kernel(float* out, const float* in, std::int64_t count) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    out[i] += in[i];
+  }
+}
+
+__global__ void adamw_kernel(float* params, const float* grads, float* m, float* v,
+                             std::int64_t count, Backend<float>::AdamWUpdate u) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    adamw_element(params[i], grads[i], m[i], v[i], u.lr, u.beta1, u.beta2, u.eps, u.weight_decay,
+                  u.grad_scale, u.c1, u.c2);
+  }
+}
+
+// partial[b] = sum of x^2 over block b of kSquaresBlock elements, in double.
+__global__ void squares_kernel(double* partial, const float* x, std::int64_t count) {
+  __shared__ double shared[kThreads];
+  const std::int64_t begin = blockIdx.x * kSquaresBlock;
+  const std::int64_t end = count < begin + kSquaresBlock ? count : begin + kSquaresBlock;
+  double s = 0.0;
+  for (std::int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+    s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  }
+  shared[threadIdx.x] = s;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (static_cast<int>(threadIdx.x) < half) shared[threadIdx.x] += shared[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = shared[0];
+}
+
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCube = 0.044715f;
+
+__global__ void gelu_forward_kernel(float* out, const float* inp, std::int64_t count) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const float x = inp[i];
+    const float u = kGeluScale * (x + kGeluCube * x * x * x);
+    out[i] = 0.5f * x * (1.0f + tanhf(u));
+  }
+}
+
+__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout,
+                                     std::int64_t count) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const float x = inp[i];
+    const float u = kGeluScale * (x + kGeluCube * x * x * x);
+    const float th = tanhf(u);
+    const float du = kGeluScale * (1.0f + 3.0f * kGeluCube * x * x);
+    const float grad = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
+    dinp[i] = grad * dout[i];
+  }
+}
+
+__global__ void swiglu_forward_kernel(float* out, const float* inp, int N, int F) {
+  const std::int64_t count = std::int64_t{N} * F;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t n = i / F;
+    const std::int64_t f = i % F;
+    const float g = inp[n * 2 * F + f];
+    const float u = inp[n * 2 * F + F + f];
+    out[i] = g / (1.0f + expf(-g)) * u;
+  }
+}
+
+__global__ void swiglu_backward_kernel(float* dinp, const float* inp, const float* dout, int N,
+                                       int F) {
+  const std::int64_t count = std::int64_t{N} * F;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t n = i / F;
+    const std::int64_t f = i % F;
+    const float g = inp[n * 2 * F + f];
+    const float u = inp[n * 2 * F + F + f];
+    const float d = dout[i];
+    const float sig = 1.0f / (1.0f + expf(-g));
+    dinp[n * 2 * F + f] = d * u * sig * (1.0f + g * (1.0f - sig));
+    dinp[n * 2 * F + F + f] = d * g * sig;
+  }
+}
+
+// Rotates the q and k heads of rows [0, rows) of a packed qkv buffer; row n
+// is position pos0 + n % seq of the table (cos_t, sin_t: [positions][HD/2]).
+__global__ void rope_kernel(float* qkv, const float* cos_t, const float* sin_t, int rows, int seq,
+                            int pos0, int NH, int NKV, int HD, float sign) {
+  const int half = HD / 2;
+  const int heads = NH + NKV;
+  const int stride = (NH + 2 * NKV) * HD;
+  const std::int64_t count = std::int64_t{rows} * heads * half;
+  for (std::int64_t idx = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; idx < count;
+       idx += std::int64_t{gridDim.x} * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    const int h = static_cast<int>((idx / half) % heads);
+    const std::int64_t n = idx / (std::int64_t{half} * heads);
+    const std::int64_t t = pos0 + n % seq;
+    const float c = cos_t[t * half + i];
+    const float s = sign * sin_t[t * half + i];
+    float* x = qkv + n * stride + std::int64_t{h} * HD;
+    const float x1 = x[i];
+    const float x2 = x[i + half];
+    x[i] = x1 * c - x2 * s;
+    x[i + half] = x2 * c + x1 * s;
+  }
+}
+
+// ---- embeddings --------------------------------------------------------------
+
+__global__ void embedding_forward_kernel(float* out, const std::int32_t* tokens, const float* wte,
+                                         int v0, int rows, const float* wpe, int N, int seq,
+                                         int C) {
+  const std::int64_t count = std::int64_t{N} * C;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t n = i / C;
+    const std::int64_t c = i % C;
+    const std::int64_t row = static_cast<std::int64_t>(tokens[n]) - v0;
+    const bool inside = row >= 0 && row < rows;
+    if (wpe != nullptr) {
+      const float p = wpe[(n % seq) * C + c];
+      out[i] = inside ? wte[row * C + c] + p : p;
+    } else {
+      out[i] = inside ? wte[row * C + c] : 0.0f;
+    }
+  }
+}
+
+// Block (x, g): channels [x * kThreads, ...) of the vocabulary rows r with
+// r % kTokenBuckets == g, walking the tokens in order (the CPU order).
+__global__ void embedding_backward_wte_kernel(float* dwte, const float* dout,
+                                              const std::int32_t* tokens, int v0, int rows, int N,
+                                              int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int bucket = blockIdx.y;
+  for (int n = 0; n < N; ++n) {
+    const std::int64_t row = static_cast<std::int64_t>(tokens[n]) - v0;
+    if (row < 0 || row >= rows || row % kTokenBuckets != bucket) continue;
+    dwte[row * C + c] += dout[std::int64_t{n} * C + c];
+  }
+}
+
+__global__ void embedding_backward_wpe_kernel(float* dwpe, const float* dout, int N, int seq,
+                                              int C) {
+  const std::int64_t count = std::int64_t{seq} * C;
+  const int batches = N / seq;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t t = i / C;
+    const std::int64_t c = i % C;
+    float s = dwpe[i];
+    for (int b = 0; b < batches; ++b) s += dout[(std::int64_t{b} * seq + t) * C + c];
+    dwpe[i] = s;
+  }
+}
+
+// ---- column reductions (parameter gradients over rows) -----------------------
+
+// partial[blk][c] = sum over rows of block blk (kRows rows) of x[n][c].
+template <int kRows>
+__global__ void column_partial_kernel(float* partial, const float* x, int N, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  for (int blk = blockIdx.y; blk * kRows < N; blk += gridDim.y) {
+    const int end = min(N, (blk + 1) * kRows);
+    float s = 0.0f;
+    for (int n = blk * kRows; n < end; ++n) s += x[std::int64_t{n} * C + c];
+    partial[std::int64_t{blk} * C + c] = s;
+  }
+}
+
+// out[c] += sum over blocks in order of partial[blk][c].
+__global__ void column_finish_kernel(float* out, const float* partial, int blocks, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.0f;
+  for (int b = 0; b < blocks; ++b) s += partial[std::int64_t{b} * C + c];
+  out[c] += s;
+}
+
+__global__ void add_bias_kernel(float* out, const float* bias, int N, int OC, bool accumulate) {
+  const std::int64_t count = std::int64_t{N} * OC;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const float b = bias[i % OC];
+    out[i] = accumulate ? out[i] + b : b;
+  }
+}
+
+// One warp per output element: lanes take every 32nd input channel and the
+// warp sums them with a fixed tree, the same arithmetic for any N.
+__global__ void matmul_rowwise_kernel(float* out, const float* inp, const float* w,
+                                      const float* bias, int N, int C, int OC, bool accumulate) {
+  const std::int64_t warp = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (warp >= std::int64_t{N} * OC) return;
+  const std::int64_t n = warp / OC;
+  const std::int64_t o = warp % OC;
+  const float* x = inp + n * C;
+  const float* wr = w + o * C;
+  float s = 0.0f;
+  for (int c = lane; c < C; c += kWarp) s += x[c] * wr[c];
+  s = warp_sum(s);
+  if (lane == 0) {
+    if (bias != nullptr) s += bias[o];
+    out[warp] = accumulate ? out[warp] + s : s;
+  }
+}
+
+// ---- norms -------------------------------------------------------------------
+
+// One warp per row.
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+                                         const float* w, const float* b, int N, int C, float eps) {
+  const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (n >= N) return;
+  const float* x = inp + n * C;
+  float s = 0.0f;
+  for (int c = lane; c < C; c += kWarp) s += x[c];
+  const float m = warp_sum(s) / C;
+  float v = 0.0f;
+  for (int c = lane; c < C; c += kWarp) v += (x[c] - m) * (x[c] - m);
+  const float r = rsqrtf(warp_sum(v) / C + eps);
+  float* o = out + n * C;
+  for (int c = lane; c < C; c += kWarp) o[c] = (x[c] - m) * r * w[c] + b[c];
+  if (lane == 0) {
+    mean[n] = m;
+    rstd[n] = r;
+  }
+}
+
+// dinp += ..., one warp per row (the weight gradients are column reductions).
+__global__ void layernorm_backward_input_kernel(float* dinp, const float* dout, const float* inp,
+                                                const float* w, const float* mean,
+                                                const float* rstd, int N, int C) {
+  const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (n >= N) return;
+  const float* x = inp + n * C;
+  const float* g = dout + n * C;
+  float* dx = dinp + n * C;
+  const float m = mean[n];
+  const float r = rstd[n];
+  float gm = 0.0f, gnm = 0.0f;
+  for (int c = lane; c < C; c += kWarp) {
+    const float dnorm = g[c] * w[c];
+    gm += dnorm;
+    gnm += dnorm * (x[c] - m) * r;
+  }
+  gm = warp_sum(gm) / C;
+  gnm = warp_sum(gnm) / C;
+  for (int c = lane; c < C; c += kWarp) {
+    const float norm = (x[c] - m) * r;
+    dx[c] += (g[c] * w[c] - gm - norm * gnm) * r;
+  }
+}
+
+// Partial weight (and bias) gradients per block of kNormRows rows: pdw gets
+// dout * normalized input, pdb dout. mean is null for RMSNorm (no centring,
+// no bias).
+__global__ void norm_weight_partial_kernel(float* pdw, float* pdb, const float* dout,
+                                           const float* inp, const float* mean, const float* rstd,
+                                           int N, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  for (int blk = blockIdx.y; blk * kNormRows < N; blk += gridDim.y) {
+    const int end = min(N, (blk + 1) * kNormRows);
+    float sw = 0.0f, sb = 0.0f;
+    for (int n = blk * kNormRows; n < end; ++n) {
+      const std::int64_t i = std::int64_t{n} * C + c;
+      const float m = mean != nullptr ? mean[n] : 0.0f;
+      sw += dout[i] * ((inp[i] - m) * rstd[n]);
+      sb += dout[i];
+    }
+    pdw[std::int64_t{blk} * C + c] = sw;
+    if (pdb != nullptr) pdb[std::int64_t{blk} * C + c] = sb;
+  }
+}
+
+__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp, const float* w,
+                                       int N, int C, float eps) {
+  const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (n >= N) return;
+  const float* x = inp + n * C;
+  float ss = 0.0f;
+  for (int c = lane; c < C; c += kWarp) ss += x[c] * x[c];
+  const float r = rsqrtf(warp_sum(ss) / C + eps);
+  float* o = out + n * C;
+  for (int c = lane; c < C; c += kWarp) o[c] = x[c] * r * w[c];
+  if (lane == 0) rstd[n] = r;
+}
+
+__global__ void rmsnorm_backward_input_kernel(float* dinp, const float* dout, const float* inp,
+                                              const float* w, const float* rstd, int N, int C) {
+  const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (n >= N) return;
+  const float* x = inp + n * C;
+  const float* g = dout + n * C;
+  float* dx = dinp + n * C;
+  const float r = rstd[n];
+  float gnm = 0.0f;
+  for (int c = lane; c < C; c += kWarp) gnm += g[c] * w[c] * x[c] * r;
+  gnm = warp_sum(gnm) / C;
+  for (int c = lane; c < C; c += kWarp) {
+    const float norm = x[c] * r;
+    dx[c] += (g[c] * w[c] - norm * gnm) * r;
+  }
+}
+
+// ---- attention ---------------------------------------------------------------
+
+// Loads head-dimension elements lane, lane + 32, ... of a row into regs.
+__device__ void load_lanes(float (&regs)[kMaxPerLane], const float* row, int HD, int lane) {
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int d = lane + k * kWarp;
+    regs[k] = d < HD ? row[d] : 0.0f;
+  }
+}
+
+__device__ float dot_lanes(const float (&a)[kMaxPerLane], const float* row, int HD, int lane) {
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int d = lane + k * kWarp;
+    if (d < HD) s += a[k] * row[d];
+  }
+  return warp_sum(s);
+}
+
+// One warp per (b, h, query row i): an online softmax over keys 0..i.
+__global__ void attention_forward_kernel(float* out, float* lse, const float* qkv, int B, int seq,
+                                         int NH, int NKV, int HD, float scale) {
+  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (task >= std::int64_t{B} * NH * seq) return;
+  const int i = static_cast<int>(task % seq);
+  const int h = static_cast<int>((task / seq) % NH);
+  const std::int64_t b = task / (std::int64_t{seq} * NH);
+  const int S = (NH + 2 * NKV) * HD;
+  const int C = NH * HD;
+  const int g = h / (NH / NKV);
+  const float* base = qkv + b * seq * S;
+  float q[kMaxPerLane], acc[kMaxPerLane];
+  load_lanes(q, base + std::int64_t{i} * S + std::int64_t{h} * HD, HD, lane);
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) acc[k] = 0.0f;
+  float mx = -INFINITY, l = 0.0f;
+  for (int j = 0; j <= i; ++j) {
+    const float* kr = base + std::int64_t{j} * S + C + std::int64_t{g} * HD;
+    const float* vr = kr + std::int64_t{NKV} * HD;
+    const float s = scale * dot_lanes(q, kr, HD, lane);
+    const float mnew = fmaxf(mx, s);
+    const float corr = expf(mx - mnew);
+    const float p = expf(s - mnew);
+    l = l * corr + p;
+#pragma unroll
+    for (int k = 0; k < kMaxPerLane; ++k) {
+      const int d = lane + k * kWarp;
+      acc[k] = acc[k] * corr + (d < HD ? p * vr[d] : 0.0f);
+    }
+    mx = mnew;
+  }
+  float* o = out + (b * seq + i) * C + std::int64_t{h} * HD;
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int d = lane + k * kWarp;
+    if (d < HD) o[d] = acc[k] / l;
+  }
+  if (lane == 0) lse[(b * NH + h) * seq + i] = mx + logf(l);
+}
+
+// delta[b, h, i] = dout_i . out_i (one warp per row).
+__global__ void attention_delta_kernel(float* delta, const float* dout, const float* out, int B,
+                                       int seq, int NH, int HD) {
+  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (task >= std::int64_t{B} * NH * seq) return;
+  const int i = static_cast<int>(task % seq);
+  const int h = static_cast<int>((task / seq) % NH);
+  const std::int64_t b = task / (std::int64_t{seq} * NH);
+  const std::int64_t at = (b * seq + i) * NH * HD + std::int64_t{h} * HD;
+  float s = 0.0f;
+  for (int d = lane; d < HD; d += kWarp) s += dout[at + d] * out[at + d];
+  s = warp_sum(s);
+  if (lane == 0) delta[task] = s;
+}
+
+// dq of one query row per warp: dq_i = scale * sum_j p_ij (dp_ij - delta_i) k_j.
+__global__ void attention_dq_kernel(float* dqkv, const float* dout, const float* qkv,
+                                    const float* lse, const float* delta, int B, int seq, int NH,
+                                    int NKV, int HD, float scale) {
+  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (task >= std::int64_t{B} * NH * seq) return;
+  const int i = static_cast<int>(task % seq);
+  const int h = static_cast<int>((task / seq) % NH);
+  const std::int64_t b = task / (std::int64_t{seq} * NH);
+  const int S = (NH + 2 * NKV) * HD;
+  const int C = NH * HD;
+  const int g = h / (NH / NKV);
+  const float* base = qkv + b * seq * S;
+  float q[kMaxPerLane], d_o[kMaxPerLane], dq[kMaxPerLane];
+  load_lanes(q, base + std::int64_t{i} * S + std::int64_t{h} * HD, HD, lane);
+  load_lanes(d_o, dout + (b * seq + i) * C + std::int64_t{h} * HD, HD, lane);
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) dq[k] = 0.0f;
+  const float l = lse[task];
+  const float dl = delta[task];
+  for (int j = 0; j <= i; ++j) {
+    const float* kr = base + std::int64_t{j} * S + C + std::int64_t{g} * HD;
+    const float* vr = kr + std::int64_t{NKV} * HD;
+    const float p = expf(scale * dot_lanes(q, kr, HD, lane) - l);
+    const float ds = p * (dot_lanes(d_o, vr, HD, lane) - dl);
+#pragma unroll
+    for (int k = 0; k < kMaxPerLane; ++k) {
+      const int d = lane + k * kWarp;
+      if (d < HD) dq[k] += ds * kr[d];
+    }
+  }
+  float* o = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int d = lane + k * kWarp;
+    if (d < HD) o[d] = scale * dq[k];
+  }
+}
+
+// dk and dv of one key row of kv head g per warp, summed over the group's
+// query heads and the query rows i >= j, in that order.
+__global__ void attention_dkv_kernel(float* dqkv, const float* dout, const float* qkv,
+                                     const float* lse, const float* delta, int B, int seq, int NH,
+                                     int NKV, int HD, float scale) {
+  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (task >= std::int64_t{B} * NKV * seq) return;
+  const int j = static_cast<int>(task % seq);
+  const int g = static_cast<int>((task / seq) % NKV);
+  const std::int64_t b = task / (std::int64_t{seq} * NKV);
+  const int S = (NH + 2 * NKV) * HD;
+  const int C = NH * HD;
+  const int group = NH / NKV;
+  const float* base = qkv + b * seq * S;
+  float kj[kMaxPerLane], vj[kMaxPerLane], dk[kMaxPerLane], dv[kMaxPerLane];
+  load_lanes(kj, base + std::int64_t{j} * S + C + std::int64_t{g} * HD, HD, lane);
+  load_lanes(vj, base + std::int64_t{j} * S + C + std::int64_t{NKV + g} * HD, HD, lane);
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) dk[k] = dv[k] = 0.0f;
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    const std::int64_t row = (b * NH + h) * seq;
+    for (int i = j; i < seq; ++i) {
+      const float* qr = base + std::int64_t{i} * S + std::int64_t{h} * HD;
+      const float* dr = dout + (b * seq + i) * C + std::int64_t{h} * HD;
+      const float p = expf(scale * dot_lanes(kj, qr, HD, lane) - lse[row + i]);
+      const float ds = p * (dot_lanes(vj, dr, HD, lane) - delta[row + i]);
+#pragma unroll
+      for (int k = 0; k < kMaxPerLane; ++k) {
+        const int d = lane + k * kWarp;
+        if (d < HD) {
+          dk[k] += ds * qr[d];
+          dv[k] += p * dr[d];
+        }
+      }
+    }
+  }
+  float* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
+  float* dvr = dkr + std::int64_t{NKV} * HD;
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int d = lane + k * kWarp;
+    if (d < HD) {
+      dkr[d] = scale * dk[k];
+      dvr[d] = dv[k];
+    }
+  }
+}
+
+__device__ std::int64_t cache_row(const std::int32_t* blocks, int block_size, int pos) {
+  return std::int64_t{blocks[pos / block_size]} * block_size + pos % block_size;
+}
+
+// Stores the k and v heads of N packed qkv rows at positions pos0.. of the
+// paged cache.
+__global__ void kv_store_kernel(float* kpool, float* vpool, const std::int32_t* blocks,
+                                int block_size, const float* qkv, int N, int pos0, int NH, int NKV,
+                                int HD) {
+  const int KW = NKV * HD;
+  const int S = (NH + 2 * NKV) * HD;
+  const std::int64_t count = std::int64_t{N} * KW;
+  for (std::int64_t idx = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; idx < count;
+       idx += std::int64_t{gridDim.x} * blockDim.x) {
+    const int i = static_cast<int>(idx / KW);
+    const int c = static_cast<int>(idx % KW);
+    const std::int64_t at = cache_row(blocks, block_size, pos0 + i) * KW + c;
+    const float* row = qkv + std::int64_t{i} * S + NH * HD;
+    kpool[at] = row[c];
+    vpool[at] = row[KW + c];
+  }
+}
+
+// One warp per (query row i, head h) over cached positions 0..pos0+i.
+__global__ void attention_kv_kernel(float* out, const float* kpool, const float* vpool,
+                                    const std::int32_t* blocks, int block_size, const float* qkv,
+                                    int N, int pos0, int NH, int NKV, int HD, float scale) {
+  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (task >= std::int64_t{N} * NH) return;
+  const int h = static_cast<int>(task % NH);
+  const int i = static_cast<int>(task / NH);
+  const int KW = NKV * HD;
+  const int S = (NH + 2 * NKV) * HD;
+  const int g = h / (NH / NKV);
+  float q[kMaxPerLane], acc[kMaxPerLane];
+  load_lanes(q, qkv + std::int64_t{i} * S + std::int64_t{h} * HD, HD, lane);
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) acc[k] = 0.0f;
+  float mx = -INFINITY, l = 0.0f;
+  for (int p = 0; p <= pos0 + i; ++p) {
+    const std::int64_t at = cache_row(blocks, block_size, p) * KW + std::int64_t{g} * HD;
+    const float s = scale * dot_lanes(q, kpool + at, HD, lane);
+    const float mnew = fmaxf(mx, s);
+    const float corr = expf(mx - mnew);
+    const float e = expf(s - mnew);
+    l = l * corr + e;
+#pragma unroll
+    for (int k = 0; k < kMaxPerLane; ++k) {
+      const int d = lane + k * kWarp;
+      acc[k] = acc[k] * corr + (d < HD ? e * vpool[at + d] : 0.0f);
+    }
+    mx = mnew;
+  }
+  float* o = out + std::int64_t{i} * NH * HD + std::int64_t{h} * HD;
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int d = lane + k * kWarp;
+    if (d < HD) o[d] = acc[k] / l;
+  }
+}
+
+// ---- the loss ----------------------------------------------------------------
+
+// One block per row. Modes: whole rows (crossentropy_forward_backward), or
+// the three steps of the vocabulary-parallel form.
+__global__ void crossentropy_kernel(float* logits, float* losses, const std::int32_t* targets,
+                                    int V, int Vp, float dloss) {
+  __shared__ float shared[kThreads / kWarp];
+  const std::int64_t n = blockIdx.x;
+  float* x = logits + n * Vp;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < V; j += kThreads) mx = fmaxf(mx, x[j]);
+  mx = block_reduce<true>(mx, shared);
+  const int t = targets[n];
+  const float target_logit = x[t];
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < V; j += kThreads) sum += expf(x[j] - mx);
+  sum = block_reduce<false>(sum, shared);
+  if (threadIdx.x == 0) losses[n] = logf(sum) + mx - target_logit;
+  if (dloss == 0.0f) return;
+  const float scale = dloss / sum;
+  for (int j = threadIdx.x; j < Vp; j += kThreads) {
+    float d = 0.0f;
+    if (j < V) d = expf(x[j] - mx) * scale - (j == t ? dloss : 0.0f);
+    x[j] = d;
+  }
+}
+
+__global__ void crossentropy_part_max_kernel(float* row_max, const float* logits, int V, int Vp) {
+  __shared__ float shared[kThreads / kWarp];
+  const std::int64_t n = blockIdx.x;
+  const float* x = logits + n * Vp;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < V; j += kThreads) mx = fmaxf(mx, x[j]);
+  mx = block_reduce<true>(mx, shared);
+  if (threadIdx.x == 0) row_max[n] = mx;
+}
+
+__global__ void crossentropy_part_sums_kernel(float* logits, float* sums, const float* row_max,
+                                              const std::int32_t* targets, int v0, int V, int Vp,
+                                              bool keep_exp) {
+  __shared__ float shared[kThreads / kWarp];
+  const std::int64_t n = blockIdx.x;
+  float* x = logits + n * Vp;
+  const float mx = row_max[n];
+  const std::int64_t t = static_cast<std::int64_t>(targets[n]) - v0;
+  const float target_logit = (t >= 0 && t < V) ? x[t] : 0.0f;
+  __syncthreads();  // every thread has read the target's logit before any exp overwrites it
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < V; j += kThreads) {
+    const float e = expf(x[j] - mx);
+    sum += e;
+    if (keep_exp) x[j] = e;
+  }
+  sum = block_reduce<false>(sum, shared);
+  if (threadIdx.x == 0) {
+    sums[2 * n] = sum;
+    sums[2 * n + 1] = target_logit;
+  }
+}
+
+__global__ void crossentropy_part_finish_kernel(float* logits, float* losses, const float* row_max,
+                                                const float* sums, const std::int32_t* targets,
+                                                int v0, int V, int Vp, float dloss) {
+  const std::int64_t n = blockIdx.x;
+  if (threadIdx.x == 0) losses[n] = logf(sums[2 * n]) + row_max[n] - sums[2 * n + 1];
+  if (dloss == 0.0f) return;
+  float* x = logits + n * Vp;
+  const float scale = dloss / sums[2 * n];
+  const std::int64_t t = static_cast<std::int64_t>(targets[n]) - v0;
+  for (int j = threadIdx.x; j < Vp; j += kThreads) {
+    x[j] = j < V ? x[j] * scale - (j == t ? dloss : 0.0f) : 0.0f;
+  }
+}
+
+// ---- the backend -------------------------------------------------------------
+
+// The second grid dimension of the column reductions (at most 65535; the
+// kernels loop over the rest).
+unsigned row_blocks(int blocks) {
+  return static_cast<unsigned>(std::min(blocks, 65535));
+}
+
+unsigned warps_blocks(std::int64_t warps) {
+  return blocks_for(warps * kWarp);
+}
+
+class CudaBackend final : public Backend<float> {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    check(cudaSetDevice(device), "cudaSetDevice");
+    check_blas(cublasCreate(&blas_), "cublasCreate");
+    // fp32 GEMMs in fp32 arithmetic (no TF32), and no atomics in cuBLAS's
+    // reductions, so a GEMM repeats bit for bit.
+    check_blas(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    check_blas(cublasSetAtomicsMode(blas_, CUBLAS_ATOMICS_NOT_ALLOWED), "cublasSetAtomicsMode");
+  }
+  ~CudaBackend() override {
+    if (scratch_ != nullptr) cudaFree(scratch_);
+    if (rope_cos_ != nullptr) cudaFree(rope_cos_);
+    if (rope_sin_ != nullptr) cudaFree(rope_sin_);
+    cublasDestroy(blas_);
+  }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return "cuda"; }
+
+  // Device memory (cudaMalloc, zeroed); copies on the default stream, after
+  // the ops queued before them.
+  void* allocate(std::size_t bytes) override {
+    void* p = nullptr;
+    check(cudaMalloc(&p, std::max<std::size_t>(bytes, 1)), "cudaMalloc");
+    const cudaError_t err = cudaMemset(p, 0, bytes);
+    if (err != cudaSuccess) {
+      cudaFree(p);
+      check(err, "cudaMemset");
+    }
+    return p;
+  }
+  void release(void* ptr) noexcept override { cudaFree(ptr); }
+  bool host_memory() const override { return false; }
+  void upload(void* dst, const void* host, std::size_t bytes) override {
+    if (bytes > 0) check(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice), "upload");
+  }
+  void download(void* host, const void* src, std::size_t bytes) override {
+    if (bytes > 0) check(cudaMemcpy(host, src, bytes, cudaMemcpyDeviceToHost), "download");
+  }
+
+  void embedding_forward(float* out, const std::int32_t* tokens, const float* wte, const float* wpe,
+                         int N, int seq, int C) override {
+    embedding_forward_part(out, tokens, wte, 0, INT_MAX, wpe, N, seq, C);
+  }
+  void embedding_backward(float* dwte, float* dwpe, const float* dout, const std::int32_t* tokens,
+                          int N, int seq, int C) override {
+    embedding_backward_part(dwte, dwpe, dout, tokens, 0, INT_MAX, N, seq, C);
+  }
+  void embedding_forward_part(float* out, const std::int32_t* tokens, const float* wte, int v0,
+                              int rows, const float* wpe, int N, int seq, int C) override {
+    embedding_forward_kernel<<<blocks_for(std::int64_t{N} * C), kThreads>>>(out, tokens, wte, v0,
+                                                                            rows, wpe, N, seq, C);
+    check_launch("embedding_forward");
+  }
+  void embedding_backward_part(float* dwte, float* dwpe, const float* dout,
+                               const std::int32_t* tokens, int v0, int rows, int N, int seq,
+                               int C) override {
+    const dim3 grid(blocks_for(C, 128), kTokenBuckets);
+    embedding_backward_wte_kernel<<<grid, 128>>>(dwte, dout, tokens, v0, rows, N, C);
+    check_launch("embedding_backward");
+    if (dwpe == nullptr) return;
+    embedding_backward_wpe_kernel<<<blocks_for(std::int64_t{seq} * C), kThreads>>>(dwpe, dout, N,
+                                                                                   seq, C);
+    check_launch("embedding_backward (positions)");
+  }
+
+  void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
+                      int OC, bool accumulate) override {
+    if (bias != nullptr) {
+      add_bias_kernel<<<blocks_for(std::int64_t{N} * OC), kThreads>>>(out, bias, N, OC, accumulate);
+      check_launch("matmul_forward (bias)");
+    }
+    const float one = 1.0f;
+    const float beta = (accumulate || bias != nullptr) ? 1.0f : 0.0f;
+    // Row-major out[N, OC] = inp[N, C] w[OC, C]^T is column-major
+    // out^T[OC, N] = w^T... : cuBLAS sees w as [C, OC] and inp as [C, N].
+    check_blas(
+        cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &beta, out, OC),
+        "matmul_forward");
+  }
+  void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
+                       const float* w, int N, int C, int OC) override {
+    const float one = 1.0f, zero = 0.0f;
+    if (dinp != nullptr) {
+      // dinp[N, C] = dout[N, OC] w[OC, C]
+      check_blas(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &zero,
+                             dinp, C),
+                 "matmul_backward (input)");
+    }
+    // dw[OC, C] += dout^T[OC, N] inp[N, C]
+    check_blas(
+        cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dw, C),
+        "matmul_backward (weight)");
+    if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
+  }
+  void matmul_forward_rowwise(float* out, const float* inp, const float* w, const float* bias,
+                              int N, int C, int OC, bool accumulate) override {
+    matmul_rowwise_kernel<<<warps_blocks(std::int64_t{N} * OC), kThreads>>>(out, inp, w, bias, N, C,
+                                                                            OC, accumulate);
+    check_launch("matmul_forward_rowwise");
+  }
+
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
+                         const float* b, int N, int C, float eps) override {
+    layernorm_forward_kernel<<<warps_blocks(N), kThreads>>>(out, mean, rstd, inp, w, b, N, C, eps);
+    check_launch("layernorm_forward");
+  }
+  void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                          const float* w, const float* mean, const float* rstd, int N,
+                          int C) override {
+    layernorm_backward_input_kernel<<<warps_blocks(N), kThreads>>>(dinp, dout, inp, w, mean, rstd,
+                                                                   N, C);
+    check_launch("layernorm_backward");
+    norm_weight_grads(dw, db, dout, inp, mean, rstd, N, C);
+  }
+  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
+                       float eps) override {
+    rmsnorm_forward_kernel<<<warps_blocks(N), kThreads>>>(out, rstd, inp, w, N, C, eps);
+    check_launch("rmsnorm_forward");
+  }
+  void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
+                        const float* rstd, int N, int C) override {
+    rmsnorm_backward_input_kernel<<<warps_blocks(N), kThreads>>>(dinp, dout, inp, w, rstd, N, C);
+    check_launch("rmsnorm_backward");
+    norm_weight_grads(dw, nullptr, dout, inp, nullptr, rstd, N, C);
+  }
+
+  void gelu_forward(float* out, const float* inp, std::int64_t count) override {
+    gelu_forward_kernel<<<blocks_for(count), kThreads>>>(out, inp, count);
+    check_launch("gelu_forward");
+  }
+  void gelu_backward(float* dinp, const float* inp, const float* dout,
+                     std::int64_t count) override {
+    gelu_backward_kernel<<<blocks_for(count), kThreads>>>(dinp, inp, dout, count);
+    check_launch("gelu_backward");
+  }
+  void swiglu_forward(float* out, const float* inp, int N, int F) override {
+    swiglu_forward_kernel<<<blocks_for(std::int64_t{N} * F), kThreads>>>(out, inp, N, F);
+    check_launch("swiglu_forward");
+  }
+  void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) override {
+    swiglu_backward_kernel<<<blocks_for(std::int64_t{N} * F), kThreads>>>(dinp, inp, dout, N, F);
+    check_launch("swiglu_backward");
+  }
+
+  void rope_forward(float* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
+    rope(qkv, B * seq, seq, 0, NH, NKV, HD, theta, 1.0f);
+  }
+  void rope_backward(float* dqkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
+    rope(dqkv, B * seq, seq, 0, NH, NKV, HD, theta, -1.0f);
+  }
+  void rope_forward_at(float* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) override {
+    rope(qkv, N, N, pos0, NH, NKV, HD, theta, 1.0f);
+  }
+
+  void attention_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV,
+                         int HD) override {
+    check_head_dim(HD);
+    attention_forward_kernel<<<warps_blocks(std::int64_t{B} * NH * seq), kThreads>>>(
+        out, lse, qkv, B, seq, NH, NKV, HD, 1.0f / std::sqrt(static_cast<float>(HD)));
+    check_launch("attention_forward");
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                          const float* lse, int B, int seq, int NH, int NKV, int HD) override {
+    check_head_dim(HD);
+    const std::int64_t rows = std::int64_t{B} * NH * seq;
+    float* delta = scratch(rows);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    attention_delta_kernel<<<warps_blocks(rows), kThreads>>>(delta, dout, out, B, seq, NH, HD);
+    check_launch("attention_backward (delta)");
+    attention_dq_kernel<<<warps_blocks(rows), kThreads>>>(dqkv, dout, qkv, lse, delta, B, seq, NH,
+                                                          NKV, HD, scale);
+    check_launch("attention_backward (dq)");
+    attention_dkv_kernel<<<warps_blocks(std::int64_t{B} * NKV * seq), kThreads>>>(
+        dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+    check_launch("attention_backward (dk, dv)");
+  }
+  void attention_kv_forward(float* out, float* kpool, float* vpool, const std::int32_t* blocks,
+                            int block_size, const float* qkv, int N, int pos0, int NH, int NKV,
+                            int HD) override {
+    check_head_dim(HD);
+    kv_store_kernel<<<blocks_for(std::int64_t{N} * NKV * HD), kThreads>>>(
+        kpool, vpool, blocks, block_size, qkv, N, pos0, NH, NKV, HD);
+    check_launch("attention_kv_forward (store)");
+    attention_kv_kernel<<<warps_blocks(std::int64_t{N} * NH), kThreads>>>(
+        out, kpool, vpool, blocks, block_size, qkv, N, pos0, NH, NKV, HD,
+        1.0f / std::sqrt(static_cast<float>(HD)));
+    check_launch("attention_kv_forward");
+  }
+
+  void crossentropy_forward_backward(float* logits, float* losses, const std::int32_t* targets,
+                                     int N, int V, int Vp, float dloss) override {
+    if (N == 0) return;
+    crossentropy_kernel<<<N, kThreads>>>(logits, losses, targets, V, Vp, dloss);
+    check_launch("crossentropy_forward_backward");
+  }
+  void crossentropy_part_max(float* row_max, const float* logits, int N, int V, int Vp) override {
+    if (N == 0) return;
+    crossentropy_part_max_kernel<<<N, kThreads>>>(row_max, logits, V, Vp);
+    check_launch("crossentropy_part_max");
+  }
+  void crossentropy_part_sums(float* logits, float* sums, const float* row_max,
+                              const std::int32_t* targets, int v0, int N, int V, int Vp,
+                              bool keep_exp) override {
+    if (N == 0) return;
+    crossentropy_part_sums_kernel<<<N, kThreads>>>(logits, sums, row_max, targets, v0, V, Vp,
+                                                   keep_exp);
+    check_launch("crossentropy_part_sums");
+  }
+  void crossentropy_part_finish(float* logits, float* losses, const float* row_max,
+                                const float* sums, const std::int32_t* targets, int v0, int N,
+                                int V, int Vp, float dloss) override {
+    if (N == 0) return;
+    crossentropy_part_finish_kernel<<<N, kThreads>>>(logits, losses, row_max, sums, targets, v0, V,
+                                                     Vp, dloss);
+    check_launch("crossentropy_part_finish");
+  }
+
+  void copy(float* out, const float* in, std::int64_t count) override {
+    if (count == 0 || out == in) return;
+    check(cudaMemcpyAsync(out, in, static_cast<std::size_t>(count) * sizeof(float),
+                          cudaMemcpyDeviceToDevice, nullptr),
+          "copy");
+  }
+  void fill(float* out, float value, std::int64_t count) override {
+    if (count == 0) return;
+    fill_kernel<<<blocks_for(count), kThreads>>>(out, value, count);
+    check_launch("fill");
+  }
+  void adamw_update(float* params, const float* grads, float* m, float* v, std::int64_t count,
+                    const AdamWUpdate& u) override {
+    if (count == 0) return;
+    adamw_kernel<<<blocks_for(count), kThreads>>>(params, grads, m, v, count, u);
+    check_launch("adamw_update");
+  }
+  double sum_of_squares(const float* x, std::int64_t count) override {
+    if (count == 0) return 0.0;
+    const std::int64_t blocks = (count + kSquaresBlock - 1) / kSquaresBlock;
+    double* partial = reinterpret_cast<double*>(scratch(2 * blocks));
+    squares_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(partial, x, count);
+    check_launch("sum_of_squares");
+    std::vector<double> host(static_cast<std::size_t>(blocks));
+    check(cudaMemcpy(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost),
+          "sum_of_squares (copy)");
+    double total = 0.0;
+    for (const double s : host) total += s;
+    return total;
+  }
+  void scale(float* x, float factor, std::int64_t count) override {
+    if (count == 0) return;
+    scale_kernel<<<blocks_for(count), kThreads>>>(x, factor, count);
+    check_launch("scale");
+  }
+  void add(float* out, const float* in, std::int64_t count) override {
+    if (count == 0) return;
+    add_kernel<<<blocks_for(count), kThreads>>>(out, in, count);
+    check_launch("add");
+  }
+
+ private:
+  static void check_head_dim(int HD) {
+    if (HD > kWarp * kMaxPerLane) {
+      throw std::invalid_argument("CUDA attention: head dimension " + std::to_string(HD) +
+                                  " is over the supported " + std::to_string(kWarp * kMaxPerLane));
+    }
+  }
+
+  // At least `floats` floats of device scratch, kept between calls. Work
+  // queued before a reallocation finishes first (cudaFree waits for it).
+  float* scratch(std::int64_t floats) {
+    const std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(floats, 1)) * 4;
+    if (bytes > scratch_bytes_) {
+      if (scratch_ != nullptr) check(cudaFree(scratch_), "cudaFree (scratch)");
+      scratch_ = nullptr;
+      check(cudaMalloc(&scratch_, bytes), "cudaMalloc (scratch)");
+      scratch_bytes_ = bytes;
+    }
+    return static_cast<float*>(scratch_);
+  }
+
+  template <int kRows>
+  void column_sums(float* out, const float* x, int N, int C) {
+    if (N == 0) return;
+    const int blocks = (N + kRows - 1) / kRows;
+    float* partial = scratch(std::int64_t{blocks} * C);
+    column_partial_kernel<kRows>
+        <<<dim3(blocks_for(C), row_blocks(blocks)), kThreads>>>(partial, x, N, C);
+    check_launch("column sums");
+    column_finish_kernel<<<blocks_for(C), kThreads>>>(out, partial, blocks, C);
+    check_launch("column sums (finish)");
+  }
+
+  void norm_weight_grads(float* dw, float* db, const float* dout, const float* inp,
+                         const float* mean, const float* rstd, int N, int C) {
+    if (N == 0) return;
+    const int blocks = (N + kNormRows - 1) / kNormRows;
+    float* pdw = scratch(2 * std::int64_t{blocks} * C);
+    float* pdb = db != nullptr ? pdw + std::int64_t{blocks} * C : nullptr;
+    norm_weight_partial_kernel<<<dim3(blocks_for(C), row_blocks(blocks)), kThreads>>>(
+        pdw, pdb, dout, inp, mean, rstd, N, C);
+    check_launch("norm weight gradients");
+    column_finish_kernel<<<blocks_for(C), kThreads>>>(dw, pdw, blocks, C);
+    check_launch("norm weight gradients (finish)");
+    if (db != nullptr) {
+      column_finish_kernel<<<blocks_for(C), kThreads>>>(db, pdb, blocks, C);
+      check_launch("norm bias gradients (finish)");
+    }
+  }
+
+  // The CPU backend's angle table (cpu::rope_table, computed in double),
+  // copied to the device once per shape and grown as positions grow.
+  void rope(float* qkv, int rows, int seq, int pos0, int NH, int NKV, int HD, float theta,
+            float sign) {
+    const int positions = pos0 + seq;
+    if (positions > rope_positions_ || HD != rope_head_dim_ || theta != rope_theta_) {
+      const int grown = (positions + 255) / 256 * 256;
+      const std::size_t n = static_cast<std::size_t>(grown) * (HD / 2);
+      std::vector<float> cos_t(n), sin_t(n);
+      cpu::rope_table(cos_t.data(), sin_t.data(), grown, HD, theta);
+      if (rope_cos_ != nullptr) check(cudaFree(rope_cos_), "cudaFree (rope)");
+      if (rope_sin_ != nullptr) check(cudaFree(rope_sin_), "cudaFree (rope)");
+      rope_cos_ = rope_sin_ = nullptr;
+      check(cudaMalloc(&rope_cos_, n * sizeof(float)), "cudaMalloc (rope)");
+      check(cudaMalloc(&rope_sin_, n * sizeof(float)), "cudaMalloc (rope)");
+      check(cudaMemcpy(rope_cos_, cos_t.data(), n * sizeof(float), cudaMemcpyHostToDevice),
+            "rope table");
+      check(cudaMemcpy(rope_sin_, sin_t.data(), n * sizeof(float), cudaMemcpyHostToDevice),
+            "rope table");
+      rope_positions_ = grown;
+      rope_head_dim_ = HD;
+      rope_theta_ = theta;
+    }
+    const std::int64_t count = std::int64_t{rows} * (NH + NKV) * (HD / 2);
+    if (count == 0) return;
+    rope_kernel<<<blocks_for(count), kThreads>>>(qkv, rope_cos_, rope_sin_, rows, seq, pos0, NH,
+                                                 NKV, HD, sign);
+    check_launch("rope");
+  }
+
+  int device_;
+  cublasHandle_t blas_ = nullptr;
+  void* scratch_ = nullptr;
+  std::size_t scratch_bytes_ = 0;
+  float* rope_cos_ = nullptr;
+  float* rope_sin_ = nullptr;
+  int rope_positions_ = 0, rope_head_dim_ = 0;
+  float rope_theta_ = 0.0f;
+};
+
+}  // namespace
+
+std::string cuda_unavailable_reason() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error for later calls
+    return std::string("no usable CUDA device: ") + cudaGetErrorString(err);
+  }
+  if (count == 0) return "no CUDA device present";
+  return "";
+}
+
+std::unique_ptr<Backend<float>> make_cuda_backend(int device) {
+  return std::make_unique<CudaBackend>(device);
+}
+
+DeviceBuffer::DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
+  if (bytes > 0) check(cudaMalloc(&ptr_, bytes), "cudaMalloc");
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_ != nullptr) cudaFree(ptr_);
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
+    : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = std::exchange(other.ptr_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void DeviceBuffer::upload(const void* host, std::size_t bytes, std::size_t offset) {
+  if (offset + bytes > bytes_) throw std::out_of_range("DeviceBuffer::upload past the buffer");
+  if (bytes == 0) return;
+  check(cudaMemcpy(static_cast<char*>(ptr_) + offset, host, bytes, cudaMemcpyHostToDevice),
+        "upload");
+}
+
+void DeviceBuffer::download(void* host, std::size_t bytes, std::size_t offset) const {
+  if (offset + bytes > bytes_) throw std::out_of_range("DeviceBuffer::download past the buffer");
+  if (bytes == 0) return;
+  check(cudaMemcpy(host, static_cast<const char*>(ptr_) + offset, bytes, cudaMemcpyDeviceToHost),
+        "download");
+}
+
+void cuda_synchronize() {
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
+}  // namespace borealis

@@ -1,0 +1,367 @@
+// Every op of the CUDA backend against the CPU backend on random inputs, and
+// the GPU's own determinism (the same call twice gives the same bits).
+//
+// Tolerances (fp32): sums the GPU does in the CPU's order (embedding
+// gradients, bias gradients, the position-embedding sum) must be equal bit
+// for bit; everything else is compared as |gpu - cpu| <= tol * (1 + |cpu|)
+// with the tol each test states: 1e-5 for elementwise ops and norms (other
+// exp/tanh implementations, another reduction tree), 1e-4 for GEMMs and
+// attention (cuBLAS's and the tiled kernels' summation orders over a few
+// hundred terms).
+//
+// Skipped, with the reason printed, where no CUDA device can be used (a
+// failure instead with BOREALIS_REQUIRE_CUDA set).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda_test_util.h"
+#include "kernels/gradcheck.h"
+
+namespace borealis {
+namespace {
+
+std::vector<float> rnd(std::size_t n, std::uint64_t seed, double scale = 1.0) {
+  const std::vector<double> d = test::random_vector(n, seed, scale);
+  return std::vector<float>(d.begin(), d.end());
+}
+
+void expect_close(const char* what, const std::vector<float>& gpu, const std::vector<float>& cpu,
+                  double tol) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  double worst = 0.0;
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < cpu.size(); ++i) {
+    const double err = std::abs(static_cast<double>(gpu[i]) - cpu[i]) / (1.0 + std::abs(cpu[i]));
+    if (!(err <= worst)) {  // NaN counts as the worst
+      worst = std::isnan(err) ? INFINITY : err;
+      at = i;
+    }
+  }
+  EXPECT_LE(worst, tol) << what << ": element " << at << " gpu " << gpu[at] << " cpu " << cpu[at];
+}
+
+void expect_same_bits(const char* what, const std::vector<float>& a, const std::vector<float>& b) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(std::memcmp(&a[i], &b[i], sizeof(float)), 0)
+        << what << ": element " << i << ": " << a[i] << " vs " << b[i];
+  }
+}
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string why = test::cuda_skip_reason();
+    if (!why.empty()) GTEST_SKIP() << "CUDA op tests need a GPU: " << why;
+    gpu = make_cuda_backend();
+  }
+  std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>();
+  std::unique_ptr<Backend<float>> gpu;
+};
+
+TEST_F(CudaOps, Matmul) {
+  const int N = 150, C = 96, OC = 80;  // N spans three bias-reduction blocks
+  auto x = rnd(N * C, 1), w = rnd(OC * C, 2), b = rnd(OC, 3), r = rnd(N * OC, 4);
+  auto dx = x, dw0 = rnd(OC * C, 5), db0 = rnd(OC, 6);
+  DeviceBuffer gx = to_device(x), gw = to_device(w), gb = to_device(b), gr = to_device(r);
+  for (const bool acc : {false, true}) {
+    auto out = rnd(N * OC, 7);
+    DeviceBuffer gout = to_device(out);
+    cpu->matmul_forward(out.data(), x.data(), w.data(), b.data(), N, C, OC, acc);
+    gpu->matmul_forward(gout.as<float>(), gx.as<float>(), gw.as<float>(), gb.as<float>(), N, C, OC,
+                        acc);
+    expect_close(acc ? "forward, accumulate" : "forward", to_host<float>(gout), out, 1e-4);
+  }
+  auto dw = dw0, db = db0;
+  DeviceBuffer gdx = to_device(dx), gdw = to_device(dw0), gdb = to_device(db0);
+  cpu->matmul_backward(dx.data(), dw.data(), db.data(), r.data(), x.data(), w.data(), N, C, OC);
+  gpu->matmul_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gr.as<float>(),
+                       gx.as<float>(), gw.as<float>(), N, C, OC);
+  expect_close("dinp", to_host<float>(gdx), dx, 1e-4);
+  expect_close("dw (accumulated)", to_host<float>(gdw), dw, 1e-4);
+  expect_same_bits("dbias (the CPU's order)", to_host<float>(gdb), db);
+}
+
+TEST_F(CudaOps, MatmulRowwiseDoesNotDependOnBatch) {
+  const int N = 5, C = 200, OC = 70;
+  auto x = rnd(N * C, 11), w = rnd(OC * C, 12), b = rnd(OC, 13);
+  std::vector<float> out(N * OC, 0.0f);
+  DeviceBuffer gx = to_device(x), gw = to_device(w), gb = to_device(b), gout = to_device(out);
+  cpu->matmul_forward_rowwise(out.data(), x.data(), w.data(), b.data(), N, C, OC, false);
+  gpu->matmul_forward_rowwise(gout.as<float>(), gx.as<float>(), gw.as<float>(), gb.as<float>(), N,
+                              C, OC, false);
+  const auto all = to_host<float>(gout);
+  expect_close("rowwise", all, out, 1e-4);
+  // Row 3 alone gives the bits it had among five.
+  DeviceBuffer one(OC * sizeof(float));
+  gpu->matmul_forward_rowwise(one.as<float>(), gx.as<float>() + 3 * C, gw.as<float>(),
+                              gb.as<float>(), 1, C, OC, false);
+  expect_same_bits("row 3", to_host<float>(one),
+                   std::vector<float>(all.begin() + 3 * OC, all.begin() + 4 * OC));
+}
+
+TEST_F(CudaOps, Embedding) {
+  const int B = 3, seq = 7, N = B * seq, C = 300, Vp = 40;
+  std::vector<std::int32_t> tokens(N);
+  for (int n = 0; n < N; ++n) tokens[n] = (n * 7) % 11 + (n % 3 == 0 ? 25 : 0);  // repeats
+  auto wte = rnd(Vp * C, 21), wpe = rnd(seq * C, 22), dout = rnd(N * C, 23);
+  DeviceBuffer gt = to_device(tokens), gwte = to_device(wte), gwpe = to_device(wpe),
+               gd = to_device(dout);
+  std::vector<float> out(N * C);
+  DeviceBuffer gout(out.size() * sizeof(float));
+  cpu->embedding_forward(out.data(), tokens.data(), wte.data(), wpe.data(), N, seq, C);
+  gpu->embedding_forward(gout.as<float>(), gt.as<std::int32_t>(), gwte.as<float>(),
+                         gwpe.as<float>(), N, seq, C);
+  expect_same_bits("forward", to_host<float>(gout), out);
+
+  auto dwte = rnd(Vp * C, 24), dwpe = rnd(seq * C, 25);
+  DeviceBuffer gdwte = to_device(dwte), gdwpe = to_device(dwpe);
+  cpu->embedding_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), N, seq, C);
+  gpu->embedding_backward(gdwte.as<float>(), gdwpe.as<float>(), gd.as<float>(),
+                          gt.as<std::int32_t>(), N, seq, C);
+  expect_same_bits("dwte", to_host<float>(gdwte), dwte);
+  expect_same_bits("dwpe", to_host<float>(gdwpe), dwpe);
+
+  // The vocabulary-parallel part: rows [10, 35) only, no positions.
+  cpu->embedding_forward_part(out.data(), tokens.data(), wte.data() + 10 * C, 10, 25, nullptr, N,
+                              seq, C);
+  gpu->embedding_forward_part(gout.as<float>(), gt.as<std::int32_t>(), gwte.as<float>() + 10 * C,
+                              10, 25, nullptr, N, seq, C);
+  expect_same_bits("forward part", to_host<float>(gout), out);
+  cpu->embedding_backward_part(dwte.data() + 10 * C, nullptr, dout.data(), tokens.data(), 10, 25, N,
+                               seq, C);
+  gpu->embedding_backward_part(gdwte.as<float>() + 10 * C, nullptr, gd.as<float>(),
+                               gt.as<std::int32_t>(), 10, 25, N, seq, C);
+  expect_same_bits("dwte part", to_host<float>(gdwte), dwte);
+}
+
+TEST_F(CudaOps, LayerNorm) {
+  const int N = 70, C = 200;
+  auto x = rnd(N * C, 31, 2.0), w = rnd(C, 32), b = rnd(C, 33), g = rnd(N * C, 34);
+  std::vector<float> out(N * C), mean(N), rstd(N);
+  DeviceBuffer gx = to_device(x), gw = to_device(w), gb = to_device(b), gg = to_device(g);
+  DeviceBuffer gout(out.size() * 4), gmean(N * 4), grstd(N * 4);
+  cpu->layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C,
+                         1e-5f);
+  gpu->layernorm_forward(gout.as<float>(), gmean.as<float>(), grstd.as<float>(), gx.as<float>(),
+                         gw.as<float>(), gb.as<float>(), N, C, 1e-5f);
+  expect_close("out", to_host<float>(gout), out, 1e-5);
+  expect_close("mean", to_host<float>(gmean), mean, 1e-5);
+  expect_close("rstd", to_host<float>(grstd), rstd, 1e-5);
+  // Backward from the CPU's saved statistics, so only backward is compared.
+  gmean.upload(mean.data(), N * 4);
+  grstd.upload(rstd.data(), N * 4);
+  auto dx = rnd(N * C, 35), dw = rnd(C, 36), db = rnd(C, 37);
+  DeviceBuffer gdx = to_device(dx), gdw = to_device(dw), gdb = to_device(db);
+  cpu->layernorm_backward(dx.data(), dw.data(), db.data(), g.data(), x.data(), w.data(),
+                          mean.data(), rstd.data(), N, C);
+  gpu->layernorm_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gg.as<float>(),
+                          gx.as<float>(), gw.as<float>(), gmean.as<float>(), grstd.as<float>(), N,
+                          C);
+  expect_close("dinp (accumulated)", to_host<float>(gdx), dx, 1e-5);
+  expect_close("dw", to_host<float>(gdw), dw, 1e-5);
+  expect_same_bits("db (the CPU's order)", to_host<float>(gdb), db);
+}
+
+TEST_F(CudaOps, RmsNorm) {
+  const int N = 40, C = 130;
+  auto x = rnd(N * C, 41, 2.0), w = rnd(C, 42), g = rnd(N * C, 43);
+  std::vector<float> out(N * C), rstd(N);
+  DeviceBuffer gx = to_device(x), gw = to_device(w), gg = to_device(g);
+  DeviceBuffer gout(out.size() * 4), grstd(N * 4);
+  cpu->rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6f);
+  gpu->rmsnorm_forward(gout.as<float>(), grstd.as<float>(), gx.as<float>(), gw.as<float>(), N, C,
+                       1e-6f);
+  expect_close("out", to_host<float>(gout), out, 1e-5);
+  expect_close("rstd", to_host<float>(grstd), rstd, 1e-5);
+  grstd.upload(rstd.data(), N * 4);
+  auto dx = rnd(N * C, 44), dw = rnd(C, 45);
+  DeviceBuffer gdx = to_device(dx), gdw = to_device(dw);
+  cpu->rmsnorm_backward(dx.data(), dw.data(), g.data(), x.data(), w.data(), rstd.data(), N, C);
+  gpu->rmsnorm_backward(gdx.as<float>(), gdw.as<float>(), gg.as<float>(), gx.as<float>(),
+                        gw.as<float>(), grstd.as<float>(), N, C);
+  expect_close("dinp", to_host<float>(gdx), dx, 1e-5);
+  expect_close("dw", to_host<float>(gdw), dw, 1e-5);
+}
+
+TEST_F(CudaOps, GeluAndSwiGlu) {
+  const int N = 9, F = 333;
+  auto x = rnd(N * 2 * F, 51, 4.0), d = rnd(N * 2 * F, 52);
+  std::vector<float> out(x.size()), dx(x.size());
+  DeviceBuffer gx = to_device(x), gd = to_device(d), gout(out.size() * 4), gdx(dx.size() * 4);
+  const std::int64_t count = static_cast<std::int64_t>(x.size());
+  cpu->gelu_forward(out.data(), x.data(), count);
+  gpu->gelu_forward(gout.as<float>(), gx.as<float>(), count);
+  expect_close("gelu", to_host<float>(gout), out, 1e-5);
+  cpu->gelu_backward(dx.data(), x.data(), d.data(), count);
+  gpu->gelu_backward(gdx.as<float>(), gx.as<float>(), gd.as<float>(), count);
+  expect_close("gelu backward", to_host<float>(gdx), dx, 1e-5);
+
+  std::vector<float> s(N * F);
+  DeviceBuffer gs(s.size() * 4);
+  cpu->swiglu_forward(s.data(), x.data(), N, F);
+  gpu->swiglu_forward(gs.as<float>(), gx.as<float>(), N, F);
+  expect_close("swiglu", to_host<float>(gs), s, 1e-5);
+  cpu->swiglu_backward(dx.data(), x.data(), d.data(), N, F);
+  gpu->swiglu_backward(gdx.as<float>(), gx.as<float>(), gd.as<float>(), N, F);
+  expect_close("swiglu backward", to_host<float>(gdx), dx, 1e-5);
+}
+
+TEST_F(CudaOps, Rope) {
+  const int B = 2, seq = 300, NH = 4, NKV = 2, HD = 16;
+  const int S = (NH + 2 * NKV) * HD;
+  auto qkv = rnd(B * seq * S, 61);
+  DeviceBuffer g = to_device(qkv);
+  cpu->rope_forward(qkv.data(), B, seq, NH, NKV, HD, 10000.0f);
+  gpu->rope_forward(g.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+  expect_close("forward", to_host<float>(g), qkv, 1e-5);
+  cpu->rope_backward(qkv.data(), B, seq, NH, NKV, HD, 500000.0f);
+  gpu->rope_backward(g.as<float>(), B, seq, NH, NKV, HD, 500000.0f);
+  expect_close("backward", to_host<float>(g), qkv, 1e-5);
+  // Positions 290.. of a decode step.
+  cpu->rope_forward_at(qkv.data(), 7, 290, NH, NKV, HD, 10000.0f);
+  gpu->rope_forward_at(g.as<float>(), 7, 290, NH, NKV, HD, 10000.0f);
+  expect_close("at an offset", to_host<float>(g), qkv, 1e-5);
+}
+
+// Grouped-query attention over more than one of the CPU's 64-row tiles,
+// with a head dimension that is not a multiple of the warp.
+TEST_F(CudaOps, Attention) {
+  for (const int HD : {40, 64}) {
+    const int B = 2, seq = 90, NH = 6, NKV = 2;
+    const int S = (NH + 2 * NKV) * HD, C = NH * HD;
+    auto qkv = rnd(B * seq * S, 71 + HD), dout = rnd(B * seq * C, 72 + HD);
+    std::vector<float> out(B * seq * C), lse(B * NH * seq), dqkv(qkv.size());
+    DeviceBuffer gqkv = to_device(qkv), gd = to_device(dout), gout(out.size() * 4),
+                 glse(lse.size() * 4), gdqkv(dqkv.size() * 4);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), B, seq, NH, NKV, HD);
+    gpu->attention_forward(gout.as<float>(), glse.as<float>(), gqkv.as<float>(), B, seq, NH, NKV,
+                           HD);
+    expect_close("out", to_host<float>(gout), out, 1e-4);
+    expect_close("lse", to_host<float>(glse), lse, 1e-4);
+    cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, seq,
+                            NH, NKV, HD);
+    gpu->attention_backward(gdqkv.as<float>(), gd.as<float>(), gqkv.as<float>(), gout.as<float>(),
+                            glse.as<float>(), B, seq, NH, NKV, HD);
+    const auto first = to_host<float>(gdqkv);
+    expect_close("dqkv", first, dqkv, 1e-4);
+    gpu->attention_backward(gdqkv.as<float>(), gd.as<float>(), gqkv.as<float>(), gout.as<float>(),
+                            glse.as<float>(), B, seq, NH, NKV, HD);
+    expect_same_bits("dqkv, twice", to_host<float>(gdqkv), first);
+  }
+}
+
+TEST_F(CudaOps, PagedCacheAttention) {
+  const int NH = 4, NKV = 2, HD = 32, block_size = 16, pos0 = 37, N = 5;
+  const int S = (NH + 2 * NKV) * HD, KW = NKV * HD, pool_rows = 6 * block_size;
+  const std::vector<std::int32_t> blocks = {4, 1, 5, 0};  // a shuffled block table
+  auto kpool = rnd(pool_rows * KW, 81), vpool = rnd(pool_rows * KW, 82);
+  auto qkv = rnd(N * S, 83);
+  std::vector<float> out(N * NH * HD);
+  DeviceBuffer gk = to_device(kpool), gv = to_device(vpool), gb = to_device(blocks),
+               gq = to_device(qkv), gout(out.size() * 4);
+  cpu->attention_kv_forward(out.data(), kpool.data(), vpool.data(), blocks.data(), block_size,
+                            qkv.data(), N, pos0, NH, NKV, HD);
+  gpu->attention_kv_forward(gout.as<float>(), gk.as<float>(), gv.as<float>(), gb.as<std::int32_t>(),
+                            block_size, gq.as<float>(), N, pos0, NH, NKV, HD);
+  expect_close("out", to_host<float>(gout), out, 1e-4);
+  expect_same_bits("k cache", to_host<float>(gk), kpool);
+  expect_same_bits("v cache", to_host<float>(gv), vpool);
+}
+
+TEST_F(CudaOps, CrossEntropy) {
+  const int N = 6, V = 1000, Vp = 1024;
+  auto logits = rnd(N * Vp, 91, 5.0);
+  std::vector<std::int32_t> targets = {0, 999, 5, 500, 123, 998};
+  DeviceBuffer gt = to_device(targets);
+  for (const float dloss : {0.0f, 0.25f}) {
+    auto x = logits;
+    std::vector<float> losses(N);
+    DeviceBuffer gx = to_device(x), gl(N * 4);
+    cpu->crossentropy_forward_backward(x.data(), losses.data(), targets.data(), N, V, Vp, dloss);
+    gpu->crossentropy_forward_backward(gx.as<float>(), gl.as<float>(), gt.as<std::int32_t>(), N, V,
+                                       Vp, dloss);
+    expect_close("losses", to_host<float>(gl), losses, 1e-5);
+    expect_close("logits / gradient", to_host<float>(gx), x, 1e-5);
+  }
+  // The vocabulary-parallel steps on the columns [512, 1024) of the same
+  // rows (V = 488 real columns there), the sums taken as the group would.
+  const int v0 = 512, Vl = V - v0, Vpl = Vp - v0;
+  std::vector<float> part(N * Vpl);
+  for (int n = 0; n < N; ++n) {
+    for (int j = 0; j < Vpl; ++j) part[n * Vpl + j] = logits[n * Vp + v0 + j];
+  }
+  std::vector<float> row_max(N), sums(2 * N), losses(N);
+  DeviceBuffer gp = to_device(part), gm(N * 4), gs(2 * N * 4), gl(N * 4);
+  cpu->crossentropy_part_max(row_max.data(), part.data(), N, Vl, Vpl);
+  gpu->crossentropy_part_max(gm.as<float>(), gp.as<float>(), N, Vl, Vpl);
+  expect_same_bits("row max", to_host<float>(gm), row_max);
+  cpu->crossentropy_part_sums(part.data(), sums.data(), row_max.data(), targets.data(), v0, N, Vl,
+                              Vpl, true);
+  gpu->crossentropy_part_sums(gp.as<float>(), gs.as<float>(), gm.as<float>(), gt.as<std::int32_t>(),
+                              v0, N, Vl, Vpl, true);
+  expect_close("sums", to_host<float>(gs), sums, 1e-5);
+  expect_close("exp in place", to_host<float>(gp), part, 1e-5);
+  gs.upload(sums.data(), sums.size() * 4);
+  gp.upload(part.data(), part.size() * 4);
+  cpu->crossentropy_part_finish(part.data(), losses.data(), row_max.data(), sums.data(),
+                                targets.data(), v0, N, Vl, Vpl, 0.5f);
+  gpu->crossentropy_part_finish(gp.as<float>(), gl.as<float>(), gm.as<float>(), gs.as<float>(),
+                                gt.as<std::int32_t>(), v0, N, Vl, Vpl, 0.5f);
+  expect_close("part losses", to_host<float>(gl), losses, 1e-5);
+  expect_close("part gradient", to_host<float>(gp), part, 1e-5);
+}
+
+TEST_F(CudaOps, OptimizerArithmetic) {
+  const std::int64_t count = (1 << 17) + 12345;  // more than one block of the sum of squares
+  auto p = rnd(count, 101), g = rnd(count, 102, 3.0), m = rnd(count, 103, 0.1),
+       v = rnd(count, 104, 0.1);
+  for (auto& x : v) x = x * x;
+  DeviceBuffer gp = to_device(p), gg = to_device(g), gm = to_device(m), gv = to_device(v);
+  Backend<float>::AdamWUpdate u{};
+  u.lr = 1e-3f;
+  u.beta1 = 0.9f;
+  u.beta2 = 0.95f;
+  u.eps = 1e-8f;
+  u.weight_decay = 0.1f;
+  u.grad_scale = 0.5f;
+  u.c1 = 1.0f / (1.0f - 0.9f * 0.9f);
+  u.c2 = 1.0f / (1.0f - 0.95f * 0.95f);
+  cpu->adamw_update(p.data(), g.data(), m.data(), v.data(), count, u);
+  gpu->adamw_update(gp.as<float>(), gg.as<float>(), gm.as<float>(), gv.as<float>(), count, u);
+  expect_close("params", to_host<float>(gp), p, 1e-6);
+  expect_close("m", to_host<float>(gm), m, 1e-6);
+  expect_close("v", to_host<float>(gv), v, 1e-6);
+
+  const double cs = cpu->sum_of_squares(g.data(), count);
+  const double gs = gpu->sum_of_squares(gg.as<float>(), count);
+  EXPECT_NEAR(gs, cs, 1e-12 * cs);
+  EXPECT_EQ(gpu->sum_of_squares(gg.as<float>(), count), gs);
+
+  cpu->scale(g.data(), 0.75f, count);
+  gpu->scale(gg.as<float>(), 0.75f, count);
+  expect_same_bits("scale", to_host<float>(gg), g);
+  cpu->add(g.data(), p.data(), count);
+  gpu->add(gg.as<float>(), gp.as<float>(), count);
+  expect_close("add", to_host<float>(gg), g, 1e-6);
+  gpu->copy(gm.as<float>(), gg.as<float>(), count);
+  expect_same_bits("copy", to_host<float>(gm), to_host<float>(gg));
+  gpu->fill(gm.as<float>(), 2.5f, count);
+  expect_same_bits("fill", to_host<float>(gm), std::vector<float>(count, 2.5f));
+}
+
+TEST_F(CudaOps, HeadDimensionOverTheLimitIsAnError) {
+  DeviceBuffer b(4);
+  EXPECT_THROW(gpu->attention_forward(b.as<float>(), b.as<float>(), b.as<float>(), 1, 1, 1, 1, 512),
+               std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace borealis

@@ -12,9 +12,11 @@
 #                                  CUDA's own, into .device-pack/pack.tar.xz
 #   scripts/device-check.sh run    on the GPU machine: unpack, print the
 #                                  device, run every CUDA test (CudaOps.*,
-#                                  *CudaModel.*), write the log to $OUT (or
-#                                  ./device-out) and exit with the tests'
-#                                  status
+#                                  *CudaModel.*) with BOREALIS_REQUIRE_CUDA=1,
+#                                  then bench train on the GPU for gpt2-124m
+#                                  and llama-110m (T = 1024), write the log
+#                                  to $OUT (or ./device-out) and exit with
+#                                  the tests' status
 # The pack is about 20 MB; .device-pack/ is ignored by git and carried to the
 # GPU machine as it is.
 set -euo pipefail
@@ -79,7 +81,14 @@ case "$mode" in
     BOREALIS_REQUIRE_CUDA=1 "$work/borealis_tests" --gtest_filter='CudaOps.*:*CudaModel.*' 2>&1 |
       tee -a "$log" ||
       status=$?
-    echo "device-check: tests exited with $status; log in $log" | tee -a "$log"
+    echo "device-check: tests exited with $status" | tee -a "$log"
+    # The training-step benchmark on the GPU (figures, not a pass/fail check).
+    for model in gpt2-124m llama-110m; do
+      echo "== bench train --device cuda --model $model" | tee -a "$log"
+      timeout 240 "$work/borealis" bench train --device cuda --model "$model" --batch 8 \
+        --seq-len 1024 --steps 3 2>&1 | tee -a "$log" || echo "(bench exited with $?)" | tee -a "$log"
+    done
+    echo "device-check: log in $log"
     exit "$status"
     ;;
   *)

@@ -75,6 +75,14 @@ unsigned blocks_for(std::int64_t count, int threads = kThreads) {
   return static_cast<unsigned>(std::clamp<std::int64_t>(b, 1, std::int64_t{0x7fffffff}));
 }
 
+// A grid-stride loop over elements: this thread's first, and the step.
+__device__ std::int64_t first_index() {
+  return blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+}
+__device__ std::int64_t index_stride() {
+  return std::int64_t{gridDim.x} * blockDim.x;
+}
+
 __device__ float warp_sum(float x) {
   for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
@@ -103,30 +111,26 @@ __device__ float block_reduce(float x, float* shared) {
 // ---- elementwise -------------------------------------------------------------
 
 __global__ void fill_kernel(float* out, float value, std::int64_t count) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     out[i] = value;
   }
 }
 
 __global__ void scale_kernel(float* x, float factor, std::int64_t count) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     x[i] *= factor;
   }
 }
 
 __global__ void add_kernel(float* out, const float* in, std::int64_t count) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     out[i] += in[i];
   }
 }
 
 __global__ void adamw_kernel(float* params, const float* grads, float* m, float* v,
                              std::int64_t count, Backend<float>::AdamWUpdate u) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     adamw_element(params[i], grads[i], m[i], v[i], u.lr, u.beta1, u.beta2, u.eps, u.weight_decay,
                   u.grad_scale, u.c1, u.c2);
   }
@@ -154,8 +158,7 @@ constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCube = 0.044715f;
 
 __global__ void gelu_forward_kernel(float* out, const float* inp, std::int64_t count) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const float x = inp[i];
     const float u = kGeluScale * (x + kGeluCube * x * x * x);
     out[i] = 0.5f * x * (1.0f + tanhf(u));
@@ -164,8 +167,7 @@ __global__ void gelu_forward_kernel(float* out, const float* inp, std::int64_t c
 
 __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout,
                                      std::int64_t count) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const float x = inp[i];
     const float u = kGeluScale * (x + kGeluCube * x * x * x);
     const float th = tanhf(u);
@@ -177,8 +179,7 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
 
 __global__ void swiglu_forward_kernel(float* out, const float* inp, int N, int F) {
   const std::int64_t count = std::int64_t{N} * F;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const std::int64_t n = i / F;
     const std::int64_t f = i % F;
     const float g = inp[n * 2 * F + f];
@@ -190,8 +191,7 @@ __global__ void swiglu_forward_kernel(float* out, const float* inp, int N, int F
 __global__ void swiglu_backward_kernel(float* dinp, const float* inp, const float* dout, int N,
                                        int F) {
   const std::int64_t count = std::int64_t{N} * F;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const std::int64_t n = i / F;
     const std::int64_t f = i % F;
     const float g = inp[n * 2 * F + f];
@@ -211,8 +211,7 @@ __global__ void rope_kernel(float* qkv, const float* cos_t, const float* sin_t, 
   const int heads = NH + NKV;
   const int stride = (NH + 2 * NKV) * HD;
   const std::int64_t count = std::int64_t{rows} * heads * half;
-  for (std::int64_t idx = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; idx < count;
-       idx += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t idx = first_index(); idx < count; idx += index_stride()) {
     const int i = static_cast<int>(idx % half);
     const int h = static_cast<int>((idx / half) % heads);
     const std::int64_t n = idx / (std::int64_t{half} * heads);
@@ -233,8 +232,7 @@ __global__ void embedding_forward_kernel(float* out, const std::int32_t* tokens,
                                          int v0, int rows, const float* wpe, int N, int seq,
                                          int C) {
   const std::int64_t count = std::int64_t{N} * C;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const std::int64_t n = i / C;
     const std::int64_t c = i % C;
     const std::int64_t row = static_cast<std::int64_t>(tokens[n]) - v0;
@@ -267,8 +265,7 @@ __global__ void embedding_backward_wpe_kernel(float* dwpe, const float* dout, in
                                               int C) {
   const std::int64_t count = std::int64_t{seq} * C;
   const int batches = N / seq;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const std::int64_t t = i / C;
     const std::int64_t c = i % C;
     float s = dwpe[i];
@@ -303,8 +300,7 @@ __global__ void column_finish_kernel(float* out, const float* partial, int block
 
 __global__ void add_bias_kernel(float* out, const float* bias, int N, int OC, bool accumulate) {
   const std::int64_t count = std::int64_t{N} * OC;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const float b = bias[i % OC];
     out[i] = accumulate ? out[i] + b : b;
   }
@@ -353,17 +349,18 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
   }
 }
 
-// dinp += ..., one warp per row (the weight gradients are column reductions).
-__global__ void layernorm_backward_input_kernel(float* dinp, const float* dout, const float* inp,
-                                                const float* w, const float* mean,
-                                                const float* rstd, int N, int C) {
+// dinp += ..., one warp per row (the weight gradients are column
+// reductions). LayerNorm's with mean, RMSNorm's with mean null (no centring).
+__global__ void norm_backward_input_kernel(float* dinp, const float* dout, const float* inp,
+                                           const float* w, const float* mean, const float* rstd,
+                                           int N, int C) {
   const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (n >= N) return;
   const float* x = inp + n * C;
   const float* g = dout + n * C;
   float* dx = dinp + n * C;
-  const float m = mean[n];
+  const float m = mean != nullptr ? mean[n] : 0.0f;
   const float r = rstd[n];
   float gm = 0.0f, gnm = 0.0f;
   for (int c = lane; c < C; c += kWarp) {
@@ -371,7 +368,7 @@ __global__ void layernorm_backward_input_kernel(float* dinp, const float* dout, 
     gm += dnorm;
     gnm += dnorm * (x[c] - m) * r;
   }
-  gm = warp_sum(gm) / C;
+  gm = mean != nullptr ? warp_sum(gm) / C : 0.0f;
   gnm = warp_sum(gnm) / C;
   for (int c = lane; c < C; c += kWarp) {
     const float norm = (x[c] - m) * r;
@@ -415,141 +412,168 @@ __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp
   if (lane == 0) rstd[n] = r;
 }
 
-__global__ void rmsnorm_backward_input_kernel(float* dinp, const float* dout, const float* inp,
-                                              const float* w, const float* rstd, int N, int C) {
-  const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (n >= N) return;
-  const float* x = inp + n * C;
-  const float* g = dout + n * C;
-  float* dx = dinp + n * C;
-  const float r = rstd[n];
-  float gnm = 0.0f;
-  for (int c = lane; c < C; c += kWarp) gnm += g[c] * w[c] * x[c] * r;
-  gnm = warp_sum(gnm) / C;
-  for (int c = lane; c < C; c += kWarp) {
-    const float norm = x[c] * r;
-    dx[c] += (g[c] * w[c] - norm * gnm) * r;
-  }
-}
-
 // ---- attention ---------------------------------------------------------------
 
-// Loads head-dimension elements lane, lane + 32, ... of a row into regs.
-__device__ void load_lanes(float (&regs)[kMaxPerLane], const float* row, int HD, int lane) {
+// A warp's share of one row of HD elements: lane l holds elements l, l + 32,
+// ... (kMaxPerLane of them, zero past HD).
+struct Lanes {
+  float v[kMaxPerLane];
+};
+
+__device__ Lanes load_lanes(const float* row, int HD, int lane) {
+  Lanes r;
 #pragma unroll
   for (int k = 0; k < kMaxPerLane; ++k) {
     const int d = lane + k * kWarp;
-    regs[k] = d < HD ? row[d] : 0.0f;
+    r.v[k] = d < HD ? row[d] : 0.0f;
   }
+  return r;
 }
 
-__device__ float dot_lanes(const float (&a)[kMaxPerLane], const float* row, int HD, int lane) {
+__device__ Lanes zero_lanes() {
+  Lanes r;
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) r.v[k] = 0.0f;
+  return r;
+}
+
+// The row (all lanes) dot a row in memory.
+__device__ float dot_lanes(const Lanes& a, const float* row, int HD, int lane) {
   float s = 0.0f;
 #pragma unroll
   for (int k = 0; k < kMaxPerLane; ++k) {
     const int d = lane + k * kWarp;
-    if (d < HD) s += a[k] * row[d];
+    if (d < HD) s += a.v[k] * row[d];
   }
   return warp_sum(s);
+}
+
+// acc = acc * keep + factor * row.
+__device__ void axpy_lanes(Lanes& acc, float keep, float factor, const float* row, int HD,
+                           int lane) {
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int d = lane + k * kWarp;
+    acc.v[k] = acc.v[k] * keep + (d < HD ? factor * row[d] : 0.0f);
+  }
+}
+
+__device__ void store_lanes(float* row, const Lanes& a, float factor, int HD, int lane) {
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int d = lane + k * kWarp;
+    if (d < HD) row[d] = factor * a.v[k];
+  }
+}
+
+// Softmax-weighted sum of value rows over keys seen one at a time (the
+// online softmax of FlashAttention): after all keys, out = acc / l and the
+// log-sum-exp is mx + log(l).
+struct OnlineSoftmax {
+  Lanes acc = zero_lanes();
+  float mx = -INFINITY, l = 0.0f;
+  __device__ void add(float score, const float* value, int HD, int lane) {
+    const float mnew = fmaxf(mx, score);
+    const float corr = expf(mx - mnew);
+    const float p = expf(score - mnew);
+    l = l * corr + p;
+    axpy_lanes(acc, corr, p, value, HD, lane);
+    mx = mnew;
+  }
+};
+
+// The (batch, head, row) of a warp's task over rows of `seq` positions and
+// `heads` heads, and the lane.
+struct RowTask {
+  std::int64_t task, b;
+  int head, row, lane;
+};
+
+__device__ RowTask row_task(int seq, int heads) {
+  RowTask t;
+  t.task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
+  t.lane = static_cast<int>(threadIdx.x % kWarp);
+  t.row = static_cast<int>(t.task % seq);
+  t.head = static_cast<int>((t.task / seq) % heads);
+  t.b = t.task / (std::int64_t{seq} * heads);
+  return t;
+}
+
+// A warp's query row of the packed qkv buffer: its task (valid: one of the
+// B * NH * seq rows), the row stride S, the kv head g of its head, the
+// sequence's first row and the row's q head (loaded for valid tasks only).
+struct QueryRow {
+  RowTask t;
+  bool valid;
+  int S, g;
+  const float* base;
+  Lanes q;
+};
+
+__device__ QueryRow query_row(const float* qkv, int B, int seq, int NH, int NKV, int HD) {
+  QueryRow r;
+  r.t = row_task(seq, NH);
+  r.valid = r.t.task < std::int64_t{B} * NH * seq;
+  r.S = (NH + 2 * NKV) * HD;
+  r.g = r.t.head / (NH / NKV);
+  r.base = qkv + r.t.b * seq * r.S;
+  r.q = r.valid ? load_lanes(r.base + std::int64_t{r.t.row} * r.S + std::int64_t{r.t.head} * HD, HD,
+                             r.t.lane)
+                : zero_lanes();
+  return r;
 }
 
 // One warp per (b, h, query row i): an online softmax over keys 0..i.
 __global__ void attention_forward_kernel(float* out, float* lse, const float* qkv, int B, int seq,
                                          int NH, int NKV, int HD, float scale) {
-  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (task >= std::int64_t{B} * NH * seq) return;
-  const int i = static_cast<int>(task % seq);
-  const int h = static_cast<int>((task / seq) % NH);
-  const std::int64_t b = task / (std::int64_t{seq} * NH);
-  const int S = (NH + 2 * NKV) * HD;
-  const int C = NH * HD;
-  const int g = h / (NH / NKV);
-  const float* base = qkv + b * seq * S;
-  float q[kMaxPerLane], acc[kMaxPerLane];
-  load_lanes(q, base + std::int64_t{i} * S + std::int64_t{h} * HD, HD, lane);
-#pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) acc[k] = 0.0f;
-  float mx = -INFINITY, l = 0.0f;
-  for (int j = 0; j <= i; ++j) {
+  const QueryRow r = query_row(qkv, B, seq, NH, NKV, HD);
+  if (!r.valid) return;
+  const RowTask& t = r.t;
+  const int S = r.S, C = NH * HD, g = r.g;
+  const float* base = r.base;
+  const Lanes& q = r.q;
+  OnlineSoftmax sm;
+  for (int j = 0; j <= t.row; ++j) {
     const float* kr = base + std::int64_t{j} * S + C + std::int64_t{g} * HD;
-    const float* vr = kr + std::int64_t{NKV} * HD;
-    const float s = scale * dot_lanes(q, kr, HD, lane);
-    const float mnew = fmaxf(mx, s);
-    const float corr = expf(mx - mnew);
-    const float p = expf(s - mnew);
-    l = l * corr + p;
-#pragma unroll
-    for (int k = 0; k < kMaxPerLane; ++k) {
-      const int d = lane + k * kWarp;
-      acc[k] = acc[k] * corr + (d < HD ? p * vr[d] : 0.0f);
-    }
-    mx = mnew;
+    sm.add(scale * dot_lanes(q, kr, HD, t.lane), kr + std::int64_t{NKV} * HD, HD, t.lane);
   }
-  float* o = out + (b * seq + i) * C + std::int64_t{h} * HD;
-#pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) {
-    const int d = lane + k * kWarp;
-    if (d < HD) o[d] = acc[k] / l;
-  }
-  if (lane == 0) lse[(b * NH + h) * seq + i] = mx + logf(l);
+  store_lanes(out + (t.b * seq + t.row) * C + std::int64_t{t.head} * HD, sm.acc, 1.0f / sm.l, HD,
+              t.lane);
+  if (t.lane == 0) lse[t.task] = sm.mx + logf(sm.l);
 }
 
 // delta[b, h, i] = dout_i . out_i (one warp per row).
 __global__ void attention_delta_kernel(float* delta, const float* dout, const float* out, int B,
                                        int seq, int NH, int HD) {
-  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (task >= std::int64_t{B} * NH * seq) return;
-  const int i = static_cast<int>(task % seq);
-  const int h = static_cast<int>((task / seq) % NH);
-  const std::int64_t b = task / (std::int64_t{seq} * NH);
-  const std::int64_t at = (b * seq + i) * NH * HD + std::int64_t{h} * HD;
-  float s = 0.0f;
-  for (int d = lane; d < HD; d += kWarp) s += dout[at + d] * out[at + d];
-  s = warp_sum(s);
-  if (lane == 0) delta[task] = s;
+  const RowTask t = row_task(seq, NH);
+  if (t.task >= std::int64_t{B} * NH * seq) return;
+  const std::int64_t at = (t.b * seq + t.row) * NH * HD + std::int64_t{t.head} * HD;
+  const float s = dot_lanes(load_lanes(dout + at, HD, t.lane), out + at, HD, t.lane);
+  if (t.lane == 0) delta[t.task] = s;
 }
 
 // dq of one query row per warp: dq_i = scale * sum_j p_ij (dp_ij - delta_i) k_j.
 __global__ void attention_dq_kernel(float* dqkv, const float* dout, const float* qkv,
                                     const float* lse, const float* delta, int B, int seq, int NH,
                                     int NKV, int HD, float scale) {
-  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (task >= std::int64_t{B} * NH * seq) return;
-  const int i = static_cast<int>(task % seq);
-  const int h = static_cast<int>((task / seq) % NH);
-  const std::int64_t b = task / (std::int64_t{seq} * NH);
-  const int S = (NH + 2 * NKV) * HD;
-  const int C = NH * HD;
-  const int g = h / (NH / NKV);
-  const float* base = qkv + b * seq * S;
-  float q[kMaxPerLane], d_o[kMaxPerLane], dq[kMaxPerLane];
-  load_lanes(q, base + std::int64_t{i} * S + std::int64_t{h} * HD, HD, lane);
-  load_lanes(d_o, dout + (b * seq + i) * C + std::int64_t{h} * HD, HD, lane);
-#pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) dq[k] = 0.0f;
-  const float l = lse[task];
-  const float dl = delta[task];
-  for (int j = 0; j <= i; ++j) {
+  const QueryRow r = query_row(qkv, B, seq, NH, NKV, HD);
+  if (!r.valid) return;
+  const RowTask& t = r.t;
+  const int S = r.S, C = NH * HD, g = r.g;
+  const float* base = r.base;
+  const Lanes& q = r.q;
+  const Lanes d_o =
+      load_lanes(dout + (t.b * seq + t.row) * C + std::int64_t{t.head} * HD, HD, t.lane);
+  Lanes dq = zero_lanes();
+  const float l = lse[t.task];
+  const float dl = delta[t.task];
+  for (int j = 0; j <= t.row; ++j) {
     const float* kr = base + std::int64_t{j} * S + C + std::int64_t{g} * HD;
-    const float* vr = kr + std::int64_t{NKV} * HD;
-    const float p = expf(scale * dot_lanes(q, kr, HD, lane) - l);
-    const float ds = p * (dot_lanes(d_o, vr, HD, lane) - dl);
-#pragma unroll
-    for (int k = 0; k < kMaxPerLane; ++k) {
-      const int d = lane + k * kWarp;
-      if (d < HD) dq[k] += ds * kr[d];
-    }
+    const float p = expf(scale * dot_lanes(q, kr, HD, t.lane) - l);
+    const float ds = p * (dot_lanes(d_o, kr + std::int64_t{NKV} * HD, HD, t.lane) - dl);
+    axpy_lanes(dq, 1.0f, ds, kr, HD, t.lane);
   }
-  float* o = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
-#pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) {
-    const int d = lane + k * kWarp;
-    if (d < HD) o[d] = scale * dq[k];
-  }
+  store_lanes(dqkv + (t.b * seq + t.row) * S + std::int64_t{t.head} * HD, dq, scale, HD, t.lane);
 }
 
 // dk and dv of one key row of kv head g per warp, summed over the group's
@@ -557,48 +581,30 @@ __global__ void attention_dq_kernel(float* dqkv, const float* dout, const float*
 __global__ void attention_dkv_kernel(float* dqkv, const float* dout, const float* qkv,
                                      const float* lse, const float* delta, int B, int seq, int NH,
                                      int NKV, int HD, float scale) {
-  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (task >= std::int64_t{B} * NKV * seq) return;
-  const int j = static_cast<int>(task % seq);
-  const int g = static_cast<int>((task / seq) % NKV);
-  const std::int64_t b = task / (std::int64_t{seq} * NKV);
+  const RowTask t = row_task(seq, NKV);  // head: the kv head, row: the key row j
+  if (t.task >= std::int64_t{B} * NKV * seq) return;
   const int S = (NH + 2 * NKV) * HD;
   const int C = NH * HD;
   const int group = NH / NKV;
-  const float* base = qkv + b * seq * S;
-  float kj[kMaxPerLane], vj[kMaxPerLane], dk[kMaxPerLane], dv[kMaxPerLane];
-  load_lanes(kj, base + std::int64_t{j} * S + C + std::int64_t{g} * HD, HD, lane);
-  load_lanes(vj, base + std::int64_t{j} * S + C + std::int64_t{NKV + g} * HD, HD, lane);
-#pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) dk[k] = dv[k] = 0.0f;
-  for (int h = g * group; h < (g + 1) * group; ++h) {
-    const std::int64_t row = (b * NH + h) * seq;
-    for (int i = j; i < seq; ++i) {
+  const float* base = qkv + t.b * seq * S;
+  const float* kv = base + std::int64_t{t.row} * S + C + std::int64_t{t.head} * HD;
+  const Lanes kj = load_lanes(kv, HD, t.lane);
+  const Lanes vj = load_lanes(kv + std::int64_t{NKV} * HD, HD, t.lane);
+  Lanes dk = zero_lanes(), dv = zero_lanes();
+  for (int h = t.head * group; h < (t.head + 1) * group; ++h) {
+    const std::int64_t row = (t.b * NH + h) * seq;
+    for (int i = t.row; i < seq; ++i) {
       const float* qr = base + std::int64_t{i} * S + std::int64_t{h} * HD;
-      const float* dr = dout + (b * seq + i) * C + std::int64_t{h} * HD;
-      const float p = expf(scale * dot_lanes(kj, qr, HD, lane) - lse[row + i]);
-      const float ds = p * (dot_lanes(vj, dr, HD, lane) - delta[row + i]);
-#pragma unroll
-      for (int k = 0; k < kMaxPerLane; ++k) {
-        const int d = lane + k * kWarp;
-        if (d < HD) {
-          dk[k] += ds * qr[d];
-          dv[k] += p * dr[d];
-        }
-      }
+      const float* dr = dout + (t.b * seq + i) * C + std::int64_t{h} * HD;
+      const float p = expf(scale * dot_lanes(kj, qr, HD, t.lane) - lse[row + i]);
+      const float ds = p * (dot_lanes(vj, dr, HD, t.lane) - delta[row + i]);
+      axpy_lanes(dk, 1.0f, ds, qr, HD, t.lane);
+      axpy_lanes(dv, 1.0f, p, dr, HD, t.lane);
     }
   }
-  float* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
-  float* dvr = dkr + std::int64_t{NKV} * HD;
-#pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) {
-    const int d = lane + k * kWarp;
-    if (d < HD) {
-      dkr[d] = scale * dk[k];
-      dvr[d] = dv[k];
-    }
-  }
+  float* dkr = dqkv + (t.b * seq + t.row) * S + C + std::int64_t{t.head} * HD;
+  store_lanes(dkr, dk, scale, HD, t.lane);
+  store_lanes(dkr + std::int64_t{NKV} * HD, dv, 1.0f, HD, t.lane);
 }
 
 __device__ std::int64_t cache_row(const std::int32_t* blocks, int block_size, int pos) {
@@ -613,8 +619,7 @@ __global__ void kv_store_kernel(float* kpool, float* vpool, const std::int32_t* 
   const int KW = NKV * HD;
   const int S = (NH + 2 * NKV) * HD;
   const std::int64_t count = std::int64_t{N} * KW;
-  for (std::int64_t idx = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; idx < count;
-       idx += std::int64_t{gridDim.x} * blockDim.x) {
+  for (std::int64_t idx = first_index(); idx < count; idx += index_stride()) {
     const int i = static_cast<int>(idx / KW);
     const int c = static_cast<int>(idx % KW);
     const std::int64_t at = cache_row(blocks, block_size, pos0 + i) * KW + c;
@@ -628,39 +633,21 @@ __global__ void kv_store_kernel(float* kpool, float* vpool, const std::int32_t* 
 __global__ void attention_kv_kernel(float* out, const float* kpool, const float* vpool,
                                     const std::int32_t* blocks, int block_size, const float* qkv,
                                     int N, int pos0, int NH, int NKV, int HD, float scale) {
-  const std::int64_t task = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (task >= std::int64_t{N} * NH) return;
-  const int h = static_cast<int>(task % NH);
-  const int i = static_cast<int>(task / NH);
+  const RowTask t = row_task(NH, 1);  // row: the head; b: the query row
+  if (t.task >= std::int64_t{N} * NH) return;
+  const int h = t.row;
+  const int i = static_cast<int>(t.b);
   const int KW = NKV * HD;
   const int S = (NH + 2 * NKV) * HD;
   const int g = h / (NH / NKV);
-  float q[kMaxPerLane], acc[kMaxPerLane];
-  load_lanes(q, qkv + std::int64_t{i} * S + std::int64_t{h} * HD, HD, lane);
-#pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) acc[k] = 0.0f;
-  float mx = -INFINITY, l = 0.0f;
+  const Lanes q = load_lanes(qkv + std::int64_t{i} * S + std::int64_t{h} * HD, HD, t.lane);
+  OnlineSoftmax sm;
   for (int p = 0; p <= pos0 + i; ++p) {
     const std::int64_t at = cache_row(blocks, block_size, p) * KW + std::int64_t{g} * HD;
-    const float s = scale * dot_lanes(q, kpool + at, HD, lane);
-    const float mnew = fmaxf(mx, s);
-    const float corr = expf(mx - mnew);
-    const float e = expf(s - mnew);
-    l = l * corr + e;
-#pragma unroll
-    for (int k = 0; k < kMaxPerLane; ++k) {
-      const int d = lane + k * kWarp;
-      acc[k] = acc[k] * corr + (d < HD ? e * vpool[at + d] : 0.0f);
-    }
-    mx = mnew;
+    sm.add(scale * dot_lanes(q, kpool + at, HD, t.lane), vpool + at, HD, t.lane);
   }
-  float* o = out + std::int64_t{i} * NH * HD + std::int64_t{h} * HD;
-#pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) {
-    const int d = lane + k * kWarp;
-    if (d < HD) o[d] = acc[k] / l;
-  }
+  store_lanes(out + std::int64_t{i} * NH * HD + std::int64_t{h} * HD, sm.acc, 1.0f / sm.l, HD,
+              t.lane);
 }
 
 // ---- the loss ----------------------------------------------------------------
@@ -861,8 +848,7 @@ class CudaBackend final : public Backend<float> {
   void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
                           const float* w, const float* mean, const float* rstd, int N,
                           int C) override {
-    layernorm_backward_input_kernel<<<warps_blocks(N), kThreads>>>(dinp, dout, inp, w, mean, rstd,
-                                                                   N, C);
+    norm_backward_input_kernel<<<warps_blocks(N), kThreads>>>(dinp, dout, inp, w, mean, rstd, N, C);
     check_launch("layernorm_backward");
     norm_weight_grads(dw, db, dout, inp, mean, rstd, N, C);
   }
@@ -873,7 +859,8 @@ class CudaBackend final : public Backend<float> {
   }
   void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                         const float* rstd, int N, int C) override {
-    rmsnorm_backward_input_kernel<<<warps_blocks(N), kThreads>>>(dinp, dout, inp, w, rstd, N, C);
+    norm_backward_input_kernel<<<warps_blocks(N), kThreads>>>(dinp, dout, inp, w, nullptr, rstd, N,
+                                                              C);
     check_launch("rmsnorm_backward");
     norm_weight_grads(dw, nullptr, dout, inp, nullptr, rstd, N, C);
   }

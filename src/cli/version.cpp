@@ -37,7 +37,11 @@ Command add_version(CLI::App& parent) {
                {{"blas",
                  {{"compiled", b.blas}, {"library", blas.library}, {"threading", blas.threading}}},
                 {"mpi", {{"compiled", b.mpi}, {"library", mpi.library}}},
-                {"cuda", {{"compiled", b.cuda}, {"toolkit", b.cuda_toolkit}}}}},
+                {"cuda",
+                 {{"compiled", b.cuda},
+                  {"toolkit", b.cuda_toolkit},
+                  {"backend", b.cuda_backend},
+                  {"architectures", b.cuda_architectures}}}}},
           };
           std::cout << j.dump(2) << '\n';
           return;
@@ -50,7 +54,14 @@ Command add_version(CLI::App& parent) {
         std::cout << fmt::format("mpi       yes: {}\n",
                                  mpi.library.empty() ? "unknown" : mpi.library);
         std::cout << fmt::format(
-            "cuda      {}\n", b.cuda ? "yes: CUDA toolkit " + b.cuda_toolkit : std::string("no"));
+            "cuda      {}\n",
+            !b.cuda ? std::string("no")
+            : b.cuda_backend
+                ? fmt::format("yes: CUDA toolkit {}, backend for sm_{} (--device cuda)",
+                              b.cuda_toolkit, b.cuda_architectures)
+                : fmt::format("runtime only: CUDA toolkit {}, no backend (device "
+                              "discovery for doctor)",
+                              b.cuda_toolkit));
       }};
 }
 

@@ -19,6 +19,8 @@ const BuildInfo& build_info() {
     b.mpi = true;
     b.cuda = BOREALIS_BUILD_CUDA;
     b.cuda_toolkit = BOREALIS_BUILD_CUDA_TOOLKIT;
+    b.cuda_backend = BOREALIS_BUILD_CUDA_BACKEND;
+    b.cuda_architectures = BOREALIS_BUILD_CUDA_ARCHITECTURES;
     return b;
   }();
   return info;

@@ -17,7 +17,9 @@ struct BuildInfo {
   bool blas = false;
   bool mpi = false;
   bool cuda = false;
-  std::string cuda_toolkit;  // toolkit version when cuda is true
+  std::string cuda_toolkit;        // toolkit version when cuda is true
+  bool cuda_backend = false;       // the CUDA backend's kernels are compiled in
+  std::string cuda_architectures;  // what they were compiled for ("90")
 };
 
 const BuildInfo& build_info();

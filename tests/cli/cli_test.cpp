@@ -94,6 +94,7 @@ TEST(Cli, VersionReportsBuildAndBackends) {
   EXPECT_TRUE(doc["backends"]["blas"]["compiled"].get<bool>());
   EXPECT_EQ(doc["backends"]["blas"]["threading"], "OpenMP");
   EXPECT_TRUE(doc["backends"]["cuda"].contains("compiled"));
+  EXPECT_TRUE(doc["backends"]["cuda"].contains("backend"));
   EXPECT_FALSE(doc["git_commit"].get<std::string>().empty());
 }
 

@@ -58,6 +58,7 @@ class AdamW {
   std::int64_t end() const { return end_; }
 
   std::int64_t steps() const { return steps_; }
+  // The moments of the optimizer's range, in the backend's memory.
   std::span<const float> m() const { return {m_.data(), static_cast<std::size_t>(m_.size())}; }
   std::span<const float> v() const { return {v_.data(), static_cast<std::size_t>(v_.size())}; }
   // Restoring from a checkpoint: write the moments in place, then set the

@@ -241,16 +241,11 @@ void CheckpointSaver::start(const TrainState& state, const ParamLayout& layout, 
   const AdamW& opt = dp.optimizer();
   Backend<float>& backend = dp.backend();
   // A GPU's memory reaches the files through a copy in host memory too.
-  const bool device = !backend.host_memory();
-  if (writes && (async_ || device)) {
+  if (writes && (async_ || !backend.host_memory())) {
     // The copy in host memory the write reads while training goes on.
     const auto copy = [&](std::vector<float>& to, const float* from, std::size_t n) {
-      if (device) {
-        to.resize(n);
-        backend.download(to.data(), from, n * sizeof(float));
-      } else {
-        to.assign(from, from + n);
-      }
+      to.resize(n);
+      backend.download(to.data(), from, n * sizeof(float));
     };
     if (job->writes_moments) {
       const auto n = static_cast<std::size_t>(job->range.size());
@@ -432,8 +427,7 @@ void load_training_checkpoint(const CheckpointInfo& info, const ParamLayout& lay
     // Read on the host, then copied to the device.
     const auto n = static_cast<std::size_t>(dp.shard_end() - dp.shard_begin());
     std::vector<float> p(static_cast<std::size_t>(layout.total())), m(n), v(n);
-    load_checkpoint(info, layout, p.data(), {dp.shard_begin(), dp.shard_end()}, m.data(),
-                    v.data());
+    load_checkpoint(info, layout, p.data(), {dp.shard_begin(), dp.shard_end()}, m.data(), v.data());
     backend.upload(params, p.data(), p.size() * sizeof(float));
     backend.upload(opt.m_data(), m.data(), n * sizeof(float));
     backend.upload(opt.v_data(), v.data(), n * sizeof(float));

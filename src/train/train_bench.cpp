@@ -31,7 +31,9 @@ using Clock = std::chrono::steady_clock;
 
 }  // namespace
 
-void time_gemm(GemmTiming& g) {
+namespace {
+
+void time_host_gemm(GemmTiming& g) {
   const std::size_t a = static_cast<std::size_t>(g.M) * g.K;
   const std::size_t b = static_cast<std::size_t>(g.K) * g.N;
   const std::size_t c = static_cast<std::size_t>(g.M) * g.N;
@@ -72,6 +74,16 @@ void time_backend_gemm(Backend<float>& backend, GemmTiming& g) {
     spent += s;
   }
   g.gflops = std::max(g.gflops, flops / best * 1e-9);
+}
+
+}  // namespace
+
+void time_gemm(Backend<float>& backend, GemmTiming& g) {
+  if (backend.host_memory()) {
+    time_host_gemm(g);
+  } else {
+    time_backend_gemm(backend, g);
+  }
 }
 
 double train_flops_per_token(const ModelConfig& c, std::int64_t params, int seq) {
@@ -129,8 +141,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.threads = cpu_threads();
   r.device = o.device;
   const std::unique_ptr<Backend<float>> inner = make_backend(o.device);
-  const bool on_cpu = o.device == "cpu";
-  if (on_cpu) {
+  if (inner->host_memory()) {
     r.hardware = fmt::format("{} CPU threads, {}", r.threads, blas_info().library);
   } else {
     const CudaInfo info = cuda_info();
@@ -139,13 +150,6 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
                     info.devices.empty() ? "GPU" : info.devices.front().name, inner->name());
   }
   TimedBackend<float> backend(*inner);
-  const auto time_shape = [&](GemmTiming& g) {
-    if (on_cpu) {
-      time_gemm(g);
-    } else {
-      time_backend_gemm(*inner, g);
-    }
-  };
   Model<float> model(c, backend);
   model.init(o.seed);
   model.reserve(o.batch, o.seq);
@@ -168,7 +172,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.gemms = model_gemm_shapes(c, N, model.loss_chunk_rows());
   // Timed before and after the steps (best of both), so that a moment of
   // contention from other processes does not lower the peak and flatter MFU.
-  for (auto& g : r.gemms) time_shape(g);
+  for (auto& g : r.gemms) time_gemm(*inner, g);
 
   // A fixed synthetic batch (the data does not change the work done).
   std::vector<std::int32_t> tokens(static_cast<std::size_t>(N) + 1);
@@ -206,7 +210,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     r.matmul_shapes[shape] = {t.seconds / o.steps, t.flops / t.seconds * 1e-9, t.calls / o.steps};
   }
   for (auto& g : r.gemms) {
-    time_shape(g);
+    time_gemm(*inner, g);
     r.peak_gflops = std::max(r.peak_gflops, g.gflops);
   }
   return r;

@@ -82,11 +82,11 @@ double train_flops_per_token(const ModelConfig& config, std::int64_t params, int
 // The GEMM shapes a training step of `rows` = batch * seq rows runs, and the
 // best rate of one shape (updates g.gflops if faster than before).
 std::vector<GemmTiming> model_gemm_shapes(const ModelConfig& config, int rows, int loss_chunk_rows);
-void time_gemm(GemmTiming& g);
-// The same M x N x K on a backend's memory, as matmul_forward (out[M, N] =
-// A[M, K] W[N, K]^T; the transposes of g are not applied), waiting for the
-// device at both ends of each run.
-void time_backend_gemm(Backend<float>& backend, GemmTiming& g);
+// On a backend with host memory (the CPU), OpenBLAS's sgemm with g's
+// transposes; on another (a GPU), the same M x N x K as the backend's
+// matmul_forward (out[M, N] = A[M, K] W[N, K]^T), waiting for the device at
+// both ends of each run.
+void time_gemm(Backend<float>& backend, GemmTiming& g);
 
 // Throws borealis::Error for an unknown model or bad sizes.
 TrainBenchResult run_train_bench(const TrainBenchOptions& options);

@@ -401,11 +401,7 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   if (peak == 0 && !root) peak = 1;  // only rank 0 reports MFU
   if (peak == 0) {
     for (auto& g : model_gemm_shapes(s.model, s.micro_batch * L, model.loss_chunk_rows())) {
-      if (backend->host_memory()) {
-        time_gemm(g);
-      } else {
-        time_backend_gemm(*backend, g);
-      }
+      time_gemm(*backend, g);
       peak = std::max(peak, g.gflops);
     }
   }

@@ -777,6 +777,7 @@ class CudaBackend final : public Backend<float> {
   void download(void* host, const void* src, std::size_t bytes) override {
     if (bytes > 0) check(cudaMemcpy(host, src, bytes, cudaMemcpyDeviceToHost), "download");
   }
+  void synchronize() override { check(cudaDeviceSynchronize(), "synchronize"); }
 
   void embedding_forward(float* out, const std::int32_t* tokens, const float* wte, const float* wpe,
                          int N, int seq, int C) override {
@@ -1136,10 +1137,6 @@ void DeviceBuffer::download(void* host, std::size_t bytes, std::size_t offset) c
   if (bytes == 0) return;
   check(cudaMemcpy(host, static_cast<const char*>(ptr_) + offset, bytes, cudaMemcpyDeviceToHost),
         "download");
-}
-
-void cuda_synchronize() {
-  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 }  // namespace borealis

@@ -72,7 +72,4 @@ std::vector<T> to_host(const DeviceBuffer& buf) {
   return host;
 }
 
-// Waits for all work queued on the current device.
-void cuda_synchronize();
-
 }  // namespace borealis

@@ -11,8 +11,9 @@
 #                                  they need, other than the C/C++ runtime and
 #                                  CUDA's own, into .device-pack/pack.tar.xz
 #   scripts/device-check.sh run    on the GPU machine: unpack, print the
-#                                  device, run every CUDA test (CudaOps.*,
-#                                  *CudaModel.*) with BOREALIS_REQUIRE_CUDA=1,
+#                                  device, run every CUDA test (*CudaOps*,
+#                                  *CudaModel*, CudaLimits.*) with
+#                                  BOREALIS_REQUIRE_CUDA=1,
 #                                  then bench train on the GPU for gpt2-124m
 #                                  and llama-110m (T = 1024), write the log
 #                                  to $OUT (or ./device-out) and exit with
@@ -78,7 +79,7 @@ case "$mode" in
       echo "== CUDA tests"
     } 2>&1 | tee "$log"
     status=0
-    BOREALIS_REQUIRE_CUDA=1 "$work/borealis_tests" --gtest_filter='CudaOps.*:*CudaModel.*' 2>&1 |
+    BOREALIS_REQUIRE_CUDA=1 "$work/borealis_tests" --gtest_filter='*CudaOps*:*CudaModel*:CudaLimits.*' 2>&1 |
       tee -a "$log" ||
       status=$?
     echo "device-check: tests exited with $status" | tee -a "$log"

@@ -9,8 +9,9 @@
 // attention (cuBLAS's and the tiled kernels' summation orders over a few
 // hundred terms).
 //
-// Skipped, with the reason printed, where no CUDA device can be used (a
-// failure instead with BOREALIS_REQUIRE_CUDA set).
+// The "cuda" instances skip, with the reason printed, where no CUDA device
+// can be used (a failure instead with BOREALIS_REQUIRE_CUDA set); the
+// "guarded" instances run the same tests on the CPU's ops everywhere.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -23,9 +24,13 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda_test_util.h"
 #include "kernels/gradcheck.h"
+#include "kernels/guarded_backend.h"
 
 namespace borealis {
 namespace {
+
+using test::DeviceBuffer;
+using test::to_host;
 
 std::vector<float> rnd(std::size_t n, std::uint64_t seed, double scale = 1.0) {
   const std::vector<double> d = test::random_vector(n, seed, scale);
@@ -55,32 +60,46 @@ void expect_same_bits(const char* what, const std::vector<float>& a, const std::
   }
 }
 
-class CudaOps : public ::testing::Test {
+// Run on the CUDA backend ("cuda") and, to check the tests themselves where
+// no GPU is at hand, on GuardedBackend ("guarded": the CPU's ops behind
+// memory the host may not touch; it must pass, mostly bit for bit).
+class CudaOps : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
+    if (GetParam() == "guarded") {
+      gpu = std::make_unique<test::GuardedBackend>();
+      return;
+    }
     const std::string why = test::cuda_skip_reason();
     if (!why.empty()) GTEST_SKIP() << "CUDA op tests need a GPU: " << why;
     gpu = make_cuda_backend();
   }
+  // Device memory on the backend under test.
+  DeviceBuffer buf(std::size_t bytes) { return DeviceBuffer(*gpu, bytes); }
+  template <typename T>
+  DeviceBuffer dev(const std::vector<T>& host) {
+    return test::to_device(*gpu, host);
+  }
+
   std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>();
   std::unique_ptr<Backend<float>> gpu;
 };
 
-TEST_F(CudaOps, Matmul) {
+TEST_P(CudaOps, Matmul) {
   const int N = 150, C = 96, OC = 80;  // N spans three bias-reduction blocks
   auto x = rnd(N * C, 1), w = rnd(OC * C, 2), b = rnd(OC, 3), r = rnd(N * OC, 4);
   auto dx = x, dw0 = rnd(OC * C, 5), db0 = rnd(OC, 6);
-  DeviceBuffer gx = to_device(x), gw = to_device(w), gb = to_device(b), gr = to_device(r);
+  DeviceBuffer gx = dev(x), gw = dev(w), gb = dev(b), gr = dev(r);
   for (const bool acc : {false, true}) {
     auto out = rnd(N * OC, 7);
-    DeviceBuffer gout = to_device(out);
+    DeviceBuffer gout = dev(out);
     cpu->matmul_forward(out.data(), x.data(), w.data(), b.data(), N, C, OC, acc);
     gpu->matmul_forward(gout.as<float>(), gx.as<float>(), gw.as<float>(), gb.as<float>(), N, C, OC,
                         acc);
     expect_close(acc ? "forward, accumulate" : "forward", to_host<float>(gout), out, 1e-4);
   }
   auto dw = dw0, db = db0;
-  DeviceBuffer gdx = to_device(dx), gdw = to_device(dw0), gdb = to_device(db0);
+  DeviceBuffer gdx = dev(dx), gdw = dev(dw0), gdb = dev(db0);
   cpu->matmul_backward(dx.data(), dw.data(), db.data(), r.data(), x.data(), w.data(), N, C, OC);
   gpu->matmul_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gr.as<float>(),
                        gx.as<float>(), gw.as<float>(), N, C, OC);
@@ -89,40 +108,39 @@ TEST_F(CudaOps, Matmul) {
   expect_same_bits("dbias (the CPU's order)", to_host<float>(gdb), db);
 }
 
-TEST_F(CudaOps, MatmulRowwiseDoesNotDependOnBatch) {
+TEST_P(CudaOps, MatmulRowwiseDoesNotDependOnBatch) {
   const int N = 5, C = 200, OC = 70;
   auto x = rnd(N * C, 11), w = rnd(OC * C, 12), b = rnd(OC, 13);
   std::vector<float> out(N * OC, 0.0f);
-  DeviceBuffer gx = to_device(x), gw = to_device(w), gb = to_device(b), gout = to_device(out);
+  DeviceBuffer gx = dev(x), gw = dev(w), gb = dev(b), gout = dev(out);
   cpu->matmul_forward_rowwise(out.data(), x.data(), w.data(), b.data(), N, C, OC, false);
   gpu->matmul_forward_rowwise(gout.as<float>(), gx.as<float>(), gw.as<float>(), gb.as<float>(), N,
                               C, OC, false);
   const auto all = to_host<float>(gout);
   expect_close("rowwise", all, out, 1e-4);
   // Row 3 alone gives the bits it had among five.
-  DeviceBuffer one(OC * sizeof(float));
+  DeviceBuffer one = buf(OC * sizeof(float));
   gpu->matmul_forward_rowwise(one.as<float>(), gx.as<float>() + 3 * C, gw.as<float>(),
                               gb.as<float>(), 1, C, OC, false);
   expect_same_bits("row 3", to_host<float>(one),
                    std::vector<float>(all.begin() + 3 * OC, all.begin() + 4 * OC));
 }
 
-TEST_F(CudaOps, Embedding) {
+TEST_P(CudaOps, Embedding) {
   const int B = 3, seq = 7, N = B * seq, C = 300, Vp = 40;
   std::vector<std::int32_t> tokens(N);
   for (int n = 0; n < N; ++n) tokens[n] = (n * 7) % 11 + (n % 3 == 0 ? 25 : 0);  // repeats
   auto wte = rnd(Vp * C, 21), wpe = rnd(seq * C, 22), dout = rnd(N * C, 23);
-  DeviceBuffer gt = to_device(tokens), gwte = to_device(wte), gwpe = to_device(wpe),
-               gd = to_device(dout);
+  DeviceBuffer gt = dev(tokens), gwte = dev(wte), gwpe = dev(wpe), gd = dev(dout);
   std::vector<float> out(N * C);
-  DeviceBuffer gout(out.size() * sizeof(float));
+  DeviceBuffer gout = buf(out.size() * sizeof(float));
   cpu->embedding_forward(out.data(), tokens.data(), wte.data(), wpe.data(), N, seq, C);
   gpu->embedding_forward(gout.as<float>(), gt.as<std::int32_t>(), gwte.as<float>(),
                          gwpe.as<float>(), N, seq, C);
   expect_same_bits("forward", to_host<float>(gout), out);
 
   auto dwte = rnd(Vp * C, 24), dwpe = rnd(seq * C, 25);
-  DeviceBuffer gdwte = to_device(dwte), gdwpe = to_device(dwpe);
+  DeviceBuffer gdwte = dev(dwte), gdwpe = dev(dwpe);
   cpu->embedding_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), N, seq, C);
   gpu->embedding_backward(gdwte.as<float>(), gdwpe.as<float>(), gd.as<float>(),
                           gt.as<std::int32_t>(), N, seq, C);
@@ -142,12 +160,12 @@ TEST_F(CudaOps, Embedding) {
   expect_same_bits("dwte part", to_host<float>(gdwte), dwte);
 }
 
-TEST_F(CudaOps, LayerNorm) {
+TEST_P(CudaOps, LayerNorm) {
   const int N = 70, C = 200;
   auto x = rnd(N * C, 31, 2.0), w = rnd(C, 32), b = rnd(C, 33), g = rnd(N * C, 34);
   std::vector<float> out(N * C), mean(N), rstd(N);
-  DeviceBuffer gx = to_device(x), gw = to_device(w), gb = to_device(b), gg = to_device(g);
-  DeviceBuffer gout(out.size() * 4), gmean(N * 4), grstd(N * 4);
+  DeviceBuffer gx = dev(x), gw = dev(w), gb = dev(b), gg = dev(g);
+  DeviceBuffer gout = buf(out.size() * 4), gmean = buf(N * 4), grstd = buf(N * 4);
   cpu->layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C,
                          1e-5f);
   gpu->layernorm_forward(gout.as<float>(), gmean.as<float>(), grstd.as<float>(), gx.as<float>(),
@@ -159,7 +177,7 @@ TEST_F(CudaOps, LayerNorm) {
   gmean.upload(mean.data(), N * 4);
   grstd.upload(rstd.data(), N * 4);
   auto dx = rnd(N * C, 35), dw = rnd(C, 36), db = rnd(C, 37);
-  DeviceBuffer gdx = to_device(dx), gdw = to_device(dw), gdb = to_device(db);
+  DeviceBuffer gdx = dev(dx), gdw = dev(dw), gdb = dev(db);
   cpu->layernorm_backward(dx.data(), dw.data(), db.data(), g.data(), x.data(), w.data(),
                           mean.data(), rstd.data(), N, C);
   gpu->layernorm_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gg.as<float>(),
@@ -170,12 +188,12 @@ TEST_F(CudaOps, LayerNorm) {
   expect_same_bits("db (the CPU's order)", to_host<float>(gdb), db);
 }
 
-TEST_F(CudaOps, RmsNorm) {
+TEST_P(CudaOps, RmsNorm) {
   const int N = 40, C = 130;
   auto x = rnd(N * C, 41, 2.0), w = rnd(C, 42), g = rnd(N * C, 43);
   std::vector<float> out(N * C), rstd(N);
-  DeviceBuffer gx = to_device(x), gw = to_device(w), gg = to_device(g);
-  DeviceBuffer gout(out.size() * 4), grstd(N * 4);
+  DeviceBuffer gx = dev(x), gw = dev(w), gg = dev(g);
+  DeviceBuffer gout = buf(out.size() * 4), grstd = buf(N * 4);
   cpu->rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6f);
   gpu->rmsnorm_forward(gout.as<float>(), grstd.as<float>(), gx.as<float>(), gw.as<float>(), N, C,
                        1e-6f);
@@ -183,7 +201,7 @@ TEST_F(CudaOps, RmsNorm) {
   expect_close("rstd", to_host<float>(grstd), rstd, 1e-5);
   grstd.upload(rstd.data(), N * 4);
   auto dx = rnd(N * C, 44), dw = rnd(C, 45);
-  DeviceBuffer gdx = to_device(dx), gdw = to_device(dw);
+  DeviceBuffer gdx = dev(dx), gdw = dev(dw);
   cpu->rmsnorm_backward(dx.data(), dw.data(), g.data(), x.data(), w.data(), rstd.data(), N, C);
   gpu->rmsnorm_backward(gdx.as<float>(), gdw.as<float>(), gg.as<float>(), gx.as<float>(),
                         gw.as<float>(), grstd.as<float>(), N, C);
@@ -191,11 +209,11 @@ TEST_F(CudaOps, RmsNorm) {
   expect_close("dw", to_host<float>(gdw), dw, 1e-5);
 }
 
-TEST_F(CudaOps, GeluAndSwiGlu) {
+TEST_P(CudaOps, GeluAndSwiGlu) {
   const int N = 9, F = 333;
   auto x = rnd(N * 2 * F, 51, 4.0), d = rnd(N * 2 * F, 52);
   std::vector<float> out(x.size()), dx(x.size());
-  DeviceBuffer gx = to_device(x), gd = to_device(d), gout(out.size() * 4), gdx(dx.size() * 4);
+  DeviceBuffer gx = dev(x), gd = dev(d), gout = buf(out.size() * 4), gdx = buf(dx.size() * 4);
   const std::int64_t count = static_cast<std::int64_t>(x.size());
   cpu->gelu_forward(out.data(), x.data(), count);
   gpu->gelu_forward(gout.as<float>(), gx.as<float>(), count);
@@ -205,7 +223,7 @@ TEST_F(CudaOps, GeluAndSwiGlu) {
   expect_close("gelu backward", to_host<float>(gdx), dx, 1e-5);
 
   std::vector<float> s(N * F);
-  DeviceBuffer gs(s.size() * 4);
+  DeviceBuffer gs = buf(s.size() * 4);
   cpu->swiglu_forward(s.data(), x.data(), N, F);
   gpu->swiglu_forward(gs.as<float>(), gx.as<float>(), N, F);
   expect_close("swiglu", to_host<float>(gs), s, 1e-5);
@@ -214,11 +232,11 @@ TEST_F(CudaOps, GeluAndSwiGlu) {
   expect_close("swiglu backward", to_host<float>(gdx), dx, 1e-5);
 }
 
-TEST_F(CudaOps, Rope) {
+TEST_P(CudaOps, Rope) {
   const int B = 2, seq = 300, NH = 4, NKV = 2, HD = 16;
   const int S = (NH + 2 * NKV) * HD;
   auto qkv = rnd(B * seq * S, 61);
-  DeviceBuffer g = to_device(qkv);
+  DeviceBuffer g = dev(qkv);
   cpu->rope_forward(qkv.data(), B, seq, NH, NKV, HD, 10000.0f);
   gpu->rope_forward(g.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
   expect_close("forward", to_host<float>(g), qkv, 1e-5);
@@ -233,14 +251,14 @@ TEST_F(CudaOps, Rope) {
 
 // Grouped-query attention over more than one of the CPU's 64-row tiles,
 // with a head dimension that is not a multiple of the warp.
-TEST_F(CudaOps, Attention) {
+TEST_P(CudaOps, Attention) {
   for (const int HD : {40, 64}) {
     const int B = 2, seq = 90, NH = 6, NKV = 2;
     const int S = (NH + 2 * NKV) * HD, C = NH * HD;
     auto qkv = rnd(B * seq * S, 71 + HD), dout = rnd(B * seq * C, 72 + HD);
     std::vector<float> out(B * seq * C), lse(B * NH * seq), dqkv(qkv.size());
-    DeviceBuffer gqkv = to_device(qkv), gd = to_device(dout), gout(out.size() * 4),
-                 glse(lse.size() * 4), gdqkv(dqkv.size() * 4);
+    DeviceBuffer gqkv = dev(qkv), gd = dev(dout), gout = buf(out.size() * 4),
+                 glse = buf(lse.size() * 4), gdqkv = buf(dqkv.size() * 4);
     cpu->attention_forward(out.data(), lse.data(), qkv.data(), B, seq, NH, NKV, HD);
     gpu->attention_forward(gout.as<float>(), glse.as<float>(), gqkv.as<float>(), B, seq, NH, NKV,
                            HD);
@@ -258,15 +276,15 @@ TEST_F(CudaOps, Attention) {
   }
 }
 
-TEST_F(CudaOps, PagedCacheAttention) {
+TEST_P(CudaOps, PagedCacheAttention) {
   const int NH = 4, NKV = 2, HD = 32, block_size = 16, pos0 = 37, N = 5;
   const int S = (NH + 2 * NKV) * HD, KW = NKV * HD, pool_rows = 6 * block_size;
   const std::vector<std::int32_t> blocks = {4, 1, 5, 0};  // a shuffled block table
   auto kpool = rnd(pool_rows * KW, 81), vpool = rnd(pool_rows * KW, 82);
   auto qkv = rnd(N * S, 83);
   std::vector<float> out(N * NH * HD);
-  DeviceBuffer gk = to_device(kpool), gv = to_device(vpool), gb = to_device(blocks),
-               gq = to_device(qkv), gout(out.size() * 4);
+  DeviceBuffer gk = dev(kpool), gv = dev(vpool), gb = dev(blocks), gq = dev(qkv),
+               gout = buf(out.size() * 4);
   cpu->attention_kv_forward(out.data(), kpool.data(), vpool.data(), blocks.data(), block_size,
                             qkv.data(), N, pos0, NH, NKV, HD);
   gpu->attention_kv_forward(gout.as<float>(), gk.as<float>(), gv.as<float>(), gb.as<std::int32_t>(),
@@ -276,15 +294,15 @@ TEST_F(CudaOps, PagedCacheAttention) {
   expect_same_bits("v cache", to_host<float>(gv), vpool);
 }
 
-TEST_F(CudaOps, CrossEntropy) {
+TEST_P(CudaOps, CrossEntropy) {
   const int N = 6, V = 1000, Vp = 1024;
   auto logits = rnd(N * Vp, 91, 5.0);
   std::vector<std::int32_t> targets = {0, 999, 5, 500, 123, 998};
-  DeviceBuffer gt = to_device(targets);
+  DeviceBuffer gt = dev(targets);
   for (const float dloss : {0.0f, 0.25f}) {
     auto x = logits;
     std::vector<float> losses(N);
-    DeviceBuffer gx = to_device(x), gl(N * 4);
+    DeviceBuffer gx = dev(x), gl = buf(N * 4);
     cpu->crossentropy_forward_backward(x.data(), losses.data(), targets.data(), N, V, Vp, dloss);
     gpu->crossentropy_forward_backward(gx.as<float>(), gl.as<float>(), gt.as<std::int32_t>(), N, V,
                                        Vp, dloss);
@@ -299,7 +317,7 @@ TEST_F(CudaOps, CrossEntropy) {
     for (int j = 0; j < Vpl; ++j) part[n * Vpl + j] = logits[n * Vp + v0 + j];
   }
   std::vector<float> row_max(N), sums(2 * N), losses(N);
-  DeviceBuffer gp = to_device(part), gm(N * 4), gs(2 * N * 4), gl(N * 4);
+  DeviceBuffer gp = dev(part), gm = buf(N * 4), gs = buf(2 * N * 4), gl = buf(N * 4);
   cpu->crossentropy_part_max(row_max.data(), part.data(), N, Vl, Vpl);
   gpu->crossentropy_part_max(gm.as<float>(), gp.as<float>(), N, Vl, Vpl);
   expect_same_bits("row max", to_host<float>(gm), row_max);
@@ -319,12 +337,12 @@ TEST_F(CudaOps, CrossEntropy) {
   expect_close("part gradient", to_host<float>(gp), part, 1e-5);
 }
 
-TEST_F(CudaOps, OptimizerArithmetic) {
+TEST_P(CudaOps, OptimizerArithmetic) {
   const std::int64_t count = (1 << 17) + 12345;  // more than one block of the sum of squares
   auto p = rnd(count, 101), g = rnd(count, 102, 3.0), m = rnd(count, 103, 0.1),
        v = rnd(count, 104, 0.1);
   for (auto& x : v) x = x * x;
-  DeviceBuffer gp = to_device(p), gg = to_device(g), gm = to_device(m), gv = to_device(v);
+  DeviceBuffer gp = dev(p), gg = dev(g), gm = dev(m), gv = dev(v);
   Backend<float>::AdamWUpdate u{};
   u.lr = 1e-3f;
   u.beta1 = 0.9f;
@@ -357,11 +375,17 @@ TEST_F(CudaOps, OptimizerArithmetic) {
   expect_same_bits("fill", to_host<float>(gm), std::vector<float>(count, 2.5f));
 }
 
-TEST_F(CudaOps, HeadDimensionOverTheLimitIsAnError) {
-  DeviceBuffer b(4);
+TEST(CudaLimits, HeadDimensionOverTheLimitIsAnError) {
+  const std::string why = test::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << "CUDA op tests need a GPU: " << why;
+  const auto gpu = make_cuda_backend();
+  DeviceBuffer b(*gpu, 4);
   EXPECT_THROW(gpu->attention_forward(b.as<float>(), b.as<float>(), b.as<float>(), 1, 1, 1, 1, 512),
                std::invalid_argument);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, CudaOps, ::testing::Values("cuda", "guarded"),
+                         [](const auto& param_info) { return param_info.param; });
 
 }  // namespace
 }  // namespace borealis

@@ -1,11 +1,15 @@
-// Whether the CUDA tests can run here.
+// Helpers of the CUDA tests: whether they can run here, and device memory
+// of the backend under test.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 
 namespace borealis::test {
@@ -20,6 +24,41 @@ inline std::string cuda_skip_reason() {
     ADD_FAILURE() << "BOREALIS_REQUIRE_CUDA is set, but " << why;
   }
   return why;
+}
+
+// Bytes of a backend's memory (a BackendArray) with typed views and copies,
+// for the tests' inputs and outputs.
+class DeviceBuffer {
+ public:
+  DeviceBuffer(Backend<float>& backend, std::size_t bytes)
+      : backend_(&backend), mem_(backend, static_cast<std::int64_t>(bytes)) {}
+  template <typename T>
+  T* as() {
+    return reinterpret_cast<T*>(mem_.data());
+  }
+  std::size_t bytes() const { return static_cast<std::size_t>(mem_.size()); }
+  void upload(const void* host, std::size_t bytes) { backend_->upload(mem_.data(), host, bytes); }
+  void download(void* host, std::size_t bytes) const {
+    backend_->download(host, mem_.data(), bytes);
+  }
+
+ private:
+  Backend<float>* backend_;
+  BackendArray<std::byte> mem_;
+};
+
+// A backend copy of a host vector, and back.
+template <typename T>
+DeviceBuffer to_device(Backend<float>& backend, const std::vector<T>& host) {
+  DeviceBuffer buf(backend, host.size() * sizeof(T));
+  buf.upload(host.data(), host.size() * sizeof(T));
+  return buf;
+}
+template <typename T>
+std::vector<T> to_host(const DeviceBuffer& buf) {
+  std::vector<T> host(buf.bytes() / sizeof(T));
+  buf.download(host.data(), host.size() * sizeof(T));
+  return host;
 }
 
 }  // namespace borealis::test

@@ -1105,38 +1105,4 @@ std::unique_ptr<Backend<float>> make_cuda_backend(int device) {
   return std::make_unique<CudaBackend>(device);
 }
 
-DeviceBuffer::DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
-  if (bytes > 0) check(cudaMalloc(&ptr_, bytes), "cudaMalloc");
-}
-
-DeviceBuffer::~DeviceBuffer() {
-  if (ptr_ != nullptr) cudaFree(ptr_);
-}
-
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
-    : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
-  if (this != &other) {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-    ptr_ = std::exchange(other.ptr_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
-
-void DeviceBuffer::upload(const void* host, std::size_t bytes, std::size_t offset) {
-  if (offset + bytes > bytes_) throw std::out_of_range("DeviceBuffer::upload past the buffer");
-  if (bytes == 0) return;
-  check(cudaMemcpy(static_cast<char*>(ptr_) + offset, host, bytes, cudaMemcpyHostToDevice),
-        "upload");
-}
-
-void DeviceBuffer::download(void* host, std::size_t bytes, std::size_t offset) const {
-  if (offset + bytes > bytes_) throw std::out_of_range("DeviceBuffer::download past the buffer");
-  if (bytes == 0) return;
-  check(cudaMemcpy(host, static_cast<const char*>(ptr_) + offset, bytes, cudaMemcpyDeviceToHost),
-        "download");
-}
-
 }  // namespace borealis

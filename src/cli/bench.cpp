@@ -33,6 +33,7 @@ nlohmann::json train_bench_json(const TrainBenchResult& r) {
           {"params", r.params},
           {"flops_per_token", r.flops_per_token},
           {"peak_gflops", r.peak_gflops},
+          {"bf16_peak_gflops", r.bf16_peak_gflops},
           {"mean_step_s", mean},
           {"best_step_s", best},
           {"tokens_per_s", {{"mean", r.tokens_per_s(mean)}, {"best", r.tokens_per_s(best)}}},

@@ -17,6 +17,9 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/device_info.h"
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+#include "kernels/cuda/cuda_backend.h"
+#endif
 #include "kernels/make_backend.h"
 #include "kernels/timed_backend.h"
 #include "model/model.h"
@@ -213,6 +216,13 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     time_gemm(*inner, g);
     r.peak_gflops = std::max(r.peak_gflops, g.gflops);
   }
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+  if (o.device == "cuda") {
+    for (const auto& g : r.gemms) {
+      r.bf16_peak_gflops = std::max(r.bf16_peak_gflops, cuda_bf16_gemm_gflops(g.M, g.N, g.K));
+    }
+  }
+#endif
   return r;
 }
 
@@ -274,6 +284,12 @@ std::string format_train_bench(const TrainBenchResult& r) {
     out += fmt::format(
         "{:<12} {:8.1f} tokens/s  {:7.1f} GFLOP/s  MFU {:5.1f}% of the measured sgemm peak\n",
         label, r.tokens_per_s(step_s), r.achieved_gflops(step_s), 100.0 * r.mfu(step_s));
+  }
+  if (r.bf16_peak_gflops > 0) {
+    out += fmt::format(
+        "bf16 peak    {:.1f} GFLOP/s (cuBLAS bf16 GEMM, fp32 accumulation, at the same shapes): "
+        "this fp32 run's best step is {:.1f}% of it\n",
+        r.bf16_peak_gflops, 100.0 * r.achieved_gflops(r.best_step_s()) / r.bf16_peak_gflops);
   }
   out += fmt::format(
       "{}parameters {}, gradients {}, optimizer {}, activations {} (total {})\n",

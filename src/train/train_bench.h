@@ -52,6 +52,9 @@ struct TrainBenchResult {
   double flops_per_token = 0;
   std::vector<GemmTiming> gemms;
   double peak_gflops = 0;  // best sgemm rate over gemms (cuBLAS's on a GPU)
+  // On a GPU: the best bf16 GEMM rate (fp32 accumulation) at the model's
+  // largest shapes, the peak a bf16 run would be held to (0 on the CPU).
+  double bf16_peak_gflops = 0;
   StepTiming warmup;
   std::vector<StepTiming> steps;
   std::uint64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;

@@ -15,6 +15,7 @@
 //    each key row's dk and dv (summed over the query heads of its group) to
 //    one warp, so nothing is added from two places.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -1103,6 +1104,66 @@ std::string cuda_unavailable_reason() {
 
 std::unique_ptr<Backend<float>> make_cuda_backend(int device) {
   return std::make_unique<CudaBackend>(device);
+}
+
+namespace {
+
+__global__ void fill_bf16_kernel(__nv_bfloat16* x, std::int64_t count) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
+    x[i] = __float2bfloat16(static_cast<float>(i % 13) * 0.01f);
+  }
+}
+
+}  // namespace
+
+double cuda_bf16_gemm_gflops(int M, int N, int K, int device) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  const std::int64_t a = std::int64_t{M} * K, b = std::int64_t{K} * N;
+  __nv_bfloat16 *A = nullptr, *B = nullptr;
+  float* C = nullptr;
+  cublasHandle_t blas = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  double best_ms = 1e30;
+  try {
+    check(cudaMalloc(&A, static_cast<std::size_t>(a) * sizeof(__nv_bfloat16)), "cudaMalloc");
+    check(cudaMalloc(&B, static_cast<std::size_t>(b) * sizeof(__nv_bfloat16)), "cudaMalloc");
+    check(cudaMalloc(&C, static_cast<std::size_t>(M) * N * sizeof(float)), "cudaMalloc");
+    fill_bf16_kernel<<<blocks_for(a), kThreads>>>(A, a);
+    fill_bf16_kernel<<<blocks_for(b), kThreads>>>(B, b);
+    check_launch("bf16 fill");
+    check_blas(cublasCreate(&blas), "cublasCreate");
+    check(cudaEventCreate(&start), "cudaEventCreate");
+    check(cudaEventCreate(&stop), "cudaEventCreate");
+    const float one = 1.0f, zero = 0.0f;
+    for (int rep = 0; rep < 12; ++rep) {
+      check(cudaEventRecord(start), "cudaEventRecord");
+      // Column-major C^T[N, M] = B^T[N, K] A^T[K, M]: row-major C = A B.
+      check_blas(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B, CUDA_R_16BF, N, A,
+                              CUDA_R_16BF, K, &zero, C, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT),
+                 "bf16 GEMM");
+      check(cudaEventRecord(stop), "cudaEventRecord");
+      check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+      if (rep >= 2) best_ms = std::min(best_ms, static_cast<double>(ms));  // after warm-up
+    }
+  } catch (...) {
+    cudaFree(A);
+    cudaFree(B);
+    cudaFree(C);
+    if (blas != nullptr) cublasDestroy(blas);
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+    throw;
+  }
+  cudaFree(A);
+  cudaFree(B);
+  cudaFree(C);
+  cublasDestroy(blas);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return 2.0 * M * N * K / (best_ms * 1e-3) * 1e-9;
 }
 
 }  // namespace borealis

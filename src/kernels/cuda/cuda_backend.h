@@ -27,4 +27,10 @@ std::string cuda_unavailable_reason();
 // when the device cannot be opened.
 std::unique_ptr<Backend<float>> make_cuda_backend(int device = 0);
 
+// The best rate, in GFLOP/s, of a bf16 GEMM C[M, N] = A[M, K] B[K, N] with
+// fp32 accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F) on device `device`,
+// over repeated runs timed with CUDA events: the peak a bf16 run's MFU is
+// measured against.
+double cuda_bf16_gemm_gflops(int M, int N, int K, int device = 0);
+
 }  // namespace borealis

@@ -234,6 +234,9 @@ TEST(Trainer, ConfigErrors) {
   EXPECT_NE(err({"data.data_list="}).find("data.data_list is required"), std::string::npos);
   EXPECT_NE(err({"data.split=0,1,1"}).find("nothing to train on"), std::string::npos);
   EXPECT_NE(err({"model.n_head=3"}).find("not a multiple of n_head"), std::string::npos);
+  EXPECT_NE(err({"train.device=tpu"}).find("unknown device 'tpu' (this build has: cpu"),
+            std::string::npos);
+  EXPECT_NE(err({"train.device=tpu"}).find("(train.device)"), std::string::npos);
   test::write_file(f.dir() / "bad.toml", "[train]\nsetps = 3\n");
   EXPECT_EQ(test::error_line([&] { load(f.dir() / "bad.toml"); }),
             "error: unknown key 'train.setps'; did you mean 'train.steps'? (" +

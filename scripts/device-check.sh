@@ -13,7 +13,9 @@
 #   scripts/device-check.sh run    on the GPU machine: unpack, print the
 #                                  device, run every CUDA test (*CudaOps*,
 #                                  *CudaModel*, CudaLimits.*) with
-#                                  BOREALIS_REQUIRE_CUDA=1,
+#                                  BOREALIS_REQUIRE_CUDA=1, train
+#                                  llama-5m on Brown for 20 steps on the
+#                                  CPU and the GPU (losses within 1e-3),
 #                                  then bench train on the GPU for gpt2-124m
 #                                  and llama-110m (T = 1024), write the log
 #                                  to $OUT (or ./device-out) and exit with
@@ -51,6 +53,15 @@ case "$mode" in
         *) cp -L "$lib" "$stage/lib/" ;;
       esac
     done
+    # The Brown corpus as one dataset with its tokenizer, for the training
+    # check (20 steps of llama-5m on the CPU and on the GPU).
+    ./scripts/get-brown.sh >/dev/null
+    mkdir -p "$stage/brown"
+    bin=build/device/src/borealis
+    "$bin" --log-level warn tokenizer train --vocab-size 8000 -i data/brown/brown.jsonl \
+      -o "$stage/brown/tok.json"
+    "$bin" --log-level warn data prepare -i data/brown/brown.jsonl -t "$stage/brown/tok.json" \
+      -o "$stage/brown/brown" --append-eod >/dev/null
     mkdir -p "$pack_dir"
     tar -C "$stage" -cJf "$pack_dir/pack.tar.xz" .
     echo "device-check: packed $(du -h "$pack_dir/pack.tar.xz" | cut -f1) into $pack_dir/pack.tar.xz"
@@ -83,6 +94,37 @@ case "$mode" in
       tee -a "$log" ||
       status=$?
     echo "device-check: tests exited with $status" | tee -a "$log"
+    # 20 steps of llama-5m on the Brown corpus, on the CPU and on the GPU
+    # (fp32): the GPU's losses must track the CPU's.
+    echo "1 $work/brown/brown brown" > "$work/brown/list.txt"
+    for device in cpu cuda; do
+      echo "== train 20 steps on $device" | tee -a "$log"
+      "$work/borealis" train configs/brown-llama-5m.toml --quiet --run-dir "$work/run-$device" \
+        --steps 20 --set "data.data_list=$work/brown/list.txt" \
+        --set "data.tokenizer=$work/brown/tok.json" --set train.device="$device" \
+        --set checkpoint.every=0 --set eval.every=0 --set optim.warmup_steps=5 2>&1 |
+        tee -a "$log" || status=1
+    done
+    cat > "$work/compare.py" <<'PY'
+import json, os, sys
+for path in sys.argv[1:3]:
+    if not os.path.exists(path):
+        print(f"training check: {path} is missing (that run failed)")
+        sys.exit(1)
+def losses(path):
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in rows if r.get("kind") == "train"}
+cpu, gpu = losses(sys.argv[1]), losses(sys.argv[2])
+if len(cpu) != 20 or sorted(gpu) != sorted(cpu):
+    print(f"training check: steps differ: {len(cpu)} on the CPU, {len(gpu)} on the GPU")
+    sys.exit(1)
+worst = max(abs(gpu[s] - cpu[s]) / abs(cpu[s]) for s in cpu)
+print(f"training check: 20 steps, worst relative loss difference GPU vs CPU {worst:.2e}")
+sys.exit(0 if worst <= 1e-3 else 1)
+PY
+    python3 "$work/compare.py" "$work/run-cpu/metrics.jsonl" "$work/run-cuda/metrics.jsonl" 2>&1 |
+      tee -a "$log" || status=1
     # The training-step benchmark on the GPU (figures, not a pass/fail check).
     for model in gpt2-124m llama-110m; do
       echo "== bench train --device cuda --model $model" | tee -a "$log"

@@ -70,8 +70,7 @@ class CudaOps : public ::testing::TestWithParam<std::string> {
       gpu = std::make_unique<test::GuardedBackend>();
       return;
     }
-    const std::string why = test::cuda_skip_reason();
-    if (!why.empty()) GTEST_SKIP() << "CUDA op tests need a GPU: " << why;
+    BOREALIS_SKIP_WITHOUT_CUDA();
     gpu = make_cuda_backend();
   }
   // Device memory on the backend under test.
@@ -376,8 +375,7 @@ TEST_P(CudaOps, OptimizerArithmetic) {
 }
 
 TEST(CudaLimits, HeadDimensionOverTheLimitIsAnError) {
-  const std::string why = test::cuda_skip_reason();
-  if (!why.empty()) GTEST_SKIP() << "CUDA op tests need a GPU: " << why;
+  BOREALIS_SKIP_WITHOUT_CUDA();
   const auto gpu = make_cuda_backend();
   DeviceBuffer b(*gpu, 4);
   EXPECT_THROW(gpu->attention_forward(b.as<float>(), b.as<float>(), b.as<float>(), 1, 1, 1, 1, 512),

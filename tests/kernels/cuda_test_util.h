@@ -14,17 +14,21 @@
 
 namespace borealis::test {
 
-// "" when a CUDA device can be used; otherwise why not, to skip with. With
-// BOREALIS_REQUIRE_CUDA set (scripts/device-check.sh sets it on the GPU
-// machine) a missing device is a test failure instead, so a check that was
-// meant to run on a GPU cannot pass by skipping.
-inline std::string cuda_skip_reason() {
-  const std::string why = cuda_unavailable_reason();
-  if (!why.empty() && std::getenv("BOREALIS_REQUIRE_CUDA") != nullptr) {
-    ADD_FAILURE() << "BOREALIS_REQUIRE_CUDA is set, but " << why;
-  }
-  return why;
-}
+// Returns from the calling test (or fixture SetUp) where no CUDA device can
+// be used: skipped, with the reason printed, or, with BOREALIS_REQUIRE_CUDA
+// set (scripts/device-check.sh sets it on the GPU machine), failed, so that a
+// check meant to run on a GPU cannot pass by skipping. (A fatal failure: a
+// non-fatal one beside a skip would let gtest run the test body.)
+#define BOREALIS_SKIP_WITHOUT_CUDA()                                         \
+  do {                                                                       \
+    const std::string why_no_cuda = ::borealis::cuda_unavailable_reason();   \
+    if (!why_no_cuda.empty()) {                                              \
+      if (std::getenv("BOREALIS_REQUIRE_CUDA") != nullptr) {                 \
+        GTEST_FAIL() << "BOREALIS_REQUIRE_CUDA is set, but " << why_no_cuda; \
+      }                                                                      \
+      GTEST_SKIP() << "CUDA tests need a GPU: " << why_no_cuda;              \
+    }                                                                        \
+  } while (false)
 
 // Bytes of a backend's memory (a BackendArray) with typed views and copies,
 // for the tests' inputs and outputs.

@@ -55,8 +55,7 @@ double relative_norm(const float* gpu, const float* cpu, std::int64_t n) {
 class CudaModel : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    const std::string why = test::cuda_skip_reason();
-    if (!why.empty()) GTEST_SKIP() << "CUDA model tests need a GPU: " << why;
+    BOREALIS_SKIP_WITHOUT_CUDA();
     gpu = make_cuda_backend();
   }
   std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>();

@@ -36,6 +36,22 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// Runs `run` (one GEMM of g's shape, finished when it returns) at least 3
+// times and until 0.5 s are spent, at most max_reps times, and raises
+// g.gflops to the best rate; with warm_up, the first run is not counted.
+template <typename F>
+void record_best_rate(GemmTiming& g, int max_reps, bool warm_up, F&& run) {
+  double best = 1e30, spent = 0;
+  for (int rep = 0; rep < max_reps && (rep < 3 || spent < 0.5); ++rep) {
+    const auto t0 = Clock::now();
+    run();
+    const double s = seconds_since(t0);
+    if (rep > 0 || !warm_up) best = std::min(best, s);
+    spent += s;
+  }
+  g.gflops = std::max(g.gflops, 2.0 * g.M * g.N * g.K / best * 1e-9);
+}
+
 void time_host_gemm(GemmTiming& g) {
   const std::size_t a = static_cast<std::size_t>(g.M) * g.K;
   const std::size_t b = static_cast<std::size_t>(g.K) * g.N;
@@ -45,17 +61,10 @@ void time_host_gemm(GemmTiming& g) {
   for (std::size_t i = 0; i < b; ++i) B[i] = static_cast<float>(i % 7) * 0.01f;
   const int lda = g.trans_a ? g.M : g.K;
   const int ldb = g.trans_b ? g.K : g.N;
-  const double flops = 2.0 * g.M * g.N * g.K;
-  double best = 1e30, spent = 0;
-  for (int rep = 0; rep < 10 && (rep < 3 || spent < 0.5); ++rep) {
-    const auto t0 = Clock::now();
+  record_best_rate(g, 10, false, [&] {
     cpu::gemm<float>(g.trans_a, g.trans_b, g.M, g.N, g.K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f,
                      C.data(), g.N);
-    const double s = seconds_since(t0);
-    best = std::min(best, s);
-    spent += s;
-  }
-  g.gflops = std::max(g.gflops, flops / best * 1e-9);
+  });
 }
 
 void time_backend_gemm(Backend<float>& backend, GemmTiming& g) {
@@ -65,18 +74,12 @@ void time_backend_gemm(Backend<float>& backend, GemmTiming& g) {
   for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>(i % 13) * 0.01f;
   backend.upload(A.data(), host.data(), static_cast<std::size_t>(a) * sizeof(float));
   backend.upload(W.data(), host.data(), static_cast<std::size_t>(w) * sizeof(float));
-  const double flops = 2.0 * g.M * g.N * g.K;
-  double best = 1e30, spent = 0;
-  for (int rep = 0; rep < 20 && (rep < 3 || spent < 0.5); ++rep) {
-    backend.synchronize();
-    const auto t0 = Clock::now();
+  backend.synchronize();
+  // Each run waits for the device; the first loads the library's kernels.
+  record_best_rate(g, 20, true, [&] {
     backend.matmul_forward(out.data(), A.data(), W.data(), nullptr, g.M, g.K, g.N, false);
     backend.synchronize();
-    const double s = seconds_since(t0);
-    if (rep > 0) best = std::min(best, s);  // the first run loads the library's kernels
-    spent += s;
-  }
-  g.gflops = std::max(g.gflops, flops / best * 1e-9);
+  });
 }
 
 }  // namespace

@@ -26,6 +26,7 @@ nlohmann::json train_bench_json(const TrainBenchResult& r) {
   const double mean = r.mean_step_s(), best = r.best_step_s();
   return {{"model", r.config.name},
           {"device", r.device},
+          {"precision", r.precision},
           {"hardware", r.hardware},
           {"batch", r.batch},
           {"seq_len", r.seq},
@@ -66,8 +67,14 @@ Command add_bench(CLI::App& parent) {
   train->add_option("--seed", opts->seed, "Initialisation seed")->capture_default_str();
   train
       ->add_option("--device", opts->device,
-                   "Where the steps run: cpu, or cuda (the first GPU; fp32, in builds with the "
-                   "CUDA backend)")
+                   "Where the steps run: cpu, or cuda (the first GPU, in builds with the CUDA "
+                   "backend)")
+      ->capture_default_str();
+  train
+      ->add_option("--precision", opts->precision,
+                   "What the matmuls multiply: fp32, or bf16 (bf16 operands, fp32 accumulation; "
+                   "--device cuda only). MFU is against the measured peak of the same precision")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   auto json = std::make_shared<bool>(false);
   train->add_flag("--json", *json, "Print the figures as one JSON object");

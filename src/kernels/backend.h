@@ -86,6 +86,17 @@ class BackendArray {
   std::int64_t size_ = 0;
 };
 
+// What a float backend's training matmuls (matmul_forward, matmul_backward)
+// multiply: fp32 operands, or operands rounded to bf16 (round to nearest
+// even) with fp32 accumulation and fp32 results, as PyTorch's autocast and
+// Megatron's bf16 runs do on tensor cores. Everything else, the parameters
+// (the master weights), gradients, optimizer state, norms, softmax and the
+// loss, stays fp32 either way. Only the CUDA backend offers bf16.
+enum class Precision { kFp32, kBf16 };
+// "fp32" or "bf16", and back (std::invalid_argument naming both otherwise).
+std::string precision_name(Precision precision);
+Precision parse_precision(const std::string& name);
+
 template <typename T>
 class Backend : public BackendMemory {
  public:

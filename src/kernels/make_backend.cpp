@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <stdexcept>
+
 #include "core/error.h"
 
 #ifdef BOREALIS_HAVE_CUDA_KERNELS
@@ -19,13 +21,33 @@ std::vector<std::string> backend_names() {
 #endif
 }
 
-std::unique_ptr<Backend<float>> make_backend(const std::string& device, const std::string& where) {
-  if (device == "cpu") return make_cpu_backend<float>();
+std::string precision_name(Precision precision) {
+  return precision == Precision::kBf16 ? "bf16" : "fp32";
+}
+
+Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::kFp32;
+  if (name == "bf16") return Precision::kBf16;
+  throw std::invalid_argument(fmt::format("unknown precision '{}' (fp32 or bf16)", name));
+}
+
+std::unique_ptr<Backend<float>> make_backend(const std::string& device, const std::string& where,
+                                             Precision precision,
+                                             const std::string& precision_where) {
+  if (device == "cpu") {
+    if (precision != Precision::kFp32) {
+      throw Error(fmt::format("precision '{}' runs on the CUDA backend (device 'cuda'); the CPU "
+                              "backend computes in fp32",
+                              precision_name(precision)),
+                  precision_where);
+    }
+    return make_cpu_backend<float>();
+  }
   if (device == "cuda") {
 #ifdef BOREALIS_HAVE_CUDA_KERNELS
     const std::string why = cuda_unavailable_reason();
     if (!why.empty()) throw Error(fmt::format("device 'cuda': {}", why), where);
-    return make_cuda_backend(0);
+    return make_cuda_backend(0, precision);
 #else
     throw Error(
         "device 'cuda': this build has no CUDA backend (the CUDA toolkit was not found "

@@ -22,7 +22,8 @@ namespace borealis {
 
 struct TrainBenchOptions {
   std::string model = "gpt2-124m";
-  std::string device = "cpu";  // kernels/make_backend.h: "cpu" or "cuda"
+  std::string device = "cpu";      // kernels/make_backend.h: "cpu" or "cuda"
+  std::string precision = "fp32";  // the matmuls' (kernels/backend.h): "fp32", or "bf16" on cuda
   int batch = 4;
   int seq = 256;
   int steps = 3;  // measured steps, after one warm-up step
@@ -45,8 +46,9 @@ struct StepTiming {
 
 struct TrainBenchResult {
   ModelConfig config;
-  std::string device;    // "cpu" or "cuda"
-  std::string hardware;  // what ran it: CPU threads and BLAS, or the GPU's name
+  std::string device;     // "cpu" or "cuda"
+  std::string precision;  // "fp32" or "bf16"
+  std::string hardware;   // what ran it: CPU threads and BLAS, or the GPU's name
   int batch = 0, seq = 0, threads = 0;
   std::int64_t params = 0;
   double flops_per_token = 0;
@@ -75,7 +77,9 @@ struct TrainBenchResult {
   double best_step_s() const;
   double tokens_per_s(double step_s) const;
   double achieved_gflops(double step_s) const;
-  double mfu(double step_s) const;  // achieved / peak
+  double mfu(double step_s) const;  // achieved / the peak of the run's precision
+  // The peak MFU is held to: the sgemm peak for fp32, the bf16 GEMM peak for bf16.
+  double run_peak_gflops() const;
 };
 
 // Training FLOPs per token of a model with `params` parameters at sequence

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <stdexcept>
 #include <string_view>
 
 #include "core/error.h"
@@ -159,6 +160,10 @@ ConfigSchema train_config_schema() {
   s.add("train.device", std::string("cpu"),
         "where the steps run: \"cpu\", or \"cuda\" (the first GPU, fp32, one rank; builds with "
         "the CUDA backend); checkpoints are the same on both, so a run resumes on either");
+  s.add("train.precision", std::string("fp32"),
+        "what the matmuls multiply: \"fp32\", or \"bf16\" (bf16 operands, fp32 accumulation; "
+        "parameters, gradients, optimizer state, norms and the loss stay fp32; "
+        "train.device = \"cuda\" only); checkpoints hold the fp32 weights either way");
   s.add("train.stop_file", std::string(""),
         "when this file appears, every rank stops after the current step with a checkpoint, as "
         "on a signal, and the run removes the file (relative paths: in train.run_dir; empty: "
@@ -268,6 +273,11 @@ TrainSettings read_train_settings(const Config& c) {
   t.spike_window = static_cast<int>(get_int(c, "train.spike_window", 2, 1 << 20));
   t.peak_gflops = get_number(c, "train.peak_gflops", 0);
   t.device = c.get<std::string>("train.device");
+  try {
+    t.precision = parse_precision(c.get<std::string>("train.precision"));
+  } catch (const std::invalid_argument& e) {
+    throw Error(e.what(), c.origin("train.precision"));
+  }
   t.stop_file = c.get<std::string>("train.stop_file");
   if (!t.stop_file.empty() && t.stop_file.is_relative()) t.stop_file = t.run_dir / t.stop_file;
   for (const std::string& range : c.get<std::vector<std::string>>("train.skip_steps")) {

@@ -19,6 +19,7 @@
 
 #include "core/config.h"
 #include "data/mixture.h"
+#include "kernels/backend.h"
 #include "model/config.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -73,13 +74,14 @@ struct TrainSettings {
   int global_batch = 0;  // sequences per optimizer step; a multiple of micro_batch
   std::uint64_t seed = 0;
   int log_every = 1;
-  double max_minutes = 0;             // 0: no limit
-  double spike_zscore = 0;            // 0: off
-  int spike_window = 128;             // losses the z-score looks back on
-  double peak_gflops = 0;             // 0: measured at start-up
-  std::string device = "cpu";         // kernels/make_backend.h: "cpu" or "cuda"
-  std::filesystem::path stop_file;    // empty: none; resolved against run_dir
-  std::vector<StepRange> skip_steps;  // data read and dropped, no update
+  double max_minutes = 0;                  // 0: no limit
+  double spike_zscore = 0;                 // 0: off
+  int spike_window = 128;                  // losses the z-score looks back on
+  double peak_gflops = 0;                  // 0: measured at start-up
+  std::string device = "cpu";              // kernels/make_backend.h: "cpu" or "cuda"
+  Precision precision = Precision::kFp32;  // the matmuls' (kernels/backend.h); bf16 on cuda only
+  std::filesystem::path stop_file;         // empty: none; resolved against run_dir
+  std::vector<StepRange> skip_steps;       // data read and dropped, no update
 
   // [checkpoint]
   std::int64_t checkpoint_every = 0;  // 0: only at the end

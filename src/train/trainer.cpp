@@ -351,7 +351,8 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
 
   // Model and optimizer, fresh or from the checkpoint.
   const std::unique_ptr<Backend<float>> backend =
-      options.backend ? options.backend() : make_backend(s.device, "train.device");
+      options.backend ? options.backend()
+                      : make_backend(s.device, "train.device", s.precision, "train.precision");
   if (!backend->host_memory() && ranks > 1) {
     throw Error(fmt::format("train.device = \"{}\" runs on one rank: data, tensor and pipeline "
                             "parallelism exchange host memory over MPI ({} ranks here)",

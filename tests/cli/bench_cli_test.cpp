@@ -36,6 +36,14 @@ TEST(BenchCli, TrainDevice) {
   EXPECT_NE(r.err.find("error: unknown device 'tpu' (this build has: cpu"), std::string::npos)
       << r.err;
   EXPECT_NE(r.err.find("(--device)"), std::string::npos) << r.err;
+  // bf16 matmuls are the CUDA backend's.
+  r = run_borealis(
+      {"bench", "train", "--model", "gpt2-tiny", "--seq-len", "8", "--precision", "bf16"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("error: precision 'bf16' runs on the CUDA backend (device 'cuda'); the CPU "
+                       "backend computes in fp32 (--precision)"),
+            std::string::npos)
+      << r.err;
   // On the GPU where there is one; otherwise one line saying why not (no
   // CUDA backend in this build, or no device).
   r = run_borealis({"bench", "train", "--model", "llama-tiny", "--batch", "2", "--seq-len", "8",

@@ -10,8 +10,11 @@
 // hundred terms).
 //
 // The "cuda" instances skip, with the reason printed, where no CUDA device
-// can be used (a failure instead with BOREALIS_REQUIRE_CUDA set); the
-// "guarded" instances run the same tests on the CPU's ops everywhere.
+// can be used (a failure instead with BOREALIS_REQUIRE_CUDA set). Two more
+// run everywhere: "emulated" runs the CUDA backend's own kernels and cuBLAS
+// calls on the CUDA emulator (tests/kernels/cuda_emulator/), and "guarded"
+// the CPU's ops behind memory the host may not touch, which checks the tests
+// themselves.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -22,6 +25,8 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda_emulator/cuda_emulator.h"
+#include "kernels/cuda_emulator/emulated_cuda_backend.h"
 #include "kernels/cuda_test_util.h"
 #include "kernels/gradcheck.h"
 #include "kernels/guarded_backend.h"
@@ -60,9 +65,10 @@ void expect_same_bits(const char* what, const std::vector<float>& a, const std::
   }
 }
 
-// Run on the CUDA backend ("cuda") and, to check the tests themselves where
-// no GPU is at hand, on GuardedBackend ("guarded": the CPU's ops behind
-// memory the host may not touch; it must pass, mostly bit for bit).
+// Run on the CUDA backend ("cuda"), on the same source under the CUDA
+// emulator ("emulated"), and, to check the tests themselves, on
+// GuardedBackend ("guarded": the CPU's ops behind memory the host may not
+// touch; it must pass, mostly bit for bit).
 class CudaOps : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -70,11 +76,27 @@ class CudaOps : public ::testing::TestWithParam<std::string> {
       gpu = std::make_unique<test::GuardedBackend>();
       return;
     }
+    if (GetParam() == "emulated") {
+      live_before_ = cuda_emulator::live_allocations();
+      gpu = emulated::make_cuda_backend();
+      return;
+    }
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
     BOREALIS_SKIP_WITHOUT_CUDA();
     gpu = make_cuda_backend();
+#endif
+  }
+  // The backend frees every byte of device memory it allocated.
+  void TearDown() override {
+    gpu.reset();
+    if (GetParam() == "emulated") {
+      EXPECT_EQ(cuda_emulator::live_allocations(), live_before_);
+    }
   }
   // Device memory on the backend under test.
-  DeviceBuffer buf(std::size_t bytes) { return DeviceBuffer(*gpu, bytes); }
+  DeviceBuffer buf(std::size_t bytes) {
+    return DeviceBuffer(*gpu, bytes);
+  }
   template <typename T>
   DeviceBuffer dev(const std::vector<T>& host) {
     return test::to_device(*gpu, host);
@@ -82,6 +104,9 @@ class CudaOps : public ::testing::TestWithParam<std::string> {
 
   std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>();
   std::unique_ptr<Backend<float>> gpu;
+
+ private:
+  std::size_t live_before_ = 0;
 };
 
 TEST_P(CudaOps, Matmul) {
@@ -374,15 +399,104 @@ TEST_P(CudaOps, OptimizerArithmetic) {
   expect_same_bits("fill", to_host<float>(gm), std::vector<float>(count, 2.5f));
 }
 
-TEST(CudaLimits, HeadDimensionOverTheLimitIsAnError) {
-  BOREALIS_SKIP_WITHOUT_CUDA();
-  const auto gpu = make_cuda_backend();
-  DeviceBuffer b(*gpu, 4);
-  EXPECT_THROW(gpu->attention_forward(b.as<float>(), b.as<float>(), b.as<float>(), 1, 1, 1, 1, 512),
+// bf16 matmuls (Precision::kBf16): the GPU rounds both operands of each
+// GEMM to bf16 and accumulates in fp32, so it must equal the CPU's fp32
+// GEMM on operands rounded the same way, within the fp32 GEMM tolerance;
+// the bias gradient sums the unrounded fp32 output gradient in the CPU's
+// order, bit for bit.
+class CudaBf16Ops : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "emulated") {
+      gpu = emulated::make_cuda_backend(0, Precision::kBf16);
+      return;
+    }
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+    BOREALIS_SKIP_WITHOUT_CUDA();
+    gpu = make_cuda_backend(0, Precision::kBf16);
+#endif
+  }
+  std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>();
+  std::unique_ptr<Backend<float>> gpu;
+};
+
+// Round to the nearest bf16, ties to even (finite inputs).
+float round_bf16(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  const std::uint32_t low = u & 0xffffu;
+  u &= 0xffff0000u;
+  if (low > 0x8000u || (low == 0x8000u && (u & 0x10000u) != 0)) u += 0x10000u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
+std::vector<float> rounded(std::vector<float> v) {
+  for (float& x : v) x = round_bf16(x);
+  return v;
+}
+
+TEST_P(CudaBf16Ops, MatmulRoundsOperandsToBf16) {
+  const int N = 150, C = 96, OC = 80;
+  const auto x = rnd(N * C, 1), w = rnd(OC * C, 2), b = rnd(OC, 3), r = rnd(N * OC, 4);
+  const auto xr = rounded(x), wr = rounded(w), rr = rounded(r);
+  DeviceBuffer gx = test::to_device(*gpu, x), gw = test::to_device(*gpu, w),
+               gb = test::to_device(*gpu, b), gr = test::to_device(*gpu, r);
+  std::vector<float> out(N * OC), exact(N * OC);
+  DeviceBuffer gout(*gpu, out.size() * 4);
+  cpu->matmul_forward(out.data(), xr.data(), wr.data(), b.data(), N, C, OC, false);
+  cpu->matmul_forward(exact.data(), x.data(), w.data(), b.data(), N, C, OC, false);
+  gpu->matmul_forward(gout.as<float>(), gx.as<float>(), gw.as<float>(), gb.as<float>(), N, C, OC,
+                      false);
+  const auto got = to_host<float>(gout);
+  expect_close("forward (bf16 operands)", got, out, 1e-4);
+  double off = 0;  // how far bf16 is from fp32: the rounding did happen
+  for (std::size_t i = 0; i < got.size(); ++i)
+    off = std::max(off, static_cast<double>(std::abs(got[i] - exact[i])));
+  EXPECT_GT(off, 1e-3);
+
+  std::vector<float> dx(N * C), dw(OC * C, 0.5f), db(OC, 0.25f), dw_unused(OC * C);
+  DeviceBuffer gdx(*gpu, dx.size() * 4), gdw = test::to_device(*gpu, dw),
+                                         gdb = test::to_device(*gpu, db);
+  cpu->matmul_backward(dx.data(), dw.data(), nullptr, rr.data(), xr.data(), wr.data(), N, C, OC);
+  cpu->matmul_backward(nullptr, dw_unused.data(), db.data(), r.data(), x.data(), w.data(), N, C,
+                       OC);
+  gpu->matmul_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gr.as<float>(),
+                       gx.as<float>(), gw.as<float>(), N, C, OC);
+  expect_close("dinp (bf16 operands)", to_host<float>(gdx), dx, 1e-4);
+  expect_close("dw (bf16 operands, accumulated)", to_host<float>(gdw), dw, 1e-4);
+  expect_same_bits("dbias (fp32, the CPU's order)", to_host<float>(gdb), db);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, CudaBf16Ops,
+                         ::testing::ValuesIn(test::gpu_backends_under_test()),
+                         [](const auto& param_info) { return param_info.param; });
+
+void expect_head_dim_limit(Backend<float>& gpu) {
+  DeviceBuffer b(gpu, 4);
+  EXPECT_THROW(gpu.attention_forward(b.as<float>(), b.as<float>(), b.as<float>(), 1, 1, 1, 1, 512),
                std::invalid_argument);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, CudaOps, ::testing::Values("cuda", "guarded"),
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+TEST(CudaLimits, HeadDimensionOverTheLimitIsAnError) {
+  BOREALIS_SKIP_WITHOUT_CUDA();
+  expect_head_dim_limit(*make_cuda_backend());
+}
+#endif
+
+TEST(EmulatedCudaLimits, HeadDimensionOverTheLimitIsAnError) {
+  expect_head_dim_limit(*emulated::make_cuda_backend());
+}
+
+std::vector<std::string> backends_under_test() {
+  std::vector<std::string> names = test::gpu_backends_under_test();
+  names.push_back("guarded");
+  return names;
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, CudaOps, ::testing::ValuesIn(backends_under_test()),
                          [](const auto& param_info) { return param_info.param; });
 
 }  // namespace

@@ -30,6 +30,17 @@ namespace borealis::test {
     }                                                                        \
   } while (false)
 
+// The CUDA backends the CUDA tests run on: "cuda" (the GPU; skipped where
+// none answers) in builds with the CUDA backend, and "emulated" (its source
+// on the CUDA emulator, tests/kernels/cuda_emulator/) everywhere.
+inline std::vector<std::string> gpu_backends_under_test() {
+  std::vector<std::string> names = {"emulated"};
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+  names.insert(names.begin(), "cuda");
+#endif
+  return names;
+}
+
 // Bytes of a backend's memory (a BackendArray) with typed views and copies,
 // for the tests' inputs and outputs.
 class DeviceBuffer {

@@ -2,18 +2,23 @@
 // backend (fp32): the loss within 1e-4 relative, each parameter tensor's
 // gradient within 1e-4 relative in norm (||gpu - cpu|| / ||cpu||), then
 // AdamW steps on the device tracking the CPU's; and the GPU run repeating
-// bit for bit. Skipped, with the reason printed, where no CUDA device can be
-// used (a failure instead with BOREALIS_REQUIRE_CUDA set).
+// bit for bit. The "cuda" instances skip, with the reason printed, where no
+// CUDA device can be used (a failure instead with BOREALIS_REQUIRE_CUDA
+// set); the "emulated" ones run the CUDA backend's source on the CUDA
+// emulator (tests/kernels/cuda_emulator/) everywhere.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda_emulator/emulated_cuda_backend.h"
 #include "kernels/cuda_test_util.h"
 #include "model/model.h"
 #include "optim/adamw.h"
@@ -52,18 +57,33 @@ double relative_norm(const float* gpu, const float* cpu, std::int64_t n) {
   return ref == 0 ? std::sqrt(diff) : std::sqrt(diff / ref);
 }
 
-class CudaModel : public ::testing::TestWithParam<std::string> {
+// Parameters: the backend ("cuda" or "emulated") and the model preset.
+class CudaModel : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {
  protected:
   void SetUp() override {
-    BOREALIS_SKIP_WITHOUT_CUDA();
-    gpu = make_cuda_backend();
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+    if (std::get<0>(GetParam()) == "cuda") BOREALIS_SKIP_WITHOUT_CUDA();
+#endif
+    gpu = make_gpu(Precision::kFp32);
+  }
+  // The backend under test with its matmuls in `precision`.
+  static std::unique_ptr<Backend<float>> make_gpu(Precision precision) {
+    if (std::get<0>(GetParam()) == "emulated") return emulated::make_cuda_backend(0, precision);
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+    return make_cuda_backend(0, precision);
+#else
+    throw std::logic_error("no CUDA backend in this build");
+#endif
+  }
+  static ModelConfig preset() {
+    return model_preset(std::get<1>(GetParam()));
   }
   std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>();
   std::unique_ptr<Backend<float>> gpu;
 };
 
 TEST_P(CudaModel, LossGradientsAndStepsMatchTheCpu) {
-  ModelConfig c = model_preset(GetParam());
+  ModelConfig c = preset();
   const int B = 2, seq = 64, N = B * seq;
   c.max_seq = std::max(c.max_seq, seq);
   Model<float> on_cpu(c, *cpu), on_gpu(c, *gpu);
@@ -101,7 +121,7 @@ TEST_P(CudaModel, LossGradientsAndStepsMatchTheCpu) {
 }
 
 TEST_P(CudaModel, RepeatsBitForBit) {
-  ModelConfig c = model_preset(GetParam());
+  ModelConfig c = preset();
   const int B = 2, seq = 32;
   c.max_seq = std::max(c.max_seq, seq);
   const Tokens t = make_tokens(B * seq, c.vocab_size, 3);
@@ -121,14 +141,58 @@ TEST_P(CudaModel, RepeatsBitForBit) {
   EXPECT_EQ(runs[0], runs[1]);
 }
 
+// Mixed precision (bf16 matmul operands, fp32 everything else) against the
+// CPU's fp32: the loss within 1e-3 relative (measured on the emulator: 6e-6;
+// the issue asks 1e-2), each tensor's gradient within 5e-2 relative in norm
+// (measured: up to 1.8e-2), and the parameters after three AdamW steps within
+// 5e-3 (measured: 9e-4); a second bf16 run gives the same bits.
+TEST_P(CudaModel, Bf16MatmulsTrackFp32) {
+  ModelConfig c = preset();
+  const int B = 2, seq = 32, N = B * seq;
+  c.max_seq = std::max(c.max_seq, seq);
+  std::vector<std::vector<float>> runs;
+  for (int run = 0; run < 2; ++run) {
+    const auto bf16 = make_gpu(Precision::kBf16);
+    Model<float> on_cpu(c, *cpu), on_gpu(c, *bf16);
+    on_cpu.init(7);
+    on_gpu.init(7);
+    const std::int64_t P = on_cpu.num_params();
+    AdamW opt_cpu(*cpu, on_cpu.layout(), AdamWConfig{}),
+        opt_gpu(*bf16, on_gpu.layout(), AdamWConfig{});
+    for (int step = 0; step < 3; ++step) {
+      const Tokens t = make_tokens(N, c.vocab_size, 20 + step);
+      on_cpu.zero_grad();
+      on_gpu.zero_grad();
+      const float lc = on_cpu.forward(t.tokens.data(), t.targets.data(), B, seq, true);
+      const float lg = on_gpu.forward(t.tokens.data(), t.targets.data(), B, seq, true);
+      EXPECT_NEAR(lg, lc, 1e-3 * std::abs(lc)) << "step " << step;
+      on_cpu.backward();
+      on_gpu.backward();
+      const std::vector<float> g = download(*bf16, on_gpu.grads(), P);
+      for (const ParamView& v : on_cpu.layout().views()) {
+        EXPECT_LE(relative_norm(g.data() + v.offset, on_cpu.grads() + v.offset, v.size), 5e-2)
+            << v.name << ", step " << step;
+      }
+      opt_cpu.step(on_cpu.params(), on_cpu.grads(), 1e-3f);
+      opt_gpu.step(on_gpu.params(), on_gpu.grads(), 1e-3f);
+    }
+    runs.push_back(download(*bf16, on_gpu.params(), P));
+    EXPECT_LE(relative_norm(runs.back().data(), on_cpu.params(), P), 5e-3);
+  }
+  EXPECT_EQ(runs[0], runs[1]);
+}
+
 TEST_P(CudaModel, ParallelGroupsNeedHostMemory) {
-  const ModelConfig c = model_preset(GetParam());
+  const ModelConfig c = preset();
   EXPECT_THROW(Model<float>(c, *gpu, nullptr, PipelineStage{0, 2}), Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, CudaModel, ::testing::Values("gpt2-tiny", "llama-tiny"),
+INSTANTIATE_TEST_SUITE_P(Presets, CudaModel,
+                         ::testing::Combine(::testing::ValuesIn(test::gpu_backends_under_test()),
+                                            ::testing::Values("gpt2-tiny", "llama-tiny")),
                          [](const auto& param_info) {
-                           std::string n = param_info.param;
+                           std::string n =
+                               std::get<1>(param_info.param) + "_" + std::get<0>(param_info.param);
                            for (char& ch : n) ch = ch == '-' ? '_' : ch;
                            return n;
                          });

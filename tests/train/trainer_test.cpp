@@ -237,6 +237,12 @@ TEST(Trainer, ConfigErrors) {
   EXPECT_NE(err({"train.device=tpu"}).find("unknown device 'tpu' (this build has: cpu"),
             std::string::npos);
   EXPECT_NE(err({"train.device=tpu"}).find("(train.device)"), std::string::npos);
+  EXPECT_NE(err({"train.precision=fp16"}).find("unknown precision 'fp16' (fp32 or bf16)"),
+            std::string::npos);
+  EXPECT_NE(err({"train.precision=bf16"})
+                .find("precision 'bf16' runs on the CUDA backend (device 'cuda'); the CPU backend "
+                      "computes in fp32 (train.precision)"),
+            std::string::npos);
   test::write_file(f.dir() / "bad.toml", "[train]\nsetps = 3\n");
   EXPECT_EQ(test::error_line([&] { load(f.dir() / "bad.toml"); }),
             "error: unknown key 'train.setps'; did you mean 'train.steps'? (" +

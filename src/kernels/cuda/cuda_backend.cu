@@ -14,9 +14,23 @@
 //    FlashAttention do); backward gives each query row's dq to one warp and
 //    each key row's dk and dv (summed over the query heads of its group) to
 //    one warp, so nothing is added from two places.
+//
+// The same source also builds against the CUDA emulator
+// (tests/kernels/cuda_emulator/), which runs these kernels on the CPU in the
+// tests: every launch therefore goes through launch() below, and the
+// functions this file exports are then in namespace borealis::emulated.
+#if defined(BOREALIS_CUDA_EMULATOR)
+#include "kernels/cuda_emulator/cuda_emulator.h"
+#include "kernels/cuda_emulator/emulated_cuda_backend.h"
+#define BOREALIS_CUDA_NAMESPACE borealis::emulated
+#else
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_backend.h"
+#define BOREALIS_CUDA_NAMESPACE borealis
+#endif
 
 #include <algorithm>
 #include <climits>
@@ -29,9 +43,8 @@
 
 #include "kernels/adamw_math.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cuda/cuda_backend.h"
 
-namespace borealis {
+namespace BOREALIS_CUDA_NAMESPACE {
 
 namespace {
 
@@ -47,11 +60,17 @@ void check_blas(cublasStatus_t status, const char* what) {
   }
 }
 
-// Every launch is checked at once (a bad configuration fails here, not at
-// the next copy).
-void check_launch(const char* what) {
+// kernel<<<grid, block>>>(args...), checked at once (a bad configuration
+// fails here, not at the next copy). The emulator has its own launch().
+#if defined(BOREALIS_CUDA_EMULATOR)
+using cuda_emulator::launch;
+#else
+template <typename... Params, typename... Args>
+void launch(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) {
+  kernel<<<grid, block>>>(std::forward<Args>(args)...);
   check(cudaGetLastError(), what);
 }
+#endif
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
@@ -126,6 +145,13 @@ __global__ void scale_kernel(float* x, float factor, std::int64_t count) {
 __global__ void add_kernel(float* out, const float* in, std::int64_t count) {
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     out[i] += in[i];
+  }
+}
+
+// bf16 copies of fp32 values (round to nearest even), for the bf16 GEMMs.
+__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::int64_t count) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
+    out[i] = __float2bfloat16(in[i]);
   }
 }
 
@@ -737,9 +763,38 @@ unsigned warps_blocks(std::int64_t warps) {
   return blocks_for(warps * kWarp);
 }
 
+// Device memory kept between calls and grown on demand. Work queued before
+// a reallocation finishes first (cudaFree waits for it).
+class Scratch {
+ public:
+  Scratch() = default;
+  ~Scratch() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  // At least `bytes` bytes.
+  void* get(std::size_t bytes, const char* what) {
+    bytes = std::max<std::size_t>(bytes, 16);
+    if (bytes > bytes_) {
+      if (ptr_ != nullptr) check(cudaFree(ptr_), what);
+      ptr_ = nullptr;
+      bytes_ = 0;
+      check(cudaMalloc(&ptr_, bytes), what);
+      bytes_ = bytes;
+    }
+    return ptr_;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
 class CudaBackend final : public Backend<float> {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  CudaBackend(int device, Precision precision)
+      : device_(device), bf16_(precision == Precision::kBf16) {
     check(cudaSetDevice(device), "cudaSetDevice");
     check_blas(cublasCreate(&blas_), "cublasCreate");
     // fp32 GEMMs in fp32 arithmetic (no TF32), and no atomics in cuBLAS's
@@ -748,7 +803,6 @@ class CudaBackend final : public Backend<float> {
     check_blas(cublasSetAtomicsMode(blas_, CUBLAS_ATOMICS_NOT_ALLOWED), "cublasSetAtomicsMode");
   }
   ~CudaBackend() override {
-    if (scratch_ != nullptr) cudaFree(scratch_);
     if (rope_cos_ != nullptr) cudaFree(rope_cos_);
     if (rope_sin_ != nullptr) cudaFree(rope_sin_);
     cublasDestroy(blas_);
@@ -756,7 +810,7 @@ class CudaBackend final : public Backend<float> {
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
 
-  std::string name() const override { return "cuda"; }
+  std::string name() const override { return bf16_ ? "cuda (bf16 matmuls)" : "cuda"; }
 
   // Device memory (cudaMalloc, zeroed); copies on the default stream, after
   // the ops queued before them.
@@ -790,99 +844,88 @@ class CudaBackend final : public Backend<float> {
   }
   void embedding_forward_part(float* out, const std::int32_t* tokens, const float* wte, int v0,
                               int rows, const float* wpe, int N, int seq, int C) override {
-    embedding_forward_kernel<<<blocks_for(std::int64_t{N} * C), kThreads>>>(out, tokens, wte, v0,
-                                                                            rows, wpe, N, seq, C);
-    check_launch("embedding_forward");
+    launch("embedding_forward", embedding_forward_kernel, blocks_for(std::int64_t{N} * C), kThreads,
+           out, tokens, wte, v0, rows, wpe, N, seq, C);
   }
   void embedding_backward_part(float* dwte, float* dwpe, const float* dout,
                                const std::int32_t* tokens, int v0, int rows, int N, int seq,
                                int C) override {
     const dim3 grid(blocks_for(C, 128), kTokenBuckets);
-    embedding_backward_wte_kernel<<<grid, 128>>>(dwte, dout, tokens, v0, rows, N, C);
-    check_launch("embedding_backward");
+    launch("embedding_backward", embedding_backward_wte_kernel, grid, 128, dwte, dout, tokens, v0,
+           rows, N, C);
     if (dwpe == nullptr) return;
-    embedding_backward_wpe_kernel<<<blocks_for(std::int64_t{seq} * C), kThreads>>>(dwpe, dout, N,
-                                                                                   seq, C);
-    check_launch("embedding_backward (positions)");
+    launch("embedding_backward (positions)", embedding_backward_wpe_kernel,
+           blocks_for(std::int64_t{seq} * C), kThreads, dwpe, dout, N, seq, C);
   }
 
   void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
                       int OC, bool accumulate) override {
     if (bias != nullptr) {
-      add_bias_kernel<<<blocks_for(std::int64_t{N} * OC), kThreads>>>(out, bias, N, OC, accumulate);
-      check_launch("matmul_forward (bias)");
+      launch("matmul_forward (bias)", add_bias_kernel, blocks_for(std::int64_t{N} * OC), kThreads,
+             out, bias, N, OC, accumulate);
     }
-    const float one = 1.0f;
     const float beta = (accumulate || bias != nullptr) ? 1.0f : 0.0f;
     // Row-major out[N, OC] = inp[N, C] w[OC, C]^T is column-major
     // out^T[OC, N] = w^T... : cuBLAS sees w as [C, OC] and inp as [C, N].
-    check_blas(
-        cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &beta, out, OC),
-        "matmul_forward");
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, beta, out, OC, "matmul_forward");
   }
   void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
                        const float* w, int N, int C, int OC) override {
-    const float one = 1.0f, zero = 0.0f;
     if (dinp != nullptr) {
       // dinp[N, C] = dout[N, OC] w[OC, C]
-      check_blas(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &zero,
-                             dinp, C),
-                 "matmul_backward (input)");
+      gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C,
+           "matmul_backward (input)");
     }
     // dw[OC, C] += dout^T[OC, N] inp[N, C]
-    check_blas(
-        cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dw, C),
-        "matmul_backward (weight)");
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C,
+         "matmul_backward (weight)");
     if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
   }
   void matmul_forward_rowwise(float* out, const float* inp, const float* w, const float* bias,
                               int N, int C, int OC, bool accumulate) override {
-    matmul_rowwise_kernel<<<warps_blocks(std::int64_t{N} * OC), kThreads>>>(out, inp, w, bias, N, C,
-                                                                            OC, accumulate);
-    check_launch("matmul_forward_rowwise");
+    launch("matmul_forward_rowwise", matmul_rowwise_kernel, warps_blocks(std::int64_t{N} * OC),
+           kThreads, out, inp, w, bias, N, C, OC, accumulate);
   }
 
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
                          const float* b, int N, int C, float eps) override {
-    layernorm_forward_kernel<<<warps_blocks(N), kThreads>>>(out, mean, rstd, inp, w, b, N, C, eps);
-    check_launch("layernorm_forward");
+    launch("layernorm_forward", layernorm_forward_kernel, warps_blocks(N), kThreads, out, mean,
+           rstd, inp, w, b, N, C, eps);
   }
   void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
                           const float* w, const float* mean, const float* rstd, int N,
                           int C) override {
-    norm_backward_input_kernel<<<warps_blocks(N), kThreads>>>(dinp, dout, inp, w, mean, rstd, N, C);
-    check_launch("layernorm_backward");
+    launch("layernorm_backward", norm_backward_input_kernel, warps_blocks(N), kThreads, dinp, dout,
+           inp, w, mean, rstd, N, C);
     norm_weight_grads(dw, db, dout, inp, mean, rstd, N, C);
   }
   void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
                        float eps) override {
-    rmsnorm_forward_kernel<<<warps_blocks(N), kThreads>>>(out, rstd, inp, w, N, C, eps);
-    check_launch("rmsnorm_forward");
+    launch("rmsnorm_forward", rmsnorm_forward_kernel, warps_blocks(N), kThreads, out, rstd, inp, w,
+           N, C, eps);
   }
   void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                         const float* rstd, int N, int C) override {
-    norm_backward_input_kernel<<<warps_blocks(N), kThreads>>>(dinp, dout, inp, w, nullptr, rstd, N,
-                                                              C);
-    check_launch("rmsnorm_backward");
+    launch("rmsnorm_backward", norm_backward_input_kernel, warps_blocks(N), kThreads, dinp, dout,
+           inp, w, nullptr, rstd, N, C);
     norm_weight_grads(dw, nullptr, dout, inp, nullptr, rstd, N, C);
   }
 
   void gelu_forward(float* out, const float* inp, std::int64_t count) override {
-    gelu_forward_kernel<<<blocks_for(count), kThreads>>>(out, inp, count);
-    check_launch("gelu_forward");
+    launch("gelu_forward", gelu_forward_kernel, blocks_for(count), kThreads, out, inp, count);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout,
                      std::int64_t count) override {
-    gelu_backward_kernel<<<blocks_for(count), kThreads>>>(dinp, inp, dout, count);
-    check_launch("gelu_backward");
+    launch("gelu_backward", gelu_backward_kernel, blocks_for(count), kThreads, dinp, inp, dout,
+           count);
   }
   void swiglu_forward(float* out, const float* inp, int N, int F) override {
-    swiglu_forward_kernel<<<blocks_for(std::int64_t{N} * F), kThreads>>>(out, inp, N, F);
-    check_launch("swiglu_forward");
+    launch("swiglu_forward", swiglu_forward_kernel, blocks_for(std::int64_t{N} * F), kThreads, out,
+           inp, N, F);
   }
   void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) override {
-    swiglu_backward_kernel<<<blocks_for(std::int64_t{N} * F), kThreads>>>(dinp, inp, dout, N, F);
-    check_launch("swiglu_backward");
+    launch("swiglu_backward", swiglu_backward_kernel, blocks_for(std::int64_t{N} * F), kThreads,
+           dinp, inp, dout, N, F);
   }
 
   void rope_forward(float* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
@@ -898,9 +941,8 @@ class CudaBackend final : public Backend<float> {
   void attention_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV,
                          int HD) override {
     check_head_dim(HD);
-    attention_forward_kernel<<<warps_blocks(std::int64_t{B} * NH * seq), kThreads>>>(
-        out, lse, qkv, B, seq, NH, NKV, HD, 1.0f / std::sqrt(static_cast<float>(HD)));
-    check_launch("attention_forward");
+    launch("attention_forward", attention_forward_kernel, warps_blocks(std::int64_t{B} * NH * seq),
+           kThreads, out, lse, qkv, B, seq, NH, NKV, HD, 1.0f / std::sqrt(static_cast<float>(HD)));
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                           const float* lse, int B, int seq, int NH, int NKV, int HD) override {
@@ -908,54 +950,49 @@ class CudaBackend final : public Backend<float> {
     const std::int64_t rows = std::int64_t{B} * NH * seq;
     float* delta = scratch(rows);
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    attention_delta_kernel<<<warps_blocks(rows), kThreads>>>(delta, dout, out, B, seq, NH, HD);
-    check_launch("attention_backward (delta)");
-    attention_dq_kernel<<<warps_blocks(rows), kThreads>>>(dqkv, dout, qkv, lse, delta, B, seq, NH,
-                                                          NKV, HD, scale);
-    check_launch("attention_backward (dq)");
-    attention_dkv_kernel<<<warps_blocks(std::int64_t{B} * NKV * seq), kThreads>>>(
-        dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-    check_launch("attention_backward (dk, dv)");
+    launch("attention_backward (delta)", attention_delta_kernel, warps_blocks(rows), kThreads,
+           delta, dout, out, B, seq, NH, HD);
+    launch("attention_backward (dq)", attention_dq_kernel, warps_blocks(rows), kThreads, dqkv, dout,
+           qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+    launch("attention_backward (dk, dv)", attention_dkv_kernel,
+           warps_blocks(std::int64_t{B} * NKV * seq), kThreads, dqkv, dout, qkv, lse, delta, B, seq,
+           NH, NKV, HD, scale);
   }
   void attention_kv_forward(float* out, float* kpool, float* vpool, const std::int32_t* blocks,
                             int block_size, const float* qkv, int N, int pos0, int NH, int NKV,
                             int HD) override {
     check_head_dim(HD);
-    kv_store_kernel<<<blocks_for(std::int64_t{N} * NKV * HD), kThreads>>>(
-        kpool, vpool, blocks, block_size, qkv, N, pos0, NH, NKV, HD);
-    check_launch("attention_kv_forward (store)");
-    attention_kv_kernel<<<warps_blocks(std::int64_t{N} * NH), kThreads>>>(
-        out, kpool, vpool, blocks, block_size, qkv, N, pos0, NH, NKV, HD,
-        1.0f / std::sqrt(static_cast<float>(HD)));
-    check_launch("attention_kv_forward");
+    launch("attention_kv_forward (store)", kv_store_kernel, blocks_for(std::int64_t{N} * NKV * HD),
+           kThreads, kpool, vpool, blocks, block_size, qkv, N, pos0, NH, NKV, HD);
+    launch("attention_kv_forward", attention_kv_kernel, warps_blocks(std::int64_t{N} * NH),
+           kThreads, out, kpool, vpool, blocks, block_size, qkv, N, pos0, NH, NKV, HD,
+           1.0f / std::sqrt(static_cast<float>(HD)));
   }
 
   void crossentropy_forward_backward(float* logits, float* losses, const std::int32_t* targets,
                                      int N, int V, int Vp, float dloss) override {
     if (N == 0) return;
-    crossentropy_kernel<<<N, kThreads>>>(logits, losses, targets, V, Vp, dloss);
-    check_launch("crossentropy_forward_backward");
+    launch("crossentropy_forward_backward", crossentropy_kernel, N, kThreads, logits, losses,
+           targets, V, Vp, dloss);
   }
   void crossentropy_part_max(float* row_max, const float* logits, int N, int V, int Vp) override {
     if (N == 0) return;
-    crossentropy_part_max_kernel<<<N, kThreads>>>(row_max, logits, V, Vp);
-    check_launch("crossentropy_part_max");
+    launch("crossentropy_part_max", crossentropy_part_max_kernel, N, kThreads, row_max, logits, V,
+           Vp);
   }
   void crossentropy_part_sums(float* logits, float* sums, const float* row_max,
                               const std::int32_t* targets, int v0, int N, int V, int Vp,
                               bool keep_exp) override {
     if (N == 0) return;
-    crossentropy_part_sums_kernel<<<N, kThreads>>>(logits, sums, row_max, targets, v0, V, Vp,
-                                                   keep_exp);
-    check_launch("crossentropy_part_sums");
+    launch("crossentropy_part_sums", crossentropy_part_sums_kernel, N, kThreads, logits, sums,
+           row_max, targets, v0, V, Vp, keep_exp);
   }
   void crossentropy_part_finish(float* logits, float* losses, const float* row_max,
                                 const float* sums, const std::int32_t* targets, int v0, int N,
                                 int V, int Vp, float dloss) override {
     if (N == 0) return;
-    crossentropy_part_finish_kernel<<<N, kThreads>>>(logits, losses, row_max, sums, targets, v0, V,
-                                                     Vp, dloss);
-    check_launch("crossentropy_part_finish");
+    launch("crossentropy_part_finish", crossentropy_part_finish_kernel, N, kThreads, logits, losses,
+           row_max, sums, targets, v0, V, Vp, dloss);
   }
 
   void copy(float* out, const float* in, std::int64_t count) override {
@@ -966,21 +1003,20 @@ class CudaBackend final : public Backend<float> {
   }
   void fill(float* out, float value, std::int64_t count) override {
     if (count == 0) return;
-    fill_kernel<<<blocks_for(count), kThreads>>>(out, value, count);
-    check_launch("fill");
+    launch("fill", fill_kernel, blocks_for(count), kThreads, out, value, count);
   }
   void adamw_update(float* params, const float* grads, float* m, float* v, std::int64_t count,
                     const AdamWUpdate& u) override {
     if (count == 0) return;
-    adamw_kernel<<<blocks_for(count), kThreads>>>(params, grads, m, v, count, u);
-    check_launch("adamw_update");
+    launch("adamw_update", adamw_kernel, blocks_for(count), kThreads, params, grads, m, v, count,
+           u);
   }
   double sum_of_squares(const float* x, std::int64_t count) override {
     if (count == 0) return 0.0;
     const std::int64_t blocks = (count + kSquaresBlock - 1) / kSquaresBlock;
     double* partial = reinterpret_cast<double*>(scratch(2 * blocks));
-    squares_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(partial, x, count);
-    check_launch("sum_of_squares");
+    launch("sum_of_squares", squares_kernel, static_cast<unsigned>(blocks), kThreads, partial, x,
+           count);
     std::vector<double> host(static_cast<std::size_t>(blocks));
     check(cudaMemcpy(host.data(), partial, host.size() * sizeof(double), cudaMemcpyDeviceToHost),
           "sum_of_squares (copy)");
@@ -990,13 +1026,11 @@ class CudaBackend final : public Backend<float> {
   }
   void scale(float* x, float factor, std::int64_t count) override {
     if (count == 0) return;
-    scale_kernel<<<blocks_for(count), kThreads>>>(x, factor, count);
-    check_launch("scale");
+    launch("scale", scale_kernel, blocks_for(count), kThreads, x, factor, count);
   }
   void add(float* out, const float* in, std::int64_t count) override {
     if (count == 0) return;
-    add_kernel<<<blocks_for(count), kThreads>>>(out, in, count);
-    check_launch("add");
+    launch("add", add_kernel, blocks_for(count), kThreads, out, in, count);
   }
 
  private:
@@ -1007,17 +1041,43 @@ class CudaBackend final : public Backend<float> {
     }
   }
 
-  // At least `floats` floats of device scratch, kept between calls. Work
-  // queued before a reallocation finishes first (cudaFree waits for it).
+  // At least `floats` floats of device scratch (the reductions' partial sums).
   float* scratch(std::int64_t floats) {
-    const std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(floats, 1)) * 4;
-    if (bytes > scratch_bytes_) {
-      if (scratch_ != nullptr) check(cudaFree(scratch_), "cudaFree (scratch)");
-      scratch_ = nullptr;
-      check(cudaMalloc(&scratch_, bytes), "cudaMalloc (scratch)");
-      scratch_bytes_ = bytes;
+    return static_cast<float*>(
+        scratch_.get(static_cast<std::size_t>(std::max<std::int64_t>(floats, 1)) * 4, "scratch"));
+  }
+
+  // A bf16 copy of count floats in bf16 scratch `slot` (0 or 1: a GEMM's two
+  // operands).
+  const __nv_bfloat16* bf16_copy(const float* x, std::int64_t count, int slot) {
+    auto* out = static_cast<__nv_bfloat16*>(
+        bf16_scratch_[slot].get(static_cast<std::size_t>(count) * 2, "bf16 scratch"));
+    launch("bf16 copy", to_bf16_kernel, blocks_for(count), kThreads, out, x, count);
+    return out;
+  }
+
+  // cublasSgemm's contract (column-major C[m, n] = alpha op(A) op(B) + beta
+  // C), in fp32 or, with bf16, on bf16 copies of A and B with fp32
+  // accumulation and an fp32 C (cublasGemmEx, CUBLAS_COMPUTE_32F).
+  void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
+            int lda, const float* B, int ldb, float beta, float* C, int ldc, const char* what) {
+    const float one = 1.0f;
+    if (!bf16_ || k == 0) {  // (k = 0: C = beta C, nothing to round)
+      check_blas(cublasSgemm(blas_, ta, tb, m, n, k, &one, A, lda, B, ldb, &beta, C, ldc), what);
+      return;
     }
-    return static_cast<float*>(scratch_);
+    if (m == 0 || n == 0) return;
+    // The operands as stored: columns of lda (ldb) elements, of which the
+    // last holds only the rows.
+    auto extent = [](cublasOperation_t t, int rows, int cols, int ld) {
+      return t == CUBLAS_OP_N ? std::int64_t{ld} * (cols - 1) + rows
+                              : std::int64_t{ld} * (rows - 1) + cols;
+    };
+    const __nv_bfloat16* a = bf16_copy(A, extent(ta, m, k, lda), 0);
+    const __nv_bfloat16* b = bf16_copy(B, extent(tb, k, n, ldb), 1);
+    check_blas(cublasGemmEx(blas_, ta, tb, m, n, k, &one, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
+                            &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               what);
   }
 
   template <int kRows>
@@ -1025,11 +1085,10 @@ class CudaBackend final : public Backend<float> {
     if (N == 0) return;
     const int blocks = (N + kRows - 1) / kRows;
     float* partial = scratch(std::int64_t{blocks} * C);
-    column_partial_kernel<kRows>
-        <<<dim3(blocks_for(C), row_blocks(blocks)), kThreads>>>(partial, x, N, C);
-    check_launch("column sums");
-    column_finish_kernel<<<blocks_for(C), kThreads>>>(out, partial, blocks, C);
-    check_launch("column sums (finish)");
+    launch("column sums", column_partial_kernel<kRows>, dim3(blocks_for(C), row_blocks(blocks)),
+           kThreads, partial, x, N, C);
+    launch("column sums (finish)", column_finish_kernel, blocks_for(C), kThreads, out, partial,
+           blocks, C);
   }
 
   void norm_weight_grads(float* dw, float* db, const float* dout, const float* inp,
@@ -1038,14 +1097,14 @@ class CudaBackend final : public Backend<float> {
     const int blocks = (N + kNormRows - 1) / kNormRows;
     float* pdw = scratch(2 * std::int64_t{blocks} * C);
     float* pdb = db != nullptr ? pdw + std::int64_t{blocks} * C : nullptr;
-    norm_weight_partial_kernel<<<dim3(blocks_for(C), row_blocks(blocks)), kThreads>>>(
-        pdw, pdb, dout, inp, mean, rstd, N, C);
-    check_launch("norm weight gradients");
-    column_finish_kernel<<<blocks_for(C), kThreads>>>(dw, pdw, blocks, C);
-    check_launch("norm weight gradients (finish)");
+    launch("norm weight gradients", norm_weight_partial_kernel,
+           dim3(blocks_for(C), row_blocks(blocks)), kThreads, pdw, pdb, dout, inp, mean, rstd, N,
+           C);
+    launch("norm weight gradients (finish)", column_finish_kernel, blocks_for(C), kThreads, dw, pdw,
+           blocks, C);
     if (db != nullptr) {
-      column_finish_kernel<<<blocks_for(C), kThreads>>>(db, pdb, blocks, C);
-      check_launch("norm bias gradients (finish)");
+      launch("norm bias gradients (finish)", column_finish_kernel, blocks_for(C), kThreads, db, pdb,
+             blocks, C);
     }
   }
 
@@ -1074,15 +1133,15 @@ class CudaBackend final : public Backend<float> {
     }
     const std::int64_t count = std::int64_t{rows} * (NH + NKV) * (HD / 2);
     if (count == 0) return;
-    rope_kernel<<<blocks_for(count), kThreads>>>(qkv, rope_cos_, rope_sin_, rows, seq, pos0, NH,
-                                                 NKV, HD, sign);
-    check_launch("rope");
+    launch("rope", rope_kernel, blocks_for(count), kThreads, qkv, rope_cos_, rope_sin_, rows, seq,
+           pos0, NH, NKV, HD, sign);
   }
 
   int device_;
+  bool bf16_;
   cublasHandle_t blas_ = nullptr;
-  void* scratch_ = nullptr;
-  std::size_t scratch_bytes_ = 0;
+  Scratch scratch_;
+  Scratch bf16_scratch_[2];
   float* rope_cos_ = nullptr;
   float* rope_sin_ = nullptr;
   int rope_positions_ = 0, rope_head_dim_ = 0;
@@ -1102,8 +1161,8 @@ std::string cuda_unavailable_reason() {
   return "";
 }
 
-std::unique_ptr<Backend<float>> make_cuda_backend(int device) {
-  return std::make_unique<CudaBackend>(device);
+std::unique_ptr<Backend<float>> make_cuda_backend(int device, Precision precision) {
+  return std::make_unique<CudaBackend>(device, precision);
 }
 
 namespace {
@@ -1128,9 +1187,8 @@ double cuda_bf16_gemm_gflops(int M, int N, int K, int device) {
     check(cudaMalloc(&A, static_cast<std::size_t>(a) * sizeof(__nv_bfloat16)), "cudaMalloc");
     check(cudaMalloc(&B, static_cast<std::size_t>(b) * sizeof(__nv_bfloat16)), "cudaMalloc");
     check(cudaMalloc(&C, static_cast<std::size_t>(M) * N * sizeof(float)), "cudaMalloc");
-    fill_bf16_kernel<<<blocks_for(a), kThreads>>>(A, a);
-    fill_bf16_kernel<<<blocks_for(b), kThreads>>>(B, b);
-    check_launch("bf16 fill");
+    launch("bf16 fill", fill_bf16_kernel, blocks_for(a), kThreads, A, a);
+    launch("bf16 fill", fill_bf16_kernel, blocks_for(b), kThreads, B, b);
     check_blas(cublasCreate(&blas), "cublasCreate");
     check(cudaEventCreate(&start), "cudaEventCreate");
     check(cudaEventCreate(&stop), "cudaEventCreate");
@@ -1166,4 +1224,4 @@ double cuda_bf16_gemm_gflops(int M, int N, int K, int device) {
   return 2.0 * M * N * K / (best_ms * 1e-3) * 1e-9;
 }
 
-}  // namespace borealis
+}  // namespace BOREALIS_CUDA_NAMESPACE

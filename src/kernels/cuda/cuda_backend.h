@@ -23,9 +23,12 @@ namespace borealis {
 // Why no CUDA device can be used, or "" when device 0 can.
 std::string cuda_unavailable_reason();
 
-// The backend on device `device`. Throws std::runtime_error ("CUDA: ...")
-// when the device cannot be opened.
-std::unique_ptr<Backend<float>> make_cuda_backend(int device = 0);
+// The backend on device `device`, its training matmuls in `precision`
+// (kernels/backend.h: with bf16, cublasGemmEx on bf16 copies of the
+// operands, fp32 accumulation and results). Throws std::runtime_error
+// ("CUDA: ...") when the device cannot be opened.
+std::unique_ptr<Backend<float>> make_cuda_backend(int device = 0,
+                                                  Precision precision = Precision::kFp32);
 
 // The best rate, in GFLOP/s, of a bf16 GEMM C[M, N] = A[M, K] B[K, N] with
 // fp32 accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F) on device `device`,

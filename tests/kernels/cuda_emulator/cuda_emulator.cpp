@@ -1,0 +1,769 @@
+// The CUDA emulator's runtime (cuda_emulator.h): fibers for threads, device
+// memory in guarded mappings, and cuBLAS's GEMMs.
+#include "kernels/cuda_emulator/cuda_emulator.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define BOREALIS_EMULATOR_ASAN 1
+#else
+#define BOREALIS_EMULATOR_ASAN 0
+#endif
+
+namespace borealis::cuda_emulator {
+namespace {
+
+std::size_t page_size() {
+  static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+// ---- device memory ----------------------------------------------------------
+
+struct Allocation {
+  char* map;
+  std::size_t map_bytes;
+  std::size_t bytes;
+};
+
+std::mutex g_memory_mutex;
+std::map<std::uintptr_t, Allocation>& allocations() {
+  static std::map<std::uintptr_t, Allocation> map;
+  return map;
+}
+
+// The allocation holding ptr (end included, for empty ranges), or null.
+const Allocation* find_allocation(const void* ptr, std::uintptr_t* begin) {
+  const auto p = reinterpret_cast<std::uintptr_t>(ptr);
+  auto& map = allocations();
+  auto it = map.upper_bound(p);
+  if (it == map.begin()) return nullptr;
+  --it;
+  if (p > it->first + it->second.bytes) return nullptr;
+  *begin = it->first;
+  return &it->second;
+}
+
+// ---- fibers -----------------------------------------------------------------
+
+// A suspended fiber, and the switch between two. On x86-64 the switch saves
+// the callee-saved registers on the running stack and moves the stack
+// pointer (no system call, unlike swapcontext, which sets the signal mask:
+// kernels switch at every shuffle and barrier); elsewhere it is ucontext's.
+#if defined(__x86_64__)
+extern "C" void borealis_emulator_switch(void** from_sp, void* to_sp);
+asm(R"(
+  .text
+  .globl borealis_emulator_switch
+  .hidden borealis_emulator_switch
+  .type borealis_emulator_switch, @function
+borealis_emulator_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size borealis_emulator_switch, .-borealis_emulator_switch
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+void switch_context(Context& from, const Context& to) {
+  borealis_emulator_switch(&from.sp, to.sp);
+}
+// A context that starts entry() on [stack, stack + bytes): the stack holds
+// the six registers the switch pops, entry's address for its ret, and a
+// null return address for entry, which never returns (16-byte alignment as
+// at a call).
+void make_context(Context& c, char* stack, std::size_t bytes, void (*entry)()) {
+  auto top = reinterpret_cast<std::uintptr_t>(stack + bytes) & ~std::uintptr_t{15};
+  void** sp = reinterpret_cast<void**>(top) - 8;
+  for (int i = 0; i < 6; ++i) sp[i] = nullptr;
+  sp[6] = reinterpret_cast<void*>(entry);
+  sp[7] = nullptr;
+  c.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+void switch_context(Context& from, const Context& to) {
+  swapcontext(&from.uc, &to.uc);
+}
+// (A function of its own: the caller's locals are not live across
+// getcontext, which returns twice.)
+[[gnu::noinline]] void make_context(Context& c, char* stack, std::size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
+enum class State { kReady, kBarrier, kShuffle, kDone };
+
+struct Thread {
+  Context context;
+  uint3 index;
+  int linear = 0;
+  State state = State::kReady;
+  int shuffle_src = 0;
+  std::size_t shuffle_bytes = 0;
+  std::uint64_t shuffle_in = 0;
+  std::uint64_t shuffle_out = 0;
+};
+
+// Fiber stacks, kept between launches: each is a mapping whose lowest page
+// is inaccessible (a stack overflow faults instead of corrupting memory).
+constexpr std::size_t kStackBytes = std::size_t{256} << 10;
+struct Stacks {
+  std::vector<char*> stacks;
+  ~Stacks() {
+    for (char* s : stacks) munmap(s, kStackBytes);
+  }
+  char* get(std::size_t i) {
+    while (stacks.size() <= i) {
+      void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      mprotect(p, page_size(), PROT_NONE);
+      stacks.push_back(static_cast<char*>(p));
+    }
+    return stacks[i];
+  }
+};
+
+struct BlockRun {
+  const char* what = nullptr;
+  const std::function<void()>* body = nullptr;
+  dim3 grid, block;
+  uint3 block_index{0, 0, 0};
+  std::vector<Thread> threads;
+  int current = -1;
+  Context scheduler;
+  std::exception_ptr error;
+#if BOREALIS_EMULATOR_ASAN
+  const void* scheduler_stack = nullptr;
+  std::size_t scheduler_stack_bytes = 0;
+#endif
+};
+
+thread_local BlockRun* t_run = nullptr;
+thread_local Stacks t_stacks;
+
+BlockRun& run() {
+  if (t_run == nullptr) {
+    throw std::logic_error("emulated CUDA: a device built-in was used outside a kernel");
+  }
+  return *t_run;
+}
+
+Thread& self() {
+  return run().threads[static_cast<std::size_t>(run().current)];
+}
+
+// Switches from the running fiber back to the scheduler.
+void yield() {
+  BlockRun& r = run();
+  Thread& t = self();
+#if BOREALIS_EMULATOR_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, r.scheduler_stack, r.scheduler_stack_bytes);
+  switch_context(t.context, r.scheduler);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  switch_context(t.context, r.scheduler);
+#endif
+}
+
+void fiber_main() {
+  BlockRun& r = *t_run;
+#if BOREALIS_EMULATOR_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &r.scheduler_stack, &r.scheduler_stack_bytes);
+#endif
+  try {
+    (*r.body)();
+  } catch (...) {
+    if (!r.error) r.error = std::current_exception();
+  }
+  r.threads[static_cast<std::size_t>(r.current)].state = State::kDone;
+#if BOREALIS_EMULATOR_ASAN
+  __sanitizer_start_switch_fiber(nullptr, r.scheduler_stack, r.scheduler_stack_bytes);
+#endif
+  Context finished;
+  switch_context(finished, r.scheduler);  // never resumed
+}
+
+void resume(BlockRun& r, int i) {
+  r.current = i;
+  Thread& t = r.threads[static_cast<std::size_t>(i)];
+#if BOREALIS_EMULATOR_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, t_stacks.get(static_cast<std::size_t>(i)) + page_size(),
+                                 kStackBytes - page_size());
+  switch_context(r.scheduler, t.context);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  switch_context(r.scheduler, t.context);
+#endif
+  r.current = -1;
+}
+
+// A fiber that will run fiber_main on `stack` (above its guard page).
+void start_fiber(Thread& t, char* stack) {
+  make_context(t.context, stack + page_size(), kStackBytes - page_size(), fiber_main);
+}
+
+std::string describe(const uint3& v) {
+  return "(" + std::to_string(v.x) + ", " + std::to_string(v.y) + ", " + std::to_string(v.z) + ")";
+}
+
+[[noreturn]] void fail(const BlockRun& r, const std::string& why) {
+  throw std::runtime_error(std::string("emulated CUDA: kernel ") + r.what + ", block " +
+                           describe(r.block_index) + ": " + why);
+}
+
+// Releases the warps whose lanes all wait at a shuffle, or else the block
+// barrier if every thread still running waits at it. Returns whether
+// anything was released.
+bool release(BlockRun& r) {
+  bool released = false;
+  const int n = static_cast<int>(r.threads.size());
+  for (int w = 0; w * 32 < n; ++w) {
+    const int lo = w * 32, hi = std::min(n, lo + 32);
+    int waiting = 0;
+    for (int i = lo; i < hi; ++i)
+      waiting += r.threads[static_cast<std::size_t>(i)].state == State::kShuffle;
+    if (waiting == 0 || waiting != hi - lo) continue;
+    for (int i = lo; i < hi; ++i) {
+      Thread& t = r.threads[static_cast<std::size_t>(i)];
+      const int src = lo + t.shuffle_src;
+      if (src >= hi)
+        fail(r, "a shuffle reads lane " + std::to_string(t.shuffle_src) + " of a partial warp");
+      const Thread& from = r.threads[static_cast<std::size_t>(src)];
+      if (from.shuffle_bytes != t.shuffle_bytes)
+        fail(r, "lanes of warp " + std::to_string(w) + " shuffle values of different sizes");
+      t.shuffle_out = from.shuffle_in;
+    }
+    for (int i = lo; i < hi; ++i) r.threads[static_cast<std::size_t>(i)].state = State::kReady;
+    released = true;
+  }
+  if (released) return true;
+  int running = 0, at_barrier = 0;
+  for (const Thread& t : r.threads) {
+    running += t.state != State::kDone;
+    at_barrier += t.state == State::kBarrier;
+  }
+  if (running > 0 && at_barrier == running) {
+    for (Thread& t : r.threads) {
+      if (t.state == State::kBarrier) t.state = State::kReady;
+    }
+    return true;
+  }
+  return false;
+}
+
+[[noreturn]] void deadlock(const BlockRun& r) {
+  int done = 0, barrier = 0, shuffle = 0;
+  std::string first_shuffle, first_done;
+  for (const Thread& t : r.threads) {
+    if (t.state == State::kDone) {
+      ++done;
+      if (first_done.empty()) first_done = std::to_string(t.linear);
+    } else if (t.state == State::kBarrier) {
+      ++barrier;
+    } else if (t.state == State::kShuffle) {
+      ++shuffle;
+      if (first_shuffle.empty()) first_shuffle = std::to_string(t.linear);
+    }
+  }
+  fail(r, "threads can never go on: " + std::to_string(barrier) + " wait at __syncthreads, " +
+              std::to_string(shuffle) + " at a warp shuffle" +
+              (first_shuffle.empty() ? "" : " (thread " + first_shuffle + " among them)") + ", " +
+              std::to_string(done) + " have returned" +
+              (first_done.empty() ? "" : " (thread " + first_done + " among them)") +
+              ": a barrier or shuffle not reached by every thread it waits for");
+}
+
+// ---- faults inside kernels --------------------------------------------------
+
+const char* volatile g_fault_kernel = nullptr;
+
+void write_text(const char* s) {
+  const ssize_t ignored = write(STDERR_FILENO, s, std::strlen(s));
+  (void)ignored;
+}
+
+void write_number(std::uint64_t v) {
+  char buf[24];
+  int i = 23;
+  buf[i] = '\0';
+  do {
+    buf[--i] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0 && i > 0);
+  write_text(buf + i);
+}
+
+void on_fault(int sig, siginfo_t* info, void*) {
+  write_text("emulated CUDA: kernel ");
+  write_text(g_fault_kernel != nullptr ? g_fault_kernel : "?");
+  const BlockRun* r = t_run;
+  if (r != nullptr && r->current >= 0) {
+    const Thread& t = r->threads[static_cast<std::size_t>(r->current)];
+    write_text(", block (");
+    write_number(r->block_index.x);
+    write_text(", ");
+    write_number(r->block_index.y);
+    write_text("), thread ");
+    write_number(static_cast<std::uint64_t>(t.linear));
+  }
+  write_text(": invalid memory access at address ");
+  write_number(reinterpret_cast<std::uintptr_t>(info->si_addr));
+  write_text(" (past the end of a device allocation, or not device memory)\n");
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+// SIGSEGV and SIGBUS report the kernel while it runs (on a stack of their
+// own: a fiber's may be the one that overflowed).
+class FaultReport {
+ public:
+  explicit FaultReport(const char* what) {
+    g_fault_kernel = what;
+    static thread_local std::vector<char> alt(std::size_t{64} << 10);
+    stack_t ss{};
+    ss.ss_sp = alt.data();
+    ss.ss_size = alt.size();
+    sigaltstack(&ss, &old_stack_);
+    struct sigaction sa {};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv_);
+    sigaction(SIGBUS, &sa, &old_bus_);
+  }
+  ~FaultReport() {
+    sigaction(SIGSEGV, &old_segv_, nullptr);
+    sigaction(SIGBUS, &old_bus_, nullptr);
+    sigaltstack(&old_stack_, nullptr);
+    g_fault_kernel = nullptr;
+  }
+  FaultReport(const FaultReport&) = delete;
+  FaultReport& operator=(const FaultReport&) = delete;
+
+ private:
+  struct sigaction old_segv_ {
+  }, old_bus_{};
+  stack_t old_stack_{};
+};
+
+cudaError_t g_last_error = cudaSuccess;
+
+}  // namespace
+
+const uint3& thread_index() {
+  return self().index;
+}
+const uint3& block_index() {
+  return run().block_index;
+}
+const dim3& block_dim() {
+  return run().block;
+}
+const dim3& grid_dim() {
+  return run().grid;
+}
+int lane() {
+  return self().linear % 32;
+}
+
+void syncthreads() {
+  self().state = State::kBarrier;
+  yield();
+}
+
+std::uint64_t exchange(unsigned mask, std::uint64_t value, std::size_t bytes, int src) {
+  if (mask != 0xffffffffu) {
+    fail(run(), "warp shuffles with a partial mask are not emulated");
+  }
+  Thread& t = self();
+  t.shuffle_in = value;
+  t.shuffle_bytes = bytes;
+  t.shuffle_src = src;
+  t.state = State::kShuffle;
+  yield();
+  return self().shuffle_out;
+}
+
+bool is_device(const void* ptr, std::size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_memory_mutex);
+  std::uintptr_t begin = 0;
+  const Allocation* a = find_allocation(ptr, &begin);
+  return a != nullptr && reinterpret_cast<std::uintptr_t>(ptr) + bytes <= begin + a->bytes;
+}
+
+std::size_t live_allocations() {
+  std::lock_guard<std::mutex> lock(g_memory_mutex);
+  return allocations().size();
+}
+
+void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void()>& body) {
+  const std::uint64_t threads = std::uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    g_last_error = cudaErrorInvalidConfiguration;
+    throw std::runtime_error(
+        std::string("emulated CUDA: kernel ") + what + ": invalid launch configuration: grid " +
+        describe({grid.x, grid.y, grid.z}) + ", block " + describe({block.x, block.y, block.z}));
+  }
+  if (t_run != nullptr) throw std::logic_error("emulated CUDA: a launch from inside a kernel");
+  BlockRun r;
+  r.what = what;
+  r.body = &body;
+  r.grid = grid;
+  r.block = block;
+  r.threads.resize(threads);
+  // Threads run in this order between barriers: a fixed shuffle, not index order.
+  std::vector<int> order(threads);
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::mt19937 rng(12345u + static_cast<unsigned>(threads));
+  std::shuffle(order.begin(), order.end(), rng);
+  FaultReport report(what);
+  t_run = &r;
+  struct Reset {
+    ~Reset() { t_run = nullptr; }
+  } reset;
+  for (unsigned bz = 0; bz < grid.z; ++bz) {
+    for (unsigned by = 0; by < grid.y; ++by) {
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        r.block_index = {bx, by, bz};
+        for (std::size_t i = 0; i < threads; ++i) {
+          Thread& t = r.threads[i];
+          const auto li = static_cast<unsigned>(i);
+          t.index = {li % block.x, li / block.x % block.y, li / (block.x * block.y)};
+          t.linear = static_cast<int>(i);
+          t.state = State::kReady;
+          start_fiber(t, t_stacks.get(i));
+        }
+        for (;;) {
+          bool ran = false;
+          for (const int i : order) {
+            if (r.threads[static_cast<std::size_t>(i)].state != State::kReady) continue;
+            resume(r, i);
+            ran = true;
+            if (r.error) std::rethrow_exception(r.error);
+          }
+          bool all_done = true;
+          for (const Thread& t : r.threads) all_done = all_done && t.state == State::kDone;
+          if (all_done) break;
+          if (!release(r) && !ran) deadlock(r);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace borealis::cuda_emulator
+
+// ---- the runtime API ----------------------------------------------------------
+
+using borealis::cuda_emulator::Allocation;
+using borealis::cuda_emulator::allocations;
+using borealis::cuda_emulator::find_allocation;
+using borealis::cuda_emulator::g_last_error;
+using borealis::cuda_emulator::g_memory_mutex;
+using borealis::cuda_emulator::page_size;
+
+namespace {
+
+// Whether [ptr, ptr + bytes) is device memory (is_device) or wholly host
+// memory (no byte of it on the device).
+bool on_device(const void* ptr, std::size_t bytes) {
+  return borealis::cuda_emulator::is_device(ptr, bytes);
+}
+bool off_device(const void* ptr, std::size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_memory_mutex);
+  const auto p = reinterpret_cast<std::uintptr_t>(ptr);
+  const auto& map = allocations();
+  auto it = map.lower_bound(p);
+  if (it != map.end() && it->first < p + std::max<std::size_t>(bytes, 1)) return false;
+  if (it == map.begin()) return true;
+  --it;
+  return p >= it->first + it->second.bytes;
+}
+
+cudaError_t fail_with(cudaError_t err) {
+  g_last_error = err;
+  return err;
+}
+
+}  // namespace
+
+const char* cudaGetErrorString(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+  }
+  return "unknown error";
+}
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t err = g_last_error;
+  g_last_error = cudaSuccess;
+  return err;
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess : fail_with(cudaErrorInvalidDevice);
+}
+
+cudaError_t cudaDeviceSynchronize() {
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** ptr, std::size_t bytes) {
+  const std::size_t page = page_size();
+  const std::size_t user = (std::max<std::size_t>(bytes, 1) + 15) / 16 * 16;
+  const std::size_t data = (user + page - 1) / page * page;
+  void* map =
+      mmap(nullptr, data + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED) return fail_with(cudaErrorMemoryAllocation);
+  char* base = static_cast<char*>(map);
+  mprotect(base + data, page, PROT_NONE);
+  char* p = base + data - user;
+  std::memset(p, 0xff, user);  // NaN in every float: reads before writes show
+  std::lock_guard<std::mutex> lock(g_memory_mutex);
+  allocations()[reinterpret_cast<std::uintptr_t>(p)] = Allocation{base, data + page, bytes};
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(g_memory_mutex);
+  auto& map = allocations();
+  const auto it = map.find(reinterpret_cast<std::uintptr_t>(ptr));
+  if (it == map.end()) return fail_with(cudaErrorInvalidValue);
+  munmap(it->second.map, it->second.map_bytes);
+  map.erase(it);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* ptr, int value, std::size_t bytes) {
+  if (!on_device(ptr, bytes)) return fail_with(cudaErrorInvalidValue);
+  std::memset(ptr, value, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
+  bool ok = false;
+  switch (kind) {
+    case cudaMemcpyHostToHost:
+      ok = off_device(dst, bytes) && off_device(src, bytes);
+      break;
+    case cudaMemcpyHostToDevice:
+      ok = on_device(dst, bytes) && off_device(src, bytes);
+      break;
+    case cudaMemcpyDeviceToHost:
+      ok = off_device(dst, bytes) && on_device(src, bytes);
+      break;
+    case cudaMemcpyDeviceToDevice:
+      ok = on_device(dst, bytes) && on_device(src, bytes);
+      break;
+  }
+  if (!ok) return fail_with(cudaErrorInvalidValue);
+  if (bytes > 0) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t) {
+  return cudaMemcpy(dst, src, bytes, kind);
+}
+
+struct CUevent_st {
+  std::chrono::steady_clock::time_point at;
+  bool recorded = false;
+};
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = new CUevent_st();
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  event->at = std::chrono::steady_clock::now();
+  event->recorded = true;
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return event->recorded ? cudaSuccess : fail_with(cudaErrorInvalidValue);
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+  if (!start->recorded || !stop->recorded) return fail_with(cudaErrorInvalidValue);
+  *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
+  return cudaSuccess;
+}
+
+// ---- cuBLAS -------------------------------------------------------------------
+
+struct cublasContext {
+  cublasMath_t math = CUBLAS_DEFAULT_MATH;
+  cublasAtomicsMode_t atomics = CUBLAS_ATOMICS_NOT_ALLOWED;
+};
+
+cublasStatus_t cublasCreate(cublasHandle_t* handle) {
+  *handle = new cublasContext();
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t handle) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  delete handle;
+  return CUBLAS_STATUS_SUCCESS;
+}
+const char* cublasGetStatusString(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+  }
+  return "unknown cuBLAS status";
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  handle->math = mode;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetAtomicsMode(cublasHandle_t handle, cublasAtomicsMode_t mode) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  handle->atomics = mode;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+namespace {
+
+float load(const void* base, cudaDataType type, std::int64_t i) {
+  if (type == CUDA_R_16BF) return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+  return static_cast<const float*>(base)[i];
+}
+
+// A column-major operand of `rows` x `cols` (as stored) with leading
+// dimension ld must lie inside one device allocation.
+void check_operand(const char* what, const char* name, const void* p, cudaDataType type, int rows,
+                   int cols, int ld) {
+  if (rows == 0 || cols == 0) return;
+  const std::size_t elem = type == CUDA_R_16BF ? 2 : 4;
+  const std::size_t extent = (static_cast<std::size_t>(ld) * static_cast<std::size_t>(cols - 1) +
+                              static_cast<std::size_t>(rows)) *
+                             elem;
+  if (!borealis::cuda_emulator::is_device(p, extent)) {
+    throw std::runtime_error(std::string("emulated cuBLAS: ") + what + ": operand " + name + " (" +
+                             std::to_string(rows) + " x " + std::to_string(cols) + ", ld " +
+                             std::to_string(ld) + ") does not lie inside one device allocation");
+  }
+}
+
+// C = alpha op(A) op(B) + beta C, column-major (C is m x n, op(A) m x k,
+// op(B) k x n), accumulated in fp32 in k order; C is not read when beta is 0.
+cublasStatus_t gemm(const char* what, cublasHandle_t handle, cublasOperation_t ta,
+                    cublasOperation_t tb, int m, int n, int k, float alpha, const void* A,
+                    cudaDataType at, int lda, const void* B, cudaDataType bt, int ldb, float beta,
+                    float* C, int ldc) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
+  const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
+  if (m < 0 || n < 0 || k < 0 || lda < std::max(1, a_rows) || ldb < std::max(1, b_rows) ||
+      ldc < std::max(1, m)) {
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  check_operand(what, "A", A, at, a_rows, a_cols, lda);
+  check_operand(what, "B", B, bt, b_rows, b_cols, ldb);
+  check_operand(what, "C", C, CUDA_R_32F, m, n, ldc);
+  for (int j = 0; j < n; ++j) {
+    for (int i = 0; i < m; ++i) {
+      float s = 0.0f;
+      for (int p = 0; p < k; ++p) {
+        const std::int64_t ai =
+            ta == CUBLAS_OP_N ? i + std::int64_t{p} * lda : p + std::int64_t{i} * lda;
+        const std::int64_t bi =
+            tb == CUBLAS_OP_N ? p + std::int64_t{j} * ldb : j + std::int64_t{p} * ldb;
+        s += load(A, at, ai) * load(B, bt, bi);
+      }
+      float& c = C[i + std::int64_t{j} * ldc];
+      c = beta == 0.0f ? alpha * s : alpha * s + beta * c;
+    }
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
+                           cublasOperation_t transb, int m, int n, int k, const float* alpha,
+                           const float* A, int lda, const float* B, int ldb, const float* beta,
+                           float* C, int ldc) {
+  return gemm("cublasSgemm", handle, transa, transb, m, n, k, *alpha, A, CUDA_R_32F, lda, B,
+              CUDA_R_32F, ldb, *beta, C, ldc);
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
+                            cublasOperation_t transb, int m, int n, int k, const void* alpha,
+                            const void* A, cudaDataType Atype, int lda, const void* B,
+                            cudaDataType Btype, int ldb, const void* beta, void* C,
+                            cudaDataType Ctype, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t) {
+  if (Ctype != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  return gemm("cublasGemmEx", handle, transa, transb, m, n, k, *static_cast<const float*>(alpha), A,
+              Atype, lda, B, Btype, ldb, *static_cast<const float*>(beta), static_cast<float*>(C),
+              ldc);
+}

@@ -1,0 +1,259 @@
+// The CUDA runtime and cuBLAS, as far as the CUDA backend uses them, run on
+// the CPU, so that the backend's own source (src/kernels/cuda/
+// cuda_backend.cu) is compiled by the host compiler and its kernels execute
+// in the tests on machines without a GPU (tests/kernels/cuda_emulator/
+// emulated_cuda_backend.cpp). It checks what a GPU would not forgive, with
+// an error that names the kernel:
+//
+//  - every thread of a block is a fiber of its own; blocks run one after
+//    another. __syncthreads() waits for every thread of the block that has
+//    not returned, a warp shuffle for all 32 lanes of the warp (full masks
+//    only). A thread that can never get past one (a barrier in a branch
+//    that not all threads take, a shuffle after some lanes returned) is an
+//    error, not a hang;
+//  - between barriers, threads run in a shuffled (fixed) order, not in index
+//    order, so that a shared-memory read that is missing its barrier sees
+//    another thread's write early or late and the result goes wrong;
+//  - device memory is host memory in mappings of its own that end at an
+//    inaccessible page: a kernel that reads or writes past the end of an
+//    allocation stops with a message naming the kernel, its block and its
+//    thread. New allocations hold NaNs (all bits set), so memory read
+//    before it is written shows up in results;
+//  - a kernel's pointer arguments must point into device memory, copies
+//    must go in the direction they say, and launch configurations must be
+//    ones CUDA accepts (1..1024 threads a block, grid limits);
+//  - cublasSgemm and cublasGemmEx follow cuBLAS's column-major contract and
+//    reject a leading dimension or an operand extent that cuBLAS would not
+//    accept or would read past.
+//
+// It is not a timing model and says nothing of speed; results are computed
+// in fp32 as on a GPU but in another order, so the tests compare them with
+// the CPU backend at the CUDA tests' tolerances. What only a GPU shows
+// (memory ordering across blocks, the real cuBLAS, the compiler for sm_90)
+// still needs one: scripts/device-check.sh.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// ---- CUDA's built-in vocabulary ---------------------------------------------
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static  // one block runs at a time: a static is the block's shared memory
+
+struct uint3 {
+  unsigned x, y, z;
+};
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}  // NOLINT
+};
+
+namespace borealis::cuda_emulator {
+const uint3& thread_index();
+const uint3& block_index();
+const dim3& block_dim();
+const dim3& grid_dim();
+void syncthreads();
+// A full-warp exchange: this lane offers `value` (bytes <= 8) and receives
+// what lane `src` offered (its own value when src is outside the warp).
+std::uint64_t exchange(unsigned mask, std::uint64_t value, std::size_t bytes, int src);
+int lane();
+}  // namespace borealis::cuda_emulator
+
+#define threadIdx (::borealis::cuda_emulator::thread_index())
+#define blockIdx (::borealis::cuda_emulator::block_index())
+#define blockDim (::borealis::cuda_emulator::block_dim())
+#define gridDim (::borealis::cuda_emulator::grid_dim())
+
+inline void __syncthreads() {
+  borealis::cuda_emulator::syncthreads();
+}
+
+namespace borealis::cuda_emulator {
+template <typename T>
+T shuffle(unsigned mask, T value, int src) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "shuffles move up to 8 bytes");
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  bits = exchange(mask, bits, sizeof(T), src);
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+}  // namespace borealis::cuda_emulator
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  const int lane = borealis::cuda_emulator::lane();
+  const int src = (lane ^ lane_mask) < (lane / width + 1) * width ? lane ^ lane_mask : lane;
+  return borealis::cuda_emulator::shuffle(mask, value, src);
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T value, int src_lane, int width = 32) {
+  const int lane = borealis::cuda_emulator::lane();
+  return borealis::cuda_emulator::shuffle(mask, value, lane / width * width + src_lane % width);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  const int lane = borealis::cuda_emulator::lane();
+  const int src =
+      lane % width + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
+  return borealis::cuda_emulator::shuffle(mask, value, src);
+}
+
+inline float rsqrtf(float x) {
+  return 1.0f / std::sqrt(x);
+}
+inline int min(int a, int b) {
+  return a < b ? a : b;
+}
+inline int max(int a, int b) {
+  return a > b ? a : b;
+}
+
+// bf16 storage with round-to-nearest-even conversion, as cuda_bf16.h's.
+struct __nv_bfloat16 {
+  std::uint16_t bits;
+};
+inline __nv_bfloat16 __float2bfloat16(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<std::uint16_t>((u >> 16) | 0x40u)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return {static_cast<std::uint16_t>(u >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 h) {
+  const std::uint32_t u = static_cast<std::uint32_t>(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// ---- the runtime API ----------------------------------------------------------
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevice = 101,
+};
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+};
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+struct CUevent_st;
+using cudaEvent_t = CUevent_st*;
+
+const char* cudaGetErrorString(cudaError_t err);
+cudaError_t cudaGetLastError();
+cudaError_t cudaGetDeviceCount(int* count);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaMalloc(void** ptr, std::size_t bytes);
+template <typename T>
+cudaError_t cudaMalloc(T** ptr, std::size_t bytes) {
+  return cudaMalloc(reinterpret_cast<void**>(ptr), bytes);
+}
+cudaError_t cudaFree(void* ptr);
+cudaError_t cudaMemset(void* ptr, int value, std::size_t bytes);
+cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream = nullptr);
+cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop);
+
+// ---- cuBLAS -------------------------------------------------------------------
+
+enum cublasStatus_t {
+  CUBLAS_STATUS_SUCCESS = 0,
+  CUBLAS_STATUS_NOT_INITIALIZED = 1,
+  CUBLAS_STATUS_INVALID_VALUE = 7,
+  CUBLAS_STATUS_NOT_SUPPORTED = 15,
+};
+enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
+enum cublasMath_t { CUBLAS_DEFAULT_MATH = 0 };
+enum cublasAtomicsMode_t { CUBLAS_ATOMICS_NOT_ALLOWED = 0, CUBLAS_ATOMICS_ALLOWED = 1 };
+enum cudaDataType { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
+enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68 };
+enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
+struct cublasContext;
+using cublasHandle_t = cublasContext*;
+
+cublasStatus_t cublasCreate(cublasHandle_t* handle);
+cublasStatus_t cublasDestroy(cublasHandle_t handle);
+const char* cublasGetStatusString(cublasStatus_t status);
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode);
+cublasStatus_t cublasSetAtomicsMode(cublasHandle_t handle, cublasAtomicsMode_t mode);
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
+                           cublasOperation_t transb, int m, int n, int k, const float* alpha,
+                           const float* A, int lda, const float* B, int ldb, const float* beta,
+                           float* C, int ldc);
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
+                            cublasOperation_t transb, int m, int n, int k, const void* alpha,
+                            const void* A, cudaDataType Atype, int lda, const void* B,
+                            cudaDataType Btype, int ldb, const void* beta, void* C,
+                            cudaDataType Ctype, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t algo);
+
+// ---- launches -----------------------------------------------------------------
+
+namespace borealis::cuda_emulator {
+
+// Whether [ptr, ptr + bytes) lies inside one device allocation.
+bool is_device(const void* ptr, std::size_t bytes = 0);
+// Device allocations not yet freed (for the tests' leak checks).
+std::size_t live_allocations();
+
+// Runs body once for every thread of the grid (throws std::runtime_error
+// naming the kernel on a bad configuration, a deadlock or a bad shuffle).
+void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void()>& body);
+
+// The emulated kernel<<<grid, block>>>(args...): arguments convert to the
+// kernel's parameter types as in a launch, pointers must be device memory
+// (or null), and the launch completes before it returns.
+template <typename... Params, typename... Args>
+void launch(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "a launch passes every parameter");
+  std::tuple<std::decay_t<Params>...> bound(static_cast<Params>(std::forward<Args>(args))...);
+  int position = 0;
+  std::apply(
+      [&](const auto&... arg) {
+        (
+            [&](const auto& a) {
+              ++position;
+              if constexpr (std::is_pointer_v<std::decay_t<decltype(a)>>) {
+                if (a != nullptr && !is_device(a)) {
+                  throw std::runtime_error(std::string("emulated CUDA: kernel ") + what +
+                                           ": argument " + std::to_string(position) +
+                                           " is not device memory");
+                }
+              }
+            }(arg),
+            ...);
+      },
+      bound);
+  run_grid(what, grid, block, [&] { std::apply(kernel, bound); });
+}
+
+}  // namespace borealis::cuda_emulator

@@ -1,0 +1,252 @@
+// The CUDA emulator (cuda_emulator.h) itself: that it runs kernels as CUDA
+// defines them (thread and block indices, shared memory, barriers, warp
+// shuffles, cuBLAS's column-major GEMM), and that it stops, naming the
+// kernel, on what a GPU would not forgive.
+#include "kernels/cuda_emulator/cuda_emulator.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <vector>
+
+namespace {
+
+using borealis::cuda_emulator::launch;
+
+// Device memory of n values, freed with the object.
+template <typename T>
+class Device {
+ public:
+  explicit Device(std::size_t n) : n_(n) { EXPECT_EQ(cudaMalloc(&p_, n * sizeof(T)), cudaSuccess); }
+  explicit Device(const std::vector<T>& host) : Device(host.size()) {
+    EXPECT_EQ(cudaMemcpy(p_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~Device() { cudaFree(p_); }
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+  T* get() { return p_; }
+  std::vector<T> host() const {
+    std::vector<T> h(n_);
+    EXPECT_EQ(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+
+ private:
+  std::size_t n_;
+  T* p_ = nullptr;
+};
+
+void expect_error(const std::function<void()>& f, const std::string& part) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
+__global__ void index_kernel(int* out, int width) {
+  const int x = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const int y = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
+  out[y * width + x] = y * 1000 + x + static_cast<int>(gridDim.x * 100000);
+}
+
+TEST(CudaEmulator, ThreadAndBlockIndices) {
+  const dim3 grid(3, 2), block(4, 5);
+  const int width = 12, height = 10;
+  Device<int> out(width * height);
+  launch("index", index_kernel, grid, block, out.get(), width);
+  const std::vector<int> h = out.host();
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) ASSERT_EQ(h[y * width + x], y * 1000 + x + 300000);
+  }
+}
+
+// A block-wide tree sum in shared memory, and every warp's xor-shuffle sum.
+__global__ void reduce_kernel(float* block_sums, float* warp_sums, const float* in) {
+  __shared__ float s[128];
+  const unsigned t = threadIdx.x;
+  const float v = in[blockIdx.x * 128 + t];
+  s[t] = v;
+  __syncthreads();
+  for (unsigned half = 64; half > 0; half /= 2) {
+    if (t < half) s[t] += s[t + half];
+    __syncthreads();
+  }
+  if (t == 0) block_sums[blockIdx.x] = s[0];
+  float w = v;
+  for (int o = 16; o > 0; o /= 2) w += __shfl_xor_sync(0xffffffffu, w, o);
+  warp_sums[blockIdx.x * 128 + t] = w;
+}
+
+TEST(CudaEmulator, SharedMemoryBarriersAndShuffles) {
+  std::vector<float> in(256);
+  std::iota(in.begin(), in.end(), 1.0f);
+  Device<float> din(in), sums(2), warps(256);
+  launch("reduce", reduce_kernel, 2, 128, sums.get(), warps.get(), din.get());
+  const auto s = sums.host();
+  EXPECT_EQ(s[0], 128.0f * 129.0f / 2.0f);
+  EXPECT_EQ(s[1], (256.0f * 257.0f - 128.0f * 129.0f) / 2.0f);
+  const auto w = warps.host();
+  for (int i = 0; i < 256; ++i) {
+    const int first = i / 32 * 32 + 1;
+    ASSERT_EQ(w[i], 32.0f * first + 31.0f * 32.0f / 2.0f) << i;  // every lane has the warp's sum
+  }
+}
+
+__global__ void shuffle_kernel(int* down, int* from) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  down[threadIdx.x] = __shfl_down_sync(0xffffffffu, lane * 10, 3);
+  from[threadIdx.x] = __shfl_sync(0xffffffffu, lane * 10, 7);
+}
+
+TEST(CudaEmulator, ShuffleDownAndBroadcast) {
+  Device<int> down(64), from(64);
+  launch("shuffle", shuffle_kernel, 1, 64, down.get(), from.get());
+  const auto d = down.host(), f = from.host();
+  for (int t = 0; t < 64; ++t) {
+    const int lane = t % 32;
+    EXPECT_EQ(d[t], lane + 3 < 32 ? (lane + 3) * 10 : lane * 10) << t;  // out of range: own value
+    EXPECT_EQ(f[t], 70) << t;
+  }
+}
+
+// Reads a neighbour's shared value with no barrier between the write and
+// the read: correct only if the threads happen to run in index order.
+__global__ void racy_kernel(int* out) {
+  __shared__ int s[256];
+  const unsigned t = threadIdx.x;
+  s[t] = static_cast<int>(t) + 1;
+  out[t] = s[(t + 1) % 256];  // missing __syncthreads()
+  s[t] = 0;
+}
+
+TEST(CudaEmulator, MissingBarrierGivesWrongResults) {
+  Device<int> out(256);
+  launch("racy", racy_kernel, 1, 256, out.get());
+  const auto h = out.host();
+  int wrong = 0;
+  for (int t = 0; t < 256; ++t) wrong += h[t] != (t + 1) % 256 + 1;
+  EXPECT_GT(wrong, 10) << "threads ran in an order that hides the race";
+}
+
+__global__ void divergent_barrier_kernel(int* out) {
+  if (threadIdx.x < 16) __syncthreads();  // only half the block gets here
+  out[threadIdx.x] = 1;
+}
+
+__global__ void exited_lanes_kernel(int* out) {
+  if (threadIdx.x % 32 < 8) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1, 1);
+}
+
+TEST(CudaEmulator, BarriersNotReachedByAllAreErrors) {
+  Device<int> out(64);
+  // Threads 16..63 return while 0..15 wait: allowed (returned threads no
+  // longer count), as on current GPUs.
+  launch("divergent", divergent_barrier_kernel, 1, 64, out.get());
+  expect_error([&] { launch("exited lanes", exited_lanes_kernel, 1, 64, out.get()); },
+               "kernel exited lanes, block (0, 0, 0): threads can never go on");
+}
+
+__global__ void write_kernel(float* out, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) out[i] = 1.0f;
+}
+
+TEST(CudaEmulator, LaunchErrors) {
+  Device<float> out(10);
+  expect_error([&] { launch("zero grid", write_kernel, 0, 32, out.get(), 10); },
+               "kernel zero grid: invalid launch configuration");
+  expect_error([&] { launch("big block", write_kernel, 1, 2048, out.get(), 10); },
+               "invalid launch configuration");
+  std::vector<float> host(10);
+  expect_error([&] { launch("host pointer", write_kernel, 1, 32, host.data(), 10); },
+               "kernel host pointer: argument 1 is not device memory");
+  launch("bounded", write_kernel, 1, 32, out.get(), 10);
+  EXPECT_EQ(out.host(), std::vector<float>(10, 1.0f));
+}
+
+TEST(CudaEmulatorDeathTest, ReadPastTheEndNamesTheKernel) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        Device<float> out(10);
+        launch("unbounded", write_kernel, 1, 64, out.get(), 64);
+      },
+      "emulated CUDA: kernel unbounded, block \\(0, 0\\), thread [0-9]+: invalid memory access");
+}
+
+TEST(CudaEmulator, MemoryIsNaNUntilWrittenAndCopiesCheckTheirDirection) {
+  Device<float> d(4);
+  for (const float v : d.host()) EXPECT_TRUE(std::isnan(v));
+  std::vector<float> host(4, 2.0f);
+  EXPECT_EQ(cudaMemcpy(d.get(), host.data(), 16, cudaMemcpyDeviceToHost), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemcpy(d.get(), host.data(), 20, cudaMemcpyHostToDevice), cudaErrorInvalidValue)
+      << "past the end of the allocation";
+  EXPECT_EQ(cudaMemcpy(d.get(), host.data(), 16, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(d.host(), host);
+  int* p = nullptr;
+  EXPECT_EQ(cudaFree(host.data()), cudaErrorInvalidValue);
+  const std::size_t live = borealis::cuda_emulator::live_allocations();
+  EXPECT_EQ(cudaMalloc(&p, 8), cudaSuccess);
+  EXPECT_EQ(borealis::cuda_emulator::live_allocations(), live + 1);
+  EXPECT_EQ(cudaFree(p), cudaSuccess);
+  EXPECT_EQ(borealis::cuda_emulator::live_allocations(), live);
+}
+
+// cuBLAS's contract: column-major C (m x n) = alpha op(A) op(B) + beta C.
+TEST(CudaEmulator, SgemmIsColumnMajorAndChecksItsOperands) {
+  const int m = 3, n = 2, k = 4;
+  // A stored transposed (k x m, lda = k), B as is (k x n, ldb = k).
+  std::vector<float> a(k * m), b(k * n), c(m * n, 100.0f);
+  for (int i = 0; i < k * m; ++i) a[i] = static_cast<float>(i + 1);
+  for (int i = 0; i < k * n; ++i) b[i] = static_cast<float>(2 * i - 3);
+  Device<float> da(a), db(b), dc(c);
+  cublasHandle_t h = nullptr;
+  ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+  const float alpha = 2.0f, beta = 0.5f;
+  ASSERT_EQ(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, da.get(), k, db.get(), k,
+                        &beta, dc.get(), m),
+            CUBLAS_STATUS_SUCCESS);
+  const auto got = dc.host();
+  for (int j = 0; j < n; ++j) {
+    for (int i = 0; i < m; ++i) {
+      float s = 0;
+      for (int p = 0; p < k; ++p) s += a[p + i * k] * b[p + j * k];
+      EXPECT_EQ(got[i + j * m], alpha * s + beta * 100.0f) << i << "," << j;
+    }
+  }
+  // beta = 0 does not read C (NaN there is overwritten).
+  Device<float> fresh(m * n);
+  const float zero = 0.0f;
+  ASSERT_EQ(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, da.get(), k, db.get(), k,
+                        &zero, fresh.get(), m),
+            CUBLAS_STATUS_SUCCESS);
+  for (const float v : fresh.host()) EXPECT_FALSE(std::isnan(v));
+  // A leading dimension below the stored rows.
+  EXPECT_EQ(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, da.get(), k - 1, db.get(), k,
+                        &beta, dc.get(), m),
+            CUBLAS_STATUS_INVALID_VALUE);
+  // An operand that reaches past its allocation.
+  expect_error(
+      [&] {
+        cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k + 1, &alpha, da.get(), k + 1, db.get(),
+                    k + 1, &beta, dc.get(), m);
+      },
+      "cublasSgemm: operand A (5 x 3, ld 5) does not lie inside one device allocation");
+  EXPECT_EQ(cublasDestroy(h), CUBLAS_STATUS_SUCCESS);
+}
+
+TEST(CudaEmulator, Bfloat16RoundsToNearestEven) {
+  EXPECT_EQ(__float2bfloat16(1.0f).bits, 0x3f80);
+  EXPECT_EQ(__bfloat162float(__float2bfloat16(1.00390625f)), 1.0f);       // halfway: to even
+  EXPECT_EQ(__bfloat162float(__float2bfloat16(1.01171875f)), 1.015625f);  // halfway: to even
+  EXPECT_EQ(__bfloat162float(__float2bfloat16(-2.5f)), -2.5f);
+  EXPECT_TRUE(std::isnan(__bfloat162float(__float2bfloat16(NAN))));
+}
+
+}  // namespace

@@ -273,10 +273,14 @@ TEST_P(CudaOps, Rope) {
   expect_close("at an offset", to_host<float>(g), qkv, 1e-5);
 }
 
-// Grouped-query attention over more than one of the CPU's 64-row tiles,
-// with a head dimension that is not a multiple of the warp.
+// Grouped-query attention over more than one of the CPU's 64-row tiles
+// (and the GPU's: 64 query rows, 32 keys, 64 or 32 key rows for dk and dv),
+// with head dimensions for both tiled kernels (up to 64, up to 128), one that
+// is not a multiple of the warp, and one past them (the warp-per-row
+// kernels).
 TEST_P(CudaOps, Attention) {
-  for (const int HD : {40, 64}) {
+  for (const int HD : {40, 64, 96, 160}) {
+    SCOPED_TRACE("head dimension " + std::to_string(HD));
     const int B = 2, seq = 90, NH = 6, NKV = 2;
     const int S = (NH + 2 * NKV) * HD, C = NH * HD;
     auto qkv = rnd(B * seq * S, 71 + HD), dout = rnd(B * seq * C, 72 + HD);

@@ -11,9 +11,11 @@
 //    weights) sum in the CPU backend's order: row blocks of the same size,
 //    then the blocks in order;
 //  - attention keeps only the log-sum-exp per row (as the CPU backend and
-//    FlashAttention do); backward gives each query row's dq to one warp and
-//    each key row's dk and dv (summed over the query heads of its group) to
-//    one warp, so nothing is added from two places.
+//    FlashAttention do). Head dimensions up to 128 run tiled kernels
+//    (FlashAttention-2's schedule, "tiled (flash) attention" below); larger
+//    ones give each query row to one warp. Backward computes each query
+//    row's dq, and each key row's dk and dv (summed over the query heads of
+//    its group), in one thread or warp, so nothing is added from two places.
 //
 // The same source also builds against the CUDA emulator
 // (tests/kernels/cuda_emulator/), which runs these kernels on the CPU in the
@@ -634,6 +636,259 @@ __global__ void attention_dkv_kernel(float* dqkv, const float* dout, const float
   store_lanes(dkr + std::int64_t{NKV} * HD, dv, 1.0f, HD, t.lane);
 }
 
+// ---- tiled (flash) attention -------------------------------------------------
+//
+// FlashAttention-2's schedule in fp32, for head dimensions up to kMaxHD (64
+// or 128; the warp-per-row kernels above take larger ones): one thread per
+// row, keys or queries staged tile by tile in shared memory and read there
+// by every thread of the block at once, so K and V are read from global
+// memory once per tile of rows instead of once per row.
+//  - forward: a block per tile of kFlashRows query rows of one (b, h); per
+//    key tile, each row's scores, one rescale of its accumulator, then the
+//    weighted values (the online softmax per tile);
+//  - backward, dq: a block per tile of query rows, as forward, with
+//    dq_i = scale sum_j p_ij (dp_ij - delta_i) k_j;
+//  - backward, dk and dv: a block per tile of key rows of one kv head g,
+//    over the group's query heads and the query rows i >= j in tiles, in
+//    that order (each key row's sums in one thread: no atomics).
+// Rows past the sequence take part in staging and barriers, and compute
+// nothing.
+constexpr int kFlashRows = 64;  // query rows per forward and dq block (threads)
+constexpr int kFlashKeys = 32;  // keys per shared-memory tile (forward, dq)
+
+// Stages rows [r0, r0 + rows) of a packed qkv sequence (base, row stride
+// S), columns [col, col + HD) into tile[rows][ld], and (when tile2 is not
+// null) columns [col2, col2 + HD) into tile2; rows past the sequence are
+// zeros. Called by all threads of the block; `threads` is the block size.
+__device__ void stage_rows(float* tile, float* tile2, int ld, const float* base, std::int64_t S,
+                           int col, int col2, int r0, int rows, int seq, int HD, int threads) {
+  for (int e = threadIdx.x; e < rows * HD; e += threads) {
+    const int r = e / HD, d = e % HD;
+    const bool in = r0 + r < seq;
+    const float* row = base + std::int64_t{r0 + r} * S;
+    tile[r * ld + d] = in ? row[col + d] : 0.0f;
+    if (tile2 != nullptr) tile2[r * ld + d] = in ? row[col2 + d] : 0.0f;
+  }
+}
+
+template <int kMaxHD>
+__global__ void flash_forward_kernel(float* out, float* lse, const float* qkv, int seq, int NH,
+                                     int NKV, int HD, float scale) {
+  __shared__ float ks[kFlashKeys * kMaxHD];
+  __shared__ float vs[kFlashKeys * kMaxHD];
+  const int bh = blockIdx.y;  // b * NH + h
+  const int h = bh % NH;
+  const std::int64_t b = bh / NH;
+  const int g = h / (NH / NKV);
+  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
+  const int C = NH * HD;
+  const float* base = qkv + b * seq * S;
+  const int q0 = blockIdx.x * kFlashRows;
+  const int i = q0 + threadIdx.x;
+  const bool valid = i < seq;
+  float q[kMaxHD], acc[kMaxHD];
+#pragma unroll
+  for (int d = 0; d < kMaxHD; ++d) {
+    q[d] = valid && d < HD ? base[i * S + std::int64_t{h} * HD + d] : 0.0f;
+    acc[d] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  const int keys = min(seq, q0 + kFlashRows);
+  for (int j0 = 0; j0 < keys; j0 += kFlashKeys) {
+    __syncthreads();  // every thread is done with the previous tile
+    stage_rows(ks, vs, kMaxHD, base, S, C + g * HD, C + (NKV + g) * HD, j0, kFlashKeys, seq, HD,
+               kFlashRows);
+    __syncthreads();
+    if (!valid || j0 > i) continue;
+    const int n = min(kFlashKeys, i - j0 + 1);  // keys j0 .. j0 + n - 1 are at or before i
+    float s[kFlashKeys];
+    float mt = m;
+#pragma unroll
+    for (int r = 0; r < kFlashKeys; ++r) {
+      float dot = 0.0f;
+      if (r < n) {
+#pragma unroll
+        for (int d = 0; d < kMaxHD; ++d) {
+          if (d < HD) dot += q[d] * ks[r * kMaxHD + d];
+        }
+        mt = fmaxf(mt, scale * dot);
+      }
+      s[r] = scale * dot;
+    }
+    const float corr = expf(m - mt);  // 0 for the first tile (m = -inf)
+    l *= corr;
+#pragma unroll
+    for (int d = 0; d < kMaxHD; ++d) acc[d] *= corr;
+#pragma unroll
+    for (int r = 0; r < kFlashKeys; ++r) {
+      if (r < n) {
+        const float p = expf(s[r] - mt);
+        l += p;
+#pragma unroll
+        for (int d = 0; d < kMaxHD; ++d) {
+          if (d < HD) acc[d] += p * vs[r * kMaxHD + d];
+        }
+      }
+    }
+    m = mt;
+  }
+  if (!valid) return;
+  float* o = out + (b * seq + i) * C + std::int64_t{h} * HD;
+#pragma unroll
+  for (int d = 0; d < kMaxHD; ++d) {
+    if (d < HD) o[d] = acc[d] / l;
+  }
+  lse[std::int64_t{bh} * seq + i] = m + logf(l);
+}
+
+template <int kMaxHD>
+__global__ void flash_dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                const float* delta, int seq, int NH, int NKV, int HD, float scale) {
+  __shared__ float ks[kFlashKeys * kMaxHD];
+  __shared__ float vs[kFlashKeys * kMaxHD];
+  const int bh = blockIdx.y;
+  const int h = bh % NH;
+  const std::int64_t b = bh / NH;
+  const int g = h / (NH / NKV);
+  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
+  const int C = NH * HD;
+  const float* base = qkv + b * seq * S;
+  const int q0 = blockIdx.x * kFlashRows;
+  const int i = q0 + threadIdx.x;
+  const bool valid = i < seq;
+  float q[kMaxHD], d_o[kMaxHD], dq[kMaxHD];
+  const float* dor = dout + (b * seq + (valid ? i : 0)) * C + std::int64_t{h} * HD;
+#pragma unroll
+  for (int d = 0; d < kMaxHD; ++d) {
+    q[d] = valid && d < HD ? base[i * S + std::int64_t{h} * HD + d] : 0.0f;
+    d_o[d] = valid && d < HD ? dor[d] : 0.0f;
+    dq[d] = 0.0f;
+  }
+  const float l = valid ? lse[std::int64_t{bh} * seq + i] : 0.0f;
+  const float dl = valid ? delta[std::int64_t{bh} * seq + i] : 0.0f;
+  const int keys = min(seq, q0 + kFlashRows);
+  for (int j0 = 0; j0 < keys; j0 += kFlashKeys) {
+    __syncthreads();
+    stage_rows(ks, vs, kMaxHD, base, S, C + g * HD, C + (NKV + g) * HD, j0, kFlashKeys, seq, HD,
+               kFlashRows);
+    __syncthreads();
+    if (!valid || j0 > i) continue;
+    const int n = min(kFlashKeys, i - j0 + 1);
+#pragma unroll 4
+    for (int r = 0; r < n; ++r) {
+      const float* kr = ks + r * kMaxHD;
+      const float* vr = vs + r * kMaxHD;
+      float dot = 0.0f, dp = 0.0f;
+#pragma unroll
+      for (int d = 0; d < kMaxHD; ++d) {
+        if (d < HD) {
+          dot += q[d] * kr[d];
+          dp += d_o[d] * vr[d];
+        }
+      }
+      const float ds = expf(scale * dot - l) * (dp - dl);
+#pragma unroll
+      for (int d = 0; d < kMaxHD; ++d) {
+        if (d < HD) dq[d] += ds * kr[d];
+      }
+    }
+  }
+  if (!valid) return;
+  float* dqr = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
+#pragma unroll
+  for (int d = 0; d < kMaxHD; ++d) {
+    if (d < HD) dqr[d] = scale * dq[d];
+  }
+}
+
+// Key rows per dk/dv block and query rows per staged tile: each thread's own
+// key and value rows (padded by one float against bank conflicts) and the
+// staged query and output-gradient rows fit in 48 KB of shared memory.
+template <int kMaxHD>
+struct FlashKv {
+  static constexpr int kKeys = 4096 / kMaxHD;     // 64 or 32 (threads)
+  static constexpr int kQueries = 1024 / kMaxHD;  // 16 or 8
+  static constexpr int kLd = kMaxHD + 1;
+};
+
+template <int kMaxHD>
+__global__ void flash_dkv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                 const float* delta, int seq, int NH, int NKV, int HD,
+                                 float scale) {
+  using T = FlashKv<kMaxHD>;
+  __shared__ float kown[T::kKeys * T::kLd];
+  __shared__ float vown[T::kKeys * T::kLd];
+  __shared__ float qs[T::kQueries * kMaxHD];
+  __shared__ float dos[T::kQueries * kMaxHD];
+  __shared__ float ls[T::kQueries];
+  __shared__ float dls[T::kQueries];
+  const int bg = blockIdx.y;  // b * NKV + g
+  const int g = bg % NKV;
+  const std::int64_t b = bg / NKV;
+  const int group = NH / NKV;
+  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
+  const int C = NH * HD;
+  const float* base = qkv + b * seq * S;
+  const int k0 = blockIdx.x * T::kKeys;
+  const int j = k0 + threadIdx.x;
+  const bool valid = j < seq;
+  stage_rows(kown, vown, T::kLd, base, S, C + g * HD, C + (NKV + g) * HD, k0, T::kKeys, seq, HD,
+             T::kKeys);
+  float dk[kMaxHD], dv[kMaxHD];
+#pragma unroll
+  for (int d = 0; d < kMaxHD; ++d) dk[d] = dv[d] = 0.0f;
+  const float* kr = kown + threadIdx.x * T::kLd;
+  const float* vr = vown + threadIdx.x * T::kLd;
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    const std::int64_t row = (b * NH + h) * seq;
+    for (int i0 = k0; i0 < seq; i0 += T::kQueries) {
+      __syncthreads();  // every thread is done with the previous tile
+      stage_rows(qs, nullptr, kMaxHD, base, S, h * HD, 0, i0, T::kQueries, seq, HD, T::kKeys);
+      stage_rows(dos, nullptr, kMaxHD, dout + b * seq * C, C, h * HD, 0, i0, T::kQueries, seq, HD,
+                 T::kKeys);
+      if (static_cast<int>(threadIdx.x) < T::kQueries) {
+        const int i = i0 + threadIdx.x;
+        ls[threadIdx.x] = i < seq ? lse[row + i] : 0.0f;
+        dls[threadIdx.x] = i < seq ? delta[row + i] : 0.0f;
+      }
+      __syncthreads();
+      if (!valid) continue;
+      for (int r = 0; r < T::kQueries; ++r) {
+        const int i = i0 + r;
+        if (i < j || i >= seq) continue;
+        const float* qr = qs + r * kMaxHD;
+        const float* dr = dos + r * kMaxHD;
+        float dot = 0.0f, dp = 0.0f;
+#pragma unroll
+        for (int d = 0; d < kMaxHD; ++d) {
+          if (d < HD) {
+            dot += kr[d] * qr[d];
+            dp += vr[d] * dr[d];
+          }
+        }
+        const float p = expf(scale * dot - ls[r]);
+        const float ds = p * (dp - dls[r]);
+#pragma unroll
+        for (int d = 0; d < kMaxHD; ++d) {
+          if (d < HD) {
+            dv[d] += p * dr[d];
+            dk[d] += ds * qr[d];
+          }
+        }
+      }
+    }
+  }
+  if (!valid) return;
+  float* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
+#pragma unroll
+  for (int d = 0; d < kMaxHD; ++d) {
+    if (d < HD) {
+      dkr[d] = scale * dk[d];
+      dkr[std::int64_t{NKV} * HD + d] = dv[d];
+    }
+  }
+}
+
 __device__ std::int64_t cache_row(const std::int32_t* blocks, int block_size, int pos) {
   return std::int64_t{blocks[pos / block_size]} * block_size + pos % block_size;
 }
@@ -941,22 +1196,38 @@ class CudaBackend final : public Backend<float> {
   void attention_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV,
                          int HD) override {
     check_head_dim(HD);
-    launch("attention_forward", attention_forward_kernel, warps_blocks(std::int64_t{B} * NH * seq),
-           kThreads, out, lse, qkv, B, seq, NH, NKV, HD, 1.0f / std::sqrt(static_cast<float>(HD)));
+    if (B == 0 || seq == 0) return;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    if (HD <= 64 && flash_fits(B, NH, NKV)) {
+      flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+    } else if (HD <= 128 && flash_fits(B, NH, NKV)) {
+      flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+    } else {
+      launch("attention_forward", attention_forward_kernel,
+             warps_blocks(std::int64_t{B} * NH * seq), kThreads, out, lse, qkv, B, seq, NH, NKV, HD,
+             scale);
+    }
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                           const float* lse, int B, int seq, int NH, int NKV, int HD) override {
     check_head_dim(HD);
+    if (B == 0 || seq == 0) return;
     const std::int64_t rows = std::int64_t{B} * NH * seq;
     float* delta = scratch(rows);
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
     launch("attention_backward (delta)", attention_delta_kernel, warps_blocks(rows), kThreads,
            delta, dout, out, B, seq, NH, HD);
-    launch("attention_backward (dq)", attention_dq_kernel, warps_blocks(rows), kThreads, dqkv, dout,
-           qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-    launch("attention_backward (dk, dv)", attention_dkv_kernel,
-           warps_blocks(std::int64_t{B} * NKV * seq), kThreads, dqkv, dout, qkv, lse, delta, B, seq,
-           NH, NKV, HD, scale);
+    if (HD <= 64 && flash_fits(B, NH, NKV)) {
+      flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+    } else if (HD <= 128 && flash_fits(B, NH, NKV)) {
+      flash_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+    } else {
+      launch("attention_backward (dq)", attention_dq_kernel, warps_blocks(rows), kThreads, dqkv,
+             dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      launch("attention_backward (dk, dv)", attention_dkv_kernel,
+             warps_blocks(std::int64_t{B} * NKV * seq), kThreads, dqkv, dout, qkv, lse, delta, B,
+             seq, NH, NKV, HD, scale);
+    }
   }
   void attention_kv_forward(float* out, float* kpool, float* vpool, const std::int32_t* blocks,
                             int block_size, const float* qkv, int N, int pos0, int NH, int NKV,
@@ -1034,6 +1305,33 @@ class CudaBackend final : public Backend<float> {
   }
 
  private:
+  // The tiled kernels take head dimensions up to 128 and one grid row per
+  // (sequence, head) (at most 65535 of them).
+  static bool flash_fits(int B, int NH, int NKV) {
+    return std::int64_t{B} * NH <= 65535 && std::int64_t{B} * NKV <= 65535;
+  }
+  static unsigned tiles(int rows, int per_tile) {
+    return static_cast<unsigned>((rows + per_tile - 1) / per_tile);
+  }
+  template <int kMaxHD>
+  void flash_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV,
+                     int HD, float scale) {
+    launch("attention_forward", flash_forward_kernel<kMaxHD>,
+           dim3(tiles(seq, kFlashRows), static_cast<unsigned>(B * NH)), kFlashRows, out, lse, qkv,
+           seq, NH, NKV, HD, scale);
+  }
+  template <int kMaxHD>
+  void flash_backward(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                      const float* delta, int B, int seq, int NH, int NKV, int HD, float scale) {
+    launch("attention_backward (dq)", flash_dq_kernel<kMaxHD>,
+           dim3(tiles(seq, kFlashRows), static_cast<unsigned>(B * NH)), kFlashRows, dqkv, dout, qkv,
+           lse, delta, seq, NH, NKV, HD, scale);
+    constexpr int kKeys = FlashKv<kMaxHD>::kKeys;
+    launch("attention_backward (dk, dv)", flash_dkv_kernel<kMaxHD>,
+           dim3(tiles(seq, kKeys), static_cast<unsigned>(B * NKV)), kKeys, dqkv, dout, qkv, lse,
+           delta, seq, NH, NKV, HD, scale);
+  }
+
   static void check_head_dim(int HD) {
     if (HD > kWarp * kMaxPerLane) {
       throw std::invalid_argument("CUDA attention: head dimension " + std::to_string(HD) +

@@ -279,9 +279,10 @@ TEST_P(CudaOps, Rope) {
 // is not a multiple of the warp, and one past them (the warp-per-row
 // kernels).
 TEST_P(CudaOps, Attention) {
-  for (const int HD : {40, 64, 96, 160}) {
+  // (The warp-per-row kernels of HD 160 on a shorter sequence: slow on the emulator.)
+  for (const auto& [HD, seq] : {std::pair{40, 90}, {64, 90}, {96, 90}, {160, 24}}) {
     SCOPED_TRACE("head dimension " + std::to_string(HD));
-    const int B = 2, seq = 90, NH = 6, NKV = 2;
+    const int B = 2, NH = 6, NKV = 2;
     const int S = (NH + 2 * NKV) * HD, C = NH * HD;
     auto qkv = rnd(B * seq * S, 71 + HD), dout = rnd(B * seq * C, 72 + HD);
     std::vector<float> out(B * seq * C), lse(B * NH * seq), dqkv(qkv.size());

@@ -18,6 +18,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "data/indexed_dataset.h"
+#include "kernels/cuda_emulator/emulated_cuda_backend.h"
 #include "kernels/guarded_backend.h"
 #include "test_util.h"
 #include "tokenizer/hf_json.h"
@@ -144,6 +145,40 @@ TEST(Trainer, RunsOnDeviceMemoryAndResumesAcrossDevices) {
   EXPECT_EQ(model_bytes(a.last_checkpoint), model_bytes(b3.last_checkpoint));
   EXPECT_EQ(test::read_file(a.last_checkpoint / "optimizer.safetensors"),
             test::read_file(b3.last_checkpoint / "optimizer.safetensors"));
+}
+
+// The trainer on the CUDA backend's kernels (run by the CUDA emulator): a run
+// stopped on the "GPU" resumes on the CPU, then finishes on the GPU with bf16
+// matmuls. Its losses track an all-CPU run's: within 1e-4 relative in fp32,
+// 1e-2 once bf16 starts (the same checkpoints carry the run across all
+// three).
+TEST(Trainer, RunsOnTheCudaKernelsAndResumesAcrossDevicesAndPrecisions) {
+  TrainFixture f;
+  const fs::path cpu_run = f.dir() / "cpu", mixed = f.dir() / "mixed";
+  const auto a = train(f.write_config("a.toml", cpu_run));
+  const fs::path cfg = f.write_config("b.toml", mixed);
+  const auto run = [&](std::int64_t stop_at, const char* where) {
+    TrainRunOptions o;
+    o.progress = false;
+    o.stop_at_step = stop_at;
+    const std::string w = where;
+    if (w != "cpu") {
+      const Precision p = w == "gpu bf16" ? Precision::kBf16 : Precision::kFp32;
+      o.backend = [p] { return emulated::make_cuda_backend(0, p); };
+    }
+    return run_training(load(cfg), o);
+  };
+  EXPECT_EQ(run(5, "gpu").steps, 5);
+  EXPECT_EQ(run(9, "cpu").first_step, 5);
+  const auto last = run(0, "gpu bf16");
+  EXPECT_EQ(last.first_step, 9);
+  EXPECT_EQ(last.steps, 12);
+  const auto want = train_losses(cpu_run), got = train_losses(mixed);
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [step, loss] : want) {
+    EXPECT_NEAR(got.at(step), loss, (step <= 9 ? 1e-4 : 1e-2) * loss) << "step " << step;
+  }
+  EXPECT_NEAR(last.valid_loss, a.valid_loss, 1e-2 * a.valid_loss);
 }
 
 TEST(Trainer, DamagedCheckpointsAreSkipped) {

@@ -1126,6 +1126,18 @@ class CudaBackend final : public Backend<float> {
   }
   void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
                        const float* w, int N, int C, int OC) override {
+    if (bf16_ && N > 0 && C > 0 && OC > 0) {
+      // As below, with dout rounded to bf16 once for both GEMMs.
+      const __nv_bfloat16* d = bf16_copy(dout, std::int64_t{N} * OC, 1);
+      if (dinp != nullptr) {
+        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, bf16_copy(w, std::int64_t{OC} * C, 0), C, d,
+                  OC, 0.0f, dinp, C, "matmul_backward (input)");
+      }
+      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, bf16_copy(inp, std::int64_t{N} * C, 0), C, d,
+                OC, 1.0f, dw, C, "matmul_backward (weight)");
+      if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
+      return;
+    }
     if (dinp != nullptr) {
       // dinp[N, C] = dout[N, OC] w[OC, C]
       gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C,
@@ -1371,9 +1383,15 @@ class CudaBackend final : public Backend<float> {
       return t == CUBLAS_OP_N ? std::int64_t{ld} * (cols - 1) + rows
                               : std::int64_t{ld} * (rows - 1) + cols;
     };
-    const __nv_bfloat16* a = bf16_copy(A, extent(ta, m, k, lda), 0);
-    const __nv_bfloat16* b = bf16_copy(B, extent(tb, k, n, ldb), 1);
-    check_blas(cublasGemmEx(blas_, ta, tb, m, n, k, &one, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
+    gemm_bf16(ta, tb, m, n, k, bf16_copy(A, extent(ta, m, k, lda), 0), lda,
+              bf16_copy(B, extent(tb, k, n, ldb), 1), ldb, beta, C, ldc, what);
+  }
+  // The same on operands already in bf16 (fp32 accumulation and C).
+  void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                 const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float beta,
+                 float* C, int ldc, const char* what) {
+    const float one = 1.0f;
+    check_blas(cublasGemmEx(blas_, ta, tb, m, n, k, &one, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb,
                             &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                what);
   }

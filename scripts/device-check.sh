@@ -18,7 +18,9 @@
 #                                  BOREALIS_REQUIRE_CUDA=1, train
 #                                  llama-5m on Brown for 20 steps on the
 #                                  CPU and the GPU (fp32: losses within
-#                                  1e-3; bf16 matmuls: within 1e-2),
+#                                  1e-3; bf16 matmuls: within 1e-2; a
+#                                  bf16 run stopped and resumed equal to
+#                                  the uninterrupted one bit for bit),
 #                                  then bench train on the GPU for gpt2-124m
 #                                  (fp32 and bf16) and llama-110m (bf16),
 #                                  T = 1024, write the log to $OUT (or
@@ -137,6 +139,25 @@ PY
       python3 "$work/compare.py" "$work/run-cpu-fp32/metrics.jsonl" \
         "$work/run-cuda-${run%:*}/metrics.jsonl" "${run#*:}" 2>&1 | tee -a "$log" || status=1
     done
+    # Resume on the GPU is exact: 10 steps, stop, resume to 20 (bf16) must
+    # give the uninterrupted bf16 run's losses and weights, bit for bit.
+    echo "== train 20 steps on cuda (bf16), stopped at 10 and resumed" | tee -a "$log"
+    for stop in 10 0; do
+      timeout 150 "$work/borealis" train configs/brown-llama-5m.toml --quiet \
+        --run-dir "$work/run-resumed" --steps 20 --stop-at-step "$stop" \
+        --set "data.data_list=$work/brown/list.txt" --set "data.tokenizer=$work/brown/tok.json" \
+        --set train.device=cuda --set train.precision=bf16 --set checkpoint.every=0 \
+        --set eval.every=0 --set optim.warmup_steps=5 2>&1 | tee -a "$log" || status=1
+    done
+    python3 "$work/compare.py" "$work/run-cuda-bf16/metrics.jsonl" \
+      "$work/run-resumed/metrics.jsonl" 0 2>&1 | tee -a "$log" || status=1
+    if cmp -s "$work/run-cuda-bf16/checkpoints/step-00000020/model.safetensors" \
+      "$work/run-resumed/checkpoints/step-00000020/model.safetensors"; then
+      echo "resume check: the resumed run's weights equal the uninterrupted run's" | tee -a "$log"
+    else
+      echo "resume check: the resumed run's weights DIFFER" | tee -a "$log"
+      status=1
+    fi
     # The training-step benchmark on the GPU (figures, not a pass/fail check).
     for run in gpt2-124m:fp32 gpt2-124m:bf16 llama-110m:bf16; do
       model=${run%:*} precision=${run#*:}

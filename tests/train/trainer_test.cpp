@@ -181,6 +181,31 @@ TEST(Trainer, RunsOnTheCudaKernelsAndResumesAcrossDevicesAndPrecisions) {
   EXPECT_NEAR(last.valid_loss, a.valid_loss, 1e-2 * a.valid_loss);
 }
 
+// On the CUDA kernels (emulated), a run stopped and resumed ends bit for bit
+// where an uninterrupted one does: the checkpoint's round trip through the
+// host loses nothing.
+TEST(Trainer, ResumeOnTheCudaKernelsIsExact) {
+  TrainFixture f;
+  const fs::path whole = f.dir() / "whole", split = f.dir() / "split";
+  const auto on_gpu = [](std::int64_t stop_at) {
+    TrainRunOptions o;
+    o.progress = false;
+    o.stop_at_step = stop_at;
+    o.backend = [] { return emulated::make_cuda_backend(0, Precision::kBf16); };
+    return o;
+  };
+  const auto a = run_training(load(f.write_config("a.toml", whole)), on_gpu(0));
+  const fs::path cfg = f.write_config("b.toml", split);
+  EXPECT_EQ(run_training(load(cfg), on_gpu(7)).steps, 7);
+  const auto b = run_training(load(cfg), on_gpu(0));
+  EXPECT_EQ(b.first_step, 7);
+  EXPECT_EQ(train_losses(whole), train_losses(split));
+  EXPECT_EQ(a.valid_loss, b.valid_loss);
+  EXPECT_EQ(model_bytes(a.last_checkpoint), model_bytes(b.last_checkpoint));
+  EXPECT_EQ(test::read_file(a.last_checkpoint / "optimizer.safetensors"),
+            test::read_file(b.last_checkpoint / "optimizer.safetensors"));
+}
+
 TEST(Trainer, DamagedCheckpointsAreSkipped) {
   TrainFixture f;
   const fs::path run = f.dir() / "run";

@@ -241,6 +241,54 @@ TEST(CudaEmulator, SgemmIsColumnMajorAndChecksItsOperands) {
   EXPECT_EQ(cublasDestroy(h), CUBLAS_STATUS_SUCCESS);
 }
 
+// d = a b + c on one 16 x 16 x 16 tile: a row-major, b column-major (as b^T
+// row-major), c loaded column-major, d stored row-major.
+__global__ void mma_kernel(float* d, const __nv_bfloat16* a, const __nv_bfloat16* bt,
+                           const float* c) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, bt, 16);
+  wmma::load_matrix_sync(acc, c, 16, wmma::mem_col_major);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+
+__global__ void divergent_mma_kernel(float* d) {
+  namespace wmma = nvcuda::wmma;
+  if (threadIdx.x % 32 < 16) return;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 1.0f);
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+
+TEST(CudaEmulator, WarpMatrixMultiplyIsWarpCollective) {
+  std::vector<__nv_bfloat16> a(256), bt(256);
+  std::vector<float> c(256);
+  for (int i = 0; i < 256; ++i) {
+    a[i] = __float2bfloat16(static_cast<float>(i % 7) - 3.0f);
+    bt[i] = __float2bfloat16(static_cast<float>(i % 5) * 0.5f);
+    c[i] = static_cast<float>(i);
+  }
+  Device<__nv_bfloat16> da(a), dbt(bt);
+  Device<float> dc(c), dd(256);
+  launch("mma", mma_kernel, 1, 32, dd.get(), da.get(), dbt.get(), dc.get());
+  const auto d = dd.host();
+  for (int r = 0; r < 16; ++r) {
+    for (int n = 0; n < 16; ++n) {
+      float want = c[n * 16 + r];  // c was loaded column-major
+      for (int k = 0; k < 16; ++k) {
+        want += __bfloat162float(a[r * 16 + k]) * __bfloat162float(bt[n * 16 + k]);
+      }
+      ASSERT_EQ(d[r * 16 + n], want) << r << "," << n;
+    }
+  }
+  expect_error([&] { launch("half a warp", divergent_mma_kernel, 1, 32, dd.get()); },
+               "threads can never go on");
+}
+
 TEST(CudaEmulator, Bfloat16RoundsToNearestEven) {
   EXPECT_EQ(__float2bfloat16(1.0f).bits, 0x3f80);
   EXPECT_EQ(__bfloat162float(__float2bfloat16(1.00390625f)), 1.0f);       // halfway: to even

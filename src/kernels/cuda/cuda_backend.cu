@@ -29,6 +29,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include "kernels/cuda/cuda_backend.h"
 #define BOREALIS_CUDA_NAMESPACE borealis
@@ -49,6 +50,8 @@
 namespace BOREALIS_CUDA_NAMESPACE {
 
 namespace {
+
+namespace wmma = nvcuda::wmma;
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -889,6 +892,295 @@ __global__ void flash_dkv_kernel(float* dqkv, const float* dout, const float* qk
   }
 }
 
+// ---- attention on tensor cores (bf16 matmuls) ---------------------------------
+//
+// With bf16 matmuls and head dimensions up to 64, attention's products run on
+// tensor cores (wmma, 16 x 16 x 16 tiles, bf16 inputs, fp32 accumulation),
+// on the tiled kernels' schedule: q, k, v and the output gradient are staged
+// as bf16 (zero-padded to 64 columns); scores, softmax statistics, the
+// log-sum-exp and every accumulator stay fp32; the probabilities (and their
+// gradients) are rounded to bf16 for the products that use them, as
+// FlashAttention does. Each warp owns 16 rows: it computes their score tiles
+// into its own shared memory, lane l takes row l / 2 and half of the columns
+// (l % 2), and the output tiles of the second product go through the warp's
+// scratch into the lanes' fp32 accumulators. Sums run in a fixed order and
+// nothing is added from two places (no atomics).
+namespace tc {
+
+using bf16 = __nv_bfloat16;
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+constexpr int kHD = 64;        // head dimensions up to 64 (staged zero-padded to 64)
+constexpr int kThreads = 128;  // four warps of 16 rows
+constexpr int kRows = 64;      // query rows per forward and dq block
+constexpr int kKeys = 32;      // keys per staged tile (forward, dq)
+constexpr int kKeyRows = 64;   // key rows per dk/dv block
+constexpr int kQueries = 16;   // query rows per staged tile (dk/dv)
+
+// Rows [r0, r0 + rows) of a sequence (base, row stride S), columns
+// [col, col + HD), as bf16 into tile[rows][kHD]; zeros past the sequence and
+// past HD. All threads of the block.
+__device__ void stage(bf16* tile, const float* base, std::int64_t S, int col, int r0, int rows,
+                      int seq, int HD) {
+  for (int e = threadIdx.x; e < rows * kHD; e += kThreads) {
+    const int r = e / kHD, d = e % kHD;
+    const float v = r0 + r < seq && d < HD ? base[std::int64_t{r0 + r} * S + col + d] : 0.0f;
+    tile[e] = __float2bfloat16(v);
+  }
+}
+
+// out[16][ldo] = a b^T over k columns (a multiple of 16): a and b are 16 rows
+// each (bf16, row-major, lda and ldb). One warp.
+__device__ void tile_abt(float* out, int ldo, const bf16* a, int lda, const bf16* b, int ldb,
+                         int k) {
+  FragC acc;
+  wmma::fill_fragment(acc, 0.0f);
+  for (int k0 = 0; k0 < k; k0 += 16) {
+    FragA fa;
+    FragBCol fb;
+    wmma::load_matrix_sync(fa, a + k0, lda);
+    wmma::load_matrix_sync(fb, b + k0, ldb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+  wmma::store_matrix_sync(out, acc, ldo, wmma::mem_row_major);
+}
+
+// out[16][16] = a b: a is 16 rows of k columns (lda), b k rows of 16 columns
+// (ldb), both bf16 and row-major. One warp.
+__device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int ldb, int k) {
+  FragC acc;
+  wmma::fill_fragment(acc, 0.0f);
+  for (int k0 = 0; k0 < k; k0 += 16) {
+    FragA fa;
+    FragBRow fb;
+    wmma::load_matrix_sync(fa, a + k0, lda);
+    wmma::load_matrix_sync(fb, b + std::int64_t{k0} * ldb, ldb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+  wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
+}
+
+// acc[32] (this lane's half of its row's 64 columns) += a b, the warp's 16
+// rows of a (k columns) times b (k rows of 64 columns), one 16-column tile at
+// a time through scratch (16 x 16 floats); tiles past kdim are zero.
+__device__ void add_ab(float* acc, float* scratch, const bf16* a, int lda, const bf16* b, int ldb,
+                       int k, int kdim, int row, int half) {
+  for (int t = 0; t * 16 < kdim; ++t) {
+    tile_ab(scratch, a, lda, b + t * 16, ldb, k);
+    __syncwarp();
+    if (t / 2 == half) {
+      for (int c = 0; c < 16; ++c) acc[(t % 2) * 16 + c] += scratch[row * 16 + c];
+    }
+    __syncwarp();
+  }
+}
+
+__global__ void forward_kernel(float* out, float* lse, const float* qkv, int seq, int NH, int NKV,
+                               int HD, float scale) {
+  __shared__ __align__(32) bf16 qs[kRows * kHD];
+  __shared__ __align__(32) bf16 ks[kKeys * kHD];
+  __shared__ __align__(32) bf16 vs[kKeys * kHD];
+  __shared__ __align__(32) float ss[4][16 * kKeys];
+  __shared__ __align__(32) bf16 ps[4][16 * kKeys];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = lane / 2, half = lane % 2;
+  const int bh = blockIdx.y;
+  const int h = bh % NH;
+  const std::int64_t b = bh / NH;
+  const int g = h / (NH / NKV);
+  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
+  const int C = NH * HD;
+  const int kdim = (HD + 15) / 16 * 16;
+  const float* base = qkv + b * seq * S;
+  const int q0 = blockIdx.x * kRows;
+  const int w0 = q0 + warp * 16;
+  const int i = w0 + row;
+  float* sw = ss[warp];
+  bf16* pw = ps[warp];
+  stage(qs, base, S, h * HD, q0, kRows, seq, HD);
+  float o[32];
+  for (int d = 0; d < 32; ++d) o[d] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  const int keys = min(seq, q0 + kRows);
+  for (int j0 = 0; j0 < keys; j0 += kKeys) {
+    __syncthreads();  // every warp is done with the previous tile (and qs is staged)
+    stage(ks, base, S, C + g * HD, j0, kKeys, seq, HD);
+    stage(vs, base, S, C + (NKV + g) * HD, j0, kKeys, seq, HD);
+    __syncthreads();
+    if (j0 > w0 + 15) continue;  // the whole tile is after the warp's rows
+    for (int t = 0; t < kKeys / 16; ++t) {
+      tile_abt(sw + t * 16, kKeys, qs + warp * 16 * kHD, kHD, ks + t * 16 * kHD, kHD, kdim);
+    }
+    __syncwarp();
+    float sv[16];
+    float mt = m;
+    for (int c = 0; c < 16; ++c) {
+      const int col = half * 16 + c, j = j0 + col;
+      sv[c] = j <= i && j < seq ? scale * sw[row * kKeys + col] : -INFINITY;
+      mt = fmaxf(mt, sv[c]);
+    }
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    const float corr = expf(m - mt);  // 0 for the first tile (m = -inf)
+    float psum = 0.0f;
+    for (int c = 0; c < 16; ++c) {
+      const float p = expf(sv[c] - mt);
+      psum += p;
+      pw[row * kKeys + half * 16 + c] = __float2bfloat16(p);
+    }
+    psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+    l = l * corr + psum;
+    m = mt;
+    for (int d = 0; d < 32; ++d) o[d] *= corr;
+    __syncwarp();
+    add_ab(o, sw, pw, kKeys, vs, kHD, kKeys, kdim, row, half);
+  }
+  if (i >= seq) return;
+  float* orow = out + (b * seq + i) * C + std::int64_t{h} * HD;
+  for (int d = 0; d < 32; ++d) {
+    const int col = half * 32 + d;
+    if (col < HD) orow[col] = o[d] / l;
+  }
+  if (half == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
+}
+
+__global__ void dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                          const float* delta, int seq, int NH, int NKV, int HD, float scale) {
+  __shared__ __align__(32) bf16 qs[kRows * kHD];
+  __shared__ __align__(32) bf16 dos[kRows * kHD];
+  __shared__ __align__(32) bf16 ks[kKeys * kHD];
+  __shared__ __align__(32) bf16 vs[kKeys * kHD];
+  __shared__ __align__(32) float ss[4][16 * kKeys];
+  __shared__ __align__(32) float dps[4][16 * kKeys];
+  __shared__ __align__(32) bf16 dss[4][16 * kKeys];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = lane / 2, half = lane % 2;
+  const int bh = blockIdx.y;
+  const int h = bh % NH;
+  const std::int64_t b = bh / NH;
+  const int g = h / (NH / NKV);
+  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
+  const int C = NH * HD;
+  const int kdim = (HD + 15) / 16 * 16;
+  const float* base = qkv + b * seq * S;
+  const int q0 = blockIdx.x * kRows;
+  const int w0 = q0 + warp * 16;
+  const int i = w0 + row;
+  float* sw = ss[warp];
+  float* dpw = dps[warp];
+  bf16* dsw = dss[warp];
+  stage(qs, base, S, h * HD, q0, kRows, seq, HD);
+  stage(dos, dout + b * seq * C, C, h * HD, q0, kRows, seq, HD);
+  const float li = i < seq ? lse[std::int64_t{bh} * seq + i] : 0.0f;
+  const float di = i < seq ? delta[std::int64_t{bh} * seq + i] : 0.0f;
+  float dq[32];
+  for (int d = 0; d < 32; ++d) dq[d] = 0.0f;
+  const int keys = min(seq, q0 + kRows);
+  for (int j0 = 0; j0 < keys; j0 += kKeys) {
+    __syncthreads();
+    stage(ks, base, S, C + g * HD, j0, kKeys, seq, HD);
+    stage(vs, base, S, C + (NKV + g) * HD, j0, kKeys, seq, HD);
+    __syncthreads();
+    if (j0 > w0 + 15) continue;
+    for (int t = 0; t < kKeys / 16; ++t) {
+      tile_abt(sw + t * 16, kKeys, qs + warp * 16 * kHD, kHD, ks + t * 16 * kHD, kHD, kdim);
+      tile_abt(dpw + t * 16, kKeys, dos + warp * 16 * kHD, kHD, vs + t * 16 * kHD, kHD, kdim);
+    }
+    __syncwarp();
+    for (int c = 0; c < 16; ++c) {
+      const int col = half * 16 + c, j = j0 + col;
+      const float p =
+          j <= i && j < seq && i < seq ? expf(scale * sw[row * kKeys + col] - li) : 0.0f;
+      dsw[row * kKeys + col] = __float2bfloat16(p * (dpw[row * kKeys + col] - di));
+    }
+    __syncwarp();
+    add_ab(dq, sw, dsw, kKeys, ks, kHD, kKeys, kdim, row, half);
+  }
+  if (i >= seq) return;
+  float* dqr = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
+  for (int d = 0; d < 32; ++d) {
+    const int col = half * 32 + d;
+    if (col < HD) dqr[col] = scale * dq[d];
+  }
+}
+
+__global__ void dkv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                           const float* delta, int seq, int NH, int NKV, int HD, float scale) {
+  __shared__ __align__(32) bf16 ks[kKeyRows * kHD];
+  __shared__ __align__(32) bf16 vs[kKeyRows * kHD];
+  __shared__ __align__(32) bf16 qs[kQueries * kHD];
+  __shared__ __align__(32) bf16 dos[kQueries * kHD];
+  __shared__ __align__(32) float sts[4][16 * kQueries];
+  __shared__ __align__(32) float dpts[4][16 * kQueries];
+  __shared__ __align__(32) bf16 pts[4][16 * kQueries];
+  __shared__ __align__(32) bf16 dsts[4][16 * kQueries];
+  __shared__ float ls[kQueries];
+  __shared__ float dls[kQueries];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = lane / 2, half = lane % 2;
+  const int bg = blockIdx.y;
+  const int g = bg % NKV;
+  const std::int64_t b = bg / NKV;
+  const int group = NH / NKV;
+  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
+  const int C = NH * HD;
+  const int kdim = (HD + 15) / 16 * 16;
+  const float* base = qkv + b * seq * S;
+  const float* dbase = dout + b * seq * C;
+  const int k0 = blockIdx.x * kKeyRows;
+  const int w0 = k0 + warp * 16;
+  const int j = w0 + row;
+  float* stw = sts[warp];
+  float* dptw = dpts[warp];
+  bf16* ptw = pts[warp];
+  bf16* dstw = dsts[warp];
+  stage(ks, base, S, C + g * HD, k0, kKeyRows, seq, HD);
+  stage(vs, base, S, C + (NKV + g) * HD, k0, kKeyRows, seq, HD);
+  float dk[32], dv[32];
+  for (int d = 0; d < 32; ++d) dk[d] = dv[d] = 0.0f;
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    const std::int64_t rows = (b * NH + h) * seq;
+    for (int i0 = k0; i0 < seq; i0 += kQueries) {
+      __syncthreads();  // every warp is done with the previous tile (and ks, vs are staged)
+      stage(qs, base, S, h * HD, i0, kQueries, seq, HD);
+      stage(dos, dbase, C, h * HD, i0, kQueries, seq, HD);
+      if (static_cast<int>(threadIdx.x) < kQueries) {
+        const int i = i0 + static_cast<int>(threadIdx.x);
+        ls[threadIdx.x] = i < seq ? lse[rows + i] : 0.0f;
+        dls[threadIdx.x] = i < seq ? delta[rows + i] : 0.0f;
+      }
+      __syncthreads();
+      if (i0 + kQueries - 1 < w0) continue;  // every query of the tile is before the warp's keys
+      tile_abt(stw, kQueries, ks + warp * 16 * kHD, kHD, qs, kHD, kdim);
+      tile_abt(dptw, kQueries, vs + warp * 16 * kHD, kHD, dos, kHD, kdim);
+      __syncwarp();
+      for (int c = 0; c < kQueries / 2; ++c) {
+        const int q = half * (kQueries / 2) + c, i = i0 + q;
+        const float p =
+            i >= j && i < seq && j < seq ? expf(scale * stw[row * kQueries + q] - ls[q]) : 0.0f;
+        ptw[row * kQueries + q] = __float2bfloat16(p);
+        dstw[row * kQueries + q] = __float2bfloat16(p * (dptw[row * kQueries + q] - dls[q]));
+      }
+      __syncwarp();
+      add_ab(dv, stw, ptw, kQueries, dos, kHD, kQueries, kdim, row, half);
+      add_ab(dk, stw, dstw, kQueries, qs, kHD, kQueries, kdim, row, half);
+    }
+  }
+  if (j >= seq) return;
+  float* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
+  for (int d = 0; d < 32; ++d) {
+    const int col = half * 32 + d;
+    if (col < HD) {
+      dkr[col] = scale * dk[d];
+      dkr[std::int64_t{NKV} * HD + col] = dv[d];
+    }
+  }
+}
+
+}  // namespace tc
+
 __device__ std::int64_t cache_row(const std::int32_t* blocks, int block_size, int pos) {
   return std::int64_t{blocks[pos / block_size]} * block_size + pos % block_size;
 }
@@ -1210,7 +1502,11 @@ class CudaBackend final : public Backend<float> {
     check_head_dim(HD);
     if (B == 0 || seq == 0) return;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    if (HD <= 64 && flash_fits(B, NH, NKV)) {
+    if (bf16_ && HD <= tc::kHD && flash_fits(B, NH, NKV)) {
+      launch("attention_forward (tensor cores)", tc::forward_kernel,
+             dim3(tiles(seq, tc::kRows), static_cast<unsigned>(B * NH)), tc::kThreads, out, lse,
+             qkv, seq, NH, NKV, HD, scale);
+    } else if (HD <= 64 && flash_fits(B, NH, NKV)) {
       flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
     } else if (HD <= 128 && flash_fits(B, NH, NKV)) {
       flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
@@ -1229,7 +1525,14 @@ class CudaBackend final : public Backend<float> {
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
     launch("attention_backward (delta)", attention_delta_kernel, warps_blocks(rows), kThreads,
            delta, dout, out, B, seq, NH, HD);
-    if (HD <= 64 && flash_fits(B, NH, NKV)) {
+    if (bf16_ && HD <= tc::kHD && flash_fits(B, NH, NKV)) {
+      launch("attention_backward (dq, tensor cores)", tc::dq_kernel,
+             dim3(tiles(seq, tc::kRows), static_cast<unsigned>(B * NH)), tc::kThreads, dqkv, dout,
+             qkv, lse, delta, seq, NH, NKV, HD, scale);
+      launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel,
+             dim3(tiles(seq, tc::kKeyRows), static_cast<unsigned>(B * NKV)), tc::kThreads, dqkv,
+             dout, qkv, lse, delta, seq, NH, NKV, HD, scale);
+    } else if (HD <= 64 && flash_fits(B, NH, NKV)) {
       flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
     } else if (HD <= 128 && flash_fits(B, NH, NKV)) {
       flash_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);

@@ -50,6 +50,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static  // one block runs at a time: a static is the block's shared memory
 
 struct uint3 {
@@ -140,6 +141,99 @@ inline float __bfloat162float(__nv_bfloat16 h) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+// ---- warp matrix multiply-accumulate (mma.h's nvcuda::wmma) -------------------
+//
+// The tile shape 16 x 16 x 16 with bf16 inputs and fp32 accumulators. Which
+// elements a lane holds is unspecified in CUDA (code may only apply the same
+// operation to every element of x); here every lane holds the whole tile.
+// Each call is warp-collective, as in CUDA: all 32 lanes must make it (a
+// shuffle checks), or the kernel stops with an error.
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "the emulator has the 16 x 16 x 16 shape only");
+  static constexpr int num_elements = 256;  // a 16 x 16 tile, row-major
+  T x[num_elements];
+};
+
+namespace detail {
+inline void converged() {
+  borealis::cuda_emulator::exchange(0xffffffffu, 0, 1, borealis::cuda_emulator::lane());
+}
+inline float value(float v) {
+  return v;
+}
+inline float value(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+}  // namespace detail
+
+template <typename Use, typename T, typename Layout, typename V>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, V v) {
+  detail::converged();
+  for (T& e : f.x) e = static_cast<T>(v);
+}
+
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  static_assert(!std::is_same_v<Use, accumulator>, "accumulators load with a layout");
+  detail::converged();
+  for (unsigned r = 0; r < 16; ++r) {
+    for (unsigned c = 0; c < 16; ++c) {
+      f.x[r * 16 + c] = std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r];
+    }
+  }
+}
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
+                             unsigned ldm, layout_t layout) {
+  detail::converged();
+  for (unsigned r = 0; r < 16; ++r) {
+    for (unsigned c = 0; c < 16; ++c) {
+      f.x[r * 16 + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+    }
+  }
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
+                              unsigned ldm, layout_t layout) {
+  detail::converged();
+  for (unsigned r = 0; r < 16; ++r) {
+    for (unsigned c = 0; c < 16; ++c) {
+      (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * 16 + c];
+    }
+  }
+}
+// d = a b + c, in fp32 (products of the bf16 inputs are exact in fp32).
+template <typename TA, typename LA, typename TB, typename LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
+              const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, TB, LB>& b,
+              const fragment<accumulator, 16, 16, 16, float>& c) {
+  detail::converged();
+  float out[256];
+  for (int r = 0; r < 16; ++r) {
+    for (int n = 0; n < 16; ++n) {
+      float s = c.x[r * 16 + n];
+      for (int k = 0; k < 16; ++k) {
+        s += detail::value(a.x[r * 16 + k]) * detail::value(b.x[k * 16 + n]);
+      }
+      out[r * 16 + n] = s;
+    }
+  }
+  for (int i = 0; i < 256; ++i) d.x[i] = out[i];
+}
+}  // namespace nvcuda::wmma
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  borealis::cuda_emulator::exchange(mask, 0, 1, borealis::cuda_emulator::lane());
 }
 
 // ---- the runtime API ----------------------------------------------------------

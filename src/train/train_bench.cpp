@@ -190,7 +190,11 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.gemms = model_gemm_shapes(c, N, model.loss_chunk_rows());
   // Timed before and after the steps (best of both), so that a moment of
   // contention from other processes does not lower the peak and flatter MFU.
-  for (auto& g : r.gemms) time_gemm(*inner, g);
+  // In fp32 (a bf16 run's own peak is the bf16 GEMM's, measured below).
+  const std::unique_ptr<Backend<float>> fp32 =
+      precision == Precision::kFp32 ? nullptr : make_backend(o.device);
+  Backend<float>& sgemm = fp32 ? *fp32 : *inner;
+  for (auto& g : r.gemms) time_gemm(sgemm, g);
 
   // A fixed synthetic batch (the data does not change the work done).
   std::vector<std::int32_t> tokens(static_cast<std::size_t>(N) + 1);
@@ -228,7 +232,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     r.matmul_shapes[shape] = {t.seconds / o.steps, t.flops / t.seconds * 1e-9, t.calls / o.steps};
   }
   for (auto& g : r.gemms) {
-    time_gemm(*inner, g);
+    time_gemm(sgemm, g);
     r.peak_gflops = std::max(r.peak_gflops, g.gflops);
   }
 #ifdef BOREALIS_HAVE_CUDA_KERNELS

@@ -156,7 +156,9 @@ ConfigSchema train_config_schema() {
         "skip the update when the loss is this many standard deviations above the recent mean "
         "(0: off)");
   s.add("train.spike_window", Int{128}, "recent losses the spike rule looks at");
-  s.add("train.peak_gflops", 0.0, "peak GFLOP/s for MFU (0: measure sgemm at start-up)");
+  s.add("train.peak_gflops", 0.0,
+        "peak GFLOP/s for MFU (0: measured at start-up: the backend's matmul at the model's "
+        "shapes, in train.precision)");
   s.add("train.device", std::string("cpu"),
         "where the steps run: \"cpu\", or \"cuda\" (the first GPU, fp32, one rank; builds with "
         "the CUDA backend); checkpoints are the same on both, so a run resumes on either");

@@ -161,9 +161,9 @@ void log_plan(const TrainSettings& s, ParallelGroups& groups, const Model<float>
               const DataParallel& dp, double peak) {
   const ParallelLayout& layout = groups.layout();
   const int ranks = layout.world;
-  spdlog::info("model {} ({}, {:.2f}M parameters), {} threads, sgemm peak {:.1f} GFLOP/s",
+  spdlog::info("model {} ({}, {:.2f}M parameters), {} threads, {} GEMM peak {:.1f} GFLOP/s",
                s.model.name, family_name(s.model.family), ParamLayout(s.model).total() / 1e6,
-               cpu_threads(), peak);
+               cpu_threads(), precision_name(s.precision), peak);
   spdlog::info("{} steps of {} sequences x {} tokens ({} micro-batches of {}), {} tokens in all",
                s.steps, s.global_batch, s.seq_len, s.accumulation(), s.micro_batch,
                s.steps * static_cast<std::int64_t>(s.global_batch) * s.seq_len);

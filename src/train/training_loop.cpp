@@ -364,13 +364,12 @@ void TrainingLoop::validate() {
 void TrainingLoop::evaluate_tasks() {
   const auto t0 = Clock::now();
   const std::vector<TaskScore> scores =
-      model_parallel_
-          ? p_.tasks->evaluate(
-                s_.model,
-                std::span<const float>(whole_->params(),
-                                       static_cast<std::size_t>(whole_->layout().total())),
-                progress_)
-          : p_.tasks->evaluate(s_.model, host_params(), progress_);
+      model_parallel_ ? p_.tasks->evaluate(s_.model,
+                                           std::span<const float>(
+                                               whole_->params(),
+                                               static_cast<std::size_t>(whole_->layout().total())),
+                                           progress_)
+                      : p_.tasks->evaluate(s_.model, host_params(), progress_);
   const double run_s = elapsed_s();
   for (const TaskScore& score : scores) {
     std::string fields;

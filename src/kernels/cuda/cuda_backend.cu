@@ -894,7 +894,7 @@ __global__ void flash_dkv_kernel(float* dqkv, const float* dout, const float* qk
 
 // ---- attention on tensor cores (bf16 matmuls) ---------------------------------
 //
-// With bf16 matmuls and head dimensions up to 64, attention's products run on
+// With bf16 matmuls and head dimensions up to 128, attention's products run on
 // tensor cores (wmma, 16 x 16 x 16 tiles, bf16 inputs, fp32 accumulation),
 // on the tiled kernels' schedule: q, k, v and the output gradient are staged
 // as bf16 (zero-padded to 64 columns); scores, softmax statistics, the
@@ -913,19 +913,27 @@ using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_majo
 using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-constexpr int kHD = 64;        // head dimensions up to 64 (staged zero-padded to 64)
-constexpr int kThreads = 128;  // four warps of 16 rows
-constexpr int kRows = 64;      // query rows per forward and dq block
-constexpr int kKeys = 32;      // keys per staged tile (forward, dq)
-constexpr int kKeyRows = 64;   // key rows per dk/dv block
-constexpr int kQueries = 16;   // query rows per staged tile (dk/dv)
+// Tile sizes for head dimensions up to kHD (64 or 128, staged zero-padded
+// to kHD), each kernel's shared memory within 48 KB. Blocks have a warp per
+// 16 rows.
+template <int kHD>
+struct Shape {
+  static_assert(kHD == 64 || kHD == 128);
+  static constexpr int kHalf = kHD / 2;                 // accumulator columns per lane
+  static constexpr int kRows = 64;                      // query rows per forward block
+  static constexpr int kDqRows = kHD == 64 ? 64 : 32;   // query rows per dq block
+  static constexpr int kKeys = 32;                      // keys per staged tile (forward, dq)
+  static constexpr int kKeyRows = kHD == 64 ? 64 : 32;  // key rows per dk/dv block
+  static constexpr int kQueries = 16;                   // query rows per staged tile (dk/dv)
+};
 
 // Rows [r0, r0 + rows) of a sequence (base, row stride S), columns
 // [col, col + HD), as bf16 into tile[rows][kHD]; zeros past the sequence and
 // past HD. All threads of the block.
+template <int kHD>
 __device__ void stage(bf16* tile, const float* base, std::int64_t S, int col, int r0, int rows,
                       int seq, int HD) {
-  for (int e = threadIdx.x; e < rows * kHD; e += kThreads) {
+  for (int e = threadIdx.x; e < rows * kHD; e += blockDim.x) {
     const int r = e / kHD, d = e % kHD;
     const float v = r0 + r < seq && d < HD ? base[std::int64_t{r0 + r} * S + col + d] : 0.0f;
     tile[e] = __float2bfloat16(v);
@@ -963,28 +971,34 @@ __device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int l
   wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
 }
 
-// acc[32] (this lane's half of its row's 64 columns) += a b, the warp's 16
-// rows of a (k columns) times b (k rows of 64 columns), one 16-column tile at
-// a time through scratch (16 x 16 floats); tiles past kdim are zero.
+// acc[kHD / 2] (this lane's half of its row's kHD columns) += a b, the
+// warp's 16 rows of a (k columns) times b (k rows of kHD columns), one
+// 16-column tile at a time through scratch (16 x 16 floats); tiles past kdim
+// are zero.
+template <int kHD>
 __device__ void add_ab(float* acc, float* scratch, const bf16* a, int lda, const bf16* b, int ldb,
                        int k, int kdim, int row, int half) {
+  constexpr int kTilesPerHalf = kHD / 32;
   for (int t = 0; t * 16 < kdim; ++t) {
     tile_ab(scratch, a, lda, b + t * 16, ldb, k);
     __syncwarp();
-    if (t / 2 == half) {
-      for (int c = 0; c < 16; ++c) acc[(t % 2) * 16 + c] += scratch[row * 16 + c];
+    if (t / kTilesPerHalf == half) {
+      for (int c = 0; c < 16; ++c) acc[(t % kTilesPerHalf) * 16 + c] += scratch[row * 16 + c];
     }
     __syncwarp();
   }
 }
 
+template <int kHD>
 __global__ void forward_kernel(float* out, float* lse, const float* qkv, int seq, int NH, int NKV,
                                int HD, float scale) {
+  using T = Shape<kHD>;
+  constexpr int kRows = T::kRows, kKeys = T::kKeys, kHalf = T::kHalf;
   __shared__ __align__(32) bf16 qs[kRows * kHD];
   __shared__ __align__(32) bf16 ks[kKeys * kHD];
   __shared__ __align__(32) bf16 vs[kKeys * kHD];
-  __shared__ __align__(32) float ss[4][16 * kKeys];
-  __shared__ __align__(32) bf16 ps[4][16 * kKeys];
+  __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
+  __shared__ __align__(32) bf16 ps[kRows / 16][16 * kKeys];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = lane / 2, half = lane % 2;
   const int bh = blockIdx.y;
@@ -1000,15 +1014,15 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, int seq
   const int i = w0 + row;
   float* sw = ss[warp];
   bf16* pw = ps[warp];
-  stage(qs, base, S, h * HD, q0, kRows, seq, HD);
-  float o[32];
-  for (int d = 0; d < 32; ++d) o[d] = 0.0f;
+  stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
+  float o[kHalf];
+  for (int d = 0; d < kHalf; ++d) o[d] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   const int keys = min(seq, q0 + kRows);
   for (int j0 = 0; j0 < keys; j0 += kKeys) {
     __syncthreads();  // every warp is done with the previous tile (and qs is staged)
-    stage(ks, base, S, C + g * HD, j0, kKeys, seq, HD);
-    stage(vs, base, S, C + (NKV + g) * HD, j0, kKeys, seq, HD);
+    stage<kHD>(ks, base, S, C + g * HD, j0, kKeys, seq, HD);
+    stage<kHD>(vs, base, S, C + (NKV + g) * HD, j0, kKeys, seq, HD);
     __syncthreads();
     if (j0 > w0 + 15) continue;  // the whole tile is after the warp's rows
     for (int t = 0; t < kKeys / 16; ++t) {
@@ -1033,28 +1047,31 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, int seq
     psum += __shfl_xor_sync(0xffffffffu, psum, 1);
     l = l * corr + psum;
     m = mt;
-    for (int d = 0; d < 32; ++d) o[d] *= corr;
+    for (int d = 0; d < kHalf; ++d) o[d] *= corr;
     __syncwarp();
-    add_ab(o, sw, pw, kKeys, vs, kHD, kKeys, kdim, row, half);
+    add_ab<kHD>(o, sw, pw, kKeys, vs, kHD, kKeys, kdim, row, half);
   }
   if (i >= seq) return;
   float* orow = out + (b * seq + i) * C + std::int64_t{h} * HD;
-  for (int d = 0; d < 32; ++d) {
-    const int col = half * 32 + d;
+  for (int d = 0; d < kHalf; ++d) {
+    const int col = half * kHalf + d;
     if (col < HD) orow[col] = o[d] / l;
   }
   if (half == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
 }
 
+template <int kHD>
 __global__ void dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
                           const float* delta, int seq, int NH, int NKV, int HD, float scale) {
+  using T = Shape<kHD>;
+  constexpr int kRows = T::kDqRows, kKeys = T::kKeys, kHalf = T::kHalf;
   __shared__ __align__(32) bf16 qs[kRows * kHD];
   __shared__ __align__(32) bf16 dos[kRows * kHD];
   __shared__ __align__(32) bf16 ks[kKeys * kHD];
   __shared__ __align__(32) bf16 vs[kKeys * kHD];
-  __shared__ __align__(32) float ss[4][16 * kKeys];
-  __shared__ __align__(32) float dps[4][16 * kKeys];
-  __shared__ __align__(32) bf16 dss[4][16 * kKeys];
+  __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
+  __shared__ __align__(32) float dps[kRows / 16][16 * kKeys];
+  __shared__ __align__(32) bf16 dss[kRows / 16][16 * kKeys];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = lane / 2, half = lane % 2;
   const int bh = blockIdx.y;
@@ -1071,17 +1088,17 @@ __global__ void dq_kernel(float* dqkv, const float* dout, const float* qkv, cons
   float* sw = ss[warp];
   float* dpw = dps[warp];
   bf16* dsw = dss[warp];
-  stage(qs, base, S, h * HD, q0, kRows, seq, HD);
-  stage(dos, dout + b * seq * C, C, h * HD, q0, kRows, seq, HD);
+  stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
+  stage<kHD>(dos, dout + b * seq * C, C, h * HD, q0, kRows, seq, HD);
   const float li = i < seq ? lse[std::int64_t{bh} * seq + i] : 0.0f;
   const float di = i < seq ? delta[std::int64_t{bh} * seq + i] : 0.0f;
-  float dq[32];
-  for (int d = 0; d < 32; ++d) dq[d] = 0.0f;
+  float dq[kHalf];
+  for (int d = 0; d < kHalf; ++d) dq[d] = 0.0f;
   const int keys = min(seq, q0 + kRows);
   for (int j0 = 0; j0 < keys; j0 += kKeys) {
     __syncthreads();
-    stage(ks, base, S, C + g * HD, j0, kKeys, seq, HD);
-    stage(vs, base, S, C + (NKV + g) * HD, j0, kKeys, seq, HD);
+    stage<kHD>(ks, base, S, C + g * HD, j0, kKeys, seq, HD);
+    stage<kHD>(vs, base, S, C + (NKV + g) * HD, j0, kKeys, seq, HD);
     __syncthreads();
     if (j0 > w0 + 15) continue;
     for (int t = 0; t < kKeys / 16; ++t) {
@@ -1096,26 +1113,30 @@ __global__ void dq_kernel(float* dqkv, const float* dout, const float* qkv, cons
       dsw[row * kKeys + col] = __float2bfloat16(p * (dpw[row * kKeys + col] - di));
     }
     __syncwarp();
-    add_ab(dq, sw, dsw, kKeys, ks, kHD, kKeys, kdim, row, half);
+    add_ab<kHD>(dq, sw, dsw, kKeys, ks, kHD, kKeys, kdim, row, half);
   }
   if (i >= seq) return;
   float* dqr = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
-  for (int d = 0; d < 32; ++d) {
-    const int col = half * 32 + d;
+  for (int d = 0; d < kHalf; ++d) {
+    const int col = half * kHalf + d;
     if (col < HD) dqr[col] = scale * dq[d];
   }
 }
 
+template <int kHD>
 __global__ void dkv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
                            const float* delta, int seq, int NH, int NKV, int HD, float scale) {
+  using T = Shape<kHD>;
+  constexpr int kKeyRows = T::kKeyRows, kQueries = T::kQueries, kHalf = T::kHalf;
+  constexpr int kWarps = kKeyRows / 16;
   __shared__ __align__(32) bf16 ks[kKeyRows * kHD];
   __shared__ __align__(32) bf16 vs[kKeyRows * kHD];
   __shared__ __align__(32) bf16 qs[kQueries * kHD];
   __shared__ __align__(32) bf16 dos[kQueries * kHD];
-  __shared__ __align__(32) float sts[4][16 * kQueries];
-  __shared__ __align__(32) float dpts[4][16 * kQueries];
-  __shared__ __align__(32) bf16 pts[4][16 * kQueries];
-  __shared__ __align__(32) bf16 dsts[4][16 * kQueries];
+  __shared__ __align__(32) float sts[kWarps][16 * kQueries];
+  __shared__ __align__(32) float dpts[kWarps][16 * kQueries];
+  __shared__ __align__(32) bf16 pts[kWarps][16 * kQueries];
+  __shared__ __align__(32) bf16 dsts[kWarps][16 * kQueries];
   __shared__ float ls[kQueries];
   __shared__ float dls[kQueries];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -1136,16 +1157,16 @@ __global__ void dkv_kernel(float* dqkv, const float* dout, const float* qkv, con
   float* dptw = dpts[warp];
   bf16* ptw = pts[warp];
   bf16* dstw = dsts[warp];
-  stage(ks, base, S, C + g * HD, k0, kKeyRows, seq, HD);
-  stage(vs, base, S, C + (NKV + g) * HD, k0, kKeyRows, seq, HD);
-  float dk[32], dv[32];
-  for (int d = 0; d < 32; ++d) dk[d] = dv[d] = 0.0f;
+  stage<kHD>(ks, base, S, C + g * HD, k0, kKeyRows, seq, HD);
+  stage<kHD>(vs, base, S, C + (NKV + g) * HD, k0, kKeyRows, seq, HD);
+  float dk[kHalf], dv[kHalf];
+  for (int d = 0; d < kHalf; ++d) dk[d] = dv[d] = 0.0f;
   for (int h = g * group; h < (g + 1) * group; ++h) {
     const std::int64_t rows = (b * NH + h) * seq;
     for (int i0 = k0; i0 < seq; i0 += kQueries) {
       __syncthreads();  // every warp is done with the previous tile (and ks, vs are staged)
-      stage(qs, base, S, h * HD, i0, kQueries, seq, HD);
-      stage(dos, dbase, C, h * HD, i0, kQueries, seq, HD);
+      stage<kHD>(qs, base, S, h * HD, i0, kQueries, seq, HD);
+      stage<kHD>(dos, dbase, C, h * HD, i0, kQueries, seq, HD);
       if (static_cast<int>(threadIdx.x) < kQueries) {
         const int i = i0 + static_cast<int>(threadIdx.x);
         ls[threadIdx.x] = i < seq ? lse[rows + i] : 0.0f;
@@ -1164,14 +1185,14 @@ __global__ void dkv_kernel(float* dqkv, const float* dout, const float* qkv, con
         dstw[row * kQueries + q] = __float2bfloat16(p * (dptw[row * kQueries + q] - dls[q]));
       }
       __syncwarp();
-      add_ab(dv, stw, ptw, kQueries, dos, kHD, kQueries, kdim, row, half);
-      add_ab(dk, stw, dstw, kQueries, qs, kHD, kQueries, kdim, row, half);
+      add_ab<kHD>(dv, stw, ptw, kQueries, dos, kHD, kQueries, kdim, row, half);
+      add_ab<kHD>(dk, stw, dstw, kQueries, qs, kHD, kQueries, kdim, row, half);
     }
   }
   if (j >= seq) return;
   float* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
-  for (int d = 0; d < 32; ++d) {
-    const int col = half * 32 + d;
+  for (int d = 0; d < kHalf; ++d) {
+    const int col = half * kHalf + d;
     if (col < HD) {
       dkr[col] = scale * dk[d];
       dkr[std::int64_t{NKV} * HD + col] = dv[d];
@@ -1502,10 +1523,10 @@ class CudaBackend final : public Backend<float> {
     check_head_dim(HD);
     if (B == 0 || seq == 0) return;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    if (bf16_ && HD <= tc::kHD && flash_fits(B, NH, NKV)) {
-      launch("attention_forward (tensor cores)", tc::forward_kernel,
-             dim3(tiles(seq, tc::kRows), static_cast<unsigned>(B * NH)), tc::kThreads, out, lse,
-             qkv, seq, NH, NKV, HD, scale);
+    if (bf16_ && HD <= 64 && flash_fits(B, NH, NKV)) {
+      tc_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+    } else if (bf16_ && HD <= 128 && flash_fits(B, NH, NKV)) {
+      tc_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
     } else if (HD <= 64 && flash_fits(B, NH, NKV)) {
       flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
     } else if (HD <= 128 && flash_fits(B, NH, NKV)) {
@@ -1525,13 +1546,10 @@ class CudaBackend final : public Backend<float> {
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
     launch("attention_backward (delta)", attention_delta_kernel, warps_blocks(rows), kThreads,
            delta, dout, out, B, seq, NH, HD);
-    if (bf16_ && HD <= tc::kHD && flash_fits(B, NH, NKV)) {
-      launch("attention_backward (dq, tensor cores)", tc::dq_kernel,
-             dim3(tiles(seq, tc::kRows), static_cast<unsigned>(B * NH)), tc::kThreads, dqkv, dout,
-             qkv, lse, delta, seq, NH, NKV, HD, scale);
-      launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel,
-             dim3(tiles(seq, tc::kKeyRows), static_cast<unsigned>(B * NKV)), tc::kThreads, dqkv,
-             dout, qkv, lse, delta, seq, NH, NKV, HD, scale);
+    if (bf16_ && HD <= 64 && flash_fits(B, NH, NKV)) {
+      tc_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+    } else if (bf16_ && HD <= 128 && flash_fits(B, NH, NKV)) {
+      tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
     } else if (HD <= 64 && flash_fits(B, NH, NKV)) {
       flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
     } else if (HD <= 128 && flash_fits(B, NH, NKV)) {
@@ -1645,6 +1663,26 @@ class CudaBackend final : public Backend<float> {
     launch("attention_backward (dk, dv)", flash_dkv_kernel<kMaxHD>,
            dim3(tiles(seq, kKeys), static_cast<unsigned>(B * NKV)), kKeys, dqkv, dout, qkv, lse,
            delta, seq, NH, NKV, HD, scale);
+  }
+
+  template <int kHD>
+  void tc_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV, int HD,
+                  float scale) {
+    using T = tc::Shape<kHD>;
+    launch("attention_forward (tensor cores)", tc::forward_kernel<kHD>,
+           dim3(tiles(seq, T::kRows), static_cast<unsigned>(B * NH)), T::kRows * 2, out, lse, qkv,
+           seq, NH, NKV, HD, scale);
+  }
+  template <int kHD>
+  void tc_backward(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                   const float* delta, int B, int seq, int NH, int NKV, int HD, float scale) {
+    using T = tc::Shape<kHD>;
+    launch("attention_backward (dq, tensor cores)", tc::dq_kernel<kHD>,
+           dim3(tiles(seq, T::kDqRows), static_cast<unsigned>(B * NH)), T::kDqRows * 2, dqkv, dout,
+           qkv, lse, delta, seq, NH, NKV, HD, scale);
+    launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel<kHD>,
+           dim3(tiles(seq, T::kKeyRows), static_cast<unsigned>(B * NKV)), T::kKeyRows * 2, dqkv,
+           dout, qkv, lse, delta, seq, NH, NKV, HD, scale);
   }
 
   static void check_head_dim(int HD) {

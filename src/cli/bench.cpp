@@ -40,6 +40,7 @@ nlohmann::json train_bench_json(const TrainBenchResult& r) {
           {"tokens_per_s", {{"mean", r.tokens_per_s(mean)}, {"best", r.tokens_per_s(best)}}},
           {"mfu", {{"mean", r.mfu(mean)}, {"best", r.mfu(best)}}},
           {"op_seconds", r.op_seconds},
+          {"ops_timed_apart", r.ops_timed_apart},
           {"memory",
            {{"parameters", r.param_bytes},
             {"gradients", r.grad_bytes},

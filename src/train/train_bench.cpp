@@ -158,7 +158,8 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   }
   r.precision = precision_name(precision);
   const std::unique_ptr<Backend<float>> inner =
-      make_backend(o.device, "--device", precision, "--precision");
+      o.backend ? o.backend(precision)
+                : make_backend(o.device, "--device", precision, "--precision");
   if (inner->host_memory()) {
     r.hardware = fmt::format("{} CPU threads, {}", r.threads, blas_info().library);
   } else {
@@ -175,7 +176,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   LrSchedule schedule;
   schedule.lr_max = 3e-4;
   schedule.warmup_steps = 1;
-  schedule.total_steps = o.steps + 1;
+  schedule.total_steps = o.steps + 2;
   schedule.validate();
 
   r.params = model.num_params();
@@ -191,8 +192,9 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   // Timed before and after the steps (best of both), so that a moment of
   // contention from other processes does not lower the peak and flatter MFU.
   // In fp32 (a bf16 run's own peak is the bf16 GEMM's, measured below).
-  const std::unique_ptr<Backend<float>> fp32 =
-      precision == Precision::kFp32 ? nullptr : make_backend(o.device);
+  const std::unique_ptr<Backend<float>> fp32 = precision == Precision::kFp32 ? nullptr
+                                               : o.backend ? o.backend(Precision::kFp32)
+                                                           : make_backend(o.device);
   Backend<float>& sgemm = fp32 ? *fp32 : *inner;
   for (auto& g : r.gemms) time_gemm(sgemm, g);
 
@@ -203,7 +205,19 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     s = s * 6364136223846793005ull + 1442695040888963407ull;
     t = static_cast<std::int32_t>((s >> 33) % static_cast<std::uint64_t>(c.vocab_size));
   }
-  for (int step = 0; step <= o.steps; ++step) {
+  // On a GPU, timing each op alone adds a wait around every op that a run
+  // does not have: the measured steps run untimed and one more step is
+  // timed op by op for the breakdown. CPU ops are synchronous: the measured
+  // steps are timed op by op themselves.
+  r.ops_timed_apart = !inner->host_memory();
+  backend.set_timing(!r.ops_timed_apart);
+  const int last_step = o.steps + (r.ops_timed_apart ? 1 : 0);
+  for (int step = 0; step <= last_step; ++step) {
+    const bool profile = r.ops_timed_apart && step == last_step;
+    if (profile) {
+      backend.reset();
+      backend.set_timing(true);
+    }
     StepTiming st;
     auto t0 = Clock::now();
     model.zero_grad();
@@ -222,21 +236,25 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     if (step == 0) {
       r.warmup = st;
       backend.reset();
+    } else if (profile) {
+      r.profiled = st;
     } else {
       r.steps.push_back(st);
     }
   }
   r.activation_bytes_after = model.activation_bytes();
-  for (const auto& [op, sec] : backend.seconds()) r.op_seconds[op] += sec / o.steps;
+  const int timed_steps = r.ops_timed_apart ? 1 : o.steps;
+  for (const auto& [op, sec] : backend.seconds()) r.op_seconds[op] += sec / timed_steps;
   for (const auto& [shape, t] : backend.matmul_shapes()) {
-    r.matmul_shapes[shape] = {t.seconds / o.steps, t.flops / t.seconds * 1e-9, t.calls / o.steps};
+    r.matmul_shapes[shape] = {t.seconds / timed_steps, t.flops / t.seconds * 1e-9,
+                              t.calls / timed_steps};
   }
   for (auto& g : r.gemms) {
     time_gemm(sgemm, g);
     r.peak_gflops = std::max(r.peak_gflops, g.gflops);
   }
 #ifdef BOREALIS_HAVE_CUDA_KERNELS
-  if (o.device == "cuda") {
+  if (o.device == "cuda" && !o.backend) {
     for (const auto& g : r.gemms) {
       r.bf16_peak_gflops = std::max(r.bf16_peak_gflops, cuda_bf16_gemm_gflops(g.M, g.N, g.K));
     }
@@ -284,12 +302,22 @@ std::string format_train_bench(const TrainBenchResult& r) {
   out += "  (forward includes the loss head's fused backward: logits are never stored)\n";
   double op_total = 0;
   for (const auto& [op, sec] : r.op_seconds) op_total += sec;
-  out += "time per op  (mean per step, forward + backward)\n";
-  for (const auto& [op, sec] : r.op_seconds) {
-    out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", op, sec, 100.0 * sec / r.mean_step_s());
+  // Shares of the step the ops were timed in: the measured steps' mean, or
+  // the one step timed op by op.
+  const double op_step = r.ops_timed_apart ? r.profiled.total_s() : r.mean_step_s();
+  if (r.ops_timed_apart) {
+    out += fmt::format(
+        "time per op  (one more step, {:.3f}s, each op timed alone: the waits around every op "
+        "add the GPU's launch gaps, which the measured steps above do not have)\n",
+        op_step);
+  } else {
+    out += "time per op  (mean per step, forward + backward)\n";
   }
-  out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", "other", r.mean_step_s() - op_total,
-                     100.0 * (r.mean_step_s() - op_total) / r.mean_step_s());
+  for (const auto& [op, sec] : r.op_seconds) {
+    out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", op, sec, 100.0 * sec / op_step);
+  }
+  out += fmt::format("  {:<22} {:8.3f}s {:5.1f}%\n", "other", op_step - op_total,
+                     100.0 * (op_step - op_total) / op_step);
   out += "matmul by shape  (M x N x K of the GEMM; backward = input + weight gradients)\n";
   for (const auto& [shape, m] : r.matmul_shapes) {
     out += fmt::format("  {}  {:3} calls {:8.3f}s {:7.1f} GFLOP/s {:5.1f}% of peak\n", shape,

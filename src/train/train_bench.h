@@ -11,7 +11,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,10 @@ struct TrainBenchOptions {
   int seq = 256;
   int steps = 3;  // measured steps, after one warm-up step
   std::uint64_t seed = 1;
+  // The backend to run on in `precision` instead of `device`'s (null: that
+  // one), for tests; the bf16 GEMM peak, which needs a GPU, is then not
+  // measured.
+  std::function<std::unique_ptr<Backend<float>>(Precision)> backend;
 };
 
 struct GemmTiming {
@@ -59,6 +65,10 @@ struct TrainBenchResult {
   double bf16_peak_gflops = 0;
   StepTiming warmup;
   std::vector<StepTiming> steps;
+  // Whether the per-op figures come from one more step, timed op by op
+  // (on a GPU), rather than from the measured steps (on the CPU); that step.
+  bool ops_timed_apart = false;
+  StepTiming profiled;
   std::uint64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
   std::uint64_t activation_bytes_after = 0;  // arena size after the last step
   // Seconds per measured step in each kind of op (forward and backward

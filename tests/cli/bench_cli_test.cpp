@@ -2,7 +2,9 @@
 // line for bad input.
 #include <gtest/gtest.h>
 
+#include "kernels/cuda_emulator/emulated_cuda_backend.h"
 #include "test_util.h"
+#include "train/train_bench.h"
 
 namespace borealis::test {
 namespace {
@@ -55,6 +57,42 @@ TEST(BenchCli, TrainDevice) {
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_NE(r.err.find("error: device 'cuda': "), std::string::npos) << r.err;
   }
+}
+
+// On a GPU's memory (the CUDA backend's kernels, emulated), the measured
+// steps run without per-op timing and one more step is timed op by op; the
+// report says so. In bf16 the sgemm table is still timed in fp32.
+TEST(TrainBench, GpuStepsRunUntimedAndOneMoreStepIsTimedOpByOp) {
+  for (const std::string precision : {"fp32", "bf16"}) {
+    TrainBenchOptions o;
+    o.model = "llama-tiny";
+    o.device = "cuda";
+    o.precision = precision;
+    o.batch = 2;
+    o.seq = 16;
+    o.steps = 2;
+    o.backend = [](Precision p) { return emulated::make_cuda_backend(0, p); };
+    const TrainBenchResult r = run_train_bench(o);
+    EXPECT_TRUE(r.ops_timed_apart);
+    EXPECT_EQ(r.steps.size(), 2u);
+    EXPECT_GT(r.profiled.total_s(), 0.0);
+    EXPECT_GT(r.op_seconds.at("attention"), 0.0);
+    EXPECT_GT(r.op_seconds.at("matmul"), 0.0);
+    EXPECT_GT(r.peak_gflops, 0.0);
+    EXPECT_EQ(r.precision, precision);
+    const std::string text = format_train_bench(r);
+    EXPECT_NE(text.find("one more step"), std::string::npos) << text;
+    EXPECT_NE(text.find("(cuda backend, " + precision + " matmuls"), std::string::npos) << text;
+  }
+  // On the CPU, the measured steps themselves are timed op by op.
+  TrainBenchOptions o;
+  o.model = "llama-tiny";
+  o.batch = 2;
+  o.seq = 16;
+  o.steps = 2;
+  const TrainBenchResult r = run_train_bench(o);
+  EXPECT_FALSE(r.ops_timed_apart);
+  EXPECT_GT(r.op_seconds.at("matmul"), 0.0);
 }
 
 }  // namespace

@@ -1378,7 +1378,7 @@ class CudaBackend final : public Backend<float> {
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
 
-  std::string name() const override { return bf16_ ? "cuda (bf16 matmuls)" : "cuda"; }
+  std::string name() const override { return "cuda"; }
 
   // Device memory (cudaMalloc, zeroed); copies on the default stream, after
   // the ops queued before them.

@@ -142,9 +142,10 @@ PY
     # Resume on the GPU is exact: 10 steps, stop, resume to 20 (bf16) must
     # give the uninterrupted bf16 run's losses and weights, bit for bit.
     echo "== train 20 steps on cuda (bf16), stopped at 10 and resumed" | tee -a "$log"
-    for stop in 10 0; do
+    for stop in "--stop-at-step=10" ""; do
+      # shellcheck disable=SC2086  # $stop: one option or none
       timeout 150 "$work/borealis" train configs/brown-llama-5m.toml --quiet \
-        --run-dir "$work/run-resumed" --steps 20 --stop-at-step "$stop" \
+        --run-dir "$work/run-resumed" --steps 20 $stop \
         --set "data.data_list=$work/brown/list.txt" --set "data.tokenizer=$work/brown/tok.json" \
         --set train.device=cuda --set train.precision=bf16 --set checkpoint.every=0 \
         --set eval.every=0 --set optim.warmup_steps=5 2>&1 | tee -a "$log" || status=1

@@ -971,6 +971,37 @@ __device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int l
   wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
 }
 
+// A block of `rows` query rows of one (sequence b, head h) (blockIdx.x: the
+// block of rows, blockIdx.y: b * NH + h), and this lane's place in it: its
+// warp's 16 rows from w0, its row i (row of the warp's 16) and half of the
+// columns; the packed qkv sequence (base, row stride S), the kv head g, the
+// attention output width C, and the head dimension rounded up to a tile.
+struct QueryRows {
+  int warp, row, half, h, g, C, kdim, q0, w0, i;
+  std::int64_t bh, b, S;
+  const float* base;
+};
+
+__device__ QueryRows query_rows(const float* qkv, int rows, int seq, int NH, int NKV, int HD) {
+  QueryRows t;
+  t.warp = static_cast<int>(threadIdx.x / 32);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  t.row = lane / 2;
+  t.half = lane % 2;
+  t.bh = blockIdx.y;
+  t.h = static_cast<int>(t.bh % NH);
+  t.b = t.bh / NH;
+  t.g = t.h / (NH / NKV);
+  t.S = std::int64_t{NH + 2 * NKV} * HD;
+  t.C = NH * HD;
+  t.kdim = (HD + 15) / 16 * 16;
+  t.base = qkv + t.b * seq * t.S;
+  t.q0 = static_cast<int>(blockIdx.x) * rows;
+  t.w0 = t.q0 + t.warp * 16;
+  t.i = t.w0 + t.row;
+  return t;
+}
+
 // acc[kHD / 2] (this lane's half of its row's kHD columns) += a b, the
 // warp's 16 rows of a (k columns) times b (k rows of kHD columns), one
 // 16-column tile at a time through scratch (16 x 16 floats); tiles past kdim
@@ -999,19 +1030,11 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, int seq
   __shared__ __align__(32) bf16 vs[kKeys * kHD];
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 ps[kRows / 16][16 * kKeys];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = lane / 2, half = lane % 2;
-  const int bh = blockIdx.y;
-  const int h = bh % NH;
-  const std::int64_t b = bh / NH;
-  const int g = h / (NH / NKV);
-  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
-  const int C = NH * HD;
-  const int kdim = (HD + 15) / 16 * 16;
-  const float* base = qkv + b * seq * S;
-  const int q0 = blockIdx.x * kRows;
-  const int w0 = q0 + warp * 16;
-  const int i = w0 + row;
+  const QueryRows at = query_rows(qkv, kRows, seq, NH, NKV, HD);
+  const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
+  const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
+  const std::int64_t bh = at.bh, b = at.b, S = at.S;
+  const float* base = at.base;
   float* sw = ss[warp];
   bf16* pw = ps[warp];
   stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
@@ -1072,19 +1095,11 @@ __global__ void dq_kernel(float* dqkv, const float* dout, const float* qkv, cons
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) float dps[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 dss[kRows / 16][16 * kKeys];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = lane / 2, half = lane % 2;
-  const int bh = blockIdx.y;
-  const int h = bh % NH;
-  const std::int64_t b = bh / NH;
-  const int g = h / (NH / NKV);
-  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
-  const int C = NH * HD;
-  const int kdim = (HD + 15) / 16 * 16;
-  const float* base = qkv + b * seq * S;
-  const int q0 = blockIdx.x * kRows;
-  const int w0 = q0 + warp * 16;
-  const int i = w0 + row;
+  const QueryRows at = query_rows(qkv, kRows, seq, NH, NKV, HD);
+  const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
+  const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
+  const std::int64_t bh = at.bh, b = at.b, S = at.S;
+  const float* base = at.base;
   float* sw = ss[warp];
   float* dpw = dps[warp];
   bf16* dsw = dss[warp];

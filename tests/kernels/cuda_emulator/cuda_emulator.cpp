@@ -404,6 +404,9 @@ const dim3& grid_dim() {
 int lane() {
   return self().linear % 32;
 }
+int warp() {
+  return self().linear / 32;
+}
 
 void syncthreads() {
   self().state = State::kBarrier;

@@ -43,6 +43,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // ---- CUDA's built-in vocabulary ---------------------------------------------
 
@@ -72,6 +73,7 @@ void syncthreads();
 // what lane `src` offered (its own value when src is outside the warp).
 std::uint64_t exchange(unsigned mask, std::uint64_t value, std::size_t bytes, int src);
 int lane();
+int warp();  // the running thread's warp in its block
 }  // namespace borealis::cuda_emulator
 
 #define threadIdx (::borealis::cuda_emulator::thread_index())
@@ -212,23 +214,44 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
   }
 }
 // d = a b + c, in fp32 (products of the bf16 inputs are exact in fp32).
+// The lanes of a warp hold the same tiles, so the first lane computes the
+// product and the others, finding the same inputs, take its result (each
+// warp's last product is kept, per warp of the block).
 template <typename TA, typename LA, typename TB, typename LB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
               const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
               const fragment<matrix_b, 16, 16, 16, TB, LB>& b,
               const fragment<accumulator, 16, 16, 16, float>& c) {
   detail::converged();
-  float out[256];
+  struct Last {
+    TA a[256];
+    TB b[256];
+    float c[256], d[256];
+    bool valid = false;
+  };
+  static thread_local std::vector<Last> last;
+  const auto w = static_cast<std::size_t>(borealis::cuda_emulator::warp());
+  if (last.size() <= w) last.resize(w + 1);
+  Last& e = last[w];
+  if (e.valid && std::memcmp(e.a, a.x, sizeof e.a) == 0 && std::memcmp(e.b, b.x, sizeof e.b) == 0 &&
+      std::memcmp(e.c, c.x, sizeof e.c) == 0) {
+    std::memcpy(d.x, e.d, sizeof e.d);
+    return;
+  }
+  std::memcpy(e.a, a.x, sizeof e.a);
+  std::memcpy(e.b, b.x, sizeof e.b);
+  std::memcpy(e.c, c.x, sizeof e.c);
   for (int r = 0; r < 16; ++r) {
     for (int n = 0; n < 16; ++n) {
-      float s = c.x[r * 16 + n];
+      float s = e.c[r * 16 + n];
       for (int k = 0; k < 16; ++k) {
-        s += detail::value(a.x[r * 16 + k]) * detail::value(b.x[k * 16 + n]);
+        s += detail::value(e.a[r * 16 + k]) * detail::value(e.b[k * 16 + n]);
       }
-      out[r * 16 + n] = s;
+      e.d[r * 16 + n] = s;
     }
   }
-  for (int i = 0; i < 256; ++i) d.x[i] = out[i];
+  e.valid = true;
+  std::memcpy(d.x, e.d, sizeof e.d);
 }
 }  // namespace nvcuda::wmma
 

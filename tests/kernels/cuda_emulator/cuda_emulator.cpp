@@ -19,6 +19,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define BOREALIS_EMULATOR_ASAN 1
 #else
@@ -145,6 +146,15 @@ struct Thread {
 constexpr std::size_t kStackBytes = std::size_t{256} << 10;
 struct Stacks {
   std::vector<char*> stacks;
+  // Whether a launch failed with fibers still suspended on these stacks:
+  // under ASan their frames' redzones stay poisoned for the next fibers.
+  bool abandoned = false;
+  void clean() {
+#if BOREALIS_EMULATOR_ASAN
+    for (char* s : stacks) ASAN_UNPOISON_MEMORY_REGION(s + page_size(), kStackBytes - page_size());
+#endif
+    abandoned = false;
+  }
   ~Stacks() {
     for (char* s : stacks) munmap(s, kStackBytes);
   }
@@ -460,9 +470,14 @@ void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void(
   std::mt19937 rng(12345u + static_cast<unsigned>(threads));
   std::shuffle(order.begin(), order.end(), rng);
   FaultReport report(what);
+  if (t_stacks.abandoned) t_stacks.clean();
   t_run = &r;
   struct Reset {
-    ~Reset() { t_run = nullptr; }
+    ~Reset() {
+      t_run = nullptr;
+      // Unwinding (an error): fibers are left suspended mid-kernel.
+      if (std::uncaught_exceptions() > 0) t_stacks.abandoned = true;
+    }
   } reset;
   for (unsigned bz = 0; bz < grid.z; ++bz) {
     for (unsigned by = 0; by < grid.y; ++by) {

@@ -656,6 +656,38 @@ __global__ void attention_dkv_kernel(float* dqkv, const float* dout, const float
 //    that order (each key row's sums in one thread: no atomics).
 // Rows past the sequence take part in staging and barriers, and compute
 // nothing.
+// A block of `rows` query rows of one (sequence b, head h) (blockIdx.x: the
+// block of rows, blockIdx.y: b * NH + h), and, for the tensor-core kernels
+// (a warp per 16 rows), this lane's place in it: its warp's 16 rows from w0,
+// its row i (row of the warp's 16) and half of the columns; the packed qkv sequence (base, row
+// stride S), the kv head g, the attention output width C, and the head dimension rounded up to a
+// tile.
+struct QueryRows {
+  int warp, row, half, h, g, C, kdim, q0, w0, i;
+  std::int64_t bh, b, S;
+  const float* base;
+};
+
+__device__ QueryRows query_rows(const float* qkv, int rows, int seq, int NH, int NKV, int HD) {
+  QueryRows t;
+  t.warp = static_cast<int>(threadIdx.x / 32);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  t.row = lane / 2;
+  t.half = lane % 2;
+  t.bh = blockIdx.y;
+  t.h = static_cast<int>(t.bh % NH);
+  t.b = t.bh / NH;
+  t.g = t.h / (NH / NKV);
+  t.S = std::int64_t{NH + 2 * NKV} * HD;
+  t.C = NH * HD;
+  t.kdim = (HD + 15) / 16 * 16;
+  t.base = qkv + t.b * seq * t.S;
+  t.q0 = static_cast<int>(blockIdx.x) * rows;
+  t.w0 = t.q0 + t.warp * 16;
+  t.i = t.w0 + t.row;
+  return t;
+}
+
 constexpr int kFlashRows = 64;  // query rows per forward and dq block (threads)
 constexpr int kFlashKeys = 32;  // keys per shared-memory tile (forward, dq)
 
@@ -679,15 +711,11 @@ __global__ void flash_forward_kernel(float* out, float* lse, const float* qkv, i
                                      int NKV, int HD, float scale) {
   __shared__ float ks[kFlashKeys * kMaxHD];
   __shared__ float vs[kFlashKeys * kMaxHD];
-  const int bh = blockIdx.y;  // b * NH + h
-  const int h = bh % NH;
-  const std::int64_t b = bh / NH;
-  const int g = h / (NH / NKV);
-  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
-  const int C = NH * HD;
-  const float* base = qkv + b * seq * S;
-  const int q0 = blockIdx.x * kFlashRows;
-  const int i = q0 + threadIdx.x;
+  const QueryRows at = query_rows(qkv, kFlashRows, seq, NH, NKV, HD);
+  const int h = at.h, g = at.g, C = at.C, q0 = at.q0;
+  const std::int64_t bh = at.bh, b = at.b, S = at.S;
+  const float* base = at.base;
+  const int i = q0 + static_cast<int>(threadIdx.x);  // one row per thread
   const bool valid = i < seq;
   float q[kMaxHD], acc[kMaxHD];
 #pragma unroll
@@ -749,15 +777,11 @@ __global__ void flash_dq_kernel(float* dqkv, const float* dout, const float* qkv
                                 const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   __shared__ float ks[kFlashKeys * kMaxHD];
   __shared__ float vs[kFlashKeys * kMaxHD];
-  const int bh = blockIdx.y;
-  const int h = bh % NH;
-  const std::int64_t b = bh / NH;
-  const int g = h / (NH / NKV);
-  const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
-  const int C = NH * HD;
-  const float* base = qkv + b * seq * S;
-  const int q0 = blockIdx.x * kFlashRows;
-  const int i = q0 + threadIdx.x;
+  const QueryRows at = query_rows(qkv, kFlashRows, seq, NH, NKV, HD);
+  const int h = at.h, g = at.g, C = at.C, q0 = at.q0;
+  const std::int64_t bh = at.bh, b = at.b, S = at.S;
+  const float* base = at.base;
+  const int i = q0 + static_cast<int>(threadIdx.x);  // one row per thread
   const bool valid = i < seq;
   float q[kMaxHD], d_o[kMaxHD], dq[kMaxHD];
   const float* dor = dout + (b * seq + (valid ? i : 0)) * C + std::int64_t{h} * HD;
@@ -969,37 +993,6 @@ __device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int l
     wmma::mma_sync(acc, fa, fb, acc);
   }
   wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
-}
-
-// A block of `rows` query rows of one (sequence b, head h) (blockIdx.x: the
-// block of rows, blockIdx.y: b * NH + h), and this lane's place in it: its
-// warp's 16 rows from w0, its row i (row of the warp's 16) and half of the
-// columns; the packed qkv sequence (base, row stride S), the kv head g, the
-// attention output width C, and the head dimension rounded up to a tile.
-struct QueryRows {
-  int warp, row, half, h, g, C, kdim, q0, w0, i;
-  std::int64_t bh, b, S;
-  const float* base;
-};
-
-__device__ QueryRows query_rows(const float* qkv, int rows, int seq, int NH, int NKV, int HD) {
-  QueryRows t;
-  t.warp = static_cast<int>(threadIdx.x / 32);
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  t.row = lane / 2;
-  t.half = lane % 2;
-  t.bh = blockIdx.y;
-  t.h = static_cast<int>(t.bh % NH);
-  t.b = t.bh / NH;
-  t.g = t.h / (NH / NKV);
-  t.S = std::int64_t{NH + 2 * NKV} * HD;
-  t.C = NH * HD;
-  t.kdim = (HD + 15) / 16 * 16;
-  t.base = qkv + t.b * seq * t.S;
-  t.q0 = static_cast<int>(blockIdx.x) * rows;
-  t.w0 = t.q0 + t.warp * 16;
-  t.i = t.w0 + t.row;
-  return t;
 }
 
 // acc[kHD / 2] (this lane's half of its row's kHD columns) += a b, the

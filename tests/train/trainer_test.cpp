@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -45,6 +46,22 @@ TrainRunResult train(const fs::path& file, const std::vector<std::string>& overr
   o.stop_at_step = stop_at;
   o.resume = resume;
   return run_training(load(file, overrides), o);
+}
+
+// Options of a quiet run that stops after `stop_at` (0: at the end), on
+// `backend`'s memory (null: train.device's).
+TrainRunOptions run_options(std::int64_t stop_at,
+                            std::function<std::unique_ptr<Backend<float>>()> backend = {}) {
+  TrainRunOptions o;
+  o.progress = false;
+  o.stop_at_step = stop_at;
+  o.backend = std::move(backend);
+  return o;
+}
+
+// The CUDA backend's kernels on the CUDA emulator, in `precision`.
+std::function<std::unique_ptr<Backend<float>>()> emulated_gpu(Precision precision) {
+  return [precision] { return emulated::make_cuda_backend(0, precision); };
 }
 
 std::string model_bytes(const fs::path& checkpoint) {
@@ -127,11 +144,9 @@ TEST(Trainer, RunsOnDeviceMemoryAndResumesAcrossDevices) {
   const auto a = train(f.write_config("a.toml", cpu_run));
   const fs::path cfg = f.write_config("b.toml", mixed);
   const auto run = [&](std::int64_t stop_at, bool guarded) {
-    TrainRunOptions o;
-    o.progress = false;
-    o.stop_at_step = stop_at;
-    if (guarded) o.backend = [] { return std::make_unique<test::GuardedBackend>(); };
-    return run_training(load(cfg), o);
+    if (!guarded) return run_training(load(cfg), run_options(stop_at));
+    return run_training(
+        load(cfg), run_options(stop_at, [] { return std::make_unique<test::GuardedBackend>(); }));
   };
   const auto b1 = run(5, true);  // device memory, stopped between checkpoints
   EXPECT_EQ(b1.steps, 5);
@@ -157,20 +172,9 @@ TEST(Trainer, RunsOnTheCudaKernelsAndResumesAcrossDevicesAndPrecisions) {
   const fs::path cpu_run = f.dir() / "cpu", mixed = f.dir() / "mixed";
   const auto a = train(f.write_config("a.toml", cpu_run));
   const fs::path cfg = f.write_config("b.toml", mixed);
-  const auto run = [&](std::int64_t stop_at, const char* where) {
-    TrainRunOptions o;
-    o.progress = false;
-    o.stop_at_step = stop_at;
-    const std::string w = where;
-    if (w != "cpu") {
-      const Precision p = w == "gpu bf16" ? Precision::kBf16 : Precision::kFp32;
-      o.backend = [p] { return emulated::make_cuda_backend(0, p); };
-    }
-    return run_training(load(cfg), o);
-  };
-  EXPECT_EQ(run(5, "gpu").steps, 5);
-  EXPECT_EQ(run(9, "cpu").first_step, 5);
-  const auto last = run(0, "gpu bf16");
+  EXPECT_EQ(run_training(load(cfg), run_options(5, emulated_gpu(Precision::kFp32))).steps, 5);
+  EXPECT_EQ(run_training(load(cfg), run_options(9)).first_step, 5);  // on the CPU
+  const auto last = run_training(load(cfg), run_options(0, emulated_gpu(Precision::kBf16)));
   EXPECT_EQ(last.first_step, 9);
   EXPECT_EQ(last.steps, 12);
   const auto want = train_losses(cpu_run), got = train_losses(mixed);
@@ -188,11 +192,7 @@ TEST(Trainer, ResumeOnTheCudaKernelsIsExact) {
   TrainFixture f;
   const fs::path whole = f.dir() / "whole", split = f.dir() / "split";
   const auto on_gpu = [](std::int64_t stop_at) {
-    TrainRunOptions o;
-    o.progress = false;
-    o.stop_at_step = stop_at;
-    o.backend = [] { return emulated::make_cuda_backend(0, Precision::kBf16); };
-    return o;
+    return run_options(stop_at, emulated_gpu(Precision::kBf16));
   };
   // Six steps (checkpoints and evaluations every three): the emulator is slow.
   const std::vector<std::string> shorter = {"train.steps=6", "checkpoint.every=3", "eval.every=3"};

@@ -92,6 +92,18 @@ void time_gemm(Backend<float>& backend, GemmTiming& g) {
   }
 }
 
+double bf16_gemm_peak_gflops(const std::vector<GemmTiming>& shapes,
+                             [[maybe_unused]] const std::string& where) {
+#ifdef BOREALIS_HAVE_CUDA_KERNELS
+  double peak = 0;
+  for (const auto& g : shapes) peak = std::max(peak, cuda_bf16_gemm_gflops(g.M, g.N, g.K));
+  return peak;
+#else
+  (void)shapes;
+  throw Error("the bf16 GEMM peak needs the CUDA backend, which this build does not have", where);
+#endif
+}
+
 double train_flops_per_token(const ModelConfig& c, std::int64_t params, int seq) {
   return 6.0 * static_cast<double>(params) +
          12.0 * c.n_layer * static_cast<double>(c.d_model) * seq;
@@ -253,13 +265,8 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     time_gemm(sgemm, g);
     r.peak_gflops = std::max(r.peak_gflops, g.gflops);
   }
-#ifdef BOREALIS_HAVE_CUDA_KERNELS
-  if (o.device == "cuda" && !o.backend) {
-    for (const auto& g : r.gemms) {
-      r.bf16_peak_gflops = std::max(r.bf16_peak_gflops, cuda_bf16_gemm_gflops(g.M, g.N, g.K));
-    }
-  }
-#endif
+  if (o.device == "cuda" && !o.backend)
+    r.bf16_peak_gflops = bf16_gemm_peak_gflops(r.gemms, "--device");
   return r;
 }
 

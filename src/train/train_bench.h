@@ -104,6 +104,11 @@ std::vector<GemmTiming> model_gemm_shapes(const ModelConfig& config, int rows, i
 // matmul_forward (out[M, N] = A[M, K] W[N, K]^T), waiting for the device at
 // both ends of each run.
 void time_gemm(Backend<float>& backend, GemmTiming& g);
+// The best rate of cuBLAS's bf16 GEMM (fp32 accumulation) over these shapes
+// on the first GPU: the peak a bf16 run's MFU is held to (the GEMMs alone,
+// without the rounding of their operands). Throws borealis::Error at `where`
+// in a build without the CUDA backend.
+double bf16_gemm_peak_gflops(const std::vector<GemmTiming>& shapes, const std::string& where);
 
 // Throws borealis::Error for an unknown model or bad sizes.
 TrainBenchResult run_train_bench(const TrainBenchOptions& options);

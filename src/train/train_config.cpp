@@ -157,11 +157,11 @@ ConfigSchema train_config_schema() {
         "(0: off)");
   s.add("train.spike_window", Int{128}, "recent losses the spike rule looks at");
   s.add("train.peak_gflops", 0.0,
-        "peak GFLOP/s for MFU (0: measured at start-up: the backend's matmul at the model's "
-        "shapes, in train.precision)");
+        "peak GFLOP/s for MFU (0: measured at start-up at the model's GEMM shapes: the "
+        "backend's matmul in fp32, cuBLAS's bf16 GEMM with train.precision = \"bf16\")");
   s.add("train.device", std::string("cpu"),
-        "where the steps run: \"cpu\", or \"cuda\" (the first GPU, fp32, one rank; builds with "
-        "the CUDA backend); checkpoints are the same on both, so a run resumes on either");
+        "where the steps run: \"cpu\", or \"cuda\" (the first GPU, one rank; builds with the "
+        "CUDA backend); checkpoints are the same on both, so a run resumes on either");
   s.add("train.precision", std::string("fp32"),
         "what the matmuls multiply: \"fp32\", or \"bf16\" (bf16 operands, fp32 accumulation; "
         "parameters, gradients, optimizer state, norms and the loss stay fp32; "

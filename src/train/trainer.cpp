@@ -401,9 +401,14 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   double peak = s.peak_gflops;
   if (peak == 0 && !root) peak = 1;  // only rank 0 reports MFU
   if (peak == 0) {
-    for (auto& g : model_gemm_shapes(s.model, s.micro_batch * L, model.loss_chunk_rows())) {
-      time_gemm(*backend, g);
-      peak = std::max(peak, g.gflops);
+    auto shapes = model_gemm_shapes(s.model, s.micro_batch * L, model.loss_chunk_rows());
+    if (s.precision == Precision::kBf16) {
+      peak = bf16_gemm_peak_gflops(shapes, "train.precision");  // as bench train's bf16 MFU
+    } else {
+      for (auto& g : shapes) {
+        time_gemm(*backend, g);
+        peak = std::max(peak, g.gflops);
+      }
     }
   }
   log_plan(s, groups, model, dp, peak);

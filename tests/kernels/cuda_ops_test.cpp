@@ -478,12 +478,7 @@ TEST_P(CudaBf16Ops, MatmulRoundsOperandsToBf16) {
 
 // ||a - b|| / ||b||.
 double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, ref = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    ref += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(diff / ref);
+  return test::relative_norm(a.data(), b.data(), static_cast<std::int64_t>(b.size()));
 }
 
 // Attention on tensor cores (bf16 q, k, v, output gradient and

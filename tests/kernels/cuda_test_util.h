@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -39,6 +41,17 @@ inline std::vector<std::string> gpu_backends_under_test() {
   names.insert(names.begin(), "cuda");
 #endif
   return names;
+}
+
+// ||got - want|| / ||want|| over n values (||got - want|| where want is all
+// zeros): how far a GPU's result is from the CPU's, in norm.
+inline double relative_norm(const float* got, const float* want, std::int64_t n) {
+  double diff = 0, ref = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    diff += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+    ref += static_cast<double>(want[i]) * want[i];
+  }
+  return ref == 0 ? std::sqrt(diff) : std::sqrt(diff / ref);
 }
 
 // Bytes of a backend's memory (a BackendArray) with typed views and copies,

@@ -48,14 +48,7 @@ std::vector<float> download(Backend<float>& be, const float* p, std::int64_t n) 
   return host;
 }
 
-double relative_norm(const float* gpu, const float* cpu, std::int64_t n) {
-  double diff = 0, ref = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    diff += (static_cast<double>(gpu[i]) - cpu[i]) * (static_cast<double>(gpu[i]) - cpu[i]);
-    ref += static_cast<double>(cpu[i]) * cpu[i];
-  }
-  return ref == 0 ? std::sqrt(diff) : std::sqrt(diff / ref);
-}
+using test::relative_norm;
 
 // Parameters: the backend ("cuda" or "emulated") and the model preset.
 class CudaModel : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {

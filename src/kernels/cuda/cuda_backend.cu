@@ -1531,18 +1531,19 @@ class CudaBackend final : public Backend<float> {
     check_head_dim(HD);
     if (B == 0 || seq == 0) return;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    if (bf16_ && HD <= 64 && flash_fits(B, NH, NKV)) {
-      tc_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-    } else if (bf16_ && HD <= 128 && flash_fits(B, NH, NKV)) {
-      tc_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-    } else if (HD <= 64 && flash_fits(B, NH, NKV)) {
-      flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-    } else if (HD <= 128 && flash_fits(B, NH, NKV)) {
-      flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-    } else {
-      launch("attention_forward", attention_forward_kernel,
-             warps_blocks(std::int64_t{B} * NH * seq), kThreads, out, lse, qkv, B, seq, NH, NKV, HD,
-             scale);
+    switch (attention_kernels(B, NH, NKV, HD)) {
+      case AttentionKernels::kTensorCores64:
+        return tc_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTensorCores128:
+        return tc_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTiled64:
+        return flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTiled128:
+        return flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kPerRow:
+        return launch("attention_forward", attention_forward_kernel,
+                      warps_blocks(std::int64_t{B} * NH * seq), kThreads, out, lse, qkv, B, seq, NH,
+                      NKV, HD, scale);
     }
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
@@ -1554,20 +1555,22 @@ class CudaBackend final : public Backend<float> {
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
     launch("attention_backward (delta)", attention_delta_kernel, warps_blocks(rows), kThreads,
            delta, dout, out, B, seq, NH, HD);
-    if (bf16_ && HD <= 64 && flash_fits(B, NH, NKV)) {
-      tc_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-    } else if (bf16_ && HD <= 128 && flash_fits(B, NH, NKV)) {
-      tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-    } else if (HD <= 64 && flash_fits(B, NH, NKV)) {
-      flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-    } else if (HD <= 128 && flash_fits(B, NH, NKV)) {
-      flash_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-    } else {
-      launch("attention_backward (dq)", attention_dq_kernel, warps_blocks(rows), kThreads, dqkv,
-             dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-      launch("attention_backward (dk, dv)", attention_dkv_kernel,
-             warps_blocks(std::int64_t{B} * NKV * seq), kThreads, dqkv, dout, qkv, lse, delta, B,
-             seq, NH, NKV, HD, scale);
+    switch (attention_kernels(B, NH, NKV, HD)) {
+      case AttentionKernels::kTensorCores64:
+        return tc_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTensorCores128:
+        return tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTiled64:
+        return flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTiled128:
+        return flash_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kPerRow:
+        launch("attention_backward (dq)", attention_dq_kernel, warps_blocks(rows), kThreads, dqkv,
+               dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+        launch("attention_backward (dk, dv)", attention_dkv_kernel,
+               warps_blocks(std::int64_t{B} * NKV * seq), kThreads, dqkv, dout, qkv, lse, delta, B,
+               seq, NH, NKV, HD, scale);
+        return;
     }
   }
   void attention_kv_forward(float* out, float* kpool, float* vpool, const std::int32_t* blocks,
@@ -1646,10 +1649,18 @@ class CudaBackend final : public Backend<float> {
   }
 
  private:
-  // The tiled kernels take head dimensions up to 128 and one grid row per
-  // (sequence, head) (at most 65535 of them).
-  static bool flash_fits(int B, int NH, int NKV) {
-    return std::int64_t{B} * NH <= 65535 && std::int64_t{B} * NKV <= 65535;
+  // Which attention kernels a shape runs, the same for forward and backward
+  // (backward reads the forward's log-sum-exp): the tiled ones take head
+  // dimensions up to 128 and one grid row per (sequence, head), at most
+  // 65535 of them, on tensor cores with bf16 matmuls; warp-per-row kernels
+  // the rest.
+  enum class AttentionKernels { kTensorCores64, kTensorCores128, kTiled64, kTiled128, kPerRow };
+  AttentionKernels attention_kernels(int B, int NH, int NKV, int HD) const {
+    const bool fits = std::int64_t{B} * NH <= 65535 && std::int64_t{B} * NKV <= 65535;
+    if (!fits || HD > 128) return AttentionKernels::kPerRow;
+    if (bf16_)
+      return HD <= 64 ? AttentionKernels::kTensorCores64 : AttentionKernels::kTensorCores128;
+    return HD <= 64 ? AttentionKernels::kTiled64 : AttentionKernels::kTiled128;
   }
   static unsigned tiles(int rows, int per_tile) {
     return static_cast<unsigned>((rows + per_tile - 1) / per_tile);

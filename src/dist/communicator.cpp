@@ -3,11 +3,15 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <thread>
 
 #include "core/error.h"
+#include "core/text.h"
 #include "dist/launch_env.h"
 
 namespace borealis {
@@ -54,10 +58,25 @@ void Communicator::check_blocks(std::size_t whole, std::size_t block, const char
   }
 }
 
+RequestPtr Communicator::start_sendrecv(const void* out, std::size_t out_bytes, int to, void* in,
+                                        std::size_t in_bytes, int from) {
+  RequestPtr r = start_recv(in, in_bytes, from);
+  start_send(out, out_bytes, to)->wait();
+  return r;
+}
+
 std::string local_host_name() {
   char name[HOST_NAME_MAX + 1] = {};
   if (::gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
   return name;
+}
+
+std::string describe_operation(std::size_t bytes, DataType type, const char* op) {
+  return fmt::format(" of {} ({}{}{})", format_bytes(bytes),
+                     type == DataType::F32   ? "f32"
+                     : type == DataType::F64 ? "f64"
+                                             : "bytes",
+                     *op ? " " : "", op);
 }
 
 namespace {
@@ -87,6 +106,21 @@ std::unique_ptr<Communicator> SelfCommunicator::split(int, int) {
   made->set_timeout(timeout());
   made->set_reduce_algorithm(reduce_algorithm());
   return made;
+}
+
+void SelfCommunicator::wait_until(const std::string& what, const std::function<bool()>& done,
+                                  std::chrono::milliseconds timeout) {
+  const auto start = std::chrono::steady_clock::now();
+  while (!done()) {
+    const auto waited = std::chrono::steady_clock::now() - start;
+    if (waited >= timeout) {
+      const std::string message = fmt::format("{} timed out after {:.1f} s on rank 0 ({})", what,
+                                              std::chrono::duration<double>(waited).count(), host_);
+      spdlog::error("{}", message);
+      throw CommTimeout(message, "rank 0", what, 0, {});
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
 }
 
 RequestPtr SelfCommunicator::start_allreduce(void*, std::size_t, DataType, ReduceOp) {

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -104,6 +105,17 @@ class Communicator {
   // and returns at once; never throws. Self: nothing to do.
   virtual void answer_probes() {}
 
+  // Waits until done() returns true as this communicator's own waits do:
+  // polling, answering other ranks' probes meanwhile, and once `timeout`
+  // has passed throwing the CommTimeout of operation `what` ("allreduce #3
+  // of 4.00 KiB (f32 sum)", without the number: it is this communicator's
+  // count of operations) that names the ranks that did not answer. For the
+  // operations of another library over the same ranks, such as NCCL's
+  // (dist/nccl_communicator.h): every rank must wait for the same ones in
+  // the same order. done() may throw; then so does this.
+  virtual void wait_until(const std::string& what, const std::function<bool()>& done,
+                          std::chrono::milliseconds timeout) = 0;
+
   void set_reduce_algorithm(ReduceAlgorithm a) { algorithm_ = a; }
   ReduceAlgorithm reduce_algorithm() const { return algorithm_; }
 
@@ -180,9 +192,7 @@ class Communicator {
   // Sends `out` to `to` and receives `in` from `from`, both at once.
   template <typename T>
   void sendrecv(std::span<const T> out, int to, std::span<T> in, int from) {
-    RequestPtr r = irecv(in, from);
-    isend(out, to)->wait();
-    r->wait();
+    start_sendrecv(out.data(), out.size_bytes(), to, in.data(), in.size_bytes(), from)->wait();
   }
 
  protected:
@@ -193,6 +203,10 @@ class Communicator {
   virtual RequestPtr start_broadcast(void* data, std::size_t bytes, int root) = 0;
   virtual RequestPtr start_send(const void* data, std::size_t bytes, int peer) = 0;
   virtual RequestPtr start_recv(void* data, std::size_t bytes, int peer) = 0;
+  // The receive and the send at once: by default both started, the send
+  // waited for first.
+  virtual RequestPtr start_sendrecv(const void* out, std::size_t out_bytes, int to, void* in,
+                                    std::size_t in_bytes, int from);
 
   void check_blocks(std::size_t whole, std::size_t block, const char* what) const;
 
@@ -219,6 +233,9 @@ class SelfCommunicator final : public Communicator {
   std::string backend() const override { return "self"; }
   RequestPtr ibarrier() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
+  // Polls; after the time-out, a CommTimeout of rank 0 with no silent rank.
+  void wait_until(const std::string& what, const std::function<bool()>& done,
+                  std::chrono::milliseconds timeout) override;
 
  protected:
   RequestPtr start_allreduce(void* data, std::size_t count, DataType type, ReduceOp op) override;
@@ -254,5 +271,9 @@ std::unique_ptr<Communicator> make_mpi_communicator();
 
 // The host name of this machine (gethostname).
 std::string local_host_name();
+
+// " of 4.00 MiB (f32 sum)": what an operation moves, for messages (`op` may
+// be "").
+std::string describe_operation(std::size_t bytes, DataType type, const char* op);
 
 }  // namespace borealis

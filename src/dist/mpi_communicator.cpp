@@ -206,11 +206,12 @@ class MpiCommunicator final : public Communicator {
   // Called when a wait passes its deadline: finds the unresponsive ranks and
   // throws CommTimeout. Marks the communicator failed.
   [[noreturn]] void time_out(const std::string& what, std::uint64_t seq, double waited_s);
-  void set_waiting(std::uint64_t seq) { waiting_ = seq; }
-  // Waits poll without pause, as MPI libraries do, unless this node runs
-  // more ranks than it has CPUs: then a waiting rank yields its CPU to the
-  // ranks it waits for.
-  bool yields() const { return yield_; }
+  // Polls done() until it returns true, as waiting in operation `seq`
+  // (named `what`); time_out() once `timeout` has passed.
+  void poll(const std::string& what, std::uint64_t seq, std::chrono::milliseconds timeout,
+            const std::function<bool()>& done);
+  void wait_until(const std::string& what, const std::function<bool()>& done,
+                  std::chrono::milliseconds timeout) override;
 
  protected:
   RequestPtr start_allreduce(void* data, std::size_t count, DataType type, ReduceOp op) override;
@@ -241,6 +242,9 @@ class MpiCommunicator final : public Communicator {
   std::deque<MpiRequest*> staged_;
   mpi_detail::MpiProbes probes_;  // probes and replies, on a communicator of their own
   bool failed_ = false;
+  // Waits poll without pause, as MPI libraries do, unless this node runs
+  // more ranks than it has CPUs: then a waiting rank yields its CPU to the
+  // ranks it waits for.
   bool yield_ = false;
   int rank_ = 0;
   int size_ = 1;
@@ -251,15 +255,6 @@ class MpiCommunicator final : public Communicator {
   std::uint64_t started_ = 0;  // operations started
   std::uint64_t waiting_ = 0;  // operation being waited for, 0 when none
 };
-
-// " of 4.00 MiB (f32 sum)": what an operation moves, for messages.
-std::string describe(std::size_t bytes, DataType t, const char* op) {
-  return fmt::format(" of {} ({}{}{})", format_bytes(bytes),
-                     t == DataType::F32   ? "f32"
-                     : t == DataType::F64 ? "f64"
-                                          : "bytes",
-                     *op ? " " : "", op);
-}
 
 MpiRequest::~MpiRequest() {
   if (queued) comm_->forget_stage(this);
@@ -294,26 +289,7 @@ void MpiRequest::wait() {
 
 void MpiRequest::wait(std::chrono::milliseconds timeout) {
   if (done_) return;
-  comm_->set_waiting(seq_);
-  const auto start = Clock::now();
-  const auto deadline = start + timeout;
-  // Progress in most MPI libraries happens inside MPI calls, so poll without
-  // sleeping at first; a wait longer than a second is waiting for a slow
-  // peer, not for bandwidth, and polls gently.
-  const auto patient = start + std::chrono::seconds(1);
-  while (!test()) {
-    comm_->serve_probes();
-    const auto now = Clock::now();
-    if (now >= deadline) {
-      comm_->time_out(what_, seq_, std::chrono::duration<double>(now - start).count());
-    }
-    if (now < patient) {
-      if (comm_->yields()) sched_yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  }
-  comm_->set_waiting(0);
+  comm_->poll(what_, seq_, timeout, [this] { return test(); });
 }
 
 // Communicators alive in this process, and whether one of them initialised
@@ -404,6 +380,37 @@ void MpiCommunicator::advance_stages() {
   }
 }
 
+void MpiCommunicator::poll(const std::string& what, std::uint64_t seq,
+                           std::chrono::milliseconds timeout, const std::function<bool()>& done) {
+  waiting_ = seq;
+  const auto start = Clock::now();
+  const auto deadline = start + timeout;
+  // Progress in most MPI libraries happens inside MPI calls, so poll without
+  // sleeping at first; a wait longer than a second is waiting for a slow
+  // peer, not for bandwidth, and polls gently.
+  const auto patient = start + std::chrono::seconds(1);
+  while (!done()) {
+    serve_probes();
+    const auto now = Clock::now();
+    if (now >= deadline) time_out(what, seq, std::chrono::duration<double>(now - start).count());
+    if (now < patient) {
+      if (yield_) sched_yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  waiting_ = 0;
+}
+
+void MpiCommunicator::wait_until(const std::string& what, const std::function<bool()>& done,
+                                 std::chrono::milliseconds timeout) {
+  ++started_;
+  // "allreduce of ..." is "allreduce #7 of ..." in messages.
+  const std::size_t space = std::min(what.find(' '), what.size());
+  poll(fmt::format("{} #{}{}", what.substr(0, space), started_, what.substr(space)), started_,
+       timeout, done);
+}
+
 void MpiCommunicator::answer_probes() {
   try {
     serve_probes();
@@ -439,7 +446,7 @@ RequestPtr MpiCommunicator::ibarrier() {
 RequestPtr MpiCommunicator::start_allreduce(void* data, std::size_t count, DataType type,
                                             ReduceOp op) {
   const std::size_t esize = type_size(type);
-  auto r = make_request("allreduce", describe(count * esize, type, reduce_op_name(op)));
+  auto r = make_request("allreduce", describe_operation(count * esize, type, reduce_op_name(op)));
   const int n = size_;
   if (reduce_algorithm() == ReduceAlgorithm::Native) {
     check(MPI_Iallreduce(MPI_IN_PLACE, data, as_int(count, "allreduce"), mpi_type(type), mpi_op(op),
@@ -496,8 +503,9 @@ RequestPtr MpiCommunicator::start_allreduce(void* data, std::size_t count, DataT
 RequestPtr MpiCommunicator::start_reduce_scatter(const void* in, void* out, std::size_t block,
                                                  DataType type, ReduceOp op) {
   const std::size_t esize = type_size(type);
-  auto r = make_request("reduce_scatter", describe(block * esize * static_cast<std::size_t>(size_),
-                                                   type, reduce_op_name(op)));
+  auto r = make_request("reduce_scatter",
+                        describe_operation(block * esize * static_cast<std::size_t>(size_), type,
+                                           reduce_op_name(op)));
   const int count = as_int(block, "reduce_scatter");
   const int n = size_;
   if (reduce_algorithm() == ReduceAlgorithm::Native) {
@@ -524,7 +532,8 @@ RequestPtr MpiCommunicator::start_reduce_scatter(const void* in, void* out, std:
 
 RequestPtr MpiCommunicator::start_all_gather(const void* in, void* out, std::size_t block_bytes) {
   auto r = make_request(
-      "all_gather", describe(block_bytes * static_cast<std::size_t>(size_), DataType::Bytes, ""));
+      "all_gather",
+      describe_operation(block_bytes * static_cast<std::size_t>(size_), DataType::Bytes, ""));
   const int bytes = as_int(block_bytes, "all_gather");
   const void* own =
       static_cast<unsigned char*>(out) + block_bytes * static_cast<std::size_t>(rank_);
@@ -538,7 +547,7 @@ RequestPtr MpiCommunicator::start_broadcast(void* data, std::size_t bytes, int r
   if (root < 0 || root >= size_) {
     throw std::out_of_range(fmt::format("broadcast root {} of a world of {}", root, size_));
   }
-  auto r = make_request("broadcast", describe(bytes, DataType::Bytes, ""));
+  auto r = make_request("broadcast", describe_operation(bytes, DataType::Bytes, ""));
   check(MPI_Ibcast(data, as_int(bytes, "broadcast"), MPI_BYTE, root, comm_, &r->request),
         "MPI_Ibcast");
   return r;
@@ -552,7 +561,7 @@ RequestPtr MpiCommunicator::start_send(const void* data, std::size_t bytes, int 
   check_peer(peer, "send to");
   auto r = make_request(
       "send", fmt::format(" to rank {} ({}){}", peer, labels_[static_cast<std::size_t>(peer)],
-                          describe(bytes, DataType::Bytes, "")));
+                          describe_operation(bytes, DataType::Bytes, "")));
   check(MPI_Isend(data, as_int(bytes, "send"), MPI_BYTE, peer, kPeerTag, comm_, &r->request),
         "MPI_Isend");
   return r;
@@ -562,7 +571,7 @@ RequestPtr MpiCommunicator::start_recv(void* data, std::size_t bytes, int peer) 
   check_peer(peer, "receive from");
   auto r = make_request(
       "receive", fmt::format(" from rank {} ({}){}", peer, labels_[static_cast<std::size_t>(peer)],
-                             describe(bytes, DataType::Bytes, "")));
+                             describe_operation(bytes, DataType::Bytes, "")));
   check(MPI_Irecv(data, as_int(bytes, "receive"), MPI_BYTE, peer, kPeerTag, comm_, &r->request),
         "MPI_Irecv");
   return r;

@@ -102,3 +102,22 @@ if(BOREALIS_HAVE_CUDA AND BOREALIS_CUDA_KERNELS)
   set(BOREALIS_HAVE_CUDA_KERNELS ON)
   message(STATUS "Borealis: CUDA backend for sm_${CMAKE_CUDA_ARCHITECTURES}")
 endif()
+
+# NCCL, for data parallelism between GPUs (src/dist/nccl_communicator.h):
+# its header at build time; the library is loaded when a run needs it (from
+# the library path, else from where it was found here), so the binary does
+# not depend on it.
+set(BOREALIS_HAVE_NCCL OFF)
+if(BOREALIS_HAVE_CUDA_KERNELS)
+  find_path(BOREALIS_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(BOREALIS_NCCL_LIBRARY_PATH NAMES libnccl.so.2 nccl
+               HINTS ${CUDAToolkit_LIBRARY_DIR} ${CUDAToolkit_LIBRARY_ROOT}/lib
+                     ${CUDAToolkit_TARGET_DIR}/lib)
+  if(BOREALIS_NCCL_INCLUDE_DIR)
+    set(BOREALIS_HAVE_NCCL ON)
+    message(STATUS "Borealis: NCCL header in ${BOREALIS_NCCL_INCLUDE_DIR}, library "
+                   "${BOREALIS_NCCL_LIBRARY_PATH}")
+  else()
+    message(STATUS "Borealis: no NCCL header: no data parallelism between GPUs")
+  endif()
+endif()

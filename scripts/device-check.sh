@@ -12,7 +12,8 @@
 #                                  CUDA's own, into .device-pack/pack.tar.xz
 #   scripts/device-check.sh run    on the GPU machine: unpack, print the
 #                                  device, run every CUDA test (*CudaOps*,
-#                                  *CudaBf16Ops*, *CudaModel*, CudaLimits.*;
+#                                  *CudaBf16Ops*, *CudaModel*, CudaLimits.*,
+#                                  *NcclOneRank*: NCCL on one rank;
 #                                  their emulated and guarded instances ran
 #                                  in CI already) with
 #                                  BOREALIS_REQUIRE_CUDA=1, train
@@ -98,7 +99,7 @@ case "$mode" in
     } 2>&1 | tee "$log"
     status=0
     BOREALIS_REQUIRE_CUDA=1 "$work/borealis_tests" \
-      --gtest_filter='*CudaOps*:*CudaBf16Ops*:*CudaModel*:CudaLimits.*-*emulated*:*guarded*' 2>&1 |
+      --gtest_filter='*CudaOps*:*CudaBf16Ops*:*CudaModel*:CudaLimits.*:*NcclOneRank*-*emulated*:*guarded*' 2>&1 |
       tee -a "$log" ||
       status=$?
     echo "device-check: tests exited with $status" | tee -a "$log"

@@ -45,12 +45,13 @@ ctest --preset "$preset" -j "$jobs" 2>&1 | tee "$log" || status=$?
 # ctest lists skipped tests among many lines; say it where it cannot be missed.
 # Its summary lists them as "  NN - NAME (Skipped|Disabled|Not Run)" under
 # "The following tests did not run:".
-# The CUDA tests (*CudaOps*/cuda, *CudaBf16Ops*/cuda, *CudaModel*, CudaLimits.*) skip wherever no GPU answers, as
-# on CI: they are counted apart, and scripts/device-check.sh runs them on a GPU.
+# The GPU tests (*CudaOps*/cuda, *CudaBf16Ops*/cuda, *CudaModel*, CudaLimits.*,
+# *NcclOneRank*/cuda) skip wherever no GPU answers, as on CI: they are counted
+# apart, and scripts/device-check.sh runs them on a GPU.
 count_skipped() {
   awk -v want="$1" '/The following tests did not run:/ {list = 1; next}
                     list && /^[[:space:]]+[0-9]+ - / {
-                      cuda = $0 ~ /Cuda(Ops|Model|Limits|Bf16Ops)/
+                      cuda = $0 ~ /Cuda(Ops|Model|Limits|Bf16Ops)|NcclOneRank/
                       if ((want == "cuda") == cuda) n++
                       next
                     }

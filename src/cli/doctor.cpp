@@ -25,7 +25,11 @@
 #include "dist/communicator.h"
 #include "dist/launch_env.h"
 #include "kernels/cpu/blas.h"
+#ifdef BOREALIS_HAVE_NCCL
+#include "dist/nccl_communicator.h"
+#endif
 #include "kernels/cuda/device_info.h"
+#include "kernels/make_backend.h"
 #include "train/parallel_groups.h"
 
 namespace borealis::cli {
@@ -68,8 +72,9 @@ struct DoctorOptions {
   std::string dist_min_size = "4K";
   std::string dist_max_size = "64M";
   double dist_timeout = 60;
-  int tensor_parallel = 1;    // --dist: also measure within tensor groups of this size
-  int pipeline_parallel = 1;  // and between the stages of pipelines of this many
+  int tensor_parallel = 1;          // --dist: also measure within tensor groups of this size
+  int pipeline_parallel = 1;        // and between the stages of pipelines of this many
+  std::string dist_device = "cpu";  // --dist: cpu (MPI) or cuda (NCCL between the GPUs) buffers
 };
 
 bool required(const DoctorOptions& o, const std::string& what) {
@@ -212,6 +217,13 @@ std::vector<Check> run_checks(const DoctorOptions& o) {
     cu.note = "CUDA required (--require cuda) but no device is usable";
   }
   checks.push_back(cu);
+#ifdef BOREALIS_HAVE_NCCL
+  const bool nccl = nccl_unavailable_reason().empty();
+  checks.emplace_back("nccl", nccl_summary() + (nccl ? ": data parallelism between GPUs" : ""),
+                      nccl ? Status::Ok : Status::Info);
+#else
+  checks.emplace_back("nccl", "not in this build: no data parallelism between GPUs");
+#endif
   return checks;
 }
 
@@ -267,6 +279,33 @@ void run_layout_checks(const DoctorOptions& o, Communicator& world, std::size_t 
   }
 }
 
+// doctor --dist --dist-device cuda: NCCL between the ranks' GPUs, each rank
+// on the GPU of its local rank: the start-up, then the allreduce bandwidth
+// on GPU memory, as nccl-tests' all_reduce_perf reports it.
+void run_gpu_dist_checks(Communicator& world, std::size_t min_size, std::size_t max_size) {
+  const int gpu = cuda_device_of_local_rank();
+  const auto backend = make_backend("cuda", "--dist-device", Precision::kFp32, "", gpu);
+  const auto start = std::chrono::steady_clock::now();
+  const auto nccl = make_gpu_communicator(world, gpu, "--dist-device");
+  nccl->barrier();
+  double init = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  world.allreduce(std::span<double>(&init, 1), ReduceOp::Max);
+  const bool root = world.rank() == 0;
+  if (root) {
+    std::cout << fmt::format("nccl: {} rank(s) up in {:.2f} s (the slowest), rank 0 on GPU {}\n",
+                             world.size(), init, gpu);
+    std::cout.flush();
+  }
+  if (world.size() == 1) return;
+  const auto points = allreduce_bandwidth(*nccl, *backend, world, min_size, max_size);
+  if (root) {
+    std::cout << fmt::format("allreduce (float32 average) over NCCL between {} GPUs:\n",
+                             world.size())
+              << format_bandwidth_table(points);
+    std::cout.flush();
+  }
+}
+
 // doctor --dist: an MPI smoke test. Every rank reports its host, pid,
 // start-up and compute time; rank 0 prints them, the slowest rank and the
 // allreduce bandwidth over message sizes.
@@ -291,6 +330,7 @@ void run_dist_checks(const DoctorOptions& o) {
               << format_rank_reports(reports);
     std::cout.flush();
   }
+  if (o.dist_device == "cuda") run_gpu_dist_checks(*comm, min_size, max_size);
   if (comm->size() == 1) {
     if (root) {
       std::cout << "dist: one rank, no bandwidth to measure; run it on several, e.g. "
@@ -337,6 +377,11 @@ Command add_doctor(CLI::App& parent) {
       ->capture_default_str();
   app->add_option("--dist-max-size", o->dist_max_size, "Largest allreduce of --dist")
       ->capture_default_str();
+  app->add_option("--dist-device", o->dist_device,
+                  "With --dist: also start NCCL between the ranks' GPUs (cuda; a GPU per rank by "
+                  "local rank) and measure its allreduce on GPU memory")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app->add_option("--tensor-parallel", o->tensor_parallel,
                   "With --dist: also measure within the tensor groups of this size, as a "
                   "training run with dist.tensor_parallel makes them")

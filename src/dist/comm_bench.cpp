@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <new>
 
 #include "core/stopwatch.h"
 #include "core/text.h"
@@ -34,22 +36,50 @@ std::string duration(double s) {
 
 }  // namespace
 
+namespace {
+
+// Host memory for the host form of allreduce_bandwidth.
+class HostMemory final : public BackendMemory {
+ public:
+  void* allocate(std::size_t bytes) override {
+    return ::operator new(std::max<std::size_t>(bytes, 1));
+  }
+  void release(void* ptr) noexcept override { ::operator delete(ptr); }
+  bool host_memory() const override { return true; }
+  void upload(void* dst, const void* host, std::size_t bytes) override {
+    if (bytes > 0) std::memcpy(dst, host, bytes);
+  }
+  void download(void* host, const void* src, std::size_t bytes) override {
+    if (bytes > 0) std::memcpy(host, src, bytes);
+  }
+};
+
+}  // namespace
+
 std::vector<BandwidthPoint> allreduce_bandwidth(Communicator& comm, std::size_t min_bytes,
+                                                std::size_t max_bytes) {
+  HostMemory memory;
+  return allreduce_bandwidth(comm, memory, comm, min_bytes, max_bytes);
+}
+
+std::vector<BandwidthPoint> allreduce_bandwidth(Communicator& comm, BackendMemory& memory,
+                                                Communicator& host, std::size_t min_bytes,
                                                 std::size_t max_bytes) {
   std::vector<BandwidthPoint> points;
   const double n = comm.size();
-  std::vector<float> buffer(std::max<std::size_t>(max_bytes / sizeof(float), 1));
+  const std::size_t elems = std::max<std::size_t>(max_bytes / sizeof(float), 1);
+  BackendArray<float> buffer(memory, static_cast<std::int64_t>(elems));
+  memory.upload(buffer.data(), std::vector<float>(elems, 1.0F).data(), elems * sizeof(float));
   for (std::size_t bytes = std::max<std::size_t>(min_bytes, sizeof(float)); bytes <= max_bytes;
        bytes *= 4) {
     std::span<float> data(buffer.data(), bytes / sizeof(float));
-    std::fill(data.begin(), data.end(), 1.0F);
     const int iterations = iterations_for(bytes);
-    comm.allreduce(data, ReduceOp::Sum);  // warm-up: connections, buffers
-    comm.barrier();
+    comm.allreduce(data, ReduceOp::Avg);  // warm-up: connections, buffers
+    host.barrier();
     const auto start = Clock::now();
     for (int i = 0; i < iterations; ++i) comm.allreduce(data, ReduceOp::Avg);
     double elapsed = seconds_since(start) / iterations;
-    comm.allreduce(std::span<double>(&elapsed, 1), ReduceOp::Max);
+    host.allreduce(std::span<double>(&elapsed, 1), ReduceOp::Max);
     BandwidthPoint p;
     p.bytes = bytes;
     p.iterations = iterations;

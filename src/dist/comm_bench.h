@@ -1,5 +1,6 @@
 // Measurements of a Communicator shared by `borealis doctor --dist` and
-// bench/allreduce_bench: allreduce bandwidth over message sizes and a
+// bench/allreduce_bench: allreduce bandwidth over message sizes (in host
+// memory, or a GPU's over NCCL) and a
 // per-rank report (host, pid, start-up and compute time) that shows the
 // slowest rank.
 #pragma once
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "kernels/backend.h"
 
 namespace borealis {
 
@@ -25,6 +27,12 @@ struct BandwidthPoint {
 // only on the size, so every rank runs the same collectives. Collective: all
 // ranks must call it with the same arguments.
 std::vector<BandwidthPoint> allreduce_bandwidth(Communicator& comm, std::size_t min_bytes,
+                                                std::size_t max_bytes);
+// The same on buffers of `memory` (a GPU's, for NCCL between the ranks'
+// GPUs: dist/nccl_communicator.h); `host`, over the same ranks, agrees on
+// the timing. Collective over both.
+std::vector<BandwidthPoint> allreduce_bandwidth(Communicator& comm, BackendMemory& memory,
+                                                Communicator& host, std::size_t min_bytes,
                                                 std::size_t max_bytes);
 
 // Times sendrecv exchanges (pipeline stages' traffic) of the same sizes

@@ -20,8 +20,9 @@ std::int64_t padded_shard(std::int64_t total, int ranks) {
 
 DataParallel::DataParallel(Communicator& comm, Backend<float>& backend, const ParamLayout& layout,
                            const AdamWConfig& config, const DataParallelOptions& options,
-                           float* params, float* grads)
+                           float* params, float* grads, Communicator* buffers)
     : comm_(comm),
+      buffers_(buffers != nullptr ? *buffers : comm),
       backend_(backend),
       options_(options),
       params_(params),
@@ -36,10 +37,11 @@ DataParallel::DataParallel(Communicator& comm, Backend<float>& backend, const Pa
   }
   const int n = comm.size();
   if (n == 1) return;
-  if (!backend.host_memory()) {
-    throw std::invalid_argument(fmt::format(
-        "data parallelism over {} ranks exchanges host memory, not the memory of '{}'", n,
-        backend.name()));
+  if (!backend.host_memory() && buffers == nullptr) {
+    throw std::invalid_argument(
+        fmt::format("data parallelism over {} ranks in the memory of '{}' needs a communicator "
+                    "of that memory (NCCL for a GPU)",
+                    n, backend.name()));
   }
   const auto bucket =
       std::max<std::int64_t>(1, static_cast<std::int64_t>(options.bucket_bytes / sizeof(float)));
@@ -56,14 +58,14 @@ DataParallel::DataParallel(Communicator& comm, Backend<float>& backend, const Pa
     for (std::int64_t hi = shard_; hi > 0; hi -= piece) {
       buckets_.push_back({std::max<std::int64_t>(0, hi - piece), hi});
     }
-    staging_.assign(static_cast<std::size_t>(shard_ * n), 0.0f);
-    shard_grads_.assign(static_cast<std::size_t>(shard_), 0.0f);
+    staging_ = BackendArray<float>(backend, shard_ * n);
+    shard_grads_ = BackendArray<float>(backend, shard_);
   }
 }
 
 void DataParallel::start(const Bucket& b) {
   if (options_.zero == 0) {
-    pending_.push_back(comm_.iallreduce(
+    pending_.push_back(buffers_.iallreduce(
         std::span<float>(grads_ + b.lo, static_cast<std::size_t>(b.hi - b.lo)), ReduceOp::Sum));
     return;
   }
@@ -77,10 +79,10 @@ void DataParallel::start(const Bucket& b) {
     const std::int64_t from = shard_ * r + b.lo;
     const std::int64_t have = std::clamp<std::int64_t>(total_ - from, 0, len);
     float* dst = packed + len * r;
-    if (have > 0) std::memcpy(dst, grads_ + from, static_cast<std::size_t>(have) * sizeof(float));
-    std::fill(dst + have, dst + len, 0.0f);
+    if (have > 0) backend_.copy(dst, grads_ + from, have);
+    if (have < len) backend_.fill(dst + have, 0.0f, len - have);
   }
-  pending_.push_back(comm_.ireduce_scatter(
+  pending_.push_back(buffers_.ireduce_scatter(
       std::span<const float>(packed, static_cast<std::size_t>(len * n)),
       std::span<float>(shard_grads_.data() + b.lo, static_cast<std::size_t>(len)), ReduceOp::Sum));
 }
@@ -186,11 +188,11 @@ void DataParallel::gather_shards(const float* mine, float* full) {
     float* block = staging_.data() + b.lo * n;
     float* slot = block + len * me;
     const std::int64_t have = std::clamp<std::int64_t>(own - b.lo, 0, len);
-    if (have > 0) std::memcpy(slot, mine + b.lo, static_cast<std::size_t>(have) * sizeof(float));
-    std::fill(slot + have, slot + len, 0.0f);
+    if (have > 0) backend_.copy(slot, mine + b.lo, have);
+    if (have < len) backend_.fill(slot + have, 0.0f, len - have);
     pending_.push_back(
-        comm_.iall_gather(std::span<const float>(slot, static_cast<std::size_t>(len)),
-                          std::span<float>(block, static_cast<std::size_t>(len * n))));
+        buffers_.iall_gather(std::span<const float>(slot, static_cast<std::size_t>(len)),
+                             std::span<float>(block, static_cast<std::size_t>(len * n))));
   }
   wait_all();
   for (const Bucket& b : buckets_) {
@@ -199,9 +201,7 @@ void DataParallel::gather_shards(const float* mine, float* full) {
     for (int r = 0; r < n; ++r) {
       const std::int64_t to = shard_ * r + b.lo;
       const std::int64_t have = std::clamp<std::int64_t>(total_ - to, 0, len);
-      if (have > 0) {
-        std::memmove(full + to, block + len * r, static_cast<std::size_t>(have) * sizeof(float));
-      }
+      if (have > 0) backend_.copy(full + to, block + len * r, have);
     }
   }
 }

@@ -20,7 +20,10 @@
 // order. With the ordered reduction every gradient element is the rank-order
 // sum in both modes, so ZeRO-1 gives the same bits as zero = 0.
 // World size 1 makes no collective call: the norm and the update are exactly
-// those of a single process.
+// those of a single process. On GPUs the gradients and parameters move over
+// a communicator of their memory (NCCL, dist/nccl_communicator.h), the same
+// schedule with the staging buffers in device memory; the sums are then
+// NCCL's, not the rank-order ones.
 #pragma once
 
 #include <cstddef>
@@ -43,10 +46,14 @@ class DataParallel {
  public:
   // params and grads are the model's flat buffers (layout.total() elements)
   // in the backend's memory, which must stay where they are; the backend
-  // does the optimizer's arithmetic and must outlive this.
+  // does the optimizer's arithmetic and must outlive this. `buffers`, over
+  // the same ranks as `comm`, moves the gradients and parameters when they
+  // are not in host memory (NCCL between GPUs); `comm` carries the host's
+  // numbers (the norm's partial sums). Null: `comm` moves them too, which
+  // needs a backend with host memory (more than one rank only).
   DataParallel(Communicator& comm, Backend<float>& backend, const ParamLayout& layout,
                const AdamWConfig& config, const DataParallelOptions& options, float* params,
-               float* grads);
+               float* grads, Communicator* buffers = nullptr);
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
 
@@ -94,7 +101,7 @@ class DataParallel {
   // Staging buffers for the collectives (zero = 1: packed chunks and the
   // shard's gradients).
   std::size_t buffer_bytes() const {
-    return (staging_.size() + shard_grads_.size()) * sizeof(float);
+    return static_cast<std::size_t>(staging_.size() + shard_grads_.size()) * sizeof(float);
   }
   std::size_t buckets() const { return buckets_.size(); }
 
@@ -111,6 +118,7 @@ class DataParallel {
   double sum_of_squares(const float* data, std::int64_t lo, std::int64_t count);
 
   Communicator& comm_;
+  Communicator& buffers_;  // moves the gradients and parameters
   Backend<float>& backend_;
   DataParallelOptions options_;
   float* params_;
@@ -122,8 +130,8 @@ class DataParallel {
   std::vector<Bucket> buckets_;  // in the order they complete in backward
   std::size_t next_ = 0;         // the next bucket to start
   std::vector<RequestPtr> pending_;
-  std::vector<float> staging_;        // zero = 1: size() * shard_
-  std::vector<float> shard_grads_;    // zero = 1: shard_
+  BackendArray<float> staging_;       // zero = 1: size() * shard_, in the backend's memory
+  BackendArray<float> shard_grads_;   // zero = 1: shard_
   Communicator* tensor_ = nullptr;    // tensor-parallel group, if any
   Communicator* pipeline_ = nullptr;  // pipeline, if any
   // Ranges [lo, hi) of the flat buffer this rank leaves out of the norm.

@@ -160,8 +160,9 @@ ConfigSchema train_config_schema() {
         "peak GFLOP/s for MFU (0: measured at start-up at the model's GEMM shapes: the "
         "backend's matmul in fp32, cuBLAS's bf16 GEMM with train.precision = \"bf16\")");
   s.add("train.device", std::string("cpu"),
-        "where the steps run: \"cpu\", or \"cuda\" (the first GPU, one rank; builds with the "
-        "CUDA backend); checkpoints are the same on both, so a run resumes on either");
+        "where the steps run: \"cpu\", or \"cuda\" (builds with the CUDA backend: a GPU per "
+        "rank, by local rank; data-parallel ranks sum gradients over NCCL; no tensor or "
+        "pipeline parallelism); checkpoints are the same on both, so a run resumes on either");
   s.add("train.precision", std::string("fp32"),
         "what the matmuls multiply: \"fp32\", or \"bf16\" (bf16 operands, fp32 accumulation; "
         "parameters, gradients, optimizer state, norms and the loss stay fp32; "
@@ -211,7 +212,8 @@ ConfigSchema train_config_schema() {
   s.add("dist.timeout_s", 300.0,
         "a collective that waits longer fails the run, naming the ranks that do not answer");
   s.add("dist.reduce", std::string("ordered"),
-        "gradient reduction: ordered (bit-reproducible) or native (the MPI library's)",
+        "gradient reduction over MPI: ordered (bit-reproducible) or native (the MPI "
+        "library's); GPU ranks use NCCL's",
         {"ordered", "native"});
   s.add("dist.straggler_every", Int{100},
         "every N steps rank 0 gathers each rank's compute, data and communication time and "

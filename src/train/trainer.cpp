@@ -157,8 +157,9 @@ void check_ranks_agree(const Config& config, const TrainSettings& s,
 }
 
 // The run's plan in the log: model, steps, ranks and memory.
+// `device_comm`: the backend of the communicator between GPUs, or "".
 void log_plan(const TrainSettings& s, ParallelGroups& groups, const Model<float>& model,
-              const DataParallel& dp, double peak) {
+              const DataParallel& dp, double peak, const std::string& device_comm) {
   const ParallelLayout& layout = groups.layout();
   const int ranks = layout.world;
   spdlog::info("model {} ({}, {:.2f}M parameters), {} threads, {} GEMM peak {:.1f} GFLOP/s",
@@ -194,9 +195,15 @@ void log_plan(const TrainSettings& s, ParallelGroups& groups, const Model<float>
     }
     spdlog::info(
         "data parallel: {} replicas, {} micro-batches of {} per replica and step; ZeRO-{}, {} "
-        "gradient buckets of up to {} MiB, {} reduction, time-out {} s",
+        "gradient buckets of up to {} MiB, {}, time-out {} s",
         layout.data, s.accumulation() / layout.data, s.micro_batch, s.zero, dp.buckets(),
-        s.bucket_mb, s.reduce, s.timeout_s);
+        s.bucket_mb,
+        device_comm.empty()
+            ? fmt::format("{} reduction", s.reduce)
+            : fmt::format("gradients between GPUs over {} (in its summation order; dist.reduce "
+                          "applies to MPI)",
+                          device_comm),
+        s.timeout_s);
   }
   const std::size_t param_bytes = static_cast<std::size_t>(model.num_params()) * sizeof(float);
   spdlog::info(
@@ -350,14 +357,23 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   }
 
   // Model and optimizer, fresh or from the checkpoint.
+  // Data-parallel ranks on one node take a GPU each.
+  const int gpu = s.device == "cuda" ? cuda_device_of_local_rank() : 0;
   const std::unique_ptr<Backend<float>> backend =
       options.backend ? options.backend()
-                      : make_backend(s.device, "train.device", s.precision, "train.precision");
+                      : make_backend(s.device, "train.device", s.precision, "train.precision", gpu);
+  // Gradients and parameters in device memory move over NCCL.
+  std::unique_ptr<Communicator> device_comm;
   if (!backend->host_memory() && ranks > 1) {
-    throw Error(fmt::format("train.device = \"{}\" runs on one rank: data, tensor and pipeline "
-                            "parallelism exchange host memory over MPI ({} ranks here)",
-                            s.device, ranks),
-                "train.device");
+    if (layout.tensor > 1 || layout.pipeline > 1) {
+      throw Error(fmt::format("train.device = \"{}\" runs data parallelism only: tensor and "
+                              "pipeline parallelism exchange host memory over MPI "
+                              "(dist.tensor_parallel = {}, dist.pipeline_parallel = {})",
+                              s.device, layout.tensor, layout.pipeline),
+                  "train.device");
+    }
+    device_comm = options.device_comm ? options.device_comm(groups.data(), gpu)
+                                      : make_gpu_communicator(groups.data(), gpu, "train.device");
   }
   Model<float> model(s.model, *backend, &groups.model_group(), groups.stage());
   std::unique_ptr<Pipeline<float>> pipeline;
@@ -371,7 +387,7 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
   dpo.zero = s.zero;
   dpo.bucket_bytes = static_cast<std::size_t>(s.bucket_mb * (1 << 20));
   DataParallel dp(groups.data(), *backend, model.layout(), s.adamw, dpo, model.params(),
-                  model.grads());
+                  model.grads(), device_comm.get());
   dp.set_model_parallel(groups.tensor(), groups.pipeline(), model.layout());
   TrainState state;
   if (resume_from) {
@@ -411,7 +427,7 @@ TrainRunResult train_run(const Config& config, const TrainRunOptions& options,
       }
     }
   }
-  log_plan(s, groups, model, dp, peak);
+  log_plan(s, groups, model, dp, peak, device_comm ? device_comm->backend() : "");
 
   std::unique_ptr<MetricsWriter> metrics;
   if (root) {

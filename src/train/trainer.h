@@ -57,6 +57,11 @@ struct TrainRunOptions {
   // The backend to train on instead of train.device's (null: that one); the
   // tests pass one whose memory the host cannot touch, as a GPU's.
   std::function<std::unique_ptr<Backend<float>>()> backend;
+  // Data parallelism on a backend whose memory the host cannot touch: the
+  // communicator that moves the gradients and parameters, made over the
+  // data-parallel group on GPU `gpu` (null: NCCL's, dist/nccl_communicator.h;
+  // the tests pass the emulated NCCL's).
+  std::function<std::unique_ptr<Communicator>(Communicator& data, int gpu)> device_comm;
 };
 
 struct TrainRunResult {

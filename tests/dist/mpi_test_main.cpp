@@ -1,15 +1,20 @@
-// Tests of MpiCommunicator, run by ctest under `mpirun -np 2` (any count of
-// two or more works; mpi_test_main checks it). Every rank runs every test; a
-// failure on any rank fails the job.
-// `--timeout-check` runs the time-out scenario instead: the last rank sleeps
-// past the time-out and rank 0 must report it by rank and host (in the
-// message and in the CommTimeout's fields), in time; the
-// job then ends non-zero (the communicator aborts it), and
-// run_timeout_check.sh checks both.
+// Tests of MpiCommunicator, and of the NCCL communicator over it on the
+// CUDA emulator's NCCL (dist/nccl_communicator.h,
+// kernels/cuda_emulator/emulated_nccl.h), run by ctest under `mpirun -np 2`
+// (any count of two or more works; mpi_test_main checks it). Every rank
+// runs every test; a failure on any rank fails the job.
+// `--timeout-check [nccl]` runs the time-out scenario instead: the last rank
+// sleeps past the time-out and rank 0 must report it by rank and host (in
+// the message and in the CommTimeout's fields), in time, waiting in an MPI
+// allreduce or, with `nccl`, in an NCCL one on emulated GPU memory; the job
+// then ends non-zero (the communicator aborts it), and run_timeout_check.sh
+// checks both.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -19,8 +24,12 @@
 #include <vector>
 
 #include "core/error.h"
+#include "dist/comm_bench.h"
 #include "dist/communicator.h"
 #include "dist/mpi_gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cuda_emulator/emulated_cuda_backend.h"
+#include "kernels/cuda_emulator/emulated_nccl.h"
 
 namespace borealis {
 namespace {
@@ -212,19 +221,206 @@ TEST(Mpi, ManyOrderedAllreducesInFlightPolledInAnyOrder) {
   }
 }
 
-int timeout_check(Communicator& c) {
+// ---- the NCCL communicator over the emulated NCCL ----------------------------
+
+// A rank's emulated GPU and its NCCL communicator over the world.
+struct EmulatedGpu {
+  EmulatedGpu() : backend(emulated::make_cuda_backend()) {
+    nccl = emulated::make_nccl_communicator(*g_comm, 0);
+  }
+  // `host` in the GPU's memory, and back.
+  template <typename T>
+  BackendArray<T> put(const std::vector<T>& host) {
+    BackendArray<T> a(*backend, static_cast<std::int64_t>(host.size()));
+    backend->upload(a.data(), host.data(), host.size() * sizeof(T));
+    return a;
+  }
+  template <typename T>
+  std::vector<T> get(const BackendArray<T>& a) {
+    std::vector<T> host(static_cast<std::size_t>(a.size()));
+    backend->download(host.data(), a.data(), host.size() * sizeof(T));
+    return host;
+  }
+  std::unique_ptr<Backend<float>> backend;
+  std::unique_ptr<Communicator> nccl;
+};
+
+template <typename T>
+std::vector<T> reduce_over_ranks(int ranks, std::size_t n, ReduceOp op) {
+  std::vector<T> out = rank_data<T>(0, n);
+  for (int r = 1; r < ranks; ++r) {
+    const auto v = rank_data<T>(r, n);
+    for (std::size_t i = 0; i < n; ++i) {
+      out[i] = op == ReduceOp::Max   ? std::max(out[i], v[i])
+               : op == ReduceOp::Min ? std::min(out[i], v[i])
+                                     : out[i] + v[i];
+    }
+  }
+  if (op == ReduceOp::Avg) {
+    for (auto& x : out) x /= static_cast<T>(ranks);
+  }
+  return out;
+}
+
+// Two ranks add in either order with the same bits, so every result is
+// exact; more ranks are compared within rounding.
+template <typename T>
+void expect_reduced(const std::vector<T>& got, const std::vector<T>& want, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (g_comm->size() == 2) {
+      ASSERT_EQ(got[i], want[i]) << what << " element " << i;
+    } else {
+      ASSERT_NEAR(got[i], want[i], 1e-5 * std::abs(want[i])) << what << " element " << i;
+    }
+  }
+}
+
+TEST(NcclEmulated, AllreduceOfEveryOpAndType) {
+  EmulatedGpu gpu;
+  Communicator& c = *gpu.nccl;
+  EXPECT_EQ(c.backend(), "nccl");
+  EXPECT_EQ(c.size(), g_comm->size());
+  EXPECT_EQ(c.rank(), g_comm->rank());
+  EXPECT_EQ(c.host(c.rank()), g_comm->host(c.rank()));
+  const std::size_t n = 3001;
+  for (const ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max, ReduceOp::Min}) {
+    auto f = gpu.put(rank_data<float>(c.rank(), n));
+    c.allreduce(std::span<float>(f.data(), n), op);
+    expect_reduced(gpu.get(f), reduce_over_ranks<float>(c.size(), n, op), reduce_op_name(op));
+    auto d = gpu.put(rank_data<double>(c.rank(), n));
+    c.allreduce(std::span<double>(d.data(), n), op);
+    expect_reduced(gpu.get(d), reduce_over_ranks<double>(c.size(), n, op), reduce_op_name(op));
+  }
+}
+
+TEST(NcclEmulated, ReduceScatterAllGatherBroadcastSendrecvBarrier) {
+  EmulatedGpu gpu;
+  Communicator& c = *gpu.nccl;
+  const int ranks = c.size(), me = c.rank();
+  const std::size_t block = 517, n = block * static_cast<std::size_t>(ranks);
+  // reduce_scatter: rank r gets the sums of block r.
+  auto in = gpu.put(rank_data<float>(me, n));
+  BackendArray<float> out(*gpu.backend, static_cast<std::int64_t>(block));
+  c.reduce_scatter(std::span<const float>(in.data(), n), std::span<float>(out.data(), block),
+                   ReduceOp::Sum);
+  const auto sums = reduce_over_ranks<float>(ranks, n, ReduceOp::Sum);
+  expect_reduced(gpu.get(out),
+                 std::vector<float>(sums.begin() + static_cast<std::ptrdiff_t>(block * me),
+                                    sums.begin() + static_cast<std::ptrdiff_t>(block * (me + 1))),
+                 "reduce_scatter");
+  // all_gather: every rank's block in rank order, from a separate buffer
+  // and in place (NCCL's in-place form: the input is this rank's slot).
+  std::vector<float> mine(block, static_cast<float>(me) + 0.5f), want;
+  for (int r = 0; r < ranks; ++r) want.insert(want.end(), block, static_cast<float>(r) + 0.5f);
+  auto piece = gpu.put(mine);
+  BackendArray<float> all(*gpu.backend, static_cast<std::int64_t>(n));
+  c.all_gather(std::span<const float>(piece.data(), block), std::span<float>(all.data(), n));
+  EXPECT_EQ(gpu.get(all), want);
+  gpu.backend->fill(all.data(), -1.0f, static_cast<std::int64_t>(n));
+  gpu.backend->copy(all.data() + block * me, piece.data(), static_cast<std::int64_t>(block));
+  c.all_gather(std::span<const float>(all.data() + block * me, block),
+               std::span<float>(all.data(), n));
+  EXPECT_EQ(gpu.get(all), want);
+  // broadcast from the last rank.
+  auto b = gpu.put(rank_data<float>(me, 100));
+  c.broadcast(std::span<float>(b.data(), 100), ranks - 1);
+  EXPECT_EQ(gpu.get(b), rank_data<float>(ranks - 1, 100));
+  // sendrecv around the ring: each rank sends up and receives from below.
+  auto send = gpu.put(rank_data<float>(me, 64));
+  BackendArray<float> recv(*gpu.backend, 64);
+  c.sendrecv(std::span<const float>(send.data(), 64), (me + 1) % ranks,
+             std::span<float>(recv.data(), 64), (me + ranks - 1) % ranks);
+  EXPECT_EQ(gpu.get(recv), rank_data<float>((me + ranks - 1) % ranks, 64));
+  c.barrier();
+}
+
+TEST(NcclEmulated, NonBlockingCollectivesCompleteInAnyOrderOfPolling) {
+  EmulatedGpu gpu;
+  Communicator& c = *gpu.nccl;
+  const std::size_t n = 2000;
+  std::vector<BackendArray<float>> data;
+  std::vector<RequestPtr> requests;
+  for (int k = 0; k < 6; ++k) {
+    data.push_back(gpu.put(rank_data<float>(c.rank() + 10 * k, n)));
+    requests.push_back(c.iallreduce(std::span<float>(data.back().data(), n), ReduceOp::Sum));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t k = requests.size(); k-- > 0;) {
+    while (!requests[k]->test()) {
+      ASSERT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+    }
+  }
+  for (int k = 0; k < 6; ++k) {
+    std::vector<float> want = rank_data<float>(10 * k, n);
+    for (int r = 1; r < c.size(); ++r) {
+      const auto v = rank_data<float>(r + 10 * k, n);
+      for (std::size_t i = 0; i < n; ++i) want[i] += v[i];
+    }
+    expect_reduced(gpu.get(data[static_cast<std::size_t>(k)]), want, "iallreduce");
+  }
+}
+
+TEST(NcclEmulated, SplitGroupsAndHostMemoryIsRefused) {
+  EmulatedGpu gpu;
+  // Groups in reverse rank order (key), one per world: ranks renumbered.
+  const std::unique_ptr<Communicator> reversed = gpu.nccl->split(0, -g_comm->rank());
+  EXPECT_EQ(reversed->backend(), "nccl");
+  EXPECT_EQ(reversed->rank(), g_comm->size() - 1 - g_comm->rank());
+  auto f = gpu.put(std::vector<float>(10, static_cast<float>(reversed->rank())));
+  reversed->broadcast(std::span<float>(f.data(), 10), 0);
+  EXPECT_EQ(gpu.get(f), std::vector<float>(10, 0.0f));
+  // NCCL moves device memory only.
+  std::vector<float> host(10, 1.0f);
+  try {
+    gpu.nccl->allreduce(std::span<float>(host), ReduceOp::Sum);
+    ADD_FAILURE() << "an allreduce of host memory passed";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("NCCL: allreduce"), std::string::npos) << e.message();
+    EXPECT_NE(e.message().find("invalid argument"), std::string::npos) << e.message();
+  }
+}
+
+// doctor --dist --dist-device cuda's measurement, on the emulated GPUs.
+TEST(NcclEmulated, AllreduceBandwidthOnGpuMemory) {
+  EmulatedGpu gpu;
+  const auto points = allreduce_bandwidth(*gpu.nccl, *gpu.backend, *g_comm, 4096, 65536);
+  ASSERT_EQ(points.size(), 3u);
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    EXPECT_EQ(points[i].bytes, std::size_t{4096} << (2 * i));
+    EXPECT_GT(points[i].seconds, 0.0);
+    EXPECT_NEAR(points[i].busbw, points[i].algbw * 2 * (g_comm->size() - 1) / g_comm->size(),
+                1e-9 * points[i].algbw);
+  }
+  EXPECT_NE(format_bandwidth_table(points).find("64.0 KiB"), std::string::npos);
+}
+
+int timeout_check(Communicator& c, bool nccl) {
   c.set_timeout(std::chrono::milliseconds(1000));
   const int sleeper = c.size() - 1;
-  std::vector<float> v(1024, 1.0F);
+  std::vector<float> host(1024, 1.0F);
+  // With `nccl`: the same over the emulated NCCL, on emulated GPU memory.
+  std::unique_ptr<Backend<float>> gpu;
+  std::unique_ptr<Communicator> over_nccl;
+  BackendArray<float> device;
+  std::span<float> v(host);
+  Communicator* use = &c;
+  if (nccl) {
+    gpu = emulated::make_cuda_backend();
+    over_nccl = emulated::make_nccl_communicator(c, 0);
+    device = BackendArray<float>(*gpu, 1024);
+    v = std::span<float>(device.data(), 1024);
+    use = over_nccl.get();
+  }
   if (c.rank() == sleeper) {
     std::this_thread::sleep_for(std::chrono::seconds(8));  // long past the time-out
-    c.allreduce(std::span<float>(v), ReduceOp::Sum);
+    use->allreduce(v, ReduceOp::Sum);
     std::printf("timeout check FAILED: the sleeping rank was not stopped\n");
     return 1;
   }
   const auto start = std::chrono::steady_clock::now();
   try {
-    c.allreduce(std::span<float>(v), ReduceOp::Sum);
+    use->allreduce(v, ReduceOp::Sum);
   } catch (const CommTimeout& e) {
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -258,5 +454,7 @@ int main(int argc, char** argv) {
   // when destroyed.
   return borealis::test::mpi_test_main(
       argc, argv, std::chrono::milliseconds(20'000), borealis::g_comm, borealis::test::RankRange{},
-      [](borealis::Communicator& comm, int, char**) { return borealis::timeout_check(comm); });
+      [](borealis::Communicator& comm, int args, char** arg) {
+        return borealis::timeout_check(comm, args > 2 && std::string(arg[2]) == "nccl");
+      });
 }

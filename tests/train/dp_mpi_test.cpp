@@ -8,8 +8,10 @@
 // ranks share its directory. Reference runs of one process run on rank 0
 // alone (a Self communicator) while the other ranks wait.
 //
-// `--timeout-check hang|exit [ZERO]` (mpi.train_timeout, mpi.train_rank_exit,
-// mpi.train_timeout_zero1, mpi.train_timeout_3ranks): rank 1 hangs or exits
+// `--timeout-check hang|exit [ZERO [gpu]]` (mpi.train_timeout,
+// mpi.train_rank_exit, mpi.train_timeout_zero1, mpi.train_timeout_3ranks,
+// mpi.train_timeout_nccl: the ranks on emulated GPUs, waiting in NCCL's
+// allreduce of the gradients): rank 1 hangs or exits
 // through BOREALIS_TEST_FAULT; rank 0 must fail within the 2 s time-out
 // naming rank 1 and its host, with the checkpoint that can still be written
 // (timeout_check), then the job ends non-zero (run_timeout_check.sh).
@@ -17,6 +19,7 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -33,6 +36,8 @@
 #include "core/error.h"
 #include "dist/communicator.h"
 #include "dist/mpi_gtest.h"
+#include "kernels/cuda_emulator/emulated_cuda_backend.h"
+#include "kernels/cuda_emulator/emulated_nccl.h"
 #include "model/safetensors.h"
 #include "optim/data_parallel.h"
 #include "test_util.h"
@@ -157,6 +162,74 @@ TEST(DataParallel, TwoRanksMatchOneProcessAndRepeatBitForBit) {
   std::string first;
   std::getline(in, first);
   EXPECT_NE(first.find(R"("ranks":2)"), std::string::npos) << first;
+}
+
+// Data parallelism between GPUs: the CUDA backend's kernels and the NCCL
+// communicator, both on the CUDA emulator (its NCCL over MPI).
+TrainRunResult train_on_emulated_gpus(const fs::path& config,
+                                      const std::vector<std::string>& overrides, Communicator& comm,
+                                      std::int64_t stop_at = 0) {
+  TrainRunOptions o;
+  o.progress = false;
+  o.stop_at_step = stop_at;
+  o.comm = &comm;
+  o.backend = [] { return emulated::make_cuda_backend(); };
+  o.device_comm = [](Communicator& data, int gpu) {
+    return emulated::make_nccl_communicator(data, gpu);
+  };
+  return run_training(load_config(train_config_schema(), config, overrides), o);
+}
+
+// Two GPU ranks (emulated) track two CPU ranks within the kernels' fp32
+// rounding; ZeRO-1 over NCCL gives plain data parallelism's bits (two ranks
+// add the same two numbers either way), and a ZeRO-1 run stopped on the
+// GPUs, its optimizer shards saved from device memory, resumes on them bit
+// for bit.
+TEST(DataParallel, GpuRanksOverNcclTrackCpuRanksAndResumeExactly) {
+  const SharedCorpus corpus(*g_comm);
+  const fs::path cpu = corpus->dir() / "cpu", gpu = corpus->dir() / "gpu",
+                 zero = corpus->dir() / "gpu_zero", split = corpus->dir() / "gpu_split";
+  const fs::path cfg_cpu = corpus.write_config("cpu.toml", cpu);
+  const fs::path cfg_gpu = corpus.write_config("gpu.toml", gpu);
+  const fs::path cfg_zero = corpus.write_config("zero.toml", zero);
+  const fs::path cfg_split = corpus.write_config("split.toml", split);
+  const std::vector<std::string> run = {"train.steps=6", "train.global_batch=8",
+                                        "checkpoint.every=3", "eval.every=3",
+                                        "dist.bucket_mb=0.01"};
+  auto zero_run = run;
+  zero_run.push_back("dist.zero=1");
+  train(cfg_cpu, run, *g_comm);
+  const auto g = train_on_emulated_gpus(cfg_gpu, run, *g_comm);
+  EXPECT_EQ(g.steps, 6);
+  train_on_emulated_gpus(cfg_zero, zero_run, *g_comm);
+  EXPECT_EQ(train_on_emulated_gpus(cfg_split, zero_run, *g_comm, 4).steps, 4);
+  const auto resumed = train_on_emulated_gpus(cfg_split, zero_run, *g_comm);
+  EXPECT_EQ(resumed.first_step, 4);
+  if (g_comm->rank() != 0) return;
+  const auto want = train_losses(cpu), got = train_losses(gpu);
+  ASSERT_EQ(got.size(), 6u);
+  ASSERT_EQ(want.size(), got.size());
+  for (const auto& [step, loss] : want) {
+    EXPECT_NEAR(got.at(step), loss, 1e-4 * loss) << "step " << step;
+  }
+  const auto wc = weights(final_checkpoint(cpu, 6)), wg = weights(final_checkpoint(gpu, 6));
+  ASSERT_EQ(wc.size(), wg.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < wc.size(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::abs(wc[i] - wg[i])));
+  }
+  EXPECT_LT(worst, 1e-4);
+  std::printf("[ measured ] 2 GPU ranks vs 2 CPU ranks: largest weight difference %.3g\n", worst);
+  EXPECT_EQ(train_losses(gpu), train_losses(zero));
+  for (const fs::path& other : {zero, split}) {
+    EXPECT_EQ(test::read_file(final_checkpoint(gpu, 6) / "model.safetensors"),
+              test::read_file(final_checkpoint(other, 6) / "model.safetensors"))
+        << other;
+  }
+  EXPECT_EQ(moments(final_checkpoint(gpu, 6)), moments(final_checkpoint(zero, 6)));
+  EXPECT_EQ(moments(final_checkpoint(zero, 6)), moments(final_checkpoint(split, 6)));
+  EXPECT_EQ(train_losses(zero), train_losses(split));
+  EXPECT_EQ(info_shards(final_checkpoint(zero, 6)), 2u);
 }
 
 TEST(DataParallel, ResumeOnAnotherNumberOfRanks) {
@@ -385,6 +458,14 @@ TEST(DataParallel, ConfigErrors) {
   EXPECT_NE(other.find("rank 1 (" + g_comm->host(1) + ") runs another configuration than rank 0"),
             std::string::npos)
       << other;
+  // GPU ranks run data parallelism only.
+  const std::string tensor = test::error_line([&] {
+    train_on_emulated_gpus(cfg, {"dist.tensor_parallel=2", "train.global_batch=4"}, *g_comm);
+  });
+  EXPECT_NE(tensor.find("runs data parallelism only: tensor and pipeline parallelism exchange "
+                        "host memory over MPI (dist.tensor_parallel = 2"),
+            std::string::npos)
+      << tensor;
   g_comm->barrier();
 }
 
@@ -397,7 +478,7 @@ TEST(DataParallel, ConfigErrors) {
 // the job after dist.timeout_s). zero = 1: the fault comes at step 4 after
 // a checkpoint of step 2; no checkpoint of step 3 may appear and the log
 // must say why and name step 2.
-int timeout_check(Communicator& c, const std::string& fault, int zero) {
+int timeout_check(Communicator& c, const std::string& fault, int zero, bool gpu) {
   SharedCorpus corpus(*g_comm);
   const fs::path ref = corpus->dir() / "ref", hang = corpus->dir() / "hang";
   const fs::path cfg_ref = corpus.write_config("r.toml", ref);
@@ -410,7 +491,12 @@ int timeout_check(Communicator& c, const std::string& fault, int zero) {
                                         // 3 (an asynchronous one could still be in flight at
                                         // the hang, and be dropped).
                                         "checkpoint.async=false"};
-  if (zero == 0) train(cfg_ref, run, c, 2);
+  // With `gpu`: every run on emulated GPUs, the ranks' gradients over NCCL.
+  const auto run_on = [&](const fs::path& config, Communicator& comm, std::int64_t stop_at = 0) {
+    return gpu ? train_on_emulated_gpus(config, run, comm, stop_at)
+               : train(config, run, comm, stop_at);
+  };
+  if (zero == 0) run_on(cfg_ref, c, 2);
   const int fault_step = zero == 0 ? 3 : 4;
   setenv("BOREALIS_TEST_FAULT", ("1:" + std::to_string(fault_step) + ":" + fault).c_str(), 1);
   // What the run logs, for the messages after the time-out.
@@ -418,7 +504,7 @@ int timeout_check(Communicator& c, const std::string& fault, int zero) {
   const test::LogCapture capture(log);
   const auto start = std::chrono::steady_clock::now();
   try {
-    train(cfg, run, c);
+    run_on(cfg, c);
   } catch (const CommTimeout& e) {
     corpus.abandon();
     const double s =
@@ -471,8 +557,8 @@ int timeout_check(Communicator& c, const std::string& fault, int zero) {
           }
           if (c.size() == 2) {
             SelfCommunicator self;
-            const auto resumed = train(cfg, run, self);
-            train(cfg_ref, run, self);
+            const auto resumed = run_on(cfg, self);
+            run_on(cfg_ref, self);
             expect(resumed.first_step == 2 && resumed.steps == 6, "one process resumes at step 2");
             expect(train_losses(hang).size() == 6 && train_losses(hang) == train_losses(ref),
                    "the resumed losses equal the reference's");
@@ -513,6 +599,7 @@ int main(int argc, char** argv) {
       borealis::test::RankRange{2, 2},  // the tests compare shards and batches of two ranks
       [](borealis::Communicator& comm, int args, char** arg) {
         return borealis::timeout_check(comm, args > 2 ? arg[2] : "hang",
-                                       args > 3 ? std::atoi(arg[3]) : 0);
+                                       args > 3 ? std::atoi(arg[3]) : 0,
+                                       args > 4 && std::string(arg[4]) == "gpu");
       });
 }

@@ -12,10 +12,12 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <random>
+#include <thread>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -557,6 +559,8 @@ const char* cudaGetErrorString(cudaError_t err) {
       return "invalid configuration argument";
     case cudaErrorInvalidDevice:
       return "invalid device ordinal";
+    case cudaErrorNotReady:
+      return "device not ready";
   }
   return "unknown error";
 }
@@ -640,26 +644,92 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaM
   return cudaMemcpy(dst, src, bytes, kind);
 }
 
+// Work queued on a stream (the emulated collectives), pending until its
+// poll returns true.
+struct PendingWork {
+  std::function<bool()> poll;
+  bool done = false;
+  bool finished() {
+    if (!done) done = poll();
+    return done;
+  }
+};
+using WorkList = std::vector<std::shared_ptr<PendingWork>>;
+
+static bool all_finished(WorkList& work) {
+  bool all = true;
+  for (auto& w : work) all = w->finished() && all;
+  return all;
+}
+
+static void finish_all(WorkList& work) {
+  while (!all_finished(work)) std::this_thread::yield();
+}
+
+struct CUstream_st {
+  WorkList work;
+};
+
 struct CUevent_st {
   std::chrono::steady_clock::time_point at;
   bool recorded = false;
+  WorkList after;  // the stream's work pending when it was recorded
 };
 
+void borealis::cuda_emulator::enqueue(cudaStream_t stream, std::function<bool()> poll) {
+  if (stream == nullptr) throw std::logic_error("emulated CUDA: enqueue on the default stream");
+  auto& work = stream->work;
+  std::erase_if(work, [](const auto& w) { return w->done; });
+  work.push_back(std::make_shared<PendingWork>(PendingWork{std::move(poll)}));
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
+  *stream = new CUstream_st();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (stream == nullptr) return fail_with(cudaErrorInvalidValue);
+  finish_all(stream->work);  // as CUDA: the stream's work completes first
+  delete stream;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
+  finish_all(event->after);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (stream != nullptr) finish_all(stream->work);
+  return cudaSuccess;
+}
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
   *event = new CUevent_st();
   return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
+  return cudaEventCreate(event);
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete event;
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   event->at = std::chrono::steady_clock::now();
   event->recorded = true;
+  event->after.clear();
+  if (stream != nullptr) {
+    for (const auto& w : stream->work) {
+      if (!w->done) event->after.push_back(w);
+    }
+  }
   return cudaSuccess;
 }
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  return all_finished(event->after) ? cudaSuccess : cudaErrorNotReady;
+}
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return event->recorded ? cudaSuccess : fail_with(cudaErrorInvalidValue);
+  if (!event->recorded) return fail_with(cudaErrorInvalidValue);
+  finish_all(event->after);
+  return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
   if (!start->recorded || !stop->recorded) return fail_with(cudaErrorInvalidValue);

@@ -267,6 +267,7 @@ enum cudaError_t {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevice = 101,
+  cudaErrorNotReady = 600,
 };
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
@@ -294,7 +295,22 @@ cudaError_t cudaMemset(void* ptr, int value, std::size_t bytes);
 cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream = nullptr);
+// Streams: kernels and copies complete when they are called, on any
+// stream; only work queued with cuda_emulator::enqueue (the emulated NCCL's
+// collectives) is pending on a stream until it completes. An event
+// recorded on a stream completes with the work pending there then.
+constexpr unsigned cudaStreamNonBlocking = 1;
+constexpr unsigned cudaEventDisableTiming = 2;
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+// Waits, on the host, for the event's work (later work on the stream starts
+// when queued).
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags);
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags);
+// cudaSuccess once the event's work is complete, else cudaErrorNotReady.
+cudaError_t cudaEventQuery(cudaEvent_t event);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
@@ -341,6 +357,10 @@ namespace borealis::cuda_emulator {
 bool is_device(const void* ptr, std::size_t bytes = 0);
 // Device allocations not yet freed (for the tests' leak checks).
 std::size_t live_allocations();
+
+// Queues work on `stream` (not the default stream) that is pending until
+// poll() returns true; poll() is called until it does, and not after.
+void enqueue(cudaStream_t stream, std::function<bool()> poll);
 
 // Runs body once for every thread of the grid (throws std::runtime_error
 // naming the kernel on a bad configuration, a deadlock or a bad shuffle).

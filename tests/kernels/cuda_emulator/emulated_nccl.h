@@ -1,0 +1,73 @@
+// NCCL for the CUDA emulator: the part of nccl.h that
+// src/dist/nccl_communicator.cpp uses, with NCCL's names and values, over
+// MPI, so that the NCCL communicator's own source runs in the tests (on the
+// ranks of `mpirun -np 2`, or on one rank without MPI).
+//  - A communicator of n > 1 ranks is an MPI communicator split from
+//    MPI_COMM_WORLD by its id: every rank of the world must make its
+//    communicator at the same time (as the data-parallel groups of a run
+//    are), unlike NCCL's.
+//  - Collectives start at once as MPI's non-blocking ones (the emulator's
+//    kernels complete when launched, so their inputs are ready) and are
+//    pending on the stream until MPI completes them: an event recorded
+//    after them completes with them. ncclAvg is MPI's sum divided by n.
+//  - Buffers must be emulated device memory, as NCCL's must be GPU memory.
+//  - Point-to-point messages are MPI's (in order between two ranks); a
+//    group start and end do nothing, since nothing blocks.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "dist/communicator.h"
+#include "kernels/cuda_emulator/cuda_emulator.h"
+
+enum ncclResult_t {
+  ncclSuccess = 0,
+  ncclUnhandledCudaError = 1,
+  ncclSystemError = 2,
+  ncclInternalError = 3,
+  ncclInvalidArgument = 4,
+  ncclInvalidUsage = 5,
+  ncclRemoteError = 6,
+  ncclInProgress = 7,
+};
+enum ncclDataType_t { ncclUint8 = 1, ncclFloat32 = 7, ncclFloat64 = 8 };
+enum ncclRedOp_t { ncclSum = 0, ncclProd = 1, ncclMax = 2, ncclMin = 3, ncclAvg = 4 };
+struct ncclComm;
+using ncclComm_t = ncclComm*;
+struct ncclUniqueId {
+  char internal[128];
+};
+
+ncclResult_t ncclGetVersion(int* version);
+const char* ncclGetErrorString(ncclResult_t result);
+ncclResult_t ncclGetUniqueId(ncclUniqueId* id);
+ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank);
+ncclResult_t ncclCommDestroy(ncclComm_t comm);
+ncclResult_t ncclCommAbort(ncclComm_t comm);
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error);
+ncclResult_t ncclAllReduce(const void* send, void* recv, std::size_t count, ncclDataType_t type,
+                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t ncclReduceScatter(const void* send, void* recv, std::size_t recvcount,
+                               ncclDataType_t type, ncclRedOp_t op, ncclComm_t comm,
+                               cudaStream_t stream);
+ncclResult_t ncclAllGather(const void* send, void* recv, std::size_t sendcount, ncclDataType_t type,
+                           ncclComm_t comm, cudaStream_t stream);
+ncclResult_t ncclBroadcast(const void* send, void* recv, std::size_t count, ncclDataType_t type,
+                           int root, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t ncclSend(const void* send, std::size_t count, ncclDataType_t type, int peer,
+                      ncclComm_t comm, cudaStream_t stream);
+ncclResult_t ncclRecv(void* recv, std::size_t count, ncclDataType_t type, int peer, ncclComm_t comm,
+                      cudaStream_t stream);
+ncclResult_t ncclGroupStart();
+ncclResult_t ncclGroupEnd();
+
+namespace borealis::emulated {
+
+// dist/nccl_communicator.h's functions over the emulated NCCL.
+std::string nccl_unavailable_reason();
+std::string nccl_summary();
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& host, int device);
+
+}  // namespace borealis::emulated

@@ -11,7 +11,8 @@
 #                                  they need, other than the C/C++ runtime and
 #                                  CUDA's own, into .device-pack/pack.tar.xz
 #   scripts/device-check.sh run    on the GPU machine: unpack, print the
-#                                  device, run every CUDA test (*CudaOps*,
+#                                  device (doctor, and NCCL started on one
+#                                  rank), run every CUDA test (*CudaOps*,
 #                                  *CudaBf16Ops*, *CudaModel*, CudaLimits.*,
 #                                  *NcclOneRank*: NCCL on one rank;
 #                                  their emulated and guarded instances ran
@@ -95,6 +96,8 @@ case "$mode" in
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
       echo "== borealis doctor"
       "$work/borealis" doctor || true
+      echo "== borealis doctor --dist --dist-device cuda (NCCL on one rank)"
+      "$work/borealis" doctor --dist --dist-device cuda --dist-max-size 1M || true
       echo "== CUDA tests"
     } 2>&1 | tee "$log"
     status=0

@@ -117,6 +117,24 @@ class Backend : public BackendMemory {
   // dbias += column sums of dout (when dbias is not null).
   virtual void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w,
                                int N, int C, int OC) = 0;
+  // GPT-2's MLP up-projection and its GELU (tanh form): pre[N, OC] = inp w^T
+  // + bias (bias may be null), out[N, OC] = gelu(pre). A backend with a GELU
+  // epilogue on its GEMMs does both in one (CUDA: cuBLASLt); the others run
+  // matmul_forward and gelu_forward, which it equals within rounding.
+  virtual void matmul_gelu_forward(T* out, T* pre, const T* inp, const T* w, const T* bias, int N,
+                                   int C, int OC) {
+    matmul_forward(pre, inp, w, bias, N, C, OC, false);
+    gelu_forward(out, pre, static_cast<std::int64_t>(N) * OC);
+  }
+  // matmul_backward of a layer whose input was gelu(pre): dpre[N, C] =
+  // gelu'(pre) * (dout w) (overwritten), dw += dout^T inp, dbias += column
+  // sums of dout. In one GEMM with a GELU-gradient epilogue where the
+  // backend has one; else matmul_backward, then gelu_backward in place.
+  virtual void matmul_backward_gelu(T* dpre, T* dw, T* dbias, const T* dout, const T* inp,
+                                    const T* w, const T* pre, int N, int C, int OC) {
+    matmul_backward(dpre, dw, dbias, dout, inp, w, N, C, OC);
+    gelu_backward(dpre, pre, dpre, static_cast<std::int64_t>(N) * C);
+  }
 
   // LayerNorm over the last dimension; saves mean and rstd (N each) for backward.
   virtual void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b,

@@ -106,6 +106,20 @@ class TimedBackend : public Backend<T> {
         time("matmul", [&] { inner_.matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC); });
     add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
   }
+  // The fused GELU counts as matmul time, as the GEMM's epilogue.
+  void matmul_gelu_forward(T* out, T* pre, const T* inp, const T* w, const T* bias, int N, int C,
+                           int OC) override {
+    const double t =
+        time("matmul", [&] { inner_.matmul_gelu_forward(out, pre, inp, w, bias, N, C, OC); });
+    add_shape("forward", N, OC, C, 2.0 * N * OC * C, t);
+  }
+  void matmul_backward_gelu(T* dpre, T* dw, T* dbias, const T* dout, const T* inp, const T* w,
+                            const T* pre, int N, int C, int OC) override {
+    const double t = time("matmul", [&] {
+      inner_.matmul_backward_gelu(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
+    });
+    add_shape("backward", N, C, OC, 4.0 * N * OC * C, t);
+  }
   void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N,
                          int C, float eps) override {
     time("norm", [&] { inner_.layernorm_forward(out, mean, rstd, inp, w, b, N, C, eps); });

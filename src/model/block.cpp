@@ -120,8 +120,14 @@ void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffer
   attend(buf.qkv, buf.atty);
   project_residual(buf.res2, x, buf.atty, params, w.proj_w, w.proj_b, d.A, N, groups);
   norm_forward(buf.ln2, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w, w.ln2_b, N);
-  mm(buf.fch, buf.ln2, w.fc_w, w.fc_b, d.C, d.FW, false);
-  mlp_activation(buf.mlp, buf.fch, N);
+  if (d.gpt2 && groups.size() == 1 && !groups[0].rowwise && groups[0].rows == N) {
+    // One GEMM with a GELU epilogue where the backend has one.
+    backend_.matmul_gelu_forward(buf.mlp, buf.fch, buf.ln2, at(params, w.fc_w), at(params, w.fc_b),
+                                 N, d.C, d.FW);
+  } else {
+    mm(buf.fch, buf.ln2, w.fc_w, w.fc_b, d.C, d.FW, false);
+    mlp_activation(buf.mlp, buf.fch, N);
+  }
   project_residual(buf.res3, buf.res2, buf.mlp, params, w.fcproj_w, w.fcproj_b, d.F, N, groups);
 }
 
@@ -138,11 +144,13 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   const int N = B * seq;
   // MLP: recompute its activation instead of keeping one per layer.
   mlp_activation(buf.mlp, buf.fch, N);
-  backend_.matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres, buf.mlp,
-                           at(params, w.fcproj_w), N, d.F, d.C);
   if (d.gpt2) {
-    backend_.gelu_backward(g.dfch, buf.fch, g.dmlp, static_cast<std::int64_t>(N) * d.F);
+    // The GELU's gradient in the GEMM's epilogue where the backend has one.
+    backend_.matmul_backward_gelu(g.dfch, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres,
+                                  buf.mlp, at(params, w.fcproj_w), buf.fch, N, d.F, d.C);
   } else {
+    backend_.matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres, buf.mlp,
+                             at(params, w.fcproj_w), N, d.F, d.C);
     backend_.swiglu_backward(g.dfch, buf.fch, g.dmlp, N, d.F);
   }
   backend_.matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, buf.ln2,

@@ -134,6 +134,51 @@ TEST_P(CudaOps, Matmul) {
   expect_same_bits("dbias (the CPU's order)", to_host<float>(gdb), db);
 }
 
+// GPT-2's MLP GEMMs with GELU (and its gradient) in cuBLASLt's epilogue,
+// against the CPU's separate ops: with widths that divide by 8 (the
+// epilogue's buffer needs it) and without (matmul and GELU kernels).
+TEST_P(CudaOps, MatmulWithGelu) {
+  struct Shape {
+    int N, C, OC;
+    bool fused;  // whether cuBLASLt's epilogues can take it
+  };
+  for (const Shape& sh : {Shape{70, 48, 96, true}, Shape{33, 20, 52, false}}) {
+    const int N = sh.N, C = sh.C, OC = sh.OC;
+    SCOPED_TRACE(testing::Message() << "N " << N << ", C " << C << ", OC " << OC);
+    auto x = rnd(N * C, 31), w = rnd(OC * C, 32), b = rnd(OC, 33);
+    std::vector<float> out(N * OC), pre(N * OC);
+    DeviceBuffer gx = dev(x), gw = dev(w), gb = dev(b);
+    DeviceBuffer gout = buf(out.size() * sizeof(float)), gpre = buf(pre.size() * sizeof(float));
+    const std::uint64_t lt_before = cuda_emulator::lt_matmuls();
+    cpu->matmul_gelu_forward(out.data(), pre.data(), x.data(), w.data(), b.data(), N, C, OC);
+    gpu->matmul_gelu_forward(gout.as<float>(), gpre.as<float>(), gx.as<float>(), gw.as<float>(),
+                             gb.as<float>(), N, C, OC);
+    expect_close("pre-activation", to_host<float>(gpre), pre, 1e-4);
+    expect_close("gelu", to_host<float>(gout), out, 1e-4);
+    // Backward of the down-projection (input width OC) through the GELU:
+    // its input is `out`, the GELU's input `pre`.
+    const int D = 24;
+    auto w2 = rnd(D * OC, 34), dout = rnd(N * D, 35), dw0 = rnd(D * OC, 36), db0 = rnd(D, 37);
+    auto dw = dw0, db = db0;
+    std::vector<float> dpre(N * OC);
+    DeviceBuffer gw2 = dev(w2), gdout = dev(dout), gdw = dev(dw0), gdb = dev(db0);
+    DeviceBuffer gdpre = buf(dpre.size() * sizeof(float));
+    cpu->matmul_backward_gelu(dpre.data(), dw.data(), db.data(), dout.data(), out.data(), w2.data(),
+                              pre.data(), N, OC, D);
+    gpu->matmul_backward_gelu(gdpre.as<float>(), gdw.as<float>(), gdb.as<float>(),
+                              gdout.as<float>(), gout.as<float>(), gw2.as<float>(),
+                              gpre.as<float>(), N, OC, D);
+    expect_close("dpre", to_host<float>(gdpre), dpre, 1e-4);
+    expect_close("dw (accumulated)", to_host<float>(gdw), dw, 1e-4);
+    expect_same_bits("dbias (the CPU's order)", to_host<float>(gdb), db);
+    if (GetParam() == "emulated") {
+      // Both GEMMs took cuBLASLt's GELU epilogues; otherwise only the
+      // forward's bias rode in one (matmul_forward's bias epilogue).
+      EXPECT_EQ(cuda_emulator::lt_matmuls() - lt_before, sh.fused ? 2u : 1u);
+    }
+  }
+}
+
 TEST_P(CudaOps, MatmulRowwiseDoesNotDependOnBatch) {
   const int N = 5, C = 200, OC = 70;
   auto x = rnd(N * C, 11), w = rnd(OC * C, 12), b = rnd(OC, 13);

@@ -26,6 +26,7 @@
 #include "kernels/cuda_emulator/emulated_cuda_backend.h"
 #define BOREALIS_CUDA_NAMESPACE borealis::emulated
 #else
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -1381,6 +1382,7 @@ class CudaBackend final : public Backend<float> {
   ~CudaBackend() override {
     if (rope_cos_ != nullptr) cudaFree(rope_cos_);
     if (rope_sin_ != nullptr) cudaFree(rope_sin_);
+    if (lt_ != nullptr) cublasLtDestroy(lt_);
     cublasDestroy(blas_);
   }
   CudaBackend(const CudaBackend&) = delete;
@@ -1436,6 +1438,12 @@ class CudaBackend final : public Backend<float> {
 
   void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
                       int OC, bool accumulate) override {
+    // The bias in cuBLASLt's epilogue, when nothing is accumulated.
+    if (bias != nullptr && !accumulate &&
+        lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, out, OC, CUBLASLT_EPILOGUE_BIAS,
+                  bias, nullptr, 0, "matmul_forward")) {
+      return;
+    }
     if (bias != nullptr) {
       launch("matmul_forward (bias)", add_bias_kernel, blocks_for(std::int64_t{N} * OC), kThreads,
              out, bias, N, OC, accumulate);
@@ -1468,6 +1476,31 @@ class CudaBackend final : public Backend<float> {
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C,
          "matmul_backward (weight)");
     if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
+  }
+  // One cuBLASLt GEMM: pre = inp w^T + bias kept as the epilogue's aux
+  // (its leading dimension OC must divide by 8), out = gelu(pre).
+  void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* w,
+                           const float* bias, int N, int C, int OC) override {
+    if (OC % 8 == 0 &&
+        lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, out, OC,
+                  bias != nullptr ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX,
+                  bias, pre, OC, "matmul_gelu_forward")) {
+      return;
+    }
+    Backend<float>::matmul_gelu_forward(out, pre, inp, w, bias, N, C, OC);
+  }
+  // The input gradient's GEMM with GELU's gradient (from pre) in its
+  // epilogue; the weight and bias gradients as matmul_backward's.
+  void matmul_backward_gelu(float* dpre, float* dw, float* dbias, const float* dout,
+                            const float* inp, const float* w, const float* pre, int N, int C,
+                            int OC) override {
+    if (C % 8 == 0 && lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, dpre, C,
+                                CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C,
+                                "matmul_backward_gelu (input)")) {
+      matmul_backward(nullptr, dw, dbias, dout, inp, w, N, C, OC);
+      return;
+    }
+    Backend<float>::matmul_backward_gelu(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
   }
   void matmul_forward_rowwise(float* out, const float* inp, const float* w, const float* bias,
                               int N, int C, int OC, bool accumulate) override {
@@ -1756,6 +1789,84 @@ class CudaBackend final : public Backend<float> {
                what);
   }
 
+  // D[m, n] = op(A) op(B), then `epilogue` (column-major; fp32 D and
+  // accumulation), through cuBLASLt: A and B are fp32 (fp32 arithmetic) or,
+  // with bf16, rounded to bf16 copies first, as gemm() does. `bias` has m
+  // values; `aux` (m x n, ld ldaux) is GELU's input, written by GELU_AUX
+  // and read by DGELU. False, having done nothing, when cuBLASLt offers no
+  // algorithm for the problem: the caller then runs gemm() and kernels.
+  bool lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
+                 int lda, const float* B, int ldb, float* D, int ldd, cublasLtEpilogue_t epilogue,
+                 const float* bias, float* aux, std::int64_t ldaux, const char* what) {
+    if (m <= 0 || n <= 0 || k <= 0) return false;
+    if (lt_ == nullptr) check_blas(cublasLtCreate(&lt_), "cublasLtCreate");
+    struct Objects {
+      cublasLtMatmulDesc_t desc = nullptr;
+      cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+      cublasLtMatmulPreference_t pref = nullptr;
+      ~Objects() {
+        if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
+        if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
+        if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+        if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+        if (desc != nullptr) cublasLtMatmulDescDestroy(desc);
+      }
+    } o;
+    const cudaDataType type = bf16_ ? CUDA_R_16BF : CUDA_R_32F;
+    const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
+    const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
+    check_blas(cublasLtMatmulDescCreate(&o.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), what);
+    check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)),
+               what);
+    check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)),
+               what);
+    check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                              sizeof(epilogue)),
+               what);
+    if (bias != nullptr) {
+      check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                sizeof(bias)),
+                 what);
+    }
+    if (aux != nullptr) {
+      check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                &aux, sizeof(aux)),
+                 what);
+      check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                &ldaux, sizeof(ldaux)),
+                 what);
+    }
+    check_blas(cublasLtMatrixLayoutCreate(&o.a, type, a_rows, a_cols, lda), what);
+    check_blas(cublasLtMatrixLayoutCreate(&o.b, type, b_rows, b_cols, ldb), what);
+    check_blas(cublasLtMatrixLayoutCreate(&o.d, CUDA_R_32F, m, n, ldd), what);
+    check_blas(cublasLtMatmulPreferenceCreate(&o.pref), what);
+    const std::uint64_t workspace = kLtWorkspace;
+    check_blas(cublasLtMatmulPreferenceSetAttribute(
+                   o.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)),
+               what);
+    cublasLtMatmulHeuristicResult_t best{};
+    int found = 0;
+    const cublasStatus_t asked =
+        cublasLtMatmulAlgoGetHeuristic(lt_, o.desc, o.a, o.b, o.d, o.d, o.pref, 1, &best, &found);
+    if (asked != CUBLAS_STATUS_SUCCESS || found == 0) return false;
+    const void* a = A;
+    const void* b = B;
+    if (bf16_) {
+      auto extent = [](cublasOperation_t t, int rows, int cols, int ld) {
+        return t == CUBLAS_OP_N ? std::int64_t{ld} * (cols - 1) + rows
+                                : std::int64_t{ld} * (rows - 1) + cols;
+      };
+      a = bf16_copy(A, extent(ta, m, k, lda), 0);
+      b = bf16_copy(B, extent(tb, k, n, ldb), 1);
+    }
+    const float one = 1.0f, zero = 0.0f;
+    check_blas(cublasLtMatmul(lt_, o.desc, &one, a, o.a, b, o.b, &zero, D, o.d, D, o.d, &best.algo,
+                              lt_workspace_.get(kLtWorkspace, "cuBLASLt workspace"), kLtWorkspace,
+                              nullptr),
+               what);
+    return true;
+  }
+
   template <int kRows>
   void column_sums(float* out, const float* x, int N, int C) {
     if (N == 0) return;
@@ -1813,9 +1924,14 @@ class CudaBackend final : public Backend<float> {
            pos0, NH, NKV, HD, sign);
   }
 
+  // cuBLASLt's workspace: what its heuristics may use for the GEMMs here.
+  static constexpr std::size_t kLtWorkspace = std::size_t{32} << 20;
+
   int device_;
   bool bf16_;
   cublasHandle_t blas_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;  // made at the first cuBLASLt GEMM
+  Scratch lt_workspace_;
   Scratch scratch_;
   Scratch bf16_scratch_[2];
   float* rope_cos_ = nullptr;

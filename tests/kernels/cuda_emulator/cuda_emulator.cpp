@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <exception>
 #include <functional>
@@ -800,13 +801,42 @@ void check_operand(const char* what, const char* name, const void* p, cudaDataTy
   }
 }
 
-// C = alpha op(A) op(B) + beta C, column-major (C is m x n, op(A) m x k,
-// op(B) k x n), accumulated in fp32 in k order; C is not read when beta is 0.
-cublasStatus_t gemm(const char* what, cublasHandle_t handle, cublasOperation_t ta,
-                    cublasOperation_t tb, int m, int n, int k, float alpha, const void* A,
-                    cudaDataType at, int lda, const void* B, cudaDataType bt, int ldb, float beta,
-                    float* C, int ldc) {
-  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+// cuBLASLt's epilogues: GELU in its tanh form, as cuBLASLt computes it.
+struct Epilogue {
+  cublasLtEpilogue_t kind = CUBLASLT_EPILOGUE_DEFAULT;
+  const float* bias = nullptr;  // m values (BIAS)
+  float* aux = nullptr;         // m x n, ld ldaux: GELU's input (GELU_AUX, DGELU)
+  std::int64_t ldaux = 0;
+};
+
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCube = 0.044715f;
+
+float apply(const Epilogue& e, float x, int i, int j) {
+  if (e.kind == CUBLASLT_EPILOGUE_DEFAULT) return x;
+  if (e.kind == CUBLASLT_EPILOGUE_BIAS || e.kind == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) x += e.bias[i];
+  float& aux = e.aux == nullptr ? x : e.aux[i + j * e.ldaux];
+  const auto tanh_of = [](float v) { return std::tanh(kGeluScale * (v + kGeluCube * v * v * v)); };
+  if (e.kind == CUBLASLT_EPILOGUE_GELU_AUX || e.kind == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
+    aux = x;
+    return 0.5f * x * (1.0f + tanh_of(x));
+  }
+  if (e.kind == CUBLASLT_EPILOGUE_DGELU) {
+    const float v = aux, th = tanh_of(v);
+    const float du = kGeluScale * (1.0f + 3.0f * kGeluCube * v * v);
+    return (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du) * x;
+  }
+  return x;
+}
+
+// C = alpha op(A) op(B) + beta C, then the epilogue, column-major (C is m x
+// n, op(A) m x k, op(B) k x n), accumulated in fp32 in k order; C is not
+// read when beta is 0.
+cublasStatus_t gemm(const char* what, bool handle, cublasOperation_t ta, cublasOperation_t tb,
+                    int m, int n, int k, float alpha, const void* A, cudaDataType at, int lda,
+                    const void* B, cudaDataType bt, int ldb, float beta, float* C, int ldc,
+                    const Epilogue& epilogue = {}) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
   const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
   const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
   if (m < 0 || n < 0 || k < 0 || lda < std::max(1, a_rows) || ldb < std::max(1, b_rows) ||
@@ -828,7 +858,7 @@ cublasStatus_t gemm(const char* what, cublasHandle_t handle, cublasOperation_t t
         s += load(A, at, ai) * load(B, bt, bi);
       }
       float& c = C[i + std::int64_t{j} * ldc];
-      c = beta == 0.0f ? alpha * s : alpha * s + beta * c;
+      c = apply(epilogue, beta == 0.0f ? alpha * s : alpha * s + beta * c, i, j);
     }
   }
   return CUBLAS_STATUS_SUCCESS;
@@ -840,8 +870,8 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
                            cublasOperation_t transb, int m, int n, int k, const float* alpha,
                            const float* A, int lda, const float* B, int ldb, const float* beta,
                            float* C, int ldc) {
-  return gemm("cublasSgemm", handle, transa, transb, m, n, k, *alpha, A, CUDA_R_32F, lda, B,
-              CUDA_R_32F, ldb, *beta, C, ldc);
+  return gemm("cublasSgemm", handle != nullptr, transa, transb, m, n, k, *alpha, A, CUDA_R_32F, lda,
+              B, CUDA_R_32F, ldb, *beta, C, ldc);
 }
 
 cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
@@ -851,7 +881,171 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cudaDataType Ctype, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t) {
   if (Ctype != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
-  return gemm("cublasGemmEx", handle, transa, transb, m, n, k, *static_cast<const float*>(alpha), A,
-              Atype, lda, B, Btype, ldb, *static_cast<const float*>(beta), static_cast<float*>(C),
-              ldc);
+  return gemm("cublasGemmEx", handle != nullptr, transa, transb, m, n, k,
+              *static_cast<const float*>(alpha), A, Atype, lda, B, Btype, ldb,
+              *static_cast<const float*>(beta), static_cast<float*>(C), ldc);
+}
+
+// ---- cuBLASLt -----------------------------------------------------------------
+
+struct cublasLtContext {};
+struct cublasLtMatmulDescOpaque_t {
+  cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
+  Epilogue epilogue;
+};
+struct cublasLtMatrixLayoutOpaque_t {
+  cudaDataType type = CUDA_R_32F;
+  std::uint64_t rows = 0, cols = 0;
+  std::int64_t ld = 0;
+};
+struct cublasLtMatmulPreferenceOpaque_t {
+  std::size_t workspace = 0;
+};
+
+namespace {
+
+std::atomic<std::uint64_t> g_lt_matmuls{0};
+
+// Whether D = op(A) op(B) with `desc`'s epilogue is a problem cuBLASLt
+// takes: consistent shapes, fp32 C and D, the epilogue's pointers set, and
+// GELU's input with a leading dimension of at least m divisible by 8.
+bool lt_valid(const cublasLtMatmulDescOpaque_t& d, const cublasLtMatrixLayoutOpaque_t& a,
+              const cublasLtMatrixLayoutOpaque_t& b, const cublasLtMatrixLayoutOpaque_t& c,
+              const cublasLtMatrixLayoutOpaque_t& out) {
+  const std::uint64_t m = out.rows, n = out.cols;
+  const std::uint64_t k = d.ta == CUBLAS_OP_N ? a.cols : a.rows;
+  const bool shapes = (d.ta == CUBLAS_OP_N ? a.rows : a.cols) == m &&
+                      (d.tb == CUBLAS_OP_N ? b.rows : b.cols) == k &&
+                      (d.tb == CUBLAS_OP_N ? b.cols : b.rows) == n && c.rows == m && c.cols == n &&
+                      a.type == b.type && c.type == CUDA_R_32F && out.type == CUDA_R_32F;
+  const Epilogue& e = d.epilogue;
+  const bool bias = e.kind != CUBLASLT_EPILOGUE_BIAS && e.kind != CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                        ? true
+                        : e.bias != nullptr;
+  const bool aux =
+      e.kind == CUBLASLT_EPILOGUE_DEFAULT || e.kind == CUBLASLT_EPILOGUE_BIAS
+          ? true
+          : e.aux != nullptr && e.ldaux >= static_cast<std::int64_t>(m) && e.ldaux % 8 == 0;
+  return shapes && bias && aux;
+}
+
+}  // namespace
+
+std::uint64_t borealis::cuda_emulator::lt_matmuls() {
+  return g_lt_matmuls.load();
+}
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle) {
+  *handle = new cublasLtContext();
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  delete handle;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* desc, cublasComputeType_t compute,
+                                        cudaDataType scale) {
+  if (compute != CUBLAS_COMPUTE_32F || scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  *desc = new cublasLtMatmulDescOpaque_t();
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
+  delete desc;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc,
+                                              cublasLtMatmulDescAttributes_t attribute,
+                                              const void* value, std::size_t bytes) {
+  // Each attribute's value has cublasLt.h's type: a wrong size is an error.
+  const auto take = [&](auto& field) {
+    if (bytes != sizeof(field)) return CUBLAS_STATUS_INVALID_VALUE;
+    std::memcpy(&field, value, bytes);
+    return CUBLAS_STATUS_SUCCESS;
+  };
+  switch (attribute) {
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+      return take(desc->ta);
+    case CUBLASLT_MATMUL_DESC_TRANSB:
+      return take(desc->tb);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE:
+      return take(desc->epilogue.kind);
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+      return take(desc->epilogue.bias);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER:
+      return take(desc->epilogue.aux);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
+      return take(desc->epilogue.ldaux);
+  }
+  return CUBLAS_STATUS_INVALID_VALUE;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* layout, cudaDataType type,
+                                          std::uint64_t rows, std::uint64_t cols, std::int64_t ld) {
+  if (ld < static_cast<std::int64_t>(std::max<std::uint64_t>(rows, 1))) {
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  *layout = new cublasLtMatrixLayoutOpaque_t{type, rows, cols, ld};
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) {
+  delete layout;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* pref) {
+  *pref = new cublasLtMatmulPreferenceOpaque_t();
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) {
+  delete pref;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t pref,
+                                                    cublasLtMatmulPreferenceAttributes_t attribute,
+                                                    const void* value, std::size_t bytes) {
+  if (attribute != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || bytes != sizeof(std::uint64_t)) {
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  std::uint64_t v = 0;
+  std::memcpy(&v, value, bytes);
+  pref->workspace = static_cast<std::size_t>(v);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
+                                              cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                              cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
+                                              cublasLtMatmulPreference_t pref, int requested,
+                                              cublasLtMatmulHeuristicResult_t* results,
+                                              int* returned) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (requested < 1 || pref == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  *returned = 0;
+  if (!lt_valid(*desc, *a, *b, *c, *d)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  results[0] = cublasLtMatmulHeuristicResult_t{};
+  results[0].state = CUBLAS_STATUS_SUCCESS;
+  results[0].wavesCount = 1.0f;
+  *returned = 1;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha,
+                              const void* A, cublasLtMatrixLayout_t a, const void* B,
+                              cublasLtMatrixLayout_t b, const void* beta, const void* C,
+                              cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t d,
+                              const cublasLtMatmulAlgo_t* algo, void*, std::size_t, cudaStream_t) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (algo == nullptr || !lt_valid(*desc, *a, *b, *c, *d) || C != D || c->ld != d->ld) {
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  const auto m = static_cast<int>(d->rows), n = static_cast<int>(d->cols);
+  const auto k = static_cast<int>(desc->ta == CUBLAS_OP_N ? a->cols : a->rows);
+  const Epilogue& e = desc->epilogue;
+  if (e.bias != nullptr && !borealis::cuda_emulator::is_device(e.bias, sizeof(float) * m)) {
+    throw std::runtime_error("emulated cuBLASLt: the bias is not m floats of device memory");
+  }
+  if (e.aux != nullptr)
+    check_operand("cublasLtMatmul", "aux", e.aux, CUDA_R_32F, m, n, static_cast<int>(e.ldaux));
+  ++g_lt_matmuls;
+  return gemm("cublasLtMatmul", true, desc->ta, desc->tb, m, n, k,
+              *static_cast<const float*>(alpha), A, a->type, static_cast<int>(a->ld), B, b->type,
+              static_cast<int>(b->ld), *static_cast<const float*>(beta), static_cast<float*>(D),
+              static_cast<int>(d->ld), e);
 }

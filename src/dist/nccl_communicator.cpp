@@ -187,11 +187,23 @@ class NcclCommunicator final : public Communicator {
     set_reduce_algorithm(ReduceAlgorithm::Native);
     const Nccl& n = nccl();
     if (!n.unavailable.empty()) throw Error(n.unavailable, "nccl");
+    // Every rank opens its GPU before any joins NCCL, whose start-up waits
+    // for every rank without a time-out: a rank that cannot makes them all
+    // fail here.
+    const cudaError_t opened = cudaSetDevice(device);
+    double ready = opened == cudaSuccess ? 1.0 : 0.0;
+    host.allreduce(std::span<double>(&ready, 1), ReduceOp::Min);
+    check_cuda(opened, "cudaSetDevice");
+    if (ready == 0.0) {
+      throw Error(fmt::format("NCCL: another rank could not open its GPU (this is rank {} on GPU "
+                              "{}); see its error",
+                              host.rank(), device),
+                  "nccl");
+    }
     ncclUniqueId id;
     std::memset(&id, 0, sizeof(id));
     if (host.rank() == 0) check_nccl(n.ncclGetUniqueId(&id), "ncclGetUniqueId");
     host.broadcast(std::span<char>(id.internal, sizeof(id.internal)), 0);
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
     check_nccl(n.ncclCommInitRank(&comm_, host.size(), id, host.rank()),
                fmt::format("ncclCommInitRank (rank {} of {} on GPU {})", host.rank(), host.size(),
                            device));

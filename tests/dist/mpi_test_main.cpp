@@ -381,6 +381,24 @@ TEST(NcclEmulated, SplitGroupsAndHostMemoryIsRefused) {
   }
 }
 
+// A rank that cannot open its GPU makes every rank fail at the start,
+// before NCCL's start-up (which would wait for it without a time-out).
+TEST(NcclEmulated, ARankWithoutItsGpuFailsEveryRank) {
+  const int last = g_comm->size() - 1;
+  // The emulator has GPU 0 only.
+  const int gpu = g_comm->rank() == last ? 1 : 0;
+  try {
+    emulated::make_nccl_communicator(*g_comm, gpu);
+    ADD_FAILURE() << "rank " << g_comm->rank() << " made its communicator";
+  } catch (const Error& e) {
+    const std::string want = g_comm->rank() == last
+                                 ? "cudaSetDevice: invalid device ordinal"
+                                 : "another rank could not open its GPU (this is rank " +
+                                       std::to_string(g_comm->rank()) + " on GPU 0)";
+    EXPECT_NE(e.message().find(want), std::string::npos) << e.message();
+  }
+}
+
 // doctor --dist --dist-device cuda's measurement, on the emulated GPUs.
 TEST(NcclEmulated, AllreduceBandwidthOnGpuMemory) {
   EmulatedGpu gpu;

@@ -117,6 +117,15 @@ class Backend : public BackendMemory {
   // dbias += column sums of dout (when dbias is not null).
   virtual void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w,
                                int N, int C, int OC) = 0;
+  // An output projection with the residual add: out[N, OC] = residual +
+  // inp w^T + bias (bias may be null; residual may be out). In one GEMM
+  // where the backend can give it the residual as an input (CUDA:
+  // cuBLASLt); else a copy into out and an accumulating matmul_forward.
+  virtual void matmul_residual_forward(T* out, const T* residual, const T* inp, const T* w,
+                                       const T* bias, int N, int C, int OC) {
+    if (out != residual) copy(out, residual, static_cast<std::int64_t>(N) * OC);
+    matmul_forward(out, inp, w, bias, N, C, OC, true);
+  }
   // GPT-2's MLP up-projection and its GELU (tanh form): pre[N, OC] = inp w^T
   // + bias (bias may be null), out[N, OC] = gelu(pre). A backend with a GELU
   // epilogue on its GEMMs does both in one (CUDA: cuBLASLt); the others run

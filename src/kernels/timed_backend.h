@@ -106,6 +106,12 @@ class TimedBackend : public Backend<T> {
         time("matmul", [&] { inner_.matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC); });
     add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
   }
+  void matmul_residual_forward(T* out, const T* residual, const T* inp, const T* w, const T* bias,
+                               int N, int C, int OC) override {
+    const double t = time(
+        "matmul", [&] { inner_.matmul_residual_forward(out, residual, inp, w, bias, N, C, OC); });
+    add_shape("forward", N, OC, C, 2.0 * N * OC * C, t);
+  }
   // The fused GELU counts as matmul time, as the GEMM's epilogue.
   void matmul_gelu_forward(T* out, T* pre, const T* inp, const T* w, const T* bias, int N, int C,
                            int OC) override {

@@ -33,8 +33,12 @@ void Block<T>::project_residual(T* out, const T* x, const T* inp, const T* param
                                 std::int64_t b, int C_in, int N,
                                 std::span<const RowGroup> groups) const {
   const std::int64_t NC = static_cast<std::int64_t>(N) * dims_.C;
-  if (group_ == nullptr || group_->split.rank == 0) {
-    // Residual adds are fused into the output projections: out = x + y * W^T.
+  if ((group_ == nullptr || group_->split.rank == 0) && groups.size() == 1 && !groups[0].rowwise &&
+      groups[0].rows == N) {
+    // Residual adds are fused into the output projections: out = x + y * W^T
+    // (+ b), in one GEMM where the backend can.
+    backend_.matmul_residual_forward(out, x, inp, at(params, w), at(params, b), N, C_in, dims_.C);
+  } else if (group_ == nullptr || group_->split.rank == 0) {
     if (out != x) backend_.copy(out, x, NC);
     matmul(out, inp, at(params, w), at(params, b), C_in, dims_.C, true, groups);
   } else {

@@ -134,6 +134,34 @@ TEST_P(CudaOps, Matmul) {
   expect_same_bits("dbias (the CPU's order)", to_host<float>(gdb), db);
 }
 
+// An output projection with its residual add (and bias) in one GEMM (the
+// residual as cuBLASLt's C), against the CPU's copy and accumulating GEMM:
+// into a separate buffer and in place, with and without a bias.
+TEST_P(CudaOps, MatmulWithResidual) {
+  const int N = 45, C = 40, OC = 56;
+  auto x = rnd(N * C, 41), w = rnd(OC * C, 42), b = rnd(OC, 43), res = rnd(N * OC, 44);
+  DeviceBuffer gx = dev(x), gw = dev(w), gb = dev(b), gres = dev(res);
+  for (const bool in_place : {false, true}) {
+    for (const bool with_bias : {true, false}) {
+      SCOPED_TRACE(testing::Message() << (in_place ? "in place" : "into another buffer")
+                                      << (with_bias ? ", bias" : ", no bias"));
+      // The output buffer: the residual itself, or one of other values.
+      std::vector<float> out = in_place ? res : std::vector<float>(N * OC, -3.0f);
+      DeviceBuffer gout = dev(out);
+      const std::uint64_t lt_before = cuda_emulator::lt_matmuls();
+      cpu->matmul_residual_forward(out.data(), in_place ? out.data() : res.data(), x.data(),
+                                   w.data(), with_bias ? b.data() : nullptr, N, C, OC);
+      gpu->matmul_residual_forward(gout.as<float>(), in_place ? gout.as<float>() : gres.as<float>(),
+                                   gx.as<float>(), gw.as<float>(),
+                                   with_bias ? gb.as<float>() : nullptr, N, C, OC);
+      expect_close("out", to_host<float>(gout), out, 1e-4);
+      if (GetParam() == "emulated") {
+        EXPECT_EQ(cuda_emulator::lt_matmuls() - lt_before, 1u);
+      }
+    }
+  }
+}
+
 // GPT-2's MLP GEMMs with GELU (and its gradient) in cuBLASLt's epilogue,
 // against the CPU's separate ops: with widths that divide by 8 (the
 // epilogue's buffer needs it) and without (matmul and GELU kernels).

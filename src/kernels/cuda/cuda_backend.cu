@@ -1438,10 +1438,11 @@ class CudaBackend final : public Backend<float> {
 
   void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
                       int OC, bool accumulate) override {
-    // The bias in cuBLASLt's epilogue, when nothing is accumulated.
-    if (bias != nullptr && !accumulate &&
-        lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, out, OC, CUBLASLT_EPILOGUE_BIAS,
-                  bias, nullptr, 0, "matmul_forward")) {
+    // The bias in cuBLASLt's epilogue (what out holds as its C when
+    // accumulating).
+    if (bias != nullptr &&
+        lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, accumulate ? out : nullptr, out,
+                  OC, CUBLASLT_EPILOGUE_BIAS, bias, nullptr, 0, "matmul_forward")) {
       return;
     }
     if (bias != nullptr) {
@@ -1477,12 +1478,23 @@ class CudaBackend final : public Backend<float> {
          "matmul_backward (weight)");
     if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
   }
+  // One cuBLASLt GEMM: out = residual + inp w^T + bias, the residual as its
+  // C (no copy into out first).
+  void matmul_residual_forward(float* out, const float* residual, const float* inp, const float* w,
+                               const float* bias, int N, int C, int OC) override {
+    if (lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, residual, out, OC,
+                  bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias,
+                  nullptr, 0, "matmul_residual_forward")) {
+      return;
+    }
+    Backend<float>::matmul_residual_forward(out, residual, inp, w, bias, N, C, OC);
+  }
   // One cuBLASLt GEMM: pre = inp w^T + bias kept as the epilogue's aux
   // (its leading dimension OC must divide by 8), out = gelu(pre).
   void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* w,
                            const float* bias, int N, int C, int OC) override {
     if (OC % 8 == 0 &&
-        lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, out, OC,
+        lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, nullptr, out, OC,
                   bias != nullptr ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX,
                   bias, pre, OC, "matmul_gelu_forward")) {
       return;
@@ -1494,8 +1506,8 @@ class CudaBackend final : public Backend<float> {
   void matmul_backward_gelu(float* dpre, float* dw, float* dbias, const float* dout,
                             const float* inp, const float* w, const float* pre, int N, int C,
                             int OC) override {
-    if (C % 8 == 0 && lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, dpre, C,
-                                CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C,
+    if (C % 8 == 0 && lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, nullptr, dpre,
+                                C, CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C,
                                 "matmul_backward_gelu (input)")) {
       matmul_backward(nullptr, dw, dbias, dout, inp, w, N, C, OC);
       return;
@@ -1789,15 +1801,17 @@ class CudaBackend final : public Backend<float> {
                what);
   }
 
-  // D[m, n] = op(A) op(B), then `epilogue` (column-major; fp32 D and
+  // D[m, n] = op(A) op(B) (+ Cin when not null, of D's shape and leading
+  // dimension; it may be D), then `epilogue` (column-major; fp32 D and
   // accumulation), through cuBLASLt: A and B are fp32 (fp32 arithmetic) or,
   // with bf16, rounded to bf16 copies first, as gemm() does. `bias` has m
   // values; `aux` (m x n, ld ldaux) is GELU's input, written by GELU_AUX
   // and read by DGELU. False, having done nothing, when cuBLASLt offers no
   // algorithm for the problem: the caller then runs gemm() and kernels.
   bool lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
-                 int lda, const float* B, int ldb, float* D, int ldd, cublasLtEpilogue_t epilogue,
-                 const float* bias, float* aux, std::int64_t ldaux, const char* what) {
+                 int lda, const float* B, int ldb, const float* Cin, float* D, int ldd,
+                 cublasLtEpilogue_t epilogue, const float* bias, float* aux, std::int64_t ldaux,
+                 const char* what) {
     if (m <= 0 || n <= 0 || k <= 0) return false;
     if (lt_ == nullptr) check_blas(cublasLtCreate(&lt_), "cublasLtCreate");
     struct Objects {
@@ -1859,11 +1873,12 @@ class CudaBackend final : public Backend<float> {
       a = bf16_copy(A, extent(ta, m, k, lda), 0);
       b = bf16_copy(B, extent(tb, k, n, ldb), 1);
     }
-    const float one = 1.0f, zero = 0.0f;
-    check_blas(cublasLtMatmul(lt_, o.desc, &one, a, o.a, b, o.b, &zero, D, o.d, D, o.d, &best.algo,
-                              lt_workspace_.get(kLtWorkspace, "cuBLASLt workspace"), kLtWorkspace,
-                              nullptr),
-               what);
+    const float one = 1.0f, beta = Cin != nullptr ? 1.0f : 0.0f;
+    check_blas(
+        cublasLtMatmul(lt_, o.desc, &one, a, o.a, b, o.b, &beta, Cin != nullptr ? Cin : D, o.d, D,
+                       o.d, &best.algo, lt_workspace_.get(kLtWorkspace, "cuBLASLt workspace"),
+                       kLtWorkspace, nullptr),
+        what);
     return true;
   }
 

@@ -1032,7 +1032,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t d,
                               const cublasLtMatmulAlgo_t* algo, void*, std::size_t, cudaStream_t) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  if (algo == nullptr || !lt_valid(*desc, *a, *b, *c, *d) || C != D || c->ld != d->ld) {
+  if (algo == nullptr || !lt_valid(*desc, *a, *b, *c, *d) || c->ld != d->ld) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   const auto m = static_cast<int>(d->rows), n = static_cast<int>(d->cols);
@@ -1044,8 +1044,17 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   if (e.aux != nullptr)
     check_operand("cublasLtMatmul", "aux", e.aux, CUDA_R_32F, m, n, static_cast<int>(e.ldaux));
   ++g_lt_matmuls;
+  const float b_value = *static_cast<const float*>(beta);
+  if (C != D && b_value != 0.0f) {
+    // D = alpha AB + beta C: C first copied into D (checked as D's extent).
+    check_operand("cublasLtMatmul", "C", C, CUDA_R_32F, m, n, static_cast<int>(c->ld));
+    check_operand("cublasLtMatmul", "D", D, CUDA_R_32F, m, n, static_cast<int>(d->ld));
+    for (int j = 0; j < n; ++j) {
+      std::memcpy(static_cast<float*>(D) + std::int64_t{j} * d->ld,
+                  static_cast<const float*>(C) + std::int64_t{j} * c->ld, sizeof(float) * m);
+    }
+  }
   return gemm("cublasLtMatmul", true, desc->ta, desc->tb, m, n, k,
               *static_cast<const float*>(alpha), A, a->type, static_cast<int>(a->ld), B, b->type,
-              static_cast<int>(b->ld), *static_cast<const float*>(beta), static_cast<float*>(D),
-              static_cast<int>(d->ld), e);
+              static_cast<int>(b->ld), b_value, static_cast<float*>(D), static_cast<int>(d->ld), e);
 }

@@ -241,6 +241,109 @@ TEST(CudaEmulator, SgemmIsColumnMajorAndChecksItsOperands) {
   EXPECT_EQ(cublasDestroy(h), CUBLAS_STATUS_SUCCESS);
 }
 
+// cuBLASLt: D = A B + C with a bias epilogue, C apart from D; the
+// heuristic assumes 256-byte aligned operands unless told less, and the
+// matmul stops on an operand less aligned than it was told; attributes of
+// the wrong size and a GELU buffer of a bad leading dimension are refused.
+TEST(CudaEmulator, CublasLtEpiloguesAndAlignments) {
+  const int m = 8, n = 3, k = 5;
+  std::vector<float> a(m * k), b(k * n), c(m * n), bias(m);
+  for (int i = 0; i < m * k; ++i) a[i] = 0.25f * static_cast<float>(i % 7) - 0.5f;
+  for (int i = 0; i < k * n; ++i) b[i] = static_cast<float>(i % 5) - 2.0f;
+  for (int i = 0; i < m * n; ++i) c[i] = static_cast<float>(i);
+  for (int i = 0; i < m; ++i) bias[i] = 10.0f * static_cast<float>(i);
+  // D one float into its allocation: 4-byte aligned only.
+  Device<float> da(a), db(b), dc(c), dbias(bias), dd(m * n + 1);
+  float* d = dd.get() + 1;
+  cublasLtHandle_t h = nullptr;
+  ASSERT_EQ(cublasLtCreate(&h), CUBLAS_STATUS_SUCCESS);
+  cublasLtMatmulDesc_t desc = nullptr;
+  ASSERT_EQ(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), CUBLAS_STATUS_SUCCESS);
+  const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+  const float* bias_ptr = dbias.get();
+  ASSERT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                           sizeof(epilogue)),
+            CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
+                                           sizeof(bias_ptr)),
+            CUBLAS_STATUS_SUCCESS);
+  const std::int64_t wrong_size = 0;
+  EXPECT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &wrong_size,
+                                           sizeof(wrong_size)),
+            CUBLAS_STATUS_INVALID_VALUE);
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, m, k, m), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, k, n, k), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, m, n, m), CUBLAS_STATUS_SUCCESS);
+  const auto heuristic = [&](std::uint32_t d_alignment) {
+    cublasLtMatmulPreference_t pref = nullptr;
+    EXPECT_EQ(cublasLtMatmulPreferenceCreate(&pref), CUBLAS_STATUS_SUCCESS);
+    // A, B and C as the emulator allocates (16 bytes), D as given.
+    const std::uint32_t alignments[4] = {16, 16, 16, d_alignment};
+    for (int i = 0; i < 4; ++i) {
+      const auto attribute = static_cast<cublasLtMatmulPreferenceAttributes_t>(
+          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES + i);
+      EXPECT_EQ(cublasLtMatmulPreferenceSetAttribute(pref, attribute, &alignments[i],
+                                                     sizeof(alignments[i])),
+                CUBLAS_STATUS_SUCCESS);
+    }
+    cublasLtMatmulHeuristicResult_t r{};
+    int found = 0;
+    EXPECT_EQ(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, lc, lc, pref, 1, &r, &found),
+              CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(found, 1);
+    cublasLtMatmulPreferenceDestroy(pref);
+    return r.algo;
+  };
+  const float one = 1.0f;
+  const cublasLtMatmulAlgo_t told_256 = heuristic(256);
+  expect_error(
+      [&] {
+        cublasLtMatmul(h, desc, &one, da.get(), la, db.get(), lb, &one, dc.get(), lc, d, lc,
+                       &told_256, nullptr, 0, nullptr);
+      },
+      "operand D is less aligned than the 256 bytes the heuristic was told");
+  const cublasLtMatmulAlgo_t told_4 = heuristic(4);
+  ASSERT_EQ(cublasLtMatmul(h, desc, &one, da.get(), la, db.get(), lb, &one, dc.get(), lc, d, lc,
+                           &told_4, nullptr, 0, nullptr),
+            CUBLAS_STATUS_SUCCESS);
+  const auto got = dd.host();
+  for (int j = 0; j < n; ++j) {
+    for (int i = 0; i < m; ++i) {
+      float s = 0;
+      for (int p = 0; p < k; ++p) s += a[i + p * m] * b[p + j * k];
+      EXPECT_EQ(got[1 + i + j * m], s + c[i + j * m] + bias[i]) << i << "," << j;
+    }
+  }
+  EXPECT_EQ(dc.host(), c);  // C is read, not written
+  // GELU's input buffer needs a leading dimension of at least m, divisible by 8.
+  const cublasLtEpilogue_t gelu = CUBLASLT_EPILOGUE_GELU_AUX;
+  float* aux = dc.get();
+  const std::int64_t ld_aux = 6;
+  ASSERT_EQ(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &gelu, sizeof(gelu)),
+      CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux,
+                                           sizeof(aux)),
+            CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld_aux,
+                                           sizeof(ld_aux)),
+            CUBLAS_STATUS_SUCCESS);
+  cublasLtMatmulPreference_t pref = nullptr;
+  ASSERT_EQ(cublasLtMatmulPreferenceCreate(&pref), CUBLAS_STATUS_SUCCESS);
+  cublasLtMatmulHeuristicResult_t r{};
+  int found = 1;
+  EXPECT_EQ(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, lc, lc, pref, 1, &r, &found),
+            CUBLAS_STATUS_NOT_SUPPORTED);
+  EXPECT_EQ(found, 0);
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatmulDescDestroy(desc);
+  EXPECT_EQ(cublasLtDestroy(h), CUBLAS_STATUS_SUCCESS);
+}
+
 // d = a b + c on one 16 x 16 x 16 tile: a row-major, b column-major (as b^T
 // row-major), c loaded column-major, d stored row-major.
 __global__ void mma_kernel(float* d, const __nv_bfloat16* a, const __nv_bfloat16* bt,

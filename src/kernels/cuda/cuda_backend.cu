@@ -37,11 +37,16 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -1342,6 +1347,22 @@ unsigned warps_blocks(std::int64_t warps) {
 
 // Device memory kept between calls and grown on demand. Work queued before
 // a reallocation finishes first (cudaFree waits for it).
+// The elements a column-major operand of rows x cols (as op() sees it,
+// transposed when t is CUBLAS_OP_T) spans with leading dimension ld: whole
+// columns of ld, of which the last holds only the rows.
+std::int64_t operand_extent(cublasOperation_t t, int rows, int cols, int ld) {
+  return t == CUBLAS_OP_N ? std::int64_t{ld} * (cols - 1) + rows
+                          : std::int64_t{ld} * (rows - 1) + cols;
+}
+
+// The largest power of two, up to 256 bytes, that p is aligned to.
+std::uint32_t alignment(const void* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t a = 256;
+  while (a > 1 && address % a != 0) a /= 2;
+  return a;
+}
+
 class Scratch {
  public:
   Scratch() = default;
@@ -1782,14 +1803,8 @@ class CudaBackend final : public Backend<float> {
       return;
     }
     if (m == 0 || n == 0) return;
-    // The operands as stored: columns of lda (ldb) elements, of which the
-    // last holds only the rows.
-    auto extent = [](cublasOperation_t t, int rows, int cols, int ld) {
-      return t == CUBLAS_OP_N ? std::int64_t{ld} * (cols - 1) + rows
-                              : std::int64_t{ld} * (rows - 1) + cols;
-    };
-    gemm_bf16(ta, tb, m, n, k, bf16_copy(A, extent(ta, m, k, lda), 0), lda,
-              bf16_copy(B, extent(tb, k, n, ldb), 1), ldb, beta, C, ldc, what);
+    gemm_bf16(ta, tb, m, n, k, bf16_copy(A, operand_extent(ta, m, k, lda), 0), lda,
+              bf16_copy(B, operand_extent(tb, k, n, ldb), 1), ldb, beta, C, ldc, what);
   }
   // The same on operands already in bf16 (fp32 accumulation and C).
   void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -1806,14 +1821,44 @@ class CudaBackend final : public Backend<float> {
   // accumulation), through cuBLASLt: A and B are fp32 (fp32 arithmetic) or,
   // with bf16, rounded to bf16 copies first, as gemm() does. `bias` has m
   // values; `aux` (m x n, ld ldaux) is GELU's input, written by GELU_AUX
-  // and read by DGELU. False, having done nothing, when cuBLASLt offers no
-  // algorithm for the problem: the caller then runs gemm() and kernels.
+  // and read by DGELU. False, having written nothing, when cuBLASLt offers
+  // no algorithm for the problem: the caller then runs gemm() and kernels.
+  // The heuristic's answer is kept per problem (shapes, epilogue and the
+  // operands' alignments, which it is told: tensors inside the flat
+  // parameter buffer are not aligned as cudaMalloc's are).
   bool lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
                  int lda, const float* B, int ldb, const float* Cin, float* D, int ldd,
                  cublasLtEpilogue_t epilogue, const float* bias, float* aux, std::int64_t ldaux,
                  const char* what) {
     if (m <= 0 || n <= 0 || k <= 0) return false;
+    // The epilogue's vectors and buffers are read and written without being
+    // described to the heuristic: only 16-byte aligned ones go to it.
+    if ((bias != nullptr && alignment(bias) < 16) || (aux != nullptr && alignment(aux) < 16)) {
+      return false;
+    }
     if (lt_ == nullptr) check_blas(cublasLtCreate(&lt_), "cublasLtCreate");
+    const void* a = A;
+    const void* b = B;
+    if (bf16_) {
+      a = bf16_copy(A, operand_extent(ta, m, k, lda), 0);
+      b = bf16_copy(B, operand_extent(tb, k, n, ldb), 1);
+    }
+    const void* c = Cin != nullptr ? Cin : D;
+    LtProblem problem{ta,
+                      tb,
+                      m,
+                      n,
+                      k,
+                      lda,
+                      ldb,
+                      ldd,
+                      ldaux,
+                      epilogue,
+                      bias != nullptr,
+                      aux != nullptr,
+                      Cin != nullptr,
+                      {}};
+    problem.align = {alignment(a), alignment(b), alignment(c), alignment(D)};
     struct Objects {
       cublasLtMatmulDesc_t desc = nullptr;
       cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
@@ -1827,58 +1872,56 @@ class CudaBackend final : public Backend<float> {
       }
     } o;
     const cudaDataType type = bf16_ ? CUDA_R_16BF : CUDA_R_32F;
-    const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
-    const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
     check_blas(cublasLtMatmulDescCreate(&o.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), what);
-    check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)),
-               what);
-    check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)),
-               what);
-    check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
-                                              sizeof(epilogue)),
-               what);
-    if (bias != nullptr) {
-      check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                                sizeof(bias)),
-                 what);
-    }
+    const auto set = [&](cublasLtMatmulDescAttributes_t attribute, const auto& value) {
+      check_blas(cublasLtMatmulDescSetAttribute(o.desc, attribute, &value, sizeof(value)), what);
+    };
+    set(CUBLASLT_MATMUL_DESC_TRANSA, ta);
+    set(CUBLASLT_MATMUL_DESC_TRANSB, tb);
+    set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
+    if (bias != nullptr) set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
     if (aux != nullptr) {
-      check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                                                &aux, sizeof(aux)),
-                 what);
-      check_blas(cublasLtMatmulDescSetAttribute(o.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
-                                                &ldaux, sizeof(ldaux)),
-                 what);
+      set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
+      set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, ldaux);
     }
-    check_blas(cublasLtMatrixLayoutCreate(&o.a, type, a_rows, a_cols, lda), what);
-    check_blas(cublasLtMatrixLayoutCreate(&o.b, type, b_rows, b_cols, ldb), what);
-    check_blas(cublasLtMatrixLayoutCreate(&o.d, CUDA_R_32F, m, n, ldd), what);
-    check_blas(cublasLtMatmulPreferenceCreate(&o.pref), what);
-    const std::uint64_t workspace = kLtWorkspace;
-    check_blas(cublasLtMatmulPreferenceSetAttribute(
-                   o.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)),
+    check_blas(cublasLtMatrixLayoutCreate(&o.a, type, ta == CUBLAS_OP_N ? m : k,
+                                          ta == CUBLAS_OP_N ? k : m, lda),
                what);
-    cublasLtMatmulHeuristicResult_t best{};
-    int found = 0;
-    const cublasStatus_t asked =
-        cublasLtMatmulAlgoGetHeuristic(lt_, o.desc, o.a, o.b, o.d, o.d, o.pref, 1, &best, &found);
-    if (asked != CUBLAS_STATUS_SUCCESS || found == 0) return false;
-    const void* a = A;
-    const void* b = B;
-    if (bf16_) {
-      auto extent = [](cublasOperation_t t, int rows, int cols, int ld) {
-        return t == CUBLAS_OP_N ? std::int64_t{ld} * (cols - 1) + rows
-                                : std::int64_t{ld} * (rows - 1) + cols;
+    check_blas(cublasLtMatrixLayoutCreate(&o.b, type, tb == CUBLAS_OP_N ? k : n,
+                                          tb == CUBLAS_OP_N ? n : k, ldb),
+               what);
+    check_blas(cublasLtMatrixLayoutCreate(&o.d, CUDA_R_32F, m, n, ldd), what);
+    auto known = lt_algos_.find(problem);
+    if (known == lt_algos_.end()) {
+      check_blas(cublasLtMatmulPreferenceCreate(&o.pref), what);
+      // Each value has cublasLt.h's type: uint64_t, or uint32_t for alignments.
+      const auto prefer = [&](cublasLtMatmulPreferenceAttributes_t attribute, auto value) {
+        check_blas(cublasLtMatmulPreferenceSetAttribute(o.pref, attribute, &value, sizeof(value)),
+                   what);
       };
-      a = bf16_copy(A, extent(ta, m, k, lda), 0);
-      b = bf16_copy(B, extent(tb, k, n, ldb), 1);
+      prefer(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, std::uint64_t{kLtWorkspace});
+      prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, problem.align[0]);
+      prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, problem.align[1]);
+      prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, problem.align[2]);
+      prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, problem.align[3]);
+      cublasLtMatmulHeuristicResult_t best{};
+      int found = 0;
+      const cublasStatus_t asked =
+          cublasLtMatmulAlgoGetHeuristic(lt_, o.desc, o.a, o.b, o.d, o.d, o.pref, 1, &best, &found);
+      std::optional<cublasLtMatmulAlgo_t> algo;
+      if (asked == CUBLAS_STATUS_SUCCESS && found > 0) algo = best.algo;
+      known = lt_algos_.emplace(problem, algo).first;
     }
+    if (!known->second) return false;
     const float one = 1.0f, beta = Cin != nullptr ? 1.0f : 0.0f;
-    check_blas(
-        cublasLtMatmul(lt_, o.desc, &one, a, o.a, b, o.b, &beta, Cin != nullptr ? Cin : D, o.d, D,
-                       o.d, &best.algo, lt_workspace_.get(kLtWorkspace, "cuBLASLt workspace"),
-                       kLtWorkspace, nullptr),
-        what);
+    const cublasStatus_t ran = cublasLtMatmul(
+        lt_, o.desc, &one, a, o.a, b, o.b, &beta, c, o.d, D, o.d, &*known->second,
+        lt_workspace_.get(kLtWorkspace, "cuBLASLt workspace"), kLtWorkspace, nullptr);
+    if (ran == CUBLAS_STATUS_NOT_SUPPORTED) {  // refused before writing: the old path, from now on
+      known->second.reset();
+      return false;
+    }
+    check_blas(ran, what);
     return true;
   }
 
@@ -1947,6 +1990,21 @@ class CudaBackend final : public Backend<float> {
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;  // made at the first cuBLASLt GEMM
   Scratch lt_workspace_;
+  // A cuBLASLt problem: what its heuristic's answer depends on.
+  struct LtProblem {
+    cublasOperation_t ta, tb;
+    int m, n, k, lda, ldb, ldd;
+    std::int64_t ldaux;
+    cublasLtEpilogue_t epilogue;
+    bool bias, aux, c;
+    std::array<std::uint32_t, 4> align;  // of A, B, C and D, in bytes
+    auto key() const {
+      return std::tie(ta, tb, m, n, k, lda, ldb, ldd, ldaux, epilogue, bias, aux, c, align);
+    }
+    bool operator<(const LtProblem& o) const { return key() < o.key(); }
+  };
+  // The heuristic's algorithm per problem (none: cuBLASLt has none).
+  std::map<LtProblem, std::optional<cublasLtMatmulAlgo_t>> lt_algos_;
   Scratch scratch_;
   Scratch bf16_scratch_[2];
   float* rope_cos_ = nullptr;

@@ -900,6 +900,7 @@ struct cublasLtMatrixLayoutOpaque_t {
 };
 struct cublasLtMatmulPreferenceOpaque_t {
   std::size_t workspace = 0;
+  std::uint32_t align[4] = {256, 256, 256, 256};  // of A, B, C and D, in bytes
 };
 
 namespace {
@@ -1002,12 +1003,16 @@ cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) 
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t pref,
                                                     cublasLtMatmulPreferenceAttributes_t attribute,
                                                     const void* value, std::size_t bytes) {
-  if (attribute != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || bytes != sizeof(std::uint64_t)) {
-    return CUBLAS_STATUS_INVALID_VALUE;
+  if (attribute == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) {
+    if (bytes != sizeof(std::uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    std::uint64_t v = 0;
+    std::memcpy(&v, value, bytes);
+    pref->workspace = static_cast<std::size_t>(v);
+    return CUBLAS_STATUS_SUCCESS;
   }
-  std::uint64_t v = 0;
-  std::memcpy(&v, value, bytes);
-  pref->workspace = static_cast<std::size_t>(v);
+  const int i = attribute - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES;
+  if (i < 0 || i > 3 || bytes != sizeof(std::uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+  std::memcpy(&pref->align[i], value, bytes);
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
@@ -1021,6 +1026,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
   *returned = 0;
   if (!lt_valid(*desc, *a, *b, *c, *d)) return CUBLAS_STATUS_NOT_SUPPORTED;
   results[0] = cublasLtMatmulHeuristicResult_t{};
+  for (int i = 0; i < 4; ++i) results[0].algo.data[i] = pref->align[i];  // what it assumes
   results[0].state = CUBLAS_STATUS_SUCCESS;
   results[0].wavesCount = 1.0f;
   *returned = 1;
@@ -1038,6 +1044,14 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   const auto m = static_cast<int>(d->rows), n = static_cast<int>(d->cols);
   const auto k = static_cast<int>(desc->ta == CUBLAS_OP_N ? a->cols : a->rows);
   const Epilogue& e = desc->epilogue;
+  const void* operands[4] = {A, B, C, D};
+  for (int i = 0; i < 4; ++i) {
+    if (reinterpret_cast<std::uintptr_t>(operands[i]) % algo->data[i] != 0) {
+      throw std::runtime_error(std::string("emulated cuBLASLt: operand ") + "ABCD"[i] +
+                               " is less aligned than the " + std::to_string(algo->data[i]) +
+                               " bytes the heuristic was told");
+    }
+  }
   if (e.bias != nullptr && !borealis::cuda_emulator::is_device(e.bias, sizeof(float) * m)) {
     throw std::runtime_error("emulated cuBLASLt: the bias is not m floats of device memory");
   }

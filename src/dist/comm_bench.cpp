@@ -6,8 +6,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
-#include <new>
 
 #include "core/stopwatch.h"
 #include "core/text.h"
@@ -36,30 +34,11 @@ std::string duration(double s) {
 
 }  // namespace
 
-namespace {
-
-// Host memory for the host form of allreduce_bandwidth.
-class HostMemory final : public BackendMemory {
- public:
-  void* allocate(std::size_t bytes) override {
-    return ::operator new(std::max<std::size_t>(bytes, 1));
-  }
-  void release(void* ptr) noexcept override { ::operator delete(ptr); }
-  bool host_memory() const override { return true; }
-  void upload(void* dst, const void* host, std::size_t bytes) override {
-    if (bytes > 0) std::memcpy(dst, host, bytes);
-  }
-  void download(void* host, const void* src, std::size_t bytes) override {
-    if (bytes > 0) std::memcpy(host, src, bytes);
-  }
-};
-
-}  // namespace
-
 std::vector<BandwidthPoint> allreduce_bandwidth(Communicator& comm, std::size_t min_bytes,
                                                 std::size_t max_bytes) {
-  HostMemory memory;
-  return allreduce_bandwidth(comm, memory, comm, min_bytes, max_bytes);
+  // Host memory: the CPU backend's.
+  const auto cpu = make_cpu_backend<float>();
+  return allreduce_bandwidth(comm, *cpu, comm, min_bytes, max_bytes);
 }
 
 std::vector<BandwidthPoint> allreduce_bandwidth(Communicator& comm, BackendMemory& memory,

@@ -4,6 +4,16 @@
 
 namespace borealis {
 
+namespace {
+
+// Whether the N rows are one plain group (as in training: no row-wise
+// matmuls), which the backend's fused GEMMs take whole.
+bool one_group(std::span<const RowGroup> groups, int N) {
+  return groups.size() == 1 && !groups[0].rowwise && groups[0].rows == N;
+}
+
+}  // namespace
+
 BlockDims::BlockDims(const ModelConfig& config, TensorSplit split)
     : C(config.d_model),
       S(config.qkv_width() / split.size),
@@ -33,16 +43,16 @@ void Block<T>::project_residual(T* out, const T* x, const T* inp, const T* param
                                 std::int64_t b, int C_in, int N,
                                 std::span<const RowGroup> groups) const {
   const std::int64_t NC = static_cast<std::int64_t>(N) * dims_.C;
-  if ((group_ == nullptr || group_->split.rank == 0) && groups.size() == 1 && !groups[0].rowwise &&
-      groups[0].rows == N) {
+  if (group_ != nullptr && group_->split.rank != 0) {
+    // The residual and the bias are added once, on tensor rank 0.
+    matmul(out, inp, at(params, w), nullptr, C_in, dims_.C, false, groups);
+  } else if (one_group(groups, N)) {
     // Residual adds are fused into the output projections: out = x + y * W^T
     // (+ b), in one GEMM where the backend can.
     backend_.matmul_residual_forward(out, x, inp, at(params, w), at(params, b), N, C_in, dims_.C);
-  } else if (group_ == nullptr || group_->split.rank == 0) {
+  } else {
     if (out != x) backend_.copy(out, x, NC);
     matmul(out, inp, at(params, w), at(params, b), C_in, dims_.C, true, groups);
-  } else {
-    matmul(out, inp, at(params, w), nullptr, C_in, dims_.C, false, groups);
   }
   if (group_ != nullptr) group_->sum(out, NC);
 }
@@ -124,7 +134,7 @@ void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffer
   attend(buf.qkv, buf.atty);
   project_residual(buf.res2, x, buf.atty, params, w.proj_w, w.proj_b, d.A, N, groups);
   norm_forward(buf.ln2, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w, w.ln2_b, N);
-  if (d.gpt2 && groups.size() == 1 && !groups[0].rowwise && groups[0].rows == N) {
+  if (d.gpt2 && one_group(groups, N)) {
     // One GEMM with a GELU epilogue where the backend has one.
     backend_.matmul_gelu_forward(buf.mlp, buf.fch, buf.ln2, at(params, w.fc_w), at(params, w.fc_b),
                                  N, d.C, d.FW);

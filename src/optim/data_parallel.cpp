@@ -79,12 +79,16 @@ void DataParallel::start(const Bucket& b) {
     const std::int64_t from = shard_ * r + b.lo;
     const std::int64_t have = std::clamp<std::int64_t>(total_ - from, 0, len);
     float* dst = packed + len * r;
-    if (have > 0) backend_.copy(dst, grads_ + from, have);
-    if (have < len) backend_.fill(dst + have, 0.0f, len - have);
+    copy_padded(dst, grads_ + from, have, len);
   }
   pending_.push_back(buffers_.ireduce_scatter(
       std::span<const float>(packed, static_cast<std::size_t>(len * n)),
       std::span<float>(shard_grads_.data() + b.lo, static_cast<std::size_t>(len)), ReduceOp::Sum));
+}
+
+void DataParallel::copy_padded(float* dst, const float* src, std::int64_t have, std::int64_t len) {
+  if (have > 0) backend_.copy(dst, src, have);
+  if (have < len) backend_.fill(dst + have, 0.0f, len - have);
 }
 
 void DataParallel::grads_final(std::int64_t offset) {
@@ -188,8 +192,7 @@ void DataParallel::gather_shards(const float* mine, float* full) {
     float* block = staging_.data() + b.lo * n;
     float* slot = block + len * me;
     const std::int64_t have = std::clamp<std::int64_t>(own - b.lo, 0, len);
-    if (have > 0) backend_.copy(slot, mine + b.lo, have);
-    if (have < len) backend_.fill(slot + have, 0.0f, len - have);
+    copy_padded(slot, mine + b.lo, have, len);
     pending_.push_back(
         buffers_.iall_gather(std::span<const float>(slot, static_cast<std::size_t>(len)),
                              std::span<float>(block, static_cast<std::size_t>(len * n))));

@@ -110,6 +110,8 @@ class DataParallel {
     std::int64_t lo, hi;  // zero = 0: flat elements; zero = 1: offsets in every shard
   };
   void start(const Bucket& b);
+  // dst[0, len) = src[0, have) and zeros after (backend memory; have <= len).
+  void copy_padded(float* dst, const float* src, std::int64_t have, std::int64_t len);
   void wait_all();
   // zero = 1: every rank's shard [lo, hi) of `mine` (shard-local) into `full`.
   void gather_shards(const float* mine, float* full);

@@ -1786,10 +1786,14 @@ class CudaBackend final : public Backend<float> {
   // A bf16 copy of count floats in bf16 scratch `slot` (0 or 1: a GEMM's two
   // operands).
   const __nv_bfloat16* bf16_copy(const float* x, std::int64_t count, int slot) {
-    auto* out = static_cast<__nv_bfloat16*>(
-        bf16_scratch_[slot].get(static_cast<std::size_t>(count) * 2, "bf16 scratch"));
+    __nv_bfloat16* out = bf16_buffer(count, slot);
     launch("bf16 copy", to_bf16_kernel, blocks_for(count), kThreads, out, x, count);
     return out;
+  }
+  // Scratch slot `slot` for `count` bf16 values (where bf16_copy puts them).
+  __nv_bfloat16* bf16_buffer(std::int64_t count, int slot) {
+    return static_cast<__nv_bfloat16*>(
+        bf16_scratch_[slot].get(static_cast<std::size_t>(count) * 2, "bf16 scratch"));
   }
 
   // cublasSgemm's contract (column-major C[m, n] = alpha op(A) op(B) + beta
@@ -1837,12 +1841,13 @@ class CudaBackend final : public Backend<float> {
       return false;
     }
     if (lt_ == nullptr) check_blas(cublasLtCreate(&lt_), "cublasLtCreate");
-    const void* a = A;
-    const void* b = B;
-    if (bf16_) {
-      a = bf16_copy(A, operand_extent(ta, m, k, lda), 0);
-      b = bf16_copy(B, operand_extent(tb, k, n, ldb), 1);
-    }
+    // With bf16, A and B are multiplied from the bf16 scratch buffers: their
+    // addresses are known (and told to the heuristic) before the copies are
+    // made, which happens only once cuBLASLt is to run.
+    const std::int64_t a_count = operand_extent(ta, m, k, lda);
+    const std::int64_t b_count = operand_extent(tb, k, n, ldb);
+    const void* a = bf16_ ? bf16_buffer(a_count, 0) : static_cast<const void*>(A);
+    const void* b = bf16_ ? bf16_buffer(b_count, 1) : static_cast<const void*>(B);
     const void* c = Cin != nullptr ? Cin : D;
     LtProblem problem{ta,
                       tb,
@@ -1913,6 +1918,10 @@ class CudaBackend final : public Backend<float> {
       known = lt_algos_.emplace(problem, algo).first;
     }
     if (!known->second) return false;
+    if (bf16_) {
+      bf16_copy(A, a_count, 0);
+      bf16_copy(B, b_count, 1);
+    }
     const float one = 1.0f, beta = Cin != nullptr ? 1.0f : 0.0f;
     const cublasStatus_t ran = cublasLtMatmul(
         lt_, o.desc, &one, a, o.a, b, o.b, &beta, c, o.d, D, o.d, &*known->second,

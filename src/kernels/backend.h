@@ -102,6 +102,16 @@ class Backend : public BackendMemory {
  public:
   virtual std::string name() const = 0;
 
+  // How many logits (rows x vocabulary) the loss head computes at a time.
+  // Each chunk's GEMMs read and write the whole lm-head weight gradient
+  // (V x C) and, with bf16 matmuls, round the lm-head weights again, so the
+  // fewer chunks the better; the bound is memory. The CPU backend takes 2^25
+  // (128 MiB in float, hundreds of rows); the CUDA backend 2^29 (2 GiB: a
+  // whole micro-batch of 8 x 1024 tokens over GPT-2's vocabulary in one
+  // chunk). A fixed number, not one read from free memory, so that a run's
+  // arithmetic, and so its bits, never depends on what else the device holds.
+  virtual std::int64_t loss_chunk_elems() const = 0;
+
   // out[n, c] = wte[tokens[n], c] (+ wpe[n % seq, c] when wpe is not null).
   virtual void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T* wpe,
                                  int N, int seq, int C) = 0;

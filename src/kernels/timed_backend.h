@@ -47,6 +47,7 @@ class TimedBackend : public Backend<T> {
   void set_timing(bool on) { timing_ = on; }
 
   std::string name() const override { return inner_.name() + " (timed)"; }
+  std::int64_t loss_chunk_elems() const override { return inner_.loss_chunk_elems(); }
 
   // Memory is the inner backend's, untimed.
   void* allocate(std::size_t bytes) override { return inner_.allocate(bytes); }

@@ -9,13 +9,6 @@
 
 namespace borealis {
 
-namespace {
-// Logits chunk of the loss head: about 32M elements (128 MiB in float). Each
-// chunk reads and writes the whole lm-head gradient (V x C) once, so chunks
-// must hold hundreds of rows; yet the buffer stays far below B*T*V.
-constexpr std::int64_t kLogitsChunkElems = std::int64_t{1} << 25;
-}  // namespace
-
 template <typename T>
 Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorParallelGroup<T>* group,
                 PipelineStage stage)
@@ -143,7 +136,8 @@ void Model<T>::reserve(int B, int seq, int slots) {
     } else {
       // Equal chunks (rounded up to 16 rows, the GEMM kernels' unroll): a
       // small remainder chunk runs its GEMMs far below the sgemm peak.
-      const std::int64_t most = std::clamp<std::int64_t>(kLogitsChunkElems / vocab_part_, 16, N);
+      const std::int64_t most =
+          std::clamp<std::int64_t>(backend_.loss_chunk_elems() / vocab_part_, 16, N);
       const std::int64_t chunks = (N + most - 1) / most;
       chunk_rows_ = std::min<std::int64_t>(N, ((N + chunks - 1) / chunks + 15) / 16 * 16);
     }

@@ -105,8 +105,9 @@ class Model {
   std::size_t activation_bytes() const {
     return static_cast<std::size_t>(arena_.size()) * sizeof(T);
   }
-  // Rows per logits chunk of the loss head (default: about 8M logits). Smaller
-  // chunks save memory; the tests use it to cover several chunks.
+  // Rows per logits chunk of the loss head (default: equal chunks of at most
+  // the backend's loss_chunk_elems() logits). Smaller chunks save memory; the
+  // tests use it to cover several chunks.
   void set_loss_chunk_rows(int rows);
   int loss_chunk_rows() const { return static_cast<int>(chunk_rows_); }
 

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "kernels/gradcheck.h"
+#include "kernels/timed_backend.h"
 #include "optim/adamw.h"
 
 namespace borealis {
@@ -206,6 +207,38 @@ TEST(ModelGradients, AccumulationEqualsFullBatch) {
   EXPECT_NEAR(sum / 2, full, 1e-12);
   for (std::int64_t i = 0; i < model.num_params(); ++i) {
     ASSERT_NEAR(model.grads()[i], want[static_cast<std::size_t>(i)], 1e-12) << i;
+  }
+}
+
+// The loss head's chunk size is the backend's: a backend that takes few
+// logits at a time gets chunks of the rows (equal ones, rounded up to 16
+// rows), with the loss and gradients of one whole chunk; the CPU's and the
+// CUDA backend's sizes are those backend.h states.
+TEST(Model, LossHeadChunksAreTheBackends) {
+  struct SmallChunks final : TimedBackend<double> {
+    using TimedBackend<double>::TimedBackend;
+    std::int64_t loss_chunk_elems() const override { return 20 * 128; }  // 20 rows of 128
+  };
+  auto cpu = make_cpu_backend<double>();
+  EXPECT_EQ(cpu->loss_chunk_elems(), std::int64_t{1} << 25);
+  SmallChunks small(*cpu);
+  const ModelConfig c = model_preset("gpt2-tiny");  // padded vocabulary 128
+  Model<double> whole(c, *cpu), chunked(c, small);
+  whole.init(21);
+  chunked.init(21);
+  const int B = 4, seq = 16;  // 64 rows: at most 20 per chunk, so 4 chunks of 16
+  const Batch batch = make_batch(B, seq, c.vocab_size, 22);
+  whole.zero_grad();
+  chunked.zero_grad();
+  const double a = whole.forward(batch.tokens.data(), batch.targets.data(), B, seq, true);
+  const double b = chunked.forward(batch.tokens.data(), batch.targets.data(), B, seq, true);
+  EXPECT_EQ(whole.loss_chunk_rows(), B * seq);
+  EXPECT_EQ(chunked.loss_chunk_rows(), 16);
+  whole.backward();
+  chunked.backward();
+  EXPECT_NEAR(a, b, 1e-12 * a);
+  for (std::int64_t i = 0; i < whole.num_params(); ++i) {
+    ASSERT_NEAR(chunked.grads()[i], whole.grads()[i], 1e-12) << i;
   }
 }
 

@@ -19,6 +19,7 @@ template <typename T>
 class CpuBackend final : public Backend<T> {
  public:
   std::string name() const override { return "cpu"; }
+  std::int64_t loss_chunk_elems() const override { return std::int64_t{1} << 25; }
   bool concurrent_attention() const override { return true; }
 
   // Host memory. calloc: large blocks come zeroed from the kernel, page by

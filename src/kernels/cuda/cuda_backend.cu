@@ -1410,6 +1410,7 @@ class CudaBackend final : public Backend<float> {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   std::string name() const override { return "cuda"; }
+  std::int64_t loss_chunk_elems() const override { return std::int64_t{1} << 29; }
 
   // Device memory (cudaMalloc, zeroed); copies on the default stream, after
   // the ops queued before them.

@@ -97,10 +97,46 @@ enum class Precision { kFp32, kBf16 };
 std::string precision_name(Precision precision);
 Precision parse_precision(const std::string& name);
 
+// Matmul inputs in bf16. With bf16 matmuls every matmul rounds its input to
+// bf16, so an activation whose only readers are matmuls (the norms' outputs,
+// the MLP activation) can be written in bf16 by the op that makes it: the
+// same bits as rounding it later, in half the memory, and no rounding pass
+// in each matmul that reads it. A backend that takes such inputs returns
+// this interface from Backend::bf16_inputs(), and training then calls these
+// ops in place of the Backend ops of the same names, which they equal but
+// for that rounding of out (the producers) or of inp (the matmuls). A bf16
+// value is its 16 bits (core/half.h).
+template <typename T>
+class Bf16Inputs {
+ public:
+  virtual ~Bf16Inputs() = default;
+  // The producers: out in bf16.
+  virtual void layernorm_forward(std::uint16_t* out, T* mean, T* rstd, const T* inp, const T* w,
+                                 const T* b, int N, int C, float eps) = 0;
+  virtual void rmsnorm_forward(std::uint16_t* out, T* rstd, const T* inp, const T* w, int N, int C,
+                               float eps) = 0;
+  virtual void gelu_forward(std::uint16_t* out, const T* inp, std::int64_t count) = 0;
+  virtual void swiglu_forward(std::uint16_t* out, const T* inp, int N, int F) = 0;
+  // The matmuls: inp in bf16.
+  virtual void matmul_forward(T* out, const std::uint16_t* inp, const T* w, const T* bias, int N,
+                              int C, int OC, bool accumulate) = 0;
+  virtual void matmul_residual_forward(T* out, const T* residual, const std::uint16_t* inp,
+                                       const T* w, const T* bias, int N, int C, int OC) = 0;
+  virtual void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const std::uint16_t* inp,
+                               const T* w, int N, int C, int OC) = 0;
+  virtual void matmul_backward_gelu(T* dpre, T* dw, T* dbias, const T* dout,
+                                    const std::uint16_t* inp, const T* w, const T* pre, int N,
+                                    int C, int OC) = 0;
+};
+
 template <typename T>
 class Backend : public BackendMemory {
  public:
   virtual std::string name() const = 0;
+
+  // The ops that take matmul inputs in bf16 (Bf16Inputs above), where this
+  // backend has them: the CUDA backend with bf16 matmuls. Null otherwise.
+  virtual Bf16Inputs<T>* bf16_inputs() { return nullptr; }
 
   // How many logits (rows x vocabulary) the loss head computes at a time.
   // Each chunk's GEMMs read and write the whole lm-head weight gradient

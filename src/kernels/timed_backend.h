@@ -23,7 +23,7 @@
 namespace borealis {
 
 template <typename T>
-class TimedBackend : public Backend<T> {
+class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
  public:
   explicit TimedBackend(Backend<T>& inner) : inner_(inner) {}
 
@@ -48,6 +48,8 @@ class TimedBackend : public Backend<T> {
 
   std::string name() const override { return inner_.name() + " (timed)"; }
   std::int64_t loss_chunk_elems() const override { return inner_.loss_chunk_elems(); }
+  // The inner backend's bf16-input ops, timed as their fp32 forms are.
+  Bf16Inputs<T>* bf16_inputs() override { return inner_.bf16_inputs() != nullptr ? this : nullptr; }
 
   // Memory is the inner backend's, untimed.
   void* allocate(std::size_t bytes) override { return inner_.allocate(bytes); }
@@ -126,6 +128,49 @@ class TimedBackend : public Backend<T> {
       inner_.matmul_backward_gelu(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
     });
     add_shape("backward", N, C, OC, 4.0 * N * OC * C, t);
+  }
+  void matmul_forward(T* out, const std::uint16_t* inp, const T* w, const T* bias, int N, int C,
+                      int OC, bool accumulate) override {
+    const double t = time("matmul", [&] {
+      inner_.bf16_inputs()->matmul_forward(out, inp, w, bias, N, C, OC, accumulate);
+    });
+    add_shape("forward", N, OC, C, 2.0 * N * OC * C, t);
+  }
+  void matmul_residual_forward(T* out, const T* residual, const std::uint16_t* inp, const T* w,
+                               const T* bias, int N, int C, int OC) override {
+    const double t = time("matmul", [&] {
+      inner_.bf16_inputs()->matmul_residual_forward(out, residual, inp, w, bias, N, C, OC);
+    });
+    add_shape("forward", N, OC, C, 2.0 * N * OC * C, t);
+  }
+  void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const std::uint16_t* inp,
+                       const T* w, int N, int C, int OC) override {
+    const double t = time("matmul", [&] {
+      inner_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+    });
+    add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
+  }
+  void matmul_backward_gelu(T* dpre, T* dw, T* dbias, const T* dout, const std::uint16_t* inp,
+                            const T* w, const T* pre, int N, int C, int OC) override {
+    const double t = time("matmul", [&] {
+      inner_.bf16_inputs()->matmul_backward_gelu(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
+    });
+    add_shape("backward", N, C, OC, 4.0 * N * OC * C, t);
+  }
+  void layernorm_forward(std::uint16_t* out, T* mean, T* rstd, const T* inp, const T* w, const T* b,
+                         int N, int C, float eps) override {
+    time("norm",
+         [&] { inner_.bf16_inputs()->layernorm_forward(out, mean, rstd, inp, w, b, N, C, eps); });
+  }
+  void rmsnorm_forward(std::uint16_t* out, T* rstd, const T* inp, const T* w, int N, int C,
+                       float eps) override {
+    time("norm", [&] { inner_.bf16_inputs()->rmsnorm_forward(out, rstd, inp, w, N, C, eps); });
+  }
+  void gelu_forward(std::uint16_t* out, const T* inp, std::int64_t count) override {
+    time("activation", [&] { inner_.bf16_inputs()->gelu_forward(out, inp, count); });
+  }
+  void swiglu_forward(std::uint16_t* out, const T* inp, int N, int F) override {
+    time("activation", [&] { inner_.bf16_inputs()->swiglu_forward(out, inp, N, F); });
   }
   void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N,
                          int C, float eps) override {

@@ -100,6 +100,64 @@ void Block<T>::mlp_activation(T* out, const T* fch, int N) const {
 }
 
 template <typename T>
+Bf16Inputs<T>* Block<T>::bf16_inputs(const BlockBuffers<T>& buf, int N,
+                                     std::span<const RowGroup> groups) const {
+  if (buf.ln1_bf16 == nullptr) return nullptr;
+  Bf16Inputs<T>* h = backend_.bf16_inputs();
+  if (h == nullptr || group_ != nullptr || !one_group(groups, N)) {
+    throw std::invalid_argument(
+        "Block: bf16 matmul inputs need a backend that takes them, one row group and no tensor "
+        "parallelism");
+  }
+  return h;
+}
+
+template <typename T>
+void Block<T>::norm_forward_to(T* out, std::uint16_t* out_bf16, T* mean, T* rstd, const T* inp,
+                               const T* params, std::int64_t w, std::int64_t b, int N) const {
+  if (out_bf16 == nullptr) {
+    norm_forward(out, mean, rstd, inp, params, w, b, N);
+  } else if (dims_.gpt2) {
+    backend_.bf16_inputs()->layernorm_forward(out_bf16, mean, rstd, inp, at(params, w),
+                                              at(params, b), N, dims_.C, config_.norm_eps);
+  } else {
+    backend_.bf16_inputs()->rmsnorm_forward(out_bf16, rstd, inp, at(params, w), N, dims_.C,
+                                            config_.norm_eps);
+  }
+}
+
+template <typename T>
+void Block<T>::mlp_activation_to(T* out, std::uint16_t* out_bf16, const T* fch, int N) const {
+  if (out_bf16 == nullptr) {
+    mlp_activation(out, fch, N);
+  } else if (dims_.gpt2) {
+    backend_.bf16_inputs()->gelu_forward(out_bf16, fch, static_cast<std::int64_t>(N) * dims_.F);
+  } else {
+    backend_.bf16_inputs()->swiglu_forward(out_bf16, fch, N, dims_.F);
+  }
+}
+
+template <typename T>
+void Block<T>::matmul_forward(T* out, Input inp, const T* w, const T* bias, int N, int C, int OC,
+                              bool accumulate) const {
+  if (inp.bf16 != nullptr) {
+    backend_.bf16_inputs()->matmul_forward(out, inp.bf16, w, bias, N, C, OC, accumulate);
+  } else {
+    backend_.matmul_forward(out, inp.f32, w, bias, N, C, OC, accumulate);
+  }
+}
+
+template <typename T>
+void Block<T>::matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, Input inp, const T* w,
+                               int N, int C, int OC) const {
+  if (inp.bf16 != nullptr) {
+    backend_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, inp.bf16, w, N, C, OC);
+  } else {
+    backend_.matmul_backward(dinp, dw, dbias, dout, inp.f32, w, N, C, OC);
+  }
+}
+
+template <typename T>
 void Block<T>::matmul(T* out, const T* inp, const T* w, const T* bias, int C, int OC,
                       bool accumulate, std::span<const RowGroup> groups) const {
   for (const RowGroup& g : groups) {
@@ -129,11 +187,29 @@ void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffer
   if (group_ != nullptr && (buf.res2 == x || buf.res3 == buf.res2)) {
     throw std::invalid_argument("Block: tensor parallelism needs separate residual buffers");
   }
-  norm_forward(buf.ln1, buf.ln1_mean, buf.ln1_rstd, x, params, w.ln1_w, w.ln1_b, N);
-  mm(buf.qkv, buf.ln1, w.qkv_w, w.qkv_b, d.C, d.S, false);
+  Bf16Inputs<T>* h = bf16_inputs(buf, N, groups);
+  norm_forward_to(buf.ln1, buf.ln1_bf16, buf.ln1_mean, buf.ln1_rstd, x, params, w.ln1_w, w.ln1_b,
+                  N);
+  if (h != nullptr) {
+    matmul_forward(buf.qkv, {nullptr, buf.ln1_bf16}, at(params, w.qkv_w), at(params, w.qkv_b), N,
+                   d.C, d.S, false);
+  } else {
+    mm(buf.qkv, buf.ln1, w.qkv_w, w.qkv_b, d.C, d.S, false);
+  }
   attend(buf.qkv, buf.atty);
   project_residual(buf.res2, x, buf.atty, params, w.proj_w, w.proj_b, d.A, N, groups);
-  norm_forward(buf.ln2, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w, w.ln2_b, N);
+  norm_forward_to(buf.ln2, buf.ln2_bf16, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w,
+                  w.ln2_b, N);
+  if (h != nullptr) {
+    // The MLP from and to bf16: its GEMMs' inputs, written so by the norm and
+    // the activation.
+    matmul_forward(buf.fch, {nullptr, buf.ln2_bf16}, at(params, w.fc_w), at(params, w.fc_b), N, d.C,
+                   d.FW, false);
+    mlp_activation_to(nullptr, buf.mlp_bf16, buf.fch, N);
+    h->matmul_residual_forward(buf.res3, buf.res2, buf.mlp_bf16, at(params, w.fcproj_w),
+                               at(params, w.fcproj_b), N, d.F, d.C);
+    return;
+  }
   if (d.gpt2 && one_group(groups, N)) {
     // One GEMM with a GELU epilogue where the backend has one.
     backend_.matmul_gelu_forward(buf.mlp, buf.fch, buf.ln2, at(params, w.fc_w), at(params, w.fc_b),
@@ -156,19 +232,25 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   const LayerOffsets& w = layout_.layer(layer);
   const BlockDims& d = dims_;
   const int N = B * seq;
+  const RowGroup all{0, N, false};
+  Bf16Inputs<T>* h = bf16_inputs(buf, N, std::span(&all, 1));
+  const Input mlp{buf.mlp, buf.mlp_bf16}, ln1{buf.ln1, buf.ln1_bf16}, ln2{buf.ln2, buf.ln2_bf16};
   // MLP: recompute its activation instead of keeping one per layer.
-  mlp_activation(buf.mlp, buf.fch, N);
-  if (d.gpt2) {
+  mlp_activation_to(buf.mlp, buf.mlp_bf16, buf.fch, N);
+  if (d.gpt2 && h != nullptr) {
+    h->matmul_backward_gelu(g.dfch, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres,
+                            buf.mlp_bf16, at(params, w.fcproj_w), buf.fch, N, d.F, d.C);
+  } else if (d.gpt2) {
     // The GELU's gradient in the GEMM's epilogue where the backend has one.
     backend_.matmul_backward_gelu(g.dfch, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres,
                                   buf.mlp, at(params, w.fcproj_w), buf.fch, N, d.F, d.C);
   } else {
-    backend_.matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres, buf.mlp,
-                             at(params, w.fcproj_w), N, d.F, d.C);
+    matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres, mlp,
+                    at(params, w.fcproj_w), N, d.F, d.C);
     backend_.swiglu_backward(g.dfch, buf.fch, g.dmlp, N, d.F);
   }
-  backend_.matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, buf.ln2,
-                           at(params, w.fc_w), N, d.C, d.FW);
+  matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, ln2, at(params, w.fc_w), N,
+                  d.C, d.FW);
   sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, buf.res2, buf.ln2_mean, buf.ln2_rstd, params, grads, w.ln2_w,
                 w.ln2_b, N);
@@ -177,8 +259,8 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
                            at(params, w.proj_w), N, d.A, d.C);
   backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
   if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
-  backend_.matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, buf.ln1,
-                           at(params, w.qkv_w), N, d.C, d.S);
+  matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, ln1, at(params, w.qkv_w),
+                  N, d.C, d.S);
   sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, x, buf.ln1_mean, buf.ln1_rstd, params, grads, w.ln1_w, w.ln1_b, N);
 }

@@ -97,6 +97,13 @@ struct BlockBuffers {
   // (and the block's input x) then hold this rank's rows only.
   T* gathered = nullptr;
   T* partial = nullptr;
+  // bf16 matmul inputs (Bf16Inputs, backend.h), when the backend takes them
+  // (training on one row group, no tensor parallelism): the norms' outputs
+  // and the MLP activation in bf16, N rows each, in place of ln1, ln2 and
+  // mlp, which are then unused.
+  std::uint16_t* ln1_bf16 = nullptr;
+  std::uint16_t* ln2_bf16 = nullptr;
+  std::uint16_t* mlp_bf16 = nullptr;
 };
 
 // Rows [row0, row0 + rows) go through the matmuls together: as one GEMM, or
@@ -134,6 +141,27 @@ class Block {
                           const T* params, T* grads, std::int64_t w, std::int64_t b, int n,
                           T* dnorm) const;
 
+  // The norm into out, or into out_bf16 (a bf16 matmul input) when that is
+  // not null.
+  void norm_forward_to(T* out, std::uint16_t* out_bf16, T* mean, T* rstd, const T* inp,
+                       const T* params, std::int64_t w, std::int64_t b, int N) const;
+  // A matmul input: fp32 (f32), or bf16 (bf16 not null, read through the
+  // backend's Bf16Inputs).
+  struct Input {
+    const T* f32 = nullptr;
+    const std::uint16_t* bf16 = nullptr;
+    // The input from row `row` on, of rows of `width` elements.
+    Input from_row(std::int64_t row, int width) const {
+      const std::int64_t at = row * width;
+      return {f32 != nullptr ? f32 + at : nullptr, bf16 != nullptr ? bf16 + at : nullptr};
+    }
+  };
+  // matmul_forward and matmul_backward (backend.h) on an Input.
+  void matmul_forward(T* out, Input inp, const T* w, const T* bias, int N, int C, int OC,
+                      bool accumulate) const;
+  void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, Input inp, const T* w, int N, int C,
+                       int OC) const;
+
   // Layer `layer` over N rows of the residual stream x, into buf; groups
   // cover rows 0..N-1 in order.
   void forward(int layer, const T* params, const T* x, const BlockBuffers<T>& buf, int N,
@@ -170,6 +198,11 @@ class Block {
   }
   static T* at(T* base, std::int64_t offset) { return offset < 0 ? nullptr : base + offset; }
   void mlp_activation(T* out, const T* fch, int N) const;
+  // The buffers' bf16 matmul inputs' ops (null where they have none),
+  // checked against the backend and the row groups.
+  Bf16Inputs<T>* bf16_inputs(const BlockBuffers<T>& buf, int N,
+                             std::span<const RowGroup> groups) const;
+  void mlp_activation_to(T* out, std::uint16_t* out_bf16, const T* fch, int N) const;
   // norm_backward with the weight and its gradients as pointers (db null
   // for RMSNorm).
   void norm_backward_into(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,

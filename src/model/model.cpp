@@ -92,20 +92,34 @@ void Model<T>::reserve(int B, int seq, int slots) {
     top += (elems + 15) / 16 * 16;  // 64-byte alignment of every buffer (in float)
     return at;
   };
+  // With bf16 matmul inputs the norms' outputs and the MLP activation are
+  // kept in bf16 only (arena16_, planned alike): their fp32 offsets are -1.
+  const bool bf16 = backend_.bf16_inputs() != nullptr && group_ == nullptr;
+  std::int64_t top16 = 0;
+  auto take16 = [&top16](std::int64_t elems) {
+    const std::int64_t at = top16;
+    top16 += (elems + 31) / 32 * 32;  // 64-byte alignment (in bf16)
+    return at;
+  };
+  // A matmul input: an fp32 buffer, or (offset -1) a bf16 one.
+  auto take_input = [&](std::int64_t elems, std::int64_t& offset16) {
+    offset16 = bf16 ? take16(elems) : -1;
+    return bf16 ? std::int64_t{-1} : take(elems);
+  };
   // One activation set: what a micro-batch keeps from its forward to its
   // backward.
   encoded_ = take(n * C);  // the embedding, or the previous stage's output
   layer_acts_.clear();
   for (int l = layout_.first_layer(); l < layout_.end_layer(); ++l) {
     LayerActs a{};
-    a.ln1 = take(n * C);
+    a.ln1 = take_input(n * C, a.ln1_bf16);
     a.ln1_mean = take(n);
     a.ln1_rstd = take(n);
     a.qkv = take(N * S);
     a.atty = take(N * d.A);
     a.lse = take(static_cast<std::int64_t>(B) * d.NH * seq);
     a.res2 = take(n * C);
-    a.ln2 = take(n * C);
+    a.ln2 = take_input(n * C, a.ln2_bf16);
     a.ln2_mean = take(n);
     a.ln2_rstd = take(n);
     a.fch = take(N * FW);
@@ -113,14 +127,16 @@ void Model<T>::reserve(int B, int seq, int slots) {
     layer_acts_.push_back(a);
   }
   if (last) {
-    lnf_ = take(n * C);
+    lnf_ = take_input(n * C, lnf_bf16_);
     lnf_mean_ = take(n);
     lnf_rstd_ = take(n);
     losses_ = take(N);
   }
   slot_elems_ = top;
+  slot16_elems_ = top16;
   // Scratch shared by all sets.
   top = 0;
+  top16 = 0;
   if (sequence_) {
     // Gathered norm outputs (the final norm's too, for the loss head), the
     // partial sums of row-parallel projections, and the gradients' forms.
@@ -148,7 +164,7 @@ void Model<T>::reserve(int B, int seq, int slots) {
   }
   // The MLP activation (recomputed in backward rather than stored per
   // layer) and the gradients of one block.
-  mlp_act_ = take(N * F);
+  mlp_act_ = take_input(N * F, mlp_bf16_);
   dres_ = take(n * C);
   dln_ = take(N * C);
   datty_ = take(N * d.A);
@@ -156,6 +172,7 @@ void Model<T>::reserve(int B, int seq, int slots) {
   dmlp_act_ = take(N * F);
   dfch_ = take(N * FW);
   arena_ = BackendArray<T>(backend_, slots * slot_elems_ + top);
+  arena16_ = BackendArray<std::uint16_t>(backend_, bf16 ? slots * slot16_elems_ + top16 : 0);
   tokens_ = BackendArray<std::int32_t>(backend_, slots * N);
   if (!backend_.host_memory() && last) targets_ = BackendArray<std::int32_t>(backend_, N);
   grad_pending_.assign(static_cast<std::size_t>(slots), 0);
@@ -239,6 +256,9 @@ BlockBuffers<T> Model<T>::buffers(int l) {
     b.gathered = tmp(gathered_);
     b.partial = tmp(partial_);
   }
+  b.ln1_bf16 = act16(a.ln1_bf16);
+  b.ln2_bf16 = act16(a.ln2_bf16);
+  b.mlp_bf16 = tmp16(mlp_bf16_);
   return b;
 }
 
@@ -324,13 +344,14 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
     grad_pending_[static_cast<std::size_t>(slot_)] = need_grad;
     return T(0);
   }
-  block_.norm_forward(act(lnf_), act(lnf_mean_), act(lnf_rstd_), res_in(config_.n_layer),
-                      params_.data(), layout_.lnf_w(), layout_.lnf_b(), local_rows());
+  block_.norm_forward_to(act(lnf_), act16(lnf_bf16_), act(lnf_mean_), act(lnf_rstd_),
+                         res_in(config_.n_layer), params_.data(), layout_.lnf_w(), layout_.lnf_b(),
+                         local_rows());
   // The loss head sees every row: gathered under sequence parallelism.
-  const T* lnf = act(lnf_);
+  typename Block<T>::Input lnf{act(lnf_), act16(lnf_bf16_)};
   if (sequence_) {
     group_->all_gather(act(lnf_), tmp(gathered_), local_rows() * C);
-    lnf = tmp(gathered_);
+    lnf.f32 = tmp(gathered_);
   }
 
   // Loss head in row chunks; with need_grad the chunk's logits turn into
@@ -339,12 +360,12 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   const T dloss = need_grad ? grad_scale / T(N) : T(0);
   for (int r0 = 0; r0 < N; r0 += static_cast<int>(chunk_rows_)) {
     const int rows = std::min(static_cast<int>(chunk_rows_), N - r0);
-    const T* x = lnf + static_cast<std::int64_t>(r0) * C;
-    backend_.matmul_forward(tmp(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
+    const auto x = lnf.from_row(r0, C);
+    block_.matmul_forward(tmp(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
     chunk_crossentropy(tmp(logits_), act(losses_) + r0, targets + r0, rows, dloss);
     if (need_grad) {
-      backend_.matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
-                               nullptr, tmp(logits_), x, p(layout_.lm_head()), rows, C, Vp);
+      block_.matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
+                             nullptr, tmp(logits_), x, p(layout_.lm_head()), rows, C, Vp);
     }
   }
   // Each rank's lm-head part contributes to the gradient of every row.

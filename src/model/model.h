@@ -103,7 +103,8 @@ class Model {
   // times d_model.
   std::int64_t stage_elems(int B, int seq) const;
   std::size_t activation_bytes() const {
-    return static_cast<std::size_t>(arena_.size()) * sizeof(T);
+    return static_cast<std::size_t>(arena_.size()) * sizeof(T) +
+           static_cast<std::size_t>(arena16_.size()) * sizeof(std::uint16_t);
   }
   // Rows per logits chunk of the loss head (default: equal chunks of at most
   // the backend's loss_chunk_elems() logits). Smaller chunks save memory; the
@@ -133,15 +134,29 @@ class Model {
  private:
   struct LayerActs {
     std::int64_t ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, res3;
+    std::int64_t ln1_bf16, ln2_bf16;  // in arena16_; -1 without bf16 matmul inputs
   };
-  // The current slot's activations, and scratch shared by all slots.
+  // The current slot's activations, and scratch shared by all slots (null
+  // for offset -1: a buffer not planned).
   T* act(std::int64_t offset) {
+    if (offset < 0) return nullptr;
     return arena_.data() + static_cast<std::int64_t>(slot_) * slot_elems_ + offset;
   }
   const T* act(std::int64_t offset) const {
+    if (offset < 0) return nullptr;
     return arena_.data() + static_cast<std::int64_t>(slot_) * slot_elems_ + offset;
   }
-  T* tmp(std::int64_t offset) { return arena_.data() + slots_ * slot_elems_ + offset; }
+  T* tmp(std::int64_t offset) {
+    return offset < 0 ? nullptr : arena_.data() + slots_ * slot_elems_ + offset;
+  }
+  // The same in arena16_ (bf16 matmul inputs).
+  std::uint16_t* act16(std::int64_t offset) {
+    if (offset < 0) return nullptr;
+    return arena16_.data() + static_cast<std::int64_t>(slot_) * slot16_elems_ + offset;
+  }
+  std::uint16_t* tmp16(std::int64_t offset) {
+    return offset < 0 ? nullptr : arena16_.data() + slots_ * slot16_elems_ + offset;
+  }
   T* res_in(int l);
   BlockBuffers<T> buffers(int l);
   T* p(std::int64_t offset) { return offset < 0 ? nullptr : params_.data() + offset; }
@@ -175,6 +190,11 @@ class Model {
   BackendArray<T> arena_;
   int cap_B_ = 0, cap_T_ = 0, slots_ = 1, slot_ = 0;
   std::int64_t slot_elems_ = 0;
+  // The bf16 matmul inputs where the backend takes them (Bf16Inputs): the
+  // norms' outputs and the MLP activation, in a second arena of the same
+  // plan (slot16_elems_ per set, then scratch).
+  BackendArray<std::uint16_t> arena16_;
+  std::int64_t slot16_elems_ = 0, lnf_bf16_ = -1, mlp_bf16_ = -1;
   int B_ = 0, T_ = 0;                  // sizes of the last forward
   std::vector<char> grad_pending_;     // per slot: a forward(need_grad) awaits backward
   int head_slot_ = -1;                 // last stage: the slot whose loss gradient the head holds

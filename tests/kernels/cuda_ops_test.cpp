@@ -25,6 +25,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/half.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda_emulator/cuda_emulator.h"
@@ -547,6 +548,104 @@ TEST_P(CudaBf16Ops, MatmulRoundsOperandsToBf16) {
   expect_close("dinp (bf16 operands)", to_host<float>(gdx), dx, 1e-4);
   expect_close("dw (bf16 operands, accumulated)", to_host<float>(gdw), dw, 1e-4);
   expect_same_bits("dbias (fp32, the CPU's order)", to_host<float>(gdb), db);
+}
+
+// bf16 matmul inputs (Bf16Inputs): each producer's bf16 output is the
+// bits of its fp32 output rounded, and each matmul given its input in bf16
+// gives the bits it gives for the fp32 input it rounds to that: shapes that
+// run on cuBLASLt (C % 8 == 0 for the GELU gradient's aux) and ones that
+// do not; accumulating and in place where the op allows it.
+TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
+  Bf16Inputs<float>* h = gpu->bf16_inputs();
+  ASSERT_NE(h, nullptr);
+  const auto bits = [](const std::vector<float>& v) {
+    std::vector<std::uint16_t> r;
+    for (float x : v) r.push_back(float_to_bf16(x));
+    return r;
+  };
+  const auto bf16_of = [](const DeviceBuffer& b) { return to_host<std::uint16_t>(b); };
+  {
+    const int N = 37, C = 72;
+    const auto x = rnd(N * C, 91), w = rnd(C, 92), b = rnd(C, 93), gu = rnd(N * 2 * C, 94);
+    DeviceBuffer gx = test::to_device(*gpu, x), gw = test::to_device(*gpu, w),
+                 gb = test::to_device(*gpu, b), ggu = test::to_device(*gpu, gu);
+    DeviceBuffer f(*gpu, N * C * 4), hb(*gpu, N * C * 2), m1(*gpu, N * 4), r1(*gpu, N * 4),
+        m2(*gpu, N * 4), r2(*gpu, N * 4);
+    gpu->layernorm_forward(f.as<float>(), m1.as<float>(), r1.as<float>(), gx.as<float>(),
+                           gw.as<float>(), gb.as<float>(), N, C, 1e-5f);
+    h->layernorm_forward(hb.as<std::uint16_t>(), m2.as<float>(), r2.as<float>(), gx.as<float>(),
+                         gw.as<float>(), gb.as<float>(), N, C, 1e-5f);
+    EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "layernorm";
+    expect_same_bits("layernorm mean", to_host<float>(m2), to_host<float>(m1));
+    expect_same_bits("layernorm rstd", to_host<float>(r2), to_host<float>(r1));
+    gpu->rmsnorm_forward(f.as<float>(), r1.as<float>(), gx.as<float>(), gw.as<float>(), N, C,
+                         1e-6f);
+    h->rmsnorm_forward(hb.as<std::uint16_t>(), r2.as<float>(), gx.as<float>(), gw.as<float>(), N, C,
+                       1e-6f);
+    EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "rmsnorm";
+    expect_same_bits("rmsnorm rstd", to_host<float>(r2), to_host<float>(r1));
+    gpu->gelu_forward(f.as<float>(), gx.as<float>(), N * C);
+    h->gelu_forward(hb.as<std::uint16_t>(), gx.as<float>(), N * C);
+    EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "gelu";
+    gpu->swiglu_forward(f.as<float>(), ggu.as<float>(), N, C);
+    h->swiglu_forward(hb.as<std::uint16_t>(), ggu.as<float>(), N, C);
+    EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "swiglu";
+  }
+  for (const auto& [N, C, OC] : {std::tuple{70, 48, 40}, {45, 36, 20}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + ", C " + std::to_string(C) + ", OC " +
+                 std::to_string(OC));
+    const auto x = rnd(N * C, 95), w = rnd(OC * C, 96), b = rnd(OC, 97), r = rnd(N * OC, 98),
+               pre = rnd(N * C, 99), dw0 = rnd(OC * C, 100), db0 = rnd(OC, 101);
+    DeviceBuffer gx = test::to_device(*gpu, x), gxh = test::to_device(*gpu, bits(x)),
+                 gw = test::to_device(*gpu, w), gb = test::to_device(*gpu, b),
+                 gr = test::to_device(*gpu, r), gpre = test::to_device(*gpu, pre);
+    const std::uint16_t* xh = gxh.as<std::uint16_t>();
+    // Forward: with and without a bias, accumulating into r; the residual
+    // form apart and in place.
+    for (const bool accumulate : {false, true}) {
+      for (const float* bias : {static_cast<const float*>(nullptr), gb.as<const float>()}) {
+        DeviceBuffer a = test::to_device(*gpu, r), c = test::to_device(*gpu, r);
+        gpu->matmul_forward(a.as<float>(), gx.as<float>(), gw.as<float>(), bias, N, C, OC,
+                            accumulate);
+        h->matmul_forward(c.as<float>(), xh, gw.as<float>(), bias, N, C, OC, accumulate);
+        expect_same_bits("matmul_forward", to_host<float>(c), to_host<float>(a));
+      }
+    }
+    for (const bool in_place : {false, true}) {
+      DeviceBuffer a = test::to_device(*gpu, r), c = test::to_device(*gpu, r);
+      DeviceBuffer ao(*gpu, N * OC * 4), co(*gpu, N * OC * 4);
+      float* out_a = in_place ? a.as<float>() : ao.as<float>();
+      float* out_c = in_place ? c.as<float>() : co.as<float>();
+      gpu->matmul_residual_forward(out_a, a.as<float>(), gx.as<float>(), gw.as<float>(),
+                                   gb.as<float>(), N, C, OC);
+      h->matmul_residual_forward(out_c, c.as<float>(), xh, gw.as<float>(), gb.as<float>(), N, C,
+                                 OC);
+      expect_same_bits("matmul_residual_forward", to_host<float>(in_place ? c : co),
+                       to_host<float>(in_place ? a : ao));
+    }
+    // Backward: the gradients accumulate onto dw0 and db0.
+    for (const bool gelu : {false, true}) {
+      DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4);
+      DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
+      DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
+      if (gelu) {
+        gpu->matmul_backward_gelu(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
+                                  gx.as<float>(), gw.as<float>(), gpre.as<float>(), N, C, OC);
+        h->matmul_backward_gelu(dc.as<float>(), dwc.as<float>(), dbc.as<float>(), gr.as<float>(),
+                                xh, gw.as<float>(), gpre.as<float>(), N, C, OC);
+      } else {
+        gpu->matmul_backward(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
+                             gx.as<float>(), gw.as<float>(), N, C, OC);
+        h->matmul_backward(dc.as<float>(), dwc.as<float>(), dbc.as<float>(), gr.as<float>(), xh,
+                           gw.as<float>(), N, C, OC);
+      }
+      const char* what = gelu ? "matmul_backward_gelu" : "matmul_backward";
+      SCOPED_TRACE(what);
+      expect_same_bits("input gradient", to_host<float>(dc), to_host<float>(da));
+      expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
+      expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
+    }
+  }
 }
 
 // ||a - b|| / ||b||.

@@ -166,6 +166,16 @@ __global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::int64_t
   }
 }
 
+// An op's output element: fp32, or rounded to bf16 (the same rounding as
+// to_bf16_kernel's, so an op writing bf16 gives the bits of its fp32 output
+// rounded afterwards).
+__device__ void store(float* out, float value) {
+  *out = value;
+}
+__device__ void store(__nv_bfloat16* out, float value) {
+  *out = __float2bfloat16(value);
+}
+
 __global__ void adamw_kernel(float* params, const float* grads, float* m, float* v,
                              std::int64_t count, Backend<float>::AdamWUpdate u) {
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
@@ -195,11 +205,12 @@ __global__ void squares_kernel(double* partial, const float* x, std::int64_t cou
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCube = 0.044715f;
 
-__global__ void gelu_forward_kernel(float* out, const float* inp, std::int64_t count) {
+template <typename O>
+__global__ void gelu_forward_kernel(O* out, const float* inp, std::int64_t count) {
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const float x = inp[i];
     const float u = kGeluScale * (x + kGeluCube * x * x * x);
-    out[i] = 0.5f * x * (1.0f + tanhf(u));
+    store(out + i, 0.5f * x * (1.0f + tanhf(u)));
   }
 }
 
@@ -215,14 +226,15 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
   }
 }
 
-__global__ void swiglu_forward_kernel(float* out, const float* inp, int N, int F) {
+template <typename O>
+__global__ void swiglu_forward_kernel(O* out, const float* inp, int N, int F) {
   const std::int64_t count = std::int64_t{N} * F;
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const std::int64_t n = i / F;
     const std::int64_t f = i % F;
     const float g = inp[n * 2 * F + f];
     const float u = inp[n * 2 * F + F + f];
-    out[i] = g / (1.0f + expf(-g)) * u;
+    store(out + i, g / (1.0f + expf(-g)) * u);
   }
 }
 
@@ -367,7 +379,8 @@ __global__ void matmul_rowwise_kernel(float* out, const float* inp, const float*
 // ---- norms -------------------------------------------------------------------
 
 // One warp per row.
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+template <typename O>
+__global__ void layernorm_forward_kernel(O* out, float* mean, float* rstd, const float* inp,
                                          const float* w, const float* b, int N, int C, float eps) {
   const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
@@ -379,8 +392,8 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
   float v = 0.0f;
   for (int c = lane; c < C; c += kWarp) v += (x[c] - m) * (x[c] - m);
   const float r = rsqrtf(warp_sum(v) / C + eps);
-  float* o = out + n * C;
-  for (int c = lane; c < C; c += kWarp) o[c] = (x[c] - m) * r * w[c] + b[c];
+  O* o = out + n * C;
+  for (int c = lane; c < C; c += kWarp) store(o + c, (x[c] - m) * r * w[c] + b[c]);
   if (lane == 0) {
     mean[n] = m;
     rstd[n] = r;
@@ -436,8 +449,9 @@ __global__ void norm_weight_partial_kernel(float* pdw, float* pdb, const float* 
   }
 }
 
-__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp, const float* w,
-                                       int N, int C, float eps) {
+template <typename O>
+__global__ void rmsnorm_forward_kernel(O* out, float* rstd, const float* inp, const float* w, int N,
+                                       int C, float eps) {
   const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (n >= N) return;
@@ -445,8 +459,8 @@ __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp
   float ss = 0.0f;
   for (int c = lane; c < C; c += kWarp) ss += x[c] * x[c];
   const float r = rsqrtf(warp_sum(ss) / C + eps);
-  float* o = out + n * C;
-  for (int c = lane; c < C; c += kWarp) o[c] = x[c] * r * w[c];
+  O* o = out + n * C;
+  for (int c = lane; c < C; c += kWarp) store(o + c, x[c] * r * w[c]);
   if (lane == 0) rstd[n] = r;
 }
 
@@ -1389,7 +1403,24 @@ class Scratch {
   std::size_t bytes_ = 0;
 };
 
-class CudaBackend final : public Backend<float> {
+// A GEMM operand: fp32 values, or (bf16 matmuls) values already in bf16,
+// which the GEMM reads as they are instead of rounding a copy.
+struct Operand {
+  Operand(const float* p) : f32(p) {}           // NOLINT(google-explicit-constructor)
+  Operand(const __nv_bfloat16* p) : bf16(p) {}  // NOLINT(google-explicit-constructor)
+  const float* f32 = nullptr;
+  const __nv_bfloat16* bf16 = nullptr;
+};
+
+// The API's bf16 values (their 16 bits) as CUDA's type.
+__nv_bfloat16* as_bf16(std::uint16_t* p) {
+  return reinterpret_cast<__nv_bfloat16*>(p);
+}
+const __nv_bfloat16* as_bf16(const std::uint16_t* p) {
+  return reinterpret_cast<const __nv_bfloat16*>(p);
+}
+
+class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
  public:
   CudaBackend(int device, Precision precision)
       : device_(device), bf16_(precision == Precision::kBf16) {
@@ -1411,6 +1442,9 @@ class CudaBackend final : public Backend<float> {
 
   std::string name() const override { return "cuda"; }
   std::int64_t loss_chunk_elems() const override { return std::int64_t{1} << 29; }
+  // With bf16 matmuls, the norms and MLP activations may be written in
+  // bf16 and the matmuls read them as they are.
+  Bf16Inputs<float>* bf16_inputs() override { return bf16_ ? this : nullptr; }
 
   // Device memory (cudaMalloc, zeroed); copies on the default stream, after
   // the ops queued before them.
@@ -1460,56 +1494,27 @@ class CudaBackend final : public Backend<float> {
 
   void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
                       int OC, bool accumulate) override {
-    // The bias in cuBLASLt's epilogue (what out holds as its C when
-    // accumulating).
-    if (bias != nullptr &&
-        lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, accumulate ? out : nullptr, out,
-                  OC, CUBLASLT_EPILOGUE_BIAS, bias, nullptr, 0, "matmul_forward")) {
-      return;
-    }
-    if (bias != nullptr) {
-      launch("matmul_forward (bias)", add_bias_kernel, blocks_for(std::int64_t{N} * OC), kThreads,
-             out, bias, N, OC, accumulate);
-    }
-    const float beta = (accumulate || bias != nullptr) ? 1.0f : 0.0f;
-    // Row-major out[N, OC] = inp[N, C] w[OC, C]^T is column-major
-    // out^T[OC, N] = w^T... : cuBLAS sees w as [C, OC] and inp as [C, N].
-    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, beta, out, OC, "matmul_forward");
+    forward_gemm(out, inp, w, bias, N, C, OC, accumulate);
+  }
+  void matmul_forward(float* out, const std::uint16_t* inp, const float* w, const float* bias,
+                      int N, int C, int OC, bool accumulate) override {
+    forward_gemm(out, as_bf16(inp), w, bias, N, C, OC, accumulate);
   }
   void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
                        const float* w, int N, int C, int OC) override {
-    if (bf16_ && N > 0 && C > 0 && OC > 0) {
-      // As below, with dout rounded to bf16 once for both GEMMs.
-      const __nv_bfloat16* d = bf16_copy(dout, std::int64_t{N} * OC, 1);
-      if (dinp != nullptr) {
-        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, bf16_copy(w, std::int64_t{OC} * C, 0), C, d,
-                  OC, 0.0f, dinp, C, "matmul_backward (input)");
-      }
-      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, bf16_copy(inp, std::int64_t{N} * C, 0), C, d,
-                OC, 1.0f, dw, C, "matmul_backward (weight)");
-      if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
-      return;
-    }
-    if (dinp != nullptr) {
-      // dinp[N, C] = dout[N, OC] w[OC, C]
-      gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C,
-           "matmul_backward (input)");
-    }
-    // dw[OC, C] += dout^T[OC, N] inp[N, C]
-    gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C,
-         "matmul_backward (weight)");
-    if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
+    backward_gemms(dinp, dw, dbias, dout, inp, w, N, C, OC);
   }
-  // One cuBLASLt GEMM: out = residual + inp w^T + bias, the residual as its
-  // C (no copy into out first).
+  void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout,
+                       const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
+    backward_gemms(dinp, dw, dbias, dout, as_bf16(inp), w, N, C, OC);
+  }
   void matmul_residual_forward(float* out, const float* residual, const float* inp, const float* w,
                                const float* bias, int N, int C, int OC) override {
-    if (lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, residual, out, OC,
-                  bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias,
-                  nullptr, 0, "matmul_residual_forward")) {
-      return;
-    }
-    Backend<float>::matmul_residual_forward(out, residual, inp, w, bias, N, C, OC);
+    residual_gemm(out, residual, inp, w, bias, N, C, OC);
+  }
+  void matmul_residual_forward(float* out, const float* residual, const std::uint16_t* inp,
+                               const float* w, const float* bias, int N, int C, int OC) override {
+    residual_gemm(out, residual, as_bf16(inp), w, bias, N, C, OC);
   }
   // One cuBLASLt GEMM: pre = inp w^T + bias kept as the epilogue's aux
   // (its leading dimension OC must divide by 8), out = gelu(pre).
@@ -1523,18 +1528,15 @@ class CudaBackend final : public Backend<float> {
     }
     Backend<float>::matmul_gelu_forward(out, pre, inp, w, bias, N, C, OC);
   }
-  // The input gradient's GEMM with GELU's gradient (from pre) in its
-  // epilogue; the weight and bias gradients as matmul_backward's.
   void matmul_backward_gelu(float* dpre, float* dw, float* dbias, const float* dout,
                             const float* inp, const float* w, const float* pre, int N, int C,
                             int OC) override {
-    if (C % 8 == 0 && lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, nullptr, dpre,
-                                C, CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C,
-                                "matmul_backward_gelu (input)")) {
-      matmul_backward(nullptr, dw, dbias, dout, inp, w, N, C, OC);
-      return;
-    }
-    Backend<float>::matmul_backward_gelu(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
+    backward_gelu_gemms(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
+  }
+  void matmul_backward_gelu(float* dpre, float* dw, float* dbias, const float* dout,
+                            const std::uint16_t* inp, const float* w, const float* pre, int N,
+                            int C, int OC) override {
+    backward_gelu_gemms(dpre, dw, dbias, dout, as_bf16(inp), w, pre, N, C, OC);
   }
   void matmul_forward_rowwise(float* out, const float* inp, const float* w, const float* bias,
                               int N, int C, int OC, bool accumulate) override {
@@ -1544,8 +1546,13 @@ class CudaBackend final : public Backend<float> {
 
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
                          const float* b, int N, int C, float eps) override {
-    launch("layernorm_forward", layernorm_forward_kernel, warps_blocks(N), kThreads, out, mean,
-           rstd, inp, w, b, N, C, eps);
+    launch("layernorm_forward", layernorm_forward_kernel<float>, warps_blocks(N), kThreads, out,
+           mean, rstd, inp, w, b, N, C, eps);
+  }
+  void layernorm_forward(std::uint16_t* out, float* mean, float* rstd, const float* inp,
+                         const float* w, const float* b, int N, int C, float eps) override {
+    launch("layernorm_forward (bf16 out)", layernorm_forward_kernel<__nv_bfloat16>, warps_blocks(N),
+           kThreads, as_bf16(out), mean, rstd, inp, w, b, N, C, eps);
   }
   void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
                           const float* w, const float* mean, const float* rstd, int N,
@@ -1556,8 +1563,13 @@ class CudaBackend final : public Backend<float> {
   }
   void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
                        float eps) override {
-    launch("rmsnorm_forward", rmsnorm_forward_kernel, warps_blocks(N), kThreads, out, rstd, inp, w,
-           N, C, eps);
+    launch("rmsnorm_forward", rmsnorm_forward_kernel<float>, warps_blocks(N), kThreads, out, rstd,
+           inp, w, N, C, eps);
+  }
+  void rmsnorm_forward(std::uint16_t* out, float* rstd, const float* inp, const float* w, int N,
+                       int C, float eps) override {
+    launch("rmsnorm_forward (bf16 out)", rmsnorm_forward_kernel<__nv_bfloat16>, warps_blocks(N),
+           kThreads, as_bf16(out), rstd, inp, w, N, C, eps);
   }
   void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                         const float* rstd, int N, int C) override {
@@ -1567,7 +1579,12 @@ class CudaBackend final : public Backend<float> {
   }
 
   void gelu_forward(float* out, const float* inp, std::int64_t count) override {
-    launch("gelu_forward", gelu_forward_kernel, blocks_for(count), kThreads, out, inp, count);
+    launch("gelu_forward", gelu_forward_kernel<float>, blocks_for(count), kThreads, out, inp,
+           count);
+  }
+  void gelu_forward(std::uint16_t* out, const float* inp, std::int64_t count) override {
+    launch("gelu_forward (bf16 out)", gelu_forward_kernel<__nv_bfloat16>, blocks_for(count),
+           kThreads, as_bf16(out), inp, count);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout,
                      std::int64_t count) override {
@@ -1575,8 +1592,12 @@ class CudaBackend final : public Backend<float> {
            count);
   }
   void swiglu_forward(float* out, const float* inp, int N, int F) override {
-    launch("swiglu_forward", swiglu_forward_kernel, blocks_for(std::int64_t{N} * F), kThreads, out,
-           inp, N, F);
+    launch("swiglu_forward", swiglu_forward_kernel<float>, blocks_for(std::int64_t{N} * F),
+           kThreads, out, inp, N, F);
+  }
+  void swiglu_forward(std::uint16_t* out, const float* inp, int N, int F) override {
+    launch("swiglu_forward (bf16 out)", swiglu_forward_kernel<__nv_bfloat16>,
+           blocks_for(std::int64_t{N} * F), kThreads, as_bf16(out), inp, N, F);
   }
   void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) override {
     launch("swiglu_backward", swiglu_backward_kernel, blocks_for(std::int64_t{N} * F), kThreads,
@@ -1716,6 +1737,76 @@ class CudaBackend final : public Backend<float> {
   }
 
  private:
+  // The matmul ops, on an input in fp32 or in bf16.
+  void forward_gemm(float* out, Operand inp, const float* w, const float* bias, int N, int C,
+                    int OC, bool accumulate) {
+    // The bias in cuBLASLt's epilogue (what out holds as its C when
+    // accumulating).
+    if (bias != nullptr &&
+        lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, accumulate ? out : nullptr, out,
+                  OC, CUBLASLT_EPILOGUE_BIAS, bias, nullptr, 0, "matmul_forward")) {
+      return;
+    }
+    if (bias != nullptr) {
+      launch("matmul_forward (bias)", add_bias_kernel, blocks_for(std::int64_t{N} * OC), kThreads,
+             out, bias, N, OC, accumulate);
+    }
+    const float beta = (accumulate || bias != nullptr) ? 1.0f : 0.0f;
+    // Row-major out[N, OC] = inp[N, C] w[OC, C]^T is column-major
+    // out^T[OC, N] = w^T... : cuBLAS sees w as [C, OC] and inp as [C, N].
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, beta, out, OC, "matmul_forward");
+  }
+  void backward_gemms(float* dinp, float* dw, float* dbias, const float* dout, Operand inp,
+                      const float* w, int N, int C, int OC) {
+    if (bf16_ && N > 0 && C > 0 && OC > 0) {
+      // As below, with dout rounded to bf16 once for both GEMMs.
+      const __nv_bfloat16* d = bf16_copy(dout, std::int64_t{N} * OC, 1);
+      if (dinp != nullptr) {
+        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, bf16_copy(w, std::int64_t{OC} * C, 0), C, d,
+                  OC, 0.0f, dinp, C, "matmul_backward (input)");
+      }
+      gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, rounded(inp, std::int64_t{N} * C, 0), C, d, OC,
+                1.0f, dw, C, "matmul_backward (weight)");
+      if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
+      return;
+    }
+    if (dinp != nullptr) {
+      // dinp[N, C] = dout[N, OC] w[OC, C]
+      gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C,
+           "matmul_backward (input)");
+    }
+    // dw[OC, C] += dout^T[OC, N] inp[N, C]
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C,
+         "matmul_backward (weight)");
+    if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
+  }
+  // One cuBLASLt GEMM: out = residual + inp w^T + bias, the residual as its
+  // C (no copy into out first); else the copy and an accumulating GEMM.
+  void residual_gemm(float* out, const float* residual, Operand inp, const float* w,
+                     const float* bias, int N, int C, int OC) {
+    if (lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, residual, out, OC,
+                  bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias,
+                  nullptr, 0, "matmul_residual_forward")) {
+      return;
+    }
+    if (out != residual) copy(out, residual, std::int64_t{N} * OC);
+    forward_gemm(out, inp, w, bias, N, C, OC, true);
+  }
+  // The input gradient's GEMM with GELU's gradient (from pre) in its
+  // epilogue, and the weight and bias gradients as matmul_backward's; else
+  // matmul_backward and gelu_backward in place.
+  void backward_gelu_gemms(float* dpre, float* dw, float* dbias, const float* dout, Operand inp,
+                           const float* w, const float* pre, int N, int C, int OC) {
+    if (C % 8 == 0 && lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, nullptr, dpre,
+                                C, CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C,
+                                "matmul_backward_gelu (input)")) {
+      backward_gemms(nullptr, dw, dbias, dout, inp, w, N, C, OC);
+      return;
+    }
+    backward_gemms(dpre, dw, dbias, dout, inp, w, N, C, OC);
+    gelu_backward(dpre, pre, dpre, std::int64_t{N} * C);
+  }
+
   // Which attention kernels a shape runs, the same for forward and backward
   // (backward reads the forward's log-sum-exp): the tiled ones take head
   // dimensions up to 128 and one grid row per (sequence, head), at most
@@ -1800,16 +1891,23 @@ class CudaBackend final : public Backend<float> {
   // cublasSgemm's contract (column-major C[m, n] = alpha op(A) op(B) + beta
   // C), in fp32 or, with bf16, on bf16 copies of A and B with fp32
   // accumulation and an fp32 C (cublasGemmEx, CUBLAS_COMPUTE_32F).
-  void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
-            int lda, const float* B, int ldb, float beta, float* C, int ldc, const char* what) {
+  void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A, int lda,
+            Operand B, int ldb, float beta, float* C, int ldc, const char* what) {
     const float one = 1.0f;
-    if (!bf16_ || k == 0) {  // (k = 0: C = beta C, nothing to round)
-      check_blas(cublasSgemm(blas_, ta, tb, m, n, k, &one, A, lda, B, ldb, &beta, C, ldc), what);
+    if (!bf16_ || k == 0) {
+      // (k = 0: C = beta C, nothing to round or read; bf16 operands come
+      // only with bf16 matmuls.)
+      check_blas(cublasSgemm(blas_, ta, tb, m, n, k, &one, A.f32, lda, B.f32, ldb, &beta, C, ldc),
+                 what);
       return;
     }
     if (m == 0 || n == 0) return;
-    gemm_bf16(ta, tb, m, n, k, bf16_copy(A, operand_extent(ta, m, k, lda), 0), lda,
-              bf16_copy(B, operand_extent(tb, k, n, ldb), 1), ldb, beta, C, ldc, what);
+    gemm_bf16(ta, tb, m, n, k, rounded(A, operand_extent(ta, m, k, lda), 0), lda,
+              rounded(B, operand_extent(tb, k, n, ldb), 1), ldb, beta, C, ldc, what);
+  }
+  // An operand in bf16: as it is, or rounded into bf16 scratch `slot`.
+  const __nv_bfloat16* rounded(Operand x, std::int64_t count, int slot) {
+    return x.bf16 != nullptr ? x.bf16 : bf16_copy(x.f32, count, slot);
   }
   // The same on operands already in bf16 (fp32 accumulation and C).
   void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -1824,15 +1922,16 @@ class CudaBackend final : public Backend<float> {
   // D[m, n] = op(A) op(B) (+ Cin when not null, of D's shape and leading
   // dimension; it may be D), then `epilogue` (column-major; fp32 D and
   // accumulation), through cuBLASLt: A and B are fp32 (fp32 arithmetic) or,
-  // with bf16, rounded to bf16 copies first, as gemm() does. `bias` has m
+  // with bf16, in bf16 (rounded to copies first, as gemm() does, unless
+  // they are bf16 already). `bias` has m
   // values; `aux` (m x n, ld ldaux) is GELU's input, written by GELU_AUX
   // and read by DGELU. False, having written nothing, when cuBLASLt offers
   // no algorithm for the problem: the caller then runs gemm() and kernels.
   // The heuristic's answer is kept per problem (shapes, epilogue and the
   // operands' alignments, which it is told: tensors inside the flat
   // parameter buffer are not aligned as cudaMalloc's are).
-  bool lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
-                 int lda, const float* B, int ldb, const float* Cin, float* D, int ldd,
+  bool lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A,
+                 int lda, Operand B, int ldb, const float* Cin, float* D, int ldd,
                  cublasLtEpilogue_t epilogue, const float* bias, float* aux, std::int64_t ldaux,
                  const char* what) {
     if (m <= 0 || n <= 0 || k <= 0) return false;
@@ -1842,13 +1941,17 @@ class CudaBackend final : public Backend<float> {
       return false;
     }
     if (lt_ == nullptr) check_blas(cublasLtCreate(&lt_), "cublasLtCreate");
-    // With bf16, A and B are multiplied from the bf16 scratch buffers: their
-    // addresses are known (and told to the heuristic) before the copies are
-    // made, which happens only once cuBLASLt is to run.
+    // With bf16, fp32 operands are multiplied from the bf16 scratch buffers:
+    // their addresses are known (and told to the heuristic) before the
+    // copies are made, which happens only once cuBLASLt is to run.
     const std::int64_t a_count = operand_extent(ta, m, k, lda);
     const std::int64_t b_count = operand_extent(tb, k, n, ldb);
-    const void* a = bf16_ ? bf16_buffer(a_count, 0) : static_cast<const void*>(A);
-    const void* b = bf16_ ? bf16_buffer(b_count, 1) : static_cast<const void*>(B);
+    const auto where = [&](Operand x, std::int64_t count, int slot) -> const void* {
+      if (!bf16_) return x.f32;
+      return x.bf16 != nullptr ? x.bf16 : bf16_buffer(count, slot);
+    };
+    const void* a = where(A, a_count, 0);
+    const void* b = where(B, b_count, 1);
     const void* c = Cin != nullptr ? Cin : D;
     LtProblem problem{ta,
                       tb,
@@ -1920,8 +2023,8 @@ class CudaBackend final : public Backend<float> {
     }
     if (!known->second) return false;
     if (bf16_) {
-      bf16_copy(A, a_count, 0);
-      bf16_copy(B, b_count, 1);
+      rounded(A, a_count, 0);
+      rounded(B, b_count, 1);
     }
     const float one = 1.0f, beta = Cin != nullptr ? 1.0f : 0.0f;
     const cublasStatus_t ran = cublasLtMatmul(

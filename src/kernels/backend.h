@@ -101,7 +101,8 @@ Precision parse_precision(const std::string& name);
 // bf16, so an activation whose only readers are matmuls (the norms' outputs,
 // the MLP activation) can be written in bf16 by the op that makes it: the
 // same bits as rounding it later, in half the memory, and no rounding pass
-// in each matmul that reads it. A backend that takes such inputs returns
+// in each matmul that reads it. So can the lm head's output gradient (the
+// logits' gradient), which has no bias gradient to sum. A backend that takes such inputs returns
 // this interface from Backend::bf16_inputs(), and training then calls these
 // ops in place of the Backend ops of the same names, which they equal but
 // for that rounding of out (the producers) or of inp (the matmuls). A bf16
@@ -127,6 +128,16 @@ class Bf16Inputs {
   virtual void matmul_backward_gelu(T* dpre, T* dw, T* dbias, const T* dout,
                                     const std::uint16_t* inp, const T* w, const T* pre, int N,
                                     int C, int OC) = 0;
+  // The lm head's backward, whose output gradient is a matmul input too:
+  // crossentropy_forward_backward writing the logits' gradient (when dloss
+  // != 0) in bf16 to dlogits [N, Vp] and leaving the logits as they are,
+  // and matmul_backward with dout in bf16 as well (no bias gradient: that
+  // sums dout in fp32).
+  virtual void crossentropy_forward_backward(std::uint16_t* dlogits, const T* logits, T* losses,
+                                             const std::int32_t* targets, int N, int V, int Vp,
+                                             T dloss) = 0;
+  virtual void matmul_backward(T* dinp, T* dw, const std::uint16_t* dout, const std::uint16_t* inp,
+                               const T* w, int N, int C, int OC) = 0;
 };
 
 template <typename T>

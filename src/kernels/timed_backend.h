@@ -157,6 +157,20 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
     });
     add_shape("backward", N, C, OC, 4.0 * N * OC * C, t);
   }
+  void matmul_backward(T* dinp, T* dw, const std::uint16_t* dout, const std::uint16_t* inp,
+                       const T* w, int N, int C, int OC) override {
+    const double t = time(
+        "matmul", [&] { inner_.bf16_inputs()->matmul_backward(dinp, dw, dout, inp, w, N, C, OC); });
+    add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
+  }
+  void crossentropy_forward_backward(std::uint16_t* dlogits, const T* logits, T* losses,
+                                     const std::int32_t* targets, int N, int V, int Vp,
+                                     T dloss) override {
+    time("softmax cross-entropy", [&] {
+      inner_.bf16_inputs()->crossentropy_forward_backward(dlogits, logits, losses, targets, N, V,
+                                                          Vp, dloss);
+    });
+  }
   void layernorm_forward(std::uint16_t* out, T* mean, T* rstd, const T* inp, const T* w, const T* b,
                          int N, int C, float eps) override {
     time("norm",

@@ -158,6 +158,8 @@ void Model<T>::reserve(int B, int seq, int slots) {
       chunk_rows_ = std::min<std::int64_t>(N, ((N + chunks - 1) / chunks + 15) / 16 * 16);
     }
     logits_ = take(chunk_rows_ * vocab_part_);
+    // With bf16 matmul inputs the logits' gradient is one too.
+    dlogits_bf16_ = bf16 ? take16(chunk_rows_ * vocab_part_) : -1;
     row_max_ = take(chunk_rows_);
     row_sums_ = take(2 * chunk_rows_);
     dlnf_ = take(N * C);
@@ -362,6 +364,16 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
     const int rows = std::min(static_cast<int>(chunk_rows_), N - r0);
     const auto x = lnf.from_row(r0, C);
     block_.matmul_forward(tmp(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
+    if (need_grad && lnf.bf16 != nullptr) {
+      // The gradient in bf16, straight from the loss into the GEMMs.
+      Bf16Inputs<T>* h = backend_.bf16_inputs();
+      std::uint16_t* dlogits = tmp16(dlogits_bf16_);
+      h->crossentropy_forward_backward(dlogits, tmp(logits_), act(losses_) + r0, targets + r0, rows,
+                                       config_.vocab_size, Vp, dloss);
+      h->matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
+                         dlogits, x.bf16, p(layout_.lm_head()), rows, C, Vp);
+      continue;
+    }
     chunk_crossentropy(tmp(logits_), act(losses_) + r0, targets + r0, rows, dloss);
     if (need_grad) {
       block_.matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),

@@ -645,7 +645,33 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
       expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
       expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
     }
+    // The lm head's: the output gradient in bf16 too, no bias.
+    DeviceBuffer grh = test::to_device(*gpu, bits(r));
+    DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4);
+    DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
+    gpu->matmul_backward(da.as<float>(), dwa.as<float>(), nullptr, gr.as<float>(), gx.as<float>(),
+                         gw.as<float>(), N, C, OC);
+    h->matmul_backward(dc.as<float>(), dwc.as<float>(), grh.as<std::uint16_t>(), xh, gw.as<float>(),
+                       N, C, OC);
+    expect_same_bits("lm head input gradient", to_host<float>(dc), to_host<float>(da));
+    expect_same_bits("lm head weight gradient", to_host<float>(dwc), to_host<float>(dwa));
   }
+  // The loss with its gradient in bf16: the losses' bits, the gradient
+  // rounded, the logits left as they were.
+  const int N = 29, V = 300, Vp = 320;
+  const auto logits = rnd(N * Vp, 102, 4.0);
+  std::vector<std::int32_t> targets;
+  for (int n = 0; n < N; ++n) targets.push_back((n * 37) % V);
+  DeviceBuffer a = test::to_device(*gpu, logits), c = test::to_device(*gpu, logits),
+               gt = test::to_device(*gpu, targets), la(*gpu, N * 4), lc(*gpu, N * 4),
+               dh(*gpu, N * Vp * 2);
+  gpu->crossentropy_forward_backward(a.as<float>(), la.as<float>(), gt.as<std::int32_t>(), N, V, Vp,
+                                     0.5f);
+  h->crossentropy_forward_backward(dh.as<std::uint16_t>(), c.as<float>(), lc.as<float>(),
+                                   gt.as<std::int32_t>(), N, V, Vp, 0.5f);
+  expect_same_bits("losses", to_host<float>(lc), to_host<float>(la));
+  EXPECT_EQ(bf16_of(dh), bits(to_host<float>(a))) << "logits' gradient";
+  expect_same_bits("logits kept", to_host<float>(c), logits);
 }
 
 // ||a - b|| / ||b||.

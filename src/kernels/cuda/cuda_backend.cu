@@ -1277,11 +1277,15 @@ __global__ void attention_kv_kernel(float* out, const float* kpool, const float*
 
 // One block per row. Modes: whole rows (crossentropy_forward_backward), or
 // the three steps of the vocabulary-parallel form.
-__global__ void crossentropy_kernel(float* logits, float* losses, const std::int32_t* targets,
-                                    int V, int Vp, float dloss) {
+// The loss of row blockIdx.x and, when dloss != 0, its logits' gradient
+// into grads: over the logits (grads == logits) or, as a bf16 matmul input,
+// into a buffer of its own.
+template <typename G>
+__global__ void crossentropy_kernel(const float* logits, G* grads, float* losses,
+                                    const std::int32_t* targets, int V, int Vp, float dloss) {
   __shared__ float shared[kThreads / kWarp];
   const std::int64_t n = blockIdx.x;
-  float* x = logits + n * Vp;
+  const float* x = logits + n * Vp;
   float mx = -INFINITY;
   for (int j = threadIdx.x; j < V; j += kThreads) mx = fmaxf(mx, x[j]);
   mx = block_reduce<true>(mx, shared);
@@ -1296,7 +1300,7 @@ __global__ void crossentropy_kernel(float* logits, float* losses, const std::int
   for (int j = threadIdx.x; j < Vp; j += kThreads) {
     float d = 0.0f;
     if (j < V) d = expf(x[j] - mx) * scale - (j == t ? dloss : 0.0f);
-    x[j] = d;
+    store(grads + n * Vp + j, d);
   }
 }
 
@@ -1508,6 +1512,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                        const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
     backward_gemms(dinp, dw, dbias, dout, as_bf16(inp), w, N, C, OC);
   }
+  void matmul_backward(float* dinp, float* dw, const std::uint16_t* dout, const std::uint16_t* inp,
+                       const float* w, int N, int C, int OC) override {
+    backward_gemms(dinp, dw, nullptr, as_bf16(dout), as_bf16(inp), w, N, C, OC);
+  }
   void matmul_residual_forward(float* out, const float* residual, const float* inp, const float* w,
                                const float* bias, int N, int C, int OC) override {
     residual_gemm(out, residual, inp, w, bias, N, C, OC);
@@ -1675,8 +1683,15 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   void crossentropy_forward_backward(float* logits, float* losses, const std::int32_t* targets,
                                      int N, int V, int Vp, float dloss) override {
     if (N == 0) return;
-    launch("crossentropy_forward_backward", crossentropy_kernel, N, kThreads, logits, losses,
-           targets, V, Vp, dloss);
+    launch("crossentropy_forward_backward", crossentropy_kernel<float>, N, kThreads, logits, logits,
+           losses, targets, V, Vp, dloss);
+  }
+  void crossentropy_forward_backward(std::uint16_t* dlogits, const float* logits, float* losses,
+                                     const std::int32_t* targets, int N, int V, int Vp,
+                                     float dloss) override {
+    if (N == 0) return;
+    launch("crossentropy_forward_backward (bf16 gradient)", crossentropy_kernel<__nv_bfloat16>, N,
+           kThreads, logits, as_bf16(dlogits), losses, targets, V, Vp, dloss);
   }
   void crossentropy_part_max(float* row_max, const float* logits, int N, int V, int Vp) override {
     if (N == 0) return;
@@ -1756,18 +1771,22 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     // out^T[OC, N] = w^T... : cuBLAS sees w as [C, OC] and inp as [C, N].
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, beta, out, OC, "matmul_forward");
   }
-  void backward_gemms(float* dinp, float* dw, float* dbias, const float* dout, Operand inp,
+  // (A bias gradient sums dout in fp32: dbias needs dout.f32.)
+  void backward_gemms(float* dinp, float* dw, float* dbias, Operand dout, Operand inp,
                       const float* w, int N, int C, int OC) {
+    if (dbias != nullptr && dout.f32 == nullptr) {
+      throw std::logic_error("matmul_backward: a bias gradient needs the fp32 output gradient");
+    }
     if (bf16_ && N > 0 && C > 0 && OC > 0) {
       // As below, with dout rounded to bf16 once for both GEMMs.
-      const __nv_bfloat16* d = bf16_copy(dout, std::int64_t{N} * OC, 1);
+      const __nv_bfloat16* d = rounded(dout, std::int64_t{N} * OC, 1);
       if (dinp != nullptr) {
         gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, bf16_copy(w, std::int64_t{OC} * C, 0), C, d,
                   OC, 0.0f, dinp, C, "matmul_backward (input)");
       }
       gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, rounded(inp, std::int64_t{N} * C, 0), C, d, OC,
                 1.0f, dw, C, "matmul_backward (weight)");
-      if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
+      if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout.f32, N, OC);
       return;
     }
     if (dinp != nullptr) {
@@ -1778,7 +1797,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     // dw[OC, C] += dout^T[OC, N] inp[N, C]
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C,
          "matmul_backward (weight)");
-    if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout, N, OC);
+    if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout.f32, N, OC);
   }
   // One cuBLASLt GEMM: out = residual + inp w^T + bias, the residual as its
   // C (no copy into out first); else the copy and an accumulating GEMM.

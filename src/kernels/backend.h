@@ -102,11 +102,11 @@ Precision parse_precision(const std::string& name);
 // the MLP activation) can be written in bf16 by the op that makes it: the
 // same bits as rounding it later, in half the memory, and no rounding pass
 // in each matmul that reads it. So can the lm head's output gradient (the
-// logits' gradient), which has no bias gradient to sum. A backend that takes such inputs returns
-// this interface from Backend::bf16_inputs(), and training then calls these
-// ops in place of the Backend ops of the same names, which they equal but
-// for that rounding of out (the producers) or of inp (the matmuls). A bf16
-// value is its 16 bits (core/half.h).
+// logits' gradient), which has no bias gradient to sum; the attention
+// output, which attention's backward reads too, is written both ways. A backend that takes such
+// inputs returns this interface from Backend::bf16_inputs(), and training then calls these ops in
+// place of the Backend ops of the same names, which they equal but for that rounding of out (the
+// producers) or of inp (the matmuls). A bf16 value is its 16 bits (core/half.h).
 template <typename T>
 class Bf16Inputs {
  public:
@@ -118,6 +118,10 @@ class Bf16Inputs {
                                float eps) = 0;
   virtual void gelu_forward(std::uint16_t* out, const T* inp, std::int64_t count) = 0;
   virtual void swiglu_forward(std::uint16_t* out, const T* inp, int N, int F) = 0;
+  // attention_forward writing its output in bf16 to out_bf16 as well (the
+  // output projection's input; attention's backward reads out in fp32).
+  virtual void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const T* qkv, int B,
+                                 int seq, int NH, int NKV, int HD) = 0;
   // The matmuls: inp in bf16.
   virtual void matmul_forward(T* out, const std::uint16_t* inp, const T* w, const T* bias, int N,
                               int C, int OC, bool accumulate) = 0;

@@ -171,6 +171,12 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
                                                           Vp, dloss);
     });
   }
+  void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const T* qkv, int B, int seq,
+                         int NH, int NKV, int HD) override {
+    time("attention", [&] {
+      inner_.bf16_inputs()->attention_forward(out, out_bf16, lse, qkv, B, seq, NH, NKV, HD);
+    });
+  }
   void layernorm_forward(std::uint16_t* out, T* mean, T* rstd, const T* inp, const T* w, const T* b,
                          int N, int C, float eps) override {
     time("norm",

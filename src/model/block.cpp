@@ -197,7 +197,12 @@ void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffer
     mm(buf.qkv, buf.ln1, w.qkv_w, w.qkv_b, d.C, d.S, false);
   }
   attend(buf.qkv, buf.atty);
-  project_residual(buf.res2, x, buf.atty, params, w.proj_w, w.proj_b, d.A, N, groups);
+  if (h != nullptr) {
+    h->matmul_residual_forward(buf.res2, x, buf.atty_bf16, at(params, w.proj_w),
+                               at(params, w.proj_b), N, d.A, d.C);
+  } else {
+    project_residual(buf.res2, x, buf.atty, params, w.proj_w, w.proj_b, d.A, N, groups);
+  }
   norm_forward_to(buf.ln2, buf.ln2_bf16, buf.ln2_mean, buf.ln2_rstd, buf.res2, params, w.ln2_w,
                   w.ln2_b, N);
   if (h != nullptr) {
@@ -234,7 +239,8 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   const int N = B * seq;
   const RowGroup all{0, N, false};
   Bf16Inputs<T>* h = bf16_inputs(buf, N, std::span(&all, 1));
-  const Input mlp{buf.mlp, buf.mlp_bf16}, ln1{buf.ln1, buf.ln1_bf16}, ln2{buf.ln2, buf.ln2_bf16};
+  const Input mlp{buf.mlp, buf.mlp_bf16}, ln1{buf.ln1, buf.ln1_bf16}, ln2{buf.ln2, buf.ln2_bf16},
+      atty{buf.atty, buf.atty_bf16};
   // MLP: recompute its activation instead of keeping one per layer.
   mlp_activation_to(buf.mlp, buf.mlp_bf16, buf.fch, N);
   if (d.gpt2 && h != nullptr) {
@@ -255,8 +261,8 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   norm_backward(g.dres, g.dln, buf.res2, buf.ln2_mean, buf.ln2_rstd, params, grads, w.ln2_w,
                 w.ln2_b, N);
   // Attention.
-  backend_.matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, buf.atty,
-                           at(params, w.proj_w), N, d.A, d.C);
+  matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, atty,
+                  at(params, w.proj_w), N, d.A, d.C);
   backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
   if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
   matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, ln1, at(params, w.qkv_w),

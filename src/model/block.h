@@ -100,10 +100,12 @@ struct BlockBuffers {
   // bf16 matmul inputs (Bf16Inputs, backend.h), when the backend takes them
   // (training on one row group, no tensor parallelism): the norms' outputs
   // and the MLP activation in bf16, N rows each, in place of ln1, ln2 and
-  // mlp, which are then unused.
+  // mlp, which are then unused; and the attention output in bf16 besides
+  // atty (written by the Attend step).
   std::uint16_t* ln1_bf16 = nullptr;
   std::uint16_t* ln2_bf16 = nullptr;
   std::uint16_t* mlp_bf16 = nullptr;
+  std::uint16_t* atty_bf16 = nullptr;
 };
 
 // Rows [row0, row0 + rows) go through the matmuls together: as one GEMM, or
@@ -114,7 +116,8 @@ struct RowGroup {
   bool rowwise = false;
 };
 
-// Attention from packed qkv rows (RoPE not yet applied) to the output rows.
+// Attention from packed qkv rows (RoPE not yet applied) to the output rows
+// (and to the buffers' atty_bf16 as well, where they have one).
 template <typename T>
 using Attend = std::function<void(T* qkv, T* atty)>;
 

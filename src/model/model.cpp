@@ -117,6 +117,7 @@ void Model<T>::reserve(int B, int seq, int slots) {
     a.ln1_rstd = take(n);
     a.qkv = take(N * S);
     a.atty = take(N * d.A);
+    a.atty_bf16 = bf16 ? take16(N * d.A) : -1;  // besides atty: attention's backward reads it
     a.lse = take(static_cast<std::int64_t>(B) * d.NH * seq);
     a.res2 = take(n * C);
     a.ln2 = take_input(n * C, a.ln2_bf16);
@@ -261,6 +262,7 @@ BlockBuffers<T> Model<T>::buffers(int l) {
   b.ln1_bf16 = act16(a.ln1_bf16);
   b.ln2_bf16 = act16(a.ln2_bf16);
   b.mlp_bf16 = tmp16(mlp_bf16_);
+  b.atty_bf16 = act16(a.atty_bf16);
   return b;
 }
 
@@ -335,12 +337,18 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   }
   for (int l = layout_.first_layer(); l < layout_.end_layer(); ++l) {
     T* lse = act(layer_acts_[static_cast<std::size_t>(l - layout_.first_layer())].lse);
+    const BlockBuffers<T> buf = buffers(l);
     const Attend<T> attend = [&](T* qkv, T* atty) {
       if (!d.gpt2) backend_.rope_forward(qkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
-      backend_.attention_forward(atty, lse, qkv, B, seq, d.NH, d.NKV, d.HD);
+      if (buf.atty_bf16 != nullptr) {
+        backend_.bf16_inputs()->attention_forward(atty, buf.atty_bf16, lse, qkv, B, seq, d.NH,
+                                                  d.NKV, d.HD);
+      } else {
+        backend_.attention_forward(atty, lse, qkv, B, seq, d.NH, d.NKV, d.HD);
+      }
     };
     const RowGroup all{0, N, false};
-    block_.forward(l, params_.data(), res_in(l), buffers(l), N, attend, std::span(&all, 1));
+    block_.forward(l, params_.data(), res_in(l), buf, N, attend, std::span(&all, 1));
   }
   if (!last) {
     grad_pending_[static_cast<std::size_t>(slot_)] = need_grad;

@@ -134,7 +134,7 @@ class Model {
  private:
   struct LayerActs {
     std::int64_t ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, res3;
-    std::int64_t ln1_bf16, ln2_bf16;  // in arena16_; -1 without bf16 matmul inputs
+    std::int64_t ln1_bf16, ln2_bf16, atty_bf16;  // in arena16_; -1 without bf16 matmul inputs
   };
   // The current slot's activations, and scratch shared by all slots (null
   // for offset -1: a buffer not planned).

@@ -591,6 +591,21 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     h->swiglu_forward(hb.as<std::uint16_t>(), ggu.as<float>(), N, C);
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "swiglu";
   }
+  // Attention writes its output both ways: on tensor cores (head dimension
+  // 64) and with the warp-per-row kernels (160).
+  for (const int HD : {64, 160}) {
+    const int B = 2, seq = 40, NH = 4, NKV = 2, C = NH * HD, S = (NH + 2 * NKV) * HD;
+    DeviceBuffer gqkv = test::to_device(*gpu, rnd(B * seq * S, 103 + HD));
+    DeviceBuffer a(*gpu, B * seq * C * 4), c(*gpu, B * seq * C * 4), hb(*gpu, B * seq * C * 2),
+        la(*gpu, B * NH * seq * 4), lc(*gpu, B * NH * seq * 4);
+    gpu->attention_forward(a.as<float>(), la.as<float>(), gqkv.as<float>(), B, seq, NH, NKV, HD);
+    h->attention_forward(c.as<float>(), hb.as<std::uint16_t>(), lc.as<float>(), gqkv.as<float>(), B,
+                         seq, NH, NKV, HD);
+    SCOPED_TRACE("attention, head dimension " + std::to_string(HD));
+    expect_same_bits("output", to_host<float>(c), to_host<float>(a));
+    expect_same_bits("log-sum-exp", to_host<float>(lc), to_host<float>(la));
+    EXPECT_EQ(bf16_of(hb), bits(to_host<float>(a)));
+  }
   for (const auto& [N, C, OC] : {std::tuple{70, 48, 40}, {45, 36, 20}}) {
     SCOPED_TRACE("N " + std::to_string(N) + ", C " + std::to_string(C) + ", OC " +
                  std::to_string(OC));

@@ -1033,9 +1033,10 @@ __device__ void add_ab(float* acc, float* scratch, const bf16* a, int lda, const
   }
 }
 
+// out16, when not null, gets the output rounded to bf16 as well.
 template <int kHD>
-__global__ void forward_kernel(float* out, float* lse, const float* qkv, int seq, int NH, int NKV,
-                               int HD, float scale) {
+__global__ void forward_kernel(float* out, bf16* out16, float* lse, const float* qkv, int seq,
+                               int NH, int NKV, int HD, float scale) {
   using T = Shape<kHD>;
   constexpr int kRows = T::kRows, kKeys = T::kKeys, kHalf = T::kHalf;
   __shared__ __align__(32) bf16 qs[kRows * kHD];
@@ -1088,10 +1089,13 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, int seq
     add_ab<kHD>(o, sw, pw, kKeys, vs, kHD, kKeys, kdim, row, half);
   }
   if (i >= seq) return;
-  float* orow = out + (b * seq + i) * C + std::int64_t{h} * HD;
+  const std::int64_t orow = (b * seq + i) * C + std::int64_t{h} * HD;
   for (int d = 0; d < kHalf; ++d) {
     const int col = half * kHalf + d;
-    if (col < HD) orow[col] = o[d] / l;
+    if (col >= HD) continue;
+    const float v = o[d] / l;
+    out[orow + col] = v;
+    if (out16 != nullptr) out16[orow + col] = __float2bfloat16(v);
   }
   if (half == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
 }
@@ -1624,22 +1628,20 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
 
   void attention_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV,
                          int HD) override {
-    check_head_dim(HD);
-    if (B == 0 || seq == 0) return;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    switch (attention_kernels(B, NH, NKV, HD)) {
-      case AttentionKernels::kTensorCores64:
-        return tc_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kTensorCores128:
-        return tc_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kTiled64:
-        return flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kTiled128:
-        return flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kPerRow:
-        return launch("attention_forward", attention_forward_kernel,
-                      warps_blocks(std::int64_t{B} * NH * seq), kThreads, out, lse, qkv, B, seq, NH,
-                      NKV, HD, scale);
+    attention(out, nullptr, lse, qkv, B, seq, NH, NKV, HD);
+  }
+  // The output in bf16 as well: the tensor-core kernels write both; the
+  // others (head dimensions over 128) are followed by a rounding pass.
+  void attention_forward(float* out, std::uint16_t* out_bf16, float* lse, const float* qkv, int B,
+                         int seq, int NH, int NKV, int HD) override {
+    const AttentionKernels kernels = attention_kernels(B, NH, NKV, HD);
+    const bool both =
+        kernels == AttentionKernels::kTensorCores64 || kernels == AttentionKernels::kTensorCores128;
+    attention(out, both ? as_bf16(out_bf16) : nullptr, lse, qkv, B, seq, NH, NKV, HD);
+    const std::int64_t count = std::int64_t{B} * seq * NH * HD;
+    if (!both && count > 0) {
+      launch("bf16 copy", to_bf16_kernel, blocks_for(count), kThreads, as_bf16(out_bf16), out,
+             count);
     }
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
@@ -1752,6 +1754,29 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
 
  private:
+  // attention_forward, with its output in bf16 as well where out16 is not
+  // null (the tensor-core kernels only).
+  void attention(float* out, __nv_bfloat16* out16, float* lse, const float* qkv, int B, int seq,
+                 int NH, int NKV, int HD) {
+    check_head_dim(HD);
+    if (B == 0 || seq == 0) return;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    switch (attention_kernels(B, NH, NKV, HD)) {
+      case AttentionKernels::kTensorCores64:
+        return tc_forward<64>(out, out16, lse, qkv, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTensorCores128:
+        return tc_forward<128>(out, out16, lse, qkv, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTiled64:
+        return flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kTiled128:
+        return flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+      case AttentionKernels::kPerRow:
+        return launch("attention_forward", attention_forward_kernel,
+                      warps_blocks(std::int64_t{B} * NH * seq), kThreads, out, lse, qkv, B, seq, NH,
+                      NKV, HD, scale);
+    }
+  }
+
   // The matmul ops, on an input in fp32 or in bf16.
   void forward_gemm(float* out, Operand inp, const float* w, const float* bias, int N, int C,
                     int OC, bool accumulate) {
@@ -1862,12 +1887,12 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
 
   template <int kHD>
-  void tc_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV, int HD,
-                  float scale) {
+  void tc_forward(float* out, __nv_bfloat16* out16, float* lse, const float* qkv, int B, int seq,
+                  int NH, int NKV, int HD, float scale) {
     using T = tc::Shape<kHD>;
     launch("attention_forward (tensor cores)", tc::forward_kernel<kHD>,
-           dim3(tiles(seq, T::kRows), static_cast<unsigned>(B * NH)), T::kRows * 2, out, lse, qkv,
-           seq, NH, NKV, HD, scale);
+           dim3(tiles(seq, T::kRows), static_cast<unsigned>(B * NH)), T::kRows * 2, out, out16, lse,
+           qkv, seq, NH, NKV, HD, scale);
   }
   template <int kHD>
   void tc_backward(float* dqkv, const float* dout, const float* qkv, const float* lse,

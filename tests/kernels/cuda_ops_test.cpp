@@ -638,7 +638,9 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
       expect_same_bits("matmul_residual_forward", to_host<float>(in_place ? c : co),
                        to_host<float>(in_place ? a : ao));
     }
-    // Backward: the gradients accumulate onto dw0 and db0.
+    // Backward: the gradients accumulate onto dw0 and db0; the weight
+    // gradient is the same with GELU's gradient in the input's GEMM.
+    std::vector<float> dw_plain;
     for (const bool gelu : {false, true}) {
       DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4);
       DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
@@ -659,6 +661,11 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
       expect_same_bits("input gradient", to_host<float>(dc), to_host<float>(da));
       expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
       expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
+      if (gelu) {
+        expect_same_bits("weight gradient, with GELU and without", to_host<float>(dwa), dw_plain);
+      } else {
+        dw_plain = to_host<float>(dwa);
+      }
     }
     // The lm head's: the output gradient in bf16 too, no bias.
     DeviceBuffer grh = test::to_device(*gpu, bits(r));

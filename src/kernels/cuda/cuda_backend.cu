@@ -1844,7 +1844,11 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     if (C % 8 == 0 && lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, nullptr, dpre,
                                 C, CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<float*>(pre), C,
                                 "matmul_backward_gelu (input)")) {
-      backward_gemms(nullptr, dw, dbias, dout, inp, w, N, C, OC);
+      // With bf16, lt_matmul left dout's bf16 copy in scratch slot 1 (its B
+      // operand's): the weight gradient's GEMM reads it as it is.
+      Operand d = dout;
+      if (bf16_) d.bf16 = bf16_buffer(std::int64_t{N} * OC, 1);
+      backward_gemms(nullptr, dw, dbias, d, inp, w, N, C, OC);
       return;
     }
     backward_gemms(dpre, dw, dbias, dout, inp, w, N, C, OC);

@@ -142,6 +142,13 @@ class Bf16Inputs {
                                              T dloss) = 0;
   virtual void matmul_backward(T* dinp, T* dw, const std::uint16_t* dout, const std::uint16_t* inp,
                                const T* w, int N, int C, int OC) = 0;
+  // Output gradients that are matmul inputs only where there is no bias
+  // (Llama): swiglu_backward with dinp in bf16, and rope_backward writing
+  // its rotation of dqkv in bf16 to out (whole rows, the v heads rounded as
+  // they are) and leaving dqkv as it is.
+  virtual void swiglu_backward(std::uint16_t* dinp, const T* inp, const T* dout, int N, int F) = 0;
+  virtual void rope_backward(std::uint16_t* out, const T* dqkv, int B, int seq, int NH, int NKV,
+                             int HD, float theta) = 0;
 };
 
 template <typename T>

@@ -177,6 +177,14 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
       inner_.bf16_inputs()->attention_forward(out, out_bf16, lse, qkv, B, seq, NH, NKV, HD);
     });
   }
+  void swiglu_backward(std::uint16_t* dinp, const T* inp, const T* dout, int N, int F) override {
+    time("activation", [&] { inner_.bf16_inputs()->swiglu_backward(dinp, inp, dout, N, F); });
+  }
+  void rope_backward(std::uint16_t* out, const T* dqkv, int B, int seq, int NH, int NKV, int HD,
+                     float theta) override {
+    time("rope",
+         [&] { inner_.bf16_inputs()->rope_backward(out, dqkv, B, seq, NH, NKV, HD, theta); });
+  }
   void layernorm_forward(std::uint16_t* out, T* mean, T* rstd, const T* inp, const T* w, const T* b,
                          int N, int C, float eps) override {
     time("norm",

@@ -241,6 +241,10 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   Bf16Inputs<T>* h = bf16_inputs(buf, N, std::span(&all, 1));
   const Input mlp{buf.mlp, buf.mlp_bf16}, ln1{buf.ln1, buf.ln1_bf16}, ln2{buf.ln2, buf.ln2_bf16},
       atty{buf.atty, buf.atty_bf16};
+  if ((g.dfch_bf16 != nullptr || g.dqkv_bf16 != nullptr) && (h == nullptr || config_.has_bias())) {
+    throw std::invalid_argument(
+        "Block: output gradients in bf16 need bf16 matmul inputs and a model without biases");
+  }
   // MLP: recompute its activation instead of keeping one per layer.
   mlp_activation_to(buf.mlp, buf.mlp_bf16, buf.fch, N);
   if (d.gpt2 && h != nullptr) {
@@ -253,10 +257,19 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   } else {
     matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres, mlp,
                     at(params, w.fcproj_w), N, d.F, d.C);
-    backend_.swiglu_backward(g.dfch, buf.fch, g.dmlp, N, d.F);
+    if (g.dfch_bf16 != nullptr) {
+      h->swiglu_backward(g.dfch_bf16, buf.fch, g.dmlp, N, d.F);
+    } else {
+      backend_.swiglu_backward(g.dfch, buf.fch, g.dmlp, N, d.F);
+    }
   }
-  matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, ln2, at(params, w.fc_w), N,
-                  d.C, d.FW);
+  if (g.dfch_bf16 != nullptr) {
+    h->matmul_backward(g.dln, at(grads, w.fc_w), g.dfch_bf16, ln2.bf16, at(params, w.fc_w), N, d.C,
+                       d.FW);
+  } else {
+    matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, ln2, at(params, w.fc_w), N,
+                    d.C, d.FW);
+  }
   sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, buf.res2, buf.ln2_mean, buf.ln2_rstd, params, grads, w.ln2_w,
                 w.ln2_b, N);
@@ -264,9 +277,15 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, atty,
                   at(params, w.proj_w), N, d.A, d.C);
   backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
-  if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
-  matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, ln1, at(params, w.qkv_w),
-                  N, d.C, d.S);
+  if (g.dqkv_bf16 != nullptr) {
+    h->rope_backward(g.dqkv_bf16, g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
+    h->matmul_backward(g.dln, at(grads, w.qkv_w), g.dqkv_bf16, ln1.bf16, at(params, w.qkv_w), N,
+                       d.C, d.S);
+  } else {
+    if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
+    matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, ln1, at(params, w.qkv_w),
+                    N, d.C, d.S);
+  }
   sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, x, buf.ln1_mean, buf.ln1_rstd, params, grads, w.ln1_w, w.ln1_b, N);
 }

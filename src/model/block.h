@@ -182,6 +182,11 @@ class Block {
     T* dqkv;
     T* dmlp;
     T* dfch;
+    // With bf16 matmul inputs and no biases (Llama): dfch and dqkv as the
+    // GEMMs read them, in bf16 (dfch is then unused; dqkv holds attention's
+    // gradient before RoPE's).
+    std::uint16_t* dfch_bf16 = nullptr;
+    std::uint16_t* dqkv_bf16 = nullptr;
     // Sequence parallel only: dres and the norms' input gradients hold this
     // rank's rows; dgathered (N rows) is dres gathered, dlocal (this rank's
     // rows) a norm's reduce-scattered input gradient, dnorm (2 C) a norm's

@@ -173,7 +173,12 @@ void Model<T>::reserve(int B, int seq, int slots) {
   datty_ = take(N * d.A);
   dqkv_ = take(N * S);
   dmlp_act_ = take(N * F);
-  dfch_ = take(N * FW);
+  // Without biases the GEMMs are the only readers of dfch and of dqkv after
+  // RoPE: with bf16 matmul inputs they take them in bf16 (dfch only so).
+  const bool bf16_grads = bf16 && !config_.has_bias();
+  dqkv_bf16_ = bf16_grads ? take16(N * S) : -1;
+  dfch_bf16_ = bf16_grads ? take16(N * FW) : -1;
+  dfch_ = bf16_grads ? -1 : take(N * FW);
   arena_ = BackendArray<T>(backend_, slots * slot_elems_ + top);
   arena16_ = BackendArray<std::uint16_t>(backend_, bf16 ? slots * slot16_elems_ + top16 : 0);
   tokens_ = BackendArray<std::int32_t>(backend_, slots * N);
@@ -466,6 +471,8 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
   }
   typename Block<T>::Grads d{tmp(dres_), tmp(dln_),      tmp(datty_),
                              tmp(dqkv_), tmp(dmlp_act_), tmp(dfch_)};
+  d.dfch_bf16 = tmp16(dfch_bf16_);
+  d.dqkv_bf16 = tmp16(dqkv_bf16_);
   if (sequence_) {
     d.dgathered = tmp(dgathered_);
     d.dlocal = tmp(dlocal_);

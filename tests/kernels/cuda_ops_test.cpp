@@ -590,6 +590,23 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     gpu->swiglu_forward(f.as<float>(), ggu.as<float>(), N, C);
     h->swiglu_forward(hb.as<std::uint16_t>(), ggu.as<float>(), N, C);
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "swiglu";
+    const auto dout = rnd(N * C, 104);
+    DeviceBuffer gd = test::to_device(*gpu, dout), df(*gpu, N * 2 * C * 4), dh(*gpu, N * 2 * C * 2);
+    gpu->swiglu_backward(df.as<float>(), ggu.as<float>(), gd.as<float>(), N, C);
+    h->swiglu_backward(dh.as<std::uint16_t>(), ggu.as<float>(), gd.as<float>(), N, C);
+    EXPECT_EQ(bf16_of(dh), bits(to_host<float>(df))) << "swiglu_backward";
+  }
+  {
+    // RoPE's backward into bf16: the rotated q and k heads and the v heads,
+    // rounded; dqkv itself left as it was.
+    const int B = 2, seq = 24, NH = 4, NKV = 2, HD = 16, S = (NH + 2 * NKV) * HD;
+    const auto dqkv = rnd(B * seq * S, 105);
+    DeviceBuffer a = test::to_device(*gpu, dqkv), c = test::to_device(*gpu, dqkv),
+                 out(*gpu, B * seq * S * 2);
+    gpu->rope_backward(a.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+    h->rope_backward(out.as<std::uint16_t>(), c.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+    EXPECT_EQ(bf16_of(out), bits(to_host<float>(a))) << "rope_backward";
+    expect_same_bits("dqkv kept", to_host<float>(c), dqkv);
   }
   // Attention writes its output both ways: on tensor cores (head dimension
   // 64) and with the warp-per-row kernels (160).

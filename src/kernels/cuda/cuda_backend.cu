@@ -47,6 +47,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -238,8 +239,8 @@ __global__ void swiglu_forward_kernel(O* out, const float* inp, int N, int F) {
   }
 }
 
-__global__ void swiglu_backward_kernel(float* dinp, const float* inp, const float* dout, int N,
-                                       int F) {
+template <typename O>
+__global__ void swiglu_backward_kernel(O* dinp, const float* inp, const float* dout, int N, int F) {
   const std::int64_t count = std::int64_t{N} * F;
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const std::int64_t n = i / F;
@@ -248,15 +249,18 @@ __global__ void swiglu_backward_kernel(float* dinp, const float* inp, const floa
     const float u = inp[n * 2 * F + F + f];
     const float d = dout[i];
     const float sig = 1.0f / (1.0f + expf(-g));
-    dinp[n * 2 * F + f] = d * u * sig * (1.0f + g * (1.0f - sig));
-    dinp[n * 2 * F + F + f] = d * g * sig;
+    store(dinp + n * 2 * F + f, d * u * sig * (1.0f + g * (1.0f - sig)));
+    store(dinp + n * 2 * F + F + f, d * g * sig);
   }
 }
 
 // Rotates the q and k heads of rows [0, rows) of a packed qkv buffer; row n
 // is position pos0 + n % seq of the table (cos_t, sin_t: [positions][HD/2]).
-__global__ void rope_kernel(float* qkv, const float* cos_t, const float* sin_t, int rows, int seq,
-                            int pos0, int NH, int NKV, int HD, float sign) {
+// out = qkv with its q and k heads rotated: in place (out == qkv), or
+// into a bf16 copy of whole rows (v heads rounded as they are).
+template <typename O>
+__global__ void rope_kernel(const float* qkv, O* out, const float* cos_t, const float* sin_t,
+                            int rows, int seq, int pos0, int NH, int NKV, int HD, float sign) {
   const int half = HD / 2;
   const int heads = NH + NKV;
   const int stride = (NH + 2 * NKV) * HD;
@@ -268,11 +272,19 @@ __global__ void rope_kernel(float* qkv, const float* cos_t, const float* sin_t, 
     const std::int64_t t = pos0 + n % seq;
     const float c = cos_t[t * half + i];
     const float s = sign * sin_t[t * half + i];
-    float* x = qkv + n * stride + std::int64_t{h} * HD;
-    const float x1 = x[i];
-    const float x2 = x[i + half];
-    x[i] = x1 * c - x2 * s;
-    x[i + half] = x2 * c + x1 * s;
+    const std::int64_t at = n * stride + std::int64_t{h} * HD;
+    const float x1 = qkv[at + i];
+    const float x2 = qkv[at + i + half];
+    store(out + at + i, x1 * c - x2 * s);
+    store(out + at + i + half, x2 * c + x1 * s);
+  }
+  if constexpr (!std::is_same_v<O, float>) {
+    const int vwidth = NKV * HD;
+    const std::int64_t values = std::int64_t{rows} * vwidth;
+    for (std::int64_t idx = first_index(); idx < values; idx += index_stride()) {
+      const std::int64_t at = idx / vwidth * stride + std::int64_t{heads} * HD + idx % vwidth;
+      store(out + at, qkv[at]);
+    }
   }
 }
 
@@ -1612,18 +1624,27 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
            blocks_for(std::int64_t{N} * F), kThreads, as_bf16(out), inp, N, F);
   }
   void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) override {
-    launch("swiglu_backward", swiglu_backward_kernel, blocks_for(std::int64_t{N} * F), kThreads,
-           dinp, inp, dout, N, F);
+    launch("swiglu_backward", swiglu_backward_kernel<float>, blocks_for(std::int64_t{N} * F),
+           kThreads, dinp, inp, dout, N, F);
+  }
+  void swiglu_backward(std::uint16_t* dinp, const float* inp, const float* dout, int N,
+                       int F) override {
+    launch("swiglu_backward (bf16 out)", swiglu_backward_kernel<__nv_bfloat16>,
+           blocks_for(std::int64_t{N} * F), kThreads, as_bf16(dinp), inp, dout, N, F);
   }
 
   void rope_forward(float* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
-    rope(qkv, B * seq, seq, 0, NH, NKV, HD, theta, 1.0f);
+    rope(qkv, qkv, B * seq, seq, 0, NH, NKV, HD, theta, 1.0f);
   }
   void rope_backward(float* dqkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
-    rope(dqkv, B * seq, seq, 0, NH, NKV, HD, theta, -1.0f);
+    rope(dqkv, dqkv, B * seq, seq, 0, NH, NKV, HD, theta, -1.0f);
+  }
+  void rope_backward(std::uint16_t* out, const float* dqkv, int B, int seq, int NH, int NKV, int HD,
+                     float theta) override {
+    rope(dqkv, as_bf16(out), B * seq, seq, 0, NH, NKV, HD, theta, -1.0f);
   }
   void rope_forward_at(float* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) override {
-    rope(qkv, N, N, pos0, NH, NKV, HD, theta, 1.0f);
+    rope(qkv, qkv, N, N, pos0, NH, NKV, HD, theta, 1.0f);
   }
 
   void attention_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV,
@@ -2115,9 +2136,11 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
 
   // The CPU backend's angle table (cpu::rope_table, computed in double),
-  // copied to the device once per shape and grown as positions grow.
-  void rope(float* qkv, int rows, int seq, int pos0, int NH, int NKV, int HD, float theta,
-            float sign) {
+  // copied to the device once per shape and grown as positions grow. out:
+  // qkv (in place) or a bf16 copy.
+  template <typename O>
+  void rope(const float* qkv, O* out, int rows, int seq, int pos0, int NH, int NKV, int HD,
+            float theta, float sign) {
     const int positions = pos0 + seq;
     if (positions > rope_positions_ || HD != rope_head_dim_ || theta != rope_theta_) {
       const int grown = (positions + 255) / 256 * 256;
@@ -2139,8 +2162,8 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     }
     const std::int64_t count = std::int64_t{rows} * (NH + NKV) * (HD / 2);
     if (count == 0) return;
-    launch("rope", rope_kernel, blocks_for(count), kThreads, qkv, rope_cos_, rope_sin_, rows, seq,
-           pos0, NH, NKV, HD, sign);
+    launch("rope", rope_kernel<O>, blocks_for(count), kThreads, qkv, out, rope_cos_, rope_sin_,
+           rows, seq, pos0, NH, NKV, HD, sign);
   }
 
   // cuBLASLt's workspace: what its heuristics may use for the GEMMs here.

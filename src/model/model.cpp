@@ -86,21 +86,20 @@ void Model<T>::reserve(int B, int seq, int slots) {
   // Rows of the residual stream and the norms this rank holds: all, or its
   // share under sequence parallelism.
   const std::int64_t n = sequence_ ? (N + group_->split.size - 1) / group_->split.size : N;
-  std::int64_t top = 0;
-  auto take = [&top](std::int64_t elems) {
-    const std::int64_t at = top;
-    top += (elems + 15) / 16 * 16;  // 64-byte alignment of every buffer (in float)
+  // Buffers are taken in order, each aligned to a multiple of `unit`
+  // elements: in arena_ (take: 16, 64 bytes in float), and with bf16 matmul
+  // inputs in arena16_ too (take16: 32, 64 bytes), planned alike.
+  std::int64_t top = 0, top16 = 0;
+  auto bump = [](std::int64_t& end, std::int64_t elems, std::int64_t unit) {
+    const std::int64_t at = end;
+    end += (elems + unit - 1) / unit * unit;
     return at;
   };
+  auto take = [&](std::int64_t elems) { return bump(top, elems, 16); };
+  auto take16 = [&](std::int64_t elems) { return bump(top16, elems, 32); };
   // With bf16 matmul inputs the norms' outputs and the MLP activation are
-  // kept in bf16 only (arena16_, planned alike): their fp32 offsets are -1.
+  // kept in bf16 only: their fp32 offsets are -1.
   const bool bf16 = backend_.bf16_inputs() != nullptr && group_ == nullptr;
-  std::int64_t top16 = 0;
-  auto take16 = [&top16](std::int64_t elems) {
-    const std::int64_t at = top16;
-    top16 += (elems + 31) / 32 * 32;  // 64-byte alignment (in bf16)
-    return at;
-  };
   // A matmul input: an fp32 buffer, or (offset -1) a bf16 one.
   auto take_input = [&](std::int64_t elems, std::int64_t& offset16) {
     offset16 = bf16 ? take16(elems) : -1;

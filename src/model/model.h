@@ -136,26 +136,23 @@ class Model {
     std::int64_t ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, res3;
     std::int64_t ln1_bf16, ln2_bf16, atty_bf16;  // in arena16_; -1 without bf16 matmul inputs
   };
-  // The current slot's activations, and scratch shared by all slots (null
-  // for offset -1: a buffer not planned).
-  T* act(std::int64_t offset) {
-    if (offset < 0) return nullptr;
-    return arena_.data() + static_cast<std::int64_t>(slot_) * slot_elems_ + offset;
+  // The current slot's activations, and scratch shared by all slots (the
+  // set after the slots'), in arena_ and arena16_; null for offset -1: a
+  // buffer not planned.
+  template <typename U>
+  static U* in_set(U* arena, std::int64_t set_elems, int set, std::int64_t offset) {
+    return offset < 0 ? nullptr : arena + set * set_elems + offset;
   }
+  T* act(std::int64_t offset) { return in_set(arena_.data(), slot_elems_, slot_, offset); }
   const T* act(std::int64_t offset) const {
-    if (offset < 0) return nullptr;
-    return arena_.data() + static_cast<std::int64_t>(slot_) * slot_elems_ + offset;
+    return in_set(arena_.data(), slot_elems_, slot_, offset);
   }
-  T* tmp(std::int64_t offset) {
-    return offset < 0 ? nullptr : arena_.data() + slots_ * slot_elems_ + offset;
-  }
-  // The same in arena16_ (bf16 matmul inputs).
+  T* tmp(std::int64_t offset) { return in_set(arena_.data(), slot_elems_, slots_, offset); }
   std::uint16_t* act16(std::int64_t offset) {
-    if (offset < 0) return nullptr;
-    return arena16_.data() + static_cast<std::int64_t>(slot_) * slot16_elems_ + offset;
+    return in_set(arena16_.data(), slot16_elems_, slot_, offset);
   }
   std::uint16_t* tmp16(std::int64_t offset) {
-    return offset < 0 ? nullptr : arena16_.data() + slots_ * slot16_elems_ + offset;
+    return in_set(arena16_.data(), slot16_elems_, slots_, offset);
   }
   T* res_in(int l);
   BlockBuffers<T> buffers(int l);
@@ -191,8 +188,9 @@ class Model {
   int cap_B_ = 0, cap_T_ = 0, slots_ = 1, slot_ = 0;
   std::int64_t slot_elems_ = 0;
   // The bf16 matmul inputs where the backend takes them (Bf16Inputs): the
-  // norms' outputs and the MLP activation, in a second arena of the same
-  // plan (slot16_elems_ per set, then scratch).
+  // norms' outputs, the MLP activation, the attention output's bf16 form,
+  // and the logits' (and, without biases, dfch's and dqkv's) gradients, in
+  // a second arena of the same plan (slot16_elems_ per set, then scratch).
   BackendArray<std::uint16_t> arena16_;
   std::int64_t slot16_elems_ = 0, lnf_bf16_ = -1, mlp_bf16_ = -1, dlogits_bf16_ = -1,
                dqkv_bf16_ = -1, dfch_bf16_ = -1;

@@ -160,21 +160,22 @@ __global__ void add_kernel(float* out, const float* in, std::int64_t count) {
   }
 }
 
-// bf16 copies of fp32 values (round to nearest even), for the bf16 GEMMs.
-__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::int64_t count) {
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    out[i] = __float2bfloat16(in[i]);
-  }
-}
-
-// An op's output element: fp32, or rounded to bf16 (the same rounding as
-// to_bf16_kernel's, so an op writing bf16 gives the bits of its fp32 output
-// rounded afterwards).
+// An op's output element: fp32, or rounded to bf16 (to nearest even). Every
+// bf16 value a GEMM reads is stored through here, by to_bf16_kernel's copies
+// or by the op that makes it, so an op writing bf16 gives the bits of its
+// fp32 output rounded afterwards.
 __device__ void store(float* out, float value) {
   *out = value;
 }
 __device__ void store(__nv_bfloat16* out, float value) {
   *out = __float2bfloat16(value);
+}
+
+// bf16 copies of fp32 values, for the bf16 GEMMs.
+__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::int64_t count) {
+  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
+    store(out + i, in[i]);
+  }
 }
 
 __global__ void adamw_kernel(float* params, const float* grads, float* m, float* v,
@@ -1107,7 +1108,7 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const float*
     if (col >= HD) continue;
     const float v = o[d] / l;
     out[orow + col] = v;
-    if (out16 != nullptr) out16[orow + col] = __float2bfloat16(v);
+    if (out16 != nullptr) store(out16 + orow + col, v);
   }
   if (half == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
 }
@@ -1462,8 +1463,8 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
 
   std::string name() const override { return "cuda"; }
   std::int64_t loss_chunk_elems() const override { return std::int64_t{1} << 29; }
-  // With bf16 matmuls, the norms and MLP activations may be written in
-  // bf16 and the matmuls read them as they are.
+  // With bf16 matmuls, the tensors only GEMMs read may be written in bf16
+  // and the GEMMs read them as they are.
   Bf16Inputs<float>* bf16_inputs() override { return bf16_ ? this : nullptr; }
 
   // Device memory (cudaMalloc, zeroed); copies on the default stream, after
@@ -1651,19 +1652,9 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                          int HD) override {
     attention(out, nullptr, lse, qkv, B, seq, NH, NKV, HD);
   }
-  // The output in bf16 as well: the tensor-core kernels write both; the
-  // others (head dimensions over 128) are followed by a rounding pass.
   void attention_forward(float* out, std::uint16_t* out_bf16, float* lse, const float* qkv, int B,
                          int seq, int NH, int NKV, int HD) override {
-    const AttentionKernels kernels = attention_kernels(B, NH, NKV, HD);
-    const bool both =
-        kernels == AttentionKernels::kTensorCores64 || kernels == AttentionKernels::kTensorCores128;
-    attention(out, both ? as_bf16(out_bf16) : nullptr, lse, qkv, B, seq, NH, NKV, HD);
-    const std::int64_t count = std::int64_t{B} * seq * NH * HD;
-    if (!both && count > 0) {
-      launch("bf16 copy", to_bf16_kernel, blocks_for(count), kThreads, as_bf16(out_bf16), out,
-             count);
-    }
+    attention(out, as_bf16(out_bf16), lse, qkv, B, seq, NH, NKV, HD);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                           const float* lse, int B, int seq, int NH, int NKV, int HD) override {
@@ -1776,7 +1767,8 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
 
  private:
   // attention_forward, with its output in bf16 as well where out16 is not
-  // null (the tensor-core kernels only).
+  // null: the tensor-core kernels write both, the others are followed by a
+  // rounding pass (head dimensions over 128, with bf16 matmuls).
   void attention(float* out, __nv_bfloat16* out16, float* lse, const float* qkv, int B, int seq,
                  int NH, int NKV, int HD) {
     check_head_dim(HD);
@@ -1788,14 +1780,18 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
       case AttentionKernels::kTensorCores128:
         return tc_forward<128>(out, out16, lse, qkv, B, seq, NH, NKV, HD, scale);
       case AttentionKernels::kTiled64:
-        return flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+        flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+        break;
       case AttentionKernels::kTiled128:
-        return flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+        flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
+        break;
       case AttentionKernels::kPerRow:
-        return launch("attention_forward", attention_forward_kernel,
-                      warps_blocks(std::int64_t{B} * NH * seq), kThreads, out, lse, qkv, B, seq, NH,
-                      NKV, HD, scale);
+        launch("attention_forward", attention_forward_kernel,
+               warps_blocks(std::int64_t{B} * NH * seq), kThreads, out, lse, qkv, B, seq, NH, NKV,
+               HD, scale);
+        break;
     }
+    if (out16 != nullptr) bf16_copy_into(out16, out, std::int64_t{B} * seq * NH * HD);
   }
 
   // The matmul ops, on an input in fp32 or in bf16.
@@ -1948,8 +1944,12 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   // operands).
   const __nv_bfloat16* bf16_copy(const float* x, std::int64_t count, int slot) {
     __nv_bfloat16* out = bf16_buffer(count, slot);
-    launch("bf16 copy", to_bf16_kernel, blocks_for(count), kThreads, out, x, count);
+    bf16_copy_into(out, x, count);
     return out;
+  }
+  // out = x rounded to bf16, count values.
+  void bf16_copy_into(__nv_bfloat16* out, const float* x, std::int64_t count) {
+    if (count > 0) launch("bf16 copy", to_bf16_kernel, blocks_for(count), kThreads, out, x, count);
   }
   // Scratch slot `slot` for `count` bf16 values (where bf16_copy puts them).
   __nv_bfloat16* bf16_buffer(std::int64_t count, int slot) {

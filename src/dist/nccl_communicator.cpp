@@ -22,11 +22,14 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "core/error.h"
@@ -41,7 +44,8 @@ namespace {
   X(ncclGetVersion)                \
   X(ncclGetErrorString)            \
   X(ncclGetUniqueId)               \
-  X(ncclCommInitRank)              \
+  X(ncclCommInitRankConfig)        \
+  X(ncclCommFinalize)              \
   X(ncclCommDestroy)               \
   X(ncclCommAbort)                 \
   X(ncclCommGetAsyncError)         \
@@ -99,7 +103,7 @@ Nccl load_nccl() {
   if (!missing.empty()) {
     n = Nccl{};
     n.unavailable =
-        fmt::format("the NCCL library lacks {} (NCCL 2.12 or later is needed)", missing);
+        fmt::format("the NCCL library lacks {} (NCCL 2.14 or later is needed)", missing);
     dlclose(lib);
   }
   return n;
@@ -187,9 +191,8 @@ class NcclCommunicator final : public Communicator {
     set_reduce_algorithm(ReduceAlgorithm::Native);
     const Nccl& n = nccl();
     if (!n.unavailable.empty()) throw Error(n.unavailable, "nccl");
-    // Every rank opens its GPU before any joins NCCL, whose start-up waits
-    // for every rank without a time-out: a rank that cannot makes them all
-    // fail here.
+    // Every rank opens its GPU before any joins NCCL, so that a rank that
+    // cannot makes them all fail at once with its reason.
     const cudaError_t opened = cudaSetDevice(device);
     double ready = opened == cudaSuccess ? 1.0 : 0.0;
     host.allreduce(std::span<double>(&ready, 1), ReduceOp::Min);
@@ -204,9 +207,22 @@ class NcclCommunicator final : public Communicator {
     std::memset(&id, 0, sizeof(id));
     if (host.rank() == 0) check_nccl(n.ncclGetUniqueId(&id), "ncclGetUniqueId");
     host.broadcast(std::span<char>(id.internal, sizeof(id.internal)), 0);
-    check_nccl(n.ncclCommInitRank(&comm_, host.size(), id, host.rank()),
-               fmt::format("ncclCommInitRank (rank {} of {} on GPU {})", host.rank(), host.size(),
-                           device));
+    // A non-blocking communicator: its start-up, and every call on it,
+    // returns at once and goes on in NCCL's threads, so that the waits for
+    // them time out as the host's do (a rank whose NCCL cannot reach the
+    // others would otherwise hold every rank in the start-up for good).
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    const std::string start =
+        fmt::format("ncclCommInitRank (rank {} of {} on GPU {})", host.rank(), host.size(), device);
+    const ncclResult_t started =
+        n.ncclCommInitRankConfig(&comm_, host.size(), id, host.rank(), &config);
+    if (started != ncclSuccess && started != ncclInProgress) {
+      if (comm_ != nullptr) n.ncclCommAbort(comm_);
+      check_nccl(started, start);
+    }
+    wait(
+        start, [&] { return settled(start); }, timeout());
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                "cudaStreamCreateWithFlags");
     check_cuda(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate");
@@ -219,7 +235,8 @@ class NcclCommunicator final : public Communicator {
     // After a failure the communicator is aborted and its stream may hold
     // kernels that never end: the rest stays as it is.
     if (failed_) return;
-    nccl().ncclCommDestroy(comm_);
+    close();
+    if (failed_) return;
     cudaFree(one_);
     cudaEventDestroy(ready_);
     cudaStreamDestroy(stream_);
@@ -249,6 +266,16 @@ class NcclCommunicator final : public Communicator {
     return std::make_unique<NcclCommunicator>(g, std::move(group), device_);
   }
 
+  // Whether the communicator's call in progress (its start-up, or the
+  // set-up of an operation) has settled; throws its error, naming `what`.
+  bool settled(const std::string& what) {
+    ncclResult_t state = ncclSuccess;
+    check_nccl(nccl().ncclCommGetAsyncError(comm_, &state), "ncclCommGetAsyncError");
+    if (state == ncclInProgress) return false;
+    check_nccl(state, what);
+    return true;
+  }
+
   // Whether the collective of `event` has finished; throws on an error of
   // the GPU or of NCCL.
   bool finished(cudaEvent_t event) {
@@ -261,14 +288,20 @@ class NcclCommunicator final : public Communicator {
     return false;
   }
 
-  void wait(const std::string& what, cudaEvent_t event, std::chrono::milliseconds timeout) {
+  // wait_until, aborting the communicator when it throws.
+  void wait(const std::string& what, const std::function<bool()>& done,
+            std::chrono::milliseconds timeout) {
     try {
-      wait_until(
-          what, [&] { return finished(event); }, timeout);
+      wait_until(what, done, timeout);
     } catch (...) {
       abort();
       throw;
     }
+  }
+
+  void wait(const std::string& what, cudaEvent_t event, std::chrono::milliseconds timeout) {
+    wait(
+        what, [&] { return finished(event); }, timeout);
   }
 
   bool failed() const { return failed_; }
@@ -350,13 +383,47 @@ class NcclCommunicator final : public Communicator {
     check_cuda(cudaSetDevice(device_), "cudaSetDevice");
     check_cuda(cudaEventRecord(ready_, nullptr), "cudaEventRecord");
     check_cuda(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
-    check_nccl(call(), what);
+    // In progress: NCCL is still setting the operation up (connecting to
+    // its peers the first time) and has not queued it on the stream yet.
+    // Every rank waits here for every operation, in progress or not, so
+    // that the host numbers the same waits on each.
+    const ncclResult_t issued = call();
+    if (issued != ncclSuccess && issued != ncclInProgress) check_nccl(issued, what);
+    wait(
+        what, [&] { return issued == ncclSuccess || settled(what); }, timeout());
     cudaEvent_t done = nullptr;
     check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
     const cudaError_t recorded = cudaEventRecord(done, stream_);
     if (recorded != cudaSuccess) cudaEventDestroy(done);
     check_cuda(recorded, "cudaEventRecord");
     return std::make_unique<NcclRequest>(this, std::move(what), done);
+  }
+
+  // Finalizes the communicator and frees it. A peer that is gone can hold
+  // the finalization: after the time-out, or on an error, the communicator
+  // is aborted instead. Never throws.
+  void close() {
+    const Nccl& n = nccl();
+    ncclResult_t state = n.ncclCommFinalize(comm_);
+    const auto deadline = std::chrono::steady_clock::now() + timeout();
+    while (state == ncclInProgress && std::chrono::steady_clock::now() < deadline) {
+      host_.answer_probes();
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (n.ncclCommGetAsyncError(comm_, &state) != ncclSuccess) state = ncclInternalError;
+    }
+    if (state != ncclSuccess) {
+      spdlog::warn("NCCL: the communicator of rank {} {}; aborting it", rank(),
+                   state == ncclInProgress
+                       ? fmt::format("did not finish its work within {:.1f} s",
+                                     std::chrono::duration<double>(timeout()).count())
+                       : std::string("failed to finalize: ") + n.ncclGetErrorString(state));
+      abort();
+      return;
+    }
+    const ncclResult_t destroyed = n.ncclCommDestroy(comm_);
+    if (destroyed != ncclSuccess) {
+      spdlog::warn("ncclCommDestroy: {}", n.ncclGetErrorString(destroyed));
+    }
   }
 
   void abort() {

@@ -3,12 +3,13 @@
 // kernels/cuda_emulator/emulated_nccl.h), run by ctest under `mpirun -np 2`
 // (any count of two or more works; mpi_test_main checks it). Every rank
 // runs every test; a failure on any rank fails the job.
-// `--timeout-check [nccl]` runs the time-out scenario instead: the last rank
-// sleeps past the time-out and rank 0 must report it by rank and host (in
-// the message and in the CommTimeout's fields), in time, waiting in an MPI
-// allreduce or, with `nccl`, in an NCCL one on emulated GPU memory; the job
-// then ends non-zero (the communicator aborts it), and run_timeout_check.sh
-// checks both.
+// `--timeout-check [nccl|nccl-start]` runs the time-out scenario instead:
+// the last rank sleeps past the time-out and rank 0 must report it by rank
+// and host (in the message and in the CommTimeout's fields), in time,
+// waiting in an MPI allreduce or, with `nccl`, in an NCCL one on emulated
+// GPU memory, or with `nccl-start`, in the NCCL communicator's start-up; the
+// job then ends non-zero (the communicator aborts it), and
+// run_timeout_check.sh checks both.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -413,17 +414,60 @@ TEST(NcclEmulated, AllreduceBandwidthOnGpuMemory) {
   EXPECT_NE(format_bandwidth_table(points).find("64.0 KiB"), std::string::npos);
 }
 
-int timeout_check(Communicator& c, bool nccl) {
+// Whether `e`, caught `s` seconds after rank 0 started waiting in operation
+// `op` ("allreduce"), reports the sleeping rank as the time-out check wants;
+// rank 0 prints the verdict.
+bool reports_sleeper(Communicator& c, const CommTimeout& e, const std::string& op, double s) {
+  const int sleeper = c.size() - 1;
+  const std::string text = e.message();
+  const std::string want = "rank " + std::to_string(sleeper) + " (" + c.host(sleeper) + ")";
+  // The fields say the same as the message: the operation, this rank, and
+  // the sleeper as the only rank that did not answer.
+  const bool fields = e.operation().rfind(op + " #", 0) == 0 &&
+                      text.rfind(e.operation() + " timed out", 0) == 0 && e.rank() == c.rank() &&
+                      e.silent() == std::vector<int>{sleeper} && e.is_silent(sleeper) &&
+                      e.first_answering() == 0;
+  const bool ok = fields && text.find("timed out") != std::string::npos &&
+                  text.find("no answer") != std::string::npos &&
+                  text.find(want) != std::string::npos && s >= 1.0 && s < 4.0;
+  if (c.rank() == 0) {
+    std::printf("timeout check %s after %.2f s: %s\n", ok ? "passed" : "FAILED", s, text.c_str());
+    std::fflush(stdout);
+  }
+  return ok;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// `mode` "": the sleeper sleeps before an MPI allreduce; "nccl": before an
+// NCCL allreduce on emulated GPU memory; "nccl-start": inside the NCCL
+// communicator's start-up (ncclCommInitRank), as a rank whose NCCL cannot
+// reach the others.
+int timeout_check(Communicator& c, const std::string& mode) {
   c.set_timeout(std::chrono::milliseconds(1000));
   const int sleeper = c.size() - 1;
   std::vector<float> host(1024, 1.0F);
-  // With `nccl`: the same over the emulated NCCL, on emulated GPU memory.
   std::unique_ptr<Backend<float>> gpu;
   std::unique_ptr<Communicator> over_nccl;
   BackendArray<float> device;
   std::span<float> v(host);
   Communicator* use = &c;
-  if (nccl) {
+  if (mode == "nccl-start") {
+    gpu = emulated::make_cuda_backend();
+    const auto start = std::chrono::steady_clock::now();
+    if (c.rank() == sleeper) emulated::stall_next_nccl_start(std::chrono::seconds(8));
+    try {
+      over_nccl = emulated::make_nccl_communicator(c, 0);
+    } catch (const CommTimeout& e) {
+      if (c.rank() == sleeper) return 1;
+      return reports_sleeper(c, e, "ncclCommInitRank", seconds_since(start)) ? 0 : 1;
+    }
+    std::printf("timeout check FAILED: rank %d started NCCL\n", c.rank());
+    return 1;
+  }
+  if (mode == "nccl") {
     gpu = emulated::make_cuda_backend();
     over_nccl = emulated::make_nccl_communicator(c, 0);
     device = BackendArray<float>(*gpu, 1024);
@@ -440,25 +484,7 @@ int timeout_check(Communicator& c, bool nccl) {
   try {
     use->allreduce(v, ReduceOp::Sum);
   } catch (const CommTimeout& e) {
-    const double s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const std::string text = e.message();
-    const std::string want = "rank " + std::to_string(sleeper) + " (" + c.host(sleeper) + ")";
-    // The fields say the same as the message: the operation, this rank, and
-    // the sleeper as the only rank that did not answer.
-    const bool fields = e.operation().rfind("allreduce #", 0) == 0 &&
-                        text.rfind(e.operation() + " timed out", 0) == 0 && e.rank() == c.rank() &&
-                        e.silent() == std::vector<int>{sleeper} && e.is_silent(sleeper) &&
-                        e.first_answering() == 0;
-    const bool ok = fields && text.find("allreduce #") != std::string::npos &&
-                    text.find("timed out") != std::string::npos &&
-                    text.find("no answer") != std::string::npos &&
-                    text.find(want) != std::string::npos && s >= 1.0 && s < 4.0;
-    if (c.rank() == 0) {
-      std::printf("timeout check %s after %.2f s: %s\n", ok ? "passed" : "FAILED", s, text.c_str());
-      std::fflush(stdout);
-    }
-    return ok ? 0 : 1;
+    return reports_sleeper(c, e, "allreduce", seconds_since(start)) ? 0 : 1;
   }
   std::printf("timeout check FAILED: the allreduce completed\n");
   return 1;
@@ -473,6 +499,6 @@ int main(int argc, char** argv) {
   return borealis::test::mpi_test_main(
       argc, argv, std::chrono::milliseconds(20'000), borealis::g_comm, borealis::test::RankRange{},
       [](borealis::Communicator& comm, int args, char** arg) {
-        return borealis::timeout_check(comm, args > 2 && std::string(arg[2]) == "nccl");
+        return borealis::timeout_check(comm, args > 2 ? std::string(arg[2]) : std::string());
       });
 }

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "dist/communicator.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda_emulator/emulated_cuda_backend.h"
@@ -126,6 +127,72 @@ TEST_P(NcclOneRank, CollectivesAreOrderedWithTheBackendsOps) {
     const std::vector<float> want(got.size(), 2.0f * static_cast<float>(round));
     EXPECT_EQ(got, want) << "round " << round;
   }
+}
+
+// The NCCL communicator goes through NCCL's non-blocking start-up, set-up
+// and finalization (the emulated NCCL's are NCCL's protocol: each returns
+// ncclInProgress and settles some polls later, and a call issued before it
+// settles is refused): it starts non-blocking, and ends finalized and
+// destroyed, not aborted.
+TEST(NcclEmulatedOneRank, StartsNonBlockingAndClosesWithoutAborting) {
+  SelfCommunicator host;
+  const std::unique_ptr<Backend<float>> gpu = emulated::make_cuda_backend();
+  const emulated::NcclCounts before = emulated::nccl_counts();
+  {
+    const std::unique_ptr<Communicator> comm = emulated::make_nccl_communicator(host, 0);
+    DeviceBuffer a(*gpu, 64 * sizeof(float));
+    gpu->fill(a.as<float>(), 3.0f, 64);
+    comm->allreduce(std::span<float>(a.as<float>(), 64), ReduceOp::Sum);  // in progress at first
+    comm->barrier();
+    EXPECT_EQ(to_host<float>(a), std::vector<float>(64, 3.0f));
+  }
+  const emulated::NcclCounts after = emulated::nccl_counts();
+  EXPECT_EQ(after.nonblocking_starts - before.nonblocking_starts, 1);
+  EXPECT_EQ(after.finalized - before.finalized, 1);
+  EXPECT_EQ(after.destroyed - before.destroyed, 1);
+  EXPECT_EQ(after.aborted, before.aborted);
+}
+
+// An operation whose set-up never ends times out as the host's waits do and
+// aborts the communicator, which then refuses work; a finalization that
+// never ends is aborted after the time-out, and the destructor returns.
+TEST(NcclEmulatedOneRank, SetUpAndFinalizationThatNeverEndTimeOut) {
+  using Clock = std::chrono::steady_clock;
+  SelfCommunicator host;
+  host.set_timeout(std::chrono::milliseconds(200));
+  const std::unique_ptr<Backend<float>> gpu = emulated::make_cuda_backend();
+  DeviceBuffer a(*gpu, 64 * sizeof(float));
+  const std::span<float> data(a.as<float>(), 64);
+  const emulated::NcclCounts before = emulated::nccl_counts();
+  {
+    const std::unique_ptr<Communicator> comm = emulated::make_nccl_communicator(host, 0);
+    emulated::hold_next_nccl_progress();
+    const auto start = Clock::now();
+    EXPECT_THROW(comm->allreduce(data, ReduceOp::Sum), CommTimeout);
+    EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(200));
+    EXPECT_EQ(emulated::nccl_counts().aborted - before.aborted, 1);
+    try {
+      comm->allreduce(data, ReduceOp::Sum);
+      ADD_FAILURE() << "an aborted communicator took an allreduce";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("failed before"), std::string::npos) << e.what();
+    }
+  }
+  const emulated::NcclCounts middle = emulated::nccl_counts();
+  EXPECT_EQ(middle.destroyed, before.destroyed);
+  {
+    std::unique_ptr<Communicator> comm = emulated::make_nccl_communicator(host, 0);
+    comm->allreduce(data, ReduceOp::Sum);
+    emulated::hold_next_nccl_progress();
+    const auto start = Clock::now();
+    comm.reset();
+    EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(200));
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
+  }
+  const emulated::NcclCounts after = emulated::nccl_counts();
+  EXPECT_EQ(after.aborted - middle.aborted, 1);
+  EXPECT_EQ(after.finalized, middle.finalized);
+  EXPECT_EQ(after.destroyed, middle.destroyed);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, NcclOneRank,

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <thread>
 #include <vector>
 
 struct ncclComm {
@@ -16,9 +17,23 @@ struct ncclComm {
   int rank = 0;
   int size = 1;
   bool aborted = false;
+  // Non-blocking communicators (ncclConfig_t::blocking = 0):
+  bool blocking = true;
+  std::uint32_t color = 0;               // of the ranks of its id
+  MPI_Request start = MPI_REQUEST_NULL;  // the start-up's barrier over the world, while pending
+  ncclResult_t error = ncclSuccess;      // of the start-up
+  int settling = 0;                      // polls until an operation in progress settles
+  bool finalizing = false;               // ncclCommFinalize is in progress
+  bool connected = false;                // an operation was issued (its "connections" are made)
 };
 
 namespace {
+
+std::chrono::milliseconds g_stall{0};  // stall_next_nccl_start
+bool g_hold = false;                   // hold_next_nccl_progress
+borealis::emulated::NcclCounts g_counts;
+int g_group_depth = 0;              // ncclGroupStart minus ncclGroupEnd
+std::vector<ncclComm_t> g_grouped;  // non-blocking communicators used in the open group
 
 using borealis::cuda_emulator::is_device;
 
@@ -64,8 +79,77 @@ void divide(void* data, std::size_t count, ncclDataType_t t, int n) {
   }
 }
 
-bool usable(ncclComm_t comm, cudaStream_t stream) {
-  return comm != nullptr && !comm->aborted && stream != nullptr;
+// Joins the MPI communicator of the ranks of `c`'s id.
+ncclResult_t join(ncclComm& c) {
+  if (MPI_Comm_split(MPI_COMM_WORLD, static_cast<int>(c.color & 0x3fffffffu), c.rank, &c.comm) !=
+      MPI_SUCCESS) {
+    return ncclSystemError;
+  }
+  int size = 0, mine = 0;
+  MPI_Comm_size(c.comm, &size);
+  MPI_Comm_rank(c.comm, &mine);
+  if (size != c.size || mine != c.rank) {
+    MPI_Comm_free(&c.comm);
+    return ncclInvalidUsage;
+  }
+  return ncclSuccess;
+}
+
+// The state ncclCommGetAsyncError reports: ncclInProgress until the
+// start-up or the operation in progress has settled.
+ncclResult_t state(ncclComm& c) {
+  if (c.start != MPI_REQUEST_NULL) {
+    int done = 0;
+    if (MPI_Test(&c.start, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+      c.error = ncclSystemError;
+    } else if (!done) {
+      return ncclInProgress;
+    } else {
+      c.error = join(c);
+    }
+  }
+  if (c.error != ncclSuccess) return c.error;
+  if (c.settling > 0) {
+    if (c.settling != INT_MAX) --c.settling;  // INT_MAX: held
+    return ncclInProgress;
+  }
+  if (c.finalizing) {
+    c.finalizing = false;
+    ++g_counts.finalized;
+  }
+  return ncclSuccess;
+}
+
+// ncclSuccess when an operation may be issued on `comm`: ncclInvalidUsage
+// while the last one is in progress, as NCCL's non-blocking communicators
+// require.
+ncclResult_t usable(ncclComm_t comm, cudaStream_t stream) {
+  if (comm == nullptr || comm->aborted || stream == nullptr) return ncclInvalidArgument;
+  if (comm->start != MPI_REQUEST_NULL || comm->settling > 0) return ncclInvalidUsage;
+  return comm->error;
+}
+
+// Puts `c` in progress for two polls, or for good after
+// hold_next_nccl_progress.
+ncclResult_t in_progress(ncclComm& c) {
+  c.settling = g_hold ? INT_MAX : 2;
+  g_hold = false;
+  return ncclInProgress;
+}
+
+// What an operation that was issued returns: on a non-blocking
+// communicator, the first one outside a group is in progress (its
+// connections are being made); in a group, ncclGroupEnd says so.
+ncclResult_t issued(ncclComm_t comm) {
+  if (comm->blocking || comm->connected) return ncclSuccess;
+  if (g_group_depth > 0) {
+    if (std::find(g_grouped.begin(), g_grouped.end(), comm) == g_grouped.end()) {
+      g_grouped.push_back(comm);
+    }
+    return ncclSuccess;
+  }
+  comm->connected = true;
+  return in_progress(*comm);
 }
 
 bool int_count(std::size_t count) {
@@ -89,6 +173,16 @@ ncclResult_t pend(cudaStream_t stream, MPI_Request request, std::function<void()
     return flag != 0;
   });
   return ncclSuccess;
+}
+
+// Checks `comm` and `stream` and runs `issue` (the operation's own checks
+// and its start), then says what the caller sees.
+template <typename Issue>
+ncclResult_t operation(ncclComm_t comm, cudaStream_t stream, Issue&& issue) {
+  const ncclResult_t ok = usable(comm, stream);
+  if (ok != ncclSuccess) return ok;
+  const ncclResult_t r = issue();
+  return r == ncclSuccess ? issued(comm) : r;
 }
 
 }  // namespace
@@ -130,11 +224,20 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
   return ncclSuccess;
 }
 
-ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank) {
+ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank,
+                                    ncclConfig_t* config) {
   if (nranks < 1 || rank < 0 || rank >= nranks) return ncclInvalidArgument;
+  if (config != nullptr && (config->magic != 0xcafebeef || config->size < sizeof(ncclConfig_t))) {
+    return ncclInvalidArgument;
+  }
+  if (g_stall.count() > 0) {
+    std::this_thread::sleep_for(g_stall);
+    g_stall = std::chrono::milliseconds(0);
+  }
   auto made = std::make_unique<ncclComm>();
   made->rank = rank;
   made->size = nranks;
+  made->blocking = config == nullptr || config->blocking != 0;
   if (nranks > 1) {
     int initialized = 0;
     MPI_Initialized(&initialized);
@@ -142,26 +245,50 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
     // The ranks of one id: a color from its bytes (FNV-1a).
     std::uint32_t hash = 2166136261u;
     for (const char c : id.internal) hash = (hash ^ static_cast<unsigned char>(c)) * 16777619u;
-    if (MPI_Comm_split(MPI_COMM_WORLD, static_cast<int>(hash & 0x3fffffffu), rank, &made->comm) !=
-        MPI_SUCCESS) {
-      return ncclSystemError;
+    made->color = hash;
+    if (!made->blocking) {
+      ++g_counts.nonblocking_starts;
+      if (MPI_Ibarrier(MPI_COMM_WORLD, &made->start) != MPI_SUCCESS) return ncclSystemError;
+      *comm = made.release();
+      return ncclInProgress;
     }
-    int size = 0, mine = 0;
-    MPI_Comm_size(made->comm, &size);
-    MPI_Comm_rank(made->comm, &mine);
-    if (size != nranks || mine != rank) {
-      MPI_Comm_free(&made->comm);
-      return ncclInvalidUsage;
-    }
+    const ncclResult_t joined = join(*made);
+    if (joined != ncclSuccess) return joined;
+  } else if (!made->blocking) {
+    ++g_counts.nonblocking_starts;
+    made->settling = 2;
+    *comm = made.release();
+    return ncclInProgress;
   }
   *comm = made.release();
   return ncclSuccess;
 }
 
+ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank) {
+  return ncclCommInitRankConfig(comm, nranks, id, rank, nullptr);
+}
+
+ncclResult_t ncclCommFinalize(ncclComm_t comm) {
+  if (comm == nullptr || comm->aborted) return ncclInvalidArgument;
+  if (comm->start != MPI_REQUEST_NULL || comm->settling > 0) return ncclInvalidUsage;
+  if (comm->blocking) {
+    ++g_counts.finalized;
+    return ncclSuccess;
+  }
+  comm->finalizing = true;
+  return in_progress(*comm);
+}
+
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   if (comm == nullptr) return ncclInvalidArgument;
+  // A non-blocking communicator is finalized first, and its finalization
+  // settled.
+  if (comm->start != MPI_REQUEST_NULL || comm->settling > 0 || comm->finalizing) {
+    return ncclInvalidUsage;
+  }
   if (comm->comm != MPI_COMM_NULL) MPI_Comm_free(&comm->comm);
   delete comm;
+  ++g_counts.destroyed;
   return ncclSuccess;
 }
 
@@ -170,146 +297,182 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
   // communicator stays, the job ends with MPI_Abort.
   if (comm == nullptr) return ncclInvalidArgument;
   comm->aborted = true;
+  ++g_counts.aborted;
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error) {
   if (comm == nullptr) return ncclInvalidArgument;
-  *error = ncclSuccess;
+  *error = state(*comm);
   return ncclSuccess;
 }
 
 ncclResult_t ncclAllReduce(const void* send, void* recv, std::size_t count, ncclDataType_t type,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
-  if (!usable(comm, stream) || !valid(type) || !valid_op(op)) return ncclInvalidArgument;
-  const std::size_t bytes = count * type_bytes(type);
-  if (!is_device(send, bytes) || !is_device(recv, bytes) || !int_count(count)) {
-    return ncclInvalidArgument;
-  }
-  if (comm->size == 1) {
-    if (send != recv) std::memmove(recv, send, bytes);
-    return ncclSuccess;
-  }
-  MPI_Request r = MPI_REQUEST_NULL;
-  if (MPI_Iallreduce(send == recv ? MPI_IN_PLACE : send, recv, static_cast<int>(count),
-                     mpi_type(type), mpi_op(op), comm->comm, &r) != MPI_SUCCESS) {
-    return ncclSystemError;
-  }
-  const int n = comm->size;
-  return pend(stream, r,
-              op == ncclAvg ? std::function<void()>([=] { divide(recv, count, type, n); })
-                            : std::function<void()>());
+  return operation(comm, stream, [&] {
+    if (!valid(type) || !valid_op(op)) return ncclInvalidArgument;
+    const std::size_t bytes = count * type_bytes(type);
+    if (!is_device(send, bytes) || !is_device(recv, bytes) || !int_count(count)) {
+      return ncclInvalidArgument;
+    }
+    if (comm->size == 1) {
+      if (send != recv) std::memmove(recv, send, bytes);
+      return ncclSuccess;
+    }
+    MPI_Request r = MPI_REQUEST_NULL;
+    if (MPI_Iallreduce(send == recv ? MPI_IN_PLACE : send, recv, static_cast<int>(count),
+                       mpi_type(type), mpi_op(op), comm->comm, &r) != MPI_SUCCESS) {
+      return ncclSystemError;
+    }
+    const int n = comm->size;
+    return pend(stream, r,
+                op == ncclAvg ? std::function<void()>([=] { divide(recv, count, type, n); })
+                              : std::function<void()>());
+  });
 }
 
 ncclResult_t ncclReduceScatter(const void* send, void* recv, std::size_t recvcount,
                                ncclDataType_t type, ncclRedOp_t op, ncclComm_t comm,
                                cudaStream_t stream) {
-  if (!usable(comm, stream) || !valid(type) || !valid_op(op)) return ncclInvalidArgument;
-  const std::size_t bytes = recvcount * type_bytes(type);
-  const std::size_t all = bytes * static_cast<std::size_t>(comm->size);
-  if (!is_device(send, all) || !is_device(recv, bytes) || !int_count(recvcount)) {
-    return ncclInvalidArgument;
-  }
-  if (comm->size == 1) {
-    if (send != recv) std::memmove(recv, send, bytes);
-    return ncclSuccess;
-  }
-  // MPI's in-place form has another layout than NCCL's: an input that
-  // overlaps the output is copied first.
-  std::shared_ptr<std::vector<char>> scratch;
-  if (overlap(send, all, recv, bytes)) {
-    scratch = std::make_shared<std::vector<char>>(static_cast<const char*>(send),
-                                                  static_cast<const char*>(send) + all);
-    send = scratch->data();
-  }
-  MPI_Request r = MPI_REQUEST_NULL;
-  if (MPI_Ireduce_scatter_block(send, recv, static_cast<int>(recvcount), mpi_type(type), mpi_op(op),
-                                comm->comm, &r) != MPI_SUCCESS) {
-    return ncclSystemError;
-  }
-  const int n = comm->size;
-  return pend(stream, r,
-              op == ncclAvg ? std::function<void()>([=] { divide(recv, recvcount, type, n); })
-                            : std::function<void()>(),
-              scratch);
+  return operation(comm, stream, [&] {
+    if (!valid(type) || !valid_op(op)) return ncclInvalidArgument;
+    const std::size_t bytes = recvcount * type_bytes(type);
+    const std::size_t all = bytes * static_cast<std::size_t>(comm->size);
+    if (!is_device(send, all) || !is_device(recv, bytes) || !int_count(recvcount)) {
+      return ncclInvalidArgument;
+    }
+    if (comm->size == 1) {
+      if (send != recv) std::memmove(recv, send, bytes);
+      return ncclSuccess;
+    }
+    // MPI's in-place form has another layout than NCCL's: an input that
+    // overlaps the output is copied first.
+    std::shared_ptr<std::vector<char>> scratch;
+    if (overlap(send, all, recv, bytes)) {
+      scratch = std::make_shared<std::vector<char>>(static_cast<const char*>(send),
+                                                    static_cast<const char*>(send) + all);
+      send = scratch->data();
+    }
+    MPI_Request r = MPI_REQUEST_NULL;
+    if (MPI_Ireduce_scatter_block(send, recv, static_cast<int>(recvcount), mpi_type(type),
+                                  mpi_op(op), comm->comm, &r) != MPI_SUCCESS) {
+      return ncclSystemError;
+    }
+    const int n = comm->size;
+    return pend(stream, r,
+                op == ncclAvg ? std::function<void()>([=] { divide(recv, recvcount, type, n); })
+                              : std::function<void()>(),
+                scratch);
+  });
 }
 
 ncclResult_t ncclAllGather(const void* send, void* recv, std::size_t sendcount, ncclDataType_t type,
                            ncclComm_t comm, cudaStream_t stream) {
-  if (!usable(comm, stream) || !valid(type)) return ncclInvalidArgument;
-  const std::size_t bytes = sendcount * type_bytes(type);
-  const std::size_t all = bytes * static_cast<std::size_t>(comm->size);
-  if (!is_device(send, bytes) || !is_device(recv, all) || !int_count(sendcount)) {
-    return ncclInvalidArgument;
-  }
-  char* mine = static_cast<char*>(recv) + bytes * static_cast<std::size_t>(comm->rank);
-  if (comm->size == 1) {
-    if (send != recv) std::memmove(recv, send, bytes);
-    return ncclSuccess;
-  }
-  MPI_Request r = MPI_REQUEST_NULL;
-  const bool in_place = send == mine;
-  if (!in_place && overlap(send, bytes, recv, all)) return ncclInvalidArgument;
-  if (MPI_Iallgather(in_place ? MPI_IN_PLACE : send, static_cast<int>(sendcount), mpi_type(type),
-                     recv, static_cast<int>(sendcount), mpi_type(type), comm->comm,
-                     &r) != MPI_SUCCESS) {
-    return ncclSystemError;
-  }
-  return pend(stream, r);
+  return operation(comm, stream, [&] {
+    if (!valid(type)) return ncclInvalidArgument;
+    const std::size_t bytes = sendcount * type_bytes(type);
+    const std::size_t all = bytes * static_cast<std::size_t>(comm->size);
+    if (!is_device(send, bytes) || !is_device(recv, all) || !int_count(sendcount)) {
+      return ncclInvalidArgument;
+    }
+    char* mine = static_cast<char*>(recv) + bytes * static_cast<std::size_t>(comm->rank);
+    if (comm->size == 1) {
+      if (send != recv) std::memmove(recv, send, bytes);
+      return ncclSuccess;
+    }
+    MPI_Request r = MPI_REQUEST_NULL;
+    const bool in_place = send == mine;
+    if (!in_place && overlap(send, bytes, recv, all)) return ncclInvalidArgument;
+    if (MPI_Iallgather(in_place ? MPI_IN_PLACE : send, static_cast<int>(sendcount), mpi_type(type),
+                       recv, static_cast<int>(sendcount), mpi_type(type), comm->comm,
+                       &r) != MPI_SUCCESS) {
+      return ncclSystemError;
+    }
+    return pend(stream, r);
+  });
 }
 
 ncclResult_t ncclBroadcast(const void* send, void* recv, std::size_t count, ncclDataType_t type,
                            int root, ncclComm_t comm, cudaStream_t stream) {
-  if (!usable(comm, stream) || !valid(type) || root < 0 || root >= comm->size) {
-    return ncclInvalidArgument;
-  }
-  const std::size_t bytes = count * type_bytes(type);
-  if (!is_device(recv, bytes) || (comm->rank == root && !is_device(send, bytes)) ||
-      !int_count(count)) {
-    return ncclInvalidArgument;
-  }
-  if (comm->rank == root && send != recv) std::memmove(recv, send, bytes);
-  if (comm->size == 1) return ncclSuccess;
-  MPI_Request r = MPI_REQUEST_NULL;
-  if (MPI_Ibcast(recv, static_cast<int>(count), mpi_type(type), root, comm->comm, &r) !=
-      MPI_SUCCESS) {
-    return ncclSystemError;
-  }
-  return pend(stream, r);
+  return operation(comm, stream, [&] {
+    if (!valid(type) || root < 0 || root >= comm->size) return ncclInvalidArgument;
+    const std::size_t bytes = count * type_bytes(type);
+    if (!is_device(recv, bytes) || (comm->rank == root && !is_device(send, bytes)) ||
+        !int_count(count)) {
+      return ncclInvalidArgument;
+    }
+    if (comm->rank == root && send != recv) std::memmove(recv, send, bytes);
+    if (comm->size == 1) return ncclSuccess;
+    MPI_Request r = MPI_REQUEST_NULL;
+    if (MPI_Ibcast(recv, static_cast<int>(count), mpi_type(type), root, comm->comm, &r) !=
+        MPI_SUCCESS) {
+      return ncclSystemError;
+    }
+    return pend(stream, r);
+  });
 }
 
 ncclResult_t ncclSend(const void* send, std::size_t count, ncclDataType_t type, int peer,
                       ncclComm_t comm, cudaStream_t stream) {
-  if (!usable(comm, stream) || !valid(type) || peer < 0 || peer >= comm->size ||
-      peer == comm->rank || !is_device(send, count * type_bytes(type)) || !int_count(count)) {
-    return ncclInvalidArgument;
-  }
-  MPI_Request r = MPI_REQUEST_NULL;
-  if (MPI_Isend(send, static_cast<int>(count), mpi_type(type), peer, 0, comm->comm, &r) !=
-      MPI_SUCCESS) {
-    return ncclSystemError;
-  }
-  return pend(stream, r);
+  return operation(comm, stream, [&] {
+    if (!valid(type) || peer < 0 || peer >= comm->size || peer == comm->rank ||
+        !is_device(send, count * type_bytes(type)) || !int_count(count)) {
+      return ncclInvalidArgument;
+    }
+    MPI_Request r = MPI_REQUEST_NULL;
+    if (MPI_Isend(send, static_cast<int>(count), mpi_type(type), peer, 0, comm->comm, &r) !=
+        MPI_SUCCESS) {
+      return ncclSystemError;
+    }
+    return pend(stream, r);
+  });
 }
 
 ncclResult_t ncclRecv(void* recv, std::size_t count, ncclDataType_t type, int peer, ncclComm_t comm,
                       cudaStream_t stream) {
-  if (!usable(comm, stream) || !valid(type) || peer < 0 || peer >= comm->size ||
-      peer == comm->rank || !is_device(recv, count * type_bytes(type)) || !int_count(count)) {
-    return ncclInvalidArgument;
-  }
-  MPI_Request r = MPI_REQUEST_NULL;
-  if (MPI_Irecv(recv, static_cast<int>(count), mpi_type(type), peer, 0, comm->comm, &r) !=
-      MPI_SUCCESS) {
-    return ncclSystemError;
-  }
-  return pend(stream, r);
+  return operation(comm, stream, [&] {
+    if (!valid(type) || peer < 0 || peer >= comm->size || peer == comm->rank ||
+        !is_device(recv, count * type_bytes(type)) || !int_count(count)) {
+      return ncclInvalidArgument;
+    }
+    MPI_Request r = MPI_REQUEST_NULL;
+    if (MPI_Irecv(recv, static_cast<int>(count), mpi_type(type), peer, 0, comm->comm, &r) !=
+        MPI_SUCCESS) {
+      return ncclSystemError;
+    }
+    return pend(stream, r);
+  });
 }
 
 ncclResult_t ncclGroupStart() {
+  ++g_group_depth;
   return ncclSuccess;
 }
 
 ncclResult_t ncclGroupEnd() {
-  return ncclSuccess;
+  if (g_group_depth == 0) return ncclInvalidUsage;
+  if (--g_group_depth > 0) return ncclSuccess;
+  ncclResult_t r = ncclSuccess;
+  for (const ncclComm_t comm : g_grouped) {
+    comm->connected = true;
+    r = in_progress(*comm);
+  }
+  g_grouped.clear();
+  return r;
 }
+
+namespace borealis::emulated {
+
+void stall_next_nccl_start(std::chrono::milliseconds stall) {
+  g_stall = stall;
+}
+
+void hold_next_nccl_progress() {
+  g_hold = true;
+}
+
+NcclCounts nccl_counts() {
+  return g_counts;
+}
+
+}  // namespace borealis::emulated

@@ -13,8 +13,17 @@
 //  - Buffers must be emulated device memory, as NCCL's must be GPU memory.
 //  - Point-to-point messages are MPI's (in order between two ranks); a
 //    group start and end do nothing, since nothing blocks.
+//  - A non-blocking communicator (ncclConfig_t::blocking = 0) behaves as
+//    NCCL's: ncclCommInitRankConfig returns ncclInProgress at once, and the
+//    start-up completes, seen through ncclCommGetAsyncError, once every rank
+//    of the world has started its own; the first operation on it, and
+//    ncclCommFinalize, also return ncclInProgress and settle after two
+//    polls (as NCCL's connection set-up does), so a caller that issued
+//    another call before settling gets ncclInvalidUsage.
 #pragma once
 
+#include <chrono>
+#include <climits>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -39,11 +48,24 @@ using ncclComm_t = ncclComm*;
 struct ncclUniqueId {
   char internal[128];
 };
+// The leading fields of NCCL's, which are all the emulator reads.
+struct ncclConfig_t {
+  std::size_t size;
+  unsigned int magic;
+  unsigned int version;
+  int blocking;
+};
+#define NCCL_CONFIG_UNDEF_INT INT_MIN
+#define NCCL_CONFIG_INITIALIZER \
+  { sizeof(ncclConfig_t), 0xcafebeef, 0, NCCL_CONFIG_UNDEF_INT }
 
 ncclResult_t ncclGetVersion(int* version);
 const char* ncclGetErrorString(ncclResult_t result);
 ncclResult_t ncclGetUniqueId(ncclUniqueId* id);
 ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank);
+ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank,
+                                    ncclConfig_t* config);
+ncclResult_t ncclCommFinalize(ncclComm_t comm);
 ncclResult_t ncclCommDestroy(ncclComm_t comm);
 ncclResult_t ncclCommAbort(ncclComm_t comm);
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error);
@@ -69,5 +91,24 @@ namespace borealis::emulated {
 std::string nccl_unavailable_reason();
 std::string nccl_summary();
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& host, int device);
+
+// The next start-up of a communicator on this rank first sleeps `stall`
+// inside ncclCommInitRank(Config), answering nothing, as an NCCL start-up
+// whose bootstrap cannot reach the other ranks does (for the time-out
+// tests).
+void stall_next_nccl_start(std::chrono::milliseconds stall);
+
+// The next call on this rank that goes in progress (an operation's set-up,
+// a finalization) never settles: only ncclCommAbort ends it.
+void hold_next_nccl_progress();
+
+// What this rank's emulated NCCL has done since the program started.
+struct NcclCounts {
+  int nonblocking_starts = 0;  // ncclCommInitRankConfig with blocking = 0
+  int finalized = 0;           // finalizations that settled
+  int destroyed = 0;
+  int aborted = 0;
+};
+NcclCounts nccl_counts();
 
 }  // namespace borealis::emulated

@@ -95,13 +95,15 @@ case "$mode" in
       echo "== device"
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
       echo "== borealis doctor"
-      "$work/borealis" doctor || true
+      timeout 60 "$work/borealis" doctor || true
       echo "== borealis doctor --dist --dist-device cuda (NCCL on one rank)"
-      "$work/borealis" doctor --dist --dist-device cuda --dist-max-size 1M || true
+      timeout 90 "$work/borealis" doctor --dist --dist-device cuda --dist-max-size 1M \
+        --dist-timeout 60 || true
       echo "== CUDA tests"
     } 2>&1 | tee "$log"
     status=0
-    BOREALIS_REQUIRE_CUDA=1 "$work/borealis_tests" \
+    # Bounded, so that a test that hangs leaves time for the checks below.
+    BOREALIS_REQUIRE_CUDA=1 timeout 240 "$work/borealis_tests" \
       --gtest_filter='*CudaOps*:*CudaBf16Ops*:*CudaModel*:CudaLimits.*:*NcclOneRank*-*emulated*:*guarded*' 2>&1 |
       tee -a "$log" ||
       status=$?

@@ -279,6 +279,8 @@ class NcclCommunicator final : public Communicator {
   // Whether the collective of `event` has finished; throws on an error of
   // the GPU or of NCCL.
   bool finished(cudaEvent_t event) {
+    // (ncclCommAbort freed the communicator.)
+    if (failed_) throw Error("NCCL: the communicator was aborted after an earlier failure", "nccl");
     const cudaError_t e = cudaEventQuery(event);
     if (e == cudaSuccess) return true;
     if (e != cudaErrorNotReady) check_cuda(e, "cudaEventQuery");

@@ -16,7 +16,6 @@ struct ncclComm {
   MPI_Comm comm = MPI_COMM_NULL;  // MPI_COMM_NULL: one rank
   int rank = 0;
   int size = 1;
-  bool aborted = false;
   // Non-blocking communicators (ncclConfig_t::blocking = 0):
   bool blocking = true;
   std::uint32_t color = 0;               // of the ranks of its id
@@ -124,7 +123,7 @@ ncclResult_t state(ncclComm& c) {
 // while the last one is in progress, as NCCL's non-blocking communicators
 // require.
 ncclResult_t usable(ncclComm_t comm, cudaStream_t stream) {
-  if (comm == nullptr || comm->aborted || stream == nullptr) return ncclInvalidArgument;
+  if (comm == nullptr || stream == nullptr) return ncclInvalidArgument;
   if (comm->start != MPI_REQUEST_NULL || comm->settling > 0) return ncclInvalidUsage;
   return comm->error;
 }
@@ -139,9 +138,10 @@ ncclResult_t in_progress(ncclComm& c) {
 
 // What an operation that was issued returns: on a non-blocking
 // communicator, the first one outside a group is in progress (its
-// connections are being made); in a group, ncclGroupEnd says so.
+// connections are being made), and so is any after
+// hold_next_nccl_progress; in a group, ncclGroupEnd says so.
 ncclResult_t issued(ncclComm_t comm) {
-  if (comm->blocking || comm->connected) return ncclSuccess;
+  if (comm->blocking || (comm->connected && !g_hold)) return ncclSuccess;
   if (g_group_depth > 0) {
     if (std::find(g_grouped.begin(), g_grouped.end(), comm) == g_grouped.end()) {
       g_grouped.push_back(comm);
@@ -269,7 +269,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
 }
 
 ncclResult_t ncclCommFinalize(ncclComm_t comm) {
-  if (comm == nullptr || comm->aborted) return ncclInvalidArgument;
+  if (comm == nullptr) return ncclInvalidArgument;
   if (comm->start != MPI_REQUEST_NULL || comm->settling > 0) return ncclInvalidUsage;
   if (comm->blocking) {
     ++g_counts.finalized;
@@ -293,10 +293,12 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
 }
 
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
-  // Requests may still be pending (a peer that never came): the MPI
-  // communicator stays, the job ends with MPI_Abort.
+  // Frees the communicator, as NCCL's does. Requests may still be pending
+  // (a peer that never came): the MPI communicator stays, the job ends
+  // with MPI_Abort.
   if (comm == nullptr) return ncclInvalidArgument;
-  comm->aborted = true;
+  std::erase(g_grouped, comm);
+  delete comm;
   ++g_counts.aborted;
   return ncclSuccess;
 }

@@ -20,6 +20,8 @@
 //    ncclCommFinalize, also return ncclInProgress and settle after two
 //    polls (as NCCL's connection set-up does), so a caller that issued
 //    another call before settling gets ncclInvalidUsage.
+//  - ncclCommAbort frees the communicator, as NCCL's does (a sanitizer
+//    build catches a caller that uses it after).
 #pragma once
 
 #include <chrono>

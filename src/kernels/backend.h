@@ -25,7 +25,37 @@
 #include <string>
 #include <utility>
 
+#include "core/error.h"
+
 namespace borealis {
+
+// Thrown by a backend's allocate() when its device has too little memory
+// left: the message says how much was asked for and how much is free, and
+// the code that knows what the memory was for (the model's activations,
+// the optimizer's state) adds that. bytes() is the size asked for.
+class OutOfDeviceMemory : public Error {
+ public:
+  OutOfDeviceMemory(std::string what, std::string where, std::size_t bytes)
+      : Error(std::move(what), std::move(where)), bytes_(bytes) {}
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  std::size_t bytes_;
+};
+
+// Runs allocate(); an OutOfDeviceMemory from it is thrown again as
+// "<needs>: <its message>[; <hint>]", needs saying what the memory is for
+// and how much it is in all ("the activations of 8 sequences of 1024 tokens
+// need 21.3 GiB").
+template <typename Allocate>
+void allocate_for(const std::string& needs, const std::string& hint, Allocate&& allocate) {
+  try {
+    allocate();
+  } catch (const OutOfDeviceMemory& e) {
+    throw OutOfDeviceMemory(needs + ": " + e.message() + (hint.empty() ? "" : "; " + hint),
+                            e.where(), e.bytes());
+  }
+}
 
 // The memory a backend's ops work on: host memory for the CPU backend,
 // device memory for a GPU's. Model code keeps its buffers in BackendArray
@@ -35,7 +65,8 @@ class BackendMemory {
  public:
   virtual ~BackendMemory() = default;
   // Zeroed memory of `bytes` bytes (aligned for any element type), freed by
-  // release(). Throws std::bad_alloc or std::runtime_error when none is left.
+  // release(). Throws OutOfDeviceMemory (a device's backend) or
+  // std::bad_alloc (host memory) when none is left.
   virtual void* allocate(std::size_t bytes) = 0;
   virtual void release(void* ptr) noexcept = 0;
   // Whether the host may read and write the memory directly (the CPU

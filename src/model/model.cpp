@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "core/error.h"
+#include "core/text.h"
 
 namespace borealis {
 
@@ -27,8 +28,13 @@ Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorPara
                             backend.name()),
                 "backend");
   }
-  params_ = BackendArray<T>(backend, layout_.total());
-  grads_ = BackendArray<T>(backend, layout_.total());
+  const std::int64_t total = layout_.total();
+  allocate_for(fmt::format("the parameters and their gradients ({} parameters) need {}", total,
+                           format_bytes(2 * static_cast<std::uint64_t>(total) * sizeof(T))),
+               "", [&] {
+                 params_ = BackendArray<T>(backend, total);
+                 grads_ = BackendArray<T>(backend, total);
+               });
 }
 
 template <typename T>
@@ -178,10 +184,28 @@ void Model<T>::reserve(int B, int seq, int slots) {
   dqkv_bf16_ = bf16_grads ? take16(N * S) : -1;
   dfch_bf16_ = bf16_grads ? take16(N * FW) : -1;
   dfch_ = bf16_grads ? -1 : take(N * FW);
-  arena_ = BackendArray<T>(backend_, slots * slot_elems_ + top);
-  arena16_ = BackendArray<std::uint16_t>(backend_, bf16 ? slots * slot16_elems_ + top16 : 0);
-  tokens_ = BackendArray<std::int32_t>(backend_, slots * N);
-  if (!backend_.host_memory() && last) targets_ = BackendArray<std::int32_t>(backend_, N);
+  // The old buffers go first (nothing in them is needed), and should the
+  // new ones not fit, nothing is reserved: the next reserve plans again.
+  arena_ = {};
+  arena16_ = {};
+  tokens_ = {};
+  targets_ = {};
+  cap_B_ = cap_T_ = 0;
+  const std::int64_t elems = slots * slot_elems_ + top;
+  const std::int64_t elems16 = bf16 ? slots * slot16_elems_ + top16 : 0;
+  const bool host_targets = !backend_.host_memory() && last;
+  const std::uint64_t bytes = static_cast<std::uint64_t>(elems) * sizeof(T) +
+                              static_cast<std::uint64_t>(elems16) * 2 +
+                              static_cast<std::uint64_t>(slots + host_targets) * N * 4;
+  allocate_for(fmt::format("the activations of {} sequences of {} tokens{} need {}", B, seq,
+                           slots > 1 ? fmt::format(" ({} micro-batches in flight)", slots) : "",
+                           format_bytes(bytes)),
+               "fewer sequences per micro-batch take less", [&] {
+                 arena_ = BackendArray<T>(backend_, elems);
+                 arena16_ = BackendArray<std::uint16_t>(backend_, elems16);
+                 tokens_ = BackendArray<std::int32_t>(backend_, slots * N);
+                 if (host_targets) targets_ = BackendArray<std::int32_t>(backend_, N);
+               });
   grad_pending_.assign(static_cast<std::size_t>(slots), 0);
   head_slot_ = -1;
   cap_B_ = B;

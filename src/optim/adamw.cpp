@@ -1,8 +1,12 @@
 #include "optim/adamw.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+
+#include "core/text.h"
 
 namespace borealis {
 
@@ -20,8 +24,13 @@ AdamW::AdamW(Backend<float>& backend, const ParamLayout& layout, const AdamWConf
     const std::int64_t hi = std::min(view.offset + view.size, end);
     if (lo < hi) ranges_.push_back({lo - begin, hi - lo, decays(view)});
   }
-  m_ = BackendArray<float>(backend, end - begin);
-  v_ = BackendArray<float>(backend, end - begin);
+  const std::int64_t n = end - begin;
+  allocate_for(fmt::format("the optimizer's moments (2 x {} floats) need {}", n,
+                           format_bytes(2 * static_cast<std::uint64_t>(n) * sizeof(float))),
+               "ZeRO-1 (dist.zero = 1) shards them over the data-parallel ranks", [&] {
+                 m_ = BackendArray<float>(backend, n);
+                 v_ = BackendArray<float>(backend, n);
+               });
 }
 
 bool AdamW::decays(const ParamView& view) const {

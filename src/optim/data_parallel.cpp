@@ -8,6 +8,8 @@
 #include <span>
 #include <stdexcept>
 
+#include "core/text.h"
+
 namespace borealis {
 
 namespace {
@@ -58,8 +60,13 @@ DataParallel::DataParallel(Communicator& comm, Backend<float>& backend, const Pa
     for (std::int64_t hi = shard_; hi > 0; hi -= piece) {
       buckets_.push_back({std::max<std::int64_t>(0, hi - piece), hi});
     }
-    staging_ = BackendArray<float>(backend, shard_ * n);
-    shard_grads_ = BackendArray<float>(backend, shard_);
+    allocate_for(
+        fmt::format("ZeRO-1's staging buffers ({} + {} floats) need {}", shard_ * n, shard_,
+                    format_bytes(static_cast<std::uint64_t>(shard_) * (n + 1) * 4)),
+        "", [&] {
+          staging_ = BackendArray<float>(backend, shard_ * n);
+          shard_grads_ = BackendArray<float>(backend, shard_);
+        });
   }
 }
 

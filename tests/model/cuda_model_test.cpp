@@ -6,6 +6,7 @@
 // CUDA device can be used (a failure instead with BOREALIS_REQUIRE_CUDA
 // set); the "emulated" ones run the CUDA backend's source on the CUDA
 // emulator (tests/kernels/cuda_emulator/) everywhere.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +19,7 @@
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda_emulator/cuda_emulator.h"
 #include "kernels/cuda_emulator/emulated_cuda_backend.h"
 #include "kernels/cuda_test_util.h"
 #include "kernels/timed_backend.h"
@@ -236,6 +238,85 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
 TEST_P(CudaModel, ParallelGroupsNeedHostMemory) {
   const ModelConfig c = preset();
   EXPECT_THROW(Model<float>(c, *gpu, nullptr, PipelineStage{0, 2}), Error);
+}
+
+// The emulated device's memory limited to `bytes` for a scope.
+class MemoryLimit {
+ public:
+  explicit MemoryLimit(std::size_t bytes) { cuda_emulator::set_memory_limit(bytes); }
+  ~MemoryLimit() { cuda_emulator::set_memory_limit(0); }
+  MemoryLimit(const MemoryLimit&) = delete;
+  MemoryLimit& operator=(const MemoryLimit&) = delete;
+};
+
+// Bytes allocated on the emulated device now.
+std::size_t device_bytes_in_use() {
+  std::size_t free = 0, total = 0;
+  cudaMemGetInfo(&free, &total);
+  return total - free;
+}
+
+// What the message of an OutOfDeviceMemory thrown by `run` says, or "".
+template <typename Run>
+std::string out_of_memory_message(Run&& run) {
+  try {
+    run();
+  } catch (const OutOfDeviceMemory& e) {
+    EXPECT_EQ(e.where(), "cuda");
+    EXPECT_GT(e.bytes(), 0u);
+    return e.message();
+  }
+  return "";
+}
+
+// A device too small for what training asks of it: the error names what
+// did not fit (the parameters, a micro-batch's activations, the optimizer's
+// moments), how much that is and what the device has free, and says what
+// takes less; after the activations did not fit, a smaller micro-batch
+// still runs on the same model.
+TEST(CudaMemory, OutOfDeviceMemorySaysWhatDidNotFit) {
+  const std::unique_ptr<Backend<float>> gpu = emulated::make_cuda_backend(0, Precision::kFp32);
+  const ModelConfig c = model_preset("gpt2-tiny");
+  const std::size_t base = device_bytes_in_use();
+  std::string said;
+  {
+    const MemoryLimit limit(base + 1000);
+    said = out_of_memory_message([&] { Model<float> m(c, *gpu); });
+  }
+  EXPECT_NE(said.find("the parameters and their gradients ("), std::string::npos) << said;
+  EXPECT_NE(said.find(": out of GPU memory: an allocation of "), std::string::npos) << said;
+  EXPECT_NE(said.find("does not fit on GPU 0, which has "), std::string::npos) << said;
+
+  Model<float> model(c, *gpu);
+  model.init(1);
+  const int seq = c.max_seq;
+  const Tokens big = make_tokens(64 * seq, c.vocab_size, 3);
+  const Tokens small = make_tokens(2 * 8, c.vocab_size, 4);
+  // (The backend's scratch, such as cuBLASLt's workspace, comes with the
+  // first step.)
+  model.forward(small.tokens.data(), small.targets.data(), 2, 8, true);
+  model.backward();
+  {
+    // 1 MiB beyond the parameters: two sequences of 8 tokens fit, 64 of
+    // max_seq do not.
+    const MemoryLimit limit(device_bytes_in_use() + (1u << 20));
+    said = out_of_memory_message(
+        [&] { model.forward(big.tokens.data(), big.targets.data(), 64, seq, true); });
+    EXPECT_NE(said.find(fmt::format("the activations of 64 sequences of {} tokens need ", seq)),
+              std::string::npos)
+        << said;
+    EXPECT_NE(said.find("MiB free of "), std::string::npos) << said;
+    EXPECT_NE(said.find("; fewer sequences per micro-batch take less"), std::string::npos) << said;
+    const float loss = model.forward(small.tokens.data(), small.targets.data(), 2, 8, true);
+    EXPECT_TRUE(std::isfinite(loss));
+    model.backward();
+  }
+  {
+    const MemoryLimit limit(device_bytes_in_use() + 1000);
+    said = out_of_memory_message([&] { AdamW opt(*gpu, model.layout(), AdamWConfig{}); });
+  }
+  EXPECT_NE(said.find("the optimizer's moments (2 x "), std::string::npos) << said;
+  EXPECT_NE(said.find("ZeRO-1 (dist.zero = 1)"), std::string::npos) << said;
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaModel,

@@ -51,6 +51,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/text.h"
 #include "kernels/adamw_math.h"
 #include "kernels/cpu/ops.h"
 
@@ -64,6 +65,27 @@ void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
     throw std::runtime_error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(err));
   }
+}
+
+// cudaMalloc of `bytes` for `what`: a device too full for it throws
+// OutOfDeviceMemory saying how much it has free.
+void* device_malloc(std::size_t bytes, const char* what) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // not a sticky error: the device goes on
+    int device = 0;
+    std::size_t free = 0, total = 0;
+    std::string message =
+        std::string("out of GPU memory: ") + what + " of " + format_bytes(bytes) + " does not fit";
+    if (cudaGetDevice(&device) == cudaSuccess && cudaMemGetInfo(&free, &total) == cudaSuccess) {
+      message += " on GPU " + std::to_string(device) + ", which has " + format_bytes(free) +
+                 " free of " + format_bytes(total);
+    }
+    throw OutOfDeviceMemory(message, "cuda", bytes);
+  }
+  check(err, what);
+  return p;
 }
 
 void check_blas(cublasStatus_t status, const char* what) {
@@ -1413,7 +1435,7 @@ class Scratch {
       if (ptr_ != nullptr) check(cudaFree(ptr_), what);
       ptr_ = nullptr;
       bytes_ = 0;
-      check(cudaMalloc(&ptr_, bytes), what);
+      ptr_ = device_malloc(bytes, what);
       bytes_ = bytes;
     }
     return ptr_;
@@ -1470,8 +1492,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   // Device memory (cudaMalloc, zeroed); copies on the default stream, after
   // the ops queued before them.
   void* allocate(std::size_t bytes) override {
-    void* p = nullptr;
-    check(cudaMalloc(&p, std::max<std::size_t>(bytes, 1)), "cudaMalloc");
+    void* p = device_malloc(std::max<std::size_t>(bytes, 1), "an allocation");
     const cudaError_t err = cudaMemset(p, 0, bytes);
     if (err != cudaSuccess) {
       cudaFree(p);
@@ -1936,8 +1957,8 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
 
   // At least `floats` floats of device scratch (the reductions' partial sums).
   float* scratch(std::int64_t floats) {
-    return static_cast<float*>(
-        scratch_.get(static_cast<std::size_t>(std::max<std::int64_t>(floats, 1)) * 4, "scratch"));
+    return static_cast<float*>(scratch_.get(
+        static_cast<std::size_t>(std::max<std::int64_t>(floats, 1)) * 4, "the backend's scratch"));
   }
 
   // A bf16 copy of count floats in bf16 scratch `slot` (0 or 1: a GEMM's two
@@ -1953,8 +1974,8 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
   // Scratch slot `slot` for `count` bf16 values (where bf16_copy puts them).
   __nv_bfloat16* bf16_buffer(std::int64_t count, int slot) {
-    return static_cast<__nv_bfloat16*>(
-        bf16_scratch_[slot].get(static_cast<std::size_t>(count) * 2, "bf16 scratch"));
+    return static_cast<__nv_bfloat16*>(bf16_scratch_[slot].get(
+        static_cast<std::size_t>(count) * 2, "the bf16 copies of matmul operands"));
   }
 
   // cublasSgemm's contract (column-major C[m, n] = alpha op(A) op(B) + beta
@@ -2098,7 +2119,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     const float one = 1.0f, beta = Cin != nullptr ? 1.0f : 0.0f;
     const cublasStatus_t ran = cublasLtMatmul(
         lt_, o.desc, &one, a, o.a, b, o.b, &beta, c, o.d, D, o.d, &*known->second,
-        lt_workspace_.get(kLtWorkspace, "cuBLASLt workspace"), kLtWorkspace, nullptr);
+        lt_workspace_.get(kLtWorkspace, "the cuBLASLt workspace"), kLtWorkspace, nullptr);
     if (ran == CUBLAS_STATUS_NOT_SUPPORTED) {  // refused before writing: the old path, from now on
       known->second.reset();
       return false;
@@ -2150,8 +2171,9 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
       if (rope_cos_ != nullptr) check(cudaFree(rope_cos_), "cudaFree (rope)");
       if (rope_sin_ != nullptr) check(cudaFree(rope_sin_), "cudaFree (rope)");
       rope_cos_ = rope_sin_ = nullptr;
-      check(cudaMalloc(&rope_cos_, n * sizeof(float)), "cudaMalloc (rope)");
-      check(cudaMalloc(&rope_sin_, n * sizeof(float)), "cudaMalloc (rope)");
+      rope_positions_ = 0;  // no tables, should an allocation below fail
+      rope_cos_ = static_cast<float*>(device_malloc(n * sizeof(float), "a RoPE table"));
+      rope_sin_ = static_cast<float*>(device_malloc(n * sizeof(float), "a RoPE table"));
       check(cudaMemcpy(rope_cos_, cos_t.data(), n * sizeof(float), cudaMemcpyHostToDevice),
             "rope table");
       check(cudaMemcpy(rope_sin_, sin_t.data(), n * sizeof(float), cudaMemcpyHostToDevice),

@@ -45,7 +45,11 @@ struct Allocation {
   std::size_t bytes;
 };
 
+constexpr std::size_t kEmulatedMemory = std::size_t{80} << 30;
+
 std::mutex g_memory_mutex;
+std::size_t g_memory_limit = kEmulatedMemory;  // set_memory_limit
+std::size_t g_allocated = 0;                   // bytes asked for by live allocations
 std::map<std::uintptr_t, Allocation>& allocations() {
   static std::map<std::uintptr_t, Allocation> map;
   return map;
@@ -451,6 +455,11 @@ std::size_t live_allocations() {
   return allocations().size();
 }
 
+void set_memory_limit(std::size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_memory_mutex);
+  g_memory_limit = bytes == 0 ? kEmulatedMemory : bytes;
+}
+
 void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void()>& body) {
   const std::uint64_t threads = std::uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
@@ -519,7 +528,9 @@ void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void(
 using borealis::cuda_emulator::Allocation;
 using borealis::cuda_emulator::allocations;
 using borealis::cuda_emulator::find_allocation;
+using borealis::cuda_emulator::g_allocated;
 using borealis::cuda_emulator::g_last_error;
+using borealis::cuda_emulator::g_memory_limit;
 using borealis::cuda_emulator::g_memory_mutex;
 using borealis::cuda_emulator::page_size;
 
@@ -581,11 +592,29 @@ cudaError_t cudaSetDevice(int device) {
   return device == 0 ? cudaSuccess : fail_with(cudaErrorInvalidDevice);
 }
 
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(std::size_t* free, std::size_t* total) {
+  std::lock_guard<std::mutex> lock(g_memory_mutex);
+  *total = g_memory_limit;
+  *free = g_memory_limit - std::min(g_memory_limit, g_allocated);
+  return cudaSuccess;
+}
+
 cudaError_t cudaDeviceSynchronize() {
   return cudaSuccess;
 }
 
 cudaError_t cudaMalloc(void** ptr, std::size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(g_memory_mutex);
+    if (bytes > g_memory_limit - std::min(g_memory_limit, g_allocated)) {
+      return fail_with(cudaErrorMemoryAllocation);
+    }
+  }
   const std::size_t page = page_size();
   const std::size_t user = (std::max<std::size_t>(bytes, 1) + 15) / 16 * 16;
   const std::size_t data = (user + page - 1) / page * page;
@@ -598,6 +627,7 @@ cudaError_t cudaMalloc(void** ptr, std::size_t bytes) {
   std::memset(p, 0xff, user);  // NaN in every float: reads before writes show
   std::lock_guard<std::mutex> lock(g_memory_mutex);
   allocations()[reinterpret_cast<std::uintptr_t>(p)] = Allocation{base, data + page, bytes};
+  g_allocated += bytes;
   *ptr = p;
   return cudaSuccess;
 }
@@ -609,6 +639,7 @@ cudaError_t cudaFree(void* ptr) {
   const auto it = map.find(reinterpret_cast<std::uintptr_t>(ptr));
   if (it == map.end()) return fail_with(cudaErrorInvalidValue);
   munmap(it->second.map, it->second.map_bytes);
+  g_allocated -= it->second.bytes;
   map.erase(it);
   return cudaSuccess;
 }

@@ -284,6 +284,11 @@ const char* cudaGetErrorString(cudaError_t err);
 cudaError_t cudaGetLastError();
 cudaError_t cudaGetDeviceCount(int* count);
 cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetDevice(int* device);
+// The emulated device has 80 GiB, or the limit set by
+// cuda_emulator::set_memory_limit; what is free is that less the bytes
+// allocated.
+cudaError_t cudaMemGetInfo(std::size_t* free, std::size_t* total);
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaMalloc(void** ptr, std::size_t bytes);
 template <typename T>
@@ -436,6 +441,10 @@ namespace borealis::cuda_emulator {
 bool is_device(const void* ptr, std::size_t bytes = 0);
 // Device allocations not yet freed (for the tests' leak checks).
 std::size_t live_allocations();
+// From now on cudaMalloc fails with cudaErrorMemoryAllocation where the
+// bytes allocated would pass `bytes` (0: the emulated 80 GiB again), as a
+// device of that size would (for the tests of running out of memory).
+void set_memory_limit(std::size_t bytes);
 // cublasLtMatmul calls so far (for the tests: which path a GEMM took).
 std::uint64_t lt_matmuls();
 

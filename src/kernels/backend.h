@@ -180,6 +180,22 @@ class Bf16Inputs {
   virtual void swiglu_backward(std::uint16_t* dinp, const T* inp, const T* dout, int N, int F) = 0;
   virtual void rope_backward(std::uint16_t* out, const T* dqkv, int B, int seq, int NH, int NKV,
                              int HD, float theta) = 0;
+  // qkv in bf16, where attention_reads_bf16_qkv says the shape allows it
+  // (the CUDA backend: where its tensor-core kernels run, which round qkv
+  // to bf16 as they read it anyway, so the results are the same bits).
+  // Its producers: rope_forward writing qkv to out with the q and k heads
+  // rotated (the v heads as they are), qkv left as it is (Llama), and
+  // matmul_forward writing its output in bf16 (GPT-2, whose qkv is the GEMM's
+  // output). attention_forward and attention_backward then read it.
+  virtual bool attention_reads_bf16_qkv(int B, int NH, int NKV, int HD) const = 0;
+  virtual void rope_forward(std::uint16_t* out, const T* qkv, int B, int seq, int NH, int NKV,
+                            int HD, float theta) = 0;
+  virtual void matmul_forward(std::uint16_t* out, const std::uint16_t* inp, const T* w,
+                              const T* bias, int N, int C, int OC) = 0;
+  virtual void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const std::uint16_t* qkv,
+                                 int B, int seq, int NH, int NKV, int HD) = 0;
+  virtual void attention_backward(T* dqkv, const T* dout, const std::uint16_t* qkv, const T* out,
+                                  const T* lse, int B, int seq, int NH, int NKV, int HD) = 0;
 };
 
 template <typename T>

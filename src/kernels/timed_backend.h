@@ -177,6 +177,29 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
       inner_.bf16_inputs()->attention_forward(out, out_bf16, lse, qkv, B, seq, NH, NKV, HD);
     });
   }
+  bool attention_reads_bf16_qkv(int B, int NH, int NKV, int HD) const override {
+    return inner_.bf16_inputs()->attention_reads_bf16_qkv(B, NH, NKV, HD);
+  }
+  void rope_forward(std::uint16_t* out, const T* qkv, int B, int seq, int NH, int NKV, int HD,
+                    float theta) override {
+    time("rope", [&] { inner_.bf16_inputs()->rope_forward(out, qkv, B, seq, NH, NKV, HD, theta); });
+  }
+  void matmul_forward(std::uint16_t* out, const std::uint16_t* inp, const T* w, const T* bias,
+                      int N, int C, int OC) override {
+    time("matmul", [&] { inner_.bf16_inputs()->matmul_forward(out, inp, w, bias, N, C, OC); });
+  }
+  void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const std::uint16_t* qkv, int B,
+                         int seq, int NH, int NKV, int HD) override {
+    time("attention", [&] {
+      inner_.bf16_inputs()->attention_forward(out, out_bf16, lse, qkv, B, seq, NH, NKV, HD);
+    });
+  }
+  void attention_backward(T* dqkv, const T* dout, const std::uint16_t* qkv, const T* out,
+                          const T* lse, int B, int seq, int NH, int NKV, int HD) override {
+    time("attention", [&] {
+      inner_.bf16_inputs()->attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
+    });
+  }
   void swiglu_backward(std::uint16_t* dinp, const T* inp, const T* dout, int N, int F) override {
     time("activation", [&] { inner_.bf16_inputs()->swiglu_backward(dinp, inp, dout, N, F); });
   }

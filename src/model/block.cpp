@@ -190,7 +190,10 @@ void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffer
   Bf16Inputs<T>* h = bf16_inputs(buf, N, groups);
   norm_forward_to(buf.ln1, buf.ln1_bf16, buf.ln1_mean, buf.ln1_rstd, x, params, w.ln1_w, w.ln1_b,
                   N);
-  if (h != nullptr) {
+  if (h != nullptr && buf.qkv == nullptr) {
+    h->matmul_forward(buf.qkv_bf16, buf.ln1_bf16, at(params, w.qkv_w), at(params, w.qkv_b), N, d.C,
+                      d.S);
+  } else if (h != nullptr) {
     matmul_forward(buf.qkv, {nullptr, buf.ln1_bf16}, at(params, w.qkv_w), at(params, w.qkv_b), N,
                    d.C, d.S, false);
   } else {
@@ -276,7 +279,11 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   // Attention.
   matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, atty,
                   at(params, w.proj_w), N, d.A, d.C);
-  backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
+  if (buf.qkv_bf16 != nullptr) {
+    h->attention_backward(g.dqkv, g.datty, buf.qkv_bf16, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
+  } else {
+    backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
+  }
   if (g.dqkv_bf16 != nullptr) {
     h->rope_backward(g.dqkv_bf16, g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
     h->matmul_backward(g.dln, at(grads, w.qkv_w), g.dqkv_bf16, ln1.bf16, at(params, w.qkv_w), N,

@@ -106,6 +106,12 @@ struct BlockBuffers {
   std::uint16_t* ln2_bf16 = nullptr;
   std::uint16_t* mlp_bf16 = nullptr;
   std::uint16_t* atty_bf16 = nullptr;
+  // And qkv in bf16, where attention reads it so (Bf16Inputs::
+  // attention_reads_bf16_qkv): attention's forward and backward read it in
+  // place of qkv. GPT-2's qkv GEMM writes it, and qkv is then null; Llama's
+  // writes qkv (scratch shared by the layers) and the Attend step's RoPE
+  // writes qkv_bf16 from it.
+  std::uint16_t* qkv_bf16 = nullptr;
 };
 
 // Rows [row0, row0 + rows) go through the matmuls together: as one GEMM, or

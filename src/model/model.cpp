@@ -111,6 +111,11 @@ void Model<T>::reserve(int B, int seq, int slots) {
     offset16 = bf16 ? take16(elems) : -1;
     return bf16 ? std::int64_t{-1} : take(elems);
   };
+  // qkv in bf16 where attention reads it so (a shape on its tensor-core
+  // kernels): GPT-2's qkv GEMM writes it, Llama's RoPE from the GEMM's fp32
+  // output in scratch.
+  const bool bf16_qkv =
+      bf16 && backend_.bf16_inputs()->attention_reads_bf16_qkv(B, d.NH, d.NKV, d.HD);
   // One activation set: what a micro-batch keeps from its forward to its
   // backward.
   encoded_ = take(n * C);  // the embedding, or the previous stage's output
@@ -120,7 +125,8 @@ void Model<T>::reserve(int B, int seq, int slots) {
     a.ln1 = take_input(n * C, a.ln1_bf16);
     a.ln1_mean = take(n);
     a.ln1_rstd = take(n);
-    a.qkv = take(N * S);
+    a.qkv = bf16_qkv ? -1 : take(N * S);
+    a.qkv_bf16 = bf16_qkv ? take16(N * S) : -1;
     a.atty = take(N * d.A);
     a.atty_bf16 = bf16 ? take16(N * d.A) : -1;  // besides atty: attention's backward reads it
     a.lse = take(static_cast<std::int64_t>(B) * d.NH * seq);
@@ -173,6 +179,7 @@ void Model<T>::reserve(int B, int seq, int slots) {
   // The MLP activation (recomputed in backward rather than stored per
   // layer) and the gradients of one block.
   mlp_act_ = take_input(N * F, mlp_bf16_);
+  qkv_f32_ = bf16_qkv && !d.gpt2 ? take(N * S) : -1;
   dres_ = take(n * C);
   dln_ = take(N * C);
   datty_ = take(N * d.A);
@@ -291,6 +298,8 @@ BlockBuffers<T> Model<T>::buffers(int l) {
   b.ln2_bf16 = act16(a.ln2_bf16);
   b.mlp_bf16 = tmp16(mlp_bf16_);
   b.atty_bf16 = act16(a.atty_bf16);
+  b.qkv_bf16 = act16(a.qkv_bf16);
+  if (b.qkv_bf16 != nullptr) b.qkv = tmp(qkv_f32_);
   return b;
 }
 
@@ -367,6 +376,14 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
     T* lse = act(layer_acts_[static_cast<std::size_t>(l - layout_.first_layer())].lse);
     const BlockBuffers<T> buf = buffers(l);
     const Attend<T> attend = [&](T* qkv, T* atty) {
+      if (buf.qkv_bf16 != nullptr) {
+        Bf16Inputs<T>* h = backend_.bf16_inputs();
+        if (!d.gpt2) {
+          h->rope_forward(buf.qkv_bf16, qkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
+        }
+        h->attention_forward(atty, buf.atty_bf16, lse, buf.qkv_bf16, B, seq, d.NH, d.NKV, d.HD);
+        return;
+      }
       if (!d.gpt2) backend_.rope_forward(qkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
       if (buf.atty_bf16 != nullptr) {
         backend_.bf16_inputs()->attention_forward(atty, buf.atty_bf16, lse, qkv, B, seq, d.NH,

@@ -135,6 +135,8 @@ class Model {
   struct LayerActs {
     std::int64_t ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, res3;
     std::int64_t ln1_bf16, ln2_bf16, atty_bf16;  // in arena16_; -1 without bf16 matmul inputs
+    // qkv in bf16 (arena16_) where attention reads it so; qkv is then -1.
+    std::int64_t qkv_bf16;
   };
   // The current slot's activations, and scratch shared by all slots (the
   // set after the slots'), in arena_ and arena16_; null for offset -1: a
@@ -189,8 +191,9 @@ class Model {
   std::int64_t slot_elems_ = 0;
   // The bf16 matmul inputs where the backend takes them (Bf16Inputs): the
   // norms' outputs, the MLP activation, the attention output's bf16 form,
-  // and the logits' (and, without biases, dfch's and dqkv's) gradients, in
-  // a second arena of the same plan (slot16_elems_ per set, then scratch).
+  // qkv where attention reads it in bf16, and the logits' (and, without
+  // biases, dfch's and dqkv's) gradients, in a second arena of the same
+  // plan (slot16_elems_ per set, then scratch).
   BackendArray<std::uint16_t> arena16_;
   std::int64_t slot16_elems_ = 0, lnf_bf16_ = -1, mlp_bf16_ = -1, dlogits_bf16_ = -1,
                dqkv_bf16_ = -1, dfch_bf16_ = -1;
@@ -203,6 +206,9 @@ class Model {
   std::int64_t gathered_ = 0, partial_ = 0, dgathered_ = 0, dlocal_ = 0, dnorm_ = 0;
   std::int64_t dlnf_ = 0, dres_ = 0, dln_ = 0, datty_ = 0, dqkv_ = 0, mlp_act_ = 0, dmlp_act_ = 0,
                dfch_ = 0;
+  // With qkv kept in bf16: Llama's qkv GEMM output before RoPE (shared by
+  // the layers; -1 otherwise).
+  std::int64_t qkv_f32_ = -1;
   BackendArray<std::int32_t> tokens_;   // per slot, of the first stage's forward
   BackendArray<std::int32_t> targets_;  // the last forward's, where the host cannot read memory
   std::vector<T> losses_host_;          // the last forward's losses, likewise

@@ -623,6 +623,52 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     expect_same_bits("log-sum-exp", to_host<float>(lc), to_host<float>(la));
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(a)));
   }
+  {
+    // RoPE's forward into bf16 (qkv for attention): the rotated q and k
+    // heads and the v heads, rounded; qkv itself left as it was.
+    const int B = 2, seq = 24, NH = 4, NKV = 2, HD = 16, S = (NH + 2 * NKV) * HD;
+    const auto qkv = rnd(B * seq * S, 106);
+    DeviceBuffer a = test::to_device(*gpu, qkv), c = test::to_device(*gpu, qkv),
+                 out(*gpu, B * seq * S * 2);
+    gpu->rope_forward(a.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+    h->rope_forward(out.as<std::uint16_t>(), c.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+    EXPECT_EQ(bf16_of(out), bits(to_host<float>(a))) << "rope_forward";
+    expect_same_bits("qkv kept", to_host<float>(c), qkv);
+  }
+  // Attention reading qkv in bf16 (the tensor-core kernels, head dimensions
+  // 64 and 128): the same bits forward and backward as from the fp32 qkv
+  // it rounds, which those kernels round as they read it.
+  for (const int HD : {64, 128, 160}) {
+    const int B = 2, seq = 40, NH = 4, NKV = 2, C = NH * HD, S = (NH + 2 * NKV) * HD;
+    SCOPED_TRACE("attention from bf16 qkv, head dimension " + std::to_string(HD));
+    const auto qkv = rnd(B * seq * S, 107 + HD);
+    DeviceBuffer gqkv = test::to_device(*gpu, qkv), hqkv = test::to_device(*gpu, bits(qkv));
+    DeviceBuffer a(*gpu, B * seq * C * 4), c(*gpu, B * seq * C * 4), ha(*gpu, B * seq * C * 2),
+        hc(*gpu, B * seq * C * 2), la(*gpu, B * NH * seq * 4), lc(*gpu, B * NH * seq * 4);
+    const std::uint16_t* q16 = hqkv.as<std::uint16_t>();
+    if (HD > 128) {
+      EXPECT_FALSE(h->attention_reads_bf16_qkv(B, NH, NKV, HD));
+      EXPECT_THROW(h->attention_forward(c.as<float>(), hc.as<std::uint16_t>(), lc.as<float>(), q16,
+                                        B, seq, NH, NKV, HD),
+                   std::logic_error);
+      continue;
+    }
+    EXPECT_TRUE(h->attention_reads_bf16_qkv(B, NH, NKV, HD));
+    h->attention_forward(a.as<float>(), ha.as<std::uint16_t>(), la.as<float>(), gqkv.as<float>(), B,
+                         seq, NH, NKV, HD);
+    h->attention_forward(c.as<float>(), hc.as<std::uint16_t>(), lc.as<float>(), q16, B, seq, NH,
+                         NKV, HD);
+    expect_same_bits("output", to_host<float>(c), to_host<float>(a));
+    expect_same_bits("log-sum-exp", to_host<float>(lc), to_host<float>(la));
+    EXPECT_EQ(bf16_of(hc), bf16_of(ha));
+    DeviceBuffer dout = test::to_device(*gpu, rnd(B * seq * C, 108 + HD));
+    DeviceBuffer da(*gpu, B * seq * S * 4), dc(*gpu, B * seq * S * 4);
+    gpu->attention_backward(da.as<float>(), dout.as<float>(), gqkv.as<float>(), a.as<float>(),
+                            la.as<float>(), B, seq, NH, NKV, HD);
+    h->attention_backward(dc.as<float>(), dout.as<float>(), q16, a.as<float>(), la.as<float>(), B,
+                          seq, NH, NKV, HD);
+    expect_same_bits("qkv gradient", to_host<float>(dc), to_host<float>(da));
+  }
   for (const auto& [N, C, OC] : {std::tuple{70, 48, 40}, {45, 36, 20}}) {
     SCOPED_TRACE("N " + std::to_string(N) + ", C " + std::to_string(C) + ", OC " +
                  std::to_string(OC));
@@ -641,6 +687,26 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
                             accumulate);
         h->matmul_forward(c.as<float>(), xh, gw.as<float>(), bias, N, C, OC, accumulate);
         expect_same_bits("matmul_forward", to_host<float>(c), to_host<float>(a));
+      }
+    }
+    // Forward into bf16 (GPT-2's qkv): the fp32 product rounded, with the
+    // bias in cuBLASLt's epilogue (or with the fallback path's rounding
+    // pass). On a GPU, cuBLASLt may pick another algorithm for a bf16
+    // output: within one bf16 rounding there.
+    for (const float* bias : {static_cast<const float*>(nullptr), gb.as<const float>()}) {
+      DeviceBuffer a(*gpu, N * OC * 4), c(*gpu, N * OC * 2);
+      gpu->matmul_forward(a.as<float>(), gx.as<float>(), gw.as<float>(), bias, N, C, OC, false);
+      h->matmul_forward(c.as<std::uint16_t>(), xh, gw.as<float>(), bias, N, C, OC);
+      const std::vector<float> want = to_host<float>(a);
+      if (GetParam() == "cuda") {
+        std::vector<float> got;
+        for (const std::uint16_t v : bf16_of(c)) got.push_back(bf16_to_float(v));
+        EXPECT_LE(
+            test::relative_norm(got.data(), want.data(), static_cast<std::int64_t>(got.size())),
+            8e-3)
+            << "matmul_forward into bf16";
+      } else {
+        EXPECT_EQ(bf16_of(c), bits(want)) << "matmul_forward into bf16";
       }
     }
     for (const bool in_place : {false, true}) {

@@ -180,17 +180,25 @@ TEST_P(CudaModel, Bf16MatmulsTrackFp32) {
 }
 
 // bf16 matmul inputs (Bf16Inputs): the norms' outputs and the MLP
-// activation written in bf16 by the ops that make them, against the same
-// backend with them hidden (fp32 activations, rounded by each matmul):
-// the same values go into the same GEMMs, so on the emulator two steps give
-// the same losses, gradients and parameters bit for bit. On a GPU cuBLASLt
-// may pick another algorithm for an input less aligned than its scratch
-// copy, which changes the fp32 sums' order: the loss within 1e-5, each
-// gradient within 1e-4 relative in norm. The activations take less memory.
+// activation written in bf16 by the ops that make them, and qkv kept in
+// bf16 for attention's tensor-core kernels, against the same backend with
+// them hidden (fp32 activations, rounded by each matmul), and with only
+// qkv in fp32: the same values go into the same GEMMs and kernels, so on
+// the emulator two steps give the same losses, gradients and parameters bit
+// for bit. On a GPU cuBLASLt may pick another algorithm for an input less
+// aligned than its scratch copy, or for a bf16 output, which changes the
+// fp32 sums' order: the loss within 1e-5, each gradient within 1e-4
+// relative in norm. The activations take less memory: qkv's bf16 form
+// saves 2 bytes a value per layer (Llama keeps one fp32 qkv for all layers,
+// RoPE's input).
 TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   struct Hidden final : TimedBackend<float> {
     using TimedBackend<float>::TimedBackend;
     Bf16Inputs<float>* bf16_inputs() override { return nullptr; }
+  };
+  struct Fp32Qkv final : TimedBackend<float> {
+    using TimedBackend<float>::TimedBackend;
+    bool attention_reads_bf16_qkv(int, int, int, int) const override { return false; }
   };
   ModelConfig c = preset();
   const int B = 2, seq = 32, N = B * seq;
@@ -200,39 +208,56 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   ASSERT_NE(bf16->bf16_inputs(), nullptr);
   EXPECT_EQ(gpu->bf16_inputs(), nullptr);  // fp32 matmuls take fp32 inputs
   Hidden hidden(*bf16);
+  Fp32Qkv fp32_qkv(*bf16);
   hidden.set_timing(false);
-  Model<float> with(c, *bf16), without(c, hidden);
-  with.init(9);
-  without.init(9);
+  fp32_qkv.set_timing(false);
+  Model<float> with(c, *bf16), without(c, hidden), qkv32(c, fp32_qkv);
+  std::vector<Model<float>*> others{&without, &qkv32};
   const std::int64_t P = with.num_params();
-  AdamW opt_with(*bf16, with.layout(), AdamWConfig{}),
-      opt_without(*bf16, without.layout(), AdamWConfig{});
+  AdamW opt(*bf16, with.layout(), AdamWConfig{});
+  std::vector<std::unique_ptr<AdamW>> other_opts;
+  with.init(9);
+  for (Model<float>* m : others) {
+    m->init(9);
+    other_opts.push_back(std::make_unique<AdamW>(*bf16, m->layout(), AdamWConfig{}));
+  }
   for (int step = 0; step < 2; ++step) {
     const Tokens t = make_tokens(N, c.vocab_size, 40 + step);
     with.zero_grad();
-    without.zero_grad();
     const float lw = with.forward(t.tokens.data(), t.targets.data(), B, seq, true);
-    const float lo = without.forward(t.tokens.data(), t.targets.data(), B, seq, true);
     with.backward();
-    without.backward();
-    const auto gw = download(*bf16, with.grads(), P), go = download(*bf16, without.grads(), P);
-    if (exact) {
-      EXPECT_EQ(lw, lo) << "step " << step;
-      EXPECT_EQ(gw, go) << "step " << step;
-    } else {
-      EXPECT_NEAR(lw, lo, 1e-5 * std::abs(lo)) << "step " << step;
-      for (const ParamView& v : with.layout().views()) {
-        EXPECT_LE(relative_norm(gw.data() + v.offset, go.data() + v.offset, v.size), 1e-4)
-            << v.name << ", step " << step;
+    const auto gw = download(*bf16, with.grads(), P);
+    for (std::size_t i = 0; i < others.size(); ++i) {
+      Model<float>& m = *others[i];
+      SCOPED_TRACE(i == 0 ? "against bf16 inputs hidden" : "against qkv in fp32");
+      m.zero_grad();
+      const float lo = m.forward(t.tokens.data(), t.targets.data(), B, seq, true);
+      m.backward();
+      const auto go = download(*bf16, m.grads(), P);
+      if (exact) {
+        EXPECT_EQ(lw, lo) << "step " << step;
+        EXPECT_EQ(gw, go) << "step " << step;
+      } else {
+        EXPECT_NEAR(lw, lo, 1e-5 * std::abs(lo)) << "step " << step;
+        for (const ParamView& v : with.layout().views()) {
+          EXPECT_LE(relative_norm(gw.data() + v.offset, go.data() + v.offset, v.size), 1e-4)
+              << v.name << ", step " << step;
+        }
       }
+      other_opts[i]->step(m.params(), m.grads(), 1e-3f);
     }
-    opt_with.step(with.params(), with.grads(), 1e-3f);
-    opt_without.step(without.params(), without.grads(), 1e-3f);
+    opt.step(with.params(), with.grads(), 1e-3f);
   }
   if (exact) {
-    EXPECT_EQ(download(*bf16, with.params(), P), download(*bf16, without.params(), P));
+    for (Model<float>* m : others) {
+      EXPECT_EQ(download(*bf16, with.params(), P), download(*bf16, m->params(), P));
+    }
   }
   EXPECT_LT(with.activation_bytes(), without.activation_bytes());
+  EXPECT_LT(qkv32.activation_bytes(), without.activation_bytes());
+  const std::size_t qkv_values = static_cast<std::size_t>(N) * c.qkv_width();
+  const std::size_t saved = c.n_layer * qkv_values * 2 - (c.has_bias() ? 0 : qkv_values * 4);
+  EXPECT_EQ(qkv32.activation_bytes() - with.activation_bytes(), saved);
 }
 
 TEST_P(CudaModel, ParallelGroupsNeedHostMemory) {

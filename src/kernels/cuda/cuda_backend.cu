@@ -717,14 +717,17 @@ __global__ void attention_dkv_kernel(float* dqkv, const float* dout, const float
 // its row i (row of the warp's 16) and half of the columns; the packed qkv sequence (base, row
 // stride S), the kv head g, the attention output width C, and the head dimension rounded up to a
 // tile.
+// (In: the type qkv is kept in, float or bf16.)
+template <typename In>
 struct QueryRows {
   int warp, row, half, h, g, C, kdim, q0, w0, i;
   std::int64_t bh, b, S;
-  const float* base;
+  const In* base;
 };
 
-__device__ QueryRows query_rows(const float* qkv, int rows, int seq, int NH, int NKV, int HD) {
-  QueryRows t;
+template <typename In>
+__device__ QueryRows<In> query_rows(const In* qkv, int rows, int seq, int NH, int NKV, int HD) {
+  QueryRows<In> t;
   t.warp = static_cast<int>(threadIdx.x / 32);
   const int lane = static_cast<int>(threadIdx.x % 32);
   t.row = lane / 2;
@@ -766,7 +769,7 @@ __global__ void flash_forward_kernel(float* out, float* lse, const float* qkv, i
                                      int NKV, int HD, float scale) {
   __shared__ float ks[kFlashKeys * kMaxHD];
   __shared__ float vs[kFlashKeys * kMaxHD];
-  const QueryRows at = query_rows(qkv, kFlashRows, seq, NH, NKV, HD);
+  const auto at = query_rows(qkv, kFlashRows, seq, NH, NKV, HD);
   const int h = at.h, g = at.g, C = at.C, q0 = at.q0;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
   const float* base = at.base;
@@ -832,7 +835,7 @@ __global__ void flash_dq_kernel(float* dqkv, const float* dout, const float* qkv
                                 const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   __shared__ float ks[kFlashKeys * kMaxHD];
   __shared__ float vs[kFlashKeys * kMaxHD];
-  const QueryRows at = query_rows(qkv, kFlashRows, seq, NH, NKV, HD);
+  const auto at = query_rows(qkv, kFlashRows, seq, NH, NKV, HD);
   const int h = at.h, g = at.g, C = at.C, q0 = at.q0;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
   const float* base = at.base;
@@ -1006,16 +1009,26 @@ struct Shape {
   static constexpr int kQueries = 16;                   // query rows per staged tile (dk/dv)
 };
 
+// A value in a tile: fp32 rounded to bf16 (round to nearest even, as
+// store() rounds), bf16 as it is. So a tensor kept in bf16 by the kernel
+// that wrote it stages to the same tile as the fp32 tensor would.
+__device__ bf16 as_tile(float v) {
+  return __float2bfloat16(v);
+}
+__device__ bf16 as_tile(bf16 v) {
+  return v;
+}
+
 // Rows [r0, r0 + rows) of a sequence (base, row stride S), columns
 // [col, col + HD), as bf16 into tile[rows][kHD]; zeros past the sequence and
 // past HD. All threads of the block.
-template <int kHD>
-__device__ void stage(bf16* tile, const float* base, std::int64_t S, int col, int r0, int rows,
+template <int kHD, typename In>
+__device__ void stage(bf16* tile, const In* base, std::int64_t S, int col, int r0, int rows,
                       int seq, int HD) {
   for (int e = threadIdx.x; e < rows * kHD; e += blockDim.x) {
     const int r = e / kHD, d = e % kHD;
-    const float v = r0 + r < seq && d < HD ? base[std::int64_t{r0 + r} * S + col + d] : 0.0f;
-    tile[e] = __float2bfloat16(v);
+    tile[e] = r0 + r < seq && d < HD ? as_tile(base[std::int64_t{r0 + r} * S + col + d])
+                                     : __float2bfloat16(0.0f);
   }
 }
 
@@ -1069,9 +1082,9 @@ __device__ void add_ab(float* acc, float* scratch, const bf16* a, int lda, const
 }
 
 // out16, when not null, gets the output rounded to bf16 as well.
-template <int kHD>
-__global__ void forward_kernel(float* out, bf16* out16, float* lse, const float* qkv, int seq,
-                               int NH, int NKV, int HD, float scale) {
+template <int kHD, typename In>
+__global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qkv, int seq, int NH,
+                               int NKV, int HD, float scale) {
   using T = Shape<kHD>;
   constexpr int kRows = T::kRows, kKeys = T::kKeys, kHalf = T::kHalf;
   __shared__ __align__(32) bf16 qs[kRows * kHD];
@@ -1079,11 +1092,11 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const float*
   __shared__ __align__(32) bf16 vs[kKeys * kHD];
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 ps[kRows / 16][16 * kKeys];
-  const QueryRows at = query_rows(qkv, kRows, seq, NH, NKV, HD);
+  const auto at = query_rows(qkv, kRows, seq, NH, NKV, HD);
   const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
   const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
-  const float* base = at.base;
+  const In* base = at.base;
   float* sw = ss[warp];
   bf16* pw = ps[warp];
   stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
@@ -1135,8 +1148,8 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const float*
   if (half == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
 }
 
-template <int kHD>
-__global__ void dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+template <int kHD, typename In>
+__global__ void dq_kernel(float* dqkv, const float* dout, const In* qkv, const float* lse,
                           const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   using T = Shape<kHD>;
   constexpr int kRows = T::kDqRows, kKeys = T::kKeys, kHalf = T::kHalf;
@@ -1147,11 +1160,11 @@ __global__ void dq_kernel(float* dqkv, const float* dout, const float* qkv, cons
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) float dps[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 dss[kRows / 16][16 * kKeys];
-  const QueryRows at = query_rows(qkv, kRows, seq, NH, NKV, HD);
+  const auto at = query_rows(qkv, kRows, seq, NH, NKV, HD);
   const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
   const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
-  const float* base = at.base;
+  const In* base = at.base;
   float* sw = ss[warp];
   float* dpw = dps[warp];
   bf16* dsw = dss[warp];
@@ -1190,8 +1203,8 @@ __global__ void dq_kernel(float* dqkv, const float* dout, const float* qkv, cons
   }
 }
 
-template <int kHD>
-__global__ void dkv_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+template <int kHD, typename In>
+__global__ void dkv_kernel(float* dqkv, const float* dout, const In* qkv, const float* lse,
                            const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   using T = Shape<kHD>;
   constexpr int kKeyRows = T::kKeyRows, kQueries = T::kQueries, kHalf = T::kHalf;
@@ -1215,7 +1228,7 @@ __global__ void dkv_kernel(float* dqkv, const float* dout, const float* qkv, con
   const std::int64_t S = std::int64_t{NH + 2 * NKV} * HD;
   const int C = NH * HD;
   const int kdim = (HD + 15) / 16 * 16;
-  const float* base = qkv + b * seq * S;
+  const In* base = qkv + b * seq * S;
   const float* dbase = dout + b * seq * C;
   const int k0 = blockIdx.x * kKeyRows;
   const int w0 = k0 + warp * 16;
@@ -1542,6 +1555,20 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                       int N, int C, int OC, bool accumulate) override {
     forward_gemm(out, as_bf16(inp), w, bias, N, C, OC, accumulate);
   }
+  // out in bf16: cuBLASLt's epilogue adds the bias in fp32 and rounds as it
+  // stores; else the fp32 product in scratch, rounded.
+  void matmul_forward(std::uint16_t* out, const std::uint16_t* inp, const float* w,
+                      const float* bias, int N, int C, int OC) override {
+    if (lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, as_bf16(inp), C, nullptr, out, OC,
+                  bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias,
+                  nullptr, 0, "matmul_forward (bf16 output)", CUDA_R_16BF)) {
+      return;
+    }
+    const std::int64_t count = std::int64_t{N} * OC;
+    float* product = scratch(count);
+    forward_gemm(product, as_bf16(inp), w, bias, N, C, OC, false);
+    bf16_copy_into(as_bf16(out), product, count);
+  }
   void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
                        const float* w, int N, int C, int OC) override {
     backward_gemms(dinp, dw, dbias, dout, inp, w, N, C, OC);
@@ -1665,6 +1692,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                      float theta) override {
     rope(dqkv, as_bf16(out), B * seq, seq, 0, NH, NKV, HD, theta, -1.0f);
   }
+  void rope_forward(std::uint16_t* out, const float* qkv, int B, int seq, int NH, int NKV, int HD,
+                    float theta) override {
+    rope(qkv, as_bf16(out), B * seq, seq, 0, NH, NKV, HD, theta, 1.0f);
+  }
   void rope_forward_at(float* qkv, int N, int pos0, int NH, int NKV, int HD, float theta) override {
     rope(qkv, qkv, N, N, pos0, NH, NKV, HD, theta, 1.0f);
   }
@@ -1677,32 +1708,24 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                          int seq, int NH, int NKV, int HD) override {
     attention(out, as_bf16(out_bf16), lse, qkv, B, seq, NH, NKV, HD);
   }
+  // qkv in bf16: the tensor-core kernels, which round qkv to bf16 as they
+  // stage it, read it as it is.
+  bool attention_reads_bf16_qkv(int B, int NH, int NKV, int HD) const override {
+    const AttentionKernels k = attention_kernels(B, NH, NKV, HD);
+    return k == AttentionKernels::kTensorCores64 || k == AttentionKernels::kTensorCores128;
+  }
+  void attention_forward(float* out, std::uint16_t* out_bf16, float* lse, const std::uint16_t* qkv,
+                         int B, int seq, int NH, int NKV, int HD) override {
+    attention(out, as_bf16(out_bf16), lse, as_bf16(qkv), B, seq, NH, NKV, HD);
+  }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                           const float* lse, int B, int seq, int NH, int NKV, int HD) override {
-    check_head_dim(HD);
-    if (B == 0 || seq == 0) return;
-    const std::int64_t rows = std::int64_t{B} * NH * seq;
-    float* delta = scratch(rows);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    launch("attention_backward (delta)", attention_delta_kernel, warps_blocks(rows), kThreads,
-           delta, dout, out, B, seq, NH, HD);
-    switch (attention_kernels(B, NH, NKV, HD)) {
-      case AttentionKernels::kTensorCores64:
-        return tc_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kTensorCores128:
-        return tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kTiled64:
-        return flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kTiled128:
-        return flash_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kPerRow:
-        launch("attention_backward (dq)", attention_dq_kernel, warps_blocks(rows), kThreads, dqkv,
-               dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
-        launch("attention_backward (dk, dv)", attention_dkv_kernel,
-               warps_blocks(std::int64_t{B} * NKV * seq), kThreads, dqkv, dout, qkv, lse, delta, B,
-               seq, NH, NKV, HD, scale);
-        return;
-    }
+    attention_grads(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
+  }
+  void attention_backward(float* dqkv, const float* dout, const std::uint16_t* qkv,
+                          const float* out, const float* lse, int B, int seq, int NH, int NKV,
+                          int HD) override {
+    attention_grads(dqkv, dout, as_bf16(qkv), out, lse, B, seq, NH, NKV, HD);
   }
   void attention_kv_forward(float* out, float* kpool, float* vpool, const std::int32_t* blocks,
                             int block_size, const float* qkv, int N, int pos0, int NH, int NKV,
@@ -1787,32 +1810,67 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
 
  private:
-  // attention_forward, with its output in bf16 as well where out16 is not
-  // null: the tensor-core kernels write both, the others are followed by a
-  // rounding pass (head dimensions over 128, with bf16 matmuls).
-  void attention(float* out, __nv_bfloat16* out16, float* lse, const float* qkv, int B, int seq,
+  // attention_backward, on qkv in fp32 or bf16.
+  template <typename In>
+  void attention_grads(float* dqkv, const float* dout, const In* qkv, const float* out,
+                       const float* lse, int B, int seq, int NH, int NKV, int HD) {
+    check_head_dim(HD);
+    const AttentionKernels kernels = attention_kernels_for(qkv, B, NH, NKV, HD);
+    if (B == 0 || seq == 0) return;
+    const std::int64_t rows = std::int64_t{B} * NH * seq;
+    float* delta = scratch(rows);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    launch("attention_backward (delta)", attention_delta_kernel, warps_blocks(rows), kThreads,
+           delta, dout, out, B, seq, NH, HD);
+    if (kernels == AttentionKernels::kTensorCores64) {
+      return tc_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+    }
+    if (kernels == AttentionKernels::kTensorCores128) {
+      return tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+    }
+    if constexpr (std::is_same_v<In, float>) {
+      if (kernels == AttentionKernels::kTiled64) {
+        return flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      }
+      if (kernels == AttentionKernels::kTiled128) {
+        return flash_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      }
+      launch("attention_backward (dq)", attention_dq_kernel, warps_blocks(rows), kThreads, dqkv,
+             dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      launch("attention_backward (dk, dv)", attention_dkv_kernel,
+             warps_blocks(std::int64_t{B} * NKV * seq), kThreads, dqkv, dout, qkv, lse, delta, B,
+             seq, NH, NKV, HD, scale);
+    }
+  }
+  // attention_forward, on qkv in fp32 or bf16, with its output in bf16 as
+  // well where out16 is not null: the tensor-core kernels write both, the
+  // others are followed by a rounding pass (head dimensions over 128, with
+  // bf16 matmuls).
+  template <typename In>
+  void attention(float* out, __nv_bfloat16* out16, float* lse, const In* qkv, int B, int seq,
                  int NH, int NKV, int HD) {
     check_head_dim(HD);
+    const AttentionKernels kernels = attention_kernels_for(qkv, B, NH, NKV, HD);
     if (B == 0 || seq == 0) return;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    switch (attention_kernels(B, NH, NKV, HD)) {
-      case AttentionKernels::kTensorCores64:
-        return tc_forward<64>(out, out16, lse, qkv, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kTensorCores128:
-        return tc_forward<128>(out, out16, lse, qkv, B, seq, NH, NKV, HD, scale);
-      case AttentionKernels::kTiled64:
+    if (kernels == AttentionKernels::kTensorCores64) {
+      return tc_forward<64>(out, out16, lse, qkv, B, seq, NH, NKV, HD, scale);
+    }
+    if (kernels == AttentionKernels::kTensorCores128) {
+      return tc_forward<128>(out, out16, lse, qkv, B, seq, NH, NKV, HD, scale);
+    }
+    if constexpr (std::is_same_v<In, float>) {
+      if (kernels == AttentionKernels::kTiled64) {
         flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-        break;
-      case AttentionKernels::kTiled128:
+      } else if (kernels == AttentionKernels::kTiled128) {
         flash_forward<128>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
-        break;
-      case AttentionKernels::kPerRow:
+      } else {
         launch("attention_forward", attention_forward_kernel,
                warps_blocks(std::int64_t{B} * NH * seq), kThreads, out, lse, qkv, B, seq, NH, NKV,
                HD, scale);
-        break;
+      }
+      if (out16 != nullptr) bf16_copy_into(out16, out, std::int64_t{B} * seq * NH * HD);
     }
-    if (out16 != nullptr) bf16_copy_into(out16, out, std::int64_t{B} * seq * NH * HD);
   }
 
   // The matmul ops, on an input in fp32 or in bf16.
@@ -1906,6 +1964,18 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
       return HD <= 64 ? AttentionKernels::kTensorCores64 : AttentionKernels::kTensorCores128;
     return HD <= 64 ? AttentionKernels::kTiled64 : AttentionKernels::kTiled128;
   }
+  // The tensor-core kernels take qkv in fp32 or bf16, the others in fp32.
+  template <typename In>
+  AttentionKernels attention_kernels_for(const In*, int B, int NH, int NKV, int HD) const {
+    const AttentionKernels k = attention_kernels(B, NH, NKV, HD);
+    if constexpr (!std::is_same_v<In, float>) {
+      if (k != AttentionKernels::kTensorCores64 && k != AttentionKernels::kTensorCores128) {
+        throw std::logic_error("CUDA attention: qkv in bf16 needs the tensor-core kernels");
+      }
+    }
+    return k;
+  }
+
   static unsigned tiles(int rows, int per_tile) {
     return static_cast<unsigned>((rows + per_tile - 1) / per_tile);
   }
@@ -1928,22 +1998,22 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
            delta, seq, NH, NKV, HD, scale);
   }
 
-  template <int kHD>
-  void tc_forward(float* out, __nv_bfloat16* out16, float* lse, const float* qkv, int B, int seq,
+  template <int kHD, typename In>
+  void tc_forward(float* out, __nv_bfloat16* out16, float* lse, const In* qkv, int B, int seq,
                   int NH, int NKV, int HD, float scale) {
     using T = tc::Shape<kHD>;
-    launch("attention_forward (tensor cores)", tc::forward_kernel<kHD>,
+    launch("attention_forward (tensor cores)", tc::forward_kernel<kHD, In>,
            dim3(tiles(seq, T::kRows), static_cast<unsigned>(B * NH)), T::kRows * 2, out, out16, lse,
            qkv, seq, NH, NKV, HD, scale);
   }
-  template <int kHD>
-  void tc_backward(float* dqkv, const float* dout, const float* qkv, const float* lse,
+  template <int kHD, typename In>
+  void tc_backward(float* dqkv, const float* dout, const In* qkv, const float* lse,
                    const float* delta, int B, int seq, int NH, int NKV, int HD, float scale) {
     using T = tc::Shape<kHD>;
-    launch("attention_backward (dq, tensor cores)", tc::dq_kernel<kHD>,
+    launch("attention_backward (dq, tensor cores)", tc::dq_kernel<kHD, In>,
            dim3(tiles(seq, T::kDqRows), static_cast<unsigned>(B * NH)), T::kDqRows * 2, dqkv, dout,
            qkv, lse, delta, seq, NH, NKV, HD, scale);
-    launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel<kHD>,
+    launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel<kHD, In>,
            dim3(tiles(seq, T::kKeyRows), static_cast<unsigned>(B * NKV)), T::kKeyRows * 2, dqkv,
            dout, qkv, lse, delta, seq, NH, NKV, HD, scale);
   }
@@ -2020,11 +2090,16 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   // The heuristic's answer is kept per problem (shapes, epilogue and the
   // operands' alignments, which it is told: tensors inside the flat
   // parameter buffer are not aligned as cudaMalloc's are).
+  // D is fp32, or bf16 with d_type CUDA_R_16BF (no Cin then: the epilogue
+  // computes in fp32 and rounds as it stores).
   bool lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A,
-                 int lda, Operand B, int ldb, const float* Cin, float* D, int ldd,
+                 int lda, Operand B, int ldb, const float* Cin, void* D, int ldd,
                  cublasLtEpilogue_t epilogue, const float* bias, float* aux, std::int64_t ldaux,
-                 const char* what) {
+                 const char* what, cudaDataType d_type = CUDA_R_32F) {
     if (m <= 0 || n <= 0 || k <= 0) return false;
+    if (d_type != CUDA_R_32F && Cin != nullptr) {
+      throw std::logic_error("lt_matmul: a C input needs an fp32 output");
+    }
     // The epilogue's vectors and buffers are read and written without being
     // described to the heuristic: only 16-byte aligned ones go to it.
     if ((bias != nullptr && alignment(bias) < 16) || (aux != nullptr && alignment(aux) < 16)) {
@@ -2056,6 +2131,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                       bias != nullptr,
                       aux != nullptr,
                       Cin != nullptr,
+                      d_type,
                       {}};
     problem.align = {alignment(a), alignment(b), alignment(c), alignment(D)};
     struct Objects {
@@ -2089,7 +2165,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     check_blas(cublasLtMatrixLayoutCreate(&o.b, type, tb == CUBLAS_OP_N ? k : n,
                                           tb == CUBLAS_OP_N ? n : k, ldb),
                what);
-    check_blas(cublasLtMatrixLayoutCreate(&o.d, CUDA_R_32F, m, n, ldd), what);
+    check_blas(cublasLtMatrixLayoutCreate(&o.d, d_type, m, n, ldd), what);
     auto known = lt_algos_.find(problem);
     if (known == lt_algos_.end()) {
       check_blas(cublasLtMatmulPreferenceCreate(&o.pref), what);
@@ -2203,9 +2279,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     std::int64_t ldaux;
     cublasLtEpilogue_t epilogue;
     bool bias, aux, c;
+    cudaDataType d_type;
     std::array<std::uint32_t, 4> align;  // of A, B, C and D, in bytes
     auto key() const {
-      return std::tie(ta, tb, m, n, k, lda, ldb, ldd, ldaux, epilogue, bias, aux, c, align);
+      return std::tie(ta, tb, m, n, k, lda, ldb, ldd, ldaux, epilogue, bias, aux, c, d_type, align);
     }
     bool operator<(const LtProblem& o) const { return key() < o.key(); }
   };

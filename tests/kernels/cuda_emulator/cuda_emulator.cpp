@@ -791,6 +791,8 @@ const char* cublasGetStatusString(cublasStatus_t status) {
       return "CUBLAS_STATUS_SUCCESS";
     case CUBLAS_STATUS_NOT_INITIALIZED:
       return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
     case CUBLAS_STATUS_INVALID_VALUE:
       return "CUBLAS_STATUS_INVALID_VALUE";
     case CUBLAS_STATUS_NOT_SUPPORTED:
@@ -949,8 +951,12 @@ bool lt_valid(const cublasLtMatmulDescOpaque_t& d, const cublasLtMatrixLayoutOpa
   const bool shapes = (d.ta == CUBLAS_OP_N ? a.rows : a.cols) == m &&
                       (d.tb == CUBLAS_OP_N ? b.rows : b.cols) == k &&
                       (d.tb == CUBLAS_OP_N ? b.cols : b.rows) == n && c.rows == m && c.cols == n &&
-                      a.type == b.type && c.type == CUDA_R_32F && out.type == CUDA_R_32F;
+                      a.type == b.type && c.type == out.type;
   const Epilogue& e = d.epilogue;
+  // A bf16 output with the plain and bias epilogues only (what Borealis asks for).
+  const bool output = out.type == CUDA_R_32F ||
+                      (out.type == CUDA_R_16BF &&
+                       (e.kind == CUBLASLT_EPILOGUE_DEFAULT || e.kind == CUBLASLT_EPILOGUE_BIAS));
   const bool bias = e.kind != CUBLASLT_EPILOGUE_BIAS && e.kind != CUBLASLT_EPILOGUE_GELU_AUX_BIAS
                         ? true
                         : e.bias != nullptr;
@@ -958,7 +964,7 @@ bool lt_valid(const cublasLtMatmulDescOpaque_t& d, const cublasLtMatrixLayoutOpa
       e.kind == CUBLASLT_EPILOGUE_DEFAULT || e.kind == CUBLASLT_EPILOGUE_BIAS
           ? true
           : e.aux != nullptr && e.ldaux >= static_cast<std::int64_t>(m) && e.ldaux % 8 == 0;
-  return shapes && bias && aux;
+  return shapes && output && bias && aux;
 }
 
 }  // namespace
@@ -1090,6 +1096,31 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     check_operand("cublasLtMatmul", "aux", e.aux, CUDA_R_32F, m, n, static_cast<int>(e.ldaux));
   ++g_lt_matmuls;
   const float b_value = *static_cast<const float*>(beta);
+  if (d->type == CUDA_R_16BF) {
+    // The product and epilogue in fp32, rounded to bf16 as they are stored.
+    if (b_value != 0.0f) return CUBLAS_STATUS_NOT_SUPPORTED;
+    check_operand("cublasLtMatmul", "D", D, CUDA_R_16BF, m, n, static_cast<int>(d->ld));
+    const std::int64_t ld = d->ld;
+    const std::size_t extent = static_cast<std::size_t>(ld * (n - 1) + m);
+    // The fp32 product in device memory of its own (where gemm checks its
+    // operands), then rounded into D.
+    float* product = nullptr;
+    if (cudaMalloc(&product, extent * sizeof(float)) != cudaSuccess) {
+      return CUBLAS_STATUS_ALLOC_FAILED;
+    }
+    const cublasStatus_t r =
+        gemm("cublasLtMatmul", true, desc->ta, desc->tb, m, n, k, *static_cast<const float*>(alpha),
+             A, a->type, static_cast<int>(a->ld), B, b->type, static_cast<int>(b->ld), 0.0f,
+             product, static_cast<int>(ld), e);
+    if (r == CUBLAS_STATUS_SUCCESS) {
+      auto* out = static_cast<__nv_bfloat16*>(D);
+      for (int j = 0; j < n; ++j) {
+        for (int i = 0; i < m; ++i) out[i + j * ld] = __float2bfloat16(product[i + j * ld]);
+      }
+    }
+    cudaFree(product);
+    return r;
+  }
   if (C != D && b_value != 0.0f) {
     // D = alpha AB + beta C: C first copied into D (checked as D's extent).
     check_operand("cublasLtMatmul", "C", C, CUDA_R_32F, m, n, static_cast<int>(c->ld));

@@ -2154,7 +2154,11 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     set(CUBLASLT_MATMUL_DESC_TRANSA, ta);
     set(CUBLASLT_MATMUL_DESC_TRANSB, tb);
     set(CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
-    if (bias != nullptr) set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+    if (bias != nullptr) {
+      set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+      // fp32 whatever D's type (cuBLASLt takes D's type by default).
+      set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, std::int32_t{CUDA_R_32F});
+    }
     if (aux != nullptr) {
       set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
       set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, ldaux);

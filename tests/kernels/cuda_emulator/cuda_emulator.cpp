@@ -837,8 +837,11 @@ void check_operand(const char* what, const char* name, const void* p, cudaDataTy
 // cuBLASLt's epilogues: GELU in its tanh form, as cuBLASLt computes it.
 struct Epilogue {
   cublasLtEpilogue_t kind = CUBLASLT_EPILOGUE_DEFAULT;
-  const float* bias = nullptr;  // m values (BIAS)
-  float* aux = nullptr;         // m x n, ld ldaux: GELU's input (GELU_AUX, DGELU)
+  const void* bias = nullptr;  // m values (BIAS), of bias_type
+  // As cuBLASLt's: CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, or (-1) D's type.
+  std::int32_t bias_data_type = -1;
+  cudaDataType bias_type = CUDA_R_32F;  // the one in force, set by cublasLtMatmul
+  float* aux = nullptr;                 // m x n, ld ldaux: GELU's input (GELU_AUX, DGELU)
   std::int64_t ldaux = 0;
 };
 
@@ -847,7 +850,10 @@ constexpr float kGeluCube = 0.044715f;
 
 float apply(const Epilogue& e, float x, int i, int j) {
   if (e.kind == CUBLASLT_EPILOGUE_DEFAULT) return x;
-  if (e.kind == CUBLASLT_EPILOGUE_BIAS || e.kind == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) x += e.bias[i];
+  if (e.kind == CUBLASLT_EPILOGUE_BIAS || e.kind == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
+    x += e.bias_type == CUDA_R_16BF ? __bfloat162float(static_cast<const __nv_bfloat16*>(e.bias)[i])
+                                    : static_cast<const float*>(e.bias)[i];
+  }
   float& aux = e.aux == nullptr ? x : e.aux[i + j * e.ldaux];
   const auto tanh_of = [](float v) { return std::tanh(kGeluScale * (v + kGeluCube * v * v * v)); };
   if (e.kind == CUBLASLT_EPILOGUE_GELU_AUX || e.kind == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
@@ -1014,6 +1020,8 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc,
       return take(desc->epilogue.aux);
     case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
       return take(desc->epilogue.ldaux);
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE:
+      return take(desc->epilogue.bias_data_type);
   }
   return CUBLAS_STATUS_INVALID_VALUE;
 }
@@ -1080,7 +1088,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   }
   const auto m = static_cast<int>(d->rows), n = static_cast<int>(d->cols);
   const auto k = static_cast<int>(desc->ta == CUBLAS_OP_N ? a->cols : a->rows);
-  const Epilogue& e = desc->epilogue;
+  Epilogue e = desc->epilogue;
+  e.bias_type = e.bias_data_type == -1 ? d->type : static_cast<cudaDataType>(e.bias_data_type);
   const void* operands[4] = {A, B, C, D};
   for (int i = 0; i < 4; ++i) {
     if (reinterpret_cast<std::uintptr_t>(operands[i]) % algo->data[i] != 0) {
@@ -1089,8 +1098,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                                " bytes the heuristic was told");
     }
   }
-  if (e.bias != nullptr && !borealis::cuda_emulator::is_device(e.bias, sizeof(float) * m)) {
-    throw std::runtime_error("emulated cuBLASLt: the bias is not m floats of device memory");
+  const std::size_t bias_bytes = e.bias_type == CUDA_R_16BF ? 2 : 4;
+  if (e.bias != nullptr && !borealis::cuda_emulator::is_device(e.bias, bias_bytes * m)) {
+    throw std::runtime_error("emulated cuBLASLt: the bias is not m values of device memory");
   }
   if (e.aux != nullptr)
     check_operand("cublasLtMatmul", "aux", e.aux, CUDA_R_32F, m, n, static_cast<int>(e.ldaux));

@@ -596,17 +596,24 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     h->swiglu_backward(dh.as<std::uint16_t>(), ggu.as<float>(), gd.as<float>(), N, C);
     EXPECT_EQ(bf16_of(dh), bits(to_host<float>(df))) << "swiglu_backward";
   }
-  {
-    // RoPE's backward into bf16: the rotated q and k heads and the v heads,
-    // rounded; dqkv itself left as it was.
+  for (const bool forward : {true, false}) {
+    // RoPE into bf16, forward (qkv for attention) and backward (dqkv for the
+    // qkv GEMMs): the rotated q and k heads and the v heads, rounded; the
+    // input itself left as it was.
     const int B = 2, seq = 24, NH = 4, NKV = 2, HD = 16, S = (NH + 2 * NKV) * HD;
-    const auto dqkv = rnd(B * seq * S, 105);
-    DeviceBuffer a = test::to_device(*gpu, dqkv), c = test::to_device(*gpu, dqkv),
+    SCOPED_TRACE(forward ? "rope_forward" : "rope_backward");
+    const auto x = rnd(B * seq * S, forward ? 106 : 105);
+    DeviceBuffer a = test::to_device(*gpu, x), c = test::to_device(*gpu, x),
                  out(*gpu, B * seq * S * 2);
-    gpu->rope_backward(a.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
-    h->rope_backward(out.as<std::uint16_t>(), c.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
-    EXPECT_EQ(bf16_of(out), bits(to_host<float>(a))) << "rope_backward";
-    expect_same_bits("dqkv kept", to_host<float>(c), dqkv);
+    if (forward) {
+      gpu->rope_forward(a.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+      h->rope_forward(out.as<std::uint16_t>(), c.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+    } else {
+      gpu->rope_backward(a.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+      h->rope_backward(out.as<std::uint16_t>(), c.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+    }
+    EXPECT_EQ(bf16_of(out), bits(to_host<float>(a)));
+    expect_same_bits("input kept", to_host<float>(c), x);
   }
   // Attention writes its output both ways: on tensor cores (head dimension
   // 64) and with the warp-per-row kernels (160).
@@ -622,18 +629,6 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     expect_same_bits("output", to_host<float>(c), to_host<float>(a));
     expect_same_bits("log-sum-exp", to_host<float>(lc), to_host<float>(la));
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(a)));
-  }
-  {
-    // RoPE's forward into bf16 (qkv for attention): the rotated q and k
-    // heads and the v heads, rounded; qkv itself left as it was.
-    const int B = 2, seq = 24, NH = 4, NKV = 2, HD = 16, S = (NH + 2 * NKV) * HD;
-    const auto qkv = rnd(B * seq * S, 106);
-    DeviceBuffer a = test::to_device(*gpu, qkv), c = test::to_device(*gpu, qkv),
-                 out(*gpu, B * seq * S * 2);
-    gpu->rope_forward(a.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
-    h->rope_forward(out.as<std::uint16_t>(), c.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
-    EXPECT_EQ(bf16_of(out), bits(to_host<float>(a))) << "rope_forward";
-    expect_same_bits("qkv kept", to_host<float>(c), qkv);
   }
   // Attention reading qkv in bf16 (the tensor-core kernels, head dimensions
   // 64 and 128): the same bits forward and backward as from the fp32 qkv

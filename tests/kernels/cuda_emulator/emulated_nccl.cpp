@@ -414,35 +414,37 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, std::size_t count, nccl
   });
 }
 
-ncclResult_t ncclSend(const void* send, std::size_t count, ncclDataType_t type, int peer,
-                      ncclComm_t comm, cudaStream_t stream) {
+namespace {
+
+// A send or a receive of `count` elements at `buffer`: start posts MPI's
+// (MPI_Isend or MPI_Irecv) into its request.
+template <typename Start>
+ncclResult_t point_to_point(const void* buffer, std::size_t count, ncclDataType_t type, int peer,
+                            ncclComm_t comm, cudaStream_t stream, Start&& start) {
   return operation(comm, stream, [&] {
     if (!valid(type) || peer < 0 || peer >= comm->size || peer == comm->rank ||
-        !is_device(send, count * type_bytes(type)) || !int_count(count)) {
+        !is_device(buffer, count * type_bytes(type)) || !int_count(count)) {
       return ncclInvalidArgument;
     }
     MPI_Request r = MPI_REQUEST_NULL;
-    if (MPI_Isend(send, static_cast<int>(count), mpi_type(type), peer, 0, comm->comm, &r) !=
-        MPI_SUCCESS) {
-      return ncclSystemError;
-    }
+    if (start(&r) != MPI_SUCCESS) return ncclSystemError;
     return pend(stream, r);
+  });
+}
+
+}  // namespace
+
+ncclResult_t ncclSend(const void* send, std::size_t count, ncclDataType_t type, int peer,
+                      ncclComm_t comm, cudaStream_t stream) {
+  return point_to_point(send, count, type, peer, comm, stream, [&](MPI_Request* r) {
+    return MPI_Isend(send, static_cast<int>(count), mpi_type(type), peer, 0, comm->comm, r);
   });
 }
 
 ncclResult_t ncclRecv(void* recv, std::size_t count, ncclDataType_t type, int peer, ncclComm_t comm,
                       cudaStream_t stream) {
-  return operation(comm, stream, [&] {
-    if (!valid(type) || peer < 0 || peer >= comm->size || peer == comm->rank ||
-        !is_device(recv, count * type_bytes(type)) || !int_count(count)) {
-      return ncclInvalidArgument;
-    }
-    MPI_Request r = MPI_REQUEST_NULL;
-    if (MPI_Irecv(recv, static_cast<int>(count), mpi_type(type), peer, 0, comm->comm, &r) !=
-        MPI_SUCCESS) {
-      return ncclSystemError;
-    }
-    return pend(stream, r);
+  return point_to_point(recv, count, type, peer, comm, stream, [&](MPI_Request* r) {
+    return MPI_Irecv(recv, static_cast<int>(count), mpi_type(type), peer, 0, comm->comm, r);
   });
 }
 

@@ -134,10 +134,17 @@ Precision parse_precision(const std::string& name);
 // same bits as rounding it later, in half the memory, and no rounding pass
 // in each matmul that reads it. So can the lm head's output gradient (the
 // logits' gradient), which has no bias gradient to sum; the attention
-// output, which attention's backward reads too, is written both ways. A backend that takes such
-// inputs returns this interface from Backend::bf16_inputs(), and training then calls these ops in
-// place of the Backend ops of the same names, which they equal but for that rounding of out (the
-// producers) or of inp (the matmuls). A bf16 value is its 16 bits (core/half.h).
+// output, which attention's backward reads too, is written both ways.
+// Beyond that rounding, the MLP's pre-activation (the up-projection's output,
+// the largest activation) is kept in bf16, and with it the MLP's gradient
+// at that point, as mixed-precision trainers keep them: the activation and
+// its gradient are computed in fp32 from the rounded pre-activation, and
+// GPT-2's up-projection bias gradient sums the rounded gradient. A backend
+// that takes such inputs returns this interface from
+// Backend::bf16_inputs(), and training then calls these ops in place of the
+// Backend ops of the same names, which they equal but for that rounding of
+// out (the producers) or of inp (the matmuls). A bf16 value is its 16 bits
+// (core/half.h).
 template <typename T>
 class Bf16Inputs {
  public:
@@ -147,8 +154,10 @@ class Bf16Inputs {
                                  const T* b, int N, int C, float eps) = 0;
   virtual void rmsnorm_forward(std::uint16_t* out, T* rstd, const T* inp, const T* w, int N, int C,
                                float eps) = 0;
-  virtual void gelu_forward(std::uint16_t* out, const T* inp, std::int64_t count) = 0;
-  virtual void swiglu_forward(std::uint16_t* out, const T* inp, int N, int F) = 0;
+  // The MLP's activation, from its pre-activation in bf16 (the up-projection's
+  // output, below).
+  virtual void gelu_forward(std::uint16_t* out, const std::uint16_t* inp, std::int64_t count) = 0;
+  virtual void swiglu_forward(std::uint16_t* out, const std::uint16_t* inp, int N, int F) = 0;
   // attention_forward writing its output in bf16 to out_bf16 as well (the
   // output projection's input; attention's backward reads out in fp32).
   virtual void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const T* qkv, int B,
@@ -160,24 +169,30 @@ class Bf16Inputs {
                                        const T* w, const T* bias, int N, int C, int OC) = 0;
   virtual void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const std::uint16_t* inp,
                                const T* w, int N, int C, int OC) = 0;
-  virtual void matmul_backward_gelu(T* dpre, T* dw, T* dbias, const T* dout,
-                                    const std::uint16_t* inp, const T* w, const T* pre, int N,
-                                    int C, int OC) = 0;
+  // GPT-2's MLP down-projection: pre and dpre in bf16 (dpre is the
+  // up-projection's output gradient, which its GEMMs read in bf16 and its
+  // bias gradient sums in fp32).
+  virtual void matmul_backward_gelu(std::uint16_t* dpre, T* dw, T* dbias, const T* dout,
+                                    const std::uint16_t* inp, const T* w, const std::uint16_t* pre,
+                                    int N, int C, int OC) = 0;
   // The lm head's backward, whose output gradient is a matmul input too:
   // crossentropy_forward_backward writing the logits' gradient (when dloss
   // != 0) in bf16 to dlogits [N, Vp] and leaving the logits as they are,
-  // and matmul_backward with dout in bf16 as well (no bias gradient: that
-  // sums dout in fp32).
+  // and matmul_backward with dout in bf16 as well (the MLP's up-projection
+  // takes it too; dbias, when not null, += column sums of dout's bf16
+  // values, in fp32).
   virtual void crossentropy_forward_backward(std::uint16_t* dlogits, const T* logits, T* losses,
                                              const std::int32_t* targets, int N, int V, int Vp,
                                              T dloss) = 0;
-  virtual void matmul_backward(T* dinp, T* dw, const std::uint16_t* dout, const std::uint16_t* inp,
-                               const T* w, int N, int C, int OC) = 0;
-  // Output gradients that are matmul inputs only where there is no bias
-  // (Llama): swiglu_backward with dinp in bf16, and rope_backward writing
-  // its rotation of dqkv in bf16 to out (whole rows, the v heads rounded as
-  // they are) and leaving dqkv as it is.
-  virtual void swiglu_backward(std::uint16_t* dinp, const T* inp, const T* dout, int N, int F) = 0;
+  virtual void matmul_backward(T* dinp, T* dw, T* dbias, const std::uint16_t* dout,
+                               const std::uint16_t* inp, const T* w, int N, int C, int OC) = 0;
+  // Llama's MLP gradient in bf16 from its pre-activation in bf16:
+  // swiglu_backward with inp and dinp in bf16. And where there is no bias
+  // (Llama), rope_backward writing its rotation of dqkv in bf16 to out
+  // (whole rows, the v heads rounded as they are) and leaving dqkv as it
+  // is.
+  virtual void swiglu_backward(std::uint16_t* dinp, const std::uint16_t* inp, const T* dout, int N,
+                               int F) = 0;
   virtual void rope_backward(std::uint16_t* out, const T* dqkv, int B, int seq, int NH, int NKV,
                              int HD, float theta) = 0;
   // qkv in bf16, where attention_reads_bf16_qkv says the shape allows it

@@ -150,17 +150,19 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
     });
     add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
   }
-  void matmul_backward_gelu(T* dpre, T* dw, T* dbias, const T* dout, const std::uint16_t* inp,
-                            const T* w, const T* pre, int N, int C, int OC) override {
+  void matmul_backward_gelu(std::uint16_t* dpre, T* dw, T* dbias, const T* dout,
+                            const std::uint16_t* inp, const T* w, const std::uint16_t* pre, int N,
+                            int C, int OC) override {
     const double t = time("matmul", [&] {
       inner_.bf16_inputs()->matmul_backward_gelu(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
     });
     add_shape("backward", N, C, OC, 4.0 * N * OC * C, t);
   }
-  void matmul_backward(T* dinp, T* dw, const std::uint16_t* dout, const std::uint16_t* inp,
-                       const T* w, int N, int C, int OC) override {
-    const double t = time(
-        "matmul", [&] { inner_.bf16_inputs()->matmul_backward(dinp, dw, dout, inp, w, N, C, OC); });
+  void matmul_backward(T* dinp, T* dw, T* dbias, const std::uint16_t* dout,
+                       const std::uint16_t* inp, const T* w, int N, int C, int OC) override {
+    const double t = time("matmul", [&] {
+      inner_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+    });
     add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
   }
   void crossentropy_forward_backward(std::uint16_t* dlogits, const T* logits, T* losses,
@@ -186,7 +188,9 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
   }
   void matmul_forward(std::uint16_t* out, const std::uint16_t* inp, const T* w, const T* bias,
                       int N, int C, int OC) override {
-    time("matmul", [&] { inner_.bf16_inputs()->matmul_forward(out, inp, w, bias, N, C, OC); });
+    const double t =
+        time("matmul", [&] { inner_.bf16_inputs()->matmul_forward(out, inp, w, bias, N, C, OC); });
+    add_shape("forward", N, OC, C, 2.0 * N * OC * C, t);
   }
   void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const std::uint16_t* qkv, int B,
                          int seq, int NH, int NKV, int HD) override {
@@ -200,7 +204,8 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
       inner_.bf16_inputs()->attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
     });
   }
-  void swiglu_backward(std::uint16_t* dinp, const T* inp, const T* dout, int N, int F) override {
+  void swiglu_backward(std::uint16_t* dinp, const std::uint16_t* inp, const T* dout, int N,
+                       int F) override {
     time("activation", [&] { inner_.bf16_inputs()->swiglu_backward(dinp, inp, dout, N, F); });
   }
   void rope_backward(std::uint16_t* out, const T* dqkv, int B, int seq, int NH, int NKV, int HD,
@@ -217,10 +222,10 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
                        float eps) override {
     time("norm", [&] { inner_.bf16_inputs()->rmsnorm_forward(out, rstd, inp, w, N, C, eps); });
   }
-  void gelu_forward(std::uint16_t* out, const T* inp, std::int64_t count) override {
+  void gelu_forward(std::uint16_t* out, const std::uint16_t* inp, std::int64_t count) override {
     time("activation", [&] { inner_.bf16_inputs()->gelu_forward(out, inp, count); });
   }
-  void swiglu_forward(std::uint16_t* out, const T* inp, int N, int F) override {
+  void swiglu_forward(std::uint16_t* out, const std::uint16_t* inp, int N, int F) override {
     time("activation", [&] { inner_.bf16_inputs()->swiglu_forward(out, inp, N, F); });
   }
   void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N,

@@ -109,6 +109,10 @@ Bf16Inputs<T>* Block<T>::bf16_inputs(const BlockBuffers<T>& buf, int N,
         "Block: bf16 matmul inputs need a backend that takes them, one row group and no tensor "
         "parallelism");
   }
+  if (buf.ln2_bf16 == nullptr || buf.fch_bf16 == nullptr || buf.mlp_bf16 == nullptr ||
+      buf.atty_bf16 == nullptr) {
+    throw std::invalid_argument("Block: bf16 matmul inputs need all of the block's bf16 buffers");
+  }
   return h;
 }
 
@@ -127,13 +131,14 @@ void Block<T>::norm_forward_to(T* out, std::uint16_t* out_bf16, T* mean, T* rstd
 }
 
 template <typename T>
-void Block<T>::mlp_activation_to(T* out, std::uint16_t* out_bf16, const T* fch, int N) const {
-  if (out_bf16 == nullptr) {
-    mlp_activation(out, fch, N);
+void Block<T>::mlp_activation_to(T* out, const BlockBuffers<T>& buf, int N) const {
+  if (buf.mlp_bf16 == nullptr) {
+    mlp_activation(out, buf.fch, N);
   } else if (dims_.gpt2) {
-    backend_.bf16_inputs()->gelu_forward(out_bf16, fch, static_cast<std::int64_t>(N) * dims_.F);
+    backend_.bf16_inputs()->gelu_forward(buf.mlp_bf16, buf.fch_bf16,
+                                         static_cast<std::int64_t>(N) * dims_.F);
   } else {
-    backend_.bf16_inputs()->swiglu_forward(out_bf16, fch, N, dims_.F);
+    backend_.bf16_inputs()->swiglu_forward(buf.mlp_bf16, buf.fch_bf16, N, dims_.F);
   }
 }
 
@@ -210,10 +215,10 @@ void Block<T>::forward(int layer, const T* params, const T* x, const BlockBuffer
                   w.ln2_b, N);
   if (h != nullptr) {
     // The MLP from and to bf16: its GEMMs' inputs, written so by the norm and
-    // the activation.
-    matmul_forward(buf.fch, {nullptr, buf.ln2_bf16}, at(params, w.fc_w), at(params, w.fc_b), N, d.C,
-                   d.FW, false);
-    mlp_activation_to(nullptr, buf.mlp_bf16, buf.fch, N);
+    // the activation, and its pre-activation.
+    h->matmul_forward(buf.fch_bf16, buf.ln2_bf16, at(params, w.fc_w), at(params, w.fc_b), N, d.C,
+                      d.FW);
+    mlp_activation_to(nullptr, buf, N);
     h->matmul_residual_forward(buf.res3, buf.res2, buf.mlp_bf16, at(params, w.fcproj_w),
                                at(params, w.fcproj_b), N, d.F, d.C);
     return;
@@ -244,15 +249,17 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   Bf16Inputs<T>* h = bf16_inputs(buf, N, std::span(&all, 1));
   const Input mlp{buf.mlp, buf.mlp_bf16}, ln1{buf.ln1, buf.ln1_bf16}, ln2{buf.ln2, buf.ln2_bf16},
       atty{buf.atty, buf.atty_bf16};
-  if ((g.dfch_bf16 != nullptr || g.dqkv_bf16 != nullptr) && (h == nullptr || config_.has_bias())) {
+  if ((h != nullptr) != (g.dfch_bf16 != nullptr) ||
+      (g.dqkv_bf16 != nullptr && (h == nullptr || config_.has_bias()))) {
     throw std::invalid_argument(
-        "Block: output gradients in bf16 need bf16 matmul inputs and a model without biases");
+        "Block: dfch in bf16 goes with bf16 matmul inputs, and dqkv in bf16 with them and a model "
+        "without biases");
   }
   // MLP: recompute its activation instead of keeping one per layer.
-  mlp_activation_to(buf.mlp, buf.mlp_bf16, buf.fch, N);
+  mlp_activation_to(buf.mlp, buf, N);
   if (d.gpt2 && h != nullptr) {
-    h->matmul_backward_gelu(g.dfch, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres,
-                            buf.mlp_bf16, at(params, w.fcproj_w), buf.fch, N, d.F, d.C);
+    h->matmul_backward_gelu(g.dfch_bf16, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres,
+                            buf.mlp_bf16, at(params, w.fcproj_w), buf.fch_bf16, N, d.F, d.C);
   } else if (d.gpt2) {
     // The GELU's gradient in the GEMM's epilogue where the backend has one.
     backend_.matmul_backward_gelu(g.dfch, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres,
@@ -260,15 +267,15 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   } else {
     matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres, mlp,
                     at(params, w.fcproj_w), N, d.F, d.C);
-    if (g.dfch_bf16 != nullptr) {
-      h->swiglu_backward(g.dfch_bf16, buf.fch, g.dmlp, N, d.F);
+    if (h != nullptr) {
+      h->swiglu_backward(g.dfch_bf16, buf.fch_bf16, g.dmlp, N, d.F);
     } else {
       backend_.swiglu_backward(g.dfch, buf.fch, g.dmlp, N, d.F);
     }
   }
-  if (g.dfch_bf16 != nullptr) {
-    h->matmul_backward(g.dln, at(grads, w.fc_w), g.dfch_bf16, ln2.bf16, at(params, w.fc_w), N, d.C,
-                       d.FW);
+  if (h != nullptr) {
+    h->matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch_bf16, ln2.bf16,
+                       at(params, w.fc_w), N, d.C, d.FW);
   } else {
     matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, ln2, at(params, w.fc_w), N,
                     d.C, d.FW);
@@ -286,8 +293,8 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   }
   if (g.dqkv_bf16 != nullptr) {
     h->rope_backward(g.dqkv_bf16, g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
-    h->matmul_backward(g.dln, at(grads, w.qkv_w), g.dqkv_bf16, ln1.bf16, at(params, w.qkv_w), N,
-                       d.C, d.S);
+    h->matmul_backward(g.dln, at(grads, w.qkv_w), nullptr, g.dqkv_bf16, ln1.bf16,
+                       at(params, w.qkv_w), N, d.C, d.S);
   } else {
     if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
     matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, ln1, at(params, w.qkv_w),

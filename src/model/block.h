@@ -99,11 +99,12 @@ struct BlockBuffers {
   T* partial = nullptr;
   // bf16 matmul inputs (Bf16Inputs, backend.h), when the backend takes them
   // (training on one row group, no tensor parallelism): the norms' outputs
-  // and the MLP activation in bf16, N rows each, in place of ln1, ln2 and
-  // mlp, which are then unused; and the attention output in bf16 besides
-  // atty (written by the Attend step).
+  // and the MLP's pre-activation and activation in bf16, N rows each, in
+  // place of ln1, ln2, fch and mlp, which are then unused; and the
+  // attention output in bf16 besides atty (written by the Attend step).
   std::uint16_t* ln1_bf16 = nullptr;
   std::uint16_t* ln2_bf16 = nullptr;
+  std::uint16_t* fch_bf16 = nullptr;
   std::uint16_t* mlp_bf16 = nullptr;
   std::uint16_t* atty_bf16 = nullptr;
   // And qkv in bf16, where attention reads it so (Bf16Inputs::
@@ -188,9 +189,9 @@ class Block {
     T* dqkv;
     T* dmlp;
     T* dfch;
-    // With bf16 matmul inputs and no biases (Llama): dfch and dqkv as the
-    // GEMMs read them, in bf16 (dfch is then unused; dqkv holds attention's
-    // gradient before RoPE's).
+    // With bf16 matmul inputs: dfch in bf16 (dfch is then unused), and
+    // without biases (Llama) dqkv as the GEMMs read it, in bf16 (dqkv then
+    // holds attention's gradient before RoPE's).
     std::uint16_t* dfch_bf16 = nullptr;
     std::uint16_t* dqkv_bf16 = nullptr;
     // Sequence parallel only: dres and the norms' input gradients hold this
@@ -216,7 +217,9 @@ class Block {
   // checked against the backend and the row groups.
   Bf16Inputs<T>* bf16_inputs(const BlockBuffers<T>& buf, int N,
                              std::span<const RowGroup> groups) const;
-  void mlp_activation_to(T* out, std::uint16_t* out_bf16, const T* fch, int N) const;
+  // The MLP activation into out from fch, or (with bf16 matmul inputs) into
+  // the buffers' mlp_bf16 from their fch_bf16.
+  void mlp_activation_to(T* out, const BlockBuffers<T>& buf, int N) const;
   // norm_backward with the weight and its gradients as pointers (db null
   // for RMSNorm).
   void norm_backward_into(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,

@@ -103,8 +103,8 @@ void Model<T>::reserve(int B, int seq, int slots) {
   };
   auto take = [&](std::int64_t elems) { return bump(top, elems, 16); };
   auto take16 = [&](std::int64_t elems) { return bump(top16, elems, 32); };
-  // With bf16 matmul inputs the norms' outputs and the MLP activation are
-  // kept in bf16 only: their fp32 offsets are -1.
+  // With bf16 matmul inputs the norms' outputs, the MLP's pre-activation and
+  // its activation are kept in bf16 only: their fp32 offsets are -1.
   const bool bf16 = backend_.bf16_inputs() != nullptr && group_ == nullptr;
   // A matmul input: an fp32 buffer, or (offset -1) a bf16 one.
   auto take_input = [&](std::int64_t elems, std::int64_t& offset16) {
@@ -134,7 +134,7 @@ void Model<T>::reserve(int B, int seq, int slots) {
     a.ln2 = take_input(n * C, a.ln2_bf16);
     a.ln2_mean = take(n);
     a.ln2_rstd = take(n);
-    a.fch = take(N * FW);
+    a.fch = take_input(N * FW, a.fch_bf16);
     a.res3 = take(n * C);
     layer_acts_.push_back(a);
   }
@@ -185,12 +185,11 @@ void Model<T>::reserve(int B, int seq, int slots) {
   datty_ = take(N * d.A);
   dqkv_ = take(N * S);
   dmlp_act_ = take(N * F);
-  // Without biases the GEMMs are the only readers of dfch and of dqkv after
-  // RoPE: with bf16 matmul inputs they take them in bf16 (dfch only so).
-  const bool bf16_grads = bf16 && !config_.has_bias();
-  dqkv_bf16_ = bf16_grads ? take16(N * S) : -1;
-  dfch_bf16_ = bf16_grads ? take16(N * FW) : -1;
-  dfch_ = bf16_grads ? -1 : take(N * FW);
+  // With bf16 matmul inputs the MLP's gradient at its pre-activation is kept
+  // in bf16 (dfch only so). Without biases the GEMMs are the only readers
+  // of dqkv after RoPE: they take it in bf16 then.
+  dqkv_bf16_ = bf16 && !config_.has_bias() ? take16(N * S) : -1;
+  dfch_ = take_input(N * FW, dfch_bf16_);
   // The old buffers go first (nothing in them is needed), and should the
   // new ones not fit, nothing is reserved: the next reserve plans again.
   arena_ = {};
@@ -299,6 +298,7 @@ BlockBuffers<T> Model<T>::buffers(int l) {
   b.mlp_bf16 = tmp16(mlp_bf16_);
   b.atty_bf16 = act16(a.atty_bf16);
   b.qkv_bf16 = act16(a.qkv_bf16);
+  b.fch_bf16 = act16(a.fch_bf16);
   if (b.qkv_bf16 != nullptr) b.qkv = tmp(qkv_f32_);
   return b;
 }
@@ -424,7 +424,7 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
       h->crossentropy_forward_backward(dlogits, tmp(logits_), act(losses_) + r0, targets + r0, rows,
                                        config_.vocab_size, Vp, dloss);
       h->matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
-                         dlogits, x.bf16, p(layout_.lm_head()), rows, C, Vp);
+                         nullptr, dlogits, x.bf16, p(layout_.lm_head()), rows, C, Vp);
       continue;
     }
     chunk_crossentropy(tmp(logits_), act(losses_) + r0, targets + r0, rows, dloss);

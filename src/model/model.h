@@ -137,6 +137,7 @@ class Model {
     std::int64_t ln1_bf16, ln2_bf16, atty_bf16;  // in arena16_; -1 without bf16 matmul inputs
     // qkv in bf16 (arena16_) where attention reads it so; qkv is then -1.
     std::int64_t qkv_bf16;
+    std::int64_t fch_bf16;  // with bf16 matmul inputs (fch is then -1)
   };
   // The current slot's activations, and scratch shared by all slots (the
   // set after the slots'), in arena_ and arena16_; null for offset -1: a
@@ -190,10 +191,10 @@ class Model {
   int cap_B_ = 0, cap_T_ = 0, slots_ = 1, slot_ = 0;
   std::int64_t slot_elems_ = 0;
   // The bf16 matmul inputs where the backend takes them (Bf16Inputs): the
-  // norms' outputs, the MLP activation, the attention output's bf16 form,
-  // qkv where attention reads it in bf16, and the logits' (and, without
-  // biases, dfch's and dqkv's) gradients, in a second arena of the same
-  // plan (slot16_elems_ per set, then scratch).
+  // norms' outputs, the MLP's pre-activation and activation, the attention
+  // output's bf16 form, qkv where attention reads it in bf16, and the
+  // logits', dfch's (and, without biases, dqkv's) gradients, in a second
+  // arena of the same plan (slot16_elems_ per set, then scratch).
   BackendArray<std::uint16_t> arena16_;
   std::int64_t slot16_elems_ = 0, lnf_bf16_ = -1, mlp_bf16_ = -1, dlogits_bf16_ = -1,
                dqkv_bf16_ = -1, dfch_bf16_ = -1;

@@ -554,7 +554,9 @@ TEST_P(CudaBf16Ops, MatmulRoundsOperandsToBf16) {
 // bits of its fp32 output rounded, and each matmul given its input in bf16
 // gives the bits it gives for the fp32 input it rounds to that: shapes that
 // run on cuBLASLt (C % 8 == 0 for the GELU gradient's aux) and ones that
-// do not; accumulating and in place where the op allows it.
+// do not; accumulating and in place where the op allows it. The ops on the
+// MLP's pre-activation in bf16 (the activations, their gradients) give the
+// bits of their fp32 forms on the rounded pre-activation, rounded.
 TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
   Bf16Inputs<float>* h = gpu->bf16_inputs();
   ASSERT_NE(h, nullptr);
@@ -563,12 +565,35 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     for (float x : v) r.push_back(float_to_bf16(x));
     return r;
   };
+  // v's values rounded to bf16, in fp32.
+  const auto rounded = [&](const std::vector<float>& v) {
+    std::vector<float> r;
+    for (const std::uint16_t b : bits(v)) r.push_back(bf16_to_float(b));
+    return r;
+  };
   const auto bf16_of = [](const DeviceBuffer& b) { return to_host<std::uint16_t>(b); };
+  // A GEMM's bf16 output against its fp32 output rounded: the same bits on
+  // the emulator; on a GPU, where cuBLASLt may pick another algorithm for a
+  // bf16 output, within one bf16 rounding.
+  const auto expect_gemm_bf16 = [&](const char* what, const DeviceBuffer& got16,
+                                    const std::vector<float>& want) {
+    if (GetParam() == "cuda") {
+      std::vector<float> got;
+      for (const std::uint16_t v : bf16_of(got16)) got.push_back(bf16_to_float(v));
+      EXPECT_LE(test::relative_norm(got.data(), want.data(), static_cast<std::int64_t>(got.size())),
+                8e-3)
+          << what;
+    } else {
+      EXPECT_EQ(bf16_of(got16), bits(want)) << what;
+    }
+  };
   {
     const int N = 37, C = 72;
     const auto x = rnd(N * C, 91), w = rnd(C, 92), b = rnd(C, 93), gu = rnd(N * 2 * C, 94);
     DeviceBuffer gx = test::to_device(*gpu, x), gw = test::to_device(*gpu, w),
-                 gb = test::to_device(*gpu, b), ggu = test::to_device(*gpu, gu);
+                 gb = test::to_device(*gpu, b), ggu = test::to_device(*gpu, rounded(gu)),
+                 gxr = test::to_device(*gpu, rounded(x)), gxh = test::to_device(*gpu, bits(x)),
+                 gguh = test::to_device(*gpu, bits(gu));
     DeviceBuffer f(*gpu, N * C * 4), hb(*gpu, N * C * 2), m1(*gpu, N * 4), r1(*gpu, N * 4),
         m2(*gpu, N * 4), r2(*gpu, N * 4);
     gpu->layernorm_forward(f.as<float>(), m1.as<float>(), r1.as<float>(), gx.as<float>(),
@@ -584,16 +609,16 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
                        1e-6f);
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "rmsnorm";
     expect_same_bits("rmsnorm rstd", to_host<float>(r2), to_host<float>(r1));
-    gpu->gelu_forward(f.as<float>(), gx.as<float>(), N * C);
-    h->gelu_forward(hb.as<std::uint16_t>(), gx.as<float>(), N * C);
+    gpu->gelu_forward(f.as<float>(), gxr.as<float>(), N * C);
+    h->gelu_forward(hb.as<std::uint16_t>(), gxh.as<std::uint16_t>(), N * C);
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "gelu";
     gpu->swiglu_forward(f.as<float>(), ggu.as<float>(), N, C);
-    h->swiglu_forward(hb.as<std::uint16_t>(), ggu.as<float>(), N, C);
+    h->swiglu_forward(hb.as<std::uint16_t>(), gguh.as<std::uint16_t>(), N, C);
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "swiglu";
     const auto dout = rnd(N * C, 104);
     DeviceBuffer gd = test::to_device(*gpu, dout), df(*gpu, N * 2 * C * 4), dh(*gpu, N * 2 * C * 2);
     gpu->swiglu_backward(df.as<float>(), ggu.as<float>(), gd.as<float>(), N, C);
-    h->swiglu_backward(dh.as<std::uint16_t>(), ggu.as<float>(), gd.as<float>(), N, C);
+    h->swiglu_backward(dh.as<std::uint16_t>(), gguh.as<std::uint16_t>(), gd.as<float>(), N, C);
     EXPECT_EQ(bf16_of(dh), bits(to_host<float>(df))) << "swiglu_backward";
   }
   for (const bool forward : {true, false}) {
@@ -671,7 +696,8 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
                pre = rnd(N * C, 99), dw0 = rnd(OC * C, 100), db0 = rnd(OC, 101);
     DeviceBuffer gx = test::to_device(*gpu, x), gxh = test::to_device(*gpu, bits(x)),
                  gw = test::to_device(*gpu, w), gb = test::to_device(*gpu, b),
-                 gr = test::to_device(*gpu, r), gpre = test::to_device(*gpu, pre);
+                 gr = test::to_device(*gpu, r), gprer = test::to_device(*gpu, rounded(pre)),
+                 gpreh = test::to_device(*gpu, bits(pre));
     const std::uint16_t* xh = gxh.as<std::uint16_t>();
     // Forward: with and without a bias, accumulating into r; the residual
     // form apart and in place.
@@ -692,17 +718,7 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
       DeviceBuffer a(*gpu, N * OC * 4), c(*gpu, N * OC * 2);
       gpu->matmul_forward(a.as<float>(), gx.as<float>(), gw.as<float>(), bias, N, C, OC, false);
       h->matmul_forward(c.as<std::uint16_t>(), xh, gw.as<float>(), bias, N, C, OC);
-      const std::vector<float> want = to_host<float>(a);
-      if (GetParam() == "cuda") {
-        std::vector<float> got;
-        for (const std::uint16_t v : bf16_of(c)) got.push_back(bf16_to_float(v));
-        EXPECT_LE(
-            test::relative_norm(got.data(), want.data(), static_cast<std::int64_t>(got.size())),
-            8e-3)
-            << "matmul_forward into bf16";
-      } else {
-        EXPECT_EQ(bf16_of(c), bits(want)) << "matmul_forward into bf16";
-      }
+      expect_gemm_bf16("matmul_forward into bf16", c, to_host<float>(a));
     }
     for (const bool in_place : {false, true}) {
       DeviceBuffer a = test::to_device(*gpu, r), c = test::to_device(*gpu, r);
@@ -717,17 +733,24 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
                        to_host<float>(in_place ? a : ao));
     }
     // Backward: the gradients accumulate onto dw0 and db0; the weight
-    // gradient is the same with GELU's gradient in the input's GEMM.
+    // gradient is the same with GELU's gradient in the input's GEMM, which
+    // reads the pre-activation in bf16 and writes the input gradient so.
     std::vector<float> dw_plain;
     for (const bool gelu : {false, true}) {
-      DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4);
+      DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4), dch(*gpu, N * C * 2);
       DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
       DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
       if (gelu) {
         gpu->matmul_backward_gelu(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
-                                  gx.as<float>(), gw.as<float>(), gpre.as<float>(), N, C, OC);
-        h->matmul_backward_gelu(dc.as<float>(), dwc.as<float>(), dbc.as<float>(), gr.as<float>(),
-                                xh, gw.as<float>(), gpre.as<float>(), N, C, OC);
+                                  gx.as<float>(), gw.as<float>(), gprer.as<float>(), N, C, OC);
+        const std::uint64_t lt_before = cuda_emulator::lt_matmuls();
+        h->matmul_backward_gelu(dch.as<std::uint16_t>(), dwc.as<float>(), dbc.as<float>(),
+                                gr.as<float>(), xh, gw.as<float>(), gpreh.as<std::uint16_t>(), N, C,
+                                OC);
+        // The DGELU epilogue with a bf16 output and aux where C % 8 == 0.
+        if (GetParam() == "emulated") {
+          EXPECT_EQ(cuda_emulator::lt_matmuls() - lt_before, C % 8 == 0 ? 1u : 0u);
+        }
       } else {
         gpu->matmul_backward(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
                              gx.as<float>(), gw.as<float>(), N, C, OC);
@@ -736,7 +759,11 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
       }
       const char* what = gelu ? "matmul_backward_gelu" : "matmul_backward";
       SCOPED_TRACE(what);
-      expect_same_bits("input gradient", to_host<float>(dc), to_host<float>(da));
+      if (gelu) {
+        expect_gemm_bf16("input gradient", dch, to_host<float>(da));
+      } else {
+        expect_same_bits("input gradient", to_host<float>(dc), to_host<float>(da));
+      }
       expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
       expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
       if (gelu) {
@@ -745,16 +772,22 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
         dw_plain = to_host<float>(dwa);
       }
     }
-    // The lm head's: the output gradient in bf16 too, no bias.
-    DeviceBuffer grh = test::to_device(*gpu, bits(r));
-    DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4);
-    DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
-    gpu->matmul_backward(da.as<float>(), dwa.as<float>(), nullptr, gr.as<float>(), gx.as<float>(),
-                         gw.as<float>(), N, C, OC);
-    h->matmul_backward(dc.as<float>(), dwc.as<float>(), grh.as<std::uint16_t>(), xh, gw.as<float>(),
-                       N, C, OC);
-    expect_same_bits("lm head input gradient", to_host<float>(dc), to_host<float>(da));
-    expect_same_bits("lm head weight gradient", to_host<float>(dwc), to_host<float>(dwa));
+    // The output gradient in bf16 too: the lm head's (no bias) and the MLP
+    // up-projection's (its bias gradient sums the rounded values in fp32).
+    DeviceBuffer grh = test::to_device(*gpu, bits(r)), grr = test::to_device(*gpu, rounded(r));
+    for (const bool bias : {false, true}) {
+      SCOPED_TRACE(bias ? "output gradient in bf16, with a bias" : "output gradient in bf16");
+      DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4);
+      DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
+      DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
+      gpu->matmul_backward(da.as<float>(), dwa.as<float>(), bias ? dba.as<float>() : nullptr,
+                           grr.as<float>(), gx.as<float>(), gw.as<float>(), N, C, OC);
+      h->matmul_backward(dc.as<float>(), dwc.as<float>(), bias ? dbc.as<float>() : nullptr,
+                         grh.as<std::uint16_t>(), xh, gw.as<float>(), N, C, OC);
+      expect_same_bits("input gradient", to_host<float>(dc), to_host<float>(da));
+      expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
+      expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
+    }
   }
   // The loss with its gradient in bf16: the losses' bits, the gradient
   // rounded, the logits left as they were.

@@ -137,17 +137,20 @@ TEST_P(CudaModel, RepeatsBitForBit) {
   EXPECT_EQ(runs[0], runs[1]);
 }
 
-// Mixed precision (bf16 matmul operands, attention on tensor cores, fp32
-// everything else) against the CPU's fp32: the loss within 1e-3 relative
-// (measured on the emulator: up to 2.4e-5; the issue asks 1e-2), each
-// tensor's gradient within 5e-2 relative in norm (measured: up to 1.6e-2),
-// and the parameters after three AdamW steps within 5e-3 (measured: 1.4e-3);
-// a second bf16 run gives the same bits.
+// Mixed precision (bf16 matmul operands, the activations backend.h's
+// Bf16Inputs keeps in bf16, attention on tensor cores; fp32 master weights,
+// optimizer state and loss) against the CPU's fp32: the loss within 1e-3
+// relative (measured on the emulator: up to 1.7e-5; the issue asks 1e-2),
+// each tensor's gradient within 5e-2 relative in norm (measured: up to
+// 1.6e-2), and the parameters after three AdamW steps within 5e-3
+// (measured: 1.3e-3); a second bf16 run gives the same bits. The test
+// prints its figures.
 TEST_P(CudaModel, Bf16MatmulsTrackFp32) {
   ModelConfig c = preset();
   const int B = 2, seq = 32, N = B * seq;
   c.max_seq = std::max(c.max_seq, seq);
   std::vector<std::vector<float>> runs;
+  double worst_loss = 0, worst_grad = 0;
   for (int run = 0; run < 2; ++run) {
     const auto bf16 = make_gpu(Precision::kBf16);
     Model<float> on_cpu(c, *cpu), on_gpu(c, *bf16);
@@ -163,18 +166,27 @@ TEST_P(CudaModel, Bf16MatmulsTrackFp32) {
       const float lc = on_cpu.forward(t.tokens.data(), t.targets.data(), B, seq, true);
       const float lg = on_gpu.forward(t.tokens.data(), t.targets.data(), B, seq, true);
       EXPECT_NEAR(lg, lc, 1e-3 * std::abs(lc)) << "step " << step;
+      worst_loss = std::max(worst_loss, std::abs(static_cast<double>(lg) - lc) / std::abs(lc));
       on_cpu.backward();
       on_gpu.backward();
       const std::vector<float> g = download(*bf16, on_gpu.grads(), P);
       for (const ParamView& v : on_cpu.layout().views()) {
-        EXPECT_LE(relative_norm(g.data() + v.offset, on_cpu.grads() + v.offset, v.size), 5e-2)
-            << v.name << ", step " << step;
+        const double e = relative_norm(g.data() + v.offset, on_cpu.grads() + v.offset, v.size);
+        worst_grad = std::max(worst_grad, e);
+        EXPECT_LE(e, 5e-2) << v.name << ", step " << step;
       }
       opt_cpu.step(on_cpu.params(), on_cpu.grads(), 1e-3f);
       opt_gpu.step(on_gpu.params(), on_gpu.grads(), 1e-3f);
     }
     runs.push_back(download(*bf16, on_gpu.params(), P));
-    EXPECT_LE(relative_norm(runs.back().data(), on_cpu.params(), P), 5e-3);
+    const double params_off = relative_norm(runs.back().data(), on_cpu.params(), P);
+    EXPECT_LE(params_off, 5e-3);
+    if (run == 0) {
+      fmt::print(
+          "[ measured ] bf16 against the CPU's fp32 over 3 steps: loss {:.2e}, gradients up to "
+          "{:.2e}, parameters {:.2e} relative\n",
+          worst_loss, worst_grad, params_off);
+    }
   }
   EXPECT_EQ(runs[0], runs[1]);
 }
@@ -182,15 +194,20 @@ TEST_P(CudaModel, Bf16MatmulsTrackFp32) {
 // bf16 matmul inputs (Bf16Inputs): the norms' outputs and the MLP
 // activation written in bf16 by the ops that make them, and qkv kept in
 // bf16 for attention's tensor-core kernels, against the same backend with
-// them hidden (fp32 activations, rounded by each matmul), and with only
-// qkv in fp32: the same values go into the same GEMMs and kernels, so on
-// the emulator two steps give the same losses, gradients and parameters bit
-// for bit. On a GPU cuBLASLt may pick another algorithm for an input less
-// aligned than its scratch copy, or for a bf16 output, which changes the
-// fp32 sums' order: the loss within 1e-5, each gradient within 1e-4
-// relative in norm. The activations take less memory: qkv's bf16 form
-// saves 2 bytes a value per layer (Llama keeps one fp32 qkv for all layers,
-// RoPE's input).
+// only qkv in fp32: the same values go into the same GEMMs and kernels, so
+// on the emulator two steps give the same losses, gradients and parameters
+// bit for bit. On a GPU cuBLASLt may pick another algorithm for an input
+// less aligned than its scratch copy, or for a bf16 output, which changes
+// the fp32 sums' order: the loss within 1e-5, each gradient within 1e-4
+// relative in norm. The MLP's pre-activation and its gradient are kept in
+// bf16 too, which rounds them where fp32 activations (the same backend
+// with bf16 inputs hidden, each matmul rounding its operands) do not: the
+// loss within 1e-4 of that, each gradient within 3e-2 relative in norm
+// (measured on the emulator: the loss up to 3.0e-5; the gradients up to
+// 3.7e-3 in the first step, 1.03e-2 in the second, after an AdamW step
+// from those gradients, on the norms' weights and biases). The activations take
+// less memory: qkv's bf16 form saves 2 bytes a value per layer (Llama
+// keeps one fp32 qkv for all layers, RoPE's input).
 TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   struct Hidden final : TimedBackend<float> {
     using TimedBackend<float>::TimedBackend;
@@ -212,7 +229,7 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   hidden.set_timing(false);
   fp32_qkv.set_timing(false);
   Model<float> with(c, *bf16), without(c, hidden), qkv32(c, fp32_qkv);
-  std::vector<Model<float>*> others{&without, &qkv32};
+  std::vector<Model<float>*> others{&qkv32, &without};
   const std::int64_t P = with.num_params();
   AdamW opt(*bf16, with.layout(), AdamWConfig{});
   std::vector<std::unique_ptr<AdamW>> other_opts;
@@ -229,29 +246,33 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
     const auto gw = download(*bf16, with.grads(), P);
     for (std::size_t i = 0; i < others.size(); ++i) {
       Model<float>& m = *others[i];
-      SCOPED_TRACE(i == 0 ? "against bf16 inputs hidden" : "against qkv in fp32");
+      const bool hidden_inputs = &m == &without;
+      SCOPED_TRACE(hidden_inputs ? "against bf16 inputs hidden" : "against qkv in fp32");
       m.zero_grad();
       const float lo = m.forward(t.tokens.data(), t.targets.data(), B, seq, true);
       m.backward();
       const auto go = download(*bf16, m.grads(), P);
-      if (exact) {
+      if (exact && !hidden_inputs) {
         EXPECT_EQ(lw, lo) << "step " << step;
         EXPECT_EQ(gw, go) << "step " << step;
       } else {
-        EXPECT_NEAR(lw, lo, 1e-5 * std::abs(lo)) << "step " << step;
+        EXPECT_NEAR(lw, lo, (hidden_inputs ? 1e-4 : 1e-5) * std::abs(lo)) << "step " << step;
+        double worst = 0;
         for (const ParamView& v : with.layout().views()) {
-          EXPECT_LE(relative_norm(gw.data() + v.offset, go.data() + v.offset, v.size), 1e-4)
-              << v.name << ", step " << step;
+          const double e = relative_norm(gw.data() + v.offset, go.data() + v.offset, v.size);
+          worst = std::max(worst, e);
+          EXPECT_LE(e, hidden_inputs ? 3e-2 : 1e-4) << v.name << ", step " << step;
         }
+        fmt::print("[ {} ] step {}: loss {:.3g} relative, worst gradient {:.3g} relative in norm\n",
+                   hidden_inputs ? "bf16 inputs hidden" : "qkv in fp32", step,
+                   std::abs(lw - lo) / std::abs(lo), worst);
       }
       other_opts[i]->step(m.params(), m.grads(), 1e-3f);
     }
     opt.step(with.params(), with.grads(), 1e-3f);
   }
   if (exact) {
-    for (Model<float>* m : others) {
-      EXPECT_EQ(download(*bf16, with.params(), P), download(*bf16, m->params(), P));
-    }
+    EXPECT_EQ(download(*bf16, with.params(), P), download(*bf16, qkv32.params(), P));
   }
   EXPECT_LT(with.activation_bytes(), without.activation_bytes());
   EXPECT_LT(qkv32.activation_bytes(), without.activation_bytes());

@@ -192,6 +192,14 @@ __device__ void store(float* out, float value) {
 __device__ void store(__nv_bfloat16* out, float value) {
   *out = __float2bfloat16(value);
 }
+// An op's input element: fp32, or bf16 (the MLP pre-activation with bf16
+// matmul inputs), computed with in fp32.
+__device__ float load(const float* in) {
+  return *in;
+}
+__device__ float load(const __nv_bfloat16* in) {
+  return __bfloat162float(*in);
+}
 
 // bf16 copies of fp32 values, for the bf16 GEMMs.
 __global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::int64_t count) {
@@ -229,47 +237,47 @@ __global__ void squares_kernel(double* partial, const float* x, std::int64_t cou
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCube = 0.044715f;
 
-template <typename O>
-__global__ void gelu_forward_kernel(O* out, const float* inp, std::int64_t count) {
+template <typename O, typename I>
+__global__ void gelu_forward_kernel(O* out, const I* inp, std::int64_t count) {
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    const float x = inp[i];
+    const float x = load(inp + i);
     const float u = kGeluScale * (x + kGeluCube * x * x * x);
     store(out + i, 0.5f * x * (1.0f + tanhf(u)));
   }
 }
 
-__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout,
-                                     std::int64_t count) {
+template <typename O, typename I>
+__global__ void gelu_backward_kernel(O* dinp, const I* inp, const float* dout, std::int64_t count) {
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    const float x = inp[i];
+    const float x = load(inp + i);
     const float u = kGeluScale * (x + kGeluCube * x * x * x);
     const float th = tanhf(u);
     const float du = kGeluScale * (1.0f + 3.0f * kGeluCube * x * x);
     const float grad = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
-    dinp[i] = grad * dout[i];
+    store(dinp + i, grad * dout[i]);
   }
 }
 
-template <typename O>
-__global__ void swiglu_forward_kernel(O* out, const float* inp, int N, int F) {
+template <typename O, typename I>
+__global__ void swiglu_forward_kernel(O* out, const I* inp, int N, int F) {
   const std::int64_t count = std::int64_t{N} * F;
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const std::int64_t n = i / F;
     const std::int64_t f = i % F;
-    const float g = inp[n * 2 * F + f];
-    const float u = inp[n * 2 * F + F + f];
+    const float g = load(inp + n * 2 * F + f);
+    const float u = load(inp + n * 2 * F + F + f);
     store(out + i, g / (1.0f + expf(-g)) * u);
   }
 }
 
-template <typename O>
-__global__ void swiglu_backward_kernel(O* dinp, const float* inp, const float* dout, int N, int F) {
+template <typename O, typename I>
+__global__ void swiglu_backward_kernel(O* dinp, const I* inp, const float* dout, int N, int F) {
   const std::int64_t count = std::int64_t{N} * F;
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
     const std::int64_t n = i / F;
     const std::int64_t f = i % F;
-    const float g = inp[n * 2 * F + f];
-    const float u = inp[n * 2 * F + F + f];
+    const float g = load(inp + n * 2 * F + f);
+    const float u = load(inp + n * 2 * F + F + f);
     const float d = dout[i];
     const float sig = 1.0f / (1.0f + expf(-g));
     store(dinp + n * 2 * F + f, d * u * sig * (1.0f + g * (1.0f - sig)));
@@ -361,15 +369,16 @@ __global__ void embedding_backward_wpe_kernel(float* dwpe, const float* dout, in
 
 // ---- column reductions (parameter gradients over rows) -----------------------
 
-// partial[blk][c] = sum over rows of block blk (kRows rows) of x[n][c].
-template <int kRows>
-__global__ void column_partial_kernel(float* partial, const float* x, int N, int C) {
+// partial[blk][c] = sum over rows of block blk (kRows rows) of x[n][c] (fp32
+// or bf16 values, summed in fp32).
+template <int kRows, typename I>
+__global__ void column_partial_kernel(float* partial, const I* x, int N, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   for (int blk = blockIdx.y; blk * kRows < N; blk += gridDim.y) {
     const int end = min(N, (blk + 1) * kRows);
     float s = 0.0f;
-    for (int n = blk * kRows; n < end; ++n) s += x[std::int64_t{n} * C + c];
+    for (int n = blk * kRows; n < end; ++n) s += load(x + std::int64_t{n} * C + c);
     partial[std::int64_t{blk} * C + c] = s;
   }
 }
@@ -1577,9 +1586,9 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                        const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
     backward_gemms(dinp, dw, dbias, dout, as_bf16(inp), w, N, C, OC);
   }
-  void matmul_backward(float* dinp, float* dw, const std::uint16_t* dout, const std::uint16_t* inp,
-                       const float* w, int N, int C, int OC) override {
-    backward_gemms(dinp, dw, nullptr, as_bf16(dout), as_bf16(inp), w, N, C, OC);
+  void matmul_backward(float* dinp, float* dw, float* dbias, const std::uint16_t* dout,
+                       const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
+    backward_gemms(dinp, dw, dbias, as_bf16(dout), as_bf16(inp), w, N, C, OC);
   }
   void matmul_residual_forward(float* out, const float* residual, const float* inp, const float* w,
                                const float* bias, int N, int C, int OC) override {
@@ -1606,10 +1615,30 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                             int OC) override {
     backward_gelu_gemms(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
   }
-  void matmul_backward_gelu(float* dpre, float* dw, float* dbias, const float* dout,
-                            const std::uint16_t* inp, const float* w, const float* pre, int N,
-                            int C, int OC) override {
-    backward_gelu_gemms(dpre, dw, dbias, dout, as_bf16(inp), w, pre, N, C, OC);
+  // dpre and pre in bf16: cuBLASLt's DGELU epilogue reads pre and writes
+  // dpre in bf16 (its aux takes D's type); else the input gradient in fp32
+  // scratch and gelu_backward from it into dpre.
+  void matmul_backward_gelu(std::uint16_t* dpre, float* dw, float* dbias, const float* dout,
+                            const std::uint16_t* inp, const float* w, const std::uint16_t* pre,
+                            int N, int C, int OC) override {
+    const std::int64_t count = std::int64_t{N} * C;
+    if (C % 8 == 0 &&
+        lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, nullptr, dpre, C,
+                  CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<std::uint16_t*>(pre), C,
+                  "matmul_backward_gelu (input, bf16)", CUDA_R_16BF)) {
+      // lt_matmul left dout's bf16 copy in scratch slot 1 (its B operand's):
+      // the weight gradient's GEMM reads it as it is.
+      Operand d = dout;
+      d.bf16 = bf16_buffer(std::int64_t{N} * OC, 1);
+      backward_gemms(nullptr, dw, dbias, d, as_bf16(inp), w, N, C, OC);
+      return;
+    }
+    // (The bias gradient after GELU's: its partial sums take the scratch.)
+    float* dinp = scratch(count);
+    backward_gemms(dinp, dw, nullptr, dout, as_bf16(inp), w, N, C, OC);
+    launch("gelu_backward (bf16)", gelu_backward_kernel<__nv_bfloat16, __nv_bfloat16>,
+           blocks_for(count), kThreads, as_bf16(dpre), as_bf16(pre), dinp, count);
+    if (dbias != nullptr) bias_gradient(dbias, dout, N, OC);
   }
   void matmul_forward_rowwise(float* out, const float* inp, const float* w, const float* bias,
                               int N, int C, int OC, bool accumulate) override {
@@ -1652,34 +1681,34 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
 
   void gelu_forward(float* out, const float* inp, std::int64_t count) override {
-    launch("gelu_forward", gelu_forward_kernel<float>, blocks_for(count), kThreads, out, inp,
+    launch("gelu_forward", gelu_forward_kernel<float, float>, blocks_for(count), kThreads, out, inp,
            count);
   }
-  void gelu_forward(std::uint16_t* out, const float* inp, std::int64_t count) override {
-    launch("gelu_forward (bf16 out)", gelu_forward_kernel<__nv_bfloat16>, blocks_for(count),
-           kThreads, as_bf16(out), inp, count);
+  void gelu_forward(std::uint16_t* out, const std::uint16_t* inp, std::int64_t count) override {
+    launch("gelu_forward (bf16)", gelu_forward_kernel<__nv_bfloat16, __nv_bfloat16>,
+           blocks_for(count), kThreads, as_bf16(out), as_bf16(inp), count);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout,
                      std::int64_t count) override {
-    launch("gelu_backward", gelu_backward_kernel, blocks_for(count), kThreads, dinp, inp, dout,
-           count);
+    launch("gelu_backward", gelu_backward_kernel<float, float>, blocks_for(count), kThreads, dinp,
+           inp, dout, count);
   }
   void swiglu_forward(float* out, const float* inp, int N, int F) override {
-    launch("swiglu_forward", swiglu_forward_kernel<float>, blocks_for(std::int64_t{N} * F),
+    launch("swiglu_forward", swiglu_forward_kernel<float, float>, blocks_for(std::int64_t{N} * F),
            kThreads, out, inp, N, F);
   }
-  void swiglu_forward(std::uint16_t* out, const float* inp, int N, int F) override {
-    launch("swiglu_forward (bf16 out)", swiglu_forward_kernel<__nv_bfloat16>,
-           blocks_for(std::int64_t{N} * F), kThreads, as_bf16(out), inp, N, F);
+  void swiglu_forward(std::uint16_t* out, const std::uint16_t* inp, int N, int F) override {
+    launch("swiglu_forward (bf16)", swiglu_forward_kernel<__nv_bfloat16, __nv_bfloat16>,
+           blocks_for(std::int64_t{N} * F), kThreads, as_bf16(out), as_bf16(inp), N, F);
   }
   void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) override {
-    launch("swiglu_backward", swiglu_backward_kernel<float>, blocks_for(std::int64_t{N} * F),
+    launch("swiglu_backward", swiglu_backward_kernel<float, float>, blocks_for(std::int64_t{N} * F),
            kThreads, dinp, inp, dout, N, F);
   }
-  void swiglu_backward(std::uint16_t* dinp, const float* inp, const float* dout, int N,
+  void swiglu_backward(std::uint16_t* dinp, const std::uint16_t* inp, const float* dout, int N,
                        int F) override {
-    launch("swiglu_backward (bf16 out)", swiglu_backward_kernel<__nv_bfloat16>,
-           blocks_for(std::int64_t{N} * F), kThreads, as_bf16(dinp), inp, dout, N, F);
+    launch("swiglu_backward (bf16)", swiglu_backward_kernel<__nv_bfloat16, __nv_bfloat16>,
+           blocks_for(std::int64_t{N} * F), kThreads, as_bf16(dinp), as_bf16(inp), dout, N, F);
   }
 
   void rope_forward(float* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {
@@ -1892,12 +1921,9 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     // out^T[OC, N] = w^T... : cuBLAS sees w as [C, OC] and inp as [C, N].
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, beta, out, OC, "matmul_forward");
   }
-  // (A bias gradient sums dout in fp32: dbias needs dout.f32.)
+  // (A bias gradient sums dout's values, fp32 or bf16, in fp32.)
   void backward_gemms(float* dinp, float* dw, float* dbias, Operand dout, Operand inp,
                       const float* w, int N, int C, int OC) {
-    if (dbias != nullptr && dout.f32 == nullptr) {
-      throw std::logic_error("matmul_backward: a bias gradient needs the fp32 output gradient");
-    }
     if (bf16_ && N > 0 && C > 0 && OC > 0) {
       // As below, with dout rounded to bf16 once for both GEMMs.
       const __nv_bfloat16* d = rounded(dout, std::int64_t{N} * OC, 1);
@@ -1907,7 +1933,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
       }
       gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, rounded(inp, std::int64_t{N} * C, 0), C, d, OC,
                 1.0f, dw, C, "matmul_backward (weight)");
-      if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout.f32, N, OC);
+      if (dbias != nullptr) bias_gradient(dbias, dout, N, OC);
       return;
     }
     if (dinp != nullptr) {
@@ -1918,7 +1944,15 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     // dw[OC, C] += dout^T[OC, N] inp[N, C]
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C,
          "matmul_backward (weight)");
-    if (dbias != nullptr) column_sums<kReduceRows>(dbias, dout.f32, N, OC);
+    if (dbias != nullptr) bias_gradient(dbias, dout, N, OC);
+  }
+  // dbias += column sums of dout: of its fp32 values where it has them.
+  void bias_gradient(float* dbias, Operand dout, int N, int OC) {
+    if (dout.f32 != nullptr) {
+      column_sums<kReduceRows>(dbias, dout.f32, N, OC);
+    } else {
+      column_sums<kReduceRows>(dbias, dout.bf16, N, OC);
+    }
   }
   // One cuBLASLt GEMM: out = residual + inp w^T + bias, the residual as its
   // C (no copy into out first); else the copy and an accumulating GEMM.
@@ -2084,8 +2118,8 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   // accumulation), through cuBLASLt: A and B are fp32 (fp32 arithmetic) or,
   // with bf16, in bf16 (rounded to copies first, as gemm() does, unless
   // they are bf16 already). `bias` has m
-  // values; `aux` (m x n, ld ldaux) is GELU's input, written by GELU_AUX
-  // and read by DGELU. False, having written nothing, when cuBLASLt offers
+  // values; `aux` (m x n, ld ldaux, of D's type) is GELU's input, written by
+  // GELU_AUX and read by DGELU. False, having written nothing, when cuBLASLt offers
   // no algorithm for the problem: the caller then runs gemm() and kernels.
   // The heuristic's answer is kept per problem (shapes, epilogue and the
   // operands' alignments, which it is told: tensors inside the flat
@@ -2094,7 +2128,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   // computes in fp32 and rounds as it stores).
   bool lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, Operand A,
                  int lda, Operand B, int ldb, const float* Cin, void* D, int ldd,
-                 cublasLtEpilogue_t epilogue, const float* bias, float* aux, std::int64_t ldaux,
+                 cublasLtEpilogue_t epilogue, const float* bias, void* aux, std::int64_t ldaux,
                  const char* what, cudaDataType d_type = CUDA_R_32F) {
     if (m <= 0 || n <= 0 || k <= 0) return false;
     if (d_type != CUDA_R_32F && Cin != nullptr) {
@@ -2208,12 +2242,12 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     return true;
   }
 
-  template <int kRows>
-  void column_sums(float* out, const float* x, int N, int C) {
+  template <int kRows, typename I>
+  void column_sums(float* out, const I* x, int N, int C) {
     if (N == 0) return;
     const int blocks = (N + kRows - 1) / kRows;
     float* partial = scratch(std::int64_t{blocks} * C);
-    launch("column sums", column_partial_kernel<kRows>, dim3(blocks_for(C), row_blocks(blocks)),
+    launch("column sums", column_partial_kernel<kRows, I>, dim3(blocks_for(C), row_blocks(blocks)),
            kThreads, partial, x, N, C);
     launch("column sums (finish)", column_finish_kernel, blocks_for(C), kThreads, out, partial,
            blocks, C);

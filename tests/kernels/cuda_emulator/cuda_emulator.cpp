@@ -841,8 +841,9 @@ struct Epilogue {
   // As cuBLASLt's: CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, or (-1) D's type.
   std::int32_t bias_data_type = -1;
   cudaDataType bias_type = CUDA_R_32F;  // the one in force, set by cublasLtMatmul
-  float* aux = nullptr;                 // m x n, ld ldaux: GELU's input (GELU_AUX, DGELU)
+  void* aux = nullptr;                  // m x n, ld ldaux: GELU's input (GELU_AUX, DGELU)
   std::int64_t ldaux = 0;
+  cudaDataType aux_type = CUDA_R_32F;  // D's, set by cublasLtMatmul
 };
 
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
@@ -854,14 +855,18 @@ float apply(const Epilogue& e, float x, int i, int j) {
     x += e.bias_type == CUDA_R_16BF ? __bfloat162float(static_cast<const __nv_bfloat16*>(e.bias)[i])
                                     : static_cast<const float*>(e.bias)[i];
   }
-  float& aux = e.aux == nullptr ? x : e.aux[i + j * e.ldaux];
+  const std::int64_t at = i + j * e.ldaux;
   const auto tanh_of = [](float v) { return std::tanh(kGeluScale * (v + kGeluCube * v * v * v)); };
   if (e.kind == CUBLASLT_EPILOGUE_GELU_AUX || e.kind == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
-    aux = x;
+    if (e.aux_type == CUDA_R_16BF) {
+      static_cast<__nv_bfloat16*>(e.aux)[at] = __float2bfloat16(x);
+    } else {
+      static_cast<float*>(e.aux)[at] = x;
+    }
     return 0.5f * x * (1.0f + tanh_of(x));
   }
   if (e.kind == CUBLASLT_EPILOGUE_DGELU) {
-    const float v = aux, th = tanh_of(v);
+    const float v = load(e.aux, e.aux_type, at), th = tanh_of(v);
     const float du = kGeluScale * (1.0f + 3.0f * kGeluCube * v * v);
     return (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du) * x;
   }
@@ -959,10 +964,12 @@ bool lt_valid(const cublasLtMatmulDescOpaque_t& d, const cublasLtMatrixLayoutOpa
                       (d.tb == CUBLAS_OP_N ? b.cols : b.rows) == n && c.rows == m && c.cols == n &&
                       a.type == b.type && c.type == out.type;
   const Epilogue& e = d.epilogue;
-  // A bf16 output with the plain and bias epilogues only (what Borealis asks for).
+  // A bf16 output with the plain, bias and GELU-gradient epilogues only
+  // (what Borealis asks for).
   const bool output = out.type == CUDA_R_32F ||
                       (out.type == CUDA_R_16BF &&
-                       (e.kind == CUBLASLT_EPILOGUE_DEFAULT || e.kind == CUBLASLT_EPILOGUE_BIAS));
+                       (e.kind == CUBLASLT_EPILOGUE_DEFAULT || e.kind == CUBLASLT_EPILOGUE_BIAS ||
+                        e.kind == CUBLASLT_EPILOGUE_DGELU));
   const bool bias = e.kind != CUBLASLT_EPILOGUE_BIAS && e.kind != CUBLASLT_EPILOGUE_GELU_AUX_BIAS
                         ? true
                         : e.bias != nullptr;
@@ -1090,6 +1097,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   const auto k = static_cast<int>(desc->ta == CUBLAS_OP_N ? a->cols : a->rows);
   Epilogue e = desc->epilogue;
   e.bias_type = e.bias_data_type == -1 ? d->type : static_cast<cudaDataType>(e.bias_data_type);
+  e.aux_type = d->type;  // (CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE left unset)
   const void* operands[4] = {A, B, C, D};
   for (int i = 0; i < 4; ++i) {
     if (reinterpret_cast<std::uintptr_t>(operands[i]) % algo->data[i] != 0) {
@@ -1103,7 +1111,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     throw std::runtime_error("emulated cuBLASLt: the bias is not m values of device memory");
   }
   if (e.aux != nullptr)
-    check_operand("cublasLtMatmul", "aux", e.aux, CUDA_R_32F, m, n, static_cast<int>(e.ldaux));
+    check_operand("cublasLtMatmul", "aux", e.aux, e.aux_type, m, n, static_cast<int>(e.ldaux));
   ++g_lt_matmuls;
   const float b_value = *static_cast<const float*>(beta);
   if (d->type == CUDA_R_16BF) {

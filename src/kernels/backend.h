@@ -139,7 +139,9 @@ Precision parse_precision(const std::string& name);
 // the largest activation) is kept in bf16, and with it the MLP's gradient
 // at that point, as mixed-precision trainers keep them: the activation and
 // its gradient are computed in fp32 from the rounded pre-activation, and
-// GPT-2's up-projection bias gradient sums the rounded gradient. A backend
+// GPT-2's up-projection bias gradient sums the rounded gradient. So does
+// GPT-2's qkv bias gradient, where attention's backward writes the qkv
+// gradient in bf16 for the qkv GEMMs. A backend
 // that takes such inputs returns this interface from
 // Backend::bf16_inputs(), and training then calls these ops in place of the
 // Backend ops of the same names, which they equal but for that rounding of
@@ -187,8 +189,8 @@ class Bf16Inputs {
   virtual void matmul_backward(T* dinp, T* dw, T* dbias, const std::uint16_t* dout,
                                const std::uint16_t* inp, const T* w, int N, int C, int OC) = 0;
   // Llama's MLP gradient in bf16 from its pre-activation in bf16:
-  // swiglu_backward with inp and dinp in bf16. And where there is no bias
-  // (Llama), rope_backward writing its rotation of dqkv in bf16 to out
+  // swiglu_backward with inp and dinp in bf16. And Llama's qkv gradient for
+  // its GEMMs: rope_backward writing its rotation of dqkv in bf16 to out
   // (whole rows, the v heads rounded as they are) and leaving dqkv as it
   // is.
   virtual void swiglu_backward(std::uint16_t* dinp, const std::uint16_t* inp, const T* dout, int N,
@@ -211,6 +213,11 @@ class Bf16Inputs {
                                  int B, int seq, int NH, int NKV, int HD) = 0;
   virtual void attention_backward(T* dqkv, const T* dout, const std::uint16_t* qkv, const T* out,
                                   const T* lse, int B, int seq, int NH, int NKV, int HD) = 0;
+  // And writing dqkv in bf16 (GPT-2, whose qkv GEMMs read it as it is and
+  // whose qkv bias gradient sums its rounded values in fp32).
+  virtual void attention_backward(std::uint16_t* dqkv, const T* dout, const std::uint16_t* qkv,
+                                  const T* out, const T* lse, int B, int seq, int NH, int NKV,
+                                  int HD) = 0;
 };
 
 template <typename T>

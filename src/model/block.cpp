@@ -250,10 +250,10 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   const Input mlp{buf.mlp, buf.mlp_bf16}, ln1{buf.ln1, buf.ln1_bf16}, ln2{buf.ln2, buf.ln2_bf16},
       atty{buf.atty, buf.atty_bf16};
   if ((h != nullptr) != (g.dfch_bf16 != nullptr) ||
-      (g.dqkv_bf16 != nullptr && (h == nullptr || config_.has_bias()))) {
+      (g.dqkv_bf16 != nullptr && (h == nullptr || (d.gpt2 && buf.qkv_bf16 == nullptr)))) {
     throw std::invalid_argument(
-        "Block: dfch in bf16 goes with bf16 matmul inputs, and dqkv in bf16 with them and a model "
-        "without biases");
+        "Block: dfch in bf16 goes with bf16 matmul inputs, and dqkv in bf16 with them and (GPT-2) "
+        "qkv in bf16");
   }
   // MLP: recompute its activation instead of keeping one per layer.
   mlp_activation_to(buf.mlp, buf, N);
@@ -286,14 +286,19 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   // Attention.
   matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, atty,
                   at(params, w.proj_w), N, d.A, d.C);
-  if (buf.qkv_bf16 != nullptr) {
+  if (buf.qkv_bf16 != nullptr && d.gpt2 && g.dqkv_bf16 != nullptr) {
+    h->attention_backward(g.dqkv_bf16, g.datty, buf.qkv_bf16, buf.atty, lse, B, seq, d.NH, d.NKV,
+                          d.HD);
+  } else if (buf.qkv_bf16 != nullptr) {
     h->attention_backward(g.dqkv, g.datty, buf.qkv_bf16, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
   } else {
     backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
   }
   if (g.dqkv_bf16 != nullptr) {
-    h->rope_backward(g.dqkv_bf16, g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
-    h->matmul_backward(g.dln, at(grads, w.qkv_w), nullptr, g.dqkv_bf16, ln1.bf16,
+    if (!d.gpt2) {
+      h->rope_backward(g.dqkv_bf16, g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
+    }
+    h->matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv_bf16, ln1.bf16,
                        at(params, w.qkv_w), N, d.C, d.S);
   } else {
     if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);

@@ -189,9 +189,9 @@ class Block {
     T* dqkv;
     T* dmlp;
     T* dfch;
-    // With bf16 matmul inputs: dfch in bf16 (dfch is then unused), and
-    // without biases (Llama) dqkv as the GEMMs read it, in bf16 (dqkv then
-    // holds attention's gradient before RoPE's).
+    // With bf16 matmul inputs: dfch in bf16 (dfch is then unused), and dqkv
+    // as the GEMMs read it, in bf16: Llama's dqkv then holds attention's
+    // gradient before RoPE's; GPT-2's (where qkv is in bf16) is unused.
     std::uint16_t* dfch_bf16 = nullptr;
     std::uint16_t* dqkv_bf16 = nullptr;
     // Sequence parallel only: dres and the norms' input gradients hold this

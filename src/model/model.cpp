@@ -183,12 +183,16 @@ void Model<T>::reserve(int B, int seq, int slots) {
   dres_ = take(n * C);
   dln_ = take(N * C);
   datty_ = take(N * d.A);
-  dqkv_ = take(N * S);
+  // dqkv in bf16 for the qkv GEMMs: written so by RoPE's backward from
+  // attention's fp32 gradient (Llama) or, where attention runs on its
+  // tensor-core kernels, by attention's backward itself (GPT-2, which then
+  // has no fp32 dqkv).
+  const bool bf16_dqkv = bf16 && (!d.gpt2 || bf16_qkv);
+  dqkv_ = bf16_dqkv && d.gpt2 ? -1 : take(N * S);
   dmlp_act_ = take(N * F);
   // With bf16 matmul inputs the MLP's gradient at its pre-activation is kept
-  // in bf16 (dfch only so). Without biases the GEMMs are the only readers
-  // of dqkv after RoPE: they take it in bf16 then.
-  dqkv_bf16_ = bf16 && !config_.has_bias() ? take16(N * S) : -1;
+  // in bf16 (dfch only so).
+  dqkv_bf16_ = bf16_dqkv ? take16(N * S) : -1;
   dfch_ = take_input(N * FW, dfch_bf16_);
   // The old buffers go first (nothing in them is needed), and should the
   // new ones not fit, nothing is reserved: the next reserve plans again.

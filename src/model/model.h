@@ -193,8 +193,8 @@ class Model {
   // The bf16 matmul inputs where the backend takes them (Bf16Inputs): the
   // norms' outputs, the MLP's pre-activation and activation, the attention
   // output's bf16 form, qkv where attention reads it in bf16, and the
-  // logits', dfch's (and, without biases, dqkv's) gradients, in a second
-  // arena of the same plan (slot16_elems_ per set, then scratch).
+  // logits', dfch's and dqkv's gradients, in a second arena of the same
+  // plan (slot16_elems_ per set, then scratch).
   BackendArray<std::uint16_t> arena16_;
   std::int64_t slot16_elems_ = 0, lnf_bf16_ = -1, mlp_bf16_ = -1, dlogits_bf16_ = -1,
                dqkv_bf16_ = -1, dfch_bf16_ = -1;

@@ -688,6 +688,11 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     h->attention_backward(dc.as<float>(), dout.as<float>(), q16, a.as<float>(), la.as<float>(), B,
                           seq, NH, NKV, HD);
     expect_same_bits("qkv gradient", to_host<float>(dc), to_host<float>(da));
+    // And into bf16 (GPT-2's qkv GEMMs read it so): the fp32 gradient rounded.
+    DeviceBuffer dh(*gpu, B * seq * S * 2);
+    h->attention_backward(dh.as<std::uint16_t>(), dout.as<float>(), q16, a.as<float>(),
+                          la.as<float>(), B, seq, NH, NKV, HD);
+    EXPECT_EQ(bf16_of(dh), bits(to_host<float>(dc))) << "qkv gradient in bf16";
   }
   for (const auto& [N, C, OC] : {std::tuple{70, 48, 40}, {45, 36, 20}}) {
     SCOPED_TRACE("N " + std::to_string(N) + ", C " + std::to_string(C) + ", OC " +

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -196,18 +197,24 @@ TEST_P(CudaModel, Bf16MatmulsTrackFp32) {
 // bf16 for attention's tensor-core kernels, against the same backend with
 // only qkv in fp32: the same values go into the same GEMMs and kernels, so
 // on the emulator two steps give the same losses, gradients and parameters
-// bit for bit. On a GPU cuBLASLt may pick another algorithm for an input
-// less aligned than its scratch copy, or for a bf16 output, which changes
-// the fp32 sums' order: the loss within 1e-5, each gradient within 1e-4
-// relative in norm. The MLP's pre-activation and its gradient are kept in
-// bf16 too, which rounds them where fp32 activations (the same backend
-// with bf16 inputs hidden, each matmul rounding its operands) do not: the
-// loss within 1e-4 of that, each gradient within 3e-2 relative in norm
-// (measured on the emulator: the loss up to 3.0e-5; the gradients up to
-// 3.7e-3 in the first step, 1.03e-2 in the second, after an AdamW step
-// from those gradients, on the norms' weights and biases). The activations take
-// less memory: qkv's bf16 form saves 2 bytes a value per layer (Llama
-// keeps one fp32 qkv for all layers, RoPE's input).
+// bit for bit. GPT-2 is the exception in one tensor: with qkv in bf16,
+// attention's backward writes the qkv gradient in bf16 too, and the qkv
+// bias gradient sums those rounded values (within 1e-2 relative in norm;
+// measured on the emulator: 4.9e-4), so from the second step on its two
+// runs compare within the tolerances below. On a GPU cuBLASLt may pick
+// another algorithm for an input less aligned than its scratch copy, or for
+// a bf16 output, which changes the fp32 sums' order: the loss within 1e-5,
+// each gradient within 1e-4 relative in norm. The MLP's pre-activation and
+// its gradient are kept in bf16 too, which rounds them where fp32
+// activations (the same backend with bf16 inputs hidden, each matmul
+// rounding its operands) do not: the loss within 1e-4 of that, each
+// gradient within 3e-2 relative in norm (measured on the emulator: the loss
+// up to 3.0e-5; the gradients up to 3.7e-3 in the first step, 1.05e-2 in
+// the second, after an AdamW step from those gradients, on the norms'
+// weights and biases). The activations take less memory: qkv's bf16 form
+// saves 2 bytes a value per layer (Llama keeps one fp32 qkv for all
+// layers, RoPE's input), and GPT-2's bf16 qkv gradient 2 bytes a value
+// once.
 TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   struct Hidden final : TimedBackend<float> {
     using TimedBackend<float>::TimedBackend;
@@ -221,6 +228,7 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   const int B = 2, seq = 32, N = B * seq;
   c.max_seq = std::max(c.max_seq, seq);
   const bool exact = std::get<0>(GetParam()) == "emulated";
+  const bool gpt2 = c.family == ModelFamily::kGpt2;
   const auto bf16 = make_gpu(Precision::kBf16);
   ASSERT_NE(bf16->bf16_inputs(), nullptr);
   EXPECT_EQ(gpu->bf16_inputs(), nullptr);  // fp32 matmuls take fp32 inputs
@@ -252,16 +260,26 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
       const float lo = m.forward(t.tokens.data(), t.targets.data(), B, seq, true);
       m.backward();
       const auto go = download(*bf16, m.grads(), P);
-      if (exact && !hidden_inputs) {
+      if (exact && !hidden_inputs && (!gpt2 || step == 0)) {
         EXPECT_EQ(lw, lo) << "step " << step;
-        EXPECT_EQ(gw, go) << "step " << step;
+        for (const ParamView& v : with.layout().views()) {
+          const auto w0 = gw.begin() + v.offset, o0 = go.begin() + v.offset;
+          if (gpt2 && v.name.ends_with("attn.qkv.b")) {
+            const double e = relative_norm(&*w0, &*o0, v.size);
+            EXPECT_LE(e, 1e-2) << v.name;
+            fmt::print("[ measured ] {}: {:.2e} relative in norm (summed in bf16)\n", v.name, e);
+          } else {
+            EXPECT_TRUE(std::equal(w0, w0 + v.size, o0)) << v.name << ", step " << step;
+          }
+        }
       } else {
-        EXPECT_NEAR(lw, lo, (hidden_inputs ? 1e-4 : 1e-5) * std::abs(lo)) << "step " << step;
+        const bool loose = hidden_inputs || gpt2;
+        EXPECT_NEAR(lw, lo, (loose ? 1e-4 : 1e-5) * std::abs(lo)) << "step " << step;
         double worst = 0;
         for (const ParamView& v : with.layout().views()) {
           const double e = relative_norm(gw.data() + v.offset, go.data() + v.offset, v.size);
           worst = std::max(worst, e);
-          EXPECT_LE(e, hidden_inputs ? 3e-2 : 1e-4) << v.name << ", step " << step;
+          EXPECT_LE(e, loose ? 3e-2 : 1e-4) << v.name << ", step " << step;
         }
         fmt::print("[ {} ] step {}: loss {:.3g} relative, worst gradient {:.3g} relative in norm\n",
                    hidden_inputs ? "bf16 inputs hidden" : "qkv in fp32", step,
@@ -271,13 +289,14 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
     }
     opt.step(with.params(), with.grads(), 1e-3f);
   }
-  if (exact) {
+  if (exact && !gpt2) {
     EXPECT_EQ(download(*bf16, with.params(), P), download(*bf16, qkv32.params(), P));
   }
   EXPECT_LT(with.activation_bytes(), without.activation_bytes());
   EXPECT_LT(qkv32.activation_bytes(), without.activation_bytes());
   const std::size_t qkv_values = static_cast<std::size_t>(N) * c.qkv_width();
-  const std::size_t saved = c.n_layer * qkv_values * 2 - (c.has_bias() ? 0 : qkv_values * 4);
+  const std::size_t saved =
+      c.n_layer * qkv_values * 2 + (gpt2 ? qkv_values * 2 : 0) - (gpt2 ? 0 : qkv_values * 4);
   EXPECT_EQ(qkv32.activation_bytes() - with.activation_bytes(), saved);
 }
 

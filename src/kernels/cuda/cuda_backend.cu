@@ -1157,8 +1157,8 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   if (half == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
 }
 
-template <int kHD, typename In>
-__global__ void dq_kernel(float* dqkv, const float* dout, const In* qkv, const float* lse,
+template <int kHD, typename In, typename Out>
+__global__ void dq_kernel(Out* dqkv, const float* dout, const In* qkv, const float* lse,
                           const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   using T = Shape<kHD>;
   constexpr int kRows = T::kDqRows, kKeys = T::kKeys, kHalf = T::kHalf;
@@ -1205,15 +1205,15 @@ __global__ void dq_kernel(float* dqkv, const float* dout, const In* qkv, const f
     add_ab<kHD>(dq, sw, dsw, kKeys, ks, kHD, kKeys, kdim, row, half);
   }
   if (i >= seq) return;
-  float* dqr = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
+  Out* dqr = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
   for (int d = 0; d < kHalf; ++d) {
     const int col = half * kHalf + d;
-    if (col < HD) dqr[col] = scale * dq[d];
+    if (col < HD) store(dqr + col, scale * dq[d]);
   }
 }
 
-template <int kHD, typename In>
-__global__ void dkv_kernel(float* dqkv, const float* dout, const In* qkv, const float* lse,
+template <int kHD, typename In, typename Out>
+__global__ void dkv_kernel(Out* dqkv, const float* dout, const In* qkv, const float* lse,
                            const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   using T = Shape<kHD>;
   constexpr int kKeyRows = T::kKeyRows, kQueries = T::kQueries, kHalf = T::kHalf;
@@ -1279,12 +1279,12 @@ __global__ void dkv_kernel(float* dqkv, const float* dout, const In* qkv, const 
     }
   }
   if (j >= seq) return;
-  float* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
+  Out* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
   for (int d = 0; d < kHalf; ++d) {
     const int col = half * kHalf + d;
     if (col < HD) {
-      dkr[col] = scale * dk[d];
-      dkr[std::int64_t{NKV} * HD + col] = dv[d];
+      store(dkr + col, scale * dk[d]);
+      store(dkr + std::int64_t{NKV} * HD + col, dv[d]);
     }
   }
 }
@@ -1756,6 +1756,11 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                           int HD) override {
     attention_grads(dqkv, dout, as_bf16(qkv), out, lse, B, seq, NH, NKV, HD);
   }
+  void attention_backward(std::uint16_t* dqkv, const float* dout, const std::uint16_t* qkv,
+                          const float* out, const float* lse, int B, int seq, int NH, int NKV,
+                          int HD) override {
+    attention_grads(as_bf16(dqkv), dout, as_bf16(qkv), out, lse, B, seq, NH, NKV, HD);
+  }
   void attention_kv_forward(float* out, float* kpool, float* vpool, const std::int32_t* blocks,
                             int block_size, const float* qkv, int N, int pos0, int NH, int NKV,
                             int HD) override {
@@ -1839,9 +1844,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
 
  private:
-  // attention_backward, on qkv in fp32 or bf16.
-  template <typename In>
-  void attention_grads(float* dqkv, const float* dout, const In* qkv, const float* out,
+  // attention_backward, on qkv in fp32 or bf16, writing dqkv in fp32 or
+  // (the tensor-core kernels) bf16.
+  template <typename In, typename Out>
+  void attention_grads(Out* dqkv, const float* dout, const In* qkv, const float* out,
                        const float* lse, int B, int seq, int NH, int NKV, int HD) {
     check_head_dim(HD);
     const AttentionKernels kernels = attention_kernels_for(qkv, B, NH, NKV, HD);
@@ -1857,7 +1863,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     if (kernels == AttentionKernels::kTensorCores128) {
       return tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
     }
-    if constexpr (std::is_same_v<In, float>) {
+    if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
       if (kernels == AttentionKernels::kTiled64) {
         return flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
       }
@@ -2040,14 +2046,14 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
            dim3(tiles(seq, T::kRows), static_cast<unsigned>(B * NH)), T::kRows * 2, out, out16, lse,
            qkv, seq, NH, NKV, HD, scale);
   }
-  template <int kHD, typename In>
-  void tc_backward(float* dqkv, const float* dout, const In* qkv, const float* lse,
+  template <int kHD, typename In, typename Out>
+  void tc_backward(Out* dqkv, const float* dout, const In* qkv, const float* lse,
                    const float* delta, int B, int seq, int NH, int NKV, int HD, float scale) {
     using T = tc::Shape<kHD>;
-    launch("attention_backward (dq, tensor cores)", tc::dq_kernel<kHD, In>,
+    launch("attention_backward (dq, tensor cores)", tc::dq_kernel<kHD, In, Out>,
            dim3(tiles(seq, T::kDqRows), static_cast<unsigned>(B * NH)), T::kDqRows * 2, dqkv, dout,
            qkv, lse, delta, seq, NH, NKV, HD, scale);
-    launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel<kHD, In>,
+    launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel<kHD, In, Out>,
            dim3(tiles(seq, T::kKeyRows), static_cast<unsigned>(B * NKV)), T::kKeyRows * 2, dqkv,
            dout, qkv, lse, delta, seq, NH, NKV, HD, scale);
   }

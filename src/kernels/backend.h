@@ -203,21 +203,32 @@ class Bf16Inputs {
   // Its producers: rope_forward writing qkv to out with the q and k heads
   // rotated (the v heads as they are), qkv left as it is (Llama), and
   // matmul_forward writing its output in bf16 (GPT-2, whose qkv is the GEMM's
-  // output). attention_forward and attention_backward then read it.
+  // output). attention_forward and attention_backward then read it. With
+  // qkv in bf16 the attention output and its gradient are kept in bf16
+  // only: attention_forward writes out_bf16 alone (out null), the output
+  // projection's backward writes the gradient in bf16 (matmul_backward
+  // with dinp in bf16), and attention_backward reads both so. Those
+  // kernels read the gradient, and compute delta (the rows' dout . out)
+  // from both, rounded to bf16 whichever form they are kept in, so these are
+  // the same bits too.
   virtual bool attention_reads_bf16_qkv(int B, int NH, int NKV, int HD) const = 0;
   virtual void rope_forward(std::uint16_t* out, const T* qkv, int B, int seq, int NH, int NKV,
                             int HD, float theta) = 0;
   virtual void matmul_forward(std::uint16_t* out, const std::uint16_t* inp, const T* w,
                               const T* bias, int N, int C, int OC) = 0;
+  // (out may be null: the output in bf16 only.)
   virtual void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const std::uint16_t* qkv,
                                  int B, int seq, int NH, int NKV, int HD) = 0;
-  virtual void attention_backward(T* dqkv, const T* dout, const std::uint16_t* qkv, const T* out,
-                                  const T* lse, int B, int seq, int NH, int NKV, int HD) = 0;
+  virtual void matmul_backward(std::uint16_t* dinp, T* dw, T* dbias, const T* dout,
+                               const std::uint16_t* inp, const T* w, int N, int C, int OC) = 0;
+  virtual void attention_backward(T* dqkv, const std::uint16_t* dout, const std::uint16_t* qkv,
+                                  const std::uint16_t* out, const T* lse, int B, int seq, int NH,
+                                  int NKV, int HD) = 0;
   // And writing dqkv in bf16 (GPT-2, whose qkv GEMMs read it as it is and
   // whose qkv bias gradient sums its rounded values in fp32).
-  virtual void attention_backward(std::uint16_t* dqkv, const T* dout, const std::uint16_t* qkv,
-                                  const T* out, const T* lse, int B, int seq, int NH, int NKV,
-                                  int HD) = 0;
+  virtual void attention_backward(std::uint16_t* dqkv, const std::uint16_t* dout,
+                                  const std::uint16_t* qkv, const std::uint16_t* out, const T* lse,
+                                  int B, int seq, int NH, int NKV, int HD) = 0;
 };
 
 template <typename T>

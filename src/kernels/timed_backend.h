@@ -198,14 +198,22 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
       inner_.bf16_inputs()->attention_forward(out, out_bf16, lse, qkv, B, seq, NH, NKV, HD);
     });
   }
-  void attention_backward(T* dqkv, const T* dout, const std::uint16_t* qkv, const T* out,
-                          const T* lse, int B, int seq, int NH, int NKV, int HD) override {
+  void matmul_backward(std::uint16_t* dinp, T* dw, T* dbias, const T* dout,
+                       const std::uint16_t* inp, const T* w, int N, int C, int OC) override {
+    const double t = time("matmul", [&] {
+      inner_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+    });
+    add_shape("backward", N, C, OC, 4.0 * N * OC * C, t);
+  }
+  void attention_backward(T* dqkv, const std::uint16_t* dout, const std::uint16_t* qkv,
+                          const std::uint16_t* out, const T* lse, int B, int seq, int NH, int NKV,
+                          int HD) override {
     time("attention", [&] {
       inner_.bf16_inputs()->attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
     });
   }
-  void attention_backward(std::uint16_t* dqkv, const T* dout, const std::uint16_t* qkv,
-                          const T* out, const T* lse, int B, int seq, int NH, int NKV,
+  void attention_backward(std::uint16_t* dqkv, const std::uint16_t* dout, const std::uint16_t* qkv,
+                          const std::uint16_t* out, const T* lse, int B, int seq, int NH, int NKV,
                           int HD) override {
     time("attention", [&] {
       inner_.bf16_inputs()->attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);

@@ -250,10 +250,11 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   const Input mlp{buf.mlp, buf.mlp_bf16}, ln1{buf.ln1, buf.ln1_bf16}, ln2{buf.ln2, buf.ln2_bf16},
       atty{buf.atty, buf.atty_bf16};
   if ((h != nullptr) != (g.dfch_bf16 != nullptr) ||
+      (buf.qkv_bf16 != nullptr) != (g.datty_bf16 != nullptr) ||
       (g.dqkv_bf16 != nullptr && (h == nullptr || (d.gpt2 && buf.qkv_bf16 == nullptr)))) {
     throw std::invalid_argument(
-        "Block: dfch in bf16 goes with bf16 matmul inputs, and dqkv in bf16 with them and (GPT-2) "
-        "qkv in bf16");
+        "Block: dfch in bf16 goes with bf16 matmul inputs, datty in bf16 with qkv in bf16, and "
+        "dqkv in bf16 with bf16 inputs and (GPT-2) qkv in bf16");
   }
   // MLP: recompute its activation instead of keeping one per layer.
   mlp_activation_to(buf.mlp, buf, N);
@@ -283,14 +284,21 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, buf.res2, buf.ln2_mean, buf.ln2_rstd, params, grads, w.ln2_w,
                 w.ln2_b, N);
-  // Attention.
-  matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, atty,
-                  at(params, w.proj_w), N, d.A, d.C);
+  // Attention: with qkv in bf16, its output and that output's gradient in
+  // bf16 too.
+  if (buf.qkv_bf16 != nullptr) {
+    h->matmul_backward(g.datty_bf16, at(grads, w.proj_w), at(grads, w.proj_b), g.dres,
+                       buf.atty_bf16, at(params, w.proj_w), N, d.A, d.C);
+  } else {
+    matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, atty,
+                    at(params, w.proj_w), N, d.A, d.C);
+  }
   if (buf.qkv_bf16 != nullptr && d.gpt2 && g.dqkv_bf16 != nullptr) {
-    h->attention_backward(g.dqkv_bf16, g.datty, buf.qkv_bf16, buf.atty, lse, B, seq, d.NH, d.NKV,
-                          d.HD);
+    h->attention_backward(g.dqkv_bf16, g.datty_bf16, buf.qkv_bf16, buf.atty_bf16, lse, B, seq, d.NH,
+                          d.NKV, d.HD);
   } else if (buf.qkv_bf16 != nullptr) {
-    h->attention_backward(g.dqkv, g.datty, buf.qkv_bf16, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
+    h->attention_backward(g.dqkv, g.datty_bf16, buf.qkv_bf16, buf.atty_bf16, lse, B, seq, d.NH,
+                          d.NKV, d.HD);
   } else {
     backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
   }

@@ -109,7 +109,8 @@ struct BlockBuffers {
   std::uint16_t* atty_bf16 = nullptr;
   // And qkv in bf16, where attention reads it so (Bf16Inputs::
   // attention_reads_bf16_qkv): attention's forward and backward read it in
-  // place of qkv. GPT-2's qkv GEMM writes it, and qkv is then null; Llama's
+  // place of qkv, and the attention output is then kept in atty_bf16 only
+  // (atty null). GPT-2's qkv GEMM writes it, and qkv is then null; Llama's
   // writes qkv (scratch shared by the layers) and the Attend step's RoPE
   // writes qkv_bf16 from it.
   std::uint16_t* qkv_bf16 = nullptr;
@@ -192,6 +193,9 @@ class Block {
     // With bf16 matmul inputs: dfch in bf16 (dfch is then unused), and dqkv
     // as the GEMMs read it, in bf16: Llama's dqkv then holds attention's
     // gradient before RoPE's; GPT-2's (where qkv is in bf16) is unused.
+    // With qkv in bf16, the attention output's gradient in bf16 (datty is
+    // then unused).
+    std::uint16_t* datty_bf16 = nullptr;
     std::uint16_t* dfch_bf16 = nullptr;
     std::uint16_t* dqkv_bf16 = nullptr;
     // Sequence parallel only: dres and the norms' input gradients hold this

@@ -127,8 +127,10 @@ void Model<T>::reserve(int B, int seq, int slots) {
     a.ln1_rstd = take(n);
     a.qkv = bf16_qkv ? -1 : take(N * S);
     a.qkv_bf16 = bf16_qkv ? take16(N * S) : -1;
-    a.atty = take(N * d.A);
-    a.atty_bf16 = bf16 ? take16(N * d.A) : -1;  // besides atty: attention's backward reads it
+    // The attention output: in fp32 and (the projection's input) bf16, or
+    // with qkv in bf16 in bf16 only (attention's backward reads it so).
+    a.atty = bf16_qkv ? -1 : take(N * d.A);
+    a.atty_bf16 = bf16 ? take16(N * d.A) : -1;
     a.lse = take(static_cast<std::int64_t>(B) * d.NH * seq);
     a.res2 = take(n * C);
     a.ln2 = take_input(n * C, a.ln2_bf16);
@@ -182,7 +184,8 @@ void Model<T>::reserve(int B, int seq, int slots) {
   qkv_f32_ = bf16_qkv && !d.gpt2 ? take(N * S) : -1;
   dres_ = take(n * C);
   dln_ = take(N * C);
-  datty_ = take(N * d.A);
+  datty_ = bf16_qkv ? -1 : take(N * d.A);
+  datty_bf16_ = bf16_qkv ? take16(N * d.A) : -1;
   // dqkv in bf16 for the qkv GEMMs: written so by RoPE's backward from
   // attention's fp32 gradient (Llama) or, where attention runs on its
   // tensor-core kernels, by attention's backward itself (GPT-2, which then
@@ -517,6 +520,7 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
                              tmp(dqkv_), tmp(dmlp_act_), tmp(dfch_)};
   d.dfch_bf16 = tmp16(dfch_bf16_);
   d.dqkv_bf16 = tmp16(dqkv_bf16_);
+  d.datty_bf16 = tmp16(datty_bf16_);
   if (sequence_) {
     d.dgathered = tmp(dgathered_);
     d.dlocal = tmp(dlocal_);

@@ -681,18 +681,25 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     expect_same_bits("output", to_host<float>(c), to_host<float>(a));
     expect_same_bits("log-sum-exp", to_host<float>(lc), to_host<float>(la));
     EXPECT_EQ(bf16_of(hc), bf16_of(ha));
-    DeviceBuffer dout = test::to_device(*gpu, rnd(B * seq * C, 108 + HD));
-    DeviceBuffer da(*gpu, B * seq * S * 4), dc(*gpu, B * seq * S * 4);
-    gpu->attention_backward(da.as<float>(), dout.as<float>(), gqkv.as<float>(), a.as<float>(),
+    // The output in bf16 only.
+    DeviceBuffer h2(*gpu, B * seq * C * 2), l2(*gpu, B * NH * seq * 4);
+    h->attention_forward(nullptr, h2.as<std::uint16_t>(), l2.as<float>(), q16, B, seq, NH, NKV, HD);
+    EXPECT_EQ(bf16_of(h2), bf16_of(ha)) << "output in bf16 only";
+    expect_same_bits("log-sum-exp, output in bf16 only", to_host<float>(l2), to_host<float>(la));
+    // Backward from the output and its gradient in bf16 (the fp32 forms
+    // rounded): the fp32 backward's bits, which reads them rounded; and the
+    // qkv gradient into bf16 as well (GPT-2's qkv GEMMs read it so).
+    const auto dout = rnd(B * seq * C, 108 + HD);
+    DeviceBuffer gd = test::to_device(*gpu, dout), gdh = test::to_device(*gpu, bits(dout));
+    DeviceBuffer da(*gpu, B * seq * S * 4), dc(*gpu, B * seq * S * 4), dh(*gpu, B * seq * S * 2);
+    gpu->attention_backward(da.as<float>(), gd.as<float>(), gqkv.as<float>(), a.as<float>(),
                             la.as<float>(), B, seq, NH, NKV, HD);
-    h->attention_backward(dc.as<float>(), dout.as<float>(), q16, a.as<float>(), la.as<float>(), B,
-                          seq, NH, NKV, HD);
-    expect_same_bits("qkv gradient", to_host<float>(dc), to_host<float>(da));
-    // And into bf16 (GPT-2's qkv GEMMs read it so): the fp32 gradient rounded.
-    DeviceBuffer dh(*gpu, B * seq * S * 2);
-    h->attention_backward(dh.as<std::uint16_t>(), dout.as<float>(), q16, a.as<float>(),
+    h->attention_backward(dc.as<float>(), gdh.as<std::uint16_t>(), q16, ha.as<std::uint16_t>(),
                           la.as<float>(), B, seq, NH, NKV, HD);
-    EXPECT_EQ(bf16_of(dh), bits(to_host<float>(dc))) << "qkv gradient in bf16";
+    expect_same_bits("qkv gradient", to_host<float>(dc), to_host<float>(da));
+    h->attention_backward(dh.as<std::uint16_t>(), gdh.as<std::uint16_t>(), q16,
+                          ha.as<std::uint16_t>(), la.as<float>(), B, seq, NH, NKV, HD);
+    EXPECT_EQ(bf16_of(dh), bits(to_host<float>(da))) << "qkv gradient in bf16";
   }
   for (const auto& [N, C, OC] : {std::tuple{70, 48, 40}, {45, 36, 20}}) {
     SCOPED_TRACE("N " + std::to_string(N) + ", C " + std::to_string(C) + ", OC " +
@@ -740,7 +747,21 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     // Backward: the gradients accumulate onto dw0 and db0; the weight
     // gradient is the same with GELU's gradient in the input's GEMM, which
     // reads the pre-activation in bf16 and writes the input gradient so.
+    // And the input gradient into bf16 (the attention output's).
     std::vector<float> dw_plain;
+    {
+      DeviceBuffer da(*gpu, N * C * 4), dch(*gpu, N * C * 2);
+      DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
+      DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
+      gpu->matmul_backward(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
+                           gx.as<float>(), gw.as<float>(), N, C, OC);
+      h->matmul_backward(dch.as<std::uint16_t>(), dwc.as<float>(), dbc.as<float>(), gr.as<float>(),
+                         xh, gw.as<float>(), N, C, OC);
+      SCOPED_TRACE("matmul_backward, input gradient in bf16");
+      expect_gemm_bf16("input gradient", dch, to_host<float>(da));
+      expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
+      expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
+    }
     for (const bool gelu : {false, true}) {
       DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4), dch(*gpu, N * C * 2);
       DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);

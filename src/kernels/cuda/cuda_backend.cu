@@ -639,12 +639,32 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* qk
 }
 
 // delta[b, h, i] = dout_i . out_i (one warp per row).
-__global__ void attention_delta_kernel(float* delta, const float* dout, const float* out, int B,
-                                       int seq, int NH, int HD) {
+// An attention operand as delta's products take it: fp32 as it is, or
+// (kRound: the tensor-core kernels, whose products read dout and the
+// output in bf16) rounded to bf16; a bf16 value as it is.
+template <bool kRound>
+__device__ float operand(const float* p) {
+  return kRound ? __bfloat162float(__float2bfloat16(*p)) : *p;
+}
+template <bool kRound>
+__device__ float operand(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+
+// delta[row] = dout_row . out_row over the HD elements of one (token, head)
+// row, one warp per row (lane l sums elements l, l + 32, ..., then the warp
+// sums the lanes): dout and out in fp32 or bf16.
+template <bool kRound, typename D, typename O>
+__global__ void attention_delta_kernel(float* delta, const D* dout, const O* out, int B, int seq,
+                                       int NH, int HD) {
   const RowTask t = row_task(seq, NH);
   if (t.task >= std::int64_t{B} * NH * seq) return;
   const std::int64_t at = (t.b * seq + t.row) * NH * HD + std::int64_t{t.head} * HD;
-  const float s = dot_lanes(load_lanes(dout + at, HD, t.lane), out + at, HD, t.lane);
+  float s = 0.0f;
+  for (int d = t.lane; d < HD; d += kWarp) {
+    s += operand<kRound>(dout + at + d) * operand<kRound>(out + at + d);
+  }
+  s = warp_sum(s);
   if (t.lane == 0) delta[t.task] = s;
 }
 
@@ -1151,14 +1171,14 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
     const int col = half * kHalf + d;
     if (col >= HD) continue;
     const float v = o[d] / l;
-    out[orow + col] = v;
+    if (out != nullptr) out[orow + col] = v;
     if (out16 != nullptr) store(out16 + orow + col, v);
   }
   if (half == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
 }
 
-template <int kHD, typename In, typename Out>
-__global__ void dq_kernel(Out* dqkv, const float* dout, const In* qkv, const float* lse,
+template <int kHD, typename In, typename Out, typename D>
+__global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* lse,
                           const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   using T = Shape<kHD>;
   constexpr int kRows = T::kDqRows, kKeys = T::kKeys, kHalf = T::kHalf;
@@ -1212,8 +1232,8 @@ __global__ void dq_kernel(Out* dqkv, const float* dout, const In* qkv, const flo
   }
 }
 
-template <int kHD, typename In, typename Out>
-__global__ void dkv_kernel(Out* dqkv, const float* dout, const In* qkv, const float* lse,
+template <int kHD, typename In, typename Out, typename D>
+__global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float* lse,
                            const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   using T = Shape<kHD>;
   constexpr int kKeyRows = T::kKeyRows, kQueries = T::kQueries, kHalf = T::kHalf;
@@ -1238,7 +1258,7 @@ __global__ void dkv_kernel(Out* dqkv, const float* dout, const In* qkv, const fl
   const int C = NH * HD;
   const int kdim = (HD + 15) / 16 * 16;
   const In* base = qkv + b * seq * S;
-  const float* dbase = dout + b * seq * C;
+  const D* dbase = dout + b * seq * C;
   const int k0 = blockIdx.x * kKeyRows;
   const int w0 = k0 + warp * 16;
   const int j = w0 + row;
@@ -1590,6 +1610,25 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                        const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
     backward_gemms(dinp, dw, dbias, as_bf16(dout), as_bf16(inp), w, N, C, OC);
   }
+  // dinp in bf16 (the attention output's gradient): cuBLASLt rounds the
+  // fp32 product as it stores it; else the product in scratch, rounded.
+  // Either leaves dout's bf16 copy in scratch slot 1 (the B operand's) for
+  // the weight gradient's GEMM.
+  void matmul_backward(std::uint16_t* dinp, float* dw, float* dbias, const float* dout,
+                       const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
+    const std::int64_t count = std::int64_t{N} * C;
+    if (!lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, nullptr, dinp, C,
+                   CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0, "matmul_backward (input, bf16)",
+                   CUDA_R_16BF)) {
+      float* product = scratch(count);
+      gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, product, C,
+           "matmul_backward (input, bf16)");
+      bf16_copy_into(as_bf16(dinp), product, count);
+    }
+    Operand d = dout;
+    if (bf16_ && count > 0 && OC > 0) d.bf16 = bf16_buffer(std::int64_t{N} * OC, 1);
+    backward_gemms(nullptr, dw, dbias, d, as_bf16(inp), w, N, C, OC);
+  }
   void matmul_residual_forward(float* out, const float* residual, const float* inp, const float* w,
                                const float* bias, int N, int C, int OC) override {
     residual_gemm(out, residual, inp, w, bias, N, C, OC);
@@ -1751,15 +1790,16 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
                           const float* lse, int B, int seq, int NH, int NKV, int HD) override {
     attention_grads(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
   }
-  void attention_backward(float* dqkv, const float* dout, const std::uint16_t* qkv,
-                          const float* out, const float* lse, int B, int seq, int NH, int NKV,
-                          int HD) override {
-    attention_grads(dqkv, dout, as_bf16(qkv), out, lse, B, seq, NH, NKV, HD);
+  void attention_backward(float* dqkv, const std::uint16_t* dout, const std::uint16_t* qkv,
+                          const std::uint16_t* out, const float* lse, int B, int seq, int NH,
+                          int NKV, int HD) override {
+    attention_grads(dqkv, as_bf16(dout), as_bf16(qkv), as_bf16(out), lse, B, seq, NH, NKV, HD);
   }
-  void attention_backward(std::uint16_t* dqkv, const float* dout, const std::uint16_t* qkv,
-                          const float* out, const float* lse, int B, int seq, int NH, int NKV,
-                          int HD) override {
-    attention_grads(as_bf16(dqkv), dout, as_bf16(qkv), out, lse, B, seq, NH, NKV, HD);
+  void attention_backward(std::uint16_t* dqkv, const std::uint16_t* dout, const std::uint16_t* qkv,
+                          const std::uint16_t* out, const float* lse, int B, int seq, int NH,
+                          int NKV, int HD) override {
+    attention_grads(as_bf16(dqkv), as_bf16(dout), as_bf16(qkv), as_bf16(out), lse, B, seq, NH, NKV,
+                    HD);
   }
   void attention_kv_forward(float* out, float* kpool, float* vpool, const std::int32_t* blocks,
                             int block_size, const float* qkv, int N, int pos0, int NH, int NKV,
@@ -1845,25 +1885,35 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
 
  private:
   // attention_backward, on qkv in fp32 or bf16, writing dqkv in fp32 or
-  // (the tensor-core kernels) bf16.
-  template <typename In, typename Out>
-  void attention_grads(Out* dqkv, const float* dout, const In* qkv, const float* out,
-                       const float* lse, int B, int seq, int NH, int NKV, int HD) {
+  // (the tensor-core kernels) bf16, and reading dout and the output in
+  // fp32 or (the tensor-core kernels) bf16. The tensor-core kernels compute
+  // delta from dout and the output rounded to bf16, as their products read
+  // dout, so the bits do not depend on which form they are kept in.
+  template <typename In, typename Out, typename D, typename O>
+  void attention_grads(Out* dqkv, const D* dout, const In* qkv, const O* out, const float* lse,
+                       int B, int seq, int NH, int NKV, int HD) {
     check_head_dim(HD);
     const AttentionKernels kernels = attention_kernels_for(qkv, B, NH, NKV, HD);
     if (B == 0 || seq == 0) return;
     const std::int64_t rows = std::int64_t{B} * NH * seq;
     float* delta = scratch(rows);
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    launch("attention_backward (delta)", attention_delta_kernel, warps_blocks(rows), kThreads,
-           delta, dout, out, B, seq, NH, HD);
+    const bool tensor_cores =
+        kernels == AttentionKernels::kTensorCores64 || kernels == AttentionKernels::kTensorCores128;
+    if (tensor_cores) {
+      launch("attention_backward (delta)", attention_delta_kernel<true, D, O>, warps_blocks(rows),
+             kThreads, delta, dout, out, B, seq, NH, HD);
+    }
     if (kernels == AttentionKernels::kTensorCores64) {
       return tc_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
     }
     if (kernels == AttentionKernels::kTensorCores128) {
       return tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
     }
-    if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
+    if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float> &&
+                  std::is_same_v<D, float> && std::is_same_v<O, float>) {
+      launch("attention_backward (delta)", attention_delta_kernel<false, float, float>,
+             warps_blocks(rows), kThreads, delta, dout, out, B, seq, NH, HD);
       if (kernels == AttentionKernels::kTiled64) {
         return flash_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
       }
@@ -1895,6 +1945,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
       return tc_forward<128>(out, out16, lse, qkv, B, seq, NH, NKV, HD, scale);
     }
     if constexpr (std::is_same_v<In, float>) {
+      if (out == nullptr) {
+        throw std::logic_error(
+            "CUDA attention: an output in bf16 only needs the tensor-core kernels");
+      }
       if (kernels == AttentionKernels::kTiled64) {
         flash_forward<64>(out, lse, qkv, B, seq, NH, NKV, HD, scale);
       } else if (kernels == AttentionKernels::kTiled128) {
@@ -2046,14 +2100,14 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
            dim3(tiles(seq, T::kRows), static_cast<unsigned>(B * NH)), T::kRows * 2, out, out16, lse,
            qkv, seq, NH, NKV, HD, scale);
   }
-  template <int kHD, typename In, typename Out>
-  void tc_backward(Out* dqkv, const float* dout, const In* qkv, const float* lse,
-                   const float* delta, int B, int seq, int NH, int NKV, int HD, float scale) {
+  template <int kHD, typename In, typename Out, typename D>
+  void tc_backward(Out* dqkv, const D* dout, const In* qkv, const float* lse, const float* delta,
+                   int B, int seq, int NH, int NKV, int HD, float scale) {
     using T = tc::Shape<kHD>;
-    launch("attention_backward (dq, tensor cores)", tc::dq_kernel<kHD, In, Out>,
+    launch("attention_backward (dq, tensor cores)", tc::dq_kernel<kHD, In, Out, D>,
            dim3(tiles(seq, T::kDqRows), static_cast<unsigned>(B * NH)), T::kDqRows * 2, dqkv, dout,
            qkv, lse, delta, seq, NH, NKV, HD, scale);
-    launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel<kHD, In, Out>,
+    launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel<kHD, In, Out, D>,
            dim3(tiles(seq, T::kKeyRows), static_cast<unsigned>(B * NKV)), T::kKeyRows * 2, dqkv,
            dout, qkv, lse, delta, seq, NH, NKV, HD, scale);
   }

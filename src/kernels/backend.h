@@ -229,6 +229,15 @@ class Bf16Inputs {
   virtual void attention_backward(std::uint16_t* dqkv, const std::uint16_t* dout,
                                   const std::uint16_t* qkv, const std::uint16_t* out, const T* lse,
                                   int B, int seq, int NH, int NKV, int HD) = 0;
+  // The weights from one bf16 copy instead of a rounding per matmul: with
+  // round, params[0, count) is rounded into copy[0, count) now; from then
+  // on every fp32 matmul operand that lies inside params is read from copy
+  // at the same offset (the same bits as rounding it in the matmul), until
+  // a call with count 0 (params and copy null) stops it. params must not
+  // change while its copy is in use: Model uses it from a forward through
+  // that micro-batch's backward.
+  virtual void use_weight_copy(const T* params, std::uint16_t* copy, std::int64_t count,
+                               bool round) = 0;
 };
 
 template <typename T>
@@ -242,8 +251,8 @@ class Backend : public BackendMemory {
 
   // How many logits (rows x vocabulary) the loss head computes at a time.
   // Each chunk's GEMMs read and write the whole lm-head weight gradient
-  // (V x C) and, with bf16 matmuls, round the lm-head weights again, so the
-  // fewer chunks the better; the bound is memory. The CPU backend takes 2^25
+  // (V x C) and read the lm-head weights, so the fewer chunks the better;
+  // the bound is memory. The CPU backend takes 2^25
   // (128 MiB in float, hundreds of rows); the CUDA backend 2^29 (2 GiB: a
   // whole micro-batch of 8 x 1024 tokens over GPT-2's vocabulary in one
   // chunk). A fixed number, not one read from free memory, so that a run's

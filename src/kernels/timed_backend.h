@@ -243,6 +243,11 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
   void swiglu_forward(std::uint16_t* out, const std::uint16_t* inp, int N, int F) override {
     time("activation", [&] { inner_.bf16_inputs()->swiglu_forward(out, inp, N, F); });
   }
+  // (The weights' rounding is the matmuls' work, as when each rounded its own.)
+  void use_weight_copy(const T* params, std::uint16_t* copy, std::int64_t count,
+                       bool round) override {
+    time("matmul", [&] { inner_.bf16_inputs()->use_weight_copy(params, copy, count, round); });
+  }
   void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int N,
                          int C, float eps) override {
     time("norm", [&] { inner_.layernorm_forward(out, mean, rstd, inp, w, b, N, C, eps); });

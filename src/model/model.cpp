@@ -9,6 +9,33 @@
 #include "core/text.h"
 
 namespace borealis {
+namespace {
+
+// The backend reads the matmuls' weights from their bf16 copy for a scope
+// (Bf16Inputs::use_weight_copy; nothing without a copy).
+template <typename T>
+class WeightCopyInUse {
+ public:
+  WeightCopyInUse(Backend<T>& backend, const T* params, std::uint16_t* copy, std::int64_t count,
+                  bool round)
+      : h_(copy != nullptr ? backend.bf16_inputs() : nullptr) {
+    if (h_ != nullptr) h_->use_weight_copy(params, copy, count, round);
+  }
+  ~WeightCopyInUse() {
+    if (h_ == nullptr) return;
+    try {
+      h_->use_weight_copy(nullptr, nullptr, 0, false);
+    } catch (...) {  // (the backend's error comes back with its next op)
+    }
+  }
+  WeightCopyInUse(const WeightCopyInUse&) = delete;
+  WeightCopyInUse& operator=(const WeightCopyInUse&) = delete;
+
+ private:
+  Bf16Inputs<T>* h_;
+};
+
+}  // namespace
 
 template <typename T>
 Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorParallelGroup<T>* group,
@@ -29,11 +56,16 @@ Model<T>::Model(const ModelConfig& config, Backend<T>& backend, const TensorPara
                 "backend");
   }
   const std::int64_t total = layout_.total();
-  allocate_for(fmt::format("the parameters and their gradients ({} parameters) need {}", total,
-                           format_bytes(2 * static_cast<std::uint64_t>(total) * sizeof(T))),
+  // With bf16 matmul inputs, the weights' bf16 copy too.
+  const bool copy = backend.bf16_inputs() != nullptr && group_ == nullptr;
+  const std::uint64_t bytes = static_cast<std::uint64_t>(total) * (2 * sizeof(T) + (copy ? 2 : 0));
+  allocate_for(fmt::format("the parameters{} ({} parameters) need {}",
+                           copy ? ", their gradients and their bf16 copy" : " and their gradients",
+                           total, format_bytes(bytes)),
                "", [&] {
                  params_ = BackendArray<T>(backend, total);
                  grads_ = BackendArray<T>(backend, total);
+                 if (copy) params16_ = BackendArray<std::uint16_t>(backend, total);
                });
 }
 
@@ -351,6 +383,9 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   if (last) validate_tokens(targets, "targets");
   grad_pending_[static_cast<std::size_t>(slot_)] = 0;
   if (head_slot_ == slot_) head_slot_ = -1;
+  // The matmuls read the weights from one bf16 copy, rounded now.
+  const WeightCopyInUse<T> weights(backend_, params_.data(), params16_.data(), params16_.size(),
+                                   true);
 
   // The ops read the backend's copies of the tokens and targets.
   if (first) {
@@ -492,6 +527,9 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
   }
   grad_pending_[static_cast<std::size_t>(slot_)] = 0;
   head_slot_ = -1;
+  // The forward's copy of the weights (which have not changed since).
+  const WeightCopyInUse<T> weights(backend_, params_.data(), params16_.data(), params16_.size(),
+                                   false);
   const int B = B_;
   const int seq = T_;
   const int N = B * seq;

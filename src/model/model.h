@@ -120,7 +120,9 @@ class Model {
   T forward(const std::int32_t* tokens, const std::int32_t* targets, int B, int seq, bool need_grad,
             T grad_scale = T(1));
   // Accumulates d(loss)/d(params) into grads(). Needs a forward(need_grad) of
-  // the slot first; on the last stage, with no other forward in between.
+  // the slot first, and the parameters as they were then (with bf16 matmul
+  // inputs backward reads the copy of the weights that forward rounded); on
+  // the last stage, with no other forward in between.
   // grads_final_from, when given, is called as the pass goes down the blocks
   // with an offset from which on no gradient element changes any more in
   // this pass (after the loss head and each block, and 0 at the end), so a
@@ -183,6 +185,9 @@ class Model {
   Block<T> block_;
   BackendArray<T> params_;
   BackendArray<T> grads_;
+  // With bf16 matmul inputs: the weights rounded to bf16 by each forward,
+  // which its matmuls and its backward's read (Bf16Inputs::use_weight_copy).
+  BackendArray<std::uint16_t> params16_;
 
   // Arena and its layout for the reserved (B, T): slots_ activation sets of
   // slot_elems_ each (offsets below from the set's start), then the scratch

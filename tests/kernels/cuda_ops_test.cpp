@@ -838,6 +838,84 @@ double relative_error(const std::vector<float>& a, const std::vector<float>& b) 
   return test::relative_norm(a.data(), b.data(), static_cast<std::int64_t>(b.size()));
 }
 
+// The weights from their bf16 copy (Bf16Inputs::use_weight_copy): the
+// matmuls give the bits they give rounding the weights themselves (GEMMs
+// and cuBLASLt's, forward and backward, weights at offsets into the
+// buffer), they read the copy, not the weights (changed afterwards, the
+// results stay), an operand reaching past the buffer's end is rounded
+// itself, and once stopped the weights are read again.
+TEST_P(CudaBf16Ops, WeightsFromTheirBf16Copy) {
+  Bf16Inputs<float>* h = gpu->bf16_inputs();
+  ASSERT_NE(h, nullptr);
+  const int N = 24, C = 32, OC = 40, at = 12;  // the second weight at an offset of 12 floats
+  const std::int64_t P = at + std::int64_t{OC} * C;
+  const auto params = rnd(P, 301), x = rnd(N * C, 302), b = rnd(OC, 303), dy = rnd(N * OC, 304);
+  DeviceBuffer gp = test::to_device(*gpu, params), gx = test::to_device(*gpu, x),
+               gb = test::to_device(*gpu, b), gdy = test::to_device(*gpu, dy), copy(*gpu, P * 2),
+               y(*gpu, N * OC * 4), y16(*gpu, N * OC * 2), dx(*gpu, N * C * 4),
+               dx16(*gpu, N * C * 2), dw(*gpu, OC * C * 4);
+  const std::vector<std::uint16_t> x16 = [&] {
+    std::vector<std::uint16_t> r;
+    for (const float v : x) r.push_back(float_to_bf16(v));
+    return r;
+  }();
+  DeviceBuffer gx16 = test::to_device(*gpu, x16);
+  // Each matmul on the weight at `w` (floats into the buffer), results in a
+  // row: forward without a bias (a GEMM) and with one (cuBLASLt), the bf16
+  // output, backward's input and weight gradients, and the bf16 input
+  // gradient.
+  const auto run = [&](std::int64_t w) {
+    const float* wp = gp.as<float>() + w;
+    std::vector<float> r;
+    const auto add = [&](const std::vector<float>& v) { r.insert(r.end(), v.begin(), v.end()); };
+    gpu->matmul_forward(y.as<float>(), gx.as<float>(), wp, nullptr, N, C, OC, false);
+    add(to_host<float>(y));
+    gpu->matmul_forward(y.as<float>(), gx.as<float>(), wp, gb.as<float>(), N, C, OC, false);
+    add(to_host<float>(y));
+    h->matmul_forward(y16.as<std::uint16_t>(), gx16.as<std::uint16_t>(), wp, gb.as<float>(), N, C,
+                      OC);
+    for (const std::uint16_t v : to_host<std::uint16_t>(y16)) r.push_back(bf16_to_float(v));
+    gpu->fill(dw.as<float>(), 0.0f, OC * C);
+    gpu->matmul_backward(dx.as<float>(), dw.as<float>(), nullptr, gdy.as<float>(), gx.as<float>(),
+                         wp, N, C, OC);
+    add(to_host<float>(dx));
+    add(to_host<float>(dw));
+    h->matmul_backward(dx16.as<std::uint16_t>(), dw.as<float>(), nullptr, gdy.as<float>(),
+                       gx16.as<std::uint16_t>(), wp, N, C, OC);
+    for (const std::uint16_t v : to_host<std::uint16_t>(dx16)) r.push_back(bf16_to_float(v));
+    return r;
+  };
+  // The same bits on the emulator; on a GPU cuBLAS may pick another
+  // algorithm for operands aligned otherwise.
+  const auto expect_same = [&](const char* what, const std::vector<float>& got,
+                               const std::vector<float>& want) {
+    if (GetParam() == "cuda") {
+      expect_close(what, got, want, 1e-5);
+    } else {
+      expect_same_bits(what, got, want);
+    }
+  };
+  for (const std::int64_t w : {std::int64_t{0}, std::int64_t{at}}) {
+    SCOPED_TRACE("the weight at " + std::to_string(w));
+    const auto before = run(w);
+    h->use_weight_copy(gp.as<float>(), copy.as<std::uint16_t>(), P, true);
+    expect_same("from the copy", run(w), before);
+    // The weights changed: the copy, still in use, is what the matmuls read.
+    gp.upload(rnd(P, 305).data(), P * 4);
+    expect_same("from the copy, the weights changed since", run(w), before);
+    h->use_weight_copy(nullptr, nullptr, 0, false);
+    const auto changed = run(w);
+    EXPECT_NE(changed, before);
+    // A copy of less than the whole weight: its rounding in the matmul.
+    h->use_weight_copy(gp.as<float>(), copy.as<std::uint16_t>(), w + std::int64_t{OC} * C - 1,
+                       true);
+    expect_same("reaching past the copy", run(w), changed);
+    h->use_weight_copy(nullptr, nullptr, 0, false);
+    gp.upload(params.data(), P * 4);
+  }
+  EXPECT_THROW(h->use_weight_copy(gp.as<float>(), nullptr, P, true), std::invalid_argument);
+}
+
 // Attention on tensor cores (bf16 q, k, v, output gradient and
 // probabilities; fp32 scores, statistics and sums) against the CPU's fp32,
 // over several of its tiles (64 query rows, 32 keys; 64 or 32 key rows, 16

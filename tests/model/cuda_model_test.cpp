@@ -227,6 +227,11 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
     using TimedBackend<float>::TimedBackend;
     bool attention_reads_bf16_qkv(int, int, int, int) const override { return false; }
   };
+  // Each matmul rounding its weights itself.
+  struct NoWeightCopy final : TimedBackend<float> {
+    using TimedBackend<float>::TimedBackend;
+    void use_weight_copy(const float*, std::uint16_t*, std::int64_t, bool) override {}
+  };
   ModelConfig c = preset();
   const int B = 2, seq = 32, N = B * seq;
   c.max_seq = std::max(c.max_seq, seq);
@@ -237,10 +242,20 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   EXPECT_EQ(gpu->bf16_inputs(), nullptr);  // fp32 matmuls take fp32 inputs
   Hidden hidden(*bf16);
   Fp32Qkv fp32_qkv(*bf16);
+  NoWeightCopy no_copy(*bf16);
   hidden.set_timing(false);
   fp32_qkv.set_timing(false);
-  Model<float> with(c, *bf16), without(c, hidden), qkv32(c, fp32_qkv);
-  std::vector<Model<float>*> others{&qkv32, &without};
+  no_copy.set_timing(false);
+  Model<float> with(c, *bf16), without(c, hidden), qkv32(c, fp32_qkv), rounding(c, no_copy);
+  std::vector<Model<float>*> others{&qkv32, &without, &rounding};
+  // The rounding passes (on the emulator, which counts launches) of a
+  // micro-batch's forward and backward.
+  std::uint64_t roundings = 0;
+  const auto count_roundings = [&](auto&& run) {
+    const std::uint64_t before = cuda_emulator::launches("bf16 copy");
+    run();
+    roundings = cuda_emulator::launches("bf16 copy") - before;
+  };
   const std::int64_t P = with.num_params();
   AdamW opt(*bf16, with.layout(), AdamWConfig{});
   std::vector<std::unique_ptr<AdamW>> other_opts;
@@ -252,22 +267,39 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   for (int step = 0; step < 2; ++step) {
     const Tokens t = make_tokens(N, c.vocab_size, 40 + step);
     with.zero_grad();
-    const float lw = with.forward(t.tokens.data(), t.targets.data(), B, seq, true);
-    with.backward();
+    float lw = 0;
+    count_roundings([&] {
+      lw = with.forward(t.tokens.data(), t.targets.data(), B, seq, true);
+      with.backward();
+    });
+    const std::uint64_t with_roundings = roundings;
     const auto gw = download(*bf16, with.grads(), P);
     for (std::size_t i = 0; i < others.size(); ++i) {
       Model<float>& m = *others[i];
       const bool hidden_inputs = &m == &without;
-      SCOPED_TRACE(hidden_inputs ? "against bf16 inputs hidden" : "against qkv in fp32");
+      const bool no_weight_copy = &m == &rounding;
+      SCOPED_TRACE(hidden_inputs    ? "against bf16 inputs hidden"
+                   : no_weight_copy ? "against no copy of the weights"
+                                    : "against qkv in fp32");
       m.zero_grad();
-      const float lo = m.forward(t.tokens.data(), t.targets.data(), B, seq, true);
-      m.backward();
+      float lo = 0;
+      count_roundings([&] {
+        lo = m.forward(t.tokens.data(), t.targets.data(), B, seq, true);
+        m.backward();
+      });
       const auto go = download(*bf16, m.grads(), P);
-      if (exact && !hidden_inputs && (!gpt2 || step == 0)) {
+      if (exact && no_weight_copy) {
+        // Each weight GEMM's rounding (four a layer and the lm head's, each
+        // way) gives way to one of all the weights.
+        const auto chunks =
+            static_cast<std::uint64_t>((N + with.loss_chunk_rows() - 1) / with.loss_chunk_rows());
+        EXPECT_EQ(roundings - with_roundings, 8 * c.n_layer + 2 * chunks - 1);
+      }
+      if (exact && !hidden_inputs && (!gpt2 || step == 0 || no_weight_copy)) {
         EXPECT_EQ(lw, lo) << "step " << step;
         for (const ParamView& v : with.layout().views()) {
           const auto w0 = gw.begin() + v.offset, o0 = go.begin() + v.offset;
-          if (gpt2 && v.name.ends_with("attn.qkv.b")) {
+          if (gpt2 && !no_weight_copy && v.name.ends_with("attn.qkv.b")) {
             const double e = relative_norm(&*w0, &*o0, v.size);
             EXPECT_LE(e, 1e-2) << v.name;
             fmt::print("[ measured ] {}: {:.2e} relative in norm (summed in bf16)\n", v.name, e);
@@ -276,7 +308,7 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
           }
         }
       } else {
-        const bool loose = hidden_inputs || gpt2;
+        const bool loose = hidden_inputs || (gpt2 && !no_weight_copy);
         EXPECT_NEAR(lw, lo, (loose ? 1e-4 : 1e-5) * std::abs(lo)) << "step " << step;
         double worst = 0;
         for (const ParamView& v : with.layout().views()) {
@@ -285,8 +317,10 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
           EXPECT_LE(e, loose ? 3e-2 : 1e-4) << v.name << ", step " << step;
         }
         fmt::print("[ {} ] step {}: loss {:.3g} relative, worst gradient {:.3g} relative in norm\n",
-                   hidden_inputs ? "bf16 inputs hidden" : "qkv in fp32", step,
-                   std::abs(lw - lo) / std::abs(lo), worst);
+                   hidden_inputs    ? "bf16 inputs hidden"
+                   : no_weight_copy ? "no weight copy"
+                                    : "qkv in fp32",
+                   step, std::abs(lw - lo) / std::abs(lo), worst);
       }
       other_opts[i]->step(m.params(), m.grads(), 1e-3f);
     }
@@ -294,6 +328,9 @@ TEST_P(CudaModel, Bf16InputsEqualRoundingInTheMatmuls) {
   }
   if (exact && !gpt2) {
     EXPECT_EQ(download(*bf16, with.params(), P), download(*bf16, qkv32.params(), P));
+  }
+  if (exact) {
+    EXPECT_EQ(download(*bf16, with.params(), P), download(*bf16, rounding.params(), P));
   }
   EXPECT_LT(with.activation_bytes(), without.activation_bytes());
   EXPECT_LT(qkv32.activation_bytes(), without.activation_bytes());

@@ -1576,6 +1576,17 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
            blocks_for(std::int64_t{seq} * C), kThreads, dwpe, dout, N, seq, C);
   }
 
+  void use_weight_copy(const float* params, std::uint16_t* copy, std::int64_t count,
+                       bool round) override {
+    if (count > 0 && (params == nullptr || copy == nullptr)) {
+      throw std::invalid_argument("use_weight_copy: weights and their copy, or a count of 0");
+    }
+    if (count > 0 && round) bf16_copy_into(as_bf16(copy), params, count);
+    weights_ = count > 0 ? params : nullptr;
+    weight_copy_ = count > 0 ? as_bf16(copy) : nullptr;
+    weight_count_ = count > 0 ? count : 0;
+  }
+
   void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
                       int OC, bool accumulate) override {
     forward_gemm(out, inp, w, bias, N, C, OC, accumulate);
@@ -1988,8 +1999,8 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
       // As below, with dout rounded to bf16 once for both GEMMs.
       const __nv_bfloat16* d = rounded(dout, std::int64_t{N} * OC, 1);
       if (dinp != nullptr) {
-        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, bf16_copy(w, std::int64_t{OC} * C, 0), C, d,
-                  OC, 0.0f, dinp, C, "matmul_backward (input)");
+        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, rounded(w, std::int64_t{OC} * C, 0), C, d, OC,
+                  0.0f, dinp, C, "matmul_backward (input)");
       }
       gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, rounded(inp, std::int64_t{N} * C, 0), C, d, OC,
                 1.0f, dw, C, "matmul_backward (weight)");
@@ -2159,9 +2170,24 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     gemm_bf16(ta, tb, m, n, k, rounded(A, operand_extent(ta, m, k, lda), 0), lda,
               rounded(B, operand_extent(tb, k, n, ldb), 1), ldb, beta, C, ldc, what);
   }
-  // An operand in bf16: as it is, or rounded into bf16 scratch `slot`.
+  // An operand in bf16: as it is, from the weights' copy, or rounded into
+  // bf16 scratch `slot`.
   const __nv_bfloat16* rounded(Operand x, std::int64_t count, int slot) {
+    x = with_weight_copy(x, count);
     return x.bf16 != nullptr ? x.bf16 : bf16_copy(x.f32, count, slot);
+  }
+  // x with its bf16 form from use_weight_copy's copy where it has one there
+  // (count values from x inside the weights).
+  Operand with_weight_copy(Operand x, std::int64_t count) const {
+    if (x.bf16 != nullptr || x.f32 == nullptr || weights_ == nullptr) return x;
+    // (Compared as addresses: x need not point into the weights.)
+    const auto at = reinterpret_cast<std::uintptr_t>(x.f32);
+    const auto begin = reinterpret_cast<std::uintptr_t>(weights_);
+    if (at >= begin && count <= weight_count_ &&
+        (at - begin) / sizeof(float) <= static_cast<std::uintptr_t>(weight_count_ - count)) {
+      x.bf16 = weight_copy_ + (x.f32 - weights_);
+    }
+    return x;
   }
   // The same on operands already in bf16 (fp32 accumulation and C).
   void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -2205,6 +2231,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     // copies are made, which happens only once cuBLASLt is to run.
     const std::int64_t a_count = operand_extent(ta, m, k, lda);
     const std::int64_t b_count = operand_extent(tb, k, n, ldb);
+    if (bf16_) {
+      A = with_weight_copy(A, a_count);
+      B = with_weight_copy(B, b_count);
+    }
     const auto where = [&](Operand x, std::int64_t count, int slot) -> const void* {
       if (!bf16_) return x.f32;
       return x.bf16 != nullptr ? x.bf16 : bf16_buffer(count, slot);
@@ -2388,6 +2418,11 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   std::map<LtProblem, std::optional<cublasLtMatmulAlgo_t>> lt_algos_;
   Scratch scratch_;
   Scratch bf16_scratch_[2];
+  // use_weight_copy's: operands inside [weights_, weights_ + weight_count_)
+  // are read from weight_copy_.
+  const float* weights_ = nullptr;
+  const __nv_bfloat16* weight_copy_ = nullptr;
+  std::int64_t weight_count_ = 0;
   float* rope_cos_ = nullptr;
   float* rope_sin_ = nullptr;
   int rope_positions_ = 0, rope_head_dim_ = 0;

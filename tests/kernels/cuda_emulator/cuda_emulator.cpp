@@ -18,6 +18,8 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -460,6 +462,17 @@ void set_memory_limit(std::size_t bytes) {
   g_memory_limit = bytes == 0 ? kEmulatedMemory : bytes;
 }
 
+namespace {
+std::mutex g_launches_mutex;
+std::map<std::string, std::uint64_t, std::less<>> g_launches;
+}  // namespace
+
+std::uint64_t launches(std::string_view what) {
+  std::lock_guard<std::mutex> lock(g_launches_mutex);
+  const auto it = g_launches.find(what);
+  return it == g_launches.end() ? 0 : it->second;
+}
+
 void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void()>& body) {
   const std::uint64_t threads = std::uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
@@ -470,6 +483,10 @@ void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void(
         describe({grid.x, grid.y, grid.z}) + ", block " + describe({block.x, block.y, block.z}));
   }
   if (t_run != nullptr) throw std::logic_error("emulated CUDA: a launch from inside a kernel");
+  {
+    std::lock_guard<std::mutex> lock(g_launches_mutex);
+    ++g_launches[what];
+  }
   BlockRun r;
   r.what = what;
   r.body = &body;

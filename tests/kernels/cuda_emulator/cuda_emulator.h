@@ -40,6 +40,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -449,6 +450,8 @@ std::size_t live_allocations();
 void set_memory_limit(std::size_t bytes);
 // cublasLtMatmul calls so far (for the tests: which path a GEMM took).
 std::uint64_t lt_matmuls();
+// Kernel launches so far under the name `what` (launch()'s first argument).
+std::uint64_t launches(std::string_view what);
 
 // Queues work on `stream` (not the default stream) that is pending until
 // poll() returns true; poll() is called until it does, and not after.

@@ -141,7 +141,10 @@ Precision parse_precision(const std::string& name);
 // its gradient are computed in fp32 from the rounded pre-activation, and
 // GPT-2's up-projection bias gradient sums the rounded gradient. So does
 // GPT-2's qkv bias gradient, where attention's backward writes the qkv
-// gradient in bf16 for the qkv GEMMs. A backend
+// gradient in bf16 for the qkv GEMMs. The residual stream's gradient stays
+// fp32 (the norms' backward accumulate into it) and the norms' backward
+// leave its bf16 form beside it for the GEMMs that read it next; and the
+// weights are read from one bf16 copy a micro-batch. A backend
 // that takes such inputs returns this interface from
 // Backend::bf16_inputs(), and training then calls these ops in place of the
 // Backend ops of the same names, which they equal but for that rounding of
@@ -164,30 +167,38 @@ class Bf16Inputs {
   // output projection's input; attention's backward reads out in fp32).
   virtual void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const T* qkv, int B,
                                  int seq, int NH, int NKV, int HD) = 0;
-  // The matmuls: inp in bf16.
+  // The matmuls: inp in bf16. Backward's output gradient comes in fp32
+  // (dout), in bf16 (dout16) or both (at least one; both hold the same
+  // values, dout16 rounded): the GEMMs read dout16 where given (else dout
+  // rounded), the bias gradient sums dout's values where given (else
+  // dout16's), in fp32.
   virtual void matmul_forward(T* out, const std::uint16_t* inp, const T* w, const T* bias, int N,
                               int C, int OC, bool accumulate) = 0;
   virtual void matmul_residual_forward(T* out, const T* residual, const std::uint16_t* inp,
                                        const T* w, const T* bias, int N, int C, int OC) = 0;
-  virtual void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const std::uint16_t* inp,
-                               const T* w, int N, int C, int OC) = 0;
+  virtual void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const std::uint16_t* dout16,
+                               const std::uint16_t* inp, const T* w, int N, int C, int OC) = 0;
   // GPT-2's MLP down-projection: pre and dpre in bf16 (dpre is the
   // up-projection's output gradient, which its GEMMs read in bf16 and its
   // bias gradient sums in fp32).
   virtual void matmul_backward_gelu(std::uint16_t* dpre, T* dw, T* dbias, const T* dout,
-                                    const std::uint16_t* inp, const T* w, const std::uint16_t* pre,
-                                    int N, int C, int OC) = 0;
+                                    const std::uint16_t* dout16, const std::uint16_t* inp,
+                                    const T* w, const std::uint16_t* pre, int N, int C, int OC) = 0;
+  // The residual stream's gradient for the GEMMs that read it next: the
+  // norms' backward as Backend's (dinp += ...), writing the resulting dinp
+  // rounded to bf16 to dinp16 as well.
+  virtual void layernorm_backward(T* dinp, std::uint16_t* dinp16, T* dw, T* db, const T* dout,
+                                  const T* inp, const T* w, const T* mean, const T* rstd, int N,
+                                  int C) = 0;
+  virtual void rmsnorm_backward(T* dinp, std::uint16_t* dinp16, T* dw, const T* dout, const T* inp,
+                                const T* w, const T* rstd, int N, int C) = 0;
   // The lm head's backward, whose output gradient is a matmul input too:
   // crossentropy_forward_backward writing the logits' gradient (when dloss
   // != 0) in bf16 to dlogits [N, Vp] and leaving the logits as they are,
-  // and matmul_backward with dout in bf16 as well (the MLP's up-projection
-  // takes it too; dbias, when not null, += column sums of dout's bf16
-  // values, in fp32).
+  // for matmul_backward with dout in bf16 only.
   virtual void crossentropy_forward_backward(std::uint16_t* dlogits, const T* logits, T* losses,
                                              const std::int32_t* targets, int N, int V, int Vp,
                                              T dloss) = 0;
-  virtual void matmul_backward(T* dinp, T* dw, T* dbias, const std::uint16_t* dout,
-                               const std::uint16_t* inp, const T* w, int N, int C, int OC) = 0;
   // Llama's MLP gradient in bf16 from its pre-activation in bf16:
   // swiglu_backward with inp and dinp in bf16. And Llama's qkv gradient for
   // its GEMMs: rope_backward writing its rotation of dqkv in bf16 to out
@@ -220,7 +231,8 @@ class Bf16Inputs {
   virtual void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const std::uint16_t* qkv,
                                  int B, int seq, int NH, int NKV, int HD) = 0;
   virtual void matmul_backward(std::uint16_t* dinp, T* dw, T* dbias, const T* dout,
-                               const std::uint16_t* inp, const T* w, int N, int C, int OC) = 0;
+                               const std::uint16_t* dout16, const std::uint16_t* inp, const T* w,
+                               int N, int C, int OC) = 0;
   virtual void attention_backward(T* dqkv, const std::uint16_t* dout, const std::uint16_t* qkv,
                                   const std::uint16_t* out, const T* lse, int B, int seq, int NH,
                                   int NKV, int HD) = 0;

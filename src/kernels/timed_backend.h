@@ -143,27 +143,34 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
     });
     add_shape("forward", N, OC, C, 2.0 * N * OC * C, t);
   }
-  void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const std::uint16_t* inp,
-                       const T* w, int N, int C, int OC) override {
+  void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const std::uint16_t* dout16,
+                       const std::uint16_t* inp, const T* w, int N, int C, int OC) override {
     const double t = time("matmul", [&] {
-      inner_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+      inner_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, dout16, inp, w, N, C, OC);
     });
     add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
   }
   void matmul_backward_gelu(std::uint16_t* dpre, T* dw, T* dbias, const T* dout,
-                            const std::uint16_t* inp, const T* w, const std::uint16_t* pre, int N,
-                            int C, int OC) override {
+                            const std::uint16_t* dout16, const std::uint16_t* inp, const T* w,
+                            const std::uint16_t* pre, int N, int C, int OC) override {
     const double t = time("matmul", [&] {
-      inner_.bf16_inputs()->matmul_backward_gelu(dpre, dw, dbias, dout, inp, w, pre, N, C, OC);
+      inner_.bf16_inputs()->matmul_backward_gelu(dpre, dw, dbias, dout, dout16, inp, w, pre, N, C,
+                                                 OC);
     });
     add_shape("backward", N, C, OC, 4.0 * N * OC * C, t);
   }
-  void matmul_backward(T* dinp, T* dw, T* dbias, const std::uint16_t* dout,
-                       const std::uint16_t* inp, const T* w, int N, int C, int OC) override {
-    const double t = time("matmul", [&] {
-      inner_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+  void layernorm_backward(T* dinp, std::uint16_t* dinp16, T* dw, T* db, const T* dout, const T* inp,
+                          const T* w, const T* mean, const T* rstd, int N, int C) override {
+    time("norm", [&] {
+      inner_.bf16_inputs()->layernorm_backward(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N,
+                                               C);
     });
-    add_shape("backward", N, C, OC, (dinp != nullptr ? 4.0 : 2.0) * N * OC * C, t);
+  }
+  void rmsnorm_backward(T* dinp, std::uint16_t* dinp16, T* dw, const T* dout, const T* inp,
+                        const T* w, const T* rstd, int N, int C) override {
+    time("norm", [&] {
+      inner_.bf16_inputs()->rmsnorm_backward(dinp, dinp16, dw, dout, inp, w, rstd, N, C);
+    });
   }
   void crossentropy_forward_backward(std::uint16_t* dlogits, const T* logits, T* losses,
                                      const std::int32_t* targets, int N, int V, int Vp,
@@ -199,9 +206,10 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
     });
   }
   void matmul_backward(std::uint16_t* dinp, T* dw, T* dbias, const T* dout,
-                       const std::uint16_t* inp, const T* w, int N, int C, int OC) override {
+                       const std::uint16_t* dout16, const std::uint16_t* inp, const T* w, int N,
+                       int C, int OC) override {
     const double t = time("matmul", [&] {
-      inner_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+      inner_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, dout16, inp, w, N, C, OC);
     });
     add_shape("backward", N, C, OC, 4.0 * N * OC * C, t);
   }

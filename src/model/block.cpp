@@ -75,15 +75,22 @@ void Block<T>::norm_forward(T* out, T* mean, T* rstd, const T* inp, const T* par
 
 template <typename T>
 void Block<T>::norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
-                             const T* params, T* grads, std::int64_t w, std::int64_t b,
-                             int N) const {
-  norm_backward_into(dinp, dout, inp, mean, rstd, at(params, w), at(grads, w), at(grads, b), N);
+                             const T* params, T* grads, std::int64_t w, std::int64_t b, int N,
+                             std::uint16_t* dinp16) const {
+  norm_backward_into(dinp, dout, inp, mean, rstd, at(params, w), at(grads, w), at(grads, b), N,
+                     dinp16);
 }
 
 template <typename T>
 void Block<T>::norm_backward_into(T* dinp, const T* dout, const T* inp, const T* mean,
-                                  const T* rstd, const T* weight, T* dw, T* db, int N) const {
-  if (dims_.gpt2) {
+                                  const T* rstd, const T* weight, T* dw, T* db, int N,
+                                  std::uint16_t* dinp16) const {
+  if (dinp16 != nullptr && dims_.gpt2) {
+    backend_.bf16_inputs()->layernorm_backward(dinp, dinp16, dw, db, dout, inp, weight, mean, rstd,
+                                               N, dims_.C);
+  } else if (dinp16 != nullptr) {
+    backend_.bf16_inputs()->rmsnorm_backward(dinp, dinp16, dw, dout, inp, weight, rstd, N, dims_.C);
+  } else if (dims_.gpt2) {
     backend_.layernorm_backward(dinp, dw, db, dout, inp, weight, mean, rstd, N, dims_.C);
   } else {
     backend_.rmsnorm_backward(dinp, dw, dout, inp, weight, rstd, N, dims_.C);
@@ -153,12 +160,13 @@ void Block<T>::matmul_forward(T* out, Input inp, const T* w, const T* bias, int 
 }
 
 template <typename T>
-void Block<T>::matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, Input inp, const T* w,
-                               int N, int C, int OC) const {
+void Block<T>::matmul_backward(T* dinp, T* dw, T* dbias, Input dout, Input inp, const T* w, int N,
+                               int C, int OC) const {
   if (inp.bf16 != nullptr) {
-    backend_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout, inp.bf16, w, N, C, OC);
+    backend_.bf16_inputs()->matmul_backward(dinp, dw, dbias, dout.f32, dout.bf16, inp.bf16, w, N, C,
+                                            OC);
   } else {
-    backend_.matmul_backward(dinp, dw, dbias, dout, inp.f32, w, N, C, OC);
+    backend_.matmul_backward(dinp, dw, dbias, dout.f32, inp.f32, w, N, C, OC);
   }
 }
 
@@ -249,25 +257,26 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
   Bf16Inputs<T>* h = bf16_inputs(buf, N, std::span(&all, 1));
   const Input mlp{buf.mlp, buf.mlp_bf16}, ln1{buf.ln1, buf.ln1_bf16}, ln2{buf.ln2, buf.ln2_bf16},
       atty{buf.atty, buf.atty_bf16};
-  if ((h != nullptr) != (g.dfch_bf16 != nullptr) ||
+  if ((h != nullptr) != (g.dfch_bf16 != nullptr) || (h != nullptr) != (g.dres_bf16 != nullptr) ||
       (buf.qkv_bf16 != nullptr) != (g.datty_bf16 != nullptr) ||
       (g.dqkv_bf16 != nullptr && (h == nullptr || (d.gpt2 && buf.qkv_bf16 == nullptr)))) {
     throw std::invalid_argument(
-        "Block: dfch in bf16 goes with bf16 matmul inputs, datty in bf16 with qkv in bf16, and "
-        "dqkv in bf16 with bf16 inputs and (GPT-2) qkv in bf16");
+        "Block: dfch and dres in bf16 go with bf16 matmul inputs, datty in bf16 with qkv in bf16, "
+        "and dqkv in bf16 with bf16 inputs and (GPT-2) qkv in bf16");
   }
   // MLP: recompute its activation instead of keeping one per layer.
   mlp_activation_to(buf.mlp, buf, N);
   if (d.gpt2 && h != nullptr) {
     h->matmul_backward_gelu(g.dfch_bf16, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres,
-                            buf.mlp_bf16, at(params, w.fcproj_w), buf.fch_bf16, N, d.F, d.C);
+                            g.dres_bf16, buf.mlp_bf16, at(params, w.fcproj_w), buf.fch_bf16, N, d.F,
+                            d.C);
   } else if (d.gpt2) {
     // The GELU's gradient in the GEMM's epilogue where the backend has one.
     backend_.matmul_backward_gelu(g.dfch, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres,
                                   buf.mlp, at(params, w.fcproj_w), buf.fch, N, d.F, d.C);
   } else {
-    matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), g.dres, mlp,
-                    at(params, w.fcproj_w), N, d.F, d.C);
+    matmul_backward(g.dmlp, at(grads, w.fcproj_w), at(grads, w.fcproj_b), {g.dres, g.dres_bf16},
+                    mlp, at(params, w.fcproj_w), N, d.F, d.C);
     if (h != nullptr) {
       h->swiglu_backward(g.dfch_bf16, buf.fch_bf16, g.dmlp, N, d.F);
     } else {
@@ -275,22 +284,22 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
     }
   }
   if (h != nullptr) {
-    h->matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch_bf16, ln2.bf16,
+    h->matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), nullptr, g.dfch_bf16, ln2.bf16,
                        at(params, w.fc_w), N, d.C, d.FW);
   } else {
-    matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), g.dfch, ln2, at(params, w.fc_w), N,
-                    d.C, d.FW);
+    matmul_backward(g.dln, at(grads, w.fc_w), at(grads, w.fc_b), {g.dfch}, ln2, at(params, w.fc_w),
+                    N, d.C, d.FW);
   }
   sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
   norm_backward(g.dres, g.dln, buf.res2, buf.ln2_mean, buf.ln2_rstd, params, grads, w.ln2_w,
-                w.ln2_b, N);
+                w.ln2_b, N, g.dres_bf16);
   // Attention: with qkv in bf16, its output and that output's gradient in
   // bf16 too.
   if (buf.qkv_bf16 != nullptr) {
-    h->matmul_backward(g.datty_bf16, at(grads, w.proj_w), at(grads, w.proj_b), g.dres,
+    h->matmul_backward(g.datty_bf16, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, g.dres_bf16,
                        buf.atty_bf16, at(params, w.proj_w), N, d.A, d.C);
   } else {
-    matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), g.dres, atty,
+    matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), {g.dres, g.dres_bf16}, atty,
                     at(params, w.proj_w), N, d.A, d.C);
   }
   if (buf.qkv_bf16 != nullptr && d.gpt2 && g.dqkv_bf16 != nullptr) {
@@ -306,15 +315,16 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
     if (!d.gpt2) {
       h->rope_backward(g.dqkv_bf16, g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
     }
-    h->matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv_bf16, ln1.bf16,
-                       at(params, w.qkv_w), N, d.C, d.S);
+    h->matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), nullptr, g.dqkv_bf16,
+                       ln1.bf16, at(params, w.qkv_w), N, d.C, d.S);
   } else {
     if (!d.gpt2) backend_.rope_backward(g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
-    matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), g.dqkv, ln1, at(params, w.qkv_w),
-                    N, d.C, d.S);
+    matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), {g.dqkv}, ln1,
+                    at(params, w.qkv_w), N, d.C, d.S);
   }
   sum_over_group(g.dln, static_cast<std::int64_t>(N) * d.C);
-  norm_backward(g.dres, g.dln, x, buf.ln1_mean, buf.ln1_rstd, params, grads, w.ln1_w, w.ln1_b, N);
+  norm_backward(g.dres, g.dln, x, buf.ln1_mean, buf.ln1_rstd, params, grads, w.ln1_w, w.ln1_b, N,
+                g.dres_bf16);
 }
 
 template <typename T>

@@ -142,8 +142,11 @@ class Block {
   // The block's norm (LayerNorm or RMSNorm) over rows of d_model.
   void norm_forward(T* out, T* mean, T* rstd, const T* inp, const T* params, std::int64_t w,
                     std::int64_t b, int N) const;
+  // (dinp16, when not null, gets the resulting dinp rounded to bf16 too,
+  // through the backend's Bf16Inputs.)
   void norm_backward(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
-                     const T* params, T* grads, std::int64_t w, std::int64_t b, int N) const;
+                     const T* params, T* grads, std::int64_t w, std::int64_t b, int N,
+                     std::uint16_t* dinp16 = nullptr) const;
 
   // Sequence parallel: the norm's backward over this rank's n rows, its
   // weight gradients summed over the group (through scratch dnorm, 2 C)
@@ -167,10 +170,12 @@ class Block {
       return {f32 != nullptr ? f32 + at : nullptr, bf16 != nullptr ? bf16 + at : nullptr};
     }
   };
-  // matmul_forward and matmul_backward (backend.h) on an Input.
+  // matmul_forward and matmul_backward (backend.h) on an Input, and
+  // backward's output gradient too (in fp32 or, with bf16 matmul inputs,
+  // in bf16 or both).
   void matmul_forward(T* out, Input inp, const T* w, const T* bias, int N, int C, int OC,
                       bool accumulate) const;
-  void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, Input inp, const T* w, int N, int C,
+  void matmul_backward(T* dinp, T* dw, T* dbias, Input dout, Input inp, const T* w, int N, int C,
                        int OC) const;
 
   // Layer `layer` over N rows of the residual stream x, into buf; groups
@@ -198,6 +203,11 @@ class Block {
     std::uint16_t* datty_bf16 = nullptr;
     std::uint16_t* dfch_bf16 = nullptr;
     std::uint16_t* dqkv_bf16 = nullptr;
+    // With bf16 matmul inputs, dres rounded to bf16 for the GEMMs that read
+    // it: on entry it holds dres's values (the final norm's backward leaves
+    // them, as each block's first norm's backward does for the block
+    // below), and the norms' backward here keep it so.
+    std::uint16_t* dres_bf16 = nullptr;
     // Sequence parallel only: dres and the norms' input gradients hold this
     // rank's rows; dgathered (N rows) is dres gathered, dlocal (this rank's
     // rows) a norm's reduce-scattered input gradient, dnorm (2 C) a norm's
@@ -227,7 +237,8 @@ class Block {
   // norm_backward with the weight and its gradients as pointers (db null
   // for RMSNorm).
   void norm_backward_into(T* dinp, const T* dout, const T* inp, const T* mean, const T* rstd,
-                          const T* weight, T* dw, T* db, int N) const;
+                          const T* weight, T* dw, T* db, int N,
+                          std::uint16_t* dinp16 = nullptr) const;
   // out = x + inp * W^T + b over the group: a row-parallel projection with
   // its residual add (rank 0 adds x and the bias, then the group sums).
   void project_residual(T* out, const T* x, const T* inp, const T* params, std::int64_t w,

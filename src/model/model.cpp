@@ -215,6 +215,9 @@ void Model<T>::reserve(int B, int seq, int slots) {
   mlp_act_ = take_input(N * F, mlp_bf16_);
   qkv_f32_ = bf16_qkv && !d.gpt2 ? take(N * S) : -1;
   dres_ = take(n * C);
+  // With bf16 matmul inputs, its bf16 form for the GEMMs, written by the
+  // norms' backward.
+  dres_bf16_ = bf16 ? take16(n * C) : -1;
   dln_ = take(N * C);
   datty_ = bf16_qkv ? -1 : take(N * d.A);
   datty_bf16_ = bf16_qkv ? take16(N * d.A) : -1;
@@ -466,13 +469,13 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
       h->crossentropy_forward_backward(dlogits, tmp(logits_), act(losses_) + r0, targets + r0, rows,
                                        config_.vocab_size, Vp, dloss);
       h->matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
-                         nullptr, dlogits, x.bf16, p(layout_.lm_head()), rows, C, Vp);
+                         nullptr, nullptr, dlogits, x.bf16, p(layout_.lm_head()), rows, C, Vp);
       continue;
     }
     chunk_crossentropy(tmp(logits_), act(losses_) + r0, targets + r0, rows, dloss);
     if (need_grad) {
       block_.matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
-                             nullptr, tmp(logits_), x, p(layout_.lm_head()), rows, C, Vp);
+                             nullptr, {tmp(logits_)}, x, p(layout_.lm_head()), rows, C, Vp);
     }
   }
   // Each rank's lm-head part contributes to the gradient of every row.
@@ -547,7 +550,7 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
     } else {
       block_.norm_backward(tmp(dres_), tmp(dlnf_), res_in(config_.n_layer), act(lnf_mean_),
                            act(lnf_rstd_), params_.data(), grads_.data(), layout_.lnf_w(),
-                           layout_.lnf_b(), N);
+                           layout_.lnf_b(), N, tmp16(dres_bf16_));
     }
     // Everything after the blocks in the layout (final norm, untied lm
     // head, whose gradient the loss head computed) is final now; so is each
@@ -559,6 +562,7 @@ void Model<T>::backward(const std::function<void(std::int64_t)>& grads_final_fro
   d.dfch_bf16 = tmp16(dfch_bf16_);
   d.dqkv_bf16 = tmp16(dqkv_bf16_);
   d.datty_bf16 = tmp16(datty_bf16_);
+  d.dres_bf16 = tmp16(dres_bf16_);
   if (sequence_) {
     d.dgathered = tmp(dgathered_);
     d.dlocal = tmp(dlocal_);

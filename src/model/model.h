@@ -198,12 +198,12 @@ class Model {
   // The bf16 matmul inputs where the backend takes them (Bf16Inputs): the
   // norms' outputs, the MLP's pre-activation and activation, the attention
   // output's bf16 form, qkv where attention reads it in bf16, and the
-  // logits', dfch's, dqkv's and (with qkv in bf16) the attention output's
-  // gradients, in a second arena of the same plan (slot16_elems_ per set,
+  // logits', dfch's, dqkv's, the residual stream's and (with qkv in bf16)
+  // the attention output's gradients, in a second arena of the same plan (slot16_elems_ per set,
   // then scratch).
   BackendArray<std::uint16_t> arena16_;
   std::int64_t slot16_elems_ = 0, lnf_bf16_ = -1, mlp_bf16_ = -1, dlogits_bf16_ = -1,
-               dqkv_bf16_ = -1, dfch_bf16_ = -1, datty_bf16_ = -1;
+               dqkv_bf16_ = -1, dfch_bf16_ = -1, datty_bf16_ = -1, dres_bf16_ = -1;
   int B_ = 0, T_ = 0;                  // sizes of the last forward
   std::vector<char> grad_pending_;     // per slot: a forward(need_grad) awaits backward
   int head_slot_ = -1;                 // last stage: the slot whose loss gradient the head holds

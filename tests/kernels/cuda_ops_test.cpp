@@ -609,6 +609,34 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
                        1e-6f);
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "rmsnorm";
     expect_same_bits("rmsnorm rstd", to_host<float>(r2), to_host<float>(r1));
+    // The norms' backward keeping the residual gradient's bf16 form too:
+    // dinp (accumulated onto) and the weight gradients the same bits, and
+    // dinp16 dinp rounded.
+    for (const bool layernorm : {true, false}) {
+      SCOPED_TRACE(layernorm ? "layernorm_backward" : "rmsnorm_backward");
+      const auto dy = rnd(N * C, 107), d0 = rnd(N * C, 108);
+      DeviceBuffer gdy = test::to_device(*gpu, dy), da = test::to_device(*gpu, d0),
+                   dc = test::to_device(*gpu, d0), d16(*gpu, N * C * 2), dwa(*gpu, C * 4),
+                   dwc(*gpu, C * 4), dba(*gpu, C * 4), dbc(*gpu, C * 4);
+      if (layernorm) {
+        gpu->layernorm_backward(da.as<float>(), dwa.as<float>(), dba.as<float>(), gdy.as<float>(),
+                                gx.as<float>(), gw.as<float>(), m1.as<float>(), r1.as<float>(), N,
+                                C);
+        h->layernorm_backward(dc.as<float>(), d16.as<std::uint16_t>(), dwc.as<float>(),
+                              dbc.as<float>(), gdy.as<float>(), gx.as<float>(), gw.as<float>(),
+                              m1.as<float>(), r1.as<float>(), N, C);
+      } else {
+        gpu->rmsnorm_backward(da.as<float>(), dwa.as<float>(), gdy.as<float>(), gx.as<float>(),
+                              gw.as<float>(), r1.as<float>(), N, C);
+        h->rmsnorm_backward(dc.as<float>(), d16.as<std::uint16_t>(), dwc.as<float>(),
+                            gdy.as<float>(), gx.as<float>(), gw.as<float>(), r1.as<float>(), N, C);
+      }
+      const auto dinp = to_host<float>(da);
+      expect_same_bits("dinp", to_host<float>(dc), dinp);
+      EXPECT_EQ(bf16_of(d16), bits(dinp)) << "dinp16";
+      expect_same_bits("dw", to_host<float>(dwc), to_host<float>(dwa));
+      expect_same_bits("db", to_host<float>(dbc), to_host<float>(dba));
+    }
     gpu->gelu_forward(f.as<float>(), gxr.as<float>(), N * C);
     h->gelu_forward(hb.as<std::uint16_t>(), gxh.as<std::uint16_t>(), N * C);
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(f))) << "gelu";
@@ -747,60 +775,83 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     // Backward: the gradients accumulate onto dw0 and db0; the weight
     // gradient is the same with GELU's gradient in the input's GEMM, which
     // reads the pre-activation in bf16 and writes the input gradient so.
-    // And the input gradient into bf16 (the attention output's).
-    std::vector<float> dw_plain;
-    {
-      DeviceBuffer da(*gpu, N * C * 4), dch(*gpu, N * C * 2);
-      DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
-      DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
-      gpu->matmul_backward(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
-                           gx.as<float>(), gw.as<float>(), N, C, OC);
-      h->matmul_backward(dch.as<std::uint16_t>(), dwc.as<float>(), dbc.as<float>(), gr.as<float>(),
-                         xh, gw.as<float>(), N, C, OC);
-      SCOPED_TRACE("matmul_backward, input gradient in bf16");
-      expect_gemm_bf16("input gradient", dch, to_host<float>(da));
-      expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
-      expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
-    }
-    for (const bool gelu : {false, true}) {
-      DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4), dch(*gpu, N * C * 2);
-      DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
-      DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
-      if (gelu) {
-        gpu->matmul_backward_gelu(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
-                                  gx.as<float>(), gw.as<float>(), gprer.as<float>(), N, C, OC);
-        const std::uint64_t lt_before = cuda_emulator::lt_matmuls();
-        h->matmul_backward_gelu(dch.as<std::uint16_t>(), dwc.as<float>(), dbc.as<float>(),
-                                gr.as<float>(), xh, gw.as<float>(), gpreh.as<std::uint16_t>(), N, C,
-                                OC);
-        // The DGELU epilogue with a bf16 output and aux where C % 8 == 0.
+    // And the input gradient into bf16 (the attention output's). Each with
+    // the output gradient in fp32 and with its bf16 form as well (the
+    // residual stream's, as the norms' backward leave it): the same bits,
+    // the GEMMs reading the bf16 form instead of rounding (on the emulator,
+    // which counts launches, one rounding pass fewer: the weights' is left).
+    DeviceBuffer grh = test::to_device(*gpu, bits(r));
+    for (const bool both : {false, true}) {
+      SCOPED_TRACE(both ? "output gradient in fp32 and bf16" : "output gradient in fp32");
+      const std::uint16_t* gr16 = both ? grh.as<std::uint16_t>() : nullptr;
+      const auto expect_roundings = [&](auto&& run) {
+        const std::uint64_t before = cuda_emulator::launches("bf16 copy");
+        run();
         if (GetParam() == "emulated") {
-          EXPECT_EQ(cuda_emulator::lt_matmuls() - lt_before, C % 8 == 0 ? 1u : 0u);
+          EXPECT_EQ(cuda_emulator::launches("bf16 copy") - before, both ? 1u : 2u);
         }
-      } else {
+      };
+      std::vector<float> dw_plain;
+      {
+        DeviceBuffer da(*gpu, N * C * 4), dch(*gpu, N * C * 2);
+        DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
+        DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
         gpu->matmul_backward(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
                              gx.as<float>(), gw.as<float>(), N, C, OC);
-        h->matmul_backward(dc.as<float>(), dwc.as<float>(), dbc.as<float>(), gr.as<float>(), xh,
-                           gw.as<float>(), N, C, OC);
-      }
-      const char* what = gelu ? "matmul_backward_gelu" : "matmul_backward";
-      SCOPED_TRACE(what);
-      if (gelu) {
+        expect_roundings([&] {
+          h->matmul_backward(dch.as<std::uint16_t>(), dwc.as<float>(), dbc.as<float>(),
+                             gr.as<float>(), gr16, xh, gw.as<float>(), N, C, OC);
+        });
+        SCOPED_TRACE("matmul_backward, input gradient in bf16");
         expect_gemm_bf16("input gradient", dch, to_host<float>(da));
-      } else {
-        expect_same_bits("input gradient", to_host<float>(dc), to_host<float>(da));
+        expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
+        expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
       }
-      expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
-      expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
-      if (gelu) {
-        expect_same_bits("weight gradient, with GELU and without", to_host<float>(dwa), dw_plain);
-      } else {
-        dw_plain = to_host<float>(dwa);
+      for (const bool gelu : {false, true}) {
+        DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4), dch(*gpu, N * C * 2);
+        DeviceBuffer dwa = test::to_device(*gpu, dw0), dwc = test::to_device(*gpu, dw0);
+        DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
+        if (gelu) {
+          gpu->matmul_backward_gelu(da.as<float>(), dwa.as<float>(), dba.as<float>(),
+                                    gr.as<float>(), gx.as<float>(), gw.as<float>(),
+                                    gprer.as<float>(), N, C, OC);
+          const std::uint64_t lt_before = cuda_emulator::lt_matmuls();
+          expect_roundings([&] {
+            h->matmul_backward_gelu(dch.as<std::uint16_t>(), dwc.as<float>(), dbc.as<float>(),
+                                    gr.as<float>(), gr16, xh, gw.as<float>(),
+                                    gpreh.as<std::uint16_t>(), N, C, OC);
+          });
+          // The DGELU epilogue with a bf16 output and aux where C % 8 == 0.
+          if (GetParam() == "emulated") {
+            EXPECT_EQ(cuda_emulator::lt_matmuls() - lt_before, C % 8 == 0 ? 1u : 0u);
+          }
+        } else {
+          gpu->matmul_backward(da.as<float>(), dwa.as<float>(), dba.as<float>(), gr.as<float>(),
+                               gx.as<float>(), gw.as<float>(), N, C, OC);
+          expect_roundings([&] {
+            h->matmul_backward(dc.as<float>(), dwc.as<float>(), dbc.as<float>(), gr.as<float>(),
+                               gr16, xh, gw.as<float>(), N, C, OC);
+          });
+        }
+        const char* what = gelu ? "matmul_backward_gelu" : "matmul_backward";
+        SCOPED_TRACE(what);
+        if (gelu) {
+          expect_gemm_bf16("input gradient", dch, to_host<float>(da));
+        } else {
+          expect_same_bits("input gradient", to_host<float>(dc), to_host<float>(da));
+        }
+        expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
+        expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
+        if (gelu) {
+          expect_same_bits("weight gradient, with GELU and without", to_host<float>(dwa), dw_plain);
+        } else {
+          dw_plain = to_host<float>(dwa);
+        }
       }
     }
-    // The output gradient in bf16 too: the lm head's (no bias) and the MLP
+    // The output gradient in bf16 only: the lm head's (no bias) and the MLP
     // up-projection's (its bias gradient sums the rounded values in fp32).
-    DeviceBuffer grh = test::to_device(*gpu, bits(r)), grr = test::to_device(*gpu, rounded(r));
+    DeviceBuffer grr = test::to_device(*gpu, rounded(r));
     for (const bool bias : {false, true}) {
       SCOPED_TRACE(bias ? "output gradient in bf16, with a bias" : "output gradient in bf16");
       DeviceBuffer da(*gpu, N * C * 4), dc(*gpu, N * C * 4);
@@ -808,7 +859,7 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
       DeviceBuffer dba = test::to_device(*gpu, db0), dbc = test::to_device(*gpu, db0);
       gpu->matmul_backward(da.as<float>(), dwa.as<float>(), bias ? dba.as<float>() : nullptr,
                            grr.as<float>(), gx.as<float>(), gw.as<float>(), N, C, OC);
-      h->matmul_backward(dc.as<float>(), dwc.as<float>(), bias ? dbc.as<float>() : nullptr,
+      h->matmul_backward(dc.as<float>(), dwc.as<float>(), bias ? dbc.as<float>() : nullptr, nullptr,
                          grh.as<std::uint16_t>(), xh, gw.as<float>(), N, C, OC);
       expect_same_bits("input gradient", to_host<float>(dc), to_host<float>(da));
       expect_same_bits("weight gradient", to_host<float>(dwc), to_host<float>(dwa));
@@ -880,7 +931,7 @@ TEST_P(CudaBf16Ops, WeightsFromTheirBf16Copy) {
                          wp, N, C, OC);
     add(to_host<float>(dx));
     add(to_host<float>(dw));
-    h->matmul_backward(dx16.as<std::uint16_t>(), dw.as<float>(), nullptr, gdy.as<float>(),
+    h->matmul_backward(dx16.as<std::uint16_t>(), dw.as<float>(), nullptr, gdy.as<float>(), nullptr,
                        gx16.as<std::uint16_t>(), wp, N, C, OC);
     for (const std::uint16_t v : to_host<std::uint16_t>(dx16)) r.push_back(bf16_to_float(v));
     return r;

@@ -446,9 +446,10 @@ __global__ void layernorm_forward_kernel(O* out, float* mean, float* rstd, const
 
 // dinp += ..., one warp per row (the weight gradients are column
 // reductions). LayerNorm's with mean, RMSNorm's with mean null (no centring).
-__global__ void norm_backward_input_kernel(float* dinp, const float* dout, const float* inp,
-                                           const float* w, const float* mean, const float* rstd,
-                                           int N, int C) {
+// dinp16, when not null, gets the resulting dinp rounded to bf16.
+__global__ void norm_backward_input_kernel(float* dinp, __nv_bfloat16* dinp16, const float* dout,
+                                           const float* inp, const float* w, const float* mean,
+                                           const float* rstd, int N, int C) {
   const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (n >= N) return;
@@ -468,6 +469,7 @@ __global__ void norm_backward_input_kernel(float* dinp, const float* dout, const
   for (int c = lane; c < C; c += kWarp) {
     const float norm = (x[c] - m) * r;
     dx[c] += (g[c] * w[c] - gm - norm * gnm) * r;
+    if (dinp16 != nullptr) store(dinp16 + n * C + c, dx[c]);
   }
 }
 
@@ -1614,31 +1616,26 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     backward_gemms(dinp, dw, dbias, dout, inp, w, N, C, OC);
   }
   void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout,
-                       const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
-    backward_gemms(dinp, dw, dbias, dout, as_bf16(inp), w, N, C, OC);
-  }
-  void matmul_backward(float* dinp, float* dw, float* dbias, const std::uint16_t* dout,
-                       const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
-    backward_gemms(dinp, dw, dbias, as_bf16(dout), as_bf16(inp), w, N, C, OC);
+                       const std::uint16_t* dout16, const std::uint16_t* inp, const float* w, int N,
+                       int C, int OC) override {
+    backward_gemms(dinp, dw, dbias, gradient(dout, dout16), as_bf16(inp), w, N, C, OC);
   }
   // dinp in bf16 (the attention output's gradient): cuBLASLt rounds the
   // fp32 product as it stores it; else the product in scratch, rounded.
-  // Either leaves dout's bf16 copy in scratch slot 1 (the B operand's) for
-  // the weight gradient's GEMM.
   void matmul_backward(std::uint16_t* dinp, float* dw, float* dbias, const float* dout,
-                       const std::uint16_t* inp, const float* w, int N, int C, int OC) override {
+                       const std::uint16_t* dout16, const std::uint16_t* inp, const float* w, int N,
+                       int C, int OC) override {
     const std::int64_t count = std::int64_t{N} * C;
-    if (!lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, nullptr, dinp, C,
+    const Operand d = gradient(dout, dout16);
+    if (!lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, d, OC, nullptr, dinp, C,
                    CUBLASLT_EPILOGUE_DEFAULT, nullptr, nullptr, 0, "matmul_backward (input, bf16)",
                    CUDA_R_16BF)) {
       float* product = scratch(count);
-      gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, product, C,
+      gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, d, OC, 0.0f, product, C,
            "matmul_backward (input, bf16)");
       bf16_copy_into(as_bf16(dinp), product, count);
     }
-    Operand d = dout;
-    if (bf16_ && count > 0 && OC > 0) d.bf16 = bf16_buffer(std::int64_t{N} * OC, 1);
-    backward_gemms(nullptr, dw, dbias, d, as_bf16(inp), w, N, C, OC);
+    backward_gemms(nullptr, dw, dbias, rounded_in_slot_1(d, N, OC), as_bf16(inp), w, N, C, OC);
   }
   void matmul_residual_forward(float* out, const float* residual, const float* inp, const float* w,
                                const float* bias, int N, int C, int OC) override {
@@ -1669,26 +1666,22 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   // dpre in bf16 (its aux takes D's type); else the input gradient in fp32
   // scratch and gelu_backward from it into dpre.
   void matmul_backward_gelu(std::uint16_t* dpre, float* dw, float* dbias, const float* dout,
-                            const std::uint16_t* inp, const float* w, const std::uint16_t* pre,
-                            int N, int C, int OC) override {
+                            const std::uint16_t* dout16, const std::uint16_t* inp, const float* w,
+                            const std::uint16_t* pre, int N, int C, int OC) override {
     const std::int64_t count = std::int64_t{N} * C;
-    if (C % 8 == 0 &&
-        lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, nullptr, dpre, C,
-                  CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<std::uint16_t*>(pre), C,
-                  "matmul_backward_gelu (input, bf16)", CUDA_R_16BF)) {
-      // lt_matmul left dout's bf16 copy in scratch slot 1 (its B operand's):
-      // the weight gradient's GEMM reads it as it is.
-      Operand d = dout;
-      d.bf16 = bf16_buffer(std::int64_t{N} * OC, 1);
-      backward_gemms(nullptr, dw, dbias, d, as_bf16(inp), w, N, C, OC);
+    const Operand d = gradient(dout, dout16);
+    if (C % 8 == 0 && lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, d, OC, nullptr, dpre, C,
+                                CUBLASLT_EPILOGUE_DGELU, nullptr, const_cast<std::uint16_t*>(pre),
+                                C, "matmul_backward_gelu (input, bf16)", CUDA_R_16BF)) {
+      backward_gemms(nullptr, dw, dbias, rounded_in_slot_1(d, N, OC), as_bf16(inp), w, N, C, OC);
       return;
     }
     // (The bias gradient after GELU's: its partial sums take the scratch.)
     float* dinp = scratch(count);
-    backward_gemms(dinp, dw, nullptr, dout, as_bf16(inp), w, N, C, OC);
+    backward_gemms(dinp, dw, nullptr, d, as_bf16(inp), w, N, C, OC);
     launch("gelu_backward (bf16)", gelu_backward_kernel<__nv_bfloat16, __nv_bfloat16>,
            blocks_for(count), kThreads, as_bf16(dpre), as_bf16(pre), dinp, count);
-    if (dbias != nullptr) bias_gradient(dbias, dout, N, OC);
+    if (dbias != nullptr) bias_gradient(dbias, d, N, OC);
   }
   void matmul_forward_rowwise(float* out, const float* inp, const float* w, const float* bias,
                               int N, int C, int OC, bool accumulate) override {
@@ -1709,8 +1702,13 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
                           const float* w, const float* mean, const float* rstd, int N,
                           int C) override {
-    launch("layernorm_backward", norm_backward_input_kernel, warps_blocks(N), kThreads, dinp, dout,
-           inp, w, mean, rstd, N, C);
+    layernorm_backward(dinp, nullptr, dw, db, dout, inp, w, mean, rstd, N, C);
+  }
+  void layernorm_backward(float* dinp, std::uint16_t* dinp16, float* dw, float* db,
+                          const float* dout, const float* inp, const float* w, const float* mean,
+                          const float* rstd, int N, int C) override {
+    launch("layernorm_backward", norm_backward_input_kernel, warps_blocks(N), kThreads, dinp,
+           as_bf16(dinp16), dout, inp, w, mean, rstd, N, C);
     norm_weight_grads(dw, db, dout, inp, mean, rstd, N, C);
   }
   void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
@@ -1725,8 +1723,13 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
   void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                         const float* rstd, int N, int C) override {
-    launch("rmsnorm_backward", norm_backward_input_kernel, warps_blocks(N), kThreads, dinp, dout,
-           inp, w, nullptr, rstd, N, C);
+    rmsnorm_backward(dinp, nullptr, dw, dout, inp, w, rstd, N, C);
+  }
+  void rmsnorm_backward(float* dinp, std::uint16_t* dinp16, float* dw, const float* dout,
+                        const float* inp, const float* w, const float* rstd, int N,
+                        int C) override {
+    launch("rmsnorm_backward", norm_backward_input_kernel, warps_blocks(N), kThreads, dinp,
+           as_bf16(dinp16), dout, inp, w, nullptr, rstd, N, C);
     norm_weight_grads(dw, nullptr, dout, inp, nullptr, rstd, N, C);
   }
 
@@ -2016,6 +2019,24 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C,
          "matmul_backward (weight)");
     if (dbias != nullptr) bias_gradient(dbias, dout, N, OC);
+  }
+  // A backward's output gradient in fp32, bf16 or both (Bf16Inputs).
+  static Operand gradient(const float* dout, const std::uint16_t* dout16) {
+    if (dout == nullptr && dout16 == nullptr) {
+      throw std::invalid_argument("matmul_backward: no output gradient, in fp32 or in bf16");
+    }
+    Operand d = dout;
+    d.bf16 = as_bf16(dout16);
+    return d;
+  }
+  // d after a GEMM that read it as its B operand: in bf16 as it was, or as
+  // that GEMM rounded it into scratch slot 1 (B's), for the weight
+  // gradient's GEMM to read as it is.
+  Operand rounded_in_slot_1(Operand d, int N, int OC) {
+    if (d.bf16 == nullptr && bf16_ && N > 0 && OC > 0) {
+      d.bf16 = bf16_buffer(std::int64_t{N} * OC, 1);
+    }
+    return d;
   }
   // dbias += column sums of dout: of its fp32 values where it has them.
   void bias_gradient(float* dbias, Operand dout, int N, int OC) {

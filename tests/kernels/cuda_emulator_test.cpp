@@ -367,6 +367,37 @@ __global__ void divergent_mma_kernel(float* d) {
   wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
 }
 
+// A tile of a at `offset` values with leading dimension lda, stored to d
+// with leading dimension ldd.
+__global__ void strided_tile_kernel(float* d, const __nv_bfloat16* a, unsigned offset, unsigned lda,
+                                    unsigned ldd) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::load_matrix_sync(fa, a + offset, lda);
+  wmma::load_matrix_sync(fb, a + offset, lda);
+  wmma::fill_fragment(acc, 0.0f);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(d, acc, ldd, wmma::mem_row_major);
+}
+
+TEST(CudaEmulator, WarpMatrixMemoryIsAlignedAsCudaRequires) {
+  Device<__nv_bfloat16> a(std::vector<__nv_bfloat16>(64 * 64, __float2bfloat16(1.0f)));
+  Device<float> d(64 * 64);
+  // A 256-bit aligned pointer, a leading dimension of 16 bytes' multiple.
+  launch("aligned", strided_tile_kernel, 1, 32, d.get(), a.get(), 16u, 24u, 20u);
+  EXPECT_EQ(d.host()[0], 16.0f);
+  expect_error(
+      [&] { launch("misaligned", strided_tile_kernel, 1, 32, d.get(), a.get(), 8u, 24u, 16u); },
+      "kernel misaligned, block (0, 0, 0): wmma::load_matrix_sync: the matrix pointer is not "
+      "256-bit aligned");
+  expect_error([&] { launch("ldm", strided_tile_kernel, 1, 32, d.get(), a.get(), 0u, 20u, 16u); },
+               "wmma::load_matrix_sync: ldm 20 is not a multiple of 16 bytes");
+  expect_error([&] { launch("ldd", strided_tile_kernel, 1, 32, d.get(), a.get(), 0u, 16u, 18u); },
+               "wmma::store_matrix_sync: ldm 18 is not a multiple of 16 bytes");
+}
+
 TEST(CudaEmulator, WarpMatrixMultiplyIsWarpCollective) {
   std::vector<__nv_bfloat16> a(256), bt(256);
   std::vector<float> c(256);

@@ -432,6 +432,10 @@ void syncthreads() {
   yield();
 }
 
+void kernel_error(const std::string& why) {
+  fail(run(), why);
+}
+
 std::uint64_t exchange(unsigned mask, std::uint64_t value, std::size_t bytes, int src) {
   if (mask != 0xffffffffu) {
     fail(run(), "warp shuffles with a partial mask are not emulated");

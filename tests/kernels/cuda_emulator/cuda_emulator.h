@@ -75,6 +75,9 @@ void syncthreads();
 std::uint64_t exchange(unsigned mask, std::uint64_t value, std::size_t bytes, int src);
 int lane();
 int warp();  // the running thread's warp in its block
+// Stops the running kernel with an error naming it, its block and `why`
+// (a use of a device function that CUDA does not define).
+[[noreturn]] void kernel_error(const std::string& why);
 }  // namespace borealis::cuda_emulator
 
 #define threadIdx (::borealis::cuda_emulator::thread_index())
@@ -152,7 +155,9 @@ inline float __bfloat162float(__nv_bfloat16 h) {
 // elements a lane holds is unspecified in CUDA (code may only apply the same
 // operation to every element of x); here every lane holds the whole tile.
 // Each call is warp-collective, as in CUDA: all 32 lanes must make it (a
-// shuffle checks), or the kernel stops with an error.
+// shuffle checks), and a matrix in memory is laid out as CUDA requires (a
+// 256-bit aligned pointer, a leading dimension of a multiple of 16 bytes),
+// or the kernel stops with an error.
 namespace nvcuda::wmma {
 struct matrix_a {};
 struct matrix_b {};
@@ -178,6 +183,19 @@ inline float value(float v) {
 inline float value(__nv_bfloat16 v) {
   return __bfloat162float(v);
 }
+// What CUDA requires of a matrix in memory: a 256-bit aligned pointer and a
+// leading dimension of a multiple of 16 bytes (8 bf16 values, 4 floats).
+template <typename T>
+void check_matrix(const char* what, const T* p, unsigned ldm) {
+  if (reinterpret_cast<std::uintptr_t>(p) % 32 != 0) {
+    borealis::cuda_emulator::kernel_error(std::string("wmma::") + what +
+                                          ": the matrix pointer is not 256-bit aligned");
+  }
+  if (ldm * sizeof(T) % 16 != 0) {
+    borealis::cuda_emulator::kernel_error(std::string("wmma::") + what + ": ldm " +
+                                          std::to_string(ldm) + " is not a multiple of 16 bytes");
+  }
+}
 }  // namespace detail
 
 template <typename Use, typename T, typename Layout, typename V>
@@ -190,6 +208,7 @@ template <typename Use, typename T, typename Layout>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
   static_assert(!std::is_same_v<Use, accumulator>, "accumulators load with a layout");
   detail::converged();
+  detail::check_matrix("load_matrix_sync", p, ldm);
   for (unsigned r = 0; r < 16; ++r) {
     for (unsigned c = 0; c < 16; ++c) {
       f.x[r * 16 + c] = std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r];
@@ -199,6 +218,7 @@ void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsig
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
                              unsigned ldm, layout_t layout) {
   detail::converged();
+  detail::check_matrix("load_matrix_sync", p, ldm);
   for (unsigned r = 0; r < 16; ++r) {
     for (unsigned c = 0; c < 16; ++c) {
       f.x[r * 16 + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
@@ -208,6 +228,7 @@ inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const 
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
                               unsigned ldm, layout_t layout) {
   detail::converged();
+  detail::check_matrix("store_matrix_sync", p, ldm);
   for (unsigned r = 0; r < 16; ++r) {
     for (unsigned c = 0; c < 16; ++c) {
       (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * 16 + c];

@@ -241,6 +241,13 @@ class Bf16Inputs {
   virtual void attention_backward(std::uint16_t* dqkv, const std::uint16_t* dout,
                                   const std::uint16_t* qkv, const std::uint16_t* out, const T* lse,
                                   int B, int seq, int NH, int NKV, int HD) = 0;
+  // And Llama's, with RoPE's backward: dqkv in bf16 for the qkv GEMMs, its
+  // q and k heads' gradients rotated back, the bits of rope_backward (into
+  // bf16) of the fp32 gradient attention_backward gives.
+  virtual void attention_rope_backward(std::uint16_t* dqkv, const std::uint16_t* dout,
+                                       const std::uint16_t* qkv, const std::uint16_t* out,
+                                       const T* lse, int B, int seq, int NH, int NKV, int HD,
+                                       float theta) = 0;
   // The weights from one bf16 copy instead of a rounding per matmul: with
   // round, params[0, count) is rounded into copy[0, count) now; from then
   // on every fp32 matmul operand that lies inside params is read from copy

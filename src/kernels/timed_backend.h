@@ -227,6 +227,14 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
       inner_.bf16_inputs()->attention_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD);
     });
   }
+  void attention_rope_backward(std::uint16_t* dqkv, const std::uint16_t* dout,
+                               const std::uint16_t* qkv, const std::uint16_t* out, const T* lse,
+                               int B, int seq, int NH, int NKV, int HD, float theta) override {
+    time("attention", [&] {
+      inner_.bf16_inputs()->attention_rope_backward(dqkv, dout, qkv, out, lse, B, seq, NH, NKV, HD,
+                                                    theta);
+    });
+  }
   void swiglu_backward(std::uint16_t* dinp, const std::uint16_t* inp, const T* dout, int N,
                        int F) override {
     time("activation", [&] { inner_.bf16_inputs()->swiglu_backward(dinp, inp, dout, N, F); });

@@ -259,10 +259,11 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
       atty{buf.atty, buf.atty_bf16};
   if ((h != nullptr) != (g.dfch_bf16 != nullptr) || (h != nullptr) != (g.dres_bf16 != nullptr) ||
       (buf.qkv_bf16 != nullptr) != (g.datty_bf16 != nullptr) ||
-      (g.dqkv_bf16 != nullptr && (h == nullptr || (d.gpt2 && buf.qkv_bf16 == nullptr)))) {
+      (g.dqkv_bf16 != nullptr && (h == nullptr || (d.gpt2 && buf.qkv_bf16 == nullptr))) ||
+      (buf.qkv_bf16 != nullptr && g.dqkv_bf16 == nullptr)) {
     throw std::invalid_argument(
         "Block: dfch and dres in bf16 go with bf16 matmul inputs, datty in bf16 with qkv in bf16, "
-        "and dqkv in bf16 with bf16 inputs and (GPT-2) qkv in bf16");
+        "and dqkv in bf16 with bf16 inputs and (GPT-2) qkv in bf16, as with qkv in bf16");
   }
   // MLP: recompute its activation instead of keeping one per layer.
   mlp_activation_to(buf.mlp, buf, N);
@@ -302,17 +303,19 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
     matmul_backward(g.datty, at(grads, w.proj_w), at(grads, w.proj_b), {g.dres, g.dres_bf16}, atty,
                     at(params, w.proj_w), N, d.A, d.C);
   }
-  if (buf.qkv_bf16 != nullptr && d.gpt2 && g.dqkv_bf16 != nullptr) {
+  // With qkv in bf16, the qkv gradient straight into bf16 (Llama's with
+  // RoPE's backward).
+  if (buf.qkv_bf16 != nullptr && d.gpt2) {
     h->attention_backward(g.dqkv_bf16, g.datty_bf16, buf.qkv_bf16, buf.atty_bf16, lse, B, seq, d.NH,
                           d.NKV, d.HD);
   } else if (buf.qkv_bf16 != nullptr) {
-    h->attention_backward(g.dqkv, g.datty_bf16, buf.qkv_bf16, buf.atty_bf16, lse, B, seq, d.NH,
-                          d.NKV, d.HD);
+    h->attention_rope_backward(g.dqkv_bf16, g.datty_bf16, buf.qkv_bf16, buf.atty_bf16, lse, B, seq,
+                               d.NH, d.NKV, d.HD, config_.rope_theta);
   } else {
     backend_.attention_backward(g.dqkv, g.datty, buf.qkv, buf.atty, lse, B, seq, d.NH, d.NKV, d.HD);
   }
   if (g.dqkv_bf16 != nullptr) {
-    if (!d.gpt2) {
+    if (!d.gpt2 && buf.qkv_bf16 == nullptr) {
       h->rope_backward(g.dqkv_bf16, g.dqkv, B, seq, d.NH, d.NKV, d.HD, config_.rope_theta);
     }
     h->matmul_backward(g.dln, at(grads, w.qkv_w), at(grads, w.qkv_b), nullptr, g.dqkv_bf16,

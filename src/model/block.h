@@ -196,10 +196,10 @@ class Block {
     T* dmlp;
     T* dfch;
     // With bf16 matmul inputs: dfch in bf16 (dfch is then unused), and dqkv
-    // as the GEMMs read it, in bf16: Llama's dqkv then holds attention's
-    // gradient before RoPE's; GPT-2's (where qkv is in bf16) is unused.
-    // With qkv in bf16, the attention output's gradient in bf16 (datty is
-    // then unused).
+    // as the GEMMs read it, in bf16: where qkv is in bf16 attention's
+    // backward writes it (dqkv is unused), else Llama's dqkv holds
+    // attention's gradient before RoPE's. With qkv in bf16, the attention
+    // output's gradient in bf16 (datty is then unused).
     std::uint16_t* datty_bf16 = nullptr;
     std::uint16_t* dfch_bf16 = nullptr;
     std::uint16_t* dqkv_bf16 = nullptr;

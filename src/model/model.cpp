@@ -221,12 +221,12 @@ void Model<T>::reserve(int B, int seq, int slots) {
   dln_ = take(N * C);
   datty_ = bf16_qkv ? -1 : take(N * d.A);
   datty_bf16_ = bf16_qkv ? take16(N * d.A) : -1;
-  // dqkv in bf16 for the qkv GEMMs: written so by RoPE's backward from
-  // attention's fp32 gradient (Llama) or, where attention runs on its
-  // tensor-core kernels, by attention's backward itself (GPT-2, which then
-  // has no fp32 dqkv).
+  // dqkv in bf16 for the qkv GEMMs: written so, where attention runs on its
+  // tensor-core kernels (qkv in bf16), by attention's backward itself (with
+  // RoPE's, in Llama), which then has no fp32 dqkv; else by RoPE's backward
+  // from attention's fp32 gradient (Llama).
   const bool bf16_dqkv = bf16 && (!d.gpt2 || bf16_qkv);
-  dqkv_ = bf16_dqkv && d.gpt2 ? -1 : take(N * S);
+  dqkv_ = bf16_qkv ? -1 : take(N * S);
   dmlp_act_ = take(N * F);
   // With bf16 matmul inputs the MLP's gradient at its pre-activation is kept
   // in bf16 (dfch only so).

@@ -684,9 +684,9 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     EXPECT_EQ(bf16_of(hb), bits(to_host<float>(a)));
   }
   // Attention reading qkv in bf16 (the tensor-core kernels, head dimensions
-  // 64 and 128): the same bits forward and backward as from the fp32 qkv
-  // it rounds, which those kernels round as they read it.
-  for (const int HD : {64, 128, 160}) {
+  // up to 128: 64, 128 and 40): the same bits forward and backward as from
+  // the fp32 qkv it rounds, which those kernels round as they read it.
+  for (const int HD : {64, 128, 40, 160}) {
     const int B = 2, seq = 40, NH = 4, NKV = 2, C = NH * HD, S = (NH + 2 * NKV) * HD;
     SCOPED_TRACE("attention from bf16 qkv, head dimension " + std::to_string(HD));
     const auto qkv = rnd(B * seq * S, 107 + HD);
@@ -728,6 +728,27 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
     h->attention_backward(dh.as<std::uint16_t>(), gdh.as<std::uint16_t>(), q16,
                           ha.as<std::uint16_t>(), la.as<float>(), B, seq, NH, NKV, HD);
     EXPECT_EQ(bf16_of(dh), bits(to_host<float>(da))) << "qkv gradient in bf16";
+    // Llama's, with RoPE's backward: the bits of rope_backward into bf16
+    // from the fp32 gradient (on a GPU, within one bf16 rounding: the
+    // kernels may contract the rotation's products otherwise). Head
+    // dimensions of the kernels' own size (64, 128) rotate in the kernels'
+    // stores, with no RoPE launch; others (40) run the two ops.
+    DeviceBuffer want(*gpu, B * seq * S * 2), got(*gpu, B * seq * S * 2);
+    h->rope_backward(want.as<std::uint16_t>(), da.as<float>(), B, seq, NH, NKV, HD, 10000.0f);
+    const std::uint64_t ropes = cuda_emulator::launches("rope");
+    h->attention_rope_backward(got.as<std::uint16_t>(), gdh.as<std::uint16_t>(), q16,
+                               ha.as<std::uint16_t>(), la.as<float>(), B, seq, NH, NKV, HD,
+                               10000.0f);
+    if (GetParam() == "emulated") {
+      EXPECT_EQ(bf16_of(got), bf16_of(want)) << "qkv gradient with RoPE's, in bf16";
+      EXPECT_EQ(cuda_emulator::launches("rope") - ropes, HD == 40 ? 1u : 0u);
+    } else {
+      std::vector<float> g, w;
+      for (const std::uint16_t v : bf16_of(got)) g.push_back(bf16_to_float(v));
+      for (const std::uint16_t v : bf16_of(want)) w.push_back(bf16_to_float(v));
+      EXPECT_LE(test::relative_norm(g.data(), w.data(), static_cast<std::int64_t>(g.size())), 8e-3)
+          << "qkv gradient with RoPE's, in bf16";
+    }
   }
   for (const auto& [N, C, OC] : {std::tuple{70, 48, 40}, {45, 36, 20}}) {
     SCOPED_TRACE("N " + std::to_string(N) + ", C " + std::to_string(C) + ", OC " +

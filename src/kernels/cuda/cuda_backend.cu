@@ -1179,9 +1179,36 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   if (half == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
 }
 
+// RoPE's tables ([positions][HD / 2] of cos and sin) for the backward
+// kernels to rotate their q and k gradients back as they store them; null
+// for no rotation.
+struct RopeTables {
+  const float* cos_t = nullptr;
+  const float* sin_t = nullptr;
+};
+
+// RoPE's backward rotation of a row's gradient v at position t, as
+// rope_kernel's with sign -1 computes it, for a head dimension of exactly
+// kHD: lane half 0 holds the first columns of each rotated pair, its
+// partner (lane ^ 1) the second. Each lane trades its values with its
+// partner and keeps its own half of the rotated pairs. All lanes of the
+// warp.
+template <int kHalf>
+__device__ void rotate_back(float* v, RopeTables rope, std::int64_t t, int half) {
+  for (int d = 0; d < kHalf; ++d) {
+    const float other = __shfl_xor_sync(0xffffffffu, v[d], 1);
+    const float c = rope.cos_t[t * kHalf + d];
+    const float s = -1.0f * rope.sin_t[t * kHalf + d];
+    const float x1 = half == 0 ? v[d] : other;
+    const float x2 = half == 0 ? other : v[d];
+    v[d] = half == 0 ? x1 * c - x2 * s : x2 * c + x1 * s;
+  }
+}
+
 template <int kHD, typename In, typename Out, typename D>
 __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* lse,
-                          const float* delta, int seq, int NH, int NKV, int HD, float scale) {
+                          const float* delta, int seq, int NH, int NKV, int HD, float scale,
+                          RopeTables rope) {
   using T = Shape<kHD>;
   constexpr int kRows = T::kDqRows, kKeys = T::kKeys, kHalf = T::kHalf;
   __shared__ __align__(32) bf16 qs[kRows * kHD];
@@ -1226,17 +1253,21 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
     __syncwarp();
     add_ab<kHD>(dq, sw, dsw, kKeys, ks, kHD, kKeys, kdim, row, half);
   }
+  for (int d = 0; d < kHalf; ++d) dq[d] *= scale;
+  // (Rows past the sequence take part in the exchange, at its last position.)
+  if (rope.cos_t != nullptr) rotate_back<kHalf>(dq, rope, min(i, seq - 1), half);
   if (i >= seq) return;
   Out* dqr = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
   for (int d = 0; d < kHalf; ++d) {
     const int col = half * kHalf + d;
-    if (col < HD) store(dqr + col, scale * dq[d]);
+    if (col < HD) store(dqr + col, dq[d]);
   }
 }
 
 template <int kHD, typename In, typename Out, typename D>
 __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float* lse,
-                           const float* delta, int seq, int NH, int NKV, int HD, float scale) {
+                           const float* delta, int seq, int NH, int NKV, int HD, float scale,
+                           RopeTables rope) {
   using T = Shape<kHD>;
   constexpr int kKeyRows = T::kKeyRows, kQueries = T::kQueries, kHalf = T::kHalf;
   constexpr int kWarps = kKeyRows / 16;
@@ -1300,12 +1331,14 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
       add_ab<kHD>(dk, stw, dstw, kQueries, qs, kHD, kQueries, kdim, row, half);
     }
   }
+  for (int d = 0; d < kHalf; ++d) dk[d] *= scale;
+  if (rope.cos_t != nullptr) rotate_back<kHalf>(dk, rope, min(j, seq - 1), half);
   if (j >= seq) return;
   Out* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
   for (int d = 0; d < kHalf; ++d) {
     const int col = half * kHalf + d;
     if (col < HD) {
-      store(dkr + col, scale * dk[d]);
+      store(dkr + col, dk[d]);
       store(dkr + std::int64_t{NKV} * HD + col, dv[d]);
     }
   }
@@ -1815,6 +1848,28 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     attention_grads(as_bf16(dqkv), as_bf16(dout), as_bf16(qkv), as_bf16(out), lse, B, seq, NH, NKV,
                     HD);
   }
+  // In the tensor-core kernels' stores where the head dimension is theirs
+  // (64 or 128: each rotated pair is in the two lanes of a row); else the
+  // fp32 gradient in scratch of its own and RoPE's backward into dqkv.
+  void attention_rope_backward(std::uint16_t* dqkv, const std::uint16_t* dout,
+                               const std::uint16_t* qkv, const std::uint16_t* out, const float* lse,
+                               int B, int seq, int NH, int NKV, int HD, float theta) override {
+    const AttentionKernels kernels = attention_kernels_for(as_bf16(qkv), B, NH, NKV, HD);
+    if ((kernels == AttentionKernels::kTensorCores64 && HD == 64) ||
+        (kernels == AttentionKernels::kTensorCores128 && HD == 128)) {
+      if (B == 0 || seq == 0) return;
+      rope_tables(seq, HD, theta);
+      attention_grads(as_bf16(dqkv), as_bf16(dout), as_bf16(qkv), as_bf16(out), lse, B, seq, NH,
+                      NKV, HD, tc::RopeTables{rope_cos_, rope_sin_});
+      return;
+    }
+    const std::int64_t count = std::int64_t{B} * seq * (NH + 2 * NKV) * HD;
+    auto* grad = static_cast<float*>(
+        rope_scratch_.get(static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * 4,
+                          "the qkv gradient before RoPE's backward"));
+    attention_grads(grad, as_bf16(dout), as_bf16(qkv), as_bf16(out), lse, B, seq, NH, NKV, HD);
+    rope(grad, as_bf16(dqkv), B * seq, seq, 0, NH, NKV, HD, theta, -1.0f);
+  }
   void attention_kv_forward(float* out, float* kpool, float* vpool, const std::int32_t* blocks,
                             int block_size, const float* qkv, int N, int pos0, int NH, int NKV,
                             int HD) override {
@@ -1902,10 +1957,12 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   // (the tensor-core kernels) bf16, and reading dout and the output in
   // fp32 or (the tensor-core kernels) bf16. The tensor-core kernels compute
   // delta from dout and the output rounded to bf16, as their products read
-  // dout, so the bits do not depend on which form they are kept in.
+  // dout, so the bits do not depend on which form they are kept in. With
+  // rope's tables (the tensor-core kernels, HD 64 or 128 only), the q and k
+  // gradients are rotated back as they are stored.
   template <typename In, typename Out, typename D, typename O>
   void attention_grads(Out* dqkv, const D* dout, const In* qkv, const O* out, const float* lse,
-                       int B, int seq, int NH, int NKV, int HD) {
+                       int B, int seq, int NH, int NKV, int HD, tc::RopeTables rope = {}) {
     check_head_dim(HD);
     const AttentionKernels kernels = attention_kernels_for(qkv, B, NH, NKV, HD);
     if (B == 0 || seq == 0) return;
@@ -1919,10 +1976,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
              kThreads, delta, dout, out, B, seq, NH, HD);
     }
     if (kernels == AttentionKernels::kTensorCores64) {
-      return tc_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      return tc_backward<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale, rope);
     }
     if (kernels == AttentionKernels::kTensorCores128) {
-      return tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale);
+      return tc_backward<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, NKV, HD, scale, rope);
     }
     if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float> &&
                   std::is_same_v<D, float> && std::is_same_v<O, float>) {
@@ -2134,14 +2191,14 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
   template <int kHD, typename In, typename Out, typename D>
   void tc_backward(Out* dqkv, const D* dout, const In* qkv, const float* lse, const float* delta,
-                   int B, int seq, int NH, int NKV, int HD, float scale) {
+                   int B, int seq, int NH, int NKV, int HD, float scale, tc::RopeTables rope) {
     using T = tc::Shape<kHD>;
     launch("attention_backward (dq, tensor cores)", tc::dq_kernel<kHD, In, Out, D>,
            dim3(tiles(seq, T::kDqRows), static_cast<unsigned>(B * NH)), T::kDqRows * 2, dqkv, dout,
-           qkv, lse, delta, seq, NH, NKV, HD, scale);
+           qkv, lse, delta, seq, NH, NKV, HD, scale, rope);
     launch("attention_backward (dk, dv, tensor cores)", tc::dkv_kernel<kHD, In, Out, D>,
            dim3(tiles(seq, T::kKeyRows), static_cast<unsigned>(B * NKV)), T::kKeyRows * 2, dqkv,
-           dout, qkv, lse, delta, seq, NH, NKV, HD, scale);
+           dout, qkv, lse, delta, seq, NH, NKV, HD, scale, rope);
   }
 
   static void check_head_dim(int HD) {
@@ -2387,7 +2444,15 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   template <typename O>
   void rope(const float* qkv, O* out, int rows, int seq, int pos0, int NH, int NKV, int HD,
             float theta, float sign) {
-    const int positions = pos0 + seq;
+    rope_tables(pos0 + seq, HD, theta);
+    const std::int64_t count = std::int64_t{rows} * (NH + NKV) * (HD / 2);
+    if (count == 0) return;
+    launch("rope", rope_kernel<O>, blocks_for(count), kThreads, qkv, out, rope_cos_, rope_sin_,
+           rows, seq, pos0, NH, NKV, HD, sign);
+  }
+  // rope_cos_ and rope_sin_ for at least `positions` positions of head
+  // dimension HD and this theta (made again where they are not).
+  void rope_tables(int positions, int HD, float theta) {
     if (positions > rope_positions_ || HD != rope_head_dim_ || theta != rope_theta_) {
       const int grown = (positions + 255) / 256 * 256;
       const std::size_t n = static_cast<std::size_t>(grown) * (HD / 2);
@@ -2407,10 +2472,6 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
       rope_head_dim_ = HD;
       rope_theta_ = theta;
     }
-    const std::int64_t count = std::int64_t{rows} * (NH + NKV) * (HD / 2);
-    if (count == 0) return;
-    launch("rope", rope_kernel<O>, blocks_for(count), kThreads, qkv, out, rope_cos_, rope_sin_,
-           rows, seq, pos0, NH, NKV, HD, sign);
   }
 
   // cuBLASLt's workspace: what its heuristics may use for the GEMMs here.
@@ -2439,6 +2500,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   std::map<LtProblem, std::optional<cublasLtMatmulAlgo_t>> lt_algos_;
   Scratch scratch_;
   Scratch bf16_scratch_[2];
+  Scratch rope_scratch_;  // attention_rope_backward's fp32 gradient, where not fused
   // use_weight_copy's: operands inside [weights_, weights_ + weight_count_)
   // are read from weight_copy_.
   const float* weights_ = nullptr;

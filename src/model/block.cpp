@@ -263,7 +263,7 @@ void Block<T>::backward(int layer, const T* params, T* grads, const T* x,
       (buf.qkv_bf16 != nullptr && g.dqkv_bf16 == nullptr)) {
     throw std::invalid_argument(
         "Block: dfch and dres in bf16 go with bf16 matmul inputs, datty in bf16 with qkv in bf16, "
-        "and dqkv in bf16 with bf16 inputs and (GPT-2) qkv in bf16, as with qkv in bf16");
+        "and dqkv in bf16 with qkv in bf16 or (Llama) bf16 inputs");
   }
   // MLP: recompute its activation instead of keeping one per layer.
   mlp_activation_to(buf.mlp, buf, N);

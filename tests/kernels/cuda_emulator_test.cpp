@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
@@ -421,6 +422,68 @@ TEST(CudaEmulator, WarpMatrixMultiplyIsWarpCollective) {
   }
   expect_error([&] { launch("half a warp", divergent_mma_kernel, 1, 32, dd.get()); },
                "threads can never go on");
+}
+
+// Every lane stores its share of a tile of ones, then sums the whole tile
+// (with or without __syncwarp() between): seen[lane] is what it found.
+__global__ void tile_readback_kernel(float* seen, float* tile, bool sync) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 1.0f);
+  wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
+  if (sync) __syncwarp();
+  float sum = 0.0f;
+  for (int i = 0; i < 256; ++i) sum += tile[i];
+  seen[threadIdx.x] = sum;
+}
+
+TEST(CudaEmulator, WarpMatrixStoreIsEachLanesShare) {
+  for (const bool sync : {true, false}) {
+    Device<float> tile(std::vector<float>(256, 0.0f)), seen(32);
+    launch("readback", tile_readback_kernel, 1, 32, seen.get(), tile.get(), sync);
+    EXPECT_EQ(tile.host(), std::vector<float>(256, 1.0f));
+    const auto s = seen.host();
+    if (sync) {
+      EXPECT_EQ(s, std::vector<float>(32, 256.0f));
+    } else {
+      // The first lane to go on finds its own 8 values stored, no others.
+      EXPECT_EQ(*std::min_element(s.begin(), s.end()), 8.0f);
+    }
+  }
+}
+
+// Lane l writes ones to values [8 l, 8 l + 8) of a zeroed 16 x 16 tile
+// (with or without __syncwarp() after), then the warp loads it and
+// multiplies it by ones: d's values sum to 16 times the ones it found.
+__global__ void tile_handoff_kernel(float* d, __nv_bfloat16* tile, const __nv_bfloat16* ones,
+                                    bool sync) {
+  namespace wmma = nvcuda::wmma;
+  for (int i = 0; i < 8; ++i) tile[threadIdx.x * 8 + i] = __float2bfloat16(1.0f);
+  if (sync) __syncwarp();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::load_matrix_sync(fa, tile, 16);
+  wmma::load_matrix_sync(fb, ones, 16);
+  wmma::fill_fragment(acc, 0.0f);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+
+TEST(CudaEmulator, WarpMatrixLoadReadsEachLanesShareAsItArrives) {
+  for (const bool sync : {true, false}) {
+    Device<__nv_bfloat16> tile(std::vector<__nv_bfloat16>(256, __float2bfloat16(0.0f)));
+    Device<__nv_bfloat16> ones(std::vector<__nv_bfloat16>(256, __float2bfloat16(1.0f)));
+    Device<float> d(256);
+    launch("handoff", tile_handoff_kernel, 1, 32, d.get(), tile.get(), ones.get(), sync);
+    const auto out = d.host();
+    const float sum = std::accumulate(out.begin(), out.end(), 0.0f);
+    if (sync) {
+      EXPECT_EQ(sum, 256.0f * 16.0f);
+    } else {
+      EXPECT_LT(sum, 256.0f * 16.0f);  // some lanes read their share before it was written
+    }
+  }
 }
 
 TEST(CudaEmulator, Bfloat16RoundsToNearestEven) {

@@ -13,7 +13,9 @@
 //    error, not a hang;
 //  - between barriers, threads run in a shuffled (fixed) order, not in index
 //    order, so that a shared-memory read that is missing its barrier sees
-//    another thread's write early or late and the result goes wrong;
+//    another thread's write early or late and the result goes wrong; wmma
+//    loads and stores move each lane's share of a tile as the lane gets
+//    there, so a missing __syncwarp() around them shows the same way;
 //  - device memory is host memory in mappings of its own that end at an
 //    inaccessible page: a kernel that reads or writes past the end of an
 //    allocation stops with a message naming the kernel, its block and its
@@ -33,6 +35,7 @@
 // still needs one: scripts/device-check.sh.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -154,10 +157,21 @@ inline float __bfloat162float(__nv_bfloat16 h) {
 // The tile shape 16 x 16 x 16 with bf16 inputs and fp32 accumulators. Which
 // elements a lane holds is unspecified in CUDA (code may only apply the same
 // operation to every element of x); here every lane holds the whole tile.
-// Each call is warp-collective, as in CUDA: all 32 lanes must make it (a
-// shuffle checks), and a matrix in memory is laid out as CUDA requires (a
-// 256-bit aligned pointer, a leading dimension of a multiple of 16 bytes),
-// or the kernel stops with an error.
+// The _sync calls are warp-collective, as in CUDA: all 32 lanes must make
+// them (a shuffle checks). A matrix in memory must be laid out as CUDA
+// requires (a 256-bit aligned pointer, a leading dimension of a multiple of
+// 16 bytes), or the kernel stops with an error.
+//
+// Memory is read and written as a GPU's lanes do, each its own share of the
+// tile (8 of the 256 values: here rows lane / 4 and lane / 4 + 8, columns
+// 2 * (lane % 4) + {0, 1} and those + 8, sm_80's accumulator layout): a
+// load reads each lane's share as the lane arrives, before the others have
+// (then every lane has the whole tile); a store writes each lane's share as
+// the lane goes on. Lanes that pass values through memory to a load, or
+// read values of a store's other lanes, therefore need __syncwarp()
+// between, as CUDA's memory model requires (the guide says a load waits for
+// every lane to arrive, not that their writes are seen). fill_fragment
+// (not a _sync call) waits for no other lane.
 namespace nvcuda::wmma {
 struct matrix_a {};
 struct matrix_b {};
@@ -196,44 +210,57 @@ void check_matrix(const char* what, const T* p, unsigned ldm) {
                                           std::to_string(ldm) + " is not a multiple of 16 bytes");
   }
 }
+// f(r, c) for each value (row r, column c) of the running lane's share.
+template <typename F>
+void for_share(F f) {
+  const auto lane = static_cast<unsigned>(borealis::cuda_emulator::lane());
+  for (const unsigned r : {lane / 4, lane / 4 + 8}) {
+    for (const unsigned c : {0u, 1u, 8u, 9u}) f(r, 2 * (lane % 4) + c);
+  }
+}
+// fragment x = the tile at(r, c) reads from memory: each lane reads its
+// share into its warp's staging tile as it arrives; once all have, each
+// copies the whole tile (and none goes on until all have copied it).
+template <typename T, typename At>
+void load(T* x, At at) {
+  static thread_local std::vector<std::array<T, 256>> staging;  // per warp of the block
+  const auto w = static_cast<std::size_t>(borealis::cuda_emulator::warp());
+  if (staging.size() <= w) staging.resize(w + 1);
+  T* tile = staging[w].data();
+  for_share([&](unsigned r, unsigned c) { tile[r * 16 + c] = at(r, c); });
+  converged();
+  std::memcpy(x, tile, 256 * sizeof(T));
+  converged();
+}
 }  // namespace detail
 
 template <typename Use, typename T, typename Layout, typename V>
 void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, V v) {
-  detail::converged();
   for (T& e : f.x) e = static_cast<T>(v);
 }
 
 template <typename Use, typename T, typename Layout>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
   static_assert(!std::is_same_v<Use, accumulator>, "accumulators load with a layout");
-  detail::converged();
   detail::check_matrix("load_matrix_sync", p, ldm);
-  for (unsigned r = 0; r < 16; ++r) {
-    for (unsigned c = 0; c < 16; ++c) {
-      f.x[r * 16 + c] = std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r];
-    }
-  }
+  detail::load(f.x, [&](unsigned r, unsigned c) {
+    return std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r];
+  });
 }
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
                              unsigned ldm, layout_t layout) {
-  detail::converged();
   detail::check_matrix("load_matrix_sync", p, ldm);
-  for (unsigned r = 0; r < 16; ++r) {
-    for (unsigned c = 0; c < 16; ++c) {
-      f.x[r * 16 + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
-    }
-  }
+  detail::load(f.x, [&](unsigned r, unsigned c) {
+    return layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  });
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
                               unsigned ldm, layout_t layout) {
   detail::converged();
   detail::check_matrix("store_matrix_sync", p, ldm);
-  for (unsigned r = 0; r < 16; ++r) {
-    for (unsigned c = 0; c < 16; ++c) {
-      (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * 16 + c];
-    }
-  }
+  detail::for_share([&](unsigned r, unsigned c) {
+    (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * 16 + c];
+  });
 }
 // d = a b + c, in fp32 (products of the bf16 inputs are exact in fp32).
 // The lanes of a warp hold the same tiles, so the first lane computes the

@@ -134,6 +134,37 @@ TEST(CudaEmulator, MissingBarrierGivesWrongResults) {
   EXPECT_GT(wrong, 10) << "threads ran in an order that hides the race";
 }
 
+// Each block reads its shared array before and after writing to it: sums[2 b]
+// is what it held at the start (thread 0 reads it whole), sums[2 b + 1] what
+// the block wrote.
+__global__ void fresh_shared_kernel(float* sums) {
+  __shared__ float s[64];
+  borealis::cuda_emulator::fresh_shared(s);
+  float before = 0.0f;
+  if (threadIdx.x == 0) {
+    for (const float v : s) before += v;
+  }
+  __syncthreads();
+  s[threadIdx.x] = 1.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float after = 0.0f;
+    for (const float v : s) after += v;
+    sums[2 * blockIdx.x] = before;
+    sums[2 * blockIdx.x + 1] = after;
+  }
+}
+
+TEST(CudaEmulator, SharedMemoryStartsAsNaNsInEveryBlock) {
+  Device<float> sums(6);
+  launch("fresh", fresh_shared_kernel, 3, 64, sums.get());
+  const auto h = sums.host();
+  for (int b = 0; b < 3; ++b) {
+    EXPECT_TRUE(std::isnan(h[2 * b])) << "block " << b << " found " << h[2 * b];
+    EXPECT_EQ(h[2 * b + 1], 64.0f) << "block " << b;
+  }
+}
+
 __global__ void divergent_barrier_kernel(int* out) {
   if (threadIdx.x < 16) __syncthreads();  // only half the block gets here
   out[threadIdx.x] = 1;

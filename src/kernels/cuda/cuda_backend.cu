@@ -106,6 +106,17 @@ void launch(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, 
 }
 #endif
 
+// A block's shared memory holds whatever was there before the block (any
+// bits): every kernel names its shared arrays here first thing, and on the
+// emulator the block's first thread fills them with NaNs, so that a read
+// of a value the block has not written shows in the tests' results.
+#if defined(BOREALIS_CUDA_EMULATOR)
+using cuda_emulator::fresh_shared;
+#else
+template <typename... T>
+__device__ __forceinline__ void fresh_shared(T&...) {}
+#endif
+
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 // Rows per block of the column reductions, as the CPU backend's kReduceRows
@@ -219,6 +230,7 @@ __global__ void adamw_kernel(float* params, const float* grads, float* m, float*
 // partial[b] = sum of x^2 over block b of kSquaresBlock elements, in double.
 __global__ void squares_kernel(double* partial, const float* x, std::int64_t count) {
   __shared__ double shared[kThreads];
+  fresh_shared(shared);
   const std::int64_t begin = blockIdx.x * kSquaresBlock;
   const std::int64_t end = count < begin + kSquaresBlock ? count : begin + kSquaresBlock;
   double s = 0.0;
@@ -800,6 +812,7 @@ __global__ void flash_forward_kernel(float* out, float* lse, const float* qkv, i
                                      int NKV, int HD, float scale) {
   __shared__ float ks[kFlashKeys * kMaxHD];
   __shared__ float vs[kFlashKeys * kMaxHD];
+  fresh_shared(ks, vs);
   const auto at = query_rows(qkv, kFlashRows, seq, NH, NKV, HD);
   const int h = at.h, g = at.g, C = at.C, q0 = at.q0;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
@@ -866,6 +879,7 @@ __global__ void flash_dq_kernel(float* dqkv, const float* dout, const float* qkv
                                 const float* delta, int seq, int NH, int NKV, int HD, float scale) {
   __shared__ float ks[kFlashKeys * kMaxHD];
   __shared__ float vs[kFlashKeys * kMaxHD];
+  fresh_shared(ks, vs);
   const auto at = query_rows(qkv, kFlashRows, seq, NH, NKV, HD);
   const int h = at.h, g = at.g, C = at.C, q0 = at.q0;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
@@ -938,6 +952,7 @@ __global__ void flash_dkv_kernel(float* dqkv, const float* dout, const float* qk
   __shared__ float dos[T::kQueries * kMaxHD];
   __shared__ float ls[T::kQueries];
   __shared__ float dls[T::kQueries];
+  fresh_shared(kown, vown, qs, dos, ls, dls);
   const int bg = blockIdx.y;  // b * NKV + g
   const int g = bg % NKV;
   const std::int64_t b = bg / NKV;
@@ -1123,6 +1138,7 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   __shared__ __align__(32) bf16 vs[kKeys * kHD];
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 ps[kRows / 16][16 * kKeys];
+  fresh_shared(qs, ks, vs, ss, ps);
   const auto at = query_rows(qkv, kRows, seq, NH, NKV, HD);
   const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
   const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
@@ -1218,6 +1234,7 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) float dps[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 dss[kRows / 16][16 * kKeys];
+  fresh_shared(qs, dos, ks, vs, ss, dps, dss);
   const auto at = query_rows(qkv, kRows, seq, NH, NKV, HD);
   const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
   const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
@@ -1281,6 +1298,7 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
   __shared__ __align__(32) bf16 dsts[kWarps][16 * kQueries];
   __shared__ float ls[kQueries];
   __shared__ float dls[kQueries];
+  fresh_shared(ks, vs, qs, dos, sts, dpts, pts, dsts, ls, dls);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = lane / 2, half = lane % 2;
   const int bg = blockIdx.y;
@@ -1400,6 +1418,7 @@ template <typename G>
 __global__ void crossentropy_kernel(const float* logits, G* grads, float* losses,
                                     const std::int32_t* targets, int V, int Vp, float dloss) {
   __shared__ float shared[kThreads / kWarp];
+  fresh_shared(shared);
   const std::int64_t n = blockIdx.x;
   const float* x = logits + n * Vp;
   float mx = -INFINITY;
@@ -1422,6 +1441,7 @@ __global__ void crossentropy_kernel(const float* logits, G* grads, float* losses
 
 __global__ void crossentropy_part_max_kernel(float* row_max, const float* logits, int V, int Vp) {
   __shared__ float shared[kThreads / kWarp];
+  fresh_shared(shared);
   const std::int64_t n = blockIdx.x;
   const float* x = logits + n * Vp;
   float mx = -INFINITY;
@@ -1434,6 +1454,7 @@ __global__ void crossentropy_part_sums_kernel(float* logits, float* sums, const 
                                               const std::int32_t* targets, int v0, int V, int Vp,
                                               bool keep_exp) {
   __shared__ float shared[kThreads / kWarp];
+  fresh_shared(shared);
   const std::int64_t n = blockIdx.x;
   float* x = logits + n * Vp;
   const float mx = row_max[n];

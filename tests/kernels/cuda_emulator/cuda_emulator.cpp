@@ -188,6 +188,7 @@ struct BlockRun {
   int current = -1;
   Context scheduler;
   std::exception_ptr error;
+  std::vector<const void*> fresh;  // shared arrays filled with NaNs for this block
 #if BOREALIS_EMULATOR_ASAN
   const void* scheduler_stack = nullptr;
   std::size_t scheduler_stack_bytes = 0;
@@ -436,6 +437,13 @@ void kernel_error(const std::string& why) {
   fail(run(), why);
 }
 
+void fresh_shared_array(void* array, std::size_t bytes) {
+  BlockRun& r = run();
+  if (std::find(r.fresh.begin(), r.fresh.end(), array) != r.fresh.end()) return;
+  r.fresh.push_back(array);
+  std::memset(array, 0xff, bytes);
+}
+
 std::uint64_t exchange(unsigned mask, std::uint64_t value, std::size_t bytes, int src) {
   if (mask != 0xffffffffu) {
     fail(run(), "warp shuffles with a partial mask are not emulated");
@@ -516,6 +524,7 @@ void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void(
     for (unsigned by = 0; by < grid.y; ++by) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         r.block_index = {bx, by, bz};
+        r.fresh.clear();
         for (std::size_t i = 0; i < threads; ++i) {
           Thread& t = r.threads[i];
           const auto li = static_cast<unsigned>(i);

@@ -16,6 +16,8 @@
 //    another thread's write early or late and the result goes wrong; wmma
 //    loads and stores move each lane's share of a tile as the lane gets
 //    there, so a missing __syncwarp() around them shows the same way;
+//    each block's shared arrays start as NaNs (fresh_shared below), so a
+//    read of shared memory the block has not written shows;
 //  - device memory is host memory in mappings of its own that end at an
 //    inaccessible page: a kernel that reads or writes past the end of an
 //    allocation stops with a message naming the kernel, its block and its
@@ -81,6 +83,16 @@ int warp();  // the running thread's warp in its block
 // Stops the running kernel with an error naming it, its block and `why`
 // (a use of a device function that CUDA does not define).
 [[noreturn]] void kernel_error(const std::string& why);
+// A block's shared memory holds, on a GPU, whatever was there before the
+// block. Kernels name their shared arrays first thing (the backend's
+// fresh_shared()); here the block's first thread to name one fills it with
+// NaNs (all bits set), so that a read of a value the block has not written
+// shows in the results (a static keeps the last block's values otherwise).
+void fresh_shared_array(void* array, std::size_t bytes);
+template <typename... T>
+void fresh_shared(T&... arrays) {
+  (fresh_shared_array(static_cast<void*>(&arrays), sizeof(arrays)), ...);
+}
 }  // namespace borealis::cuda_emulator
 
 #define threadIdx (::borealis::cuda_emulator::thread_index())

@@ -165,6 +165,29 @@ TEST(CudaEmulator, SharedMemoryStartsAsNaNsInEveryBlock) {
   }
 }
 
+// Block b's thread 0 records when it ran: seen[b] = the number of blocks
+// that ran before it (blocks run one at a time on the emulator).
+__global__ void block_order_kernel(int* seen, int* ran) {
+  if (threadIdx.x != 0) return;
+  const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  seen[b] = ran[0]++;
+}
+
+TEST(CudaEmulator, BlocksRunInAnOrderThatIsNotTheirIndexOrder) {
+  for (const dim3 grid : {dim3(2), dim3(7, 3), dim3(4, 2, 5)}) {
+    const int count = static_cast<int>(grid.x * grid.y * grid.z);
+    Device<int> seen(std::vector<int>(count, -1)), ran(std::vector<int>{0});
+    launch("order", block_order_kernel, grid, 32, seen.get(), ran.get());
+    auto order = seen.host();
+    EXPECT_EQ(ran.host()[0], count);
+    int in_place = 0;
+    for (int b = 0; b < count; ++b) in_place += order[b] == b;
+    EXPECT_LT(in_place, count) << "every block ran in index order";
+    std::sort(order.begin(), order.end());
+    for (int b = 0; b < count; ++b) ASSERT_EQ(order[b], b) << "each block runs once";
+  }
+}
+
 __global__ void divergent_barrier_kernel(int* out) {
   if (threadIdx.x < 16) __syncthreads();  // only half the block gets here
   out[threadIdx.x] = 1;

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <string>
 #include <string_view>
@@ -520,33 +521,39 @@ void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void(
       if (std::uncaught_exceptions() > 0) t_stacks.abandoned = true;
     }
   } reset;
-  for (unsigned bz = 0; bz < grid.z; ++bz) {
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        r.block_index = {bx, by, bz};
-        r.fresh.clear();
-        for (std::size_t i = 0; i < threads; ++i) {
-          Thread& t = r.threads[i];
-          const auto li = static_cast<unsigned>(i);
-          t.index = {li % block.x, li / block.x % block.y, li / (block.x * block.y)};
-          t.linear = static_cast<int>(i);
-          t.state = State::kReady;
-          start_fiber(t, t_stacks.get(i));
-        }
-        for (;;) {
-          bool ran = false;
-          for (const int i : order) {
-            if (r.threads[static_cast<std::size_t>(i)].state != State::kReady) continue;
-            resume(r, i);
-            ran = true;
-            if (r.error) std::rethrow_exception(r.error);
-          }
-          bool all_done = true;
-          for (const Thread& t : r.threads) all_done = all_done && t.state == State::kDone;
-          if (all_done) break;
-          if (!release(r) && !ran) deadlock(r);
-        }
+  // Blocks run one at a time, but not in index order (a GPU runs them in
+  // any order, many at once): the k-th is block (count / 2 + stride * k)
+  // mod count, with stride coprime to count, so a block that reads what
+  // another block of the same launch writes sees it early or late.
+  const std::uint64_t count = std::uint64_t{grid.x} * grid.y * grid.z;
+  std::uint64_t stride = 0x9E3779B97F4A7C15ull % count;
+  while (std::gcd(stride, count) != 1) ++stride;
+  std::uint64_t linear = count / 2;
+  for (std::uint64_t k = 0; k < count; ++k, linear = (linear + stride) % count) {
+    r.block_index = {static_cast<unsigned>(linear % grid.x),
+                     static_cast<unsigned>(linear / grid.x % grid.y),
+                     static_cast<unsigned>(linear / (std::uint64_t{grid.x} * grid.y))};
+    r.fresh.clear();
+    for (std::size_t i = 0; i < threads; ++i) {
+      Thread& t = r.threads[i];
+      const auto li = static_cast<unsigned>(i);
+      t.index = {li % block.x, li / block.x % block.y, li / (block.x * block.y)};
+      t.linear = static_cast<int>(i);
+      t.state = State::kReady;
+      start_fiber(t, t_stacks.get(i));
+    }
+    for (;;) {
+      bool ran = false;
+      for (const int i : order) {
+        if (r.threads[static_cast<std::size_t>(i)].state != State::kReady) continue;
+        resume(r, i);
+        ran = true;
+        if (r.error) std::rethrow_exception(r.error);
       }
+      bool all_done = true;
+      for (const Thread& t : r.threads) all_done = all_done && t.state == State::kDone;
+      if (all_done) break;
+      if (!release(r) && !ran) deadlock(r);
     }
   }
 }

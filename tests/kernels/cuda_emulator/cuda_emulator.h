@@ -6,11 +6,12 @@
 // an error that names the kernel:
 //
 //  - every thread of a block is a fiber of its own; blocks run one after
-//    another. __syncthreads() waits for every thread of the block that has
-//    not returned, a warp shuffle for all 32 lanes of the warp (full masks
-//    only). A thread that can never get past one (a barrier in a branch
-//    that not all threads take, a shuffle after some lanes returned) is an
-//    error, not a hang;
+//    another, not in index order (a block that reads what another block of
+//    the same launch writes sees it early or late). __syncthreads() waits
+//    for every thread of the block that has not returned, a warp shuffle
+//    for all 32 lanes of the warp (full masks only). A thread that can
+//    never get past one (a barrier in a branch that not all threads take,
+//    a shuffle after some lanes returned) is an error, not a hang;
 //  - between barriers, threads run in a shuffled (fixed) order, not in index
 //    order, so that a shared-memory read that is missing its barrier sees
 //    another thread's write early or late and the result goes wrong; wmma

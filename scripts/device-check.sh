@@ -25,7 +25,12 @@
 #                                  the uninterrupted one bit for bit),
 #                                  then bench train on the GPU for gpt2-124m
 #                                  (fp32 and bf16) and llama-110m (bf16),
-#                                  T = 1024, write the log to $OUT (or
+#                                  T = 1024, then, where the machine has
+#                                  compute-sanitizer, its memcheck over the
+#                                  op tests and racecheck and synccheck over
+#                                  attention's; every stage within one
+#                                  deadline (DEVICE_CHECK_SECONDS, default
+#                                  450); write the log to $OUT (or
 #                                  ./device-out) and exit with the checks'
 #                                  status
 # The pack is about 20 MB; .device-pack/ is ignored by git and carried to the
@@ -87,11 +92,16 @@ case "$mode" in
       for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/nvidia/lib64; do
         [ -d "$d" ] && echo "$d"
       done
-      find / -xdev \( -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' \) 2>/dev/null |
-        xargs -r -n1 dirname | sort -u
+      # (Across mounts: the wheels may lie on another file system than /.)
+      find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o \
+        \( -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' -o -name 'libnccl.so.2' \) \
+        -printf '%h\n' 2>/dev/null | sort -u
     )
-    export LD_LIBRARY_PATH="$work/lib:$(echo "$cuda_libs" | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    LD_LIBRARY_PATH="$work/lib:$(echo "$cuda_libs" | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LD_LIBRARY_PATH
     {
+      echo "== libraries (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
+      ldd "$work/borealis_tests" | grep -E 'not found|cuda|cublas' || true
       echo "== device"
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
       echo "== borealis doctor"
@@ -102,8 +112,24 @@ case "$mode" in
       echo "== CUDA tests"
     } 2>&1 | tee "$log"
     status=0
-    # Bounded, so that a test that hangs leaves time for the checks below.
-    BOREALIS_REQUIRE_CUDA=1 timeout 240 "$work/borealis_tests" \
+    # Every stage below is bounded, and all of them by one deadline
+    # (DEVICE_CHECK_SECONDS, default 450, from here), so that a stage that
+    # hangs leaves time for the others and the log is whole before the
+    # device call's own limit. run_bounded MAX CMD...: CMD with a time-out of
+    # MAX seconds or what is left, whichever is less; with under 20 s left,
+    # a line in the log instead (status 124).
+    deadline=$((SECONDS + ${DEVICE_CHECK_SECONDS:-450}))
+    run_bounded() {
+      local max=$1 left=$((deadline - SECONDS))
+      shift
+      if ((left < 20)); then
+        echo "device-check: out of time, skipped: $*" >&2
+        return 124
+      fi
+      timeout "$((left < max ? left : max))" "$@"
+    }
+    export BOREALIS_REQUIRE_CUDA=1
+    run_bounded 240 "$work/borealis_tests" \
       --gtest_filter='*CudaOps*:*CudaBf16Ops*:*CudaModel*:CudaLimits.*:*NcclOneRank*-*emulated*:*guarded*' 2>&1 |
       tee -a "$log" ||
       status=$?
@@ -114,7 +140,7 @@ case "$mode" in
     for run in cpu:fp32 cuda:fp32 cuda:bf16; do
       device=${run%:*} precision=${run#*:}
       echo "== train 20 steps on $device ($precision)" | tee -a "$log"
-      timeout 150 "$work/borealis" train configs/brown-llama-5m.toml --quiet \
+      run_bounded 150 "$work/borealis" train configs/brown-llama-5m.toml --quiet \
         --run-dir "$work/run-$device-$precision" --steps 20 \
         --set "data.data_list=$work/brown/list.txt" --set "data.tokenizer=$work/brown/tok.json" \
         --set train.device="$device" --set train.precision="$precision" \
@@ -150,7 +176,7 @@ PY
     echo "== train 20 steps on cuda (bf16), stopped at 10 and resumed" | tee -a "$log"
     for stop in "--stop-at-step=10" ""; do
       # shellcheck disable=SC2086  # $stop: one option or none
-      timeout 150 "$work/borealis" train configs/brown-llama-5m.toml --quiet \
+      run_bounded 150 "$work/borealis" train configs/brown-llama-5m.toml --quiet \
         --run-dir "$work/run-resumed" --steps 20 $stop \
         --set "data.data_list=$work/brown/list.txt" --set "data.tokenizer=$work/brown/tok.json" \
         --set train.device=cuda --set train.precision=bf16 --set checkpoint.every=0 \
@@ -169,9 +195,39 @@ PY
     for run in gpt2-124m:fp32 gpt2-124m:bf16 llama-110m:bf16; do
       model=${run%:*} precision=${run#*:}
       echo "== bench train --device cuda --model $model --precision $precision" | tee -a "$log"
-      timeout 120 "$work/borealis" bench train --device cuda --model "$model" \
+      run_bounded 120 "$work/borealis" bench train --device cuda --model "$model" \
         --precision "$precision" --batch 8 --seq-len 1024 --steps 3 2>&1 | tee -a "$log" ||
         echo "(bench exited with $?)" | tee -a "$log"
+    done
+    # compute-sanitizer, where the machine has it and it runs there:
+    # memcheck over the op tests, racecheck and synccheck over attention's
+    # (the tiled kernels' shared memory and warp synchronization). An error
+    # it reports fails the check; a tool that cannot run is only logged.
+    sanitizer=$(command -v compute-sanitizer || true)
+    for candidate in /usr/local/cuda*/bin/compute-sanitizer; do
+      [ -z "$sanitizer" ] && [ -x "$candidate" ] && sanitizer=$candidate
+    done
+    if [ -z "$sanitizer" ]; then
+      echo "== compute-sanitizer: not on this machine" | tee -a "$log"
+    fi
+    for check in 'memcheck:*CudaOps*/cuda:*CudaBf16Ops*/cuda' 'racecheck:*Attention*/cuda' \
+      'synccheck:*Attention*/cuda'; do
+      [ -n "$sanitizer" ] || break
+      tool=${check%%:*} filter=${check#*:}
+      echo "== compute-sanitizer --tool $tool, tests $filter" | tee -a "$log"
+      rc=0
+      run_bounded 120 "$sanitizer" --tool "$tool" --error-exitcode 86 "$work/borealis_tests" \
+        --gtest_filter="$filter" >"$out/sanitizer-$tool.log" 2>&1 || rc=$?
+      tail -n 25 "$out/sanitizer-$tool.log" | tee -a "$log"
+      case $rc in
+        0) verdict="no errors" ;;
+        86)
+          verdict="ERRORS (sanitizer-$tool.log)"
+          status=1
+          ;;
+        *) verdict="did not run through (exit $rc; sanitizer-$tool.log)" ;;
+      esac
+      echo "sanitizer $tool: $verdict" | tee -a "$log"
     done
     echo "device-check: log in $log"
     exit "$status"

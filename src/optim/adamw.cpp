@@ -19,10 +19,20 @@ AdamW::AdamW(Backend<float>& backend, const ParamLayout& layout, const AdamWConf
   if (begin < 0 || begin > end || end > layout.total()) {
     throw std::invalid_argument("AdamW: range outside the parameter buffer");
   }
+  // One range per run of adjacent tensors that decay alike: the update is
+  // elementwise, so one call over the run gives the same bits as one call
+  // per tensor, in fewer calls (each a kernel launch on a GPU).
   for (const auto& view : layout.views()) {
     const std::int64_t lo = std::max(view.offset, begin);
     const std::int64_t hi = std::min(view.offset + view.size, end);
-    if (lo < hi) ranges_.push_back({lo - begin, hi - lo, decays(view)});
+    if (lo >= hi) continue;
+    const bool decay = decays(view);
+    if (!ranges_.empty() && ranges_.back().decay == decay &&
+        ranges_.back().offset + ranges_.back().size == lo - begin) {
+      ranges_.back().size += hi - lo;
+    } else {
+      ranges_.push_back({lo - begin, hi - lo, decay});
+    }
   }
   const std::int64_t n = end - begin;
   allocate_for(fmt::format("the optimizer's moments (2 x {} floats) need {}", n,
@@ -58,7 +68,8 @@ void AdamW::step(float* params, const float* grads, float lr, float grad_scale) 
   u.grad_scale = grad_scale;
   u.c1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(config_.beta1), t)));
   u.c2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(config_.beta2), t)));
-  // One call per tensor (or piece of one, in a shard): decay is per tensor.
+  // One call per run of tensors that decay alike (or piece of one, in a
+  // shard): decay is per tensor.
   for (const Range& r : ranges_) {
     u.weight_decay = r.decay ? config_.weight_decay : 0.0f;
     backend_->adamw_update(params + r.offset, grads + r.offset, m_.data() + r.offset,

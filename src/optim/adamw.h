@@ -80,7 +80,9 @@ class AdamW {
   Backend<float>* backend_;
   AdamWConfig config_;
   std::int64_t begin_ = 0, end_ = 0;
-  std::vector<Range> ranges_;  // relative to begin_, clipped to the range
+  // Runs of adjacent tensors that decay alike, relative to begin_, clipped
+  // to the range.
+  std::vector<Range> ranges_;
   BackendArray<float> m_, v_;
   std::int64_t steps_ = 0;
 };

@@ -177,6 +177,62 @@ TEST(AdamW, ArithmeticGoesThroughTheBackend) {
   EXPECT_NEAR(global_norm(cpu(), grads.data(), layout.total()), 1.0, 1e-6);
 }
 
+// The update is elementwise: one call per run of adjacent tensors that
+// decay alike gives the bits of one call per tensor, in fewer calls (each a
+// kernel launch on a GPU).
+TEST(AdamW, AdjacentTensorsThatDecayAlikeShareOneUpdate) {
+  struct Counting final : TimedBackend<float> {
+    using TimedBackend<float>::TimedBackend;
+    void adamw_update(float* p, const float* g, float* m, float* v, std::int64_t n,
+                      const AdamWUpdate& u) override {
+      ++calls;
+      TimedBackend<float>::adamw_update(p, g, m, v, n, u);
+    }
+    int calls = 0;
+  };
+  for (const char* preset : {"gpt2-tiny", "llama-tiny"}) {
+    SCOPED_TRACE(preset);
+    const ModelConfig config = model_preset(preset);
+    const ParamLayout layout(config);
+    const AdamWConfig adamw{};
+    Counting counting(cpu());
+    AdamW opt(counting, layout, adamw);
+    // Runs of equal decay in the layout's order, by hand. GPT-2: wte wpe and
+    // the first ln1 w b; then a block's qkv.w | qkv.b | proj.w | proj.b ln2
+    // w b | fc.w | fc.b | fcproj.w | fcproj.b with the next block's ln1 (or
+    // lnf). Llama: wte and the first ln1; then a block's qkv.w proj.w | ln2
+    // | fc.w fcproj.w | the next ln1 (or lnf); then lm_head.w if untied.
+    const int L = config.n_layer;
+    const int runs = config.family == ModelFamily::kGpt2
+                         ? 1 + 8 * L
+                         : 1 + 4 * L + (config.tied_embeddings ? 0 : 1);
+    const std::int64_t n = layout.total();
+    std::vector<float> p(n), g(n), m(n, 0.0f), v(n, 0.0f);
+    for (std::int64_t i = 0; i < n; ++i) {
+      p[i] = std::sin(0.37f * static_cast<float>(i));
+      g[i] = std::cos(0.11f * static_cast<float>(i));
+    }
+    std::vector<float> one_by_one = p;
+    opt.step(p.data(), g.data(), 0.1f);
+    EXPECT_EQ(counting.calls, runs);
+    // The same step, tensor by tensor.
+    Backend<float>::AdamWUpdate u{};
+    u.lr = 0.1f;
+    u.beta1 = adamw.beta1;
+    u.beta2 = adamw.beta2;
+    u.eps = adamw.eps;
+    u.grad_scale = 1.0f;
+    u.c1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(adamw.beta1), 1.0)));
+    u.c2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(adamw.beta2), 1.0)));
+    for (const ParamView& view : layout.views()) {
+      u.weight_decay = opt.decays(view) ? adamw.weight_decay : 0.0f;
+      cpu().adamw_update(one_by_one.data() + view.offset, g.data() + view.offset,
+                         m.data() + view.offset, v.data() + view.offset, view.size, u);
+    }
+    EXPECT_EQ(p, one_by_one);
+  }
+}
+
 // The double instantiation (for gradient checks) computes the same update.
 TEST(AdamW, DoubleBackendMatchesTheFormula) {
   const auto backend = make_cpu_backend<double>();

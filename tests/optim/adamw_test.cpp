@@ -222,8 +222,8 @@ TEST(AdamW, AdjacentTensorsThatDecayAlikeShareOneUpdate) {
     u.beta2 = adamw.beta2;
     u.eps = adamw.eps;
     u.grad_scale = 1.0f;
-    u.c1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(adamw.beta1), 1.0)));
-    u.c2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(adamw.beta2), 1.0)));
+    u.c1 = static_cast<float>(1.0 / (1.0 - static_cast<double>(adamw.beta1)));  // step 1
+    u.c2 = static_cast<float>(1.0 / (1.0 - static_cast<double>(adamw.beta2)));
     for (const ParamView& view : layout.views()) {
       u.weight_decay = opt.decays(view) ? adamw.weight_decay : 0.0f;
       cpu().adamw_update(one_by_one.data() + view.offset, g.data() + view.offset,

@@ -400,9 +400,16 @@ TEST_P(CudaOps, PagedCacheAttention) {
 }
 
 TEST_P(CudaOps, CrossEntropy) {
-  const int N = 6, V = 1000, Vp = 1024;
+  const int N = 8, V = 1000, Vp = 1024;
   auto logits = rnd(N * Vp, 91, 5.0);
-  std::vector<std::int32_t> targets = {0, 999, 5, 500, 123, 998};
+  // Rows whose maximum moves with every value each thread reads (the
+  // online softmax rescales its sum each time), far above and below 0:
+  // exp(100) overflows fp32, exp(-150) is 0.
+  for (int j = 0; j < Vp; ++j) {
+    logits[6 * Vp + j] = 100.0f + 0.01f * static_cast<float>(j);
+    logits[7 * Vp + j] = -150.0f + 0.02f * static_cast<float>(j % 250) + 0.5f * logits[j];
+  }
+  std::vector<std::int32_t> targets = {0, 999, 5, 500, 123, 998, 700, 3};
   DeviceBuffer gt = dev(targets);
   for (const float dloss : {0.0f, 0.25f}) {
     auto x = logits;

@@ -173,6 +173,51 @@ __device__ float block_reduce(float x, float* shared) {
   return r;
 }
 
+// A softmax's normalizer over some values, as online softmax keeps it: their
+// maximum m and the sum s of exp(x - m). Two merge in either order to the
+// same bits (the sum's two terms commute).
+struct MaxSum {
+  float m = -INFINITY;
+  float s = 0.0f;
+};
+
+__device__ MaxSum merge(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.m, b.m);
+  if (m == -INFINITY) return {m, 0.0f};  // (no values on either side)
+  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+}
+
+// x added to a: a rescale when it is the new maximum.
+__device__ MaxSum add_value(MaxSum a, float x) {
+  if (x > a.m) return {x, a.s * expf(a.m - x) + 1.0f};
+  a.s += expf(x - a.m);
+  return a;
+}
+
+// merge over a block of kThreads threads, the same value returned to every
+// thread (a butterfly within warps, then over the warps' results in lane
+// order). shared_m and shared_s hold kThreads / kWarp floats each.
+__device__ MaxSum block_merge(MaxSum x, float* shared_m, float* shared_s) {
+  const int lane = threadIdx.x % kWarp;
+  const int warp = threadIdx.x / kWarp;
+  const auto warp_merge = [](MaxSum v) {
+    for (int o = kWarp / 2; o > 0; o /= 2) {
+      v = merge(v, {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+    }
+    return v;
+  };
+  x = warp_merge(x);
+  __syncthreads();  // the arrays may still be read by a previous reduction
+  if (lane == 0) {
+    shared_m[warp] = x.m;
+    shared_s[warp] = x.s;
+  }
+  __syncthreads();
+  MaxSum r;
+  if (lane < kThreads / kWarp) r = {shared_m[lane], shared_s[lane]};
+  return warp_merge(r);
+}
+
 // ---- elementwise -------------------------------------------------------------
 
 __global__ void fill_kernel(float* out, float value, std::int64_t count) {
@@ -1413,22 +1458,23 @@ __global__ void attention_kv_kernel(float* out, const float* kpool, const float*
 // the three steps of the vocabulary-parallel form.
 // The loss of row blockIdx.x and, when dloss != 0, its logits' gradient
 // into grads: over the logits (grads == logits) or, as a bf16 matmul input,
-// into a buffer of its own.
+// into a buffer of its own. The row is read twice: once for its maximum and
+// sum together (online softmax), once for the gradient.
 template <typename G>
 __global__ void crossentropy_kernel(const float* logits, G* grads, float* losses,
                                     const std::int32_t* targets, int V, int Vp, float dloss) {
-  __shared__ float shared[kThreads / kWarp];
-  fresh_shared(shared);
+  __shared__ float shared_m[kThreads / kWarp], shared_s[kThreads / kWarp];
+  fresh_shared(shared_m, shared_s);
   const std::int64_t n = blockIdx.x;
   const float* x = logits + n * Vp;
-  float mx = -INFINITY;
-  for (int j = threadIdx.x; j < V; j += kThreads) mx = fmaxf(mx, x[j]);
-  mx = block_reduce<true>(mx, shared);
+  MaxSum ms;
+  for (int j = threadIdx.x; j < V; j += kThreads) ms = add_value(ms, x[j]);
+  // (Read before the merge's barrier: past it, other threads write the
+  // gradient over the logits.)
+  const float target_logit = x[targets[n]];
+  ms = block_merge(ms, shared_m, shared_s);
+  const float mx = ms.m, sum = ms.s;
   const int t = targets[n];
-  const float target_logit = x[t];
-  float sum = 0.0f;
-  for (int j = threadIdx.x; j < V; j += kThreads) sum += expf(x[j] - mx);
-  sum = block_reduce<false>(sum, shared);
   if (threadIdx.x == 0) losses[n] = logf(sum) + mx - target_logit;
   if (dloss == 0.0f) return;
   const float scale = dloss / sum;

@@ -8,8 +8,10 @@
 #                                  kernels, no -march=native: the GPU
 #                                  machine's CPU is another) and pack the test binary, the
 #                                  borealis binary and the shared libraries
-#                                  they need, other than the C/C++ runtime and
+#                                  they need, other than the C runtime and
 #                                  CUDA's own, into .device-pack/pack.tar.xz
+#                                  (the C++ runtime apart, used there only
+#                                  where the machine's is older)
 #   scripts/device-check.sh run    on the GPU machine: unpack, print the
 #                                  device (doctor, and NCCL started on one
 #                                  rank), run every CUDA test (*CudaOps*,
@@ -22,7 +24,9 @@
 #                                  CPU and the GPU (fp32: losses within
 #                                  1e-3; bf16 matmuls: within 1e-2; a
 #                                  bf16 run stopped and resumed equal to
-#                                  the uninterrupted one bit for bit),
+#                                  the uninterrupted one bit for bit;
+#                                  fp32 stopped on the GPU at step 10 and
+#                                  resumed on the CPU: within 1e-3),
 #                                  then bench train on the GPU for gpt2-124m
 #                                  (fp32 and bf16) and llama-110m (bf16),
 #                                  T = 1024, then, where the machine has
@@ -30,7 +34,10 @@
 #                                  op tests and racecheck and synccheck over
 #                                  attention's; every stage within one
 #                                  deadline (DEVICE_CHECK_SECONDS, default
-#                                  450); write the log to $OUT (or
+#                                  450; DEVICE_CHECK_GPU=cpu runs the
+#                                  GPU's training and bench on the CPU, to
+#                                  try the script without a GPU); write the
+#                                  log to $OUT (or
 #                                  ./device-out) and exit with the checks'
 #                                  status
 # The pack is about 20 MB; .device-pack/ is ignored by git and carried to the
@@ -58,15 +65,24 @@ case "$mode" in
     # Libraries the GPU machine lacks: everything ldd resolves except the C and
     # C++ runtime (the machine's own are newer) and CUDA's (the machine's
     # match its driver).
+    # The C++ runtime goes apart, into lib-cxx: used there only where the
+    # machine's is older than the one the binaries were built with.
+    mkdir -p "$stage/lib-cxx"
     for bin in "$stage/borealis_tests" "$stage/borealis"; do
       ldd "$bin" | awk '$3 ~ /^\// {print $3}'
     done | sort -u | while read -r lib; do
       case "$(basename "$lib")" in
         libc.so.* | libm.so.* | libdl.so.* | libpthread.so.* | librt.so.* | ld-linux* | \
-          libstdc++.so.* | libgcc_s.so.* | libcuda.so.* | libcudart.so.* | libcublas*.so.*) ;;
+          libcuda.so.* | libcudart.so.* | libcublas*.so.*) ;;
+        libstdc++.so.* | libgcc_s.so.*) cp -L "$lib" "$stage/lib-cxx/" ;;
         *) cp -L "$lib" "$stage/lib/" ;;
       esac
     done
+    # What the binaries need of the C and C++ runtimes, for the log there.
+    for bin in "$stage/borealis_tests" "$stage/borealis"; do
+      objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*\|GLIBCXX_[0-9.]*\|CXXABI_[0-9.]*'
+    done | sort -uV | awk -F_ '{need[$1] = $0} END {for (k in need) print need[k]}' |
+      sort >"$stage/needs.txt"
     # The Brown corpus as one dataset with its tokenizer, for the training
     # check (20 steps of llama-5m on the CPU and on the GPU).
     ./scripts/get-brown.sh >/dev/null
@@ -99,7 +115,18 @@ case "$mode" in
     )
     LD_LIBRARY_PATH="$work/lib:$(echo "$cuda_libs" | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export LD_LIBRARY_PATH
+    # The machine's C++ runtime, unless the binaries cannot start with it
+    # ("GLIBCXX_3.4.30 not found": it is older than the build's): then the
+    # packed one, ahead of it.
+    cxx_runtime="the machine's"
+    if ! probe=$("$work/borealis" --version 2>&1) && grep -q 'GLIBCXX_\|CXXABI_' <<<"$probe"; then
+      LD_LIBRARY_PATH="$work/lib-cxx:$LD_LIBRARY_PATH"
+      cxx_runtime="the packed one (the machine's is older: $(head -n 1 <<<"$probe"))"
+    fi
     {
+      echo "== runtimes: the binaries need $(paste -sd' ' "$work/needs.txt"); $(ldd --version |
+        head -n 1); C++ runtime: $cxx_runtime"
+      "$work/borealis" --version || echo "(borealis does not start here)"
       echo "== libraries (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
       ldd "$work/borealis_tests" | grep -E 'not found|cuda|cublas' || true
       echo "== device"
@@ -129,6 +156,10 @@ case "$mode" in
       timeout "$((left < max ? left : max))" "$@"
     }
     export BOREALIS_REQUIRE_CUDA=1
+    # The device of the training checks and the benchmark: cuda, or (to try
+    # this script itself on a machine without a GPU) DEVICE_CHECK_GPU=cpu.
+    gpu=${DEVICE_CHECK_GPU:-cuda}
+    [ "$gpu" = cuda ] || echo "device-check: the GPU's runs on $gpu (DEVICE_CHECK_GPU)" | tee -a "$log"
     run_bounded 240 "$work/borealis_tests" \
       --gtest_filter='*CudaOps*:*CudaBf16Ops*:*CudaModel*:CudaLimits.*:*NcclOneRank*-*emulated*:*guarded*' 2>&1 |
       tee -a "$log" ||
@@ -137,15 +168,35 @@ case "$mode" in
     # 20 steps of llama-5m on the Brown corpus, on the CPU and on the GPU
     # (fp32, and bf16 matmuls): the GPU's losses must track the CPU's.
     echo "1 $work/brown/brown brown" > "$work/brown/list.txt"
-    for run in cpu:fp32 cuda:fp32 cuda:bf16; do
-      device=${run%:*} precision=${run#*:}
-      echo "== train 20 steps on $device ($precision)" | tee -a "$log"
+    # train RUN DEVICE PRECISION [OPTION...]: 20 steps of llama-5m into
+    # $work/RUN (a run that is there already resumes), logged.
+    train() {
+      local run=$1 device=$2 precision=$3
+      shift 3
       run_bounded 150 "$work/borealis" train configs/brown-llama-5m.toml --quiet \
-        --run-dir "$work/run-$device-$precision" --steps 20 \
+        --run-dir "$work/$run" --steps 20 "$@" \
         --set "data.data_list=$work/brown/list.txt" --set "data.tokenizer=$work/brown/tok.json" \
         --set train.device="$device" --set train.precision="$precision" \
         --set checkpoint.every=0 --set eval.every=0 --set optim.warmup_steps=5 2>&1 |
-        tee -a "$log" || status=1
+        tee -a "$log"
+    }
+    # stopped_and_resumed RUN DEVICE PRECISION DEVICE2 PRECISION2: stopped at
+    # step 10, then resumed to 20 on DEVICE2 only from that stop (where the
+    # first leg failed, the second would start afresh and prove nothing).
+    stopped_and_resumed() {
+      train "$1" "$2" "$3" --stop-at-step=10 || return 1
+      if [ ! -d "$work/$1/checkpoints/step-00000010" ]; then
+        echo "resume check: $1 has no checkpoint of step 10 to resume from" | tee -a "$log"
+        return 1
+      fi
+      train "$1" "$4" "$5"
+    }
+    for run in cpu:fp32 gpu:fp32 gpu:bf16; do
+      where=${run%:*} precision=${run#*:}
+      device=cpu
+      [ "$where" = gpu ] && device=$gpu
+      echo "== train 20 steps on $device ($precision)" | tee -a "$log"
+      train "run-$where-$precision" "$device" "$precision" || status=1
     done
     cat > "$work/compare.py" <<'PY'
 import json, os, sys
@@ -169,33 +220,38 @@ sys.exit(0 if worst <= tolerance else 1)
 PY
     for run in fp32:1e-3 bf16:1e-2; do
       python3 "$work/compare.py" "$work/run-cpu-fp32/metrics.jsonl" \
-        "$work/run-cuda-${run%:*}/metrics.jsonl" "${run#*:}" 2>&1 | tee -a "$log" || status=1
+        "$work/run-gpu-${run%:*}/metrics.jsonl" "${run#*:}" 2>&1 | tee -a "$log" || status=1
     done
     # Resume on the GPU is exact: 10 steps, stop, resume to 20 (bf16) must
     # give the uninterrupted bf16 run's losses and weights, bit for bit.
-    echo "== train 20 steps on cuda (bf16), stopped at 10 and resumed" | tee -a "$log"
-    for stop in "--stop-at-step=10" ""; do
-      # shellcheck disable=SC2086  # $stop: one option or none
-      run_bounded 150 "$work/borealis" train configs/brown-llama-5m.toml --quiet \
-        --run-dir "$work/run-resumed" --steps 20 $stop \
-        --set "data.data_list=$work/brown/list.txt" --set "data.tokenizer=$work/brown/tok.json" \
-        --set train.device=cuda --set train.precision=bf16 --set checkpoint.every=0 \
-        --set eval.every=0 --set optim.warmup_steps=5 2>&1 | tee -a "$log" || status=1
-    done
-    python3 "$work/compare.py" "$work/run-cuda-bf16/metrics.jsonl" \
-      "$work/run-resumed/metrics.jsonl" 0 2>&1 | tee -a "$log" || status=1
-    if cmp -s "$work/run-cuda-bf16/checkpoints/step-00000020/model.safetensors" \
-      "$work/run-resumed/checkpoints/step-00000020/model.safetensors"; then
-      echo "resume check: the resumed run's weights equal the uninterrupted run's" | tee -a "$log"
-    else
-      echo "resume check: the resumed run's weights DIFFER" | tee -a "$log"
+    echo "== train 20 steps on $gpu (bf16), stopped at 10 and resumed" | tee -a "$log"
+    if ! stopped_and_resumed run-resumed "$gpu" bf16 "$gpu" bf16; then
       status=1
+    else
+      python3 "$work/compare.py" "$work/run-gpu-bf16/metrics.jsonl" \
+        "$work/run-resumed/metrics.jsonl" 0 2>&1 | tee -a "$log" || status=1
+      if cmp -s "$work/run-gpu-bf16/checkpoints/step-00000020/model.safetensors" \
+        "$work/run-resumed/checkpoints/step-00000020/model.safetensors"; then
+        echo "resume check: the resumed run's weights equal the uninterrupted run's" | tee -a "$log"
+      else
+        echo "resume check: the resumed run's weights DIFFER" | tee -a "$log"
+        status=1
+      fi
+    fi
+    # Checkpoints do not depend on the device: a run stopped on the GPU at
+    # step 10 (fp32) goes on to 20 on the CPU, and tracks the all-CPU run.
+    echo "== train 20 steps: on $gpu (fp32) to step 10, resumed on the cpu" | tee -a "$log"
+    if ! stopped_and_resumed run-across "$gpu" fp32 cpu fp32; then
+      status=1
+    else
+      python3 "$work/compare.py" "$work/run-cpu-fp32/metrics.jsonl" \
+        "$work/run-across/metrics.jsonl" 1e-3 2>&1 | tee -a "$log" || status=1
     fi
     # The training-step benchmark on the GPU (figures, not a pass/fail check).
     for run in gpt2-124m:fp32 gpt2-124m:bf16 llama-110m:bf16; do
       model=${run%:*} precision=${run#*:}
-      echo "== bench train --device cuda --model $model --precision $precision" | tee -a "$log"
-      run_bounded 120 "$work/borealis" bench train --device cuda --model "$model" \
+      echo "== bench train --device $gpu --model $model --precision $precision" | tee -a "$log"
+      run_bounded 120 "$work/borealis" bench train --device "$gpu" --model "$model" \
         --precision "$precision" --batch 8 --seq-len 1024 --steps 3 2>&1 | tee -a "$log" ||
         echo "(bench exited with $?)" | tee -a "$log"
     done

@@ -98,6 +98,22 @@ case "$mode" in
     echo "device-check: on the GPU machine, carry $pack_dir and run: scripts/device-check.sh run"
     ;;
   run)
+    # Every stage is bounded, and all of them by one deadline
+    # (DEVICE_CHECK_SECONDS, default 450, from the start), so that a stage that
+    # hangs leaves time for the others and the log is whole before the
+    # device call's own limit. run_bounded MAX CMD...: CMD with a time-out of
+    # MAX seconds or what is left, whichever is less; with under 20 s left,
+    # a line in the log instead (status 124).
+    deadline=$((SECONDS + ${DEVICE_CHECK_SECONDS:-450}))
+    run_bounded() {
+      local max=$1 left=$((deadline - SECONDS))
+      shift
+      if ((left < 20)); then
+        echo "device-check: out of time, skipped: $*" >&2
+        return 124
+      fi
+      timeout "$((left < max ? left : max))" "$@"
+    }
     out=${OUT:-$PWD/device-out}
     mkdir -p "$out"
     log="$out/device-check.log"
@@ -108,10 +124,13 @@ case "$mode" in
       for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/nvidia/lib64; do
         [ -d "$d" ] && echo "$d"
       done
-      # (Across mounts: the wheels may lie on another file system than /.)
-      find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o \
-        \( -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' -o -name 'libnccl.so.2' \) \
-        -printf '%h\n' 2>/dev/null | sort -u
+      # (Across mounts: the wheels may lie on another file system than /.
+      # A folder it cannot read, or its time-out, must not end the script.)
+      {
+        run_bounded 60 find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o \
+          \( -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' -o -name 'libnccl.so.2' \) \
+          -printf '%h\n' 2>/dev/null || true
+      } | sort -u
     )
     LD_LIBRARY_PATH="$work/lib:$(echo "$cuda_libs" | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export LD_LIBRARY_PATH
@@ -132,29 +151,13 @@ case "$mode" in
       echo "== device"
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
       echo "== borealis doctor"
-      timeout 60 "$work/borealis" doctor || true
+      run_bounded 60 "$work/borealis" doctor || true
       echo "== borealis doctor --dist --dist-device cuda (NCCL on one rank)"
-      timeout 90 "$work/borealis" doctor --dist --dist-device cuda --dist-max-size 1M \
+      run_bounded 90 "$work/borealis" doctor --dist --dist-device cuda --dist-max-size 1M \
         --dist-timeout 60 || true
       echo "== CUDA tests"
     } 2>&1 | tee "$log"
     status=0
-    # Every stage below is bounded, and all of them by one deadline
-    # (DEVICE_CHECK_SECONDS, default 450, from here), so that a stage that
-    # hangs leaves time for the others and the log is whole before the
-    # device call's own limit. run_bounded MAX CMD...: CMD with a time-out of
-    # MAX seconds or what is left, whichever is less; with under 20 s left,
-    # a line in the log instead (status 124).
-    deadline=$((SECONDS + ${DEVICE_CHECK_SECONDS:-450}))
-    run_bounded() {
-      local max=$1 left=$((deadline - SECONDS))
-      shift
-      if ((left < 20)); then
-        echo "device-check: out of time, skipped: $*" >&2
-        return 124
-      fi
-      timeout "$((left < max ? left : max))" "$@"
-    }
     export BOREALIS_REQUIRE_CUDA=1
     # The device of the training checks and the benchmark: cuda, or (to try
     # this script itself on a machine without a GPU) DEVICE_CHECK_GPU=cpu.

@@ -117,8 +117,12 @@ case "$mode" in
     out=${OUT:-$PWD/device-out}
     mkdir -p "$out"
     log="$out/device-check.log"
+    echo "device-check: started $(date -u '+%F %T') UTC on $(hostname)" | tee "$log"
     work=$(mktemp -d)
-    tar -C "$work" -xJf "$pack_dir/pack.tar.xz"
+    # (Python's tarfile where tar cannot unpack xz: the image may lack xz.)
+    tar -C "$work" -xJf "$pack_dir/pack.tar.xz" 2>>"$log" ||
+      python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+        "$pack_dir/pack.tar.xz" "$work" 2>&1 | tee -a "$log"
     # CUDA's libraries: the toolkit's, or those of the Python wheels.
     cuda_libs=$(
       for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/nvidia/lib64; do
@@ -156,7 +160,7 @@ case "$mode" in
       run_bounded 90 "$work/borealis" doctor --dist --dist-device cuda --dist-max-size 1M \
         --dist-timeout 60 || true
       echo "== CUDA tests"
-    } 2>&1 | tee "$log"
+    } 2>&1 | tee -a "$log"
     status=0
     export BOREALIS_REQUIRE_CUDA=1
     # The device of the training checks and the benchmark: cuda, or (to try

@@ -188,6 +188,46 @@ TEST(CudaEmulator, BlocksRunInAnOrderThatIsNotTheirIndexOrder) {
   }
 }
 
+// Each warp writes its half of a shared array, then reads the other warp's
+// half: with __syncthreads() between (right), or with only __syncwarp()
+// (a missing block barrier).
+template <bool kBlockBarrier>
+__global__ void halves_kernel(float* out) {
+  __shared__ float s[64];
+  borealis::cuda_emulator::fresh_shared(s);
+  s[threadIdx.x] = static_cast<float>(threadIdx.x);
+  if (kBlockBarrier) {
+    __syncthreads();
+  } else {
+    __syncwarp();
+  }
+  out[blockIdx.x * 64 + threadIdx.x] = s[63 - threadIdx.x];
+}
+
+TEST(CudaEmulator, WarpsRunAheadOfEachOtherInTwoBlocksOfThree) {
+  Device<float> out(3 * 64);
+  launch("halves", halves_kernel<true>, 3, 64, out.get());
+  auto h = out.host();
+  for (int i = 0; i < 3 * 64; ++i) ASSERT_EQ(h[i], static_cast<float>(63 - i % 64)) << i;
+  // Without the block barrier: the block run first (block 1) interleaves
+  // its threads, and every write lands before the warps' __syncwarp()
+  // completes; in the other two, one warp runs to its end before the other
+  // starts and reads the other half unwritten, a different warp first in
+  // each.
+  launch("halves", halves_kernel<false>, 3, 64, out.get());
+  h = out.host();
+  std::vector<int> wrong_warp;
+  for (int b = 0; b < 3; ++b) {
+    int wrong[2] = {0, 0};
+    for (int t = 0; t < 64; ++t) wrong[t / 32] += !(h[b * 64 + t] == static_cast<float>(63 - t));
+    if (wrong[0] + wrong[1] == 0) continue;
+    EXPECT_EQ(wrong[0] + wrong[1], 32) << "block " << b;
+    wrong_warp.push_back(wrong[0] > 0 ? 0 : 1);
+  }
+  ASSERT_EQ(wrong_warp.size(), 2u) << "blocks where a warp read the other's half unwritten";
+  EXPECT_NE(wrong_warp[0], wrong_warp[1]) << "the same warp ran first in both";
+}
+
 __global__ void divergent_barrier_kernel(int* out) {
   if (threadIdx.x < 16) __syncthreads();  // only half the block gets here
   out[threadIdx.x] = 1;

@@ -271,31 +271,36 @@ std::string describe(const uint3& v) {
                            describe(r.block_index) + ": " + why);
 }
 
+// Releases warp w's shuffle if all its lanes wait at it. Returns whether it
+// did.
+bool release_warp(BlockRun& r, int w) {
+  const int n = static_cast<int>(r.threads.size());
+  const int lo = w * 32, hi = std::min(n, lo + 32);
+  int waiting = 0;
+  for (int i = lo; i < hi; ++i)
+    waiting += r.threads[static_cast<std::size_t>(i)].state == State::kShuffle;
+  if (waiting == 0 || waiting != hi - lo) return false;
+  for (int i = lo; i < hi; ++i) {
+    Thread& t = r.threads[static_cast<std::size_t>(i)];
+    const int src = lo + t.shuffle_src;
+    if (src >= hi)
+      fail(r, "a shuffle reads lane " + std::to_string(t.shuffle_src) + " of a partial warp");
+    const Thread& from = r.threads[static_cast<std::size_t>(src)];
+    if (from.shuffle_bytes != t.shuffle_bytes)
+      fail(r, "lanes of warp " + std::to_string(w) + " shuffle values of different sizes");
+    t.shuffle_out = from.shuffle_in;
+  }
+  for (int i = lo; i < hi; ++i) r.threads[static_cast<std::size_t>(i)].state = State::kReady;
+  return true;
+}
+
 // Releases the warps whose lanes all wait at a shuffle, or else the block
 // barrier if every thread still running waits at it. Returns whether
 // anything was released.
 bool release(BlockRun& r) {
   bool released = false;
   const int n = static_cast<int>(r.threads.size());
-  for (int w = 0; w * 32 < n; ++w) {
-    const int lo = w * 32, hi = std::min(n, lo + 32);
-    int waiting = 0;
-    for (int i = lo; i < hi; ++i)
-      waiting += r.threads[static_cast<std::size_t>(i)].state == State::kShuffle;
-    if (waiting == 0 || waiting != hi - lo) continue;
-    for (int i = lo; i < hi; ++i) {
-      Thread& t = r.threads[static_cast<std::size_t>(i)];
-      const int src = lo + t.shuffle_src;
-      if (src >= hi)
-        fail(r, "a shuffle reads lane " + std::to_string(t.shuffle_src) + " of a partial warp");
-      const Thread& from = r.threads[static_cast<std::size_t>(src)];
-      if (from.shuffle_bytes != t.shuffle_bytes)
-        fail(r, "lanes of warp " + std::to_string(w) + " shuffle values of different sizes");
-      t.shuffle_out = from.shuffle_in;
-    }
-    for (int i = lo; i < hi; ++i) r.threads[static_cast<std::size_t>(i)].state = State::kReady;
-    released = true;
-  }
+  for (int w = 0; w * 32 < n; ++w) released = release_warp(r, w) || released;
   if (released) return true;
   int running = 0, at_barrier = 0;
   for (const Thread& t : r.threads) {
@@ -511,6 +516,13 @@ void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void(
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
   std::mt19937 rng(12345u + static_cast<unsigned>(threads));
   std::shuffle(order.begin(), order.end(), rng);
+  // Each warp's lanes in that order, and the warps in a shuffled order.
+  const std::size_t warps = (threads + 31) / 32;
+  std::vector<std::vector<int>> warp_lanes(warps);
+  for (const int i : order) warp_lanes[static_cast<std::size_t>(i) / 32].push_back(i);
+  std::vector<int> warp_order(warps);
+  for (std::size_t w = 0; w < warps; ++w) warp_order[w] = static_cast<int>(w);
+  std::shuffle(warp_order.begin(), warp_order.end(), rng);
   FaultReport report(what);
   if (t_stacks.abandoned) t_stacks.clean();
   t_run = &r;
@@ -542,13 +554,37 @@ void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void(
       t.state = State::kReady;
       start_fiber(t, t_stacks.get(i));
     }
-    for (;;) {
+    // Every third block (the first included) runs its threads interleaved;
+    // the others run one warp at a time, each as far as it can go (through
+    // its shuffles and wmma calls, to the next __syncthreads) before the
+    // next starts, the warps in a shuffled order and in the reverse of it
+    // in turn. Where only warp-level synchronization sits between one
+    // warp's writes to shared memory and another's reads, the reader then
+    // runs before the writer in some block.
+    const int policy = static_cast<int>(k % 3);
+    const auto run_ready = [&](const std::vector<int>& threads_in_order) {
       bool ran = false;
-      for (const int i : order) {
+      for (const int i : threads_in_order) {
         if (r.threads[static_cast<std::size_t>(i)].state != State::kReady) continue;
         resume(r, i);
         ran = true;
         if (r.error) std::rethrow_exception(r.error);
+      }
+      return ran;
+    };
+    for (;;) {
+      bool ran = false;
+      if (policy == 0) {
+        ran = run_ready(order);
+      } else {
+        for (std::size_t o = 0; o < warp_order.size(); ++o) {
+          const int w = warp_order[policy == 1 ? o : warp_order.size() - 1 - o];
+          for (;;) {
+            const bool warp_ran = run_ready(warp_lanes[static_cast<std::size_t>(w)]);
+            ran = ran || warp_ran;
+            if (!release_warp(r, w) && !warp_ran) break;
+          }
+        }
       }
       bool all_done = true;
       for (const Thread& t : r.threads) all_done = all_done && t.state == State::kDone;

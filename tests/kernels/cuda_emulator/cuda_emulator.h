@@ -14,7 +14,14 @@
 //    a shuffle after some lanes returned) is an error, not a hang;
 //  - between barriers, threads run in a shuffled (fixed) order, not in index
 //    order, so that a shared-memory read that is missing its barrier sees
-//    another thread's write early or late and the result goes wrong; wmma
+//    another thread's write early or late and the result goes wrong. In
+//    two blocks of every three, one warp at a time runs as far as it can
+//    (through its shuffles and wmma calls, to the next __syncthreads)
+//    before the next warp starts, the warps in a shuffled order and its
+//    reverse in turn: a missing __syncthreads between one warp's writes
+//    and another's reads shows even where warp-level synchronization sits
+//    between them (interleaved, every thread reaches its next shuffle
+//    before any warp's shuffle completes, which hides it); wmma
 //    loads and stores move each lane's share of a tile as the lane gets
 //    there, so a missing __syncwarp() around them shows the same way;
 //    each block's shared arrays start as NaNs (fresh_shared below), so a

@@ -153,32 +153,12 @@ __device__ float warp_sum(float x) {
   return x;
 }
 
-__device__ float warp_max(float x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-// Sum (or max) over a block of kThreads threads, the same value returned to
-// every thread. shared holds kThreads / kWarp floats.
-template <bool kMax>
-__device__ float block_reduce(float x, float* shared) {
-  const int lane = threadIdx.x % kWarp;
-  const int warp = threadIdx.x / kWarp;
-  x = kMax ? warp_max(x) : warp_sum(x);
-  __syncthreads();  // shared may still be read by a previous reduction
-  if (lane == 0) shared[warp] = x;
-  __syncthreads();
-  float r = lane < kThreads / kWarp ? shared[lane] : (kMax ? -INFINITY : 0.0f);
-  r = kMax ? warp_max(r) : warp_sum(r);
-  return r;
-}
-
 // A softmax's normalizer over some values, as online softmax keeps it: their
-// maximum m and the sum s of exp(x - m). Two merge in either order to the
-// same bits (the sum's two terms commute).
+// maximum m and the sum s of exp(x - m) (none yet: -infinity and 0). Two
+// merge in either order to the same bits (the sum's two terms commute).
 struct MaxSum {
-  float m = -INFINITY;
-  float s = 0.0f;
+  float m;
+  float s;
 };
 
 __device__ MaxSum merge(MaxSum a, MaxSum b) {
@@ -194,28 +174,41 @@ __device__ MaxSum add_value(MaxSum a, float x) {
   return a;
 }
 
-// merge over a block of kThreads threads, the same value returned to every
-// thread (a butterfly within warps, then over the warps' results in lane
-// order). shared_m and shared_s hold kThreads / kWarp floats each.
-__device__ MaxSum block_merge(MaxSum x, float* shared_m, float* shared_s) {
+// The value of lane (this lane ^ o) of the warp.
+__device__ float shuffle_xor(float x, int o) {
+  return __shfl_xor_sync(0xffffffffu, x, o);
+}
+__device__ MaxSum shuffle_xor(MaxSum x, int o) {
+  return {shuffle_xor(x.m, o), shuffle_xor(x.s, o)};
+}
+
+// x combined by op over a block of kThreads threads, the same value returned
+// to every thread: a butterfly within warps, then one over the warps'
+// results (lanes past them start from `none`). shared holds kThreads /
+// kWarp values.
+template <typename V, typename Op>
+__device__ V block_combine(V x, Op op, V none, V* shared) {
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
-  const auto warp_merge = [](MaxSum v) {
-    for (int o = kWarp / 2; o > 0; o /= 2) {
-      v = merge(v, {__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
-    }
+  const auto warp_combine = [&](V v) {
+    for (int o = kWarp / 2; o > 0; o /= 2) v = op(v, shuffle_xor(v, o));
     return v;
   };
-  x = warp_merge(x);
-  __syncthreads();  // the arrays may still be read by a previous reduction
-  if (lane == 0) {
-    shared_m[warp] = x.m;
-    shared_s[warp] = x.s;
-  }
+  x = warp_combine(x);
+  __syncthreads();  // shared may still be read by a previous reduction
+  if (lane == 0) shared[warp] = x;
   __syncthreads();
-  MaxSum r;
-  if (lane < kThreads / kWarp) r = {shared_m[lane], shared_s[lane]};
-  return warp_merge(r);
+  return warp_combine(lane < kThreads / kWarp ? shared[lane] : none);
+}
+
+// Sum (or max) over a block (block_combine).
+template <bool kMax>
+__device__ float block_reduce(float x, float* shared) {
+  if (kMax)
+    return block_combine(
+        x, [](float a, float b) { return fmaxf(a, b); }, -INFINITY, shared);
+  return block_combine(
+      x, [](float a, float b) { return a + b; }, 0.0f, shared);
 }
 
 // ---- elementwise -------------------------------------------------------------
@@ -1463,18 +1456,20 @@ __global__ void attention_kv_kernel(float* out, const float* kpool, const float*
 template <typename G>
 __global__ void crossentropy_kernel(const float* logits, G* grads, float* losses,
                                     const std::int32_t* targets, int V, int Vp, float dloss) {
-  __shared__ float shared_m[kThreads / kWarp], shared_s[kThreads / kWarp];
-  fresh_shared(shared_m, shared_s);
+  __shared__ MaxSum shared[kThreads / kWarp];
+  fresh_shared(shared);
   const std::int64_t n = blockIdx.x;
   const float* x = logits + n * Vp;
-  MaxSum ms;
+  const MaxSum none{-INFINITY, 0.0f};
+  MaxSum ms = none;
   for (int j = threadIdx.x; j < V; j += kThreads) ms = add_value(ms, x[j]);
-  // (Read before the merge's barrier: past it, other threads write the
+  // (Read before the merge's barriers: past them, other threads write the
   // gradient over the logits.)
-  const float target_logit = x[targets[n]];
-  ms = block_merge(ms, shared_m, shared_s);
-  const float mx = ms.m, sum = ms.s;
   const int t = targets[n];
+  const float target_logit = x[t];
+  ms = block_combine(
+      ms, [](MaxSum a, MaxSum b) { return merge(a, b); }, none, shared);
+  const float mx = ms.m, sum = ms.s;
   if (threadIdx.x == 0) losses[n] = logf(sum) + mx - target_logit;
   if (dloss == 0.0f) return;
   const float scale = dloss / sum;

@@ -579,11 +579,11 @@ void run_grid(const char* what, dim3 grid, dim3 block, const std::function<void(
       } else {
         for (std::size_t o = 0; o < warp_order.size(); ++o) {
           const int w = warp_order[policy == 1 ? o : warp_order.size() - 1 - o];
-          for (;;) {
-            const bool warp_ran = run_ready(warp_lanes[static_cast<std::size_t>(w)]);
-            ran = ran || warp_ran;
-            if (!release_warp(r, w) && !warp_ran) break;
-          }
+          // Each pass runs the warp's ready lanes until they block; only a
+          // released collective makes one of them ready again.
+          do {
+            ran = run_ready(warp_lanes[static_cast<std::size_t>(w)]) || ran;
+          } while (release_warp(r, w));
         }
       }
       bool all_done = true;

@@ -991,14 +991,15 @@ TEST_P(CudaBf16Ops, WeightsFromTheirBf16Copy) {
 
 // Attention on tensor cores (bf16 q, k, v, output gradient and
 // probabilities; fp32 scores, statistics and sums) against the CPU's fp32,
-// over several of its tiles (64 query rows, 32 keys; 64 or 32 key rows, 16
+// over several of its tiles (64 query rows, 32 keys; 64 or 32 key rows, 32
 // queries) with head dimensions for both instantiations (up to 64: 64, 40,
-// zero-padded to 48, and 16; up to 128: 128 and 96): the
+// zero-padded to 48, 16, and 36, staged a value at a time, not 8; up to
+// 128: 128 and 96): the
 // output and every gradient within 1e-2 relative in norm (measured on the
 // emulator: 2e-3 and up to 3.5e-3), the log-sum-exp within 1e-2, and the
 // same bits twice.
 TEST_P(CudaBf16Ops, AttentionOnTensorCores) {
-  for (const int HD : {64, 40, 16, 128, 96}) {
+  for (const int HD : {64, 40, 16, 36, 128, 96}) {
     SCOPED_TRACE("head dimension " + std::to_string(HD));
     const int B = 2, seq = 90, NH = 6, NKV = 2;
     const int S = (NH + 2 * NKV) * HD, C = NH * HD;

@@ -1090,7 +1090,7 @@ struct Shape {
   static constexpr int kDqRows = kHD == 64 ? 64 : 32;   // query rows per dq block
   static constexpr int kKeys = 32;                      // keys per staged tile (forward, dq)
   static constexpr int kKeyRows = kHD == 64 ? 64 : 32;  // key rows per dk/dv block
-  static constexpr int kQueries = 16;                   // query rows per staged tile (dk/dv)
+  static constexpr int kQueries = 32;                   // query rows per staged tile (dk/dv)
 };
 
 // A value in a tile: fp32 rounded to bf16 (round to nearest even, as
@@ -1103,12 +1103,49 @@ __device__ bf16 as_tile(bf16 v) {
   return v;
 }
 
+// 16 bytes of T, for one vector load or store: 8 bf16 or 4 floats.
+template <typename T>
+struct alignas(16) Pack {
+  T v[16 / sizeof(T)];
+};
+constexpr int kPackBf16 = 8;  // bf16 values per 16 bytes
+
+// The 8 values at x (16-byte aligned) as bf16, rounded as as_tile rounds.
+__device__ Pack<bf16> load8(const bf16* x) {
+  return *reinterpret_cast<const Pack<bf16>*>(x);
+}
+__device__ Pack<bf16> load8(const float* x) {
+  Pack<bf16> out;
+  for (int half = 0; half < 2; ++half) {
+    const Pack<float> in = reinterpret_cast<const Pack<float>*>(x)[half];
+    for (int k = 0; k < 4; ++k) out.v[half * 4 + k] = as_tile(in.v[k]);
+  }
+  return out;
+}
+
 // Rows [r0, r0 + rows) of a sequence (base, row stride S), columns
-// [col, col + HD), as bf16 into tile[rows][kHD]; zeros past the sequence and
-// past HD. All threads of the block.
+// [col, col + HD), as bf16 into tile[rows][kHD] (16-byte aligned); zeros
+// past the sequence and past HD. All threads of the block. Where every row
+// starts 16-byte aligned and HD is a multiple of 8, 8 values at a time.
 template <int kHD, typename In>
 __device__ void stage(bf16* tile, const In* base, std::int64_t S, int col, int r0, int rows,
                       int seq, int HD) {
+  static_assert(kHD % kPackBf16 == 0);
+  constexpr int kPer = 16 / sizeof(In);  // values of In per 16 bytes
+  if (HD % kPackBf16 == 0 && S % kPer == 0 && col % kPer == 0 &&
+      reinterpret_cast<std::uintptr_t>(base) % 16 == 0) {
+    for (int e = threadIdx.x * kPackBf16; e < rows * kHD; e += blockDim.x * kPackBf16) {
+      const int r = e / kHD, d = e % kHD;
+      Pack<bf16> values;
+      if (r0 + r < seq && d < HD) {
+        values = load8(base + std::int64_t{r0 + r} * S + col + d);
+      } else {
+        for (auto& v : values.v) v = __float2bfloat16(0.0f);
+      }
+      *reinterpret_cast<Pack<bf16>*>(tile + e) = values;
+    }
+    return;
+  }
   for (int e = threadIdx.x; e < rows * kHD; e += blockDim.x) {
     const int r = e / kHD, d = e % kHD;
     tile[e] = r0 + r < seq && d < HD ? as_tile(base[std::int64_t{r0 + r} * S + col + d])
@@ -1150,15 +1187,20 @@ __device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int l
 // acc[kHD / 2] (this lane's half of its row's kHD columns) += a b, the
 // warp's 16 rows of a (k columns) times b (k rows of kHD columns), one
 // 16-column tile at a time through scratch (16 x 16 floats); tiles past kdim
-// are zero.
+// are zero. The loops run over compile-time counts, unrolled, so that every
+// index into acc is a constant and the accumulators stay in registers (a
+// runtime index puts the array in local memory).
 template <int kHD>
-__device__ void add_ab(float* acc, float* scratch, const bf16* a, int lda, const bf16* b, int ldb,
-                       int k, int kdim, int row, int half) {
+__device__ __forceinline__ void add_ab(float* acc, float* scratch, const bf16* a, int lda,
+                                       const bf16* b, int ldb, int k, int kdim, int row, int half) {
   constexpr int kTilesPerHalf = kHD / 32;
-  for (int t = 0; t * 16 < kdim; ++t) {
+#pragma unroll
+  for (int t = 0; t < kHD / 16; ++t) {
+    if (t * 16 >= kdim) break;
     tile_ab(scratch, a, lda, b + t * 16, ldb, k);
     __syncwarp();
     if (t / kTilesPerHalf == half) {
+#pragma unroll
       for (int c = 0; c < 16; ++c) acc[(t % kTilesPerHalf) * 16 + c] += scratch[row * 16 + c];
     }
     __syncwarp();
@@ -1333,10 +1375,9 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
   __shared__ __align__(32) float sts[kWarps][16 * kQueries];
   __shared__ __align__(32) float dpts[kWarps][16 * kQueries];
   __shared__ __align__(32) bf16 pts[kWarps][16 * kQueries];
-  __shared__ __align__(32) bf16 dsts[kWarps][16 * kQueries];
   __shared__ float ls[kQueries];
   __shared__ float dls[kQueries];
-  fresh_shared(ks, vs, qs, dos, sts, dpts, pts, dsts, ls, dls);
+  fresh_shared(ks, vs, qs, dos, sts, dpts, pts, ls, dls);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = lane / 2, half = lane % 2;
   const int bg = blockIdx.y;
@@ -1354,7 +1395,6 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
   float* stw = sts[warp];
   float* dptw = dpts[warp];
   bf16* ptw = pts[warp];
-  bf16* dstw = dsts[warp];
   stage<kHD>(ks, base, S, C + g * HD, k0, kKeyRows, seq, HD);
   stage<kHD>(vs, base, S, C + (NKV + g) * HD, k0, kKeyRows, seq, HD);
   float dk[kHalf], dv[kHalf];
@@ -1372,19 +1412,28 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
       }
       __syncthreads();
       if (i0 + kQueries - 1 < w0) continue;  // every query of the tile is before the warp's keys
-      tile_abt(stw, kQueries, ks + warp * 16 * kHD, kHD, qs, kHD, kdim);
-      tile_abt(dptw, kQueries, vs + warp * 16 * kHD, kHD, dos, kHD, kdim);
-      __syncwarp();
-      for (int c = 0; c < kQueries / 2; ++c) {
-        const int q = half * (kQueries / 2) + c, i = i0 + q;
-        const float p =
-            i >= j && i < seq && j < seq ? expf(scale * stw[row * kQueries + q] - ls[q]) : 0.0f;
-        ptw[row * kQueries + q] = __float2bfloat16(p);
-        dstw[row * kQueries + q] = __float2bfloat16(p * (dptw[row * kQueries + q] - dls[q]));
+      for (int t = 0; t < kQueries / 16; ++t) {
+        tile_abt(stw + t * 16, kQueries, ks + warp * 16 * kHD, kHD, qs + t * 16 * kHD, kHD, kdim);
+        tile_abt(dptw + t * 16, kQueries, vs + warp * 16 * kHD, kHD, dos + t * 16 * kHD, kHD, kdim);
       }
       __syncwarp();
-      add_ab<kHD>(dv, stw, ptw, kQueries, dos, kHD, kQueries, kdim, row, half);
-      add_ab<kHD>(dk, stw, dstw, kQueries, qs, kHD, kQueries, kdim, row, half);
+      // P^T in bf16 for dv; the scores give way to dS^T, in fp32 (each lane
+      // its own values).
+      for (int c = 0; c < kQueries / 2; ++c) {
+        const int q = half * (kQueries / 2) + c, i = i0 + q, e = row * kQueries + q;
+        const float p = i >= j && i < seq && j < seq ? expf(scale * stw[e] - ls[q]) : 0.0f;
+        ptw[e] = __float2bfloat16(p);
+        stw[e] = p * (dptw[e] - dls[q]);
+      }
+      __syncwarp();
+      add_ab<kHD>(dv, dptw, ptw, kQueries, dos, kHD, kQueries, kdim, row, half);
+      // (add_ab ends at a __syncwarp: no lane reads P^T any more.)
+      for (int c = 0; c < kQueries / 2; ++c) {
+        const int e = row * kQueries + half * (kQueries / 2) + c;
+        ptw[e] = __float2bfloat16(stw[e]);
+      }
+      __syncwarp();
+      add_ab<kHD>(dk, dptw, ptw, kQueries, qs, kHD, kQueries, kdim, row, half);
     }
   }
   for (int d = 0; d < kHalf; ++d) dk[d] *= scale;

@@ -133,7 +133,9 @@ Precision parse_precision(const std::string& name);
 // the MLP activation) can be written in bf16 by the op that makes it: the
 // same bits as rounding it later, in half the memory, and no rounding pass
 // in each matmul that reads it. So can the lm head's output gradient (the
-// logits' gradient), which has no bias gradient to sum; the attention
+// logits' gradient), which has no bias gradient to sum, written over the
+// logits, which are kept in bf16 too (the loss computed from them in
+// fp32); the attention
 // output, which attention's backward reads too, is written both ways.
 // Beyond that rounding, the MLP's pre-activation (the up-projection's output,
 // the largest activation) is kept in bf16, and with it the MLP's gradient
@@ -192,11 +194,13 @@ class Bf16Inputs {
                                   int C) = 0;
   virtual void rmsnorm_backward(T* dinp, std::uint16_t* dinp16, T* dw, const T* dout, const T* inp,
                                 const T* w, const T* rstd, int N, int C) = 0;
-  // The lm head's backward, whose output gradient is a matmul input too:
-  // crossentropy_forward_backward writing the logits' gradient (when dloss
-  // != 0) in bf16 to dlogits [N, Vp] and leaving the logits as they are,
-  // for matmul_backward with dout in bf16 only.
-  virtual void crossentropy_forward_backward(std::uint16_t* dlogits, const T* logits, T* losses,
+  // The lm head in bf16, as mixed-precision trainers keep it: its GEMM
+  // writes the logits in bf16 (matmul_forward with out in bf16, below), and
+  // crossentropy_forward_backward computes the loss from them in fp32 and
+  // writes the logits' gradient (when dloss != 0) in bf16 over them, for
+  // matmul_backward with dout in bf16 only. On the rounded logits it is
+  // Backend's op, the gradient rounded: the same losses' bits.
+  virtual void crossentropy_forward_backward(std::uint16_t* logits, T* losses,
                                              const std::int32_t* targets, int N, int V, int Vp,
                                              T dloss) = 0;
   // Llama's MLP gradient in bf16 from its pre-activation in bf16:

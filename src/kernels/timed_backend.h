@@ -172,12 +172,10 @@ class TimedBackend : public Backend<T>, public Bf16Inputs<T> {
       inner_.bf16_inputs()->rmsnorm_backward(dinp, dinp16, dw, dout, inp, w, rstd, N, C);
     });
   }
-  void crossentropy_forward_backward(std::uint16_t* dlogits, const T* logits, T* losses,
-                                     const std::int32_t* targets, int N, int V, int Vp,
-                                     T dloss) override {
+  void crossentropy_forward_backward(std::uint16_t* logits, T* losses, const std::int32_t* targets,
+                                     int N, int V, int Vp, T dloss) override {
     time("softmax cross-entropy", [&] {
-      inner_.bf16_inputs()->crossentropy_forward_backward(dlogits, logits, losses, targets, N, V,
-                                                          Vp, dloss);
+      inner_.bf16_inputs()->crossentropy_forward_backward(logits, losses, targets, N, V, Vp, dloss);
     });
   }
   void attention_forward(T* out, std::uint16_t* out_bf16, T* lse, const T* qkv, int B, int seq,

@@ -203,9 +203,10 @@ void Model<T>::reserve(int B, int seq, int slots) {
       const std::int64_t chunks = (N + most - 1) / most;
       chunk_rows_ = std::min<std::int64_t>(N, ((N + chunks - 1) / chunks + 15) / 16 * 16);
     }
-    logits_ = take(chunk_rows_ * vocab_part_);
-    // With bf16 matmul inputs the logits' gradient is one too.
-    dlogits_bf16_ = bf16 ? take16(chunk_rows_ * vocab_part_) : -1;
+    // With bf16 matmul inputs the logits are kept in bf16, and their
+    // gradient (a bf16 matmul input) over them.
+    logits_ = bf16 ? -1 : take(chunk_rows_ * vocab_part_);
+    logits_bf16_ = bf16 ? take16(chunk_rows_ * vocab_part_) : -1;
     row_max_ = take(chunk_rows_);
     row_sums_ = take(2 * chunk_rows_);
     dlnf_ = take(N * C);
@@ -461,17 +462,21 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   for (int r0 = 0; r0 < N; r0 += static_cast<int>(chunk_rows_)) {
     const int rows = std::min(static_cast<int>(chunk_rows_), N - r0);
     const auto x = lnf.from_row(r0, C);
-    block_.matmul_forward(tmp(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
-    if (need_grad && lnf.bf16 != nullptr) {
-      // The gradient in bf16, straight from the loss into the GEMMs.
+    if (logits_bf16_ >= 0) {
+      // In bf16: the logits from the GEMM, the loss from them in fp32, and
+      // their gradient over them, straight into the GEMMs.
       Bf16Inputs<T>* h = backend_.bf16_inputs();
-      std::uint16_t* dlogits = tmp16(dlogits_bf16_);
-      h->crossentropy_forward_backward(dlogits, tmp(logits_), act(losses_) + r0, targets + r0, rows,
+      std::uint16_t* logits = tmp16(logits_bf16_);
+      h->matmul_forward(logits, x.bf16, p(layout_.lm_head()), nullptr, rows, C, Vp);
+      h->crossentropy_forward_backward(logits, act(losses_) + r0, targets + r0, rows,
                                        config_.vocab_size, Vp, dloss);
-      h->matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
-                         nullptr, nullptr, dlogits, x.bf16, p(layout_.lm_head()), rows, C, Vp);
+      if (need_grad) {
+        h->matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),
+                           nullptr, nullptr, logits, x.bf16, p(layout_.lm_head()), rows, C, Vp);
+      }
       continue;
     }
+    block_.matmul_forward(tmp(logits_), x, p(layout_.lm_head()), nullptr, rows, C, Vp, false);
     chunk_crossentropy(tmp(logits_), act(losses_) + r0, targets + r0, rows, dloss);
     if (need_grad) {
       block_.matmul_backward(tmp(dlnf_) + static_cast<std::int64_t>(r0) * C, g(layout_.lm_head()),

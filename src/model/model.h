@@ -202,7 +202,7 @@ class Model {
   // the attention output's gradients, in a second arena of the same plan (slot16_elems_ per set,
   // then scratch).
   BackendArray<std::uint16_t> arena16_;
-  std::int64_t slot16_elems_ = 0, lnf_bf16_ = -1, mlp_bf16_ = -1, dlogits_bf16_ = -1,
+  std::int64_t slot16_elems_ = 0, lnf_bf16_ = -1, mlp_bf16_ = -1, logits_bf16_ = -1,
                dqkv_bf16_ = -1, dfch_bf16_ = -1, datty_bf16_ = -1, dres_bf16_ = -1;
   int B_ = 0, T_ = 0;                  // sizes of the last forward
   std::vector<char> grad_pending_;     // per slot: a forward(need_grad) awaits backward

@@ -888,22 +888,27 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
       expect_same_bits("bias gradient", to_host<float>(dbc), to_host<float>(dba));
     }
   }
-  // The loss with its gradient in bf16: the losses' bits, the gradient
-  // rounded, the logits left as they were.
+  // The loss from bf16 logits, its gradient in bf16 over them: on the
+  // rounded logits, the fp32 op's losses (their bits) and its gradient
+  // rounded; with dloss = 0, the losses and the logits left as they are.
   const int N = 29, V = 300, Vp = 320;
-  const auto logits = rnd(N * Vp, 102, 4.0);
+  const std::vector<std::uint16_t> logits16 = bits(rnd(N * Vp, 102, 4.0));
+  std::vector<float> logits;
+  for (const std::uint16_t v : logits16) logits.push_back(bf16_to_float(v));
   std::vector<std::int32_t> targets;
   for (int n = 0; n < N; ++n) targets.push_back((n * 37) % V);
-  DeviceBuffer a = test::to_device(*gpu, logits), c = test::to_device(*gpu, logits),
-               gt = test::to_device(*gpu, targets), la(*gpu, N * 4), lc(*gpu, N * 4),
-               dh(*gpu, N * Vp * 2);
-  gpu->crossentropy_forward_backward(a.as<float>(), la.as<float>(), gt.as<std::int32_t>(), N, V, Vp,
-                                     0.5f);
-  h->crossentropy_forward_backward(dh.as<std::uint16_t>(), c.as<float>(), lc.as<float>(),
-                                   gt.as<std::int32_t>(), N, V, Vp, 0.5f);
-  expect_same_bits("losses", to_host<float>(lc), to_host<float>(la));
-  EXPECT_EQ(bf16_of(dh), bits(to_host<float>(a))) << "logits' gradient";
-  expect_same_bits("logits kept", to_host<float>(c), logits);
+  DeviceBuffer gt = test::to_device(*gpu, targets);
+  for (const float dloss : {0.5f, 0.0f}) {
+    SCOPED_TRACE("dloss " + std::to_string(dloss));
+    DeviceBuffer a = test::to_device(*gpu, logits), c = test::to_device(*gpu, logits16),
+                 la(*gpu, N * 4), lc(*gpu, N * 4);
+    gpu->crossentropy_forward_backward(a.as<float>(), la.as<float>(), gt.as<std::int32_t>(), N, V,
+                                       Vp, dloss);
+    h->crossentropy_forward_backward(c.as<std::uint16_t>(), lc.as<float>(), gt.as<std::int32_t>(),
+                                     N, V, Vp, dloss);
+    expect_same_bits("losses", to_host<float>(lc), to_host<float>(la));
+    EXPECT_EQ(bf16_of(c), dloss != 0.0f ? bits(to_host<float>(a)) : logits16) << "logits' gradient";
+  }
 }
 
 // ||a - b|| / ||b||.

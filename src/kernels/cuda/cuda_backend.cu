@@ -1499,23 +1499,24 @@ __global__ void attention_kv_kernel(float* out, const float* kpool, const float*
 // One block per row. Modes: whole rows (crossentropy_forward_backward), or
 // the three steps of the vocabulary-parallel form.
 // The loss of row blockIdx.x and, when dloss != 0, its logits' gradient
-// into grads: over the logits (grads == logits) or, as a bf16 matmul input,
-// into a buffer of its own. The row is read twice: once for its maximum and
-// sum together (online softmax), once for the gradient.
-template <typename G>
-__global__ void crossentropy_kernel(const float* logits, G* grads, float* losses,
-                                    const std::int32_t* targets, int V, int Vp, float dloss) {
+// over the logits, in their type: fp32, or bf16 (the lm head's output and
+// its gradient as bf16 matmul inputs), computed in fp32 either way. The row
+// is read twice: once for its maximum and sum together (online softmax),
+// once for the gradient.
+template <typename L>
+__global__ void crossentropy_kernel(L* logits, float* losses, const std::int32_t* targets, int V,
+                                    int Vp, float dloss) {
   __shared__ MaxSum shared[kThreads / kWarp];
   fresh_shared(shared);
   const std::int64_t n = blockIdx.x;
-  const float* x = logits + n * Vp;
+  L* x = logits + n * Vp;
   const MaxSum none{-INFINITY, 0.0f};
   MaxSum ms = none;
-  for (int j = threadIdx.x; j < V; j += kThreads) ms = add_value(ms, x[j]);
+  for (int j = threadIdx.x; j < V; j += kThreads) ms = add_value(ms, load(x + j));
   // (Read before the merge's barriers: past them, other threads write the
   // gradient over the logits.)
   const int t = targets[n];
-  const float target_logit = x[t];
+  const float target_logit = load(x + t);
   ms = block_combine(
       ms, [](MaxSum a, MaxSum b) { return merge(a, b); }, none, shared);
   const float mx = ms.m, sum = ms.s;
@@ -1524,8 +1525,8 @@ __global__ void crossentropy_kernel(const float* logits, G* grads, float* losses
   const float scale = dloss / sum;
   for (int j = threadIdx.x; j < Vp; j += kThreads) {
     float d = 0.0f;
-    if (j < V) d = expf(x[j] - mx) * scale - (j == t ? dloss : 0.0f);
-    store(grads + n * Vp + j, d);
+    if (j < V) d = expf(load(x + j) - mx) * scale - (j == t ? dloss : 0.0f);
+    store(x + j, d);
   }
 }
 
@@ -1995,15 +1996,15 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   void crossentropy_forward_backward(float* logits, float* losses, const std::int32_t* targets,
                                      int N, int V, int Vp, float dloss) override {
     if (N == 0) return;
-    launch("crossentropy_forward_backward", crossentropy_kernel<float>, N, kThreads, logits, logits,
-           losses, targets, V, Vp, dloss);
+    launch("crossentropy_forward_backward", crossentropy_kernel<float>, N, kThreads, logits, losses,
+           targets, V, Vp, dloss);
   }
-  void crossentropy_forward_backward(std::uint16_t* dlogits, const float* logits, float* losses,
+  void crossentropy_forward_backward(std::uint16_t* logits, float* losses,
                                      const std::int32_t* targets, int N, int V, int Vp,
                                      float dloss) override {
     if (N == 0) return;
-    launch("crossentropy_forward_backward (bf16 gradient)", crossentropy_kernel<__nv_bfloat16>, N,
-           kThreads, logits, as_bf16(dlogits), losses, targets, V, Vp, dloss);
+    launch("crossentropy_forward_backward (bf16)", crossentropy_kernel<__nv_bfloat16>, N, kThreads,
+           as_bf16(logits), losses, targets, V, Vp, dloss);
   }
   void crossentropy_part_max(float* row_max, const float* logits, int N, int V, int Vp) override {
     if (N == 0) return;

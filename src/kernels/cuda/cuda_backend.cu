@@ -1169,8 +1169,21 @@ __device__ void tile_abt(float* out, int ldo, const bf16* a, int lda, const bf16
   wmma::store_matrix_sync(out, acc, ldo, wmma::mem_row_major);
 }
 
-// out[16][16] = a b: a is 16 rows of k columns (lda), b k rows of 16 columns
-// (ldb), both bf16 and row-major. One warp.
+// Shared memory has 32 banks of 4 bytes; a warp's loads that hit one bank
+// at different addresses take a pass each. Lane l reads row l / 2 of a
+// warp's tiles, so in rows of 16 or 32 floats all 16 rows fall on the same
+// bank or two. Two ways out, neither changing a value:
+// - the 16 x 16 scratch tiles of add_ab are kept 20 floats apart (the
+//   rows start on 8 different banks: 2 passes for 16 lanes, not 8);
+// - a lane walks its 16 columns of a score tile starting at its row's
+//   (staggered), so at each step the 16 rows read 16 different banks.
+constexpr int kScratchLd = 20;
+__device__ __forceinline__ int staggered(int c, int row) {
+  return (c + row) & 15;
+}
+
+// out[16][kScratchLd] = a b: a is 16 rows of k columns (lda), b k rows of 16
+// columns (ldb), both bf16 and row-major. One warp.
 __device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int ldb, int k) {
   FragC acc;
   wmma::fill_fragment(acc, 0.0f);
@@ -1181,12 +1194,13 @@ __device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int l
     wmma::load_matrix_sync(fb, b + std::int64_t{k0} * ldb, ldb);
     wmma::mma_sync(acc, fa, fb, acc);
   }
-  wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
+  wmma::store_matrix_sync(out, acc, kScratchLd, wmma::mem_row_major);
 }
 
 // acc[kHD / 2] (this lane's half of its row's kHD columns) += a b, the
 // warp's 16 rows of a (k columns) times b (k rows of kHD columns), one
-// 16-column tile at a time through scratch (16 x 16 floats); tiles past kdim
+// 16-column tile at a time through scratch (16 x kScratchLd floats, 32-byte
+// aligned); tiles past kdim
 // are zero. The loops run over compile-time counts, unrolled, so that every
 // index into acc is a constant and the accumulators stay in registers (a
 // runtime index puts the array in local memory).
@@ -1201,7 +1215,9 @@ __device__ __forceinline__ void add_ab(float* acc, float* scratch, const bf16* a
     __syncwarp();
     if (t / kTilesPerHalf == half) {
 #pragma unroll
-      for (int c = 0; c < 16; ++c) acc[(t % kTilesPerHalf) * 16 + c] += scratch[row * 16 + c];
+      for (int c = 0; c < 16; ++c) {
+        acc[(t % kTilesPerHalf) * 16 + c] += scratch[row * kScratchLd + c];
+      }
     }
     __syncwarp();
   }
@@ -1243,8 +1259,8 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
     __syncwarp();
     float sv[16];
     float mt = m;
-    for (int c = 0; c < 16; ++c) {
-      const int col = half * 16 + c, j = j0 + col;
+    for (int c = 0; c < 16; ++c) {  // sv[c]: column half * 16 + staggered(c, row)
+      const int col = half * 16 + staggered(c, row), j = j0 + col;
       sv[c] = j <= i && j < seq ? scale * sw[row * kKeys + col] : -INFINITY;
       mt = fmaxf(mt, sv[c]);
     }
@@ -1254,7 +1270,7 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
     for (int c = 0; c < 16; ++c) {
       const float p = expf(sv[c] - mt);
       psum += p;
-      pw[row * kKeys + half * 16 + c] = __float2bfloat16(p);
+      pw[row * kKeys + half * 16 + staggered(c, row)] = __float2bfloat16(p);
     }
     psum += __shfl_xor_sync(0xffffffffu, psum, 1);
     l = l * corr + psum;
@@ -1342,7 +1358,7 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
     }
     __syncwarp();
     for (int c = 0; c < 16; ++c) {
-      const int col = half * 16 + c, j = j0 + col;
+      const int col = half * 16 + staggered(c, row), j = j0 + col;
       const float p =
           j <= i && j < seq && i < seq ? expf(scale * sw[row * kKeys + col] - li) : 0.0f;
       dsw[row * kKeys + col] = __float2bfloat16(p * (dpw[row * kKeys + col] - di));
@@ -1419,8 +1435,9 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
       __syncwarp();
       // P^T in bf16 for dv; the scores give way to dS^T, in fp32 (each lane
       // its own values).
-      for (int c = 0; c < kQueries / 2; ++c) {
-        const int q = half * (kQueries / 2) + c, i = i0 + q, e = row * kQueries + q;
+      static_assert(kQueries == 32);  // 16 query columns a lane
+      for (int c = 0; c < 16; ++c) {
+        const int q = half * 16 + staggered(c, row), i = i0 + q, e = row * kQueries + q;
         const float p = i >= j && i < seq && j < seq ? expf(scale * stw[e] - ls[q]) : 0.0f;
         ptw[e] = __float2bfloat16(p);
         stw[e] = p * (dptw[e] - dls[q]);
@@ -1428,8 +1445,8 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
       __syncwarp();
       add_ab<kHD>(dv, dptw, ptw, kQueries, dos, kHD, kQueries, kdim, row, half);
       // (add_ab ends at a __syncwarp: no lane reads P^T any more.)
-      for (int c = 0; c < kQueries / 2; ++c) {
-        const int e = row * kQueries + half * (kQueries / 2) + c;
+      for (int c = 0; c < 16; ++c) {
+        const int e = row * kQueries + half * 16 + staggered(c, row);
         ptw[e] = __float2bfloat16(stw[e]);
       }
       __syncwarp();

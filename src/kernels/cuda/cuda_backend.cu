@@ -1091,6 +1091,12 @@ struct Shape {
   static constexpr int kKeys = 32;                      // keys per staged tile (forward, dq)
   static constexpr int kKeyRows = kHD == 64 ? 64 : 32;  // key rows per dk/dv block
   static constexpr int kQueries = 32;                   // query rows per staged tile (dk/dv)
+  // Row pitch of the staged bf16 tiles: 16 bytes more than a row, so that
+  // the 8 rows a tensor-core load reads at a time start on 8 different
+  // groups of 4 banks (at kHD elements, 128 or 256 bytes, they all start on
+  // the same: an 8-way bank conflict). A multiple of 8, as wmma needs, and
+  // 16-row tiles stay 32-byte aligned.
+  static constexpr int kLd = kHD + 8;
 };
 
 // A value in a tile: fp32 rounded to bf16 (round to nearest even, as
@@ -1124,13 +1130,15 @@ __device__ Pack<bf16> load8(const float* x) {
 }
 
 // Rows [r0, r0 + rows) of a sequence (base, row stride S), columns
-// [col, col + HD), as bf16 into tile[rows][kHD] (16-byte aligned); zeros
+// [col, col + HD), as bf16 into tile[rows][Shape<kHD>::kLd], the first kHD
+// columns of each row (16-byte aligned); zeros
 // past the sequence and past HD. All threads of the block. Where every row
 // starts 16-byte aligned and HD is a multiple of 8, 8 values at a time.
 template <int kHD, typename In>
 __device__ void stage(bf16* tile, const In* base, std::int64_t S, int col, int r0, int rows,
                       int seq, int HD) {
   static_assert(kHD % kPackBf16 == 0);
+  constexpr int kLd = Shape<kHD>::kLd;
   constexpr int kPer = 16 / sizeof(In);  // values of In per 16 bytes
   if (HD % kPackBf16 == 0 && S % kPer == 0 && col % kPer == 0 &&
       reinterpret_cast<std::uintptr_t>(base) % 16 == 0) {
@@ -1142,14 +1150,14 @@ __device__ void stage(bf16* tile, const In* base, std::int64_t S, int col, int r
       } else {
         for (auto& v : values.v) v = __float2bfloat16(0.0f);
       }
-      *reinterpret_cast<Pack<bf16>*>(tile + e) = values;
+      *reinterpret_cast<Pack<bf16>*>(tile + r * kLd + d) = values;
     }
     return;
   }
   for (int e = threadIdx.x; e < rows * kHD; e += blockDim.x) {
     const int r = e / kHD, d = e % kHD;
-    tile[e] = r0 + r < seq && d < HD ? as_tile(base[std::int64_t{r0 + r} * S + col + d])
-                                     : __float2bfloat16(0.0f);
+    tile[r * kLd + d] = r0 + r < seq && d < HD ? as_tile(base[std::int64_t{r0 + r} * S + col + d])
+                                               : __float2bfloat16(0.0f);
   }
 }
 
@@ -1228,10 +1236,11 @@ template <int kHD, typename In>
 __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qkv, int seq, int NH,
                                int NKV, int HD, float scale) {
   using T = Shape<kHD>;
+  constexpr int kLd = T::kLd;
   constexpr int kRows = T::kRows, kKeys = T::kKeys, kHalf = T::kHalf;
-  __shared__ __align__(32) bf16 qs[kRows * kHD];
-  __shared__ __align__(32) bf16 ks[kKeys * kHD];
-  __shared__ __align__(32) bf16 vs[kKeys * kHD];
+  __shared__ __align__(32) bf16 qs[kRows * kLd];
+  __shared__ __align__(32) bf16 ks[kKeys * kLd];
+  __shared__ __align__(32) bf16 vs[kKeys * kLd];
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 ps[kRows / 16][16 * kKeys];
   fresh_shared(qs, ks, vs, ss, ps);
@@ -1254,7 +1263,7 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
     __syncthreads();
     if (j0 > w0 + 15) continue;  // the whole tile is after the warp's rows
     for (int t = 0; t < kKeys / 16; ++t) {
-      tile_abt(sw + t * 16, kKeys, qs + warp * 16 * kHD, kHD, ks + t * 16 * kHD, kHD, kdim);
+      tile_abt(sw + t * 16, kKeys, qs + warp * 16 * kLd, kLd, ks + t * 16 * kLd, kLd, kdim);
     }
     __syncwarp();
     float sv[16];
@@ -1277,7 +1286,7 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
     m = mt;
     for (int d = 0; d < kHalf; ++d) o[d] *= corr;
     __syncwarp();
-    add_ab<kHD>(o, sw, pw, kKeys, vs, kHD, kKeys, kdim, row, half);
+    add_ab<kHD>(o, sw, pw, kKeys, vs, kLd, kKeys, kdim, row, half);
   }
   if (i >= seq) return;
   const std::int64_t orow = (b * seq + i) * C + std::int64_t{h} * HD;
@@ -1322,11 +1331,12 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
                           const float* delta, int seq, int NH, int NKV, int HD, float scale,
                           RopeTables rope) {
   using T = Shape<kHD>;
+  constexpr int kLd = T::kLd;
   constexpr int kRows = T::kDqRows, kKeys = T::kKeys, kHalf = T::kHalf;
-  __shared__ __align__(32) bf16 qs[kRows * kHD];
-  __shared__ __align__(32) bf16 dos[kRows * kHD];
-  __shared__ __align__(32) bf16 ks[kKeys * kHD];
-  __shared__ __align__(32) bf16 vs[kKeys * kHD];
+  __shared__ __align__(32) bf16 qs[kRows * kLd];
+  __shared__ __align__(32) bf16 dos[kRows * kLd];
+  __shared__ __align__(32) bf16 ks[kKeys * kLd];
+  __shared__ __align__(32) bf16 vs[kKeys * kLd];
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) float dps[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 dss[kRows / 16][16 * kKeys];
@@ -1353,8 +1363,8 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
     __syncthreads();
     if (j0 > w0 + 15) continue;
     for (int t = 0; t < kKeys / 16; ++t) {
-      tile_abt(sw + t * 16, kKeys, qs + warp * 16 * kHD, kHD, ks + t * 16 * kHD, kHD, kdim);
-      tile_abt(dpw + t * 16, kKeys, dos + warp * 16 * kHD, kHD, vs + t * 16 * kHD, kHD, kdim);
+      tile_abt(sw + t * 16, kKeys, qs + warp * 16 * kLd, kLd, ks + t * 16 * kLd, kLd, kdim);
+      tile_abt(dpw + t * 16, kKeys, dos + warp * 16 * kLd, kLd, vs + t * 16 * kLd, kLd, kdim);
     }
     __syncwarp();
     for (int c = 0; c < 16; ++c) {
@@ -1364,7 +1374,7 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
       dsw[row * kKeys + col] = __float2bfloat16(p * (dpw[row * kKeys + col] - di));
     }
     __syncwarp();
-    add_ab<kHD>(dq, sw, dsw, kKeys, ks, kHD, kKeys, kdim, row, half);
+    add_ab<kHD>(dq, sw, dsw, kKeys, ks, kLd, kKeys, kdim, row, half);
   }
   for (int d = 0; d < kHalf; ++d) dq[d] *= scale;
   // (Rows past the sequence take part in the exchange, at its last position.)
@@ -1382,12 +1392,13 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
                            const float* delta, int seq, int NH, int NKV, int HD, float scale,
                            RopeTables rope) {
   using T = Shape<kHD>;
+  constexpr int kLd = T::kLd;
   constexpr int kKeyRows = T::kKeyRows, kQueries = T::kQueries, kHalf = T::kHalf;
   constexpr int kWarps = kKeyRows / 16;
-  __shared__ __align__(32) bf16 ks[kKeyRows * kHD];
-  __shared__ __align__(32) bf16 vs[kKeyRows * kHD];
-  __shared__ __align__(32) bf16 qs[kQueries * kHD];
-  __shared__ __align__(32) bf16 dos[kQueries * kHD];
+  __shared__ __align__(32) bf16 ks[kKeyRows * kLd];
+  __shared__ __align__(32) bf16 vs[kKeyRows * kLd];
+  __shared__ __align__(32) bf16 qs[kQueries * kLd];
+  __shared__ __align__(32) bf16 dos[kQueries * kLd];
   __shared__ __align__(32) float sts[kWarps][16 * kQueries];
   __shared__ __align__(32) float dpts[kWarps][16 * kQueries];
   __shared__ __align__(32) bf16 pts[kWarps][16 * kQueries];
@@ -1429,8 +1440,8 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
       __syncthreads();
       if (i0 + kQueries - 1 < w0) continue;  // every query of the tile is before the warp's keys
       for (int t = 0; t < kQueries / 16; ++t) {
-        tile_abt(stw + t * 16, kQueries, ks + warp * 16 * kHD, kHD, qs + t * 16 * kHD, kHD, kdim);
-        tile_abt(dptw + t * 16, kQueries, vs + warp * 16 * kHD, kHD, dos + t * 16 * kHD, kHD, kdim);
+        tile_abt(stw + t * 16, kQueries, ks + warp * 16 * kLd, kLd, qs + t * 16 * kLd, kLd, kdim);
+        tile_abt(dptw + t * 16, kQueries, vs + warp * 16 * kLd, kLd, dos + t * 16 * kLd, kLd, kdim);
       }
       __syncwarp();
       // P^T in bf16 for dv; the scores give way to dS^T, in fp32 (each lane
@@ -1443,14 +1454,14 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
         stw[e] = p * (dptw[e] - dls[q]);
       }
       __syncwarp();
-      add_ab<kHD>(dv, dptw, ptw, kQueries, dos, kHD, kQueries, kdim, row, half);
+      add_ab<kHD>(dv, dptw, ptw, kQueries, dos, kLd, kQueries, kdim, row, half);
       // (add_ab ends at a __syncwarp: no lane reads P^T any more.)
       for (int c = 0; c < 16; ++c) {
         const int e = row * kQueries + half * 16 + staggered(c, row);
         ptw[e] = __float2bfloat16(stw[e]);
       }
       __syncwarp();
-      add_ab<kHD>(dk, dptw, ptw, kQueries, qs, kHD, kQueries, kdim, row, half);
+      add_ab<kHD>(dk, dptw, ptw, kQueries, qs, kLd, kQueries, kdim, row, half);
     }
   }
   for (int d = 0; d < kHalf; ++d) dk[d] *= scale;

@@ -1161,21 +1161,50 @@ __device__ void stage(bf16* tile, const In* base, std::int64_t S, int col, int r
   }
 }
 
-// out[16][ldo] = a b^T over k columns (a multiple of 16): a and b are 16 rows
-// each (bf16, row-major, lda and ldb). One warp.
-__device__ void tile_abt(float* out, int ldo, const bf16* a, int lda, const bf16* b, int ldb,
-                         int k) {
-  FragC acc;
-  wmma::fill_fragment(acc, 0.0f);
-  for (int k0 = 0; k0 < k; k0 += 16) {
-    FragA fa;
-    FragBCol fb;
-    wmma::load_matrix_sync(fa, a + k0, lda);
-    wmma::load_matrix_sync(fb, b + k0, ldb);
-    wmma::mma_sync(acc, fa, fb, acc);
+// A warp's 16 rows of a staged tile (bf16, row-major, row pitch
+// Shape<kHD>::kLd, kdim columns used) as the left operand of products with
+// many other 16-row tiles (the scores, dP and their transposes). With
+// kKeep its A fragments, one per 16-column step, are loaded once into
+// registers, for a tile that stays staged while the others pass: half the
+// fragment loads of each product. Without (where the registers are not
+// there to spare) they are loaded from shared memory at each product. All
+// lanes of the warp.
+template <int kHD, bool kKeep>
+struct LeftRows {
+  static constexpr int kSteps = kHD / 16;
+  const bf16* rows;
+  int kdim;
+  FragA kept[kKeep ? kSteps : 1];
+
+  __device__ LeftRows(const bf16* rows_, int kdim_) : rows(rows_), kdim(kdim_) {
+    if constexpr (kKeep) {
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        if (s * 16 < kdim) wmma::load_matrix_sync(kept[s], rows + s * 16, Shape<kHD>::kLd);
+      }
+    }
   }
-  wmma::store_matrix_sync(out, acc, ldo, wmma::mem_row_major);
-}
+  // out[16][ldo] = these rows times b^T over kdim columns: b is 16 rows of
+  // a staged tile (the same pitch). The sum runs over the steps in order.
+  __device__ void times_bt(float* out, int ldo, const bf16* b) const {
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      if (s * 16 >= kdim) break;
+      FragBCol fb;
+      wmma::load_matrix_sync(fb, b + s * 16, Shape<kHD>::kLd);
+      if constexpr (kKeep) {
+        wmma::mma_sync(acc, kept[s], fb, acc);
+      } else {
+        FragA fa;
+        wmma::load_matrix_sync(fa, rows + s * 16, Shape<kHD>::kLd);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+    }
+    wmma::store_matrix_sync(out, acc, ldo, wmma::mem_row_major);
+  }
+};
 
 // Shared memory has 32 banks of 4 bytes; a warp's loads that hit one bank
 // at different addresses take a pass each. Lane l reads row l / 2 of a
@@ -1252,18 +1281,23 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   float* sw = ss[warp];
   bf16* pw = ps[warp];
   stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
+  __syncthreads();
+  // (Kept in registers, its fragments would cost this kernel, bound by its
+  // registers, a block per multiprocessor at head dimensions 64 and 128:
+  // ptxas for sm_90.)
+  const LeftRows<kHD, false> q(qs + warp * 16 * kLd, kdim);
   float o[kHalf];
   for (int d = 0; d < kHalf; ++d) o[d] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   const int keys = min(seq, q0 + kRows);
   for (int j0 = 0; j0 < keys; j0 += kKeys) {
-    __syncthreads();  // every warp is done with the previous tile (and qs is staged)
+    __syncthreads();  // every warp is done with the previous tile
     stage<kHD>(ks, base, S, C + g * HD, j0, kKeys, seq, HD);
     stage<kHD>(vs, base, S, C + (NKV + g) * HD, j0, kKeys, seq, HD);
     __syncthreads();
     if (j0 > w0 + 15) continue;  // the whole tile is after the warp's rows
     for (int t = 0; t < kKeys / 16; ++t) {
-      tile_abt(sw + t * 16, kKeys, qs + warp * 16 * kLd, kLd, ks + t * 16 * kLd, kLd, kdim);
+      q.times_bt(sw + t * 16, kKeys, ks + t * 16 * kLd);
     }
     __syncwarp();
     float sv[16];
@@ -1351,6 +1385,11 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
   bf16* dsw = dss[warp];
   stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
   stage<kHD>(dos, dout + b * seq * C, C, h * HD, q0, kRows, seq, HD);
+  __syncthreads();
+  // Kept in registers: the blocks per multiprocessor stay as many as the
+  // shared memory allows (ptxas for sm_90: 120 and 175 registers a thread
+  // at head dimensions 64 and 128).
+  const LeftRows<kHD, true> q(qs + warp * 16 * kLd, kdim), g_out(dos + warp * 16 * kLd, kdim);
   const float li = i < seq ? lse[std::int64_t{bh} * seq + i] : 0.0f;
   const float di = i < seq ? delta[std::int64_t{bh} * seq + i] : 0.0f;
   float dq[kHalf];
@@ -1363,8 +1402,8 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
     __syncthreads();
     if (j0 > w0 + 15) continue;
     for (int t = 0; t < kKeys / 16; ++t) {
-      tile_abt(sw + t * 16, kKeys, qs + warp * 16 * kLd, kLd, ks + t * 16 * kLd, kLd, kdim);
-      tile_abt(dpw + t * 16, kKeys, dos + warp * 16 * kLd, kLd, vs + t * 16 * kLd, kLd, kdim);
+      q.times_bt(sw + t * 16, kKeys, ks + t * 16 * kLd);
+      g_out.times_bt(dpw + t * 16, kKeys, vs + t * 16 * kLd);
     }
     __syncwarp();
     for (int c = 0; c < 16; ++c) {
@@ -1424,12 +1463,17 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
   bf16* ptw = pts[warp];
   stage<kHD>(ks, base, S, C + g * HD, k0, kKeyRows, seq, HD);
   stage<kHD>(vs, base, S, C + (NKV + g) * HD, k0, kKeyRows, seq, HD);
+  __syncthreads();
+  // (Not kept in registers: at head dimension 64 that would cost a block per
+  // multiprocessor (ptxas for sm_90); at 128 the registers hold the dk and
+  // dv accumulators.)
+  const LeftRows<kHD, false> k(ks + warp * 16 * kLd, kdim), v(vs + warp * 16 * kLd, kdim);
   float dk[kHalf], dv[kHalf];
   for (int d = 0; d < kHalf; ++d) dk[d] = dv[d] = 0.0f;
   for (int h = g * group; h < (g + 1) * group; ++h) {
     const std::int64_t rows = (b * NH + h) * seq;
     for (int i0 = k0; i0 < seq; i0 += kQueries) {
-      __syncthreads();  // every warp is done with the previous tile (and ks, vs are staged)
+      __syncthreads();  // every warp is done with the previous tile
       stage<kHD>(qs, base, S, h * HD, i0, kQueries, seq, HD);
       stage<kHD>(dos, dbase, C, h * HD, i0, kQueries, seq, HD);
       if (static_cast<int>(threadIdx.x) < kQueries) {
@@ -1440,8 +1484,8 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
       __syncthreads();
       if (i0 + kQueries - 1 < w0) continue;  // every query of the tile is before the warp's keys
       for (int t = 0; t < kQueries / 16; ++t) {
-        tile_abt(stw + t * 16, kQueries, ks + warp * 16 * kLd, kLd, qs + t * 16 * kLd, kLd, kdim);
-        tile_abt(dptw + t * 16, kQueries, vs + warp * 16 * kLd, kLd, dos + t * 16 * kLd, kLd, kdim);
+        k.times_bt(stw + t * 16, kQueries, qs + t * 16 * kLd);
+        v.times_bt(dptw + t * 16, kQueries, dos + t * 16 * kLd);
       }
       __syncwarp();
       // P^T in bf16 for dv; the scores give way to dS^T, in fp32 (each lane

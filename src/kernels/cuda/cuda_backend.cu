@@ -1281,7 +1281,6 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   float* sw = ss[warp];
   bf16* pw = ps[warp];
   stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
-  __syncthreads();
   // (Kept in registers, its fragments would cost this kernel, bound by its
   // registers, a block per multiprocessor at head dimensions 64 and 128:
   // ptxas for sm_90.)
@@ -1291,7 +1290,7 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   float m = -INFINITY, l = 0.0f;
   const int keys = min(seq, q0 + kRows);
   for (int j0 = 0; j0 < keys; j0 += kKeys) {
-    __syncthreads();  // every warp is done with the previous tile
+    __syncthreads();  // every warp is done with the previous tile (and qs is staged)
     stage<kHD>(ks, base, S, C + g * HD, j0, kKeys, seq, HD);
     stage<kHD>(vs, base, S, C + (NKV + g) * HD, j0, kKeys, seq, HD);
     __syncthreads();
@@ -1463,7 +1462,6 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
   bf16* ptw = pts[warp];
   stage<kHD>(ks, base, S, C + g * HD, k0, kKeyRows, seq, HD);
   stage<kHD>(vs, base, S, C + (NKV + g) * HD, k0, kKeyRows, seq, HD);
-  __syncthreads();
   // (Not kept in registers: at head dimension 64 that would cost a block per
   // multiprocessor (ptxas for sm_90); at 128 the registers hold the dk and
   // dv accumulators.)
@@ -1473,7 +1471,7 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
   for (int h = g * group; h < (g + 1) * group; ++h) {
     const std::int64_t rows = (b * NH + h) * seq;
     for (int i0 = k0; i0 < seq; i0 += kQueries) {
-      __syncthreads();  // every warp is done with the previous tile
+      __syncthreads();  // every warp is done with the previous tile (and ks, vs are staged)
       stage<kHD>(qs, base, S, h * HD, i0, kQueries, seq, HD);
       stage<kHD>(dos, dbase, C, h * HD, i0, kQueries, seq, HD);
       if (static_cast<int>(threadIdx.x) < kQueries) {

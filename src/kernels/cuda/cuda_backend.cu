@@ -42,6 +42,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -250,6 +251,52 @@ __device__ float load(const __nv_bfloat16* in) {
   return __bfloat162float(*in);
 }
 
+// 16 bytes of T, for one vector load or store: 8 bf16 or 4 floats.
+template <typename T>
+struct alignas(16) Pack {
+  T v[16 / sizeof(T)];
+};
+constexpr int kPackBf16 = 8;  // bf16 values per 16 bytes
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
+// The kW values at x as fp32 (kW = 1, or 8 from 16-byte aligned memory:
+// one 16-byte load of bf16, two of fp32), and back (rounded as store()
+// rounds).
+template <int kW, typename I>
+__device__ void load_n(float (&out)[kW], const I* x) {
+  if constexpr (kW == 1) {
+    out[0] = load(x);
+  } else {
+    static_assert(kW == 8);
+    constexpr int kPer = 16 / sizeof(I);
+#pragma unroll
+    for (int h = 0; h < kW / kPer; ++h) {
+      const Pack<I> in = reinterpret_cast<const Pack<I>*>(x)[h];
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) out[h * kPer + k] = load(&in.v[k]);
+    }
+  }
+}
+template <int kW, typename O>
+__device__ void store_n(O* x, const float (&values)[kW]) {
+  if constexpr (kW == 1) {
+    store(x, values[0]);
+  } else {
+    static_assert(kW == 8);
+    constexpr int kPer = 16 / sizeof(O);
+#pragma unroll
+    for (int h = 0; h < kW / kPer; ++h) {
+      Pack<O> out;
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) store(&out.v[k], values[h * kPer + k]);
+      reinterpret_cast<Pack<O>*>(x)[h] = out;
+    }
+  }
+}
+
 // bf16 copies of fp32 values, for the bf16 GEMMs.
 __global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::int64_t count) {
   for (std::int64_t i = first_index(); i < count; i += index_stride()) {
@@ -287,51 +334,74 @@ __global__ void squares_kernel(double* partial, const float* x, std::int64_t cou
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCube = 0.044715f;
 
-template <typename O, typename I>
+// The activations, kW consecutive values a thread at a time (kW = 8 where
+// every row and pointer allows 16-byte accesses: the launchers' vector_width;
+// the values and their math are the same either way).
+template <typename O, typename I, int kW>
 __global__ void gelu_forward_kernel(O* out, const I* inp, std::int64_t count) {
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    const float x = load(inp + i);
-    const float u = kGeluScale * (x + kGeluCube * x * x * x);
-    store(out + i, 0.5f * x * (1.0f + tanhf(u)));
+  for (std::int64_t i = first_index() * kW; i < count; i += index_stride() * kW) {
+    float x[kW], y[kW];
+    load_n(x, inp + i);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      const float u = kGeluScale * (x[k] + kGeluCube * x[k] * x[k] * x[k]);
+      y[k] = 0.5f * x[k] * (1.0f + tanhf(u));
+    }
+    store_n(out + i, y);
   }
 }
 
-template <typename O, typename I>
+template <typename O, typename I, int kW>
 __global__ void gelu_backward_kernel(O* dinp, const I* inp, const float* dout, std::int64_t count) {
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    const float x = load(inp + i);
-    const float u = kGeluScale * (x + kGeluCube * x * x * x);
-    const float th = tanhf(u);
-    const float du = kGeluScale * (1.0f + 3.0f * kGeluCube * x * x);
-    const float grad = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
-    store(dinp + i, grad * dout[i]);
+  for (std::int64_t i = first_index() * kW; i < count; i += index_stride() * kW) {
+    float x[kW], d[kW], y[kW];
+    load_n(x, inp + i);
+    load_n(d, dout + i);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      const float u = kGeluScale * (x[k] + kGeluCube * x[k] * x[k] * x[k]);
+      const float th = tanhf(u);
+      const float du = kGeluScale * (1.0f + 3.0f * kGeluCube * x[k] * x[k]);
+      const float grad = 0.5f * (1.0f + th) + 0.5f * x[k] * (1.0f - th * th) * du;
+      y[k] = grad * d[k];
+    }
+    store_n(dinp + i, y);
   }
 }
 
-template <typename O, typename I>
+template <typename O, typename I, int kW>
 __global__ void swiglu_forward_kernel(O* out, const I* inp, int N, int F) {
   const std::int64_t count = std::int64_t{N} * F;
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
+  for (std::int64_t i = first_index() * kW; i < count; i += index_stride() * kW) {
     const std::int64_t n = i / F;
     const std::int64_t f = i % F;
-    const float g = load(inp + n * 2 * F + f);
-    const float u = load(inp + n * 2 * F + F + f);
-    store(out + i, g / (1.0f + expf(-g)) * u);
+    float g[kW], u[kW], y[kW];
+    load_n(g, inp + n * 2 * F + f);
+    load_n(u, inp + n * 2 * F + F + f);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) y[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
+    store_n(out + i, y);
   }
 }
 
-template <typename O, typename I>
+template <typename O, typename I, int kW>
 __global__ void swiglu_backward_kernel(O* dinp, const I* inp, const float* dout, int N, int F) {
   const std::int64_t count = std::int64_t{N} * F;
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
+  for (std::int64_t i = first_index() * kW; i < count; i += index_stride() * kW) {
     const std::int64_t n = i / F;
     const std::int64_t f = i % F;
-    const float g = load(inp + n * 2 * F + f);
-    const float u = load(inp + n * 2 * F + F + f);
-    const float d = dout[i];
-    const float sig = 1.0f / (1.0f + expf(-g));
-    store(dinp + n * 2 * F + f, d * u * sig * (1.0f + g * (1.0f - sig)));
-    store(dinp + n * 2 * F + F + f, d * g * sig);
+    float g[kW], u[kW], d[kW], dg[kW], du[kW];
+    load_n(g, inp + n * 2 * F + f);
+    load_n(u, inp + n * 2 * F + F + f);
+    load_n(d, dout + i);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      const float sig = 1.0f / (1.0f + expf(-g[k]));
+      dg[k] = d[k] * u[k] * sig * (1.0f + g[k] * (1.0f - sig));
+      du[k] = d[k] * g[k] * sig;
+    }
+    store_n(dinp + n * 2 * F + f, dg);
+    store_n(dinp + n * 2 * F + F + f, du);
   }
 }
 
@@ -1108,13 +1178,6 @@ __device__ bf16 as_tile(float v) {
 __device__ bf16 as_tile(bf16 v) {
   return v;
 }
-
-// 16 bytes of T, for one vector load or store: 8 bf16 or 4 floats.
-template <typename T>
-struct alignas(16) Pack {
-  T v[16 / sizeof(T)];
-};
-constexpr int kPackBf16 = 8;  // bf16 values per 16 bytes
 
 // The 8 values at x (16-byte aligned) as bf16, rounded as as_tile rounds.
 __device__ Pack<bf16> load8(const bf16* x) {
@@ -1894,7 +1957,7 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     // (The bias gradient after GELU's: its partial sums take the scratch.)
     float* dinp = scratch(count);
     backward_gemms(dinp, dw, nullptr, d, as_bf16(inp), w, N, C, OC);
-    launch("gelu_backward (bf16)", gelu_backward_kernel<__nv_bfloat16, __nv_bfloat16>,
+    launch("gelu_backward (bf16)", gelu_backward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
            blocks_for(count), kThreads, as_bf16(dpre), as_bf16(pre), dinp, count);
     if (dbias != nullptr) bias_gradient(dbias, d, N, OC);
   }
@@ -1948,35 +2011,63 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     norm_weight_grads(dw, nullptr, dout, inp, nullptr, rstd, N, C);
   }
 
+  // The activations' kernels take 8 values a thread (16-byte accesses)
+  // where every pointer is 16-byte aligned and the rows (of `row` values)
+  // divide into eights: their bf16 forms, whose accesses would otherwise be
+  // 2 bytes a thread.
+  static bool in_vectors(std::int64_t row, std::initializer_list<const void*> pointers) {
+    if (row % 8 != 0) return false;
+    for (const void* p : pointers) {
+      if (!aligned16(p)) return false;
+    }
+    return true;
+  }
   void gelu_forward(float* out, const float* inp, std::int64_t count) override {
-    launch("gelu_forward", gelu_forward_kernel<float, float>, blocks_for(count), kThreads, out, inp,
-           count);
+    launch("gelu_forward", gelu_forward_kernel<float, float, 1>, blocks_for(count), kThreads, out,
+           inp, count);
   }
   void gelu_forward(std::uint16_t* out, const std::uint16_t* inp, std::int64_t count) override {
-    launch("gelu_forward (bf16)", gelu_forward_kernel<__nv_bfloat16, __nv_bfloat16>,
-           blocks_for(count), kThreads, as_bf16(out), as_bf16(inp), count);
+    if (in_vectors(count, {out, inp})) {
+      launch("gelu_forward (bf16)", gelu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 8>,
+             blocks_for(count / 8), kThreads, as_bf16(out), as_bf16(inp), count);
+    } else {
+      launch("gelu_forward (bf16)", gelu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
+             blocks_for(count), kThreads, as_bf16(out), as_bf16(inp), count);
+    }
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout,
                      std::int64_t count) override {
-    launch("gelu_backward", gelu_backward_kernel<float, float>, blocks_for(count), kThreads, dinp,
-           inp, dout, count);
+    launch("gelu_backward", gelu_backward_kernel<float, float, 1>, blocks_for(count), kThreads,
+           dinp, inp, dout, count);
   }
   void swiglu_forward(float* out, const float* inp, int N, int F) override {
-    launch("swiglu_forward", swiglu_forward_kernel<float, float>, blocks_for(std::int64_t{N} * F),
-           kThreads, out, inp, N, F);
+    launch("swiglu_forward", swiglu_forward_kernel<float, float, 1>,
+           blocks_for(std::int64_t{N} * F), kThreads, out, inp, N, F);
   }
   void swiglu_forward(std::uint16_t* out, const std::uint16_t* inp, int N, int F) override {
-    launch("swiglu_forward (bf16)", swiglu_forward_kernel<__nv_bfloat16, __nv_bfloat16>,
-           blocks_for(std::int64_t{N} * F), kThreads, as_bf16(out), as_bf16(inp), N, F);
+    const std::int64_t count = std::int64_t{N} * F;
+    if (in_vectors(F, {out, inp})) {
+      launch("swiglu_forward (bf16)", swiglu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 8>,
+             blocks_for(count / 8), kThreads, as_bf16(out), as_bf16(inp), N, F);
+    } else {
+      launch("swiglu_forward (bf16)", swiglu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
+             blocks_for(count), kThreads, as_bf16(out), as_bf16(inp), N, F);
+    }
   }
   void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) override {
-    launch("swiglu_backward", swiglu_backward_kernel<float, float>, blocks_for(std::int64_t{N} * F),
-           kThreads, dinp, inp, dout, N, F);
+    launch("swiglu_backward", swiglu_backward_kernel<float, float, 1>,
+           blocks_for(std::int64_t{N} * F), kThreads, dinp, inp, dout, N, F);
   }
   void swiglu_backward(std::uint16_t* dinp, const std::uint16_t* inp, const float* dout, int N,
                        int F) override {
-    launch("swiglu_backward (bf16)", swiglu_backward_kernel<__nv_bfloat16, __nv_bfloat16>,
-           blocks_for(std::int64_t{N} * F), kThreads, as_bf16(dinp), as_bf16(inp), dout, N, F);
+    const std::int64_t count = std::int64_t{N} * F;
+    if (in_vectors(F, {dinp, inp, dout})) {
+      launch("swiglu_backward (bf16)", swiglu_backward_kernel<__nv_bfloat16, __nv_bfloat16, 8>,
+             blocks_for(count / 8), kThreads, as_bf16(dinp), as_bf16(inp), dout, N, F);
+    } else {
+      launch("swiglu_backward (bf16)", swiglu_backward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
+             blocks_for(count), kThreads, as_bf16(dinp), as_bf16(inp), dout, N, F);
+    }
   }
 
   void rope_forward(float* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {

@@ -258,7 +258,7 @@ struct alignas(16) Pack {
 };
 constexpr int kPackBf16 = 8;  // bf16 values per 16 bytes
 
-bool aligned16(const void* p) {
+__host__ __device__ bool aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
@@ -1203,8 +1203,7 @@ __device__ void stage(bf16* tile, const In* base, std::int64_t S, int col, int r
   static_assert(kHD % kPackBf16 == 0);
   constexpr int kLd = Shape<kHD>::kLd;
   constexpr int kPer = 16 / sizeof(In);  // values of In per 16 bytes
-  if (HD % kPackBf16 == 0 && S % kPer == 0 && col % kPer == 0 &&
-      reinterpret_cast<std::uintptr_t>(base) % 16 == 0) {
+  if (HD % kPackBf16 == 0 && S % kPer == 0 && col % kPer == 0 && aligned16(base)) {
     for (int e = threadIdx.x * kPackBf16; e < rows * kHD; e += blockDim.x * kPackBf16) {
       const int r = e / kHD, d = e % kHD;
       Pack<bf16> values;

@@ -22,8 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-# Kernels allowed to use local memory, by the start of their demangled-ish
-# name (the text after the anonymous namespace), with their head dimension.
+# Kernels allowed to use local memory, by their short name (readable()).
 ALLOWED = (
     "flash_forward_kernel<128>",
     "flash_dq_kernel<64>",
@@ -79,8 +78,7 @@ def main():
             kernels += 1
             short = readable(name)
             stack, spills = int(m.group(1)), int(m.group(2)) + int(m.group(3))
-            allowed = any(short == a for a in ALLOWED)
-            if (stack or spills) and not allowed:
+            if (stack or spills) and short not in ALLOWED:
                 bad.append(f"{short}: {line.strip()}  ({name})")
             name = None
     print(f"{kernels} functions in ptxas's report for sm_{arch}")

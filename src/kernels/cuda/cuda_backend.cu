@@ -335,8 +335,8 @@ constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCube = 0.044715f;
 
 // The activations, kW consecutive values a thread at a time (kW = 8 where
-// every row and pointer allows 16-byte accesses: the launchers' vector_width;
-// the values and their math are the same either way).
+// every row and pointer allows 16-byte accesses: the launchers'
+// vector_width; the values and their math are the same either way).
 template <typename O, typename I, int kW>
 __global__ void gelu_forward_kernel(O* out, const I* inp, std::int64_t count) {
   for (std::int64_t i = first_index() * kW; i < count; i += index_stride() * kW) {
@@ -1184,19 +1184,18 @@ __device__ Pack<bf16> load8(const bf16* x) {
   return *reinterpret_cast<const Pack<bf16>*>(x);
 }
 __device__ Pack<bf16> load8(const float* x) {
+  float in[kPackBf16];
+  load_n(in, x);
   Pack<bf16> out;
-  for (int half = 0; half < 2; ++half) {
-    const Pack<float> in = reinterpret_cast<const Pack<float>*>(x)[half];
-    for (int k = 0; k < 4; ++k) out.v[half * 4 + k] = as_tile(in.v[k]);
-  }
+  for (int k = 0; k < kPackBf16; ++k) out.v[k] = as_tile(in[k]);
   return out;
 }
 
 // Rows [r0, r0 + rows) of a sequence (base, row stride S), columns
 // [col, col + HD), as bf16 into tile[rows][Shape<kHD>::kLd], the first kHD
-// columns of each row (16-byte aligned); zeros
-// past the sequence and past HD. All threads of the block. Where every row
-// starts 16-byte aligned and HD is a multiple of 8, 8 values at a time.
+// columns of each row (16-byte aligned); zeros past the sequence and past
+// HD. All threads of the block. Where every row starts 16-byte aligned and
+// HD is a multiple of 8, 8 values at a time.
 template <int kHD, typename In>
 __device__ void stage(bf16* tile, const In* base, std::int64_t S, int col, int r0, int rows,
                       int seq, int HD) {
@@ -1299,10 +1298,10 @@ __device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int l
 // acc[kHD / 2] (this lane's half of its row's kHD columns) += a b, the
 // warp's 16 rows of a (k columns) times b (k rows of kHD columns), one
 // 16-column tile at a time through scratch (16 x kScratchLd floats, 32-byte
-// aligned); tiles past kdim
-// are zero. The loops run over compile-time counts, unrolled, so that every
-// index into acc is a constant and the accumulators stay in registers (a
-// runtime index puts the array in local memory).
+// aligned); tiles past kdim are zero. The loops run over compile-time
+// counts, unrolled, so that every index into acc is a constant and the
+// accumulators stay in registers (a runtime index puts the array in local
+// memory).
 template <int kHD>
 __device__ __forceinline__ void add_ab(float* acc, float* scratch, const bf16* a, int lda,
                                        const bf16* b, int ldb, int k, int kdim, int row, int half) {
@@ -2010,29 +2009,26 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     norm_weight_grads(dw, nullptr, dout, inp, nullptr, rstd, N, C);
   }
 
-  // The activations' kernels take 8 values a thread (16-byte accesses)
-  // where every pointer is 16-byte aligned and the rows (of `row` values)
-  // divide into eights: their bf16 forms, whose accesses would otherwise be
-  // 2 bytes a thread.
-  static bool in_vectors(std::int64_t row, std::initializer_list<const void*> pointers) {
-    if (row % 8 != 0) return false;
+  // The values a thread of the activations' bf16 kernels takes: 8 (16-byte
+  // accesses, where they would otherwise be 2 bytes) where every pointer is
+  // 16-byte aligned and the rows (of `row` values) divide into eights, else 1.
+  static int vector_width(std::int64_t row, std::initializer_list<const void*> pointers) {
+    if (row % 8 != 0) return 1;
     for (const void* p : pointers) {
-      if (!aligned16(p)) return false;
+      if (!aligned16(p)) return 1;
     }
-    return true;
+    return 8;
   }
   void gelu_forward(float* out, const float* inp, std::int64_t count) override {
     launch("gelu_forward", gelu_forward_kernel<float, float, 1>, blocks_for(count), kThreads, out,
            inp, count);
   }
   void gelu_forward(std::uint16_t* out, const std::uint16_t* inp, std::int64_t count) override {
-    if (in_vectors(count, {out, inp})) {
-      launch("gelu_forward (bf16)", gelu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 8>,
-             blocks_for(count / 8), kThreads, as_bf16(out), as_bf16(inp), count);
-    } else {
-      launch("gelu_forward (bf16)", gelu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
-             blocks_for(count), kThreads, as_bf16(out), as_bf16(inp), count);
-    }
+    const int w = vector_width(count, {out, inp});
+    launch("gelu_forward (bf16)",
+           w == 8 ? gelu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 8>
+                  : gelu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
+           blocks_for(count / w), kThreads, as_bf16(out), as_bf16(inp), count);
   }
   void gelu_backward(float* dinp, const float* inp, const float* dout,
                      std::int64_t count) override {
@@ -2044,14 +2040,11 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
            blocks_for(std::int64_t{N} * F), kThreads, out, inp, N, F);
   }
   void swiglu_forward(std::uint16_t* out, const std::uint16_t* inp, int N, int F) override {
-    const std::int64_t count = std::int64_t{N} * F;
-    if (in_vectors(F, {out, inp})) {
-      launch("swiglu_forward (bf16)", swiglu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 8>,
-             blocks_for(count / 8), kThreads, as_bf16(out), as_bf16(inp), N, F);
-    } else {
-      launch("swiglu_forward (bf16)", swiglu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
-             blocks_for(count), kThreads, as_bf16(out), as_bf16(inp), N, F);
-    }
+    const int w = vector_width(F, {out, inp});
+    launch("swiglu_forward (bf16)",
+           w == 8 ? swiglu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 8>
+                  : swiglu_forward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
+           blocks_for(std::int64_t{N} * F / w), kThreads, as_bf16(out), as_bf16(inp), N, F);
   }
   void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) override {
     launch("swiglu_backward", swiglu_backward_kernel<float, float, 1>,
@@ -2059,14 +2052,11 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
   void swiglu_backward(std::uint16_t* dinp, const std::uint16_t* inp, const float* dout, int N,
                        int F) override {
-    const std::int64_t count = std::int64_t{N} * F;
-    if (in_vectors(F, {dinp, inp, dout})) {
-      launch("swiglu_backward (bf16)", swiglu_backward_kernel<__nv_bfloat16, __nv_bfloat16, 8>,
-             blocks_for(count / 8), kThreads, as_bf16(dinp), as_bf16(inp), dout, N, F);
-    } else {
-      launch("swiglu_backward (bf16)", swiglu_backward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
-             blocks_for(count), kThreads, as_bf16(dinp), as_bf16(inp), dout, N, F);
-    }
+    const int w = vector_width(F, {dinp, inp, dout});
+    launch("swiglu_backward (bf16)",
+           w == 8 ? swiglu_backward_kernel<__nv_bfloat16, __nv_bfloat16, 8>
+                  : swiglu_backward_kernel<__nv_bfloat16, __nv_bfloat16, 1>,
+           blocks_for(std::int64_t{N} * F / w), kThreads, as_bf16(dinp), as_bf16(inp), dout, N, F);
   }
 
   void rope_forward(float* qkv, int B, int seq, int NH, int NKV, int HD, float theta) override {

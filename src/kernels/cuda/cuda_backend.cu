@@ -848,10 +848,11 @@ __global__ void attention_dkv_kernel(float* dqkv, const float* dout, const float
 // ---- tiled (flash) attention -------------------------------------------------
 //
 // FlashAttention-2's schedule in fp32, for head dimensions up to kMaxHD (64
-// or 128; the warp-per-row kernels above take larger ones): one thread per
-// row, keys or queries staged tile by tile in shared memory and read there
-// by every thread of the block at once, so K and V are read from global
-// memory once per tile of rows instead of once per row.
+// or 128; the warp-per-row kernels above take larger ones): one to four
+// threads per row (RowSplit: as many as keep a thread's share of the row in
+// registers), keys or queries staged tile by tile in shared memory and read
+// there by every thread of the block at once, so K and V are read from
+// global memory once per tile of rows instead of once per row.
 //  - forward: a block per tile of kFlashRows query rows of one (b, h); per
 //    key tile, each row's scores, one rescale of its accumulator, then the
 //    weighted values (the online softmax per tile);
@@ -859,9 +860,9 @@ __global__ void attention_dkv_kernel(float* dqkv, const float* dout, const float
 //    dq_i = scale sum_j p_ij (dp_ij - delta_i) k_j;
 //  - backward, dk and dv: a block per tile of key rows of one kv head g,
 //    over the group's query heads and the query rows i >= j in tiles, in
-//    that order (each key row's sums in one thread: no atomics).
-// Rows past the sequence take part in staging and barriers, and compute
-// nothing.
+//    that order (each key row's sums in its own threads: no atomics).
+// Rows past the sequence take part in staging, barriers and shuffles, and
+// add nothing.
 // A block of `rows` query rows of one (sequence b, head h) (blockIdx.x: the
 // block of rows, blockIdx.y: b * NH + h), and, for the tensor-core kernels
 // (a warp per 16 rows), this lane's place in it: its warp's 16 rows from w0,
@@ -915,9 +916,51 @@ __device__ void stage_rows(float* tile, float* tile2, int ld, const float* base,
   }
 }
 
+// Threads a row takes in the tiled fp32 kernels: each holds kPer of the
+// row's columns in registers, few enough that nothing spills (ptxas; the
+// kernel_resources test). Thread `part` of a row's kSplit holds columns
+// part, part + kSplit, ...: the kSplit threads of a row read consecutive
+// words of a staged row at once (no bank conflict), and sum their parts of
+// a dot product with group_sum.
+template <int kMaxHD, int kCols>
+struct RowSplit {
+  static constexpr int kSplit = kMaxHD > kCols ? kMaxHD / kCols : 1;
+  static constexpr int kPer = kMaxHD / kSplit;
+};
+constexpr int kForwardCols = 64;  // q and the accumulator: 2 x 64 floats
+constexpr int kDqCols = 32;       // q, the output gradient and dq: 3 x 32
+constexpr int kDkvCols = 64;      // dk and dv: 2 x 64
+
+// x summed over the kSplit consecutive lanes of a row, a butterfly that
+// gives each of them the same bits (the sums' two terms commute). Every lane
+// of the warp must call it.
+template <int kSplit>
+__device__ float group_sum(float x) {
+#pragma unroll
+  for (int o = 1; o < kSplit; o *= 2) x += shuffle_xor(x, o);
+  return x;
+}
+
+// The row of a block's tiled kernel that thread t serves (kSplit threads a
+// row), its part of the columns, and the first and last rows of its warp
+// (whose lanes skip tiles together: group_sum needs every lane).
+template <int kSplit>
+struct SplitRow {
+  int row, part, warp_first, warp_last;
+};
+template <int kSplit>
+__device__ SplitRow<kSplit> split_row(int first_row) {
+  const int t = static_cast<int>(threadIdx.x);
+  const int w0 = t / kWarp * kWarp;
+  return {first_row + t / kSplit, t % kSplit, first_row + w0 / kSplit,
+          first_row + (w0 + kWarp - 1) / kSplit};
+}
+
 template <int kMaxHD>
 __global__ void flash_forward_kernel(float* out, float* lse, const float* qkv, int seq, int NH,
                                      int NKV, int HD, float scale) {
+  constexpr int kSplit = RowSplit<kMaxHD, kForwardCols>::kSplit;
+  constexpr int kPer = RowSplit<kMaxHD, kForwardCols>::kPer;
   __shared__ float ks[kFlashKeys * kMaxHD];
   __shared__ float vs[kFlashKeys * kMaxHD];
   fresh_shared(ks, vs);
@@ -925,49 +968,58 @@ __global__ void flash_forward_kernel(float* out, float* lse, const float* qkv, i
   const int h = at.h, g = at.g, C = at.C, q0 = at.q0;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
   const float* base = at.base;
-  const int i = q0 + static_cast<int>(threadIdx.x);  // one row per thread
+  const auto sr = split_row<kSplit>(q0);
+  const int i = sr.row, part = sr.part;
   const bool valid = i < seq;
-  float q[kMaxHD], acc[kMaxHD];
+  float q[kPer], acc[kPer];
 #pragma unroll
-  for (int d = 0; d < kMaxHD; ++d) {
-    q[d] = valid && d < HD ? base[i * S + std::int64_t{h} * HD + d] : 0.0f;
-    acc[d] = 0.0f;
+  for (int k = 0; k < kPer; ++k) {
+    const int d = k * kSplit + part;
+    q[k] = valid && d < HD ? base[i * S + std::int64_t{h} * HD + d] : 0.0f;
+    acc[k] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
   const int keys = min(seq, q0 + kFlashRows);
   for (int j0 = 0; j0 < keys; j0 += kFlashKeys) {
     __syncthreads();  // every thread is done with the previous tile
     stage_rows(ks, vs, kMaxHD, base, S, C + g * HD, C + (NKV + g) * HD, j0, kFlashKeys, seq, HD,
-               kFlashRows);
+               kFlashRows * kSplit);
     __syncthreads();
-    if (!valid || j0 > i) continue;
-    const int n = min(kFlashKeys, i - j0 + 1);  // keys j0 .. j0 + n - 1 are at or before i
+    // A row's threads skip a tile together: alone (one thread a row), or
+    // with the warp (a group_sum needs every lane).
+    if (kSplit == 1 ? !valid || j0 > i : j0 > sr.warp_last) continue;
+    // Keys j0 .. j0 + n - 1 are at or before i (none past the sequence).
+    const int n = valid ? max(0, min(kFlashKeys, i - j0 + 1)) : 0;
     float s[kFlashKeys];
     float mt = m;
 #pragma unroll
     for (int r = 0; r < kFlashKeys; ++r) {
       float dot = 0.0f;
-      if (r < n) {
+      if (kSplit > 1 || r < n) {  // (a split row's threads all take each group_sum)
 #pragma unroll
-        for (int d = 0; d < kMaxHD; ++d) {
-          if (d < HD) dot += q[d] * ks[r * kMaxHD + d];
+        for (int k = 0; k < kPer; ++k) {
+          const int d = k * kSplit + part;
+          if (d < HD) dot += q[k] * ks[r * kMaxHD + d];
         }
-        mt = fmaxf(mt, scale * dot);
       }
+      dot = group_sum<kSplit>(dot);
+      if (r < n) mt = fmaxf(mt, scale * dot);
       s[r] = scale * dot;
     }
-    const float corr = expf(m - mt);  // 0 for the first tile (m = -inf)
+    if (kSplit > 1 && n == 0) continue;  // (one thread a row: n >= 1 here)
+    const float corr = expf(m - mt);     // 0 for the first tile (m = -inf)
     l *= corr;
 #pragma unroll
-    for (int d = 0; d < kMaxHD; ++d) acc[d] *= corr;
+    for (int k = 0; k < kPer; ++k) acc[k] *= corr;
 #pragma unroll
     for (int r = 0; r < kFlashKeys; ++r) {
       if (r < n) {
         const float p = expf(s[r] - mt);
         l += p;
 #pragma unroll
-        for (int d = 0; d < kMaxHD; ++d) {
-          if (d < HD) acc[d] += p * vs[r * kMaxHD + d];
+        for (int k = 0; k < kPer; ++k) {
+          const int d = k * kSplit + part;
+          if (d < HD) acc[k] += p * vs[r * kMaxHD + d];
         }
       }
     }
@@ -976,15 +1028,18 @@ __global__ void flash_forward_kernel(float* out, float* lse, const float* qkv, i
   if (!valid) return;
   float* o = out + (b * seq + i) * C + std::int64_t{h} * HD;
 #pragma unroll
-  for (int d = 0; d < kMaxHD; ++d) {
-    if (d < HD) o[d] = acc[d] / l;
+  for (int k = 0; k < kPer; ++k) {
+    const int d = k * kSplit + part;
+    if (d < HD) o[d] = acc[k] / l;
   }
-  lse[std::int64_t{bh} * seq + i] = m + logf(l);
+  if (part == 0) lse[std::int64_t{bh} * seq + i] = m + logf(l);
 }
 
 template <int kMaxHD>
 __global__ void flash_dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
                                 const float* delta, int seq, int NH, int NKV, int HD, float scale) {
+  constexpr int kSplit = RowSplit<kMaxHD, kDqCols>::kSplit;
+  constexpr int kPer = RowSplit<kMaxHD, kDqCols>::kPer;
   __shared__ float ks[kFlashKeys * kMaxHD];
   __shared__ float vs[kFlashKeys * kMaxHD];
   fresh_shared(ks, vs);
@@ -992,15 +1047,17 @@ __global__ void flash_dq_kernel(float* dqkv, const float* dout, const float* qkv
   const int h = at.h, g = at.g, C = at.C, q0 = at.q0;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
   const float* base = at.base;
-  const int i = q0 + static_cast<int>(threadIdx.x);  // one row per thread
+  const auto sr = split_row<kSplit>(q0);
+  const int i = sr.row, part = sr.part;
   const bool valid = i < seq;
-  float q[kMaxHD], d_o[kMaxHD], dq[kMaxHD];
+  float q[kPer], d_o[kPer], dq[kPer];
   const float* dor = dout + (b * seq + (valid ? i : 0)) * C + std::int64_t{h} * HD;
 #pragma unroll
-  for (int d = 0; d < kMaxHD; ++d) {
-    q[d] = valid && d < HD ? base[i * S + std::int64_t{h} * HD + d] : 0.0f;
-    d_o[d] = valid && d < HD ? dor[d] : 0.0f;
-    dq[d] = 0.0f;
+  for (int k = 0; k < kPer; ++k) {
+    const int d = k * kSplit + part;
+    q[k] = valid && d < HD ? base[i * S + std::int64_t{h} * HD + d] : 0.0f;
+    d_o[k] = valid && d < HD ? dor[d] : 0.0f;
+    dq[k] = 0.0f;
   }
   const float l = valid ? lse[std::int64_t{bh} * seq + i] : 0.0f;
   const float dl = valid ? delta[std::int64_t{bh} * seq + i] : 0.0f;
@@ -1008,45 +1065,58 @@ __global__ void flash_dq_kernel(float* dqkv, const float* dout, const float* qkv
   for (int j0 = 0; j0 < keys; j0 += kFlashKeys) {
     __syncthreads();
     stage_rows(ks, vs, kMaxHD, base, S, C + g * HD, C + (NKV + g) * HD, j0, kFlashKeys, seq, HD,
-               kFlashRows);
+               kFlashRows * kSplit);
     __syncthreads();
-    if (!valid || j0 > i) continue;
-    const int n = min(kFlashKeys, i - j0 + 1);
+    if (j0 > sr.warp_last) continue;
+    // This row's keys (n, as in the forward) and its warp's (the last
+    // row's; zeros staged past the sequence).
+    const int n = valid ? max(0, min(kFlashKeys, i - j0 + 1)) : 0;
+    const int warp_keys = min(kFlashKeys, sr.warp_last - j0 + 1);
 #pragma unroll 4
-    for (int r = 0; r < n; ++r) {
+    for (int r = 0; r < warp_keys; ++r) {
       const float* kr = ks + r * kMaxHD;
       const float* vr = vs + r * kMaxHD;
       float dot = 0.0f, dp = 0.0f;
 #pragma unroll
-      for (int d = 0; d < kMaxHD; ++d) {
+      for (int k = 0; k < kPer; ++k) {
+        const int d = k * kSplit + part;
         if (d < HD) {
-          dot += q[d] * kr[d];
-          dp += d_o[d] * vr[d];
+          dot += q[k] * kr[d];
+          dp += d_o[k] * vr[d];
         }
       }
+      dot = group_sum<kSplit>(dot);
+      dp = group_sum<kSplit>(dp);
+      if (r >= n) continue;
       const float ds = expf(scale * dot - l) * (dp - dl);
 #pragma unroll
-      for (int d = 0; d < kMaxHD; ++d) {
-        if (d < HD) dq[d] += ds * kr[d];
+      for (int k = 0; k < kPer; ++k) {
+        const int d = k * kSplit + part;
+        if (d < HD) dq[k] += ds * kr[d];
       }
     }
   }
   if (!valid) return;
   float* dqr = dqkv + (b * seq + i) * S + std::int64_t{h} * HD;
 #pragma unroll
-  for (int d = 0; d < kMaxHD; ++d) {
-    if (d < HD) dqr[d] = scale * dq[d];
+  for (int k = 0; k < kPer; ++k) {
+    const int d = k * kSplit + part;
+    if (d < HD) dqr[d] = scale * dq[k];
   }
 }
 
-// Key rows per dk/dv block and query rows per staged tile: each thread's own
-// key and value rows (padded by one float against bank conflicts) and the
-// staged query and output-gradient rows fit in 48 KB of shared memory.
+// Key rows per dk/dv block and query rows per staged tile: each key row's
+// own key and value rows (rows kSplit floats apart more than the head
+// dimension, against bank conflicts) and the staged query and
+// output-gradient rows fit in 48 KB of shared memory.
 template <int kMaxHD>
 struct FlashKv {
-  static constexpr int kKeys = 4096 / kMaxHD;     // 64 or 32 (threads)
+  static constexpr int kSplit = RowSplit<kMaxHD, kDkvCols>::kSplit;
+  static constexpr int kPer = RowSplit<kMaxHD, kDkvCols>::kPer;
+  static constexpr int kKeys = 4096 / kMaxHD;     // 64 or 32
+  static constexpr int kBlock = kKeys * kSplit;   // threads: 64
   static constexpr int kQueries = 1024 / kMaxHD;  // 16 or 8
-  static constexpr int kLd = kMaxHD + 1;
+  static constexpr int kLd = kMaxHD + kSplit;
 };
 
 template <int kMaxHD>
@@ -1054,6 +1124,7 @@ __global__ void flash_dkv_kernel(float* dqkv, const float* dout, const float* qk
                                  const float* delta, int seq, int NH, int NKV, int HD,
                                  float scale) {
   using T = FlashKv<kMaxHD>;
+  constexpr int kSplit = T::kSplit, kPer = T::kPer;
   __shared__ float kown[T::kKeys * T::kLd];
   __shared__ float vown[T::kKeys * T::kLd];
   __shared__ float qs[T::kQueries * kMaxHD];
@@ -1069,49 +1140,53 @@ __global__ void flash_dkv_kernel(float* dqkv, const float* dout, const float* qk
   const int C = NH * HD;
   const float* base = qkv + b * seq * S;
   const int k0 = blockIdx.x * T::kKeys;
-  const int j = k0 + threadIdx.x;
+  const auto sr = split_row<kSplit>(k0);
+  const int j = sr.row, part = sr.part;
   const bool valid = j < seq;
   stage_rows(kown, vown, T::kLd, base, S, C + g * HD, C + (NKV + g) * HD, k0, T::kKeys, seq, HD,
-             T::kKeys);
-  float dk[kMaxHD], dv[kMaxHD];
+             T::kBlock);
+  float dk[kPer], dv[kPer];
 #pragma unroll
-  for (int d = 0; d < kMaxHD; ++d) dk[d] = dv[d] = 0.0f;
-  const float* kr = kown + threadIdx.x * T::kLd;
-  const float* vr = vown + threadIdx.x * T::kLd;
+  for (int k = 0; k < kPer; ++k) dk[k] = dv[k] = 0.0f;
+  const float* kr = kown + (j - k0) * T::kLd;
+  const float* vr = vown + (j - k0) * T::kLd;
   for (int h = g * group; h < (g + 1) * group; ++h) {
     const std::int64_t row = (b * NH + h) * seq;
     for (int i0 = k0; i0 < seq; i0 += T::kQueries) {
       __syncthreads();  // every thread is done with the previous tile
-      stage_rows(qs, nullptr, kMaxHD, base, S, h * HD, 0, i0, T::kQueries, seq, HD, T::kKeys);
+      stage_rows(qs, nullptr, kMaxHD, base, S, h * HD, 0, i0, T::kQueries, seq, HD, T::kBlock);
       stage_rows(dos, nullptr, kMaxHD, dout + b * seq * C, C, h * HD, 0, i0, T::kQueries, seq, HD,
-                 T::kKeys);
+                 T::kBlock);
       if (static_cast<int>(threadIdx.x) < T::kQueries) {
         const int i = i0 + threadIdx.x;
         ls[threadIdx.x] = i < seq ? lse[row + i] : 0.0f;
         dls[threadIdx.x] = i < seq ? delta[row + i] : 0.0f;
       }
       __syncthreads();
-      if (!valid) continue;
-      for (int r = 0; r < T::kQueries; ++r) {
-        const int i = i0 + r;
-        if (i < j || i >= seq) continue;
+      if (sr.warp_first >= seq) continue;
+      for (int r = 0; r < T::kQueries && i0 + r < seq; ++r) {
         const float* qr = qs + r * kMaxHD;
         const float* dr = dos + r * kMaxHD;
         float dot = 0.0f, dp = 0.0f;
 #pragma unroll
-        for (int d = 0; d < kMaxHD; ++d) {
+        for (int k = 0; k < kPer; ++k) {
+          const int d = k * kSplit + part;
           if (d < HD) {
             dot += kr[d] * qr[d];
             dp += vr[d] * dr[d];
           }
         }
+        dot = group_sum<kSplit>(dot);
+        dp = group_sum<kSplit>(dp);
+        if (!valid || i0 + r < j) continue;
         const float p = expf(scale * dot - ls[r]);
         const float ds = p * (dp - dls[r]);
 #pragma unroll
-        for (int d = 0; d < kMaxHD; ++d) {
+        for (int k = 0; k < kPer; ++k) {
+          const int d = k * kSplit + part;
           if (d < HD) {
-            dv[d] += p * dr[d];
-            dk[d] += ds * qr[d];
+            dv[k] += p * dr[d];
+            dk[k] += ds * qr[d];
           }
         }
       }
@@ -1120,10 +1195,11 @@ __global__ void flash_dkv_kernel(float* dqkv, const float* dout, const float* qk
   if (!valid) return;
   float* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
 #pragma unroll
-  for (int d = 0; d < kMaxHD; ++d) {
+  for (int k = 0; k < kPer; ++k) {
+    const int d = k * kSplit + part;
     if (d < HD) {
-      dkr[d] = scale * dk[d];
-      dkr[std::int64_t{NKV} * HD + d] = dv[d];
+      dkr[d] = scale * dk[k];
+      dkr[std::int64_t{NKV} * HD + d] = dv[k];
     }
   }
 }
@@ -2428,19 +2504,21 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   void flash_forward(float* out, float* lse, const float* qkv, int B, int seq, int NH, int NKV,
                      int HD, float scale) {
     launch("attention_forward", flash_forward_kernel<kMaxHD>,
-           dim3(tiles(seq, kFlashRows), static_cast<unsigned>(B * NH)), kFlashRows, out, lse, qkv,
-           seq, NH, NKV, HD, scale);
+           dim3(tiles(seq, kFlashRows), static_cast<unsigned>(B * NH)),
+           kFlashRows * RowSplit<kMaxHD, kForwardCols>::kSplit, out, lse, qkv, seq, NH, NKV, HD,
+           scale);
   }
   template <int kMaxHD>
   void flash_backward(float* dqkv, const float* dout, const float* qkv, const float* lse,
                       const float* delta, int B, int seq, int NH, int NKV, int HD, float scale) {
     launch("attention_backward (dq)", flash_dq_kernel<kMaxHD>,
-           dim3(tiles(seq, kFlashRows), static_cast<unsigned>(B * NH)), kFlashRows, dqkv, dout, qkv,
-           lse, delta, seq, NH, NKV, HD, scale);
-    constexpr int kKeys = FlashKv<kMaxHD>::kKeys;
+           dim3(tiles(seq, kFlashRows), static_cast<unsigned>(B * NH)),
+           kFlashRows * RowSplit<kMaxHD, kDqCols>::kSplit, dqkv, dout, qkv, lse, delta, seq, NH,
+           NKV, HD, scale);
+    using Kv = FlashKv<kMaxHD>;
     launch("attention_backward (dk, dv)", flash_dkv_kernel<kMaxHD>,
-           dim3(tiles(seq, kKeys), static_cast<unsigned>(B * NKV)), kKeys, dqkv, dout, qkv, lse,
-           delta, seq, NH, NKV, HD, scale);
+           dim3(tiles(seq, Kv::kKeys), static_cast<unsigned>(B * NKV)), Kv::kBlock, dqkv, dout, qkv,
+           lse, delta, seq, NH, NKV, HD, scale);
   }
 
   template <int kHD, typename In>

@@ -401,23 +401,38 @@ TEST_P(CudaOps, PagedCacheAttention) {
 
 TEST_P(CudaOps, CrossEntropy) {
   const int N = 8, V = 1000, Vp = 1024;
-  auto logits = rnd(N * Vp, 91, 5.0);
-  // Rows whose maximum moves with every value each thread reads (the
-  // online softmax rescales its sum each time), far above and below 0:
-  // exp(100) overflows fp32, exp(-150) is 0.
-  for (int j = 0; j < Vp; ++j) {
-    logits[6 * Vp + j] = 100.0f + 0.01f * static_cast<float>(j);
-    logits[7 * Vp + j] = -150.0f + 0.02f * static_cast<float>(j % 250) + 0.5f * logits[j];
-  }
+  // N rows of `width` logits, V of them real.
+  const auto rows_of = [&](int width) {
+    auto x = rnd(N * width, 91, 5.0);
+    // Rows whose maximum moves with every value each thread reads (the
+    // online softmax rescales its sum each time), far above and below 0:
+    // exp(100) overflows fp32, exp(-150) is 0.
+    for (int j = 0; j < width; ++j) {
+      x[6 * width + j] = 100.0f + 0.01f * static_cast<float>(j);
+      x[7 * width + j] = -150.0f + 0.02f * static_cast<float>(j % 250) + 0.5f * x[j];
+    }
+    return x;
+  };
+  const std::vector<float> logits = rows_of(Vp);
   std::vector<std::int32_t> targets = {0, 999, 5, 500, 123, 998, 700, 3};
   DeviceBuffer gt = dev(targets);
-  for (const float dloss : {0.0f, 0.25f}) {
-    auto x = logits;
+  // Rows of 1024 (8 logits a thread at a time; with 1001 real, one eight
+  // part padding) and of 1004 (one at a time).
+  struct Rows {
+    int width, real;
+    float dloss;
+  };
+  for (const Rows r :
+       {Rows{Vp, V, 0.0f}, {Vp, V, 0.25f}, {Vp, 1001, 0.25f}, {1004, V, 0.0f}, {1004, V, 0.25f}}) {
+    SCOPED_TRACE("rows of " + std::to_string(r.width) + ", " + std::to_string(r.real) +
+                 " real, dloss " + std::to_string(r.dloss));
+    auto x = rows_of(r.width);
     std::vector<float> losses(N);
     DeviceBuffer gx = dev(x), gl = buf(N * 4);
-    cpu->crossentropy_forward_backward(x.data(), losses.data(), targets.data(), N, V, Vp, dloss);
-    gpu->crossentropy_forward_backward(gx.as<float>(), gl.as<float>(), gt.as<std::int32_t>(), N, V,
-                                       Vp, dloss);
+    cpu->crossentropy_forward_backward(x.data(), losses.data(), targets.data(), N, r.real, r.width,
+                                       r.dloss);
+    gpu->crossentropy_forward_backward(gx.as<float>(), gl.as<float>(), gt.as<std::int32_t>(), N,
+                                       r.real, r.width, r.dloss);
     expect_close("losses", to_host<float>(gl), losses, 1e-5);
     expect_close("logits / gradient", to_host<float>(gx), x, 1e-5);
   }
@@ -900,15 +915,17 @@ TEST_P(CudaBf16Ops, Bf16InputsEqualRoundingLater) {
   // The loss from bf16 logits, its gradient in bf16 over them: on the
   // rounded logits, the fp32 op's losses (their bits) and its gradient
   // rounded; with dloss = 0, the losses and the logits left as they are.
-  const int N = 29, V = 300, Vp = 320;
-  const std::vector<std::uint16_t> logits16 = bits(rnd(N * Vp, 102, 4.0));
-  std::vector<float> logits;
-  for (const std::uint16_t v : logits16) logits.push_back(bf16_to_float(v));
+  // Rows of 320 (8 logits a thread at a time) and of 306 (one).
+  const int N = 29, V = 300;
   std::vector<std::int32_t> targets;
   for (int n = 0; n < N; ++n) targets.push_back((n * 37) % V);
+  targets[3] = V - 1;
   DeviceBuffer gt = test::to_device(*gpu, targets);
-  for (const float dloss : {0.5f, 0.0f}) {
-    SCOPED_TRACE("dloss " + std::to_string(dloss));
+  for (const auto& [Vp, dloss] : {std::pair{320, 0.5f}, {320, 0.0f}, {306, 0.5f}, {306, 0.0f}}) {
+    SCOPED_TRACE("rows of " + std::to_string(Vp) + ", dloss " + std::to_string(dloss));
+    const std::vector<std::uint16_t> logits16 = bits(rnd(N * Vp, 102, 4.0));
+    std::vector<float> logits;
+    for (const std::uint16_t v : logits16) logits.push_back(bf16_to_float(v));
     DeviceBuffer a = test::to_device(*gpu, logits), c = test::to_device(*gpu, logits16),
                  la(*gpu, N * 4), lc(*gpu, N * 4);
     gpu->crossentropy_forward_backward(a.as<float>(), la.as<float>(), gt.as<std::int32_t>(), N, V,

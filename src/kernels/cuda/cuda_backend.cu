@@ -1709,8 +1709,12 @@ __global__ void attention_kv_kernel(float* out, const float* kpool, const float*
 // over the logits, in their type: fp32, or bf16 (the lm head's output and
 // its gradient as bf16 matmul inputs), computed in fp32 either way. The row
 // is read twice: once for its maximum and sum together (online softmax),
-// once for the gradient.
-template <typename L>
+// once for the gradient. Each thread takes kW consecutive logits at a time
+// (8, in 16-byte accesses, where the launchers' vector_width allows; else
+// 1): fp32 and bf16 logits of the same row width walk the row in the same
+// order, so the bf16 form gives the bits of the fp32 one on rounded
+// logits.
+template <typename L, int kW>
 __global__ void crossentropy_kernel(L* logits, float* losses, const std::int32_t* targets, int V,
                                     int Vp, float dloss) {
   __shared__ MaxSum shared[kThreads / kWarp];
@@ -1719,7 +1723,14 @@ __global__ void crossentropy_kernel(L* logits, float* losses, const std::int32_t
   L* x = logits + n * Vp;
   const MaxSum none{-INFINITY, 0.0f};
   MaxSum ms = none;
-  for (int j = threadIdx.x; j < V; j += kThreads) ms = add_value(ms, load(x + j));
+  for (int j = threadIdx.x * kW; j < V; j += kThreads * kW) {
+    float v[kW];
+    load_n(v, x + j);  // (j + kW <= Vp: kW divides Vp)
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      if (j + k < V) ms = add_value(ms, v[k]);
+    }
+  }
   // (Read before the merge's barriers: past them, other threads write the
   // gradient over the logits.)
   const int t = targets[n];
@@ -1730,10 +1741,14 @@ __global__ void crossentropy_kernel(L* logits, float* losses, const std::int32_t
   if (threadIdx.x == 0) losses[n] = logf(sum) + mx - target_logit;
   if (dloss == 0.0f) return;
   const float scale = dloss / sum;
-  for (int j = threadIdx.x; j < Vp; j += kThreads) {
-    float d = 0.0f;
-    if (j < V) d = expf(load(x + j) - mx) * scale - (j == t ? dloss : 0.0f);
-    store(x + j, d);
+  for (int j = threadIdx.x * kW; j < Vp; j += kThreads * kW) {
+    float v[kW], d[kW];
+    load_n(v, x + j);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      d[k] = j + k < V ? expf(v[k] - mx) * scale - (j + k == t ? dloss : 0.0f) : 0.0f;
+    }
+    store_n(x + j, d);
   }
 }
 
@@ -2085,9 +2100,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
     norm_weight_grads(dw, nullptr, dout, inp, nullptr, rstd, N, C);
   }
 
-  // The values a thread of the activations' bf16 kernels takes: 8 (16-byte
-  // accesses, where they would otherwise be 2 bytes) where every pointer is
-  // 16-byte aligned and the rows (of `row` values) divide into eights, else 1.
+  // The values a thread of the activations' bf16 kernels and of the loss
+  // takes at a time: 8 (16-byte accesses, where they would otherwise be 2
+  // or 4 bytes) where every pointer is 16-byte aligned and the rows (of
+  // `row` values) divide into eights, else 1.
   static int vector_width(std::int64_t row, std::initializer_list<const void*> pointers) {
     if (row % 8 != 0) return 1;
     for (const void* p : pointers) {
@@ -2222,15 +2238,19 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   void crossentropy_forward_backward(float* logits, float* losses, const std::int32_t* targets,
                                      int N, int V, int Vp, float dloss) override {
     if (N == 0) return;
-    launch("crossentropy_forward_backward", crossentropy_kernel<float>, N, kThreads, logits, losses,
-           targets, V, Vp, dloss);
+    launch("crossentropy_forward_backward",
+           vector_width(Vp, {logits}) == 8 ? crossentropy_kernel<float, 8>
+                                           : crossentropy_kernel<float, 1>,
+           N, kThreads, logits, losses, targets, V, Vp, dloss);
   }
   void crossentropy_forward_backward(std::uint16_t* logits, float* losses,
                                      const std::int32_t* targets, int N, int V, int Vp,
                                      float dloss) override {
     if (N == 0) return;
-    launch("crossentropy_forward_backward (bf16)", crossentropy_kernel<__nv_bfloat16>, N, kThreads,
-           as_bf16(logits), losses, targets, V, Vp, dloss);
+    launch("crossentropy_forward_backward (bf16)",
+           vector_width(Vp, {logits}) == 8 ? crossentropy_kernel<__nv_bfloat16, 8>
+                                           : crossentropy_kernel<__nv_bfloat16, 1>,
+           N, kThreads, as_bf16(logits), losses, targets, V, Vp, dloss);
   }
   void crossentropy_part_max(float* row_max, const float* logits, int N, int V, int Vp) override {
     if (N == 0) return;

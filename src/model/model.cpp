@@ -82,7 +82,21 @@ std::span<T> Model<T>::grad(std::string_view name) {
 }
 
 template <typename T>
+Model<T>::ParamsHeld::ParamsHeld(Model& model) : model_(model) {
+  if (model_.params_held_) throw std::logic_error("Model::hold_params: already held");
+  model_.params_held_ = true;
+  model_.copy_current_ = false;
+}
+
+template <typename T>
+Model<T>::ParamsHeld::~ParamsHeld() {
+  model_.params_held_ = false;
+  model_.copy_current_ = false;
+}
+
+template <typename T>
 void Model<T>::init(std::uint64_t seed) {
+  copy_current_ = false;
   if (backend_.host_memory()) {
     init_params(config_, layout_, params_.data(), seed);
     return;
@@ -387,9 +401,11 @@ T Model<T>::forward(const std::int32_t* tokens, const std::int32_t* targets, int
   if (last) validate_tokens(targets, "targets");
   grad_pending_[static_cast<std::size_t>(slot_)] = 0;
   if (head_slot_ == slot_) head_slot_ = -1;
-  // The matmuls read the weights from one bf16 copy, rounded now.
+  // The matmuls read the weights from one bf16 copy, rounded now (or, with
+  // the parameters held, at the first forward since they were).
   const WeightCopyInUse<T> weights(backend_, params_.data(), params16_.data(), params16_.size(),
-                                   true);
+                                   !copy_current_);
+  copy_current_ = params_held_;
 
   // The ops read the backend's copies of the tokens and targets.
   if (first) {

@@ -78,6 +78,24 @@ class Model {
   void init(std::uint64_t seed);
   void zero_grad();
 
+  // While the object hold_params() returns lives, the parameters do not
+  // change (a training step's micro-batches, up to its update). With bf16
+  // matmul inputs, the first forward in it rounds the weights' bf16 copy
+  // and the later ones read that copy as it is, where each forward would
+  // round it again otherwise (the same bits, one pass over the weights per
+  // step instead of one per micro-batch). One at a time.
+  class ParamsHeld {
+   public:
+    explicit ParamsHeld(Model& model);
+    ~ParamsHeld();
+    ParamsHeld(const ParamsHeld&) = delete;
+    ParamsHeld& operator=(const ParamsHeld&) = delete;
+
+   private:
+    Model& model_;
+  };
+  [[nodiscard]] ParamsHeld hold_params() { return ParamsHeld(*this); }
+
   // Sizes the activation arena for batches of B sequences of seq tokens, in
   // `slots` activation sets. Done once; forward() grows it only if asked for
   // a larger batch (and never while another slot waits for its backward).
@@ -185,9 +203,12 @@ class Model {
   Block<T> block_;
   BackendArray<T> params_;
   BackendArray<T> grads_;
-  // With bf16 matmul inputs: the weights rounded to bf16 by each forward,
-  // which its matmuls and its backward's read (Bf16Inputs::use_weight_copy).
+  // With bf16 matmul inputs: the weights rounded to bf16 by a forward (each
+  // one, or the first while held), which the matmuls and backward's read
+  // (Bf16Inputs::use_weight_copy).
   BackendArray<std::uint16_t> params16_;
+  bool params_held_ = false;   // a ParamsHeld lives
+  bool copy_current_ = false;  // params16_ rounded from the held parameters
 
   // Arena and its layout for the reserved (B, T): slots_ activation sets of
   // slot_elems_ each (offsets below from the set's start), then the scratch

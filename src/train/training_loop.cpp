@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 
 #include "core/stopwatch.h"
@@ -193,6 +194,10 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
   p_.model.zero_grad();
   PhaseTimes phases;
   StepOutcome out;
+  // The parameters hold still until the update: the micro-batches share one
+  // rounding of the weights' bf16 copy.
+  std::optional<Model<float>::ParamsHeld> held;
+  held.emplace(p_.model);
   if (p_.pipeline != nullptr) {
     // The step's micro-batches, read first, then through the stages.
     const auto wait = Clock::now();
@@ -228,6 +233,7 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
       p_.model.backward();
     }
   }
+  held.reset();
   const auto comm_start = Clock::now();
   p_.dp.finish_reduction();
   p_.groups.data().all_gather(std::span<const double>(micro_losses_),

@@ -32,7 +32,9 @@
 #                                  T = 1024, then, where the machine has
 #                                  compute-sanitizer, its memcheck over the
 #                                  op tests and racecheck and synccheck over
-#                                  attention's; every stage within one
+#                                  attention's, then PyTorch's step of the
+#                                  same benchmarks (bench/torch_train_step.py)
+#                                  and the ratio; every stage within one
 #                                  deadline (DEVICE_CHECK_SECONDS, default
 #                                  450; DEVICE_CHECK_GPU=cpu runs the
 #                                  GPU's training and bench on the CPU, to
@@ -259,7 +261,8 @@ PY
       model=${run%:*} precision=${run#*:}
       echo "== bench train --device $gpu --model $model --precision $precision" | tee -a "$log"
       run_bounded 120 "$work/borealis" bench train --device "$gpu" --model "$model" \
-        --precision "$precision" --batch 8 --seq-len 1024 --steps 3 2>&1 | tee -a "$log" ||
+        --precision "$precision" --batch 8 --seq-len 1024 --steps 3 2>&1 |
+        tee "$work/bench-$model-$precision.txt" | tee -a "$log" ||
         echo "(bench exited with $?)" | tee -a "$log"
     done
     # compute-sanitizer, where the machine has it and it runs there:
@@ -291,6 +294,49 @@ PY
         *) verdict="did not run through (exit $rc; sanitizer-$tool.log)" ;;
       esac
       echo "sanitizer $tool: $verdict" | tee -a "$log"
+    done
+    # The baseline of the benchmark, measured in the same run: PyTorch's
+    # training step of the same models on the same device
+    # (bench/torch_train_step.py: eager, scaled_dot_product_attention, bf16
+    # autocast, AdamW fused), and Borealis's mean tokens/s over PyTorch's.
+    # Figures, not a pass/fail check.
+    for run in gpt2-124m:fp32 gpt2-124m:bf16 llama-110m:bf16; do
+      model=${run%:*} precision=${run#*:}
+      echo "== PyTorch: bench/torch_train_step.py --device $gpu, $model, $precision" | tee -a "$log"
+      # (The preset's config, from a one-step bench on the CPU.)
+      if ! run_bounded 60 "$work/borealis" --log-level warn bench train --device cpu \
+        --model "$model" --batch 1 --seq-len 8 --steps 1 --json >"$work/config-$model.json"; then
+        echo "(no config for $model)" | tee -a "$log"
+        continue
+      fi
+      run_bounded 120 python3 bench/torch_train_step.py --config-json "@$work/config-$model.json" \
+        --device "$gpu" --precision "$precision" --batch 8 --seq 1024 --steps 3 \
+        --threads "$(nproc)" 2>&1 | tee "$work/torch-$model-$precision.json" | tee -a "$log" ||
+        echo "(PyTorch exited with $?)" | tee -a "$log"
+      python3 - "$work/bench-$model-$precision.txt" "$work/torch-$model-$precision.json" \
+        "$model" "$precision" <<'PY' 2>&1 | tee -a "$log" || true
+import json, re, sys
+def text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+ours = re.search(r"mean step\s+([0-9.]+) tokens/s", text(sys.argv[1]))
+theirs = None
+for line in reversed(text(sys.argv[2]).splitlines()):  # its JSON: the last line that is one
+    try:
+        theirs = json.loads(line)["tokens_per_s_mean"]
+        break
+    except (ValueError, KeyError, TypeError):
+        pass
+if ours is None or theirs is None:
+    print(f"{sys.argv[3]} {sys.argv[4]}: no ratio (a run failed)")
+else:
+    b = float(ours.group(1))
+    print(f"{sys.argv[3]} {sys.argv[4]}: Borealis {b:.0f} tokens/s, PyTorch {theirs:.0f} tokens/s: "
+          f"Borealis / PyTorch = {b / theirs:.2f}")
+PY
     done
     echo "device-check: log in $log"
     exit "$status"

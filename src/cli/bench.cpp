@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "model/config.h"
 #include "train/train_bench.h"
 
 namespace borealis::cli {
@@ -25,6 +26,7 @@ nlohmann::json train_bench_json(const TrainBenchResult& r) {
   }
   const double mean = r.mean_step_s(), best = r.best_step_s();
   return {{"model", r.config.name},
+          {"model_config", nlohmann::json::parse(model_config_to_json(r.config))},
           {"device", r.device},
           {"precision", r.precision},
           {"hardware", r.hardware},

@@ -2,7 +2,10 @@
 // line for bad input.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "kernels/cuda_emulator/emulated_cuda_backend.h"
+#include "model/config.h"
 #include "test_util.h"
 #include "train/train_bench.h"
 
@@ -17,6 +20,21 @@ TEST(BenchCli, TrainPrintsFigures) {
                            "optimizer", "activations", "arena unchanged", "no growth"}) {
     EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
   }
+}
+
+// --json: one object with the figures and the model's config in the form
+// checkpoints keep (what bench/torch_train_step.py builds its model from).
+TEST(BenchCli, TrainPrintsJson) {
+  const RunResult r = run_borealis({"--threads", "1", "bench", "train", "--model", "llama-tiny",
+                                    "--batch", "2", "--seq-len", "8", "--steps", "1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("model"), "llama-tiny");
+  EXPECT_EQ(j.at("model_config"),
+            nlohmann::json::parse(model_config_to_json(model_preset("llama-tiny"))));
+  EXPECT_EQ(j.at("model_config").at("family"), "llama");
+  EXPECT_GT(j.at("tokens_per_s").at("mean").get<double>(), 0.0);
+  EXPECT_EQ(j.at("steps").size(), 1u);
 }
 
 TEST(BenchCli, TrainRejectsBadInput) {

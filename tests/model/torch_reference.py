@@ -245,9 +245,9 @@ class Model:
         k = k.view(B, T, NKV, HD).transpose(1, 2)
         v = v.view(B, T, NKV, HD).transpose(1, 2)
         if not cfg.gpt2:
-            key = (T, x.dtype)
+            key = (T, x.dtype, x.device)
             if key not in self._rope:
-                self._rope[key] = rope_tables(cfg, T, x.dtype)
+                self._rope[key] = tuple(t.to(x.device) for t in rope_tables(cfg, T, x.dtype))
             cos, sin = self._rope[key]
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
@@ -255,13 +255,18 @@ class Model:
             group = NH // NKV
             k = k[:, :, None].expand(B, NKV, group, T, HD).reshape(B, NH, T, HD)
             v = v[:, :, None].expand(B, NKV, group, T, HD).reshape(B, NH, T, HD)
+        y = self.attend(q, k, v).transpose(1, 2).reshape(B, T, NH * HD)
+        return self.linear(y, f"h.{l}.attn.proj")
+
+    def attend(self, q, k, v):
+        """Causal softmax(q k^T / sqrt(head_dim)) v over [B, NH, T, HD]."""
+        T, HD = q.shape[-2], q.shape[-1]
         if T not in self._masks:
-            self._masks[T] = torch.ones(T, T, dtype=torch.bool).triu(1)
+            self._masks[T] = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(HD))
         att = att.masked_fill(self._masks[T], float("-inf"))
         att = F.softmax(att, dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, NH * HD)
-        return self.linear(y, f"h.{l}.attn.proj")
+        return att @ v
 
     def mlp(self, x, l):
         h = self.linear(x, f"h.{l}.mlp.fc")
@@ -293,13 +298,16 @@ class Model:
         return self.losses(tokens, targets).mean()
 
 
-def make_optimizer(params, adamw, lr):
-    """torch.optim.AdamW with Borealis's default decay exclusions."""
+def make_optimizer(params, adamw, lr, fused=False):
+    """torch.optim.AdamW with Borealis's default decay exclusions (fused: the
+    one-kernel CUDA implementation, else foreach)."""
     decay = [t for n, t in params.items() if decays(n, t)]
     other = [t for n, t in params.items() if not decays(n, t)]
     groups = [{"params": decay, "weight_decay": adamw["weight_decay"]},
               {"params": other, "weight_decay": 0.0}]
     kwargs = dict(lr=lr, betas=(adamw["beta1"], adamw["beta2"]), eps=adamw["eps"])
+    if fused:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
     try:
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
     except TypeError:  # torch without the foreach option

@@ -34,7 +34,9 @@
 #                                  op tests and racecheck and synccheck over
 #                                  attention's, then PyTorch's step of the
 #                                  same benchmarks (bench/torch_train_step.py)
-#                                  and the ratio; every stage within one
+#                                  and the ratio, then, where the machine has
+#                                  ncu, a profile of a bf16 step's attention
+#                                  and loss kernels; every stage within one
 #                                  deadline (DEVICE_CHECK_SECONDS, default
 #                                  450; DEVICE_CHECK_GPU=cpu runs the
 #                                  GPU's training and bench on the CPU, to
@@ -338,6 +340,27 @@ else:
           f"Borealis / PyTorch = {b / theirs:.2f}")
 PY
     done
+    # Nsight Compute, where the machine has it: the attention and loss
+    # kernels of one bf16 gpt2-124m step (the bench's warm-up: 12 forward,
+    # the loss, 12 dq and 12 dk/dv launches), speed of light, occupancy and
+    # launch figures summed up per kernel in ncu.txt. Figures only.
+    ncu=$(command -v ncu || true)
+    for candidate in /usr/local/cuda*/bin/ncu; do
+      [ -z "$ncu" ] && [ -x "$candidate" ] && ncu=$candidate
+    done
+    if [ -z "$ncu" ] || [ "$gpu" != cuda ]; then
+      echo "== ncu: not run (not on this machine, or no GPU)" | tee -a "$log"
+    else
+      echo "== ncu: attention and loss kernels of a gpt2-124m bf16 step (ncu.txt)" | tee -a "$log"
+      run_bounded 150 "$ncu" --kernel-name-base demangled \
+        --kernel-name 'regex:tc::(forward|dq|dkv)_kernel|crossentropy_kernel' --launch-count 37 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --print-summary per-kernel "$work/borealis" bench train --device cuda --model gpt2-124m \
+        --precision bf16 --batch 8 --seq-len 1024 --steps 1 >"$out/ncu.txt" 2>&1 ||
+        echo "(ncu exited with $?)" | tee -a "$log"
+      grep -E '_kernel|Duration|Throughput|Achieved Occupancy|Registers Per|Shared Memory Config' \
+        "$out/ncu.txt" | head -n 80 | tee -a "$log" || true
+    fi
     echo "device-check: log in $log"
     exit "$status"
     ;;

@@ -352,7 +352,7 @@ PY
       echo "== ncu: not run (not on this machine, or no GPU)" | tee -a "$log"
     else
       echo "== ncu: attention and loss kernels of a gpt2-124m bf16 step (ncu.txt)" | tee -a "$log"
-      run_bounded 150 "$ncu" --kernel-name-base demangled \
+      run_bounded 150 "$ncu" --clock-control none --kernel-name-base demangled \
         --kernel-name 'regex:tc::(forward|dq|dkv)_kernel|crossentropy_kernel' --launch-count 37 \
         --section SpeedOfLight --section Occupancy --section LaunchStats \
         --print-summary per-kernel "$work/borealis" bench train --device cuda --model gpt2-124m \

@@ -106,8 +106,10 @@ def main():
                 "total_steps": args.steps + 1, "decay_steps": 0}
     opt = ref.make_optimizer(params, adamw, lr=schedule["lr_max"], fused=gpu)
     plist = list(params.values())
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if bf16
-                else contextlib.nullcontext())
+    def autocast():
+        if bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def now():
         if gpu:
@@ -123,7 +125,7 @@ def main():
     for step in range(args.steps + 1):
         t0 = now()
         opt.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast():
             loss = model.loss(tokens, targets)
         t1 = now()
         loss.backward()

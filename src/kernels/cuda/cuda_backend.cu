@@ -944,12 +944,11 @@ __device__ float group_sum(float x) {
 // The row of a block's tiled kernel that thread t serves (kSplit threads a
 // row), its part of the columns, and the first and last rows of its warp
 // (whose lanes skip tiles together: group_sum needs every lane).
-template <int kSplit>
 struct SplitRow {
   int row, part, warp_first, warp_last;
 };
 template <int kSplit>
-__device__ SplitRow<kSplit> split_row(int first_row) {
+__device__ SplitRow split_row(int first_row) {
   const int t = static_cast<int>(threadIdx.x);
   const int w0 = t / kWarp * kWarp;
   return {first_row + t / kSplit, t % kSplit, first_row + w0 / kSplit,

@@ -271,10 +271,17 @@ PY
     # memcheck over the op tests, racecheck and synccheck over attention's
     # (the tiled kernels' shared memory and warp synchronization). An error
     # it reports fails the check; a tool that cannot run is only logged.
-    sanitizer=$(command -v compute-sanitizer || true)
-    for candidate in /usr/local/cuda*/bin/compute-sanitizer; do
-      [ -z "$sanitizer" ] && [ -x "$candidate" ] && sanitizer=$candidate
-    done
+    # cuda_tool NAME: the path of one of CUDA's tools, on the PATH or in a
+    # toolkit's bin folder (nothing where there is none).
+    cuda_tool() {
+      local path candidate
+      path=$(command -v "$1" || true)
+      for candidate in /usr/local/cuda*/bin/"$1"; do
+        [ -z "$path" ] && [ -x "$candidate" ] && path=$candidate
+      done
+      echo "$path"
+    }
+    sanitizer=$(cuda_tool compute-sanitizer)
     if [ -z "$sanitizer" ]; then
       echo "== compute-sanitizer: not on this machine" | tee -a "$log"
     fi
@@ -344,10 +351,7 @@ PY
     # kernels of one bf16 gpt2-124m step (the bench's warm-up: 12 forward,
     # the loss, 12 dq and 12 dk/dv launches), speed of light, occupancy and
     # launch figures summed up per kernel in ncu.txt. Figures only.
-    ncu=$(command -v ncu || true)
-    for candidate in /usr/local/cuda*/bin/ncu; do
-      [ -z "$ncu" ] && [ -x "$candidate" ] && ncu=$candidate
-    done
+    ncu=$(cuda_tool ncu)
     if [ -z "$ncu" ] || [ "$gpu" != cuda ]; then
       echo "== ncu: not run (not on this machine, or no GPU)" | tee -a "$log"
     else

@@ -196,8 +196,7 @@ TrainingLoop::StepOutcome TrainingLoop::train_step() {
   StepOutcome out;
   // The parameters hold still until the update: the micro-batches share one
   // rounding of the weights' bf16 copy.
-  std::optional<Model<float>::ParamsHeld> held;
-  held.emplace(p_.model);
+  std::optional<Model<float>::ParamsHeld> held(std::in_place, p_.model);
   if (p_.pipeline != nullptr) {
     // The step's micro-batches, read first, then through the stages.
     const auto wait = Clock::now();

@@ -106,6 +106,7 @@ def main():
                 "total_steps": args.steps + 1, "decay_steps": 0}
     opt = ref.make_optimizer(params, adamw, lr=schedule["lr_max"], fused=gpu)
     plist = list(params.values())
+
     def autocast():
         if bf16:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)

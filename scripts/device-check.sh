@@ -312,9 +312,11 @@ PY
     for run in gpt2-124m:fp32 gpt2-124m:bf16 llama-110m:bf16; do
       model=${run%:*} precision=${run#*:}
       echo "== PyTorch: bench/torch_train_step.py --device $gpu, $model, $precision" | tee -a "$log"
-      # (The preset's config, from a one-step bench on the CPU.)
-      if ! run_bounded 60 "$work/borealis" --log-level warn bench train --device cpu \
-        --model "$model" --batch 1 --seq-len 8 --steps 1 --json >"$work/config-$model.json"; then
+      # (The preset's config, from a one-step bench on the CPU, once a model.)
+      if [ ! -s "$work/config-$model.json" ] &&
+        ! run_bounded 60 "$work/borealis" --log-level warn bench train --device cpu \
+          --model "$model" --batch 1 --seq-len 8 --steps 1 --json >"$work/config-$model.json"; then
+        rm -f "$work/config-$model.json"
         echo "(no config for $model)" | tee -a "$log"
         continue
       fi

@@ -1346,8 +1346,9 @@ struct LeftRows {
 // at different addresses take a pass each. Lane l reads row l / 2 of a
 // warp's tiles, so in rows of 16 or 32 floats all 16 rows fall on the same
 // bank or two. Two ways out, neither changing a value:
-// - the 16 x 16 scratch tiles of add_ab are kept 20 floats apart (the
-//   rows start on 8 different banks: 2 passes for 16 lanes, not 8);
+// - the 16 x 16 scratch tiles of RowsAccumulator::take are kept 20 floats
+//   apart (the rows start on 8 different banks: 2 passes for 16 lanes, not
+//   8);
 // - a lane walks its 16 columns of a score tile starting at its row's
 //   (staggered), so at each step the 16 rows read 16 different banks.
 constexpr int kScratchLd = 20;
@@ -1355,45 +1356,93 @@ __device__ __forceinline__ int staggered(int c, int row) {
   return (c + row) & 15;
 }
 
-// out[16][kScratchLd] = a b: a is 16 rows of k columns (lda), b k rows of 16
-// columns (ldb), both bf16 and row-major. One warp.
-__device__ void tile_ab(float* out, const bf16* a, int lda, const bf16* b, int ldb, int k) {
-  FragC acc;
-  wmma::fill_fragment(acc, 0.0f);
-  for (int k0 = 0; k0 < k; k0 += 16) {
-    FragA fa;
-    FragBRow fb;
-    wmma::load_matrix_sync(fa, a + k0, lda);
-    wmma::load_matrix_sync(fb, b + std::int64_t{k0} * ldb, ldb);
-    wmma::mma_sync(acc, fa, fb, acc);
-  }
-  wmma::store_matrix_sync(out, acc, kScratchLd, wmma::mem_row_major);
-}
-
-// acc[kHD / 2] (this lane's half of its row's kHD columns) += a b, the
-// warp's 16 rows of a (k columns) times b (k rows of kHD columns), one
-// 16-column tile at a time through scratch (16 x kScratchLd floats, 32-byte
-// aligned); tiles past kdim are zero. The loops run over compile-time
-// counts, unrolled, so that every index into acc is a constant and the
-// accumulators stay in registers (a runtime index puts the array in local
-// memory).
+// A warp's 16 rows of kHD fp32 columns, summed on tensor cores across the
+// tiles of a kernel's loop: one accumulator fragment per 16 columns, kept
+// in registers from the first product to the last (no tile goes through
+// shared memory on the way). The loops run over compile-time counts,
+// unrolled, so that every index into the fragments is a constant (a
+// runtime index puts the array in local memory).
 template <int kHD>
-__device__ __forceinline__ void add_ab(float* acc, float* scratch, const bf16* a, int lda,
-                                       const bf16* b, int ldb, int k, int kdim, int row, int half) {
-  constexpr int kTilesPerHalf = kHD / 32;
+struct RowsAccumulator {
+  static constexpr int kTiles = kHD / 16;
+  FragC f[kTiles];
+
+  __device__ RowsAccumulator() {
 #pragma unroll
-  for (int t = 0; t < kHD / 16; ++t) {
-    if (t * 16 >= kdim) break;
-    tile_ab(scratch, a, lda, b + t * 16, ldb, k);
-    __syncwarp();
-    if (t / kTilesPerHalf == half) {
+    for (int t = 0; t < kTiles; ++t) wmma::fill_fragment(f[t], 0.0f);
+  }
+
+  // += a b: a is the warp's 16 rows of kK columns (bf16, row-major, lda), b
+  // kK rows of kHD columns (bf16, row-major, ldb); column tiles past kdim
+  // are left alone (they stay zero). Each a fragment is loaded once for
+  // all the column tiles. Ends at a __syncwarp: no lane reads a or b any
+  // more.
+  template <int kK>
+  __device__ void add_ab(const bf16* a, int lda, const bf16* b, int ldb, int kdim) {
 #pragma unroll
-      for (int c = 0; c < 16; ++c) {
-        acc[(t % kTilesPerHalf) * 16 + c] += scratch[row * kScratchLd + c];
+    for (int k0 = 0; k0 < kK; k0 += 16) {
+      FragA fa;
+      wmma::load_matrix_sync(fa, a + k0, lda);
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) {
+        if (t * 16 >= kdim) break;
+        FragBRow fb;
+        wmma::load_matrix_sync(fb, b + std::int64_t{k0} * ldb + t * 16, ldb);
+        wmma::mma_sync(f[t], fa, fb, f[t]);
       }
     }
     __syncwarp();
   }
+
+  // Each row times its own factor: factor[r] for row r (shared memory, 16
+  // values the warp has written), rows.x[e] the row of fragment element e
+  // (row_index). The same element of every fragment is in the same row.
+  __device__ void scale_rows(const float* factor, const FragC& rows) {
+#pragma unroll
+    for (int e = 0; e < FragC::num_elements; ++e) {
+      const float x = factor[static_cast<int>(rows.x[e])];
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) f[t].x[e] *= x;
+    }
+  }
+
+  // acc[kHD / 2] = this lane's half of its row's kHD columns (lane l: row
+  // l / 2, columns from (l % 2) * kHD / 2), one tile at a time through
+  // scratch (16 x kScratchLd floats, 32-byte aligned); columns past kdim
+  // are zero. All lanes of the warp.
+  __device__ void take(float* acc, float* scratch, int row, int half, int kdim) const {
+    constexpr int kTilesPerHalf = kTiles / 2;
+#pragma unroll
+    for (int d = 0; d < kHD / 2; ++d) acc[d] = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+      if (t * 16 >= kdim) break;
+      wmma::store_matrix_sync(scratch, f[t], kScratchLd, wmma::mem_row_major);
+      __syncwarp();
+      if (t / kTilesPerHalf == half) {
+#pragma unroll
+        for (int c = 0; c < 16; ++c)
+          acc[(t % kTilesPerHalf) * 16 + c] = scratch[row * kScratchLd + c];
+      }
+      __syncwarp();
+    }
+  }
+};
+
+// The row of each element of an accumulator fragment, as a fragment: the
+// elements a lane holds are not specified by CUDA, but the same fragment
+// type loads a matrix the same way, so loading one whose every value is
+// its row gives each element's row. scratch: 16 x 16 floats (32-byte
+// aligned) of the warp's own. All lanes of the warp.
+__device__ FragC row_index(float* scratch) {
+  for (int e = static_cast<int>(threadIdx.x % kWarp); e < 256; e += kWarp) {
+    scratch[e] = static_cast<float>(e / 16);
+  }
+  __syncwarp();
+  FragC rows;
+  wmma::load_matrix_sync(rows, scratch, 16, wmma::mem_row_major);
+  __syncwarp();
+  return rows;
 }
 
 // out16, when not null, gets the output rounded to bf16 as well.
@@ -1408,7 +1457,8 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   __shared__ __align__(32) bf16 vs[kKeys * kLd];
   __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
   __shared__ __align__(32) bf16 ps[kRows / 16][16 * kKeys];
-  fresh_shared(qs, ks, vs, ss, ps);
+  __shared__ float cs[kRows / 16][16];  // each row's rescaling of the output, per tile
+  fresh_shared(qs, ks, vs, ss, ps, cs);
   const auto at = query_rows(qkv, kRows, seq, NH, NKV, HD);
   const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
   const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
@@ -1421,8 +1471,8 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   // registers, a block per multiprocessor at head dimensions 64 and 128:
   // ptxas for sm_90.)
   const LeftRows<kHD, false> q(qs + warp * 16 * kLd, kdim);
-  float o[kHalf];
-  for (int d = 0; d < kHalf; ++d) o[d] = 0.0f;
+  const FragC rows = row_index(sw);
+  RowsAccumulator<kHD> o;
   float m = -INFINITY, l = 0.0f;
   const int keys = min(seq, q0 + kRows);
   for (int j0 = 0; j0 < keys; j0 += kKeys) {
@@ -1453,16 +1503,19 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
     psum += __shfl_xor_sync(0xffffffffu, psum, 1);
     l = l * corr + psum;
     m = mt;
-    for (int d = 0; d < kHalf; ++d) o[d] *= corr;
+    if (half == 0) cs[warp][row] = corr;
     __syncwarp();
-    add_ab<kHD>(o, sw, pw, kKeys, vs, kLd, kKeys, kdim, row, half);
+    o.scale_rows(cs[warp], rows);
+    o.template add_ab<kKeys>(pw, kKeys, vs, kLd, kdim);
   }
+  float od[kHalf];
+  o.take(od, sw, row, half, kdim);
   if (i >= seq) return;
   const std::int64_t orow = (b * seq + i) * C + std::int64_t{h} * HD;
   for (int d = 0; d < kHalf; ++d) {
     const int col = half * kHalf + d;
     if (col >= HD) continue;
-    const float v = o[d] / l;
+    const float v = od[d] / l;
     if (out != nullptr) out[orow + col] = v;
     if (out16 != nullptr) store(out16 + orow + col, v);
   }
@@ -1522,13 +1575,12 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
   stage<kHD>(dos, dout + b * seq * C, C, h * HD, q0, kRows, seq, HD);
   __syncthreads();
   // Kept in registers: the blocks per multiprocessor stay as many as the
-  // shared memory allows (ptxas for sm_90: 120 and 175 registers a thread
+  // shared memory allows (ptxas for sm_90: 116 and 175 registers a thread
   // at head dimensions 64 and 128).
   const LeftRows<kHD, true> q(qs + warp * 16 * kLd, kdim), g_out(dos + warp * 16 * kLd, kdim);
   const float li = i < seq ? lse[std::int64_t{bh} * seq + i] : 0.0f;
   const float di = i < seq ? delta[std::int64_t{bh} * seq + i] : 0.0f;
-  float dq[kHalf];
-  for (int d = 0; d < kHalf; ++d) dq[d] = 0.0f;
+  RowsAccumulator<kHD> dq_sum;
   const int keys = min(seq, q0 + kRows);
   for (int j0 = 0; j0 < keys; j0 += kKeys) {
     __syncthreads();
@@ -1548,8 +1600,10 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
       dsw[row * kKeys + col] = __float2bfloat16(p * (dpw[row * kKeys + col] - di));
     }
     __syncwarp();
-    add_ab<kHD>(dq, sw, dsw, kKeys, ks, kLd, kKeys, kdim, row, half);
+    dq_sum.template add_ab<kKeys>(dsw, kKeys, ks, kLd, kdim);
   }
+  float dq[kHalf];
+  dq_sum.take(dq, sw, row, half, kdim);
   for (int d = 0; d < kHalf; ++d) dq[d] *= scale;
   // (Rows past the sequence take part in the exchange, at its last position.)
   if (rope.cos_t != nullptr) rotate_back<kHalf>(dq, rope, min(i, seq - 1), half);
@@ -1561,10 +1615,13 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
   }
 }
 
+// At head dimension 64, registers for the 4 blocks a multiprocessor's
+// shared memory holds (ptxas for sm_90: 127 registers a thread and no
+// spills, where it would take 150 and fit 3).
 template <int kHD, typename In, typename Out, typename D>
-__global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float* lse,
-                           const float* delta, int seq, int NH, int NKV, int HD, float scale,
-                           RopeTables rope) {
+__global__ void __launch_bounds__(Shape<kHD>::kKeyRows * 2, kHD == 64 ? 4 : 1)
+    dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float* lse, const float* delta,
+               int seq, int NH, int NKV, int HD, float scale, RopeTables rope) {
   using T = Shape<kHD>;
   constexpr int kLd = T::kLd;
   constexpr int kKeyRows = T::kKeyRows, kQueries = T::kQueries, kHalf = T::kHalf;
@@ -1602,8 +1659,7 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
   // multiprocessor (ptxas for sm_90); at 128 the registers hold the dk and
   // dv accumulators.)
   const LeftRows<kHD, false> k(ks + warp * 16 * kLd, kdim), v(vs + warp * 16 * kLd, kdim);
-  float dk[kHalf], dv[kHalf];
-  for (int d = 0; d < kHalf; ++d) dk[d] = dv[d] = 0.0f;
+  RowsAccumulator<kHD> dk_sum, dv_sum;
   for (int h = g * group; h < (g + 1) * group; ++h) {
     const std::int64_t rows = (b * NH + h) * seq;
     for (int i0 = k0; i0 < seq; i0 += kQueries) {
@@ -1632,26 +1688,32 @@ __global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float*
         stw[e] = p * (dptw[e] - dls[q]);
       }
       __syncwarp();
-      add_ab<kHD>(dv, dptw, ptw, kQueries, dos, kLd, kQueries, kdim, row, half);
+      dv_sum.template add_ab<kQueries>(ptw, kQueries, dos, kLd, kdim);
       // (add_ab ends at a __syncwarp: no lane reads P^T any more.)
       for (int c = 0; c < 16; ++c) {
         const int e = row * kQueries + half * 16 + staggered(c, row);
         ptw[e] = __float2bfloat16(stw[e]);
       }
       __syncwarp();
-      add_ab<kHD>(dk, dptw, ptw, kQueries, qs, kLd, kQueries, kdim, row, half);
+      dk_sum.template add_ab<kQueries>(ptw, kQueries, qs, kLd, kdim);
     }
   }
-  for (int d = 0; d < kHalf; ++d) dk[d] *= scale;
-  if (rope.cos_t != nullptr) rotate_back<kHalf>(dk, rope, min(j, seq - 1), half);
-  if (j >= seq) return;
-  Out* dkr = dqkv + (b * seq + j) * S + C + std::int64_t{g} * HD;
+  // dv, then dk, out of the fragments (every lane takes part in the
+  // exchanges, rows past the sequence too).
+  const std::int64_t dk_at = (b * seq + j) * S + C + std::int64_t{g} * HD;
+  float dr[kHalf];
+  dv_sum.take(dr, stw, row, half, kdim);
   for (int d = 0; d < kHalf; ++d) {
     const int col = half * kHalf + d;
-    if (col < HD) {
-      store(dkr + col, dk[d]);
-      store(dkr + std::int64_t{NKV} * HD + col, dv[d]);
-    }
+    if (col < HD && j < seq) store(dqkv + dk_at + std::int64_t{NKV} * HD + col, dr[d]);
+  }
+  dk_sum.take(dr, stw, row, half, kdim);
+  for (int d = 0; d < kHalf; ++d) dr[d] *= scale;
+  if (rope.cos_t != nullptr) rotate_back<kHalf>(dr, rope, min(j, seq - 1), half);
+  if (j >= seq) return;
+  for (int d = 0; d < kHalf; ++d) {
+    const int col = half * kHalf + d;
+    if (col < HD) store(dqkv + dk_at + col, dr[d]);
   }
 }
 

@@ -65,6 +65,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static  // one block runs at a time: a static is the block's shared memory
 
@@ -175,8 +176,12 @@ inline float __bfloat162float(__nv_bfloat16 h) {
 // ---- warp matrix multiply-accumulate (mma.h's nvcuda::wmma) -------------------
 //
 // The tile shape 16 x 16 x 16 with bf16 inputs and fp32 accumulators. Which
-// elements a lane holds is unspecified in CUDA (code may only apply the same
-// operation to every element of x); here every lane holds the whole tile.
+// elements a lane holds is unspecified in CUDA: code may apply the same
+// operation to every element of x, or one that depends on what the same
+// fragment type loaded from a matrix (each element's row, say), but may not
+// assume an order. Here every lane holds the whole tile, an accumulator's
+// in column-major order (x[c * 16 + r] is row r, column c), so that code
+// that takes x[e] for row e / 16 (row-major order) goes wrong.
 // The _sync calls are warp-collective, as in CUDA: all 32 lanes must make
 // them (a shuffle checks). A matrix in memory must be laid out as CUDA
 // requires (a 256-bit aligned pointer, a leading dimension of a multiple of
@@ -267,19 +272,29 @@ void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsig
     return std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r];
   });
 }
+namespace detail {
+// Where an accumulator keeps row r, column c: column-major (see above).
+constexpr unsigned slot(unsigned r, unsigned c) {
+  return c * 16 + r;
+}
+}  // namespace detail
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
                              unsigned ldm, layout_t layout) {
   detail::check_matrix("load_matrix_sync", p, ldm);
-  detail::load(f.x, [&](unsigned r, unsigned c) {
+  float tile[256];
+  detail::load(tile, [&](unsigned r, unsigned c) {
     return layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
   });
+  for (unsigned r = 0; r < 16; ++r) {
+    for (unsigned c = 0; c < 16; ++c) f.x[detail::slot(r, c)] = tile[r * 16 + c];
+  }
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
                               unsigned ldm, layout_t layout) {
   detail::converged();
   detail::check_matrix("store_matrix_sync", p, ldm);
   detail::for_share([&](unsigned r, unsigned c) {
-    (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * 16 + c];
+    (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[detail::slot(r, c)];
   });
 }
 // d = a b + c, in fp32 (products of the bf16 inputs are exact in fp32).
@@ -312,11 +327,11 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
   std::memcpy(e.c, c.x, sizeof e.c);
   for (int r = 0; r < 16; ++r) {
     for (int n = 0; n < 16; ++n) {
-      float s = e.c[r * 16 + n];
+      float s = e.c[detail::slot(r, n)];
       for (int k = 0; k < 16; ++k) {
         s += detail::value(e.a[r * 16 + k]) * detail::value(e.b[k * 16 + n]);
       }
-      e.d[r * 16 + n] = s;
+      e.d[detail::slot(r, n)] = s;
     }
   }
   e.valid = true;

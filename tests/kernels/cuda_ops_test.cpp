@@ -17,6 +17,7 @@
 // themselves.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -500,6 +501,84 @@ TEST_P(CudaOps, OptimizerArithmetic) {
   expect_same_bits("copy", to_host<float>(gm), to_host<float>(gg));
   gpu->fill(gm.as<float>(), 2.5f, count);
   expect_same_bits("fill", to_host<float>(gm), std::vector<float>(count, 2.5f));
+}
+
+// The elementwise ops take 8 elements at a time where all their arrays
+// allow 16-byte accesses, and one at a time elsewhere: before the first
+// element where they do (arrays that start mid-way through 16 bytes, as
+// tensors in the flat buffers do), after the last run of 8, and everywhere
+// where the arrays' alignments differ. The results are the same bits
+// wherever the arrays start, and nothing outside them is written.
+TEST_P(CudaOps, ElementwiseOpsAtAnyAlignment) {
+  Backend<float>::AdamWUpdate u{};
+  u.lr = 1e-3f;
+  u.beta1 = 0.9f;
+  u.beta2 = 0.95f;
+  u.eps = 1e-8f;
+  u.weight_decay = 0.1f;
+  u.grad_scale = 0.5f;
+  u.c1 = 1.0f / (1.0f - 0.9f);
+  u.c2 = 1.0f / (1.0f - 0.95f);
+  // x on the device between `offset` and 8 floats of NaN, and back without
+  // them (which must still be NaN).
+  constexpr int kAfter = 8;
+  const auto at = [&](const std::vector<float>& x, int offset) {
+    std::vector<float> padded(static_cast<std::size_t>(offset), NAN);
+    padded.insert(padded.end(), x.begin(), x.end());
+    padded.insert(padded.end(), kAfter, NAN);
+    return dev(padded);
+  };
+  const auto back = [](const DeviceBuffer& b, int offset) {
+    const auto host = to_host<float>(b);
+    const std::size_t end = host.size() - kAfter;
+    for (std::size_t i = 0; i < host.size(); ++i) {
+      if (i < static_cast<std::size_t>(offset) || i >= end) {
+        EXPECT_TRUE(std::isnan(host[i])) << "written outside the array, at " << i;
+      }
+    }
+    return std::vector<float>(host.begin() + offset,
+                              host.begin() + static_cast<std::ptrdiff_t>(end));
+  };
+  for (const std::int64_t count : {1, 7, 8, 13, 1029}) {
+    // Offsets in floats of params, grads, m and v: the first are all
+    // aligned, then all 4 or 12 bytes past (a head of 3 or 1), then each
+    // its own (nothing in runs of 8).
+    const std::array<std::array<int, 4>, 4> offsets{
+        {{0, 0, 0, 0}, {1, 1, 1, 1}, {3, 3, 3, 3}, {0, 1, 2, 3}}};
+    std::vector<std::vector<float>> aligned;
+    for (const auto& off : offsets) {
+      SCOPED_TRACE(testing::Message() << count << " elements at offsets " << off[0] << " " << off[1]
+                                      << " " << off[2] << " " << off[3]);
+      const auto n = static_cast<std::size_t>(count);
+      auto p = rnd(n, 111), g = rnd(n, 112, 3.0), m = rnd(n, 113, 0.1), v = rnd(n, 114, 0.1);
+      for (auto& x : v) x = x * x;
+      DeviceBuffer gp = at(p, off[0]), gg = at(g, off[1]), gm = at(m, off[2]), gv = at(v, off[3]);
+      float* dp = gp.as<float>() + off[0];
+      float* dg = gg.as<float>() + off[1];
+      float* dm = gm.as<float>() + off[2];
+      float* dv = gv.as<float>() + off[3];
+      cpu->adamw_update(p.data(), g.data(), m.data(), v.data(), count, u);
+      gpu->adamw_update(dp, dg, dm, dv, count, u);
+      cpu->scale(g.data(), 0.75f, count);
+      gpu->scale(dg, 0.75f, count);
+      cpu->add(g.data(), p.data(), count);
+      gpu->add(dg, dp, count);
+      gpu->fill(dv, 2.5f, count);
+      const std::vector<std::vector<float>> results{back(gp, off[0]), back(gm, off[2]),
+                                                    back(gg, off[1]), back(gv, off[3])};
+      expect_close("params", results[0], p, 1e-6);
+      expect_close("m", results[1], m, 1e-6);
+      expect_close("scale and add", results[2], g, 1e-6);
+      expect_same_bits("fill", results[3], std::vector<float>(n, 2.5f));
+      if (aligned.empty()) {
+        aligned = results;
+      } else {
+        for (std::size_t r = 0; r < results.size(); ++r) {
+          expect_same_bits("as when aligned", results[r], aligned[r]);
+        }
+      }
+    }
+  }
 }
 
 // bf16 matmuls (Precision::kBf16): the GPU rounds both operands of each

@@ -214,24 +214,6 @@ __device__ float block_reduce(float x, float* shared) {
 
 // ---- elementwise -------------------------------------------------------------
 
-__global__ void fill_kernel(float* out, float value, std::int64_t count) {
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    out[i] = value;
-  }
-}
-
-__global__ void scale_kernel(float* x, float factor, std::int64_t count) {
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    x[i] *= factor;
-  }
-}
-
-__global__ void add_kernel(float* out, const float* in, std::int64_t count) {
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    out[i] += in[i];
-  }
-}
-
 // An op's output element: fp32, or rounded to bf16 (to nearest even). Every
 // bf16 value a GEMM reads is stored through here, by to_bf16_kernel's copies
 // or by the op that makes it, so an op writing bf16 gives the bits of its
@@ -262,6 +244,19 @@ __host__ __device__ bool aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
+// The 16 bytes at x as one vector access. A GPU stops the kernel where x
+// is not 16-byte aligned ("misaligned address"); the emulator, whose CPU
+// would not, says so too.
+template <typename T>
+__device__ Pack<std::remove_const_t<T>>& pack_at(T* x) {
+#if defined(BOREALIS_CUDA_EMULATOR)
+  if (!aligned16(x)) {
+    cuda_emulator::kernel_error("a 16-byte access to memory that is not 16-byte aligned");
+  }
+#endif
+  return *reinterpret_cast<Pack<std::remove_const_t<T>>*>(const_cast<std::remove_const_t<T>*>(x));
+}
+
 // The kW values at x as fp32 (kW = 1, or 8 from 16-byte aligned memory:
 // one 16-byte load of bf16, two of fp32), and back (rounded as store()
 // rounds).
@@ -274,7 +269,7 @@ __device__ void load_n(float (&out)[kW], const I* x) {
     constexpr int kPer = 16 / sizeof(I);
 #pragma unroll
     for (int h = 0; h < kW / kPer; ++h) {
-      const Pack<I> in = reinterpret_cast<const Pack<I>*>(x)[h];
+      const Pack<I> in = pack_at(x + h * kPer);
 #pragma unroll
       for (int k = 0; k < kPer; ++k) out[h * kPer + k] = load(&in.v[k]);
     }
@@ -292,24 +287,114 @@ __device__ void store_n(O* x, const float (&values)[kW]) {
       Pack<O> out;
 #pragma unroll
       for (int k = 0; k < kPer; ++k) store(&out.v[k], values[h * kPer + k]);
-      reinterpret_cast<Pack<O>*>(x)[h] = out;
+      pack_at(x + h * kPer) = out;
     }
   }
 }
 
-// bf16 copies of fp32 values, for the bf16 GEMMs.
-__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::int64_t count) {
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    store(out + i, in[i]);
+// The elements [0, count) of an elementwise op over arrays that may start
+// anywhere (a tensor in a flat buffer): [head, head + body) in runs of 8,
+// with 16-byte loads and stores, where every array's element head is
+// 16-byte aligned (body a multiple of 8); the head before it and the tail
+// after it one at a time. Where the arrays' alignments disagree, body is
+// 0. The values are the same either way: only the accesses differ.
+struct Span {
+  std::int64_t count = 0, head = 0, body = 0;
+
+  // The span of count elements of arrays at `arrays`, each {address,
+  // element size}.
+  static Span of(std::int64_t count, std::initializer_list<std::pair<const void*, int>> arrays) {
+    Span s;
+    s.count = s.head = count;
+    for (std::int64_t h = 0; h < kPackBf16 && h < count; ++h) {
+      bool aligned = true;
+      for (const auto& [p, size] : arrays) {
+        aligned = aligned && (reinterpret_cast<std::uintptr_t>(p) + h * size) % 16 == 0;
+      }
+      if (aligned) {
+        s.head = h;
+        s.body = (count - h) / kPackBf16 * kPackBf16;
+        break;
+      }
+    }
+    return s;
+  }
+  // Threads for it: one per run of 8 or element left over.
+  unsigned blocks() const {
+    return blocks_for(std::max<std::int64_t>(body / kPackBf16, count - body));
+  }
+};
+
+// f(i, w) for the elements of `span`, this thread's share: w is a
+// std::integral_constant of the width (8 or 1) of the run starting at
+// element i.
+template <typename F>
+__device__ void for_each_run(Span span, F f) {
+  for (std::int64_t r = first_index() * kPackBf16; r < span.body; r += index_stride() * kPackBf16) {
+    f(span.head + r, std::integral_constant<int, kPackBf16>{});
+  }
+  const std::int64_t rest = span.count - span.body;
+  for (std::int64_t r = first_index(); r < rest; r += index_stride()) {
+    f(r < span.head ? r : r + span.body, std::integral_constant<int, 1>{});
   }
 }
 
-__global__ void adamw_kernel(float* params, const float* grads, float* m, float* v,
-                             std::int64_t count, Backend<float>::AdamWUpdate u) {
-  for (std::int64_t i = first_index(); i < count; i += index_stride()) {
-    adamw_element(params[i], grads[i], m[i], v[i], u.lr, u.beta1, u.beta2, u.eps, u.weight_decay,
-                  u.grad_scale, u.c1, u.c2);
-  }
+__global__ void fill_kernel(float* out, float value, Span span) {
+  for_each_run(span, [&](std::int64_t i, auto w) {
+    constexpr int kW = decltype(w)::value;
+    float x[kW];
+    for (auto& e : x) e = value;
+    store_n(out + i, x);
+  });
+}
+
+__global__ void scale_kernel(float* x, float factor, Span span) {
+  for_each_run(span, [&](std::int64_t i, auto w) {
+    float v[decltype(w)::value];
+    load_n(v, x + i);
+    for (auto& e : v) e *= factor;
+    store_n(x + i, v);
+  });
+}
+
+__global__ void add_kernel(float* out, const float* in, Span span) {
+  for_each_run(span, [&](std::int64_t i, auto w) {
+    constexpr int kW = decltype(w)::value;
+    float a[kW], b[kW];
+    load_n(a, out + i);
+    load_n(b, in + i);
+    for (int k = 0; k < kW; ++k) a[k] += b[k];
+    store_n(out + i, a);
+  });
+}
+
+// bf16 copies of fp32 values, for the bf16 GEMMs.
+__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, Span span) {
+  for_each_run(span, [&](std::int64_t i, auto w) {
+    float v[decltype(w)::value];
+    load_n(v, in + i);
+    store_n(out + i, v);
+  });
+}
+
+__global__ void adamw_kernel(float* params, const float* grads, float* m, float* v, Span span,
+                             Backend<float>::AdamWUpdate u) {
+  for_each_run(span, [&](std::int64_t i, auto w) {
+    constexpr int kW = decltype(w)::value;
+    float p[kW], g[kW], mi[kW], vi[kW];
+    load_n(p, params + i);
+    load_n(g, grads + i);
+    load_n(mi, m + i);
+    load_n(vi, v + i);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) {
+      adamw_element(p[k], g[k], mi[k], vi[k], u.lr, u.beta1, u.beta2, u.eps, u.weight_decay,
+                    u.grad_scale, u.c1, u.c2);
+    }
+    store_n(params + i, p);
+    store_n(m + i, mi);
+    store_n(v + i, vi);
+  });
 }
 
 // partial[b] = sum of x^2 over block b of kSquaresBlock elements, in double.
@@ -1256,7 +1341,7 @@ __device__ bf16 as_tile(bf16 v) {
 
 // The 8 values at x (16-byte aligned) as bf16, rounded as as_tile rounds.
 __device__ Pack<bf16> load8(const bf16* x) {
-  return *reinterpret_cast<const Pack<bf16>*>(x);
+  return pack_at(x);
 }
 __device__ Pack<bf16> load8(const float* x) {
   float in[kPackBf16];
@@ -1286,7 +1371,7 @@ __device__ void stage(bf16* tile, const In* base, std::int64_t S, int col, int r
       } else {
         for (auto& v : values.v) v = __float2bfloat16(0.0f);
       }
-      *reinterpret_cast<Pack<bf16>*>(tile + r * kLd + d) = values;
+      pack_at(tile + r * kLd + d) = values;
     }
     return;
   }
@@ -2341,13 +2426,14 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
   void fill(float* out, float value, std::int64_t count) override {
     if (count == 0) return;
-    launch("fill", fill_kernel, blocks_for(count), kThreads, out, value, count);
+    const Span span = Span::of(count, {{out, 4}});
+    launch("fill", fill_kernel, span.blocks(), kThreads, out, value, span);
   }
   void adamw_update(float* params, const float* grads, float* m, float* v, std::int64_t count,
                     const AdamWUpdate& u) override {
     if (count == 0) return;
-    launch("adamw_update", adamw_kernel, blocks_for(count), kThreads, params, grads, m, v, count,
-           u);
+    const Span span = Span::of(count, {{params, 4}, {grads, 4}, {m, 4}, {v, 4}});
+    launch("adamw_update", adamw_kernel, span.blocks(), kThreads, params, grads, m, v, span, u);
   }
   double sum_of_squares(const float* x, std::int64_t count) override {
     if (count == 0) return 0.0;
@@ -2364,11 +2450,13 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
   void scale(float* x, float factor, std::int64_t count) override {
     if (count == 0) return;
-    launch("scale", scale_kernel, blocks_for(count), kThreads, x, factor, count);
+    const Span span = Span::of(count, {{x, 4}});
+    launch("scale", scale_kernel, span.blocks(), kThreads, x, factor, span);
   }
   void add(float* out, const float* in, std::int64_t count) override {
     if (count == 0) return;
-    launch("add", add_kernel, blocks_for(count), kThreads, out, in, count);
+    const Span span = Span::of(count, {{out, 4}, {in, 4}});
+    launch("add", add_kernel, span.blocks(), kThreads, out, in, span);
   }
 
  private:
@@ -2644,7 +2732,9 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   }
   // out = x rounded to bf16, count values.
   void bf16_copy_into(__nv_bfloat16* out, const float* x, std::int64_t count) {
-    if (count > 0) launch("bf16 copy", to_bf16_kernel, blocks_for(count), kThreads, out, x, count);
+    if (count == 0) return;
+    const Span span = Span::of(count, {{out, 2}, {x, 4}});
+    launch("bf16 copy", to_bf16_kernel, span.blocks(), kThreads, out, x, span);
   }
   // Scratch slot `slot` for `count` bf16 values (where bf16_copy puts them).
   __nv_bfloat16* bf16_buffer(std::int64_t count, int slot) {

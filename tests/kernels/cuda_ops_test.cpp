@@ -310,6 +310,63 @@ TEST_P(CudaOps, RmsNorm) {
   expect_close("dw", to_host<float>(gdw), dw, 1e-5);
 }
 
+// The norms' row kernels take 8 values a lane in 16-byte accesses where
+// the rows allow (C a multiple of 8, every array 16-byte aligned), else a
+// value at a time, the same values in the same order: the same bits
+// either way, and the CPU's results within the op tolerance.
+TEST_P(CudaOps, NormsWithAndWithoutVectorAccesses) {
+  for (const int C : {200, 130}) {
+    const int N = 37;
+    const auto x = rnd(N * C, 61, 2.0), w = rnd(C, 62), b = rnd(C, 63), g = rnd(N * C, 64),
+               dx0 = rnd(N * C, 65);
+    // Every output of the four ops, with the arrays `offset` floats into
+    // their buffers (1: none 16-byte aligned).
+    const auto run = [&](int offset) {
+      const auto at = [&](const std::vector<float>& v) {
+        std::vector<float> padded(static_cast<std::size_t>(offset), 0.0f);
+        padded.insert(padded.end(), v.begin(), v.end());
+        return dev(padded);
+      };
+      const auto back = [&](const DeviceBuffer& d) {
+        const auto h = to_host<float>(d);
+        return std::vector<float>(h.begin() + offset, h.end());
+      };
+      const std::vector<float> rows(static_cast<std::size_t>(N * C)), stats(N);
+      DeviceBuffer gx = at(x), gw = at(w), gb = at(b), gg = at(g), gdx = at(dx0), grms = at(dx0);
+      DeviceBuffer gout = at(rows), gmean = at(stats), grstd = at(stats), gdw = at(w), gdb = at(b),
+                   grout = at(rows), grrstd = at(stats), grdw = at(w);
+      const auto p = [&](DeviceBuffer& d) { return d.as<float>() + offset; };
+      gpu->layernorm_forward(p(gout), p(gmean), p(grstd), p(gx), p(gw), p(gb), N, C, 1e-5f);
+      gpu->layernorm_backward(p(gdx), p(gdw), p(gdb), p(gg), p(gx), p(gw), p(gmean), p(grstd), N,
+                              C);
+      gpu->rmsnorm_forward(p(grout), p(grrstd), p(gx), p(gw), N, C, 1e-6f);
+      gpu->rmsnorm_backward(p(grms), p(grdw), p(gg), p(gx), p(gw), p(grrstd), N, C);
+      return std::vector<std::vector<float>>{back(gout), back(gmean), back(grstd), back(gdx),
+                                             back(gdw),  back(gdb),   back(grout), back(grrstd),
+                                             back(grms), back(grdw)};
+    };
+    std::vector<float> out(N * C), mean(N), rstd(N), dx = dx0, dw = w, db = b, rout(N * C),
+                                                     rrstd(N), rdx = dx0, rdw = w;
+    cpu->layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C,
+                           1e-5f);
+    cpu->layernorm_backward(dx.data(), dw.data(), db.data(), g.data(), x.data(), w.data(),
+                            mean.data(), rstd.data(), N, C);
+    cpu->rmsnorm_forward(rout.data(), rrstd.data(), x.data(), w.data(), N, C, 1e-6f);
+    cpu->rmsnorm_backward(rdx.data(), rdw.data(), g.data(), x.data(), w.data(), rrstd.data(), N, C);
+    const std::vector<std::vector<float>> cpu_results{out, mean, rstd,  dx,  dw,
+                                                      db,  rout, rrstd, rdx, rdw};
+    const char* names[] = {
+        "layernorm out", "mean",         "rstd",         "layernorm dinp", "dw", "db",
+        "rmsnorm out",   "rmsnorm rstd", "rmsnorm dinp", "rmsnorm dw"};
+    const auto aligned = run(0), unaligned = run(1);
+    for (std::size_t i = 0; i < aligned.size(); ++i) {
+      SCOPED_TRACE(std::string(names[i]) + ", C " + std::to_string(C));
+      expect_close("aligned", aligned[i], cpu_results[i], 1e-5);
+      expect_same_bits("unaligned", unaligned[i], aligned[i]);
+    }
+  }
+}
+
 TEST_P(CudaOps, GeluAndSwiGlu) {
   const int N = 9, F = 333;
   auto x = rnd(N * 2 * F, 51, 4.0), d = rnd(N * 2 * F, 52);

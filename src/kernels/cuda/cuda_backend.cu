@@ -627,8 +627,26 @@ __global__ void matmul_rowwise_kernel(float* out, const float* inp, const float*
 
 // ---- norms -------------------------------------------------------------------
 
+// A warp's walk over a row of C values, 8 consecutive ones a lane at a
+// time (lane l takes 8l to 8l + 7, then those 256 further on, ...):
+// f(c, w) for each, w a std::integral_constant of the access width. With
+// kVec (C a multiple of 8, every row 16-byte aligned), one call per run of
+// 8 (16-byte accesses); else one per value of the run inside the row. The
+// same values in the same order either way, so the same sums.
+template <bool kVec, typename F>
+__device__ void for_row_runs(int C, F f) {
+  for (int c0 = static_cast<int>(threadIdx.x % kWarp) * kPackBf16; c0 < C;
+       c0 += kWarp * kPackBf16) {
+    if constexpr (kVec) {
+      f(c0, std::integral_constant<int, kPackBf16>{});
+    } else {
+      for (int c = c0; c < c0 + kPackBf16 && c < C; ++c) f(c, std::integral_constant<int, 1>{});
+    }
+  }
+}
+
 // One warp per row.
-template <typename O>
+template <typename O, bool kVec>
 __global__ void layernorm_forward_kernel(O* out, float* mean, float* rstd, const float* inp,
                                          const float* w, const float* b, int N, int C, float eps) {
   const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
@@ -636,13 +654,29 @@ __global__ void layernorm_forward_kernel(O* out, float* mean, float* rstd, const
   if (n >= N) return;
   const float* x = inp + n * C;
   float s = 0.0f;
-  for (int c = lane; c < C; c += kWarp) s += x[c];
+  for_row_runs<kVec>(C, [&](int c, auto width) {
+    float v[decltype(width)::value];
+    load_n(v, x + c);
+    for (const float e : v) s += e;
+  });
   const float m = warp_sum(s) / C;
-  float v = 0.0f;
-  for (int c = lane; c < C; c += kWarp) v += (x[c] - m) * (x[c] - m);
-  const float r = rsqrtf(warp_sum(v) / C + eps);
+  float var = 0.0f;
+  for_row_runs<kVec>(C, [&](int c, auto width) {
+    float v[decltype(width)::value];
+    load_n(v, x + c);
+    for (const float e : v) var += (e - m) * (e - m);
+  });
+  const float r = rsqrtf(warp_sum(var) / C + eps);
   O* o = out + n * C;
-  for (int c = lane; c < C; c += kWarp) store(o + c, (x[c] - m) * r * w[c] + b[c]);
+  for_row_runs<kVec>(C, [&](int c, auto width) {
+    constexpr int kW = decltype(width)::value;
+    float v[kW], wv[kW], bv[kW];
+    load_n(v, x + c);
+    load_n(wv, w + c);
+    load_n(bv, b + c);
+    for (int k = 0; k < kW; ++k) v[k] = (v[k] - m) * r * wv[k] + bv[k];
+    store_n(o + c, v);
+  });
   if (lane == 0) {
     mean[n] = m;
     rstd[n] = r;
@@ -652,11 +686,11 @@ __global__ void layernorm_forward_kernel(O* out, float* mean, float* rstd, const
 // dinp += ..., one warp per row (the weight gradients are column
 // reductions). LayerNorm's with mean, RMSNorm's with mean null (no centring).
 // dinp16, when not null, gets the resulting dinp rounded to bf16.
+template <bool kVec>
 __global__ void norm_backward_input_kernel(float* dinp, __nv_bfloat16* dinp16, const float* dout,
                                            const float* inp, const float* w, const float* mean,
                                            const float* rstd, int N, int C) {
   const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
   if (n >= N) return;
   const float* x = inp + n * C;
   const float* g = dout + n * C;
@@ -664,18 +698,34 @@ __global__ void norm_backward_input_kernel(float* dinp, __nv_bfloat16* dinp16, c
   const float m = mean != nullptr ? mean[n] : 0.0f;
   const float r = rstd[n];
   float gm = 0.0f, gnm = 0.0f;
-  for (int c = lane; c < C; c += kWarp) {
-    const float dnorm = g[c] * w[c];
-    gm += dnorm;
-    gnm += dnorm * (x[c] - m) * r;
-  }
+  for_row_runs<kVec>(C, [&](int c, auto width) {
+    constexpr int kW = decltype(width)::value;
+    float xv[kW], gv[kW], wv[kW];
+    load_n(xv, x + c);
+    load_n(gv, g + c);
+    load_n(wv, w + c);
+    for (int k = 0; k < kW; ++k) {
+      const float dnorm = gv[k] * wv[k];
+      gm += dnorm;
+      gnm += dnorm * (xv[k] - m) * r;
+    }
+  });
   gm = mean != nullptr ? warp_sum(gm) / C : 0.0f;
   gnm = warp_sum(gnm) / C;
-  for (int c = lane; c < C; c += kWarp) {
-    const float norm = (x[c] - m) * r;
-    dx[c] += (g[c] * w[c] - gm - norm * gnm) * r;
-    if (dinp16 != nullptr) store(dinp16 + n * C + c, dx[c]);
-  }
+  for_row_runs<kVec>(C, [&](int c, auto width) {
+    constexpr int kW = decltype(width)::value;
+    float xv[kW], gv[kW], wv[kW], d[kW];
+    load_n(xv, x + c);
+    load_n(gv, g + c);
+    load_n(wv, w + c);
+    load_n(d, dx + c);
+    for (int k = 0; k < kW; ++k) {
+      const float norm = (xv[k] - m) * r;
+      d[k] += (gv[k] * wv[k] - gm - norm * gnm) * r;
+    }
+    store_n(dx + c, d);
+    if (dinp16 != nullptr) store_n(dinp16 + n * C + c, d);
+  });
 }
 
 // Partial weight (and bias) gradients per block of kNormRows rows: pdw gets
@@ -700,7 +750,7 @@ __global__ void norm_weight_partial_kernel(float* pdw, float* pdb, const float* 
   }
 }
 
-template <typename O>
+template <typename O, bool kVec>
 __global__ void rmsnorm_forward_kernel(O* out, float* rstd, const float* inp, const float* w, int N,
                                        int C, float eps) {
   const std::int64_t n = (blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x) / kWarp;
@@ -708,10 +758,21 @@ __global__ void rmsnorm_forward_kernel(O* out, float* rstd, const float* inp, co
   if (n >= N) return;
   const float* x = inp + n * C;
   float ss = 0.0f;
-  for (int c = lane; c < C; c += kWarp) ss += x[c] * x[c];
+  for_row_runs<kVec>(C, [&](int c, auto width) {
+    float v[decltype(width)::value];
+    load_n(v, x + c);
+    for (const float e : v) ss += e * e;
+  });
   const float r = rsqrtf(warp_sum(ss) / C + eps);
   O* o = out + n * C;
-  for (int c = lane; c < C; c += kWarp) store(o + c, x[c] * r * w[c]);
+  for_row_runs<kVec>(C, [&](int c, auto width) {
+    constexpr int kW = decltype(width)::value;
+    float v[kW], wv[kW];
+    load_n(v, x + c);
+    load_n(wv, w + c);
+    for (int k = 0; k < kW; ++k) v[k] = v[k] * r * wv[k];
+    store_n(o + c, v);
+  });
   if (lane == 0) rstd[n] = r;
 }
 
@@ -2204,13 +2265,11 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
 
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
                          const float* b, int N, int C, float eps) override {
-    launch("layernorm_forward", layernorm_forward_kernel<float>, warps_blocks(N), kThreads, out,
-           mean, rstd, inp, w, b, N, C, eps);
+    layernorm_forward_into(out, mean, rstd, inp, w, b, N, C, eps);
   }
   void layernorm_forward(std::uint16_t* out, float* mean, float* rstd, const float* inp,
                          const float* w, const float* b, int N, int C, float eps) override {
-    launch("layernorm_forward (bf16 out)", layernorm_forward_kernel<__nv_bfloat16>, warps_blocks(N),
-           kThreads, as_bf16(out), mean, rstd, inp, w, b, N, C, eps);
+    layernorm_forward_into(as_bf16(out), mean, rstd, inp, w, b, N, C, eps);
   }
   void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
                           const float* w, const float* mean, const float* rstd, int N,
@@ -2220,19 +2279,17 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   void layernorm_backward(float* dinp, std::uint16_t* dinp16, float* dw, float* db,
                           const float* dout, const float* inp, const float* w, const float* mean,
                           const float* rstd, int N, int C) override {
-    launch("layernorm_backward", norm_backward_input_kernel, warps_blocks(N), kThreads, dinp,
-           as_bf16(dinp16), dout, inp, w, mean, rstd, N, C);
+    norm_backward_input("layernorm_backward", dinp, as_bf16(dinp16), dout, inp, w, mean, rstd, N,
+                        C);
     norm_weight_grads(dw, db, dout, inp, mean, rstd, N, C);
   }
   void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C,
                        float eps) override {
-    launch("rmsnorm_forward", rmsnorm_forward_kernel<float>, warps_blocks(N), kThreads, out, rstd,
-           inp, w, N, C, eps);
+    rmsnorm_forward_into(out, rstd, inp, w, N, C, eps);
   }
   void rmsnorm_forward(std::uint16_t* out, float* rstd, const float* inp, const float* w, int N,
                        int C, float eps) override {
-    launch("rmsnorm_forward (bf16 out)", rmsnorm_forward_kernel<__nv_bfloat16>, warps_blocks(N),
-           kThreads, as_bf16(out), rstd, inp, w, N, C, eps);
+    rmsnorm_forward_into(as_bf16(out), rstd, inp, w, N, C, eps);
   }
   void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                         const float* rstd, int N, int C) override {
@@ -2241,9 +2298,35 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
   void rmsnorm_backward(float* dinp, std::uint16_t* dinp16, float* dw, const float* dout,
                         const float* inp, const float* w, const float* rstd, int N,
                         int C) override {
-    launch("rmsnorm_backward", norm_backward_input_kernel, warps_blocks(N), kThreads, dinp,
-           as_bf16(dinp16), dout, inp, w, nullptr, rstd, N, C);
+    norm_backward_input("rmsnorm_backward", dinp, as_bf16(dinp16), dout, inp, w, nullptr, rstd, N,
+                        C);
     norm_weight_grads(dw, nullptr, dout, inp, nullptr, rstd, N, C);
+  }
+
+  // The norms' row kernels, with 16-byte accesses where vector_width
+  // allows them (the same values either way).
+  template <typename O>
+  void layernorm_forward_into(O* out, float* mean, float* rstd, const float* inp, const float* w,
+                              const float* b, int N, int C, float eps) {
+    const bool vec = vector_width(C, {out, inp, w, b}) == 8;
+    launch(std::is_same_v<O, float> ? "layernorm_forward" : "layernorm_forward (bf16 out)",
+           vec ? layernorm_forward_kernel<O, true> : layernorm_forward_kernel<O, false>,
+           warps_blocks(N), kThreads, out, mean, rstd, inp, w, b, N, C, eps);
+  }
+  template <typename O>
+  void rmsnorm_forward_into(O* out, float* rstd, const float* inp, const float* w, int N, int C,
+                            float eps) {
+    const bool vec = vector_width(C, {out, inp, w}) == 8;
+    launch(std::is_same_v<O, float> ? "rmsnorm_forward" : "rmsnorm_forward (bf16 out)",
+           vec ? rmsnorm_forward_kernel<O, true> : rmsnorm_forward_kernel<O, false>,
+           warps_blocks(N), kThreads, out, rstd, inp, w, N, C, eps);
+  }
+  void norm_backward_input(const char* what, float* dinp, __nv_bfloat16* dinp16, const float* dout,
+                           const float* inp, const float* w, const float* mean, const float* rstd,
+                           int N, int C) {
+    const bool vec = vector_width(C, {dinp, dinp16, dout, inp, w}) == 8;
+    launch(what, vec ? norm_backward_input_kernel<true> : norm_backward_input_kernel<false>,
+           warps_blocks(N), kThreads, dinp, dinp16, dout, inp, w, mean, rstd, N, C);
   }
 
   // The values a thread of the activations' bf16 kernels and of the loss

@@ -1488,18 +1488,45 @@ struct LeftRows {
   }
 };
 
-// Shared memory has 32 banks of 4 bytes; a warp's loads that hit one bank
-// at different addresses take a pass each. Lane l reads row l / 2 of a
-// warp's tiles, so in rows of 16 or 32 floats all 16 rows fall on the same
-// bank or two. Two ways out, neither changing a value:
-// - the 16 x 16 scratch tiles of RowsAccumulator::take are kept 20 floats
-//   apart (the rows start on 8 different banks: 2 passes for 16 lanes, not
-//   8);
-// - a lane walks its 16 columns of a score tile starting at its row's
-//   (staggered), so at each step the 16 rows read 16 different banks.
+// Shared memory has 32 banks of 4 bytes; a warp's accesses that hit one
+// bank at different addresses take a pass each. Row pitches that keep them
+// apart, none changing a value:
+// - score tiles (fp32, 16 rows of 32 columns) are 36 floats a row apart:
+//   lane l reads row l / 2, columns (l % 2) * 16 on, in 16-byte loads, of
+//   which 8 lanes (4 rows, both halves) are served at a time; at 36 floats
+//   their 8 groups of 4 banks all differ (at 32, the 4 rows would share
+//   theirs: 4 passes). Tensor-core stores of 16 x 16 tiles into them take
+//   2 passes where 32 floats took 4;
+// - probability tiles (bf16, the A operand of the second product) are 40
+//   values a row apart: the 8 rows a tensor-core load reads at a time start
+//   on 8 different groups of 4 banks (at 32 they would start on two);
+// - the 16 x 16 tiles RowsAccumulator::take passes the accumulators
+//   through at the end are 20 floats apart (the rows start on 8 different
+//   banks: 2 passes for 16 lanes, not 8).
+constexpr int kScoreLd = 36;
+constexpr int kProbLd = 40;
 constexpr int kScratchLd = 20;
-__device__ __forceinline__ int staggered(int c, int row) {
-  return (c + row) & 15;
+
+// A warp's 16 x 32 tile: fp32 scores (or their gradients) as a product
+// stores them, then bf16 values computed from them for the next product,
+// over the same bytes (each lane reads its fp32 values, then, after a
+// __syncwarp, writes bf16).
+union ScoreTile {
+  float f[16 * kScoreLd];
+  bf16 h[16 * kProbLd];
+};
+
+// Lane (row, half)'s 16 values of a score tile: row `row`, columns
+// half * 16 to half * 16 + 15, in 16-byte loads.
+__device__ void read_scores(float (&v)[2][kPackBf16], const float* tile, int row, int half) {
+  load_n(v[0], tile + row * kScoreLd + half * 16);
+  load_n(v[1], tile + row * kScoreLd + half * 16 + kPackBf16);
+}
+// And 16 bf16 values into a probability tile at the same place, in
+// 16-byte stores.
+__device__ void write_probs(bf16* tile, const Pack<bf16> (&v)[2], int row, int half) {
+  pack_at(tile + row * kProbLd + half * 16) = v[0];
+  pack_at(tile + row * kProbLd + half * 16 + kPackBf16) = v[1];
 }
 
 // A warp's 16 rows of kHD fp32 columns, summed on tensor cores across the
@@ -1552,14 +1579,13 @@ struct RowsAccumulator {
     }
   }
 
-  // acc[kHD / 2] = this lane's half of its row's kHD columns (lane l: row
-  // l / 2, columns from (l % 2) * kHD / 2), one tile at a time through
-  // scratch (16 x kScratchLd floats, 32-byte aligned); columns past kdim
-  // are zero. All lanes of the warp.
-  __device__ void take(float* acc, float* scratch, int row, int half, int kdim) const {
+  // use(d, value) for each of this lane's half of its row's kHD columns
+  // (lane l: row l / 2, columns (l % 2) * kHD / 2 + d), one tile at a time
+  // through scratch (16 x kScratchLd floats, 32-byte aligned), up to kdim.
+  // All lanes of the warp.
+  template <typename F>
+  __device__ void for_each_column(float* scratch, int row, int half, int kdim, F use) const {
     constexpr int kTilesPerHalf = kTiles / 2;
-#pragma unroll
-    for (int d = 0; d < kHD / 2; ++d) acc[d] = 0.0f;
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
       if (t * 16 >= kdim) break;
@@ -1568,10 +1594,16 @@ struct RowsAccumulator {
       if (t / kTilesPerHalf == half) {
 #pragma unroll
         for (int c = 0; c < 16; ++c)
-          acc[(t % kTilesPerHalf) * 16 + c] = scratch[row * kScratchLd + c];
+          use((t % kTilesPerHalf) * 16 + c, scratch[row * kScratchLd + c]);
       }
       __syncwarp();
     }
+  }
+  // acc[kHD / 2] = those columns' values (zero past kdim).
+  __device__ void take(float* acc, float* scratch, int row, int half, int kdim) const {
+#pragma unroll
+    for (int d = 0; d < kHD / 2; ++d) acc[d] = 0.0f;
+    for_each_column(scratch, row, half, kdim, [&](int d, float v) { acc[d] = v; });
   }
 };
 
@@ -1601,23 +1633,22 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
   __shared__ __align__(32) bf16 qs[kRows * kLd];
   __shared__ __align__(32) bf16 ks[kKeys * kLd];
   __shared__ __align__(32) bf16 vs[kKeys * kLd];
-  __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
-  __shared__ __align__(32) bf16 ps[kRows / 16][16 * kKeys];
+  static_assert(kKeys == 32);                         // 16 columns a lane
+  __shared__ __align__(32) ScoreTile ss[kRows / 16];  // S, then P over it
   __shared__ float cs[kRows / 16][16];  // each row's rescaling of the output, per tile
-  fresh_shared(qs, ks, vs, ss, ps, cs);
+  fresh_shared(qs, ks, vs, ss, cs);
   const auto at = query_rows(qkv, kRows, seq, NH, NKV, HD);
   const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
   const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
   const In* base = at.base;
-  float* sw = ss[warp];
-  bf16* pw = ps[warp];
+  ScoreTile& sw = ss[warp];
   stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
   // (Kept in registers, its fragments would cost this kernel, bound by its
   // registers, a block per multiprocessor at head dimensions 64 and 128:
   // ptxas for sm_90.)
   const LeftRows<kHD, false> q(qs + warp * 16 * kLd, kdim);
-  const FragC rows = row_index(sw);
+  const FragC rows = row_index(sw.f);
   RowsAccumulator<kHD> o;
   float m = -INFINITY, l = 0.0f;
   const int keys = min(seq, q0 + kRows);
@@ -1628,34 +1659,41 @@ __global__ void forward_kernel(float* out, bf16* out16, float* lse, const In* qk
     __syncthreads();
     if (j0 > w0 + 15) continue;  // the whole tile is after the warp's rows
     for (int t = 0; t < kKeys / 16; ++t) {
-      q.times_bt(sw + t * 16, kKeys, ks + t * 16 * kLd);
+      q.times_bt(sw.f + t * 16, kScoreLd, ks + t * 16 * kLd);
     }
     __syncwarp();
-    float sv[16];
+    // This lane's columns c <= last are keys j = j0 + half * 16 + c that
+    // row i sees (j <= i, j < seq).
+    const int last = min(i, seq - 1) - (j0 + half * 16);
+    float sv[2][kPackBf16];
+    read_scores(sv, sw.f, row, half);
     float mt = m;
-    for (int c = 0; c < 16; ++c) {  // sv[c]: column half * 16 + staggered(c, row)
-      const int col = half * 16 + staggered(c, row), j = j0 + col;
-      sv[c] = j <= i && j < seq ? scale * sw[row * kKeys + col] : -INFINITY;
-      mt = fmaxf(mt, sv[c]);
+    for (int c = 0; c < 16; ++c) {
+      float& x = sv[c / kPackBf16][c % kPackBf16];
+      x = c <= last ? scale * x : -INFINITY;
+      mt = fmaxf(mt, x);
     }
     mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
     const float corr = expf(m - mt);  // 0 for the first tile (m = -inf)
     float psum = 0.0f;
+    Pack<bf16> pv[2];
     for (int c = 0; c < 16; ++c) {
-      const float p = expf(sv[c] - mt);
+      const float p = expf(sv[c / kPackBf16][c % kPackBf16] - mt);
       psum += p;
-      pw[row * kKeys + half * 16 + staggered(c, row)] = __float2bfloat16(p);
+      pv[c / kPackBf16].v[c % kPackBf16] = __float2bfloat16(p);
     }
     psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+    __syncwarp();  // every lane has read its scores before P goes over them
+    write_probs(sw.h, pv, row, half);
     l = l * corr + psum;
     m = mt;
     if (half == 0) cs[warp][row] = corr;
     __syncwarp();
     o.scale_rows(cs[warp], rows);
-    o.template add_ab<kKeys>(pw, kKeys, vs, kLd, kdim);
+    o.template add_ab<kKeys>(sw.h, kProbLd, vs, kLd, kdim);
   }
   float od[kHalf];
-  o.take(od, sw, row, half, kdim);
+  o.take(od, sw.f, row, half, kdim);
   if (i >= seq) return;
   const std::int64_t orow = (b * seq + i) * C + std::int64_t{h} * HD;
   for (int d = 0; d < kHalf; ++d) {
@@ -1705,25 +1743,25 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
   __shared__ __align__(32) bf16 dos[kRows * kLd];
   __shared__ __align__(32) bf16 ks[kKeys * kLd];
   __shared__ __align__(32) bf16 vs[kKeys * kLd];
-  __shared__ __align__(32) float ss[kRows / 16][16 * kKeys];
-  __shared__ __align__(32) float dps[kRows / 16][16 * kKeys];
-  __shared__ __align__(32) bf16 dss[kRows / 16][16 * kKeys];
-  fresh_shared(qs, dos, ks, vs, ss, dps, dss);
+  static_assert(kKeys == 32);  // 16 columns a lane
+  __shared__ __align__(32) float ss[kRows / 16][16 * kScoreLd];
+  __shared__ __align__(32) ScoreTile dps[kRows / 16];  // dP, then dS over it
+  fresh_shared(qs, dos, ks, vs, ss, dps);
   const auto at = query_rows(qkv, kRows, seq, NH, NKV, HD);
   const int warp = at.warp, row = at.row, half = at.half, h = at.h, g = at.g, C = at.C;
   const int kdim = at.kdim, q0 = at.q0, w0 = at.w0, i = at.i;
   const std::int64_t bh = at.bh, b = at.b, S = at.S;
   const In* base = at.base;
   float* sw = ss[warp];
-  float* dpw = dps[warp];
-  bf16* dsw = dss[warp];
+  ScoreTile& dpw = dps[warp];
   stage<kHD>(qs, base, S, h * HD, q0, kRows, seq, HD);
   stage<kHD>(dos, dout + b * seq * C, C, h * HD, q0, kRows, seq, HD);
   __syncthreads();
-  // Kept in registers: the blocks per multiprocessor stay as many as the
-  // shared memory allows (ptxas for sm_90: 116 and 175 registers a thread
-  // at head dimensions 64 and 128).
-  const LeftRows<kHD, true> q(qs + warp * 16 * kLd, kdim), g_out(dos + warp * 16 * kLd, kdim);
+  // Kept in registers at head dimension 64, where the blocks per
+  // multiprocessor stay as many as the shared memory allows (ptxas for
+  // sm_90: 116 registers a thread); at 128 they would take 215, and a block
+  // of the 5 the shared memory allows (168 without).
+  const LeftRows<kHD, kHD == 64> q(qs + warp * 16 * kLd, kdim), g_out(dos + warp * 16 * kLd, kdim);
   const float li = i < seq ? lse[std::int64_t{bh} * seq + i] : 0.0f;
   const float di = i < seq ? delta[std::int64_t{bh} * seq + i] : 0.0f;
   RowsAccumulator<kHD> dq_sum;
@@ -1735,18 +1773,28 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
     __syncthreads();
     if (j0 > w0 + 15) continue;
     for (int t = 0; t < kKeys / 16; ++t) {
-      q.times_bt(sw + t * 16, kKeys, ks + t * 16 * kLd);
-      g_out.times_bt(dpw + t * 16, kKeys, vs + t * 16 * kLd);
+      q.times_bt(sw + t * 16, kScoreLd, ks + t * 16 * kLd);
+      g_out.times_bt(dpw.f + t * 16, kScoreLd, vs + t * 16 * kLd);
     }
     __syncwarp();
-    for (int c = 0; c < 16; ++c) {
-      const int col = half * 16 + staggered(c, row), j = j0 + col;
-      const float p =
-          j <= i && j < seq && i < seq ? expf(scale * sw[row * kKeys + col] - li) : 0.0f;
-      dsw[row * kKeys + col] = __float2bfloat16(p * (dpw[row * kKeys + col] - di));
+    // This lane's columns c <= last are keys j = j0 + half * 16 + c that
+    // row i sees (j <= i; none for rows past the sequence).
+    const int last = i < seq ? i - (j0 + half * 16) : -1;
+    Pack<bf16> ds[2];
+    for (int u = 0; u < 2; ++u) {  // (8 columns at a time: fewer registers)
+      float sv[kPackBf16], dp[kPackBf16];
+      load_n(sv, sw + row * kScoreLd + half * 16 + u * kPackBf16);
+      load_n(dp, dpw.f + row * kScoreLd + half * 16 + u * kPackBf16);
+      for (int k = 0; k < kPackBf16; ++k) {
+        const int c = u * kPackBf16 + k;
+        const float p = c <= last ? expf(scale * sv[k] - li) : 0.0f;
+        ds[u].v[k] = __float2bfloat16(p * (dp[k] - di));
+      }
     }
+    __syncwarp();  // every lane has read its dP before dS goes over it
+    write_probs(dpw.h, ds, row, half);
     __syncwarp();
-    dq_sum.template add_ab<kKeys>(dsw, kKeys, ks, kLd, kdim);
+    dq_sum.template add_ab<kKeys>(dpw.h, kProbLd, ks, kLd, kdim);
   }
   float dq[kHalf];
   dq_sum.take(dq, sw, row, half, kdim);
@@ -1761,13 +1809,10 @@ __global__ void dq_kernel(Out* dqkv, const D* dout, const In* qkv, const float* 
   }
 }
 
-// At head dimension 64, registers for the 4 blocks a multiprocessor's
-// shared memory holds (ptxas for sm_90: 127 registers a thread and no
-// spills, where it would take 150 and fit 3).
 template <int kHD, typename In, typename Out, typename D>
-__global__ void __launch_bounds__(Shape<kHD>::kKeyRows * 2, kHD == 64 ? 4 : 1)
-    dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float* lse, const float* delta,
-               int seq, int NH, int NKV, int HD, float scale, RopeTables rope) {
+__global__ void dkv_kernel(Out* dqkv, const D* dout, const In* qkv, const float* lse,
+                           const float* delta, int seq, int NH, int NKV, int HD, float scale,
+                           RopeTables rope) {
   using T = Shape<kHD>;
   constexpr int kLd = T::kLd;
   constexpr int kKeyRows = T::kKeyRows, kQueries = T::kQueries, kHalf = T::kHalf;
@@ -1776,12 +1821,12 @@ __global__ void __launch_bounds__(Shape<kHD>::kKeyRows * 2, kHD == 64 ? 4 : 1)
   __shared__ __align__(32) bf16 vs[kKeyRows * kLd];
   __shared__ __align__(32) bf16 qs[kQueries * kLd];
   __shared__ __align__(32) bf16 dos[kQueries * kLd];
-  __shared__ __align__(32) float sts[kWarps][16 * kQueries];
-  __shared__ __align__(32) float dpts[kWarps][16 * kQueries];
-  __shared__ __align__(32) bf16 pts[kWarps][16 * kQueries];
+  static_assert(kQueries == 32);                    // 16 query columns a lane
+  __shared__ __align__(32) ScoreTile sts[kWarps];   // S^T, then P^T over it
+  __shared__ __align__(32) ScoreTile dpts[kWarps];  // dP^T, then dS^T over it
   __shared__ float ls[kQueries];
   __shared__ float dls[kQueries];
-  fresh_shared(ks, vs, qs, dos, sts, dpts, pts, ls, dls);
+  fresh_shared(ks, vs, qs, dos, sts, dpts, ls, dls);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = lane / 2, half = lane % 2;
   const int bg = blockIdx.y;
@@ -1796,9 +1841,8 @@ __global__ void __launch_bounds__(Shape<kHD>::kKeyRows * 2, kHD == 64 ? 4 : 1)
   const int k0 = blockIdx.x * kKeyRows;
   const int w0 = k0 + warp * 16;
   const int j = w0 + row;
-  float* stw = sts[warp];
-  float* dptw = dpts[warp];
-  bf16* ptw = pts[warp];
+  ScoreTile& stw = sts[warp];
+  ScoreTile& dptw = dpts[warp];
   stage<kHD>(ks, base, S, C + g * HD, k0, kKeyRows, seq, HD);
   stage<kHD>(vs, base, S, C + (NKV + g) * HD, k0, kKeyRows, seq, HD);
   // (Not kept in registers: at head dimension 64 that would cost a block per
@@ -1820,40 +1864,46 @@ __global__ void __launch_bounds__(Shape<kHD>::kKeyRows * 2, kHD == 64 ? 4 : 1)
       __syncthreads();
       if (i0 + kQueries - 1 < w0) continue;  // every query of the tile is before the warp's keys
       for (int t = 0; t < kQueries / 16; ++t) {
-        k.times_bt(stw + t * 16, kQueries, qs + t * 16 * kLd);
-        v.times_bt(dptw + t * 16, kQueries, dos + t * 16 * kLd);
+        k.times_bt(stw.f + t * 16, kScoreLd, qs + t * 16 * kLd);
+        v.times_bt(dptw.f + t * 16, kScoreLd, dos + t * 16 * kLd);
       }
       __syncwarp();
-      // P^T in bf16 for dv; the scores give way to dS^T, in fp32 (each lane
-      // its own values).
-      static_assert(kQueries == 32);  // 16 query columns a lane
-      for (int c = 0; c < 16; ++c) {
-        const int q = half * 16 + staggered(c, row), i = i0 + q, e = row * kQueries + q;
-        const float p = i >= j && i < seq && j < seq ? expf(scale * stw[e] - ls[q]) : 0.0f;
-        ptw[e] = __float2bfloat16(p);
-        stw[e] = p * (dptw[e] - dls[q]);
+      // This lane's query columns q = half * 16 + c for c in [first, end)
+      // are queries i = i0 + q that see key j (i >= j, i < seq; none for
+      // keys past the sequence).
+      const int q0 = half * 16;
+      const int first = j - (i0 + q0), end = j < seq ? seq - (i0 + q0) : 0;
+      // P^T (for dv) and dS^T (for dk) in bf16, dS^T from the fp32 P^T;
+      // 8 columns at a time (fewer registers).
+      Pack<bf16> pt[2], dst[2];
+      for (int u = 0; u < 2; ++u) {
+        float sv[kPackBf16], dp[kPackBf16];
+        load_n(sv, stw.f + row * kScoreLd + q0 + u * kPackBf16);
+        load_n(dp, dptw.f + row * kScoreLd + q0 + u * kPackBf16);
+        for (int kk = 0; kk < kPackBf16; ++kk) {
+          const int c = u * kPackBf16 + kk;
+          const float p = c >= first && c < end ? expf(scale * sv[kk] - ls[q0 + c]) : 0.0f;
+          pt[u].v[kk] = __float2bfloat16(p);
+          dst[u].v[kk] = __float2bfloat16(p * (dp[kk] - dls[q0 + c]));
+        }
       }
+      __syncwarp();  // every lane has read its S^T and dP^T before they are overwritten
+      write_probs(stw.h, pt, row, half);
+      write_probs(dptw.h, dst, row, half);
       __syncwarp();
-      dv_sum.template add_ab<kQueries>(ptw, kQueries, dos, kLd, kdim);
-      // (add_ab ends at a __syncwarp: no lane reads P^T any more.)
-      for (int c = 0; c < 16; ++c) {
-        const int e = row * kQueries + half * 16 + staggered(c, row);
-        ptw[e] = __float2bfloat16(stw[e]);
-      }
-      __syncwarp();
-      dk_sum.template add_ab<kQueries>(ptw, kQueries, qs, kLd, kdim);
+      dv_sum.template add_ab<kQueries>(stw.h, kProbLd, dos, kLd, kdim);
+      dk_sum.template add_ab<kQueries>(dptw.h, kProbLd, qs, kLd, kdim);
     }
   }
   // dv, then dk, out of the fragments (every lane takes part in the
-  // exchanges, rows past the sequence too).
+  // exchanges, rows past the sequence too); dv straight to memory.
   const std::int64_t dk_at = (b * seq + j) * S + C + std::int64_t{g} * HD;
-  float dr[kHalf];
-  dv_sum.take(dr, stw, row, half, kdim);
-  for (int d = 0; d < kHalf; ++d) {
+  dv_sum.for_each_column(stw.f, row, half, kdim, [&](int d, float value) {
     const int col = half * kHalf + d;
-    if (col < HD && j < seq) store(dqkv + dk_at + std::int64_t{NKV} * HD + col, dr[d]);
-  }
-  dk_sum.take(dr, stw, row, half, kdim);
+    if (col < HD && j < seq) store(dqkv + dk_at + std::int64_t{NKV} * HD + col, value);
+  });
+  float dr[kHalf];
+  dk_sum.take(dr, stw.f, row, half, kdim);
   for (int d = 0; d < kHalf; ++d) dr[d] *= scale;
   if (rope.cos_t != nullptr) rotate_back<kHalf>(dr, rope, min(j, seq - 1), half);
   if (j >= seq) return;

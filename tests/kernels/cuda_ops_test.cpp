@@ -69,6 +69,25 @@ void expect_same_bits(const char* what, const std::vector<float>& a, const std::
   }
 }
 
+// AdamW's update at step t, with the op tests' hyperparameters.
+Backend<float>::AdamWUpdate adamw_update_at(int t) {
+  Backend<float>::AdamWUpdate u{};
+  u.lr = 1e-3f;
+  u.beta1 = 0.9f;
+  u.beta2 = 0.95f;
+  u.eps = 1e-8f;
+  u.weight_decay = 0.1f;
+  u.grad_scale = 0.5f;
+  float beta1_t = 1.0f, beta2_t = 1.0f;
+  for (int i = 0; i < t; ++i) {
+    beta1_t *= u.beta1;
+    beta2_t *= u.beta2;
+  }
+  u.c1 = 1.0f / (1.0f - beta1_t);
+  u.c2 = 1.0f / (1.0f - beta2_t);
+  return u;
+}
+
 // Run on the CUDA backend ("cuda"), on the same source under the CUDA
 // emulator ("emulated"), and, to check the tests themselves, on
 // GuardedBackend ("guarded": the CPU's ops behind memory the host may not
@@ -528,15 +547,7 @@ TEST_P(CudaOps, OptimizerArithmetic) {
        v = rnd(count, 104, 0.1);
   for (auto& x : v) x = x * x;
   DeviceBuffer gp = dev(p), gg = dev(g), gm = dev(m), gv = dev(v);
-  Backend<float>::AdamWUpdate u{};
-  u.lr = 1e-3f;
-  u.beta1 = 0.9f;
-  u.beta2 = 0.95f;
-  u.eps = 1e-8f;
-  u.weight_decay = 0.1f;
-  u.grad_scale = 0.5f;
-  u.c1 = 1.0f / (1.0f - 0.9f * 0.9f);
-  u.c2 = 1.0f / (1.0f - 0.95f * 0.95f);
+  const Backend<float>::AdamWUpdate u = adamw_update_at(2);
   cpu->adamw_update(p.data(), g.data(), m.data(), v.data(), count, u);
   gpu->adamw_update(gp.as<float>(), gg.as<float>(), gm.as<float>(), gv.as<float>(), count, u);
   expect_close("params", to_host<float>(gp), p, 1e-6);
@@ -567,15 +578,7 @@ TEST_P(CudaOps, OptimizerArithmetic) {
 // where the arrays' alignments differ. The results are the same bits
 // wherever the arrays start, and nothing outside them is written.
 TEST_P(CudaOps, ElementwiseOpsAtAnyAlignment) {
-  Backend<float>::AdamWUpdate u{};
-  u.lr = 1e-3f;
-  u.beta1 = 0.9f;
-  u.beta2 = 0.95f;
-  u.eps = 1e-8f;
-  u.weight_decay = 0.1f;
-  u.grad_scale = 0.5f;
-  u.c1 = 1.0f / (1.0f - 0.9f);
-  u.c2 = 1.0f / (1.0f - 0.95f);
+  const Backend<float>::AdamWUpdate u = adamw_update_at(1);
   // x on the device between `offset` and 8 floats of NaN, and back without
   // them (which must still be NaN).
   constexpr int kAfter = 8;

@@ -2379,10 +2379,10 @@ class CudaBackend final : public Backend<float>, public Bf16Inputs<float> {
            warps_blocks(N), kThreads, dinp, dinp16, dout, inp, w, mean, rstd, N, C);
   }
 
-  // The values a thread of the activations' bf16 kernels and of the loss
-  // takes at a time: 8 (16-byte accesses, where they would otherwise be 2
-  // or 4 bytes) where every pointer is 16-byte aligned and the rows (of
-  // `row` values) divide into eights, else 1.
+  // The values a thread of the activations' bf16 kernels, of the loss and
+  // of the norms takes at a time: 8 (16-byte accesses, where they would
+  // otherwise be 2 or 4 bytes) where every pointer is 16-byte aligned and
+  // the rows (of `row` values) divide into eights, else 1.
   static int vector_width(std::int64_t row, std::initializer_list<const void*> pointers) {
     if (row % 8 != 0) return 1;
     for (const void* p : pointers) {
